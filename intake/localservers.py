@@ -1,0 +1,791 @@
+"""Throwaway local mail servers for the tests and for ``python service.py demo``.
+
+Contract:
+    * ``LocalDovecot`` runs a private Dovecot IMAP server (a real one, not a mock) whose
+      config, passwd-file, logs, runtime sockets and maildir all live under one folder you
+      give it. It listens on 127.0.0.1 only, on a free port, and never touches
+      ``/etc/dovecot`` or the system service on 143/993.
+    * ``LocalSMTP`` runs an ``aiosmtpd`` server in a thread on 127.0.0.1 that records every
+      message it accepts, and can be told to reject (``reject_with``) or go away
+      (``stop()``) so that delivery faults can be tested against a real socket.
+    * ``free_port()`` picks an unused loopback TCP port; nothing here uses fixed ports.
+
+Why real servers: the service's IMAP edge depends on behaviour a mock would have to
+guess (UIDVALIDITY changes, IDLE being absent, TLS verification, ``BODY.PEEK[]`` never
+setting ``\\Seen``). Dovecot tells the truth about all of those.
+
+Dovecot facts this module relies on (Dovecot 2.3.19, Debian 12):
+    * As root Dovecot refuses to keep mail as uid 0, so the mail user gets the uid/gid of
+      Debian's ``mail`` user and the internal/login users are ``dovecot``/``dovenull``.
+      Those users must be able to traverse to ``base``; the search bit (o+x, never read)
+      is added to ``base`` and its ancestors when it is missing.
+    * As a normal user everything runs under the caller's own uid and name.
+    * ``doveadm mailbox update --uid-validity`` is how a restored mailbox is simulated.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import email
+import email.policy
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from imapclient import IMAPClient
+
+TLSMode = Literal["none", "starttls", "imaps"]
+
+# Dovecot 2.3.19's post-login capability list minus IDLE. ``imap_capability`` replaces the
+# whole list (2.3 has no "-IDLE" form), so the no-IDLE variant spells out everything else.
+_CAPABILITIES_WITHOUT_IDLE = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT SORT=DISPLAY "
+    "THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE "
+    "UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH "
+    "ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY "
+    "PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+ NOTIFY"
+)
+
+# UNIX socket paths are limited to 108 bytes; Dovecot puts sockets like
+# "<base_dir>/login/imap-urlauth" under base_dir, so keep base_dir well below that.
+_MAX_BASE_DIR_LEN = 70
+
+# How many mails one MULTIAPPEND command carries: bounds client memory for 100k-mail boxes.
+_APPEND_BATCH = 500
+
+_MAIL_UID = 8  # Debian's "mail" user; see the module docstring.
+
+_running: set[LocalDovecot] = set()
+
+
+class LocalDovecotError(RuntimeError):
+    """The private Dovecot could not start, be reached or stop; the message has the log tail."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now.
+
+    The port is free when this returns, not necessarily a moment later; callers that
+    bind it themselves (``LocalDovecot``) retry with a new port when it was taken.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def dovecot_binary() -> str | None:
+    """Path of the ``dovecot`` binary, or None when Dovecot is not installed.
+
+    Debian puts it in /usr/sbin, which is not on a normal user's PATH.
+    """
+    found = shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
+    return found
+
+
+def _doveadm_binary() -> str:
+    found = shutil.which("doveadm") or shutil.which("doveadm", path="/usr/bin:/usr/sbin")
+    if found is None:
+        raise LocalDovecotError(
+            "doveadm not found: install Debian's dovecot-imapd (apt-get install dovecot-imapd)"
+        )
+    return found
+
+
+class LocalDovecot:
+    """A private Dovecot IMAP server on 127.0.0.1, living entirely under ``base``.
+
+    Use as a context manager (``with LocalDovecot(tmp_path) as imap: ...``) or call
+    ``start()`` / ``stop()``. After ``start()``: ``host``, ``port``, ``user``,
+    ``password``, ``cafile`` (TLS variants only: the throwaway CA a client must trust)
+    and ``maildir`` are set.
+
+    ``tls``: "none" (plain IMAP, plaintext login allowed), "starttls" (plain port that
+    requires STARTTLS before login) or "imaps" (implicit TLS port). ``idle=False`` starts
+    a server whose CAPABILITY does not list IDLE, to test the polling fallback.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        *,
+        port: int | None = None,
+        tls: TLSMode = "none",
+        idle: bool = True,
+        user: str = "intake",
+        password: str | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        if tls not in ("none", "starttls", "imaps"):
+            raise ValueError(f"tls must be 'none', 'starttls' or 'imaps', not {tls!r}")
+        self.base = Path(base).resolve() / "dovecot"
+        self.host = "127.0.0.1"
+        self._fixed_port = port
+        self.port: int = port or 0
+        self.tls: TLSMode = tls
+        self.idle = idle
+        self.user = user
+        self.password = password or secrets.token_urlsafe(12)
+        self.start_timeout = start_timeout
+        self.cafile: Path | None = None
+        self.conf = self.base / "dovecot.conf"
+        self.log_path = self.base / "dovecot.log"
+        self.home = self.base / "home" / user
+        self.maildir = self.home / "Maildir"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._short_base_dir: Path | None = None
+        self._prepared = False
+        self._internal_group_line = ""
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> LocalDovecot:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    @property
+    def running(self) -> bool:
+        """True while the Dovecot master process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> LocalDovecot:
+        """Write the config (first time only), start Dovecot and wait until it accepts.
+
+        Without an explicit port, a port that turns out to be taken is replaced by a new
+        free one (up to three tries). Raises ``LocalDovecotError`` with the log tail when
+        Dovecot exits or does not listen within ``start_timeout`` seconds.
+        """
+        if self.running:
+            return self
+        binary = dovecot_binary()
+        if binary is None:
+            raise LocalDovecotError(
+                "dovecot binary not found: install Debian's dovecot-imapd "
+                "(apt-get install dovecot-imapd, see .ci/run)"
+            )
+        if not self._prepared:
+            self._prepare()
+        tries = 1 if (self._fixed_port or self.port) else 3
+        for attempt in range(tries):
+            if not self.port:
+                self.port = free_port()
+            self._write_config()
+            try:
+                self._launch(binary)
+                break
+            except LocalDovecotError:
+                in_use = "Address already in use" in self._log_tail()
+                if attempt + 1 < tries and in_use and not self._fixed_port:
+                    self.port = 0
+                    continue
+                raise
+        _running.add(self)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop Dovecot and wait for the master to exit; safe to call twice."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        self._proc = None
+        _running.discard(self)
+        # The children (imap, auth, ...) exit with the master; wait until the port is free
+        # so that restart() on the same port does not race them.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _port_open(self.host, self.port):
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, keeping every mail and UID."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop and remove the short runtime folder (if one was needed). Mail stays."""
+        self.stop()
+        if self._short_base_dir is not None:
+            shutil.rmtree(self._short_base_dir, ignore_errors=True)
+            self._short_base_dir = None
+
+    # ----------------------------------------------------------------- clients
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts only this server's throwaway CA (TLS variants)."""
+        if self.cafile is None:
+            raise LocalDovecotError("this LocalDovecot was started with tls='none'; no CA exists")
+        return ssl.create_default_context(cafile=str(self.cafile))
+
+    def connect(self, *, login: bool = True, timeout: float = 10.0) -> IMAPClient:
+        """An ``IMAPClient`` connected the way this server expects, logged in by default.
+
+        TLS variants verify the certificate against ``cafile``. Caller closes it
+        (``client.logout()``), or use it in a ``with`` block.
+        """
+        if self.tls == "imaps":
+            client = IMAPClient(
+                self.host,
+                port=self.port,
+                ssl=True,
+                ssl_context=self.ssl_context(),
+                timeout=timeout,
+            )
+        else:
+            client = IMAPClient(self.host, port=self.port, ssl=False, timeout=timeout)
+            if self.tls == "starttls":
+                client.starttls(self.ssl_context())
+        if login:
+            client.login(self.user, self.password)
+        return client
+
+    # ----------------------------------------------------------------- mail helpers
+
+    def append(
+        self, raw: bytes, folder: str = "INBOX", flags: Sequence[str | bytes] = ()
+    ) -> int | None:
+        """Append one mail; returns its UID (from UIDPLUS APPENDUID) when the server says."""
+        with self.connect() as client:
+            self._ensure_folder(client, folder)
+            response = client.append(folder, raw, flags=tuple(flags))
+        return _appenduid_last(response)
+
+    def append_many(self, raws: Iterable[bytes], folder: str = "INBOX") -> int:
+        """Append many mails fast: one connection, MULTIAPPEND in batches. Returns the count.
+
+        Dovecot offers LITERAL+, so a batch goes out without a round trip per mail
+        (thousands of mails a second here).
+        """
+        count = 0
+        batch: list[bytes] = []
+        with self.connect(timeout=120.0) as client:
+            self._ensure_folder(client, folder)
+            for raw in raws:
+                batch.append(raw)
+                if len(batch) >= _APPEND_BATCH:
+                    client.multiappend(folder, batch)
+                    count += len(batch)
+                    batch = []
+            if batch:
+                client.multiappend(folder, batch)
+                count += len(batch)
+        return count
+
+    def uids(self, folder: str = "INBOX") -> list[int]:
+        """Every UID in ``folder``, ascending."""
+        with self.connect() as client:
+            client.select_folder(folder, readonly=True)
+            return sorted(int(uid) for uid in client.search("ALL"))
+
+    def uidvalidity(self, folder: str = "INBOX") -> int:
+        """The folder's current UIDVALIDITY."""
+        with self.connect() as client:
+            status = client.folder_status(folder, [b"UIDVALIDITY"])
+        return int(status[b"UIDVALIDITY"])
+
+    def flags(self, uid: int, folder: str = "INBOX") -> tuple[bytes, ...]:
+        """The flags of one mail, read without changing them (EXAMINE + FLAGS only).
+
+        Lets tests prove that reading with ``BODY.PEEK[]`` never sets ``\\Seen``.
+        """
+        with self.connect() as client:
+            client.select_folder(folder, readonly=True)
+            data = client.fetch([uid], ["FLAGS"])
+        if uid not in data:
+            raise KeyError(f"no mail with UID {uid} in {folder}")
+        return tuple(data[uid][b"FLAGS"])
+
+    def set_uidvalidity(self, n: int, folder: str = "INBOX") -> None:
+        """Give ``folder`` a new UIDVALIDITY, as a restore from backup would."""
+        self.doveadm("mailbox", "update", "-u", self.user, "--uid-validity", str(n), folder)
+
+    def recreate_mailbox(self, folder: str = "INBOX") -> int:
+        """Delete and recreate ``folder`` with the same mails; returns the new UIDVALIDITY.
+
+        This is what a client sees after the mailbox is restored or rebuilt: the same
+        messages under a new UIDVALIDITY, with UIDs starting again from 1.
+        The INBOX cannot be deleted over IMAP, so its mails are moved aside, Dovecot's
+        index and UID list for it are removed, and the mails are moved back.
+        """
+        old = self.uidvalidity(folder)
+        with self.connect(timeout=120.0) as client:
+            client.select_folder(folder, readonly=True)
+            uids = sorted(client.search("ALL"))
+            mails: list[tuple[bytes, tuple[bytes, ...], Any]] = []
+            for chunk_start in range(0, len(uids), _APPEND_BATCH):
+                chunk = uids[chunk_start : chunk_start + _APPEND_BATCH]
+                fetched = client.fetch(chunk, ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+                for uid in chunk:
+                    item = fetched[uid]
+                    flags = tuple(f for f in item[b"FLAGS"] if f != b"\\Recent")
+                    mails.append((item[b"BODY[]"], flags, item[b"INTERNALDATE"]))
+            client.unselect_folder() if client.has_capability("UNSELECT") else client.close_folder()
+            if folder.upper() == "INBOX":
+                client.select_folder(folder)
+                if uids:
+                    client.delete_messages(uids)
+                    client.expunge()
+                client.close_folder()
+            else:
+                client.delete_folder(folder)
+                client.create_folder(folder)
+        if folder.upper() == "INBOX":
+            self._forget_inbox_uids()
+        with self.connect(timeout=120.0) as client:
+            for chunk_start in range(0, len(mails), _APPEND_BATCH):
+                chunk = mails[chunk_start : chunk_start + _APPEND_BATCH]
+                client.multiappend(
+                    folder,
+                    [{"msg": raw, "flags": flags, "date": date} for raw, flags, date in chunk],
+                )
+        new = self.uidvalidity(folder)
+        if new == old:
+            self.set_uidvalidity(_new_uidvalidity(old), folder)
+            new = self.uidvalidity(folder)
+        return new
+
+    def _forget_inbox_uids(self) -> None:
+        """Remove the (now empty) INBOX's UID list and index so UIDs restart from 1.
+
+        With Maildir the INBOX lives in the Maildir root; Dovecot rebuilds the list with a
+        fresh UIDVALIDITY on next access, exactly as after a restore without the list.
+        """
+        for name in (
+            "dovecot-uidlist",
+            "dovecot.index",
+            "dovecot.index.log",
+            "dovecot.index.log.2",
+            "dovecot.index.cache",
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                (self.maildir / name).unlink()
+
+    def doveadm(self, *args: str, timeout: float = 30.0) -> str:
+        """Run ``doveadm -c <our conf> ARGS``; returns stdout, raises with stderr on failure."""
+        cmd = [_doveadm_binary(), "-c", str(self.conf), *args]
+        result = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise LocalDovecotError(
+                f"{' '.join(cmd)} failed with exit code {result.returncode}:\n"
+                f"{result.stderr.decode(errors='replace').strip()}"
+            )
+        return result.stdout.decode(errors="replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of Dovecot's log, for error messages and debugging."""
+        return self._log_tail(lines)
+
+    # ----------------------------------------------------------------- internals
+
+    def _ensure_folder(self, client: IMAPClient, folder: str) -> None:
+        if folder.upper() != "INBOX" and not client.folder_exists(folder):
+            client.create_folder(folder)
+
+    def _prepare(self) -> None:
+        """Create folders, passwd-file and (TLS variants) the throwaway CA and certificate."""
+        as_root = os.geteuid() == 0
+        for sub in ("state", "home"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        base_dir = self.base / "run"
+        if len(str(base_dir)) > _MAX_BASE_DIR_LEN:
+            self._short_base_dir = Path(tempfile.mkdtemp(prefix="dovecot-"))
+            base_dir = self._short_base_dir / "run"
+        self.base_dir = base_dir
+
+        if as_root:
+            uid = gid = _MAIL_UID
+            internal_user, login_user = "dovecot", "dovenull"
+            _make_traversable(self.base)
+            if self._short_base_dir is not None:
+                _make_traversable(self._short_base_dir)
+            for path in (self.base / "home", self.home):
+                os.chown(path, uid, gid)
+                path.chmod(0o700)
+        else:
+            uid, gid = os.getuid(), os.getgid()
+            internal_user = login_user = pwd.getpwuid(uid).pw_name
+            # Some unix_listeners are chowned to the internal group; only our own works.
+            self._internal_group_line = f"default_internal_group = {grp.getgrgid(gid).gr_name}\n"
+        self._internal_user = internal_user
+        self._login_user = login_user
+
+        passwd = self.base / "passwd"
+        passwd.write_text(f"{self.user}:{{PLAIN}}{self.password}:{uid}:{gid}::{self.home}::\n")
+        passwd.chmod(0o644)  # the auth process runs as the internal user
+
+        if self.tls != "none":
+            self._make_certificates()
+        self._prepared = True
+
+    def _make_certificates(self) -> None:
+        try:
+            import trustme
+        except ImportError as exc:  # pragma: no cover - trustme is a test dependency
+            raise LocalDovecotError(
+                "TLS variants need the 'trustme' package (pip install trustme)"
+            ) from exc
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.cafile = self.base / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.cafile))
+        self._cert_file = self.base / "server-cert.pem"
+        self._key_file = self.base / "server-key.pem"
+        # The chain (leaf first) so clients can verify against the CA alone.
+        self._cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+        cert.private_key_pem.write_to_path(str(self._key_file))
+        self._key_file.chmod(0o600)
+
+    def _write_config(self) -> None:
+        imap_port = self.port if self.tls in ("none", "starttls") else 0
+        imaps_port = self.port if self.tls == "imaps" else 0
+        if self.tls == "none":
+            ssl_lines = "ssl = no\ndisable_plaintext_auth = no\n"
+        else:
+            # "required": a client that skips STARTTLS cannot log in, so a silent
+            # plaintext fallback in the client shows up as a failure, not a pass.
+            ssl_lines = (
+                f"ssl = required\nssl_cert = <{self._cert_file}\nssl_key = <{self._key_file}\n"
+            )
+        capability = "" if self.idle else f"imap_capability = {_CAPABILITIES_WITHOUT_IDLE}\n"
+        passwd = self.base / "passwd"
+        chroot_lines = ""
+        if os.geteuid() != 0:
+            # A normal user cannot chroot; Dovecot needs these cleared to start at all.
+            chroot_lines = (
+                "service imap-login {\n  chroot =\n}\n"
+                "service anvil {\n  chroot =\n}\n"
+                "service imap-urlauth-login {\n  chroot =\n}\n"
+                "service pop3-login {\n  chroot =\n}\n"
+                "service submission-login {\n  chroot =\n}\n"
+                "service managesieve-login {\n  chroot =\n}\n"
+            )
+        text = f"""# Written by intake.localservers.LocalDovecot; a throwaway test server.
+base_dir = {self.base_dir}
+state_dir = {self.base / "state"}
+log_path = {self.log_path}
+info_log_path = {self.log_path}
+protocols = imap
+listen = 127.0.0.1
+auth_mechanisms = plain login
+auth_verbose = yes
+{ssl_lines}{capability}first_valid_uid = 1
+default_internal_user = {self._internal_user}
+default_login_user = {self._login_user}
+{self._internal_group_line}default_vsz_limit = 1G
+mail_max_userip_connections = 100
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {passwd}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {passwd}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps_port}
+    ssl = yes
+  }}
+}}
+{chroot_lines}"""
+        self.conf.write_text(text)
+
+    def _launch(self, binary: str) -> None:
+        stderr_path = self.base / "dovecot.stderr"
+        with stderr_path.open("wb") as stderr:
+            # -F: stay in the foreground so we own the process and can wait for it.
+            self._proc = subprocess.Popen(
+                [binary, "-F", "-c", str(self.conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                raise LocalDovecotError(
+                    f"dovecot -c {self.conf} exited at start-up; see {self.log_path}.\n"
+                    + self._log_tail()
+                )
+            if _port_open(self.host, self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise LocalDovecotError(
+            f"dovecot did not listen on {self.host}:{self.port} within {self.start_timeout:g} s "
+            f"(raise start_timeout on a slow machine); see {self.log_path}.\n" + self._log_tail()
+        )
+
+    def _log_tail(self, lines: int = 30) -> str:
+        parts: list[str] = []
+        for path in (self.base / "dovecot.stderr", self.log_path):
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").strip()
+                if text:
+                    tail = "\n".join(text.splitlines()[-lines:])
+                    parts.append(f"--- {path.name} (last {lines} lines) ---\n{tail}")
+        return "\n".join(parts) or "(no log output)"
+
+
+def _port_open(host: str, port: int) -> bool:
+    if not port:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _make_traversable(path: Path) -> None:
+    """Add the search bit (o+x, not read) to ``path`` and its ancestors where missing.
+
+    As root, Dovecot's imap and auth processes run as other users and must reach the
+    passwd-file, sockets and maildir under ``path``; pytest's tmp folders are 0700.
+    """
+    for part in (path, *path.parents):
+        mode = part.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            part.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def _appenduid_last(response: bytes | Any) -> int | None:
+    """The UID in an ``[APPENDUID <validity> <uid>]`` response code, if present (RFC 4315)."""
+    text = response.decode(errors="replace") if isinstance(response, bytes) else str(response)
+    marker = "[APPENDUID "
+    if marker not in text:
+        return None
+    try:
+        inner = text.split(marker, 1)[1].split("]", 1)[0]
+        uid_part = inner.split()[1]
+        return int(uid_part.split(":")[-1].split(",")[-1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _new_uidvalidity(old: int) -> int:
+    """A UIDVALIDITY different from ``old`` and in range (RFC 3501: a non-zero 32-bit number)."""
+    candidate = int(time.time()) & 0xFFFFFFFF
+    if candidate in (0, old):
+        candidate = (old + 1) & 0xFFFFFFFF or 1
+    return candidate
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Do not leave Dovecot masters behind when the interpreter exits without stop()."""
+    for server in list(_running):
+        with contextlib.suppress(Exception):
+            server.stop(timeout=5.0)
+
+
+# ====================================================================== SMTP
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    """One message the local SMTP server accepted."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    message: EmailMessage = field(repr=False)
+
+
+class LocalSMTP:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that records what it accepts.
+
+    ``messages`` (a copy) and ``wait_for(count, timeout)`` give the recorded mails.
+    Fault switches: set ``reject_with = "451 try later"`` (or a 5xx) and every message
+    is refused with that reply until it is set back to None; ``stop()`` makes the port
+    refuse connections and ``start()`` brings the server back on the same port.
+    ``starttls=True`` offers STARTTLS with a throwaway ``trustme`` certificate
+    (``cafile`` / ``ssl_context()`` for clients); ``require_starttls=True`` refuses mail
+    before STARTTLS.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        starttls: bool = False,
+        require_starttls: bool = False,
+        cafile_dir: Path | None = None,
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.reject_with: str | None = None
+        self.starttls = starttls or require_starttls
+        self.require_starttls = require_starttls
+        self.cafile: Path | None = None
+        self._cafile_dir = cafile_dir
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._server_ctx: ssl.SSLContext | None = None
+        self._lock = threading.Condition()
+        self._messages: list[ReceivedMail] = []
+        self._controller: Any = None
+
+    def __enter__(self) -> LocalSMTP:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    @property
+    def running(self) -> bool:
+        """True while the server accepts connections."""
+        return self._controller is not None
+
+    def start(self) -> LocalSMTP:
+        """Start (or restart, on the same port) the server thread; returns self."""
+        if self._controller is not None:
+            return self
+        from aiosmtpd.controller import Controller  # imported late: only tests and demo need it
+
+        kwargs: dict[str, Any] = {}
+        if self.starttls:
+            kwargs["tls_context"] = self._tls_context()
+            kwargs["require_starttls"] = self.require_starttls
+        controller = Controller(
+            _RecordingHandler(self),
+            hostname=self.host,
+            port=self.port,
+            ready_timeout=10.0,
+            **kwargs,
+        )
+        controller.start()
+        self._controller = controller
+        return self
+
+    def stop(self) -> None:
+        """Stop the server; connections to the port are refused until ``start()``."""
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.stop()
+
+    @property
+    def messages(self) -> list[ReceivedMail]:
+        """A copy of every recorded mail, in arrival order."""
+        with self._lock:
+            return list(self._messages)
+
+    def clear(self) -> None:
+        """Forget every recorded mail."""
+        with self._lock:
+            self._messages.clear()
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[ReceivedMail]:
+        """Wait until at least ``count`` mails are recorded; returns them all.
+
+        Raises ``TimeoutError`` naming how many arrived, so a failing test says why.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self._messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"LocalSMTP on port {self.port} received {len(self._messages)} "
+                        f"of {count} expected mails within {timeout:g} s"
+                    )
+                self._lock.wait(remaining)
+            return list(self._messages)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts only this server's throwaway CA."""
+        if self.cafile is None:
+            raise RuntimeError("LocalSMTP was started without starttls=True; no CA exists")
+        return ssl.create_default_context(cafile=str(self.cafile))
+
+    def _record(self, mail: ReceivedMail) -> None:
+        with self._lock:
+            self._messages.append(mail)
+            self._lock.notify_all()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._server_ctx is not None:
+            return self._server_ctx
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        folder = self._cafile_dir
+        if folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="localsmtp-")
+            folder = Path(self._tmp.name)
+        self.cafile = folder / "smtp-ca.pem"
+        ca.cert_pem.write_to_path(str(self.cafile))
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        self._server_ctx = ctx
+        return ctx
+
+
+class _RecordingHandler:
+    """aiosmtpd handler: implements only DATA, the one hook the tests need."""
+
+    def __init__(self, owner: LocalSMTP) -> None:
+        self.owner = owner
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = self.owner.reject_with
+        if reply is not None:
+            return reply
+        data: bytes = envelope.original_content or envelope.content or b""
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.owner._record(
+            ReceivedMail(
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                data=data,
+                message=message,
+            )
+        )
+        return "250 OK"
