@@ -1,0 +1,162 @@
+"""Compose: render acknowledgements, alerts and digests into ``EmailMessage`` objects.
+
+Pure: takes values, returns messages; sending is ``intake.send``'s job. Templates live in
+``templates/<audience>/<purpose>.<txt|html>.j2`` and render with ``StrictUndefined`` so a
+missing value fails ``check`` instead of sending a half-empty mail to a frightened resident.
+
+Every mail we send carries ``Auto-Submitted`` (RFC 3834) and an ``X-Loop`` marker so that
+auto-responders do not answer it and, if one does anyway, we recognise our own mail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from intake.businessdays import BusinessCalendar, format_day_ja
+from intake.partners import Directory
+
+LOOP_HEADER = "X-Loop"
+MARKER_HEADER = "X-Soudan-Intake"
+ACK_SUBJECT = "【笠岡市】メールを受け付けました"
+
+TEMPLATES = {
+    "ack": ("resident/ack.txt.j2", None),
+    "alert": ("oncall/urgent_alert.txt.j2", None),
+    "digest": ("partner/digest.txt.j2", "partner/digest.html.j2"),
+}
+
+
+def template_environment(templates_dir: Path) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(templates_dir)),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["jst"] = lambda dt, tz=None: (
+        dt.astimezone(tz).strftime("%Y-%m-%d %H:%M") if dt else ""
+    )
+    env.filters["day_ja"] = format_day_ja
+    return env
+
+
+@dataclass(frozen=True)
+class Sender:
+    address: str
+    name: str
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2] or "localhost"
+
+
+def _base_message(
+    sender: Sender, to: list[str], subject: str, now: datetime, auto_submitted: str, kind: str
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = Address(display_name=sender.name, addr_spec=sender.address)
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = make_msgid(idstring=kind, domain=sender.domain)
+    msg["Auto-Submitted"] = auto_submitted
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg[LOOP_HEADER] = sender.address
+    msg[MARKER_HEADER] = kind
+    return msg
+
+
+def render_ack(
+    env: Environment,
+    *,
+    sender: Sender,
+    to: str,
+    case_number: str,
+    in_reply_to: str | None,
+    references: list[str],
+    received: datetime,
+    calendar: BusinessCalendar,
+    directory: Directory,
+    now: datetime,
+) -> EmailMessage:
+    """The resident's acknowledgement: neutral subject and opening, phone lines, 110/119.
+
+    Neutral because a parent, partner or abuser may see the phone's lock screen: the
+    subject and first lines never name the topic nor repeat the resident's words.
+    """
+    deadline, same_day = calendar.reply_expected(received)
+    msg = _base_message(sender, [to], ACK_SUBJECT, now, "auto-replied", "ack")
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = " ".join([*references, in_reply_to][-10:])
+    text = env.get_template(TEMPLATES["ack"][0]).render(
+        case_number=case_number,
+        same_day=same_day,
+        deadline=deadline.astimezone(calendar.tz),
+        deadline_day=format_day_ja(deadline.astimezone(calendar.tz)),
+        partners=directory.partners,
+        always_open=directory.always_open,
+        emergency=directory.emergency,
+        from_name=sender.name,
+    )
+    msg.set_content(text, charset="utf-8", cte="8bit")
+    return msg
+
+
+def render_alert(
+    env: Environment,
+    *,
+    sender: Sender,
+    to: list[str],
+    case: dict[str, Any],
+    now: datetime,
+    tz: Any,
+    escalation: int = 0,
+) -> EmailMessage:
+    """The on-call alert: everything needed to call back, readable on a phone at night."""
+    prefix = "【至急・再通知】" if escalation else "【至急】"
+    subject = f"{prefix}緊急の可能性がある相談 {case['number']}"
+    msg = _base_message(sender, to, subject, now, "auto-generated", "alert")
+    text = env.get_template(TEMPLATES["alert"][0]).render(
+        case=case, tz=tz, escalation=escalation, from_address=sender.address
+    )
+    msg.set_content(text, charset="utf-8", cte="8bit")
+    return msg
+
+
+def render_digest(
+    env: Environment,
+    *,
+    sender: Sender,
+    partner: Any,
+    entries: list[dict[str, Any]],
+    now: datetime,
+    tz: Any,
+) -> EmailMessage:
+    """A partner's digest: the new cases since its last digest, text and HTML parts."""
+    subject = f"【相談ダイジェスト】{partner.name} 新着 {len(entries)} 件 ({now.astimezone(tz):%m/%d %H:%M})"
+    msg = _base_message(sender, list(partner.digest_to), subject, now, "auto-generated", "digest")
+    context = {"partner": partner, "entries": entries, "tz": tz, "now": now}
+    txt_name, html_name = TEMPLATES["digest"]
+    msg.set_content(env.get_template(txt_name).render(**context), charset="utf-8", cte="8bit")
+    if html_name:
+        msg.add_alternative(
+            env.get_template(html_name).render(**context), subtype="html", charset="utf-8"
+        )
+    return msg
+
+
+def excerpt(text: str, limit: int = 120) -> str:
+    """The first characters of a consultation, on one line, for partners that see excerpts."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

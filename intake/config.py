@@ -1,0 +1,272 @@
+"""Settings: ``load_settings(path) -> Settings`` from one TOML file.
+
+Why a hand-written loader instead of a settings framework: every error must name the
+file, the key and the fix, because the reader is the city's IT contractor. Secrets are
+never in the file: it names an environment variable (``password_env``) or a file
+(``password_file``) that holds them, and they are read only when a connection is made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from intake.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SECURITY_MODES = ("tls", "starttls", "plain")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 / ::1: the only hosts plain text may reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Where a password lives. ``get()`` reads it at connection time, never logs it."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def get(self) -> str | None:
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(
+                    f"environment variable {self.env} is not set; export it with the password "
+                    "(the config names it in password_env)"
+                )
+            return value
+        if self.file:
+            try:
+                return self.file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read password_file {self.file}: {exc.strerror}") from exc
+        return None
+
+    def __repr__(self) -> str:  # never show a secret, only where it comes from
+        return f"Secret(env={self.env!r}, file={self.file!r})"
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    host: str
+    port: int
+    security: str
+    username: str
+    password: Secret
+    folder: str = "INBOX"
+    cafile: Path | None = None
+    timeout: float = 30.0
+    idle: bool = True
+    poll_interval: float = 60.0
+    batch_size: int = 100
+
+    @property
+    def key(self) -> str:
+        """Identifies this mailbox in the database (cursor, dedupe)."""
+        return f"{self.username}@{self.host}/{self.folder}"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: str
+    from_address: str
+    from_name: str
+    username: str | None = None
+    password: Secret = field(default_factory=Secret)
+    cafile: Path | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class OncallSettings:
+    to: tuple[str, ...]
+    backup: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path | None
+    mailbox: MailboxSettings
+    smtp: SmtpSettings
+    database_url: str
+    oncall: OncallSettings
+    rules_dir: Path
+    templates_dir: Path
+    timezone: ZoneInfo
+    ack_window_hours: float = 24.0
+    max_message_bytes: int = 25 * 1024 * 1024
+    coordinator: tuple[str, ...] = ()
+    digest_times: tuple[str, ...] = ("09:00", "14:00")
+    office_open: str = "08:30"
+    office_close: str = "17:00"
+    closures: tuple[str, ...] = ()  # extra closure days, "YYYY-MM-DD" or "MM-DD"
+
+
+class _Section:
+    """Typed access to one TOML table that reports path and key on every mistake."""
+
+    def __init__(self, path: Path | None, name: str, data: Any):
+        self.path = path
+        self.name = name
+        if not isinstance(data, dict):
+            raise self.error(name, "must be a table, e.g. [" + name + "]")
+        self.data: dict[str, Any] = data
+
+    def error(self, key: str, message: str) -> ConfigError:
+        where = str(self.path) if self.path else "<config>"
+        full = key if key == self.name else f"{self.name}.{key}"
+        return ConfigError(f"{where}: {full}: {message}")
+
+    def get(self, key: str, kind: type, default: Any = ..., *, required: bool = False) -> Any:
+        if key not in self.data:
+            if required or default is ...:
+                raise self.error(key, f"missing; add `{key} = ...` under [{self.name}]")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be a {kind.__name__}, got {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, 'must be a list of strings, e.g. ["a@example.jp"]')
+        return tuple(value)
+
+
+def _secret(sec: _Section, base: Path) -> Secret:
+    env = sec.get("password_env", str, None)
+    file = sec.get("password_file", str, None)
+    if "password" in sec.data:
+        raise sec.error(
+            "password",
+            "passwords are never written in the config; set password_env = \"NAME\" and export "
+            "NAME, or password_file = \"/path\" readable only by the service",
+        )
+    if env and file:
+        raise sec.error("password_env", "give password_env or password_file, not both")
+    return Secret(env=env, file=(base / file) if file else None)
+
+
+def _security(sec: _Section, host: str) -> str:
+    security = sec.get("security", str, "tls")
+    if security not in SECURITY_MODES:
+        raise sec.error("security", f"must be one of {', '.join(SECURITY_MODES)}")
+    if security == "plain" and not is_loopback(host):
+        raise sec.error(
+            "security",
+            f"plain text is allowed only to loopback hosts, not {host!r}; use tls or starttls",
+        )
+    return security
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    if not value:
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settings:
+    """Build Settings from parsed TOML; relative paths are relative to the config file."""
+    base = path.parent if path else Path.cwd()
+    top = _Section(path, "config", data)
+    mb = _Section(path, "mailbox", top.data.get("mailbox", {}))
+    mb_host = mb.get("host", str, required=True)
+    mb_security = _security(mb, mb_host)
+    mailbox = MailboxSettings(
+        host=mb_host,
+        port=mb.get("port", int, {"tls": 993}.get(mb_security, 143)),
+        security=mb_security,
+        username=mb.get("username", str, required=True),
+        password=_secret(mb, base),
+        folder=mb.get("folder", str, "INBOX"),
+        cafile=_path(base, mb.get("cafile", str, None)),
+        timeout=mb.get("timeout", float, 30.0),
+        idle=mb.get("idle", bool, True),
+        poll_interval=mb.get("poll_interval", float, 60.0),
+        batch_size=mb.get("batch_size", int, 100),
+    )
+    sm = _Section(path, "smtp", top.data.get("smtp", {}))
+    sm_host = sm.get("host", str, required=True)
+    sm_security = _security(sm, sm_host)
+    smtp = SmtpSettings(
+        host=sm_host,
+        port=sm.get("port", int, {"tls": 465, "starttls": 587}.get(sm_security, 25)),
+        security=sm_security,
+        from_address=sm.get("from_address", str, required=True),
+        from_name=sm.get("from_name", str, "笠岡市 ささえ愛相談窓口"),
+        username=sm.get("username", str, None),
+        password=_secret(sm, base),
+        cafile=_path(base, sm.get("cafile", str, None)),
+        timeout=sm.get("timeout", float, 30.0),
+    )
+    db = _Section(path, "database", top.data.get("database", {}))
+    default_db = f"sqlite:///{(base / 'var' / 'intake.db').as_posix()}"
+    database_url = db.get("url", str, default_db)
+    oc = _Section(path, "oncall", top.data.get("oncall", {}))
+    oncall = OncallSettings(to=oc.strings("to"), backup=oc.strings("backup"))
+    if not oncall.to:
+        raise oc.error("to", "at least one on-call address is needed for urgent alerts")
+    sv = _Section(path, "service", top.data.get("service", {}))
+    tzname = sv.get("timezone", str, "Asia/Tokyo")
+    try:
+        tz = ZoneInfo(tzname)
+    except Exception as exc:
+        raise sv.error("timezone", f"unknown time zone {tzname!r}") from exc
+    return Settings(
+        path=path,
+        mailbox=mailbox,
+        smtp=smtp,
+        database_url=database_url,
+        oncall=oncall,
+        rules_dir=_path(base, sv.get("rules_dir", str, None)) or PROJECT_ROOT / "rules",
+        templates_dir=_path(base, sv.get("templates_dir", str, None))
+        or PROJECT_ROOT / "templates",
+        timezone=tz,
+        ack_window_hours=sv.get("ack_window_hours", float, 24.0),
+        max_message_bytes=sv.get("max_message_mb", int, 25) * 1024 * 1024,
+        coordinator=sv.strings("coordinator"),
+        digest_times=sv.strings("digest_times", ("09:00", "14:00")),
+        office_open=sv.get("office_open", str, "08:30"),
+        office_close=sv.get("office_close", str, "17:00"),
+        closures=sv.strings("closures"),
+    )
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Load the config named by ``path`` or ``$INTAKE_CONFIG``."""
+    if path is None:
+        env = os.environ.get("INTAKE_CONFIG")
+        if not env:
+            raise ConfigError("no config given: pass --config PATH or set INTAKE_CONFIG")
+        path = env
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    return settings_from_dict(data, p.resolve())

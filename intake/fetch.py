@@ -1,0 +1,150 @@
+"""Fetch: the IMAP edge. Reads the consultation mailbox; never changes it.
+
+Why it is written this way (RFC 3501 and IMAPClient's own advice):
+- UIDs, never sequence numbers, and a cursor of (UIDVALIDITY, highest processed UID):
+  a poll costs one ``UID SEARCH UID n:*`` whatever the mailbox size.
+- The folder is opened with EXAMINE (read-only) and bodies are fetched with
+  ``BODY.PEEK[]``: reading never sets ``\\Seen``, so staff who also read the mailbox in
+  a mail client see it as it was.
+- imapclient has no socket timeout by default; a worker without one can hang for ever on
+  a half-open connection, so a timeout is always set.
+- Plain text is allowed only to loopback hosts (enforced in config); TLS verifies
+  certificates against the system store or the configured CA file.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+from intake.config import MailboxSettings
+from intake.errors import MailboxError
+
+log = logging.getLogger(__name__)
+
+IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop IDLE after 30 minutes
+
+
+@dataclass(frozen=True)
+class FolderState:
+    uidvalidity: int
+    uidnext: int | None
+    idle: bool  # the server offers IDLE
+
+
+def tls_context(cafile: Any = None) -> ssl.SSLContext:
+    """Certificate and host name checks on, always; a CA file only adds trust."""
+    return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+
+
+class Mailbox:
+    """One open, selected IMAP connection; use as a context manager."""
+
+    def __init__(self, settings: MailboxSettings):
+        self.settings = settings
+        self.client: IMAPClient | None = None
+        self.state: FolderState | None = None
+
+    def __enter__(self) -> Mailbox:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> FolderState:
+        s = self.settings
+        try:
+            if s.security == "tls":
+                client = IMAPClient(
+                    s.host, port=s.port, ssl=True, ssl_context=tls_context(s.cafile),
+                    timeout=s.timeout,
+                )
+            else:
+                client = IMAPClient(s.host, port=s.port, ssl=False, timeout=s.timeout)
+                if s.security == "starttls":
+                    # A failed STARTTLS raises: never fall back to plain text.
+                    client.starttls(tls_context(s.cafile))
+            client.login(s.username, s.password.get() or "")
+            info = client.select_folder(s.folder, readonly=True)
+            caps = client.capabilities()
+        except (IMAPClientError, OSError, ssl.SSLError) as exc:
+            raise MailboxError(
+                f"IMAP {s.host}:{s.port} ({s.security}) user {s.username} folder {s.folder}: "
+                f"{type(exc).__name__}: {exc}. Check [mailbox] host, port, security, "
+                "credentials and that the folder exists."
+            ) from exc
+        self.client = client
+        uidnext = info.get(b"UIDNEXT")
+        self.state = FolderState(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(uidnext) if uidnext is not None else None,
+            idle=s.idle and b"IDLE" in caps,
+        )
+        log.info(
+            "mailbox opened", extra={"host": s.host, "folder": s.folder, "idle": self.state.idle}
+        )
+        return self.state
+
+    def close(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.logout()
+        except (IMAPClientError, OSError):
+            try:
+                self.client.shutdown()
+            except OSError:
+                pass
+        self.client = None
+
+    def _client(self) -> IMAPClient:
+        if self.client is None:
+            raise MailboxError("mailbox is not open")
+        return self.client
+
+    def current_uidvalidity(self) -> int:
+        """UIDVALIDITY as the server says now (STATUS), to notice a recreated mailbox."""
+        status = self._client().folder_status(self.settings.folder, [b"UIDVALIDITY"])
+        return int(status[b"UIDVALIDITY"])
+
+    def new_uids(self, last_uid: int) -> list[int]:
+        """UIDs above ``last_uid``, ascending. ``n:*`` always matches the highest UID, so filter."""
+        uids = self._client().search(["UID", f"{last_uid + 1}:*"])
+        return sorted(u for u in uids if u > last_uid)
+
+    def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
+        """Raw bytes of each UID, in UID order, with BODY.PEEK[] (never sets \\Seen)."""
+        if not uids:
+            return
+        data = self._client().fetch(uids, [b"BODY.PEEK[]"])
+        for uid in sorted(data):
+            raw = data[uid].get(b"BODY[]")
+            if raw is None:  # expunged between SEARCH and FETCH
+                continue
+            yield uid, bytes(raw)
+
+    def wait(self, seconds: float) -> bool:
+        """Block up to ``seconds`` for news: IDLE when offered, else sleep-and-NOOP.
+
+        Returns True when the server reported something (worth a poll).
+        """
+        client = self._client()
+        if self.state and self.state.idle:
+            client.idle()
+            try:
+                responses = client.idle_check(timeout=min(seconds, IDLE_RENEW_SECONDS))
+            finally:
+                client.idle_done()
+            return bool(responses)
+        import time
+
+        time.sleep(seconds)
+        client.noop()
+        return True

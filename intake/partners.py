@@ -1,0 +1,220 @@
+"""Route: the partner directory and ``assign_partner(triage, directory) -> Partner``.
+
+The directory is data (``rules/partners.toml``) that city staff edit, so the loader checks
+it thoroughly and reports ``file:line`` with the fix; routing itself is a pure function.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Any
+
+from intake.errors import Problem, RulesError
+from intake.triage import TOPICS, Triage
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+@dataclass(frozen=True)
+class Partner:
+    id: str
+    name: str
+    topics: tuple[str, ...]
+    digest_to: tuple[str, ...]
+    phone: str
+    hours: str
+    days: str = "weekdays"  # weekdays | always
+    open: time = time(9, 0)
+    close: time = time(17, 0)
+    general_desk: bool = False
+    share: str = "excerpt"
+    show_sender: bool = False
+    also_notify: tuple[str, ...] = ()
+
+    @property
+    def always_open(self) -> bool:
+        return self.days == "always"
+
+
+@dataclass(frozen=True)
+class Emergency:
+    name: str
+    phone: str
+
+
+@dataclass(frozen=True)
+class Directory:
+    partners: tuple[Partner, ...]
+    emergency: tuple[Emergency, ...]
+
+    def get(self, partner_id: str) -> Partner | None:
+        return next((p for p in self.partners if p.id == partner_id), None)
+
+    @property
+    def general_desk(self) -> Partner:
+        return next(p for p in self.partners if p.general_desk)
+
+    @property
+    def always_open(self) -> tuple[Partner, ...]:
+        """The 24-hour lines every acknowledgement must show."""
+        return tuple(p for p in self.partners if p.always_open)
+
+
+def _table_lines(text: str, header: str) -> list[int]:
+    """Line numbers (1-based) of each ``[[header]]`` so errors can point at the entry."""
+    pat = re.compile(r"^\s*\[\[\s*" + re.escape(header) + r"\s*\]\]")
+    return [i for i, line in enumerate(text.splitlines(), 1) if pat.match(line)]
+
+
+def _key_line(text: str, start: int, key: str) -> int:
+    """The line of ``key =`` inside the entry whose header is on line ``start``."""
+    lines = text.splitlines()
+    for i in range(start, len(lines)):  # lines[start] is the line after the header
+        if lines[i].lstrip().startswith("["):
+            break
+        if re.match(r"^\s*" + re.escape(key) + r"\s*=", lines[i]):
+            return i + 1
+    return start
+
+
+def _time(value: str) -> time:
+    m = _HHMM.match(value)
+    assert m
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+def load_directory(path: Path) -> Directory:
+    """Load and validate the partner directory; raise RulesError listing every problem."""
+    problems: list[Problem] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError([Problem(path, None, f"cannot read: {exc.strerror}")]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise RulesError([Problem(path, line, f"not valid TOML: {exc}")]) from exc
+
+    entries: list[Any] = data.get("partner", [])
+    starts = _table_lines(text, "partner")
+    partners: list[Partner] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        start = starts[index] if index < len(starts) else 1
+
+        def err(key: str, message: str, start: int = start) -> None:
+            problems.append(Problem(path, _key_line(text, start, key), message))
+
+        pid = entry.get("id")
+        if not isinstance(pid, str) or not re.fullmatch(r"[a-z0-9_-]+", pid or ""):
+            err("id", 'each [[partner]] needs id = "lowercase-letters" (a-z, 0-9, -, _)')
+            continue
+        if pid in seen:
+            err("id", f"duplicate partner id {pid!r}; the first is at line {seen[pid]}")
+            continue
+        seen[pid] = start
+        for key in ("name", "phone", "hours"):
+            if not isinstance(entry.get(key), str) or not entry.get(key):
+                err(key, f'partner {pid!r}: {key} = "..." is required')
+        topics = entry.get("topics", [])
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            err("topics", f"partner {pid!r}: topics must be a list of strings")
+            topics = []
+        for t in topics:
+            if t not in TOPICS:
+                err("topics", f"partner {pid!r}: unknown topic {t!r}; use one of {', '.join(TOPICS)}")
+        also = entry.get("also_notify", [])
+        for t in also if isinstance(also, list) else []:
+            if t not in TOPICS:
+                err("also_notify", f"partner {pid!r}: unknown topic {t!r} in also_notify")
+        digest_to = entry.get("digest_to", [])
+        if not isinstance(digest_to, list) or not digest_to or not all(
+            isinstance(a, str) and "@" in a for a in digest_to
+        ):
+            err("digest_to", f'partner {pid!r}: digest_to = ["name@example.jp"] is required')
+            digest_to = []
+        days = entry.get("days", "weekdays")
+        if days not in ("weekdays", "always"):
+            err("days", f'partner {pid!r}: days must be "weekdays" or "always"')
+        opening = {}
+        for key, default in (("open", "09:00"), ("close", "17:00")):
+            value = entry.get(key, default)
+            if not isinstance(value, str) or not _HHMM.match(value):
+                err(key, f'partner {pid!r}: {key} must be "HH:MM", e.g. "{default}"')
+                value = default
+            opening[key] = _time(value)
+        if days == "weekdays" and opening["open"] >= opening["close"]:
+            err("close", f"partner {pid!r}: close must be after open")
+        share = entry.get("share", "excerpt")
+        if share not in ("full", "excerpt"):
+            err("share", f'partner {pid!r}: share must be "full" or "excerpt"')
+        partners.append(
+            Partner(
+                id=pid,
+                name=str(entry.get("name", pid)),
+                topics=tuple(topics),
+                digest_to=tuple(digest_to),
+                phone=str(entry.get("phone", "")),
+                hours=str(entry.get("hours", "")),
+                days=days if days in ("weekdays", "always") else "weekdays",
+                open=opening["open"],
+                close=opening["close"],
+                general_desk=bool(entry.get("general_desk", False)),
+                share=share if share in ("full", "excerpt") else "excerpt",
+                show_sender=bool(entry.get("show_sender", False)),
+                also_notify=tuple(also) if isinstance(also, list) else (),
+            )
+        )
+
+    desks = [p for p in partners if p.general_desk]
+    if len(desks) != 1:
+        problems.append(
+            Problem(path, None, f"exactly one partner needs general_desk = true (found {len(desks)})")
+        )
+    owned = {t for p in partners for t in p.topics}
+    for t in TOPICS:
+        if t not in owned and t != "other":
+            problems.append(
+                Problem(path, None, f"no partner owns topic {t!r}: add it to a partner's topics")
+            )
+    emergency = []
+    for index, entry in enumerate(data.get("emergency", [])):
+        if not entry.get("phone") or not entry.get("name"):
+            line = (_table_lines(text, "emergency") or [1])[min(index, 0)]
+            problems.append(Problem(path, line, "each [[emergency]] needs name and phone"))
+            continue
+        emergency.append(Emergency(name=str(entry["name"]), phone=str(entry["phone"])))
+    if not any(p.always_open for p in partners) and not emergency:
+        problems.append(Problem(path, None, "no 24-hour line: acknowledgements must show one"))
+    if problems:
+        raise RulesError(problems)
+    return Directory(partners=tuple(partners), emergency=tuple(emergency))
+
+
+def assign_partner(triage: Triage, directory: Directory) -> Partner:
+    """The partner that owns a case: the primary topic's owner, else the general desk.
+
+    Unreadable mail and ``other`` go to the general desk, which is staffed by the city:
+    a consultation nobody can classify must still reach a person.
+    """
+    if triage.needs_human or triage.topic == "other":
+        return directory.general_desk
+    for partner in directory.partners:
+        if triage.topic in partner.topics:
+            return partner
+    return directory.general_desk
+
+
+def also_notified(triage: Triage, directory: Directory, owner: Partner) -> list[Partner]:
+    """Partners that get a copy because a secondary topic is one they asked to see."""
+    secondary = {t for t, _score in triage.topics[1:]}
+    return [
+        p
+        for p in directory.partners
+        if p.id != owner.id and secondary.intersection(p.also_notify)
+    ]

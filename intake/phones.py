@@ -1,0 +1,31 @@
+"""Find Japanese phone numbers in a consultation so the on-call person can call back.
+
+Residents write numbers in full-width digits, with hyphens of every kind, or with none:
+NFKC folds widths, and the pattern accepts the common separators.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_DASHES = "-‐‑‒–—―−ー－"
+_PHONE = re.compile(
+    r"(?<!\d)(0[789]0[" + _DASHES + r"\s]?\d{4}[" + _DASHES + r"\s]?\d{4}"  # mobile
+    r"|0\d{1,4}[" + _DASHES + r"\s(（]?\d{1,4}[" + _DASHES + r"\s)）]?\d{4})(?!\d)"  # fixed
+)
+
+
+def find_phones(text: str) -> list[str]:
+    """Phone numbers in ``text``, normalised to ASCII digits and hyphens, in order, unique."""
+    folded = unicodedata.normalize("NFKC", text)
+    found: list[str] = []
+    for m in _PHONE.finditer(folded):
+        digits = re.sub(r"\D", "", m.group(0))
+        if not 10 <= len(digits) <= 11:
+            continue
+        parts = re.split(r"[^\d]+", m.group(0).strip())
+        number = "-".join(p for p in parts if p) if len(parts) > 1 else digits
+        if number not in found:
+            found.append(number)
+    return found

@@ -1,0 +1,424 @@
+"""Pipeline: ``process_new_mail`` — the one function ``once``, ``run`` and the tests share.
+
+Order of work for each batch of new UIDs, and why:
+1. Transaction 1 stores the raw bytes (deduplicated by SHA-256 per mailbox) and counts an
+   attempt. From here on the mail cannot be lost, whatever crashes next.
+2. Transaction 2 parses, triages and routes each stored message inside its own SAVEPOINT,
+   creates or extends its case, queues the acknowledgement and the alert in the outbox,
+   and advances the IMAP cursor — all in one commit, so the cursor never runs ahead of
+   what is stored. A message whose processing raises is rolled back to its savepoint and
+   quarantined (stage and error class recorded, never the body) as a case for a human;
+   one that crashed the whole process three times is quarantined without another try.
+3. The outbox is delivered afterwards (alerts first) by ``intake.send``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from jinja2 import Environment
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from intake.automatic import automatic_reason, spam_reason
+from intake.businessdays import BusinessCalendar
+from intake.compose import LOOP_HEADER, MARKER_HEADER, Sender, render_ack, render_alert, template_environment
+from intake.config import Settings
+from intake.fetch import Mailbox
+from intake.letter import Letter
+from intake.parse import parse
+from intake.partners import Directory, Partner, assign_partner, load_directory
+from intake.phones import find_phones
+from intake.rules import RuleSet, load_rules
+from intake.store import (
+    Case,
+    Outbox,
+    StoredMessage,
+    dumps,
+    from_db,
+    get_cursor,
+    open_database,
+    record_event,
+    session_scope,
+    to_db,
+)
+from intake.triage import Match, Triage, classify
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+CASE_NUMBER = re.compile(r"\bC(\d{6})\b")
+
+
+@dataclass
+class Service:
+    """Everything a stage needs, built once at start-up and passed in (no globals)."""
+
+    settings: Settings
+    engine: Engine
+    rules: RuleSet
+    directory: Directory
+    env: Environment
+    calendar: BusinessCalendar
+    sender: Sender
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        from datetime import time
+
+        def hhmm(value: str) -> time:
+            hour, minute = value.split(":")
+            return time(int(hour), int(minute))
+
+        calendar = BusinessCalendar(
+            tz=settings.timezone,
+            open=hhmm(settings.office_open),
+            close=hhmm(settings.office_close),
+            closures=BusinessCalendar().closures + settings.closures,
+        )
+        return cls(
+            settings=settings,
+            engine=open_database(settings.database_url),
+            rules=load_rules(settings.rules_dir),
+            directory=load_directory(settings.rules_dir / "partners.toml"),
+            env=template_environment(settings.templates_dir),
+            calendar=calendar,
+            sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
+        )
+
+
+@dataclass
+class RunReport:
+    fetched: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    cases: int = 0
+    followups: int = 0
+    quarantined: int = 0
+    acks: int = 0
+    alerts: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)
+
+
+def acknowledgement_block(letter: Letter, own_address: str) -> str | None:
+    """Why this letter gets no acknowledgement, or None. Pure; shared with ``classify``."""
+    if not letter.from_addr:
+        return "no-sender"
+    if letter.from_addr.lower() == own_address.lower():
+        return "own-address"
+    for value in letter.headers.get(LOOP_HEADER.lower(), []):
+        if own_address.lower() in value.lower():
+            return "own-mail-loop"
+    if letter.header(MARKER_HEADER):
+        return "own-mail-marker"
+    return automatic_reason(letter) or spam_reason(letter)
+
+
+def _match_json(m: Match) -> dict[str, Any]:
+    return {
+        "rule": m.rule, "kind": m.kind, "topic": m.topic, "pattern": m.pattern,
+        "surface": m.surface, "start": m.start, "end": m.end, "discounted": m.discounted,
+    }
+
+
+class _Stage:
+    """Which stage a message is in, so a quarantine can say where it broke."""
+
+    name = "start"
+
+
+def _find_thread(session: Session, letter: Letter) -> tuple[Case | None, Outbox | None]:
+    """The case this letter continues, and our outgoing mail it answers, if any."""
+    refs = [r for r in [letter.in_reply_to, *letter.references] if r]
+    if refs:
+        ours = session.exec(select(Outbox).where(col(Outbox.message_id).in_(refs))).first()
+        if ours is not None and ours.case_id is not None:
+            return session.get(Case, ours.case_id), ours
+        earlier = session.exec(
+            select(StoredMessage).where(
+                col(StoredMessage.message_id).in_(refs), col(StoredMessage.case_id).is_not(None)
+            )
+        ).first()
+        if earlier is not None:
+            return session.get(Case, earlier.case_id), None
+    m = CASE_NUMBER.search(letter.subject)
+    if m:
+        case = session.get(Case, int(m.group(1)))
+        if case is not None and letter.from_addr and case.sender == letter.from_addr:
+            return case, None
+    return None, None
+
+
+def _recent_ack(session: Session, sender: str, since: datetime) -> bool:
+    row = session.exec(
+        select(Case.id).where(
+            Case.sender == sender,
+            col(Case.ack_state).in_(["queued", "sent"]),
+            Case.created_at >= to_db(since),
+        )
+    ).first()
+    return row is not None
+
+
+def _queue(
+    session: Session, *, kind: str, key: str, case: Case | None, to: list[str], message: Any,
+    priority: int, now: datetime, partner: str | None = None,
+) -> Outbox:
+    row = Outbox(
+        kind=kind, priority=priority, dedupe_key=key, case_id=case.id if case else None,
+        partner=partner, recipients=json.dumps(to), message_id=str(message["Message-ID"]),
+        content=bytes(message), created_at=to_db(now), next_attempt_at=to_db(now),
+    )
+    session.add(row)
+    return row
+
+
+def alert_context(svc: Service, case: Case, received: datetime, automatic: str | None) -> dict[str, Any]:
+    partner = svc.directory.get(case.partner)
+    due, _ = svc.calendar.reply_expected(received)
+    return {
+        "number": case.number,
+        "received": received,
+        "callback_due": due,
+        "partner_name": partner.name if partner else case.partner,
+        "sender": case.sender,
+        "phones": json.loads(case.phone or "[]"),
+        "reasons": [type("R", (), r) for r in json.loads(case.urgent_reasons)],
+        "automatic": automatic,
+    }
+
+
+def _queue_alert(svc: Service, session: Session, case: Case, msg: StoredMessage, received: datetime, automatic: str | None, now: datetime) -> None:
+    message = render_alert(
+        svc.env, sender=svc.sender, to=list(svc.settings.oncall.to),
+        case=alert_context(svc, case, received, automatic), now=now, tz=svc.calendar.tz,
+    )
+    _queue(session, kind="alert", key=f"alert:message:{msg.id}", case=case,
+           to=list(svc.settings.oncall.to), message=message, priority=0, now=now)
+    record_event(session, "alert-queued", case.id, f"message {msg.id}")
+
+
+def handle_message(
+    svc: Service, session: Session, msg: StoredMessage, now: datetime, stage: _Stage,
+    report: RunReport,
+) -> str:
+    """Turn one stored message into a case (or a follow-up); queue its mail. Returns the outcome."""
+    stage.name = "parse"
+    letter = parse(msg.raw or b"", max_size=svc.settings.max_message_bytes)
+    msg.message_id = letter.message_id
+    msg.from_addr = letter.from_addr
+    msg.subject = letter.subject
+    msg.body = letter.body
+    msg.new_text = letter.text
+    msg.problems = dumps(letter.problems)
+
+    stage.name = "automatic"
+    block = acknowledgement_block(letter, svc.sender.address)
+    msg.automatic = block
+
+    stage.name = "thread"
+    case, answered = _find_thread(session, letter)
+
+    stage.name = "triage"
+    triage: Triage = classify(letter, svc.rules)
+
+    stage.name = "route"
+    partner: Partner = assign_partner(triage, svc.directory)
+
+    stage.name = "store"
+    phones = find_phones(letter.subject + "\n" + letter.text)
+    reasons = [_match_json(m) for m in triage.urgent_reasons]
+    received = now
+    if answered is not None and answered.kind in ("alert", "escalation") and (
+        letter.from_addr in svc.settings.oncall.to + svc.settings.oncall.backup
+    ):
+        # The on-call person answered the alert: that is the acknowledgement of the alert.
+        msg.case_id = answered.case_id
+        msg.is_followup = True
+        msg.status = "processed"
+        record_event(session, "alert-acknowledged", answered.case_id, f"by {letter.from_addr}",
+                     actor=letter.from_addr)
+        return "alert-ack"
+    if case is not None and letter.bounce and answered is not None and answered.kind == "ack":
+        case.ack_state = "ack_failed"
+        msg.case_id = case.id
+        msg.is_followup = True
+        msg.status = "processed"
+        record_event(session, "ack-bounced", case.id, f"message {msg.id}")
+        return "bounce"
+    if case is None:
+        case = Case(
+            created_at=to_db(now), sender=letter.from_addr, topic=triage.topic,
+            topics=dumps(triage.topics), urgent=triage.urgent, urgent_reasons=dumps(reasons),
+            matches=dumps([_match_json(m) for m in triage.matches]), language=triage.language,
+            needs_human=triage.needs_human, partner=partner.id, phone=dumps(phones),
+        )
+        session.add(case)
+        session.flush()
+        record_event(session, "case-opened", case.id, f"partner {partner.id}")
+        outcome = "case"
+        newly_urgent = triage.urgent
+    else:
+        msg.is_followup = True
+        newly_urgent = triage.urgent
+        if triage.urgent:
+            old = json.loads(case.urgent_reasons)
+            case.urgent_reasons = dumps(old + reasons)
+            case.urgent = True
+        known = json.loads(case.phone or "[]")
+        case.phone = dumps(known + [p for p in phones if p not in known])
+        case.status = "open" if case.status == "closed" else case.status
+        record_event(session, "follow-up", case.id, f"message {msg.id}")
+        outcome = "followup"
+    msg.case_id = case.id
+
+    stage.name = "compose"
+    if outcome == "case":
+        window = timedelta(hours=svc.settings.ack_window_hours)
+        if block is None and _recent_ack(session, letter.from_addr, now - window):
+            block = "rate-limited"
+        if block is None:
+            ack = render_ack(
+                svc.env, sender=svc.sender, to=letter.from_addr, case_number=case.number,
+                in_reply_to=letter.message_id, references=letter.references, received=received,
+                calendar=svc.calendar, directory=svc.directory, now=now,
+            )
+            _queue(session, kind="ack", key=f"ack:case:{case.id}", case=case,
+                   to=[letter.from_addr], message=ack, priority=1, now=now)
+            case.ack_state = "queued"
+            report.acks += 1
+        else:
+            case.ack_state = f"suppressed:{block}"
+            report.suppressed[block] = report.suppressed.get(block, 0) + 1
+    if newly_urgent:
+        _queue_alert(svc, session, case, msg, received, block, now)
+        report.alerts += 1
+    msg.status = "processed"
+    return outcome
+
+
+_FROM = re.compile(rb"^From:[^\r\n]*?([\w.!#$%&'*+/=?^`{|}~-]+@[\w.-]+)", re.I | re.M)
+_AUTO_HINT = re.compile(rb"^(auto-submitted:\s*(?!no\b)|precedence:\s*(bulk|junk|list)|list-id:)", re.I | re.M)
+
+
+def quarantine(svc: Service, session: Session, msg: StoredMessage, stage: str, error: str, now: datetime) -> None:
+    """A message that broke a stage becomes a case for a human, with where it broke."""
+    raw = msg.raw or b""
+    head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    m = _FROM.search(head)
+    sender = m.group(1).decode("ascii", "replace").lower() if m else ""
+    desk = svc.directory.general_desk
+    case = Case(created_at=to_db(now), sender=sender, needs_human=True, partner=desk.id,
+                ack_state="pending")
+    session.add(case)
+    session.flush()
+    msg.status = "quarantined"
+    msg.stage_error = f"{stage}:{error}"
+    msg.case_id = case.id
+    msg.from_addr = sender
+    record_event(session, "quarantined", case.id, f"message {msg.id} at {stage}: {error}")
+    log.error("message quarantined", extra={"message_row": msg.id, "stage": stage, "error": error})
+    # Still acknowledge a person: a crash may delay an acknowledgement, never lose it.
+    if sender and not _AUTO_HINT.search(head) and sender != svc.sender.address.lower():
+        ack = render_ack(
+            svc.env, sender=svc.sender, to=sender, case_number=case.number, in_reply_to=None,
+            references=[], received=now, calendar=svc.calendar, directory=svc.directory, now=now,
+        )
+        _queue(session, kind="ack", key=f"ack:case:{case.id}", case=case, to=[sender],
+               message=ack, priority=1, now=now)
+        case.ack_state = "queued"
+    else:
+        case.ack_state = "suppressed:quarantined"
+
+
+def ingest_batch(svc: Service, items: list[tuple[int, bytes]], uidvalidity: int, high_uid: int, now: datetime, report: RunReport) -> None:
+    """Store, then process, one batch of fetched mail; advance the cursor with the cases."""
+    key = svc.settings.mailbox.key
+    hashes = {hashlib.sha256(raw).hexdigest(): (uid, raw) for uid, raw in items}
+    with session_scope(svc.engine) as session:
+        known = {
+            m.sha256: m
+            for m in session.exec(
+                select(StoredMessage).where(
+                    StoredMessage.mailbox == key, col(StoredMessage.sha256).in_(list(hashes))
+                )
+            )
+        }
+        pending: list[int] = []
+        for sha, (uid, raw) in hashes.items():
+            msg = known.get(sha)
+            if msg is None:
+                msg = StoredMessage(mailbox=key, uidvalidity=uidvalidity, uid=uid, sha256=sha,
+                                    raw=raw, size=len(raw), received_at=to_db(now))
+                session.add(msg)
+                report.stored += 1
+            elif msg.status != "received":
+                report.duplicates += 1
+                continue
+            msg.attempts += 1
+            session.flush()
+            assert msg.id is not None
+            pending.append(msg.id)
+    with session_scope(svc.engine) as session:
+        for row_id in pending:
+            msg = session.get(StoredMessage, row_id)
+            if msg is None or msg.status != "received":
+                continue
+            if msg.attempts > MAX_ATTEMPTS:
+                quarantine(svc, session, msg, "repeated-crash", f"{msg.attempts - 1} attempts", now)
+                report.quarantined += 1
+                continue
+            stage = _Stage()
+            try:
+                with session.begin_nested():
+                    outcome = handle_message(svc, session, msg, now, stage, report)
+            except Exception as exc:  # noqa: BLE001 - any failure quarantines, never stops intake
+                session.refresh(msg)
+                quarantine(svc, session, msg, stage.name, type(exc).__name__, now)
+                report.quarantined += 1
+                continue
+            if outcome == "case":
+                report.cases += 1
+            elif outcome == "followup":
+                report.followups += 1
+        cursor = get_cursor(session, key)
+        if cursor.uidvalidity == uidvalidity and high_uid > cursor.last_uid:
+            cursor.last_uid = high_uid
+            cursor.updated_at = to_db(now)
+
+
+def process_new_mail(svc: Service, mailbox: Mailbox, now: datetime) -> RunReport:
+    """Fetch everything above the cursor and turn it into cases. Cost grows with new mail only."""
+    report = RunReport()
+    state = mailbox.state
+    assert state is not None
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as session:
+        cursor = get_cursor(session, key)
+        if cursor.uidvalidity != state.uidvalidity:
+            if cursor.uidvalidity:
+                # Mailbox recreated or restored: rescan; stored mail is recognised by its hash.
+                log.warning("UIDVALIDITY changed; rescanning the folder",
+                            extra={"old": cursor.uidvalidity, "new": state.uidvalidity})
+                record_event(session, "uidvalidity-changed",
+                             detail=f"{cursor.uidvalidity} -> {state.uidvalidity}")
+            cursor.uidvalidity = state.uidvalidity
+            cursor.last_uid = 0
+        last_uid = cursor.last_uid
+    uids = mailbox.new_uids(last_uid)
+    size = max(1, svc.settings.mailbox.batch_size)
+    for start in range(0, len(uids), size):
+        batch = uids[start : start + size]
+        items = list(mailbox.fetch(batch))
+        report.fetched += len(items)
+        ingest_batch(svc, items, state.uidvalidity, max(batch), now, report)
+    return report
+
+
+__all__ = ["RunReport", "Service", "acknowledgement_block", "from_db", "ingest_batch", "process_new_mail"]

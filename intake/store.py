@@ -1,0 +1,216 @@
+"""Store: the sqlmodel tables and the few queries the pipeline needs.
+
+What it guarantees (the rest of the service relies on these constraints, not on care):
+- ``StoredMessage`` is unique per (mailbox, sha256 of the raw bytes): a mail fetched
+  twice after a crash, or rescanned after a UIDVALIDITY change, is recognised.
+- ``Outbox.dedupe_key`` is unique: one acknowledgement per case, one alert per urgent
+  message, one digest line per (partner, message). Sending twice needs two rows, and
+  the database refuses the second.
+- ``DigestEntry`` is unique per (partner, message): a message appears in exactly one
+  digest per partner, across restarts.
+- ``Cursor`` (UIDVALIDITY + last UID) is advanced in the same transaction that commits
+  the messages and their cases, so it never runs ahead of what is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, LargeBinary, UniqueConstraint, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+
+def utcnow() -> datetime:
+    """Naive UTC: the database keeps naive UTC everywhere (SQLite has no time zones)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def to_db(moment: datetime) -> datetime:
+    """An aware datetime as the naive UTC the database stores."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def from_db(moment: datetime | None) -> datetime | None:
+    """A stored naive-UTC datetime back as an aware one."""
+    return moment.replace(tzinfo=UTC) if moment is not None else None
+
+
+class Cursor(SQLModel, table=True):
+    """How far the mailbox has been read: RFC 3501 UIDVALIDITY + highest processed UID."""
+
+    mailbox: str = Field(primary_key=True)
+    uidvalidity: int = 0
+    last_uid: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class StoredMessage(SQLModel, table=True):
+    """One incoming mail, raw bytes first; everything else is derived and may be redone."""
+
+    __tablename__ = "message"
+    __table_args__ = (UniqueConstraint("mailbox", "sha256", name="uq_message_raw"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(index=True)
+    uidvalidity: int = 0
+    uid: int = 0
+    sha256: str
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    size: int = 0
+    received_at: datetime = Field(default_factory=utcnow)
+    message_id: str | None = Field(default=None, index=True)
+    from_addr: str = ""
+    subject: str = ""
+    body: str = ""
+    new_text: str = ""
+    problems: str = "[]"  # JSON list of parse problems
+    status: str = "received"  # received | processed | quarantined
+    attempts: int = 0
+    stage_error: str | None = None  # "stage:ErrorClass" for quarantined mail, never the body
+    automatic: str | None = None  # why no acknowledgement (RFC 3834 etc.), or None
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    is_followup: bool = False
+
+
+class Case(SQLModel, table=True):
+    """A consultation: one or more messages from a resident, owned by one partner."""
+
+    __tablename__ = "case"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    sender: str = Field(default="", index=True)
+    topic: str = "other"
+    topics: str = "[]"  # JSON [[topic, score], ...]
+    urgent: bool = False
+    urgent_reasons: str = "[]"  # JSON list of matches
+    matches: str = "[]"
+    language: str = "ja"
+    needs_human: bool = False
+    partner: str = "city"
+    phone: str | None = None
+    status: str = "new"  # new | open | closed
+    ack_state: str = "pending"  # pending | queued | sent | suppressed:<why> | ack_failed
+
+    @property
+    def number(self) -> str:
+        """The case number staff and residents quote: stable, short, not guessable from text."""
+        return f"C{self.id:06d}"
+
+
+class Outbox(SQLModel, table=True):
+    """Every outgoing mail, written with the change that caused it, delivered later."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # alert | ack | digest | escalation
+    priority: int = 5  # lower goes first: alerts 0, acks 1, digests 5
+    dedupe_key: str = Field(unique=True)
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    partner: str | None = None
+    recipients: str = "[]"  # JSON list
+    message_id: str = Field(index=True)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    status: str = Field(default="queued", index=True)  # queued | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    last_error: str | None = None
+    sent_at: datetime | None = None
+    smtp_response: str | None = None
+
+
+class DigestEntry(SQLModel, table=True):
+    """Which message went to which partner's digest; unique so nothing is listed twice."""
+
+    __tablename__ = "digest_entry"
+    __table_args__ = (UniqueConstraint("partner", "message_row", name="uq_digest_entry"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    partner: str = Field(index=True)
+    message_row: int = Field(foreign_key="message.id")
+    case_id: int = Field(foreign_key="case.id")
+    outbox_id: int = Field(foreign_key="outbox.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    """Audit trail: alerts, acknowledgements, escalations, staff commands, with time."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow)
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    kind: str
+    detail: str = ""
+    actor: str = "service"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling breaks SAVEPOINT (per-message isolation needs it):
+    # take BEGIN over ourselves, as SQLAlchemy's SQLite documentation recommends.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    # WAL lets the digest job read while the worker writes; busy_timeout rides out short locks.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def open_database(url: str) -> Engine:
+    """Create the engine and the tables (idempotent). SQLite files get their folder made."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_cursor(session: Session, mailbox: str) -> Cursor:
+    cursor = session.get(Cursor, mailbox)
+    if cursor is None:
+        cursor = Cursor(mailbox=mailbox)
+        session.add(cursor)
+        session.flush()
+    return cursor
+
+
+def record_event(
+    session: Session, kind: str, case_id: int | None = None, detail: str = "", actor: str = "service"
+) -> None:
+    session.add(Event(kind=kind, case_id=case_id, detail=detail, actor=actor))
+
+
+def find_message_by_hash(session: Session, mailbox: str, sha256: str) -> StoredMessage | None:
+    return session.exec(
+        select(StoredMessage).where(
+            StoredMessage.mailbox == mailbox, StoredMessage.sha256 == sha256
+        )
+    ).first()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
