@@ -1,0 +1,114 @@
+"""Split a mail body into the resident's new words and the rest (quotes, signature).
+
+Contract: ``split_quoted(text) -> (new, quoted)``; pure, never raises, and
+``new``/``quoted`` together keep every non-blank line of ``text``.
+
+Why: triage must read what the resident wrote now, not our own acknowledgement
+quoted back at us (which mentions "相談", "死にたい"-type help-line wording and
+would trigger topics or urgent alerts by itself), nor a forwarded thread.
+
+What counts as quoted:
+
+* every line starting with ``>`` or ``＞`` (interleaved replies keep the resident's
+  lines between quote blocks as new text), plus the attribution line just above a
+  quote block when it ends in a colon;
+* everything after a reply or forward header: ``On ... wrote:``, ``2026年11月26日(木)
+  10:00 山田 <…>:``, ``…さんは書きました:``, ``-----Original Message-----``,
+  ``-----元のメッセージ-----``, ``--- Forwarded message ---``, ``Begin forwarded
+  message:``, and an Outlook ``From:``/``差出人:`` block followed by ``Sent:``/``Date:``;
+* everything after a signature separator ``-- `` (RFC 3676 s. 4.3).
+
+A line that merely contains a colon ("理由は次の通りです:") does not cut anything:
+a header needs a date, an address or a "wrote" verb, or a ``>`` block right below.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["is_quote_header", "split_quoted"]
+
+_QUOTE_LINE = re.compile(r"^[ \t\u3000]*[>＞]")
+_SEPARATOR = re.compile(
+    r"^\s*(?:"
+    r"-{2,}\s*(?:original message|forwarded message|元のメッセージ|転送メッセージ|"
+    r"転送されたメッセージ|オリジナルメッセージ|以下転送|forwarded by)\s*-{2,}"
+    r"|_{5,}"  # Outlook's underscore rule before a From:/Sent: block
+    r"|begin forwarded message\s*[:：]"
+    r"|-{3,}\s*転送\s*-{3,}"
+    r"|-{3,}\s*(?:original|forwarded)\s*-{0,}"
+    r")\s*$",
+    re.I,
+)
+_SIGNATURE = re.compile(r"^-- ?$")
+_WROTE = re.compile(
+    r"(?:wrote|writes|a écrit|schrieb|escribió)\s*[:：]\s*$"
+    r"|(?:書きました|書いています|書かれました|からのメッセージ)\s*[:：。]?\s*$",
+    re.I,
+)
+_DATEISH = re.compile(
+    r"\d{4}[/\-年.]\s*\d{1,2}[/\-月.]\s*\d{1,2}"
+    r"|\d{1,2}:\d{2}"
+    r"|(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*,",
+    re.I,
+)
+_ADDRESSISH = re.compile(r"<[^<>@\s]+@[^<>\s]+>|[\w.+\-]+@[\w\-]+\.[\w.\-]+")
+_ON_START = re.compile(r"^\s*(?:on|le|am|el)\s", re.I)
+_OUTLOOK_FROM = re.compile(r"^\s*(?:from|差出人|送信者)\s*[:：]", re.I)
+_OUTLOOK_NEXT = re.compile(r"^\s*(?:sent|date|to|subject|送信日時|日付|宛先|件名|cc)\s*[:：]", re.I)
+
+
+def _ends_with_colon(line: str) -> bool:
+    return line.rstrip().endswith((":", "："))
+
+
+def is_quote_header(line: str, following: str = "") -> bool:
+    """Whether ``line`` (with the line after it) opens a quoted or forwarded part.
+
+    ``following`` lets a two-line English attribution (``On Thu, ... at 10:00 AM X``
+    / ``<x@y> wrote:``) and an Outlook header block be recognised.
+    """
+    stripped = line.strip()
+    if not stripped:
+        return False
+    if _SEPARATOR.match(stripped):
+        return True
+    if _WROTE.search(stripped) and (_DATEISH.search(stripped) or _ADDRESSISH.search(stripped)):
+        return True
+    if _ends_with_colon(stripped) and _DATEISH.search(stripped) and _ADDRESSISH.search(stripped):
+        # 2026年11月26日(木) 10:00 山田 <taro@example.jp>:
+        return True
+    if _ON_START.match(stripped) and _DATEISH.search(stripped):
+        joined = f"{stripped} {following.strip()}"
+        if _WROTE.search(joined):
+            return True
+    # Outlook: "From: X" directly followed by "Sent:"/"送信日時:".
+    return bool(_OUTLOOK_FROM.match(stripped) and _OUTLOOK_NEXT.match(following))
+
+
+def split_quoted(text: str) -> tuple[str, str]:
+    """Return ``(new, quoted)`` for a decoded body; see the module docstring."""
+    if not text:
+        return "", ""
+    lines = text.split("\n")
+    n = len(lines)
+    new: list[str] = []
+    quoted: list[str] = []
+    i = 0
+    while i < n:
+        line = lines[i]
+        following = lines[i + 1] if i + 1 < n else ""
+        if _SIGNATURE.match(line) or is_quote_header(line, following):
+            quoted.extend(lines[i:])
+            break
+        if _QUOTE_LINE.match(line):
+            # The attribution line(s) right above a quote block belong to the quote.
+            while new and not new[-1].strip():
+                new.pop()
+            if new and _ends_with_colon(new[-1]) and not _QUOTE_LINE.match(new[-1]):
+                quoted.append(new.pop())
+            quoted.append(line)
+        else:
+            new.append(line)
+        i += 1
+    return "\n".join(new).strip("\n").rstrip(), "\n".join(quoted).strip("\n")
