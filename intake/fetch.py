@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -143,8 +144,6 @@ class Mailbox:
             finally:
                 client.idle_done()
             return bool(responses)
-        import time
-
         time.sleep(seconds)
-        client.noop()
-        return True
+        _text, responses = client.noop()
+        return any(isinstance(r, tuple) and b"EXISTS" in r for r in responses)

@@ -166,7 +166,7 @@ def _recent_ack(session: Session, sender: str, since: datetime) -> bool:
     return row is not None
 
 
-def _queue(
+def queue_mail(
     session: Session, *, kind: str, key: str, case: Case | None, to: list[str], message: Any,
     priority: int, now: datetime, partner: str | None = None,
 ) -> Outbox:
@@ -199,7 +199,7 @@ def _queue_alert(svc: Service, session: Session, case: Case, msg: StoredMessage,
         svc.env, sender=svc.sender, to=list(svc.settings.oncall.to),
         case=alert_context(svc, case, received, automatic), now=now, tz=svc.calendar.tz,
     )
-    _queue(session, kind="alert", key=f"alert:message:{msg.id}", case=case,
+    queue_mail(session, kind="alert", key=f"alert:message:{msg.id}", case=case,
            to=list(svc.settings.oncall.to), message=message, priority=0, now=now)
     record_event(session, "alert-queued", case.id, f"message {msg.id}")
 
@@ -289,7 +289,7 @@ def handle_message(
                 in_reply_to=letter.message_id, references=letter.references, received=received,
                 calendar=svc.calendar, directory=svc.directory, now=now,
             )
-            _queue(session, kind="ack", key=f"ack:case:{case.id}", case=case,
+            queue_mail(session, kind="ack", key=f"ack:case:{case.id}", case=case,
                    to=[letter.from_addr], message=ack, priority=1, now=now)
             case.ack_state = "queued"
             report.acks += 1
@@ -330,7 +330,7 @@ def quarantine(svc: Service, session: Session, msg: StoredMessage, stage: str, e
             svc.env, sender=svc.sender, to=sender, case_number=case.number, in_reply_to=None,
             references=[], received=now, calendar=svc.calendar, directory=svc.directory, now=now,
         )
-        _queue(session, kind="ack", key=f"ack:case:{case.id}", case=case, to=[sender],
+        queue_mail(session, kind="ack", key=f"ack:case:{case.id}", case=case, to=[sender],
                message=ack, priority=1, now=now)
         case.ack_state = "queued"
     else:

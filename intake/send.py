@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,6 +33,9 @@ from intake.store import Case, Outbox, record_event, session_scope, to_db
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=1)
+# One deliverer per process: the worker loop and the scheduler's retry job both call
+# deliver_outbox, and two deliverers reading the same queued row would send it twice.
+_DELIVERY_LOCK = threading.Lock()
 FIRST_BACKOFF = timedelta(seconds=30)
 
 
@@ -165,4 +169,5 @@ def _fail(engine: Engine, row_id: int | None, why: str, now: datetime) -> None:
 
 def deliver_outbox(settings: SmtpSettings, engine: Engine, now: datetime) -> SendReport:
     """Deliver every due outbox row (alerts first); safe to call from sync code."""
-    return asyncio.run(_deliver(settings, engine, to_db(now)))
+    with _DELIVERY_LOCK:
+        return asyncio.run(_deliver(settings, engine, to_db(now)))

@@ -1,0 +1,96 @@
+"""Digest: each partner gets one mail listing its messages not yet sent to it.
+
+"Since its last digest" is not a timestamp but a fact in the database: a ``DigestEntry``
+row per (partner, message), unique, written in the same transaction as the digest's
+outbox row. So a message is listed exactly once per partner, across restarts, and a
+digest with nothing new is never created.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import col, select
+
+from intake.compose import excerpt, render_digest
+from intake.partners import Partner
+from intake.pipeline import Service, queue_mail
+from intake.store import Case, DigestEntry, StoredMessage, from_db, record_event, session_scope, to_db
+
+TOPIC_JA = {
+    "bullying": "いじめ",
+    "poverty": "生活困窮",
+    "caregiving": "介護・ケア",
+    "isolation": "孤独・孤立",
+    "volunteer": "ボランティア",
+    "other": "その他・総合",
+}
+
+
+def _concerns(partner: Partner, case: Case) -> bool:
+    if case.partner == partner.id:
+        return True
+    secondary = {t for t, _s in json.loads(case.topics)[1:]}
+    return bool(secondary.intersection(partner.also_notify))
+
+
+def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
+    reasons = [f"「{r['surface']}」" for r in json.loads(case.urgent_reasons)]
+    text = msg.new_text or msg.body or ("（本文を読み取れませんでした）" if case.needs_human else "")
+    return {
+        "number": case.number,
+        "received": from_db(msg.received_at),
+        "followup": msg.is_followup,
+        "topic_ja": TOPIC_JA.get(case.topic, case.topic),
+        "secondary": [TOPIC_JA.get(t, t) for t, _s in json.loads(case.topics)[1:]],
+        "urgent": case.urgent,
+        "reasons": reasons,
+        "ack_failed": case.ack_state == "ack_failed",
+        "needs_human": case.needs_human,
+        "sender": case.sender if partner.show_sender else "",
+        "phones": json.loads(case.phone or "[]") if partner.show_sender else [],
+        "text": text if partner.share == "full" else excerpt(text),
+    }
+
+
+def queue_digests(svc: Service, now: datetime) -> dict[str, int]:
+    """Queue one digest per partner with new messages; returns {partner id: messages listed}."""
+    queued: dict[str, int] = {}
+    for partner in svc.directory.partners:
+        with session_scope(svc.engine) as session:
+            done = select(DigestEntry.message_row).where(DigestEntry.partner == partner.id)
+            rows = session.exec(
+                select(StoredMessage, Case)
+                .join(Case, col(StoredMessage.case_id) == col(Case.id))
+                .where(
+                    StoredMessage.mailbox == svc.settings.mailbox.key,
+                    col(StoredMessage.status).in_(["processed", "quarantined"]),
+                    col(StoredMessage.id).not_in(done),
+                )
+                .order_by(col(StoredMessage.id))
+            ).all()
+            mine = [(m, c) for m, c in rows if _concerns(partner, c)]
+            if not mine:
+                continue
+            entries = [_entry(partner, m, c) for m, c in mine]
+            message = render_digest(
+                svc.env, sender=svc.sender, partner=partner, entries=entries, now=now,
+                tz=svc.calendar.tz,
+            )
+            row = queue_mail(
+                session, kind="digest",
+                key=f"digest:{partner.id}:{mine[0][0].id}-{mine[-1][0].id}:{to_db(now).isoformat()}",
+                case=None, to=list(partner.digest_to), message=message, priority=5, now=now,
+                partner=partner.id,
+            )
+            session.flush()
+            assert row.id is not None
+            for m, c in mine:
+                assert m.id is not None and c.id is not None
+                session.add(DigestEntry(partner=partner.id, message_row=m.id, case_id=c.id,
+                                        outbox_id=row.id, created_at=to_db(now)))
+                record_event(session, "digest", c.id, f"partner {partner.id}")
+            queued[partner.id] = len(mine)
+    return queued

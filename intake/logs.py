@@ -1,0 +1,46 @@
+"""Logging set-up: plain or JSON lines on stderr.
+
+Privacy rule enforced by convention and by tests: modules log counts, ids, stages and
+error classes; never a message body or subject above DEBUG. Extra fields passed with
+``extra={...}`` appear in JSON output so operators can filter on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info and record.levelno >= logging.ERROR:
+            data["error"] = repr(record.exc_info[1])
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        base = f"{self.formatTime(record, '%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: {record.getMessage()}"
+        return base + ("" if not extra else " " + " ".join(f"{k}={v}" for k, v in extra.items()))
+
+
+def configure(level: int = logging.INFO, as_json: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if as_json else PlainFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Libraries that would log protocol traffic (and so mail content) stay quiet.
+    for name in ("imapclient", "aiosmtplib", "apscheduler"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,122 @@
+"""The long-running worker: IMAP IDLE (or polling) for new mail, APScheduler for the rest.
+
+This module and the scheduler are the only places that read the clock; every stage gets
+``now`` as a parameter. Jobs are declared in one list (``schedule_jobs``). SIGTERM and
+SIGINT stop the worker cleanly: the current batch finishes its transaction, the IMAP
+connection is logged out, the scheduler is shut down.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import datetime
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from imapclient.exceptions import IMAPClientError
+
+from intake.digest import queue_digests
+from intake.errors import MailboxError
+from intake.fetch import Mailbox
+from intake.pipeline import Service, process_new_mail
+from intake.send import deliver_outbox
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN = 1.0
+RECONNECT_MAX = 300.0
+
+
+def now_in(svc: Service) -> datetime:
+    return datetime.now(svc.calendar.tz)
+
+
+def digest_job(svc: Service) -> None:
+    """Scheduled digests run on business days only (holidays, year-end closure skipped)."""
+    now = now_in(svc)
+    if not svc.calendar.is_business_day(now.date()):
+        log.info("digest skipped: not a business day", extra={"day": now.date().isoformat()})
+        return
+    queued = queue_digests(svc, now)
+    log.info("digests queued", extra={"partners": len(queued)})
+    deliver_outbox(svc.settings.smtp, svc.engine, now)
+
+
+def outbox_job(svc: Service) -> None:
+    deliver_outbox(svc.settings.smtp, svc.engine, now_in(svc))
+
+
+def schedule_jobs(svc: Service, scheduler: Any) -> None:
+    """Every scheduled job, in one place."""
+    tz = svc.calendar.tz
+    for at in svc.settings.digest_times:
+        hour, minute = at.split(":")
+        scheduler.add_job(
+            digest_job, CronTrigger(day_of_week="mon-fri", hour=int(hour), minute=int(minute),
+                                    timezone=tz),
+            args=[svc], id=f"digest-{at}", max_instances=1, coalesce=True,
+            misfire_grace_time=3600,
+        )
+    scheduler.add_job(outbox_job, "interval", seconds=30, args=[svc], id="outbox",
+                      max_instances=1, coalesce=True)
+
+
+class Worker:
+    def __init__(self, svc: Service):
+        self.svc = svc
+        self.stopping = threading.Event()
+
+    def stop(self, *_args: object) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        scheduler = BackgroundScheduler(timezone=self.svc.calendar.tz)
+        schedule_jobs(self.svc, scheduler)
+        scheduler.start()
+        delay = RECONNECT_MIN
+        try:
+            while not self.stopping.is_set():
+                try:
+                    with Mailbox(self.svc.settings.mailbox) as mailbox:
+                        delay = RECONNECT_MIN
+                        self._serve(mailbox)
+                except (MailboxError, IMAPClientError, OSError) as exc:
+                    log.warning("mailbox connection failed; reconnecting",
+                                extra={"error": type(exc).__name__, "delay": delay})
+                    self.stopping.wait(delay)
+                    delay = min(delay * 2, RECONNECT_MAX)
+        finally:
+            scheduler.shutdown(wait=True)
+            log.info("worker stopped")
+
+    def _serve(self, mailbox: Mailbox) -> None:
+        settings = self.svc.settings.mailbox
+        while not self.stopping.is_set():
+            if mailbox.current_uidvalidity() != (mailbox.state.uidvalidity if mailbox.state else 0):
+                return  # reopen: the folder was recreated
+            report = process_new_mail(self.svc, mailbox, now_in(self.svc))
+            if report.fetched:
+                log.info("processed new mail", extra={"fetched": report.fetched,
+                                                      "cases": report.cases,
+                                                      "alerts": report.alerts})
+                deliver_outbox(self.svc.settings.smtp, self.svc.engine, now_in(self.svc))
+            # Wake at least every few seconds so SIGTERM is honoured promptly.
+            budget = settings.poll_interval if not (mailbox.state and mailbox.state.idle) else 600
+            waited = 0.0
+            while waited < budget and not self.stopping.is_set():
+                step = min(5.0, budget - waited)
+                if mailbox.wait(step):
+                    break
+                waited += step
+
+
+def run_worker(svc: Service) -> None:
+    worker = Worker(svc)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    worker.run()
+
+

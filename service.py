@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""soudan-intake command line: the service's entry point.
+
+Command contracts relied on by tools outside this repository (keep them stable; extend,
+never rename): once, run, digest, check, classify --json, parse --json, eval --labels, demo.
+Human-readable output goes to stdout; logs go to stderr and never contain message bodies
+or subjects above DEBUG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from intake.config import PROJECT_ROOT, Settings, load_settings
+from intake.errors import IntakeError, RulesError
+
+DEFAULT_OWN_ADDRESS = "sasaean@city.kasaoka.okayama.jp"
+
+log = logging.getLogger("intake")
+
+
+def _setup_logging(verbose: bool, json_logs: bool) -> None:
+    from intake.logs import configure
+
+    configure(level=logging.DEBUG if verbose else logging.INFO, as_json=json_logs)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    """Fetch everything new, process it, send what is due, exit."""
+    from intake.fetch import Mailbox
+    from intake.pipeline import Service, process_new_mail
+    from intake.send import deliver_outbox
+
+    settings = _settings(args)
+    svc = Service.from_settings(settings)
+    now = datetime.now(svc.calendar.tz)
+    status = 0
+    try:
+        with Mailbox(settings.mailbox) as mailbox:
+            report = process_new_mail(svc, mailbox, now)
+        print(
+            f"fetched {report.fetched}, stored {report.stored}, cases {report.cases}, "
+            f"follow-ups {report.followups}, quarantined {report.quarantined}, "
+            f"acks queued {report.acks}, alerts queued {report.alerts}"
+            + (f", not acknowledged {report.suppressed}" if report.suppressed else "")
+        )
+    except IntakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        status = 2
+    # Deliver even when the mailbox failed: alerts queued earlier must not wait for IMAP.
+    sent = deliver_outbox(settings.smtp, svc.engine, datetime.now(svc.calendar.tz))
+    print(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}")
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from intake.pipeline import Service
+    from intake.worker import run_worker
+
+    run_worker(Service.from_settings(_settings(args)))
+    return 0
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from intake.digest import queue_digests
+    from intake.pipeline import Service
+    from intake.send import deliver_outbox
+
+    svc = Service.from_settings(_settings(args))
+    now = datetime.now(svc.calendar.tz)
+    queued = queue_digests(svc, now)
+    sent = deliver_outbox(svc.settings.smtp, svc.engine, now)
+    for partner, count in queued.items():
+        print(f"digest for {partner}: {count} message(s)")
+    if not queued:
+        print("no new cases for any partner; no digest sent")
+    print(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from intake.check import run_checks
+
+    problems = run_checks(args.config, Path(args.rules) if args.rules else None)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print("config, rules, partners and templates: OK")
+    return 0
+
+
+def _rules_dir(args: argparse.Namespace) -> Path:
+    return Path(args.rules) if args.rules else PROJECT_ROOT / "rules"
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from intake.parse import parse
+    from intake.pipeline import acknowledgement_block
+    from intake.rules import load_rules
+    from intake.triage import classify, triage_report
+
+    rules = load_rules(_rules_dir(args))
+    status = 0
+    for path in args.paths:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            print(json.dumps({"path": path, "error": exc.strerror}, ensure_ascii=False))
+            status = 1
+            continue
+        letter = parse(raw)
+        triage = classify(letter, rules)
+        block = acknowledgement_block(letter, args.own_address)
+        out = {"path": path, **triage_report(triage), "acknowledge": block is None}
+        if block:
+            out["acknowledge_blocked_by"] = block
+        print(json.dumps(out, ensure_ascii=False))
+    return status
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from intake.parse import letter_report, parse
+
+    status = 0
+    for path in args.paths:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            print(json.dumps({"path": path, "error": exc.strerror}, ensure_ascii=False))
+            status = 1
+            continue
+        print(json.dumps(letter_report(path, parse(raw)), ensure_ascii=False, default=str))
+    return status
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from intake.evaluate import evaluate, format_eval
+    from intake.rules import load_rules
+
+    report = evaluate(Path(args.labels), load_rules(_rules_dir(args)))
+    print(format_eval(report))
+    return 0 if report.urgent_recall >= 1.0 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from intake.demo import run_demo
+
+    return run_demo(Path(args.state))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="service.py", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="DEBUG logging")
+    parser.add_argument("--json-logs", action="store_true", help="structured JSON logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML config (default: $INTAKE_CONFIG)")
+        return p
+
+    with_config(sub.add_parser("once", help="fetch new mail, process it, send what is due")).set_defaults(func=cmd_once)
+    with_config(sub.add_parser("run", help="the long-running worker")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("digest", help="send partner digests now")).set_defaults(func=cmd_digest)
+    p = with_config(sub.add_parser("check", help="validate config, rules, partners and templates"))
+    p.add_argument("--rules", help="rules directory (default: the config's, else ./rules)")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("classify", help="triage .eml files; no config or servers needed")
+    p.add_argument("--json", action="store_true", required=True, help="one JSON line per file")
+    p.add_argument("--rules", help="rules directory (default: ./rules)")
+    p.add_argument("--own-address", default=DEFAULT_OWN_ADDRESS, help=argparse.SUPPRESS)
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_classify)
+    p = sub.add_parser("parse", help="decode .eml files; no config or servers needed")
+    p.add_argument("--json", action="store_true", required=True, help="one JSON line per file")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_parse)
+    p = sub.add_parser("eval", help="measure triage quality on a labelled JSONL corpus")
+    p.add_argument("--labels", required=True)
+    p.add_argument("--rules", help="rules directory (default: ./rules)")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("demo", help="local Dovecot + SMTP sink + sample mail, run once, show it")
+    p.add_argument("--state", default=str(PROJECT_ROOT / "demo-state"))
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.json_logs)
+    try:
+        return int(args.func(args))
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except IntakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Test helpers shared by integration tests: a config file pointing at the local servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from intake.localservers import LocalDovecot, LocalSMTP
+
+OWN = "sasaean@city.kasaoka.okayama.jp"
+ONCALL = "oncall@example.jp"
+BACKUP = "backup@example.jp"
+
+
+def write_config(
+    tmp_path: Path, imap: LocalDovecot, smtp: LocalSMTP, *, extra: str = "",
+    password_env: str = "TEST_IMAP_PASSWORD",
+) -> Path:
+    """A config for the local servers: plain text (loopback only), SQLite in tmp_path."""
+    path = tmp_path / "intake.toml"
+    path.write_text(
+        f"""
+[mailbox]
+host = "{imap.host}"
+port = {imap.port}
+security = "plain"
+username = "{imap.user}"
+password_env = "{password_env}"
+folder = "INBOX"
+timeout = 10
+poll_interval = 1
+
+[smtp]
+host = "{smtp.host}"
+port = {smtp.port}
+security = "plain"
+from_address = "{OWN}"
+from_name = "笠岡市 ささえ愛相談窓口"
+timeout = 10
+
+[database]
+url = "sqlite:///{(tmp_path / 'intake.db').as_posix()}"
+
+[oncall]
+to = ["{ONCALL}"]
+backup = ["{BACKUP}"]
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path

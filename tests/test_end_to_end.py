@@ -1,0 +1,169 @@
+"""The whole flow against a real Dovecot and a real SMTP server.
+
+Mail is put in the mailbox with IMAP APPEND; the service runs through its command line
+(`once`, `digest`) as an operator would run it; assertions are on what the SMTP server
+actually received.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from intake import samples
+from intake.localservers import LocalDovecot, LocalSMTP, ReceivedMail
+from tests.helpers import ONCALL, OWN, write_config
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_service(*args: str, config: Path, password: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEST_IMAP_PASSWORD": password}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "service.py"), *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=90, env=env, cwd=ROOT,
+    )
+
+
+def text_of(mail: ReceivedMail) -> str:
+    msg: EmailMessage = mail.message
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def to(mails: list[ReceivedMail], address: str) -> list[ReceivedMail]:
+    return [m for m in mails if address in m.rcpt_tos]
+
+
+@pytest.fixture
+def mailbox_with_consultations(dovecot: LocalDovecot) -> dict[str, bytes]:
+    mails = {
+        "bullying": samples.consultation(
+            "hanako.test@example.jp", "相談です",
+            "学校でいじめられています。クラスで無視されて、毎日つらいです。",
+            charset="iso-2022-jp", name="山田花子",
+        ),
+        "poverty": samples.consultation(
+            "taro.test@example.jp", "お金のこと",
+            "バイトを切られて家賃が払えんようになりました。食費も足りません。",
+            charset="shift_jis",
+        ),
+        "urgent": samples.carrier_mail(
+            "sora..test.@docomo.ne.jp", "話を聞いてほしい",
+            "最近ずっと眠れなくて、もう消えたいと思ってしまいます。\n電話は０９０−１２３４−５６７８です。",
+        ),
+        "autoreply": samples.consultation(
+            "away.test@example.jp", "自動応答: 不在",
+            "ただいま不在にしております。", headers={"Auto-Submitted": "auto-replied"},
+        ),
+        "bounce": samples.bounce("nobody.test@example.jp"),
+        "urgent_list": samples.consultation(
+            "list.test@example.jp", "[ml:12] 転送",
+            "死にたいです。もう限界です。", headers={"List-Id": "<ml.example.jp>", "Precedence": "list"},
+        ),
+    }
+    for raw in mails.values():
+        dovecot.append(raw)
+    return mails
+
+
+def test_once_acknowledges_alerts_and_second_once_sends_nothing(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
+    mailbox_with_consultations: dict[str, bytes],
+) -> None:
+    config = write_config(tmp_path, dovecot, smtp_server)
+    first = run_service("once", config=config, password=dovecot.password)
+    assert first.returncode == 0, first.stderr
+    # 3 acknowledgements (bullying, poverty, urgent) + 2 alerts (urgent, urgent list mail)
+    mails = smtp_server.wait_for(5, timeout=20)
+    assert len(mails) == 5, [m.rcpt_tos for m in mails]
+
+    for sender in ("hanako.test@example.jp", "taro.test@example.jp", "sora..test.@docomo.ne.jp"):
+        acks = to(mails, sender)
+        assert len(acks) == 1, sender
+    for silent in ("away.test@example.jp", "nobody.test@example.jp", "list.test@example.jp"):
+        assert to(mails, silent) == [], silent
+
+    alerts = to(mails, ONCALL)
+    assert len(alerts) == 2
+    alert_texts = [text_of(m) for m in alerts]
+    carrier_alert = next(t for t in alert_texts if "sora..test.@docomo.ne.jp" in t)
+    assert "消えたい" in carrier_alert
+    assert "090-1234-5678" in carrier_alert
+    assert "受付番号: C" in carrier_alert
+    assert "受信日時: 20" in carrier_alert
+    list_alert = next(t for t in alert_texts if "list.test@example.jp" in t)
+    assert "死にたい" in list_alert
+
+    second = run_service("once", config=config, password=dovecot.password)
+    assert second.returncode == 0, second.stderr
+    assert "fetched 0" in second.stdout
+    assert len(smtp_server.wait_for(6, timeout=2)) == 5
+
+
+def test_acknowledgement_is_a_neutral_reply_with_hotlines(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
+    mailbox_with_consultations: dict[str, bytes],
+) -> None:
+    config = write_config(tmp_path, dovecot, smtp_server)
+    assert run_service("once", config=config, password=dovecot.password).returncode == 0
+    mails = smtp_server.wait_for(5, timeout=20)
+    ack = to(mails, "hanako.test@example.jp")[0]
+    msg = ack.message
+    original = mailbox_with_consultations["bullying"]
+    original_id = next(
+        line.split(b":", 1)[1].strip() for line in original.splitlines()
+        if line.lower().startswith(b"message-id:")
+    ).decode()
+    assert msg["In-Reply-To"] == original_id
+    assert original_id in msg["References"]
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert ack.mail_from == OWN
+    # Neutral: nothing of the topic or the resident's words in the subject or first lines.
+    subject = str(msg["Subject"])
+    text = text_of(ack)
+    opening = "\n".join(text.splitlines()[:3])
+    for word in ("いじめ", "相談です", "無視", "学校"):
+        assert word not in subject and word not in opening
+    # The seed's phone lines, the 24-hour line and 110/119 are always there.
+    for number in ("0865-63-8515", "0865-63-4955", "0865-63-0911", "110", "119"):
+        assert number in text
+    assert "24時間" in text
+
+
+def test_digest_lists_each_partners_cases_once(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
+    mailbox_with_consultations: dict[str, bytes],
+) -> None:
+    config = write_config(tmp_path, dovecot, smtp_server)
+    assert run_service("once", config=config, password=dovecot.password).returncode == 0
+    smtp_server.wait_for(5, timeout=20)
+    smtp_server.clear()
+    result = run_service("digest", config=config, password=dovecot.password)
+    assert result.returncode == 0, result.stderr
+    mails = smtp_server.wait_for(3, timeout=20)
+    by_partner = {m.rcpt_tos[0]: m for m in mails}
+    assert set(by_partner) == {
+        "sasaean-desk@example.jp", "harmony-digest@example.jp", "genki-digest@example.jp"
+    }
+    harmony = text_of(by_partner["harmony-digest@example.jp"])
+    assert "いじめ" in harmony and harmony.count("受付番号:") == 1
+    assert "hanako.test@example.jp" not in harmony  # show_sender = false for this partner
+    genki = text_of(by_partner["genki-digest@example.jp"])
+    assert "生活困窮" in genki and genki.count("受付番号:") == 1
+    city = text_of(by_partner["sasaean-desk@example.jp"])
+    assert "緊急: はい" in city  # the urgent isolation case
+    assert by_partner["sasaean-desk@example.jp"].message.get_body(("html",)) is not None
+
+    smtp_server.clear()
+    again = run_service("digest", config=config, password=dovecot.password)
+    assert again.returncode == 0
+    assert "no new cases" in again.stdout
+    assert smtp_server.wait_for(1, timeout=1) == []
