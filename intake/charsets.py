@@ -443,8 +443,12 @@ _HIGH = re.compile(rb"[\x80-\xff]")
 _UTF8_MULTI = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
-def _sniff(data: bytes) -> tuple[str, str] | None:
-    """Guess a charset for bytes whose label failed or is absent: (text, charset) or None."""
+def _sniff(data: bytes, *, guess: bool = True) -> tuple[str, str] | None:
+    """Guess a charset for bytes whose label failed or is absent: (text, charset) or None.
+
+    ``guess=False`` skips charset-normalizer, whose statistics are meaningless on the
+    few bytes of a header (it proposes UTF-16 or Urdu code pages for a name).
+    """
     if _HAS_JIS_ESCAPE.search(data) and not _HIGH.search(data):
         text, ok = decode_iso2022jp(data)
         if ok:
@@ -453,6 +457,8 @@ def _sniff(data: bytes) -> tuple[str, str] | None:
         text = _strict(data, decoder)
         if text is not None:
             return text, decoder
+    if not guess:
+        return None
     try:
         from charset_normalizer import from_bytes
 
@@ -464,12 +470,14 @@ def _sniff(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def decode_text(data: bytes, label: str | None) -> Decoded:
+def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decoded:
     """Decode one part's bytes, trusting ``label`` only as far as the bytes allow.
 
     Problems recorded (short machine strings):
     ``charset-unknown:<label>``, ``charset-fallback:<label>-><used>-sniffed``,
     ``charset-missing:<used>-sniffed``, ``undecodable-bytes`` (replacement used).
+    ``short=True`` (header fragments, parameters): no statistical guessing; bytes that
+    are neither UTF-8, EUC-JP nor CP932 are read as windows-1252 (raw Latin-1 headers).
     """
     problems: list[str] = []
     decoder = normalise_label(label)
@@ -511,7 +519,9 @@ def decode_text(data: bytes, label: str | None) -> Decoded:
             problems.append("undecodable-bytes")
             return Decoded(text, decoder, problems)
 
-    sniffed = _sniff(data)
+    sniffed = _sniff(data, guess=not short)
+    if sniffed is None and short:
+        sniffed = data.decode("cp1252", errors="replace"), "cp1252"
     if sniffed is not None:
         text, used = sniffed
         if decoder is not None:

@@ -81,6 +81,7 @@ _BARE_ADDR = re.compile(r"[^\s<>,;\"()\[\]]+@[^\s<>,;\"()\[\]]+")
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 _LINE_ENDS = re.compile(r"\r\n?")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_:.\-]+)""", re.I)
+_NEXT_PARAM = re.compile(rb"\s*[A-Za-z0-9_\-]+(?:\*\d*)?\*?\s*=")
 _MULTIPART_DECL = re.compile(rb"content-type:\s*multipart/", re.I)
 _REPORT_PARTS = frozenset(
     {
@@ -178,14 +179,14 @@ def decode_header(value: Any, problems: list[str] | None = None, *, name: str = 
         assert isinstance(data, bytes)
         if kind == "lit":
             if re.search(rb"[\x1b\x80-\xff]", data):
-                decoded = decode_text(data, None)
+                decoded = decode_text(data, None, short=True)
                 found.append("raw-8bit-header")
                 found.extend(decoded.problems)
                 out.append(decoded.text)
             else:
                 out.append(data.decode("ascii", "replace"))
         else:
-            decoded = decode_text(data, kind)
+            decoded = decode_text(data, kind, short=True)
             found.extend(decoded.problems)
             out.append(decoded.text)
     if problems is not None:
@@ -214,7 +215,7 @@ def _split_params(raw: bytes) -> tuple[str, list[tuple[str, bytes]]]:
     buf = bytearray()
     quoted = False
     escaped = False
-    for b in raw:
+    for pos, b in enumerate(raw):
         if escaped:
             buf.append(b)
             escaped = False
@@ -226,7 +227,9 @@ def _split_params(raw: bytes) -> tuple[str, list[tuple[str, bytes]]]:
             quoted = not quoted
             buf.append(b)
             continue
-        if b == 0x3B and not quoted:  # ;
+        if b == 0x3B and (not quoted or _NEXT_PARAM.match(raw, pos + 1)):  # ;
+            # An unclosed quote must not swallow the following "name=" parameters.
+            quoted = False
             items.append(bytes(buf))
             buf.clear()
             continue
@@ -279,18 +282,19 @@ def _params(value: Any, problems: list[str]) -> tuple[str, dict[str, str]]:
                 )
             else:
                 data += val
-        decoded = decode_text(bytes(data), charset)
+        decoded = decode_text(bytes(data), charset, short=True)
         for p in decoded.problems:
             if f"param:{p}" not in problems:
                 problems.append(f"param:{p}")
-        result[name] = decoded.text
+        text = decoded.text.replace('"', "")
+        result[name] = decode_header(text, problems, name="param") if "=?" in text else text
     for name, val in simple.items():
         if name in result:
             continue
         if b"=?" in val:
-            result[name] = decode_header(val, problems, name="param")
+            result[name] = decode_header(val.replace(b'"', b""), problems, name="param")
         elif re.search(rb"[\x1b\x80-\xff]", val):
-            decoded = decode_text(val, None)
+            decoded = decode_text(val, None, short=True)
             result[name] = decoded.text
             for p in ["raw-8bit-param", *decoded.problems]:
                 if f"param:{p}" not in problems:
@@ -545,7 +549,7 @@ class _Walker:
             inner = payload[0] if isinstance(payload, list) and payload else None
             if isinstance(inner, Message):
                 self.forwarded.append(inner)
-                name = self._name(part, cparams) or decode_header(inner.get("subject")) or ""
+                name = self._name(part, cparams) or decode_header(_raw_header(inner, "subject"))
                 self.attachments.append(Attachment(name, ctype, _message_size(inner)))
             return
         self._leaf(part, ctype, cparams, depth)
