@@ -1,8 +1,40 @@
-"""Triage: ``classify(letter, rules) -> Triage`` (placeholder; being implemented)."""
+"""Triage: ``classify(letter, rules) -> Triage``, a small interpreter over ``rules/*.toml``.
+
+Input: a parsed ``Letter`` (only ``subject`` and ``text`` - the resident's new words - are
+analysed; quoted text never is) and a compiled ``RuleSet``. Output: a ``Triage`` with the
+primary topic (which decides the owning partner), ranked secondary topics, the urgent flag
+and every piece of evidence: each match names its rule, pattern, the words in the mail and
+their offsets, and - when it did not count - why (negated, idiom, reported,
+resolved-past). It never routes, stores, sends or logs the mail's words.
+
+The loop, in order (urgent checks never short-circuit topic matching):
+
+1. analyse ``subject + "\\n" + text`` once (``intake.lemmas``);
+2. find every pattern of every kind in one pass over the tokens;
+3. discount matches: negated predicates (an odd number of negations right after the
+   match: 死にたいとかではない, but not 死にたいと思わない日はない), idioms overlapping
+   the match (死ぬほど眠い), news/fiction in the same sentence for "reportable" urgent
+   rules, and past ideation that the writer says is resolved (and not back);
+4. urgent = any urgent match that still counts, or any foreign-language crisis regex;
+5. topic scores = sum of counted topic weights (subject words weigh more); the best
+   topic wins only with a clear lead and enough score, otherwise "other".
+
+When in doubt the rules are written to flag urgent: a missed crisis costs more than an
+on-call call that turns out not to be needed.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from intake.lemmas import Analysis, get_analyser
+
+if TYPE_CHECKING:
+    from intake.letter import Letter
+    from intake.rules import Pattern, RuleSet
 
 TOPICS = ("bullying", "poverty", "caregiving", "isolation", "volunteer", "other")
 
@@ -32,3 +64,277 @@ class Triage:
     matches: list[Match] = field(default_factory=list)  # every match, counted or discounted
     language: str = "ja"
     needs_human: bool = False  # e.g. undecodable mail: a person must read it today
+
+
+# -- negation scope --------------------------------------------------------------------
+# Words that may stand between a match and a negation that still negates it:
+# 死にたい|と|思わ|ない, 死にたい|わけ|じゃ|ない, 死にたい|なんて|思っ|て|ませ|ん, and the
+# nouns of the double-negation frame 〜ない|日|は|ない. Any other word ends the scope, so
+# 死にたい気持ちが止まらない is NOT negated (止まる is not in the frame).
+_NEGATION_FRAME = frozenset(
+    "と か とか なんて なんか って て で は も じゃ など の ん わけ 訳 事 こと 日 時 瞬間 "
+    "思う 考える 言う 感じる 有る ある 居る いる 為る 気 つもり 積もり 予定 だ です ます た "
+    "てる ちゃう 訳だ 全然 別に 本当 本気 まで".split()
+)
+_SHIKA = "しか"  # 〜としか思えない is an emphatic positive: it cancels one negation
+_SCOPE_LIMIT = 8
+
+
+def _negated(a: Analysis, last: int) -> bool:
+    infos, sentences = a.infos, a.sentences
+    sentence = sentences[last]
+    flips = 0
+    i = last + 1
+    n = len(infos)
+    while i < n and i - last <= _SCOPE_LIMIT and sentences[i] == sentence:
+        info = infos[i]
+        if info.negation or info.lemma == _SHIKA:
+            flips += 1
+        elif info.lemma not in _NEGATION_FRAME:
+            break
+        i += 1
+    return flips % 2 == 1
+
+
+# -- language ---------------------------------------------------------------------------
+_KANA = re.compile(r"[ぁ-ゖァ-ヺｦ-ﾝ]")
+_HAN = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]")
+_HANGUL = re.compile(r"[\uac00-\ud7af]")
+_LATIN = re.compile(r"[A-Za-zÀ-ɏḀ-ỿ]")
+_VIET = re.compile(r"[ăâđêôơưĂÂĐÊÔƠƯạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]")
+_WORD = re.compile(r"[a-zà-ÿ]+")
+_PT = frozenset("não que eu meu minha estou para com uma você por isso ajuda muito sou tenho".split())
+_EN = frozenset("the and i to my is of you me am have not this with it help".split())
+
+
+def detect_language(text: str) -> str:
+    """Cheap script/stopword guess: "ja", "zh", "ko", "vi", "pt", "en" or "und".
+
+    Japanese always carries kana, so kana present (at least a tenth of the letters) is
+    Japanese; Han without kana is Chinese; Latin with Vietnamese letters is Vietnamese;
+    otherwise Portuguese vs English by stopwords. No library: this runs on every mail.
+    """
+    kana = len(_KANA.findall(text))
+    han = len(_HAN.findall(text))
+    hangul = len(_HANGUL.findall(text))
+    latin = len(_LATIN.findall(text))
+    letters = kana + han + hangul + latin
+    if letters == 0:
+        return "und"
+    if kana and kana * 10 >= letters:
+        return "ja"
+    if han >= max(latin, hangul) and han:
+        return "zh"
+    if hangul >= latin:
+        return "ko"
+    if len(_VIET.findall(text)) >= 2:
+        return "vi"
+    words = _WORD.findall(text.lower())
+    pt = sum(w in _PT for w in words)
+    en = sum(w in _EN for w in words)
+    if pt > en:
+        return "pt"
+    if en:
+        return "en"
+    return "ja" if kana else "und"
+
+
+# -- the interpreter --------------------------------------------------------------------
+@dataclass(slots=True)
+class _Hit:
+    pattern: Pattern
+    first: int  # token indexes, inclusive
+    last: int
+    discounted: str | None = None
+
+
+def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
+    """Every occurrence of every compiled pattern, in one pass over the tokens."""
+    index = rules.index
+    gap = rules.settings.gap
+    infos, sentences = a.infos, a.sentences
+    n = len(infos)
+    hits: list[_Hit] = []
+    for i in range(n):
+        keys = infos[i].keys
+        candidates = index.get(keys[0])
+        if len(keys) > 1:
+            more = index.get(keys[1])
+            if more:
+                candidates = list({id(p): p for p in (candidates or []) + more}.values())
+        if not candidates:
+            continue
+        sentence = sentences[i]
+        for pattern in candidates:
+            pos = i
+            ok = True
+            for s, segment in enumerate(pattern.segments):
+                length = len(segment)
+                limit = pos if s == 0 else pos + gap
+                start = pos
+                found = False
+                while start <= limit and start + length <= n:
+                    if sentences[start + length - 1] != sentence:
+                        break
+                    for k in range(length):
+                        if segment[k].isdisjoint(infos[start + k].keys):
+                            break
+                    else:
+                        found = True
+                        break
+                    start += 1
+                if not found:
+                    ok = False
+                    break
+                pos = start + length
+            if ok:
+                hits.append(_Hit(pattern, i, pos - 1))
+    return hits
+
+
+def _overlaps(a: _Hit, b: _Hit) -> bool:
+    return a.first <= b.last and b.first <= a.last
+
+
+def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
+    """Set ``discounted`` on topic/urgent hits that must not count."""
+    by_rule: dict[str, list[_Hit]] = {}
+    for h in hits:
+        if h.pattern.kind == "exclusion":
+            by_rule.setdefault(f"{h.pattern.rule}|{h.pattern.label}", []).append(h)
+    judged = [h for h in hits if h.pattern.kind != "exclusion"]
+    for h in judged:
+        if _negated(a, h.last):
+            h.discounted = "negated"
+    for ex in rules.exclusions:
+        def applies(h: _Hit, ex: Any = ex) -> bool:
+            if h.discounted:
+                return False
+            if ex.applies_to:
+                return h.pattern.label in ex.applies_to
+            return h.pattern.kind == "urgent"
+
+        if ex.discount == "idiom":
+            spans = by_rule.get(f"{ex.id}|idiom:patterns", [])
+            for h in judged:
+                if applies(h) and any(_overlaps(h, s) for s in spans):
+                    h.discounted = "idiom"
+        elif ex.discount == "reported":
+            sents = {a.sentences[s.first] for s in by_rule.get(f"{ex.id}|reported:patterns", [])}
+            for h in judged:
+                if (
+                    applies(h)
+                    and h.pattern.rule in rules.reportable
+                    and a.sentences[h.first] in sents
+                ):
+                    h.discounted = "reported"
+        else:  # resolved-past
+            if by_rule.get(f"{ex.id}|resolved-past:relapse"):
+                continue  # "また最近…": the past has come back, nothing is resolved
+            past = {a.sentences[s.first] for s in by_rule.get(f"{ex.id}|resolved-past:past", [])}
+            resolved = by_rule.get(f"{ex.id}|resolved-past:resolved", [])
+            for h in judged:
+                sentence = a.sentences[h.first]
+                if (
+                    applies(h)
+                    and (sentence in past or sentence - 1 in past)
+                    and any(r.first > h.last for r in resolved)
+                ):
+                    h.discounted = "resolved-past"
+
+
+def _to_match(a: Analysis, h: _Hit) -> Match:
+    start, end = a.starts[h.first], a.ends[h.last]
+    p = h.pattern
+    return Match(p.rule, p.kind, p.label, p.text, a.text[start:end], start, end, h.discounted)
+
+
+def _score(hits: Iterable[_Hit], a: Analysis, subject_end: int, subject_weight: float) -> dict[str, float]:
+    """Counted topic weight per topic; overlapping hits of one topic count once (the heaviest)."""
+    scores: dict[str, float] = {}
+    taken: dict[str, list[_Hit]] = {}
+    ordered = sorted(hits, key=lambda h: (-h.pattern.weight, h.first))
+    for h in ordered:
+        topic = h.pattern.label or "other"
+        if h.discounted or any(_overlaps(h, o) for o in taken.get(topic, [])):
+            continue
+        taken.setdefault(topic, []).append(h)
+        weight = h.pattern.weight
+        if a.starts[h.first] < subject_end:
+            weight *= subject_weight
+        scores[topic] = scores.get(topic, 0.0) + weight
+    return scores
+
+
+def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
+    """Classify a subject and the resident's new words (the evaluation entry point)."""
+    analysed = subject + "\n" + text
+    a = get_analyser().analyse(analysed)
+    hits = _find(a, rules)
+    _discount(a, hits, rules)
+    matches = [_to_match(a, h) for h in hits]
+    for fp in rules.foreign:
+        for m in fp.regex.finditer(analysed):
+            matches.append(
+                Match(fp.rule, "urgent", fp.category, fp.text, m.group(), m.start(), m.end())
+            )
+    matches.sort(key=lambda m: (m.start, m.end, m.rule))
+    urgent_reasons = [m for m in matches if m.kind == "urgent" and m.discounted is None]
+
+    settings = rules.settings
+    scores = _score(
+        (h for h in hits if h.pattern.kind == "topic"), a, len(subject), settings.subject_weight
+    )
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], TOPICS.index(kv[0])))
+    language = detect_language(analysed)
+    topic = "other"
+    if ranked and language == "ja":
+        best, best_score = ranked[0]
+        runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+        if best_score >= settings.min_score and best_score - runner_up >= settings.margin:
+            topic = best
+    listed = [(t, s) for t, s in ranked if t == topic or s >= settings.secondary_min]
+    return Triage(
+        topic=topic,
+        topics=listed,
+        urgent=bool(urgent_reasons),
+        urgent_reasons=urgent_reasons,
+        matches=matches,
+        language=language,
+    )
+
+
+def classify(letter: Letter, rules: RuleSet) -> Triage:
+    """Classify one letter. Undecodable mail goes to a person, topic "other"."""
+    triage = classify_text(letter.subject, letter.text, rules)
+    if any(p.startswith("undecodable") for p in letter.problems):
+        # A consultation we cannot read may be urgent: nobody may assume it is not.
+        triage.needs_human = True
+        triage.topic = "other"
+    return triage
+
+
+def _match_dict(m: Match) -> dict[str, Any]:
+    return {
+        "rule": m.rule,
+        "kind": m.kind,
+        "topic": m.topic,
+        "pattern": m.pattern,
+        "surface": m.surface,
+        "start": m.start,
+        "end": m.end,
+        "discounted": m.discounted,
+    }
+
+
+def triage_report(triage: Triage) -> dict[str, Any]:
+    """The JSON-ready pieces of ``classify --json`` (the caller adds path/acknowledge)."""
+    return {
+        "topic": triage.topic,
+        "urgent": triage.urgent,
+        "needs_human": triage.needs_human,
+        "language": triage.language,
+        "topics": [{"topic": t, "score": round(s, 2)} for t, s in triage.topics],
+        "urgent_reasons": [_match_dict(m) for m in triage.urgent_reasons],
+        "matches": [_match_dict(m) for m in triage.matches],
+    }

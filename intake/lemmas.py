@@ -1,0 +1,332 @@
+"""Normalisation and morphological analysis: the one place that talks to fugashi.
+
+Contract: ``analyse(text) -> Analysis`` turns a string into a list of tokens, each with
+the keys a rule pattern is matched on (lemma, and the reading of the lemma when the word
+is written in kana), its sentence number and its character span *in the original text*.
+Rule patterns go through the very same function (``pattern_keys``), so a pattern written
+as natural Japanese (``死にたい``) matches every form the analyser maps to the same lemmas
+(死にたくて, 死にたかった, しにたい, ｼﾆﾀｲ, しにたーい). This module never decides
+anything; it only describes the text.
+
+Why these choices:
+
+* NFKC (only on the characters that need it, so offsets can be mapped back cheaply)
+  folds half-width katakana and full-width ASCII; elongation marks and small vowels
+  written after hiragana (しにたーい, しにたぃ) are casual spellings and are dropped or
+  enlarged; runs of ー/〜 collapse to one.
+* Katakana written *instead of* hiragana (シニタイ, ハラエナイ) is analysed as nonsense
+  nouns by UniDic, so a katakana run that UniDic does not know as one word is re-read in
+  hiragana when that reading yields verbs/adjectives/auxiliaries (and no symbols or
+  fillers). Real loanwords (ストレス, リストカット) are kept.
+* One ``fugashi.Tagger`` per process (MeCab taggers are not fork-safe to share), and
+  the Python side touches MeCab's text output once per line, caching the parsed form of
+  each distinct output line: per-node attribute access in fugashi costs ~3x more.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import fugashi
+
+# Lemmas that negate the predicate before them. UniDic gives ない for ない/ん/ねぇ-type
+# negation of verbs (払えん -> 払う + ない), 無い for the adjective (ではない), ず/ぬ for
+# ません and classical negation.
+NEGATION_LEMMAS = frozenset({"ない", "無い", "ず", "ぬ"})
+
+NEG_KEY = "<neg>"
+
+_SENTENCE_END = frozenset("。．.!?！？…‥")
+
+# Characters that need folding. Everything else is passed to MeCab untouched, so the
+# common case (plain kanji/kana/ASCII) costs one regex scan.
+_SPECIAL = re.compile(
+    r"(?P<elong>(?<=[ぁ-ゖ])[ー〜～~]+)"  # elongation after hiragana: しにたーい
+    r"|(?P<small>(?<=[ぁ-ゖ])[ぁぃぅぇぉ])"  # casual small vowel after hiragana: しにたぃ
+    r"|(?P<runs>ー{2,}|[〜～~]{2,})"  # runs of long-vowel / wave marks
+    r"|(?P<nfkc>[\uff01-\uff5e\uff61-\uff9f\u2460-\u24ff\u3200-\u33ff\u2160-\u217f]+)"
+)
+_SMALL_TO_BIG = str.maketrans("ぁぃぅぇぉ", "あいうえお")
+_KATAKANA_RUN = re.compile(r"[ァ-ヺ][ァ-ヺー]+")
+_KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
+_KATA_TO_HIRA = str.maketrans(
+    {chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)}
+)
+
+
+def to_hiragana(text: str) -> str:
+    """Katakana -> hiragana, one character for one (offsets are unchanged)."""
+    return text.translate(_KATA_TO_HIRA)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What a token *is*, independent of where it occurs (cached per MeCab output line)."""
+
+    surface: str
+    lemma: str
+    keys: tuple[str, ...]  # what patterns are matched on
+    reading: str  # "~" + hiragana reading of the lemma ("" when unknown)
+    pos: str  # UniDic POS, e.g. "動詞-一般"
+    negation: bool  # negates the predicate before it (ない, ず, ...)
+    boundary: bool  # ends a sentence (。!? and emoji-like symbols)
+    contracted_negative: bool = False  # 払えん: verb and negation in one UniDic token
+
+
+@dataclass(slots=True)
+class Analysis:
+    """Tokens of one text plus the mapping from normalised back to original offsets."""
+
+    text: str  # the original text
+    normalised: str
+    infos: list[TokenInfo]
+    starts: list[int]  # offsets in the ORIGINAL text
+    ends: list[int]
+    sentences: list[int]  # sentence number of each token
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def surface(self, first: int, last: int) -> str:
+        """Original text covered by tokens ``first..last`` (inclusive)."""
+        return self.text[self.starts[first] : self.ends[last]]
+
+
+class _OffsetMap:
+    """Maps an index in the normalised string back to the original string.
+
+    Only replaced runs are recorded, as (normalised start, original start, normalised
+    length, original length); between them the two strings advance together.
+    """
+
+    __slots__ = ("_norm_starts", "_segments")
+
+    def __init__(self, segments: list[tuple[int, int, int, int]]):
+        self._segments = segments
+        self._norm_starts = [s[0] for s in segments]
+
+    def start(self, i: int) -> int:
+        return self._map(i, is_end=False)
+
+    def end(self, i: int) -> int:
+        return self._map(i, is_end=True)
+
+    def _map(self, i: int, *, is_end: bool) -> int:
+        if not self._segments:
+            return i
+        k = bisect_right(self._norm_starts, i) - 1
+        if k < 0:
+            return i
+        n0, o0, nlen, olen = self._segments[k]
+        if i < n0 + nlen or (is_end and i == n0 + nlen):
+            # inside a replaced run: snap to its original edges
+            if i == n0:
+                return o0
+            return o0 + olen if is_end or i >= n0 + nlen else o0
+        return o0 + olen + (i - n0 - nlen)
+
+
+def normalise(text: str) -> tuple[str, _OffsetMap]:
+    """Fold width, compatibility characters and casual elongation; keep an offset map."""
+    parts: list[str] = []
+    segments: list[tuple[int, int, int, int]] = []
+    last = 0
+    out_len = 0
+    for m in _SPECIAL.finditer(text):
+        kind = m.lastgroup
+        run = m.group()
+        if kind == "elong":
+            repl = ""
+        elif kind == "small":
+            repl = run.translate(_SMALL_TO_BIG)
+        elif kind == "runs":
+            repl = run[0]
+        else:
+            repl = unicodedata.normalize("NFKC", run)
+        parts.append(text[last : m.start()])
+        out_len += m.start() - last
+        segments.append((out_len, m.start(), len(repl), len(run)))
+        parts.append(repl)
+        out_len += len(repl)
+        last = m.end()
+    if not segments:
+        return text, _OffsetMap([])
+    parts.append(text[last:])
+    return "".join(parts), _OffsetMap(segments)
+
+
+class Analyser:
+    """Wraps one MeCab tagger with the caches that make per-mail analysis cheap."""
+
+    def __init__(self) -> None:
+        self._tagger = fugashi.Tagger()
+        self._line_cache: dict[str, TokenInfo] = {}
+        self._kata_cache: dict[str, bool] = {}
+
+    # -- token level -------------------------------------------------------------
+    def _info(self, line: str) -> TokenInfo:
+        info = self._line_cache.get(line)
+        if info is not None:
+            return info
+        cols = line.split("\t")
+        surface = cols[0]
+        lform = cols[2] if len(cols) > 2 else ""
+        lemma = (cols[3] if len(cols) > 3 else "") or surface
+        pos = cols[4] if len(cols) > 4 else ""
+        reading = "~" + to_hiragana(lform) if lform else ""
+        keys: tuple[str, ...] = (lemma,)
+        if reading and _KANA_ONLY.fullmatch(surface):
+            # Written in kana: the reading of the lemma is as good a key as the lemma
+            # (しぬ for 死ぬ), because the writer did not choose a kanji.
+            keys = (lemma, reading)
+        negation = (lemma in NEGATION_LEMMAS and pos.startswith(("助動詞", "形容詞"))) or (
+            lemma == "んす"  # UniDic reads 払えんし (dialect negative + し) as んす
+        )
+        if negation:
+            # Any negation matches a pattern's negation: 食べてない ~ 食べてません ~ 行くとこない.
+            keys = (*keys, NEG_KEY)
+        boundary = surface in _SENTENCE_END or (
+            pos.startswith("補助記号") and not surface.isascii() and _is_symbolic(surface)
+        )
+        cform = cols[6] if len(cols) > 6 else ""
+        contracted = (
+            pos.startswith("動詞") and surface.endswith("ん") and cform.startswith(("連体形-撥音便", "終止形-撥音便"))
+        )
+        info = TokenInfo(surface, lemma, keys, reading, pos, negation, boundary, contracted)
+        if len(self._line_cache) < 200_000:
+            self._line_cache[line] = info
+        return info
+
+    def _katakana_as_hiragana(self, run: str) -> bool:
+        """Should this katakana run be read as hiragana? (see module docstring)."""
+        decided = self._kata_cache.get(run)
+        if decided is not None:
+            return decided
+        kata = self._parse_alone(run)
+        trusted = (len(kata) == 1 and kata[0].lemma != kata[0].surface) or all(
+            "-" in t.lemma for t in kata
+        )
+        decided = False
+        if not trusted:
+            hira = self._parse_alone(to_hiragana(run))
+            content = any(t.pos.startswith(("動詞", "形容詞", "助動詞")) for t in hira)
+            noise = any(t.pos.startswith(("感動詞", "記号", "補助記号")) for t in hira)
+            decided = content and not noise
+        if len(self._kata_cache) < 50_000:
+            self._kata_cache[run] = decided
+        return decided
+
+    def _split_negative(self, info: TokenInfo) -> tuple[TokenInfo, TokenInfo]:
+        verb = TokenInfo(info.surface[:-1], info.lemma, info.keys, info.reading, info.pos, False, False)
+        neg = TokenInfo("ん", "ない", ("ない", "~ない", NEG_KEY), "~ない", "助動詞", True, False)
+        return verb, neg
+
+    def _parse_alone(self, text: str) -> list[TokenInfo]:
+        return [self._info(x) for x in self._tagger.parse(text).split("\n") if x and x != "EOS"]
+
+    def _hiraganise_runs(self, line: str) -> str:
+        if not _KATAKANA_RUN.search(line):
+            return line
+        return _KATAKANA_RUN.sub(
+            lambda m: to_hiragana(m.group()) if self._katakana_as_hiragana(m.group()) else m.group(),
+            line,
+        )
+
+    # -- text level --------------------------------------------------------------
+    def analyse(self, text: str) -> Analysis:
+        """Tokenise ``text`` line by line; offsets refer to ``text`` itself."""
+        norm, offsets = normalise(text)
+        infos: list[TokenInfo] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        sentences: list[int] = []
+        sentence = 0
+        info_of = self._info
+        parse = self._tagger.parse
+        pos = 0
+        for line in norm.split("\n"):
+            line_start = pos
+            pos += len(line) + 1
+            if not line.strip():
+                continue
+            sentence += 1
+            cursor = 0
+            line = self._hiraganise_runs(line)  # same length, so offsets still hold
+            for out in parse(line).split("\n"):
+                if not out or out == "EOS":
+                    continue
+                info = info_of(out)
+                if info.contracted_negative:
+                    # 払えん is one UniDic token; give patterns the 払う + ない they expect.
+                    verb, neg = self._split_negative(info)
+                    found = line.find(info.surface, cursor)
+                    found = cursor if found < 0 else found
+                    cursor = found + len(info.surface)
+                    for part, a, b in ((verb, found, cursor - 1), (neg, cursor - 1, cursor)):
+                        infos.append(part)
+                        starts.append(offsets.start(line_start + a))
+                        ends.append(offsets.end(line_start + b))
+                        sentences.append(sentence)
+                    continue
+                found = line.find(info.surface, cursor)
+                if found < 0:  # surface changed by MeCab (should not happen): re-sync
+                    found = cursor
+                if found > cursor and line[cursor:found].isspace():
+                    sentence += 1  # a space between words ends a "sentence" in unpunctuated mail
+                cursor = found + len(info.surface)
+                if info.boundary:
+                    sentence += 1
+                    continue
+                infos.append(info)
+                starts.append(offsets.start(line_start + found))
+                ends.append(offsets.end(line_start + cursor))
+                sentences.append(sentence)
+        return Analysis(text, norm, infos, starts, ends, sentences)
+
+    def pattern_keys(self, pattern: str) -> list[list[frozenset[str]]]:
+        """Compile a pattern as staff wrote it into segments of token key sets.
+
+        Spaces separate segments: ``家賃 払えない`` lets a few words come between 家賃 and
+        払えない; inside a segment the words must be adjacent. A pattern token matches a
+        text token when they share a key; pattern tokens always offer their lemma reading
+        too, so a kanji pattern matches a kana text word (死ぬ ~ しぬ).
+        """
+        segments: list[list[frozenset[str]]] = []
+        for chunk in pattern.split():
+            analysis = self.analyse(chunk)
+            toks = []
+            for info in analysis.infos:
+                keys = set(info.keys)
+                if info.reading:
+                    keys.add(info.reading)
+                toks.append(frozenset(keys))
+            if toks:
+                segments.append(toks)
+        return segments
+
+
+def _is_symbolic(surface: str) -> bool:
+    """Emoji and pictographs end a sentence in casual mail; brackets and 、 do not."""
+    return all(unicodedata.category(c) == "So" for c in surface)
+
+
+_ANALYSER: Analyser | None = None
+_ANALYSER_PID: int | None = None
+
+
+def get_analyser() -> Analyser:
+    """The process's one analyser (recreated after fork: MeCab state is per process)."""
+    global _ANALYSER, _ANALYSER_PID
+    if _ANALYSER is None or _ANALYSER_PID != os.getpid():
+        _ANALYSER = Analyser()
+        _ANALYSER_PID = os.getpid()
+    return _ANALYSER
+
+
+def analyse(text: str) -> Analysis:
+    """Analyse ``text`` with the process's analyser."""
+    return get_analyser().analyse(text)

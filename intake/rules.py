@@ -1,0 +1,443 @@
+"""Typed loader for the triage rules: ``load_rules(directory) -> RuleSet``.
+
+Input: a directory holding ``topics.toml``, ``urgent.toml`` and ``exclusions.toml``
+(``partners.toml`` lives there too but belongs to routing). Output: a ``RuleSet`` whose
+patterns are already compiled through the same analyser as the mail (``intake.lemmas``),
+so ``classify`` never re-reads or re-analyses a rule. It never classifies anything.
+
+Every problem is collected and raised together as ``RulesError`` with ``path:line``, so
+``python service.py check`` shows the whole list at once instead of one error per run.
+tomllib keeps no positions, so lines are found by scanning the file text for the rule id
+and the quoted pattern.
+
+File shapes (see the shipped files for commented examples)::
+
+    # topics.toml
+    [settings]                # optional; defaults in Settings
+    gap = 3                   # words allowed between the space-separated parts of a pattern
+    [[rule]]
+    id = "topic.bullying.core"
+    topic = "bullying"        # one of intake.triage.TOPICS
+    weight = 3
+    patterns = ["いじめ", "無視 される"]
+
+    # urgent.toml
+    [[rule]]
+    id = "urgent.suicidal.desire"
+    category = "suicidal"
+    reportable = false        # may a "reported" exclusion (news, a drama) discount it?
+    patterns = ["死にたい"]
+    [[foreign]]               # regular expressions on the raw text, any language
+    id = "urgent.foreign.en"
+    category = "suicidal"
+    language = "en"
+    patterns = ['\\bkill myself\\b']
+
+    # exclusions.toml
+    [[rule]]
+    id = "exclusion.idiom.hodo"
+    discount = "idiom"        # idiom: discounts a match it overlaps
+    patterns = ["死ぬ ほど"]  # reported: discounts reportable matches in its sentence
+    applies_to = ["suicidal"] # resolved-past: uses past/resolved/relapse lists instead
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intake.errors import Problem, RulesError
+from intake.lemmas import get_analyser
+
+RULE_FILES = ("topics.toml", "urgent.toml", "exclusions.toml")
+DISCOUNTS = ("idiom", "reported", "resolved-past")
+
+Segments = tuple[tuple[frozenset[str], ...], ...]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One compiled pattern with where it came from."""
+
+    rule: str
+    kind: str  # "topic" | "urgent" | "exclusion"
+    label: str | None  # topic, urgent category, or exclusion role ("idiom", "past", ...)
+    text: str  # as staff wrote it
+    segments: Segments
+    weight: float
+    path: Path
+    line: int | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else str(self.path)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A rule that discounts urgent (and topic) matches, with its reason."""
+
+    id: str
+    discount: str  # one of DISCOUNTS
+    applies_to: frozenset[str]  # urgent categories / topics; empty = every urgent category
+    patterns: tuple[Pattern, ...] = ()
+    past: tuple[Pattern, ...] = ()
+    resolved: tuple[Pattern, ...] = ()
+    relapse: tuple[Pattern, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForeignPattern:
+    rule: str
+    category: str
+    language: str
+    text: str
+    regex: re.Pattern[str]
+    line: int | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Numbers that tune the decision; all live in ``topics.toml [settings]``."""
+
+    gap: int = 3  # words allowed between the space-separated parts of a pattern
+    min_score: float = 2.0  # a primary topic needs at least this score ...
+    margin: float = 1.0  # ... and this lead over the runner-up, else "other"
+    secondary_min: float = 1.0  # other topics at or above this are listed as secondary
+    subject_weight: float = 1.5  # subject words say what the mail is about
+
+
+@dataclass
+class RuleSet:
+    """Everything ``classify`` needs, compiled once."""
+
+    directory: Path
+    settings: Settings = field(default_factory=Settings)
+    topic_patterns: list[Pattern] = field(default_factory=list)
+    urgent_patterns: list[Pattern] = field(default_factory=list)
+    reportable: frozenset[str] = frozenset()  # urgent categories news-talk may discount
+    exclusions: list[Exclusion] = field(default_factory=list)
+    foreign: list[ForeignPattern] = field(default_factory=list)
+    # first key of a pattern -> patterns starting with a token carrying that key
+    index: dict[str, list[Pattern]] = field(default_factory=dict)
+
+    def build_index(self) -> None:
+        """Index every Japanese pattern by the keys of its first token."""
+        self.index = {}
+        every = list(self.topic_patterns) + list(self.urgent_patterns)
+        for ex in self.exclusions:
+            every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
+        for pattern in every:
+            for key in pattern.segments[0][0]:
+                self.index.setdefault(key, []).append(pattern)
+
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset(p.label for p in self.urgent_patterns if p.label) | frozenset(
+            f.category for f in self.foreign
+        )
+
+
+class _Source:
+    """A rule file's text, for finding the line of an id or a pattern."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of_id(self, rule_id: str) -> int | None:
+        rx = re.compile(r"^\s*id\s*=\s*[\"']" + re.escape(rule_id) + r"[\"']")
+        for n, line in enumerate(self.lines, 1):
+            if rx.match(line):
+                return n
+        return None
+
+    def table_start(self, line: int | None) -> int:
+        """Line of the ``[[...]]`` header above ``line`` (patterns may precede the id)."""
+        if line is None:
+            return 1
+        for n in range(line, 0, -1):
+            if self.lines[n - 1].lstrip().startswith("["):
+                return n
+        return 1
+
+    def line_of_value(self, value: str, start: int) -> int | None:
+        quoted = (f'"{value}"', f"'{value}'", f'"{_toml_escape(value)}"')
+        for n in range(max(start, 1), len(self.lines) + 1):
+            if any(q in self.lines[n - 1] for q in quoted):
+                return n
+        return None
+
+
+def _toml_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class _Loader:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.problems: list[Problem] = []
+        self.analyser = get_analyser()
+        self.ids: dict[str, str] = {}  # rule id -> "path:line"
+        self.seen: dict[tuple[str, Segments], Pattern] = {}
+
+    def problem(self, path: Path, line: int | None, message: str) -> None:
+        self.problems.append(Problem(path, line, message))
+
+    def read(self, name: str) -> tuple[dict[str, Any], _Source] | None:
+        path = self.directory / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self.problem(path, None, f"missing: {name} must exist in {self.directory}")
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problem(path, None, f"cannot read ({exc}); save it as UTF-8")
+            return None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            m = re.search(r"line (\d+)", str(exc))
+            self.problem(path, int(m.group(1)) if m else None, f"TOML syntax: {exc}")
+            return None
+        return data, _Source(path, text)
+
+    def rule_id(self, src: _Source, table: dict[str, Any], n: int, what: str) -> tuple[str, int | None]:
+        rule_id = table.get("id")
+        if not isinstance(rule_id, str) or not rule_id:
+            self.problem(src.path, None, f"{what} #{n}: needs id = \"...\"")
+            return f"{src.path.stem}.{what}{n}", None
+        line = src.line_of_id(rule_id)
+        where = f"{src.path}:{line}" if line else str(src.path)
+        if rule_id in self.ids:
+            self.problem(src.path, line, f"duplicate rule id {rule_id!r}: also at {self.ids[rule_id]}")
+        else:
+            self.ids[rule_id] = where
+        return rule_id, line
+
+    def unknown_keys(self, src: _Source, table: dict[str, Any], allowed: set[str], line: int | None) -> None:
+        for key in sorted(set(table) - allowed):
+            self.problem(src.path, line, f"unknown key {key!r}; expected one of {sorted(allowed)}")
+
+    def patterns(
+        self,
+        src: _Source,
+        rule_id: str,
+        line: int | None,
+        values: Any,
+        *,
+        kind: str,
+        label: str | None,
+        weight: float,
+        key: str = "patterns",
+    ) -> list[Pattern]:
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            self.problem(src.path, line, f"{rule_id}: {key} must be a list of strings")
+            return []
+        out = []
+        start = src.table_start(line)
+        for value in values:
+            pline = src.line_of_value(value, start) or line
+            segments = tuple(tuple(seg) for seg in self.analyser.pattern_keys(value))
+            if not segments:
+                self.problem(
+                    src.path, pline, f"{rule_id}: pattern {value!r} normalises to no words; it can never match"
+                )
+                continue
+            pattern = Pattern(rule_id, kind, label, value, segments, weight, src.path, pline)
+            dup_key = (f"{kind}:{label if kind == 'exclusion' else ''}", segments)
+            if dup_key in self.seen:
+                other = self.seen[dup_key]
+                self.problem(
+                    src.path,
+                    pline,
+                    f"{rule_id}: duplicate pattern {value!r} (same words as {other.text!r} "
+                    f"in {other.rule} at {other.where})",
+                )
+                continue
+            self.seen[dup_key] = pattern
+            out.append(pattern)
+        return out
+
+    def check_shadowed(self, patterns: list[Pattern]) -> None:
+        """A pattern containing a shorter one of the same topic/category adds nothing."""
+        by_label: dict[str | None, list[Pattern]] = {}
+        for p in patterns:
+            by_label.setdefault(p.label, []).append(p)
+        for group in by_label.values():
+            singles = [p for p in group if len(p.segments) == 1]
+            for longer in group:
+                for short in singles:
+                    if short is longer:
+                        continue
+                    if any(_contains(seg, short.segments[0]) for seg in longer.segments):
+                        self.problem(
+                            longer.path,
+                            longer.line,
+                            f"{longer.rule}: pattern {longer.text!r} is shadowed by "
+                            f"{short.text!r} ({short.rule} at {short.where}); it can never change "
+                            "a decision - delete it",
+                        )
+                        break
+
+
+def _contains(seg: tuple[frozenset[str], ...], short: tuple[frozenset[str], ...]) -> bool:
+    n = len(short)
+    if n >= len(seg) + 1 or n == 0:
+        return False
+    if n == len(seg):
+        return False  # equal length is a duplicate, reported elsewhere
+    return any(seg[i : i + n] == short for i in range(len(seg) - n + 1))
+
+
+def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
+    from intake.triage import TOPICS  # local: triage imports this module
+
+    loader = _Loader(directory)
+    rules = RuleSet(directory=directory)
+
+    # -- topics -------------------------------------------------------------------
+    loaded = loader.read("topics.toml")
+    if loaded:
+        data, src = loaded
+        loader.unknown_keys(src, data, {"settings", "rule"}, None)
+        raw = data.get("settings", {})
+        defaults = Settings()
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if not hasattr(defaults, key):
+                loader.problem(src.path, src.line_of_value(key, 1), f"[settings] unknown key {key!r}")
+            elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                loader.problem(src.path, None, f"[settings] {key} must be a number >= 0")
+            else:
+                kwargs[key] = type(getattr(defaults, key))(value)
+        rules.settings = Settings(**kwargs)
+        for n, table in enumerate(data.get("rule", []), 1):
+            rule_id, line = loader.rule_id(src, table, n, "rule")
+            loader.unknown_keys(src, table, {"id", "topic", "weight", "patterns", "note"}, line)
+            topic = table.get("topic")
+            if topic not in TOPICS:
+                loader.problem(
+                    src.path,
+                    line,
+                    f"{rule_id}: unknown topic {topic!r}; expected one of {', '.join(TOPICS)}",
+                )
+                continue
+            weight = table.get("weight", 1)
+            if not isinstance(weight, int | float) or weight <= 0:
+                loader.problem(src.path, line, f"{rule_id}: weight must be a positive number")
+                continue
+            rules.topic_patterns += loader.patterns(
+                src, rule_id, line, table.get("patterns"), kind="topic", label=topic, weight=float(weight)
+            )
+        loader.check_shadowed(rules.topic_patterns)
+
+    # -- urgent -------------------------------------------------------------------
+    loaded = loader.read("urgent.toml")
+    reportable: set[str] = set()
+    if loaded:
+        data, src = loaded
+        loader.unknown_keys(src, data, {"rule", "foreign"}, None)
+        for n, table in enumerate(data.get("rule", []), 1):
+            rule_id, line = loader.rule_id(src, table, n, "rule")
+            loader.unknown_keys(src, table, {"id", "category", "reportable", "patterns", "note"}, line)
+            category = table.get("category")
+            if not isinstance(category, str) or not category:
+                loader.problem(src.path, line, f"{rule_id}: needs category = \"...\" (e.g. suicidal)")
+                continue
+            if table.get("reportable", False):
+                reportable.add(rule_id)
+            rules.urgent_patterns += loader.patterns(
+                src, rule_id, line, table.get("patterns"), kind="urgent", label=category, weight=1.0
+            )
+        loader.check_shadowed(rules.urgent_patterns)
+        for n, table in enumerate(data.get("foreign", []), 1):
+            rule_id, line = loader.rule_id(src, table, n, "foreign")
+            loader.unknown_keys(src, table, {"id", "category", "language", "patterns", "note"}, line)
+            category = table.get("category", "")
+            language = table.get("language", "")
+            values = table.get("patterns")
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                loader.problem(src.path, line, f"{rule_id}: patterns must be a list of strings")
+                continue
+            start = src.table_start(line)
+            for value in values:
+                pline = src.line_of_value(value, start) or line
+                try:
+                    regex = re.compile(value, re.IGNORECASE)
+                except re.error as exc:
+                    loader.problem(src.path, pline, f"{rule_id}: bad regular expression {value!r}: {exc}")
+                    continue
+                if regex.search("") is not None:
+                    loader.problem(src.path, pline, f"{rule_id}: {value!r} matches empty text; it would fire on every mail")
+                    continue
+                rules.foreign.append(ForeignPattern(rule_id, category, language, value, regex, pline))
+    rules.reportable = frozenset(reportable)
+
+    # -- exclusions ---------------------------------------------------------------
+    loaded = loader.read("exclusions.toml")
+    if loaded:
+        data, src = loaded
+        loader.unknown_keys(src, data, {"rule"}, None)
+        known = rules.categories | set(TOPICS)
+        for n, table in enumerate(data.get("rule", []), 1):
+            rule_id, line = loader.rule_id(src, table, n, "rule")
+            allowed = {"id", "discount", "applies_to", "patterns", "past", "resolved", "relapse", "note"}
+            loader.unknown_keys(src, table, allowed, line)
+            discount = table.get("discount")
+            if discount not in DISCOUNTS:
+                loader.problem(src.path, line, f"{rule_id}: discount must be one of {', '.join(DISCOUNTS)}")
+                continue
+            applies = table.get("applies_to", [])
+            for name in applies:
+                if name not in known:
+                    loader.problem(
+                        src.path, line, f"{rule_id}: applies_to names unknown category/topic {name!r}"
+                    )
+            lists: dict[str, tuple[Pattern, ...]] = {}
+            roles = ("past", "resolved", "relapse") if discount == "resolved-past" else ("patterns",)
+            for role in roles:
+                if role not in table:
+                    loader.problem(src.path, line, f"{rule_id}: {discount} rule needs {role} = [...]")
+                    continue
+                lists[role] = tuple(
+                    loader.patterns(
+                        src,
+                        rule_id,
+                        line,
+                        table[role],
+                        kind="exclusion",
+                        label=f"{discount}:{role}",
+                        weight=0.0,
+                        key=role,
+                    )
+                )
+            rules.exclusions.append(
+                Exclusion(
+                    id=rule_id,
+                    discount=discount,
+                    applies_to=frozenset(applies),
+                    patterns=lists.get("patterns", ()),
+                    past=lists.get("past", ()),
+                    resolved=lists.get("resolved", ()),
+                    relapse=lists.get("relapse", ()),
+                )
+            )
+    rules.build_index()
+    return rules, loader.problems
+
+
+def load_rules(directory: Path) -> RuleSet:
+    """Load and compile the rules in ``directory``; raise ``RulesError`` listing every problem."""
+    rules, problems = _load(Path(directory))
+    if problems:
+        raise RulesError(problems)
+    return rules
+
+
+def check_rules(directory: Path) -> list[Problem]:
+    """Every problem in the rules of ``directory`` (empty when they load cleanly)."""
+    return _load(Path(directory))[1]
