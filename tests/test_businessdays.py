@@ -1,0 +1,61 @@
+"""Business calendar: holidays from jpholiday, year-end closure, office hours (JST)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from intake.businessdays import BusinessCalendar, format_day_ja
+
+JST = ZoneInfo("Asia/Tokyo")
+CAL = BusinessCalendar(open=time(8, 30), close=time(17, 0))
+
+
+def jst(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=JST)
+
+
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        (date(2026, 11, 26), True),  # Thursday
+        (date(2026, 11, 23), False),  # 勤労感謝の日
+        (date(2026, 12, 31), False),  # year-end closure
+        (date(2027, 1, 4), True),
+        (date(2026, 5, 6), False),  # substitute holiday for 5/3 (Sunday)
+        (date(2026, 11, 28), False),  # Saturday
+    ],
+)
+def test_business_days(day: date, expected: bool) -> None:
+    assert CAL.is_business_day(day) is expected
+
+
+def test_mail_during_office_hours_is_answered_the_same_day() -> None:
+    deadline, same_day = CAL.reply_expected(jst("2026-11-26 10:00"))
+    assert same_day and deadline == jst("2026-11-26 17:00")
+
+
+def test_mail_at_23h_is_answered_the_next_business_morning_not_in_a_minute() -> None:
+    deadline, same_day = CAL.reply_expected(jst("2026-11-26 23:00"))
+    assert not same_day and deadline == jst("2026-11-27 12:00")
+
+
+def test_mail_on_new_years_eve_waits_for_the_first_business_day() -> None:
+    deadline, _ = CAL.reply_expected(jst("2026-12-31 09:00"))
+    assert deadline == jst("2027-01-04 12:00")
+
+
+def test_golden_week_mail() -> None:
+    deadline, _ = CAL.reply_expected(jst("2026-05-02 15:00"))
+    assert deadline == jst("2026-05-07 12:00")
+
+
+def test_extra_closure_days_from_config() -> None:
+    cal = BusinessCalendar(closures=(*CAL.closures, "2026-11-27"))
+    assert cal.next_opening(jst("2026-11-26 18:00")) == jst("2026-11-30 08:30")
+
+
+def test_format_day_ja() -> None:
+    assert format_day_ja(jst("2026-11-27 12:00")) == "11月27日(金)"
