@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 HEADERS_ONLY_LIMIT = 64 * 1024  # bytes read for the headers of an oversized mail
 MAX_DEPTH = 30  # MIME nesting deeper than this is not walked
 MAX_PARTS = 1000  # parts beyond this are not walked
-MAX_NESTED_MULTIPART_DECLS = 2 * MAX_DEPTH  # above this, do not let email's parser recurse
+MAX_NESTED_MULTIPART_DECLS = 300  # above this, email's parser (recursive per level) is not run
 
 _BOM = b"\xef\xbb\xbf"
 _HIGH_OR_ESC = re.compile(r"[\x1b\x80-\U0010ffff]")
@@ -809,7 +809,7 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
 
     walker = _Walker(problems)
     if headers_only:
-        body = msg.get_payload()
+        body = getattr(msg, "_payload", None)
         text = _to_bytes(body if isinstance(body, str) else "")
         decoded = decode_text(text[: 1024 * 1024], None)
         walker.segments.append(_Segment(_LINE_ENDS.sub("\n", decoded.text), False))
