@@ -1,0 +1,151 @@
+"""Tests for automatic-mail detection (RFC 3834) and upstream spam verdicts.
+
+Each test builds a small synthetic mail and runs it through ``parse`` first, so the
+header decoding the detector relies on is exercised too.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from intake.automatic import automatic_reason, spam_reason
+from intake.parse import parse
+
+PERSON = (
+    "From: 学生 <student@example.jp>\r\n"
+    "To: soudan@city.example.jp\r\n"
+    "Subject: 相談です\r\n"
+    "Message-ID: <p-1@example.jp>\r\n"
+    "Date: Thu, 26 Nov 2026 10:00:00 +0900\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n"
+)
+
+
+def letter_with(extra: str = "", *, replace: tuple[str, str] | None = None, body: str = "本文"):
+    head = PERSON
+    if replace:
+        head = head.replace(*replace)
+    return parse((head + extra + "\r\n" + body + "\r\n").encode())
+
+
+def test_person_mail_is_not_automatic():
+    letter = letter_with()
+    assert automatic_reason(letter) is None
+    assert spam_reason(letter) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ("Auto-Submitted: auto-replied\r\n", "auto-submitted:auto-replied"),
+        ("Auto-Submitted: auto-generated; type=vacation\r\n", "auto-submitted:auto-generated"),
+        ("Precedence: bulk\r\n", "precedence:bulk"),
+        ("Precedence: junk\r\n", "precedence:junk"),
+        ("Precedence: list\r\n", "precedence:list"),
+        ("Precedence: auto_reply\r\n", "precedence:auto_reply"),
+        ("List-Id: <news.example.jp>\r\n", "list-id"),
+        ("List-Unsubscribe: <mailto:leave@example.jp>\r\n", "list-unsubscribe"),
+        ("List-Post: <mailto:ml@example.jp>\r\n", "list-post"),
+        ("X-ML-Name: neko\r\n", "x-ml-name"),
+        ("X-Auto-Response-Suppress: All\r\n", "x-auto-response-suppress"),
+        ("X-Autoreply: yes\r\n", "x-autoreply"),
+        ("X-Autorespond: vacation\r\n", "x-autorespond"),
+        ("Return-Path: <>\r\n", "null-sender"),
+        ("Delivered-To: mailing list ml@example.jp\r\n", "delivered-to:mailing-list"),
+    ],
+)
+def test_automatic_header_signals(header: str, reason: str):
+    assert automatic_reason(letter_with(header)) == reason
+
+
+def test_auto_submitted_no_is_a_person():
+    assert automatic_reason(letter_with("Auto-Submitted: no\r\n")) is None
+
+
+@pytest.mark.parametrize(
+    ("sender", "reason"),
+    [
+        ("MAILER-DAEMON@mx.example.jp", "daemon-sender:mailer-daemon"),
+        ("postmaster@example.jp", "daemon-sender:postmaster"),
+        ("noreply@service.example.jp", "noreply-sender"),
+        ("no-reply@service.example.jp", "noreply-sender"),
+        ("do-not-reply@service.example.jp", "noreply-sender"),
+        ("ml-request@lists.example.jp", "list-robot-sender"),
+    ],
+)
+def test_robot_senders(sender: str, reason: str):
+    letter = letter_with(replace=("学生 <student@example.jp>", f"<{sender}>"))
+    assert automatic_reason(letter) == reason
+
+
+def test_null_from_is_automatic():
+    letter = letter_with(replace=("学生 <student@example.jp>", "<>"))
+    assert automatic_reason(letter) == "null-sender"
+
+
+def test_a_resident_whose_name_contains_reply_is_a_person():
+    letter = letter_with(replace=("学生 <student@example.jp>", "<replyman.taro@docomo.ne.jp>"))
+    assert automatic_reason(letter) is None
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["Automatic reply: 相談です", "自動返信: 相談です", "Out of Office: 相談", "不在通知：相談"],
+)
+def test_auto_responder_subject_prefix(subject: str):
+    letter = letter_with(replace=("Subject: 相談です", f"Subject: {subject}"))
+    assert automatic_reason(letter) == "auto-reply-subject"
+
+
+def test_a_resident_subject_mentioning_auto_reply_without_prefix_is_a_person():
+    letter = letter_with(replace=("Subject: 相談です", "Subject: 自動返信が来ないのですが"))
+    assert automatic_reason(letter) is None
+
+
+def test_delivery_status_report_is_a_bounce():
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.jp\r\nSubject: failure\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=R\r\n\r\n"
+        b"--R\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+        b"--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\n"
+        b"Final-Recipient: rfc822; a@example.jp\r\nAction: failed\r\n--R--\r\n"
+    )
+    assert automatic_reason(parse(raw)) == "bounce"
+
+
+def test_read_receipt_is_automatic():
+    raw = (
+        b"From: student@example.jp\r\nSubject: Read: test\r\n"
+        b"Content-Type: multipart/report; report-type=disposition-notification; boundary=R\r\n"
+        b"\r\n--R\r\nContent-Type: text/plain\r\n\r\nwas displayed\r\n"
+        b"--R\r\nContent-Type: message/disposition-notification\r\n\r\n"
+        b"Final-Recipient: rfc822; student@example.jp\r\n"
+        b"Disposition: manual-action/MDN-sent-manually; displayed\r\n--R--\r\n"
+    )
+    assert automatic_reason(parse(raw)) == "mdn"
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ("X-Spam-Flag: YES\r\n", "x-spam-flag:yes"),
+        ("X-Spam-Status: Yes, score=9.1 required=5.0\r\n", "x-spam-status:yes"),
+        ("X-Spam: yes\r\n", "x-spam:yes"),
+        ("X-ASF-Spam-Status: Yes\r\n", "x-asf-spam-status:yes"),
+    ],
+)
+def test_spam_verdicts(header: str, reason: str):
+    assert spam_reason(letter_with(header)) == reason
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Spam-Status: No, score=1.2 required=5.0\r\n",
+        "X-Spam-Flag: NO\r\n",
+        "X-Spam-Score: 4.9\r\n",
+        "X-Spam-Level: ****\r\n",
+    ],
+)
+def test_unclear_or_negative_spam_headers_do_not_count(header: str):
+    assert spam_reason(letter_with(header)) is None
