@@ -657,7 +657,7 @@ def _() -> Mail:
         subject=bword(cp932(subject), "Shift_JIS"),
         stem="cp932-tilde",
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", "text/plain; charset=Windows-31J"),
         ("Content-Transfer-Encoding", "8bit"),
@@ -811,7 +811,11 @@ def _() -> Mail:
         subject=bword(jis(subject), "ISO-2022-JP"),
         stem="no-charset",
     )
-    mime = [MIME, ("Content-Type", "text/plain"), ("Content-Transfer-Encoding", "7bit")]
+    mime: list[Header] = [
+        MIME,
+        ("Content-Type", "text/plain"),
+        ("Content-Transfer-Encoding", "7bit"),
+    ]
     return Mail(
         entity(hs + mime, jis(LONELY)),
         expect(
@@ -848,7 +852,7 @@ def _() -> Mail:
     hs = envelope(
         from_="rin.sasaki@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="wrong-jis"
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", "text/plain; charset=iso-2022-jp"),
         ("Content-Transfer-Encoding", "8bit"),
@@ -874,7 +878,7 @@ def _() -> Mail:
         subject=bword(subject.encode(), "UTF-8"),
         stem="wrong-sjis",
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", "text/plain; charset=shift_jis"),
         ("Content-Transfer-Encoding", "8bit"),
@@ -898,7 +902,7 @@ def _() -> Mail:
     hs = envelope(
         from_="kota.hayashi@example.jp", subject=bword(eucjp(subject), "EUC-JP"), stem="wrong-euc"
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", 'text/plain; charset="ISO-2022-JP"'),
         ("Content-Transfer-Encoding", "8bit"),
@@ -956,7 +960,7 @@ def _() -> Mail:
     hs = envelope(
         from_="sho.ito@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="unknown-utf8"
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", "text/plain; charset=x-kasaoka-unknown"),
         ("Content-Transfer-Encoding", "8bit"),
@@ -980,7 +984,7 @@ def _() -> Mail:
     hs = envelope(
         from_="daichi.m@example.jp", subject=bword(cp932(subject), "Shift_JIS"), stem="unknown-8bit"
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", "text/plain; charset=unknown-8bit"),
         ("Content-Transfer-Encoding", "8bit"),
@@ -1122,7 +1126,7 @@ def _() -> Mail:
     hs = envelope(
         from_="hanako.yamada@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="rfc2231"
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_rfc2231_a"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_rfc2231_a"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1155,7 +1159,7 @@ def _() -> Mail:
     hs = envelope(
         from_="sho.ito@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="rfc2231-cont"
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_cont_b"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_cont_b"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1188,7 +1192,7 @@ def _() -> Mail:
         subject=bword(jis(subject), "ISO-2022-JP"),
         stem="rfc2047-filename",
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_rfc2047_c"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_rfc2047_c"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1411,7 +1415,7 @@ def _() -> Mail:
     hs = envelope(
         from_="misaki.suzuki@gmail.com", subject=bword(subject.encode(), "UTF-8"), stem="alt-text"
     )
-    mime = [MIME, ("Content-Type", 'multipart/alternative; boundary="=_alt_d"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/alternative; boundary="=_alt_d"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1440,7 +1444,7 @@ def _() -> Mail:
     hs = envelope(
         from_="yui.yamamoto@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="alt-empty"
     )
-    mime = [MIME, ("Content-Type", 'multipart/alternative; boundary="=_alt_e"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/alternative; boundary="=_alt_e"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1470,7 +1474,7 @@ def _() -> Mail:
     hs = envelope(
         from_="takumi.s@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="alt-stub"
     )
-    mime = [MIME, ("Content-Type", 'multipart/alternative; boundary="=_alt_f"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/alternative; boundary="=_alt_f"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1497,7 +1501,7 @@ def _() -> Mail:
     hs = envelope(
         from_="anon-2026@docomo.ne.jp", subject=bword(cp932(subject), "Shift_JIS"), stem="html-only"
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", 'text/html; charset="Shift_JIS"'),
         ("Content-Transfer-Encoding", "base64"),
@@ -1542,7 +1546,7 @@ def _() -> Mail:
     hs = envelope(
         from_="kokona.n@softbank.ne.jp", subject=bword(cp932(subject), "Shift_JIS"), stem="decome"
     )
-    mime = [
+    mime: list[Header] = [
         MIME,
         ("Content-Type", 'multipart/related; type="text/html"; boundary="=_deco_g"'),
     ]
@@ -1602,7 +1606,7 @@ def _() -> Mail:
     hs = envelope(
         from_="sho.ito@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="nested"
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_mix_h"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_mix_h"')]
     return Mail(
         entity(hs + mime, mixed),
         expect(
@@ -1648,7 +1652,7 @@ def _() -> Mail:
         subject="Fwd: " + bword("友達からのメール".encode(), "UTF-8"),
         stem="forward",
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_fwd_k"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_fwd_k"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1678,7 +1682,7 @@ def _() -> Mail:
     hs = envelope(
         from_="ren.yoshida@example.jp", subject=bword(jis(subject), "ISO-2022-JP"), stem="pdf"
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_pdf_l"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_pdf_l"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1708,7 +1712,7 @@ def _() -> Mail:
         stem="jpg",
         extra=[("X-Mailer", "iPhone Mail (22A100)")],
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_jpg_m"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_jpg_m"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -1729,7 +1733,7 @@ def _() -> Mail:
         [attachment_part("application/pdf", PDF, f"attachment; filename*={rfc2231(fname)}")],
     )
     hs = envelope(from_="hanako.yamada@example.jp", subject="", stem="attachment-only")
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_only_n"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_only_n"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -2270,7 +2274,7 @@ def _() -> Mail:
     hs = envelope(
         from_="yuna.tanaka@example.jp", subject=bword(subject.encode(), "UTF-8"), stem="no-close"
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_open_q"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_open_q"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -2293,7 +2297,7 @@ def _() -> Mail:
         subject=bword(subject.encode(), "UTF-8"),
         stem="boundary-mismatch",
     )
-    mime = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_declared_s"')]
+    mime: list[Header] = [MIME, ("Content-Type", 'multipart/mixed; boundary="=_declared_s"')]
     return Mail(
         entity(hs + mime, body),
         expect(
@@ -2316,7 +2320,7 @@ def _() -> Mail:
         subject=bword(subject.encode(), "UTF-8"),
         stem="no-boundary",
     )
-    mime = [MIME, ("Content-Type", "multipart/mixed")]
+    mime: list[Header] = [MIME, ("Content-Type", "multipart/mixed")]
     return Mail(
         entity(hs + mime, body),
         expect(
