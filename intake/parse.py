@@ -523,7 +523,7 @@ class _Walker:
         ctype, cparams = _params(_raw_header(part, "content-type"), self.problems)
         if "/" not in ctype:
             ctype = "text/plain"
-        payload = part.get_payload()
+        payload = getattr(part, "_payload", None)  # get_payload() can raise on odd params
         if ctype.startswith("multipart/"):
             if (
                 ctype == "multipart/report"
@@ -634,8 +634,9 @@ def _report_text(part: Message) -> str:
         for block in payload:
             if isinstance(block, Message):
                 head = "\n".join(f"{k}: {decode_header(v)}" for k, v in block.raw_items())
-                body = block.get_payload()
-                chunks.append(head + ("\n" + body if isinstance(body, str) else ""))
+                body = getattr(block, "_payload", None)
+                text_body = decode_text(_to_bytes(body), None).text if isinstance(body, str) else ""
+                chunks.append(head + ("\n" + text_body if text_body else ""))
         text = "\n\n".join(chunks)
     else:
         text = decode_text(_to_bytes(payload or ""), None).text
@@ -704,7 +705,7 @@ def _fill_headers(msg: Message, letter: Letter) -> None:
         letter.from_name = name
 
     to: list[str] = []
-    for value in msg.get_all("to", []) or []:
+    for value in (v for k, v in msg.raw_items() if k.lower() == "to"):
         text = _FOLD.sub(b"", _to_bytes(value)).decode("utf-8", "surrogateescape")
         for item in _split_addresses(text):
             addr, _name = _parse_mailbox(item, [])
@@ -798,6 +799,11 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         msg = _parse_message(raw, headers_only=headers_only)
     except RecursionError:
         problems.append("mime-too-deep")
+        headers_only = True
+        msg = _parse_message(raw, headers_only=True)
+    except Exception as exc:  # the stdlib parser choking must not lose the headers
+        problems.append(f"mime-parser-error:{type(exc).__name__}")
+        headers_only = True
         msg = _parse_message(raw, headers_only=True)
     _fill_headers(msg, letter)
     for defect in getattr(msg, "defects", []):
