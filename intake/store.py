@@ -27,20 +27,22 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 
 def utcnow() -> datetime:
-    """Naive UTC: the database keeps naive UTC everywhere (SQLite has no time zones)."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Aware UTC: sqlmodel's datetime type refuses naive values, and UTC sorts correctly."""
+    return datetime.now(UTC)
 
 
 def to_db(moment: datetime) -> datetime:
-    """An aware datetime as the naive UTC the database stores."""
+    """Any aware datetime (JST in the pipeline) as the UTC the database stores."""
     if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
+        raise ValueError("naive datetime: pass an aware one (the pipeline works in JST)")
+    return moment.astimezone(UTC)
 
 
 def from_db(moment: datetime | None) -> datetime | None:
-    """A stored naive-UTC datetime back as an aware one."""
-    return moment.replace(tzinfo=UTC) if moment is not None else None
+    """A stored datetime back as an aware one (SQLite may hand back naive UTC)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 class Cursor(SQLModel, table=True):

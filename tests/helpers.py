@@ -48,3 +48,14 @@ backup = ["{BACKUP}"]
         encoding="utf-8",
     )
     return path
+
+
+def settled(smtp: LocalSMTP, seconds: float = 1.0) -> list:
+    """Every mail the server holds after waiting ``seconds`` for stragglers.
+
+    For asserting that nothing MORE arrived (``wait_for`` raises when fewer arrive).
+    """
+    import time
+
+    time.sleep(seconds)
+    return smtp.messages

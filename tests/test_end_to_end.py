@@ -17,7 +17,7 @@ import pytest
 
 from intake import samples
 from intake.localservers import LocalDovecot, LocalSMTP, ReceivedMail
-from tests.helpers import ONCALL, OWN, write_config
+from tests.helpers import ONCALL, OWN, settled, write_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_once_acknowledges_alerts_and_second_once_sends_nothing(
     second = run_service("once", config=config, password=dovecot.password)
     assert second.returncode == 0, second.stderr
     assert "fetched 0" in second.stdout
-    assert len(smtp_server.wait_for(6, timeout=2)) == 5
+    assert len(settled(smtp_server)) == 5
 
 
 def test_acknowledgement_is_a_neutral_reply_with_hotlines(
@@ -166,4 +166,4 @@ def test_digest_lists_each_partners_cases_once(
     again = run_service("digest", config=config, password=dovecot.password)
     assert again.returncode == 0
     assert "no new cases" in again.stdout
-    assert smtp_server.wait_for(1, timeout=1) == []
+    assert settled(smtp_server) == []

@@ -1,0 +1,267 @@
+"""Delivery guarantees under faults, against a real Dovecot and a real SMTP server.
+
+Nothing lost, nothing doubled, no loops: kill -9 at random moments, SMTP outages,
+Dovecot restarts, a recreated mailbox (new UIDVALIDITY), auto-responders, follow-ups.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from email.utils import make_msgid
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, func, select
+
+from intake import samples
+from intake.config import load_settings
+from intake.fetch import Mailbox
+from intake.localservers import LocalDovecot, LocalSMTP
+from intake.pipeline import RunReport, Service, process_new_mail
+from intake.send import deliver_outbox
+from intake.store import Case, Outbox, StoredMessage
+from tests.helpers import ONCALL, OWN, settled, write_config
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+JST_NOON = datetime(2026, 11, 26, 12, 0).astimezone()
+
+
+@pytest.fixture
+def svc(tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
+        monkeypatch: pytest.MonkeyPatch) -> Service:
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    return Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
+
+
+def once(svc: Service, now: datetime | None = None) -> RunReport:
+    now = now or datetime.now(svc.calendar.tz)
+    with Mailbox(svc.settings.mailbox) as mailbox:
+        report = process_new_mail(svc, mailbox, now)
+    deliver_outbox(svc.settings.smtp, svc.engine, now)
+    return report
+
+
+def count(svc: Service, model: type, *where: object) -> int:
+    with Session(svc.engine) as session:
+        return int(session.exec(select(func.count()).select_from(model).where(*where)).one())
+
+
+def consultation(i: int, text: str = "最近ひとりで寂しいです。話し相手がいません。") -> bytes:
+    return samples.consultation(f"resident{i:04d}@example.jp", f"相談 {i}", text)
+
+
+def test_kill_9_at_random_moments_loses_and_doubles_nothing(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    total = 150
+    mails = [consultation(i) for i in range(total)]
+    mails[7] = consultation(7, "もう消えたいです。")  # one urgent: exactly one alert
+    dovecot.append_many(mails)
+    config = write_config(tmp_path, dovecot, smtp_server, extra="")
+    (tmp_path / "intake.toml").write_text(
+        config.read_text(encoding="utf-8").replace("poll_interval = 1", "batch_size = 10"),
+        encoding="utf-8",
+    )
+    env = {**os.environ, "TEST_IMAP_PASSWORD": dovecot.password}
+    cmd = [sys.executable, str(ROOT / "service.py"), "once", "--config", str(config)]
+    rng = random.Random(20261126)
+    kills = 0
+    for _ in range(8):
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 3.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=10)
+    final = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    received = smtp_server.wait_for(total + 1, timeout=30)
+    acks = Counter(r for m in received for r in m.rcpt_tos if r != ONCALL)
+    duplicates = {k: v for k, v in acks.items() if v > 1}
+    assert kills >= 1, "no kill landed; the test proved nothing"
+    assert duplicates == {}, f"{len(duplicates)} residents got more than one acknowledgement"
+    assert len(acks) == total
+    assert sum(1 for m in received if ONCALL in m.rcpt_tos) == 1
+    settings = load_settings(config)
+    os.environ["TEST_IMAP_PASSWORD"] = dovecot.password
+    check = Service.from_settings(settings)
+    assert count(check, StoredMessage) == total
+    assert count(check, Case) == total
+
+
+def test_smtp_outage_delays_mail_then_delivers_each_once(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append_many([consultation(i) for i in range(3)] + [consultation(9, "死にたい")])
+    smtp_server.stop()
+    now = datetime.now(svc.calendar.tz)
+    report = once(svc, now)
+    assert report.cases == 4
+    assert count(svc, Outbox, Outbox.status == "queued") == 5
+    smtp_server.start()
+    # Before the backoff has passed nothing is retried; after it, everything goes once.
+    assert deliver_outbox(svc.settings.smtp, svc.engine, now + timedelta(seconds=5)).sent == 0
+    later = deliver_outbox(svc.settings.smtp, svc.engine, now + timedelta(minutes=5))
+    assert later.sent == 5
+    mails = smtp_server.wait_for(5, timeout=10)
+    assert len(mails) == 5
+    assert ONCALL in mails[0].rcpt_tos, "alerts go first"
+    assert deliver_outbox(svc.settings.smtp, svc.engine, now + timedelta(hours=3)).sent == 0
+
+
+def test_dovecot_restart_between_runs(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append_many([consultation(i) for i in range(3)])
+    assert once(svc).cases == 3
+    dovecot.restart()
+    dovecot.append_many([consultation(i) for i in range(3, 5)])
+    assert once(svc).cases == 2
+    assert count(svc, StoredMessage) == 5
+    assert len(smtp_server.wait_for(5, timeout=10)) == 5
+
+
+def test_recreated_mailbox_is_rescanned_without_duplicates(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append_many([consultation(i) for i in range(4)])
+    assert once(svc).cases == 4
+    old = dovecot.uidvalidity()
+    dovecot.recreate_mailbox()
+    assert dovecot.uidvalidity() != old
+    dovecot.append(consultation(99))
+    report = once(svc)
+    assert report.fetched == 5 and report.duplicates == 4 and report.cases == 1
+    assert count(svc, Case) == 5
+    assert len(settled(smtp_server)) == 5
+
+
+def test_follow_up_thread_is_one_case_with_one_acknowledgement(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    first_id = make_msgid(domain="example.jp")
+    dovecot.append(samples.consultation("thread@example.jp", "相談", "友達がいなくて寂しい",
+                                        message_id=first_id))
+    once(svc)
+    ack = smtp_server.wait_for(1, timeout=10)[0]
+    ack_id = str(ack.message["Message-ID"])
+    dovecot.append(samples.consultation("thread@example.jp", "Re: 受付", "返信ありがとうございます",
+                                        in_reply_to=ack_id))
+    dovecot.append(samples.consultation("thread@example.jp", "Re: 相談", "補足です",
+                                        in_reply_to=first_id))
+    report = once(svc)
+    assert report.followups == 2 and report.cases == 0
+    dovecot.append(samples.consultation("thread@example.jp", "Re: 受付", "やっぱりもう死にたい",
+                                        in_reply_to=ack_id))
+    report = once(svc)
+    assert report.followups == 1 and report.alerts == 1
+    assert count(svc, Case) == 1
+    mails = smtp_server.wait_for(3, timeout=10)
+    assert sum(1 for m in mails if "thread@example.jp" in m.rcpt_tos) == 1
+    assert sum(1 for m in mails if ONCALL in m.rcpt_tos) == 1
+
+
+def test_misbehaving_autoresponder_cannot_start_a_mail_storm(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """A vacation responder without Auto-Submitted answers every mail we send it."""
+    bot = "vacation-bot@example.jp"
+    dovecot.append(samples.consultation(bot, "不在です", "ただいま不在です。"))
+    for round_ in range(6):
+        once(svc)
+        for mail in smtp_server.messages:
+            if bot in mail.rcpt_tos:  # the bot answers each of our mails, without headers
+                dovecot.append(samples.consultation(bot, f"不在です {round_}", "ただいま不在です。"))
+        smtp_server.clear()
+    sent_to_bot = count(svc, Outbox, Outbox.recipients.contains(bot))  # type: ignore[attr-defined]
+    assert sent_to_bot <= 1
+
+
+def test_our_own_mail_coming_back_gets_no_acknowledgement(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append(samples.consultation("loop@example.jp", "相談", "寂しいです"))
+    once(svc)
+    ack = smtp_server.wait_for(1, timeout=10)[0]
+    dovecot.append(ack.data)  # e.g. a forwarding rule sends it back to our own address
+    report = once(svc)
+    assert report.acks == 0
+    assert len(settled(smtp_server)) == 1
+
+
+def test_rejected_acknowledgement_marks_case_ack_failed(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append(samples.consultation("gone@example.jp", "相談", "お金がありません"))
+    smtp_server.reject_with = "550 5.1.1 no such user"
+    once(svc)
+    with Session(svc.engine) as session:
+        case = session.exec(select(Case)).one()
+    assert case.ack_state == "ack_failed"
+
+
+def test_bounce_of_our_acknowledgement_marks_case_and_sends_nothing(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append(samples.consultation("typo@example.jp", "相談", "介護がつらいです"))
+    once(svc)
+    ack = smtp_server.wait_for(1, timeout=10)[0]
+    dovecot.append(samples.bounce("typo@example.jp", str(ack.message["Message-ID"])))
+    smtp_server.clear()
+    once(svc)
+    with Session(svc.engine) as session:
+        case = session.exec(select(Case).where(Case.sender == "typo@example.jp")).one()
+    assert case.ack_state == "ack_failed"
+    assert count(svc, Case) == 1
+    assert settled(smtp_server) == []
+
+
+def test_urgent_list_mail_still_alerts_but_gets_no_acknowledgement(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append(samples.consultation(
+        "ml@example.jp", "[ml] fw", "もう死にたい", headers={"List-Id": "<x.example.jp>"}
+    ))
+    report = once(svc)
+    assert report.alerts == 1 and report.acks == 0
+    mails = smtp_server.wait_for(1, timeout=10)
+    assert [m.rcpt_tos for m in mails] == [[ONCALL]]
+
+
+def test_a_mail_that_crashes_a_stage_is_quarantined_and_the_rest_go_on(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import intake.pipeline as pipeline
+
+    real = pipeline.classify
+
+    def fragile(letter, rules):  # type: ignore[no-untyped-def]
+        if "POISON" in letter.text:
+            raise RecursionError("synthetic crash")
+        return real(letter, rules)
+
+    monkeypatch.setattr(pipeline, "classify", fragile)
+    dovecot.append_many([
+        consultation(1), samples.consultation("poison@example.jp", "x", "POISON 寂しい"),
+        consultation(2),
+    ])
+    report = once(svc)
+    assert report.cases == 2 and report.quarantined == 1
+    with Session(svc.engine) as session:
+        bad = session.exec(select(StoredMessage).where(StoredMessage.status == "quarantined")).one()
+        case = session.get(Case, bad.case_id)
+    assert bad.stage_error == "triage:RecursionError"
+    assert case is not None and case.needs_human and case.partner == "city"
+    # The resident is still acknowledged: a crash may delay an acknowledgement, never lose it.
+    rcpts = [m.rcpt_tos[0] for m in smtp_server.wait_for(3, timeout=10)]
+    assert sorted(rcpts) == ["poison@example.jp", "resident0001@example.jp", "resident0002@example.jp"]
+    assert OWN not in rcpts
