@@ -39,7 +39,10 @@ import fugashi
 NEGATION_LEMMAS = frozenset({"ない", "無い", "ず", "ぬ"})
 
 NEG_KEY = "<neg>"
+VOLITIONAL = "(う)"  # suffix of the keys of a volitional verb form (死のう, 行こう)
 
+_POLITE = frozenset({"ます", "です"})
+_NEE = frozenset({"ねえ", "ねぇ", "ねー"})
 _SENTENCE_END = frozenset("。．.!?！？…‥")
 
 # Characters that need folding. Everything else is passed to MeCab untouched, so the
@@ -56,6 +59,10 @@ _KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
 _KATA_TO_HIRA = str.maketrans(
     {chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)}
 )
+
+
+def _negation_info(surface: str) -> TokenInfo:
+    return TokenInfo(surface, "ない", ("ない", "~ない", NEG_KEY), "~ない", "助動詞", True, False)
 
 
 def to_hiragana(text: str) -> str:
@@ -75,6 +82,7 @@ class TokenInfo:
     negation: bool  # negates the predicate before it (ない, ず, ...)
     boundary: bool  # ends a sentence (。!? and emoji-like symbols)
     contracted_negative: bool = False  # 払えん: verb and negation in one UniDic token
+    volitional: bool = False  # 死のう: UniDic keeps the volitional inside the verb token
 
 
 @dataclass(slots=True)
@@ -196,7 +204,12 @@ class Analyser:
         contracted = (
             pos.startswith("動詞") and surface.endswith("ん") and cform.startswith(("連体形-撥音便", "終止形-撥音便"))
         )
-        info = TokenInfo(surface, lemma, keys, reading, pos, negation, boundary, contracted)
+        volitional = cform.startswith("意志推量形")
+        if volitional:
+            keys = (*keys, *(k + VOLITIONAL for k in keys))
+        info = TokenInfo(
+            surface, lemma, keys, reading, pos, negation, boundary, contracted, volitional
+        )
         if len(self._line_cache) < 200_000:
             self._line_cache[line] = info
         return info
@@ -222,7 +235,7 @@ class Analyser:
 
     def _split_negative(self, info: TokenInfo) -> tuple[TokenInfo, TokenInfo]:
         verb = TokenInfo(info.surface[:-1], info.lemma, info.keys, info.reading, info.pos, False, False)
-        neg = TokenInfo("ん", "ない", ("ない", "~ない", NEG_KEY), "~ない", "助動詞", True, False)
+        neg = _negation_info("ん")
         return verb, neg
 
     def _parse_alone(self, text: str) -> list[TokenInfo]:
@@ -281,11 +294,48 @@ class Analyser:
                 if info.boundary:
                     sentence += 1
                     continue
+                if info.pos.startswith("補助記号") or info.lemma in _POLITE:
+                    # 、「」 are not words; ます/です only add politeness. Dropping both keeps
+                    # gaps for words and lets 食べてない match 食べてません.
+                    continue
+                if info.surface in _NEE and infos and (
+                    infos[-1].pos.startswith("動詞") or infos[-1].lemma in ("て", "てる")
+                ):
+                    info = _NEE_NEGATION  # 話してねえ: dialect/casual negative read as ね
                 infos.append(info)
                 starts.append(offsets.start(line_start + found))
                 ends.append(offsets.end(line_start + cursor))
                 sentences.append(sentence)
         return Analysis(text, norm, infos, starts, ends, sentences)
+
+    def pattern_variants(self, pattern: str) -> list[list[list[frozenset[str]]]]:
+        """The pattern compiled alone and, if MeCab splits it differently, in a sentence.
+
+        UniDic's segmentation depends on context (嫌がらせ alone is 嫌がら+せ, inside a
+        sentence it is one word), so each part is also read inside a carrier phrase and
+        kept as an alternative when its word boundaries line up with the part.
+        """
+        first = self.pattern_keys(pattern)
+        variants = [first]
+        second: list[list[frozenset[str]]] = []
+        for chunk in pattern.split():
+            carried = self.analyse("その" + chunk + "が")
+            toks = [
+                _pattern_token(info)
+                for info, start, end in zip(carried.infos, carried.starts, carried.ends, strict=True)
+                if start >= 2 and end <= 2 + len(chunk)
+            ]
+            covered = [
+                (start, end)
+                for start, end in zip(carried.starts, carried.ends, strict=True)
+                if start >= 2 and end <= 2 + len(chunk)
+            ]
+            if not toks or covered[0][0] != 2 or covered[-1][1] != 2 + len(chunk):
+                return variants
+            second.append(toks)
+        if second and second != first:
+            variants.append(second)
+        return variants
 
     def pattern_keys(self, pattern: str) -> list[list[frozenset[str]]]:
         """Compile a pattern as staff wrote it into segments of token key sets.
@@ -298,21 +348,28 @@ class Analyser:
         segments: list[list[frozenset[str]]] = []
         for chunk in pattern.split():
             analysis = self.analyse(chunk)
-            toks = []
-            for info in analysis.infos:
-                keys = set(info.keys)
-                if info.reading:
-                    keys.add(info.reading)
-                toks.append(frozenset(keys))
+            toks = [_pattern_token(info) for info in analysis.infos]
             if toks:
                 segments.append(toks)
         return segments
+
+
+def _pattern_token(info: TokenInfo) -> frozenset[str]:
+    keys = set(info.keys)
+    if info.reading:
+        keys.add(info.reading)
+    if info.volitional:
+        # A volitional pattern (死のう) must not match every form of the verb.
+        keys = {k if k.endswith(VOLITIONAL) else k + VOLITIONAL for k in keys}
+    return frozenset(keys)
 
 
 def _is_symbolic(surface: str) -> bool:
     """Emoji and pictographs end a sentence in casual mail; brackets and 、 do not."""
     return all(unicodedata.category(c) == "So" for c in surface)
 
+
+_NEE_NEGATION = _negation_info("ねえ")
 
 _ANALYSER: Analyser | None = None
 _ANALYSER_PID: int | None = None

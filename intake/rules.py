@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ class Pattern:
     weight: float
     path: Path
     line: int | None
+    variant: bool = False  # the same pattern as MeCab splits it inside a sentence
 
     @property
     def where(self) -> str:
@@ -241,7 +242,10 @@ class _Loader:
         start = src.table_start(line)
         for value in values:
             pline = src.line_of_value(value, start) or line
-            segments = tuple(tuple(seg) for seg in self.analyser.pattern_keys(value))
+            variants = [
+                tuple(tuple(seg) for seg in v) for v in self.analyser.pattern_variants(value)
+            ]
+            segments = variants[0]
             if not segments:
                 self.problem(
                     src.path, pline, f"{rule_id}: pattern {value!r} normalises to no words; it can never match"
@@ -260,20 +264,25 @@ class _Loader:
                 continue
             self.seen[dup_key] = pattern
             out.append(pattern)
+            for other_segments in variants[1:]:
+                if other_segments:
+                    out.append(replace(pattern, segments=other_segments, variant=True))
         return out
 
     def check_shadowed(self, patterns: list[Pattern]) -> None:
-        """A pattern containing a shorter one of the same topic/category adds nothing."""
+        """A pattern containing a shorter one of the same rule adds nothing (same weight, same discounts)."""
         by_label: dict[str | None, list[Pattern]] = {}
         for p in patterns:
-            by_label.setdefault(p.label, []).append(p)
+            if not p.variant:
+                by_label.setdefault(p.rule, []).append(p)
         for group in by_label.values():
             singles = [p for p in group if len(p.segments) == 1]
             for longer in group:
                 for short in singles:
                     if short is longer:
                         continue
-                    if any(_contains(seg, short.segments[0]) for seg in longer.segments):
+                    several = len(longer.segments) > 1
+                    if any(_contains(seg, short.segments[0], several) for seg in longer.segments):
                         self.problem(
                             longer.path,
                             longer.line,
@@ -284,12 +293,14 @@ class _Loader:
                         break
 
 
-def _contains(seg: tuple[frozenset[str], ...], short: tuple[frozenset[str], ...]) -> bool:
+def _contains(
+    seg: tuple[frozenset[str], ...], short: tuple[frozenset[str], ...], several: bool
+) -> bool:
     n = len(short)
-    if n >= len(seg) + 1 or n == 0:
+    if n > len(seg) or n == 0:
         return False
-    if n == len(seg):
-        return False  # equal length is a duplicate, reported elsewhere
+    if n == len(seg) and not several:
+        return False  # the same words as a whole pattern: a duplicate, reported elsewhere
     return any(seg[i : i + n] == short for i in range(len(seg) - n + 1))
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from intake.lemmas import Analysis, get_analyser
@@ -88,7 +89,9 @@ def _negated(a: Analysis, last: int) -> bool:
     n = len(infos)
     while i < n and i - last <= _SCOPE_LIMIT and sentences[i] == sentence:
         info = infos[i]
-        if info.negation or info.lemma == _SHIKA:
+        if info.negation and i + 1 < n and infos[i + 1].lemma == "か":
+            pass  # 〜ありませんか / 〜ないか: an offer or a question, not a denial
+        elif info.negation or info.lemma == _SHIKA:
             flips += 1
         elif info.lemma not in _NEGATION_FRAME:
             break
@@ -222,11 +225,10 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
         elif ex.discount == "reported":
             sents = {a.sentences[s.first] for s in by_rule.get(f"{ex.id}|reported:patterns", [])}
             for h in judged:
-                if (
-                    applies(h)
-                    and h.pattern.rule in rules.reportable
-                    and a.sentences[h.first] in sents
-                ):
+                # Without applies_to, only words that can describe an event are discounted;
+                # with it, the rule names the categories itself (a character's wish).
+                reportable = bool(ex.applies_to) or h.pattern.rule in rules.reportable
+                if applies(h) and reportable and a.sentences[h.first] in sents:
                     h.discounted = "reported"
         else:  # resolved-past
             if by_rule.get(f"{ex.id}|resolved-past:relapse"):
@@ -272,7 +274,8 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     a = get_analyser().analyse(analysed)
     hits = _find(a, rules)
     _discount(a, hits, rules)
-    matches = [_to_match(a, h) for h in hits]
+    # A pattern and its in-sentence variant may both hit the same words: report once.
+    matches = list({(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), hits)}.values())
     for fp in rules.foreign:
         for m in fp.regex.finditer(analysed):
             matches.append(
