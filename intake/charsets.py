@@ -214,13 +214,80 @@ def _jis_pair_to_sjis(j1: int, j2: int) -> bytes:
     return bytes((s1, s2))
 
 
+_FAST_ESCAPES = {b"\x1b" + seq: state for seq, state in _ESCAPES.items()}
+_FAST_SPLIT = re.compile(
+    b"(" + b"|".join(re.escape(k) for k in sorted(_FAST_ESCAPES, key=len, reverse=True)) + b")"
+)
+_NEEDS_SLOW = re.compile(rb"[\x0e\x0f\x80-\xff]")
+_DOUBLE_PIECES = re.compile(rb"([\r\n\t ]+)")
+_VALID_PAIRS = re.compile(rb"(?:[\x21-\x7e][\x21-\x7e])*")
+_KANA_TABLE = {b: chr(0xFF61 + b - 0x21) for b in range(0x21, 0x60)}
+_PAIR_TO_SJIS: dict[bytes, bytes] = {}
+
+
+def _pair_table() -> dict[bytes, bytes]:
+    if not _PAIR_TO_SJIS:
+        for j1 in range(0x21, 0x7F):
+            for j2 in range(0x21, 0x7F):
+                _PAIR_TO_SJIS[bytes((j1, j2))] = _jis_pair_to_sjis(j1, j2)
+    return _PAIR_TO_SJIS
+
+
 def decode_iso2022jp(data: bytes) -> tuple[str, bool]:
     """Decode ISO-2022-JP (and -2, -3, CP5022x) bytes; return (text, strict_ok).
 
     Never raises. ``strict_ok`` is False when any byte could not be decoded (a
     replacement character was used) or when 8-bit bytes appear, which ISO-2022-JP
     forbids -- a sign that the label is wrong and the caller should sniff.
+
+    Well-formed input takes a fast path that converts whole runs at once (most
+    Japanese mail); anything unusual goes through the byte-at-a-time decoder.
     """
+    if _NEEDS_SLOW.search(data):
+        return _decode_iso2022jp_bytewise(data)
+    pieces = _FAST_SPLIT.split(data)
+    out: list[str] = []
+    ok = True
+    state = "ascii"
+    table = _pair_table()
+    for k, piece in enumerate(pieces):
+        if k % 2:
+            state = _FAST_ESCAPES[piece]
+            continue
+        if not piece:
+            continue
+        if b"\x1b" in piece:
+            return _decode_iso2022jp_bytewise(data)
+        if state == "ascii":
+            out.append(piece.decode("ascii"))
+        elif state == "roman":
+            out.append(piece.decode("ascii").replace("\\", "¥").replace("~", "‾"))
+        elif state == "kana":
+            if not all(0x21 <= b <= 0x5F or b == 0x20 for b in piece):
+                return _decode_iso2022jp_bytewise(data)
+            out.append("".join(_KANA_TABLE.get(b, " ") for b in piece))
+        else:
+            for m, chunk in enumerate(_DOUBLE_PIECES.split(piece)):
+                if m % 2:
+                    out.append(chunk.decode("ascii"))
+                    continue
+                if not chunk:
+                    continue
+                if len(chunk) % 2 or not _VALID_PAIRS.fullmatch(chunk):
+                    return _decode_iso2022jp_bytewise(data)
+                if state == "jis0208":
+                    sjis = b"".join([table[chunk[i : i + 2]] for i in range(0, len(chunk), 2)])
+                    text = sjis.decode(CP932, errors="replace")
+                    good = "\ufffd" not in text
+                else:
+                    text, good = _decode_double_run(state, chunk)
+                out.append(text)
+                ok = ok and good
+    return "".join(out), ok
+
+
+def _decode_iso2022jp_bytewise(data: bytes) -> tuple[str, bool]:
+    """The careful byte-at-a-time ISO-2022-JP decoder (SO/SI, 8-bit damage, odd runs)."""
     out: list[str] = []
     ok = True
     state = "ascii"

@@ -14,6 +14,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from intake.charsets import _decode_iso2022jp_bytewise, decode_iso2022jp
 from intake.letter import Letter
 from intake.parse import parse
 
@@ -140,3 +141,19 @@ def test_seed_mails_parse_cleanly() -> None:
     assert [a.name for a in second.attachments] == ["資料.pdf", "inner"]
     assert third.bounce
     assert "宛先不明" in third.body
+
+
+_JIS_ESCAPES = [b"\x1b$B", b"\x1b(B", b"\x1b(J", b"\x1b(I", b"\x1b$@", b"\x1b$(D", b"\x1b$(Q"]
+_JIS_BYTES = st.sampled_from([*range(0x21, 0x7F), 0x20, 0x0A, 0x0D])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_JIS_ESCAPES), st.lists(_JIS_BYTES, max_size=12)), max_size=8
+    )
+)
+def test_iso2022jp_fast_path_agrees_with_bytewise_decoder(runs: list[tuple[bytes, list[int]]]):
+    """The run-at-a-time fast path must decode exactly like the careful decoder."""
+    data = b"".join(esc + bytes(body) for esc, body in runs)
+    assert decode_iso2022jp(data) == _decode_iso2022jp_bytewise(data)
