@@ -13,10 +13,12 @@ What counts as quoted:
   lines between quote blocks as new text), plus the attribution line just above a
   quote block when it ends in a colon;
 * everything after a reply or forward header: ``On ... wrote:``, ``2026年11月26日(木)
-  10:00 山田 <…>:``, ``…さんは書きました:``, ``-----Original Message-----``,
+  10:00 山田 <…>:`` (also wrapped over two lines), ``-----Original Message-----``,
   ``-----元のメッセージ-----``, ``--- Forwarded message ---``, ``Begin forwarded
   message:``, and an Outlook ``From:``/``差出人:`` block followed by ``Sent:``/``Date:``;
-* everything after a signature separator ``-- `` (RFC 3676 s. 4.3).
+* everything after a signature separator ``-- `` (RFC 3676 s. 4.3);
+* everything from the first line of our own acknowledgement (``OWN_TEXT_MARKERS``),
+  for phones that quote without any marker.
 
 A line that merely contains a colon ("理由は次の通りです:") does not cut anything:
 a header needs a date, an address or a "wrote" verb, or a ``>`` block right below.
@@ -26,7 +28,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["is_quote_header", "split_quoted"]
+__all__ = ["OWN_TEXT_MARKERS", "is_quote_header", "split_quoted"]
+
+# The opening line of our own acknowledgement (templates/resident/ack.txt.j2). Some
+# phone mailers quote the previous mail with no ">" and no header at all; this line
+# then marks where our text -- which names crisis help lines -- starts. A test keeps
+# it in step with the template.
+OWN_TEXT_MARKERS: tuple[str, ...] = (
+    "メールを受け取りました。送ってくださって、ありがとうございます。",
+)
 
 _QUOTE_LINE = re.compile(r"^[ \t\u3000]*[>＞]")
 _SEPARATOR = re.compile(
@@ -82,6 +92,9 @@ def is_quote_header(line: str, following: str = "") -> bool:
         joined = f"{stripped} {following.strip()}"
         if _WROTE.search(joined):
             return True
+    if _DATEISH.search(stripped) and _ends_with_colon(following) and "@" in following:
+        # Gmail wraps a long attribution: "2026年11月26日(木) 10:00 笠岡市 <" / "x@y>:"
+        return True
     # Outlook: "From: X" directly followed by "Sent:"/"送信日時:".
     return bool(_OUTLOOK_FROM.match(stripped) and _OUTLOOK_NEXT.match(following))
 
@@ -98,7 +111,11 @@ def split_quoted(text: str) -> tuple[str, str]:
     while i < n:
         line = lines[i]
         following = lines[i + 1] if i + 1 < n else ""
-        if _SIGNATURE.match(line) or is_quote_header(line, following):
+        if (
+            _SIGNATURE.match(line)
+            or is_quote_header(line, following)
+            or any(marker in line for marker in OWN_TEXT_MARKERS)
+        ):
             quoted.extend(lines[i:])
             break
         if _QUOTE_LINE.match(line):

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from intake.charsets import decode_iso2022jp, decode_text, normalise_label
 from intake.parse import MAX_DEPTH, decode_header, html_to_text, letter_report, parse
-from intake.quotes import split_quoted
+from intake.quotes import OWN_TEXT_MARKERS, split_quoted
 
 HEAD = (
     b"From: Taro Yamada <taro@example.jp>\r\n"
@@ -535,3 +538,31 @@ def test_letter_report_has_the_cli_keys():
     assert report["auto_reply"] is False
     assert report["bounce"] is False
     assert set(report) >= {"quoted", "attachments", "problems"}
+
+
+def test_gmail_attribution_wrapped_over_two_lines_starts_the_quote():
+    text = (
+        "ありがとう\n\n2026年11月26日(木) 10:00 笠岡市 相談窓口 <\nsoudan@city.example.jp>:\n本文"
+    )
+    new, quoted = split_quoted(text)
+    assert new == "ありがとう"
+    assert quoted.endswith("本文")
+
+
+def test_our_acknowledgement_quoted_without_any_marker_is_quoted():
+    text = (
+        "まだつらいです\n\n"
+        f"{OWN_TEXT_MARKERS[0]}\n"
+        "いま命や体に危険があるときは、すぐに電話してください。"
+    )
+    new, quoted = split_quoted(text)
+    assert new == "まだつらいです"
+    assert "命や体に危険" in quoted
+
+
+def test_own_text_marker_matches_the_acknowledgement_template():
+    template = Path(__file__).resolve().parents[1] / "templates" / "resident" / "ack.txt.j2"
+    if not template.is_file():
+        pytest.skip("templates/resident/ack.txt.j2 not present")
+    first_line = template.read_text("utf-8").lstrip().splitlines()[0].strip()
+    assert first_line in OWN_TEXT_MARKERS
