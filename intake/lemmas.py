@@ -41,6 +41,7 @@ NEGATION_LEMMAS = frozenset({"ない", "無い", "ず", "ぬ"})
 NEG_KEY = "<neg>"
 VOLITIONAL = "(う)"  # suffix of the keys of a volitional verb form (死のう, 行こう)
 
+_BOUNDARY, _SKIP, _SPECIAL_TOKEN = 1, 2, 3
 _POLITE = frozenset({"ます", "です"})
 _NEE = frozenset({"ねえ", "ねぇ", "ねー"})
 _SENTENCE_END = frozenset("。．.!?！？…‥")
@@ -83,6 +84,7 @@ class TokenInfo:
     boundary: bool  # ends a sentence (。!? and emoji-like symbols)
     contracted_negative: bool = False  # 払えん: verb and negation in one UniDic token
     volitional: bool = False  # 死のう: UniDic keeps the volitional inside the verb token
+    kind: int = 0  # 0 word, _BOUNDARY, _SKIP (、「」, ます/です) or _SPECIAL_TOKEN
 
 
 @dataclass(slots=True)
@@ -92,16 +94,22 @@ class Analysis:
     text: str  # the original text
     normalised: str
     infos: list[TokenInfo]
-    starts: list[int]  # offsets in the ORIGINAL text
+    starts: list[int]  # offsets in the NORMALISED text
     ends: list[int]
     sentences: list[int]  # sentence number of each token
+    offsets: _OffsetMap
 
     def __len__(self) -> int:
         return len(self.infos)
 
+    def span(self, first: int, last: int) -> tuple[int, int]:
+        """Offsets in the ORIGINAL text of tokens ``first..last`` (inclusive)."""
+        return self.offsets.start(self.starts[first]), self.offsets.end(self.ends[last])
+
     def surface(self, first: int, last: int) -> str:
         """Original text covered by tokens ``first..last`` (inclusive)."""
-        return self.text[self.starts[first] : self.ends[last]]
+        start, end = self.span(first, last)
+        return self.text[start:end]
 
 
 class _OffsetMap:
@@ -207,8 +215,18 @@ class Analyser:
         volitional = cform.startswith("意志推量形")
         if volitional:
             keys = (*keys, *(k + VOLITIONAL for k in keys))
+        if boundary:
+            kind = _BOUNDARY
+        elif pos.startswith("補助記号") or lemma in _POLITE:
+            # 、「」 are not words; ます/です only add politeness. Dropping both keeps
+            # gaps for words and lets 食べてない match 食べてません.
+            kind = _SKIP
+        elif contracted or surface in _NEE:
+            kind = _SPECIAL_TOKEN
+        else:
+            kind = 0
         info = TokenInfo(
-            surface, lemma, keys, reading, pos, negation, boundary, contracted, volitional
+            surface, lemma, keys, reading, pos, negation, boundary, contracted, volitional, kind
         )
         if len(self._line_cache) < 200_000:
             self._line_cache[line] = info
@@ -251,62 +269,83 @@ class Analyser:
 
     # -- text level --------------------------------------------------------------
     def analyse(self, text: str) -> Analysis:
-        """Tokenise ``text`` line by line; offsets refer to ``text`` itself."""
+        """Tokenise ``text`` line by line.
+
+        Token offsets are kept in the normalised text (cheap); ``Analysis.span`` maps
+        them back to ``text`` only for the tokens that matched something.
+        """
         norm, offsets = normalise(text)
         infos: list[TokenInfo] = []
         starts: list[int] = []
         ends: list[int] = []
         sentences: list[int] = []
         sentence = 0
+        cache_get = self._line_cache.get
         info_of = self._info
         parse = self._tagger.parse
         pos = 0
         for line in norm.split("\n"):
             line_start = pos
             pos += len(line) + 1
-            if not line.strip():
+            if not line or line.isspace():
                 continue
             sentence += 1
             cursor = 0
             line = self._hiraganise_runs(line)  # same length, so offsets still hold
+            find = line.find
             for out in parse(line).split("\n"):
-                if not out or out == "EOS":
+                info = cache_get(out)
+                if info is None:
+                    if not out or out == "EOS":
+                        continue
+                    info = info_of(out)
+                surface = info.surface
+                found = find(surface, cursor)
+                if found != cursor:
+                    if found < 0:  # surface changed by MeCab (should not happen): re-sync
+                        found = cursor
+                    elif line[cursor:found].isspace():
+                        sentence += 1  # a space between words ends a "sentence" in unpunctuated mail
+                cursor = found + len(surface)
+                kind = info.kind
+                if kind:
+                    if kind == _BOUNDARY:
+                        sentence += 1
+                    elif kind == _SPECIAL_TOKEN:
+                        self._special(info, infos, starts, ends, sentences, sentence, line_start + found)
                     continue
-                info = info_of(out)
-                if info.contracted_negative:
-                    # 払えん is one UniDic token; give patterns the 払う + ない they expect.
-                    verb, neg = self._split_negative(info)
-                    found = line.find(info.surface, cursor)
-                    found = cursor if found < 0 else found
-                    cursor = found + len(info.surface)
-                    for part, a, b in ((verb, found, cursor - 1), (neg, cursor - 1, cursor)):
-                        infos.append(part)
-                        starts.append(offsets.start(line_start + a))
-                        ends.append(offsets.end(line_start + b))
-                        sentences.append(sentence)
-                    continue
-                found = line.find(info.surface, cursor)
-                if found < 0:  # surface changed by MeCab (should not happen): re-sync
-                    found = cursor
-                if found > cursor and line[cursor:found].isspace():
-                    sentence += 1  # a space between words ends a "sentence" in unpunctuated mail
-                cursor = found + len(info.surface)
-                if info.boundary:
-                    sentence += 1
-                    continue
-                if info.pos.startswith("補助記号") or info.lemma in _POLITE:
-                    # 、「」 are not words; ます/です only add politeness. Dropping both keeps
-                    # gaps for words and lets 食べてない match 食べてません.
-                    continue
-                if info.surface in _NEE and infos and (
-                    infos[-1].pos.startswith("動詞") or infos[-1].lemma in ("て", "てる")
-                ):
-                    info = _NEE_NEGATION  # 話してねえ: dialect/casual negative read as ね
                 infos.append(info)
-                starts.append(offsets.start(line_start + found))
-                ends.append(offsets.end(line_start + cursor))
+                starts.append(line_start + found)
+                ends.append(line_start + cursor)
                 sentences.append(sentence)
-        return Analysis(text, norm, infos, starts, ends, sentences)
+        return Analysis(text, norm, infos, starts, ends, sentences, offsets)
+
+    def _special(
+        self,
+        info: TokenInfo,
+        infos: list[TokenInfo],
+        starts: list[int],
+        ends: list[int],
+        sentences: list[int],
+        sentence: int,
+        start: int,
+    ) -> None:
+        """Tokens whose reading depends on what precedes them, or that must be split."""
+        end = start + len(info.surface)
+        if info.contracted_negative:
+            # 払えん is one UniDic token; give patterns the 払う + ない they expect.
+            verb, neg = self._split_negative(info)
+            infos += (verb, neg)
+            starts += (start, end - 1)
+            ends += (end - 1, end)
+            sentences += (sentence, sentence)
+            return
+        if infos and (infos[-1].pos.startswith("動詞") or infos[-1].lemma in ("て", "てる")):
+            info = _NEE_NEGATION  # 話してねえ: dialect/casual negative UniDic reads as ね
+        infos.append(info)
+        starts.append(start)
+        ends.append(end)
+        sentences.append(sentence)
 
     def pattern_variants(self, pattern: str) -> list[list[list[frozenset[str]]]]:
         """The pattern compiled alone and, if MeCab splits it differently, in a sentence.
@@ -319,6 +358,7 @@ class Analyser:
         variants = [first]
         second: list[list[frozenset[str]]] = []
         for chunk in pattern.split():
+            chunk = normalise(chunk)[0]
             carried = self.analyse("その" + chunk + "が")
             toks = [
                 _pattern_token(info)

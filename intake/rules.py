@@ -124,10 +124,13 @@ class RuleSet:
     foreign: list[ForeignPattern] = field(default_factory=list)
     # first key of a pattern -> patterns starting with a token carrying that key
     index: dict[str, list[Pattern]] = field(default_factory=dict)
+    # a token's keys -> the patterns that may start there (filled lazily by classify)
+    candidates: dict[tuple[str, ...], list[Pattern]] = field(default_factory=dict)
 
     def build_index(self) -> None:
         """Index every Japanese pattern by the keys of its first token."""
         self.index = {}
+        self.candidates = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
         for ex in self.exclusions:
             every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
@@ -202,7 +205,10 @@ class _Loader:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             m = re.search(r"line (\d+)", str(exc))
-            self.problem(path, int(m.group(1)) if m else None, f"TOML syntax: {exc}")
+            line = int(m.group(1)) if m else None
+            if line is None and "end of document" in str(exc):
+                line = max(1, len(text.splitlines()))  # an unclosed list or string
+            self.problem(path, line, f"TOML syntax: {exc} - fix the file and run check again")
             return None
         return data, _Source(path, text)
 

@@ -158,13 +158,16 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     infos, sentences = a.infos, a.sentences
     n = len(infos)
     hits: list[_Hit] = []
+    cache = rules.candidates
     for i in range(n):
         keys = infos[i].keys
-        candidates = index.get(keys[0])
-        if len(keys) > 1:
-            more = index.get(keys[1])
-            if more:
-                candidates = list({id(p): p for p in (candidates or []) + more}.values())
+        candidates = cache.get(keys)
+        if candidates is None:
+            found: dict[int, Pattern] = {}
+            for key in keys:
+                for p in index.get(key, ()):
+                    found[id(p)] = p
+            candidates = cache[keys] = list(found.values())
         if not candidates:
             continue
         sentence = sentences[i]
@@ -246,7 +249,7 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
 
 
 def _to_match(a: Analysis, h: _Hit) -> Match:
-    start, end = a.starts[h.first], a.ends[h.last]
+    start, end = a.span(h.first, h.last)
     p = h.pattern
     return Match(p.rule, p.kind, p.label, p.text, a.text[start:end], start, end, h.discounted)
 
@@ -262,7 +265,7 @@ def _score(hits: Iterable[_Hit], a: Analysis, subject_end: int, subject_weight: 
             continue
         taken.setdefault(topic, []).append(h)
         weight = h.pattern.weight
-        if a.starts[h.first] < subject_end:
+        if a.span(h.first, h.first)[0] < subject_end:
             weight *= subject_weight
         scores[topic] = scores.get(topic, 0.0) + weight
     return scores

@@ -1,0 +1,140 @@
+"""The rules loader: every problem reported at once, each with file and line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from intake.errors import RulesError
+from intake.rules import check_rules, load_rules
+
+SHIPPED = Path(__file__).resolve().parent.parent / "rules"
+
+TOPICS_OK = """\
+[[rule]]
+id = "topic.bullying.core"
+topic = "bullying"
+weight = 3
+patterns = ["いじめ", "無視される"]
+"""
+URGENT_OK = """\
+[[rule]]
+id = "urgent.suicidal.wish"
+category = "suicidal"
+patterns = ["死にたい"]
+"""
+EXCLUSIONS_OK = """\
+[[rule]]
+id = "exclusion.idiom.hodo"
+discount = "idiom"
+patterns = ["死ぬほど"]
+"""
+
+
+def write_rules(tmp_path: Path, topics: str = TOPICS_OK, urgent: str = URGENT_OK,
+                exclusions: str = EXCLUSIONS_OK) -> Path:
+    (tmp_path / "topics.toml").write_text(topics, encoding="utf-8")
+    (tmp_path / "urgent.toml").write_text(urgent, encoding="utf-8")
+    (tmp_path / "exclusions.toml").write_text(exclusions, encoding="utf-8")
+    return tmp_path
+
+
+def messages(tmp_path: Path) -> list[str]:
+    return [str(p) for p in check_rules(tmp_path)]
+
+
+def test_shipped_rules_load_without_problems() -> None:
+    assert check_rules(SHIPPED) == []
+    rules = load_rules(SHIPPED)
+    assert rules.topic_patterns and rules.urgent_patterns and rules.foreign
+
+
+def test_minimal_valid_directory_loads(tmp_path: Path) -> None:
+    rules = load_rules(write_rules(tmp_path))
+    assert [p.text for p in rules.urgent_patterns] == ["死にたい"]
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    broken = TOPICS_OK + '\n[[rule]]\nid = "topic.x"\npatterns = ["a",\n'
+    write_rules(tmp_path, topics=broken)
+    problems = check_rules(tmp_path)
+    assert len(problems) == 1
+    assert problems[0].path.name == "topics.toml"
+    assert problems[0].line is not None and problems[0].line >= 9
+    assert "TOML syntax" in problems[0].message
+
+
+def test_unknown_topic_is_reported_at_the_rule_line(tmp_path: Path) -> None:
+    bad = TOPICS_OK + '\n[[rule]]\nid = "topic.money"\ntopic = "money"\npatterns = ["家賃"]\n'
+    write_rules(tmp_path, topics=bad)
+    (problem,) = check_rules(tmp_path)
+    assert problem.line == 8
+    assert "unknown topic 'money'" in problem.message
+
+
+def test_duplicate_rule_id_names_both_places(tmp_path: Path) -> None:
+    dup = URGENT_OK + '\n[[rule]]\nid = "urgent.suicidal.wish"\ncategory = "suicidal"\npatterns = ["消えたい"]\n'
+    write_rules(tmp_path, urgent=dup)
+    text = "\n".join(messages(tmp_path))
+    assert "duplicate rule id 'urgent.suicidal.wish'" in text
+    assert "urgent.toml:2" in text  # the first place is named
+
+
+def test_duplicate_pattern_in_another_spelling_names_both_places(tmp_path: Path) -> None:
+    # しにたい and 死にたい are the same words once analysed: the second can never add anything.
+    dup = URGENT_OK + '\n[[rule]]\nid = "urgent.kana"\ncategory = "suicidal"\npatterns = ["しにたい"]\n'
+    write_rules(tmp_path, urgent=dup)
+    (problem,) = check_rules(tmp_path)
+    assert problem.line == 9
+    assert "duplicate pattern 'しにたい'" in problem.message
+    assert "urgent.toml:4" in problem.message
+
+
+def test_pattern_of_only_punctuation_can_never_match(tmp_path: Path) -> None:
+    bad = URGENT_OK.replace('["死にたい"]', '["死にたい", "。。！"]')
+    write_rules(tmp_path, urgent=bad)
+    (problem,) = check_rules(tmp_path)
+    assert problem.line == 4
+    assert "can never match" in problem.message
+
+
+def test_shadowed_pattern_is_reported(tmp_path: Path) -> None:
+    bad = URGENT_OK.replace('["死にたい"]', '["死にたい", "もう死にたい"]')
+    write_rules(tmp_path, urgent=bad)
+    (problem,) = check_rules(tmp_path)
+    assert "shadowed" in problem.message and "'もう死にたい'" in problem.message
+
+
+def test_every_problem_is_reported_together(tmp_path: Path) -> None:
+    bad_topic = TOPICS_OK.replace('"bullying"', '"nope"')
+    bad_excl = EXCLUSIONS_OK.replace('"idiom"', '"maybe"')
+    write_rules(tmp_path, topics=bad_topic, exclusions=bad_excl)
+    with pytest.raises(RulesError) as caught:
+        load_rules(tmp_path)
+    files = {p.path.name for p in caught.value.problems}
+    assert files == {"topics.toml", "exclusions.toml"}
+
+
+def test_bad_foreign_regex_is_reported(tmp_path: Path) -> None:
+    bad = URGENT_OK + '\n[[foreign]]\nid = "urgent.foreign.en"\ncategory = "suicidal"\nlanguage = "en"\npatterns = ["(unclosed"]\n'
+    write_rules(tmp_path, urgent=bad)
+    (problem,) = check_rules(tmp_path)
+    assert problem.line == 10 and "bad regular expression" in problem.message
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    write_rules(tmp_path)
+    (tmp_path / "urgent.toml").unlink()
+    (problem,) = check_rules(tmp_path)
+    assert problem.path.name == "urgent.toml" and "missing" in problem.message
+
+
+def test_shipped_rules_copy_detects_an_injected_unknown_topic(tmp_path: Path) -> None:
+    shutil.copytree(SHIPPED, tmp_path / "rules")
+    path = tmp_path / "rules" / "topics.toml"
+    path.write_text(path.read_text(encoding="utf-8").replace('topic = "poverty"', 'topic = "povrety"', 1),
+                    encoding="utf-8")
+    problems = check_rules(tmp_path / "rules")
+    assert any("unknown topic 'povrety'" in p.message and p.line for p in problems)
