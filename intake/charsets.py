@@ -577,6 +577,13 @@ def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decod
         # Plain 7-bit text without a (usable) label: nothing to guess.
         return Decoded(data.decode("ascii", errors="replace"), "ascii", problems)
 
+    if decoder is not None and decoder != "utf-8" and _UTF8_MULTI.search(data):
+        utf = _strict(data, "utf-8")
+        if utf is not None:
+            # Valid multi-byte UTF-8 under a failing legacy label: UTF-8 it is.
+            problems.append(f"charset-fallback:{shown}->utf-8-sniffed")
+            return Decoded(utf, "utf-8", problems)
+
     if decoder is not None:
         # A few bad bytes in otherwise fitting text (a truncated or corrupted character)
         # are damage, not a wrong label: keep the label, replace just those bytes.

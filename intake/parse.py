@@ -531,6 +531,12 @@ class _Walker:
             ):
                 self.report = True
             if not isinstance(payload, list):
+                recovered = _recover_multipart(payload)
+                if recovered is not None:
+                    self._note("mime-boundary-recovered")
+                    for child in recovered:
+                        self.walk(child, depth + 1)
+                    return
                 self._note("multipart-without-parts")
                 self._leaf(part, "text/plain", cparams, depth)
                 return
@@ -614,6 +620,37 @@ class _Walker:
             self.segments.append(_Segment(text, False))
 
 
+_BOUNDARY_LINE = re.compile(rb"^--([^\s]{1,200}?)(?:--)?[ \t]*\r?$", re.M)
+
+
+def _recover_multipart(payload: Any) -> list[Message] | None:
+    """Re-split a multipart whose declared boundary is missing or never occurs.
+
+    The first ``--token`` line in the body is taken as the real boundary and the body
+    is parsed again with it. Returns the parts, or None when that finds none either.
+    """
+    if not isinstance(payload, str):
+        return None
+    data = _to_bytes(payload)
+    m = _BOUNDARY_LINE.search(data)
+    if m is None:
+        return None
+    boundary = m.group(1)
+    if boundary.endswith(b"--") and len(boundary) > 2:
+        boundary = boundary[:-2]
+    if b'"' in boundary or len(_MULTIPART_DECL.findall(data)) > MAX_NESTED_MULTIPART_DECLS:
+        return None
+    head = b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n'
+    try:
+        msg = _parse_message(head + data)
+    except Exception:  # recovery is best effort; the caller falls back to plain text
+        return None
+    parts = getattr(msg, "_payload", None)
+    if not isinstance(parts, list) or not parts:
+        return None
+    return [p for p in parts if isinstance(p, Message)]
+
+
 def _join(segments: list[_Segment]) -> str:
     return "\n".join(s.text for s in segments)
 
@@ -666,6 +703,34 @@ def _body_from(walker: _Walker) -> tuple[str, bool]:
 
 def _parse_message(raw: bytes, *, headers_only: bool = False) -> Message:
     return BytesParser(policy=compat32).parsebytes(raw, headersonly=headers_only)
+
+
+_HEADER_LINE = re.compile(rb"^(?:[!-9;-~]+[ \t]*:|[ \t]|From )")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _mend_header_block(raw: bytes, problems: list[str]) -> bytes:
+    """Turn a header line without a colon into a continuation of the previous header.
+
+    A strict parser ends the header block at such a line, and everything after it --
+    MIME-Version, Content-Type -- lands in the body (RFC 5322 s. 2.2 calls it
+    malformed). Mailers produce it by wrapping an address list without indenting.
+    """
+    end = _HEADER_END.search(raw)
+    if end is None:
+        return raw
+    block = raw[: end.start()]
+    lines = block.split(b"\n")
+    if all(_HEADER_LINE.match(line) or not line.strip() for line in lines[1:]):
+        return raw
+    mended = [lines[0]]
+    for line in lines[1:]:
+        if line.strip() and not _HEADER_LINE.match(line):
+            line = b" " + line
+            if "header-line-without-colon" not in problems:
+                problems.append("header-line-without-colon")
+        mended.append(line)
+    return b"\n".join(mended) + raw[end.start() :]
 
 
 def _clean_start(raw: bytes, problems: list[str]) -> bytes:
@@ -780,6 +845,7 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         problems.append("not-bytes")
         raw = str(raw).encode("utf-8", "surrogateescape")
     raw = _clean_start(bytes(raw), problems)
+    raw = _mend_header_block(raw, problems)
 
     if len(raw) > max_size:
         problems.append("oversized")

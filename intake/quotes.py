@@ -12,8 +12,10 @@ What counts as quoted:
 * every line starting with ``>`` or ``＞`` (interleaved replies keep the resident's
   lines between quote blocks as new text), plus the attribution line just above a
   quote block when it ends in a colon;
-* everything after a reply or forward header: ``On ... wrote:``, ``2026年11月26日(木)
-  10:00 山田 <…>:`` (also wrapped over two lines), ``-----Original Message-----``,
+* everything after a reply or forward header (but when the header sits right above a
+  ``>`` block, only the header and the marked lines: the writer may answer below):
+  ``On ... wrote:``, ``2026年11月26日(木) 10:00 山田 <…>:`` (also wrapped
+  over two lines), ``-----Original Message-----``,
   ``-----元のメッセージ-----``, ``--- Forwarded message ---``, ``Begin forwarded
   message:``, and an Outlook ``From:``/``差出人:`` block followed by ``Sent:``/``Date:``;
 * everything after a signature separator ``-- `` (RFC 3676 s. 4.3);
@@ -111,11 +113,17 @@ def split_quoted(text: str) -> tuple[str, str]:
     while i < n:
         line = lines[i]
         following = lines[i + 1] if i + 1 < n else ""
-        if (
-            _SIGNATURE.match(line)
-            or is_quote_header(line, following)
-            or any(marker in line for marker in OWN_TEXT_MARKERS)
-        ):
+        if _SIGNATURE.match(line) or any(marker in line for marker in OWN_TEXT_MARKERS):
+            quoted.extend(lines[i:])
+            break
+        if is_quote_header(line, following):
+            after = next((x for x in lines[i + 1 :] if x.strip()), "")
+            if _QUOTE_LINE.match(after) and not _SEPARATOR.match(line.strip()):
+                # An attribution over a ">" block: the writer may answer below it
+                # (bottom-posting), so only the marked lines are quoted.
+                quoted.append(line)
+                i += 1
+                continue
             quoted.extend(lines[i:])
             break
         if _QUOTE_LINE.match(line):

@@ -566,3 +566,40 @@ def test_own_text_marker_matches_the_acknowledgement_template():
         pytest.skip("templates/resident/ack.txt.j2 not present")
     first_line = template.read_text("utf-8").lstrip().splitlines()[0].strip()
     assert first_line in OWN_TEXT_MARKERS
+
+
+def test_bottom_posted_reply_below_an_attribution_is_new_text():
+    text = "2026年11月26日(木) 10:00 山田 <yamada@example.jp>:\n> 来週は?\n\n水曜日なら大丈夫です。"
+    new, quoted = split_quoted(text)
+    assert new == "水曜日なら大丈夫です。"
+    assert quoted.startswith("2026年11月26日")
+
+
+def test_utf8_body_under_shift_jis_label_is_utf8():
+    body = "家族の介護で学校に行けなくなりました。".encode()
+    letter = parse(mail(body, ctype=b"text/plain; charset=shift_jis"))
+    assert letter.text == "家族の介護で学校に行けなくなりました。"
+    assert "charset-fallback:shift_jis->utf-8-sniffed" in letter.problems
+
+
+def test_multipart_whose_boundary_never_occurs_is_resplit_on_the_real_one():
+    raw = HEAD + (
+        b'Content-Type: multipart/mixed; boundary="declared"\r\n\r\n'
+        b"--real\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        + "本当の本文".encode()
+        + b"\r\n--real--\r\n"
+    )
+    letter = parse(raw)
+    assert letter.text == "本当の本文"
+    assert "mime-boundary-recovered" in letter.problems
+
+
+def test_header_line_without_colon_does_not_end_the_header_block():
+    raw = (
+        b"From: a@example.jp\r\nTo: x@example.jp,\r\ny@example.jp\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + "本文です".encode()
+    )
+    letter = parse(raw)
+    assert letter.text == "本文です"
+    assert letter.to == ["x@example.jp", "y@example.jp"]
+    assert "header-line-without-colon" in letter.problems
