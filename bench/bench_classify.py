@@ -36,7 +36,11 @@ def make_mail(rng: random.Random, size: int = 2048) -> str:
     parts: list[str] = []
     length = 0
     while length < size:
-        s = rng.choice(SENTENCES) + rng.choice(["。", "！", "…", "😢", "\n"]) + str(rng.randint(1, 99))
+        s = (
+            rng.choice(SENTENCES)
+            + rng.choice(["。", "！", "…", "😢", "\n"])
+            + str(rng.randint(1, 99))
+        )
         parts.append(s)
         length += len(s.encode("utf-8"))
     return "".join(parts)

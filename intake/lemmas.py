@@ -57,9 +57,7 @@ _SPECIAL = re.compile(
 _SMALL_TO_BIG = str.maketrans("ぁぃぅぇぉ", "あいうえお")
 _KATAKANA_RUN = re.compile(r"[ァ-ヺ][ァ-ヺー]+")
 _KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
-_KATA_TO_HIRA = str.maketrans(
-    {chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)}
-)
+_KATA_TO_HIRA = str.maketrans({chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)})
 
 
 def _negation_info(surface: str) -> TokenInfo:
@@ -210,7 +208,9 @@ class Analyser:
         )
         cform = cols[6] if len(cols) > 6 else ""
         contracted = (
-            pos.startswith("動詞") and surface.endswith("ん") and cform.startswith(("連体形-撥音便", "終止形-撥音便"))
+            pos.startswith("動詞")
+            and surface.endswith("ん")
+            and cform.startswith(("連体形-撥音便", "終止形-撥音便"))
         )
         volitional = cform.startswith("意志推量形")
         if volitional:
@@ -252,7 +252,9 @@ class Analyser:
         return decided
 
     def _split_negative(self, info: TokenInfo) -> tuple[TokenInfo, TokenInfo]:
-        verb = TokenInfo(info.surface[:-1], info.lemma, info.keys, info.reading, info.pos, False, False)
+        verb = TokenInfo(
+            info.surface[:-1], info.lemma, info.keys, info.reading, info.pos, False, False
+        )
         neg = _negation_info("ん")
         return verb, neg
 
@@ -263,7 +265,9 @@ class Analyser:
         if not _KATAKANA_RUN.search(line):
             return line
         return _KATAKANA_RUN.sub(
-            lambda m: to_hiragana(m.group()) if self._katakana_as_hiragana(m.group()) else m.group(),
+            lambda m: (
+                to_hiragana(m.group()) if self._katakana_as_hiragana(m.group()) else m.group()
+            ),
             line,
         )
 
@@ -305,14 +309,18 @@ class Analyser:
                     if found < 0:  # surface changed by MeCab (should not happen): re-sync
                         found = cursor
                     elif line[cursor:found].isspace():
-                        sentence += 1  # a space between words ends a "sentence" in unpunctuated mail
+                        sentence += (
+                            1  # a space between words ends a "sentence" in unpunctuated mail
+                        )
                 cursor = found + len(surface)
                 kind = info.kind
                 if kind:
                     if kind == _BOUNDARY:
                         sentence += 1
                     elif kind == _SPECIAL_TOKEN:
-                        self._special(info, infos, starts, ends, sentences, sentence, line_start + found)
+                        self._special(
+                            info, infos, starts, ends, sentences, sentence, line_start + found
+                        )
                     continue
                 infos.append(info)
                 starts.append(line_start + found)
@@ -362,7 +370,9 @@ class Analyser:
             carried = self.analyse("その" + chunk + "が")
             toks = [
                 _pattern_token(info)
-                for info, start, end in zip(carried.infos, carried.starts, carried.ends, strict=True)
+                for info, start, end in zip(
+                    carried.infos, carried.starts, carried.ends, strict=True
+                )
                 if start >= 2 and end <= 2 + len(chunk)
             ]
             covered = [
@@ -418,7 +428,7 @@ _ANALYSER_PID: int | None = None
 def get_analyser() -> Analyser:
     """The process's one analyser (recreated after fork: MeCab state is per process)."""
     global _ANALYSER, _ANALYSER_PID
-    if _ANALYSER is None or _ANALYSER_PID != os.getpid():
+    if _ANALYSER is None or os.getpid() != _ANALYSER_PID:
         _ANALYSER = Analyser()
         _ANALYSER_PID = os.getpid()
     return _ANALYSER

@@ -212,20 +212,26 @@ class _Loader:
             return None
         return data, _Source(path, text)
 
-    def rule_id(self, src: _Source, table: dict[str, Any], n: int, what: str) -> tuple[str, int | None]:
+    def rule_id(
+        self, src: _Source, table: dict[str, Any], n: int, what: str
+    ) -> tuple[str, int | None]:
         rule_id = table.get("id")
         if not isinstance(rule_id, str) or not rule_id:
-            self.problem(src.path, None, f"{what} #{n}: needs id = \"...\"")
+            self.problem(src.path, None, f'{what} #{n}: needs id = "..."')
             return f"{src.path.stem}.{what}{n}", None
         line = src.line_of_id(rule_id)
         where = f"{src.path}:{line}" if line else str(src.path)
         if rule_id in self.ids:
-            self.problem(src.path, line, f"duplicate rule id {rule_id!r}: also at {self.ids[rule_id]}")
+            self.problem(
+                src.path, line, f"duplicate rule id {rule_id!r}: also at {self.ids[rule_id]}"
+            )
         else:
             self.ids[rule_id] = where
         return rule_id, line
 
-    def unknown_keys(self, src: _Source, table: dict[str, Any], allowed: set[str], line: int | None) -> None:
+    def unknown_keys(
+        self, src: _Source, table: dict[str, Any], allowed: set[str], line: int | None
+    ) -> None:
         for key in sorted(set(table) - allowed):
             self.problem(src.path, line, f"unknown key {key!r}; expected one of {sorted(allowed)}")
 
@@ -254,7 +260,9 @@ class _Loader:
             segments = variants[0]
             if not segments:
                 self.problem(
-                    src.path, pline, f"{rule_id}: pattern {value!r} normalises to no words; it can never match"
+                    src.path,
+                    pline,
+                    f"{rule_id}: pattern {value!r} normalises to no words; it can never match",
                 )
                 continue
             pattern = Pattern(rule_id, kind, label, value, segments, weight, src.path, pline)
@@ -276,7 +284,11 @@ class _Loader:
         return out
 
     def check_shadowed(self, patterns: list[Pattern]) -> None:
-        """A pattern containing a shorter one of the same rule adds nothing (same weight, same discounts)."""
+        """A pattern containing a shorter one of the same rule adds nothing.
+
+        Same rule means same weight and same discounts, so the longer pattern can only
+        ever match where the shorter one already did.
+        """
         by_label: dict[str | None, list[Pattern]] = {}
         for p in patterns:
             if not p.variant:
@@ -326,7 +338,9 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
             if not hasattr(defaults, key):
-                loader.problem(src.path, src.line_of_value(key, 1), f"[settings] unknown key {key!r}")
+                loader.problem(
+                    src.path, src.line_of_value(key, 1), f"[settings] unknown key {key!r}"
+                )
             elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 loader.problem(src.path, None, f"[settings] {key} must be a number >= 0")
             else:
@@ -348,7 +362,13 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 loader.problem(src.path, line, f"{rule_id}: weight must be a positive number")
                 continue
             rules.topic_patterns += loader.patterns(
-                src, rule_id, line, table.get("patterns"), kind="topic", label=topic, weight=float(weight)
+                src,
+                rule_id,
+                line,
+                table.get("patterns"),
+                kind="topic",
+                label=topic,
+                weight=float(weight),
             )
         loader.check_shadowed(rules.topic_patterns)
 
@@ -360,10 +380,12 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
         loader.unknown_keys(src, data, {"rule", "foreign"}, None)
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
-            loader.unknown_keys(src, table, {"id", "category", "reportable", "patterns", "note"}, line)
+            loader.unknown_keys(
+                src, table, {"id", "category", "reportable", "patterns", "note"}, line
+            )
             category = table.get("category")
             if not isinstance(category, str) or not category:
-                loader.problem(src.path, line, f"{rule_id}: needs category = \"...\" (e.g. suicidal)")
+                loader.problem(src.path, line, f'{rule_id}: needs category = "..." (e.g. suicidal)')
                 continue
             if table.get("reportable", False):
                 reportable.add(rule_id)
@@ -373,7 +395,9 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
         loader.check_shadowed(rules.urgent_patterns)
         for n, table in enumerate(data.get("foreign", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "foreign")
-            loader.unknown_keys(src, table, {"id", "category", "language", "patterns", "note"}, line)
+            loader.unknown_keys(
+                src, table, {"id", "category", "language", "patterns", "note"}, line
+            )
             category = table.get("category", "")
             language = table.get("language", "")
             values = table.get("patterns")
@@ -386,12 +410,20 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 try:
                     regex = re.compile(value, re.IGNORECASE)
                 except re.error as exc:
-                    loader.problem(src.path, pline, f"{rule_id}: bad regular expression {value!r}: {exc}")
+                    loader.problem(
+                        src.path, pline, f"{rule_id}: bad regular expression {value!r}: {exc}"
+                    )
                     continue
                 if regex.search("") is not None:
-                    loader.problem(src.path, pline, f"{rule_id}: {value!r} matches empty text; it would fire on every mail")
+                    loader.problem(
+                        src.path,
+                        pline,
+                        f"{rule_id}: {value!r} matches empty text; it would fire on every mail",
+                    )
                     continue
-                rules.foreign.append(ForeignPattern(rule_id, category, language, value, regex, pline))
+                rules.foreign.append(
+                    ForeignPattern(rule_id, category, language, value, regex, pline)
+                )
     rules.reportable = frozenset(reportable)
 
     # -- exclusions ---------------------------------------------------------------
@@ -402,23 +434,40 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
         known = rules.categories | set(TOPICS)
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
-            allowed = {"id", "discount", "applies_to", "patterns", "past", "resolved", "relapse", "note"}
+            allowed = {
+                "id",
+                "discount",
+                "applies_to",
+                "patterns",
+                "past",
+                "resolved",
+                "relapse",
+                "note",
+            }
             loader.unknown_keys(src, table, allowed, line)
             discount = table.get("discount")
             if discount not in DISCOUNTS:
-                loader.problem(src.path, line, f"{rule_id}: discount must be one of {', '.join(DISCOUNTS)}")
+                loader.problem(
+                    src.path, line, f"{rule_id}: discount must be one of {', '.join(DISCOUNTS)}"
+                )
                 continue
             applies = table.get("applies_to", [])
             for name in applies:
                 if name not in known:
                     loader.problem(
-                        src.path, line, f"{rule_id}: applies_to names unknown category/topic {name!r}"
+                        src.path,
+                        line,
+                        f"{rule_id}: applies_to names unknown category/topic {name!r}",
                     )
             lists: dict[str, tuple[Pattern, ...]] = {}
-            roles = ("past", "resolved", "relapse") if discount == "resolved-past" else ("patterns",)
+            roles = (
+                ("past", "resolved", "relapse") if discount == "resolved-past" else ("patterns",)
+            )
             for role in roles:
                 if role not in table:
-                    loader.problem(src.path, line, f"{rule_id}: {discount} rule needs {role} = [...]")
+                    loader.problem(
+                        src.path, line, f"{rule_id}: {discount} rule needs {role} = [...]"
+                    )
                     continue
                 lists[role] = tuple(
                     loader.patterns(

@@ -73,9 +73,54 @@ class Triage:
 # nouns of the double-negation frame 〜ない|日|は|ない. Any other word ends the scope, so
 # 死にたい気持ちが止まらない is NOT negated (止まる is not in the frame).
 _NEGATION_FRAME = frozenset(
-    "と か とか なんて なんか って て で は も じゃ など の ん わけ 訳 事 こと 日 時 瞬間 "
-    "思う 考える 言う 感じる 有る ある 居る いる 為る 気 つもり 積もり 予定 だ です ます た "
-    "てる ちゃう 訳だ 全然 別に 本当 本気 まで".split()
+    [
+        "と",
+        "か",
+        "とか",
+        "なんて",
+        "なんか",
+        "って",
+        "て",
+        "で",
+        "は",
+        "も",
+        "じゃ",
+        "など",
+        "の",
+        "ん",
+        "わけ",
+        "訳",
+        "事",
+        "こと",
+        "日",
+        "時",
+        "瞬間",
+        "思う",
+        "考える",
+        "言う",
+        "感じる",
+        "有る",
+        "ある",
+        "居る",
+        "いる",
+        "為る",
+        "気",
+        "つもり",
+        "積もり",
+        "予定",
+        "だ",
+        "です",
+        "ます",
+        "た",
+        "てる",
+        "ちゃう",
+        "訳だ",
+        "全然",
+        "別に",
+        "本当",
+        "本気",
+        "まで",
+    ]
 )
 _SHIKA = "しか"  # 〜としか思えない is an emphatic positive: it cancels one negation
 _SCOPE_LIMIT = 8
@@ -106,8 +151,46 @@ _HANGUL = re.compile(r"[\uac00-\ud7af]")
 _LATIN = re.compile(r"[A-Za-zÀ-ɏḀ-ỿ]")
 _VIET = re.compile(r"[ăâđêôơưĂÂĐÊÔƠƯạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]")
 _WORD = re.compile(r"[a-zà-ÿ]+")
-_PT = frozenset("não que eu meu minha estou para com uma você por isso ajuda muito sou tenho".split())
-_EN = frozenset("the and i to my is of you me am have not this with it help".split())
+_PT = frozenset(
+    [
+        "não",
+        "que",
+        "eu",
+        "meu",
+        "minha",
+        "estou",
+        "para",
+        "com",
+        "uma",
+        "você",
+        "por",
+        "isso",
+        "ajuda",
+        "muito",
+        "sou",
+        "tenho",
+    ]
+)
+_EN = frozenset(
+    [
+        "the",
+        "and",
+        "i",
+        "to",
+        "my",
+        "is",
+        "of",
+        "you",
+        "me",
+        "am",
+        "have",
+        "not",
+        "this",
+        "with",
+        "it",
+        "help",
+    ]
+)
 
 
 def detect_language(text: str) -> str:
@@ -213,6 +296,7 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
         if _negated(a, h.last):
             h.discounted = "negated"
     for ex in rules.exclusions:
+
         def applies(h: _Hit, ex: Any = ex) -> bool:
             if h.discounted:
                 return False
@@ -254,7 +338,9 @@ def _to_match(a: Analysis, h: _Hit) -> Match:
     return Match(p.rule, p.kind, p.label, p.text, a.text[start:end], start, end, h.discounted)
 
 
-def _score(hits: Iterable[_Hit], a: Analysis, subject_end: int, subject_weight: float) -> dict[str, float]:
+def _score(
+    hits: Iterable[_Hit], a: Analysis, subject_end: int, subject_weight: float
+) -> dict[str, float]:
     """Counted topic weight per topic; overlapping hits of one topic count once (the heaviest)."""
     scores: dict[str, float] = {}
     taken: dict[str, list[_Hit]] = {}
@@ -278,7 +364,9 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     hits = _find(a, rules)
     _discount(a, hits, rules)
     # A pattern and its in-sentence variant may both hit the same words: report once.
-    matches = list({(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), hits)}.values())
+    matches = list(
+        {(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), hits)}.values()
+    )
     for fp in rules.foreign:
         for m in fp.regex.finditer(analysed):
             matches.append(

@@ -33,8 +33,12 @@ patterns = ["死ぬほど"]
 """
 
 
-def write_rules(tmp_path: Path, topics: str = TOPICS_OK, urgent: str = URGENT_OK,
-                exclusions: str = EXCLUSIONS_OK) -> Path:
+def write_rules(
+    tmp_path: Path,
+    topics: str = TOPICS_OK,
+    urgent: str = URGENT_OK,
+    exclusions: str = EXCLUSIONS_OK,
+) -> Path:
     (tmp_path / "topics.toml").write_text(topics, encoding="utf-8")
     (tmp_path / "urgent.toml").write_text(urgent, encoding="utf-8")
     (tmp_path / "exclusions.toml").write_text(exclusions, encoding="utf-8")
@@ -75,7 +79,11 @@ def test_unknown_topic_is_reported_at_the_rule_line(tmp_path: Path) -> None:
 
 
 def test_duplicate_rule_id_names_both_places(tmp_path: Path) -> None:
-    dup = URGENT_OK + '\n[[rule]]\nid = "urgent.suicidal.wish"\ncategory = "suicidal"\npatterns = ["消えたい"]\n'
+    dup = (
+        URGENT_OK
+        + '\n[[rule]]\nid = "urgent.suicidal.wish"\ncategory = "suicidal"\n'
+        + 'patterns = ["消えたい"]\n'
+    )
     write_rules(tmp_path, urgent=dup)
     text = "\n".join(messages(tmp_path))
     assert "duplicate rule id 'urgent.suicidal.wish'" in text
@@ -84,7 +92,10 @@ def test_duplicate_rule_id_names_both_places(tmp_path: Path) -> None:
 
 def test_duplicate_pattern_in_another_spelling_names_both_places(tmp_path: Path) -> None:
     # しにたい and 死にたい are the same words once analysed: the second can never add anything.
-    dup = URGENT_OK + '\n[[rule]]\nid = "urgent.kana"\ncategory = "suicidal"\npatterns = ["しにたい"]\n'
+    dup = (
+        URGENT_OK
+        + '\n[[rule]]\nid = "urgent.kana"\ncategory = "suicidal"\npatterns = ["しにたい"]\n'
+    )
     write_rules(tmp_path, urgent=dup)
     (problem,) = check_rules(tmp_path)
     assert problem.line == 9
@@ -118,7 +129,11 @@ def test_every_problem_is_reported_together(tmp_path: Path) -> None:
 
 
 def test_bad_foreign_regex_is_reported(tmp_path: Path) -> None:
-    bad = URGENT_OK + '\n[[foreign]]\nid = "urgent.foreign.en"\ncategory = "suicidal"\nlanguage = "en"\npatterns = ["(unclosed"]\n'
+    bad = (
+        URGENT_OK
+        + '\n[[foreign]]\nid = "urgent.foreign.en"\ncategory = "suicidal"\n'
+        + 'language = "en"\npatterns = ["(unclosed"]\n'
+    )
     write_rules(tmp_path, urgent=bad)
     (problem,) = check_rules(tmp_path)
     assert problem.line == 10 and "bad regular expression" in problem.message
@@ -134,7 +149,9 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
 def test_shipped_rules_copy_detects_an_injected_unknown_topic(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED, tmp_path / "rules")
     path = tmp_path / "rules" / "topics.toml"
-    path.write_text(path.read_text(encoding="utf-8").replace('topic = "poverty"', 'topic = "povrety"', 1),
-                    encoding="utf-8")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace('topic = "poverty"', 'topic = "povrety"', 1),
+        encoding="utf-8",
+    )
     problems = check_rules(tmp_path / "rules")
     assert any("unknown topic 'povrety'" in p.message and p.line for p in problems)

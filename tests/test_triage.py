@@ -1,0 +1,230 @@
+"""Behaviour of classify(): what the shipped rules must understand (all mails synthetic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from intake.letter import Letter
+from intake.rules import RuleSet, load_rules
+from intake.triage import classify, classify_text, detect_language, triage_report
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleSet:
+    return load_rules(RULES_DIR)
+
+
+def urgent(rules: RuleSet, text: str, subject: str = "相談") -> bool:
+    return classify_text(subject, text, rules).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "もう死にたいです",
+        "毎晩死にたくて眠れない",
+        "ずっと死にたかった",
+        "しにたい",
+        "ｼﾆﾀｲ",
+        "しにたーい",
+        "死にてえ",
+    ],
+)
+def test_inflected_and_variant_spellings_are_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
+
+
+def test_okayama_negative_han_matches_a_pattern_written_with_nai(rules: RuleSet) -> None:
+    t = classify_text("家賃", "今月の家賃が払えんかった", rules)
+    assert any(m.pattern == "払えない" and m.surface.startswith("払え") for m in t.matches)
+    assert t.topic == "poverty"
+
+
+def test_ijime_does_not_fire_inside_another_word(rules: RuleSet) -> None:
+    # 「ほしいじめん」 contains the letters いじめ but no word いじめ.
+    t = classify_text("質問", "ほしいじめんどうな書類はどこで出せますか", rules)
+    assert not any(m.topic == "bullying" and "いじめ" in m.pattern for m in t.matches)
+    matched = classify_text("", "いじめられてる", rules).matches
+    assert any(m.pattern in ("いじめ", "いじめる") for m in matched)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死にたいとかではないです",
+        "死にたいとは思っていません",
+        "消えたいわけじゃないけど、職場がつらい",
+    ],
+)
+def test_negated_wish_is_not_urgent(rules: RuleSet, text: str) -> None:
+    t = classify_text("相談", text, rules)
+    assert not t.urgent
+    assert any(m.discounted == "negated" for m in t.matches if m.kind == "urgent")
+
+
+@pytest.mark.parametrize("text", ["死にたいと思わない日はない", "もう死にたいとしか思えない"])
+def test_double_negation_and_shika_stay_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "昨日は死ぬほど眠かった",
+        "熱中症で死ぬかと思った",
+        "笑い死ぬかと思ったw",
+        "それ殺す気かって笑った",
+    ],
+)
+def test_idioms_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not urgent(rules, text)
+
+
+def test_news_about_a_suicide_is_reported_not_urgent(rules: RuleSet) -> None:
+    t = classify_text("ニュース", "ニュースで高校生が自殺した事件を見て悲しくなった", rules)
+    assert not t.urgent
+    assert any(m.discounted == "reported" for m in t.matches)
+
+
+def test_resolved_past_ideation_is_discounted_but_relapse_is_urgent(rules: RuleSet) -> None:
+    resolved = "高校の頃は死にたいと思ってたけど、今は元気です。"
+    assert not urgent(rules, resolved)
+    assert urgent(rules, resolved + "でも最近またそう思う")
+    assert urgent(rules, "昔から死にたいと思ってた")  # past, nothing says it is over
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "いま屋上にいる",
+        "駅のホームの端に立ってる",
+        "練炭を買ってきた",
+        "病院の薬を飲まずに貯めてる",
+        "遺書を書きました",
+        "今までありがとう",
+        "3日何も食べてない",
+        "彼氏に首を絞められた",
+        "またリスカしちゃった",
+        "腕を切るのがやめられない",
+        "もう消えたい",
+        "いなくなりたい",
+        "楽になりたい",
+        "全部終わりにしたい",
+        "今夜寝るところがない",
+    ],
+)
+def test_risk_told_as_a_situation_is_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("I want to die. Nobody understands me.", "en"),
+        ("I haven't eaten in three days and have no money.", "en"),
+        ("我不想活了，每天被骂。", "zh"),
+        ("Tôi muốn chết. Không ai giúp tôi.", "vi"),
+        ("Quero morrer. Não tenho ninguém aqui.", "pt"),
+    ],
+)
+def test_foreign_crisis_is_urgent_with_language_and_topic_other(
+    rules: RuleSet, text: str, language: str
+) -> None:
+    t = classify_text("help", text, rules)
+    assert t.urgent and t.language == language and t.topic == "other"
+
+
+def test_foreign_everyday_question_is_not_urgent(rules: RuleSet) -> None:
+    t = classify_text(
+        "Question", "Hello, do you offer consultations in English on Saturdays?", rules
+    )
+    assert not t.urgent and t.language == "en"
+
+
+def test_language_detection_by_script() -> None:
+    assert detect_language("今日はありがとう") == "ja"
+    assert detect_language("你好，我想咨询") == "zh"
+
+
+def test_crisis_only_in_the_subject_is_urgent(rules: RuleSet) -> None:
+    t = classify_text("遺書書いた", "部活の先輩に無視されていて練習に入れてもらえません。", rules)
+    assert t.urgent
+    reason = t.urgent_reasons[0]
+    assert reason.start < len("遺書書いた")
+
+
+def test_crisis_buried_in_a_long_mail_is_urgent(rules: RuleSet) -> None:
+    filler = "今日はバイトに行って、帰りにコンビニで弁当を買いました。" * 15
+    text = filler + "もう薬を全部飲もうかなって考えてます。" + filler
+    t = classify_text("長くなります", text, rules)
+    assert t.urgent
+
+
+def test_multi_topic_mail_has_a_primary_and_ranked_secondary(rules: RuleSet) -> None:
+    text = (
+        "祖母の介護で毎日大変です。認知症で夜も起こされます。家計も苦しくて家賃を滞納しています。"
+    )
+    t = classify_text("介護と家賃", text, rules)
+    assert t.topic == "caregiving"
+    ranked = [name for name, _ in t.topics]
+    assert ranked[:2] == ["caregiving", "poverty"]
+    scores = [score for _, score in t.topics]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_tied_topics_go_to_other(rules: RuleSet) -> None:
+    t = classify_text("", "介護のこと。いじめのこと。", rules)
+    assert t.topic == "other"
+    assert {name for name, _ in t.topics} >= {"caregiving", "bullying"}
+
+
+def test_mail_without_topic_words_is_other(rules: RuleSet) -> None:
+    assert classify_text("こんにちは", "よろしくお願いします", rules).topic == "other"
+
+
+def test_urgent_matching_does_not_short_circuit_topics(rules: RuleSet) -> None:
+    t = classify_text("いじめ", "クラスでいじめられてる。死にたい", rules)
+    assert t.urgent and t.topic == "bullying"
+
+
+def test_explanation_offsets_point_at_the_surface(rules: RuleSet) -> None:
+    subject, text = "ｼﾆﾀｲ", "部活で先輩に殴られた。家賃が払えんし、もう死にたくて"
+    t = classify_text(subject, text, rules)
+    analysed = subject + "\n" + text
+    assert t.matches
+    for m in t.matches:
+        assert analysed[m.start : m.end] == m.surface
+    surfaces = {m.surface for m in t.urgent_reasons}
+    assert "ｼﾆﾀｲ" in surfaces and "死にたく" in surfaces and "殴られ" in surfaces
+
+
+def test_report_has_the_json_pieces(rules: RuleSet) -> None:
+    report = triage_report(classify_text("", "もう死にたい", rules))
+    assert report["urgent"] is True
+    assert set(report) >= {"topic", "urgent", "matches", "topics", "urgent_reasons", "language"}
+    reason = report["urgent_reasons"][0]
+    assert set(reason) == {
+        "rule",
+        "kind",
+        "topic",
+        "pattern",
+        "surface",
+        "start",
+        "end",
+        "discounted",
+    }
+
+
+def test_undecodable_letter_needs_a_human(rules: RuleSet) -> None:
+    letter = Letter(subject="", text="", problems=["undecodable body: charset x-unknown"])
+    t = classify(letter, rules)
+    assert t.needs_human and t.topic == "other"
+
+
+def test_quoted_text_is_never_analysed(rules: RuleSet) -> None:
+    letter = Letter(subject="Re: 先日の件", text="ありがとうございました。", quoted="> 死にたい")
+    assert not classify(letter, rules).urgent
