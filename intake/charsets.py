@@ -521,9 +521,9 @@ def _sniff(data: bytes, *, guess: bool = True) -> tuple[str, str] | None:
         if ok:
             return text, JIS
     for decoder in ("utf-8", EUCJP, CP932):
-        text = _strict(data, decoder)
-        if text is not None:
-            return text, decoder
+        strict = _strict(data, decoder)
+        if strict is not None:
+            return strict, decoder
     if not guess:
         return None
     try:

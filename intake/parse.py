@@ -149,7 +149,7 @@ def decode_header(value: Any, problems: list[str] | None = None, *, name: str = 
         return _unfold_str(value)
     raw = _FOLD.sub(b"", _to_bytes(value)).strip()
     found: list[str] = []
-    pieces: list[tuple[str, str | bytes]] = []  # ("lit", bytes) | (charset, bytes)
+    pieces: list[tuple[str, bytes]] = []  # ("lit", bytes) | (charset, bytes)
     pos = 0
     for m in _ENCODED_WORD.finditer(raw):
         literal = raw[pos : m.start()]
@@ -162,13 +162,13 @@ def decode_header(value: Any, problems: list[str] | None = None, *, name: str = 
         if (
             len(pieces) >= 2
             and pieces[-1][0] == "lit"
-            and not bytes(pieces[-1][1]).strip()
+            and not pieces[-1][1].strip()
             and pieces[-2][0] != "lit"
         ):
             pieces.pop()
         if pieces and pieces[-1][0] != "lit" and _same_charset(pieces[-1][0], charset):
             prev_cs, prev = pieces.pop()
-            pieces.append((prev_cs, bytes(prev) + data))
+            pieces.append((prev_cs, prev + data))
         else:
             pieces.append((charset, data))
         pos = m.end()
@@ -176,7 +176,6 @@ def decode_header(value: Any, problems: list[str] | None = None, *, name: str = 
         pieces.append(("lit", raw[pos:]))
     out: list[str] = []
     for kind, data in pieces:
-        assert isinstance(data, bytes)
         if kind == "lit":
             if re.search(rb"[\x1b\x80-\xff]", data):
                 decoded = decode_text(data, None, short=True)
@@ -810,7 +809,8 @@ def _parse_date(value: str) -> datetime | None:
     )
     if m:
         try:
-            return datetime(*(int(x) for x in m.groups(default="0")))
+            year, month, day, hour, minute, second = (int(x) for x in m.groups(default="0"))
+            return datetime(year, month, day, hour, minute, second)
         except ValueError:
             return None
     return None
