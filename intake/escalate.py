@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ACK_EVENT = "alert-acknowledged"
 ESCALATED_EVENT = "escalated"
+CALLBACK_DONE = "callback-done"  # recorded by `callback CASE --done`; read by the report
 _NUMBER = re.compile(r"^\s*[Cc]?0*(\d{1,9})\s*$")
 
 
@@ -317,6 +318,8 @@ def acknowledge_alert(svc: Service, case_number: str, actor: str, now: datetime)
 
 __all__ = [
     "ACK_EVENT",
+    "CALLBACK_DONE",
+    "ESCALATED_EVENT",
     "AckResult",
     "AlertState",
     "CaseNotFound",
