@@ -34,7 +34,7 @@ from intake.escalate import (
 )
 from intake.pipeline import Service
 from intake.store import Case, Event, Outbox, session_scope
-from tests.helpers import BACKUP, ONCALL, write_config
+from tests.helpers import BACKUP, ONCALL, settled, write_config
 
 JST = ZoneInfo("Asia/Tokyo")
 T0 = datetime(2026, 11, 26, 22, 0, tzinfo=JST)  # a Thursday night: on-call time
@@ -308,5 +308,5 @@ def test_oncall_reply_to_the_alert_stops_escalation_after_one_went_to_backup(
     smtp_server.clear()
     assert escalate(svc, base + timedelta(hours=3)) == 0
     deliver_outbox(svc.settings.smtp, svc.engine, base + timedelta(hours=3))
-    assert smtp_server.wait_for(1, timeout=1) == []
+    assert settled(smtp_server, 1.0) == []
     assert len(escalation_rows(svc)) == 1
