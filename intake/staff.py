@@ -199,6 +199,7 @@ def format_cases(svc: Service, rows: Sequence[CaseRow]) -> str:
 
 def show_case(svc: Service, number: str) -> str:
     """Everything about one case: its fields, messages, outgoing mails and history."""
+    ensure_tables(svc.engine)
     with Session(svc.engine) as session:
         case = case_by_number(session, number)
         assert case.id is not None
@@ -210,7 +211,7 @@ def show_case(svc: Service, number: str) -> str:
                              .order_by(col(Outbox.created_at), col(Outbox.id))).all()
         events = session.exec(select(Event).where(Event.case_id == case.id)
                               .order_by(col(Event.at), col(Event.id))).all()
-        notes = {n.event_id: n.text for n in
+        notes: dict[int | None, str] = {n.event_id: n.text for n in
                  session.exec(select(CaseNote).where(CaseNote.case_id == case.id))}
         state = alert_state(session, case.id)
     partner = svc.directory.get(case.partner)
