@@ -2,7 +2,8 @@
 """soudan-intake command line: the service's entry point.
 
 Command contracts relied on by tools outside this repository (keep them stable; extend,
-never rename): once, run, digest, check, classify --json, parse --json, eval --labels, demo.
+never rename): once, run, digest, check, classify --json, parse --json, eval --labels, demo,
+and the staff commands ack, cases, show, close, reassign, callback, escalate, report, purge.
 Human-readable output goes to stdout; logs go to stderr and never contain message bodies
 or subjects above DEBUG.
 """
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True)
     p.add_argument("--rules", help="rules directory (default: ./rules)")
     p.set_defaults(func=cmd_eval)
+    from intake.staff import add_commands
+
+    add_commands(sub)  # ack, cases, show, close, reassign, callback, escalate, report, purge
     p = sub.add_parser("demo", help="local Dovecot + SMTP sink + sample mail, run once, show it")
     p.add_argument("--state", default=str(PROJECT_ROOT / "demo-state"))
     p.set_defaults(func=cmd_demo)

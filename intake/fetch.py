@@ -23,6 +23,7 @@ from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from intake.config import MailboxSettings
 from intake.errors import MailboxError
@@ -30,6 +31,15 @@ from intake.errors import MailboxError
 log = logging.getLogger(__name__)
 
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop IDLE after 30 minutes
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying: network trouble or the server saying it is temporarily unavailable."""
+    cause = exc.__cause__ if isinstance(exc, MailboxError) else exc
+    if isinstance(cause, (OSError, ssl.SSLError)) and not isinstance(cause, ssl.SSLCertVerificationError):
+        return True
+    text = str(cause)
+    return "UNAVAILABLE" in text or "Temporary" in text or "BYE" in text
 
 
 @dataclass(frozen=True)
@@ -47,8 +57,9 @@ def tls_context(cafile: Any = None) -> ssl.SSLContext:
 class Mailbox:
     """One open, selected IMAP connection; use as a context manager."""
 
-    def __init__(self, settings: MailboxSettings):
+    def __init__(self, settings: MailboxSettings, attempts: int = 4):
         self.settings = settings
+        self.attempts = attempts
         self.client: IMAPClient | None = None
         self.state: FolderState | None = None
 
@@ -60,7 +71,23 @@ class Mailbox:
         self.close()
 
     def open(self) -> FolderState:
+        """Connect, log in and EXAMINE the folder, retrying transient failures.
+
+        Servers answer ``[UNAVAILABLE]`` or drop the connection while restarting or when
+        their auth workers are busy; a few retries with backoff ride that out (tenacity),
+        anything else fails at once with a message that says what to check.
+        """
+        for attempt in Retrying(
+            retry=retry_if_exception(_transient), stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=0.5, max=8), reraise=True,
+        ):
+            with attempt:
+                return self._open_once()
+        raise AssertionError("unreachable")
+
+    def _open_once(self) -> FolderState:
         s = self.settings
+        client: IMAPClient | None = None
         try:
             if s.security == "tls":
                 client = IMAPClient(
@@ -76,6 +103,11 @@ class Mailbox:
             info = client.select_folder(s.folder, readonly=True)
             caps = client.capabilities()
         except (IMAPClientError, OSError, ssl.SSLError) as exc:
+            if client is not None:
+                try:
+                    client.shutdown()
+                except OSError:
+                    pass
             raise MailboxError(
                 f"IMAP {s.host}:{s.port} ({s.security}) user {s.username} folder {s.folder}: "
                 f"{type(exc).__name__}: {exc}. Check [mailbox] host, port, security, "

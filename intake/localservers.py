@@ -212,7 +212,12 @@ class LocalDovecot:
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            # SIGTERM to the whole group (master and children, started in their own
+            # session): ~0.1 s, where SIGTERM to the master alone takes over a second.
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                proc.terminate()
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -220,11 +225,10 @@ class LocalDovecot:
                 proc.wait(timeout=timeout)
         self._proc = None
         _running.discard(self)
-        # The children (imap, auth, ...) exit with the master; wait until the port is free
-        # so that restart() on the same port does not race them.
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _port_open(self.host, self.port):
-            time.sleep(0.05)
+        # The children (imap, auth, login, ...) share the master's process group (it was
+        # started in a new session). Wait for all of them, so restart() on the same port
+        # and the removal of tmp folders do not race a lingering login process.
+        _wait_for_group_exit(proc.pid, timeout)
 
     def restart(self) -> None:
         """Stop and start again on the same port, keeping every mail and UID."""
@@ -441,7 +445,16 @@ class LocalDovecot:
 
         passwd = self.base / "passwd"
         passwd.write_text(f"{self.user}:{{PLAIN}}{self.password}:{uid}:{gid}::{self.home}::\n")
-        passwd.chmod(0o644)  # the auth process runs as the internal user
+        # Login is checked against passwd-%{secured}: Dovecot expands that to "TLS" on a
+        # TLS connection, "secured" for a loopback client without TLS and "" otherwise.
+        # Dovecot counts loopback as secure, so ``ssl = required`` alone would let a
+        # client that skipped STARTTLS log in on 127.0.0.1; only passwd-TLS holds the user.
+        tls_only = self.tls != "none"
+        for suffix in ("TLS", "secured", ""):
+            gate = self.base / f"passwd-{suffix}"
+            gate.write_text(passwd.read_text() if suffix == "TLS" or not tls_only else "")
+        for path in self.base.glob("passwd*"):
+            path.chmod(0o644)  # the auth process runs as the internal user
 
         if self.tls != "none":
             self._make_certificates()
@@ -478,12 +491,12 @@ class LocalDovecot:
             )
         capability = "" if self.idle else f"imap_capability = {_CAPABILITIES_WITHOUT_IDLE}\n"
         passwd = self.base / "passwd"
+        passdb_file = self.base / "passwd-%{secured}"
         chroot_lines = ""
         if os.geteuid() != 0:
             # A normal user cannot chroot; Dovecot needs these cleared to start at all.
             chroot_lines = (
                 "service imap-login {\n  chroot =\n}\n"
-                "service anvil {\n  chroot =\n}\n"
                 "service imap-urlauth-login {\n  chroot =\n}\n"
                 "service pop3-login {\n  chroot =\n}\n"
                 "service submission-login {\n  chroot =\n}\n"
@@ -498,6 +511,8 @@ protocols = imap
 listen = 127.0.0.1
 auth_mechanisms = plain login
 auth_verbose = yes
+# Tests of wrong passwords should not sleep; production keeps the default 2 s.
+auth_failure_delay = 0
 {ssl_lines}{capability}first_valid_uid = 1
 default_internal_user = {self._internal_user}
 default_login_user = {self._login_user}
@@ -506,7 +521,7 @@ mail_max_userip_connections = 100
 mail_location = maildir:~/Maildir
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {passwd}
+  args = scheme=PLAIN username_format=%u {passdb_file}
 }}
 userdb {{
   driver = passwd-file
@@ -521,6 +536,14 @@ service imap-login {{
     address = 127.0.0.1
     port = {imaps_port}
     ssl = yes
+  }}
+}}
+# No auth penalty: a failed login would otherwise delay the next ones from 127.0.0.1
+# by seconds (auth cannot reach a mode-0 socket, so Dovecot turns the penalty off).
+service anvil {{
+  {"chroot =" if os.geteuid() != 0 else ""}
+  unix_listener anvil-auth-penalty {{
+    mode = 0
   }}
 }}
 {chroot_lines}"""
@@ -545,7 +568,7 @@ service imap-login {{
                     f"dovecot -c {self.conf} exited at start-up; see {self.log_path}.\n"
                     + self._log_tail()
                 )
-            if _port_open(self.host, self.port):
+            if self._greets():
                 return
             time.sleep(0.05)
         self.stop()
@@ -553,6 +576,22 @@ service imap-login {{
             f"dovecot did not listen on {self.host}:{self.port} within {self.start_timeout:g} s "
             f"(raise start_timeout on a slow machine); see {self.log_path}.\n" + self._log_tail()
         )
+
+    def _greets(self) -> bool:
+        """True when the port answers with Dovecot's ``* OK`` greeting (TLS for imaps).
+
+        An open port alone is not proof: another program may hold it while our Dovecot
+        is failing to bind.
+        """
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.0) as raw:
+                raw.settimeout(1.0)
+                if self.tls == "imaps":
+                    with self.ssl_context().wrap_socket(raw, server_hostname=self.host) as tls:
+                        return tls.recv(200).startswith(b"* OK")
+                return raw.recv(200).startswith(b"* OK")
+        except (OSError, ssl.SSLError):
+            return False
 
     def _log_tail(self, lines: int = 30) -> str:
         parts: list[str] = []
@@ -565,14 +604,42 @@ service imap-login {{
         return "\n".join(parts) or "(no log output)"
 
 
-def _port_open(host: str, port: int) -> bool:
-    if not port:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
+def _wait_for_group_exit(pgid: int, timeout: float) -> None:
+    """Wait until no live process of group ``pgid`` is left; SIGKILL stragglers at timeout.
+
+    Zombies do not count: once the master is gone its dead children are reparented to
+    pid 1, which in a container may take seconds to reap them.
+    """
+    deadline = time.monotonic() + timeout
+    while _live_group_members(pgid):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
+def _live_group_members(pgid: int) -> bool:
+    """True while a non-zombie process in group ``pgid`` exists (Linux /proc; else killpg)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ..."; comm may contain spaces, so split after ")".
+        fields = stat_line.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             return True
-    except OSError:
-        return False
+    return False
 
 
 def _make_traversable(path: Path) -> None:
@@ -672,6 +739,10 @@ class LocalSMTP:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop for good and remove the temporary CA folder (if one was made)."""
         self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -759,7 +830,7 @@ class LocalSMTP:
         if folder is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="localsmtp-")
             folder = Path(self._tmp.name)
-        self.cafile = folder / "smtp-ca.pem"
+        self.cafile = folder / f"smtp-ca-{self.port}.pem"
         ca.cert_pem.write_to_path(str(self.cafile))
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(ctx)

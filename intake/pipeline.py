@@ -133,9 +133,26 @@ class _Stage:
     name = "start"
 
 
-def _find_thread(session: Session, letter: Letter) -> tuple[Case | None, Outbox | None]:
-    """The case this letter continues, and our outgoing mail it answers, if any."""
+_MESSAGE_ID_LINE = re.compile(rb"^message-id:\s*(<[^>\s]+>)", re.I | re.M)
+
+
+def _bounced_ids(raw: bytes, own_id: str | None) -> list[str]:
+    """Message-IDs quoted inside a bounce (RFC 3464 returned headers or message)."""
+    found = [m.group(1).decode("ascii", "replace") for m in _MESSAGE_ID_LINE.finditer(raw)]
+    return [f for f in found if f != own_id]
+
+
+def _find_thread(
+    session: Session, letter: Letter, raw: bytes = b""
+) -> tuple[Case | None, Outbox | None]:
+    """The case this letter continues, and our outgoing mail it answers, if any.
+
+    Replies name it in In-Reply-To/References; bounces carry our Message-ID inside the
+    returned headers; a resident may also type the case number in the subject.
+    """
     refs = [r for r in [letter.in_reply_to, *letter.references] if r]
+    if letter.bounce:
+        refs += _bounced_ids(raw, letter.message_id)
     if refs:
         ours = session.exec(select(Outbox).where(col(Outbox.message_id).in_(refs))).first()
         if ours is not None and ours.case_id is not None:
@@ -180,8 +197,10 @@ def queue_mail(
 
 
 def alert_context(svc: Service, case: Case, received: datetime, automatic: str | None) -> dict[str, Any]:
+    from intake.escalate import callback_due
+
     partner = svc.directory.get(case.partner)
-    due, _ = svc.calendar.reply_expected(received)
+    due = callback_due(received, svc.calendar)
     return {
         "number": case.number,
         "received": received,
@@ -201,7 +220,7 @@ def _queue_alert(svc: Service, session: Session, case: Case, msg: StoredMessage,
     )
     queue_mail(session, kind="alert", key=f"alert:message:{msg.id}", case=case,
            to=list(svc.settings.oncall.to), message=message, priority=0, now=now)
-    record_event(session, "alert-queued", case.id, f"message {msg.id}")
+    record_event(session, "alert-queued", case.id, f"message {msg.id}", at=now)
 
 
 def handle_message(
@@ -223,7 +242,7 @@ def handle_message(
     msg.automatic = block
 
     stage.name = "thread"
-    case, answered = _find_thread(session, letter)
+    case, answered = _find_thread(session, letter, msg.raw or b"")
 
     stage.name = "triage"
     triage: Triage = classify(letter, svc.rules)
@@ -243,14 +262,14 @@ def handle_message(
         msg.is_followup = True
         msg.status = "processed"
         record_event(session, "alert-acknowledged", answered.case_id, f"by {letter.from_addr}",
-                     actor=letter.from_addr)
+                     actor=letter.from_addr, at=now)
         return "alert-ack"
     if case is not None and letter.bounce and answered is not None and answered.kind == "ack":
         case.ack_state = "ack_failed"
         msg.case_id = case.id
         msg.is_followup = True
         msg.status = "processed"
-        record_event(session, "ack-bounced", case.id, f"message {msg.id}")
+        record_event(session, "ack-bounced", case.id, f"message {msg.id}", at=now)
         return "bounce"
     if case is None:
         case = Case(
@@ -261,7 +280,7 @@ def handle_message(
         )
         session.add(case)
         session.flush()
-        record_event(session, "case-opened", case.id, f"partner {partner.id}")
+        record_event(session, "case-opened", case.id, f"partner {partner.id}", at=now)
         outcome = "case"
         newly_urgent = triage.urgent
     else:
@@ -274,7 +293,7 @@ def handle_message(
         known = json.loads(case.phone or "[]")
         case.phone = dumps(known + [p for p in phones if p not in known])
         case.status = "open" if case.status == "closed" else case.status
-        record_event(session, "follow-up", case.id, f"message {msg.id}")
+        record_event(session, "follow-up", case.id, f"message {msg.id}", at=now)
         outcome = "followup"
     msg.case_id = case.id
 
@@ -322,7 +341,7 @@ def quarantine(svc: Service, session: Session, msg: StoredMessage, stage: str, e
     msg.stage_error = f"{stage}:{error}"
     msg.case_id = case.id
     msg.from_addr = sender
-    record_event(session, "quarantined", case.id, f"message {msg.id} at {stage}: {error}")
+    record_event(session, "quarantined", case.id, f"message {msg.id} at {stage}: {error}", at=now)
     log.error("message quarantined", extra={"message_row": msg.id, "stage": stage, "error": error})
     # Still acknowledge a person: a crash may delay an acknowledgement, never lose it.
     if sender and not _AUTO_HINT.search(head) and sender != svc.sender.address.lower():

@@ -2,10 +2,13 @@
 
 The outbox pattern: mail is written to the database in the same transaction as the
 change that caused it, with its Message-ID fixed at creation; this module only delivers.
-A row is marked sent in its own small commit right after the server accepts it. The one
-remaining window is "server said 250, commit not yet written": a crash exactly there sends
-that one mail again on restart (SMTP has no idempotency key). The window is one local
-commit long, and the fixed Message-ID lets a receiving client fold the duplicate.
+Each row is marked ``sending`` (committed) just before it is handed to the server and
+``sent`` in one short Core transaction right after the server's 250. The remaining window
+is "server accepted, commit not yet written": SMTP has no idempotency key, so a crash
+exactly there leaves the row ``sending``; the next run resends it and records an
+``in-doubt-resend`` event, so every possible duplicate is accounted for. We resend rather
+than drop because a resident or on-call person who never hears from us is worse than one
+repeated mail; the fixed Message-ID lets a mail client fold the duplicate.
 
 Failures: a 4xx or a dropped connection keeps the row queued with exponential backoff
 (persisted, so it survives restarts); a 5xx for every recipient marks it failed and, for an
@@ -24,11 +27,13 @@ from datetime import datetime, timedelta
 
 import aiosmtplib
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection
+from sqlmodel import col, select
 
 from intake.config import SmtpSettings
 from intake.fetch import tls_context
-from intake.store import Case, Outbox, record_event, session_scope, to_db
+from intake.store import Case, Event, Outbox, record_event, session_scope, to_db
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +73,20 @@ async def _deliver(settings: SmtpSettings, engine: Engine, now: datetime) -> Sen
     with session_scope(engine) as session:
         due = session.exec(
             select(Outbox)
-            .where(Outbox.status == "queued", Outbox.next_attempt_at <= now)
+            .where(col(Outbox.status).in_(["queued", "sending"]), Outbox.next_attempt_at <= now)
             .order_by(Outbox.priority, Outbox.id)  # type: ignore[arg-type]
         ).all()
-        jobs = [(row.id, json.loads(row.recipients), row.content) for row in due]
+        for row in due:
+            if row.status == "sending":
+                # In doubt: a previous run died between handing this mail to the server and
+                # recording the answer. Sending again risks one duplicate; not sending risks
+                # a resident or the on-call person never hearing from us. Resend, and say so.
+                record_event(session, f"in-doubt-resend:{row.kind}", row.case_id,
+                             f"outbox {row.id}")
+                log.warning("resending a mail whose delivery is in doubt",
+                            extra={"outbox": row.id, "kind": row.kind})
+        jobs = [(row.id, row.kind, row.case_id, json.loads(row.recipients), row.content)
+                for row in due]
     if not jobs:
         return report
     smtp = _client(settings)
@@ -84,8 +99,13 @@ async def _deliver(settings: SmtpSettings, engine: Engine, now: datetime) -> Sen
         _defer(engine, [j[0] for j in jobs], f"connect: {type(exc).__name__}", now)
         report.deferred = len(jobs)
         return report
+    conn = engine.connect()
     try:
-        for index, (row_id, recipients, content) in enumerate(jobs):
+        for index, (row_id, kind, case_id, recipients, content) in enumerate(jobs):
+            with conn.begin():
+                conn.execute(
+                    update(Outbox).where(Outbox.id == row_id).values(status="sending")  # type: ignore[arg-type]
+                )
             try:
                 errors, response = await smtp.sendmail(settings.from_address, recipients, content)
             except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -111,9 +131,10 @@ async def _deliver(settings: SmtpSettings, engine: Engine, now: datetime) -> Sen
                 _defer(engine, rest, f"{type(exc).__name__}", now)
                 report.deferred += len(rest)
                 break
-            _mark_sent(engine, row_id, response, errors, now)
+            _mark_sent(conn, row_id, kind, case_id, response, errors, now)
             report.sent += 1
     finally:
+        conn.close()
         try:
             await smtp.quit()
         except (aiosmtplib.SMTPException, OSError):
@@ -122,23 +143,31 @@ async def _deliver(settings: SmtpSettings, engine: Engine, now: datetime) -> Sen
 
 
 def _mark_sent(
-    engine: Engine, row_id: int | None, response: str, errors: dict[str, object], now: datetime
+    conn: Connection, row_id: int | None, kind: str, case_id: int | None, response: str,
+    errors: dict[str, object], now: datetime,
 ) -> None:
-    with session_scope(engine) as session:
-        row = session.get(Outbox, row_id)
-        if row is None:
-            return
-        row.status = "sent"
-        row.sent_at = now
-        row.attempts += 1
-        row.smtp_response = response[:500]
-        if errors:
-            row.last_error = f"some recipients refused: {sorted(errors)}"[:500]
-        if row.kind == "ack" and row.case_id:
-            case = session.get(Case, row.case_id)
-            if case and case.ack_state in ("pending", "queued"):
-                case.ack_state = "sent"
-        record_event(session, f"sent:{row.kind}", row.case_id, f"outbox {row.id}")
+    """Record the server's 250 as fast as possible: the crash window is exactly this call.
+
+    Core statements on a connection held open for the whole run (no ORM load, no new
+    connection), so the time between "server accepted" and "commit written" is a single
+    short local transaction.
+    """
+    values: dict[str, object] = {
+        "status": "sent", "sent_at": now, "attempts": Outbox.attempts + 1,
+        "smtp_response": response[:500],
+    }
+    if errors:
+        values["last_error"] = f"some recipients refused: {sorted(errors)}"[:500]
+    with conn.begin():
+        conn.execute(update(Outbox).where(Outbox.id == row_id).values(**values))  # type: ignore[arg-type]
+        if kind == "ack" and case_id is not None:
+            conn.execute(
+                update(Case)
+                .where(Case.id == case_id, col(Case.ack_state).in_(["pending", "queued"]))  # type: ignore[arg-type]
+                .values(ack_state="sent")
+            )
+        conn.execute(insert(Event).values(at=now, case_id=case_id, kind=f"sent:{kind}",
+                                          detail=f"outbox {row_id}", actor="service"))
 
 
 def _defer(engine: Engine, row_ids: list[int | None], why: str, now: datetime) -> None:
@@ -147,6 +176,7 @@ def _defer(engine: Engine, row_ids: list[int | None], why: str, now: datetime) -
             row = session.get(Outbox, row_id)
             if row is None:
                 continue
+            row.status = "queued"
             row.attempts += 1
             row.last_error = why[:500]
             row.next_attempt_at = now + backoff(row.attempts)

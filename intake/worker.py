@@ -49,6 +49,23 @@ def outbox_job(svc: Service) -> None:
     deliver_outbox(svc.settings.smtp, svc.engine, now_in(svc))
 
 
+def escalate_job(svc: Service) -> None:
+    """Unacknowledged urgent alerts go to the backup recipients, repeatedly up to a cap."""
+    from intake.escalate import escalate
+
+    now = now_in(svc)
+    if escalate(svc, now):
+        deliver_outbox(svc.settings.smtp, svc.engine, now)
+
+
+def purge_job(svc: Service) -> None:
+    """Retention: old raw mail and bodies are removed, anonymised figures kept."""
+    from intake.retention import purge, retention_days
+
+    purged = purge(svc, now_in(svc), retention_days(svc.settings))
+    log.info("retention purge", extra={"messages": purged})
+
+
 def schedule_jobs(svc: Service, scheduler: Any) -> None:
     """Every scheduled job, in one place."""
     tz = svc.calendar.tz
@@ -62,6 +79,10 @@ def schedule_jobs(svc: Service, scheduler: Any) -> None:
         )
     scheduler.add_job(outbox_job, "interval", seconds=30, args=[svc], id="outbox",
                       max_instances=1, coalesce=True)
+    scheduler.add_job(escalate_job, "interval", seconds=60, args=[svc], id="escalate",
+                      max_instances=1, coalesce=True)
+    scheduler.add_job(purge_job, CronTrigger(hour=3, minute=30, timezone=tz), args=[svc],
+                      id="purge", max_instances=1, coalesce=True, misfire_grace_time=6 * 3600)
 
 
 class Worker:
