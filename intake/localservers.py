@@ -2,9 +2,10 @@
 
 Contract:
     * ``LocalDovecot`` runs a private Dovecot IMAP server (a real one, not a mock) whose
-      config, passwd-file, logs, runtime sockets and maildir all live under one folder you
-      give it. It listens on 127.0.0.1 only, on a free port, and never touches
-      ``/etc/dovecot`` or the system service on 143/993.
+      config, state and logs live under the folder you give it (as root, the files that
+      Dovecot's unprivileged processes open live in a private temp folder instead).
+      It listens on 127.0.0.1 only, on a free port, and never touches ``/etc/dovecot``
+      or the system service on 143/993.
     * ``LocalSMTP`` runs an ``aiosmtpd`` server in a thread on 127.0.0.1 that records every
       message it accepts, and can be told to reject (``reject_with``) or go away
       (``stop()``) so that delivery faults can be tested against a real socket.
@@ -17,8 +18,8 @@ setting ``\\Seen``). Dovecot tells the truth about all of those.
 Dovecot facts this module relies on (Dovecot 2.3.19, Debian 12):
     * As root Dovecot refuses to keep mail as uid 0, so the mail user gets the uid/gid of
       Debian's ``mail`` user and the internal/login users are ``dovecot``/``dovenull``.
-      Those users must be able to traverse to ``base``; the search bit (o+x, never read)
-      is added to ``base`` and its ancestors when it is missing.
+      Those users cannot be relied on to reach ``base`` (pytest keeps its tmp folders
+      0700), so their files live in a private temp folder instead: see ``_prepare``.
     * As a normal user everything runs under the caller's own uid and name.
     * ``doveadm mailbox update --uid-validity`` is how a restored mailbox is simulated.
 """
@@ -147,10 +148,13 @@ class LocalDovecot:
         self.cafile: Path | None = None
         self.conf = self.base / "dovecot.conf"
         self.log_path = self.base / "dovecot.log"
+        # Final locations are fixed by start(); see _prepare() for why they may move.
+        self.base_dir = self.base / "run"
         self.home = self.base / "home" / user
         self.maildir = self.home / "Maildir"
+        self._passwd = self.base / "passwd"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._short_base_dir: Path | None = None
+        self._private: Path | None = None
         self._prepared = False
         self._internal_group_line = ""
 
@@ -236,11 +240,16 @@ class LocalDovecot:
         self.start()
 
     def cleanup(self) -> None:
-        """Stop and remove the short runtime folder (if one was needed). Mail stays."""
+        """Stop for good and remove the private folder, if one was made (see ``_prepare``).
+
+        As root that folder holds the maildir, so the mail is gone afterwards; as a normal
+        user the mail normally stays under ``base``.
+        """
         self.stop()
-        if self._short_base_dir is not None:
-            shutil.rmtree(self._short_base_dir, ignore_errors=True)
-            self._short_base_dir = None
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
+            self._prepared = False
 
     # ----------------------------------------------------------------- clients
 
@@ -415,26 +424,33 @@ class LocalDovecot:
             client.create_folder(folder)
 
     def _prepare(self) -> None:
-        """Create folders, passwd-file and (TLS variants) the throwaway CA and certificate."""
+        """Create folders, passwd-files and (TLS variants) the throwaway CA and certificate.
+
+        As root, everything Dovecot's unprivileged processes open (sockets, passwd-files,
+        the maildir) goes into a private folder made with ``tempfile.mkdtemp`` (0711, in the
+        system temp folder), not under ``base``: pytest resets ``/tmp/pytest-of-root`` to
+        0700 at the start of every session, so a second pytest run would cut the ``mail``
+        and ``dovecot`` users off from a running server. The same folder is used as a
+        normal user when ``base`` is too deep for UNIX socket paths.
+        """
         as_root = os.geteuid() == 0
-        for sub in ("state", "home"):
-            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        (self.base / "state").mkdir(parents=True, exist_ok=True)
+        if as_root or len(str(self.base / "run")) > _MAX_BASE_DIR_LEN:
+            self._private = Path(tempfile.mkdtemp(prefix="localdovecot-"))
+            self._private.chmod(0o711)
+            _check_traversable(self._private)
+        private = self._private or self.base
+        self.base_dir = private / "run"
+        self.home = private / "home" / self.user
+        self.maildir = self.home / "Maildir"
+        self._passwd = private / "passwd"
         self.home.mkdir(parents=True, exist_ok=True)
-        base_dir = self.base / "run"
-        if len(str(base_dir)) > _MAX_BASE_DIR_LEN:
-            self._short_base_dir = Path(tempfile.mkdtemp(prefix="dovecot-"))
-            base_dir = self._short_base_dir / "run"
-        self.base_dir = base_dir
 
         if as_root:
             uid = gid = _MAIL_UID
             internal_user, login_user = "dovecot", "dovenull"
-            _make_traversable(self.base)
-            if self._short_base_dir is not None:
-                _make_traversable(self._short_base_dir)
-            for path in (self.base / "home", self.home):
-                os.chown(path, uid, gid)
-                path.chmod(0o700)
+            os.chown(self.home, uid, gid)
+            self.home.chmod(0o700)
         else:
             uid, gid = os.getuid(), os.getgid()
             internal_user = login_user = pwd.getpwuid(uid).pw_name
@@ -443,17 +459,17 @@ class LocalDovecot:
         self._internal_user = internal_user
         self._login_user = login_user
 
-        passwd = self.base / "passwd"
-        passwd.write_text(f"{self.user}:{{PLAIN}}{self.password}:{uid}:{gid}::{self.home}::\n")
+        entry = f"{self.user}:{{PLAIN}}{self.password}:{uid}:{gid}::{self.home}::\n"
+        self._passwd.write_text(entry)
         # Login is checked against passwd-%{secured}: Dovecot expands that to "TLS" on a
         # TLS connection, "secured" for a loopback client without TLS and "" otherwise.
         # Dovecot counts loopback as secure, so ``ssl = required`` alone would let a
         # client that skipped STARTTLS log in on 127.0.0.1; only passwd-TLS holds the user.
         tls_only = self.tls != "none"
         for suffix in ("TLS", "secured", ""):
-            gate = self.base / f"passwd-{suffix}"
-            gate.write_text(passwd.read_text() if suffix == "TLS" or not tls_only else "")
-        for path in self.base.glob("passwd*"):
+            gate = private / f"passwd-{suffix}"
+            gate.write_text(entry if suffix == "TLS" or not tls_only else "")
+        for path in private.glob("passwd*"):
             path.chmod(0o644)  # the auth process runs as the internal user
 
         if self.tls != "none":
@@ -490,8 +506,8 @@ class LocalDovecot:
                 f"ssl = required\nssl_cert = <{self._cert_file}\nssl_key = <{self._key_file}\n"
             )
         capability = "" if self.idle else f"imap_capability = {_CAPABILITIES_WITHOUT_IDLE}\n"
-        passwd = self.base / "passwd"
-        passdb_file = self.base / "passwd-%{secured}"
+        passwd = self._passwd
+        passdb_file = self._passwd.parent / "passwd-%{secured}"
         chroot_lines = ""
         if os.geteuid() != 0:
             # A normal user cannot chroot; Dovecot needs these cleared to start at all.
@@ -642,16 +658,14 @@ def _live_group_members(pgid: int) -> bool:
     return False
 
 
-def _make_traversable(path: Path) -> None:
-    """Add the search bit (o+x, not read) to ``path`` and its ancestors where missing.
-
-    As root, Dovecot's imap and auth processes run as other users and must reach the
-    passwd-file, sockets and maildir under ``path``; pytest's tmp folders are 0700.
-    """
-    for part in (path, *path.parents):
-        mode = part.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            part.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+def _check_traversable(path: Path) -> None:
+    """Fail clearly when Dovecot's unprivileged users could not reach ``path``."""
+    for part in path.parents:
+        if not part.stat().st_mode & stat.S_IXOTH:
+            raise LocalDovecotError(
+                f"{part} is not searchable by other users (o+x), so Dovecot's mail and "
+                f"auth users cannot reach {path}; point TMPDIR at a folder such as /tmp"
+            )
 
 
 def _appenduid_last(response: bytes | Any) -> int | None:

@@ -1,0 +1,110 @@
+"""Shared fixtures: real mail servers on 127.0.0.1 for integration tests.
+
+``dovecot``          a plain (no TLS) private Dovecot with IDLE, empty INBOX, per test.
+``dovecot_factory``  start variants: ``dovecot_factory(tls="imaps")``, ``(tls="starttls")``,
+                     ``(idle=False)``; every server it started is stopped at teardown.
+``smtp_server``      a recording ``LocalSMTP`` (aiosmtpd) per test.
+``smtp_factory``     start variants: ``smtp_factory(starttls=True)``.
+
+Every server is stopped at teardown, also when the test failed; a failed test's report
+shows the tail of each Dovecot log (as "Captured stdout teardown"). Tests that use them
+should carry ``@pytest.mark.integration``.
+
+When the ``dovecot`` binary is missing the Dovecot fixtures skip with the reason on a
+developer machine, but FAIL under CI (``CI`` set and not "0"/"false"): a CI run that
+silently skipped every IMAP test would look green while proving nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from intake import localservers
+from intake.localservers import LocalDovecot, LocalSMTP
+
+
+def running_under_ci() -> bool:
+    """True when the ``CI`` environment variable says so (``CI=true`` in .ci/run)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_dovecot() -> None:
+    """Skip (developer machine) or fail (CI) the calling test when Dovecot is missing."""
+    if localservers.dovecot_binary() is not None:
+        return
+    hint = "install Debian's dovecot-imapd (apt-get install dovecot-imapd; see .ci/run)"
+    if running_under_ci():
+        pytest.fail(f"dovecot binary not found under CI: {hint}", pytrace=False)
+    pytest.skip(f"dovecot binary not found: {hint}")
+
+
+def _show_log(server: LocalDovecot) -> None:
+    """Print Dovecot's log tail; pytest shows captured teardown output only on failure."""
+    print(f"Dovecot {server.host}:{server.port} tls={server.tls} idle={server.idle}")
+    print(server.log_tail(40))
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path) -> Iterator[LocalDovecot]:
+    """A started plain Dovecot (IDLE on) under ``tmp_path``; stopped at teardown."""
+    require_dovecot()
+    server = LocalDovecot(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+        _show_log(server)
+
+
+@pytest.fixture
+def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., LocalDovecot]]:
+    """Start Dovecot variants: ``dovecot_factory(tls="imaps", idle=False, ...)``.
+
+    Keyword arguments go to ``LocalDovecot``; each server gets its own folder under
+    ``tmp_path``. All of them are stopped at teardown.
+    """
+    require_dovecot()
+    started: list[LocalDovecot] = []
+
+    def start(**kwargs: Any) -> LocalDovecot:
+        server = LocalDovecot(tmp_path / f"imap{len(started)}", **kwargs)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.cleanup()
+            _show_log(server)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[LocalSMTP]:
+    """A started recording SMTP server on 127.0.0.1; stopped at teardown."""
+    with LocalSMTP() as server:
+        yield server
+
+
+@pytest.fixture
+def smtp_factory(tmp_path: Path) -> Iterator[Callable[..., LocalSMTP]]:
+    """Start SMTP variants: ``smtp_factory(starttls=True, require_starttls=True)``."""
+    started: list[LocalSMTP] = []
+
+    def start(**kwargs: Any) -> LocalSMTP:
+        kwargs.setdefault("cafile_dir", tmp_path)
+        server = LocalSMTP(**kwargs)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.close()

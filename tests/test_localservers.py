@@ -1,0 +1,303 @@
+"""The test servers themselves: prove that the fixtures behave like the real thing.
+
+Every later integration test trusts these fixtures, so each property they promise
+(no \\Seen on peek, IDLE present or absent, TLS verified against the throwaway CA,
+UIDVALIDITY changes, mail surviving a restart, SMTP faults) is checked here against
+the real Dovecot and aiosmtpd. All mails are synthetic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import socket
+import ssl
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from conftest import require_dovecot
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+from intake import localservers
+from intake.localservers import LocalDovecot, LocalDovecotError, LocalSMTP
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def synthetic_mail(n: int = 1, subject: str = "相談です") -> bytes:
+    """A small synthetic Japanese consultation mail (no real person), as raw bytes."""
+    msg = EmailMessage()
+    msg["From"] = f"resident{n}@example.jp"
+    msg["To"] = "soudan@city.example.jp"
+    msg["Subject"] = f"{subject} {n}"
+    msg["Message-ID"] = f"<test-{n}@example.jp>"
+    msg.set_content(f"テスト用の架空の相談です。番号 {n}。\n", charset="iso-2022-jp")
+    return msg.as_bytes(policy=email.policy.SMTP)  # CRLF, as mail is stored on the server
+
+
+# ----------------------------------------------------------------------- Dovecot
+
+
+@pytest.mark.integration
+def test_peek_fetch_leaves_mail_unseen(dovecot: LocalDovecot) -> None:
+    uid = dovecot.append(synthetic_mail())
+    assert uid == 1
+    with dovecot.connect() as client:
+        client.select_folder("INBOX")  # read-write, as the service selects it
+        fetched = client.fetch([uid], ["BODY.PEEK[]"])
+    assert fetched[uid][b"BODY[]"] == synthetic_mail()
+    assert b"\\Seen" not in dovecot.flags(uid)
+
+
+@pytest.mark.integration
+def test_flags_helper_does_see_seen_after_a_non_peek_fetch(dovecot: LocalDovecot) -> None:
+    # Control for the test above: a plain BODY[] fetch sets \Seen, and flags() notices.
+    uid = dovecot.append(synthetic_mail())
+    with dovecot.connect() as client:
+        client.select_folder("INBOX")
+        client.fetch([uid], ["BODY[]"])
+    assert b"\\Seen" in dovecot.flags(uid)
+
+
+@pytest.mark.integration
+def test_append_keeps_given_flags(dovecot: LocalDovecot) -> None:
+    uid = dovecot.append(synthetic_mail(), flags=[b"\\Flagged"])
+    assert uid is not None
+    assert b"\\Flagged" in dovecot.flags(uid)
+
+
+@pytest.mark.integration
+def test_default_server_offers_idle(dovecot: LocalDovecot) -> None:
+    with dovecot.connect() as client:
+        assert client.has_capability("IDLE")
+
+
+@pytest.mark.integration
+def test_idle_false_server_hides_only_idle(
+    dovecot: LocalDovecot, dovecot_factory: Callable[..., LocalDovecot]
+) -> None:
+    no_idle = dovecot_factory(idle=False)
+    with dovecot.connect() as client:
+        default_caps = set(client.capabilities())
+    with no_idle.connect() as client:
+        no_idle_caps = set(client.capabilities())
+    assert b"IDLE" not in no_idle_caps
+    assert no_idle_caps == default_caps - {b"IDLE"}
+
+
+@pytest.mark.integration
+def test_imaps_verifies_against_the_throwaway_ca(
+    dovecot_factory: Callable[..., LocalDovecot],
+) -> None:
+    server = dovecot_factory(tls="imaps")
+    assert server.cafile is not None and server.cafile.is_file()
+    context = ssl.create_default_context(cafile=str(server.cafile))
+    with IMAPClient(server.host, port=server.port, ssl=True, ssl_context=context, timeout=10) as c:
+        c.login(server.user, server.password)
+        assert c.select_folder("INBOX")[b"EXISTS"] == 0
+
+
+@pytest.mark.integration
+def test_imaps_is_refused_without_the_throwaway_ca(
+    dovecot_factory: Callable[..., LocalDovecot],
+) -> None:
+    server = dovecot_factory(tls="imaps")
+    system_only = ssl.create_default_context()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        IMAPClient(server.host, port=server.port, ssl=True, ssl_context=system_only, timeout=10)
+
+
+@pytest.mark.integration
+def test_starttls_server_refuses_login_before_starttls(
+    dovecot_factory: Callable[..., LocalDovecot],
+) -> None:
+    server = dovecot_factory(tls="starttls")
+    with (
+        IMAPClient(server.host, port=server.port, ssl=False, timeout=10) as client,
+        pytest.raises(IMAPClientError),
+    ):
+        client.login(server.user, server.password)
+    with server.connect() as client:  # STARTTLS verified against the CA, then login
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0
+
+
+@pytest.mark.integration
+def test_set_uidvalidity_changes_what_select_reports(dovecot: LocalDovecot) -> None:
+    dovecot.append(synthetic_mail())
+    before = dovecot.uidvalidity()
+    new = before + 1000
+    dovecot.set_uidvalidity(new)
+    with dovecot.connect() as client:
+        assert client.select_folder("INBOX", readonly=True)[b"UIDVALIDITY"] == new
+    assert dovecot.uidvalidity() == new
+
+
+@pytest.mark.integration
+def test_restart_keeps_mail_uids_and_port(dovecot: LocalDovecot) -> None:
+    dovecot.append_many([synthetic_mail(n) for n in range(3)])
+    port, uids, validity = dovecot.port, dovecot.uids(), dovecot.uidvalidity()
+    dovecot.restart()
+    assert dovecot.port == port
+    assert dovecot.uids() == uids == [1, 2, 3]
+    assert dovecot.uidvalidity() == validity
+
+
+@pytest.mark.integration
+def test_stopped_dovecot_refuses_connections(dovecot: LocalDovecot) -> None:
+    dovecot.stop()
+    with pytest.raises(OSError):
+        socket.create_connection((dovecot.host, dovecot.port), timeout=2).close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("folder", ["INBOX", "Consultations"])
+def test_recreate_mailbox_keeps_mails_under_new_uidvalidity(
+    dovecot: LocalDovecot, folder: str
+) -> None:
+    raws = [synthetic_mail(n) for n in range(4)]
+    dovecot.append_many(raws, folder=folder)
+    dovecot.append(synthetic_mail(99), folder=folder, flags=[b"\\Seen"])
+    old_validity = dovecot.uidvalidity(folder)
+
+    new_validity = dovecot.recreate_mailbox(folder)
+
+    assert new_validity != old_validity
+    assert dovecot.uidvalidity(folder) == new_validity
+    # UIDs start again from 1, as after a restore: a client that ignores UIDVALIDITY
+    # and keeps its old "last UID = 5" cursor would miss every mail.
+    assert dovecot.uids(folder) == [1, 2, 3, 4, 5]
+    with dovecot.connect() as client:
+        client.select_folder(folder, readonly=True)
+        bodies = client.fetch(client.search("ALL"), ["BODY.PEEK[]"])
+    assert [bodies[uid][b"BODY[]"] for uid in sorted(bodies)] == [*raws, synthetic_mail(99)]
+    assert b"\\Seen" in dovecot.flags(5, folder)
+    assert b"\\Seen" not in dovecot.flags(1, folder)
+
+
+@pytest.mark.integration
+def test_append_many_stores_a_thousand_mails_in_order(dovecot: LocalDovecot) -> None:
+    raws = [synthetic_mail(n) for n in range(1000)]
+    assert dovecot.append_many(raws) == 1000
+    assert dovecot.uids() == list(range(1, 1001))
+    with dovecot.connect() as client:
+        client.select_folder("INBOX", readonly=True)
+        last = client.fetch([1000], ["BODY.PEEK[]"])[1000][b"BODY[]"]
+    assert last == raws[-1]
+
+
+@pytest.mark.integration
+def test_start_on_a_taken_port_fails_with_the_log_tail(
+    tmp_path: Path,
+) -> None:
+    require_dovecot()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        server = LocalDovecot(tmp_path, port=port, start_timeout=5)
+        try:
+            with pytest.raises(LocalDovecotError, match="Address already in use"):
+                server.start()
+        finally:
+            server.cleanup()
+    assert not server.running
+
+
+def test_missing_dovecot_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(localservers, "dovecot_binary", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI"):
+        require_dovecot()
+
+
+def test_missing_dovecot_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(localservers, "dovecot_binary", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="dovecot-imapd"):
+        require_dovecot()
+
+
+# ----------------------------------------------------------------------- SMTP
+
+
+def outgoing(subject: str = "受付しました", to: str = "resident@example.jp") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "soudan@city.example.jp"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content("架空の受付確認です。\n")
+    return msg
+
+
+def send(server: LocalSMTP, msg: EmailMessage, **kwargs: object) -> None:
+    asyncio.run(
+        aiosmtplib.send(msg, hostname=server.host, port=server.port, timeout=10, **kwargs)  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.integration
+def test_smtp_records_a_mail_sent_with_aiosmtplib(smtp_server: LocalSMTP) -> None:
+    send(smtp_server, outgoing(to="a@example.jp, b@example.jp"))
+    [mail] = smtp_server.wait_for(1, timeout=5)
+    assert mail.mail_from == "soudan@city.example.jp"
+    assert mail.rcpt_tos == ["a@example.jp", "b@example.jp"]
+    assert mail.message["Subject"] == "受付しました"
+    assert "架空の受付確認です" in mail.message.get_content()
+    assert b"Subject:" in mail.data
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("reply", "code"), [("451 try later", 451), ("550 no such user", 550)])
+def test_smtp_rejects_while_reject_with_is_set(
+    smtp_server: LocalSMTP, reply: str, code: int
+) -> None:
+    smtp_server.reject_with = reply
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        send(smtp_server, outgoing())
+    assert info.value.code == code
+    assert smtp_server.messages == []
+
+    smtp_server.reject_with = None
+    send(smtp_server, outgoing())
+    assert len(smtp_server.wait_for(1, timeout=5)) == 1
+
+
+@pytest.mark.integration
+def test_smtp_is_unreachable_while_stopped_and_back_on_the_same_port(
+    smtp_server: LocalSMTP,
+) -> None:
+    port = smtp_server.port
+    smtp_server.stop()
+    with pytest.raises(aiosmtplib.SMTPConnectError):
+        send(smtp_server, outgoing())
+    smtp_server.start()
+    assert smtp_server.port == port
+    send(smtp_server, outgoing())
+    assert len(smtp_server.wait_for(1, timeout=5)) == 1
+
+
+@pytest.mark.integration
+def test_smtp_wait_for_says_how_many_arrived(smtp_server: LocalSMTP) -> None:
+    send(smtp_server, outgoing())
+    with pytest.raises(TimeoutError, match="received 1 of 2"):
+        smtp_server.wait_for(2, timeout=0.3)
+    smtp_server.clear()
+    assert smtp_server.messages == []
+
+
+@pytest.mark.integration
+def test_smtp_starttls_verifies_against_the_throwaway_ca(
+    smtp_factory: Callable[..., LocalSMTP],
+) -> None:
+    server = smtp_factory(starttls=True, require_starttls=True)
+    send(server, outgoing(), start_tls=True, tls_context=server.ssl_context())
+    assert len(server.wait_for(1, timeout=5)) == 1
+    with pytest.raises((aiosmtplib.SMTPException, ssl.SSLCertVerificationError)):
+        send(server, outgoing(), start_tls=True, tls_context=ssl.create_default_context())
+    with pytest.raises(aiosmtplib.SMTPException):
+        send(server, outgoing(), start_tls=False)
+    assert len(server.messages) == 1
