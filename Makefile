@@ -3,13 +3,17 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint
+.PHONY: system-deps install demo test lint
+
+# Debian packages (Dovecot for the private IMAP server, python3-venv); needs root or sudo.
+system-deps:
+	bash .ci/system-packages
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python
+install: system-deps $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 demo: install

@@ -30,7 +30,7 @@ TOPIC_JA = {
 
 
 def _concerns(partner: Partner, case: Case) -> bool:
-    if case.partner == partner.id:
+    if partner.id == COORDINATOR_ID or case.partner == partner.id:
         return True
     secondary = {t for t, _s in json.loads(case.topics)[1:]}
     return bool(secondary.intersection(partner.also_notify))
@@ -55,10 +55,27 @@ def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
     }
 
 
+COORDINATOR_ID = "coordinator"
+
+
+def coordinator(svc: Service) -> Partner | None:
+    """The city coordinator's overview: every case, in full, when ``[service] coordinator``
+    names recipients. Modelled as a partner that concerns everything."""
+    if not svc.settings.coordinator:
+        return None
+    desk = svc.directory.general_desk
+    return Partner(
+        id=COORDINATOR_ID, name="笠岡市 孤独・孤立対策 コーディネーター（全件）", topics=(),
+        digest_to=tuple(svc.settings.coordinator), phone=desk.phone, hours=desk.hours,
+        share="full", show_sender=True,
+    )
+
+
 def queue_digests(svc: Service, now: datetime) -> dict[str, int]:
     """Queue one digest per partner with new messages; returns {partner id: messages listed}."""
     queued: dict[str, int] = {}
-    for partner in svc.directory.partners:
+    overview = coordinator(svc)
+    for partner in [*svc.directory.partners, *([overview] if overview else [])]:
         with session_scope(svc.engine) as session:
             done = select(DigestEntry.message_row).where(DigestEntry.partner == partner.id)
             rows = session.exec(
