@@ -53,6 +53,7 @@ from intake.triage import Match, Triage, classify
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+NEEDS_HUMAN_PROBLEMS = ("undecodable", "oversized", "mime-too-deep", "mime-parser-error")
 CASE_NUMBER = re.compile(r"\bC(\d{6})\b")
 
 
@@ -246,6 +247,10 @@ def handle_message(
 
     stage.name = "triage"
     triage: Triage = classify(letter, svc.rules)
+    if any(p.startswith(NEEDS_HUMAN_PROBLEMS) for p in letter.problems):
+        # We could not read all of it (undecodable, oversized, pathological MIME): a person
+        # at the general desk reads it today; it may be urgent and we cannot tell.
+        triage.needs_human = True
 
     stage.name = "route"
     partner: Partner = assign_partner(triage, svc.directory)

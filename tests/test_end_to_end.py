@@ -167,3 +167,50 @@ def test_digest_lists_each_partners_cases_once(
     assert again.returncode == 0
     assert "no new cases" in again.stdout
     assert settled(smtp_server) == []
+
+
+def test_garbled_oversized_and_valid_mail_all_become_cases(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """Undecodable and oversized mail is stored raw, flagged, routed to a human and acked."""
+    import random
+
+    rng = random.Random(3)
+    garbage = bytes(rng.randrange(0x80, 0x100) for _ in range(600))
+    garbled = (
+        b"From: garbled@example.jp\r\nTo: sasaean@city.kasaoka.okayama.jp\r\n"
+        b"Subject: \xff\xfe\x80\x81\r\nMessage-ID: <garbled-1@example.jp>\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + garbage + b"\r\n"
+    )
+    oversized = samples.consultation(
+        "big@example.jp", "写真を送ります", "相談です。\n" + "あ" * 700_000
+    )
+    assert len(oversized) > 1024 * 1024
+    valid = samples.consultation("valid@example.jp", "相談", "友達がいなくて寂しいです。")
+    dovecot.append_many([garbled, oversized, valid])
+    config = write_config(tmp_path, dovecot, smtp_server,
+                          extra="\n[service]\nmax_message_mb = 1\n")
+    result = run_service("once", config=config, password=dovecot.password)
+    assert result.returncode == 0, result.stderr
+    assert "cases 3" in result.stdout, result.stdout
+    mails = smtp_server.wait_for(3, timeout=20)
+    assert sorted(m.rcpt_tos[0] for m in mails) == [
+        "big@example.jp", "garbled@example.jp", "valid@example.jp"
+    ]
+
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "intake.db")
+    rows = db.execute(
+        "SELECT m.from_addr, m.problems, length(m.raw), c.needs_human, c.partner "
+        "FROM message m JOIN \"case\" c ON c.id = m.case_id ORDER BY m.id"
+    ).fetchall()
+    db.close()
+    by_sender = {r[0]: r for r in rows}
+    assert by_sender["garbled@example.jp"][3] == 1 and by_sender["garbled@example.jp"][4] == "city"
+    assert "undecodable" in by_sender["garbled@example.jp"][1]
+    assert "oversized" in by_sender["big@example.jp"][1]
+    assert by_sender["big@example.jp"][2] == len(oversized.replace(b"\n", b"\r\n"))  # whole
+    assert by_sender["big@example.jp"][3] == 1
+    assert by_sender["valid@example.jp"][3] == 0 and by_sender["valid@example.jp"][1] == "[]"
