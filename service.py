@@ -108,9 +108,9 @@ def _rules_dir(args: argparse.Namespace) -> Path:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from intake.parse import parse
-    from intake.pipeline import acknowledgement_block
+    from intake.pipeline import decide
     from intake.rules import load_rules
-    from intake.triage import classify, triage_report
+    from intake.triage import triage_report
 
     rules = load_rules(_rules_dir(args))
     status = 0
@@ -121,9 +121,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(json.dumps({"path": path, "error": exc.strerror}, ensure_ascii=False))
             status = 1
             continue
-        letter = parse(raw)
-        triage = classify(letter, rules)
-        block = acknowledgement_block(letter, args.own_address)
+        triage, block = decide(parse(raw), rules, args.own_address)
         out = {"path": path, **triage_report(triage), "acknowledge": block is None}
         if block:
             out["acknowledge_blocked_by"] = block

@@ -679,6 +679,9 @@ def _report_text(part: Message) -> str:
     return _LINE_ENDS.sub("\n", text).strip()
 
 
+MAX_FORWARDED = 5  # forwarded messages read for their text; more are only listed
+
+
 def _message_size(inner: Message) -> int:
     try:
         return len(inner.as_bytes(policy=compat32))
@@ -900,11 +903,24 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         body_text, html_only = _body_from(inner)
         if body_text:
             problems.append("body-from-forwarded-message")
+    elif walker.forwarded:
+        texts = []
+        for fwd in walker.forwarded[:MAX_FORWARDED]:
+            inner = _Walker(problems)
+            inner.walk(fwd)
+            text, _html = _body_from(inner)
+            if text.strip():
+                texts.append(text.strip())
+        letter.forwarded = "\n\n".join(texts)
     letter.body = body_text
     letter.html_only = html_only
     letter.attachments = walker.attachments
     letter.bounce = walker.report or _looks_like_ndr(letter)
     letter.text, letter.quoted = split_quoted(body_text)
+    if letter.forwarded:
+        # Staff see the forwarded words with the rest of what is not the sender's own text.
+        marker = "---------- 転送されたメッセージ ----------"
+        letter.quoted = "\n\n".join(p for p in (letter.quoted, marker, letter.forwarded) if p)
     if "\ufffd" in body_text and not any(p.startswith("undecodable") for p in problems):
         problems.append("replacement-characters-in-body")
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,7 +48,7 @@ from intake.store import (
     session_scope,
     to_db,
 )
-from intake.triage import Match, Triage, classify
+from intake.triage import Match, Triage, classify, classify_text
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,28 @@ def acknowledgement_block(letter: Letter, own_address: str) -> str | None:
     if letter.header(MARKER_HEADER):
         return "own-mail-marker"
     return automatic_reason(letter) or spam_reason(letter)
+
+
+def decide(letter: Letter, rules: RuleSet, own_address: str) -> tuple[Triage, str | None]:
+    """Triage plus the acknowledgement decision: the one function the pipeline and
+    ``classify --json`` share, so the command line shows what the service would do."""
+    block = acknowledgement_block(letter, own_address)
+    triage = classify(letter, rules)
+    if letter.forwarded and not letter.bounce and block is None:
+        # A resident forwarding a friend's mail is asking for that friend: crisis words in
+        # the forwarded text need the same-day callback too (marked as forwarded).
+        forwarded = classify_text("", letter.forwarded, rules)
+        if forwarded.urgent:
+            triage.urgent = True
+            triage.urgent_reasons = [
+                *triage.urgent_reasons,
+                *(replace(m, rule=f"forwarded:{m.rule}") for m in forwarded.urgent_reasons),
+            ]
+    if any(p.startswith(NEEDS_HUMAN_PROBLEMS) for p in letter.problems):
+        # We could not read all of it (undecodable, oversized, pathological MIME): a person
+        # at the general desk reads it today; it may be urgent and we cannot tell.
+        triage.needs_human = True
+    return triage, block
 
 
 def _match_json(m: Match) -> dict[str, Any]:
@@ -238,19 +260,12 @@ def handle_message(
     msg.new_text = letter.text
     msg.problems = dumps(letter.problems)
 
-    stage.name = "automatic"
-    block = acknowledgement_block(letter, svc.sender.address)
-    msg.automatic = block
-
     stage.name = "thread"
     case, answered = _find_thread(session, letter, msg.raw or b"")
 
     stage.name = "triage"
-    triage: Triage = classify(letter, svc.rules)
-    if any(p.startswith(NEEDS_HUMAN_PROBLEMS) for p in letter.problems):
-        # We could not read all of it (undecodable, oversized, pathological MIME): a person
-        # at the general desk reads it today; it may be urgent and we cannot tell.
-        triage.needs_human = True
+    triage, block = decide(letter, svc.rules, svc.sender.address)
+    msg.automatic = block
 
     stage.name = "route"
     partner: Partner = assign_partner(triage, svc.directory)

@@ -1,0 +1,67 @@
+"""decide(): the triage + acknowledgement decision shared by the pipeline and classify."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+
+import pytest
+
+from intake.config import PROJECT_ROOT
+from intake.parse import parse
+from intake.pipeline import decide
+from intake.rules import RuleSet, load_rules
+
+OWN = "sasaean@city.kasaoka.okayama.jp"
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleSet:
+    return load_rules(PROJECT_ROOT / "rules")
+
+
+def forwarding(own_words: str, friends_words: str, **headers: str) -> bytes:
+    friend = EmailMessage()
+    friend["From"] = "friend@example.jp"
+    friend["Subject"] = "ごめんね"
+    friend.set_content(friends_words)
+    outer = EmailMessage()
+    outer["From"] = "worried@example.jp"
+    outer["To"] = OWN
+    outer["Subject"] = "Fwd: 友達から"
+    for key, value in headers.items():
+        outer[key.replace("_", "-")] = value
+    outer.set_content(own_words)
+    outer.add_attachment(friend)
+    return outer.as_bytes()
+
+
+def test_crisis_in_a_forwarded_friends_mail_is_urgent(rules: RuleSet) -> None:
+    raw = forwarding("友達からこんなメールが来ました。どうしたらいいですか。", "もう死にたい。今までありがとう。")
+    triage, block = decide(parse(raw), rules, OWN)
+    assert block is None
+    assert triage.urgent
+    assert all(m.rule.startswith("forwarded:") for m in triage.urgent_reasons)
+
+
+def test_forwarded_text_without_crisis_is_not_urgent(rules: RuleSet) -> None:
+    raw = forwarding("友達のメールです。", "明日の部活、休むね。")
+    triage, _ = decide(parse(raw), rules, OWN)
+    assert not triage.urgent
+
+
+def test_our_own_returning_mail_gets_no_acknowledgement(rules: RuleSet) -> None:
+    msg = EmailMessage()
+    msg["From"] = OWN
+    msg["To"] = OWN
+    msg["Subject"] = "【笠岡市】メールを受け付けました"
+    msg["X-Loop"] = OWN
+    msg.set_content("メールを受け取りました。")
+    _triage, block = decide(parse(msg.as_bytes()), rules, OWN)
+    assert block is not None
+
+
+def test_undecodable_mail_needs_a_human(rules: RuleSet) -> None:
+    raw = (b"From: a@example.jp\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Content-Transfer-Encoding: 8bit\r\n\r\n" + bytes(range(0x80, 0x100)) * 3)
+    triage, block = decide(parse(raw), rules, OWN)
+    assert triage.needs_human and block is None
