@@ -72,6 +72,7 @@ class MailboxSettings:
     idle: bool = True
     poll_interval: float = 60.0
     batch_size: int = 100
+    move_to: str | None = None  # housekeeping: move processed mail here (off by default)
 
     @property
     def key(self) -> str:
@@ -205,6 +206,7 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         idle=mb.get("idle", bool, True),
         poll_interval=mb.get("poll_interval", float, 60.0),
         batch_size=mb.get("batch_size", int, 100),
+        move_to=mb.get("move_to", str, None) or None,
     )
     sm = _Section(path, "smtp", top.data.get("smtp", {}))
     sm_host = sm.get("host", str, required=True)

@@ -100,8 +100,11 @@ class Mailbox:
                     # A failed STARTTLS raises: never fall back to plain text.
                     client.starttls(tls_context(s.cafile))
             client.login(s.username, s.password.get() or "")
-            info = client.select_folder(s.folder, readonly=True)
             caps = client.capabilities()
+            if s.move_to and not client.folder_exists(s.move_to):
+                client.create_folder(s.move_to)
+            # EXAMINE (read-only) unless housekeeping needs to move mail out of the folder.
+            info = client.select_folder(s.folder, readonly=not s.move_to)
         except (IMAPClientError, OSError, ssl.SSLError) as exc:
             if client is not None:
                 try:
@@ -162,6 +165,30 @@ class Mailbox:
             if raw is None:  # expunged between SEARCH and FETCH
                 continue
             yield uid, bytes(raw)
+
+    def move_done(self, uids: list[int]) -> int:
+        """Housekeeping: move stored mail to ``move_to`` (MOVE, RFC 6851, when offered; else
+        COPY + \\Deleted + UID EXPUNGE). Called only after the cases are committed."""
+        target = self.settings.move_to
+        if not target or not uids:
+            return 0
+        client = self._client()
+        if client.has_capability("MOVE"):
+            client.move(uids, target)
+        else:
+            client.copy(uids, target)
+            client.add_flags(uids, [b"\\Deleted"], silent=True)
+            if client.has_capability("UIDPLUS"):
+                client.uid_expunge(uids)
+            else:
+                client.expunge()
+        return len(uids)
+
+    def stored_but_not_moved(self, last_uid: int) -> list[int]:
+        """UIDs at or below the cursor still in the folder (a crash between commit and move)."""
+        if not self.settings.move_to or last_uid < 1:
+            return []
+        return sorted(u for u in self._client().search(["UID", f"1:{last_uid}"]) if u <= last_uid)
 
     def wait(self, seconds: float) -> bool:
         """Block up to ``seconds`` for news: IDLE when offered, else sleep-and-NOOP.

@@ -104,6 +104,7 @@ class RunReport:
     quarantined: int = 0
     acks: int = 0
     alerts: int = 0
+    moved: int = 0
     suppressed: dict[str, int] = field(default_factory=dict)
 
 
@@ -450,6 +451,8 @@ def process_new_mail(svc: Service, mailbox: Mailbox, now: datetime) -> RunReport
             cursor.uidvalidity = state.uidvalidity
             cursor.last_uid = 0
         last_uid = cursor.last_uid
+    # Housekeeping left over by a crash between a commit and its move (no-op when off).
+    mailbox.move_done(mailbox.stored_but_not_moved(last_uid))
     uids = mailbox.new_uids(last_uid)
     size = max(1, svc.settings.mailbox.batch_size)
     for start in range(0, len(uids), size):
@@ -457,6 +460,8 @@ def process_new_mail(svc: Service, mailbox: Mailbox, now: datetime) -> RunReport
         items = list(mailbox.fetch(batch))
         report.fetched += len(items)
         ingest_batch(svc, items, state.uidvalidity, max(batch), now, report)
+        # Only now, with the cases committed, may the mail leave the folder.
+        report.moved += mailbox.move_done([uid for uid, _raw in items])
     return report
 
 

@@ -277,3 +277,23 @@ def test_a_mail_that_crashes_a_stage_is_quarantined_and_the_rest_go_on(
     rcpts = [m.rcpt_tos[0] for m in smtp_server.wait_for(3, timeout=10)]
     assert sorted(rcpts) == ["poison@example.jp", "resident0001@example.jp", "resident0002@example.jp"]
     assert OWN not in rcpts
+
+
+def test_housekeeping_moves_processed_mail_only_after_commit(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    config = write_config(tmp_path, dovecot, smtp_server)
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        'folder = "INBOX"', 'folder = "INBOX"\nmove_to = "Processed"'), encoding="utf-8")
+    svc = Service.from_settings(load_settings(config))
+    dovecot.append_many([consultation(i) for i in range(3)])
+    report = once(svc)
+    assert report.cases == 3 and report.moved == 3
+    assert dovecot.uids("INBOX") == []
+    moved = dovecot.uids("Processed")
+    assert len(moved) == 3
+    assert all(b"\\Seen" not in dovecot.flags(uid, "Processed") for uid in moved)
+    dovecot.append(consultation(3))
+    report = once(svc)
+    assert report.cases == 1 and len(dovecot.uids("Processed")) == 4
