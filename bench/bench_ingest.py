@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PYTHON, child_env, make_mails, memory, write_config  # noqa: E402
+from bench.common import PYTHON, child_env, make_mails, memory, write_config
 
 TARGET_RATIO = 0.5
 TARGET_PEAK_MB = 300.0

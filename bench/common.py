@@ -100,7 +100,7 @@ def make_mail(i: int, *, urgent: bool | None = None, seed: int = 7, size: int = 
     target = int((size - 420) / per_char)
     lines = _text(rng, urgent, target)
     if subtype == "html":
-        lines = ["<html><head><meta charset=\"%s\"></head><body>" % charset] + [
+        lines = [f'<html><head><meta charset="{charset}"></head><body>'] + [
             f"<p>{line}</p>" if line else "<br>" for line in lines
         ] + ["</body></html>"]
     body = _encode_lines(lines, charset)
