@@ -40,7 +40,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     """Fetch everything new, process it, send what is due, exit."""
     from intake.fetch import Mailbox
     from intake.pipeline import Service, process_new_mail
-    from intake.send import deliver_outbox
 
     settings = _settings(args)
     svc = Service.from_settings(settings)
@@ -59,7 +58,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
     # Deliver even when the mailbox failed: alerts queued earlier must not wait for IMAP.
-    sent = deliver_outbox(settings.smtp, svc.engine, datetime.now(svc.calendar.tz))
+    sent = svc.deliver(datetime.now(svc.calendar.tz))
     print(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}")
     return status
 
@@ -75,12 +74,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_digest(args: argparse.Namespace) -> int:
     from intake.digest import queue_digests
     from intake.pipeline import Service
-    from intake.send import deliver_outbox
 
     svc = Service.from_settings(_settings(args))
     now = datetime.now(svc.calendar.tz)
     queued = queue_digests(svc, now)
-    sent = deliver_outbox(svc.settings.smtp, svc.engine, now)
+    sent = svc.deliver(now)
     for partner, count in queued.items():
         print(f"digest for {partner}: {count} message(s)")
     if not queued:

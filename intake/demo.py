@@ -18,7 +18,6 @@ from intake.digest import queue_digests
 from intake.fetch import Mailbox
 from intake.localservers import LocalDovecot, LocalSMTP, dovecot_binary
 from intake.pipeline import Service, process_new_mail
-from intake.send import deliver_outbox
 
 PASSWORD_ENV = "INTAKE_DEMO_IMAP_PASSWORD"
 
@@ -84,12 +83,12 @@ def run_demo(state: Path) -> int:
         now = datetime.now(svc.calendar.tz)
         with Mailbox(settings.mailbox) as mailbox:
             report = process_new_mail(svc, mailbox, now)
-        sent = deliver_outbox(settings.smtp, svc.engine, now)
+        sent = svc.deliver(now)
         print(f"\nonce: fetched {report.fetched}, cases {report.cases}, acks {report.acks}, "
               f"alerts {report.alerts}, not acknowledged {report.suppressed}; sent {sent.sent}")
         _show("acknowledgements and alerts", smtp, sent.sent)
         queued = queue_digests(svc, now)
-        sent = deliver_outbox(settings.smtp, svc.engine, now)
+        sent = svc.deliver(now)
         print(f"\ndigest: {queued}")
         _show("partner digests", smtp, sent.sent)
     print(f"\nDone. The database is {state / 'intake.db'}; run again for a fresh demo.")

@@ -100,7 +100,7 @@ def queue_digests(svc: Service, now: datetime) -> dict[str, int]:
                 session, kind="digest",
                 key=f"digest:{partner.id}:{mine[0][0].id}-{mine[-1][0].id}:{to_db(now).isoformat()}",
                 case=None, to=list(partner.digest_to), message=message, priority=5, now=now,
-                partner=partner.id,
+                partner=partner.id, mailbox=svc.settings.mailbox.key,
             )
             session.flush()
             assert row.id is not None

@@ -256,7 +256,7 @@ def _queue_escalation(
     # Written here rather than through pipeline.queue_mail so that every time is stored as
     # aware UTC (see utc()); the row is otherwise the same.
     row = Outbox(
-        kind="escalation", priority=0, dedupe_key=f"escalation:{case.id}:{number}",
+        mailbox=case.mailbox, kind="escalation", priority=0, dedupe_key=f"escalation:{case.id}:{number}",
         case_id=case.id, recipients=json.dumps(to), message_id=str(message["Message-ID"]),
         content=bytes(message), created_at=db_time(now), next_attempt_at=db_time(now),
     )
@@ -273,7 +273,10 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
     queued = 0
     with session_scope(svc.engine) as session:
         case_ids = session.exec(
-            select(Outbox.case_id).where(Outbox.kind == "alert", col(Outbox.case_id).is_not(None))
+            select(Outbox.case_id).where(
+                Outbox.mailbox == svc.settings.mailbox.key, Outbox.kind == "alert",
+                col(Outbox.case_id).is_not(None),
+            )
             .distinct()
         ).all()
         for case_id in case_ids:

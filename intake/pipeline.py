@@ -36,6 +36,7 @@ from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner, load_directory
 from intake.phones import find_phones
 from intake.rules import RuleSet, load_rules
+from intake.send import SendReport, deliver_outbox
 from intake.store import (
     Case,
     Outbox,
@@ -92,6 +93,11 @@ class Service:
             calendar=calendar,
             sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
         )
+
+
+    def deliver(self, now: datetime) -> SendReport:
+        """Deliver this mailbox's due outbox rows (alerts first)."""
+        return deliver_outbox(self.settings.smtp, self.engine, now, self.settings.mailbox.key)
 
 
 @dataclass
@@ -209,10 +215,10 @@ def _recent_ack(session: Session, sender: str, since: datetime) -> bool:
 
 def queue_mail(
     session: Session, *, kind: str, key: str, case: Case | None, to: list[str], message: Any,
-    priority: int, now: datetime, partner: str | None = None,
+    priority: int, now: datetime, partner: str | None = None, mailbox: str = "",
 ) -> Outbox:
     row = Outbox(
-        kind=kind, priority=priority, dedupe_key=key, case_id=case.id if case else None,
+        mailbox=mailbox or (case.mailbox if case else ""), kind=kind, priority=priority, dedupe_key=key, case_id=case.id if case else None,
         partner=partner, recipients=json.dumps(to), message_id=str(message["Message-ID"]),
         content=bytes(message), created_at=to_db(now), next_attempt_at=to_db(now),
     )
@@ -294,7 +300,7 @@ def handle_message(
         return "bounce"
     if case is None:
         case = Case(
-            created_at=to_db(now), sender=letter.from_addr, topic=triage.topic,
+            mailbox=svc.settings.mailbox.key, created_at=to_db(now), sender=letter.from_addr, topic=triage.topic,
             topics=dumps(triage.topics), urgent=triage.urgent, urgent_reasons=dumps(reasons),
             matches=dumps([_match_json(m) for m in triage.matches]), language=triage.language,
             needs_human=triage.needs_human, partner=partner.id, phone=dumps(phones),
@@ -354,7 +360,8 @@ def quarantine(svc: Service, session: Session, msg: StoredMessage, stage: str, e
     m = _FROM.search(head)
     sender = m.group(1).decode("ascii", "replace").lower() if m else ""
     desk = svc.directory.general_desk
-    case = Case(created_at=to_db(now), sender=sender, needs_human=True, partner=desk.id,
+    case = Case(mailbox=svc.settings.mailbox.key, created_at=to_db(now), sender=sender,
+                needs_human=True, partner=desk.id,
                 ack_state="pending")
     session.add(case)
     session.flush()

@@ -20,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,7 +36,7 @@ from sqlmodel import col, select
 
 from intake.config import SmtpSettings
 from intake.fetch import tls_context
-from intake.store import Case, Event, Outbox, record_event, session_scope, to_db
+from intake.store import Case, Event, Outbox, from_db, record_event, session_scope, to_db
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +71,71 @@ def _client(s: SmtpSettings) -> aiosmtplib.SMTP:
     )
 
 
-async def _deliver(settings: SmtpSettings, engine: Engine, now: datetime) -> SendReport:
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+STALE_CLAIM = timedelta(minutes=10)
+
+
+def claim_is_dead(claimed_by: str | None, claimed_at: datetime | None, now: datetime) -> bool:
+    """Whether the sender that marked a row ``sending`` can no longer finish it.
+
+    Our own claim (an earlier run in this process) or a process on this host that no
+    longer exists: dead at once. A claim from another host: dead once it is older than any
+    single SMTP transaction could take (10 minutes).
+    """
+    if not claimed_by or claimed_by == WORKER_ID:
+        return True
+    host, _, rest = claimed_by.partition(":")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(rest.split(":")[0]), 0)
+        except (ValueError, ProcessLookupError):
+            return True
+        except PermissionError:
+            return False
+        return False
+    return claimed_at is None or from_db(claimed_at) < now - STALE_CLAIM  # type: ignore[operator]
+
+
+def _claim(conn: Connection, row_id: int | None, previous: str | None, now: datetime) -> bool:
+    """Take a row for sending; False when another worker took it first (portable CAS)."""
+    taken_over = (Outbox.status == "sending") & (
+        Outbox.claimed_by == previous if previous else Outbox.claimed_by.is_(None)  # type: ignore[union-attr]
+    )
+    with conn.begin():
+        result = conn.execute(
+            update(Outbox)
+            .where(Outbox.id == row_id, (Outbox.status == "queued") | taken_over)  # type: ignore[arg-type]
+            .values(status="sending", claimed_by=WORKER_ID, claimed_at=now)
+        )
+    return result.rowcount == 1
+
+
+async def _deliver(
+    settings: SmtpSettings, engine: Engine, now: datetime, mailbox: str | None = None
+) -> SendReport:
     report = SendReport()
     with session_scope(engine) as session:
-        due = session.exec(
-            select(Outbox)
-            .where(col(Outbox.status).in_(["queued", "sending"]), Outbox.next_attempt_at <= now)
-            .order_by(Outbox.priority, Outbox.id)  # type: ignore[arg-type]
-        ).all()
+        query = select(Outbox).where(
+            (col(Outbox.status) == "queued") & (Outbox.next_attempt_at <= now)
+            | (col(Outbox.status) == "sending")
+        )
+        if mailbox is not None:
+            query = query.where(Outbox.mailbox == mailbox)
+        due = session.exec(query.order_by(Outbox.priority, Outbox.id)).all()  # type: ignore[arg-type]
+        jobs = []
         for row in due:
             if row.status == "sending":
-                # In doubt: a previous run died between handing this mail to the server and
+                if not claim_is_dead(row.claimed_by, row.claimed_at, now):
+                    continue  # another live worker is sending it right now
+                # In doubt: a sender died between handing this mail to the server and
                 # recording the answer. Sending again risks one duplicate; not sending risks
                 # a resident or the on-call person never hearing from us. Resend, and say so.
                 record_event(session, f"in-doubt-resend:{row.kind}", row.case_id,
                              f"outbox {row.id}")
                 log.warning("resending a mail whose delivery is in doubt",
                             extra={"outbox": row.id, "kind": row.kind})
-        jobs = [(row.id, row.kind, row.case_id, json.loads(row.recipients), row.content)
-                for row in due]
+            jobs.append((row.id, row.kind, row.case_id, json.loads(row.recipients), row.content,
+                         row.claimed_by if row.status == "sending" else None))
     if not jobs:
         return report
     smtp = _client(settings)
@@ -101,11 +150,9 @@ async def _deliver(settings: SmtpSettings, engine: Engine, now: datetime) -> Sen
         return report
     conn = engine.connect()
     try:
-        for index, (row_id, kind, case_id, recipients, content) in enumerate(jobs):
-            with conn.begin():
-                conn.execute(
-                    update(Outbox).where(Outbox.id == row_id).values(status="sending")  # type: ignore[arg-type]
-                )
+        for index, (row_id, kind, case_id, recipients, content, previous) in enumerate(jobs):
+            if not _claim(conn, row_id, previous, now):
+                continue
             try:
                 errors, response = await smtp.sendmail(settings.from_address, recipients, content)
             except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -174,8 +221,9 @@ def _defer(engine: Engine, row_ids: list[int | None], why: str, now: datetime) -
     with session_scope(engine) as session:
         for row_id in row_ids:
             row = session.get(Outbox, row_id)
-            if row is None:
-                continue
+            if row is None or (row.status == "sending" and row.claimed_by != WORKER_ID
+                               and not claim_is_dead(row.claimed_by, row.claimed_at, now)):
+                continue  # a live worker holds it; leave it alone
             row.status = "queued"
             row.attempts += 1
             row.last_error = why[:500]
@@ -197,7 +245,13 @@ def _fail(engine: Engine, row_id: int | None, why: str, now: datetime) -> None:
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200])
 
 
-def deliver_outbox(settings: SmtpSettings, engine: Engine, now: datetime) -> SendReport:
-    """Deliver every due outbox row (alerts first); safe to call from sync code."""
+def deliver_outbox(
+    settings: SmtpSettings, engine: Engine, now: datetime, mailbox: str | None = None
+) -> SendReport:
+    """Deliver every due outbox row (alerts first), of one mailbox when given.
+
+    Safe to call from several threads and several worker processes: each row is claimed
+    with a compare-and-set update before it is handed to the server.
+    """
     with _DELIVERY_LOCK:
-        return asyncio.run(_deliver(settings, engine, to_db(now)))
+        return asyncio.run(_deliver(settings, engine, to_db(now), mailbox))

@@ -408,12 +408,11 @@ def cmd_callback(args: argparse.Namespace) -> int:
 
 
 def cmd_escalate(args: argparse.Namespace) -> int:
-    from intake.send import deliver_outbox
 
     svc = _service(args)
     now = _now(svc)
     queued = escalate(svc, now)
-    sent = deliver_outbox(svc.settings.smtp, svc.engine, now)
+    sent = svc.deliver(now)
     print(f"escalations queued {queued}; sent {sent.sent}, deferred {sent.deferred}, "
           f"failed {sent.failed}")
     return 0

@@ -88,6 +88,9 @@ class Case(SQLModel, table=True):
     __tablename__ = "case"
 
     id: int | None = Field(default=None, primary_key=True)
+    # The mailbox (tenant) the case came in through: every query filters on it, so several
+    # municipalities can share one database without seeing each other's cases.
+    mailbox: str = Field(default="", index=True)
     created_at: datetime = Field(default_factory=utcnow)
     sender: str = Field(default="", index=True)
     topic: str = "other"
@@ -112,6 +115,7 @@ class Outbox(SQLModel, table=True):
     """Every outgoing mail, written with the change that caused it, delivered later."""
 
     id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(default="", index=True)
     kind: str  # alert | ack | digest | escalation
     priority: int = 5  # lower goes first: alerts 0, acks 1, digests 5
     dedupe_key: str = Field(unique=True)
@@ -121,7 +125,9 @@ class Outbox(SQLModel, table=True):
     message_id: str = Field(index=True)
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
-    status: str = Field(default="queued", index=True)  # queued | sent | failed
+    status: str = Field(default="queued", index=True)  # queued | sending | sent | failed
+    claimed_by: str | None = None  # "host:pid:start" of the sender handing it to SMTP now
+    claimed_at: datetime | None = None
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
     last_error: str | None = None

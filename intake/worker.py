@@ -22,7 +22,6 @@ from intake.digest import queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox
 from intake.pipeline import Service, process_new_mail
-from intake.send import deliver_outbox
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,11 @@ def digest_job(svc: Service) -> None:
         return
     queued = queue_digests(svc, now)
     log.info("digests queued", extra={"partners": len(queued)})
-    deliver_outbox(svc.settings.smtp, svc.engine, now)
+    svc.deliver(now)
 
 
 def outbox_job(svc: Service) -> None:
-    deliver_outbox(svc.settings.smtp, svc.engine, now_in(svc))
+    svc.deliver(now_in(svc))
 
 
 def escalate_job(svc: Service) -> None:
@@ -55,7 +54,7 @@ def escalate_job(svc: Service) -> None:
 
     now = now_in(svc)
     if escalate(svc, now):
-        deliver_outbox(svc.settings.smtp, svc.engine, now)
+        svc.deliver(now)
 
 
 def purge_job(svc: Service) -> None:
@@ -123,7 +122,7 @@ class Worker:
                 log.info("processed new mail", extra={"fetched": report.fetched,
                                                       "cases": report.cases,
                                                       "alerts": report.alerts})
-                deliver_outbox(self.svc.settings.smtp, self.svc.engine, now_in(self.svc))
+                self.svc.deliver(now_in(self.svc))
             # Wake at least every few seconds so SIGTERM is honoured promptly.
             budget = settings.poll_interval if not (mailbox.state and mailbox.state.idle) else 600
             waited = 0.0

@@ -138,12 +138,14 @@ def offline_service(tmp_path: Path, extra: str = "") -> Service:
 def urgent_case(svc: Service, alert_at: datetime, n: int = 1) -> int:
     """An urgent case with a queued alert, written the way the pipeline writes them."""
     with session_scope(svc.engine) as session:
-        case = Case(created_at=alert_at.astimezone(UTC), sender=f"resident{n}@example.jp",
+        case = Case(mailbox=svc.settings.mailbox.key,
+                    created_at=alert_at.astimezone(UTC), sender=f"resident{n}@example.jp",
                     urgent=True, topic="isolation", status="new",
                     urgent_reasons=json.dumps([{"surface": "死にたい", "rule": "u1"}]))
         session.add(case)
         session.flush()
-        session.add(Outbox(kind="alert", priority=0, dedupe_key=f"alert:message:{n}",
+        session.add(Outbox(mailbox=svc.settings.mailbox.key,
+                           kind="alert", priority=0, dedupe_key=f"alert:message:{n}",
                            case_id=case.id, recipients=json.dumps([ONCALL]),
                            message_id=f"<alert{n}@example.jp>", content=b"x",
                            created_at=alert_at.astimezone(UTC),
@@ -223,7 +225,8 @@ def test_a_new_alert_after_an_acknowledgement_escalates_again(svc: Service) -> N
     acknowledge_alert(svc, "C000001", "tanaka", T0 + timedelta(minutes=5))
     later = T0 + timedelta(hours=5)
     with session_scope(svc.engine) as session:  # an urgent follow-up from the same resident
-        session.add(Outbox(kind="alert", priority=0, dedupe_key="alert:message:99",
+        session.add(Outbox(mailbox=svc.settings.mailbox.key,
+                           kind="alert", priority=0, dedupe_key="alert:message:99",
                            case_id=case_id, recipients="[]", message_id="<alert99@example.jp>",
                            content=b"x", created_at=later.astimezone(UTC),
                            next_attempt_at=later.astimezone(UTC)))
