@@ -193,10 +193,14 @@ class Analyser:
         pos = cols[4] if len(cols) > 4 else ""
         reading = "~" + to_hiragana(lform) if lform else ""
         keys: tuple[str, ...] = (lemma,)
+        if "-" in lemma[1:]:
+            # UniDic tags some lemmas with a sense (円-助数詞 after a number, 私-代名詞);
+            # a pattern written as plain 円 must still match, so the bare word is a key too.
+            keys = (lemma, lemma.split("-", 1)[0])
         if reading and _KANA_ONLY.fullmatch(surface):
             # Written in kana: the reading of the lemma is as good a key as the lemma
             # (しぬ for 死ぬ), because the writer did not choose a kanji.
-            keys = (lemma, reading)
+            keys = (*keys, reading)
         negation = (lemma in NEGATION_LEMMAS and pos.startswith(("助動詞", "形容詞"))) or (
             lemma == "んす"  # UniDic reads 払えんし (dialect negative + し) as んす
         )

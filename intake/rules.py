@@ -54,6 +54,9 @@ from intake.lemmas import get_analyser
 
 RULE_FILES = ("topics.toml", "urgent.toml", "exclusions.toml")
 DISCOUNTS = ("idiom", "reported", "resolved-past")
+# Optional per-rule keys that widen how far apart a pattern's parts may be: a two-part
+# "means + intent" rule (ロープ ... 買った) needs more room than a set phrase.
+WINDOW_KEYS = ("gap", "sentences")
 
 Segments = tuple[tuple[frozenset[str], ...], ...]
 
@@ -71,6 +74,8 @@ class Pattern:
     path: Path
     line: int | None
     variant: bool = False  # the same pattern as MeCab splits it inside a sentence
+    gap: int | None = None  # words allowed between parts; None = settings.gap
+    sentences: int = 1  # how many consecutive sentences the parts may spread over
 
     @property
     def where(self) -> str:
@@ -143,6 +148,33 @@ class RuleSet:
         return frozenset(p.label for p in self.urgent_patterns if p.label) | frozenset(
             f.category for f in self.foreign
         )
+
+
+_ALTERNATIVE_LIMIT = 1000
+
+
+def expand_alternatives(pattern: str) -> list[str]:
+    """Expand ``a|b`` alternatives inside each space-separated part of a pattern.
+
+    ``"ロープ|練炭|七輪 買う"`` stands for three patterns (ロープ 買う, 練炭 買う, 七輪 買う):
+    staff write a means and an act once instead of every pairing, which is what makes
+    two-part "means + intent" rules broad enough to catch phrasings nobody listed.
+    An alternative of several words joins them with ``_`` (``下_見る|見下ろす``): after
+    expansion ``_`` is a space, so those words may have a few words between them too.
+    Raises ValueError when an alternative is empty (``a||b``, a trailing bar: a typo that
+    would otherwise silently widen the rule) or when there are too many combinations.
+    """
+    results = [""]
+    for chunk in pattern.split():
+        options = chunk.split("|")
+        if any(not o.strip("_") for o in options):
+            raise ValueError("has an empty alternative (a|b with nothing between bars)")
+        results = [f"{r} {o}".strip() for r in results for o in options]
+        if len(results) > _ALTERNATIVE_LIMIT:
+            raise ValueError(
+                f"stands for more than {_ALTERNATIVE_LIMIT} combinations; split it in two"
+            )
+    return [r.replace("_", " ") for r in results]
 
 
 class _Source:
@@ -229,6 +261,23 @@ class _Loader:
             self.ids[rule_id] = where
         return rule_id, line
 
+    def window(
+        self, src: _Source, rule_id: str, line: int | None, table: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A rule's own ``gap`` / ``sentences`` (its parts may lie further apart)."""
+        out: dict[str, Any] = {}
+        for key, low, high in (("gap", 0, 30), ("sentences", 1, 3)):
+            if key not in table:
+                continue
+            value = table[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                self.problem(
+                    src.path, line, f"{rule_id}: {key} must be a whole number from {low} to {high}"
+                )
+                continue
+            out[key] = value
+        return out
+
     def unknown_keys(
         self, src: _Source, table: dict[str, Any], allowed: set[str], line: int | None
     ) -> None:
@@ -246,6 +295,8 @@ class _Loader:
         label: str | None,
         weight: float,
         key: str = "patterns",
+        gap: int | None = None,
+        sentences: int = 1,
     ) -> list[Pattern]:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             self.problem(src.path, line, f"{rule_id}: {key} must be a list of strings")
@@ -254,33 +305,63 @@ class _Loader:
         start = src.table_start(line)
         for value in values:
             pline = src.line_of_value(value, start) or line
-            variants = [
-                tuple(tuple(seg) for seg in v) for v in self.analyser.pattern_variants(value)
-            ]
-            segments = variants[0]
-            if not segments:
+            try:
+                expansions = expand_alternatives(value)
+            except ValueError as exc:
+                self.problem(src.path, pline, f"{rule_id}: pattern {value!r} {exc}")
+                continue
+            alternation = len(expansions) > 1
+            kept = 0
+            for expanded in expansions:
+                variants = [
+                    tuple(tuple(seg) for seg in v) for v in self.analyser.pattern_variants(expanded)
+                ]
+                segments = variants[0]
+                if not segments:
+                    self.problem(
+                        src.path,
+                        pline,
+                        f"{rule_id}: pattern {expanded!r} normalises to no words; "
+                        "it can never match",
+                    )
+                    continue
+                pattern = Pattern(
+                    rule_id,
+                    kind,
+                    label,
+                    value,
+                    segments,
+                    weight,
+                    src.path,
+                    pline,
+                    variant=alternation,
+                    gap=gap,
+                    sentences=sentences,
+                )
+                dup_key = (f"{kind}:{label if kind == 'exclusion' else ''}", segments)
+                if dup_key in self.seen:
+                    if not alternation:
+                        other = self.seen[dup_key]
+                        self.problem(
+                            src.path,
+                            pline,
+                            f"{rule_id}: duplicate pattern {value!r} (same words as "
+                            f"{other.text!r} in {other.rule} at {other.where})",
+                        )
+                    continue
+                self.seen[dup_key] = pattern
+                kept += 1
+                out.append(pattern)
+                for other_segments in variants[1:]:
+                    if other_segments:
+                        out.append(replace(pattern, segments=other_segments, variant=True))
+            if alternation and not kept:
                 self.problem(
                     src.path,
                     pline,
-                    f"{rule_id}: pattern {value!r} normalises to no words; it can never match",
+                    f"{rule_id}: every alternative of {value!r} is already written elsewhere; "
+                    "delete it",
                 )
-                continue
-            pattern = Pattern(rule_id, kind, label, value, segments, weight, src.path, pline)
-            dup_key = (f"{kind}:{label if kind == 'exclusion' else ''}", segments)
-            if dup_key in self.seen:
-                other = self.seen[dup_key]
-                self.problem(
-                    src.path,
-                    pline,
-                    f"{rule_id}: duplicate pattern {value!r} (same words as {other.text!r} "
-                    f"in {other.rule} at {other.where})",
-                )
-                continue
-            self.seen[dup_key] = pattern
-            out.append(pattern)
-            for other_segments in variants[1:]:
-                if other_segments:
-                    out.append(replace(pattern, segments=other_segments, variant=True))
         return out
 
     def check_shadowed(self, patterns: list[Pattern]) -> None:
@@ -348,7 +429,9 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
         rules.settings = Settings(**kwargs)
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
-            loader.unknown_keys(src, table, {"id", "topic", "weight", "patterns", "note"}, line)
+            loader.unknown_keys(
+                src, table, {"id", "topic", "weight", "patterns", "note", *WINDOW_KEYS}, line
+            )
             topic = table.get("topic")
             if topic not in TOPICS:
                 loader.problem(
@@ -369,6 +452,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 kind="topic",
                 label=topic,
                 weight=float(weight),
+                **loader.window(src, rule_id, line, table),
             )
         loader.check_shadowed(rules.topic_patterns)
 
@@ -381,7 +465,10 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
             loader.unknown_keys(
-                src, table, {"id", "category", "reportable", "patterns", "note"}, line
+                src,
+                table,
+                {"id", "category", "reportable", "patterns", "note", *WINDOW_KEYS},
+                line,
             )
             category = table.get("category")
             if not isinstance(category, str) or not category:
@@ -390,7 +477,14 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             if table.get("reportable", False):
                 reportable.add(rule_id)
             rules.urgent_patterns += loader.patterns(
-                src, rule_id, line, table.get("patterns"), kind="urgent", label=category, weight=1.0
+                src,
+                rule_id,
+                line,
+                table.get("patterns"),
+                kind="urgent",
+                label=category,
+                weight=1.0,
+                **loader.window(src, rule_id, line, table),
             )
         loader.check_shadowed(rules.urgent_patterns)
         for n, table in enumerate(data.get("foreign", []), 1):

@@ -257,14 +257,21 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
         for pattern in candidates:
             pos = i
             ok = True
+            # the last sentence the pattern's words may reach (parts of a window rule may
+            # spread over consecutive sentences: 屋上にいる。全然怖くない。)
+            last_sentence = sentence + pattern.sentences - 1
+            pattern_gap = gap if pattern.gap is None else pattern.gap
             for s, segment in enumerate(pattern.segments):
                 length = len(segment)
-                limit = pos if s == 0 else pos + gap
+                limit = pos if s == 0 else pos + pattern_gap
                 start = pos
                 found = False
                 while start <= limit and start + length <= n:
-                    if sentences[start + length - 1] != sentence:
+                    if sentences[start + length - 1] > last_sentence:
                         break
+                    if sentences[start] != sentences[start + length - 1]:
+                        start += 1  # a segment's own words never straddle sentences
+                        continue
                     for k in range(length):
                         if segment[k].isdisjoint(infos[start + k].keys):
                             break
@@ -357,6 +364,58 @@ def _score(
     return scores
 
 
+def _contenders(
+    ranked: list[tuple[str, float]], min_score: float, margin: float
+) -> list[tuple[str, float]]:
+    """Topics with enough score that lie within ``margin`` of the best one."""
+    if not ranked or ranked[0][1] < min_score:
+        return []
+    best = ranked[0][1]
+    return [(t, s) for t, s in ranked if best - s < margin]
+
+
+def choose_topic(ranked: list[tuple[str, float]], min_score: float, margin: float) -> str:
+    """The primary topic, or "other" when there is no clear signal or a genuine tie.
+
+    One clear signal (a score of at least ``min_score``) is enough: a mail that says
+    "the senior in my club ignores me" is about bullying even if it says nothing else.
+    Isolation runs through most distress mails and is usually the secondary topic, so in
+    a tie with one other topic it yields to that topic (a bullied, lonely pupil goes to
+    the bullying partner). A tie between two other topics stays "other": a person
+    decides rather than a wrong partner.
+    """
+    close = _contenders(ranked, min_score, margin)
+    if len(close) == 1:
+        return close[0][0]
+    named = [t for t, _ in close if t != "isolation"]
+    if len(close) == 2 and len(named) == 1:
+        return named[0]
+    return "other"
+
+
+def ranked_tie(ranked: list[tuple[str, float]], min_score: float, margin: float) -> bool:
+    """True when several topics have enough score and none clearly leads."""
+    return choose_topic(ranked, min_score, margin) == "other" and (
+        len(_contenders(ranked, min_score, margin)) > 1
+    )
+
+
+# A crisis mail with no topic words: its only context is the writer being alone with it,
+# which the labelling convention (tests/data/README.md) routes to isolation; a mail that
+# is no more than a crisis word or two ("消えたい") is unclear and stays "other", and
+# violence with no setting (a partner's DV) goes to the general desk ("other").
+_CRISIS_DEFAULT_MIN_CHARS = 15
+
+
+def _crisis_default(text: str, urgent_reasons: list[Match]) -> str:
+    categories = {m.topic for m in urgent_reasons}
+    if not categories or categories <= {"violence"}:
+        return "other"
+    if len("".join(text.split())) < _CRISIS_DEFAULT_MIN_CHARS:
+        return "other"
+    return "isolation"
+
+
 def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     """Classify a subject and the resident's new words (the evaluation entry point)."""
     analysed = subject + "\n" + text
@@ -382,11 +441,10 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], TOPICS.index(kv[0])))
     language = detect_language(analysed)
     topic = "other"
-    if ranked and language == "ja":
-        best, best_score = ranked[0]
-        runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
-        if best_score >= settings.min_score and best_score - runner_up >= settings.margin:
-            topic = best
+    if language == "ja":
+        topic = choose_topic(ranked, settings.min_score, settings.margin)
+        if topic == "other" and not ranked_tie(ranked, settings.min_score, settings.margin):
+            topic = _crisis_default(text, urgent_reasons)
     listed = [(t, s) for t, s in ranked if t == topic or s >= settings.secondary_min]
     return Triage(
         topic=topic,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from intake.errors import RulesError
-from intake.rules import check_rules, load_rules
+from intake.rules import check_rules, expand_alternatives, load_rules
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
@@ -155,3 +155,38 @@ def test_shipped_rules_copy_detects_an_injected_unknown_topic(tmp_path: Path) ->
     )
     problems = check_rules(tmp_path / "rules")
     assert any("unknown topic 'povrety'" in p.message and p.line for p in problems)
+
+
+def test_alternatives_expand_into_every_pairing() -> None:
+    assert expand_alternatives("ロープ|練炭 買う") == ["ロープ 買う", "練炭 買う"]
+    assert expand_alternatives("下_見る|高い") == ["下 見る", "高い"]
+
+
+@pytest.mark.parametrize("pattern", ["ロープ||練炭 買う", "ロープ| 買う", "a|_ b"])
+def test_empty_alternative_is_reported_with_its_line(tmp_path: Path, pattern: str) -> None:
+    bad = URGENT_OK.replace('["死にたい"]', f'["死にたい", "{pattern}"]')
+    write_rules(tmp_path, urgent=bad)
+    (problem,) = check_rules(tmp_path)
+    assert problem.line == 4 and "empty alternative" in problem.message
+
+
+def test_alternatives_that_overlap_each_other_are_not_duplicates(tmp_path: Path) -> None:
+    ok = URGENT_OK.replace('["死にたい"]', '["死にたい", "ロープ|縄 買う", "縄|練炭 買う"]')
+    rules = load_rules(write_rules(tmp_path, urgent=ok))
+    assert {p.text for p in rules.urgent_patterns} >= {"ロープ|縄 買う", "縄|練炭 買う"}
+
+
+def test_alternative_pattern_already_written_elsewhere_is_reported(tmp_path: Path) -> None:
+    dup = URGENT_OK.replace('["死にたい"]', '["死にたい", "死にたい|しにたい"]')
+    write_rules(tmp_path, urgent=dup)
+    (problem,) = check_rules(tmp_path)
+    assert "already written elsewhere" in problem.message
+
+
+@pytest.mark.parametrize(("key", "value"), [("gap", -1), ("gap", "3"), ("sentences", 0)])
+def test_bad_window_setting_is_reported(tmp_path: Path, key: str, value: object) -> None:
+    shown = f'"{value}"' if isinstance(value, str) else str(value)
+    bad = URGENT_OK + f"{key} = {shown}\n"
+    write_rules(tmp_path, urgent=bad)
+    (problem,) = check_rules(tmp_path)
+    assert key in problem.message and problem.line == 2

@@ -228,3 +228,85 @@ def test_undecodable_letter_needs_a_human(rules: RuleSet) -> None:
 def test_quoted_text_is_never_analysed(rules: RuleSet) -> None:
     letter = Letter(subject="Re: 先日の件", text="ありがとうございました。", quoted="> 死にたい")
     assert not classify(letter, rules).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "親父にどつかれて顔が腫れとる",
+        "歩道橋の上にいます。下を車が流れていく。全然怖くない。",
+        "夜の海に来た。このまま歩いて入っていったら楽かな",
+        "生きるのをやめたいです",
+        "来世に期待してる",
+        "消えちゃいたいなぁ",
+        "主治医に希死念慮があると言われた",
+        "カッターの刃を腕に当ててしまった",
+        "眠剤を全部流し込んだ",
+        "薬を飲まずにためてて一か月分になった",
+        "ネットでロープを買った",
+        "今まで本当にありがとうございました。もう連絡しません。",
+        "私がいなくなったら、猫の世話は誰がしてくれるんだろう",
+        "介護中の父の首に手をかけそうになった",
+        "この子と二人で消えたい",
+        "口座の残高が37円です",
+        "最後に食べたのが月曜",
+        "電気もガスも止められて子どもが寒がってる",
+        "大家に今日中に出ていけと言われた",
+    ],
+)
+def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "今月は残高が5万円しかなくて節約中です",
+        "祖母の形見の着物を整理しています",
+        "海辺の清掃ボランティアに参加したいです",
+        "包丁で指を少し切ったけど大丈夫です",
+    ],
+)
+def test_everyday_mentions_of_risk_words_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm tired of everything and don't want to wake up.",
+        "Tôi đã không ăn gì 3 ngày rồi.",
+        "我好几天没吃饭了。",
+        "Não quero mais viver.",
+    ],
+)
+def test_soft_foreign_crisis_wording_is_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text, subject="help")
+
+
+def test_window_rule_joins_two_sentences_but_not_three(rules: RuleSet) -> None:
+    assert urgent(rules, "マンションの屋上にいる。全然怖くない。")
+    calm = "屋上の話。今日は晴れ。天気がいい。お弁当を食べた。怖くない映画を見た。"
+    matches = classify_text("", calm, rules).matches
+    assert not any(m.rule == "urgent.suicidal.place" for m in matches)
+
+
+def test_one_clear_topic_signal_is_enough(rules: RuleSet) -> None:
+    assert classify_text("部活", "部活の先輩に無視されてます", rules).topic == "bullying"
+    assert classify_text("", "休学してから誰とも会ってない", rules).topic == "isolation"
+
+
+def test_isolation_yields_a_tie_to_the_other_topic(rules: RuleSet) -> None:
+    t = classify_text("", "いじめのこと。友達いないこと。", rules)
+    assert t.topic == "bullying"
+    assert {name for name, _ in t.topics} == {"bullying", "isolation"}
+
+
+def test_crisis_mail_with_only_loneliness_goes_to_isolation_and_one_word_to_other(
+    rules: RuleSet,
+) -> None:
+    long = "遺書を書きました。渡す相手が思いつかない。返事はいらないです。"
+    assert classify_text("", long, rules).topic == "isolation"
+    assert classify_text("", "消えたい", rules).topic == "other"
+    dv = "夫に殴られて、いまトイレに隠れてこれを打っています"
+    assert classify_text("たすけて", dv, rules).topic == "other"
