@@ -93,6 +93,9 @@ class Exclusion:
     past: tuple[Pattern, ...] = ()
     resolved: tuple[Pattern, ...] = ()
     relapse: tuple[Pattern, ...] = ()
+    # reported: how many sentences either side of the exclusion word it reaches (a
+    # "おかげで…" after a thank-you turns a goodbye-like thanks into plain gratitude)
+    reach: int = 0
 
 
 @dataclass(frozen=True)
@@ -525,7 +528,8 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
     if loaded:
         data, src = loaded
         loader.unknown_keys(src, data, {"rule"}, None)
-        known = rules.categories | set(TOPICS)
+        # applies_to names categories, topics or single urgent rules (urgent.farewell)
+        known = rules.categories | set(TOPICS) | {p.rule for p in rules.urgent_patterns}
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
             allowed = {
@@ -536,6 +540,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 "past",
                 "resolved",
                 "relapse",
+                "reach",
                 "note",
             }
             loader.unknown_keys(src, table, allowed, line)
@@ -553,6 +558,10 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                         line,
                         f"{rule_id}: applies_to names unknown category/topic {name!r}",
                     )
+            reach = table.get("reach", 0)
+            if not isinstance(reach, int) or isinstance(reach, bool) or not 0 <= reach <= 2:
+                loader.problem(src.path, line, f"{rule_id}: reach must be 0, 1 or 2 (sentences)")
+                reach = 0
             lists: dict[str, tuple[Pattern, ...]] = {}
             roles = (
                 ("past", "resolved", "relapse") if discount == "resolved-past" else ("patterns",)
@@ -584,6 +593,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                     past=lists.get("past", ()),
                     resolved=lists.get("resolved", ()),
                     relapse=lists.get("relapse", ()),
+                    reach=reach,
                 )
             )
     rules.build_index()

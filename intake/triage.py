@@ -308,7 +308,7 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             if h.discounted:
                 return False
             if ex.applies_to:
-                return h.pattern.label in ex.applies_to
+                return h.pattern.label in ex.applies_to or h.pattern.rule in ex.applies_to
             return h.pattern.kind == "urgent"
 
         if ex.discount == "idiom":
@@ -317,7 +317,11 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
                 if applies(h) and any(_overlaps(h, s) for s in spans):
                     h.discounted = "idiom"
         elif ex.discount == "reported":
-            sents = {a.sentences[s.first] for s in by_rule.get(f"{ex.id}|reported:patterns", [])}
+            sents = {
+                a.sentences[s.first] + d
+                for s in by_rule.get(f"{ex.id}|reported:patterns", [])
+                for d in range(-ex.reach, ex.reach + 1)
+            }
             for h in judged:
                 # Without applies_to, only words that can describe an event are discounted;
                 # with it, the rule names the categories itself (a character's wish).

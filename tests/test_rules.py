@@ -190,3 +190,15 @@ def test_bad_window_setting_is_reported(tmp_path: Path, key: str, value: object)
     write_rules(tmp_path, urgent=bad)
     (problem,) = check_rules(tmp_path)
     assert key in problem.message and problem.line == 2
+
+
+def test_exclusion_may_name_a_single_urgent_rule(tmp_path: Path) -> None:
+    ok = EXCLUSIONS_OK + (
+        '\n[[rule]]\nid = "exclusion.x"\ndiscount = "reported"\n'
+        'applies_to = ["urgent.suicidal.wish"]\nreach = 1\npatterns = ["おかげ"]\n'
+    )
+    rules = load_rules(write_rules(tmp_path, exclusions=ok))
+    assert rules.exclusions[-1].reach == 1
+    bad = ok.replace('["urgent.suicidal.wish"]', '["urgent.nope"]')
+    (problem,) = check_rules(write_rules(tmp_path, exclusions=bad))
+    assert "unknown category/topic 'urgent.nope'" in problem.message

@@ -252,6 +252,12 @@ def test_quoted_text_is_never_analysed(rules: RuleSet) -> None:
         "最後に食べたのが月曜",
         "電気もガスも止められて子どもが寒がってる",
         "大家に今日中に出ていけと言われた",
+        "生きてても仕方ない",
+        "首をくくろうかと思ってる",
+        "ずっと飲まないでとっておいた睡眠薬が二十錠ある",
+        "赤ちゃんが泣きやまなくて、壁に投げつけそうになった",
+        "3日前から水しか飲んでない",
+        "屋上のフェンスの外側に立ってる",
     ],
 )
 def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> None:
@@ -265,6 +271,8 @@ def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> 
         "祖母の形見の着物を整理しています",
         "海辺の清掃ボランティアに参加したいです",
         "包丁で指を少し切ったけど大丈夫です",
+        "橋の上から花火を見た",
+        "今までありがとうございました。おかげで就職できました",
     ],
 )
 def test_everyday_mentions_of_risk_words_are_not_urgent(rules: RuleSet, text: str) -> None:
@@ -278,6 +286,7 @@ def test_everyday_mentions_of_risk_words_are_not_urgent(rules: RuleSet, text: st
         "Tôi đã không ăn gì 3 ngày rồi.",
         "我好几天没吃饭了。",
         "Não quero mais viver.",
+        "I feel like ending my life",
     ],
 )
 def test_soft_foreign_crisis_wording_is_urgent(rules: RuleSet, text: str) -> None:
