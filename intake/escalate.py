@@ -73,10 +73,12 @@ def parse_case_number(text: str) -> int:
     return int(m.group(1))
 
 
-def case_by_number(session: Session, number: str) -> Case:
-    """The case staff named, or ``CaseNotFound`` telling them how to list the cases."""
+def case_by_number(session: Session, number: str, mailbox: str | None = None) -> Case:
+    """The case staff named, or ``CaseNotFound`` telling them how to list the cases.
+
+    With ``mailbox``, a case of another mailbox (another municipality) is not found."""
     case = session.get(Case, parse_case_number(number))
-    if case is None:
+    if case is None or (mailbox is not None and case.mailbox != mailbox):
         raise CaseNotFound(
             f"no case {number}; `python service.py cases` lists the case numbers"
         )
@@ -311,7 +313,7 @@ def acknowledge_alert(svc: Service, case_number: str, actor: str, now: datetime)
     ran) or was already acknowledged: the audit trail says who said so, and when.
     """
     with session_scope(svc.engine) as session:
-        case = case_by_number(session, case_number)
+        case = case_by_number(session, case_number, svc.settings.mailbox.key)
         assert case.id is not None
         state = alert_state(session, case.id)
         already = state is not None and state.acknowledged_at is not None

@@ -173,7 +173,7 @@ def _bounced_ids(raw: bytes, own_id: str | None) -> list[str]:
 
 
 def _find_thread(
-    session: Session, letter: Letter, raw: bytes = b""
+    session: Session, letter: Letter, raw: bytes, mailbox: str
 ) -> tuple[Case | None, Outbox | None]:
     """The case this letter continues, and our outgoing mail it answers, if any.
 
@@ -184,12 +184,15 @@ def _find_thread(
     if letter.bounce:
         refs += _bounced_ids(raw, letter.message_id)
     if refs:
-        ours = session.exec(select(Outbox).where(col(Outbox.message_id).in_(refs))).first()
+        ours = session.exec(select(Outbox).where(
+            Outbox.mailbox == mailbox, col(Outbox.message_id).in_(refs)
+        )).first()
         if ours is not None and ours.case_id is not None:
             return session.get(Case, ours.case_id), ours
         earlier = session.exec(
             select(StoredMessage).where(
-                col(StoredMessage.message_id).in_(refs), col(StoredMessage.case_id).is_not(None)
+                StoredMessage.mailbox == mailbox,
+                col(StoredMessage.message_id).in_(refs), col(StoredMessage.case_id).is_not(None),
             )
         ).first()
         if earlier is not None:
@@ -197,14 +200,16 @@ def _find_thread(
     m = CASE_NUMBER.search(letter.subject)
     if m:
         case = session.get(Case, int(m.group(1)))
-        if case is not None and letter.from_addr and case.sender == letter.from_addr:
+        if (case is not None and case.mailbox == mailbox and letter.from_addr
+                and case.sender == letter.from_addr):
             return case, None
     return None, None
 
 
-def _recent_ack(session: Session, sender: str, since: datetime) -> bool:
+def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) -> bool:
     row = session.exec(
         select(Case.id).where(
+            Case.mailbox == mailbox,
             Case.sender == sender,
             col(Case.ack_state).in_(["queued", "sent"]),
             Case.created_at >= to_db(since),
@@ -268,7 +273,7 @@ def handle_message(
     msg.problems = dumps(letter.problems)
 
     stage.name = "thread"
-    case, answered = _find_thread(session, letter, msg.raw or b"")
+    case, answered = _find_thread(session, letter, msg.raw or b"", msg.mailbox)
 
     stage.name = "triage"
     triage, block = decide(letter, svc.rules, svc.sender.address)
@@ -327,7 +332,7 @@ def handle_message(
     stage.name = "compose"
     if outcome == "case":
         window = timedelta(hours=svc.settings.ack_window_hours)
-        if block is None and _recent_ack(session, letter.from_addr, now - window):
+        if block is None and _recent_ack(session, msg.mailbox, letter.from_addr, now - window):
             block = "rate-limited"
         if block is None:
             ack = render_ack(

@@ -167,13 +167,16 @@ def monthly_report(svc: Service, month: str) -> Report:
     with session_scope(svc.engine) as session:
         mark_senders(session, salt)
         cases = session.exec(
-            select(Case).where(Case.created_at >= utc(start), Case.created_at < utc(end))
+            select(Case).where(
+                Case.mailbox == svc.settings.mailbox.key,
+                Case.created_at >= utc(start), Case.created_at < utc(end),
+            )
         ).all()
         ids = [c.id for c in cases]
         marks = dict(session.exec(select(SenderMark.case_id, SenderMark.sender_hash)).all())
         earlier = set(session.exec(
             select(SenderMark.sender_hash).join(Case, col(Case.id) == SenderMark.case_id)
-            .where(Case.created_at < utc(start))
+            .where(Case.mailbox == svc.settings.mailbox.key, Case.created_at < utc(start))
         ).all())
         outbox = session.exec(select(Outbox).where(col(Outbox.case_id).in_(ids))).all()
         events = session.exec(select(Event).where(col(Event.case_id).in_(ids))).all()

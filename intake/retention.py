@@ -85,7 +85,10 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
     with session_scope(svc.engine) as session:
         mark_senders(session, salt)  # before any address is blanked
         old = session.exec(
-            select(StoredMessage).where(StoredMessage.received_at < cutoff)
+            select(StoredMessage).where(
+                StoredMessage.mailbox == svc.settings.mailbox.key,
+                StoredMessage.received_at < cutoff,
+            )
         ).all()
         for msg in old:
             if msg.raw is None and not (msg.body or msg.subject or msg.new_text or msg.from_addr):
@@ -95,9 +98,14 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
             msg.message_id = None
             purged += 1
         recent_cases = set(session.exec(
-            select(StoredMessage.case_id).where(StoredMessage.received_at >= cutoff)
+            select(StoredMessage.case_id).where(
+                StoredMessage.mailbox == svc.settings.mailbox.key,
+                StoredMessage.received_at >= cutoff,
+            )
         ).all())
-        for case in session.exec(select(Case).where(Case.created_at < cutoff)).all():
+        for case in session.exec(select(Case).where(
+            Case.mailbox == svc.settings.mailbox.key, Case.created_at < cutoff
+        )).all():
             if case.id in recent_cases:
                 continue  # a follow-up inside the period keeps the case readable
             case.sender = ""
@@ -107,7 +115,10 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
             for note in session.exec(select(CaseNote).where(CaseNote.case_id == case.id)):
                 note.text = ""
         for row in session.exec(
-            select(Outbox).where(Outbox.created_at < cutoff, col(Outbox.status) != "queued")
+            select(Outbox).where(
+                Outbox.mailbox == svc.settings.mailbox.key,
+                Outbox.created_at < cutoff, col(Outbox.status) != "queued",
+            )
         ).all():
             row.content = b""
             if row.kind in PURGED_KINDS_WITH_RESIDENT_ADDRESS:

@@ -154,7 +154,7 @@ class CaseFilter:
 def list_cases(svc: Service, filters: CaseFilter = CaseFilter()) -> list[CaseRow]:
     """The cases matching ``filters``, newest first."""
     tz = svc.calendar.tz
-    query = select(Case)
+    query = select(Case).where(Case.mailbox == svc.settings.mailbox.key)
     if filters.status:
         query = query.where(Case.status == filters.status)
     if filters.topic:
@@ -201,7 +201,7 @@ def show_case(svc: Service, number: str) -> str:
     """Everything about one case: its fields, messages, outgoing mails and history."""
     ensure_tables(svc.engine)
     with Session(svc.engine) as session:
-        case = case_by_number(session, number)
+        case = case_by_number(session, number, svc.settings.mailbox.key)
         assert case.id is not None
         messages = session.exec(
             select(StoredMessage).where(StoredMessage.case_id == case.id)
@@ -276,7 +276,7 @@ def _change(
 ) -> Event:
     """Apply one change to a case and record it (``apply`` returns the event's detail)."""
     with session_scope(svc.engine) as session:
-        case = case_by_number(session, number)
+        case = case_by_number(session, number, svc.settings.mailbox.key)
         detail = apply(case)
         event = add_event(session, kind, case.id, detail, actor, now)
         session.flush()

@@ -47,22 +47,22 @@ def seed(
     """A case as the pipeline and staff leave it: message, ack mail, alert and events."""
     at = received.astimezone(UTC)
     with session_scope(svc.engine) as session:
-        case = Case(created_at=at, sender=sender, topic=topic, partner=partner, urgent=urgent,
+        case = Case(mailbox=svc.settings.mailbox.key, created_at=at, sender=sender, topic=topic, partner=partner, urgent=urgent,
                     phone=json.dumps([phone]), ack_state="sent" if ack_after else "queued",
                     urgent_reasons=json.dumps([{"surface": "消えたい", "rule": "u1"}]))
         session.add(case)
         session.flush()
         cid = case.id
-        session.add(StoredMessage(mailbox="m", sha256=f"h{cid}", raw=b"From: x", received_at=at,
+        session.add(StoredMessage(mailbox=svc.settings.mailbox.key, sha256=f"h{cid}", raw=b"From: x", received_at=at,
                                   from_addr=sender, subject="件名ひみつ", body="本文ひみつ",
                                   new_text="本文ひみつ", status="processed", case_id=cid))
-        session.add(Outbox(kind="ack", dedupe_key=f"ack:case:{cid}", case_id=cid,
+        session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="ack", dedupe_key=f"ack:case:{cid}", case_id=cid,
                            recipients=json.dumps([sender]), message_id=f"<ack{cid}@x>",
                            content=f"To: {sender}\r\n\r\n本文".encode(), created_at=at,
                            next_attempt_at=at, status="sent" if ack_after else "queued",
                            sent_at=at + ack_after if ack_after else None))
         if urgent:
-            session.add(Outbox(kind="alert", priority=0, dedupe_key=f"alert:message:{cid}",
+            session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="alert", priority=0, dedupe_key=f"alert:message:{cid}",
                                case_id=cid, recipients='["oncall@example.jp"]',
                                message_id=f"<al{cid}@x>", content=b"alert", created_at=at,
                                next_attempt_at=at, status="sent", sent_at=at))

@@ -53,14 +53,14 @@ def seed(
     at = received.astimezone(UTC)
     reasons = [{"surface": "死にたい", "rule": "u.die"}] if urgent else []
     with session_scope(svc.engine) as session:
-        case = Case(created_at=at, sender=sender, topic=topic, partner=partner, urgent=urgent,
+        case = Case(mailbox=svc.settings.mailbox.key, created_at=at, sender=sender, topic=topic, partner=partner, urgent=urgent,
                     status=status, ack_state="sent", urgent_reasons=json.dumps(reasons))
         session.add(case)
         session.flush()
-        session.add(StoredMessage(mailbox="m", sha256=f"h{case.id}", raw=b"raw", received_at=at,
+        session.add(StoredMessage(mailbox=svc.settings.mailbox.key, sha256=f"h{case.id}", raw=b"raw", received_at=at,
                                   from_addr=sender, subject="相談です", body=text, new_text=text,
                                   status="processed", case_id=case.id))
-        session.add(Outbox(kind="ack", dedupe_key=f"ack:case:{case.id}", case_id=case.id,
+        session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="ack", dedupe_key=f"ack:case:{case.id}", case_id=case.id,
                            recipients=json.dumps([sender]), message_id=f"<ack{case.id}@x>",
                            content=b"Subject: =?utf-8?b?5Y+X5LuY?=\r\n\r\nbody",
                            created_at=at, next_attempt_at=at, status="sent",
@@ -209,7 +209,7 @@ def test_commands_run_from_the_parser(
     config = str(tmp_path / "intake.toml")
     seed(svc, NOW, urgent=True)
     with session_scope(svc.engine) as session:
-        session.add(Outbox(kind="alert", priority=0, dedupe_key="alert:message:1", case_id=1,
+        session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="alert", priority=0, dedupe_key="alert:message:1", case_id=1,
                            recipients=json.dumps([ONCALL]), message_id="<al@x>", content=b"x",
                            created_at=NOW.astimezone(UTC), next_attempt_at=NOW.astimezone(UTC)))
     assert run(["cases", "--config", config, "--urgent"]) == 0
