@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -233,10 +234,33 @@ def outgoing(subject: str = "受付しました", to: str = "resident@example.jp
     return msg
 
 
-def send(server: LocalSMTP, msg: EmailMessage, **kwargs: object) -> None:
-    asyncio.run(
-        aiosmtplib.send(msg, hostname=server.host, port=server.port, timeout=10, **kwargs)  # type: ignore[arg-type]
-    )
+def send(server: LocalSMTP, msg: EmailMessage, **kwargs: Any) -> None:
+    """Send one mail with aiosmtplib and return only once its socket is really closed.
+
+    With STARTTLS the TLS shutdown can outlive ``quit()``; if ``asyncio.run`` closes the
+    loop first, the socket is garbage-collected later and its ResourceWarning fails a
+    random later test (``filterwarnings = error``). Waiting for ``fileno() == -1``
+    avoids that (the same race as python/cpython#90476).
+    """
+
+    async def run() -> None:
+        client = aiosmtplib.SMTP(hostname=server.host, port=server.port, timeout=10, **kwargs)
+        await client.connect()  # on failure aiosmtplib closes the connection itself
+        assert client.transport is not None
+        sock = client.transport.get_extra_info("socket")
+        try:
+            await client.send_message(msg)
+        finally:
+            try:
+                await client.quit()
+            except aiosmtplib.SMTPException:
+                client.close()
+            for _ in range(500):
+                if sock is None or sock.fileno() == -1:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(run())
 
 
 @pytest.mark.integration
