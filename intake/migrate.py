@@ -173,11 +173,13 @@ def migrate(engine: Engine, *, replay: bool = False) -> str:
                 log.info("database created at schema revision %s", head)
             else:
                 if stamped is None and present:
-                    # Made by create_all before migrations existed: the initial revision's
-                    # tables, some perhaps added later by lazy create_all calls.
+                    # Made by create_all before migrations existed (some tables perhaps added
+                    # later by lazy create_all calls): if it matches today's models it is at
+                    # head, else it is the initial revision's schema.
                     metadata.create_all(conn, tables=[metadata.tables[n] for n in ours - present])
-                    command.stamp(cfg, INITIAL_REVISION)
-                    stamped = INITIAL_REVISION
+                    stamped = head if not _diff(conn) else INITIAL_REVISION
+                    command.stamp(cfg, stamped)
+                    log.info("database made before migrations stamped at %s", stamped)
                 if stamped != head:
                     command.upgrade(cfg, "head")
                     log.info("database migrated from %s to %s", stamped or "empty", head)
@@ -190,17 +192,20 @@ def schema_diff(engine: Engine) -> list[Any]:
     Run against a database migrated to head, a non-empty answer means a model changed
     without a migration; ``--revision`` writes that migration.
     """
-    metadata = target_metadata()
     with engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn,
-            opts={
-                "compare_type": True,
-                "compare_server_default": True,
-                "render_as_batch": conn.dialect.name == "sqlite",
-            },
-        )
-        diff: list[Any] = compare_metadata(context, metadata)
+        return _diff(conn)
+
+
+def _diff(conn: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        conn,
+        opts={
+            "compare_type": True,
+            "compare_server_default": True,
+            "render_as_batch": conn.dialect.name == "sqlite",
+        },
+    )
+    diff: list[Any] = compare_metadata(context, target_metadata())
     return diff
 
 

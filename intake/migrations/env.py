@@ -7,9 +7,10 @@ running Alembic's own command line against this folder by hand.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
@@ -18,7 +19,7 @@ from intake.migrate import target_metadata
 config = context.config
 
 
-def _render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
+def _render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> Literal[False]:
     """sqlmodel's column types (AutoString, UTCDateTime) need ``import sqlmodel`` in the
     revision file; everything else renders as Alembic's default (False = default)."""
     if kind == "type" and type(obj).__module__.startswith("sqlmodel"):
