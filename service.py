@@ -167,9 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML config (default: $INTAKE_CONFIG)")
         return p
 
-    with_config(sub.add_parser("once", help="fetch new mail, process it, send what is due")).set_defaults(func=cmd_once)
+    with_config(
+        sub.add_parser("once", help="fetch new mail, process it, send what is due")
+    ).set_defaults(func=cmd_once)
     with_config(sub.add_parser("run", help="the long-running worker")).set_defaults(func=cmd_run)
-    with_config(sub.add_parser("digest", help="send partner digests now")).set_defaults(func=cmd_digest)
+    with_config(sub.add_parser("digest", help="send partner digests now")).set_defaults(
+        func=cmd_digest
+    )
     p = with_config(sub.add_parser("check", help="validate config, rules, partners and templates"))
     p.add_argument("--rules", help="rules directory (default: the config's, else ./rules)")
     p.set_defaults(func=cmd_check)

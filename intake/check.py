@@ -31,24 +31,60 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
     reason = type("R", (), {"surface": "消えたい", "rule": "urgent.sample"})
     renders = {
         "resident/ack.txt.j2": lambda: render_ack(
-            env, sender=sender, to="resident@example.jp", case_number="C000001",
-            in_reply_to="<x@example.jp>", references=[], received=now,
-            calendar=BusinessCalendar(), directory=directory or Directory((), ()), now=now,
+            env,
+            sender=sender,
+            to="resident@example.jp",
+            case_number="C000001",
+            in_reply_to="<x@example.jp>",
+            references=[],
+            received=now,
+            calendar=BusinessCalendar(),
+            directory=directory or Directory((), ()),
+            now=now,
         ),
         "oncall/urgent_alert.txt.j2": lambda: render_alert(
-            env, sender=sender, to=["oncall@example.jp"], now=now, tz=tz,
-            case={"number": "C000001", "received": now, "callback_due": now,
-                  "partner_name": "笠岡市", "sender": "resident@example.jp",
-                  "phones": ["090-0000-0000"], "reasons": [reason], "automatic": None},
+            env,
+            sender=sender,
+            to=["oncall@example.jp"],
+            now=now,
+            tz=tz,
+            case={
+                "number": "C000001",
+                "received": now,
+                "callback_due": now,
+                "partner_name": "笠岡市",
+                "sender": "resident@example.jp",
+                "phones": ["090-0000-0000"],
+                "reasons": [reason],
+                "automatic": None,
+            },
         ),
         "partner/digest.txt.j2 and partner/digest.html.j2": lambda: render_digest(
-            env, sender=sender, now=now, tz=tz,
-            partner=(directory.partners[0] if directory and directory.partners else
-                     type("P", (), {"name": "sample", "digest_to": ("a@example.jp",)})),
-            entries=[{"number": "C000001", "received": now, "followup": False,
-                      "topic_ja": "その他", "secondary": [], "urgent": True,
-                      "reasons": ["「消えたい」"], "ack_failed": False, "needs_human": False,
-                      "sender": "", "phones": [], "text": "sample"}],
+            env,
+            sender=sender,
+            now=now,
+            tz=tz,
+            partner=(
+                directory.partners[0]
+                if directory and directory.partners
+                else type("P", (), {"name": "sample", "digest_to": ("a@example.jp",)})
+            ),
+            entries=[
+                {
+                    "number": "C000001",
+                    "received": now,
+                    "followup": False,
+                    "topic_ja": "その他",
+                    "secondary": [],
+                    "urgent": True,
+                    "reasons": ["「消えたい」"],
+                    "ack_failed": False,
+                    "needs_human": False,
+                    "sender": "",
+                    "phones": [],
+                    "text": "sample",
+                }
+            ],
         ),
     }
     for name, render in renders.items():

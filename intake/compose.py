@@ -144,7 +144,8 @@ def render_digest(
     tz: Any,
 ) -> EmailMessage:
     """A partner's digest: the new cases since its last digest, text and HTML parts."""
-    subject = f"【相談ダイジェスト】{partner.name} 新着 {len(entries)} 件 ({now.astimezone(tz):%m/%d %H:%M})"
+    when = now.astimezone(tz).strftime("%m/%d %H:%M")
+    subject = f"【相談ダイジェスト】{partner.name} 新着 {len(entries)} 件 ({when})"
     msg = _base_message(sender, list(partner.digest_to), subject, now, "auto-generated", "digest")
     context = {"partner": partner, "entries": entries, "tz": tz, "now": now}
     txt_name, html_name = TEMPLATES["digest"]

@@ -160,8 +160,8 @@ def _secret(sec: _Section, base: Path) -> Secret:
     if "password" in sec.data:
         raise sec.error(
             "password",
-            "passwords are never written in the config; set password_env = \"NAME\" and export "
-            "NAME, or password_file = \"/path\" readable only by the service",
+            'passwords are never written in the config; set password_env = "NAME" and export '
+            'NAME, or password_file = "/path" readable only by the service',
         )
     if env and file:
         raise sec.error("password_env", "give password_env or password_file, not both")
@@ -242,8 +242,7 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         database_url=database_url,
         oncall=oncall,
         rules_dir=_path(base, sv.get("rules_dir", str, None)) or PROJECT_ROOT / "rules",
-        templates_dir=_path(base, sv.get("templates_dir", str, None))
-        or PROJECT_ROOT / "templates",
+        templates_dir=_path(base, sv.get("templates_dir", str, None)) or PROJECT_ROOT / "templates",
         timezone=tz,
         ack_window_hours=sv.get("ack_window_hours", float, 24.0),
         max_message_bytes=sv.get("max_message_mb", int, 25) * 1024 * 1024,

@@ -41,7 +41,7 @@ from_address = "sasaean@city.kasaoka.okayama.jp"
 from_name = "笠岡市 ささえ愛相談窓口"
 
 [database]
-url = "sqlite:///{(state / 'intake.db').as_posix()}"
+url = "sqlite:///{(state / "intake.db").as_posix()}"
 
 [oncall]
 to = ["oncall@example.jp"]
@@ -66,8 +66,10 @@ def _show(title: str, smtp: LocalSMTP, count: int) -> None:
 
 def run_demo(state: Path) -> int:
     if dovecot_binary() is None:
-        print("Dovecot is not installed. Install it first: sudo apt-get install dovecot-imapd "
-              "(or run `make demo`, which does).")
+        print(
+            "Dovecot is not installed. Install it first: sudo apt-get install dovecot-imapd "
+            "(or run `make demo`, which does)."
+        )
         return 2
     if state.exists():
         shutil.rmtree(state)
@@ -76,16 +78,20 @@ def run_demo(state: Path) -> int:
         os.environ[PASSWORD_ENV] = imap.password
         mails = samples.demo_mails()
         imap.append_many(mails)
-        print(f"Local Dovecot on {imap.host}:{imap.port} with {len(mails)} sample mails; "
-              f"SMTP sink on {smtp.host}:{smtp.port}; state in {state}")
+        print(
+            f"Local Dovecot on {imap.host}:{imap.port} with {len(mails)} sample mails; "
+            f"SMTP sink on {smtp.host}:{smtp.port}; state in {state}"
+        )
         settings = load_settings(_config(state, imap, smtp))
         svc = Service.from_settings(settings)
         now = datetime.now(svc.calendar.tz)
         with Mailbox(settings.mailbox) as mailbox:
             report = process_new_mail(svc, mailbox, now)
         sent = svc.deliver(now)
-        print(f"\nonce: fetched {report.fetched}, cases {report.cases}, acks {report.acks}, "
-              f"alerts {report.alerts}, not acknowledged {report.suppressed}; sent {sent.sent}")
+        print(
+            f"\nonce: fetched {report.fetched}, cases {report.cases}, acks {report.acks}, "
+            f"alerts {report.alerts}, not acknowledged {report.suppressed}; sent {sent.sent}"
+        )
         _show("acknowledgements and alerts", smtp, sent.sent)
         queued = queue_digests(svc, now)
         sent = svc.deliver(now)

@@ -17,7 +17,15 @@ from sqlmodel import col, select
 from intake.compose import excerpt, render_digest
 from intake.partners import Partner
 from intake.pipeline import Service, queue_mail
-from intake.store import Case, DigestEntry, StoredMessage, from_db, record_event, session_scope, to_db
+from intake.store import (
+    Case,
+    DigestEntry,
+    StoredMessage,
+    from_db,
+    record_event,
+    session_scope,
+    to_db,
+)
 
 TOPIC_JA = {
     "bullying": "いじめ",
@@ -38,7 +46,9 @@ def _concerns(partner: Partner, case: Case) -> bool:
 
 def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
     reasons = [f"「{r['surface']}」" for r in json.loads(case.urgent_reasons)]
-    text = msg.new_text or msg.body or ("（本文を読み取れませんでした）" if case.needs_human else "")
+    text = (
+        msg.new_text or msg.body or ("（本文を読み取れませんでした）" if case.needs_human else "")
+    )
     return {
         "number": case.number,
         "received": from_db(msg.received_at),
@@ -65,9 +75,14 @@ def coordinator(svc: Service) -> Partner | None:
         return None
     desk = svc.directory.general_desk
     return Partner(
-        id=COORDINATOR_ID, name="笠岡市 孤独・孤立対策 コーディネーター（全件）", topics=(),
-        digest_to=tuple(svc.settings.coordinator), phone=desk.phone, hours=desk.hours,
-        share="full", show_sender=True,
+        id=COORDINATOR_ID,
+        name="笠岡市 孤独・孤立対策 コーディネーター（全件）",
+        topics=(),
+        digest_to=tuple(svc.settings.coordinator),
+        phone=desk.phone,
+        hours=desk.hours,
+        share="full",
+        show_sender=True,
     )
 
 
@@ -93,21 +108,38 @@ def queue_digests(svc: Service, now: datetime) -> dict[str, int]:
                 continue
             entries = [_entry(partner, m, c) for m, c in mine]
             message = render_digest(
-                svc.env, sender=svc.sender, partner=partner, entries=entries, now=now,
+                svc.env,
+                sender=svc.sender,
+                partner=partner,
+                entries=entries,
+                now=now,
                 tz=svc.calendar.tz,
             )
             row = queue_mail(
-                session, kind="digest",
+                session,
+                kind="digest",
                 key=f"digest:{partner.id}:{mine[0][0].id}-{mine[-1][0].id}:{to_db(now).isoformat()}",
-                case=None, to=list(partner.digest_to), message=message, priority=5, now=now,
-                partner=partner.id, mailbox=svc.settings.mailbox.key,
+                case=None,
+                to=list(partner.digest_to),
+                message=message,
+                priority=5,
+                now=now,
+                partner=partner.id,
+                mailbox=svc.settings.mailbox.key,
             )
             session.flush()
             assert row.id is not None
             for m, c in mine:
                 assert m.id is not None and c.id is not None
-                session.add(DigestEntry(partner=partner.id, message_row=m.id, case_id=c.id,
-                                        outbox_id=row.id, created_at=to_db(now)))
+                session.add(
+                    DigestEntry(
+                        partner=partner.id,
+                        message_row=m.id,
+                        case_id=c.id,
+                        outbox_id=row.id,
+                        created_at=to_db(now),
+                    )
+                )
                 record_event(session, "digest", c.id, f"partner {partner.id}")
             queued[partner.id] = len(mine)
     return queued

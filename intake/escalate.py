@@ -79,9 +79,7 @@ def case_by_number(session: Session, number: str, mailbox: str | None = None) ->
     With ``mailbox``, a case of another mailbox (another municipality) is not found."""
     case = session.get(Case, parse_case_number(number))
     if case is None or (mailbox is not None and case.mailbox != mailbox):
-        raise CaseNotFound(
-            f"no case {number}; `python service.py cases` lists the case numbers"
-        )
+        raise CaseNotFound(f"no case {number}; `python service.py cases` lists the case numbers")
     return case
 
 
@@ -224,8 +222,9 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
     ).all()
     since = [row for row in escalations if utc(row.created_at) >= alert_at]
     last = max((utc(row.created_at) for row in since), default=None)
-    return AlertState(case_id, latest, alert_at, min(acks) if acks else None, len(since),
-                      len(escalations), last)
+    return AlertState(
+        case_id, latest, alert_at, min(acks) if acks else None, len(since), len(escalations), last
+    )
 
 
 def _recipients(settings: Settings) -> list[str]:
@@ -248,7 +247,12 @@ def _queue_escalation(
     context = alert_context(svc, case, received, None)
     context["callback_due"] = callback_due(received, svc.calendar)
     message = render_alert(
-        svc.env, sender=svc.sender, to=to, case=context, now=now, tz=svc.calendar.tz,
+        svc.env,
+        sender=svc.sender,
+        to=to,
+        case=context,
+        now=now,
+        tz=svc.calendar.tz,
         escalation=number,
     )
     # Thread it under the alert, so a phone shows one conversation and a reply to either
@@ -258,14 +262,27 @@ def _queue_escalation(
     # Written here rather than through pipeline.queue_mail so that every time is stored as
     # aware UTC (see utc()); the row is otherwise the same.
     row = Outbox(
-        mailbox=case.mailbox, kind="escalation", priority=0, dedupe_key=f"escalation:{case.id}:{number}",
-        case_id=case.id, recipients=json.dumps(to), message_id=str(message["Message-ID"]),
-        content=bytes(message), created_at=db_time(now), next_attempt_at=db_time(now),
+        mailbox=case.mailbox,
+        kind="escalation",
+        priority=0,
+        dedupe_key=f"escalation:{case.id}:{number}",
+        case_id=case.id,
+        recipients=json.dumps(to),
+        message_id=str(message["Message-ID"]),
+        content=bytes(message),
+        created_at=db_time(now),
+        next_attempt_at=db_time(now),
     )
     session.add(row)
-    add_event(session, ESCALATED_EVENT, case.id,
-              f"escalation {number} to {len(to)} recipient(s) ({state.escalations + 1} for "
-              f"the alert of outbox {state.alert.id})", "service", now)
+    add_event(
+        session,
+        ESCALATED_EVENT,
+        case.id,
+        f"escalation {number} to {len(to)} recipient(s) ({state.escalations + 1} for "
+        f"the alert of outbox {state.alert.id})",
+        "service",
+        now,
+    )
     return row
 
 
@@ -275,8 +292,10 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
     queued = 0
     with session_scope(svc.engine) as session:
         case_ids = session.exec(
-            select(Outbox.case_id).where(
-                Outbox.mailbox == svc.settings.mailbox.key, Outbox.kind == "alert",
+            select(Outbox.case_id)
+            .where(
+                Outbox.mailbox == svc.settings.mailbox.key,
+                Outbox.kind == "alert",
                 col(Outbox.case_id).is_not(None),
             )
             .distinct()
@@ -285,7 +304,11 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
             assert case_id is not None
             state = alert_state(session, case_id)
             if state is None or not escalation_due(
-                state.alert_at, state.acknowledged_at, state.escalations, utc(now), policy,
+                state.alert_at,
+                state.acknowledged_at,
+                state.escalations,
+                utc(now),
+                policy,
                 state.last_escalated_at,
             ):
                 continue
@@ -294,8 +317,10 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
                 continue
             _queue_escalation(svc, session, case, state, now)
             queued += 1
-            log.warning("urgent alert not acknowledged; escalated",
-                        extra={"case": case.number, "escalation": state.escalations_total + 1})
+            log.warning(
+                "urgent alert not acknowledged; escalated",
+                extra={"case": case.number, "escalation": state.escalations_total + 1},
+            )
     return queued
 
 

@@ -14,6 +14,7 @@ Why it is written this way (RFC 3501 and IMAPClient's own advice):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -36,7 +37,9 @@ IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop IDLE after 30 minutes
 def _transient(exc: BaseException) -> bool:
     """Worth retrying: network trouble or the server saying it is temporarily unavailable."""
     cause = exc.__cause__ if isinstance(exc, MailboxError) else exc
-    if isinstance(cause, (OSError, ssl.SSLError)) and not isinstance(cause, ssl.SSLCertVerificationError):
+    if isinstance(cause, (OSError, ssl.SSLError)) and not isinstance(
+        cause, ssl.SSLCertVerificationError
+    ):
         return True
     text = str(cause)
     return "UNAVAILABLE" in text or "Temporary" in text or "BYE" in text
@@ -78,8 +81,10 @@ class Mailbox:
         anything else fails at once with a message that says what to check.
         """
         for attempt in Retrying(
-            retry=retry_if_exception(_transient), stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential(multiplier=0.5, max=8), reraise=True,
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=0.5, max=8),
+            reraise=True,
         ):
             with attempt:
                 return self._open_once()
@@ -91,7 +96,10 @@ class Mailbox:
         try:
             if s.security == "tls":
                 client = IMAPClient(
-                    s.host, port=s.port, ssl=True, ssl_context=tls_context(s.cafile),
+                    s.host,
+                    port=s.port,
+                    ssl=True,
+                    ssl_context=tls_context(s.cafile),
                     timeout=s.timeout,
                 )
             else:
@@ -107,10 +115,8 @@ class Mailbox:
             info = client.select_folder(s.folder, readonly=not s.move_to)
         except (IMAPClientError, OSError, ssl.SSLError) as exc:
             if client is not None:
-                try:
+                with contextlib.suppress(OSError):
                     client.shutdown()
-                except OSError:
-                    pass
             raise MailboxError(
                 f"IMAP {s.host}:{s.port} ({s.security}) user {s.username} folder {s.folder}: "
                 f"{type(exc).__name__}: {exc}. Check [mailbox] host, port, security, "
@@ -134,10 +140,8 @@ class Mailbox:
         try:
             self.client.logout()
         except (IMAPClientError, OSError):
-            try:
+            with contextlib.suppress(OSError):
                 self.client.shutdown()
-            except OSError:
-                pass
         self.client = None
 
     def _client(self) -> IMAPClient:

@@ -31,7 +31,8 @@ class JsonFormatter(logging.Formatter):
 class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-        base = f"{self.formatTime(record, '%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: {record.getMessage()}"
+        when = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
+        base = f"{when} {record.levelname} {record.name}: {record.getMessage()}"
         return base + ("" if not extra else " " + " ".join(f"{k}={v}" for k, v in extra.items()))
 
 

@@ -127,14 +127,19 @@ def load_directory(path: Path) -> Directory:
             topics = []
         for t in topics:
             if t not in TOPICS:
-                err("topics", f"partner {pid!r}: unknown topic {t!r}; use one of {', '.join(TOPICS)}")
+                err(
+                    "topics",
+                    f"partner {pid!r}: unknown topic {t!r}; use one of {', '.join(TOPICS)}",
+                )
         also = entry.get("also_notify", [])
         for t in also if isinstance(also, list) else []:
             if t not in TOPICS:
                 err("also_notify", f"partner {pid!r}: unknown topic {t!r} in also_notify")
         digest_to = entry.get("digest_to", [])
-        if not isinstance(digest_to, list) or not digest_to or not all(
-            isinstance(a, str) and "@" in a for a in digest_to
+        if (
+            not isinstance(digest_to, list)
+            or not digest_to
+            or not all(isinstance(a, str) and "@" in a for a in digest_to)
         ):
             err("digest_to", f'partner {pid!r}: digest_to = ["name@example.jp"] is required')
             digest_to = []
@@ -174,7 +179,9 @@ def load_directory(path: Path) -> Directory:
     desks = [p for p in partners if p.general_desk]
     if len(desks) != 1:
         problems.append(
-            Problem(path, None, f"exactly one partner needs general_desk = true (found {len(desks)})")
+            Problem(
+                path, None, f"exactly one partner needs general_desk = true (found {len(desks)})"
+            )
         )
     owned = {t for p in partners for t in p.topics}
     for t in TOPICS:
@@ -214,7 +221,5 @@ def also_notified(triage: Triage, directory: Directory, owner: Partner) -> list[
     """Partners that get a copy because a secondary topic is one they asked to see."""
     secondary = {t for t, _score in triage.topics[1:]}
     return [
-        p
-        for p in directory.partners
-        if p.id != owner.id and secondary.intersection(p.also_notify)
+        p for p in directory.partners if p.id != owner.id and secondary.intersection(p.also_notify)
     ]

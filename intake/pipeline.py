@@ -28,7 +28,14 @@ from sqlmodel import Session, col, select
 
 from intake.automatic import automatic_reason, spam_reason
 from intake.businessdays import BusinessCalendar
-from intake.compose import LOOP_HEADER, MARKER_HEADER, Sender, render_ack, render_alert, template_environment
+from intake.compose import (
+    LOOP_HEADER,
+    MARKER_HEADER,
+    Sender,
+    render_ack,
+    render_alert,
+    template_environment,
+)
 from intake.config import Settings
 from intake.fetch import Mailbox
 from intake.letter import Letter
@@ -94,7 +101,6 @@ class Service:
             sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
         )
 
-
     def deliver(self, now: datetime) -> SendReport:
         """Deliver this mailbox's due outbox rows (alerts first)."""
         return deliver_outbox(self.settings.smtp, self.engine, now, self.settings.mailbox.key)
@@ -152,8 +158,14 @@ def decide(letter: Letter, rules: RuleSet, own_address: str) -> tuple[Triage, st
 
 def _match_json(m: Match) -> dict[str, Any]:
     return {
-        "rule": m.rule, "kind": m.kind, "topic": m.topic, "pattern": m.pattern,
-        "surface": m.surface, "start": m.start, "end": m.end, "discounted": m.discounted,
+        "rule": m.rule,
+        "kind": m.kind,
+        "topic": m.topic,
+        "pattern": m.pattern,
+        "surface": m.surface,
+        "start": m.start,
+        "end": m.end,
+        "discounted": m.discounted,
     }
 
 
@@ -184,15 +196,16 @@ def _find_thread(
     if letter.bounce:
         refs += _bounced_ids(raw, letter.message_id)
     if refs:
-        ours = session.exec(select(Outbox).where(
-            Outbox.mailbox == mailbox, col(Outbox.message_id).in_(refs)
-        )).first()
+        ours = session.exec(
+            select(Outbox).where(Outbox.mailbox == mailbox, col(Outbox.message_id).in_(refs))
+        ).first()
         if ours is not None and ours.case_id is not None:
             return session.get(Case, ours.case_id), ours
         earlier = session.exec(
             select(StoredMessage).where(
                 StoredMessage.mailbox == mailbox,
-                col(StoredMessage.message_id).in_(refs), col(StoredMessage.case_id).is_not(None),
+                col(StoredMessage.message_id).in_(refs),
+                col(StoredMessage.case_id).is_not(None),
             )
         ).first()
         if earlier is not None:
@@ -200,8 +213,12 @@ def _find_thread(
     m = CASE_NUMBER.search(letter.subject)
     if m:
         case = session.get(Case, int(m.group(1)))
-        if (case is not None and case.mailbox == mailbox and letter.from_addr
-                and case.sender == letter.from_addr):
+        if (
+            case is not None
+            and case.mailbox == mailbox
+            and letter.from_addr
+            and case.sender == letter.from_addr
+        ):
             return case, None
     return None, None
 
@@ -219,19 +236,38 @@ def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) ->
 
 
 def queue_mail(
-    session: Session, *, kind: str, key: str, case: Case | None, to: list[str], message: Any,
-    priority: int, now: datetime, partner: str | None = None, mailbox: str = "",
+    session: Session,
+    *,
+    kind: str,
+    key: str,
+    case: Case | None,
+    to: list[str],
+    message: Any,
+    priority: int,
+    now: datetime,
+    partner: str | None = None,
+    mailbox: str = "",
 ) -> Outbox:
     row = Outbox(
-        mailbox=mailbox or (case.mailbox if case else ""), kind=kind, priority=priority, dedupe_key=key, case_id=case.id if case else None,
-        partner=partner, recipients=json.dumps(to), message_id=str(message["Message-ID"]),
-        content=bytes(message), created_at=to_db(now), next_attempt_at=to_db(now),
+        mailbox=mailbox or (case.mailbox if case else ""),
+        kind=kind,
+        priority=priority,
+        dedupe_key=key,
+        case_id=case.id if case else None,
+        partner=partner,
+        recipients=json.dumps(to),
+        message_id=str(message["Message-ID"]),
+        content=bytes(message),
+        created_at=to_db(now),
+        next_attempt_at=to_db(now),
     )
     session.add(row)
     return row
 
 
-def alert_context(svc: Service, case: Case, received: datetime, automatic: str | None) -> dict[str, Any]:
+def alert_context(
+    svc: Service, case: Case, received: datetime, automatic: str | None
+) -> dict[str, Any]:
     from intake.escalate import callback_due
 
     partner = svc.directory.get(case.partner)
@@ -248,18 +284,42 @@ def alert_context(svc: Service, case: Case, received: datetime, automatic: str |
     }
 
 
-def _queue_alert(svc: Service, session: Session, case: Case, msg: StoredMessage, received: datetime, automatic: str | None, now: datetime) -> None:
+def _queue_alert(
+    svc: Service,
+    session: Session,
+    case: Case,
+    msg: StoredMessage,
+    received: datetime,
+    automatic: str | None,
+    now: datetime,
+) -> None:
     message = render_alert(
-        svc.env, sender=svc.sender, to=list(svc.settings.oncall.to),
-        case=alert_context(svc, case, received, automatic), now=now, tz=svc.calendar.tz,
+        svc.env,
+        sender=svc.sender,
+        to=list(svc.settings.oncall.to),
+        case=alert_context(svc, case, received, automatic),
+        now=now,
+        tz=svc.calendar.tz,
     )
-    queue_mail(session, kind="alert", key=f"alert:message:{msg.id}", case=case,
-           to=list(svc.settings.oncall.to), message=message, priority=0, now=now)
+    queue_mail(
+        session,
+        kind="alert",
+        key=f"alert:message:{msg.id}",
+        case=case,
+        to=list(svc.settings.oncall.to),
+        message=message,
+        priority=0,
+        now=now,
+    )
     record_event(session, "alert-queued", case.id, f"message {msg.id}", at=now)
 
 
 def handle_message(
-    svc: Service, session: Session, msg: StoredMessage, now: datetime, stage: _Stage,
+    svc: Service,
+    session: Session,
+    msg: StoredMessage,
+    now: datetime,
+    stage: _Stage,
     report: RunReport,
 ) -> str:
     """Turn one stored message into a case (or a follow-up); queue its mail. Returns the outcome."""
@@ -286,15 +346,23 @@ def handle_message(
     phones = find_phones(letter.subject + "\n" + letter.text)
     reasons = [_match_json(m) for m in triage.urgent_reasons]
     received = now
-    if answered is not None and answered.kind in ("alert", "escalation") and (
-        letter.from_addr in svc.settings.oncall.to + svc.settings.oncall.backup
+    if (
+        answered is not None
+        and answered.kind in ("alert", "escalation")
+        and (letter.from_addr in svc.settings.oncall.to + svc.settings.oncall.backup)
     ):
         # The on-call person answered the alert: that is the acknowledgement of the alert.
         msg.case_id = answered.case_id
         msg.is_followup = True
         msg.status = "processed"
-        record_event(session, "alert-acknowledged", answered.case_id, f"by {letter.from_addr}",
-                     actor=letter.from_addr, at=now)
+        record_event(
+            session,
+            "alert-acknowledged",
+            answered.case_id,
+            f"by {letter.from_addr}",
+            actor=letter.from_addr,
+            at=now,
+        )
         return "alert-ack"
     if case is not None and letter.bounce and answered is not None and answered.kind == "ack":
         case.ack_state = "ack_failed"
@@ -305,10 +373,18 @@ def handle_message(
         return "bounce"
     if case is None:
         case = Case(
-            mailbox=svc.settings.mailbox.key, created_at=to_db(now), sender=letter.from_addr, topic=triage.topic,
-            topics=dumps(triage.topics), urgent=triage.urgent, urgent_reasons=dumps(reasons),
-            matches=dumps([_match_json(m) for m in triage.matches]), language=triage.language,
-            needs_human=triage.needs_human, partner=partner.id, phone=dumps(phones),
+            mailbox=svc.settings.mailbox.key,
+            created_at=to_db(now),
+            sender=letter.from_addr,
+            topic=triage.topic,
+            topics=dumps(triage.topics),
+            urgent=triage.urgent,
+            urgent_reasons=dumps(reasons),
+            matches=dumps([_match_json(m) for m in triage.matches]),
+            language=triage.language,
+            needs_human=triage.needs_human,
+            partner=partner.id,
+            phone=dumps(phones),
         )
         session.add(case)
         session.flush()
@@ -336,12 +412,27 @@ def handle_message(
             block = "rate-limited"
         if block is None:
             ack = render_ack(
-                svc.env, sender=svc.sender, to=letter.from_addr, case_number=case.number,
-                in_reply_to=letter.message_id, references=letter.references, received=received,
-                calendar=svc.calendar, directory=svc.directory, now=now,
+                svc.env,
+                sender=svc.sender,
+                to=letter.from_addr,
+                case_number=case.number,
+                in_reply_to=letter.message_id,
+                references=letter.references,
+                received=received,
+                calendar=svc.calendar,
+                directory=svc.directory,
+                now=now,
             )
-            queue_mail(session, kind="ack", key=f"ack:case:{case.id}", case=case,
-                   to=[letter.from_addr], message=ack, priority=1, now=now)
+            queue_mail(
+                session,
+                kind="ack",
+                key=f"ack:case:{case.id}",
+                case=case,
+                to=[letter.from_addr],
+                message=ack,
+                priority=1,
+                now=now,
+            )
             case.ack_state = "queued"
             report.acks += 1
         else:
@@ -355,19 +446,28 @@ def handle_message(
 
 
 _FROM = re.compile(rb"^From:[^\r\n]*?([\w.!#$%&'*+/=?^`{|}~-]+@[\w.-]+)", re.I | re.M)
-_AUTO_HINT = re.compile(rb"^(auto-submitted:\s*(?!no\b)|precedence:\s*(bulk|junk|list)|list-id:)", re.I | re.M)
+_AUTO_HINT = re.compile(
+    rb"^(auto-submitted:\s*(?!no\b)|precedence:\s*(bulk|junk|list)|list-id:)", re.I | re.M
+)
 
 
-def quarantine(svc: Service, session: Session, msg: StoredMessage, stage: str, error: str, now: datetime) -> None:
+def quarantine(
+    svc: Service, session: Session, msg: StoredMessage, stage: str, error: str, now: datetime
+) -> None:
     """A message that broke a stage becomes a case for a human, with where it broke."""
     raw = msg.raw or b""
     head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     m = _FROM.search(head)
     sender = m.group(1).decode("ascii", "replace").lower() if m else ""
     desk = svc.directory.general_desk
-    case = Case(mailbox=svc.settings.mailbox.key, created_at=to_db(now), sender=sender,
-                needs_human=True, partner=desk.id,
-                ack_state="pending")
+    case = Case(
+        mailbox=svc.settings.mailbox.key,
+        created_at=to_db(now),
+        sender=sender,
+        needs_human=True,
+        partner=desk.id,
+        ack_state="pending",
+    )
     session.add(case)
     session.flush()
     msg.status = "quarantined"
@@ -379,17 +479,40 @@ def quarantine(svc: Service, session: Session, msg: StoredMessage, stage: str, e
     # Still acknowledge a person: a crash may delay an acknowledgement, never lose it.
     if sender and not _AUTO_HINT.search(head) and sender != svc.sender.address.lower():
         ack = render_ack(
-            svc.env, sender=svc.sender, to=sender, case_number=case.number, in_reply_to=None,
-            references=[], received=now, calendar=svc.calendar, directory=svc.directory, now=now,
+            svc.env,
+            sender=svc.sender,
+            to=sender,
+            case_number=case.number,
+            in_reply_to=None,
+            references=[],
+            received=now,
+            calendar=svc.calendar,
+            directory=svc.directory,
+            now=now,
         )
-        queue_mail(session, kind="ack", key=f"ack:case:{case.id}", case=case, to=[sender],
-               message=ack, priority=1, now=now)
+        queue_mail(
+            session,
+            kind="ack",
+            key=f"ack:case:{case.id}",
+            case=case,
+            to=[sender],
+            message=ack,
+            priority=1,
+            now=now,
+        )
         case.ack_state = "queued"
     else:
         case.ack_state = "suppressed:quarantined"
 
 
-def ingest_batch(svc: Service, items: list[tuple[int, bytes]], uidvalidity: int, high_uid: int, now: datetime, report: RunReport) -> None:
+def ingest_batch(
+    svc: Service,
+    items: list[tuple[int, bytes]],
+    uidvalidity: int,
+    high_uid: int,
+    now: datetime,
+    report: RunReport,
+) -> None:
     """Store, then process, one batch of fetched mail; advance the cursor with the cases."""
     key = svc.settings.mailbox.key
     hashes = {hashlib.sha256(raw).hexdigest(): (uid, raw) for uid, raw in items}
@@ -406,8 +529,15 @@ def ingest_batch(svc: Service, items: list[tuple[int, bytes]], uidvalidity: int,
         for sha, (uid, raw) in hashes.items():
             msg = known.get(sha)
             if msg is None:
-                msg = StoredMessage(mailbox=key, uidvalidity=uidvalidity, uid=uid, sha256=sha,
-                                    raw=raw, size=len(raw), received_at=to_db(now))
+                msg = StoredMessage(
+                    mailbox=key,
+                    uidvalidity=uidvalidity,
+                    uid=uid,
+                    sha256=sha,
+                    raw=raw,
+                    size=len(raw),
+                    received_at=to_db(now),
+                )
                 session.add(msg)
                 report.stored += 1
             elif msg.status != "received":
@@ -430,7 +560,7 @@ def ingest_batch(svc: Service, items: list[tuple[int, bytes]], uidvalidity: int,
             try:
                 with session.begin_nested():
                     outcome = handle_message(svc, session, msg, now, stage, report)
-            except Exception as exc:  # noqa: BLE001 - any failure quarantines, never stops intake
+            except Exception as exc:
                 session.refresh(msg)
                 quarantine(svc, session, msg, stage.name, type(exc).__name__, now)
                 report.quarantined += 1
@@ -456,10 +586,15 @@ def process_new_mail(svc: Service, mailbox: Mailbox, now: datetime) -> RunReport
         if cursor.uidvalidity != state.uidvalidity:
             if cursor.uidvalidity:
                 # Mailbox recreated or restored: rescan; stored mail is recognised by its hash.
-                log.warning("UIDVALIDITY changed; rescanning the folder",
-                            extra={"old": cursor.uidvalidity, "new": state.uidvalidity})
-                record_event(session, "uidvalidity-changed",
-                             detail=f"{cursor.uidvalidity} -> {state.uidvalidity}")
+                log.warning(
+                    "UIDVALIDITY changed; rescanning the folder",
+                    extra={"old": cursor.uidvalidity, "new": state.uidvalidity},
+                )
+                record_event(
+                    session,
+                    "uidvalidity-changed",
+                    detail=f"{cursor.uidvalidity} -> {state.uidvalidity}",
+                )
             cursor.uidvalidity = state.uidvalidity
             cursor.last_uid = 0
         last_uid = cursor.last_uid
@@ -477,4 +612,11 @@ def process_new_mail(svc: Service, mailbox: Mailbox, now: datetime) -> RunReport
     return report
 
 
-__all__ = ["RunReport", "Service", "acknowledgement_block", "from_db", "ingest_batch", "process_new_mail"]
+__all__ = [
+    "RunReport",
+    "Service",
+    "acknowledgement_block",
+    "from_db",
+    "ingest_batch",
+    "process_new_mail",
+]

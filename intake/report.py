@@ -84,7 +84,7 @@ def sender_salt(settings: Settings) -> bytes:
         path = Path(url.removeprefix("sqlite:///")).parent / "sender-salt"
     if path is None:
         raise ConfigError(
-            f"no key for sender hashes: set {SALT_ENV} or `salt_file = \"...\"` under [report]"
+            f'no key for sender hashes: set {SALT_ENV} or `salt_file = "..."` under [report]'
         )
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,15 +169,19 @@ def monthly_report(svc: Service, month: str) -> Report:
         cases = session.exec(
             select(Case).where(
                 Case.mailbox == svc.settings.mailbox.key,
-                Case.created_at >= utc(start), Case.created_at < utc(end),
+                Case.created_at >= utc(start),
+                Case.created_at < utc(end),
             )
         ).all()
         ids = [c.id for c in cases]
         marks = dict(session.exec(select(SenderMark.case_id, SenderMark.sender_hash)).all())
-        earlier = set(session.exec(
-            select(SenderMark.sender_hash).join(Case, col(Case.id) == SenderMark.case_id)
-            .where(Case.mailbox == svc.settings.mailbox.key, Case.created_at < utc(start))
-        ).all())
+        earlier = set(
+            session.exec(
+                select(SenderMark.sender_hash)
+                .join(Case, col(Case.id) == SenderMark.case_id)
+                .where(Case.mailbox == svc.settings.mailbox.key, Case.created_at < utc(start))
+            ).all()
+        )
         outbox = session.exec(select(Outbox).where(col(Outbox.case_id).in_(ids))).all()
         events = session.exec(select(Event).where(col(Event.case_id).in_(ids))).all()
     received = {c.id: utc(c.created_at) for c in cases}
@@ -196,8 +200,11 @@ def monthly_report(svc: Service, month: str) -> Report:
         key = (e.kind, e.case_id)
         first_event[key] = min(at, first_event.get(key, at))
     for case_id, alert_at in first_alert.items():
-        acked = [utc(e.at) for e in events
-                 if e.case_id == case_id and e.kind == ACK_EVENT and utc(e.at) >= alert_at]
+        acked = [
+            utc(e.at)
+            for e in events
+            if e.case_id == case_id and e.kind == ACK_EVENT and utc(e.at) >= alert_at
+        ]
         if acked:
             alert_ack_times.append(min(acked) - alert_at)
     for case_id, at in received.items():
@@ -253,8 +260,12 @@ def _rows(report: Report, directory: Directory | None) -> dict[str, list[tuple[s
 
 
 def render_markdown(report: Report, directory: Directory | None = None, chart: str = "") -> str:
-    lines = [f"# 相談受付 月次報告 {report.month}", "",
-             "受信した月（日本時間）で集計。個人を特定できる情報は含みません。", ""]
+    lines = [
+        f"# 相談受付 月次報告 {report.month}",
+        "",
+        "受信した月（日本時間）で集計。個人を特定できる情報は含みません。",
+        "",
+    ]
     for title, rows in _rows(report, directory).items():
         lines += [f"## {title}", "", "| 項目 | 値 |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in rows] or ["| （なし） | 0 |"]
@@ -265,12 +276,15 @@ def render_markdown(report: Report, directory: Directory | None = None, chart: s
 
 
 def render_html(report: Report, directory: Directory | None = None, chart: str = "") -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="ja"><head><meta charset="utf-8">',
-             f"<title>相談受付 月次報告 {html.escape(report.month)}</title></head><body>",
-             f"<h1>相談受付 月次報告 {html.escape(report.month)}</h1>",
-             "<p>受信した月（日本時間）で集計。個人を特定できる情報は含みません。</p>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="ja"><head><meta charset="utf-8">',
+        f"<title>相談受付 月次報告 {html.escape(report.month)}</title></head><body>",
+        f"<h1>相談受付 月次報告 {html.escape(report.month)}</h1>",
+        "<p>受信した月（日本時間）で集計。個人を特定できる情報は含みません。</p>",
+    ]
     for title, rows in _rows(report, directory).items():
-        parts.append(f"<h2>{html.escape(title)}</h2><table border=\"1\">")
+        parts.append(f'<h2>{html.escape(title)}</h2><table border="1">')
         parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows]
         parts.append("</table>")
     if chart:
@@ -295,25 +309,52 @@ def write_report(report: Report, out_dir: Path, directory: Directory | None = No
 # --- a tiny PNG bar chart -----------------------------------------------------------------
 
 _GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
-    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
-    "6": "111100111101111", "7": "111001001001001", "8": "111101111101111",
-    "9": "111101111001111", "a": "010101111101101", "b": "110101110101110",
-    "c": "011100100100011", "d": "110101101101110", "e": "111100110100111",
-    "f": "111100110100100", "g": "011100101101011", "h": "101101111101101",
-    "i": "111010010010111", "j": "001001001101010", "k": "101101110101101",
-    "l": "100100100100111", "m": "101111111101101", "n": "110101101101101",
-    "o": "010101101101010", "p": "110101110100100", "q": "010101101110011",
-    "r": "110101110101101", "s": "011100010001110", "t": "111010010010010",
-    "u": "101101101101111", "v": "101101101101010", "w": "101101111111101",
-    "x": "101101010101101", "y": "101101010010010", "z": "111001010100111",
-    "-": "000000111000000", "_": "000000000000111", ":": "000010000010000",
-    ".": "000000000000010", " ": "000000000000000", "?": "111001011000010",
+    "0": "111101101101111",
+    "1": "010110010010111",
+    "2": "111001111100111",
+    "3": "111001111001111",
+    "4": "101101111001001",
+    "5": "111100111001111",
+    "6": "111100111101111",
+    "7": "111001001001001",
+    "8": "111101111101111",
+    "9": "111101111001111",
+    "a": "010101111101101",
+    "b": "110101110101110",
+    "c": "011100100100011",
+    "d": "110101101101110",
+    "e": "111100110100111",
+    "f": "111100110100100",
+    "g": "011100101101011",
+    "h": "101101111101101",
+    "i": "111010010010111",
+    "j": "001001001101010",
+    "k": "101101110101101",
+    "l": "100100100100111",
+    "m": "101111111101101",
+    "n": "110101101101101",
+    "o": "010101101101010",
+    "p": "110101110100100",
+    "q": "010101101110011",
+    "r": "110101110101101",
+    "s": "011100010001110",
+    "t": "111010010010010",
+    "u": "101101101101111",
+    "v": "101101101101010",
+    "w": "101101111111101",
+    "x": "101101010101101",
+    "y": "101101010010010",
+    "z": "111001010100111",
+    "-": "000000111000000",
+    "_": "000000000000111",
+    ":": "000010000010000",
+    ".": "000000000000010",
+    " ": "000000000000000",
+    "?": "111001011000010",
 }
 _SCALE = 3
 _INK = (40, 40, 40)
-_BARS = ((66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188),
-         (0, 172, 193))
+_BARS = ((66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193))
 
 
 class _Canvas:
@@ -337,7 +378,7 @@ class _Canvas:
 
     def png(self) -> bytes:
         raw = b"".join(
-            b"\x00" + bytes(self.pixels[r * self.width * 3:(r + 1) * self.width * 3])
+            b"\x00" + bytes(self.pixels[r * self.width * 3 : (r + 1) * self.width * 3])
             for r in range(self.height)
         )
 
@@ -346,8 +387,12 @@ class _Canvas:
             return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
         header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(raw, 9))
+            + chunk(b"IEND", b"")
+        )
 
 
 def _text_width(text: str) -> int:
@@ -356,8 +401,10 @@ def _text_width(text: str) -> int:
 
 def bar_chart_png(report: Report) -> bytes:
     """Horizontal bars: cases by topic, then by partner, labelled with their ASCII ids."""
-    sections = [(f"cases by topic {report.month}", report.by_topic),
-                ("cases by partner", report.by_partner)]
+    sections = [
+        (f"cases by topic {report.month}", report.by_topic),
+        ("cases by partner", report.by_partner),
+    ]
     labels = [k for _t, rows in sections for k, _n in rows] or ["none"]
     label_w = max(_text_width(k) for k in labels) + 12
     bar_max, row_h, pad = 360, 7 * _SCALE + 6, 12

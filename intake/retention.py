@@ -68,8 +68,10 @@ def _without_surfaces(evidence: str) -> str:
     except ValueError:
         return "[]"
     keep = ("rule", "kind", "topic", "discounted")
-    return json.dumps([{k: m[k] for k in keep if k in m} for m in items if isinstance(m, dict)],
-                      ensure_ascii=False)
+    return json.dumps(
+        [{k: m[k] for k in keep if k in m} for m in items if isinstance(m, dict)],
+        ensure_ascii=False,
+    )
 
 
 def purge(svc: Service, now: datetime, keep_days: int) -> int:
@@ -79,7 +81,8 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
     cutoff = utc(now) - timedelta(days=keep_days)
     salt = sender_salt(svc.settings)
     SQLModel.metadata.create_all(
-        svc.engine, tables=[SenderMark.__table__, CaseNote.__table__]  # type: ignore[attr-defined]
+        svc.engine,
+        tables=[SenderMark.__table__, CaseNote.__table__],  # type: ignore[attr-defined]
     )
     purged = 0
     with session_scope(svc.engine) as session:
@@ -97,15 +100,17 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
             msg.subject = msg.body = msg.new_text = msg.from_addr = ""
             msg.message_id = None
             purged += 1
-        recent_cases = set(session.exec(
-            select(StoredMessage.case_id).where(
-                StoredMessage.mailbox == svc.settings.mailbox.key,
-                StoredMessage.received_at >= cutoff,
-            )
-        ).all())
-        for case in session.exec(select(Case).where(
-            Case.mailbox == svc.settings.mailbox.key, Case.created_at < cutoff
-        )).all():
+        recent_cases = set(
+            session.exec(
+                select(StoredMessage.case_id).where(
+                    StoredMessage.mailbox == svc.settings.mailbox.key,
+                    StoredMessage.received_at >= cutoff,
+                )
+            ).all()
+        )
+        for case in session.exec(
+            select(Case).where(Case.mailbox == svc.settings.mailbox.key, Case.created_at < cutoff)
+        ).all():
             if case.id in recent_cases:
                 continue  # a follow-up inside the period keeps the case readable
             case.sender = ""
@@ -117,7 +122,8 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
         for row in session.exec(
             select(Outbox).where(
                 Outbox.mailbox == svc.settings.mailbox.key,
-                Outbox.created_at < cutoff, col(Outbox.status) != "queued",
+                Outbox.created_at < cutoff,
+                col(Outbox.status) != "queued",
             )
         ).all():
             row.content = b""

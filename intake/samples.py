@@ -6,10 +6,10 @@ invented (example.jp and carrier domains with made-up local parts); no real pers
 
 from __future__ import annotations
 
+from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 TO = "sasaean@city.kasaoka.okayama.jp"
@@ -66,7 +66,8 @@ def bounce(to_sender: str, original_message_id: str = "<lost@example.jp>") -> by
         f"To: {TO}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
         f"Date: {format_datetime(WHEN)}\r\nMessage-ID: {make_msgid(domain='mx.example.jp')}\r\n"
         "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+        f' boundary="{boundary}"\r\n\r\n'
         f"--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
         f"This is the mail system. Your message could not be delivered to {to_sender}.\r\n\r\n"
         f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
@@ -82,28 +83,33 @@ def demo_mails() -> list[bytes]:
     """A small, varied morning in the mailbox: what ``make demo`` puts in Dovecot."""
     return [
         consultation(
-            "hanako.demo@example.jp", "相談です",
+            "hanako.demo@example.jp",
+            "相談です",
             "学校でいじめられています。クラスのみんなに無視されて、つらいです。\n"
             "誰にも言えなくて、メールしました。",
-            charset="iso-2022-jp", name="山田花子",
+            charset="iso-2022-jp",
+            name="山田花子",
         ),
         consultation(
-            "taro.demo@example.jp", "お金のこと",
+            "taro.demo@example.jp",
+            "お金のこと",
             "バイトを切られて家賃が払えんようになりました。\n来月からどうしたらええんか分からんです。",
             charset="shift_jis",
         ),
         consultation(
-            "sora.demo@example.jp", "話を聞いてほしい",
-            "最近ずっと眠れなくて、もう消えたいと思ってしまいます。\n"
-            "電話は 090-1234-5678 です。",
+            "sora.demo@example.jp",
+            "話を聞いてほしい",
+            "最近ずっと眠れなくて、もう消えたいと思ってしまいます。\n電話は 090-1234-5678 です。",
         ),
         consultation(
-            "kaigo.demo@example.jp", "祖母の介護",
+            "kaigo.demo@example.jp",
+            "祖母の介護",
             "高校に通いながら祖母の介護をしています。疲れて勉強が手につきません。",
             charset="euc-jp",
         ),
         consultation(
-            "vacation.demo@example.jp", "自動応答: 不在のお知らせ",
+            "vacation.demo@example.jp",
+            "自動応答: 不在のお知らせ",
             "ただいま不在にしております。12月1日以降に返信いたします。",
             headers={"Auto-Submitted": "auto-replied"},
         ),

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiosmtplib
-from sqlalchemy.engine import Engine
 from sqlalchemy import insert, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col, select
 
 from intake.config import SmtpSettings
@@ -65,7 +64,7 @@ def _client(s: SmtpSettings) -> aiosmtplib.SMTP:
         hostname=s.host,
         port=s.port,
         use_tls=s.security == "tls",
-        start_tls=True if s.security == "starttls" else False,
+        start_tls=s.security == "starttls",
         tls_context=context,
         timeout=s.timeout,
     )
@@ -130,12 +129,23 @@ async def _deliver(
                 # In doubt: a sender died between handing this mail to the server and
                 # recording the answer. Sending again risks one duplicate; not sending risks
                 # a resident or the on-call person never hearing from us. Resend, and say so.
-                record_event(session, f"in-doubt-resend:{row.kind}", row.case_id,
-                             f"outbox {row.id}")
-                log.warning("resending a mail whose delivery is in doubt",
-                            extra={"outbox": row.id, "kind": row.kind})
-            jobs.append((row.id, row.kind, row.case_id, json.loads(row.recipients), row.content,
-                         row.claimed_by if row.status == "sending" else None))
+                record_event(
+                    session, f"in-doubt-resend:{row.kind}", row.case_id, f"outbox {row.id}"
+                )
+                log.warning(
+                    "resending a mail whose delivery is in doubt",
+                    extra={"outbox": row.id, "kind": row.kind},
+                )
+            jobs.append(
+                (
+                    row.id,
+                    row.kind,
+                    row.case_id,
+                    json.loads(row.recipients),
+                    row.content,
+                    row.claimed_by if row.status == "sending" else None,
+                )
+            )
     if not jobs:
         return report
     smtp = _client(settings)
@@ -190,8 +200,13 @@ async def _deliver(
 
 
 def _mark_sent(
-    conn: Connection, row_id: int | None, kind: str, case_id: int | None, response: str,
-    errors: dict[str, object], now: datetime,
+    conn: Connection,
+    row_id: int | None,
+    kind: str,
+    case_id: int | None,
+    response: str,
+    errors: dict[str, object],
+    now: datetime,
 ) -> None:
     """Record the server's 250 as fast as possible: the crash window is exactly this call.
 
@@ -200,7 +215,9 @@ def _mark_sent(
     short local transaction.
     """
     values: dict[str, object] = {
-        "status": "sent", "sent_at": now, "attempts": Outbox.attempts + 1,
+        "status": "sent",
+        "sent_at": now,
+        "attempts": Outbox.attempts + 1,
         "smtp_response": response[:500],
     }
     if errors:
@@ -213,16 +230,26 @@ def _mark_sent(
                 .where(Case.id == case_id, col(Case.ack_state).in_(["pending", "queued"]))  # type: ignore[arg-type]
                 .values(ack_state="sent")
             )
-        conn.execute(insert(Event).values(at=now, case_id=case_id, kind=f"sent:{kind}",
-                                          detail=f"outbox {row_id}", actor="service"))
+        conn.execute(
+            insert(Event).values(
+                at=now,
+                case_id=case_id,
+                kind=f"sent:{kind}",
+                detail=f"outbox {row_id}",
+                actor="service",
+            )
+        )
 
 
 def _defer(engine: Engine, row_ids: list[int | None], why: str, now: datetime) -> None:
     with session_scope(engine) as session:
         for row_id in row_ids:
             row = session.get(Outbox, row_id)
-            if row is None or (row.status == "sending" and row.claimed_by != WORKER_ID
-                               and not claim_is_dead(row.claimed_by, row.claimed_at, now)):
+            if row is None or (
+                row.status == "sending"
+                and row.claimed_by != WORKER_ID
+                and not claim_is_dead(row.claimed_by, row.claimed_at, now)
+            ):
                 continue  # a live worker holds it; leave it alone
             row.status = "queued"
             row.attempts += 1

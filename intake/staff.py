@@ -76,7 +76,8 @@ def ensure_tables(engine: Engine) -> None:
     from intake.report import SenderMark
 
     SQLModel.metadata.create_all(
-        engine, tables=[CaseNote.__table__, SenderMark.__table__]  # type: ignore[attr-defined]
+        engine,
+        tables=[CaseNote.__table__, SenderMark.__table__],  # type: ignore[attr-defined]
     )
 
 
@@ -104,8 +105,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         widths = [max(w, display_width(cell)) for w, cell in zip(widths, row, strict=True)]
     lines = ["  ".join(pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
+    lines += [
+        "  ".join(pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -188,12 +190,21 @@ def format_cases(svc: Service, rows: Sequence[CaseRow]) -> str:
         partner = svc.directory.get(pid)
         return partner.name if partner else pid
 
-    table = format_table(CASE_HEADERS, [
-        (r.number, _local(r.received, svc), TOPIC_JA.get(r.topic, r.topic),
-         "緊急" if r.urgent else "", partner_name(r.partner), STATUS_JA.get(r.status, r.status),
-         ack_label(r.ack_state))
-        for r in rows
-    ])
+    table = format_table(
+        CASE_HEADERS,
+        [
+            (
+                r.number,
+                _local(r.received, svc),
+                TOPIC_JA.get(r.topic, r.topic),
+                "緊急" if r.urgent else "",
+                partner_name(r.partner),
+                STATUS_JA.get(r.status, r.status),
+                ack_label(r.ack_state),
+            )
+            for r in rows
+        ],
+    )
     return f"{table}\n{len(rows)} 件"
 
 
@@ -204,15 +215,22 @@ def show_case(svc: Service, number: str) -> str:
         case = case_by_number(session, number, svc.settings.mailbox.key)
         assert case.id is not None
         messages = session.exec(
-            select(StoredMessage).where(StoredMessage.case_id == case.id)
+            select(StoredMessage)
+            .where(StoredMessage.case_id == case.id)
             .order_by(col(StoredMessage.received_at), col(StoredMessage.id))
         ).all()
-        mails = session.exec(select(Outbox).where(Outbox.case_id == case.id)
-                             .order_by(col(Outbox.created_at), col(Outbox.id))).all()
-        events = session.exec(select(Event).where(Event.case_id == case.id)
-                              .order_by(col(Event.at), col(Event.id))).all()
-        notes: dict[int | None, str] = {n.event_id: n.text for n in
-                 session.exec(select(CaseNote).where(CaseNote.case_id == case.id))}
+        mails = session.exec(
+            select(Outbox)
+            .where(Outbox.case_id == case.id)
+            .order_by(col(Outbox.created_at), col(Outbox.id))
+        ).all()
+        events = session.exec(
+            select(Event).where(Event.case_id == case.id).order_by(col(Event.at), col(Event.id))
+        ).all()
+        notes: dict[int | None, str] = {
+            n.event_id: n.text
+            for n in session.exec(select(CaseNote).where(CaseNote.case_id == case.id))
+        }
         state = alert_state(session, case.id)
     partner = svc.directory.get(case.partner)
     received = utc(case.created_at)
@@ -231,20 +249,26 @@ def show_case(svc: Service, number: str) -> str:
     if case.needs_human:
         lines.append("要確認: 自動判定できないため、職員が内容を確認してください")
     if case.urgent:
-        reasons = ", ".join(f"「{r.get('surface', '')}」({r.get('rule', '')})"
-                            for r in json.loads(case.urgent_reasons))
+        reasons = ", ".join(
+            f"「{r.get('surface', '')}」({r.get('rule', '')})"
+            for r in json.loads(case.urgent_reasons)
+        )
         lines.append(f"緊急: はい — {reasons or '理由の記録なし'}")
-        lines.append(f"折り返し期限: {_local(callback_due(received, svc.calendar), svc)}"
-                     + (f"（{_local(callback[0].at, svc)} 済）" if callback else "（未了）"))
+        lines.append(
+            f"折り返し期限: {_local(callback_due(received, svc.calendar), svc)}"
+            + (f"（{_local(callback[0].at, svc)} 済）" if callback else "（未了）")
+        )
         if state is not None:
             ack = _local(state.acknowledged_at, svc) if state.acknowledged_at else "未確認"
             lines.append(f"通知の確認: {ack}（再通知 {state.escalations_total} 回）")
     lines.append("")
     lines.append(f"== 受信メール ({len(messages)}) ==")
     for m in messages:
-        lines.append(f"-- {_local(m.received_at, svc)}  {m.from_addr or '（送信者不明）'}"
-                     + ("  [続き]" if m.is_followup else "")
-                     + (f"  [隔離: {m.stage_error}]" if m.stage_error else ""))
+        lines.append(
+            f"-- {_local(m.received_at, svc)}  {m.from_addr or '（送信者不明）'}"
+            + ("  [続き]" if m.is_followup else "")
+            + (f"  [隔離: {m.stage_error}]" if m.stage_error else "")
+        )
         if m.raw is None and not m.body:
             lines.append("（保存期間を過ぎたため本文は削除済み）")
             continue
@@ -253,8 +277,13 @@ def show_case(svc: Service, number: str) -> str:
     lines.append("")
     lines.append(f"== 送信メール ({len(mails)}) ==")
     mail_rows = [
-        (o.kind, ", ".join(json.loads(o.recipients)), o.status,
-         _local(o.sent_at, svc) if o.sent_at else "", _subject(o.content) if o.content else "")
+        (
+            o.kind,
+            ", ".join(json.loads(o.recipients)),
+            o.status,
+            _local(o.sent_at, svc) if o.sent_at else "",
+            _subject(o.content) if o.content else "",
+        )
         for o in mails
     ]
     if mail_rows:
@@ -262,16 +291,30 @@ def show_case(svc: Service, number: str) -> str:
     lines.append("")
     lines.append(f"== 履歴 ({len(events)}) ==")
     if events:
-        lines.append(format_table(("日時", "内容", "担当者", "詳細"), [
-            (_local(e.at, svc), e.kind, e.actor,
-             e.detail + (f" メモ: {notes[e.id]}" if notes.get(e.id) else ""))
-            for e in events
-        ]))
+        lines.append(
+            format_table(
+                ("日時", "内容", "担当者", "詳細"),
+                [
+                    (
+                        _local(e.at, svc),
+                        e.kind,
+                        e.actor,
+                        e.detail + (f" メモ: {notes[e.id]}" if notes.get(e.id) else ""),
+                    )
+                    for e in events
+                ],
+            )
+        )
     return "\n".join(lines)
 
 
 def _change(
-    svc: Service, number: str, kind: str, note: str | None, actor: str, now: datetime,
+    svc: Service,
+    number: str,
+    kind: str,
+    note: str | None,
+    actor: str,
+    now: datetime,
     apply: Callable[[Case], str],
 ) -> Event:
     """Apply one change to a case and record it (``apply`` returns the event's detail)."""
@@ -375,8 +418,14 @@ def cmd_ack(args: argparse.Namespace) -> int:
 
 def cmd_cases(args: argparse.Namespace) -> int:
     svc = _service(args)
-    filters = CaseFilter(status=args.status, topic=args.topic, partner=args.partner,
-                         urgent=args.urgent, since=args.since, until=args.until)
+    filters = CaseFilter(
+        status=args.status,
+        topic=args.topic,
+        partner=args.partner,
+        urgent=args.urgent,
+        since=args.since,
+        until=args.until,
+    )
     print(format_cases(svc, list_cases(svc, filters)))
     return 0
 
@@ -413,8 +462,10 @@ def cmd_escalate(args: argparse.Namespace) -> int:
     now = _now(svc)
     queued = escalate(svc, now)
     sent = svc.deliver(now)
-    print(f"escalations queued {queued}; sent {sent.sent}, deferred {sent.deferred}, "
-          f"failed {sent.failed}")
+    print(
+        f"escalations queued {queued}; sent {sent.sent}, deferred {sent.deferred}, "
+        f"failed {sent.failed}"
+    )
     return 0
 
 
@@ -449,8 +500,9 @@ def _month(text: str) -> str:
 def add_commands(sub: Any) -> None:
     """Register the staff and operations commands on service.py's sub-parsers."""
 
-    def command(name: str, help_text: str, func: Callable[[argparse.Namespace], int],
-                case: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_text: str, func: Callable[[argparse.Namespace], int], case: bool = True
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="TOML config (default: $INTAKE_CONFIG)")
         if case:
@@ -479,8 +531,9 @@ def add_commands(sub: Any) -> None:
     p = command("report", "monthly figures as Markdown/HTML + PNG", cmd_report, case=False)
     p.add_argument("--month", required=True, type=_month, help="YYYY-MM (received, JST)")
     p.add_argument("--out", default="reports", help="output folder (default: ./reports)")
-    p = command("purge", "remove mail bodies older than the retention period", cmd_purge,
-                case=False)
+    p = command(
+        "purge", "remove mail bodies older than the retention period", cmd_purge, case=False
+    )
     p.add_argument("--days", type=int, help="keep this many days (default: config)")
 
 

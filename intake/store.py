@@ -207,12 +207,19 @@ def get_cursor(session: Session, mailbox: str) -> Cursor:
 
 
 def record_event(
-    session: Session, kind: str, case_id: int | None = None, detail: str = "",
-    actor: str = "service", at: datetime | None = None,
+    session: Session,
+    kind: str,
+    case_id: int | None = None,
+    detail: str = "",
+    actor: str = "service",
+    at: datetime | None = None,
 ) -> None:
     """Append to the audit trail; ``at`` is the pipeline's clock when it has one."""
-    session.add(Event(kind=kind, case_id=case_id, detail=detail, actor=actor,
-                      at=to_db(at) if at else utcnow()))
+    session.add(
+        Event(
+            kind=kind, case_id=case_id, detail=detail, actor=actor, at=to_db(at) if at else utcnow()
+        )
+    )
 
 
 def find_message_by_hash(session: Session, mailbox: str, sha256: str) -> StoredMessage | None:

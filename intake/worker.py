@@ -71,17 +71,35 @@ def schedule_jobs(svc: Service, scheduler: Any) -> None:
     for at in svc.settings.digest_times:
         hour, minute = at.split(":")
         scheduler.add_job(
-            digest_job, CronTrigger(day_of_week="mon-fri", hour=int(hour), minute=int(minute),
-                                    timezone=tz),
-            args=[svc], id=f"digest-{at}", max_instances=1, coalesce=True,
+            digest_job,
+            CronTrigger(day_of_week="mon-fri", hour=int(hour), minute=int(minute), timezone=tz),
+            args=[svc],
+            id=f"digest-{at}",
+            max_instances=1,
+            coalesce=True,
             misfire_grace_time=3600,
         )
-    scheduler.add_job(outbox_job, "interval", seconds=30, args=[svc], id="outbox",
-                      max_instances=1, coalesce=True)
-    scheduler.add_job(escalate_job, "interval", seconds=60, args=[svc], id="escalate",
-                      max_instances=1, coalesce=True)
-    scheduler.add_job(purge_job, CronTrigger(hour=3, minute=30, timezone=tz), args=[svc],
-                      id="purge", max_instances=1, coalesce=True, misfire_grace_time=6 * 3600)
+    scheduler.add_job(
+        outbox_job, "interval", seconds=30, args=[svc], id="outbox", max_instances=1, coalesce=True
+    )
+    scheduler.add_job(
+        escalate_job,
+        "interval",
+        seconds=60,
+        args=[svc],
+        id="escalate",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        purge_job,
+        CronTrigger(hour=3, minute=30, timezone=tz),
+        args=[svc],
+        id="purge",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=6 * 3600,
+    )
 
 
 class Worker:
@@ -104,8 +122,10 @@ class Worker:
                         delay = RECONNECT_MIN
                         self._serve(mailbox)
                 except (MailboxError, IMAPClientError, OSError) as exc:
-                    log.warning("mailbox connection failed; reconnecting",
-                                extra={"error": type(exc).__name__, "delay": delay})
+                    log.warning(
+                        "mailbox connection failed; reconnecting",
+                        extra={"error": type(exc).__name__, "delay": delay},
+                    )
                     self.stopping.wait(delay)
                     delay = min(delay * 2, RECONNECT_MAX)
         finally:
@@ -119,9 +139,14 @@ class Worker:
                 return  # reopen: the folder was recreated
             report = process_new_mail(self.svc, mailbox, now_in(self.svc))
             if report.fetched:
-                log.info("processed new mail", extra={"fetched": report.fetched,
-                                                      "cases": report.cases,
-                                                      "alerts": report.alerts})
+                log.info(
+                    "processed new mail",
+                    extra={
+                        "fetched": report.fetched,
+                        "cases": report.cases,
+                        "alerts": report.alerts,
+                    },
+                )
                 self.svc.deliver(now_in(self.svc))
             # Wake at least every few seconds so SIGTERM is honoured promptly.
             budget = settings.poll_interval if not (mailbox.state and mailbox.state.idle) else 600
@@ -138,5 +163,3 @@ def run_worker(svc: Service) -> None:
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run()
-
-

@@ -12,7 +12,11 @@ BACKUP = "backup@example.jp"
 
 
 def write_config(
-    tmp_path: Path, imap: LocalDovecot, smtp: LocalSMTP, *, extra: str = "",
+    tmp_path: Path,
+    imap: LocalDovecot,
+    smtp: LocalSMTP,
+    *,
+    extra: str = "",
     password_env: str = "TEST_IMAP_PASSWORD",
 ) -> Path:
     """A config for the local servers: plain text (loopback only), SQLite in tmp_path."""
@@ -38,7 +42,7 @@ from_name = "笠岡市 ささえ愛相談窓口"
 timeout = 10
 
 [database]
-url = "sqlite:///{(tmp_path / 'intake.db').as_posix()}"
+url = "sqlite:///{(tmp_path / "intake.db").as_posix()}"
 
 [oncall]
 to = ["{ONCALL}"]

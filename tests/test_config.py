@@ -41,7 +41,7 @@ def test_defaults_are_tls_and_sqlite(tmp_path: Path) -> None:
 
 def test_password_in_file_is_refused(tmp_path: Path) -> None:
     text = GOOD.replace('password_env = "IMAP_PW"', 'password = "hunter2hunter2"')
-    with pytest.raises(ConfigError, match="mailbox.password: passwords are never written"):
+    with pytest.raises(ConfigError, match=r"mailbox\.password: passwords are never written"):
         load_settings(write(tmp_path, text))
 
 
@@ -72,7 +72,9 @@ def test_secret_is_read_from_environment_only_when_used(
 
 def test_password_file_is_relative_to_config(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("from-file\n", encoding="utf-8")
-    s = load_settings(write(tmp_path, GOOD.replace('password_env = "IMAP_PW"', 'password_file = "pw"')))
+    s = load_settings(
+        write(tmp_path, GOOD.replace('password_env = "IMAP_PW"', 'password_file = "pw"'))
+    )
     assert s.mailbox.password.get() == "from-file"
 
 

@@ -36,7 +36,9 @@ def forwarding(own_words: str, friends_words: str, **headers: str) -> bytes:
 
 
 def test_crisis_in_a_forwarded_friends_mail_is_urgent(rules: RuleSet) -> None:
-    raw = forwarding("友達からこんなメールが来ました。どうしたらいいですか。", "もう死にたい。今までありがとう。")
+    raw = forwarding(
+        "友達からこんなメールが来ました。どうしたらいいですか。", "もう死にたい。今までありがとう。"
+    )
     triage, block = decide(parse(raw), rules, OWN)
     assert block is None
     assert triage.urgent
@@ -61,7 +63,9 @@ def test_our_own_returning_mail_gets_no_acknowledgement(rules: RuleSet) -> None:
 
 
 def test_undecodable_mail_needs_a_human(rules: RuleSet) -> None:
-    raw = (b"From: a@example.jp\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n"
-           b"Content-Transfer-Encoding: 8bit\r\n\r\n" + bytes(range(0x80, 0x100)) * 3)
+    raw = (
+        b"From: a@example.jp\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + bytes(range(0x80, 0x100)) * 3
+    )
     triage, block = decide(parse(raw), rules, OWN)
     assert triage.needs_human and block is None

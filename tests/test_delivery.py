@@ -35,8 +35,9 @@ JST_NOON = datetime(2026, 11, 26, 12, 0).astimezone()
 
 
 @pytest.fixture
-def svc(tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
-        monkeypatch: pytest.MonkeyPatch) -> Service:
+def svc(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> Service:
     monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
     return Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
 
@@ -77,8 +78,9 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     for round_ in range(rounds):
         # New mail arrives before every run, so each run has work to be killed in.
         dovecot.append_many(mails[round_ * per_round : (round_ + 1) * per_round])
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(0.5, 2.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -160,19 +162,29 @@ def test_follow_up_thread_is_one_case_with_one_acknowledgement(
     svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
 ) -> None:
     first_id = make_msgid(domain="example.jp")
-    dovecot.append(samples.consultation("thread@example.jp", "相談", "友達がいなくて寂しい",
-                                        message_id=first_id))
+    dovecot.append(
+        samples.consultation(
+            "thread@example.jp", "相談", "友達がいなくて寂しい", message_id=first_id
+        )
+    )
     once(svc)
     ack = smtp_server.wait_for(1, timeout=10)[0]
     ack_id = str(ack.message["Message-ID"])
-    dovecot.append(samples.consultation("thread@example.jp", "Re: 受付", "返信ありがとうございます",
-                                        in_reply_to=ack_id))
-    dovecot.append(samples.consultation("thread@example.jp", "Re: 相談", "補足です",
-                                        in_reply_to=first_id))
+    dovecot.append(
+        samples.consultation(
+            "thread@example.jp", "Re: 受付", "返信ありがとうございます", in_reply_to=ack_id
+        )
+    )
+    dovecot.append(
+        samples.consultation("thread@example.jp", "Re: 相談", "補足です", in_reply_to=first_id)
+    )
     report = once(svc)
     assert report.followups == 2 and report.cases == 0
-    dovecot.append(samples.consultation("thread@example.jp", "Re: 受付", "やっぱりもう死にたい",
-                                        in_reply_to=ack_id))
+    dovecot.append(
+        samples.consultation(
+            "thread@example.jp", "Re: 受付", "やっぱりもう死にたい", in_reply_to=ack_id
+        )
+    )
     report = once(svc)
     assert report.followups == 1 and report.alerts == 1
     assert count(svc, Case) == 1
@@ -192,7 +204,9 @@ def test_misbehaving_autoresponder_cannot_start_a_mail_storm(
         once(svc)
         for mail in smtp_server.messages:
             if bot in mail.rcpt_tos:  # the bot answers each of our mails, without headers
-                dovecot.append(samples.consultation(bot, f"不在です {round_}", "ただいま不在です。"))
+                dovecot.append(
+                    samples.consultation(bot, f"不在です {round_}", "ただいま不在です。")
+                )
         smtp_server.clear()
     sent_to_bot = count(svc, Outbox, Outbox.recipients.contains(bot))  # type: ignore[attr-defined]
     assert sent_to_bot <= 1
@@ -240,9 +254,11 @@ def test_bounce_of_our_acknowledgement_marks_case_and_sends_nothing(
 def test_urgent_list_mail_still_alerts_but_gets_no_acknowledgement(
     svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
 ) -> None:
-    dovecot.append(samples.consultation(
-        "ml@example.jp", "[ml] fw", "もう死にたい", headers={"List-Id": "<x.example.jp>"}
-    ))
+    dovecot.append(
+        samples.consultation(
+            "ml@example.jp", "[ml] fw", "もう死にたい", headers={"List-Id": "<x.example.jp>"}
+        )
+    )
     report = once(svc)
     assert report.alerts == 1 and report.acks == 0
     mails = smtp_server.wait_for(1, timeout=10)
@@ -262,10 +278,13 @@ def test_a_mail_that_crashes_a_stage_is_quarantined_and_the_rest_go_on(
         return real(letter, rules)
 
     monkeypatch.setattr(pipeline, "classify", fragile)
-    dovecot.append_many([
-        consultation(1), samples.consultation("poison@example.jp", "x", "POISON 寂しい"),
-        consultation(2),
-    ])
+    dovecot.append_many(
+        [
+            consultation(1),
+            samples.consultation("poison@example.jp", "x", "POISON 寂しい"),
+            consultation(2),
+        ]
+    )
     report = once(svc)
     assert report.cases == 2 and report.quarantined == 1
     with Session(svc.engine) as session:
@@ -275,7 +294,11 @@ def test_a_mail_that_crashes_a_stage_is_quarantined_and_the_rest_go_on(
     assert case is not None and case.needs_human and case.partner == "city"
     # The resident is still acknowledged: a crash may delay an acknowledgement, never lose it.
     rcpts = [m.rcpt_tos[0] for m in smtp_server.wait_for(3, timeout=10)]
-    assert sorted(rcpts) == ["poison@example.jp", "resident0001@example.jp", "resident0002@example.jp"]
+    assert sorted(rcpts) == [
+        "poison@example.jp",
+        "resident0001@example.jp",
+        "resident0002@example.jp",
+    ]
     assert OWN not in rcpts
 
 
@@ -284,8 +307,12 @@ def test_housekeeping_moves_processed_mail_only_after_commit(
 ) -> None:
     monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
     config = write_config(tmp_path, dovecot, smtp_server)
-    config.write_text(config.read_text(encoding="utf-8").replace(
-        'folder = "INBOX"', 'folder = "INBOX"\nmove_to = "Processed"'), encoding="utf-8")
+    config.write_text(
+        config.read_text(encoding="utf-8").replace(
+            'folder = "INBOX"', 'folder = "INBOX"\nmove_to = "Processed"'
+        ),
+        encoding="utf-8",
+    )
     svc = Service.from_settings(load_settings(config))
     dovecot.append_many([consultation(i) for i in range(3)])
     report = once(svc)

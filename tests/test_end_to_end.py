@@ -27,7 +27,11 @@ def run_service(*args: str, config: Path, password: str) -> subprocess.Completed
     env = {**os.environ, "TEST_IMAP_PASSWORD": password}
     return subprocess.run(
         [sys.executable, str(ROOT / "service.py"), *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=90, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -46,27 +50,35 @@ def to(mails: list[ReceivedMail], address: str) -> list[ReceivedMail]:
 def mailbox_with_consultations(dovecot: LocalDovecot) -> dict[str, bytes]:
     mails = {
         "bullying": samples.consultation(
-            "hanako.test@example.jp", "相談です",
+            "hanako.test@example.jp",
+            "相談です",
             "学校でいじめられています。クラスで無視されて、毎日つらいです。",
-            charset="iso-2022-jp", name="山田花子",
+            charset="iso-2022-jp",
+            name="山田花子",
         ),
         "poverty": samples.consultation(
-            "taro.test@example.jp", "お金のこと",
+            "taro.test@example.jp",
+            "お金のこと",
             "バイトを切られて家賃が払えんようになりました。食費も足りません。",
             charset="shift_jis",
         ),
         "urgent": samples.carrier_mail(
-            "sora..test.@docomo.ne.jp", "話を聞いてほしい",
+            "sora..test.@docomo.ne.jp",
+            "話を聞いてほしい",
             "最近ずっと眠れなくて、もう消えたいと思ってしまいます。\n電話は０９０−１２３４−５６７８です。",
         ),
         "autoreply": samples.consultation(
-            "away.test@example.jp", "自動応答: 不在",
-            "ただいま不在にしております。", headers={"Auto-Submitted": "auto-replied"},
+            "away.test@example.jp",
+            "自動応答: 不在",
+            "ただいま不在にしております。",
+            headers={"Auto-Submitted": "auto-replied"},
         ),
         "bounce": samples.bounce("nobody.test@example.jp"),
         "urgent_list": samples.consultation(
-            "list.test@example.jp", "[ml:12] 転送",
-            "死にたいです。もう限界です。", headers={"List-Id": "<ml.example.jp>", "Precedence": "list"},
+            "list.test@example.jp",
+            "[ml:12] 転送",
+            "死にたいです。もう限界です。",
+            headers={"List-Id": "<ml.example.jp>", "Precedence": "list"},
         ),
     }
     for raw in mails.values():
@@ -75,7 +87,9 @@ def mailbox_with_consultations(dovecot: LocalDovecot) -> dict[str, bytes]:
 
 
 def test_once_acknowledges_alerts_and_second_once_sends_nothing(
-    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
     mailbox_with_consultations: dict[str, bytes],
 ) -> None:
     config = write_config(tmp_path, dovecot, smtp_server)
@@ -109,7 +123,9 @@ def test_once_acknowledges_alerts_and_second_once_sends_nothing(
 
 
 def test_acknowledgement_is_a_neutral_reply_with_hotlines(
-    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
     mailbox_with_consultations: dict[str, bytes],
 ) -> None:
     config = write_config(tmp_path, dovecot, smtp_server)
@@ -119,7 +135,8 @@ def test_acknowledgement_is_a_neutral_reply_with_hotlines(
     msg = ack.message
     original = mailbox_with_consultations["bullying"]
     original_id = next(
-        line.split(b":", 1)[1].strip() for line in original.splitlines()
+        line.split(b":", 1)[1].strip()
+        for line in original.splitlines()
         if line.lower().startswith(b"message-id:")
     ).decode()
     assert msg["In-Reply-To"] == original_id
@@ -139,7 +156,9 @@ def test_acknowledgement_is_a_neutral_reply_with_hotlines(
 
 
 def test_digest_lists_each_partners_cases_once(
-    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP,
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
     mailbox_with_consultations: dict[str, bytes],
 ) -> None:
     config = write_config(tmp_path, dovecot, smtp_server)
@@ -151,7 +170,9 @@ def test_digest_lists_each_partners_cases_once(
     mails = smtp_server.wait_for(3, timeout=20)
     by_partner = {m.rcpt_tos[0]: m for m in mails}
     assert set(by_partner) == {
-        "sasaean-desk@example.jp", "harmony-digest@example.jp", "genki-digest@example.jp"
+        "sasaean-desk@example.jp",
+        "harmony-digest@example.jp",
+        "genki-digest@example.jp",
     }
     harmony = text_of(by_partner["harmony-digest@example.jp"])
     assert "いじめ" in harmony and harmony.count("受付番号:") == 1
@@ -189,14 +210,15 @@ def test_garbled_oversized_and_valid_mail_all_become_cases(
     assert len(oversized) > 1024 * 1024
     valid = samples.consultation("valid@example.jp", "相談", "友達がいなくて寂しいです。")
     dovecot.append_many([garbled, oversized, valid])
-    config = write_config(tmp_path, dovecot, smtp_server,
-                          extra="\n[service]\nmax_message_mb = 1\n")
+    config = write_config(tmp_path, dovecot, smtp_server, extra="\n[service]\nmax_message_mb = 1\n")
     result = run_service("once", config=config, password=dovecot.password)
     assert result.returncode == 0, result.stderr
     assert "cases 3" in result.stdout, result.stdout
     mails = smtp_server.wait_for(3, timeout=20)
     assert sorted(m.rcpt_tos[0] for m in mails) == [
-        "big@example.jp", "garbled@example.jp", "valid@example.jp"
+        "big@example.jp",
+        "garbled@example.jp",
+        "valid@example.jp",
     ]
 
     import sqlite3
@@ -204,7 +226,7 @@ def test_garbled_oversized_and_valid_mail_all_become_cases(
     db = sqlite3.connect(tmp_path / "intake.db")
     rows = db.execute(
         "SELECT m.from_addr, m.problems, length(m.raw), c.needs_human, c.partner "
-        "FROM message m JOIN \"case\" c ON c.id = m.case_id ORDER BY m.id"
+        'FROM message m JOIN "case" c ON c.id = m.case_id ORDER BY m.id'
     ).fetchall()
     db.close()
     by_sender = {r[0]: r for r in rows}

@@ -26,8 +26,13 @@ def test_shipped_directory_matches_the_seed_table() -> None:
 
 @pytest.mark.parametrize(
     ("topic", "partner"),
-    [("bullying", "harmony"), ("poverty", "genki"), ("caregiving", "genki"),
-     ("isolation", "city"), ("other", "city")],
+    [
+        ("bullying", "harmony"),
+        ("poverty", "genki"),
+        ("caregiving", "genki"),
+        ("isolation", "city"),
+        ("other", "city"),
+    ],
 )
 def test_topic_routes_to_owner(topic: str, partner: str) -> None:
     d = load_directory(SHIPPED)
@@ -40,14 +45,18 @@ def test_unreadable_mail_goes_to_the_general_desk() -> None:
 
 
 def test_unknown_topic_is_reported_with_its_line(tmp_path: Path) -> None:
-    text = SHIPPED.read_text(encoding="utf-8").replace('topics = ["bullying"]', 'topics = ["bulying"]')
+    text = SHIPPED.read_text(encoding="utf-8").replace(
+        'topics = ["bullying"]', 'topics = ["bulying"]'
+    )
     path = tmp_path / "partners.toml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(RulesError) as err:
         load_directory(path)
     line = next(i for i, t in enumerate(text.splitlines(), 1) if '"bulying"' in t)
     messages = [str(p) for p in err.value.problems]
-    assert any(m.startswith(f"{path}:{line}: ") and "unknown topic 'bulying'" in m for m in messages)
+    assert any(
+        m.startswith(f"{path}:{line}: ") and "unknown topic 'bulying'" in m for m in messages
+    )
     # the topic is now owned by nobody: that is reported too
     assert any("no partner owns topic 'bullying'" in m for m in messages)
 

@@ -39,33 +39,81 @@ def offline_service(tmp_path: Path, extra: str = "") -> Service:
 
 
 def seed(
-    svc: Service, received: datetime, sender: str, *, topic: str = "isolation",
-    partner: str = "city", ack_after: timedelta | None = timedelta(minutes=2),
-    urgent: bool = False, alert_ack_after: timedelta | None = None,
-    callback_after: timedelta | None = None, phone: str = "090-0000-1234",
+    svc: Service,
+    received: datetime,
+    sender: str,
+    *,
+    topic: str = "isolation",
+    partner: str = "city",
+    ack_after: timedelta | None = timedelta(minutes=2),
+    urgent: bool = False,
+    alert_ack_after: timedelta | None = None,
+    callback_after: timedelta | None = None,
+    phone: str = "090-0000-1234",
 ) -> int:
     """A case as the pipeline and staff leave it: message, ack mail, alert and events."""
     at = received.astimezone(UTC)
     with session_scope(svc.engine) as session:
-        case = Case(mailbox=svc.settings.mailbox.key, created_at=at, sender=sender, topic=topic, partner=partner, urgent=urgent,
-                    phone=json.dumps([phone]), ack_state="sent" if ack_after else "queued",
-                    urgent_reasons=json.dumps([{"surface": "消えたい", "rule": "u1"}]))
+        case = Case(
+            mailbox=svc.settings.mailbox.key,
+            created_at=at,
+            sender=sender,
+            topic=topic,
+            partner=partner,
+            urgent=urgent,
+            phone=json.dumps([phone]),
+            ack_state="sent" if ack_after else "queued",
+            urgent_reasons=json.dumps([{"surface": "消えたい", "rule": "u1"}]),
+        )
         session.add(case)
         session.flush()
         cid = case.id
-        session.add(StoredMessage(mailbox=svc.settings.mailbox.key, sha256=f"h{cid}", raw=b"From: x", received_at=at,
-                                  from_addr=sender, subject="件名ひみつ", body="本文ひみつ",
-                                  new_text="本文ひみつ", status="processed", case_id=cid))
-        session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="ack", dedupe_key=f"ack:case:{cid}", case_id=cid,
-                           recipients=json.dumps([sender]), message_id=f"<ack{cid}@x>",
-                           content=f"To: {sender}\r\n\r\n本文".encode(), created_at=at,
-                           next_attempt_at=at, status="sent" if ack_after else "queued",
-                           sent_at=at + ack_after if ack_after else None))
+        session.add(
+            StoredMessage(
+                mailbox=svc.settings.mailbox.key,
+                sha256=f"h{cid}",
+                raw=b"From: x",
+                received_at=at,
+                from_addr=sender,
+                subject="件名ひみつ",
+                body="本文ひみつ",
+                new_text="本文ひみつ",
+                status="processed",
+                case_id=cid,
+            )
+        )
+        session.add(
+            Outbox(
+                mailbox=svc.settings.mailbox.key,
+                kind="ack",
+                dedupe_key=f"ack:case:{cid}",
+                case_id=cid,
+                recipients=json.dumps([sender]),
+                message_id=f"<ack{cid}@x>",
+                content=f"To: {sender}\r\n\r\n本文".encode(),
+                created_at=at,
+                next_attempt_at=at,
+                status="sent" if ack_after else "queued",
+                sent_at=at + ack_after if ack_after else None,
+            )
+        )
         if urgent:
-            session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="alert", priority=0, dedupe_key=f"alert:message:{cid}",
-                               case_id=cid, recipients='["oncall@example.jp"]',
-                               message_id=f"<al{cid}@x>", content=b"alert", created_at=at,
-                               next_attempt_at=at, status="sent", sent_at=at))
+            session.add(
+                Outbox(
+                    mailbox=svc.settings.mailbox.key,
+                    kind="alert",
+                    priority=0,
+                    dedupe_key=f"alert:message:{cid}",
+                    case_id=cid,
+                    recipients='["oncall@example.jp"]',
+                    message_id=f"<al{cid}@x>",
+                    content=b"alert",
+                    created_at=at,
+                    next_attempt_at=at,
+                    status="sent",
+                    sent_at=at,
+                )
+            )
         if alert_ack_after is not None:
             add_event(session, ACK_EVENT, cid, "", "oncall@example.jp", at + alert_ack_after)
         if callback_after is not None:
@@ -77,8 +125,8 @@ def seed(
 def png_chunk_types(png: bytes) -> list[bytes]:
     kinds, pos = [], 8
     while pos < len(png):
-        length = struct.unpack(">I", png[pos:pos + 4])[0]
-        kinds.append(png[pos + 4:pos + 8])
+        length = struct.unpack(">I", png[pos : pos + 4])[0]
+        kinds.append(png[pos + 4 : pos + 8])
         pos += 12 + length
     return kinds
 
@@ -128,10 +176,23 @@ def test_new_and_returning_senders_are_people_not_cases(svc: Service) -> None:
 
 def test_median_times_to_ack_alert_ack_and_callback(svc: Service) -> None:
     day = datetime(2026, 11, 10, 22, 0, tzinfo=JST)
-    seed(svc, day, "a@example.jp", ack_after=timedelta(minutes=1), urgent=True,
-         alert_ack_after=timedelta(minutes=10), callback_after=timedelta(hours=11))
-    seed(svc, day, "b@example.jp", ack_after=timedelta(minutes=3), urgent=True,
-         alert_ack_after=timedelta(minutes=50))
+    seed(
+        svc,
+        day,
+        "a@example.jp",
+        ack_after=timedelta(minutes=1),
+        urgent=True,
+        alert_ack_after=timedelta(minutes=10),
+        callback_after=timedelta(hours=11),
+    )
+    seed(
+        svc,
+        day,
+        "b@example.jp",
+        ack_after=timedelta(minutes=3),
+        urgent=True,
+        alert_ack_after=timedelta(minutes=50),
+    )
     seed(svc, day, "c@example.jp", ack_after=timedelta(minutes=8))
     seed(svc, day, "d@example.jp", ack_after=None)  # not sent yet: not in the median
     report = monthly_report(svc, "2026-11")
@@ -159,8 +220,15 @@ def test_written_report_holds_no_personal_data(svc: Service, tmp_path: Path) -> 
     assert [p.suffix for p in paths] == [".md", ".html", ".png"]
     for path in paths[:2]:
         data = path.read_bytes()
-        for secret in (b"@", b"hanako", b"taro", "本文ひみつ".encode(), "件名ひみつ".encode(),
-                       b"9999", "消えたい".encode()):
+        for secret in (
+            b"@",
+            b"hanako",
+            b"taro",
+            "本文ひみつ".encode(),
+            "件名ひみつ".encode(),
+            b"9999",
+            "消えたい".encode(),
+        ):
             assert secret not in data, (path.name, secret)
     assert png_chunk_types(paths[2].read_bytes()) == [b"IHDR", b"IDAT", b"IEND"]  # no text
     md = paths[0].read_text(encoding="utf-8")
@@ -179,7 +247,7 @@ def test_chart_is_a_valid_png_whose_bars_follow_the_counts(svc: Service) -> None
     assert one.startswith(b"\x89PNG\r\n\x1a\n") and two != one
     width, height = struct.unpack(">II", two[16:24])
     idat_len = struct.unpack(">I", two[33:37])[0]
-    raw = zlib.decompress(two[41:41 + idat_len])
+    raw = zlib.decompress(two[41 : 41 + idat_len])
     assert len(raw) == height * (1 + width * 3)
     assert bar_chart_png(monthly_report(svc, "2026-11")) == two, "deterministic"
 
@@ -208,8 +276,17 @@ def test_report_command_writes_the_files(
     seed(svc, datetime(2026, 11, 10, 10, 0, tzinfo=JST), "a@example.jp")
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", "--month", "2026-11", "--out", str(tmp_path / "r"),
-                              "--config", str(tmp_path / "intake.toml")])
+    args = parser.parse_args(
+        [
+            "report",
+            "--month",
+            "2026-11",
+            "--out",
+            str(tmp_path / "r"),
+            "--config",
+            str(tmp_path / "intake.toml"),
+        ]
+    )
     assert args.func(args) == 0
     assert (tmp_path / "r" / "report-2026-11.md").exists()
     assert "report-2026-11.png" in capsys.readouterr().out

@@ -35,31 +35,80 @@ def offline_service(tmp_path: Path, extra: str = "") -> Service:
     return Service.from_settings(load_settings(write_config(tmp_path, imap, smtp, extra=extra)))  # type: ignore[arg-type]
 
 
-def seed(svc: Service, received: datetime, sender: str, *, urgent: bool = False,
-         topic: str = "isolation", status: str = "sent") -> int:
+def seed(
+    svc: Service,
+    received: datetime,
+    sender: str,
+    *,
+    urgent: bool = False,
+    topic: str = "isolation",
+    status: str = "sent",
+) -> int:
     at = received.astimezone(UTC)
     with session_scope(svc.engine) as session:
-        case = Case(mailbox=svc.settings.mailbox.key, created_at=at, sender=sender, topic=topic, urgent=urgent, ack_state="sent",
-                    phone=json.dumps(["090-1111-2222"]),
-                    urgent_reasons=json.dumps([{"surface": "消えたい", "rule": "u1",
-                                                "kind": "urgent"}] if urgent else []),
-                    matches=json.dumps([{"surface": "寂しい", "rule": "t1", "topic": topic}]))
+        case = Case(
+            mailbox=svc.settings.mailbox.key,
+            created_at=at,
+            sender=sender,
+            topic=topic,
+            urgent=urgent,
+            ack_state="sent",
+            phone=json.dumps(["090-1111-2222"]),
+            urgent_reasons=json.dumps(
+                [{"surface": "消えたい", "rule": "u1", "kind": "urgent"}] if urgent else []
+            ),
+            matches=json.dumps([{"surface": "寂しい", "rule": "t1", "topic": topic}]),
+        )
         session.add(case)
         session.flush()
         cid = case.id
-        session.add(StoredMessage(mailbox=svc.settings.mailbox.key, sha256=f"h{cid}", raw=b"From: x\r\n\r\nsecret",
-                                  received_at=at, from_addr=sender, subject="件名",
-                                  message_id=f"<m{cid}@example.jp>", body="本文です",
-                                  new_text="本文です", status="processed", case_id=cid))
-        session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="ack", dedupe_key=f"ack:case:{cid}", case_id=cid,
-                           recipients=json.dumps([sender]), message_id=f"<ack{cid}@x>",
-                           content=b"rendered ack", created_at=at, next_attempt_at=at,
-                           status=status, sent_at=at + timedelta(minutes=3)))
+        session.add(
+            StoredMessage(
+                mailbox=svc.settings.mailbox.key,
+                sha256=f"h{cid}",
+                raw=b"From: x\r\n\r\nsecret",
+                received_at=at,
+                from_addr=sender,
+                subject="件名",
+                message_id=f"<m{cid}@example.jp>",
+                body="本文です",
+                new_text="本文です",
+                status="processed",
+                case_id=cid,
+            )
+        )
+        session.add(
+            Outbox(
+                mailbox=svc.settings.mailbox.key,
+                kind="ack",
+                dedupe_key=f"ack:case:{cid}",
+                case_id=cid,
+                recipients=json.dumps([sender]),
+                message_id=f"<ack{cid}@x>",
+                content=b"rendered ack",
+                created_at=at,
+                next_attempt_at=at,
+                status=status,
+                sent_at=at + timedelta(minutes=3),
+            )
+        )
         if urgent:
-            session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="alert", priority=0, dedupe_key=f"alert:message:{cid}",
-                               case_id=cid, recipients='["oncall@example.jp"]',
-                               message_id=f"<al{cid}@x>", content=b"alert", created_at=at,
-                               next_attempt_at=at, status="sent", sent_at=at))
+            session.add(
+                Outbox(
+                    mailbox=svc.settings.mailbox.key,
+                    kind="alert",
+                    priority=0,
+                    dedupe_key=f"alert:message:{cid}",
+                    case_id=cid,
+                    recipients='["oncall@example.jp"]',
+                    message_id=f"<al{cid}@x>",
+                    content=b"alert",
+                    created_at=at,
+                    next_attempt_at=at,
+                    status="sent",
+                    sent_at=at,
+                )
+            )
             add_event(session, ACK_EVENT, cid, "", "oncall@example.jp", at + timedelta(minutes=7))
             add_event(session, CALLBACK_DONE, cid, "", "tanaka", at + timedelta(hours=11))
         assert cid is not None
@@ -131,11 +180,19 @@ def test_a_returning_sender_is_still_recognised_after_the_first_case_was_purged(
 def test_a_case_with_a_recent_follow_up_keeps_its_sender(svc: Service) -> None:
     cid = seed(svc, OLD, "ongoing@example.jp")
     with session_scope(svc.engine) as session:
-        session.add(StoredMessage(
-            mailbox=svc.settings.mailbox.key, sha256="follow", raw=b"x", received_at=RECENT.astimezone(UTC),
-            from_addr="ongoing@example.jp", body="続き", status="processed", case_id=cid,
-            is_followup=True,
-        ))
+        session.add(
+            StoredMessage(
+                mailbox=svc.settings.mailbox.key,
+                sha256="follow",
+                raw=b"x",
+                received_at=RECENT.astimezone(UTC),
+                from_addr="ongoing@example.jp",
+                body="続き",
+                status="processed",
+                case_id=cid,
+                is_followup=True,
+            )
+        )
     assert purge(svc, NOW, DEFAULT_KEEP_DAYS) == 1
     with Session(svc.engine) as session:
         case = session.get(Case, cid)

@@ -45,26 +45,62 @@ def offline_service(tmp_path: Path) -> Service:
 
 
 def seed(
-    svc: Service, received: datetime, *, sender: str = "a@example.jp", topic: str = "isolation",
-    partner: str = "city", urgent: bool = False, status: str = "new",
+    svc: Service,
+    received: datetime,
+    *,
+    sender: str = "a@example.jp",
+    topic: str = "isolation",
+    partner: str = "city",
+    urgent: bool = False,
+    status: str = "new",
     text: str = "最近ひとりで寂しいです。",
 ) -> int:
     """A case with one message and a sent acknowledgement, as the pipeline leaves them."""
     at = received.astimezone(UTC)
     reasons = [{"surface": "死にたい", "rule": "u.die"}] if urgent else []
     with session_scope(svc.engine) as session:
-        case = Case(mailbox=svc.settings.mailbox.key, created_at=at, sender=sender, topic=topic, partner=partner, urgent=urgent,
-                    status=status, ack_state="sent", urgent_reasons=json.dumps(reasons))
+        case = Case(
+            mailbox=svc.settings.mailbox.key,
+            created_at=at,
+            sender=sender,
+            topic=topic,
+            partner=partner,
+            urgent=urgent,
+            status=status,
+            ack_state="sent",
+            urgent_reasons=json.dumps(reasons),
+        )
         session.add(case)
         session.flush()
-        session.add(StoredMessage(mailbox=svc.settings.mailbox.key, sha256=f"h{case.id}", raw=b"raw", received_at=at,
-                                  from_addr=sender, subject="相談です", body=text, new_text=text,
-                                  status="processed", case_id=case.id))
-        session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="ack", dedupe_key=f"ack:case:{case.id}", case_id=case.id,
-                           recipients=json.dumps([sender]), message_id=f"<ack{case.id}@x>",
-                           content=b"Subject: =?utf-8?b?5Y+X5LuY?=\r\n\r\nbody",
-                           created_at=at, next_attempt_at=at, status="sent",
-                           sent_at=at + timedelta(minutes=2)))
+        session.add(
+            StoredMessage(
+                mailbox=svc.settings.mailbox.key,
+                sha256=f"h{case.id}",
+                raw=b"raw",
+                received_at=at,
+                from_addr=sender,
+                subject="相談です",
+                body=text,
+                new_text=text,
+                status="processed",
+                case_id=case.id,
+            )
+        )
+        session.add(
+            Outbox(
+                mailbox=svc.settings.mailbox.key,
+                kind="ack",
+                dedupe_key=f"ack:case:{case.id}",
+                case_id=case.id,
+                recipients=json.dumps([sender]),
+                message_id=f"<ack{case.id}@x>",
+                content=b"Subject: =?utf-8?b?5Y+X5LuY?=\r\n\r\nbody",
+                created_at=at,
+                next_attempt_at=at,
+                status="sent",
+                sent_at=at + timedelta(minutes=2),
+            )
+        )
         assert case.id is not None
         return case.id
 
@@ -202,16 +238,29 @@ def run(argv: list[str]) -> int:
 
 
 def test_commands_run_from_the_parser(
-    svc: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    svc: Service,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("INTAKE_STAFF", "cli-user")
     config = str(tmp_path / "intake.toml")
     seed(svc, NOW, urgent=True)
     with session_scope(svc.engine) as session:
-        session.add(Outbox(mailbox=svc.settings.mailbox.key, kind="alert", priority=0, dedupe_key="alert:message:1", case_id=1,
-                           recipients=json.dumps([ONCALL]), message_id="<al@x>", content=b"x",
-                           created_at=NOW.astimezone(UTC), next_attempt_at=NOW.astimezone(UTC)))
+        session.add(
+            Outbox(
+                mailbox=svc.settings.mailbox.key,
+                kind="alert",
+                priority=0,
+                dedupe_key="alert:message:1",
+                case_id=1,
+                recipients=json.dumps([ONCALL]),
+                message_id="<al@x>",
+                content=b"x",
+                created_at=NOW.astimezone(UTC),
+                next_attempt_at=NOW.astimezone(UTC),
+            )
+        )
     assert run(["cases", "--config", config, "--urgent"]) == 0
     assert "C000001" in capsys.readouterr().out
     assert run(["ack", "C000001", "--config", config]) == 0

@@ -26,8 +26,14 @@ from tests.helpers import settled, write_config
 pytestmark = pytest.mark.integration
 
 
-def tenant(tmp_path: Path, name: str, imap: LocalDovecot, smtp: LocalSMTP, db: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Service:
+def tenant(
+    tmp_path: Path,
+    name: str,
+    imap: LocalDovecot,
+    smtp: LocalSMTP,
+    db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Service:
     home = tmp_path / name
     home.mkdir()
     rules = home / "rules"
@@ -39,16 +45,21 @@ def tenant(tmp_path: Path, name: str, imap: LocalDovecot, smtp: LocalSMTP, db: P
     )
     env = f"PW_{name.upper()}"
     monkeypatch.setenv(env, imap.password)
-    config = write_config(home, imap, smtp, password_env=env,
-                          extra=f'\n[service]\nrules_dir = "{rules}"\n')
+    config = write_config(
+        home, imap, smtp, password_env=env, extra=f'\n[service]\nrules_dir = "{rules}"\n'
+    )
     text = config.read_text(encoding="utf-8")
-    text = text.replace(f"sqlite:///{(home / 'intake.db').as_posix()}", f"sqlite:///{db.as_posix()}")
+    text = text.replace(
+        f"sqlite:///{(home / 'intake.db').as_posix()}", f"sqlite:///{db.as_posix()}"
+    )
     config.write_text(text, encoding="utf-8")
     return Service.from_settings(load_settings(config))
 
 
 def test_two_mailboxes_share_a_database_and_see_only_their_own_cases(
-    tmp_path: Path, dovecot_factory: Callable[..., LocalDovecot], smtp_server: LocalSMTP,
+    tmp_path: Path,
+    dovecot_factory: Callable[..., LocalDovecot],
+    smtp_server: LocalSMTP,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = tmp_path / "shared.db"
@@ -84,7 +95,8 @@ def test_two_mailboxes_share_a_database_and_see_only_their_own_cases(
         else:
             assert domain.startswith("ibara") and "a1@" not in body and "a2@" not in body
     assert {m.rcpt_tos[0].rpartition("@")[2] for m in mails} == {
-        "kasaoka.example.jp", "ibara.example.jp"
+        "kasaoka.example.jp",
+        "ibara.example.jp",
     }
 
     month = now.strftime("%Y-%m")
