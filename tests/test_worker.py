@@ -1,0 +1,87 @@
+"""The long-running worker (`service.py run`) against real servers.
+
+It must notice new mail promptly (IDLE), survive a Dovecot restart by reconnecting, fall
+back to polling where IDLE is not offered, and stop cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from intake import samples
+from intake.localservers import LocalDovecot, LocalSMTP
+from tests.helpers import write_config
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def start_worker(
+    tmp_path: Path,
+) -> Iterator[Callable[[LocalDovecot, LocalSMTP], subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(imap: LocalDovecot, smtp: LocalSMTP) -> subprocess.Popen[bytes]:
+        config = write_config(tmp_path, imap, smtp)
+        env = {**os.environ, "TEST_IMAP_PASSWORD": imap.password}
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "service.py"), "run", "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_worker_acknowledges_new_mail_survives_a_restart_and_stops_on_sigterm(
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    worker = start_worker(dovecot, smtp_server)
+    dovecot.append(samples.consultation("first@example.jp", "相談", "寂しいです"))
+    assert smtp_server.wait_for(1, timeout=30)[0].rcpt_tos == ["first@example.jp"]
+
+    dovecot.restart()  # the worker's connection drops; it must reconnect by itself
+    dovecot.append(samples.consultation("second@example.jp", "相談", "お金がありません"))
+    mails = smtp_server.wait_for(2, timeout=60)
+    assert mails[1].rcpt_tos == ["second@example.jp"]
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert worker.stderr is not None
+    log = worker.stderr.read().decode("utf-8", "replace")
+    assert "worker stopped" in log
+    # Privacy: no subject or body in the INFO log.
+    assert "寂しい" not in log and "お金" not in log
+
+
+def test_worker_polls_when_the_server_offers_no_idle(
+    dovecot_factory: Callable[..., LocalDovecot],
+    smtp_server: LocalSMTP,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    imap = dovecot_factory(idle=False)
+    worker = start_worker(imap, smtp_server)  # poll_interval = 1 in the test config
+    imap.append(samples.consultation("poll@example.jp", "相談", "介護がつらい"))
+    assert smtp_server.wait_for(1, timeout=30)[0].rcpt_tos == ["poll@example.jp"]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
