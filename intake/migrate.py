@@ -73,7 +73,8 @@ def alembic_config(url: str | None = None) -> Config:
     """Alembic's config built in code (no alembic.ini): the script folder and, if given, a URL."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
+    # Split path lists on os.pathsep (Alembic 1.16+ warns when this is left implicit).
+    cfg.set_main_option("path_separator", "os")
     if url is not None:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
