@@ -97,6 +97,20 @@ class SmtpSettings:
 class OncallSettings:
     to: tuple[str, ...]
     backup: tuple[str, ...] = ()
+    off_hours: tuple[str, ...] = ()  # also alerted outside office hours (night duty)
+
+    def alert_recipients(self, office_open: bool) -> list[str]:
+        """Who gets an urgent alert now: ``to`` always, ``off_hours`` when the office is shut."""
+        seen: list[str] = []
+        for address in (*self.to, *(() if office_open else self.off_hours)):
+            if address.lower() not in (a.lower() for a in seen):
+                seen.append(address)
+        return seen
+
+    @property
+    def everyone(self) -> tuple[str, ...]:
+        """Every on-call address: replies from any of them acknowledge an alert."""
+        return (*self.to, *self.backup, *self.off_hours)
 
 
 @dataclass(frozen=True)
@@ -226,7 +240,9 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
     default_db = f"sqlite:///{(base / 'var' / 'intake.db').as_posix()}"
     database_url = db.get("url", str, default_db)
     oc = _Section(path, "oncall", top.data.get("oncall", {}))
-    oncall = OncallSettings(to=oc.strings("to"), backup=oc.strings("backup"))
+    oncall = OncallSettings(
+        to=oc.strings("to"), backup=oc.strings("backup"), off_hours=oc.strings("off_hours")
+    )
     if not oncall.to:
         raise oc.error("to", "at least one on-call address is needed for urgent alerts")
     sv = _Section(path, "service", top.data.get("service", {}))

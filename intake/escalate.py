@@ -229,7 +229,7 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
 
 def _recipients(settings: Settings) -> list[str]:
     seen: list[str] = []
-    for address in (*settings.oncall.to, *settings.oncall.backup):
+    for address in (*settings.oncall.to, *settings.oncall.off_hours, *settings.oncall.backup):
         if address.lower() not in (s.lower() for s in seen):
             seen.append(address)
     return seen

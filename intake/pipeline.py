@@ -293,10 +293,11 @@ def _queue_alert(
     automatic: str | None,
     now: datetime,
 ) -> None:
+    to = svc.settings.oncall.alert_recipients(svc.calendar.is_open(now))
     message = render_alert(
         svc.env,
         sender=svc.sender,
-        to=list(svc.settings.oncall.to),
+        to=to,
         case=alert_context(svc, case, received, automatic),
         now=now,
         tz=svc.calendar.tz,
@@ -306,7 +307,7 @@ def _queue_alert(
         kind="alert",
         key=f"alert:message:{msg.id}",
         case=case,
-        to=list(svc.settings.oncall.to),
+        to=to,
         message=message,
         priority=0,
         now=now,
@@ -349,7 +350,7 @@ def handle_message(
     if (
         answered is not None
         and answered.kind in ("alert", "escalation")
-        and (letter.from_addr in svc.settings.oncall.to + svc.settings.oncall.backup)
+        and (letter.from_addr.lower() in (a.lower() for a in svc.settings.oncall.everyone))
     ):
         # The on-call person answered the alert: that is the acknowledgement of the alert.
         msg.case_id = answered.case_id

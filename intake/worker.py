@@ -33,15 +33,16 @@ def now_in(svc: Service) -> datetime:
     return datetime.now(svc.calendar.tz)
 
 
-def digest_job(svc: Service) -> None:
+def digest_job(svc: Service, now: datetime | None = None) -> dict[str, int]:
     """Scheduled digests run on business days only (holidays, year-end closure skipped)."""
-    now = now_in(svc)
+    now = now or now_in(svc)
     if not svc.calendar.is_business_day(now.date()):
         log.info("digest skipped: not a business day", extra={"day": now.date().isoformat()})
-        return
+        return {}
     queued = queue_digests(svc, now)
     log.info("digests queued", extra={"partners": len(queued)})
     svc.deliver(now)
+    return queued
 
 
 def outbox_job(svc: Service) -> None:
