@@ -345,9 +345,11 @@ class LocalDovecot:
         """Delete and recreate ``folder`` with the same mails; returns the new UIDVALIDITY.
 
         This is what a client sees after the mailbox is restored or rebuilt: the same
-        messages under a new UIDVALIDITY, with UIDs starting again from 1.
-        The INBOX cannot be deleted over IMAP, so its mails are moved aside, Dovecot's
-        index and UID list for it are removed, and the mails are moved back.
+        messages (bytes, flags, INTERNALDATE) under a new UIDVALIDITY, with UIDs starting
+        again from 1. Other folders are DELETEd and CREATEd over IMAP. The INBOX cannot be
+        deleted, so its mails are read, expunged, Dovecot's UID list and index for it are
+        removed and the mails appended again. Call it while no other client has the folder
+        selected (a real restore would disconnect them too).
         """
         old = self.uidvalidity(folder)
         with self.connect(timeout=120.0) as client:

@@ -58,6 +58,7 @@ def test_peek_fetch_leaves_mail_unseen(dovecot: LocalDovecot) -> None:
 def test_flags_helper_does_see_seen_after_a_non_peek_fetch(dovecot: LocalDovecot) -> None:
     # Control for the test above: a plain BODY[] fetch sets \Seen, and flags() notices.
     uid = dovecot.append(synthetic_mail())
+    assert uid is not None
     with dovecot.connect() as client:
         client.select_folder("INBOX")
         client.fetch([uid], ["BODY[]"])
