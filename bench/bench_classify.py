@@ -10,7 +10,10 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import fugashi
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,21 +49,37 @@ def make_mail(rng: random.Random, size: int = 2048) -> str:
     return "".join(parts)
 
 
+def _rate(work: Callable[[int], object], seconds: float) -> tuple[int, float, float]:
+    """Run ``work(i)`` for ``seconds`` of wall time; return (done, per wall s, per CPU s).
+
+    The CPU-time rate is what "mails/s on one core" means, and it stays meaningful on a
+    shared machine where other processes steal wall time.
+    """
+    done = 0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall0 < seconds:
+        work(done)
+        done += 1
+    wall = time.perf_counter() - wall0
+    cpu = max(time.process_time() - cpu0, 1e-9)
+    return done, done / wall, done / cpu
+
+
 def main(seconds: float = 2.0) -> float:
     rules = load_rules(ROOT / "rules")
     rng = random.Random(7)
     mails = [make_mail(rng) for _ in range(500)]
     classify_text("相談", mails[0], rules)  # warm up the analyser
-    done = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        classify_text("相談", mails[done % len(mails)], rules)
-        done += 1
-    elapsed = time.perf_counter() - start
-    rate = done / elapsed
+    tagger = fugashi.Tagger()
+    _, mecab_wall, mecab_cpu = _rate(lambda i: tagger.parse(mails[i % len(mails)]), seconds)
+    done, wall, cpu = _rate(lambda i: classify_text("相談", mails[i % len(mails)], rules), seconds)
     size = sum(len(m.encode()) for m in mails) / len(mails)
-    print(f"{done} mails of ~{size:.0f} bytes in {elapsed:.2f} s: {rate:,.0f} mails/s")
-    return rate
+    print(
+        f"{done} mails of ~{size:.0f} bytes: {cpu:,.0f} mails/s per CPU second "
+        f"({wall:,.0f}/s wall); MeCab parse alone {mecab_cpu:,.0f}/s per CPU second "
+        f"({mecab_wall:,.0f}/s wall)"
+    )
+    return cpu
 
 
 if __name__ == "__main__":

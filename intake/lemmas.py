@@ -69,9 +69,13 @@ def to_hiragana(text: str) -> str:
     return text.translate(_KATA_TO_HIRA)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class TokenInfo:
-    """What a token *is*, independent of where it occurs (cached per MeCab output line)."""
+    """What a token *is*, independent of where it occurs (cached per MeCab output line).
+
+    Compared and hashed by identity (``eq=False``): the cache hands out one object per
+    distinct MeCab line, so ``set(analysis.infos)`` is a cheap set of the mail's words.
+    """
 
     surface: str
     lemma: str
@@ -102,6 +106,8 @@ class Analysis:
 
     def span(self, first: int, last: int) -> tuple[int, int]:
         """Offsets in the ORIGINAL text of tokens ``first..last`` (inclusive)."""
+        if not self.offsets.segments:  # nothing was folded: offsets are the same
+            return self.starts[first], self.ends[last]
         return self.offsets.start(self.starts[first]), self.offsets.end(self.ends[last])
 
     def surface(self, first: int, last: int) -> str:
@@ -122,6 +128,11 @@ class _OffsetMap:
     def __init__(self, segments: list[tuple[int, int, int, int]]):
         self._segments = segments
         self._norm_starts = [s[0] for s in segments]
+
+    @property
+    def segments(self) -> bool:
+        """True when some run of the text was replaced (offsets need mapping)."""
+        return bool(self._segments)
 
     def start(self, i: int) -> int:
         return self._map(i, is_end=False)

@@ -119,6 +119,103 @@ class Settings:
     subject_weight: float = 1.5  # subject words say what the mail is about
 
 
+# Words so frequent that a pattern should never be looked up by them: particles,
+# auxiliaries, negation and the light verbs/nouns most sentences carry.
+_COMMON_KEYS = frozenset(
+    [
+        "の",
+        "に",
+        "を",
+        "は",
+        "が",
+        "と",
+        "で",
+        "も",
+        "か",
+        "や",
+        "へ",
+        "から",
+        "まで",
+        "より",
+        "た",
+        "て",
+        "だ",
+        "ない",
+        "無い",
+        "ず",
+        "ぬ",
+        "れる",
+        "られる",
+        "せる",
+        "させる",
+        "たい",
+        "う",
+        "よう",
+        "そう",
+        "ます",
+        "です",
+        "為る",
+        "居る",
+        "成る",
+        "有る",
+        "言う",
+        "思う",
+        "事",
+        "物",
+        "此の",
+        "其の",
+        "私",
+        "今",
+        "日",
+        "人",
+        "もう",
+        "行く",
+        "来る",
+        "見る",
+        "出る",
+        "入る",
+        "良い",
+        "一",
+        "二",
+        "三",
+        "子",
+        "手",
+        "目",
+        "方",
+        "中",
+        "上",
+        "下",
+        "後",
+        "前",
+        "<neg>",
+        "~の",
+        "~に",
+        "~を",
+        "~は",
+        "~が",
+        "~と",
+        "~で",
+        "~も",
+        "~か",
+        "~た",
+        "~て",
+        "~だ",
+        "~ない",
+        "~する",
+        "~いる",
+        "~なる",
+    ]
+)
+_NON_LATIN = re.compile(r"[^\x00-\x7f\u00c0-\u024f\u1e00-\u1eff]")
+
+
+def _commonness(keys: frozenset[str]) -> tuple[int, int]:
+    """Sort key for choosing a pattern's anchor: uncommon, then longest word first."""
+    common = 1 if keys & _COMMON_KEYS else 0
+    longest = max((len(k) for k in keys if not k.startswith("~")), default=0)
+    return common, -longest
+
+
 @dataclass
 class RuleSet:
     """Everything ``classify`` needs, compiled once."""
@@ -132,19 +229,53 @@ class RuleSet:
     foreign: list[ForeignPattern] = field(default_factory=list)
     # first key of a pattern -> patterns starting with a token carrying that key
     index: dict[str, list[Pattern]] = field(default_factory=dict)
-    # a token's keys -> the patterns that may start there (filled lazily by classify)
-    candidates: dict[tuple[str, ...], list[Pattern]] = field(default_factory=dict)
+    # the key of a pattern's rarest word -> (pattern, the key sets of all its words);
+    # classify first keeps only the patterns whose every word occurs somewhere in the mail
+    anchors: dict[str, list[tuple[Pattern, tuple[frozenset[str], ...]]]] = field(
+        default_factory=dict
+    )
+    anchor_keys: frozenset[str] = frozenset()
+    # foreign regexes joined per rule into one alternation (one scan of the text per rule)
+    foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], bool]] = field(
+        default_factory=list
+    )
 
     def build_index(self) -> None:
-        """Index every Japanese pattern by the keys of its first token."""
+        """Index every Japanese pattern by its first word and by its rarest word.
+
+        Most of the thousands of compiled patterns (a|b expansions) share common first
+        words (居る, 子, 朝), so trying each at every such token is what made classify
+        slow. A pattern can only match when every one of its words occurs in the mail,
+        and its rarest word (練炭, 止まる) almost never does: indexing by that word lets
+        classify discard nearly all patterns with one set intersection per mail.
+        """
         self.index = {}
-        self.candidates = {}
+        self.anchors = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
         for ex in self.exclusions:
             every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
         for pattern in every:
             for key in pattern.segments[0][0]:
                 self.index.setdefault(key, []).append(pattern)
+            words = tuple(dict.fromkeys(tok for seg in pattern.segments for tok in seg))
+            anchor = min(words, key=_commonness)
+            for key in anchor:
+                self.anchors.setdefault(key, []).append((pattern, words))
+        self.anchor_keys = frozenset(self.anchors)
+        self.foreign_joined = []
+        by_rule: dict[str, list[ForeignPattern]] = {}
+        for fp in self.foreign:
+            by_rule.setdefault(fp.rule, []).append(fp)
+        for group in by_rule.values():
+            joined = re.compile("|".join(f"({fp.regex.pattern})" for fp in group), re.IGNORECASE)
+            # Patterns made only of ASCII/Latin letters cannot match a text without any:
+            # a Japanese mail skips them without a scan.
+            latin = all(not _NON_LATIN.search(fp.regex.pattern) for fp in group)
+            if joined.groups == len(group):  # no capturing groups inside the patterns
+                self.foreign_joined.append((group, joined, latin))
+            else:
+                for fp in group:
+                    self.foreign_joined.append(([fp], fp.regex, latin))
 
     @property
     def categories(self) -> frozenset[str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from intake.lemmas import Analysis, get_analyser
+from intake.lemmas import Analysis, TokenInfo, get_analyser
 
 if TYPE_CHECKING:
     from intake.letter import Letter
@@ -193,6 +193,14 @@ _EN = frozenset(
 )
 
 
+def _mostly_kana(text: str) -> bool:
+    """At least a third of the letters are kana: Japanese however much kanji it has."""
+    kana = len(_KANA.findall(text))
+    if not kana:
+        return False
+    return kana * 3 >= kana + len(_HAN.findall(text)) + len(_LATIN.findall(text))
+
+
 def detect_language(text: str) -> str:
     """Cheap script/stopword guess: "ja", "zh", "ko", "vi", "pt", "en" or "und".
 
@@ -234,25 +242,53 @@ class _Hit:
     discounted: str | None = None
 
 
+def _starts(a: Analysis, rules: RuleSet) -> list[tuple[int, list[Pattern]]]:
+    """(token index, patterns that may start there) for the patterns that can match.
+
+    A pattern can only match when every one of its words occurs somewhere in the mail;
+    ``RuleSet.anchors`` indexes patterns by their rarest word, so the check touches
+    only the few patterns whose rarest word is present. The work is done on the set
+    of distinct words of the mail (a few hundred), not on every token.
+    """
+    distinct = set(a.infos)
+    present: set[str] = set()
+    for info in distinct:
+        present.update(info.keys)
+    first: dict[str, list[Pattern]] = {}
+    seen: set[int] = set()
+    anchors = rules.anchors
+    for key in rules.anchor_keys.intersection(present):
+        for pattern, words in anchors[key]:
+            if id(pattern) in seen:
+                continue
+            seen.add(id(pattern))
+            for word in words:
+                if word.isdisjoint(present):
+                    break
+            else:
+                for k in pattern.segments[0][0]:
+                    first.setdefault(k, []).append(pattern)
+    if not first:
+        return []
+    by_info: dict[TokenInfo, list[Pattern]] = {}
+    for info in distinct:
+        found: dict[int, Pattern] = {}
+        for key in info.keys:
+            for p in first.get(key, ()):
+                found[id(p)] = p
+        if found:
+            by_info[info] = list(found.values())
+    get = by_info.get
+    return [(i, c) for i, c in enumerate(map(get, a.infos)) if c]
+
+
 def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
-    """Every occurrence of every compiled pattern, in one pass over the tokens."""
-    index = rules.index
+    """Every occurrence of every compiled pattern that can match the mail."""
     gap = rules.settings.gap
     infos, sentences = a.infos, a.sentences
     n = len(infos)
     hits: list[_Hit] = []
-    cache = rules.candidates
-    for i in range(n):
-        keys = infos[i].keys
-        candidates = cache.get(keys)
-        if candidates is None:
-            found: dict[int, Pattern] = {}
-            for key in keys:
-                for p in index.get(key, ()):
-                    found[id(p)] = p
-            candidates = cache[keys] = list(found.values())
-        if not candidates:
-            continue
+    for i, candidates in _starts(a, rules):
         sentence = sentences[i]
         for pattern in candidates:
             pos = i
@@ -313,6 +349,8 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
 
         if ex.discount == "idiom":
             spans = by_rule.get(f"{ex.id}|idiom:patterns", [])
+            if not spans:
+                continue
             for h in judged:
                 if applies(h) and any(_overlaps(h, s) for s in spans):
                     h.discounted = "idiom"
@@ -322,6 +360,8 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
                 for s in by_rule.get(f"{ex.id}|reported:patterns", [])
                 for d in range(-ex.reach, ex.reach + 1)
             }
+            if not sents:
+                continue
             for h in judged:
                 # Without applies_to, only words that can describe an event are discounted;
                 # with it, the rule names the categories itself (a character's wish).
@@ -354,15 +394,23 @@ def _score(
 ) -> dict[str, float]:
     """Counted topic weight per topic; overlapping hits of one topic count once (the heaviest)."""
     scores: dict[str, float] = {}
-    taken: dict[str, list[_Hit]] = {}
+    taken: dict[str, set[int]] = {}  # token indexes already counted, per topic
+    # the subject is the first line of the analysed text; compare in normalised offsets
+    subject_end_norm = a.normalised.find("\n")
+    if subject_end_norm < 0:
+        subject_end_norm = len(a.normalised)
     ordered = sorted(hits, key=lambda h: (-h.pattern.weight, h.first))
     for h in ordered:
-        topic = h.pattern.label or "other"
-        if h.discounted or any(_overlaps(h, o) for o in taken.get(topic, [])):
+        if h.discounted:
             continue
-        taken.setdefault(topic, []).append(h)
+        topic = h.pattern.label or "other"
+        covered = taken.setdefault(topic, set())
+        span = range(h.first, h.last + 1)
+        if not covered.isdisjoint(span):
+            continue
+        covered.update(span)
         weight = h.pattern.weight
-        if a.span(h.first, h.first)[0] < subject_end:
+        if subject_end and a.starts[h.first] < subject_end_norm:
             weight *= subject_weight
         scores[topic] = scores.get(topic, 0.0) + weight
     return scores
@@ -430,8 +478,16 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     matches = list(
         {(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), hits)}.values()
     )
-    for fp in rules.foreign:
-        for m in fp.regex.finditer(analysed):
+    has_latin = _LATIN.search(analysed) is not None
+    mostly_kana = _mostly_kana(analysed)
+    for group, regex, latin in rules.foreign_joined:
+        if (latin and not has_latin) or (not latin and mostly_kana):
+            # Latin-script patterns need Latin letters; Han patterns (Chinese) are not
+            # run over text that is plainly Japanese, where the scan costs as much as
+            # the whole analysis and Japanese crisis words have their own rules.
+            continue
+        for m in regex.finditer(analysed):
+            fp = group[m.lastindex - 1] if m.lastindex else group[0]
             matches.append(
                 Match(fp.rule, "urgent", fp.category, fp.text, m.group(), m.start(), m.end())
             )
