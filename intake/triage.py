@@ -193,11 +193,11 @@ _EN = frozenset(
 )
 
 
-def _mostly_kana(text: str) -> bool:
+def _mostly_kana(text: str, language: str) -> bool:
     """At least a third of the letters are kana: Japanese however much kanji it has."""
+    if language != "ja":
+        return False  # detect_language found less than a tenth kana
     kana = len(_KANA.findall(text))
-    if not kana:
-        return False
     return kana * 3 >= kana + len(_HAN.findall(text)) + len(_LATIN.findall(text))
 
 
@@ -291,6 +291,11 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     for i, candidates in _starts(a, rules):
         sentence = sentences[i]
         for pattern in candidates:
+            segments = pattern.segments
+            if len(segments) == 1 and len(segments[0]) == 1:
+                # one word: _starts already matched it on its key
+                hits.append(_Hit(pattern, i, i))
+                continue
             pos = i
             ok = True
             # the last sentence the pattern's words may reach (parts of a window rule may
@@ -479,7 +484,8 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
         {(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), hits)}.values()
     )
     has_latin = _LATIN.search(analysed) is not None
-    mostly_kana = _mostly_kana(analysed)
+    language = detect_language(analysed)
+    mostly_kana = _mostly_kana(analysed, language)
     for group, regex, latin in rules.foreign_joined:
         if (latin and not has_latin) or (not latin and mostly_kana):
             # Latin-script patterns need Latin letters; Han patterns (Chinese) are not
@@ -499,7 +505,6 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
         (h for h in hits if h.pattern.kind == "topic"), a, len(subject), settings.subject_weight
     )
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], TOPICS.index(kv[0])))
-    language = detect_language(analysed)
     topic = "other"
     if language == "ja":
         topic = choose_topic(ranked, settings.min_score, settings.margin)
