@@ -9,6 +9,8 @@ and times from just before the APPEND command to the moment the SMTP server has
 accepted the on-call alert; it then waits for the resident's acknowledgement too, so
 mails never overlap. Prints p50 / p90 / p99 / max (target p99 < 2 s). Finally the worker
 gets SIGTERM and must exit with status 0 (the IDLE wait wakes at least every 5 s).
+A second IMAP client in IDLE stamps Dovecot's EXISTS notifications, so the latency splits
+into Dovecot's share (APPEND -> EXISTS) and the service's (EXISTS -> alert accepted).
 
 One warm-up mail is sent first and not counted: the worker's first triage loads the
 MeCab dictionary, a start-up cost rather than alert latency.
@@ -42,6 +44,36 @@ from intake.localservers import LocalDovecot, LocalSMTP, ReceivedMail
 
 TARGET_P99 = 2.0
 START_TIMEOUT = 60.0
+
+
+class IdleObserver(threading.Thread):
+    """A second IMAP client in IDLE that stamps every EXISTS: Dovecot's own share of the delay.
+
+    APPEND -> EXISTS at this observer is what IMAP IDLE costs before the worker can even
+    start; alert minus that is the service's share (fetch, triage, store, SMTP).
+    """
+
+    def __init__(self, imap: LocalDovecot) -> None:
+        super().__init__(daemon=True)
+        self.imap = imap
+        self.stamps: list[float] = []
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        with self.imap.connect(timeout=30) as client:
+            client.select_folder("INBOX", readonly=True)
+            client.idle()
+            self.ready.set()
+            while not self.stopping.is_set():
+                for response in client.idle_check(timeout=0.5):
+                    if isinstance(response, tuple) and b"EXISTS" in response:
+                        self.stamps.append(time.perf_counter())
+            client.idle_done()
+
+    def first_after(self, t0: float) -> float | None:
+        later = [t for t in self.stamps if t >= t0]
+        return later[0] if later else None
 
 
 class TimedSMTP(LocalSMTP):
@@ -86,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     worker: subprocess.Popen[bytes] | None = None
     log_path = tmp / "worker.log"
     latencies: list[float] = []
+    idle_delays: list[float] = []
     try:
         with LocalDovecot(tmp) as imap, TimedSMTP() as smtp:
             config = write_config(tmp, imap.host, imap.port, imap.user,
@@ -95,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                     [PYTHON, str(ROOT / "service.py"), "run", "--config", str(config)],
                     env=child_env(imap.password), cwd=ROOT, stdout=log, stderr=log,
                 )
+            observer = IdleObserver(imap)
+            observer.start()
+            observer.ready.wait(10)
             with imap.connect(timeout=30) as client:
                 # Warm-up (not timed): proves the worker is up, in IDLE, and has loaded MeCab.
                 client.append("INBOX", make_mail(900_000, urgent=True))
@@ -109,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                     latencies.append(arrived - t0)
                     smtp.wait_until(i + 2, "ack", args.timeout)
                     time.sleep(0.2)
+                    seen = observer.first_after(t0)
+                    if seen is not None:
+                        idle_delays.append(seen - t0)
+            observer.stopping.set()
+            observer.join(timeout=5)
             stop_start = time.perf_counter()
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=30)
@@ -128,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"APPEND -> alert at SMTP over {len(latencies)} urgent mails (worker in IDLE):")
     print(f"  p50 {median(latencies):.3f} s   p90 {percentile(latencies, 90):.3f} s   "
           f"p99 {p99:.3f} s   max {max(latencies):.3f} s   min {min(latencies):.3f} s")
+    if idle_delays:
+        service = [a - b for a, b in zip(latencies, idle_delays, strict=False)]
+        print(f"  of which Dovecot IDLE (APPEND -> EXISTS at a second IDLE client, "
+              f"{len(idle_delays)} mails): p50 {median(idle_delays):.3f} s   "
+              f"p99 {percentile(idle_delays, 99):.3f} s")
+        print(f"  the service's share (alert - EXISTS): p50 {median(service):.3f} s   "
+              f"p99 {percentile(service, 99):.3f} s")
     print(f"p99 target < {TARGET_P99:g} s: {'ok' if p99 < TARGET_P99 else 'MISSED'}")
     clean = code == 0
     print(f"SIGTERM: worker exited with status {code} after {stop_seconds:.2f} s "
