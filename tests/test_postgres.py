@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -35,6 +36,7 @@ from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_bin
 from intake.localservers import LocalDovecot, LocalSMTP
 from intake.locks import mailbox_lock_key
 from intake.migrate import current_revision, head_revision
+from intake.parse import parse as real_parse
 from intake.pipeline import RunReport, Service, process_new_mail
 from intake.send import deliver_outbox
 from intake.store import Case, Event, Outbox, StoredMessage, open_database
@@ -109,7 +111,7 @@ def once(svc: Service, now: datetime | None = None) -> RunReport:
     return report
 
 
-def count(engine: Engine, model: type, *where: object) -> int:
+def count(engine: Engine, model: type, *where: Any) -> int:
     with Session(engine) as session:
         return int(session.exec(select(func.count()).select_from(model).where(*where)).one())
 
@@ -186,7 +188,6 @@ def test_a_message_that_breaks_is_quarantined_and_the_rest_commit_on_postgres(
 ) -> None:
     # The per-message SAVEPOINT must roll back only the broken message on PostgreSQL too
     # (a failed statement there aborts the whole transaction unless rolled back to one).
-    real_parse = pipeline.parse
     poisoned = samples.consultation("poisoned@example.jp", "相談", LONELY)
 
     def parse(raw: bytes, **kwargs: object) -> object:
