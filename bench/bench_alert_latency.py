@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     latencies: list[float] = []
     idle_delays: list[float] = []
     try:
-        with LocalDovecot(tmp) as imap, TimedSMTP() as smtp:
+        smtp = TimedSMTP()
+        with LocalDovecot(tmp) as imap, smtp:
             config = write_config(tmp, imap.host, imap.port, imap.user,
                                   smtp_port=smtp.port, db=tmp / "alert.db")
             with log_path.open("wb") as log:
