@@ -151,10 +151,19 @@ def migrate(engine: Engine, *, replay: bool = False) -> str:
     every revision instead of ``create_all`` (slower; for tests of the revisions).
     """
     head = head_revision()
-    if current_revision(engine) == head:
-        return head
+    # SQLite: the lock comes before the first connection, because a brand-new file's first
+    # connections switch it to WAL, and that switch fails at once ("database is locked")
+    # when another process does the same; the lock serialises them.
+    with _file_lock(engine):
+        if current_revision(engine) == head:
+            return head
+        _migrate_locked(engine, head, replay)
+    return head
+
+
+def _migrate_locked(engine: Engine, head: str, replay: bool) -> None:
     metadata = target_metadata()
-    with _file_lock(engine), engine.connect() as conn:
+    with engine.connect() as conn:
         guard = (
             _sqlite_foreign_keys_off(conn)
             if conn.dialect.name == "sqlite"
@@ -184,7 +193,6 @@ def migrate(engine: Engine, *, replay: bool = False) -> str:
                 if stamped != head:
                     command.upgrade(cfg, "head")
                     log.info("database migrated from %s to %s", stamped or "empty", head)
-    return head
 
 
 def schema_diff(engine: Engine) -> list[Any]:
