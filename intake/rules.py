@@ -53,6 +53,9 @@ from intake.errors import Problem, RulesError
 from intake.lemmas import get_analyser
 
 RULE_FILES = ("topics.toml", "urgent.toml", "exclusions.toml")
+# Optional second tier (risk signals): concept lexicons and the combinations that make a
+# mail urgent. A rules directory without it simply has no signal tier.
+SIGNAL_FILE = "signals.toml"
 DISCOUNTS = ("idiom", "reported", "resolved-past")
 # Optional per-rule keys that widen how far apart a pattern's parts may be: a two-part
 # "means + intent" rule (ロープ ... 買った) needs more room than a set phrase.
@@ -106,6 +109,49 @@ class ForeignPattern:
     text: str
     regex: re.Pattern[str]
     line: int | None
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A warning-sign concept (a self-harm act, a body part, a means): many words, one idea.
+
+    ``patterns`` are compiled Japanese words (kind "signal", label = the concept id);
+    ``regexes`` are foreign-language regular expressions run on non-Japanese mail and
+    ``regexes_ja`` regular expressions run on the normalised text of Japanese mail (for
+    what lemmas cannot say: "30錠" is a quantity, "3錠" is a dose).
+    """
+
+    id: str
+    patterns: tuple[Pattern, ...] = ()
+    regexes: tuple[re.Pattern[str], ...] = ()
+    regexes_ja: tuple[re.Pattern[str], ...] = ()
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Combination:
+    """Concepts that together are a warning sign (act + body part, means + quantity).
+
+    Fires when every concept has a counted word inside ``window`` consecutive sentences
+    (or anywhere in a short mail); adds ``score`` to the mail's risk score.
+    """
+
+    id: str  # e.g. "signals.self_harm.act_body"
+    category: str  # urgent category the reason carries ("self_harm", "suicidal", ...)
+    concepts: tuple[str, ...]
+    score: float
+    window: int
+    path: Path
+    line: int | None
+
+
+@dataclass(frozen=True)
+class SignalSettings:
+    """Numbers of the signal tier; they live in ``signals.toml [settings]``."""
+
+    threshold: float = 2.0  # risk score at which a mail is urgent
+    window: int = 2  # default sentences a combination may span
+    short_mail: int = 80  # characters: a mail this short is one window
 
 
 @dataclass(frozen=True)
@@ -239,6 +285,13 @@ class RuleSet:
     foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], bool]] = field(
         default_factory=list
     )
+    # the risk-signal tier (signals.toml); empty when the file is absent
+    signal_settings: SignalSettings = field(default_factory=SignalSettings)
+    concepts: dict[str, Concept] = field(default_factory=dict)
+    combinations: list[Combination] = field(default_factory=list)
+    # concept id -> the combinations that name it (a mail with fewer than two concepts
+    # present skips the combination step entirely)
+    combos_by_concept: dict[str, list[Combination]] = field(default_factory=dict)
 
     def build_index(self) -> None:
         """Index every Japanese pattern by its first word and by its rarest word.
@@ -252,6 +305,8 @@ class RuleSet:
         self.index = {}
         self.anchors = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
+        for concept in self.concepts.values():
+            every += list(concept.patterns)
         for ex in self.exclusions:
             every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
         for pattern in every:
@@ -262,6 +317,10 @@ class RuleSet:
             for key in anchor:
                 self.anchors.setdefault(key, []).append((pattern, words))
         self.anchor_keys = frozenset(self.anchors)
+        self.combos_by_concept = {}
+        for combo in self.combinations:
+            for name in combo.concepts:
+                self.combos_by_concept.setdefault(name, []).append(combo)
         self.foreign_joined = []
         by_rule: dict[str, list[ForeignPattern]] = {}
         for fp in self.foreign:
@@ -279,9 +338,22 @@ class RuleSet:
 
     @property
     def categories(self) -> frozenset[str]:
-        return frozenset(p.label for p in self.urgent_patterns if p.label) | frozenset(
-            f.category for f in self.foreign
+        return (
+            frozenset(p.label for p in self.urgent_patterns if p.label)
+            | frozenset(f.category for f in self.foreign)
+            | frozenset(c.category for c in self.combinations)
         )
+
+    @property
+    def signal_names(self) -> frozenset[str]:
+        """Names an exclusion's ``applies_to`` may use for the signal tier.
+
+        "signals" (the words of every concept) or "signals.<concept>" (one concept's
+        words): exclusions discount words, and a combination needs counted words.
+        """
+        if not self.concepts:
+            return frozenset()
+        return frozenset({"signals"}) | frozenset(f"signals.{c}" for c in self.concepts)
 
 
 _ALTERNATIVE_LIMIT = 1000
@@ -472,7 +544,8 @@ class _Loader:
                     gap=gap,
                     sentences=sentences,
                 )
-                dup_key = (f"{kind}:{label if kind == 'exclusion' else ''}", segments)
+                scoped = kind in ("exclusion", "signal")  # one word may serve two concepts
+                dup_key = (f"{kind}:{label if scoped else ''}", segments)
                 if dup_key in self.seen:
                     if not alternation:
                         other = self.seen[dup_key]
@@ -654,13 +727,22 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 )
     rules.reportable = frozenset(reportable)
 
+    # -- signals (optional) ---------------------------------------------------------
+    if (directory / SIGNAL_FILE).exists():
+        _load_signals(loader, rules)
+
     # -- exclusions ---------------------------------------------------------------
     loaded = loader.read("exclusions.toml")
     if loaded:
         data, src = loaded
         loader.unknown_keys(src, data, {"rule"}, None)
         # applies_to names categories, topics or single urgent rules (urgent.farewell)
-        known = rules.categories | set(TOPICS) | {p.rule for p in rules.urgent_patterns}
+        known = (
+            rules.categories
+            | set(TOPICS)
+            | {p.rule for p in rules.urgent_patterns}
+            | rules.signal_names
+        )
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
             allowed = {
@@ -729,6 +811,127 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             )
     rules.build_index()
     return rules, loader.problems
+
+
+def _regexes(
+    loader: _Loader, src: _Source, owner: str, line: int | None, values: Any, key: str
+) -> tuple[re.Pattern[str], ...]:
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        loader.problem(src.path, line, f"{owner}: {key} must be a list of strings")
+        return ()
+    out = []
+    start = src.table_start(line)
+    for value in values:
+        pline = src.line_of_value(value, start) or line
+        try:
+            regex = re.compile(value, re.IGNORECASE)
+        except re.error as exc:
+            loader.problem(src.path, pline, f"{owner}: bad regular expression {value!r}: {exc}")
+            continue
+        if regex.search("") is not None:
+            loader.problem(
+                src.path, pline, f"{owner}: {value!r} matches empty text; it would fire always"
+            )
+            continue
+        out.append(regex)
+    return tuple(out)
+
+
+def _load_signals(loader: _Loader, rules: RuleSet) -> None:
+    """Read ``signals.toml``: settings, concepts (words and regexes) and combinations."""
+    loaded = loader.read(SIGNAL_FILE)
+    if not loaded:
+        return
+    data, src = loaded
+    loader.unknown_keys(src, data, {"settings", "concept", "combination"}, None)
+    defaults = SignalSettings()
+    kwargs: dict[str, Any] = {}
+    for key, value in data.get("settings", {}).items():
+        if not hasattr(defaults, key):
+            loader.problem(src.path, src.line_of_value(key, 1), f"[settings] unknown key {key!r}")
+        elif not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            loader.problem(src.path, None, f"[settings] {key} must be a number > 0")
+        else:
+            kwargs[key] = type(getattr(defaults, key))(value)
+    rules.signal_settings = SignalSettings(**kwargs)
+
+    for n, table in enumerate(data.get("concept", []), 1):
+        name = table.get("id")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            loader.problem(
+                src.path, None, f'concept #{n}: needs id = "snake_case_name" (e.g. body_part)'
+            )
+            continue
+        rule_id, line = loader.rule_id(src, table, n, "concept")
+        loader.unknown_keys(
+            src, table, {"id", "note", "words", "regex", "regex_ja", *WINDOW_KEYS}, line
+        )
+        words = table.get("words", [])
+        patterns = loader.patterns(
+            src,
+            f"signals.{name}",
+            line,
+            words,
+            kind="signal",
+            label=name,
+            weight=1.0,
+            key="words",
+            **loader.window(src, rule_id, line, table),
+        )
+        loader.check_shadowed(patterns)
+        concept = Concept(
+            name,
+            tuple(patterns),
+            _regexes(loader, src, rule_id, line, table.get("regex"), "regex"),
+            _regexes(loader, src, rule_id, line, table.get("regex_ja"), "regex_ja"),
+            line,
+        )
+        if not (concept.patterns or concept.regexes or concept.regexes_ja):
+            loader.problem(src.path, line, f"{rule_id}: a concept needs words, regex or regex_ja")
+        rules.concepts[name] = concept
+
+    for n, table in enumerate(data.get("combination", []), 1):
+        rule_id, line = loader.rule_id(src, table, n, "combination")
+        loader.unknown_keys(
+            src, table, {"id", "category", "concepts", "score", "window", "note"}, line
+        )
+        category = table.get("category")
+        if not isinstance(category, str) or not category:
+            loader.problem(src.path, line, f'{rule_id}: needs category = "..." (e.g. self_harm)')
+            continue
+        names = table.get("concepts")
+        if (
+            not isinstance(names, list)
+            or len(names) < 2
+            or not all(isinstance(x, str) for x in names)
+            or len(set(names)) != len(names)
+        ):
+            loader.problem(
+                src.path, line, f"{rule_id}: concepts must list two or more different concept ids"
+            )
+            continue
+        unknown = [x for x in names if x not in rules.concepts]
+        if unknown:
+            loader.problem(
+                src.path,
+                line,
+                f"{rule_id}: unknown concept(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(rules.concepts))}",
+            )
+            continue
+        score = table.get("score", 1)
+        if not isinstance(score, int | float) or isinstance(score, bool) or score <= 0:
+            loader.problem(src.path, line, f"{rule_id}: score must be a positive number")
+            continue
+        window = table.get("window", rules.signal_settings.window)
+        if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 3:
+            loader.problem(src.path, line, f"{rule_id}: window must be 1, 2 or 3 (sentences)")
+            continue
+        rules.combinations.append(
+            Combination(rule_id, category, tuple(names), float(score), window, src.path, line)
+        )
 
 
 def load_rules(directory: Path) -> RuleSet:

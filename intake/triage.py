@@ -15,8 +15,16 @@ The loop, in order (urgent checks never short-circuit topic matching):
    match: 死にたいとかではない, but not 死にたいと思わない日はない), idioms overlapping
    the match (死ぬほど眠い), news/fiction in the same sentence for "reportable" urgent
    rules, and past ideation that the writer says is resolved (and not back);
-4. urgent = any urgent match that still counts, or any foreign-language crisis regex;
-5. topic scores = sum of counted topic weights (subject words weigh more); the best
+4. risk signals (``rules/signals.toml``): the words of warning-sign *concepts* (a
+   self-harm act, a body part, a means, a quantity, a place, finality...) that still
+   count after the same discounts are grouped by sentence; every *combination* of
+   concepts found within its window (act + body part in one sentence, means + quantity
+   in two adjacent ones, anything in a short mail) adds its score, and a mail whose
+   score reaches the threshold is urgent with one reason per combination, naming the
+   concepts and the words that combined. This tier generalises where phrase lists do
+   not: 「カッターで二の腕に線を」 and 「太ももを切った」 are one combination;
+5. urgent = any urgent match or signal combination that counts, or a foreign crisis regex;
+6. topic scores = sum of counted topic weights (subject words weigh more); the best
    topic wins only with a clear lead and enough score, otherwise "other".
 
 When in doubt the rules are written to flag urgent: a missed crisis costs more than an
@@ -26,6 +34,7 @@ on-call call that turns out not to be needed.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +44,7 @@ from intake.lemmas import Analysis, TokenInfo, get_analyser
 
 if TYPE_CHECKING:
     from intake.letter import Letter
-    from intake.rules import Pattern, RuleSet
+    from intake.rules import Combination, Pattern, RuleSet
 
 TOPICS = ("bullying", "poverty", "caregiving", "isolation", "volunteer", "other")
 
@@ -52,6 +61,8 @@ class Match:
     start: int  # character offset in the analysed text (subject + "\n" + new text)
     end: int
     discounted: str | None = None  # why it did not count ("negated", "idiom", ...), else None
+    # signal combinations: (concept, words in the mail) for each concept that combined
+    parts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -117,6 +128,7 @@ _NEGATION_FRAME = frozenset(
         "訳だ",
         "全然",
         "別に",
+        "たり",  # 切ったりはしていない, 死にたいと思ったりはしない
         "本当",
         "本気",
         "まで",
@@ -348,9 +360,12 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
         def applies(h: _Hit, ex: Any = ex) -> bool:
             if h.discounted:
                 return False
+            kind = h.pattern.kind
             if ex.applies_to:
+                if kind == "signal":  # "signals" or "signals.<concept>"
+                    return "signals" in ex.applies_to or h.pattern.rule in ex.applies_to
                 return h.pattern.label in ex.applies_to or h.pattern.rule in ex.applies_to
-            return h.pattern.kind == "urgent"
+            return kind in ("urgent", "signal")
 
         if ex.discount == "idiom":
             spans = by_rule.get(f"{ex.id}|idiom:patterns", [])
@@ -370,7 +385,11 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             for h in judged:
                 # Without applies_to, only words that can describe an event are discounted;
                 # with it, the rule names the categories itself (a character's wish).
-                reportable = bool(ex.applies_to) or h.pattern.rule in rules.reportable
+                reportable = (
+                    bool(ex.applies_to)
+                    or h.pattern.kind == "signal"  # a concept word can be anyone's
+                    or h.pattern.rule in rules.reportable
+                )
                 if applies(h) and reportable and a.sentences[h.first] in sents:
                     h.discounted = "reported"
         else:  # resolved-past
@@ -386,6 +405,130 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
                     and any(r.first > h.last for r in resolved)
                 ):
                     h.discounted = "resolved-past"
+
+
+# -- risk signals -----------------------------------------------------------------------
+_FOREIGN_BOUNDARY = re.compile(r"[.!?。！？\n]+")
+
+
+@dataclass(slots=True)
+class _Sig:
+    """One counted concept word: its sentence and its span (tokens, or characters)."""
+
+    concept: str
+    sentence: int
+    lo: int  # token index (Japanese) or character offset (foreign), inclusive
+    hi: int
+
+
+def _signal_hits(
+    a: Analysis, hits: list[_Hit], analysed: str, language: str, rules: RuleSet
+) -> dict[str, list[_Sig]]:
+    """Counted concept words per concept.
+
+    Japanese mail uses the analyser's words (and ``regex_ja`` mapped onto its tokens);
+    other languages use the concept regexes with sentences cut at . ! ? and newlines.
+    """
+    by: dict[str, list[_Sig]] = {}
+    if language == "ja":
+        for h in hits:
+            if h.pattern.kind == "signal" and h.discounted is None:
+                label = h.pattern.label or ""
+                by.setdefault(label, []).append(_Sig(label, a.sentences[h.first], h.first, h.last))
+        if a.infos:
+            for concept in rules.concepts.values():
+                for rx in concept.regexes_ja:
+                    for m in rx.finditer(a.normalised):
+                        lo = max(bisect_right(a.starts, m.start()) - 1, 0)
+                        hi = max(bisect_left(a.starts, m.end()) - 1, lo)
+                        by.setdefault(concept.id, []).append(
+                            _Sig(concept.id, a.sentences[lo], lo, hi)
+                        )
+        return by
+    boundaries = [m.end() for m in _FOREIGN_BOUNDARY.finditer(analysed)]
+    for concept in rules.concepts.values():
+        for rx in concept.regexes:
+            for m in rx.finditer(analysed):
+                sentence = bisect_right(boundaries, m.start())
+                by.setdefault(concept.id, []).append(
+                    _Sig(concept.id, sentence, m.start(), m.end() - 1)
+                )
+    return by
+
+
+def _in_window(combo: Combination, by: dict[str, list[_Sig]], whole: bool) -> list[_Sig] | None:
+    """One non-overlapping word per concept of ``combo`` inside its window, or None."""
+    first, *rest = combo.concepts
+    width = combo.window
+    for anchor in by[first]:
+        starts = [0] if whole else range(anchor.sentence - width + 1, anchor.sentence + 1)
+        for s in starts:
+            chosen = [anchor]
+            for name in rest:
+                for sig in by[name]:
+                    if (whole or s <= sig.sentence < s + width) and all(
+                        sig.hi < c.lo or c.hi < sig.lo for c in chosen
+                    ):
+                        chosen.append(sig)
+                        break
+                else:
+                    break
+            if len(chosen) == len(combo.concepts):
+                return chosen
+    return None
+
+
+def _signal_matches(
+    a: Analysis, hits: list[_Hit], analysed: str, language: str, rules: RuleSet
+) -> list[Match]:
+    """The signal combinations found, counted when their scores reach the threshold.
+
+    Cheap by construction: concept words were found with every other pattern, and
+    combinations are only tried when two or more concepts are present.
+    """
+    if not rules.combinations:
+        return []
+    by = _signal_hits(a, hits, analysed, language, rules)
+    if len(by) < 2:
+        return []
+    settings = rules.signal_settings
+    whole = len("".join(analysed.split())) <= settings.short_mail
+    fired: list[tuple[Combination, list[_Sig]]] = []
+    for combo in rules.combinations:
+        if all(name in by for name in combo.concepts):
+            chosen = _in_window(combo, by, whole)
+            if chosen is not None:
+                fired.append((combo, chosen))
+    if not fired:
+        return []
+    score = sum(combo.score for combo, _ in fired)
+    discounted = None if score >= settings.threshold else "below-threshold"
+    out = []
+    for combo, chosen in fired:
+        spans = []
+        for sig in chosen:
+            if language == "ja":
+                spans.append(a.span(sig.lo, sig.hi))
+            else:
+                spans.append((sig.lo, sig.hi + 1))
+        parts = tuple(
+            (sig.concept, a.text[start:end] if language == "ja" else analysed[start:end])
+            for sig, (start, end) in zip(chosen, spans, strict=True)
+        )
+        out.append(
+            Match(
+                combo.id,
+                "urgent",
+                combo.category,
+                " + ".join(combo.concepts),
+                " + ".join(words for _, words in parts),
+                min(start for start, _ in spans),
+                max(end for _, end in spans),
+                discounted,
+                parts,
+            )
+        )
+    return out
 
 
 def _to_match(a: Analysis, h: _Hit) -> Match:
@@ -465,7 +608,10 @@ _CRISIS_DEFAULT_MIN_CHARS = 15
 
 
 def _crisis_default(text: str, urgent_reasons: list[Match]) -> str:
-    categories = {m.topic for m in urgent_reasons}
+    # Phrase rules say what the crisis is; signal combinations only back them up (a DV
+    # mail's 殴る + 自分を is not self-harm), so they decide only when they stand alone.
+    phrases = [m for m in urgent_reasons if not m.parts]
+    categories = {m.topic for m in phrases or urgent_reasons}
     if not categories or categories <= {"violence"}:
         return "other"
     if len("".join(text.split())) < _CRISIS_DEFAULT_MIN_CHARS:
@@ -480,11 +626,13 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     hits = _find(a, rules)
     _discount(a, hits, rules)
     # A pattern and its in-sentence variant may both hit the same words: report once.
+    words = [h for h in hits if h.pattern.kind != "signal"]  # signals report as combinations
     matches = list(
-        {(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), hits)}.values()
+        {(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), words)}.values()
     )
     has_latin = _LATIN.search(analysed) is not None
     language = detect_language(analysed)
+    matches += _signal_matches(a, hits, analysed, language, rules)
     mostly_kana = _mostly_kana(analysed, language)
     for group, regex, latin in rules.foreign_joined:
         if (latin and not has_latin) or (not latin and mostly_kana):
@@ -541,6 +689,7 @@ def _match_dict(m: Match) -> dict[str, Any]:
         "start": m.start,
         "end": m.end,
         "discounted": m.discounted,
+        "parts": [{"concept": c, "surface": w} for c, w in m.parts],
     }
 
 

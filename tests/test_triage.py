@@ -197,7 +197,10 @@ def test_explanation_offsets_point_at_the_surface(rules: RuleSet) -> None:
     analysed = subject + "\n" + text
     assert t.matches
     for m in t.matches:
-        assert analysed[m.start : m.end] == m.surface
+        if m.parts:  # a signal combination: its words lie inside its span
+            assert all(words in analysed[m.start : m.end] for _, words in m.parts)
+        else:
+            assert analysed[m.start : m.end] == m.surface
     surfaces = {m.surface for m in t.urgent_reasons}
     assert "ｼﾆﾀｲ" in surfaces and "死にたく" in surfaces and "殴られ" in surfaces
 
@@ -213,6 +216,7 @@ def test_report_has_the_json_pieces(rules: RuleSet) -> None:
         "topic",
         "pattern",
         "surface",
+        "parts",
         "start",
         "end",
         "discounted",
