@@ -224,14 +224,22 @@ def _find_thread(
 
 
 def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) -> bool:
-    row = session.exec(
-        select(Case.id).where(
-            Case.mailbox == mailbox,
-            Case.sender == sender,
-            col(Case.ack_state).in_(["queued", "sent"]),
-            Case.created_at >= to_db(since),
-        )
-    ).first()
+    """Whether ``sender`` was acknowledged within the window (flood and loop guard).
+
+    Senders acknowledged earlier in this transaction are remembered in ``session.info``,
+    so the query runs without flushing the batch's pending changes first.
+    """
+    if sender.lower() in session.info.setdefault("acked_senders", set()):
+        return True
+    with session.no_autoflush:
+        row = session.exec(
+            select(Case.id).where(
+                Case.mailbox == mailbox,
+                Case.sender == sender,
+                col(Case.ack_state).in_(["queued", "sent"]),
+                Case.created_at >= to_db(since),
+            )
+        ).first()
     return row is not None
 
 
@@ -435,6 +443,7 @@ def handle_message(
                 now=now,
             )
             case.ack_state = "queued"
+            session.info.setdefault("acked_senders", set()).add(letter.from_addr.lower())
             report.acks += 1
         else:
             case.ack_state = f"suppressed:{block}"
@@ -526,7 +535,7 @@ def ingest_batch(
                 )
             )
         }
-        pending: list[int] = []
+        batch: list[StoredMessage] = []
         for sha, (uid, raw) in hashes.items():
             msg = known.get(sha)
             if msg is None:
@@ -545,12 +554,16 @@ def ingest_batch(
                 report.duplicates += 1
                 continue
             msg.attempts += 1
-            session.flush()
-            assert msg.id is not None
-            pending.append(msg.id)
+            batch.append(msg)
+        session.flush()  # one flush for the batch: it assigns the row ids
+        pending = [m.id for m in batch if m.id is not None]
     with session_scope(svc.engine) as session:
+        loaded = {
+            m.id: m
+            for m in session.exec(select(StoredMessage).where(col(StoredMessage.id).in_(pending)))
+        }
         for row_id in pending:
-            msg = session.get(StoredMessage, row_id)
+            msg = loaded.get(row_id)
             if msg is None or msg.status != "received":
                 continue
             if msg.attempts > MAX_ATTEMPTS:

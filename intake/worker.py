@@ -149,11 +149,11 @@ class Worker:
                     },
                 )
                 self.svc.deliver(now_in(self.svc))
-            # Wake at least every few seconds so SIGTERM is honoured promptly.
+            # Wake every second so SIGTERM is honoured promptly (IDLE is re-issued each time).
             budget = settings.poll_interval if not (mailbox.state and mailbox.state.idle) else 600
             waited = 0.0
             while waited < budget and not self.stopping.is_set():
-                step = min(5.0, budget - waited)
+                step = min(1.0, budget - waited)
                 if mailbox.wait(step):
                     break
                 waited += step
