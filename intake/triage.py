@@ -496,7 +496,9 @@ def _signal_matches(
     fired: list[tuple[Combination, list[_Sig]]] = []
     for combo in rules.combinations:
         if all(name in by for name in combo.concepts):
-            chosen = _in_window(combo, by, whole)
+            # window = 1 means "in one sentence" even in a short mail: 薬 … まとめて … 飲む
+            # spread over a carer's two sentences is a pill organiser, not an overdose
+            chosen = _in_window(combo, by, whole and combo.window > 1)
             if chosen is not None:
                 fired.append((combo, chosen))
     if not fired:
@@ -610,8 +612,11 @@ _CRISIS_DEFAULT_MIN_CHARS = 15
 def _crisis_default(text: str, urgent_reasons: list[Match]) -> str:
     # Phrase rules say what the crisis is; signal combinations only back them up (a DV
     # mail's 殴る + 自分を is not self-harm), so they decide only when they stand alone.
+    # Among signals alone, violence explains the marks on the body (a burn, a cut lip).
     phrases = [m for m in urgent_reasons if not m.parts]
     categories = {m.topic for m in phrases or urgent_reasons}
+    if not phrases and "violence" in categories:
+        categories = {"violence"}
     if not categories or categories <= {"violence"}:
         return "other"
     if len("".join(text.split())) < _CRISIS_DEFAULT_MIN_CHARS:

@@ -202,3 +202,70 @@ def test_exclusion_may_name_a_single_urgent_rule(tmp_path: Path) -> None:
     bad = ok.replace('["urgent.suicidal.wish"]', '["urgent.nope"]')
     (problem,) = check_rules(write_rules(tmp_path, exclusions=bad))
     assert "unknown category/topic 'urgent.nope'" in problem.message
+
+
+SIGNALS_OK = """\
+[settings]
+threshold = 2
+[[concept]]
+id = "sh_act"
+words = ["切る"]
+[[concept]]
+id = "body"
+words = ["手首", "腕"]
+[[combination]]
+id = "signals.self_harm.act_body"
+category = "self_harm"
+concepts = ["sh_act", "body"]
+score = 2
+window = 1
+"""
+
+
+def test_signals_file_is_optional_and_loads_concepts_and_combinations(tmp_path: Path) -> None:
+    assert load_rules(write_rules(tmp_path)).combinations == []
+    (tmp_path / "signals.toml").write_text(SIGNALS_OK, encoding="utf-8")
+    rules = load_rules(tmp_path)
+    assert set(rules.concepts) == {"sh_act", "body"}
+    assert [c.id for c in rules.combinations] == ["signals.self_harm.act_body"]
+    assert "self_harm" in rules.categories
+
+
+def test_combination_naming_an_unknown_concept_is_reported_at_its_line(tmp_path: Path) -> None:
+    bad = SIGNALS_OK.replace('concepts = ["sh_act", "body"]', 'concepts = ["sh_act", "bdy"]')
+    (write_rules(tmp_path) / "signals.toml").write_text(bad, encoding="utf-8")
+    found = messages(tmp_path)
+    assert any("signals.toml:10" in m and "bdy" in m for m in found), found
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("window = 1", "window = 7", "window must be 1, 2 or 3"),
+        ("score = 2", "score = 0", "score must be a positive number"),
+        ('concepts = ["sh_act", "body"]', 'concepts = ["body"]', "two or more different"),
+        ('words = ["手首", "腕"]', 'words = ["手首", "手首"]', "duplicate pattern"),
+    ],
+)
+def test_bad_signal_settings_are_reported(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    (write_rules(tmp_path) / "signals.toml").write_text(
+        SIGNALS_OK.replace(old, new), encoding="utf-8"
+    )
+    assert any(expected in m for m in messages(tmp_path)), messages(tmp_path)
+
+
+def test_exclusion_may_name_the_signal_tier(tmp_path: Path) -> None:
+    exclusions = EXCLUSIONS_OK + (
+        '[[rule]]\nid = "exclusion.reported.paper"\ndiscount = "reported"\n'
+        'applies_to = ["signals.body"]\npatterns = ["論文"]\n'
+    )
+    (write_rules(tmp_path, exclusions=exclusions) / "signals.toml").write_text(
+        SIGNALS_OK, encoding="utf-8"
+    )
+    assert check_rules(tmp_path) == []
+    (tmp_path / "exclusions.toml").write_text(
+        exclusions.replace("signals.body", "signals.nose"), encoding="utf-8"
+    )
+    assert any("signals.nose" in m for m in messages(tmp_path))

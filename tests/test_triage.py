@@ -323,3 +323,81 @@ def test_crisis_mail_with_only_loneliness_goes_to_isolation_and_one_word_to_othe
     assert classify_text("", "消えたい", rules).topic == "other"
     dv = "夫に殴られて、いまトイレに隠れてこれを打っています"
     assert classify_text("たすけて", dv, rules).topic == "other"
+
+
+# -- risk signals (rules/signals.toml): concepts combined, not phrases -------------------
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("カッターで二の腕に線を何本も入れた", "signals.self_harm.act_body"),
+        ("ふくらはぎを安全ピンでひっかいてる", "signals.self_harm.act_body"),
+        ("咳止めをひと箱ぜんぶ一気に飲んだ", "signals.overdose.pills_quantity_ingest"),
+        ("眠剤を飲まずに少しずつ溜め込んでる", "signals.overdose.pills_hoard"),
+        ("灯油を買ってきた。もう全部終わらせる", "signals.suicidal.lethal_finality"),
+        ("いま防波堤の先にいる。下の波をずっと見てる", "signals.place.edge"),
+        ("義父にお湯をかけられて背中が腫れてる", "signals.violence.injury"),
+        ("給料日まで所持金ゼロで、一昨日から水しか飲んでない", "signals.deprivation.food_duration"),
+    ],
+)
+def test_signal_combinations_flag_phrasings_no_rule_lists(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    reason = next(m for m in t.urgent_reasons if m.rule == rule)
+    assert len(reason.parts) >= 2  # the concepts and the words that combined
+    assert all(words for _, words in reason.parts)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "手首のサポーターを買いました",  # a body part alone
+        "昨日は髪を切ってすっきりした",  # an act and relief, not on the body
+        "祖母の薬を一週間分まとめてケースに入れるのが大変です。飲み忘れも多いです。",
+        "夜に川の土手を散歩するのが好きです。流れの音を聞くと落ち着きます。",
+        "明日は胃カメラの検査なので、昨日の夜から何も食べていません。",
+        "引っ越し先がペット不可なので、猫を友達に譲りました。",
+    ],
+)
+def test_one_concept_or_an_everyday_reason_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not urgent(rules, text)
+
+
+def test_a_negated_act_does_not_combine(rules: RuleSet) -> None:
+    assert urgent(rules, "カッターで手首を切った")
+    assert not urgent(rules, "手首を切ったりはしていません。ストレスの相談です")
+
+
+def test_weak_signals_below_the_threshold_stay_in_the_evidence(rules: RuleSet) -> None:
+    t = classify_text("相談", "さっき上司に叩かれた。来月のシフトの相談をしたいです。", rules)
+    weak = [m for m in t.matches if m.rule == "signals.violence.now"]
+    assert weak and weak[0].discounted == "below-threshold"
+    assert "signals.violence.now" not in {m.rule for m in t.urgent_reasons}
+
+
+def test_resolved_past_self_harm_is_discounted_for_signals(rules: RuleSet) -> None:
+    text = "高校の頃はカッターで腕を切ってたけど、今は元気です。就職の相談です。"
+    assert not urgent(rules, text)
+    assert urgent(rules, text + "でも最近また腕を切ってしまう")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "My father beats me every night and I am scared to go home.",
+        "Binugbog ako ng tatay ko, may dugo sa ulo ko.",
+        "Hijo dekhi khana khayeko chaina.",
+        "Estou dando minhas coisas. Não vou mais precisar delas.",
+    ],
+)
+def test_foreign_signals_combine_too(rules: RuleSet, text: str) -> None:
+    t = classify_text("help", text, rules)
+    assert t.urgent
+    assert t.topic == "other"
+
+
+def test_signal_reason_appears_in_the_json_report(rules: RuleSet) -> None:
+    report = triage_report(classify_text("", "太ももをカミソリで切った", rules))
+    parts = [r["parts"] for r in report["urgent_reasons"] if r["rule"].startswith("signals.")]
+    assert parts and {p["concept"] for p in parts[0]} == {"sh_act", "body"}
