@@ -39,24 +39,31 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_once(args: argparse.Namespace) -> int:
     """Fetch everything new, process it, send what is due, exit."""
     from intake.fetch import Mailbox
+    from intake.locks import mailbox_lock
     from intake.pipeline import Service, process_new_mail
 
     settings = _settings(args)
     svc = Service.from_settings(settings)
     now = datetime.now(svc.calendar.tz)
     status = 0
+    lock = mailbox_lock(svc.engine, settings.mailbox.key)
     try:
-        with Mailbox(settings.mailbox) as mailbox:
-            report = process_new_mail(svc, mailbox, now)
-        print(
-            f"fetched {report.fetched}, stored {report.stored}, cases {report.cases}, "
-            f"follow-ups {report.followups}, quarantined {report.quarantined}, "
-            f"acks queued {report.acks}, alerts queued {report.alerts}"
-            + (f", not acknowledged {report.suppressed}" if report.suppressed else "")
-        )
+        if not lock.try_acquire():
+            print("another worker is polling this mailbox; only sending")
+        else:
+            with Mailbox(settings.mailbox) as mailbox:
+                report = process_new_mail(svc, mailbox, now, still_mine=lock.verify)
+            print(
+                f"fetched {report.fetched}, stored {report.stored}, cases {report.cases}, "
+                f"follow-ups {report.followups}, quarantined {report.quarantined}, "
+                f"acks queued {report.acks}, alerts queued {report.alerts}"
+                + (f", not acknowledged {report.suppressed}" if report.suppressed else "")
+            )
     except IntakeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
+    finally:
+        lock.release()
     # Deliver even when the mailbox failed: alerts queued earlier must not wait for IMAP.
     sent = svc.deliver(datetime.now(svc.calendar.tz))
     print(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}")

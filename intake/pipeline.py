@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -589,7 +590,12 @@ def ingest_batch(
             cursor.updated_at = to_db(now)
 
 
-def process_new_mail(svc: Service, mailbox: Mailbox, now: datetime) -> RunReport:
+def process_new_mail(
+    svc: Service,
+    mailbox: Mailbox,
+    now: datetime,
+    still_mine: Callable[[], bool] | None = None,
+) -> RunReport:
     """Fetch everything above the cursor and turn it into cases. Cost grows with new mail only."""
     report = RunReport()
     state = mailbox.state
@@ -617,6 +623,9 @@ def process_new_mail(svc: Service, mailbox: Mailbox, now: datetime) -> RunReport
     uids = mailbox.new_uids(last_uid)
     size = max(1, svc.settings.mailbox.batch_size)
     for start in range(0, len(uids), size):
+        if still_mine is not None and not still_mine():
+            log.warning("mailbox lock lost; another worker takes over")
+            break
         batch = uids[start : start + size]
         items = list(mailbox.fetch(batch))
         report.fetched += len(items)

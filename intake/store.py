@@ -166,8 +166,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     # WAL lets the digest job read while the worker writes; busy_timeout rides out short locks.
+    cur.execute("PRAGMA busy_timeout=10000")  # first, so switching to WAL may wait too
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
@@ -181,7 +181,9 @@ def open_database(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
-    SQLModel.metadata.create_all(engine)
+    from intake.migrate import migrate  # late import: migrate imports store, staff, report
+
+    migrate(engine)
     return engine
 
 

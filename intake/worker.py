@@ -21,6 +21,7 @@ from imapclient.exceptions import IMAPClientError
 from intake.digest import queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox
+from intake.locks import mailbox_lock
 from intake.pipeline import Service, process_new_mail
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class Worker:
     def __init__(self, svc: Service):
         self.svc = svc
         self.stopping = threading.Event()
+        # Exactly one worker polls a mailbox; the others still send and run scheduled jobs,
+        # and take over when the holder dies (its lock dies with its connection/process).
+        self.lock = mailbox_lock(svc.engine, svc.settings.mailbox.key)
 
     def stop(self, *_args: object) -> None:
         self.stopping.set()
@@ -130,6 +134,7 @@ class Worker:
                     self.stopping.wait(delay)
                     delay = min(delay * 2, RECONNECT_MAX)
         finally:
+            self.lock.release()
             scheduler.shutdown(wait=True)
             log.info("worker stopped")
 
@@ -138,7 +143,14 @@ class Worker:
         while not self.stopping.is_set():
             if mailbox.current_uidvalidity() != (mailbox.state.uidvalidity if mailbox.state else 0):
                 return  # reopen: the folder was recreated
-            report = process_new_mail(self.svc, mailbox, now_in(self.svc))
+            if not self.lock.try_acquire():
+                # Another worker polls this mailbox; this one keeps sending (scheduler jobs)
+                # and tries again, taking over when the holder dies.
+                self.stopping.wait(min(5.0, settings.poll_interval))
+                continue
+            report = process_new_mail(
+                self.svc, mailbox, now_in(self.svc), still_mine=self.lock.verify
+            )
             if report.fetched:
                 log.info(
                     "processed new mail",

@@ -135,7 +135,6 @@ def test_open_database_on_postgres_creates_every_table(pg_url: str) -> None:
     assert {"case", "message", "outbox", "cursor", "event", "digest_entry"} <= tables
 
 
-@pytest.mark.xfail(strict=False, reason="needs store.open_database to call intake.migrate.migrate")
 def test_open_database_leaves_postgres_at_the_head_migration(pg_url: str) -> None:
     engine = open_database(pg_url)
     try:
@@ -268,10 +267,6 @@ def stop_workers(workers: dict[str, subprocess.Popen[bytes]]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.xfail(strict=False, reason="needs lock integration: store.open_database must call "
-                   "intake.migrate.migrate (two workers starting on an empty database race in "
-                   "create_all) and the worker must poll only while it holds "
-                   "intake.locks.mailbox_lock")
 def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
     tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, pg_url: str
 ) -> None:
