@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError, TemplateSyntaxError
@@ -17,7 +18,7 @@ from jinja2 import TemplateError, TemplateSyntaxError
 from intake.businessdays import BusinessCalendar
 from intake.compose import Sender, render_ack, render_alert, render_digest, template_environment
 from intake.config import PROJECT_ROOT, load_settings
-from intake.errors import ConfigError, Problem, RulesError
+from intake.errors import ConfigError, RulesError
 from intake.partners import Directory, load_directory
 from intake.rules import check_rules
 
@@ -28,7 +29,7 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
     now = datetime(2026, 11, 26, 10, 0, tzinfo=tz)
     sender = Sender("sasaean@city.kasaoka.okayama.jp", "笠岡市")
     problems: list[str] = []
-    reason = type("R", (), {"surface": "消えたい", "rule": "urgent.sample"})
+    reason = {"surface": "消えたい", "rule": "urgent.sample"}
     renders = {
         "resident/ack.txt.j2": lambda: render_ack(
             env,
@@ -67,7 +68,7 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
             partner=(
                 directory.partners[0]
                 if directory and directory.partners
-                else type("P", (), {"name": "sample", "digest_to": ("a@example.jp",)})
+                else SimpleNamespace(name="sample", digest_to=("a@example.jp",))
             ),
             entries=[
                 {
@@ -120,5 +121,3 @@ def run_checks(config: str | None, rules_dir: Path | None = None) -> list[str]:
     problems.extend(_template_problems(templates_dir, directory))
     return problems
 
-
-__all__ = ["Problem", "run_checks"]

@@ -50,7 +50,6 @@ from intake.store import (
     Outbox,
     StoredMessage,
     dumps,
-    from_db,
     get_cursor,
     open_database,
     record_event,
@@ -288,7 +287,7 @@ def alert_context(
         "partner_name": partner.name if partner else case.partner,
         "sender": case.sender,
         "phones": json.loads(case.phone or "[]"),
-        "reasons": [type("R", (), r) for r in json.loads(case.urgent_reasons)],
+        "reasons": json.loads(case.urgent_reasons),  # dicts: Jinja reads r.surface as r["surface"]
         "automatic": automatic,
     }
 
@@ -633,13 +632,3 @@ def process_new_mail(
         # Only now, with the cases committed, may the mail leave the folder.
         report.moved += mailbox.move_done([uid for uid, _raw in items])
     return report
-
-
-__all__ = [
-    "RunReport",
-    "Service",
-    "acknowledgement_block",
-    "from_db",
-    "ingest_batch",
-    "process_new_mail",
-]
