@@ -86,11 +86,22 @@ def coordinator(svc: Service) -> Partner | None:
     )
 
 
-def queue_digests(svc: Service, now: datetime) -> dict[str, int]:
-    """Queue one digest per partner with new messages; returns {partner id: messages listed}."""
+def digest_times(svc: Service, partner: Partner) -> tuple[str, ...]:
+    """When a partner's digest goes out: its own ``digest_times`` or the service default."""
+    return partner.digest_times or svc.settings.digest_times
+
+
+def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[str, int]:
+    """Queue one digest per partner with new messages; returns {partner id: messages listed}.
+
+    ``at`` ("HH:MM") limits it to the partners scheduled at that time (the scheduled job);
+    without it every partner is considered (the ``digest`` command).
+    """
     queued: dict[str, int] = {}
     overview = coordinator(svc)
     for partner in [*svc.directory.partners, *([overview] if overview else [])]:
+        if at is not None and at not in digest_times(svc, partner):
+            continue
         with session_scope(svc.engine) as session:
             done = select(DigestEntry.message_row).where(DigestEntry.partner == partner.id)
             rows = session.exec(

@@ -34,6 +34,7 @@ class Partner:
     share: str = "excerpt"
     show_sender: bool = False
     also_notify: tuple[str, ...] = ()
+    digest_times: tuple[str, ...] = ()  # "HH:MM" on business days; empty: the service default
 
     @property
     def always_open(self) -> bool:
@@ -155,6 +156,12 @@ def load_directory(path: Path) -> Directory:
             opening[key] = _time(value)
         if days == "weekdays" and opening["open"] >= opening["close"]:
             err("close", f"partner {pid!r}: close must be after open")
+        times = entry.get("digest_times", [])
+        if not isinstance(times, list) or not all(
+            isinstance(t, str) and _HHMM.match(t) for t in times
+        ):
+            err("digest_times", f'partner {pid!r}: digest_times must be a list like ["09:00"]')
+            times = []
         share = entry.get("share", "excerpt")
         if share not in ("full", "excerpt"):
             err("share", f'partner {pid!r}: share must be "full" or "excerpt"')
@@ -173,6 +180,7 @@ def load_directory(path: Path) -> Directory:
                 share=share if share in ("full", "excerpt") else "excerpt",
                 show_sender=bool(entry.get("show_sender", False)),
                 also_notify=tuple(also) if isinstance(also, list) else (),
+                digest_times=tuple(times),
             )
         )
 

@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from imapclient.exceptions import IMAPClientError
 
-from intake.digest import queue_digests
+from intake.digest import digest_times, queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox
 from intake.locks import mailbox_lock
@@ -34,13 +34,14 @@ def now_in(svc: Service) -> datetime:
     return datetime.now(svc.calendar.tz)
 
 
-def digest_job(svc: Service, now: datetime | None = None) -> dict[str, int]:
-    """Scheduled digests run on business days only (holidays, year-end closure skipped)."""
+def digest_job(svc: Service, now: datetime | None = None, at: str | None = None) -> dict[str, int]:
+    """Scheduled digests run on business days only (holidays, year-end closure skipped),
+    for the partners scheduled at ``at``."""
     now = now or now_in(svc)
     if not svc.calendar.is_business_day(now.date()):
         log.info("digest skipped: not a business day", extra={"day": now.date().isoformat()})
         return {}
-    queued = queue_digests(svc, now)
+    queued = queue_digests(svc, now, at)
     log.info("digests queued", extra={"partners": len(queued)})
     svc.deliver(now)
     return queued
@@ -70,12 +71,15 @@ def purge_job(svc: Service) -> None:
 def schedule_jobs(svc: Service, scheduler: Any) -> None:
     """Every scheduled job, in one place."""
     tz = svc.calendar.tz
-    for at in svc.settings.digest_times:
+    times = set(svc.settings.digest_times)
+    for partner in svc.directory.partners:
+        times.update(digest_times(svc, partner))
+    for at in sorted(times):
         hour, minute = at.split(":")
         scheduler.add_job(
             digest_job,
             CronTrigger(day_of_week="mon-fri", hour=int(hour), minute=int(minute), timezone=tz),
-            args=[svc],
+            args=[svc, None, at],
             id=f"digest-{at}",
             max_instances=1,
             coalesce=True,

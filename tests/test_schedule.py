@@ -77,3 +77,22 @@ def test_off_hours_recipients_are_added_only_outside_office_hours() -> None:
     )
     assert oncall.alert_recipients(office_open=True) == ["desk@example.jp"]
     assert oncall.alert_recipients(office_open=False) == ["desk@example.jp", "night@example.jp"]
+
+
+def test_a_partner_with_its_own_digest_time_is_only_sent_then(svc: Service, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    harmony = svc.directory.get("harmony")
+    assert harmony is not None
+    partners = tuple(
+        replace(p, digest_times=("11:30",)) if p.id == "harmony" else p
+        for p in svc.directory.partners
+    )
+    svc.directory = replace(svc.directory, partners=partners)
+    scheduler = BackgroundScheduler(timezone=JST)
+    schedule_jobs(svc, scheduler)
+    assert "digest-11:30" in {job.id for job in scheduler.get_jobs()}
+    from intake.digest import digest_times
+
+    assert digest_times(svc, partners[1]) == ("11:30",)
+    assert digest_times(svc, partners[0]) == ("09:00", "14:00")
