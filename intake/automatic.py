@@ -152,4 +152,34 @@ def spam_reason(letter: Letter) -> str | None:
     scl = _first(letter, "x-ms-exchange-organization-scl")
     if scl.lstrip("-").isdigit() and int(scl) >= 9:
         return "x-ms-exchange-organization-scl"
+    return _content_spam(letter)
+
+
+_URL = re.compile(r"https?://", re.I)
+# Clear phishing: account-takeover wording AND a link to follow. Both are required, so a
+# resident who mentions a suspended account or pastes a link is still acknowledged.
+_PHISHING = re.compile(
+    r"アカウント(?:が|を|は)?(?:一時)?(?:停止|凍結|ロック|制限)"
+    r"|お支払い(?:方法|情報)(?:の|を)?(?:更新|確認)"
+    r"|本人確認(?:が|を)?(?:必要|お願い|完了させて)"
+    r"|verify your (?:account|identity)|your account (?:has been|will be) "
+    r"(?:suspended|locked|limited)|unusual sign-?in activity|confirm your payment",
+    re.I,
+)
+# Clear advertising: an opt-out line AND sales wording, as newsletters carry.
+_OPT_OUT = re.compile(r"配信停止|配信解除|メルマガの解除|unsubscribe", re.I)
+_SALES = re.compile(
+    r"\d+\s*%\s*(?:OFF|オフ)|キャンペーン|セール|今だけ|限定価格|special offer", re.I
+)
+
+
+def _content_spam(letter: Letter) -> str | None:
+    """Phishing or advertising only on unmistakable signs (two independent ones together)."""
+    text = f"{letter.subject}\n{letter.body}"
+    if not _URL.search(text):
+        return None
+    if _PHISHING.search(text):
+        return "content:phishing"
+    if _OPT_OUT.search(text) and _SALES.search(text):
+        return "content:advertising"
     return None

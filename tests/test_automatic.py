@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from intake.automatic import automatic_reason, spam_reason
+from intake.letter import Letter
 from intake.parse import parse
 
 PERSON = (
@@ -149,3 +150,32 @@ def test_spam_verdicts(header: str, reason: str):
 )
 def test_unclear_or_negative_spam_headers_do_not_count(header: str):
     assert spam_reason(letter_with(header)) is None
+
+
+def _letter(subject: str, body: str) -> Letter:
+    return Letter(from_addr="x@example.jp", subject=subject, body=body, text=body)
+
+
+def test_phishing_with_a_link_gets_no_acknowledgement() -> None:
+    letter = _letter(
+        "【重要】アカウントが一時停止されました",
+        "本人確認をお願いします。 https://example.invalid/login",
+    )
+    assert spam_reason(letter) == "content:phishing"
+
+
+def test_advertising_newsletter_gets_no_acknowledgement() -> None:
+    letter = _letter("冬のセール", "今だけ30%OFF！ https://shop.example.jp\n配信停止はこちら")
+    assert spam_reason(letter) == "content:advertising"
+
+
+def test_a_resident_mentioning_a_locked_account_without_a_link_is_acknowledged() -> None:
+    letter = _letter("相談", "LINEのアカウントがロックされて友達と連絡がとれません。さみしいです。")
+    assert spam_reason(letter) is None
+
+
+def test_a_resident_sharing_a_link_is_acknowledged() -> None:
+    letter = _letter(
+        "相談", "このページを見て連絡しました https://www.city.kasaoka.okayama.jp/soudan/"
+    )
+    assert spam_reason(letter) is None

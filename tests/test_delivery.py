@@ -324,3 +324,23 @@ def test_housekeeping_moves_processed_mail_only_after_commit(
     dovecot.append(consultation(3))
     report = once(svc)
     assert report.cases == 1 and len(dovecot.uids("Processed")) == 4
+
+
+def test_spam_is_stored_and_visible_but_not_acknowledged_and_never_blocks_an_alert(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append(
+        samples.consultation(
+            "spam@example.jp", "今だけ", "激安セール", headers={"X-Spam-Flag": "YES"}
+        )
+    )
+    dovecot.append(
+        samples.consultation(
+            "flagged@example.jp", "たすけて", "もう死にたい", headers={"X-Spam-Flag": "YES"}
+        )
+    )
+    report = once(svc)
+    assert report.cases == 2 and report.acks == 0 and report.alerts == 1
+    assert report.suppressed == {"x-spam-flag:yes": 2}
+    mails = settled(smtp_server)
+    assert [m.rcpt_tos for m in mails] == [[ONCALL]]
