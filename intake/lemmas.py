@@ -61,12 +61,114 @@ _KATA_TO_HIRA = str.maketrans({chr(c): chr(c - 0x60) for c in range(ord("ァ"), 
 
 
 def _negation_info(surface: str) -> TokenInfo:
-    return TokenInfo(surface, "ない", ("ない", "~ない", NEG_KEY), "~ない", "助動詞", True, False)
+    return TokenInfo(
+        surface, "ない", ("ない", "~ない", NEG_KEY), "~ない", "助動詞", True, False, kana=surface
+    )
 
 
 def to_hiragana(text: str) -> str:
     """Katakana -> hiragana, one character for one (offsets are unchanged)."""
     return text.translate(_KATA_TO_HIRA)
+
+
+# -- readings (for the reading tier of triage) ------------------------------------------
+# UniDic's pronunciation writes long vowels as ー (思う -> オモー, 先生 -> センセー); the
+# reading tier wants the kana a writer would type, so ー becomes the vowel a kana writer
+# uses there: う after an o-row kana, い after an e-row kana, else the same vowel again.
+_ROWS = {
+    "あ": "あかさたなはまやらわがざだばぱぁゃゎ",
+    "い": "いきしちにひみりぎじぢびぴぃ",
+    "う": "うくすつぬふむゆるぐずづぶぷぅゅっ",
+    "え": "えけせてねへめれげぜでべぺぇ",
+    "お": "おこそとのほもよろをごぞどぼぽぉょ",
+}
+_VOWEL_OF = {c: v for v, chars in _ROWS.items() for c in chars}
+_LONG_AFTER = {"あ": "あ", "い": "い", "う": "う", "え": "い", "お": "う"}
+
+# Hepburn and kunrei romaji, longest first: "shinitai" -> しにたい, "jisatu" -> じさつ.
+_ROMAJI = {
+    "kya": "きゃ", "kyu": "きゅ", "kyo": "きょ", "sha": "しゃ", "shu": "しゅ", "sho": "しょ",
+    "sya": "しゃ", "syu": "しゅ", "syo": "しょ", "cha": "ちゃ", "chu": "ちゅ", "cho": "ちょ",
+    "tya": "ちゃ", "tyu": "ちゅ", "tyo": "ちょ", "nya": "にゃ", "nyu": "にゅ", "nyo": "にょ",
+    "hya": "ひゃ", "hyu": "ひゅ", "hyo": "ひょ", "mya": "みゃ", "myu": "みゅ", "myo": "みょ",
+    "rya": "りゃ", "ryu": "りゅ", "ryo": "りょ", "gya": "ぎゃ", "gyu": "ぎゅ", "gyo": "ぎょ",
+    "bya": "びゃ", "byu": "びゅ", "byo": "びょ", "pya": "ぴゃ", "pyu": "ぴゅ", "pyo": "ぴょ",
+    "shi": "し", "chi": "ち", "tsu": "つ", "dzu": "づ",
+    "ja": "じゃ", "ju": "じゅ", "jo": "じょ", "ji": "じ", "fu": "ふ",
+    "ka": "か", "ki": "き", "ku": "く", "ke": "け", "ko": "こ",
+    "sa": "さ", "si": "し", "su": "す", "se": "せ", "so": "そ",
+    "ta": "た", "ti": "ち", "tu": "つ", "te": "て", "to": "と",
+    "na": "な", "ni": "に", "nu": "ぬ", "ne": "ね", "no": "の",
+    "ha": "は", "hi": "ひ", "hu": "ふ", "he": "へ", "ho": "ほ",
+    "ma": "ま", "mi": "み", "mu": "む", "me": "め", "mo": "も",
+    "ya": "や", "yu": "ゆ", "yo": "よ",
+    "ra": "ら", "ri": "り", "ru": "る", "re": "れ", "ro": "ろ",
+    "wa": "わ", "wo": "を",
+    "ga": "が", "gi": "ぎ", "gu": "ぐ", "ge": "げ", "go": "ご",
+    "za": "ざ", "zi": "じ", "zu": "ず", "ze": "ぜ", "zo": "ぞ",
+    "da": "だ", "di": "ぢ", "du": "づ", "de": "で", "do": "ど",
+    "ba": "ば", "bi": "び", "bu": "ぶ", "be": "べ", "bo": "ぼ",
+    "pa": "ぱ", "pi": "ぴ", "pu": "ぷ", "pe": "ぺ", "po": "ぽ",
+    "a": "あ", "i": "い", "u": "う", "e": "え", "o": "お",
+}
+_ROMAJI_WORD = re.compile(r"[a-z]+")
+
+
+def romaji_to_hiragana(word: str) -> str | None:
+    """Read a Latin word as Japanese romaji, or None when it is not romaji (``help``).
+
+    Why: a writer who cannot type Japanese on a borrowed phone, or who hides the words
+    from a shoulder-surfer, writes ``shinitai`` or ``jisatsu`` in the subject; the reading
+    tier matches the same kana stems on it as on しにたい.
+    """
+    word = word.lower()
+    if not _ROMAJI_WORD.fullmatch(word):
+        return None
+    out: list[str] = []
+    i, n = 0, len(word)
+    while i < n:
+        c = word[i]
+        if c == "n" and (i + 1 == n or word[i + 1] not in "aiueoy"):
+            out.append("ん")
+            i += 1
+            continue
+        if i + 1 < n and c == word[i + 1] and c not in "aiueon":
+            out.append("っ")  # double consonant: kitte -> きって
+            i += 1
+            continue
+        for size in (3, 2, 1):
+            kana = _ROMAJI.get(word[i : i + size])
+            if kana:
+                out.append(kana)
+                i += size
+                break
+        else:
+            return None
+    return "".join(out)
+
+
+def surface_kana(surface: str, pron: str) -> str:
+    """The hiragana a writer would type for ``surface`` (see ``TokenInfo.kana``)."""
+    if _KANA_ONLY.fullmatch(surface):
+        kana = to_hiragana(surface)
+    elif surface.isascii():
+        return romaji_to_hiragana(surface) or surface.lower()
+    elif pron and pron != surface:
+        kana = to_hiragana(pron)
+    else:
+        return surface
+    if "ー" not in kana:
+        return kana
+    chars: list[str] = []
+    for ch in kana:
+        if ch == "ー":
+            if chars:
+                vowel = _VOWEL_OF.get(chars[-1])
+                if vowel:
+                    chars.append(_LONG_AFTER[vowel])
+            continue
+        chars.append(ch)
+    return "".join(chars)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -87,6 +189,9 @@ class TokenInfo:
     contracted_negative: bool = False  # 払えん: verb and negation in one UniDic token
     volitional: bool = False  # 死のう: UniDic keeps the volitional inside the verb token
     kind: int = 0  # 0 word, _BOUNDARY, _SKIP (、「」, ます/です) or _SPECIAL_TOKEN
+    # hiragana reading of the SURFACE as written (kana kept, kanji by pronunciation,
+    # romaji converted): what the reading tier of triage matches crisis stems on
+    kana: str = ""
 
 
 @dataclass(slots=True)
@@ -100,9 +205,43 @@ class Analysis:
     ends: list[int]
     sentences: list[int]  # sentence number of each token
     offsets: _OffsetMap
+    _reading: tuple[str, list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.infos)
+
+    def reading(self) -> tuple[str, list[int]]:
+        """The text as a writer would type it in hiragana, and the token of each character.
+
+        Built from ``TokenInfo.kana`` (kanji by pronunciation, romaji converted), with a
+        digit written for a kana (4 for し in 4ぬ/4にたい: a common way to blur a word)
+        read as that kana when it stands next to kana, and 。 between sentences. Computed
+        once, on demand: only the reading tier of triage needs it.
+        """
+        if self._reading is not None:
+            return self._reading
+        parts: list[str] = []
+        owner: list[int] = []
+        infos, sentences = self.infos, self.sentences
+        previous = -1
+        last = len(infos) - 1
+        for i, info in enumerate(infos):
+            sentence = sentences[i]
+            if sentence != previous and previous != -1:
+                parts.append("。")
+                owner.append(i)
+            previous = sentence
+            kana = info.kana or info.surface
+            digit = _DIGIT_KANA.get(kana)
+            if digit and (
+                (i < last and sentences[i + 1] == sentence and _starts_kana(infos[i + 1]))
+                or (i > 0 and sentences[i - 1] == sentence and _ends_kana(infos[i - 1]))
+            ):
+                kana = digit
+            parts.append(kana)
+            owner.extend([i] * len(kana))
+        self._reading = ("".join(parts), owner)
+        return self._reading
 
     def span(self, first: int, last: int) -> tuple[int, int]:
         """Offsets in the ORIGINAL text of tokens ``first..last`` (inclusive)."""
@@ -241,7 +380,17 @@ class Analyser:
         else:
             kind = 0
         info = TokenInfo(
-            surface, lemma, keys, reading, pos, negation, boundary, contracted, volitional, kind
+            surface,
+            lemma,
+            keys,
+            reading,
+            pos,
+            negation,
+            boundary,
+            contracted,
+            volitional,
+            kind,
+            surface_kana(surface, cols[1] if len(cols) > 1 else ""),
         )
         if len(self._line_cache) < 200_000:
             self._line_cache[line] = info
@@ -268,7 +417,14 @@ class Analyser:
 
     def _split_negative(self, info: TokenInfo) -> tuple[TokenInfo, TokenInfo]:
         verb = TokenInfo(
-            info.surface[:-1], info.lemma, info.keys, info.reading, info.pos, False, False
+            info.surface[:-1],
+            info.lemma,
+            info.keys,
+            info.reading,
+            info.pos,
+            False,
+            False,
+            kana=info.kana[:-1],
         )
         neg = _negation_info("ん")
         return verb, neg
@@ -435,6 +591,17 @@ def _is_symbolic(surface: str) -> bool:
 
 
 _NEE_NEGATION = _negation_info("ねえ")
+
+# Digits that stand for a kana when written inside kana (4ぬ = しぬ, 4ね = しね).
+_DIGIT_KANA = {"4": "し"}
+
+
+def _starts_kana(info: TokenInfo) -> bool:
+    return bool(info.surface) and "ぁ" <= info.surface[0] <= "ゖ"
+
+
+def _ends_kana(info: TokenInfo) -> bool:
+    return bool(info.surface) and "ぁ" <= info.surface[-1] <= "ゖ"
 
 _ANALYSER: Analyser | None = None
 _ANALYSER_PID: int | None = None

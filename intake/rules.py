@@ -32,6 +32,11 @@ File shapes (see the shipped files for commented examples)::
     category = "suicidal"
     language = "en"
     patterns = ['\\bkill myself\\b']
+    [[reading]]               # regular expressions on the kana reading (4ぬ, shinitai)
+    id = "reading.suicidal.wish"
+    category = "suicidal"
+    scope = "text"            # or "subject": the subject line only
+    patterns = ['しに[ただ]い']
 
     # exclusions.toml
     [[rule]]
@@ -109,6 +114,23 @@ class ForeignPattern:
     text: str
     regex: re.Pattern[str]
     line: int | None
+
+
+@dataclass(frozen=True)
+class ReadingRule:
+    """A crisis stem matched on the kana READING of the mail (``Analysis.reading``).
+
+    For what the analyser cannot lemmatise: 4ぬ, 死にたみ, じさつ split oddly, 生きてたくない,
+    Okayama 死んだらおえん, romaji ``shinitai``. ``subject_only`` rules look at the subject
+    line alone (a subject that is nothing but 「たすけて」).
+    """
+
+    rule: str
+    category: str
+    text: str
+    regex: re.Pattern[str]
+    line: int | None
+    subject_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,6 +307,8 @@ class RuleSet:
     foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], bool]] = field(
         default_factory=list
     )
+    # the reading tier ([[reading]] in urgent.toml): stems on the kana reading
+    reading: list[ReadingRule] = field(default_factory=list)
     # the risk-signal tier (signals.toml); empty when the file is absent
     signal_settings: SignalSettings = field(default_factory=SignalSettings)
     concepts: dict[str, Concept] = field(default_factory=dict)
@@ -342,6 +366,7 @@ class RuleSet:
             frozenset(p.label for p in self.urgent_patterns if p.label)
             | frozenset(f.category for f in self.foreign)
             | frozenset(c.category for c in self.combinations)
+            | frozenset(r.category for r in self.reading)
         )
 
     @property
@@ -668,7 +693,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
     reportable: set[str] = set()
     if loaded:
         data, src = loaded
-        loader.unknown_keys(src, data, {"rule", "foreign"}, None)
+        loader.unknown_keys(src, data, {"rule", "foreign", "reading"}, None)
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
             loader.unknown_keys(
@@ -725,6 +750,44 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 rules.foreign.append(
                     ForeignPattern(rule_id, category, language, value, regex, pline)
                 )
+        for n, table in enumerate(data.get("reading", []), 1):
+            rule_id, line = loader.rule_id(src, table, n, "reading")
+            loader.unknown_keys(
+                src, table, {"id", "category", "reportable", "scope", "patterns", "note"}, line
+            )
+            category = table.get("category")
+            if not isinstance(category, str) or not category:
+                loader.problem(src.path, line, f'{rule_id}: needs category = "..." (e.g. suicidal)')
+                continue
+            if not rule_id.startswith("reading."):
+                loader.problem(
+                    src.path, line, f"{rule_id}: a [[reading]] id starts with 'reading.'"
+                )
+            scope = table.get("scope", "text")
+            if scope not in ("text", "subject"):
+                loader.problem(src.path, line, f'{rule_id}: scope must be "text" or "subject"')
+                continue
+            if table.get("reportable", False):
+                reportable.add(rule_id)
+            for regex in _regexes(loader, src, rule_id, line, table.get("patterns"), "patterns"):
+                if re.search(r"[ァ-ヺー]", regex.pattern):
+                    loader.problem(
+                        src.path,
+                        line,
+                        f"{rule_id}: {regex.pattern!r} has katakana or ー; the reading is "
+                        "hiragana without long-vowel marks - write it that way",
+                    )
+                    continue
+                rules.reading.append(
+                    ReadingRule(
+                        rule_id,
+                        category,
+                        regex.pattern,
+                        regex,
+                        src.line_of_value(regex.pattern, src.table_start(line)) or line,
+                        subject_only=scope == "subject",
+                    )
+                )
     rules.reportable = frozenset(reportable)
 
     # -- signals (optional) ---------------------------------------------------------
@@ -741,6 +804,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             rules.categories
             | set(TOPICS)
             | {p.rule for p in rules.urgent_patterns}
+            | {r.rule for r in rules.reading}
             | rules.signal_names
         )
         for n, table in enumerate(data.get("rule", []), 1):

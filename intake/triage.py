@@ -41,10 +41,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from intake.lemmas import Analysis, TokenInfo, get_analyser
+from intake.rules import Pattern
 
 if TYPE_CHECKING:
     from intake.letter import Letter
-    from intake.rules import Combination, Pattern, RuleSet
+    from intake.rules import Combination, RuleSet
 
 TOPICS = ("bullying", "poverty", "caregiving", "isolation", "volunteer", "other")
 
@@ -353,7 +354,8 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             by_rule.setdefault(f"{h.pattern.rule}|{h.pattern.label}", []).append(h)
     judged = [h for h in hits if h.pattern.kind != "exclusion"]
     for h in judged:
-        if _negated(a, h.last):
+        # reading-tier hits (no segments) were judged for negation on the reading
+        if h.pattern.segments and _negated(a, h.last):
             h.discounted = "negated"
     for ex in rules.exclusions:
 
@@ -533,6 +535,85 @@ def _signal_matches(
     return out
 
 
+# -- the reading tier -------------------------------------------------------------------
+# A negation right after a stem on the reading: しにたいとかじゃない, じさつしたいとはおもわない,
+# きえたくない (the stem stops before く). Particles and the verbs of the frame may come
+# between, as in the token-level scope; anything else ends it.
+_READING_NEGATION = re.compile(
+    r"(?:い|く)?(?:とか|なんて|なんか|って|と|わけ|とは|では|じゃ|は|も|まで|べつに|ぜんぜん"
+    r"|おもったり|おもったこと|おもって|おもわ|おもえ|かんがえ|きもち|ことは|こと)*"
+    r"(?:ない|ねえ|ねぇ|ません|ありません|なかった|ず|ん(?!だ|で|じゃ|か))"
+)
+# ... unless it is doubled: しにたいとおもわないひはない
+_READING_DOUBLE = re.compile(
+    r"(?:ひ|とき|こと|しゅんかん|よる|あさ)(?:は|が|も)?(?:ない|ありません|ねえ)"
+)
+
+
+def _reading_negated(reading: str, end: int) -> bool:
+    m = _READING_NEGATION.match(reading, end)
+    return m is not None and _READING_DOUBLE.match(reading, m.end()) is None
+
+
+def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -> list[_Hit]:
+    """Crisis stems found on the kana reading where no phrase-tier hit covers the words.
+
+    Why a third tier: the phrase tier matches lemmas, and writers blur crisis words in
+    ways MeCab does not lemmatise (4ぬ, 死にたみ, じさつ split into じ+さつ, 生きてたくない,
+    Okayama 死んだらおえん, romaji in the subject). The reading is what the writer would
+    type in hiragana, so one stem list covers kanji, kana, digits and romaji. Words that a
+    phrase or exclusion pattern already explained (counted or discounted) are left
+    alone, so an idiom or a negation judged there is not judged again here (signal concept
+    words do not count as explained: 縁 is a concept word, and it is also how MeCab reads
+    the えん of Okayama おえん).
+    """
+    if not a.infos:
+        return []
+    reading, owner = a.reading()
+    covered: set[int] = set()
+    for h in hits:
+        if h.pattern.kind in ("urgent", "exclusion"):  # concept words are too common
+            covered.update(range(h.first, h.last + 1))
+    subject_tokens = 0
+    if subject.strip():
+        subject_end = a.normalised.find("\n")
+        subject_end = len(a.normalised) if subject_end < 0 else subject_end
+        subject_tokens = bisect_left(a.starts, subject_end)
+    subject_chars = bisect_left(owner, subject_tokens)
+    subject_reading = reading[:subject_chars]
+    found: list[_Hit] = []
+    for rule in rules.reading:
+        haystack = subject_reading if rule.subject_only else reading
+        if not haystack:
+            continue
+        for m in rule.regex.finditer(haystack):
+            start, end = m.start(), m.end()
+            if end <= start:
+                continue
+            first, last = owner[start], owner[end - 1]
+            if (start and owner[start - 1] == first) or (
+                end < len(owner) and owner[end] == last
+            ):
+                continue  # inside a word: 私に対して is not しにたい
+            if not covered.isdisjoint(range(first, last + 1)):
+                continue
+            pattern = Pattern(
+                rule.rule,
+                "urgent",
+                rule.category,
+                rule.text,
+                (),
+                1.0,
+                rules.directory / "urgent.toml",
+                rule.line,
+            )
+            hit = _Hit(pattern, first, last)
+            if _reading_negated(reading, m.end()):
+                hit.discounted = "negated"
+            found.append(hit)
+    return found
+
+
 def _to_match(a: Analysis, h: _Hit) -> Match:
     start, end = a.span(h.first, h.last)
     p = h.pattern
@@ -650,8 +731,18 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             matches.append(
                 Match(fp.rule, "urgent", fp.category, fp.text, m.group(), m.start(), m.end())
             )
-    matches.sort(key=lambda m: (m.start, m.end, m.rule))
     urgent_reasons = [m for m in matches if m.kind == "urgent" and m.discounted is None]
+    if not urgent_reasons and rules.reading:
+        # the reading tier speaks only when the phrase and signal tiers found nothing
+        found = _reading_hits(a, hits, rules, subject)
+        if found:
+            _discount(a, found + [h for h in hits if h.pattern.kind == "exclusion"], rules)
+            matches += list(
+                {(m.rule, m.start, m.end): m for m in map(partial(_to_match, a), found)}.values()
+            )
+            urgent_reasons = [m for m in matches if m.kind == "urgent" and m.discounted is None]
+    matches.sort(key=lambda m: (m.start, m.end, m.rule))
+    urgent_reasons.sort(key=lambda m: (m.start, m.end, m.rule))
 
     settings = rules.settings
     scores = _score(
