@@ -86,6 +86,7 @@ _VOWEL_OF = {c: v for v, chars in _ROWS.items() for c in chars}
 _LONG_AFTER = {"あ": "あ", "い": "い", "う": "う", "え": "い", "お": "う"}
 
 # Hepburn and kunrei romaji, longest first: "shinitai" -> しにたい, "jisatu" -> じさつ.
+# fmt: off
 _ROMAJI = {
     "kya": "きゃ", "kyu": "きゅ", "kyo": "きょ", "sha": "しゃ", "shu": "しゅ", "sho": "しょ",
     "sya": "しゃ", "syu": "しゅ", "syo": "しょ", "cha": "ちゃ", "chu": "ちゅ", "cho": "ちょ",
@@ -111,6 +112,7 @@ _ROMAJI = {
     "pa": "ぱ", "pi": "ぴ", "pu": "ぷ", "pe": "ぺ", "po": "ぽ",
     "a": "あ", "i": "い", "u": "う", "e": "え", "o": "お",
 }
+# fmt: on
 _ROMAJI_WORD = re.compile(r"[a-z]+")
 
 
@@ -602,6 +604,7 @@ def _starts_kana(info: TokenInfo) -> bool:
 
 def _ends_kana(info: TokenInfo) -> bool:
     return bool(info.surface) and "ぁ" <= info.surface[-1] <= "ゖ"
+
 
 _ANALYSER: Analyser | None = None
 _ANALYSER_PID: int | None = None

@@ -770,10 +770,11 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             if table.get("reportable", False):
                 reportable.add(rule_id)
             for regex in _regexes(loader, src, rule_id, line, table.get("patterns"), "patterns"):
+                pline = src.line_of_value(regex.pattern, src.table_start(line)) or line
                 if re.search(r"[ァ-ヺー]", regex.pattern):
                     loader.problem(
                         src.path,
-                        line,
+                        pline,
                         f"{rule_id}: {regex.pattern!r} has katakana or ー; the reading is "
                         "hiragana without long-vowel marks - write it that way",
                     )
@@ -784,7 +785,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                         category,
                         regex.pattern,
                         regex,
-                        src.line_of_value(regex.pattern, src.table_start(line)) or line,
+                        pline,
                         subject_only=scope == "subject",
                     )
                 )

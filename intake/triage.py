@@ -591,9 +591,7 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
             if end <= start:
                 continue
             first, last = owner[start], owner[end - 1]
-            if (start and owner[start - 1] == first) or (
-                end < len(owner) and owner[end] == last
-            ):
+            if (start and owner[start - 1] == first) or (end < len(owner) and owner[end] == last):
                 continue  # inside a word: 私に対して is not しにたい
             if not covered.isdisjoint(range(first, last + 1)):
                 continue

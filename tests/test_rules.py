@@ -269,3 +269,38 @@ def test_exclusion_may_name_the_signal_tier(tmp_path: Path) -> None:
         exclusions.replace("signals.body", "signals.nose"), encoding="utf-8"
     )
     assert any("signals.nose" in m for m in messages(tmp_path))
+
+
+READING_OK = """
+[[reading]]
+id = "reading.suicidal.wish"
+category = "suicidal"
+patterns = ['しに[ただ]い']
+"""
+
+
+def test_reading_rule_loads_and_fires_on_a_digit_for_kana(tmp_path: Path) -> None:
+    from intake.triage import classify_text
+
+    rules = load_rules(write_rules(tmp_path, urgent=URGENT_OK + READING_OK))
+    assert [r.rule for r in rules.reading] == ["reading.suicidal.wish"]
+    t = classify_text("", "もう4にたい", rules)
+    assert [m.rule for m in t.urgent_reasons] == ["reading.suicidal.wish"]
+
+
+def test_reading_pattern_in_katakana_is_reported_with_a_hint(tmp_path: Path) -> None:
+    bad = URGENT_OK + READING_OK.replace("しに[ただ]い", "シニタイ")
+    write_rules(tmp_path, urgent=bad)
+    (problem,) = check_rules(tmp_path)
+    assert problem.line == 9
+    assert "hiragana" in problem.message
+
+
+def test_reading_rule_needs_a_reading_id_and_a_known_scope(tmp_path: Path) -> None:
+    bad = URGENT_OK + READING_OK.replace('"reading.suicidal.wish"', '"kana.wish"').replace(
+        'category = "suicidal"', 'category = "suicidal"\nscope = "title"'
+    )
+    write_rules(tmp_path, urgent=bad)
+    text = "\n".join(messages(tmp_path))
+    assert "starts with 'reading.'" in text
+    assert 'scope must be "text" or "subject"' in text

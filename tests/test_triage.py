@@ -401,3 +401,86 @@ def test_signal_reason_appears_in_the_json_report(rules: RuleSet) -> None:
     report = triage_report(classify_text("", "太ももをカミソリで切った", rules))
     parts = [r["parts"] for r in report["urgent_reasons"] if r["rule"].startswith("signals.")]
     assert parts and {p["concept"] for p in parts[0]} == {"sh_act", "body"}
+
+
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("相談", "もう4ぬしかないかも"),  # a digit written for し
+        ("相談", "最近ずっと死にたみが強い"),  # slang nominalisation
+        ("相談", "毎日じさつのことばかり考えてる"),  # MeCab splits じさつ into じ + さつ
+        ("相談", "もう生きてたくない"),  # contracted negative of wanting to live
+        ("相談", "介護に疲れた。わしが死んだらおえんのんかな"),  # Okayama dialect question
+        ("jisatsu", "学校のことです"),  # romaji only in the subject
+        ("tasukete", "部屋から出られない"),  # a subject that is only a cry for help
+        ("", "회사가 너무 힘들어요. 죽고 싶어요."),  # Korean
+        ("", "သေချင်တယ်"),  # Burmese
+    ],
+)
+def test_blurred_spellings_are_urgent_through_the_reading(
+    rules: RuleSet, subject: str, text: str
+) -> None:
+    assert urgent(rules, text, subject)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "じさつしたいとかじゃないです。進路の相談です",  # negated on the reading
+        "私に対して冷たい先輩がいる",  # わたしにたいして is not しにたい
+        "試しに体験入部してみた",  # ためしにたいけん is not しにたい
+        "死ぬ気でバイトを頑張ってる",  # an idiom of effort
+        "ニュースでじさつの特集を見た",  # reported
+    ],
+)
+def test_reading_tier_respects_word_boundaries_negation_and_reports(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
+
+
+def test_reading_reason_names_its_rule_and_the_words(rules: RuleSet) -> None:
+    t = classify_text("shinitai", "学校のことです", rules)
+    (reason,) = t.urgent_reasons
+    assert reason.rule.startswith("reading.")
+    assert (reason.surface, reason.start, reason.end) == ("shinitai", 0, 8)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("もう決めました。今度の金曜の夜にします。", "signals.plan.resolve_time"),
+        ("夜中に痛くない方法を検索してしまう", "signals.research.painless_method"),
+        ("ロープってどこで売ってるのかな", "signals.research.where_lethal"),
+        ("もう一週間インスリンを打ってない", "signals.treatment.stop_duration"),
+        ("祖母の透析にわざと連れて行かなかった", "signals.treatment.stop_deliberate"),
+        ("兄に物置に閉じ込められた。スマホも取り上げられた", "signals.confined.cut_off"),
+        (
+            "ロッカーは空にした。もう心配しないでください。答えは見つかったから",
+            "signals.winddown.settled",
+        ),
+        ("みんなには長い旅に出るって言ってある。犬は友達に預けた", "signals.longtrip.belongings"),
+        ("車を山奥に停めてる。窓はまだ開けてある", "signals.car.window_open"),
+    ],
+)
+def test_third_round_situations_are_urgent(rules: RuleSet, text: str, rule: str) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "来月から長い旅に出ます。世界一周です。猫は実家に預けます",
+        "もう決めました。引っ越しは土曜の夜にします",
+        "受験があるので来月以降のシフトから名前を外してください",
+        "楽に痩せる方法をずっと検索してる",
+        "友達とキャンプ場に車で来た。ホームセンターで炭を買ってバーベキューした",
+        "祖母がインスリンを嫌がって打たない日があって困っています",
+    ],
+)
+def test_benign_versions_of_third_round_situations_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
