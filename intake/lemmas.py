@@ -55,6 +55,7 @@ _SPECIAL = re.compile(
     r"|(?P<nfkc>[\uff01-\uff5e\uff61-\uff9f\u2460-\u24ff\u3200-\u33ff\u2160-\u217f]+)"
 )
 _SMALL_TO_BIG = str.maketrans("ぁぃぅぇぉ", "あいうえお")
+_HAS_SPACE = re.compile(r"\s").search
 _KATAKANA_RUN = re.compile(r"[ァ-ヺ][ァ-ヺー]+")
 _KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
 _KATA_TO_HIRA = str.maketrans({chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)})
@@ -469,8 +470,34 @@ class Analyser:
             sentence += 1
             cursor = 0
             line = self._hiraganise_runs(line)  # same length, so offsets still hold
+            outs = parse(line).split("\n")
+            if not _HAS_SPACE(line):
+                # The common case: MeCab's surfaces tile the line exactly, so offsets are
+                # running sums and need no search.
+                for out in outs:
+                    info = cache_get(out)
+                    if info is None:
+                        if not out or out == "EOS":
+                            continue
+                        info = info_of(out)
+                    found = cursor
+                    cursor += len(info.surface)
+                    kind = info.kind
+                    if kind:
+                        if kind == _BOUNDARY:
+                            sentence += 1
+                        elif kind == _SPECIAL_TOKEN:
+                            self._special(
+                                info, infos, starts, ends, sentences, sentence, line_start + found
+                            )
+                        continue
+                    infos.append(info)
+                    starts.append(line_start + found)
+                    ends.append(line_start + cursor)
+                    sentences.append(sentence)
+                continue
             find = line.find
-            for out in parse(line).split("\n"):
+            for out in outs:
                 info = cache_get(out)
                 if info is None:
                     if not out or out == "EOS":

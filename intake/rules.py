@@ -309,6 +309,9 @@ class RuleSet:
     )
     # the reading tier ([[reading]] in urgent.toml): stems on the kana reading
     reading: list[ReadingRule] = field(default_factory=list)
+    # every text-scope reading pattern in one alternation: a mail whose reading has none
+    # of them (the vast majority) skips the tier after one scan
+    reading_any: re.Pattern[str] | None = None
     # the risk-signal tier (signals.toml); empty when the file is absent
     signal_settings: SignalSettings = field(default_factory=SignalSettings)
     concepts: dict[str, Concept] = field(default_factory=dict)
@@ -345,6 +348,10 @@ class RuleSet:
         for combo in self.combinations:
             for name in combo.concepts:
                 self.combos_by_concept.setdefault(name, []).append(combo)
+        text_scope = [r.regex.pattern for r in self.reading if not r.subject_only]
+        self.reading_any = (
+            re.compile("|".join(f"(?:{p})" for p in text_scope)) if text_scope else None
+        )
         self.foreign_joined = []
         by_rule: dict[str, list[ForeignPattern]] = {}
         for fp in self.foreign:

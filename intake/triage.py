@@ -555,6 +555,28 @@ def _reading_negated(reading: str, end: int) -> bool:
     return m is not None and _READING_DOUBLE.match(reading, m.end()) is None
 
 
+_DIGIT_IN_KANA = re.compile(r"[ぁ-ゖ]4|4[ぁ-ゖ]").search
+
+
+def _reading_may_match(a: Analysis, rules: RuleSet, subject: str) -> bool:
+    """Cheap pre-check: could any reading pattern match? (Most mails: no.)
+
+    The plain join of token readings has no sentence marks and no digit reading, so it
+    finds every match the full reading can (a superset); a 4, or a subject-only rule
+    matching the subject's plain join, sends the mail to the full check.
+    """
+    kana = "".join([info.kana for info in a.infos])
+    if subject.strip():
+        end = a.normalised.find("\n")
+        n = bisect_left(a.starts, len(a.normalised) if end < 0 else end)
+        head = "".join([info.kana for info in a.infos[:n]])
+        if any(r.regex.search(head) for r in rules.reading if r.subject_only):
+            return True
+    if _DIGIT_IN_KANA(a.normalised):
+        return True
+    return rules.reading_any is not None and rules.reading_any.search(kana) is not None
+
+
 def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -> list[_Hit]:
     """Crisis stems found on the kana reading where no phrase-tier hit covers the words.
 
@@ -568,6 +590,8 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
     the えん of Okayama おえん).
     """
     if not a.infos:
+        return []
+    if not _reading_may_match(a, rules, subject):
         return []
     reading, owner = a.reading()
     covered: set[int] = set()
