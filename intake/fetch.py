@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -195,18 +194,18 @@ class Mailbox:
         return sorted(u for u in self._client().search(["UID", f"1:{last_uid}"]) if u <= last_uid)
 
     def wait(self, seconds: float) -> bool:
-        """Block up to ``seconds`` for news: IDLE when offered, else sleep-and-NOOP.
+        """Block up to ``seconds`` in IDLE (RFC 2177) for news; True when the server reported
+        something. Only for servers that offer IDLE; the worker polls the others.
 
-        Returns True when the server reported something (worth a poll).
+        A notification can also arrive between two IDLE commands (it is then answered to
+        DONE or to the next command): the worker therefore polls after every wait, and this
+        is only the fast path that makes the wait end early.
         """
         client = self._client()
-        if self.state and self.state.idle:
-            client.idle()
-            try:
-                responses = client.idle_check(timeout=min(seconds, IDLE_RENEW_SECONDS))
-            finally:
-                client.idle_done()
-            return bool(responses)
-        time.sleep(seconds)
-        _text, responses = client.noop()
-        return any(isinstance(r, tuple) and b"EXISTS" in r for r in responses)
+        client.idle()
+        responses: list[object] = []
+        try:
+            responses = list(client.idle_check(timeout=min(seconds, IDLE_RENEW_SECONDS)))
+        finally:
+            _text, done = client.idle_done()
+        return bool(responses or done)

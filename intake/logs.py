@@ -43,5 +43,5 @@ def configure(level: int = logging.INFO, as_json: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries that would log protocol traffic (and so mail content) stay quiet.
-    for name in ("imapclient", "aiosmtplib", "apscheduler", "mail.log"):
+    for name in ("imapclient", "aiosmtplib", "apscheduler", "mail.log", "alembic"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
