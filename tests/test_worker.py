@@ -85,3 +85,22 @@ def test_worker_polls_when_the_server_offers_no_idle(
     assert smtp_server.wait_for(1, timeout=30)[0].rcpt_tos == ["poll@example.jp"]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+
+
+def test_worker_picks_up_each_of_several_mails_within_seconds(
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """A notification that arrives between two IDLE commands must not wait for the next one."""
+    import time
+
+    worker = start_worker(dovecot, smtp_server)
+    dovecot.append(samples.consultation("warmup@example.jp", "相談", "寂しい"))
+    smtp_server.wait_for(1, timeout=30)
+    for i in range(6):
+        time.sleep(0.3 * i)  # land at different moments of the IDLE cycle
+        dovecot.append(samples.consultation(f"quick{i}@example.jp", "相談", "寂しい"))
+        smtp_server.wait_for(2 + i, timeout=5)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
