@@ -615,8 +615,12 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
             if end <= start:
                 continue
             first, last = owner[start], owner[end - 1]
-            if (start and owner[start - 1] == first) or (end < len(owner) and owner[end] == last):
-                continue  # inside a word: 私に対して is not しにたい
+            # inside a word (私に対して is not しにたい); the 。 put between sentences is
+            # owned by the token after it, so a match right after it starts on a boundary
+            if (start and owner[start - 1] == first and reading[start - 1] != "。") or (
+                end < len(owner) and owner[end] == last
+            ):
+                continue
             if not covered.isdisjoint(range(first, last + 1)):
                 continue
             pattern = Pattern(

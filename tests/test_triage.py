@@ -439,6 +439,22 @@ def test_reading_tier_respects_word_boundaries_negation_and_reports(
     assert not urgent(rules, text)
 
 
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("夜", "死にたみがすごい。誰とも話してない"),
+        ("ひま", "さみしくて ふと じさつしよっかなって"),
+        ("むり", "弟の世話ばっかり。しにだい。ほんとに"),
+    ],
+)
+def test_a_blurred_stem_right_after_a_sentence_break_is_urgent(
+    rules: RuleSet, subject: str, text: str
+) -> None:
+    """The 。 the reading puts between sentences belongs to the next token; a stem that
+    starts right after it (after the subject, or after a space) still starts a word."""
+    assert urgent(rules, text, subject)
+
+
 def test_reading_reason_names_its_rule_and_the_words(rules: RuleSet) -> None:
     t = classify_text("shinitai", "学校のことです", rules)
     (reason,) = t.urgent_reasons
