@@ -1,0 +1,269 @@
+"""The analyser's output on tricky inputs, pinned so that speed work cannot change it.
+
+Triage matches rule patterns on what ``intake.lemmas`` says about a text (lemmas, keys,
+negation, sentence numbers, offsets back into the original text, the kana reading), so
+any change to that description silently changes which mails alert. These tests pin the
+description on the inputs where normalisation and MeCab's quirks meet: half-width kana,
+full-width ASCII, casual long vowels, dialect negation, emoji, mixed scripts and empty
+text.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from intake.lemmas import NEG_KEY, VOLITIONAL, Analysis, analyse, get_analyser
+
+Row = tuple[str, str, tuple[str, ...], int, bool]
+
+
+def _rows(a: Analysis) -> list[Row]:
+    """(original surface, lemma, keys, sentence, negation) of every token."""
+    return [
+        (a.surface(i, i), info.lemma, info.keys, a.sentences[i], info.negation)
+        for i, info in enumerate(a.infos)
+    ]
+
+
+def _lemmas(text: str) -> list[str]:
+    return [info.lemma for info in analyse(text).infos]
+
+
+# -- width and compatibility folding ------------------------------------------------------
+
+
+def test_half_width_katakana_is_read_as_the_verb_it_spells() -> None:
+    a = analyse("ｼﾆﾀｲ")
+    assert a.normalised == "シニタイ"
+    assert _rows(a) == [
+        # both tokens come from one folded run, so each maps back to the whole run
+        ("ｼﾆﾀｲ", "死ぬ", ("死ぬ", "~しぬ"), 1, False),
+        ("ｼﾆﾀｲ", "たい", ("たい", "~たい"), 1, False),
+    ]
+    assert a.reading() == ("しにたい", [0, 0, 1, 1])
+
+
+def test_half_width_katakana_inside_a_word_keeps_its_original_span() -> None:
+    a = analyse("ﾊﾞｲﾄ代が足りません")
+    assert a.normalised == "バイト代が足りません"
+    assert [(s, lemma) for s, lemma, *_ in _rows(a)] == [
+        ("ﾊﾞｲﾄ代", "バイト代"),
+        ("が", "が"),
+        ("足り", "足りる"),
+        ("ん", "ず"),
+    ]
+    assert a.infos[-1].negation
+
+
+def test_full_width_ascii_is_folded_and_later_offsets_still_map_back() -> None:
+    text = "ＡＢＣ１２３で死にたい"
+    a = analyse(text)
+    assert a.normalised == "ABC123で死にたい"
+    assert _rows(a) == [
+        ("ＡＢＣ１２３", "ABC", ("ABC",), 1, False),
+        ("ＡＢＣ１２３", "123", ("123",), 1, False),
+        ("で", "で", ("で", "~で"), 1, False),
+        ("死に", "死ぬ", ("死ぬ",), 1, False),
+        ("たい", "たい", ("たい", "~たい"), 1, False),
+    ]
+    assert a.span(3, 4) == (7, 11)
+    assert text[7:11] == "死にたい"
+
+
+def test_full_width_letters_and_ideographic_space() -> None:
+    a = analyse("Ｈｅｌｐ\u3000ｍｅ")
+    assert a.normalised == "Help\u3000me"
+    assert [(s, lemma, sentence) for s, lemma, _, sentence, _ in _rows(a)] == [
+        ("Ｈｅｌｐ", "Help", 1),
+        ("\u3000", "\u3000", 1),
+        ("ｍｅ", "me", 1),
+    ]
+    assert a.reading()[0] == "help\u3000め"
+
+
+def test_circled_digits_become_a_number() -> None:
+    a = analyse("①②")
+    assert a.normalised == "12"
+    assert _rows(a) == [("①②", "12", ("12",), 1, False)]
+
+
+def test_full_width_digits_before_a_counter() -> None:
+    a = analyse("１２歳")
+    assert a.normalised == "12歳"
+    assert [(s, lemma) for s, lemma, *_ in _rows(a)] == [("１２", "12"), ("歳", "歳")]
+
+
+# -- casual spelling ----------------------------------------------------------------------
+
+
+def test_long_vowel_run_after_hiragana_is_dropped_but_kept_in_the_surface() -> None:
+    a = analyse("しにたーーい")
+    assert a.normalised == "しにたい"
+    assert _rows(a) == [
+        ("しに", "死ぬ", ("死ぬ", "~しぬ"), 1, False),
+        ("たーーい", "たい", ("たい", "~たい"), 1, False),
+    ]
+
+
+def test_small_vowel_after_hiragana_is_enlarged() -> None:
+    a = analyse("しにたぃ")
+    assert a.normalised == "しにたい"
+    assert [(s, lemma) for s, lemma, *_ in _rows(a)] == [("しに", "死ぬ"), ("たぃ", "たい")]
+
+
+def test_wave_dash_run_at_the_end_is_dropped() -> None:
+    a = analyse("疲れた〜〜〜")
+    assert a.normalised == "疲れた"
+    assert _lemmas("疲れた〜〜〜") == ["疲れる", "た"]
+
+
+def test_long_vowel_after_kanji_and_full_width_bangs() -> None:
+    a = analyse("つらすぎてもう無理ー！！")
+    assert a.normalised == "つらすぎてもう無理ー!!"
+    assert _lemmas("つらすぎてもう無理ー！！") == ["辛い", "過ぎる", "て", "もう", "無理"]
+    assert a.reading()[0] == "つらすぎてもうむり"
+
+
+# -- negation -----------------------------------------------------------------------------
+
+
+def test_dialect_negative_in_one_token_is_split_into_verb_and_negation() -> None:
+    a = analyse("払えん")
+    assert _rows(a) == [
+        ("払え", "払う", ("払う",), 1, False),
+        ("ん", "ない", ("ない", "~ない", NEG_KEY), 1, True),
+    ]
+    assert a.span(0, 1) == (0, 3)
+
+
+def test_dialect_negative_inside_a_sentence_keeps_following_offsets() -> None:
+    a = analyse("家賃が払えんので")
+    assert [(s, lemma, neg) for s, lemma, _, _, neg in _rows(a)] == [
+        ("家賃", "家賃", False),
+        ("が", "が", False),
+        ("払え", "払う", False),
+        ("ん", "ない", True),
+        ("の", "の", False),
+        ("で", "だ", False),
+    ]
+
+
+def test_dialect_negative_followed_by_shi_is_a_negation() -> None:
+    a = analyse("家賃払えんし")
+    assert _rows(a)[-1] == ("んし", "んす", ("んす", "~んす", NEG_KEY), 1, True)
+
+
+def test_casual_nee_after_a_verb_is_a_negation() -> None:
+    a = analyse("話してねえ")
+    assert _rows(a) == [
+        ("話し", "話す", ("話す",), 1, False),
+        ("て", "て", ("て", "~て"), 1, False),
+        ("ねえ", "ない", ("ない", "~ない", NEG_KEY), 1, True),
+    ]
+
+
+def test_polite_masu_is_skipped_so_the_negation_follows_the_verb() -> None:
+    a = analyse("食べてません")
+    assert _rows(a) == [
+        ("食べ", "食べる", ("食べる",), 1, False),
+        ("て", "てる", ("てる", "~てる"), 1, False),
+        ("ん", "ず", ("ず", "~ず", NEG_KEY), 1, True),
+    ]
+
+
+def test_volitional_form_gets_volitional_keys() -> None:
+    (info,) = analyse("死のう").infos
+    assert info.volitional
+    assert info.keys == ("死ぬ", "死ぬ" + VOLITIONAL)
+
+
+# -- emoji, sentences and lines -----------------------------------------------------------
+
+
+def test_emoji_ends_a_sentence_and_is_not_a_token() -> None:
+    a = analyse("もう無理😢明日")
+    assert _rows(a) == [
+        ("もう", "もう", ("もう", "~もう"), 1, False),
+        ("無理", "無理", ("無理",), 1, False),
+        ("明日", "明日", ("明日",), 2, False),
+    ]
+    assert a.reading() == ("もうむり。あす", [0, 0, 1, 1, 2, 2, 2])
+
+
+def test_emoji_only_text_has_no_tokens() -> None:
+    assert len(analyse("😢😢")) == 0
+
+
+def test_each_line_is_a_new_sentence_with_offsets_across_lines() -> None:
+    a = analyse("円\n私")
+    assert _rows(a) == [
+        ("円", "円", ("円",), 1, False),
+        ("私", "私-代名詞", ("私-代名詞", "私"), 2, False),
+    ]
+    assert a.span(1, 1) == (2, 3)
+
+
+def test_spaces_between_words_end_a_sentence_in_unpunctuated_mail() -> None:
+    a = analyse("Help me 死にたい")
+    assert [(s, sentence) for s, _, _, sentence, _ in _rows(a)] == [
+        ("Help", 1),
+        ("me", 2),
+        ("死に", 3),
+        ("たい", 3),
+    ]
+    assert a.reading()[0] == "help。め。しにたい"
+
+
+# -- mixed scripts ------------------------------------------------------------------------
+
+
+def test_loanwords_in_katakana_keep_their_sense_and_bare_keys() -> None:
+    a = analyse("バイトのシフト")
+    assert [info.keys for info in a.infos] == [
+        ("バイト-Arbeit", "バイト", "~ばいと"),
+        ("の", "~の"),
+        ("シフト-shift", "シフト", "~しふと"),
+    ]
+    assert _lemmas("ストレス") == ["ストレス-stress"]
+
+
+def test_katakana_written_instead_of_hiragana_is_reread() -> None:
+    assert _rows(analyse("ハラエナイ")) == [
+        ("ハラエ", "払う", ("払う", "~はらう"), 1, False),
+        ("ナイ", "ない", ("ない", "~ない", NEG_KEY), 1, True),
+    ]
+    assert _lemmas("シニタイ") == ["死ぬ", "たい"]
+
+
+def test_romaji_and_digit_for_kana_in_the_reading() -> None:
+    (info,) = analyse("shinitai").infos
+    assert info.kana == "しにたい"
+    assert analyse("4ぬ").reading()[0] == "しぬ"
+
+
+# -- empty input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "   \n\n", "\n"])
+def test_empty_or_blank_text_has_no_tokens(text: str) -> None:
+    a = analyse(text)
+    assert (a.infos, a.starts, a.ends, a.sentences) == ([], [], [], [])
+    assert a.normalised == text
+    assert a.reading() == ("", [])
+
+
+# -- patterns -----------------------------------------------------------------------------
+
+
+def test_pattern_keys_split_on_spaces_and_offer_readings() -> None:
+    assert get_analyser().pattern_keys("家賃 払えない") == [
+        [frozenset({"家賃", "~やちん"})],
+        [frozenset({"払う", "~はらう"}), frozenset({"ない", "~ない", NEG_KEY})],
+    ]
+
+
+def test_pattern_read_in_a_carrier_phrase_is_an_alternative() -> None:
+    assert get_analyser().pattern_variants("嫌がらせ") == [
+        [[frozenset({"嫌", "~いや"}), frozenset({"がる", "~がる"}), frozenset({"せる", "~せる"})]],
+        [[frozenset({"嫌がらせ", "~いやがらせ"})]],
+    ]
