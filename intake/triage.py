@@ -458,10 +458,24 @@ def _signal_hits(
     return by
 
 
-def _in_window(combo: Combination, by: dict[str, list[_Sig]], whole: bool) -> list[_Sig] | None:
-    """One non-overlapping word per concept of ``combo`` inside its window, or None."""
+# Chat-style mail: all-hiragana lines cut by spaces (いま そうこに とじこめられてる そとから
+# かぎ …) have "sentences" of a few words, so a window of two or three of them is a
+# fraction of what the same words span in written Japanese. Such mail gets wider windows.
+_CHAT_MIN_SENTENCES = 5
+_CHAT_SENTENCE_CHARS = 12
+_CHAT_STRETCH = 3
+
+
+def _in_window(
+    combo: Combination, by: dict[str, list[_Sig]], whole: bool, stretch: bool = False
+) -> list[_Sig] | None:
+    """One non-overlapping word per concept of ``combo`` inside its window, or None.
+
+    ``stretch``: the mail is chat-style (spaces or line breaks instead of 。, so each
+    "sentence" is a few words); a window then spans three times as many of them.
+    """
     first, *rest = combo.concepts
-    width = combo.window
+    width = combo.window * _CHAT_STRETCH if stretch else combo.window
     for anchor in by[first]:
         starts = [0] if whole else range(anchor.sentence - width + 1, anchor.sentence + 1)
         for s in starts:
@@ -494,13 +508,18 @@ def _signal_matches(
     if len(by) < 2:
         return []
     settings = rules.signal_settings
-    whole = len("".join(analysed.split())) <= settings.short_mail
+    chars = len("".join(analysed.split()))
+    whole = chars <= settings.short_mail
+    stretch = False
+    if language == "ja" and a.infos:
+        sentences = a.sentences[-1] + 1
+        stretch = sentences >= _CHAT_MIN_SENTENCES and chars / sentences < _CHAT_SENTENCE_CHARS
     fired: list[tuple[Combination, list[_Sig]]] = []
     for combo in rules.combinations:
         if all(name in by for name in combo.concepts):
             # window = 1 means "in one sentence" even in a short mail: 薬 … まとめて … 飲む
             # spread over a carer's two sentences is a pill organiser, not an overdose
-            chosen = _in_window(combo, by, whole and combo.window > 1)
+            chosen = _in_window(combo, by, whole and combo.window > 1, stretch)
             if chosen is not None:
                 fired.append((combo, chosen))
     if not fired:
