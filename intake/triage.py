@@ -133,6 +133,10 @@ _NEGATION_FRAME = frozenset(
         "本当",
         "本気",
         "まで",
+        "そう",  # 死のうとか、そういう気持ちはありません
+        "気持ち",
+        "考え",
+        "感じ",
     ]
 )
 _SHIKA = "しか"  # 〜としか思えない is an emphatic positive: it cancels one negation
