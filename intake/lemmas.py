@@ -29,6 +29,7 @@ import os
 import re
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fugashi
@@ -47,13 +48,17 @@ _NEE = frozenset({"ねえ", "ねぇ", "ねー"})
 _SENTENCE_END = frozenset("。．.!?！？…‥")
 
 # Characters that need folding. Everything else is passed to MeCab untouched, so the
-# common case (plain kanji/kana/ASCII) costs one regex scan.
+# common case (plain kanji/kana/ASCII) costs one scan for a character of _SPECIAL_START.
 _SPECIAL = re.compile(
     r"(?P<elong>(?<=[ぁ-ゖ])[ー〜～~]+)"  # elongation after hiragana: しにたーい
     r"|(?P<small>(?<=[ぁ-ゖ])[ぁぃぅぇぉ])"  # casual small vowel after hiragana: しにたぃ
     r"|(?P<runs>ー{2,}|[〜～~]{2,})"  # runs of long-vowel / wave marks
     r"|(?P<nfkc>[\uff01-\uff5e\uff61-\uff9f\u2460-\u24ff\u3200-\u33ff\u2160-\u217f]+)"
 )
+# Every character a _SPECIAL match can start with (its look-behinds consume nothing).
+_SPECIAL_START = re.compile(
+    r"[ー〜～~ぁぃぅぇぉ\uff01-\uff5e\uff61-\uff9f\u2460-\u24ff\u3200-\u33ff\u2160-\u217f]"
+).search
 _SMALL_TO_BIG = str.maketrans("ぁぃぅぇぉ", "あいうえお")
 _HAS_SPACE = re.compile(r"\s").search
 _KATAKANA_RUN = re.compile(r"[ァ-ヺ][ァ-ヺー]+")
@@ -297,13 +302,38 @@ class _OffsetMap:
         return o0 + olen + (i - n0 - nlen)
 
 
+_NO_OFFSETS = _OffsetMap([])  # shared: an empty map is never changed
+
+
+def _special_matches(text: str, pos: int) -> Iterator[re.Match[str]]:
+    """``_SPECIAL.finditer(text)`` from ``pos``, trying only at candidate characters."""
+    search, match = _SPECIAL_START, _SPECIAL.match
+    n = len(text)
+    while pos < n:
+        candidate = search(text, pos)
+        if candidate is None:
+            return
+        m = match(text, candidate.start())  # look-behind still sees text before pos
+        if m is None:
+            pos = candidate.start() + 1
+            continue
+        yield m
+        pos = m.end()  # every alternative consumes at least one character
+
+
 def normalise(text: str) -> tuple[str, _OffsetMap]:
     """Fold width, compatibility characters and casual elongation; keep an offset map."""
+    # No match of _SPECIAL can start on a character outside _SPECIAL_START, so jumping
+    # from candidate to candidate finds exactly the matches ``finditer`` would, without
+    # trying four look-behind alternatives at every character of the mail.
+    first = _SPECIAL_START(text)
+    if first is None:
+        return text, _NO_OFFSETS
     parts: list[str] = []
     segments: list[tuple[int, int, int, int]] = []
     last = 0
     out_len = 0
-    for m in _SPECIAL.finditer(text):
+    for m in _special_matches(text, first.start()):
         kind = m.lastgroup
         run = m.group()
         if kind == "elong":
@@ -321,7 +351,7 @@ def normalise(text: str) -> tuple[str, _OffsetMap]:
         out_len += len(repl)
         last = m.end()
     if not segments:
-        return text, _OffsetMap([])
+        return text, _NO_OFFSETS
     parts.append(text[last:])
     return "".join(parts), _OffsetMap(segments)
 
