@@ -500,3 +500,70 @@ def test_benign_versions_of_third_round_situations_are_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("立体駐車場の最上階。外の手すりにもたれてる", "signals.place.perch"),
+        ("届いたものは引き出しにある。開けたら終わり", "signals.means.at_hand_over"),
+        ("通帳と印鑑の場所はメモに書いて机の上に置いた", "signals.farewell.affairs_note"),
+        ("眠れない母の顔に枕を押し当てそうになった。次はわからない", "signals.carer.smother_urge"),
+        (
+            "咳止めを一瓶ぜんぶ空にした。さっきから耳鳴りと吐き気がする",
+            "signals.overdose.pills_symptom_quantity",
+        ),
+        (
+            "友達には長い旅行に行くと伝えてある。やっと肩の荷が下りた。もう戻らない",
+            "signals.leaving.cover_finality",
+        ),
+    ],
+)
+def test_fourth_round_situations_are_urgent(rules: RuleSet, text: str, rule: str) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("ayuda", "Mi novio me golpea y anoche me encerró en el baño. Tengo miedo."),  # Spanish
+        ("tolong", "Majikan saya memukul saya, ada darah di tangan. Saya takut."),  # Indonesian
+        ("帮帮我", "他用衣架打我，手臂在流血。我躲在房间里。"),  # Chinese
+        ("socorro", "Meu pai me agrediu, tem sangue no meu braço. Estou com medo."),  # Portuguese
+        ("tulong", "Binugbog ako ng amo ko. Takot na takot ako."),  # Tagalog
+    ],
+)
+def test_violence_against_the_writer_is_urgent_in_other_languages(
+    rules: RuleSet, subject: str, text: str
+) -> None:
+    t = classify_text(subject, text, rules)
+    assert t.urgent
+    assert t.topic == "other"
+
+
+def test_chat_style_mail_spreads_a_combination_over_its_short_lines(rules: RuleSet) -> None:
+    """Space-cut hiragana lines are a few words each: confined and cold lie 6 lines apart."""
+    text = "いま そうこに とじこめられてる そとから かぎ かけられた みんな わらって いった さむい"
+    t = classify_text("たすけて", text, rules)
+    assert "signals.confined.cold" in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "祖父の薬を一週間分ずつピルケースに小分けしています",  # care work, not an overdose
+        "料理中にフライパンで手の甲をやけどした。水ぶくれは潰さない方がいい？",  # a kitchen burn
+        "風邪薬を飲んだら眠くなった。バイト中に眠いのはつらい",  # a side effect
+        "ペット不可のアパートに引っ越すので、猫を実家に預けます",  # a move
+        "注文してたギターの弦が届いた。週末のライブに間に合いそう",  # a parcel
+        "港でフォークリフトの仕事をしてる。岸壁の作業は冬が寒い",  # work at a quay
+        "死のうとか、そういう気持ちはありません。借金の整理の相談です",  # negation at a distance
+        "FPSのチャットで毎試合叩かれる。通報していいレベル？",  # criticism online
+    ],
+)
+def test_benign_versions_of_fourth_round_situations_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
