@@ -25,14 +25,17 @@ Why these choices:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import unicodedata
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import fugashi
+
+logger = logging.getLogger(__name__)
 
 # Lemmas that negate the predicate before them. UniDic gives ない for ない/ん/ねぇ-type
 # negation of verbs (払えん -> 払う + ない), 無い for the adjective (ではない), ず/ぬ for
@@ -357,12 +360,35 @@ def normalise(text: str) -> tuple[str, _OffsetMap]:
 
 
 class Analyser:
-    """Wraps one MeCab tagger with the caches that make per-mail analysis cheap."""
+    """Wraps one MeCab tagger with the caches that make per-mail analysis cheap.
 
-    def __init__(self) -> None:
+    Why two taggers on the same dictionary: half of MeCab's time on a mail goes into
+    writing UniDic's text columns (``%f[n]`` splits the feature CSV of every node), and
+    the Python side only needs them once per distinct word. The *key* tagger writes a
+    short line per node (surface, left and right context ids, word cost, unknown-word
+    flag); the first time a key is seen, its line is re-parsed with the full tagger and
+    the two outputs are zipped, so every key maps to the ``TokenInfo`` of the very UniDic
+    line the full tagger prints there. The output format does not change the Viterbi
+    path, so both taggers segment a line identically (checked on every re-parse).
+
+    A key is not unique in the dictionary (合わす/遭わす share surface, ids and cost), but
+    MeCab's choice between such twins is: their path costs are equal in every context
+    and the strict ``<`` in its Viterbi keeps the one that comes first in the lattice,
+    which is the dictionary order. So one key is always printed as one UniDic line.
+    ``fast=False`` keeps the full tagger for everything (the reference in the tests).
+    """
+
+    def __init__(self, *, fast: bool = True) -> None:
         self._tagger = fugashi.Tagger()
         self._line_cache: dict[str, TokenInfo] = {}
         self._kata_cache: dict[str, bool] = {}
+        self._key_cache: dict[str, TokenInfo] = {}
+        self._key_parse: Callable[[str], str] | None = None
+        if fast:
+            key_tagger = fugashi.Tagger(_KEY_TAGGER_ARGS)
+            if _key_format_ok(key_tagger.parse(_KEY_PROBE), self._tagger.parse(_KEY_PROBE)):
+                self._key_tagger = key_tagger  # keep it alive with its parse method
+                self._key_parse = key_tagger.parse
 
     # -- token level -------------------------------------------------------------
     def _info(self, line: str) -> TokenInfo:
@@ -465,6 +491,43 @@ class Analyser:
     def _parse_alone(self, text: str) -> list[TokenInfo]:
         return [self._info(x) for x in self._tagger.parse(text).split("\n") if x and x != "EOS"]
 
+    def _tokens(self, line: str) -> list[TokenInfo]:
+        """MeCab's tokens of one line, punctuation and symbols included."""
+        parse = self._key_parse
+        if parse is None:
+            return self._parse_alone(line)
+        outs = parse(line).split("\n")
+        if outs[-1] == "EOS":
+            outs.pop()
+        infos = list(map(self._key_cache.get, outs))
+        if None in infos:
+            return self._learn(line, outs)
+        return infos  # type: ignore[return-value]  # no None left
+
+    def _learn(self, line: str, outs: list[str]) -> list[TokenInfo]:
+        """Re-parse a line with an unseen key with the full tagger; remember its keys."""
+        infos = self._parse_alone(line)
+        keys = [x for x in outs if x and x != "EOS"]
+        if len(keys) != len(infos) or any(
+            k.partition("\t")[0] != info.surface for k, info in zip(keys, infos, strict=True)
+        ):
+            # Cannot happen with one dictionary (see the class docstring); if it ever
+            # does, the full tagger's answer stands and the key tagger is retired.
+            logger.warning("MeCab key tagger disagreed with the full tagger; not using it")
+            self._key_parse = None
+            return infos
+        cache = self._key_cache
+        for key, info in zip(keys, infos, strict=True):
+            known = cache.get(key)
+            if known is None:
+                if len(cache) < 200_000:
+                    cache[key] = info
+            elif known is not info and _fields(known) != _fields(info):
+                logger.warning("MeCab key %r stands for two words; not using keys", key)
+                self._key_parse = None
+                return infos
+        return infos
+
     def _hiraganise_runs(self, line: str) -> str:
         if not _KATAKANA_RUN.search(line):
             return line
@@ -488,9 +551,7 @@ class Analyser:
         ends: list[int] = []
         sentences: list[int] = []
         sentence = 0
-        cache_get = self._line_cache.get
-        info_of = self._info
-        parse = self._tagger.parse
+        tokens_of = self._tokens
         pos = 0
         for line in norm.split("\n"):
             line_start = pos
@@ -498,18 +559,13 @@ class Analyser:
             if not line or line.isspace():
                 continue
             sentence += 1
-            cursor = 0
             line = self._hiraganise_runs(line)  # same length, so offsets still hold
-            outs = parse(line).split("\n")
+            line_infos = tokens_of(line)
             if not _HAS_SPACE(line):
                 # The common case: MeCab's surfaces tile the line exactly, so offsets are
                 # running sums and need no search.
-                for out in outs:
-                    info = cache_get(out)
-                    if info is None:
-                        if not out or out == "EOS":
-                            continue
-                        info = info_of(out)
+                cursor = line_start
+                for info in line_infos:
                     found = cursor
                     cursor += len(info.surface)
                     kind = info.kind
@@ -517,22 +573,16 @@ class Analyser:
                         if kind == _BOUNDARY:
                             sentence += 1
                         elif kind == _SPECIAL_TOKEN:
-                            self._special(
-                                info, infos, starts, ends, sentences, sentence, line_start + found
-                            )
+                            self._special(info, infos, starts, ends, sentences, sentence, found)
                         continue
                     infos.append(info)
-                    starts.append(line_start + found)
-                    ends.append(line_start + cursor)
+                    starts.append(found)
+                    ends.append(cursor)
                     sentences.append(sentence)
                 continue
+            cursor = 0
             find = line.find
-            for out in outs:
-                info = cache_get(out)
-                if info is None:
-                    if not out or out == "EOS":
-                        continue
-                    info = info_of(out)
+            for info in line_infos:
                 surface = info.surface
                 found = find(surface, cursor)
                 if found != cursor:
@@ -661,6 +711,44 @@ def _starts_kana(info: TokenInfo) -> bool:
 
 def _ends_kana(info: TokenInfo) -> bool:
     return bool(info.surface) and "ぁ" <= info.surface[-1] <= "ゖ"
+
+
+# The key tagger's node line: surface, left/right context id, word cost, 1 if unknown.
+# Backslashes are doubled because fugashi splits the argument string like a shell.
+_KEY_FORMAT = r"%m\\t%phl\\t%phr\\t%c\\t%s\\n"
+_KEY_TAGGER_ARGS = (
+    f"-O '' --node-format={_KEY_FORMAT} --unk-format={_KEY_FORMAT} --eos-format=EOS\\\\n"
+)
+_KEY_PROBE = "家賃が払えんかもしれません😢ｶﾞｶﾞ、Help me"
+
+
+def _key_format_ok(keyed: str, full: str) -> bool:
+    """Did this MeCab honour the key format (five columns, same surfaces, EOS last)?"""
+    key_lines, full_lines = keyed.split("\n"), full.split("\n")
+    return (
+        len(key_lines) == len(full_lines)
+        and key_lines[-1] == full_lines[-1] == "EOS"
+        and all(
+            k.count("\t") == 4 and k.partition("\t")[0] == f.partition("\t")[0]
+            for k, f in zip(key_lines[:-1], full_lines[:-1], strict=True)
+        )
+    )
+
+
+def _fields(info: TokenInfo) -> tuple[object, ...]:
+    return (
+        info.surface,
+        info.lemma,
+        info.keys,
+        info.reading,
+        info.pos,
+        info.negation,
+        info.boundary,
+        info.contracted_negative,
+        info.volitional,
+        info.kind,
+        info.kana,
+    )
 
 
 _ANALYSER: Analyser | None = None

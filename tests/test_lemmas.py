@@ -10,9 +10,14 @@ text.
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
-from intake.lemmas import NEG_KEY, VOLITIONAL, Analysis, analyse, get_analyser
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from intake.lemmas import NEG_KEY, VOLITIONAL, Analyser, Analysis, TokenInfo, analyse, get_analyser
 
 Row = tuple[str, str, tuple[str, ...], int, bool]
 
@@ -267,3 +272,119 @@ def test_pattern_read_in_a_carrier_phrase_is_an_alternative() -> None:
         [[frozenset({"嫌", "~いや"}), frozenset({"がる", "~がる"}), frozenset({"せる", "~せる"})]],
         [[frozenset({"嫌がらせ", "~いやがらせ"})]],
     ]
+
+
+# -- the key tagger (fast path) against the full tagger (reference) -----------------------
+# The fast path reads MeCab's cheap per-node keys and looks the words up in a cache filled
+# from the full UniDic output; these tests hold it to the full output on every input.
+
+DATA = Path(__file__).parent / "data"
+
+
+def _word(info: TokenInfo) -> tuple[object, ...]:
+    return (
+        info.surface,
+        info.lemma,
+        info.keys,
+        info.reading,
+        info.pos,
+        info.negation,
+        info.boundary,
+        info.contracted_negative,
+        info.volitional,
+        info.kind,
+        info.kana,
+    )
+
+
+def _description(a: Analysis) -> tuple[object, ...]:
+    return (
+        a.normalised,
+        [_word(info) for info in a.infos],
+        a.starts,
+        a.ends,
+        a.sentences,
+        [a.span(i, i) for i in range(len(a))],
+        a.reading(),
+    )
+
+
+@pytest.fixture(scope="module")
+def fast() -> Analyser:
+    analyser = Analyser()
+    assert analyser._key_parse is not None, "the key tagger was rejected at start-up"
+    return analyser
+
+
+@pytest.fixture(scope="module")
+def reference() -> Analyser:
+    return Analyser(fast=False)
+
+
+TRICKY = [
+    "ｼﾆﾀｲ",
+    "ＡＢＣ１２３で死にたい",
+    "しにたーーい。もう無理〜〜😢明日",
+    "家賃が払えんので、バイト増やしたけど払えん",
+    "話してねえ\nHelp me 死にたい\n\n①②",
+    # homographs that share surface, context ids and cost in UniDic: MeCab must print
+    # one of each pair, always the same one
+    "ひどい目にあわす。手をあわす。",
+    "顔をあわすのがこわい",
+    "あわすことができない",
+    "先生の前でい縮してしまう",
+    "うすら寒い朝、うそ寒い夜",
+    "あせぼができた",
+]
+
+
+def _corpus() -> list[str]:
+    texts = list(TRICKY)
+    path = DATA / "triage_dev.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                mail = json.loads(line)
+                texts.append(mail.get("subject", "") + "\n" + mail.get("text", ""))
+    return texts
+
+
+def test_fast_path_describes_every_corpus_mail_like_the_full_tagger(
+    fast: Analyser, reference: Analyser
+) -> None:
+    texts = _corpus()
+    for _ in range(2):  # first with cold key caches, then warm
+        for text in texts:
+            assert _description(fast.analyse(text)) == _description(reference.analyse(text)), text
+
+
+def test_a_cached_word_is_one_object_across_mails(fast: Analyser) -> None:
+    first = fast.analyse("家賃が払えない")
+    second = fast.analyse("来月も家賃が払えない")
+    assert first.infos[0] is second.infos[2]  # 家賃: a set of infos is a set of words
+
+
+_PIECES = st.sampled_from(
+    [
+        *"あいうえおしにたーぃぅ〜～~ｱｼﾆﾀｲﾞﾟＡＢＣ１２３！？。、「」…😢①ⅡabcXY4 \u3000\n\t",
+        "払えん",
+        "話してねえ",
+        "死のう",
+        "ハラエナイ",
+        "shinitai",
+        "4にたい",
+        "家賃",
+        "いじめられてる",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_PIECES, max_size=30).map("".join))
+def test_fast_path_describes_any_text_like_the_full_tagger(text: str) -> None:
+    assert _description(_FAST.analyse(text)) == _description(_REFERENCE.analyse(text))
+
+
+# Module-level analysers for the hypothesis test (fixtures do not mix with @given).
+_FAST = Analyser()
+_REFERENCE = Analyser(fast=False)
