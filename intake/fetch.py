@@ -19,6 +19,7 @@ import logging
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from imapclient import IMAPClient
@@ -121,6 +122,7 @@ class Mailbox:
                 f"{type(exc).__name__}: {exc}. Check [mailbox] host, port, security, "
                 "credentials and that the folder exists."
             ) from exc
+        client.normalise_times = False  # keep INTERNALDATE's zone (aware datetimes)
         self.client = client
         uidnext = info.get(b"UIDNEXT")
         self.state = FolderState(
@@ -158,16 +160,23 @@ class Mailbox:
         uids = self._client().search(["UID", f"{last_uid + 1}:*"])
         return sorted(u for u in uids if u > last_uid)
 
-    def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
-        """Raw bytes of each UID, in UID order, with BODY.PEEK[] (never sets \\Seen)."""
+    def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes, datetime | None]]:
+        """Raw bytes and arrival time (INTERNALDATE) of each UID, in UID order.
+
+        BODY.PEEK[] never sets \\Seen. The arrival time is the server's, so a mail read
+        after an outage still shows when the resident sent it to us.
+        """
         if not uids:
             return
-        data = self._client().fetch(uids, [b"BODY.PEEK[]"])
+        data = self._client().fetch(uids, [b"BODY.PEEK[]", b"INTERNALDATE"])
         for uid in sorted(data):
             raw = data[uid].get(b"BODY[]")
             if raw is None:  # expunged between SEARCH and FETCH
                 continue
-            yield uid, bytes(raw)
+            when = data[uid].get(b"INTERNALDATE")
+            if isinstance(when, datetime) and when.tzinfo is None:
+                when = None  # a server that gave no zone: use our own clock instead
+            yield uid, bytes(raw), when if isinstance(when, datetime) else None
 
     def move_done(self, uids: list[int]) -> int:
         """Housekeeping: move stored mail to ``move_to`` (MOVE, RFC 6851, when offered; else

@@ -50,6 +50,7 @@ from intake.store import (
     Outbox,
     StoredMessage,
     dumps,
+    from_db,
     get_cursor,
     open_database,
     record_event,
@@ -199,8 +200,8 @@ def _find_thread(
         ours = session.exec(
             select(Outbox).where(Outbox.mailbox == mailbox, col(Outbox.message_id).in_(refs))
         ).first()
-        if ours is not None and ours.case_id is not None:
-            return session.get(Case, ours.case_id), ours
+        if ours is not None:  # a digest has no case: still ours (staff traffic)
+            return (session.get(Case, ours.case_id) if ours.case_id else None), ours
         earlier = session.exec(
             select(StoredMessage).where(
                 StoredMessage.mailbox == mailbox,
@@ -354,25 +355,43 @@ def handle_message(
     stage.name = "store"
     phones = find_phones(letter.subject + "\n" + letter.text)
     reasons = [_match_json(m) for m in triage.urgent_reasons]
-    received = now
-    if (
-        answered is not None
-        and answered.kind in ("alert", "escalation")
-        and (letter.from_addr.lower() in (a.lower() for a in svc.settings.oncall.everyone))
-    ):
-        # The on-call person answered the alert: that is the acknowledgement of the alert.
-        msg.case_id = answered.case_id
-        msg.is_followup = True
+    received = from_db(msg.received_at) or now
+    if answered is not None and answered.kind != "ack":
+        # Staff traffic: a reply or bounce to our own alert, escalation or digest. It is
+        # stored (nothing is lost) but opens no case, is never triaged as a consultation
+        # (a bounced alert quotes crisis words: alerting on it would loop), gets no
+        # acknowledgement and stays out of partner digests.
         msg.status = "processed"
+        staff = [a.lower() for a in svc.settings.oncall.everyone]
+        if (
+            answered.kind in ("alert", "escalation")
+            and not letter.bounce
+            and block is None
+            and letter.from_addr.lower() in staff
+        ):
+            # The on-call person answered the alert: that acknowledges it. An out-of-office
+            # reply (block set) does not: it must not stop the escalation.
+            kind = "alert-acknowledged"
+        elif letter.bounce:
+            kind = f"{answered.kind}-bounced"
+        elif block is not None:
+            kind = f"{answered.kind}-auto-reply"
+        else:
+            kind = f"{answered.kind}-reply"
         record_event(
             session,
-            "alert-acknowledged",
+            kind,
             answered.case_id,
-            f"by {letter.from_addr}",
-            actor=letter.from_addr,
+            f"message {msg.id} from {letter.from_addr}",
+            actor=letter.from_addr or "unknown",
             at=now,
         )
-        return "alert-ack"
+        return "staff"
+    if letter.bounce:
+        # A bounce is never a crisis itself (it may quote one of our mails).
+        triage.urgent = False
+        triage.urgent_reasons = []
+        reasons = []
     if case is not None and letter.bounce and answered is not None and answered.kind == "ack":
         case.ack_state = "ack_failed"
         msg.case_id = case.id
@@ -383,7 +402,7 @@ def handle_message(
     if case is None:
         case = Case(
             mailbox=svc.settings.mailbox.key,
-            created_at=to_db(now),
+            created_at=to_db(received),
             sender=letter.from_addr,
             topic=triage.topic,
             topics=dumps(triage.topics),
@@ -513,11 +532,21 @@ def quarantine(
         case.ack_state = "queued"
     else:
         case.ack_state = "suppressed:quarantined"
+    # Nobody could read it, so nobody can say it is not urgent: the on-call person is told
+    # at once (the alert says the mail could not be read). A failure here must not undo
+    # the quarantine itself, so it is caught and logged.
+    try:
+        with session.begin_nested():
+            _queue_alert(
+                svc, session, case, msg, from_db(msg.received_at) or now, "quarantined", now
+            )
+    except Exception as exc:
+        log.error("alert for a quarantined message failed", extra={"error": type(exc).__name__})
 
 
 def ingest_batch(
     svc: Service,
-    items: list[tuple[int, bytes]],
+    items: list[tuple[int, bytes, datetime | None]],
     uidvalidity: int,
     high_uid: int,
     now: datetime,
@@ -525,7 +554,7 @@ def ingest_batch(
 ) -> None:
     """Store, then process, one batch of fetched mail; advance the cursor with the cases."""
     key = svc.settings.mailbox.key
-    hashes = {hashlib.sha256(raw).hexdigest(): (uid, raw) for uid, raw in items}
+    hashes = {hashlib.sha256(raw).hexdigest(): (uid, raw, when) for uid, raw, when in items}
     with session_scope(svc.engine) as session:
         known = {
             m.sha256: m
@@ -536,7 +565,7 @@ def ingest_batch(
             )
         }
         batch: list[StoredMessage] = []
-        for sha, (uid, raw) in hashes.items():
+        for sha, (uid, raw, when) in hashes.items():
             msg = known.get(sha)
             if msg is None:
                 msg = StoredMessage(
@@ -546,17 +575,37 @@ def ingest_batch(
                     sha256=sha,
                     raw=raw,
                     size=len(raw),
-                    received_at=to_db(now),
+                    received_at=to_db(when or now),
                 )
                 session.add(msg)
                 report.stored += 1
             elif msg.status != "received":
                 report.duplicates += 1
                 continue
-            msg.attempts += 1
             batch.append(msg)
+        # After a crash (a message already tried), go one message per transaction, so only
+        # the message that kills the process collects attempts and reaches quarantine; the
+        # others in its batch are processed normally. Otherwise: one transaction per batch.
+        recovering = any(m.attempts > 0 for m in batch)
+        if not recovering:
+            for msg in batch:
+                msg.attempts += 1
         session.flush()  # one flush for the batch: it assigns the row ids
         pending = [m.id for m in batch if m.id is not None]
+    if recovering:
+        for row_id in pending:
+            with session_scope(svc.engine) as session:
+                msg = session.get(StoredMessage, row_id)
+                if msg is None or msg.status != "received":
+                    continue
+                msg.attempts += 1
+            with session_scope(svc.engine) as session:
+                msg = session.get(StoredMessage, row_id)
+                if msg is not None:
+                    _process_one(svc, session, msg, now, report)
+        with session_scope(svc.engine) as session:
+            _advance(session, key, uidvalidity, high_uid, now)
+        return
     with session_scope(svc.engine) as session:
         loaded = {
             m.id: m
@@ -564,29 +613,42 @@ def ingest_batch(
         }
         for row_id in pending:
             msg = loaded.get(row_id)
-            if msg is None or msg.status != "received":
-                continue
-            if msg.attempts > MAX_ATTEMPTS:
-                quarantine(svc, session, msg, "repeated-crash", f"{msg.attempts - 1} attempts", now)
-                report.quarantined += 1
-                continue
-            stage = _Stage()
-            try:
-                with session.begin_nested():
-                    outcome = handle_message(svc, session, msg, now, stage, report)
-            except Exception as exc:
-                session.refresh(msg)
-                quarantine(svc, session, msg, stage.name, type(exc).__name__, now)
-                report.quarantined += 1
-                continue
-            if outcome == "case":
-                report.cases += 1
-            elif outcome == "followup":
-                report.followups += 1
-        cursor = get_cursor(session, key)
-        if cursor.uidvalidity == uidvalidity and high_uid > cursor.last_uid:
-            cursor.last_uid = high_uid
-            cursor.updated_at = to_db(now)
+            if msg is not None:
+                _process_one(svc, session, msg, now, report)
+        _advance(session, key, uidvalidity, high_uid, now)
+
+
+def _process_one(
+    svc: Service, session: Session, msg: StoredMessage, now: datetime, report: RunReport
+) -> None:
+    """One stored message in its own SAVEPOINT: a case, or a quarantine when a stage fails."""
+    if msg.status != "received":
+        return
+    if msg.attempts > MAX_ATTEMPTS:
+        quarantine(svc, session, msg, "repeated-crash", f"{msg.attempts - 1} attempts", now)
+        report.quarantined += 1
+        return
+    stage = _Stage()
+    try:
+        with session.begin_nested():
+            outcome = handle_message(svc, session, msg, now, stage, report)
+    except Exception as exc:
+        session.refresh(msg)
+        quarantine(svc, session, msg, stage.name, type(exc).__name__, now)
+        report.quarantined += 1
+        return
+    if outcome == "case":
+        report.cases += 1
+    elif outcome == "followup":
+        report.followups += 1
+
+
+def _advance(session: Session, key: str, uidvalidity: int, high_uid: int, now: datetime) -> None:
+    """Move the IMAP cursor, in the transaction that committed the batch's cases."""
+    cursor = get_cursor(session, key)
+    if cursor.uidvalidity == uidvalidity and high_uid > cursor.last_uid:
+        cursor.last_uid = high_uid
+        cursor.updated_at = to_db(now)
 
 
 def process_new_mail(
@@ -630,5 +692,5 @@ def process_new_mail(
         report.fetched += len(items)
         ingest_batch(svc, items, state.uidvalidity, max(batch), now, report)
         # Only now, with the cases committed, may the mail leave the folder.
-        report.moved += mailbox.move_done([uid for uid, _raw in items])
+        report.moved += mailbox.move_done([uid for uid, _raw, _when in items])
     return report

@@ -292,13 +292,18 @@ def test_a_mail_that_crashes_a_stage_is_quarantined_and_the_rest_go_on(
         case = session.get(Case, bad.case_id)
     assert bad.stage_error == "triage:RecursionError"
     assert case is not None and case.needs_human and case.partner == "city"
-    # The resident is still acknowledged: a crash may delay an acknowledgement, never lose it.
-    rcpts = [m.rcpt_tos[0] for m in smtp_server.wait_for(3, timeout=10)]
-    assert sorted(rcpts) == [
+    # The resident is still acknowledged (a crash may delay an acknowledgement, never lose
+    # it) and the on-call person is told at once: nobody could read it, so it may be urgent.
+    mails = smtp_server.wait_for(4, timeout=10)
+    rcpts = sorted(m.rcpt_tos[0] for m in mails)
+    assert rcpts == [
+        ONCALL,
         "poison@example.jp",
         "resident0001@example.jp",
         "resident0002@example.jp",
     ]
+    alert = next(m for m in mails if m.rcpt_tos == [ONCALL])
+    assert "処理中にエラー" in alert.message.get_body(("plain",)).get_content()
     assert OWN not in rcpts
 
 
@@ -344,3 +349,113 @@ def test_spam_is_stored_and_visible_but_not_acknowledged_and_never_blocks_an_ale
     assert report.suppressed == {"x-spam-flag:yes": 2}
     mails = settled(smtp_server)
     assert [m.rcpt_tos for m in mails] == [[ONCALL]]
+
+
+class SimulatedCrash(BaseException):
+    """Stands for kill -9 / OOM in the middle of a batch (not an Exception: not caught)."""
+
+
+def test_a_crash_quarantines_only_the_mail_that_causes_it_not_its_whole_batch(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import intake.pipeline as pipeline
+
+    real = pipeline.classify
+
+    def crashing(letter, rules):  # type: ignore[no-untyped-def]
+        if "KILLER" in letter.text:
+            raise SimulatedCrash
+        return real(letter, rules)
+
+    monkeypatch.setattr(pipeline, "classify", crashing)
+    dovecot.append_many(
+        [
+            samples.consultation("money@example.jp", "相談", "家賃が払えません。お金がないです。"),
+            samples.consultation("killer@example.jp", "x", "KILLER"),
+            samples.consultation("urgent@example.jp", "相談", "もう死にたいです"),
+        ]
+    )
+    for _ in range(3):
+        with pytest.raises(SimulatedCrash):
+            once(svc)
+    report = once(svc)
+    assert report.quarantined == 1
+    with Session(svc.engine) as session:
+        cases = {c.sender: c for c in session.exec(select(Case))}
+    assert (
+        cases["money@example.jp"].partner == "genki" and not cases["money@example.jp"].needs_human
+    )
+    assert cases["urgent@example.jp"].urgent
+    assert cases["killer@example.jp"].needs_human
+    mails = settled(smtp_server)
+    to_oncall = [m for m in mails if ONCALL in m.rcpt_tos]
+    assert len(to_oncall) == 2  # the urgent mail, and the unreadable one
+
+
+def test_an_out_of_office_reply_from_oncall_does_not_acknowledge_the_alert(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append(samples.consultation("night@example.jp", "相談", "もう死にたい"))
+    once(svc)
+    alert = next(m for m in smtp_server.wait_for(2, timeout=10) if ONCALL in m.rcpt_tos)
+    dovecot.append(
+        samples.consultation(
+            ONCALL,
+            "自動応答: 不在",
+            "不在です",
+            in_reply_to=str(alert.message["Message-ID"]),
+            headers={"Auto-Submitted": "auto-replied"},
+        )
+    )
+    once(svc)
+    with Session(svc.engine) as session:
+        kinds = [e.kind for e in session.exec(select(Event))]
+    assert "alert-acknowledged" not in kinds
+    assert "alert-auto-reply" in kinds
+    assert count(svc, Case) == 1
+
+
+def test_a_plain_bounce_of_an_alert_does_not_raise_another_alert(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append(samples.consultation("crisis@example.jp", "相談", "もう死にたい"))
+    once(svc)
+    alert = next(m for m in smtp_server.wait_for(2, timeout=10) if ONCALL in m.rcpt_tos)
+    smtp_server.clear()
+    quoted = alert.data.decode("utf-8", "replace")
+    qmail_bounce = (
+        "From: MAILER-DAEMON@mx.example.jp\r\nTo: sasaean@city.kasaoka.okayama.jp\r\n"
+        "Subject: failure notice\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Hi. This is the qmail-send program. I'm afraid I wasn't able to deliver your message.\r\n"
+        "--- Below this line is a copy of the message.\r\n\r\n" + quoted + "\r\nもう死にたい\r\n"
+    ).encode("utf-8")
+    dovecot.append(qmail_bounce)
+    report = once(svc)
+    assert report.alerts == 0 and report.cases == 0
+    assert settled(smtp_server) == []
+
+
+def test_a_partner_replying_to_a_digest_opens_no_case_and_gets_no_acknowledgement(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    from intake.digest import queue_digests
+
+    dovecot.append(samples.consultation("kid@example.jp", "相談", "学校でいじめられています"))
+    now = datetime.now(svc.calendar.tz)
+    once(svc, now)
+    queue_digests(svc, now)
+    svc.deliver(now)
+    digest = next(m for m in smtp_server.wait_for(2, timeout=10) if "harmony" in m.rcpt_tos[0])
+    smtp_server.clear()
+    dovecot.append(
+        samples.consultation(
+            "staff@harmony.example.jp",
+            "Re: ダイジェスト",
+            "C000001 はこちらで対応します。",
+            in_reply_to=str(digest.message["Message-ID"]),
+        )
+    )
+    report = once(svc)
+    assert report.cases == 0 and report.acks == 0
+    assert count(svc, Case) == 1
+    assert settled(smtp_server) == []
