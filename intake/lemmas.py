@@ -529,8 +529,12 @@ class Analyser:
         return infos
 
     def _hiraganise_runs(self, line: str) -> str:
-        if not _KATAKANA_RUN.search(line):
+        runs = _KATAKANA_RUN.findall(line)
+        if not runs:
             return line
+        decided = list(map(self._kata_cache.get, runs))
+        if True not in decided and None not in decided:
+            return line  # every run is a known loanword: nothing to rebuild
         return _KATAKANA_RUN.sub(
             lambda m: (
                 to_hiragana(m.group()) if self._katakana_as_hiragana(m.group()) else m.group()
