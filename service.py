@@ -38,6 +38,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_once(args: argparse.Namespace) -> int:
     """Fetch everything new, process it, send what is due, exit."""
+    from imapclient.exceptions import IMAPClientError
+
     from intake.fetch import Mailbox
     from intake.locks import mailbox_lock
     from intake.pipeline import Service, process_new_mail
@@ -59,8 +61,9 @@ def cmd_once(args: argparse.Namespace) -> int:
                 f"acks queued {report.acks}, alerts queued {report.alerts}"
                 + (f", not acknowledged {report.suppressed}" if report.suppressed else "")
             )
-    except IntakeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (IntakeError, IMAPClientError, OSError) as exc:
+        # Whatever broke the mailbox side, alerts already queued are still delivered below.
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 2
     finally:
         lock.release()

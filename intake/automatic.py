@@ -175,7 +175,7 @@ _SALES = re.compile(
 
 def _content_spam(letter: Letter) -> str | None:
     """Phishing or advertising only on unmistakable signs (two independent ones together)."""
-    text = f"{letter.subject}\n{letter.body}"
+    text = f"{letter.subject}\n{letter.text}"  # the sender's own words, not what they quote
     if not _URL.search(text):
         return None
     if _PHISHING.search(text):

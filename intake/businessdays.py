@@ -16,13 +16,14 @@ import jpholiday
 
 YEAR_END_CLOSURE = ("12-29", "12-30", "12-31", "01-01", "01-02", "01-03")
 WEEKDAYS_JA = "月火水木金土日"
+SAME_DAY_MARGIN = timedelta(hours=1)  # less than this before closing: promise the next day
 
 
 @dataclass(frozen=True)
 class BusinessCalendar:
     tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Tokyo"))
     open: time = time(8, 30)
-    close: time = time(17, 0)
+    close: time = time(16, 30)
     closures: tuple[str, ...] = YEAR_END_CLOSURE  # "MM-DD" every year or "YYYY-MM-DD" once
 
     def is_business_day(self, day: date) -> bool:
@@ -48,12 +49,14 @@ class BusinessCalendar:
     def reply_expected(self, received: datetime) -> tuple[datetime, bool]:
         """When staff can first answer a mail received at ``received``.
 
-        Returns (deadline, same_day). During office hours: by today's closing time. Outside
-        them: by the end of the next business morning (noon), never "in a minute" at 23:00.
+        Returns (deadline, same_day). During office hours with at least an hour left: by
+        today's closing time. Otherwise: by noon of the next business day, never "in a
+        minute" at 23:00 nor "by 17:00" at 16:59.
         """
-        if self.is_open(received):
-            local = received.astimezone(self.tz)
-            return datetime.combine(local.date(), self.close, self.tz), True
+        local = received.astimezone(self.tz)
+        closing = datetime.combine(local.date(), self.close, self.tz)
+        if self.is_open(received) and closing - local >= SAME_DAY_MARGIN:
+            return closing, True
         opening = self.next_opening(received)
         return opening.replace(hour=12, minute=0), False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,11 +74,18 @@ class MailboxSettings:
     poll_interval: float = 60.0
     batch_size: int = 100
     move_to: str | None = None  # housekeeping: move processed mail here (off by default)
+    id: str | None = None  # stable name of this mailbox in the database; see ``key``
 
     @property
     def key(self) -> str:
-        """Identifies this mailbox in the database (cursor, dedupe)."""
-        return f"{self.username}@{self.host}/{self.folder}"
+        """Identifies this mailbox in the database (cursor, duplicates, tenant isolation).
+
+        ``[mailbox] id`` when set; otherwise ``username@host/folder``. Set ``id`` in
+        production: with the default, renaming the server or the folder in the config makes
+        the mailbox look new, and mail still in the folder would be read (and acknowledged)
+        again.
+        """
+        return self.id or f"{self.username}@{self.host}/{self.folder}"
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ class Settings:
     coordinator: tuple[str, ...] = ()
     digest_times: tuple[str, ...] = ("09:00", "14:00")
     office_open: str = "08:30"
-    office_close: str = "17:00"
+    office_close: str = "16:30"  # the city desk's hours in the seed table
     closures: tuple[str, ...] = ()  # extra closure days, "YYYY-MM-DD" or "MM-DD"
 
 
@@ -221,7 +229,15 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         poll_interval=mb.get("poll_interval", float, 60.0),
         batch_size=mb.get("batch_size", int, 100),
         move_to=mb.get("move_to", str, None) or None,
+        id=mb.get("id", str, None) or None,
     )
+    for key, value in (
+        ("timeout", mailbox.timeout),
+        ("poll_interval", mailbox.poll_interval),
+        ("batch_size", mailbox.batch_size),
+    ):
+        if value <= 0:
+            raise mb.error(key, f"must be greater than 0, got {value}")
     sm = _Section(path, "smtp", top.data.get("smtp", {}))
     sm_host = sm.get("host", str, required=True)
     sm_security = _security(sm, sm_host)
@@ -245,13 +261,15 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
     )
     if not oncall.to:
         raise oc.error("to", "at least one on-call address is needed for urgent alerts")
+    if "@" not in smtp.from_address or smtp.from_address.startswith("@"):
+        raise sm.error("from_address", f"must be a mail address, got {smtp.from_address!r}")
     sv = _Section(path, "service", top.data.get("service", {}))
     tzname = sv.get("timezone", str, "Asia/Tokyo")
     try:
         tz = ZoneInfo(tzname)
     except Exception as exc:
         raise sv.error("timezone", f"unknown time zone {tzname!r}") from exc
-    return Settings(
+    settings = Settings(
         path=path,
         mailbox=mailbox,
         smtp=smtp,
@@ -265,9 +283,35 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         coordinator=sv.strings("coordinator"),
         digest_times=sv.strings("digest_times", ("09:00", "14:00")),
         office_open=sv.get("office_open", str, "08:30"),
-        office_close=sv.get("office_close", str, "17:00"),
+        office_close=sv.get("office_close", str, "16:30"),
         closures=sv.strings("closures"),
     )
+    _check_service(sv, settings)
+    return settings
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def _check_service(sv: _Section, s: Settings) -> None:
+    """Reject values that would crash ``run`` later or silently switch a duty off."""
+    for key, values in (
+        ("digest_times", s.digest_times),
+        ("office_open", (s.office_open,)),
+        ("office_close", (s.office_close,)),
+    ):
+        for value in values:
+            if not _HHMM.match(value):
+                raise sv.error(key, f'times are "HH:MM" (00:00–23:59), got {value!r}')
+    if s.office_open >= s.office_close:
+        raise sv.error("office_close", f"must be after office_open ({s.office_open})")
+    if s.max_message_bytes <= 0:
+        raise sv.error("max_message_mb", "must be at least 1")
+    if s.ack_window_hours < 0:
+        raise sv.error("ack_window_hours", "must be 0 or more")
+    for value in s.closures:
+        if not re.match(r"^(\d{4}-)?\d{2}-\d{2}$", value):
+            raise sv.error("closures", f'days are "YYYY-MM-DD" or "MM-DD", got {value!r}')
 
 
 def load_settings(path: Path | str | None = None) -> Settings:

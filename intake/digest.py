@@ -9,6 +9,7 @@ digest with nothing new is never created.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlmodel import col, select
 
 from intake.compose import excerpt, render_digest
 from intake.partners import Partner
+from intake.phones import find_phones
 from intake.pipeline import Service, queue_mail
 from intake.store import (
     Case,
@@ -44,10 +46,26 @@ def _concerns(partner: Partner, case: Case) -> bool:
     return bool(secondary.intersection(partner.also_notify))
 
 
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def redact_contact(text: str) -> str:
+    """Mask phone numbers and mail addresses for partners not allowed to see the sender's."""
+    for number in find_phones(text):
+        text = text.replace(number, "［電話番号］")
+    text = _PHONE_LIKE.sub("［電話番号］", text)
+    return _EMAIL.sub("［メールアドレス］", text)
+
+
+_PHONE_LIKE = re.compile(r"[0-9０-９][0-9０-９\-‐－−ー()（）\s]{8,}[0-9０-９]")
+
+
 def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
     reasons = [f"「{r['surface']}」" for r in json.loads(case.urgent_reasons)]
-    text = (
-        msg.new_text or msg.body or ("（本文を読み取れませんでした）" if case.needs_human else "")
+    # The sender's own words only: the whole body may quote our mails (with the resident's
+    # address) or an earlier message.
+    text = msg.new_text or (
+        "（本文を読み取れませんでした）" if case.needs_human else "（本文なし）"
     )
     return {
         "number": case.number,
@@ -61,7 +79,7 @@ def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
         "needs_human": case.needs_human,
         "sender": case.sender if partner.show_sender else "",
         "phones": json.loads(case.phone or "[]") if partner.show_sender else [],
-        "text": text if partner.share == "full" else excerpt(text),
+        "text": _shared_text(partner, text),
     }
 
 
@@ -89,6 +107,12 @@ def coordinator(svc: Service) -> Partner | None:
 def digest_times(svc: Service, partner: Partner) -> tuple[str, ...]:
     """When a partner's digest goes out: its own ``digest_times`` or the service default."""
     return partner.digest_times or svc.settings.digest_times
+
+
+def _shared_text(partner: Partner, text: str) -> str:
+    if not partner.show_sender:
+        text = redact_contact(text)
+    return text if partner.share == "full" else excerpt(text)
 
 
 def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[str, int]:

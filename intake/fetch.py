@@ -53,8 +53,11 @@ class FolderState:
 
 
 def tls_context(cafile: Any = None) -> ssl.SSLContext:
-    """Certificate and host name checks on, always; a CA file only adds trust."""
-    return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    """Certificate and host name checks on, always; a CA file adds trust to the system's."""
+    context = ssl.create_default_context()
+    if cafile:
+        context.load_verify_locations(cafile=str(cafile))
+    return context
 
 
 class Mailbox:

@@ -140,6 +140,10 @@ def decide(letter: Letter, rules: RuleSet, own_address: str) -> tuple[Triage, st
     ``classify --json`` share, so the command line shows what the service would do."""
     block = acknowledgement_block(letter, own_address)
     triage = classify(letter, rules)
+    if block and block.startswith("content:") and (triage.urgent or triage.topic != "other"):
+        # Content heuristics only decide when nothing says "person": a resident describing
+        # the scam mail that took their money, or the loan advert, is still answered.
+        block = None
     if letter.forwarded and not letter.bounce and block is None:
         # A resident forwarding a friend's mail is asking for that friend: crisis words in
         # the forwarded text need the same-day callback too (marked as forwarded).

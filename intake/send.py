@@ -29,13 +29,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiosmtplib
-from sqlalchemy import insert, update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col, select
 
 from intake.config import SmtpSettings
 from intake.fetch import tls_context
-from intake.store import Case, Event, Outbox, from_db, record_event, session_scope, to_db
+from intake.store import (
+    Case,
+    DigestEntry,
+    Event,
+    Outbox,
+    from_db,
+    record_event,
+    session_scope,
+    to_db,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +79,43 @@ def _client(s: SmtpSettings) -> aiosmtplib.SMTP:
     )
 
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+def _boot_id() -> str:
+    """Changes at every reboot: a claim from before a reboot is dead even if its pid is reused."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()[:8]
+    except OSError:
+        return "noboot"
+
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}:{_boot_id()}"
 STALE_CLAIM = timedelta(minutes=10)
 
 
 def claim_is_dead(claimed_by: str | None, claimed_at: datetime | None, now: datetime) -> bool:
     """Whether the sender that marked a row ``sending`` can no longer finish it.
 
-    Our own claim (an earlier run in this process) or a process on this host that no
-    longer exists: dead at once. A claim from another host: dead once it is older than any
-    single SMTP transaction could take (10 minutes).
+    Dead: our own earlier claim, any claim older than a single SMTP transaction could take
+    (10 minutes), a claim from before this host's last reboot, or from a process on this
+    host that no longer exists. Otherwise a live worker is sending it right now.
     """
     if not claimed_by or claimed_by == WORKER_ID:
         return True
-    host, _, rest = claimed_by.partition(":")
-    if host == socket.gethostname():
-        try:
-            os.kill(int(rest.split(":")[0]), 0)
-        except (ValueError, ProcessLookupError):
-            return True
-        except PermissionError:
-            return False
+    at = from_db(claimed_at)
+    if at is None or at < now - STALE_CLAIM:
+        return True
+    host, pid, _start, boot = ([*claimed_by.split(":"), "", "", ""])[:4]
+    if host != socket.gethostname():
         return False
-    return claimed_at is None or from_db(claimed_at) < now - STALE_CLAIM  # type: ignore[operator]
+    if boot and boot != _boot_id():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _claim(conn: Connection, row_id: int | None, previous: str | None, now: datetime) -> bool:
@@ -269,6 +292,9 @@ def _fail(engine: Engine, row_id: int | None, why: str, now: datetime) -> None:
             case = session.get(Case, row.case_id)
             if case:
                 case.ack_state = "ack_failed"
+                # List the case again in the next digests, now flagged, so that someone
+                # phones the resident instead.
+                session.exec(delete(DigestEntry).where(DigestEntry.case_id == row.case_id))  # type: ignore[call-overload]
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200])
 
 

@@ -59,3 +59,8 @@ def test_extra_closure_days_from_config() -> None:
 
 def test_format_day_ja() -> None:
     assert format_day_ja(jst("2026-11-27 12:00")) == "11月27日(金)"
+
+
+def test_mail_just_before_closing_is_promised_the_next_morning() -> None:
+    deadline, same_day = CAL.reply_expected(jst("2026-11-26 16:30"))  # 17:00 close
+    assert not same_day and deadline == jst("2026-11-27 12:00")

@@ -8,7 +8,7 @@ on-call person's reply to the alert stops any further escalation.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from pathlib import Path
@@ -93,7 +93,7 @@ def test_custom_delay_and_interval_are_used() -> None:
 
 # --- callback due times ------------------------------------------------------------------
 
-CAL = BusinessCalendar()
+CAL = BusinessCalendar(close=time(17, 0))  # hours as in these expectations
 
 
 @pytest.mark.parametrize(

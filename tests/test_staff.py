@@ -167,7 +167,7 @@ def test_show_has_messages_outgoing_mail_and_history(svc: Service) -> None:
     assert "もう限界で死にたいです" in out  # staff read the consultation here
     assert "== 送信メール (1) ==" in out and "ack" in out and "受付" in out
     assert "closed" in out and "tanaka" in out and "電話で話せた" in out
-    assert "折り返し期限: 2026-11-27 17:00" in out
+    assert "折り返し期限: 2026-11-27 16:30" in out  # default closing: the city desk's 16:30
 
 
 def test_close_records_actor_and_note_and_refuses_twice(svc: Service) -> None:
