@@ -236,3 +236,26 @@ def test_garbled_oversized_and_valid_mail_all_become_cases(
     assert by_sender["big@example.jp"][2] == len(oversized.replace(b"\n", b"\r\n"))  # whole
     assert by_sender["big@example.jp"][3] == 1
     assert by_sender["valid@example.jp"][3] == 0 and by_sender["valid@example.jp"][1] == "[]"
+
+
+def test_coordinator_overview_lists_every_case_in_full(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    mailbox_with_consultations: dict[str, bytes],
+) -> None:
+    config = write_config(
+        tmp_path,
+        dovecot,
+        smtp_server,
+        extra='\n[service]\ncoordinator = ["coordinator@example.jp"]\n',
+    )
+    assert run_service("once", config=config, password=dovecot.password).returncode == 0
+    smtp_server.wait_for(5, timeout=20)
+    smtp_server.clear()
+    assert run_service("digest", config=config, password=dovecot.password).returncode == 0
+    mails = smtp_server.wait_for(4, timeout=20)
+    overview = next(m for m in mails if m.rcpt_tos == ["coordinator@example.jp"])
+    text = text_of(overview)
+    assert text.count("受付番号:") == 6  # every case, whichever partner owns it
+    assert "hanako.test@example.jp" in text  # the city sees senders
