@@ -904,13 +904,13 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         if body_text:
             problems.append("body-from-forwarded-message")
     elif walker.forwarded:
-        texts = []
+        texts: list[str] = []
         for fwd in walker.forwarded[:MAX_FORWARDED]:
             inner = _Walker(problems)
             inner.walk(fwd)
-            text, _html = _body_from(inner)
-            if text.strip():
-                texts.append(text.strip())
+            fwd_text, _html = _body_from(inner)
+            if fwd_text.strip():
+                texts.append(fwd_text.strip())
         letter.forwarded = "\n\n".join(texts)
     letter.body = body_text
     letter.html_only = html_only

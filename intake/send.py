@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -228,7 +229,7 @@ def _mark_sent(
     kind: str,
     case_id: int | None,
     response: str,
-    errors: dict[str, object],
+    errors: Mapping[str, object],
     now: datetime,
 ) -> None:
     """Record the server's 250 as fast as possible: the crash window is exactly this call.
@@ -294,7 +295,9 @@ def _fail(engine: Engine, row_id: int | None, why: str, now: datetime) -> None:
                 case.ack_state = "ack_failed"
                 # List the case again in the next digests, now flagged, so that someone
                 # phones the resident instead.
-                session.exec(delete(DigestEntry).where(DigestEntry.case_id == row.case_id))  # type: ignore[call-overload]
+                session.execute(
+                    delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id)
+                )
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200])
 
 
