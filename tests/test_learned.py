@@ -1,0 +1,200 @@
+"""Behaviour of the learned urgent tier (intake.learned). All mails here are synthetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from intake.errors import RulesError
+from intake.learned import (
+    EXAMPLES_FILE,
+    KEPT_FIELDS,
+    SOURCE_FILES,
+    UrgencyModel,
+    learned_urgent,
+    load_examples,
+    load_model,
+    prepare,
+    rebuild_examples,
+    recall_threshold,
+    shown,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES_DIR = ROOT / "rules"
+
+CRISIS = ("もう限界", "もう死にたいです。今夜、駅のホームから飛び降りるつもりです。")
+BENIGN = (
+    "ボランティアについて",
+    "土曜日の海岸清掃ボランティアに参加したいです。申し込み方法を教えてください。",
+)
+PROBES = [CRISIS, BENIGN, ("", "家賃が払えなくて困っています"), ("相談", "ｼﾆﾀｲ")]
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[dict[str, Any]]:
+    return load_examples(RULES_DIR / EXAMPLES_FILE)
+
+
+@pytest.fixture(scope="module")
+def model() -> UrgencyModel:
+    loaded = load_model(RULES_DIR)
+    assert loaded is not None
+    return loaded
+
+
+def tiny_examples() -> list[dict[str, Any]]:
+    """Six urgent and six calm synthetic mails: enough for 5-fold CV, small and fast."""
+    urgent = [
+        "死にたい気持ちが消えません",
+        "もう消えたい、生きていたくない",
+        "手首を切ってしまいました",
+        "薬を全部飲もうと思っています",
+        "屋上から飛び降りたい",
+        "今夜で終わりにします、さようなら",
+    ]
+    calm = [
+        "ボランティアに参加したいです",
+        "家賃の相談窓口を教えてください",
+        "祖母の介護サービスについて知りたい",
+        "部活の先輩との関係で悩んでいます",
+        "友達がいなくて少し寂しいです",
+        "相談の受付時間は何時までですか",
+    ]
+    return [
+        {"id": f"u{i}", "subject": "相談", "text": t, "urgent": True} for i, t in enumerate(urgent)
+    ] + [{"id": f"c{i}", "subject": "相談", "text": t, "urgent": False} for i, t in enumerate(calm)]
+
+
+def test_training_twice_on_the_same_examples_gives_the_same_model(
+    examples: list[dict[str, Any]], model: UrgencyModel
+) -> None:
+    again = train(examples)
+    assert again.threshold == model.threshold
+    assert again.cv == model.cv
+    for subject, text in PROBES:
+        assert again.score(subject, text) == model.score(subject, text)
+
+
+def test_threshold_is_chosen_for_high_cross_validated_recall(model: UrgencyModel) -> None:
+    assert model.cv.recall >= 0.97
+    assert 0.0 < model.threshold < 1.0
+    assert 0.0 < model.cv.precision <= 1.0
+
+
+def test_obvious_crisis_scores_above_the_threshold(model: UrgencyModel) -> None:
+    p, _ = model.score(*CRISIS)
+    assert p >= model.threshold
+    assert learned_urgent(model, *CRISIS)
+
+
+def test_obvious_benign_mail_scores_below_the_threshold(model: UrgencyModel) -> None:
+    p, _ = model.score(*BENIGN)
+    assert p < model.threshold
+    assert learned_urgent(model, *BENIGN) is None
+
+
+def test_explanation_quotes_words_present_in_the_mail(model: UrgencyModel) -> None:
+    words = learned_urgent(model, *CRISIS)
+    assert words
+    text = shown(*CRISIS)
+    for word in words:
+        assert len(word) >= 2
+        assert word in text
+
+
+def test_katakana_and_half_width_spellings_score_like_hiragana(model: UrgencyModel) -> None:
+    hira = model.score("", "しにたい")[0]
+    assert model.score("", "シニタイ")[0] == pytest.approx(hira)
+    assert model.score("", "ｼﾆﾀｲ")[0] == pytest.approx(hira)
+    assert learned_urgent(model, "", "ｼﾆﾀｲ") == ["シニタイ"]  # quoted after NFKC
+
+
+def test_mail_with_no_known_ngram_is_not_urgent_by_intercept_alone(model: UrgencyModel) -> None:
+    assert learned_urgent(model, "", "") is None
+    assert model.score("", "")[1] == []
+
+
+def test_fast_scoring_matches_scikit_learn(model: UrgencyModel) -> None:
+    for subject, text in PROBES:
+        x = model.vectorizer.transform([prepare(subject, text)])
+        expected = float(model.classifier.predict_proba(x)[0, 1])
+        assert model.score(subject, text)[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_small_example_set_trains_and_separates_its_own_classes() -> None:
+    m = train(tiny_examples())
+    assert m.cv.examples == 12 and m.cv.urgent == 6
+    assert m.score("", "死にたい気持ち")[0] > m.score("", "ボランティアに参加")[0]
+
+
+def test_too_few_urgent_examples_cannot_choose_a_threshold() -> None:
+    few = [e for e in tiny_examples() if not e["urgent"]] + tiny_examples()[:2]
+    with pytest.raises(ValueError, match="urgent"):
+        train(few)
+
+
+def test_rules_dir_without_examples_gives_no_model(tmp_path: Path) -> None:
+    assert load_model(tmp_path) is None
+
+
+def test_examples_file_too_small_to_train_is_a_rules_error(tmp_path: Path) -> None:
+    rows = [{"id": "a", "subject": "", "text": "死にたい", "urgent": True}]
+    (tmp_path / EXAMPLES_FILE).write_text(json.dumps(rows[0], ensure_ascii=False) + "\n")
+    with pytest.raises(RulesError, match=EXAMPLES_FILE):
+        load_model(tmp_path)
+
+
+def test_bad_example_lines_are_all_reported_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / EXAMPLES_FILE
+    lines = [
+        json.dumps({"id": "a", "subject": "", "text": "x", "urgent": True}),
+        "{not json",
+        json.dumps({"id": "b", "text": "x", "urgent": "yes"}),
+        json.dumps({"id": "a", "text": "y", "urgent": False}),
+        json.dumps({"id": "c", "urgent": False}),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(RulesError) as err:
+        load_examples(path)
+    lines_named = sorted(p.line for p in err.value.problems if p.line is not None)
+    assert lines_named == [2, 3, 4, 5]
+    assert "duplicate id 'a' (first on line 1)" in str(err.value)
+
+
+def test_rebuild_writes_the_union_of_the_sources_with_kept_fields_only(tmp_path: Path) -> None:
+    for n, name in enumerate(SOURCE_FILES):
+        row = {
+            "id": f"x{n}",
+            "subject": "件名",
+            "text": f"本文{n}",
+            "topic": "other",
+            "secondary": [],
+            "urgent": n % 2 == 0,
+            "note": "labeller's reason",
+        }
+        (tmp_path / name).write_text(json.dumps(row, ensure_ascii=False) + "\n\n")
+    out = tmp_path / "out.jsonl"
+    assert rebuild_examples(tmp_path, out) == len(SOURCE_FILES)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == [f"x{n}" for n in range(len(SOURCE_FILES))]
+    assert all(set(r) == set(KEPT_FIELDS) for r in rows)
+
+
+def test_shipped_examples_never_include_the_unseen_holdout(
+    examples: list[dict[str, Any]],
+) -> None:
+    assert "triage_holdout4.jsonl" not in SOURCE_FILES
+    assert not [e["id"] for e in examples if str(e["id"]).startswith("h4-")]
+
+
+def test_recall_threshold_is_the_score_of_the_last_positive_needed() -> None:
+    scores = np.array([0.9, 0.1, 0.8, 0.7, 0.95])
+    labels = np.array([1, 0, 1, 1, 0])
+    assert recall_threshold(scores, labels, 0.66) == 0.8  # 2 of 3 positives
+    assert recall_threshold(scores, labels, 1.0) == 0.7
