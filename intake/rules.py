@@ -316,6 +316,8 @@ class RuleSet:
     signal_settings: SignalSettings = field(default_factory=SignalSettings)
     concepts: dict[str, Concept] = field(default_factory=dict)
     combinations: list[Combination] = field(default_factory=list)
+    # the learned safety net (rules/examples.jsonl -> intake.learned.UrgencyModel), or None
+    learned: Any = None
     # concept id -> the combinations that name it (a mail with fewer than two concepts
     # present skips the combination step entirely)
     combos_by_concept: dict[str, list[Combination]] = field(default_factory=dict)
@@ -1007,8 +1009,17 @@ def _load_signals(loader: _Loader, rules: RuleSet) -> None:
 
 
 def load_rules(directory: Path) -> RuleSet:
-    """Load and compile the rules in ``directory``; raise ``RulesError`` listing every problem."""
+    """Load and compile the rules in ``directory``; raise ``RulesError`` listing every problem.
+
+    ``examples.jsonl`` next to the rules, when present, trains the learned safety net.
+    """
+    from intake.learned import load_model  # late: scikit-learn loads only with rules
+
     rules, problems = _load(Path(directory))
+    try:
+        rules.learned = load_model(Path(directory))
+    except RulesError as exc:
+        problems += exc.problems
     if problems:
         raise RulesError(problems)
     return rules
@@ -1016,4 +1027,11 @@ def load_rules(directory: Path) -> RuleSet:
 
 def check_rules(directory: Path) -> list[Problem]:
     """Every problem in the rules of ``directory`` (empty when they load cleanly)."""
-    return _load(Path(directory))[1]
+    from intake.learned import load_model
+
+    problems = _load(Path(directory))[1]
+    try:
+        load_model(Path(directory))
+    except RulesError as exc:
+        problems += exc.problems
+    return problems
