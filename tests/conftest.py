@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from intake import localservers
+from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_binary_dir
 from intake.localservers import LocalDovecot, LocalSMTP
 
 
@@ -108,3 +109,22 @@ def smtp_factory(tmp_path: Path) -> Iterator[Callable[..., LocalSMTP]]:
     finally:
         for server in started:
             server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One private PostgreSQL for the whole run (each test takes its own database);
+    skipped without PostgreSQL, failed under CI."""
+    if postgres_binary_dir() is None:
+        hint = "install Debian's postgresql-15 (see .ci/system-packages)"
+        if running_under_ci():
+            pytest.fail(f"PostgreSQL not found under CI: {hint}", pytrace=False)
+        pytest.skip(f"PostgreSQL not found: {hint}")
+    try:
+        server = LocalPostgres().start()
+    except LocalPostgresError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -19,33 +19,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_binary_dir
+from intake.localpostgres import LocalPostgres
 from intake.locks import MailboxLock, mailbox_lock, mailbox_lock_key, stable_key
 
 ROOT = Path(__file__).resolve().parents[1]
 MAILBOX = "intake@127.0.0.1/INBOX"
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[LocalPostgres]:
-    """One private PostgreSQL for this module; skipped without PostgreSQL, failed under CI."""
-    if postgres_binary_dir() is None:
-        hint = "install Debian's postgresql-15 (see .ci/system-packages)"
-        if _under_ci():
-            pytest.fail(f"PostgreSQL not found under CI: {hint}", pytrace=False)
-        pytest.skip(f"PostgreSQL not found: {hint}")
-    try:
-        server = LocalPostgres().start()
-    except LocalPostgresError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

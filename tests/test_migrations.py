@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from intake import store
-from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_binary_dir
+from intake.localpostgres import LocalPostgres
 from intake.migrate import (
     INITIAL_REVISION,
     alembic_config,
@@ -38,26 +38,6 @@ from intake.migrate import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[LocalPostgres]:
-    """One private PostgreSQL for this module; skipped without PostgreSQL, failed under CI."""
-    if postgres_binary_dir() is None:
-        hint = "install Debian's postgresql-15 (see .ci/system-packages)"
-        if _under_ci():
-            pytest.fail(f"PostgreSQL not found under CI: {hint}", pytrace=False)
-        pytest.skip(f"PostgreSQL not found: {hint}")
-    try:
-        server = LocalPostgres().start()
-    except LocalPostgresError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def store_like_engine(url: str) -> Engine:

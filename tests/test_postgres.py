@@ -32,7 +32,7 @@ from sqlmodel import Session, col, func, select
 from intake import pipeline, samples
 from intake.config import load_settings
 from intake.fetch import Mailbox
-from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_binary_dir
+from intake.localpostgres import LocalPostgres
 from intake.localservers import LocalDovecot, LocalSMTP
 from intake.locks import mailbox_lock_key
 from intake.migrate import current_revision, head_revision
@@ -48,26 +48,6 @@ LONELY = "最近ひとりで寂しいです。話し相手がいません。"
 URGENT = "もう消えたいです。"
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[LocalPostgres]:
-    """One private PostgreSQL for this module; skipped without PostgreSQL, failed under CI."""
-    if postgres_binary_dir() is None:
-        hint = "install Debian's postgresql-15 (see .ci/system-packages)"
-        if _under_ci():
-            pytest.fail(f"PostgreSQL not found under CI: {hint}", pytrace=False)
-        pytest.skip(f"PostgreSQL not found: {hint}")
-    try:
-        server = LocalPostgres().start()
-    except LocalPostgresError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
