@@ -57,7 +57,7 @@ from intake.store import (
     session_scope,
     to_db,
 )
-from intake.triage import Match, Triage, classify, classify_text
+from intake.triage import Triage, classify, classify_text, match_dict
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +159,6 @@ def decide(letter: Letter, rules: RuleSet, own_address: str) -> tuple[Triage, st
         # at the general desk reads it today; it may be urgent and we cannot tell.
         triage.needs_human = True
     return triage, block
-
-
-def _match_json(m: Match) -> dict[str, Any]:
-    return {
-        "rule": m.rule,
-        "kind": m.kind,
-        "topic": m.topic,
-        "pattern": m.pattern,
-        "surface": m.surface,
-        "start": m.start,
-        "end": m.end,
-        "discounted": m.discounted,
-    }
 
 
 class _Stage:
@@ -358,7 +345,7 @@ def handle_message(
 
     stage.name = "store"
     phones = find_phones(letter.subject + "\n" + letter.text)
-    reasons = [_match_json(m) for m in triage.urgent_reasons]
+    reasons = [match_dict(m) for m in triage.urgent_reasons]
     received = from_db(msg.received_at) or now
     if answered is not None and answered.kind != "ack":
         # Staff traffic: a reply or bounce to our own alert, escalation or digest. It is
@@ -412,7 +399,7 @@ def handle_message(
             topics=dumps(triage.topics),
             urgent=triage.urgent,
             urgent_reasons=dumps(reasons),
-            matches=dumps([_match_json(m) for m in triage.matches]),
+            matches=dumps([match_dict(m) for m in triage.matches]),
             language=triage.language,
             needs_human=triage.needs_human,
             partner=partner.id,

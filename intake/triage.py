@@ -858,7 +858,8 @@ def classify(letter: Letter, rules: RuleSet) -> Triage:
     return triage
 
 
-def _match_dict(m: Match) -> dict[str, Any]:
+def match_dict(m: Match) -> dict[str, Any]:
+    """A match as JSON-ready data: for ``classify --json`` and for what the store keeps."""
     return {
         "rule": m.rule,
         "kind": m.kind,
@@ -880,6 +881,6 @@ def triage_report(triage: Triage) -> dict[str, Any]:
         "needs_human": triage.needs_human,
         "language": triage.language,
         "topics": [{"topic": t, "score": round(s, 2)} for t, s in triage.topics],
-        "urgent_reasons": [_match_dict(m) for m in triage.urgent_reasons],
-        "matches": [_match_dict(m) for m in triage.matches],
+        "urgent_reasons": [match_dict(m) for m in triage.urgent_reasons],
+        "matches": [match_dict(m) for m in triage.matches],
     }
