@@ -591,7 +591,7 @@ def ingest_batch(
                     continue
                 msg.attempts += 1
             with session_scope(svc.engine) as session:
-                msg = session.get(StoredMessage, row_id)
+                msg = session.get(StoredMessage, row_id, with_for_update={"skip_locked": True})
                 if msg is not None:
                     _process_one(svc, session, msg, now, report)
         with session_scope(svc.engine) as session:
@@ -600,7 +600,13 @@ def ingest_batch(
     with session_scope(svc.engine) as session:
         loaded = {
             m.id: m
-            for m in session.exec(select(StoredMessage).where(col(StoredMessage.id).in_(pending)))
+            # Row locks (PostgreSQL; SQLite serialises writers anyway): a second worker that
+            # lost the mailbox lock mid-batch skips rows this one is processing.
+            for m in session.exec(
+                select(StoredMessage)
+                .where(col(StoredMessage.id).in_(pending))
+                .with_for_update(skip_locked=True)
+            )
         }
         for row_id in pending:
             msg = loaded.get(row_id)
