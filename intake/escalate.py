@@ -22,7 +22,6 @@ alert, the ``show`` command and the report must all agree on it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tomllib
@@ -35,7 +34,7 @@ from sqlmodel import Session, col, select
 from intake.businessdays import BusinessCalendar
 from intake.compose import render_alert
 from intake.errors import ConfigError, IntakeError
-from intake.store import Case, Event, Outbox, session_scope
+from intake.store import Case, Event, Outbox, record_event, session_scope, to_db
 
 if TYPE_CHECKING:
     from intake.config import Settings
@@ -60,11 +59,6 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def db_time(moment: datetime) -> datetime:
-    """What we write: aware UTC. Stored correctly whether the column keeps an offset or not."""
-    return utc(moment)
-
-
 def parse_case_number(text: str) -> int:
     """``C000042``, ``c42`` or ``42`` -> 42. Raises ``CaseNotFound`` for anything else."""
     m = _NUMBER.match(text)
@@ -87,9 +81,7 @@ def add_event(
     session: Session, kind: str, case_id: int | None, detail: str, actor: str, now: datetime
 ) -> Event:
     """An audit event at ``now`` (not at the wall clock, so tests and reports agree)."""
-    event = Event(at=db_time(now), case_id=case_id, kind=kind, detail=detail, actor=actor)
-    session.add(event)
-    return event
+    return record_event(session, kind, case_id, detail, actor=actor, at=now)
 
 
 # --- pure timing -----------------------------------------------------------------------
@@ -239,18 +231,16 @@ def _queue_escalation(
     svc: Service, session: Session, case: Case, state: AlertState, now: datetime
 ) -> Outbox:
     # Lazy import: pipeline imports half the service; escalate's pure part must not need it.
-    from intake.pipeline import alert_context
+    from intake.pipeline import alert_context, queue_mail
 
     number = state.escalations_total + 1
     to = _recipients(svc.settings)
     received = utc(case.created_at)
-    context = alert_context(svc, case, received, None)
-    context["callback_due"] = callback_due(received, svc.calendar)
     message = render_alert(
         svc.env,
         sender=svc.sender,
         to=to,
-        case=context,
+        case=alert_context(svc, case, received, None),
         now=now,
         tz=svc.calendar.tz,
         escalation=number,
@@ -259,21 +249,16 @@ def _queue_escalation(
     # is recognised by the worker as the acknowledgement.
     message["In-Reply-To"] = state.alert.message_id
     message["References"] = state.alert.message_id
-    # Written here rather than through pipeline.queue_mail so that every time is stored as
-    # aware UTC (see utc()); the row is otherwise the same.
-    row = Outbox(
-        mailbox=case.mailbox,
+    row = queue_mail(
+        session,
         kind="escalation",
+        key=f"escalation:{case.id}:{number}",
+        case=case,
+        to=to,
+        message=message,
         priority=0,
-        dedupe_key=f"escalation:{case.id}:{number}",
-        case_id=case.id,
-        recipients=json.dumps(to),
-        message_id=str(message["Message-ID"]),
-        content=bytes(message),
-        created_at=db_time(now),
-        next_attempt_at=db_time(now),
+        now=now,
     )
-    session.add(row)
     add_event(
         session,
         ESCALATED_EVENT,
@@ -284,6 +269,10 @@ def _queue_escalation(
         now,
     )
     return row
+
+
+def _reach(policy: EscalationPolicy) -> timedelta:
+    return policy.delay + policy.interval * (policy.cap + 1) + timedelta(days=1)
 
 
 def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None) -> int:
@@ -297,6 +286,10 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
                 Outbox.mailbox == svc.settings.mailbox.key,
                 Outbox.kind == "alert",
                 col(Outbox.case_id).is_not(None),
+                # Only alerts that can still be due: the last escalation comes at most
+                # delay + cap intervals after an alert (a day's margin covers an outage).
+                # The per-minute job then costs the same after years of history.
+                Outbox.created_at >= to_db(now - _reach(policy)),
             )
             .distinct()
         ).all()

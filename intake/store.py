@@ -216,13 +216,13 @@ def record_event(
     detail: str = "",
     actor: str = "service",
     at: datetime | None = None,
-) -> None:
+) -> Event:
     """Append to the audit trail; ``at`` is the pipeline's clock when it has one."""
-    session.add(
-        Event(
-            kind=kind, case_id=case_id, detail=detail, actor=actor, at=to_db(at) if at else utcnow()
-        )
+    event = Event(
+        kind=kind, case_id=case_id, detail=detail, actor=actor, at=to_db(at) if at else utcnow()
     )
+    session.add(event)
+    return event
 
 
 def find_message_by_hash(session: Session, mailbox: str, sha256: str) -> StoredMessage | None:
