@@ -62,7 +62,6 @@ from intake.triage import Triage, classify, classify_text, match_dict
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-NEEDS_HUMAN_PROBLEMS = ("undecodable", "oversized", "mime-too-deep", "mime-parser-error")
 CASE_NUMBER = re.compile(r"\bC(\d{6})\b")
 
 
@@ -154,10 +153,6 @@ def decide(letter: Letter, rules: RuleSet, own_address: str) -> tuple[Triage, st
                 *triage.urgent_reasons,
                 *(replace(m, rule=f"forwarded:{m.rule}") for m in forwarded.urgent_reasons),
             ]
-    if any(p.startswith(NEEDS_HUMAN_PROBLEMS) for p in letter.problems):
-        # We could not read all of it (undecodable, oversized, pathological MIME): a person
-        # at the general desk reads it today; it may be urgent and we cannot tell.
-        triage.needs_human = True
     return triage, block
 
 

@@ -848,13 +848,19 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     )
 
 
+# Parse problems that mean part of the mail could not be read (see intake.parse).
+NEEDS_HUMAN_PROBLEMS = ("undecodable", "oversized", "mime-too-deep", "mime-parser-error")
+
+
 def classify(letter: Letter, rules: RuleSet) -> Triage:
     """Classify one letter. Undecodable mail goes to a person, topic "other"."""
     triage = classify_text(letter.subject, letter.text, rules)
-    if any(p.startswith("undecodable") for p in letter.problems):
-        # A consultation we cannot read may be urgent: nobody may assume it is not.
+    if any(p.startswith(NEEDS_HUMAN_PROBLEMS) for p in letter.problems):
+        # We could not read all of it (undecodable, oversized, pathological MIME): a person
+        # at the general desk reads it today; it may be urgent and we cannot tell.
         triage.needs_human = True
-        triage.topic = "other"
+    if any(p.startswith("undecodable") for p in letter.problems):
+        triage.topic = "other"  # words we could not decode must not pick a partner
     return triage
 
 
