@@ -17,7 +17,7 @@ from jinja2 import TemplateError, TemplateSyntaxError
 
 from intake.businessdays import BusinessCalendar
 from intake.compose import Sender, render_ack, render_alert, render_digest, template_environment
-from intake.config import PROJECT_ROOT, Settings, load_settings
+from intake.config import PROJECT_ROOT, load_settings
 from intake.errors import ConfigError, RulesError
 from intake.partners import Directory, load_directory
 from intake.rules import check_rules
@@ -100,20 +100,6 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
     return problems
 
 
-def _duty_problems(settings: Settings) -> list[str]:
-    """Settings read by the scheduled jobs: a bad value must fail here, not at 03:30."""
-    from intake.escalate import escalation_policy
-    from intake.retention import retention_days
-
-    problems = []
-    for check in (escalation_policy, retention_days):
-        try:
-            check(settings)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    return problems
-
-
 def run_checks(config: str | None, rules_dir: Path | None = None) -> list[str]:
     """Every problem found, as ``file:line: message`` strings; empty means all good."""
     problems: list[str] = []
@@ -123,7 +109,6 @@ def run_checks(config: str | None, rules_dir: Path | None = None) -> list[str]:
             settings = load_settings(config)
             rules_dir = rules_dir or settings.rules_dir
             templates_dir = settings.templates_dir
-            problems.extend(_duty_problems(settings))
         except ConfigError as exc:
             problems.append(str(exc))
     rules_dir = rules_dir or PROJECT_ROOT / "rules"

@@ -106,6 +106,11 @@ class OncallSettings:
     to: tuple[str, ...]
     backup: tuple[str, ...] = ()
     off_hours: tuple[str, ...] = ()  # also alerted outside office hours (night duty)
+    # an unacknowledged alert is escalated after this long, then every ``escalate_every``
+    # minutes, at most ``escalate_max`` times (0 switches escalation off)
+    escalate_after_minutes: int = 30
+    escalate_every_minutes: int = 30
+    escalate_max: int = 3
 
     def alert_recipients(self, office_open: bool) -> list[str]:
         """Who gets an urgent alert now: ``to`` always, ``off_hours`` when the office is shut."""
@@ -138,6 +143,8 @@ class Settings:
     office_open: str = "08:30"
     office_close: str = "16:30"  # the city desk's hours in the seed table
     closures: tuple[str, ...] = ()  # extra closure days, "YYYY-MM-DD" or "MM-DD"
+    retention_days: int = 365  # [retention] keep_days: consultations are blanked after this
+    salt_file: Path | None = None  # [report] salt_file: the key of the report's sender hashes
 
 
 class _Section:
@@ -202,6 +209,14 @@ def _security(sec: _Section, host: str) -> str:
     return security
 
 
+def _whole(sec: _Section, key: str, default: int, *, minimum: int) -> int:
+    """A whole number of at least ``minimum`` (minutes, days, counts)."""
+    value = sec.data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise sec.error(key, f"must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
 def _path(base: Path, value: str | None) -> Path | None:
     if not value:
         return None
@@ -257,8 +272,15 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
     database_url = db.get("url", str, default_db)
     oc = _Section(path, "oncall", top.data.get("oncall", {}))
     oncall = OncallSettings(
-        to=oc.strings("to"), backup=oc.strings("backup"), off_hours=oc.strings("off_hours")
+        to=oc.strings("to"),
+        backup=oc.strings("backup"),
+        off_hours=oc.strings("off_hours"),
+        escalate_after_minutes=_whole(oc, "escalate_after_minutes", 30, minimum=0),
+        escalate_every_minutes=_whole(oc, "escalate_every_minutes", 30, minimum=0),
+        escalate_max=_whole(oc, "escalate_max", 3, minimum=0),
     )
+    if oncall.escalate_max and oncall.escalate_every_minutes == 0:
+        raise oc.error("escalate_every_minutes", "must be > 0 to repeat (or escalate_max = 0)")
     if not oncall.to:
         raise oc.error("to", "at least one on-call address is needed for urgent alerts")
     if "@" not in smtp.from_address or smtp.from_address.startswith("@"):
@@ -285,6 +307,12 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         office_open=sv.get("office_open", str, "08:30"),
         office_close=sv.get("office_close", str, "16:30"),
         closures=sv.strings("closures"),
+        retention_days=_whole(
+            _Section(path, "retention", top.data.get("retention", {})), "keep_days", 365, minimum=1
+        ),
+        salt_file=_path(
+            base, _Section(path, "report", top.data.get("report", {})).get("salt_file", str, None)
+        ),
     )
     _check_service(sv, settings)
     return settings

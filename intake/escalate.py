@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import logging
 import re
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
 from intake.businessdays import BusinessCalendar
 from intake.compose import render_alert
-from intake.errors import ConfigError, IntakeError
+from intake.errors import IntakeError
 from intake.store import Case, Event, Outbox, record_event, session_scope, to_db
 
 if TYPE_CHECKING:
@@ -148,33 +147,15 @@ def callback_due(received: datetime, calendar: BusinessCalendar) -> datetime:
     return calendar.next_opening(received)
 
 
-def _minutes(table: dict[str, Any], key: str, default: int, where: str) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where}: oncall.{key}: must be a whole number >= 0, got {value!r}")
-    return value
-
-
 def escalation_policy(settings: Settings) -> EscalationPolicy:
-    """The policy from ``[oncall]`` in the config file, defaults when a key is absent.
-
-    Read from the file itself because ``OncallSettings`` has no fields for it yet; the
-    keys are ``escalate_after_minutes``, ``escalate_every_minutes`` and ``escalate_max``.
-    """
-    if settings.path is None:
-        return EscalationPolicy()
-    try:
-        data = tomllib.loads(settings.path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        return EscalationPolicy()  # load_settings already read it; a race is not our concern
-    table = data.get("oncall", {})
-    where = str(settings.path)
-    delay = _minutes(table, "escalate_after_minutes", 30, where)
-    every = _minutes(table, "escalate_every_minutes", 30, where)
-    cap = _minutes(table, "escalate_max", 3, where)
-    if cap and every == 0:
-        raise ConfigError(f"{where}: oncall.escalate_every_minutes: must be > 0 to repeat")
-    return EscalationPolicy(timedelta(minutes=delay), timedelta(minutes=every), cap)
+    """The policy from ``[oncall]`` (``escalate_after_minutes``, ``escalate_every_minutes``,
+    ``escalate_max``), validated when the config was loaded."""
+    oc = settings.oncall
+    return EscalationPolicy(
+        timedelta(minutes=oc.escalate_after_minutes),
+        timedelta(minutes=oc.escalate_every_minutes),
+        oc.escalate_max,
+    )
 
 
 # --- the database side -----------------------------------------------------------------

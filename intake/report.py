@@ -30,7 +30,6 @@ import os
 import secrets
 import statistics
 import struct
-import tomllib
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -70,15 +69,7 @@ def sender_salt(settings: Settings) -> bytes:
     value = os.environ.get(SALT_ENV)
     if value:
         return value.encode("utf-8")
-    path: Path | None = None
-    if settings.path is not None:
-        try:
-            data = tomllib.loads(settings.path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            data = {}
-        name = data.get("report", {}).get("salt_file")
-        if isinstance(name, str) and name:
-            path = Path(name) if Path(name).is_absolute() else settings.path.parent / name
+    path = settings.salt_file
     url = settings.database_url
     if path is None and url.startswith("sqlite:///") and ":memory:" not in url:
         path = Path(url.removeprefix("sqlite:///")).parent / "sender-salt"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tomllib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -45,20 +44,8 @@ PURGED_KINDS_WITH_RESIDENT_ADDRESS = ("ack",)
 
 
 def retention_days(settings: Settings) -> int:
-    """``[retention] keep_days`` from the config file, else ``DEFAULT_KEEP_DAYS``."""
-    if settings.path is None:
-        return DEFAULT_KEEP_DAYS
-    try:
-        data = tomllib.loads(settings.path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        return DEFAULT_KEEP_DAYS
-    value = data.get("retention", {}).get("keep_days", DEFAULT_KEEP_DAYS)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"{settings.path}: retention.keep_days: must be a whole number of days >= 1, "
-            f"got {value!r}"
-        )
-    return value
+    """``[retention] keep_days`` from the config (validated on load), else ``DEFAULT_KEEP_DAYS``."""
+    return settings.retention_days
 
 
 def _without_surfaces(evidence: str) -> str:

@@ -259,9 +259,15 @@ def test_escalation_policy_is_read_from_the_config(tmp_path: Path) -> None:
 
 
 def test_a_negative_escalation_delay_is_a_config_error(tmp_path: Path) -> None:
-    svc = offline_service(tmp_path, extra="escalate_after_minutes = -5\n")
-    with pytest.raises(ConfigError, match="escalate_after_minutes"):
-        escalation_policy(svc.settings)
+    with pytest.raises(ConfigError, match=r"oncall\.escalate_after_minutes: .*>= 0"):
+        offline_service(tmp_path, extra="escalate_after_minutes = -5\n")
+
+
+def test_repeating_escalation_needs_an_interval(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="escalate_every_minutes"):
+        offline_service(tmp_path, extra="escalate_every_minutes = 0\n")
+    svc = offline_service(tmp_path, extra="escalate_every_minutes = 0\nescalate_max = 0\n")
+    assert escalation_policy(svc.settings).cap == 0
 
 
 # --- integration: Dovecot + SMTP ----------------------------------------------------------

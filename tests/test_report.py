@@ -290,3 +290,14 @@ def test_report_command_writes_the_files(
     assert args.func(args) == 0
     assert (tmp_path / "r" / "report-2026-11.md").exists()
     assert "report-2026-11.png" in capsys.readouterr().out
+
+
+def test_sender_key_file_named_in_the_config_is_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    svc = offline_service(tmp_path, extra='\n[report]\nsalt_file = "keys/report-salt"\n')
+    assert svc.settings.salt_file == tmp_path / "keys" / "report-salt"
+    key = sender_salt(svc.settings)
+    assert (tmp_path / "keys" / "report-salt").read_text(encoding="ascii").strip().encode() == key
+    assert not (tmp_path / "sender-salt").exists()

@@ -226,7 +226,7 @@ def test_keep_days_comes_from_the_config(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     with pytest.raises(ConfigError, match=r"retention\.keep_days"):
-        retention_days(svc.settings)
+        load_settings(tmp_path / "intake.toml")
 
 
 def test_purge_command_uses_days(
