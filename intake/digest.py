@@ -51,9 +51,25 @@ _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE_LIKE = re.compile(r"[0-9０-９][0-9０-９\-‐－−ー()（）\s]{8,}[0-9０-９]")
 
 
+# A calendar date at the start of such a run (2026-11-26 10時): no phone number starts
+# with a 4-digit year, and staff need the date to understand the case.
+_DATE_START = re.compile(
+    r"(?:19|20|１９|２０)[0-9０-９]{2}[-－][0-9０-９]{1,2}[-－][0-9０-９]{1,2}(?![0-9０-９])"
+)
+
+
+def _mask_phone(m: re.Match[str]) -> str:
+    run = m.group()
+    date = _DATE_START.match(run)
+    if date is None:
+        return "［電話番号］"
+    # keep the date, still mask a number written right after it
+    return run[: date.end()] + _PHONE_LIKE.sub(_mask_phone, run[date.end() :])
+
+
 def redact_contact(text: str) -> str:
     """Mask phone numbers and mail addresses for partners not allowed to see the sender's."""
-    return _EMAIL.sub("［メールアドレス］", _PHONE_LIKE.sub("［電話番号］", text))
+    return _EMAIL.sub("［メールアドレス］", _PHONE_LIKE.sub(_mask_phone, text))
 
 
 def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:

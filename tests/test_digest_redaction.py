@@ -20,3 +20,9 @@ def test_phone_numbers_and_addresses_are_masked_however_written() -> None:
 def test_ordinary_text_is_left_alone() -> None:
     text = "11月26日に学校で無視されました。3人くらいに。"
     assert redact_contact(text) == text
+
+
+def test_a_date_with_a_time_is_kept_but_a_number_after_it_is_masked() -> None:
+    assert redact_contact("2026-11-26 10時に電話します") == "2026-11-26 10時に電話します"
+    masked = redact_contact("2026-11-26 090-1234-5678 に電話ください")
+    assert masked.startswith("2026-11-26 ") and find_phones(masked) == []
