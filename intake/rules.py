@@ -284,6 +284,19 @@ def _commonness(keys: frozenset[str]) -> tuple[int, int]:
     return common, -longest
 
 
+@dataclass(frozen=True, slots=True)
+class TokenPatterns:
+    """The patterns a token may take part in, by its keys (``RuleSet.token_patterns``)."""
+
+    # one-word patterns this token matches by itself, in rule order
+    singles: tuple[Pattern, ...]
+    # longer patterns whose rarest word this token is, with the numbers of all their
+    # words: such a pattern can only match a mail in which every one of them occurs
+    anchored: tuple[tuple[Pattern, frozenset[int]], ...]
+    # the numbers of the words of longer patterns that this token matches
+    words: frozenset[int]
+
+
 @dataclass
 class RuleSet:
     """Everything ``classify`` needs, compiled once."""
@@ -321,6 +334,23 @@ class RuleSet:
     # concept id -> the combinations that name it (a mail with fewer than two concepts
     # present skips the combination step entirely)
     combos_by_concept: dict[str, list[Combination]] = field(default_factory=dict)
+    # id(pattern) -> its place in build_index's order: the patterns that start at one
+    # token are tried in this order, so evidence comes out the same on every run
+    order: dict[int, int] = field(default_factory=dict, repr=False)
+    # key -> the one-word patterns whose word carries it (they match wherever a token
+    # carries the key, with no further check)
+    single: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
+    # key -> (longer pattern anchored on it, the numbers of all its words)
+    _needs: dict[str, list[tuple[Pattern, frozenset[int]]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    # key -> the numbers of the words of longer patterns that a token carrying it matches
+    _word_ids: dict[str, set[int]] = field(default_factory=dict, repr=False, compare=False)
+    # per distinct token key tuple: what build_index says about a token with those keys
+    # (filled on demand by token_patterns; bounded like the analyser's caches)
+    _by_keys: dict[tuple[str, ...], TokenPatterns] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def build_index(self) -> None:
         """Index every Japanese pattern by its first word and by its rarest word.
@@ -333,18 +363,39 @@ class RuleSet:
         """
         self.index = {}
         self.anchors = {}
+        self.single = {}
+        self.order = {}
+        self._by_keys = {}
+        self._needs = {}
+        self._word_ids = {}
+        # every distinct word (key set) of the longer patterns gets a number, so "does the
+        # mail hold every word of this pattern" is one subset test on sets of numbers
+        word_ids: dict[frozenset[str], int] = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
         for concept in self.concepts.values():
             every += list(concept.patterns)
         for ex in self.exclusions:
             every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
         for pattern in every:
+            if id(pattern) in self.order:
+                continue  # listed twice (an exclusion's patterns shared by two roles)
+            self.order[id(pattern)] = len(self.order)
             for key in pattern.segments[0][0]:
                 self.index.setdefault(key, []).append(pattern)
+            if len(pattern.segments) == 1 and len(pattern.segments[0]) == 1:
+                for key in pattern.segments[0][0]:
+                    self.single.setdefault(key, []).append(pattern)
+                continue
             words = tuple(dict.fromkeys(tok for seg in pattern.segments for tok in seg))
             anchor = min(words, key=_commonness)
             for key in anchor:
                 self.anchors.setdefault(key, []).append((pattern, words))
+            needs = frozenset(word_ids.setdefault(word, len(word_ids)) for word in words)
+            for key in anchor:
+                self._needs.setdefault(key, []).append((pattern, needs))
+        for word, word_id in word_ids.items():
+            for key in word:
+                self._word_ids.setdefault(key, set()).add(word_id)
         self.anchor_keys = frozenset(self.anchors)
         self.combos_by_concept = {}
         for combo in self.combinations:
@@ -368,6 +419,35 @@ class RuleSet:
             else:
                 for fp in group:
                     self.foreign_joined.append(([fp], fp.regex, latin))
+
+    def token_patterns(self, keys: tuple[str, ...]) -> TokenPatterns:
+        """What the index says about a token carrying ``keys`` (a ``TokenInfo.keys``).
+
+        Why per key tuple: a mail has a few hundred tokens but far fewer distinct words,
+        and the words recur from mail to mail, so the index lookups for a word are done
+        once per process instead of once per token of every mail.
+        """
+        found = self._by_keys.get(keys)
+        if found is not None:
+            return found
+        order = self.order
+        singles: dict[int, Pattern] = {}
+        anchored: dict[int, tuple[Pattern, frozenset[int]]] = {}
+        words: set[int] = set()
+        for key in keys:
+            for pattern in self.single.get(key, ()):
+                singles[id(pattern)] = pattern
+            for pattern, needs in self._needs.get(key, ()):
+                anchored[id(pattern)] = (pattern, needs)
+            words.update(self._word_ids.get(key, ()))
+        found = TokenPatterns(
+            tuple(sorted(singles.values(), key=lambda p: order[id(p)])),
+            tuple(anchored.values()),
+            frozenset(words),
+        )
+        if len(self._by_keys) < 200_000:
+            self._by_keys[keys] = found
+        return found
 
     @property
     def categories(self) -> frozenset[str]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -259,58 +259,65 @@ class _Hit:
     discounted: str | None = None
 
 
-def _starts(a: Analysis, rules: RuleSet) -> list[tuple[int, list[Pattern]]]:
-    """(token index, patterns that may start there) for the patterns that can match.
+def _candidates(a: Analysis, rules: RuleSet) -> dict[TokenInfo, Sequence[Pattern]]:
+    """For each distinct word of the mail, the patterns that may start at it, in rule order.
 
-    A pattern can only match when every one of its words occurs somewhere in the mail;
-    ``RuleSet.anchors`` indexes patterns by their rarest word, so the check touches
-    only the few patterns whose rarest word is present. The work is done on the set
-    of distinct words of the mail (a few hundred), not on every token.
+    A longer pattern can only match when every one of its words occurs somewhere in the
+    mail; ``RuleSet.token_patterns`` lists, per word, the one-word patterns it matches,
+    the longer patterns it is the rarest word of and which pattern words it stands for,
+    so the check is one subset test for each of the few patterns whose rarest word is
+    present. The work is done on the distinct words of the mail (a few hundred), not on
+    every token.
     """
-    distinct = set(a.infos)
-    present: set[str] = set()
-    for info in distinct:
-        present.update(info.keys)
+    patterns_of = rules.token_patterns
+    plans = {info: patterns_of(info.keys) for info in dict.fromkeys(a.infos)}
+    present = frozenset().union(*[plan.words for plan in plans.values()])
+    live: dict[int, Pattern] = {}
+    for plan in plans.values():
+        for pattern, needs in plan.anchored:
+            if needs <= present:
+                live[id(pattern)] = pattern
     first: dict[str, list[Pattern]] = {}
-    seen: set[int] = set()
-    anchors = rules.anchors
-    for key in rules.anchor_keys.intersection(present):
-        for pattern, words in anchors[key]:
-            if id(pattern) in seen:
-                continue
-            seen.add(id(pattern))
-            for word in words:
-                if word.isdisjoint(present):
-                    break
-            else:
-                for k in pattern.segments[0][0]:
-                    first.setdefault(k, []).append(pattern)
-    if not first:
-        return []
-    by_info: dict[TokenInfo, list[Pattern]] = {}
-    for info in distinct:
-        found: dict[int, Pattern] = {}
-        for key in info.keys:
-            for p in first.get(key, ()):
-                found[id(p)] = p
-        if found:
-            by_info[info] = list(found.values())
-    get = by_info.get
-    return [(i, c) for i, c in enumerate(map(get, a.infos)) if c]
+    for pattern in live.values():
+        for key in pattern.segments[0][0]:
+            first.setdefault(key, []).append(pattern)
+    order = rules.order
+    at: dict[TokenInfo, Sequence[Pattern]] = {}
+    starts = first.keys()
+    for info, plan in plans.items():
+        if not starts.isdisjoint(info.keys):
+            longer = [p for key in info.keys for p in first.get(key, ())]
+            # a pattern listed under two of the token's keys is tried once
+            both = {id(p): p for p in (*plan.singles, *longer)}
+            at[info] = sorted(both.values(), key=lambda p: order[id(p)])
+        elif plan.singles:
+            at[info] = plan.singles
+    return at
 
 
 def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
-    """Every occurrence of every compiled pattern that can match the mail."""
-    gap = rules.settings.gap
+    """Every occurrence of every compiled pattern that can match the mail.
+
+    Hits come in token order, and at one token in rule order, so the evidence lists
+    (and which word a signal combination quotes) are the same on every run.
+    """
     infos, sentences = a.infos, a.sentences
+    candidates = _candidates(a, rules)
+    if not candidates:
+        return []
+    gap = rules.settings.gap
     n = len(infos)
     hits: list[_Hit] = []
-    for i, candidates in _starts(a, rules):
+    get = candidates.get
+    for i, info in enumerate(infos):
+        patterns = get(info)
+        if patterns is None:
+            continue
         sentence = sentences[i]
-        for pattern in candidates:
+        for pattern in patterns:
             segments = pattern.segments
             if len(segments) == 1 and len(segments[0]) == 1:
-                # one word: _starts already matched it on its key
+                # one word: the token carries one of its keys (RuleSet.token_patterns)
                 hits.append(_Hit(pattern, i, i))
                 continue
             pos = i
@@ -319,7 +326,7 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
             # spread over consecutive sentences: 屋上にいる。全然怖くない。)
             last_sentence = sentence + pattern.sentences - 1
             pattern_gap = gap if pattern.gap is None else pattern.gap
-            for s, segment in enumerate(pattern.segments):
+            for s, segment in enumerate(segments):
                 length = len(segment)
                 limit = pos if s == 0 else pos + pattern_gap
                 start = pos
