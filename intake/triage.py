@@ -162,10 +162,12 @@ def _negated(a: Analysis, last: int) -> bool:
 
 
 # -- language ---------------------------------------------------------------------------
-_KANA = re.compile(r"[ぁ-ゖァ-ヺｦ-ﾝ]")
-_HAN = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]")
-_HANGUL = re.compile(r"[\uac00-\ud7af]")
-_LATIN = re.compile(r"[A-Za-zÀ-ɏḀ-ỿ]")
+# Letters are counted by runs (``+``): one match per run instead of one per character
+# is what makes counting the scripts of a 2 KB mail cheap.
+_KANA = re.compile(r"[ぁ-ゖァ-ヺｦ-ﾝ]+")
+_HAN = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]+")
+_HANGUL = re.compile(r"[\uac00-\ud7af]+")
+_LATIN = re.compile(r"[A-Za-zÀ-ɏḀ-ỿ]+")
 _VIET = re.compile(r"[ăâđêôơưĂÂĐÊÔƠƯạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]")
 _WORD = re.compile(r"[a-zà-ÿ]+")
 _PT = frozenset(
@@ -210,25 +212,49 @@ _EN = frozenset(
 )
 
 
-def _mostly_kana(text: str, language: str) -> bool:
+def _letters(regex: re.Pattern[str], text: str) -> int:
+    """How many characters of ``text`` the run regex ``regex`` covers."""
+    return sum(map(len, regex.findall(text)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Scripts:
+    """Letters per script in a text: counted once, used by the language and kana checks."""
+
+    kana: int
+    han: int
+    hangul: int
+    latin: int
+
+    @classmethod
+    def of(cls, text: str) -> _Scripts:
+        return cls(
+            _letters(_KANA, text),
+            _letters(_HAN, text),
+            _letters(_HANGUL, text),
+            _letters(_LATIN, text),
+        )
+
+
+def _mostly_kana(scripts: _Scripts, language: str) -> bool:
     """At least a third of the letters are kana: Japanese however much kanji it has."""
     if language != "ja":
         return False  # detect_language found less than a tenth kana
-    kana = len(_KANA.findall(text))
-    return kana * 3 >= kana + len(_HAN.findall(text)) + len(_LATIN.findall(text))
+    kana = scripts.kana
+    return kana * 3 >= kana + scripts.han + scripts.latin
 
 
-def detect_language(text: str) -> str:
+def detect_language(text: str, scripts: _Scripts | None = None) -> str:
     """Cheap script/stopword guess: "ja", "zh", "ko", "vi", "pt", "en" or "und".
 
     Japanese always carries kana, so kana present (at least a tenth of the letters) is
     Japanese; Han without kana is Chinese; Latin with Vietnamese letters is Vietnamese;
     otherwise Portuguese vs English by stopwords. No library: this runs on every mail.
+    ``scripts`` is ``text``'s letter count when the caller already has it.
     """
-    kana = len(_KANA.findall(text))
-    han = len(_HAN.findall(text))
-    hangul = len(_HANGUL.findall(text))
-    latin = len(_LATIN.findall(text))
+    if scripts is None:
+        scripts = _Scripts.of(text)
+    kana, han, hangul, latin = scripts.kana, scripts.han, scripts.hangul, scripts.latin
     letters = kana + han + hangul + latin
     if letters == 0:
         return "und"
@@ -320,15 +346,31 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
                 # one word: the token carries one of its keys (RuleSet.token_patterns)
                 hits.append(_Hit(pattern, i, i))
                 continue
-            pos = i
+            # The first segment is pinned at i, and its first word is the token's own
+            # (that is why the pattern is a candidate here): check the rest of it, in
+            # the same sentence, before anything else.
+            segment = segments[0]
+            pos = i + len(segment)
+            if pos > n or sentences[pos - 1] != sentence:
+                continue
+            missing = False
+            for k in range(1, len(segment)):
+                if segment[k].isdisjoint(infos[i + k].keys):
+                    missing = True
+                    break
+            if missing:
+                continue
+            if len(segments) == 1:
+                hits.append(_Hit(pattern, i, pos - 1))
+                continue
             ok = True
             # the last sentence the pattern's words may reach (parts of a window rule may
             # spread over consecutive sentences: 屋上にいる。全然怖くない。)
             last_sentence = sentence + pattern.sentences - 1
             pattern_gap = gap if pattern.gap is None else pattern.gap
-            for s, segment in enumerate(segments):
+            for segment in segments[1:]:
                 length = len(segment)
-                limit = pos if s == 0 else pos + pattern_gap
+                limit = pos + pattern_gap
                 start = pos
                 found = False
                 while start <= limit and start + length <= n:
@@ -364,10 +406,16 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
         if h.pattern.kind == "exclusion":
             by_rule.setdefault(f"{h.pattern.rule}|{h.pattern.label}", []).append(h)
     judged = [h for h in hits if h.pattern.kind != "exclusion"]
+    negated: dict[int, bool] = {}  # by last token: many hits end on the same word
     for h in judged:
         # reading-tier hits (no segments) were judged for negation on the reading
-        if h.pattern.segments and _negated(a, h.last):
-            h.discounted = "negated"
+        if h.pattern.segments:
+            last = h.last
+            known = negated.get(last)
+            if known is None:
+                known = negated[last] = _negated(a, last)
+            if known:
+                h.discounted = "negated"
     for ex in rules.exclusions:
 
         def applies(h: _Hit, ex: Any = ex) -> bool:
@@ -527,7 +575,8 @@ def _signal_matches(
         stretch = sentences >= _CHAT_MIN_SENTENCES and chars / sentences < _CHAT_SENTENCE_CHARS
     fired: list[tuple[Combination, list[_Sig]]] = []
     for combo in rules.combinations:
-        if all(name in by for name in combo.concepts):
+        # the first concept alone rules out most combinations with one dict lookup
+        if combo.concepts[0] in by and all(name in by for name in combo.concepts):
             # window = 1 means "in one sentence" even in a short mail: 薬 … まとめて … 飲む
             # spread over a carer's two sentences is a pill organiser, not an overdose
             chosen = _in_window(combo, by, whole and combo.window > 1, stretch)
@@ -799,10 +848,11 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     matches = list(
         {(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), words)}.values()
     )
-    has_latin = _LATIN.search(analysed) is not None
-    language = detect_language(analysed)
+    scripts = _Scripts.of(analysed)
+    has_latin = scripts.latin > 0
+    language = detect_language(analysed, scripts)
     matches += _signal_matches(a, hits, analysed, language, rules)
-    mostly_kana = _mostly_kana(analysed, language)
+    mostly_kana = _mostly_kana(scripts, language)
     for group, regex, latin in rules.foreign_joined:
         if (latin and not has_latin) or (not latin and mostly_kana):
             # Latin-script patterns need Latin letters; Han patterns (Chinese) are not
