@@ -256,9 +256,12 @@ class Analysis:
 
     def span(self, first: int, last: int) -> tuple[int, int]:
         """Offsets in the ORIGINAL text of tokens ``first..last`` (inclusive)."""
-        if not self.offsets.segments:  # nothing was folded: offsets are the same
+        offsets = self.offsets
+        if not offsets._segments:  # nothing was folded: offsets are the same
             return self.starts[first], self.ends[last]
-        return self.offsets.start(self.starts[first]), self.offsets.end(self.ends[last])
+        return offsets._map(self.starts[first], is_end=False), offsets._map(
+            self.ends[last], is_end=True
+        )
 
     def surface(self, first: int, last: int) -> str:
         """Original text covered by tokens ``first..last`` (inclusive)."""

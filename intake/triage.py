@@ -451,19 +451,21 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
                     or h.pattern.kind == "signal"  # a concept word can be anyone's
                     or h.pattern.rule in rules.reportable
                 )
-                if applies(h) and reportable and a.sentences[h.first] in sents:
+                if a.sentences[h.first] in sents and reportable and applies(h):
                     h.discounted = "reported"
         else:  # resolved-past
             if by_rule.get(f"{ex.id}|resolved-past:relapse"):
                 continue  # "また最近…": the past has come back, nothing is resolved
             past = {a.sentences[s.first] for s in by_rule.get(f"{ex.id}|resolved-past:past", [])}
             resolved = by_rule.get(f"{ex.id}|resolved-past:resolved", [])
+            if not past or not resolved:
+                continue  # nothing said in the past tense, or nothing said to be over
             for h in judged:
                 sentence = a.sentences[h.first]
                 if (
-                    applies(h)
-                    and (sentence in past or sentence - 1 in past)
+                    (sentence in past or sentence - 1 in past)
                     and any(r.first > h.last for r in resolved)
+                    and applies(h)
                 ):
                     h.discounted = "resolved-past"
 
@@ -719,8 +721,10 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
     return found
 
 
-def _to_match(a: Analysis, h: _Hit) -> Match:
-    start, end = a.span(h.first, h.last)
+def _to_match(a: Analysis, h: _Hit, start: int = -1, end: int = -1) -> Match:
+    """A hit as evidence; ``start``/``end`` are its span when the caller has it."""
+    if start < 0:
+        start, end = a.span(h.first, h.last)
     p = h.pattern
     return Match(p.rule, p.kind, p.label, p.text, a.text[start:end], start, end, h.discounted)
 
@@ -843,11 +847,14 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     a = get_analyser().analyse(analysed)
     hits = _find(a, rules)
     _discount(a, hits, rules)
-    # A pattern and its in-sentence variant may both hit the same words: report once.
-    words = [h for h in hits if h.pattern.kind != "signal"]  # signals report as combinations
-    matches = list(
-        {(m.rule, m.pattern, m.start, m.end): m for m in map(partial(_to_match, a), words)}.values()
-    )
+    # A pattern and its in-sentence variant may both hit the same words: report once
+    # (the first place, the last hit's verdict), building a Match only for what is kept.
+    kept: dict[tuple[str, str, int, int], tuple[_Hit, int, int]] = {}
+    for h in hits:
+        if h.pattern.kind != "signal":  # signals report as combinations
+            start, end = a.span(h.first, h.last)
+            kept[(h.pattern.rule, h.pattern.text, start, end)] = (h, start, end)
+    matches = [_to_match(a, h, start, end) for h, start, end in kept.values()]
     scripts = _Scripts.of(analysed)
     has_latin = scripts.latin > 0
     language = detect_language(analysed, scripts)
