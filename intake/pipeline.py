@@ -24,6 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import Environment
+from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -33,6 +35,7 @@ from intake.compose import (
     LOOP_HEADER,
     MARKER_HEADER,
     Sender,
+    ack_bytes,
     render_ack,
     render_alert,
     template_environment,
@@ -47,6 +50,7 @@ from intake.rules import RuleSet, load_rules
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
     Case,
+    Event,
     Outbox,
     StoredMessage,
     dumps,
@@ -60,6 +64,13 @@ from intake.store import (
 from intake.triage import Triage, classify, classify_text, match_dict
 
 log = logging.getLogger(__name__)
+
+# The tables behind the models, for the batch path's multi-row Core statements (the ORM
+# unit of work costs more per row than the SQL it sends).
+_MESSAGES: Table = StoredMessage.__table__  # type: ignore[attr-defined]
+_CASES: Table = Case.__table__  # type: ignore[attr-defined]
+_OUTBOX: Table = Outbox.__table__  # type: ignore[attr-defined]
+_EVENTS: Table = Event.__table__  # type: ignore[attr-defined]
 
 MAX_ATTEMPTS = 3
 CASE_NUMBER = re.compile(r"\bC(\d{6})\b")
@@ -310,6 +321,46 @@ def _queue_alert(
     record_event(session, "alert-queued", case.id, f"message {msg.id}", at=now)
 
 
+@dataclass
+class _Prepared:
+    """A message's pure work (no database): what it says, its triage and its route."""
+
+    letter: Letter
+    triage: Triage
+    block: str | None
+    partner: Partner
+    phones: list[str]
+    reasons: list[dict[str, Any]]
+
+
+def _prepare(svc: Service, raw: bytes, stage: _Stage) -> _Prepared:
+    """Parse, triage, route and find phone numbers; ``stage`` names the step that raised."""
+    stage.name = "parse"
+    letter = parse(raw, max_size=svc.settings.max_message_bytes)
+    stage.name = "triage"
+    triage, block = decide(letter, svc.rules, svc.sender.address)
+    stage.name = "route"
+    partner: Partner = assign_partner(triage, svc.directory)
+    stage.name = "store"
+    phones = find_phones(letter.subject + "\n" + letter.text)
+    reasons = [match_dict(m) for m in triage.urgent_reasons]
+    return _Prepared(letter, triage, block, partner, phones, reasons)
+
+
+def _opens_case(letter: Letter) -> bool:
+    """Whether ``_find_thread`` is certain to find nothing, so the letter opens a new case.
+
+    Only such letters take the batch's bulk path; a reply, a bounce or a subject with a
+    case number needs the database as the messages before it in the batch left it.
+    """
+    return not (
+        letter.in_reply_to
+        or letter.references
+        or letter.bounce
+        or CASE_NUMBER.search(letter.subject)
+    )
+
+
 def handle_message(
     svc: Service,
     session: Session,
@@ -317,10 +368,17 @@ def handle_message(
     now: datetime,
     stage: _Stage,
     report: RunReport,
+    prepared: _Prepared | None = None,
 ) -> str:
-    """Turn one stored message into a case (or a follow-up); queue its mail. Returns the outcome."""
-    stage.name = "parse"
-    letter = parse(msg.raw or b"", max_size=svc.settings.max_message_bytes)
+    """Turn one stored message into a case (or a follow-up); queue its mail. Returns the outcome.
+
+    ``prepared`` is the message's pure work when the batch already did it (see
+    ``_prepare``); the stages that fail are named the same either way.
+    """
+    if prepared is None:
+        prepared = _prepare(svc, msg.raw or b"", stage)
+    letter, triage, block = prepared.letter, prepared.triage, prepared.block
+    partner, phones, reasons = prepared.partner, prepared.phones, prepared.reasons
     msg.message_id = letter.message_id
     msg.from_addr = letter.from_addr
     msg.subject = letter.subject
@@ -330,17 +388,9 @@ def handle_message(
 
     stage.name = "thread"
     case, answered = _find_thread(session, letter, msg.raw or b"", msg.mailbox)
-
-    stage.name = "triage"
-    triage, block = decide(letter, svc.rules, svc.sender.address)
     msg.automatic = block
 
-    stage.name = "route"
-    partner: Partner = assign_partner(triage, svc.directory)
-
     stage.name = "store"
-    phones = find_phones(letter.subject + "\n" + letter.text)
-    reasons = [match_dict(m) for m in triage.urgent_reasons]
     received = from_db(msg.received_at) or now
     if answered is not None and answered.kind != "ack":
         # Staff traffic: a reply or bounce to our own alert, escalation or digest. It is
@@ -538,80 +588,354 @@ def ingest_batch(
     now: datetime,
     report: RunReport,
 ) -> None:
-    """Store, then process, one batch of fetched mail; advance the cursor with the cases."""
+    """Store, then process, one batch of fetched mail; advance the cursor with the cases.
+
+    Transaction 1 writes the raw bytes (one multi-row INSERT) and counts an attempt.
+    Transaction 2 is the normal path: the whole batch in one transaction without a
+    SAVEPOINT per message (``_process_batch``). If it fails as a whole, nothing of it
+    was committed and the batch is redone one message per transaction (``_recover``),
+    as it is after a crash, so one bad message still cannot hold back the others.
+    """
     key = svc.settings.mailbox.key
     hashes = {hashlib.sha256(raw).hexdigest(): (uid, raw, when) for uid, raw, when in items}
+    table = _MESSAGES
     with session_scope(svc.engine) as session:
+        conn = session.connection()
         known = {
-            m.sha256: m
-            for m in session.exec(
-                select(StoredMessage).where(
-                    StoredMessage.mailbox == key, col(StoredMessage.sha256).in_(list(hashes))
+            row.sha256: row
+            for row in conn.execute(
+                core_select(table.c.id, table.c.sha256, table.c.status, table.c.attempts).where(
+                    table.c.mailbox == key, table.c.sha256.in_(list(hashes))
                 )
             )
         }
-        batch: list[StoredMessage] = []
-        for sha, (uid, raw, when) in hashes.items():
-            msg = known.get(sha)
-            if msg is None:
-                msg = StoredMessage(
-                    mailbox=key,
-                    uidvalidity=uidvalidity,
-                    uid=uid,
-                    sha256=sha,
-                    raw=raw,
-                    size=len(raw),
-                    received_at=to_db(when or now),
-                )
-                session.add(msg)
+        entries: list[tuple[str, Any]] = []
+        for sha in hashes:
+            row = known.get(sha)
+            if row is None:
                 report.stored += 1
-            elif msg.status != "received":
+            elif row.status != "received":
                 report.duplicates += 1
                 continue
-            batch.append(msg)
+            entries.append((sha, row))
         # After a crash (a message already tried), go one message per transaction, so only
         # the message that kills the process collects attempts and reaches quarantine; the
         # others in its batch are processed normally. Otherwise: one transaction per batch.
-        recovering = any(m.attempts > 0 for m in batch)
-        if not recovering:
-            for msg in batch:
-                msg.attempts += 1
-        session.flush()  # one flush for the batch: it assigns the row ids
-        pending = [m.id for m in batch if m.id is not None]
-    if recovering:
-        for row_id in pending:
-            with session_scope(svc.engine) as session:
-                msg = session.get(StoredMessage, row_id)
-                if msg is None or msg.status != "received":
-                    continue
-                msg.attempts += 1
-            with session_scope(svc.engine) as session:
-                msg = session.get(StoredMessage, row_id, with_for_update={"skip_locked": True})
-                if msg is not None:
-                    _process_one(svc, session, msg, now, report)
-        with session_scope(svc.engine) as session:
-            _advance(session, key, uidvalidity, high_uid, now)
-        return
-    with session_scope(svc.engine) as session:
-        loaded = {
-            m.id: m
-            # Row locks (PostgreSQL; SQLite serialises writers anyway): a second worker that
-            # lost the mailbox lock mid-batch skips rows this one is processing.
-            for m in session.exec(
-                select(StoredMessage)
-                .where(col(StoredMessage.id).in_(pending))
-                .with_for_update(skip_locked=True)
+        recovering = any(row is not None and row.attempts > 0 for _sha, row in entries)
+        fresh = [
+            _message_row(key, uidvalidity, sha, *hashes[sha], 0 if recovering else 1, now)
+            for sha, row in entries
+            if row is None
+        ]
+        new_ids = iter(
+            [
+                r[0]
+                for r in conn.execute(
+                    insert(table).returning(table.c.id, sort_by_parameter_order=True), fresh
+                )
+            ]
+            if fresh
+            else []
+        )
+        old_ids = [row.id for _sha, row in entries if row is not None]
+        if old_ids and not recovering:
+            conn.execute(
+                update(table).where(table.c.id.in_(old_ids)).values(attempts=table.c.attempts + 1)
             )
-        }
-        for row_id in pending:
-            msg = loaded.get(row_id)
+        pending: list[int] = [next(new_ids) if row is None else row.id for _sha, row in entries]
+    if recovering:
+        _recover(svc, pending, uidvalidity, high_uid, now, report)
+        return
+    part = RunReport()
+    try:
+        with session_scope(svc.engine) as session:
+            _process_batch(svc, session, pending, now, part)
+            _advance(session, key, uidvalidity, high_uid, now)
+    except Exception as exc:
+        log.warning(
+            "batch failed as a whole; redoing it one message per transaction",
+            extra={"error": type(exc).__name__, "messages": len(pending)},
+        )
+        _recover(svc, pending, uidvalidity, high_uid, now, report)
+        return
+    _merge(report, part)
+
+
+def _message_row(
+    key: str,
+    uidvalidity: int,
+    sha: str,
+    uid: int,
+    raw: bytes,
+    when: datetime | None,
+    attempts: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """A new ``message`` row as the bulk INSERT writes it (every column, no ORM defaults)."""
+    return {
+        "mailbox": key, "uidvalidity": uidvalidity, "uid": uid, "sha256": sha, "raw": raw,
+        "size": len(raw), "received_at": to_db(when or now), "message_id": None,
+        "from_addr": "", "subject": "", "body": "", "new_text": "", "problems": "[]",
+        "status": "received", "attempts": attempts, "stage_error": None, "automatic": None,
+        "case_id": None, "is_followup": False,
+    }  # fmt: skip
+
+
+def _merge(report: RunReport, part: RunReport) -> None:
+    """Add a committed batch's outcome counts to the run's report."""
+    report.cases += part.cases
+    report.followups += part.followups
+    report.quarantined += part.quarantined
+    report.acks += part.acks
+    report.alerts += part.alerts
+    for why, n in part.suppressed.items():
+        report.suppressed[why] = report.suppressed.get(why, 0) + n
+
+
+def _recover(
+    svc: Service,
+    pending: list[int],
+    uidvalidity: int,
+    high_uid: int,
+    now: datetime,
+    report: RunReport,
+) -> None:
+    """One message per transaction, an attempt counted (and committed) before each try."""
+    for row_id in pending:
+        with session_scope(svc.engine) as session:
+            msg = session.get(StoredMessage, row_id)
+            if msg is None or msg.status != "received":
+                continue
+            msg.attempts += 1
+        with session_scope(svc.engine) as session:
+            msg = session.get(StoredMessage, row_id, with_for_update={"skip_locked": True})
             if msg is not None:
                 _process_one(svc, session, msg, now, report)
-        _advance(session, key, uidvalidity, high_uid, now)
+    with session_scope(svc.engine) as session:
+        _advance(session, svc.settings.mailbox.key, uidvalidity, high_uid, now)
+
+
+def _process_batch(
+    svc: Service, session: Session, pending: list[int], now: datetime, report: RunReport
+) -> None:
+    """The normal path: every stored message of the batch, in one transaction.
+
+    Letters that open a new case (most of them) are prepared in Python and written in a
+    few multi-row statements per run of such letters (``_open_cases``). Any other letter
+    (a reply, a bounce, a case number in the subject, one that failed a stage, one that
+    crashed the process before) first has the run before it written, then goes through
+    ``_process_one``, so it sees the database exactly as the messages before it left it.
+    """
+    table = _MESSAGES
+    rows = {
+        row.id: row
+        # Row locks (PostgreSQL; SQLite serialises writers anyway): a second worker that
+        # lost the mailbox lock mid-batch skips rows this one is processing.
+        for row in session.connection().execute(
+            core_select(
+                table.c.id, table.c.raw, table.c.status, table.c.attempts, table.c.received_at
+            )
+            .where(table.c.id.in_(pending))
+            .with_for_update(skip_locked=True)
+        )
+    }
+    run: list[tuple[int, _Prepared, datetime]] = []
+    for row_id in pending:
+        row = rows.get(row_id)
+        if row is None or row.status != "received":
+            continue
+        prepared: _Prepared | None = None
+        failed: tuple[str, str] | None = None
+        if row.attempts <= MAX_ATTEMPTS:
+            stage = _Stage()
+            try:
+                prepared = _prepare(svc, row.raw or b"", stage)
+            except Exception as exc:
+                failed = (stage.name, type(exc).__name__)
+            else:
+                if _opens_case(prepared.letter):
+                    run.append((row_id, prepared, from_db(row.received_at) or now))
+                    continue
+        _open_cases(svc, session, run, now, report)
+        run = []
+        msg = session.get(StoredMessage, row_id)
+        assert msg is not None  # locked above
+        if failed is not None:
+            quarantine(svc, session, msg, failed[0], failed[1], now)
+            report.quarantined += 1
+        else:
+            _process_one(svc, session, msg, now, report, prepared)
+    _open_cases(svc, session, run, now, report)
+
+
+def _open_cases(
+    svc: Service,
+    session: Session,
+    run: list[tuple[int, _Prepared, datetime]],
+    now: datetime,
+    report: RunReport,
+) -> None:
+    """A case per letter of ``run``, with its events, acknowledgement and alert, in a few
+    multi-row statements (what ``handle_message`` does for a new case, one at a time).
+
+    The flood guard is one query for all the run's senders plus the senders acknowledged
+    earlier in this transaction; case numbers come back from the INSERT (RETURNING).
+    """
+    if not run:
+        return
+    key = svc.settings.mailbox.key
+    conn = session.connection()
+    acked: set[str] = session.info.setdefault("acked_senders", set())
+    wanting = {p.letter.from_addr for _id, p, _r in run if p.block is None}
+    recent: set[str] = set()
+    if wanting:
+        since = now - timedelta(hours=svc.settings.ack_window_hours)
+        case_t = _CASES
+        recent = set(
+            conn.execute(
+                core_select(case_t.c.sender).where(
+                    case_t.c.mailbox == key,
+                    case_t.c.sender.in_(wanting),
+                    case_t.c.ack_state.in_(["queued", "sent"]),
+                    case_t.c.created_at >= to_db(since),
+                )
+            ).scalars()
+        )
+    blocks: list[str | None] = []
+    cases: list[dict[str, Any]] = []
+    for _row_id, p, received in run:
+        sender = p.letter.from_addr
+        block = p.block
+        if block is None and (sender in recent or sender.lower() in acked):
+            block = "rate-limited"
+        if block is None:
+            acked.add(sender.lower())
+        blocks.append(block)
+        cases.append(
+            {
+                "mailbox": key, "created_at": to_db(received), "sender": sender,
+                "topic": p.triage.topic, "topics": dumps(p.triage.topics),
+                "urgent": p.triage.urgent, "urgent_reasons": dumps(p.reasons),
+                "matches": dumps([match_dict(m) for m in p.triage.matches]),
+                "language": p.triage.language, "needs_human": p.triage.needs_human,
+                "partner": p.partner.id, "phone": dumps(p.phones), "status": "new",
+                "ack_state": "queued" if block is None else f"suppressed:{block}",
+            }
+        )  # fmt: skip
+    case_table = _CASES
+    ids = [
+        r[0]
+        for r in conn.execute(
+            insert(case_table).returning(case_table.c.id, sort_by_parameter_order=True), cases
+        )
+    ]
+    events: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    at = to_db(now)
+    for (row_id, p, received), block, values, case_id in zip(run, blocks, cases, ids, strict=True):
+        letter = p.letter
+        events.append(_event_row("case-opened", case_id, f"partner {p.partner.id}", at))
+        if block is None:
+            message_id, content = ack_bytes(
+                svc.env,
+                sender=svc.sender,
+                to=letter.from_addr,
+                case_number=f"C{case_id:06d}",
+                in_reply_to=letter.message_id,
+                references=letter.references,
+                received=received,
+                calendar=svc.calendar,
+                directory=svc.directory,
+                now=now,
+            )
+            outbox.append(
+                _outbox_row(
+                    mailbox=key, kind="ack", key=f"ack:case:{case_id}", case_id=case_id,
+                    to=[letter.from_addr], message_id=message_id, content=content,
+                    priority=1, now=now,
+                )
+            )  # fmt: skip
+            report.acks += 1
+        else:
+            report.suppressed[block] = report.suppressed.get(block, 0) + 1
+        if p.triage.urgent:
+            case = Case(id=case_id, **values)  # transient: alert_context reads it
+            to = svc.settings.oncall.alert_recipients(svc.calendar.is_open(now))
+            alert = render_alert(
+                svc.env,
+                sender=svc.sender,
+                to=to,
+                case=alert_context(svc, case, received, block),
+                now=now,
+                tz=svc.calendar.tz,
+            )
+            outbox.append(
+                _outbox_row(
+                    mailbox=key, kind="alert", key=f"alert:message:{row_id}", case_id=case_id,
+                    to=to, message_id=str(alert["Message-ID"]), content=bytes(alert),
+                    priority=0, now=now,
+                )
+            )  # fmt: skip
+            events.append(_event_row("alert-queued", case_id, f"message {row_id}", at))
+            report.alerts += 1
+        messages.append(
+            {
+                "_id": row_id, "message_id": letter.message_id, "from_addr": letter.from_addr,
+                "subject": letter.subject, "body": letter.body, "new_text": letter.text,
+                "problems": dumps(letter.problems), "automatic": p.block, "case_id": case_id,
+                "status": "processed",
+            }
+        )  # fmt: skip
+        report.cases += 1
+    if outbox:
+        conn.execute(insert(_OUTBOX), outbox)
+    conn.execute(insert(_EVENTS), events)
+    table = _MESSAGES
+    conn.execute(
+        update(table)
+        .where(table.c.id == bindparam("_id"))
+        .values({name: bindparam(name) for name in messages[0] if name != "_id"}),
+        messages,
+    )
+
+
+def _outbox_row(
+    *,
+    mailbox: str,
+    kind: str,
+    key: str,
+    case_id: int | None,
+    to: list[str],
+    message_id: str,
+    content: bytes,
+    priority: int,
+    now: datetime,
+    partner: str | None = None,
+) -> dict[str, Any]:
+    """An ``outbox`` row as ``queue_mail`` writes it, for a multi-row INSERT."""
+    return {
+        "mailbox": mailbox, "kind": kind, "priority": priority, "dedupe_key": key,
+        "case_id": case_id, "partner": partner, "recipients": json.dumps(to),
+        "message_id": message_id, "content": content, "created_at": to_db(now),
+        "status": "queued", "claimed_by": None, "claimed_at": None, "attempts": 0,
+        "next_attempt_at": to_db(now), "last_error": None, "sent_at": None,
+        "smtp_response": None,
+    }  # fmt: skip
+
+
+def _event_row(kind: str, case_id: int | None, detail: str, at: datetime) -> dict[str, Any]:
+    """An ``event`` row as ``record_event`` writes it (the pipeline's clock, actor service)."""
+    return {"at": at, "case_id": case_id, "kind": kind, "detail": detail, "actor": "service"}
 
 
 def _process_one(
-    svc: Service, session: Session, msg: StoredMessage, now: datetime, report: RunReport
+    svc: Service,
+    session: Session,
+    msg: StoredMessage,
+    now: datetime,
+    report: RunReport,
+    prepared: _Prepared | None = None,
 ) -> None:
     """One stored message in its own SAVEPOINT: a case, or a quarantine when a stage fails."""
     if msg.status != "received":
@@ -623,7 +947,7 @@ def _process_one(
     stage = _Stage()
     try:
         with session.begin_nested():
-            outcome = handle_message(svc, session, msg, now, stage, report)
+            outcome = handle_message(svc, session, msg, now, stage, report, prepared)
     except Exception as exc:
         session.refresh(msg)
         quarantine(svc, session, msg, stage.name, type(exc).__name__, now)
