@@ -459,3 +459,111 @@ def test_a_partner_replying_to_a_digest_opens_no_case_and_gets_no_acknowledgemen
     assert report.cases == 0 and report.acks == 0
     assert count(svc, Case) == 1
     assert settled(smtp_server) == []
+
+
+@pytest.mark.parametrize(
+    ("to", "in_reply_to", "references"),
+    [
+        ("resident0001@example.jp", None, []),
+        ("resident0001@example.jp", "<first.1@example.jp>", []),
+        # Ten identifiers fold over several lines; the oldest beyond ten are dropped.
+        ("a@example.jp", "<x@example.jp>", [f"<ref{i}.{'r' * i}@example.jp>" for i in range(12)]),
+        # Not plain ASCII, so the email package builds these (quoting, encoding, folding).
+        ("taro..yamada.@docomo.ne.jp", "<a@b>", []),
+        ("b@example.jp", "<" + "z" * 90 + "@example.jp>", []),
+        ("c@example.jp", "<with space@example.jp>", []),
+    ],
+)
+def test_cheap_acknowledgement_bytes_equal_the_email_packages(
+    to: str, in_reply_to: str | None, references: list[str]
+) -> None:
+    from intake.businessdays import BusinessCalendar
+    from intake.compose import Sender, ack_bytes, render_ack, template_environment
+    from intake.partners import load_directory
+
+    env = template_environment(ROOT / "templates")
+    values = {
+        "sender": Sender(OWN, "笠岡市 ささえ愛相談窓口"),
+        "to": to,
+        "case_number": "C000042",
+        "in_reply_to": in_reply_to,
+        "references": references,
+        "received": JST_NOON,
+        "calendar": BusinessCalendar(),
+        "directory": load_directory(ROOT / "rules" / "partners.toml"),
+        "now": JST_NOON,
+    }
+    slow = render_ack(env, **values)  # type: ignore[arg-type]
+    message_id = str(slow["Message-ID"])
+    got_id, content = ack_bytes(env, message_id=message_id, **values)  # type: ignore[arg-type]
+    assert got_id == message_id
+    assert content == bytes(slow)
+    fresh_id, fresh = ack_bytes(env, **values)  # type: ignore[arg-type]
+    assert fresh_id != message_id and fresh_id.encode() in fresh  # unique per mail
+
+
+def test_a_batch_that_fails_as_a_whole_is_redone_one_message_at_a_time(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import intake.pipeline as pipeline
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise OSError("synthetic failure after the cases were inserted")
+
+    # The batch path builds acknowledgements with ack_bytes; the per-message path does not.
+    monkeypatch.setattr(pipeline, "ack_bytes", broken)
+    dovecot.append_many([consultation(1), consultation(2, "もう死にたいです。"), consultation(3)])
+    report = once(svc)
+    assert (report.cases, report.acks, report.alerts, report.quarantined) == (3, 3, 1, 0)
+    assert count(svc, Case) == 3
+    assert count(svc, Event, Event.kind == "case-opened") == 3  # the failed batch left nothing
+    assert count(svc, StoredMessage, StoredMessage.status == "processed") == 3
+    mails = smtp_server.wait_for(4, timeout=10)
+    assert sorted(m.rcpt_tos[0] for m in mails) == [
+        ONCALL,
+        "resident0001@example.jp",
+        "resident0002@example.jp",
+        "resident0003@example.jp",
+    ]
+
+
+def test_a_reply_in_the_same_batch_joins_the_case_opened_just_before_it(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    first_id = make_msgid(domain="example.jp")
+    dovecot.append_many(
+        [
+            consultation(1),
+            samples.consultation("same@example.jp", "相談", "寂しいです", message_id=first_id),
+            consultation(2),
+            samples.consultation("same@example.jp", "Re: 相談", "補足です", in_reply_to=first_id),
+            consultation(3),
+        ]
+    )
+    report = once(svc)
+    assert (report.cases, report.followups, report.acks) == (4, 1, 4)
+    with Session(svc.engine) as session:
+        rows = session.exec(select(StoredMessage).order_by(col(StoredMessage.uid))).all()
+        senders = [session.get(Case, m.case_id).sender for m in rows]  # type: ignore[union-attr]
+    # Case numbers follow the mailbox order, replies included.
+    assert [m.case_id for m in rows] == [1, 2, 3, 2, 4]
+    assert senders[1] == senders[3] == "same@example.jp"
+    assert [m.is_followup for m in rows] == [False, False, False, True, False]
+
+
+def test_one_sender_twice_in_one_batch_is_acknowledged_once(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append_many(
+        [
+            samples.consultation("twice@example.jp", "相談", "寂しいです"),
+            consultation(1),
+            samples.consultation("Twice@Example.jp", "相談", "もう一度送ります"),
+        ]
+    )
+    report = once(svc)
+    assert report.cases == 3 and report.acks == 2
+    assert report.suppressed == {"rate-limited": 1}
+    with Session(svc.engine) as session:
+        states = [c.ack_state for c in session.exec(select(Case).order_by(col(Case.id)))]
+    assert states == ["sent", "sent", "suppressed:rate-limited"]  # once() delivers
