@@ -4,7 +4,9 @@ Contract: ``load_model(rules_dir) -> UrgencyModel | None`` trains a model on
 ``rules_dir/examples.jsonl`` (None when the file is absent); ``learned_urgent(model,
 subject, text)`` returns the n-grams that explain an urgent score, or None. It is meant
 to be OR-ed with the rule tiers of ``intake.triage``: it can only ADD urgency, never
-remove it, and it never decides a topic. It never logs the mail's words.
+remove it, and it never decides a topic. It never logs the mail's words. This module
+never imports scikit-learn or SciPy: training runs them in a child process
+(``intake.learned_train``) and the model the worker keeps is plain data (NumPy arrays).
 
 Why a statistical tier next to the rules: the keyword tiers reach urgent recall 1.0 on
 every corpus their authors could read, but each new phrasing of a crisis needs a new
@@ -24,9 +26,21 @@ Why these choices:
   themselves: the highest threshold at which the out-of-fold scores still catch
   ``TARGET_RECALL`` of the urgent examples. A default of 0.5 would trade recall for
   precision, which is the wrong trade when a miss can cost a life.
-* Training happens at load time (well under 3 s for ~800 examples), so staff teach the
-  service by adding a line to ``rules/examples.jsonl`` and restarting it; there is no
-  pickled model that could drift from its examples or run code on load.
+* Training happens at load time (~4 s of CPU for ~800 examples, in a child process), so
+  staff teach the service by adding a line to ``rules/examples.jsonl`` and restarting it;
+  there is no pickled model that could drift from its examples or run code on load. The
+  child's JSON is kept in memory and in a cache file (see ``cache_dir``) keyed by the
+  SHA-256 of the examples, the training code and the library versions, so a restart or a
+  test that loads the rules again does not train again; a cache that does not parse or
+  does not match its key is ignored and rebuilt.
+* Scoring reproduces ``TfidfVectorizer.transform`` + ``predict_proba`` without them:
+  the mail's 2-, 3- and 4-grams become integers read straight from its UTF-16 bytes
+  (overlapping NumPy views), are looked up in the sorted vocabulary keys and counted in
+  a few NumPy calls (~0.1 ms for a 2 KB mail; the scikit-learn-era Python loop took
+  ~0.5 ms, and a pure-Python ``Counter`` over int keys measured ~0.4 ms, hence NumPy,
+  which costs the worker ~15 MB where scikit-learn + SciPy cost ~110 MB). The
+  explanation is computed only for mail above the threshold. ``test_learned`` holds the
+  scores equal to scikit-learn's ``predict_proba``.
 
 Staff add an example by appending one JSON line to ``rules/examples.jsonl``:
 ``{"id": "s001", "subject": "...", "text": "...", "urgent": true, "topic": "isolation"}``
@@ -38,18 +52,21 @@ the file from the labelled corpora in ``tests/data`` (and drops staff lines: kee
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import re
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from intake.errors import Problem, RulesError
 from intake.lemmas import normalise, to_hiragana
@@ -80,6 +97,16 @@ SEED = 0  # fixed: the same examples always give the same model and threshold
 C = 10.0  # inverse regularisation; chosen by cross-validation on the examples only
 MAX_EXPLAIN = 5  # words shown in an explanation
 _TOP_FEATURES = 12  # n-grams merged into those words
+MODEL_FORMAT = 2  # bump when the model's JSON layout or its training changes meaning
+CACHE_ENV = "SOUDAN_INTAKE_CACHE_DIR"  # where trained models are cached (see cache_dir)
+TRAIN_TIMEOUT = 600  # seconds the training child may take before load fails
+
+# Katakana that ``to_hiragana`` folds; only these runs are translated (see ``prepare``).
+_KATAKANA = re.compile("[\u30a1-\u30f6]+")
+
+
+def _hiragana_runs(m: re.Match[str]) -> str:
+    return to_hiragana(m.group())
 
 
 def prepare(subject: str, text: str) -> str:
@@ -88,7 +115,17 @@ def prepare(subject: str, text: str) -> str:
     ``to_hiragana`` maps one character to one, and the subject/body separator is a newline
     so char_wb n-grams never join the subject's last word to the body's first.
     """
-    return to_hiragana(shown(subject, text)).lower()
+    return _fold(shown(subject, text))
+
+
+def _fold(original: str) -> str:
+    """``to_hiragana(original).lower()``, translating only the katakana runs.
+
+    ``str.translate`` looks every character up in a dict (~30 us for a 2 KB mail, a third
+    of scoring); the regex finds the few katakana runs in C. ``test_learned`` holds the
+    two equal on the whole katakana block.
+    """
+    return _KATAKANA.sub(_hiragana_runs, original).lower()
 
 
 def shown(subject: str, text: str) -> str:
@@ -107,20 +144,133 @@ class CVFigures:
     folds: int
 
 
-@dataclass
-class UrgencyModel:
-    """A trained vectoriser + classifier and the threshold chosen for high recall."""
+# -- n-grams as integers ----------------------------------------------------------------
+# A gram of 2 or 4 characters is 4 or 8 bytes of UTF-16, so uint32/uint64 views with a
+# stride of one character read every 2- and 4-gram of a mail as an int; a 3-gram is its
+# 4-gram with the last character masked off. UTF-16 has one unit per character only
+# in the BMP outside the surrogates, so characters outside that (emoji, lone surrogates),
+# private-use characters, NUL and U+FFFE/FFFF are folded first: those the vocabulary uses
+# get a private-use code of their own, all others one "unknown" code no gram contains.
+# Without NUL, a 2-gram key is < 2**32 <= a 3-gram key < 2**48 <= a 4-gram key, so one
+# sorted key array holds all three sizes without collisions. Three sentinel characters
+# after the text let every offset read a full 4-gram; n-grams with a sentinel never match.
+_NATIVE = sys.byteorder == "little"
+_UTF16 = "utf-16-le" if _NATIVE else "utf-16-be"
+# 4-gram key -> key of its first three characters
+_TO_3 = np.bitwise_and if _NATIVE else np.right_shift
+_TO_3_ARG = np.uint64((1 << 48) - 1 if _NATIVE else 16)
+_SPECIAL = re.compile("[\x00\ud800-\udfff\ue000-\uf8ff\ufffe\uffff\U00010000-\U0010ffff]")
+_PRIVATE_FIRST, _PRIVATE_LAST = 0xE000, 0xF8FF
 
-    vectorizer: TfidfVectorizer
-    classifier: LogisticRegression
-    threshold: float
-    cv: CVFigures
-    _features: np.ndarray  # index -> n-gram
-    _weights: np.ndarray  # index -> coefficient towards "urgent"
-    _intercept: float
-    _vocabulary: dict[str, int]
-    _idf: np.ndarray
-    _analyse: Callable[[str], list[str]]
+
+def _key(folded: str) -> int:
+    """The int a (folded) 2-, 3- or 4-gram has in the mail's key stream."""
+    return int.from_bytes(folded.encode(_UTF16), sys.byteorder)
+
+
+class UrgencyModel:
+    """A trained model as plain data: n-gram -> (idf, weight), intercept, threshold.
+
+    Built from the JSON that ``intake.learned_train`` writes; holds no scikit-learn
+    object, so unpickling, versions and import cost never reach the worker.
+    """
+
+    def __init__(
+        self,
+        grams: dict[str, tuple[float, float]],
+        intercept: float,
+        threshold: float,
+        cv: CVFigures,
+    ) -> None:
+        self.grams = grams
+        self.intercept = intercept
+        self.threshold = threshold
+        self.cv = cv
+        specials = sorted({c for g in grams for c in g if _SPECIAL.match(c)})
+        if len(specials) + 2 > _PRIVATE_LAST - _PRIVATE_FIRST + 1:
+            raise ValueError("too many emoji or private-use characters in the vocabulary")
+        self._special_code = {c: chr(_PRIVATE_FIRST + i) for i, c in enumerate(specials)}
+        self._unknown = chr(_PRIVATE_FIRST + len(specials))
+        self._sentinel = chr(_PRIVATE_FIRST + len(specials) + 1) * 3
+        keyed = []
+        for gram, (idf, weight) in grams.items():
+            if not 2 <= len(gram) <= 4:
+                raise ValueError(f"n-gram of {len(gram)} characters in the model")
+            keyed.append((_key(self._fold_special(gram)), gram, idf, weight))
+        keyed.sort()
+        self._keys = np.array([k[0] for k in keyed], dtype=np.uint64)  # sorted
+        self._grams = [k[1] for k in keyed]
+        self._idf = np.array([k[2] for k in keyed], dtype=np.float64)
+        self._weight = np.array([k[3] for k in keyed], dtype=np.float64)
+        if len(set(self._keys.tolist())) != len(keyed):
+            raise ValueError("two n-grams of the model have the same key")
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> UrgencyModel:
+        """The model from ``learned_train.train_data``'s JSON; ``ValueError`` if malformed."""
+        try:
+            if data["format"] != MODEL_FORMAT:
+                raise ValueError(f"model format {data['format']!r}, expected {MODEL_FORMAT}")
+            grams = {str(g): (float(v[0]), float(v[1])) for g, v in data["grams"].items()}
+            cv = CVFigures(**data["cv"])
+            return cls(grams, float(data["intercept"]), float(data["threshold"]), cv)
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"malformed model data ({e!r})") from e
+
+    def to_data(self) -> dict[str, Any]:
+        """The inverse of ``from_data`` (what the cache file holds)."""
+        return {
+            "format": MODEL_FORMAT,
+            "threshold": self.threshold,
+            "intercept": self.intercept,
+            "cv": asdict(self.cv),
+            "grams": {g: list(v) for g, v in self.grams.items()},
+        }
+
+    def _fold_special(self, text: str) -> str:
+        return _SPECIAL.sub(lambda m: self._special_code.get(m.group(), self._unknown), text)
+
+    def _present(self, doc: str) -> tuple[str, np.ndarray, np.ndarray]:
+        """(joined words, vocabulary indices, counts) of the char_wb 2-4-grams of ``doc``.
+
+        ``TfidfVectorizer(analyzer="char_wb")`` pads each whitespace-separated word with
+        one space and takes the n-grams inside it; here the words are joined by single
+        spaces and n-grams are taken across the whole string. The extra n-grams that
+        straddle two words have a space inside, which no vocabulary n-gram has, so the
+        lookup in the vocabulary drops them. The n-grams are read as integers from the
+        folded text's UTF-16 bytes by overlapping strided views (2 bytes apart), looked
+        up with one ``searchsorted`` in the sorted vocabulary keys and counted with
+        ``unique``: a few NumPy calls per mail instead of a Python step per n-gram.
+        """
+        joined = " " + " ".join(doc.split()) + " "
+        data = (self._fold_special(joined) + self._sentinel).encode(_UTF16)
+        n = len(joined)
+        fours = np.ndarray((n,), dtype=np.dtype("=u8"), buffer=data, strides=(2,))
+        twos = np.ndarray((n,), dtype=np.dtype("=u4"), buffer=data, strides=(2,))
+        keys = np.concatenate((twos, _TO_3(fours, _TO_3_ARG), fours))
+        vocab = self._keys
+        at = np.searchsorted(vocab, keys)
+        np.minimum(at, len(vocab) - 1, out=at)
+        indices, counts = np.unique(at[vocab[at] == keys], return_counts=True)
+        return joined, indices, counts
+
+    def _weigh(self, doc: str) -> tuple[float, str, np.ndarray, np.ndarray]:
+        """(z, joined words, present vocabulary indices, their tf-idf values).
+
+        tf-idf with ``sublinear_tf``: (1 + ln tf) * idf, L2-normalised over the n-grams
+        present; z is their dot product with the weights plus the intercept, as
+        ``TfidfVectorizer.transform`` + ``LogisticRegression.decision_function`` do it.
+        """
+        joined, indices, counts = self._present(doc)
+        if indices.size == 0:
+            return self.intercept, joined, indices, np.zeros(0)
+        values = (1.0 + np.log(counts)) * self._idf[indices]
+        values /= math.sqrt(float(values @ values))
+        return float(values @ self._weight[indices]) + self.intercept, joined, indices, values
+
+    def probability(self, subject: str, text: str) -> float:
+        """The urgent probability alone (no explanation): what most mail needs."""
+        return _sigmoid(self._weigh(prepare(subject, text))[0])
 
     def score(self, subject: str, text: str) -> tuple[float, list[str]]:
         """The urgent probability and the words of the mail that raised it most.
@@ -132,164 +282,87 @@ class UrgencyModel:
         the model read ほーむ.
         """
         original = shown(subject, text)
-        doc = to_hiragana(original).lower()
-        indices, values = self._vector(doc)
-        z = float(values @ self._weights[indices]) + self._intercept
-        p = 1.0 / (1.0 + math.exp(-z))
+        doc = _fold(original)
+        z, joined, indices, values = self._weigh(doc)
         if len(doc) != len(original):
             original = doc  # lower() changed a length (rare letters): quote what was read
-        return p, _explain(doc, original, indices, values, self._features, self._weights)
-
-    def _vector(self, doc: str) -> tuple[np.ndarray, np.ndarray]:
-        """The document's tf-idf vector as (indices, values), as ``transform`` makes it.
-
-        Done by hand because scikit-learn's per-call checks cost ~0.5 ms for one mail,
-        twenty times the n-gram counting itself; ``test_learned`` holds the two equal.
-        """
-        counts: dict[int, int] = {}
-        vocabulary = self._vocabulary
-        for gram in self._analyse(doc):
-            j = vocabulary.get(gram)
-            if j is not None:
-                counts[j] = counts.get(j, 0) + 1
-        if not counts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        indices = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-        values = (1.0 + np.log(tf)) * self._idf[indices]  # sublinear_tf=True
-        return indices, values / np.linalg.norm(values)
+        return _sigmoid(z), self._explain(doc, original, joined, indices, values)
 
     def is_urgent(self, subject: str, text: str) -> bool:
         """The model's verdict alone (see ``learned_urgent`` for when it is yes)."""
         return learned_urgent(self, subject, text) is not None
 
+    def _top(self, joined: str, indices: np.ndarray, values: np.ndarray) -> list[tuple[float, str]]:
+        """(contribution, n-gram) of the ``_TOP_FEATURES`` that raised z the most.
 
-def _explain(
-    doc: str,
-    original: str,
-    indices: np.ndarray,
-    values: np.ndarray,
-    features: np.ndarray,
-    weights: np.ndarray,
-) -> list[str]:
-    contrib = values * weights[indices]
-    order = np.argsort(-contrib, kind="stable")
-    spans: list[tuple[int, int, float]] = []
-    for k in order[:_TOP_FEATURES]:
-        c = float(contrib[k])
-        if c <= 0:
-            break
-        gram = str(features[indices[k]]).strip()
-        if len(gram) < 2:
-            continue  # a lone character padded by char_wb explains nothing
-        start = doc.find(gram)
-        while start >= 0:
-            spans.append((start, start + len(gram), c))
-            start = doc.find(gram, start + 1)
-    if not spans:
-        return []
-    spans.sort()
-    merged: list[list[Any]] = []
-    for start, end, c in spans:
-        if merged and start < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-            merged[-1][2] += c
-        else:
-            merged.append([start, end, c])
-    ranked = sorted(merged, key=lambda m: (-m[2], m[0]))
-    words: list[str] = []
-    for start, end, _ in ranked:
-        word = original[start:end].strip()
-        if word and word not in words:
-            words.append(word)
-        if len(words) == MAX_EXPLAIN:
-            break
-    return words
-
-
-def _vectorizer() -> TfidfVectorizer:
-    return TfidfVectorizer(
-        analyzer="char_wb",
-        ngram_range=(2, 4),
-        lowercase=False,  # prepare() already did
-        sublinear_tf=True,
-        min_df=2,  # an n-gram seen in one example is that example, not a pattern
-        dtype=np.float32,
-    )
-
-
-def _classifier() -> LogisticRegression:
-    return LogisticRegression(
-        class_weight="balanced", C=C, solver="liblinear", random_state=SEED, max_iter=1000
-    )
-
-
-def _fit(docs: Sequence[str], labels: np.ndarray) -> tuple[TfidfVectorizer, LogisticRegression]:
-    vec = _vectorizer()
-    x = vec.fit_transform(docs)
-    clf = _classifier().fit(x, labels)
-    return vec, clf
-
-
-def recall_threshold(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """The highest threshold whose ``scores >= threshold`` catches ``target`` of positives."""
-    positives = np.sort(scores[labels == 1])[::-1]
-    if positives.size == 0:
-        raise ValueError("no urgent examples to choose a threshold from")
-    need = max(1, math.ceil(target * positives.size))
-    return float(positives[need - 1])
-
-
-def _labels(examples: Sequence[dict[str, Any]]) -> np.ndarray:
-    return np.array([1 if e["urgent"] else 0 for e in examples], dtype=np.int64)
-
-
-def train(
-    examples: list[dict[str, Any]], *, target_recall: float = TARGET_RECALL, folds: int = FOLDS
-) -> UrgencyModel:
-    """Fit the model on every example; pick the threshold by stratified k-fold CV.
-
-    Raises ``ValueError`` when there are too few urgent or non-urgent examples to cross-
-    validate (fewer than ``folds`` of either): a threshold chosen on no evidence would
-    be a guess.
-    """
-    labels = _labels(examples)
-    urgent = int(labels.sum())
-    if urgent < folds or len(labels) - urgent < folds:
-        raise ValueError(
-            f"need at least {folds} urgent and {folds} non-urgent examples "
-            f"(have {urgent} and {len(labels) - urgent})"
+        Ties are broken as a stable argsort over the analyzer's order would (first
+        occurrence: word, then n-gram length, then offset), which is what the
+        scikit-learn-era implementation did, so the chosen set is the same.
+        """
+        contrib = (values * self._weight[indices]).tolist()
+        grams = self._grams
+        ranked = sorted(
+            ((c, grams[i]) for c, i in zip(contrib, indices.tolist(), strict=True) if c > 0),
+            key=lambda cg: -cg[0],
         )
-    docs = [prepare(e.get("subject", ""), e.get("text", "")) for e in examples]
-    oof = np.zeros(len(docs), dtype=np.float64)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=SEED)
-    for train_idx, test_idx in splitter.split(np.zeros(len(docs)), labels):
-        vec, clf = _fit([docs[i] for i in train_idx], labels[train_idx])
-        oof[test_idx] = clf.predict_proba(vec.transform([docs[i] for i in test_idx]))[:, 1]
-    threshold = max(recall_threshold(oof, labels, target_recall), MIN_THRESHOLD)
-    flagged = oof >= threshold
-    tp = int((flagged & (labels == 1)).sum())
-    cv = CVFigures(
-        recall=tp / urgent,
-        precision=tp / int(flagged.sum()) if flagged.any() else 0.0,
-        examples=len(labels),
-        urgent=urgent,
-        folds=folds,
-    )
-    vec, clf = _fit(docs, labels)
-    sign = 1.0 if clf.classes_[1] == 1 else -1.0
-    return UrgencyModel(
-        vec,
-        clf,
-        threshold,
-        cv,
-        vec.get_feature_names_out(),
-        sign * clf.coef_[0].astype(np.float64),
-        sign * float(clf.intercept_[0]),
-        dict(vec.vocabulary_),
-        vec.idf_.astype(np.float64),
-        vec.build_analyzer(),
-    )
+        top = _TOP_FEATURES
+        if len(ranked) > top and ranked[top - 1][0] == ranked[top][0]:
+            ranked.sort(key=lambda cg: (-cg[0], _analyzer_rank(joined, cg[1])))
+        return ranked[:top]
+
+    def _explain(
+        self, doc: str, original: str, joined: str, indices: np.ndarray, values: np.ndarray
+    ) -> list[str]:
+        spans: list[tuple[int, int, float]] = []
+        for c, padded in self._top(joined, indices, values):
+            gram = padded.strip()
+            if len(gram) < 2:
+                continue  # a lone character padded by char_wb explains nothing
+            start = doc.find(gram)
+            while start >= 0:
+                spans.append((start, start + len(gram), c))
+                start = doc.find(gram, start + 1)
+        if not spans:
+            return []
+        spans.sort()
+        merged: list[list[Any]] = []
+        for start, end, c in spans:
+            if merged and start < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+                merged[-1][2] += c
+            else:
+                merged.append([start, end, c])
+        ranked = sorted(merged, key=lambda m: (-m[2], m[0]))
+        words: list[str] = []
+        for start, end, _ in ranked:
+            word = original[start:end].strip()
+            if word and word not in words:
+                words.append(word)
+            if len(words) == MAX_EXPLAIN:
+                break
+        return words
+
+
+def _analyzer_rank(joined: str, gram: str) -> tuple[int, int, int]:
+    """Where char_wb first emits ``gram``: (word index, n-gram length, offset in word)."""
+    pos = joined.find(gram)
+    word_start = joined.rfind(" ", 0, pos + 1)
+    return joined.count(" ", 0, word_start), len(gram), pos - word_start
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def train(examples: list[dict[str, Any]]) -> UrgencyModel:
+    """Train in this process (imports scikit-learn): for tests and benchmarks only.
+
+    ``load_model`` trains in a child process instead, so that the worker never imports
+    scikit-learn; both give the same model for the same examples.
+    """
+    from intake.learned_train import train_data
+
+    return UrgencyModel.from_data(json.loads(json.dumps(train_data(examples))))
 
 
 def load_examples(path: Path) -> list[dict[str, Any]]:
@@ -328,16 +401,148 @@ def load_examples(path: Path) -> list[dict[str, Any]]:
     return examples
 
 
+# -- training in a child process, remembered ------------------------------------------
+_MEMO: dict[str, UrgencyModel] = {}  # cache key -> model, for this process's lifetime
+
+
+def cache_dir() -> Path:
+    """Where trained models are cached: ``$SOUDAN_INTAKE_CACHE_DIR``, else XDG's cache.
+
+    ``$XDG_CACHE_HOME/soudan-intake/learned`` (default ``~/.cache``); never the repository.
+    When that cannot be created, a per-user folder under the system temp directory.
+    """
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "soudan-intake" / "learned"
+
+
+def _fallback_cache_dir() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"soudan-intake-{uid}" / "learned"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def cache_key(examples_raw: bytes) -> str:
+    """SHA-256 of everything the trained model depends on.
+
+    The examples' bytes, the model format, the training constants, the source of this
+    module, of the trainer and of ``intake.lemmas`` (whose normalising the model reads
+    through), and the versions of scikit-learn, NumPy and SciPy (read from package
+    metadata: importing them is what this module avoids). Any change gives a new key, so
+    a stale cache is never used, only left behind.
+    """
+    h = hashlib.sha256()
+    h.update(examples_raw)
+    h.update(repr((MODEL_FORMAT, TARGET_RECALL, MIN_THRESHOLD, FOLDS, SEED, C)).encode())
+    here = Path(__file__).resolve().parent
+    for name in ("learned.py", "learned_train.py", "lemmas.py"):
+        h.update(name.encode() + (here / name).read_bytes())
+    for dist in ("scikit-learn", "numpy", "scipy"):
+        h.update(f"{dist}={_version(dist)};".encode())
+    return h.hexdigest()
+
+
+def _read_cache(key: str) -> UrgencyModel | None:
+    """The cached model for ``key``; None when absent, unreadable, corrupt or stale."""
+    for folder in (cache_dir(), _fallback_cache_dir()):
+        try:
+            data = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("key") != key:
+                continue
+            return UrgencyModel.from_data(data["model"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _write_cache(key: str, model: UrgencyModel) -> None:
+    """Store the model atomically (temp file + rename); a failure only costs a retrain."""
+    text = json.dumps({"key": key, "model": model.to_data()}, ensure_ascii=True)
+    for folder in (cache_dir(), _fallback_cache_dir()):
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.replace(tmp, folder / f"{key}.json")
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
+        except OSError:
+            continue
+
+
+def train_in_child(examples: list[dict[str, Any]], path: Path) -> UrgencyModel:
+    """Run ``python -m intake.learned train`` on the examples; ``RulesError`` on failure.
+
+    The child imports scikit-learn and exits; this process only parses its JSON.
+    """
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "intake.learned", "train"],
+            input=json.dumps(examples, ensure_ascii=True).encode("ascii"),
+            capture_output=True,
+            env=env,
+            timeout=TRAIN_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RulesError([Problem(path, None, f"training could not run ({e})")]) from e
+    if done.returncode == 3:
+        reason = json.loads(done.stdout)["error"]
+        raise RulesError([Problem(path, None, f"{reason}; add labelled examples")])
+    try:
+        if done.returncode != 0:
+            raise ValueError(f"exit status {done.returncode}")
+        return UrgencyModel.from_data(json.loads(done.stdout))
+    except ValueError as e:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        raise RulesError(
+            [
+                Problem(
+                    path,
+                    None,
+                    f"training failed ({e}; {' '.join(tail) or 'no message'}); check that "
+                    "scikit-learn is installed: .venv/bin/pip install scikit-learn",
+                )
+            ]
+        ) from e
+
+
 def load_model(rules_dir: Path) -> UrgencyModel | None:
-    """Train on ``rules_dir/examples.jsonl``; None when there is no such file."""
+    """Train on ``rules_dir/examples.jsonl``; None when there is no such file.
+
+    Remembered in this process and in the cache (``cache_dir``) by ``cache_key``; a
+    training problem raises ``RulesError`` naming the examples file.
+    """
     path = Path(rules_dir) / EXAMPLES_FILE
     if not path.is_file():
         return None
+    raw = path.read_bytes()
+    key = cache_key(raw)
+    model = _MEMO.get(key)
+    if model is not None:
+        return model
     examples = load_examples(path)
-    try:
-        return train(examples)
-    except ValueError as e:
-        raise RulesError([Problem(path, None, f"{e}; add labelled examples")]) from e
+    model = _read_cache(key)
+    if model is None:
+        model = train_in_child(examples, path)
+        _write_cache(key, model)
+    _MEMO[key] = model
+    return model
 
 
 def learned_urgent(model: UrgencyModel, subject: str, text: str) -> list[str] | None:
@@ -347,7 +552,10 @@ def learned_urgent(model: UrgencyModel, subject: str, text: str) -> list[str] | 
     pushed the score up: then the score is the intercept alone (an empty mail, or one
     in a script the examples never used), which is the model knowing nothing, not
     evidence of a crisis. An urgent verdict therefore always names words of the mail.
+    Below the threshold (most mail) the explanation is never computed.
     """
+    if model.probability(subject, text) < model.threshold:
+        return None
     p, words = model.score(subject, text)
     if p < model.threshold or not words:
         return None
@@ -367,8 +575,12 @@ def rebuild_examples(data_dir: Path, out: Path) -> int:
     return len(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m intake.learned rebuild|cv``: rebuild the examples or print CV figures."""
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m intake.learned rebuild|cv|train``.
+
+    ``rebuild`` regenerates the examples, ``cv`` prints the CV figures, ``train`` is the
+    child process of ``load_model`` (examples on stdin, model JSON on stdout).
+    """
     root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(prog="python -m intake.learned")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -377,7 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     rebuild.add_argument("--out", type=Path, default=root / "rules" / EXAMPLES_FILE)
     cv = sub.add_parser("cv", help="train on the examples and print the CV figures")
     cv.add_argument("--rules", type=Path, default=root / "rules")
-    args = parser.parse_args(argv)
+    sub.add_parser("train", help="(internal) examples JSON on stdin -> model JSON on stdout")
+    args = parser.parse_args(None if argv is None else list(argv))
+    if args.command == "train":
+        from intake.learned_train import main_train
+
+        return main_train()
     if args.command == "rebuild":
         n = rebuild_examples(args.data, args.out)
         print(f"wrote {n} examples to {args.out}")

@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from intake import learned
 from intake.errors import RulesError
 from intake.learned import (
+    CACHE_ENV,
     EXAMPLES_FILE,
     KEPT_FIELDS,
     SOURCE_FILES,
     UrgencyModel,
+    cache_dir,
+    cache_key,
     learned_urgent,
     load_examples,
     load_model,
     prepare,
     rebuild_examples,
-    recall_threshold,
     shown,
     train,
 )
+from intake.learned_train import docs_of, fit, labels_of, recall_threshold, vectorizer
+from intake.lemmas import to_hiragana
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "rules"
@@ -126,11 +135,145 @@ def test_mail_with_no_known_ngram_is_not_urgent_by_intercept_alone(model: Urgenc
     assert model.score("", "")[1] == []
 
 
-def test_fast_scoring_matches_scikit_learn(model: UrgencyModel) -> None:
-    for subject, text in PROBES:
-        x = model.vectorizer.transform([prepare(subject, text)])
-        expected = float(model.classifier.predict_proba(x)[0, 1])
-        assert model.score(subject, text)[0] == pytest.approx(expected, abs=1e-6)
+# Mail the n-gram keys must survive: emoji the examples use and do not use, private-use
+# characters (which share codes with the folded emoji), NUL, spaces of every kind.
+ODD_TEXTS = [
+    ("つらい😢", "もう無理です😢😢 消えたい😂"),
+    ("", "\ue000\ue001\ue002 死にたい \U0001f9ff\U00020000"),
+    ("相談", "親が\x00怖くて　家に帰りたくない\t\n\n  です"),
+    ("a", "b"),
+]
+
+
+def test_fast_scoring_matches_scikit_learn(
+    examples: list[dict[str, Any]], model: UrgencyModel
+) -> None:
+    # The worker's model is plain data; scikit-learn fitted on the same examples is the
+    # reference for every example, the probes and the odd characters.
+    vec, clf = fit(docs_of(examples), labels_of(examples))
+    pairs = [(e.get("subject", ""), e["text"]) for e in examples] + PROBES + ODD_TEXTS
+    expected = clf.predict_proba(vec.transform([prepare(s, t) for s, t in pairs]))[:, 1]
+    got = [model.probability(s, t) for s, t in pairs]
+    # scikit-learn transforms in float32 (the vectoriser's dtype); the model scores in
+    # float64, as the earlier hand-written scorer did: equal to ~1e-8.
+    assert got == pytest.approx(expected.tolist(), abs=1e-6)
+    assert [model.score(s, t)[0] for s, t in pairs] == pytest.approx(got, abs=1e-12)
+
+
+def test_explanation_ties_follow_the_vectoriser_order() -> None:
+    # Equal contributions are ranked by where char_wb first emits the n-gram, as the
+    # stable argsort over the vectoriser's indices did.
+    doc = prepare("件名", "あいう  えお かき\nあいう くけ えおか")
+    grams = vectorizer().build_analyzer()(doc)
+    first = list(dict.fromkeys(grams))
+    joined = " " + " ".join(doc.split()) + " "
+    assert sorted(first, key=lambda g: learned._analyzer_rank(joined, g)) == first
+
+
+def test_katakana_folding_equals_to_hiragana_on_the_whole_block() -> None:
+    block = "".join(chr(c) for c in range(0x30A0, 0x3100))
+    mixed = "ｼﾆﾀｲ ホームから ABC Ωmega " + block
+    assert prepare("件名", mixed) == to_hiragana(shown("件名", mixed)).lower()
+
+
+def test_worker_process_never_imports_scikit_learn(tmp_path: Path) -> None:
+    # A fresh interpreter with an empty cache: training must happen in a child process,
+    # and loading the rules and classifying an urgent mail must leave no scikit-learn or
+    # SciPy in the worker's modules.
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from pathlib import Path
+        from intake.rules import load_rules
+        from intake.triage import classify_text
+        rules = load_rules(Path(sys.argv[1]))
+        text = "毎日つらくて、もう全部終わりにしたいと思っています。誰にも言えません。"
+        classify_text("相談", text, rules)
+        p = rules.learned.probability("相談", text)  # the scoring path, whatever triage chose
+        print(json.dumps({"modules": [m for m in ("sklearn", "scipy") if m in sys.modules],
+                          "scored": 0.0 < p < 1.0}))
+        """
+    )
+    env = dict(os.environ, **{CACHE_ENV: str(tmp_path / "cache")})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(RULES_DIR)],
+        capture_output=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert result == {"modules": [], "scored": True}
+    assert list((tmp_path / "cache").glob("*.json"))  # and the trained model was cached
+
+
+@pytest.fixture
+def tiny_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A rules dir with the tiny examples, and a private, empty model cache."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(learned, "_MEMO", {})
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    lines = [json.dumps(e, ensure_ascii=False) for e in tiny_examples()]
+    (rules / EXAMPLES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return rules
+
+
+def _no_training(*args: object) -> UrgencyModel:
+    raise AssertionError("trained again")
+
+
+def test_a_second_load_uses_the_memo_and_a_restart_uses_the_cache(
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = load_model(tiny_rules)
+    assert first is not None
+    monkeypatch.setattr(learned, "train_in_child", _no_training)
+    assert load_model(tiny_rules) is first  # same process: the memo
+    monkeypatch.setattr(learned, "_MEMO", {})  # a restarted worker: the cache file
+    again = load_model(tiny_rules)
+    assert again is not None and again is not first
+    assert again.to_data() == first.to_data()
+
+
+def test_corrupt_cache_is_ignored_and_rebuilt(
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = load_model(tiny_rules)
+    assert first is not None
+    (cached,) = cache_dir().glob("*.json")
+    cached.write_text('{"key": "', encoding="utf-8")  # a torn write
+    monkeypatch.setattr(learned, "_MEMO", {})
+    again = load_model(tiny_rules)
+    assert again is not None and again.to_data() == first.to_data()
+    assert json.loads(cached.read_text(encoding="utf-8"))["model"] == first.to_data()
+
+
+def test_changed_examples_are_not_served_from_the_cache(
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tiny_rules / EXAMPLES_FILE
+    before = path.read_bytes()
+    assert load_model(tiny_rules) is not None
+    path.write_bytes(before.replace("手首を切って".encode(), "腕を切って".encode()))
+    assert cache_key(path.read_bytes()) != cache_key(before)
+    monkeypatch.setattr(learned, "train_in_child", _no_training)
+    with pytest.raises(AssertionError, match="trained again"):
+        load_model(tiny_rules)
+
+
+def test_cache_lives_outside_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    assert ROOT not in cache_dir().resolve().parents
+
+
+def test_training_that_crashes_is_a_rules_error_naming_the_examples(
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(learned.sys, "executable", "/bin/false")
+    with pytest.raises(RulesError, match=f"{EXAMPLES_FILE}: training failed"):
+        load_model(tiny_rules)
 
 
 def test_small_example_set_trains_and_separates_its_own_classes() -> None:
@@ -149,7 +292,10 @@ def test_rules_dir_without_examples_gives_no_model(tmp_path: Path) -> None:
     assert load_model(tmp_path) is None
 
 
-def test_examples_file_too_small_to_train_is_a_rules_error(tmp_path: Path) -> None:
+def test_examples_file_too_small_to_train_is_a_rules_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     rows = [{"id": "a", "subject": "", "text": "死にたい", "urgent": True}]
     (tmp_path / EXAMPLES_FILE).write_text(json.dumps(rows[0], ensure_ascii=False) + "\n")
     with pytest.raises(RulesError, match=EXAMPLES_FILE):
