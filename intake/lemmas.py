@@ -32,6 +32,8 @@ import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import fugashi
 
@@ -363,35 +365,46 @@ def normalise(text: str) -> tuple[str, _OffsetMap]:
 
 
 class Analyser:
-    """Wraps one MeCab tagger with the caches that make per-mail analysis cheap.
+    """Wraps the process's one MeCab tagger with the caches that make analysis cheap.
 
-    Why two taggers on the same dictionary: half of MeCab's time on a mail goes into
-    writing UniDic's text columns (``%f[n]`` splits the feature CSV of every node), and
-    the Python side only needs them once per distinct word. The *key* tagger writes a
-    short line per node (surface, left and right context ids, word cost, unknown-word
-    flag); the first time a key is seen, its line is re-parsed with the full tagger and
-    the two outputs are zipped, so every key maps to the ``TokenInfo`` of the very UniDic
-    line the full tagger prints there. The output format does not change the Viterbi
-    path, so both taggers segment a line identically (checked on every re-parse).
+    Why a short output format: half of MeCab's time on a mail goes into writing UniDic's
+    text columns (``%f[n]`` splits the feature CSV of every node), and the Python side
+    only needs them once per distinct word. So the tagger writes a short *key* line per
+    node (surface, left and right context ids, word cost, unknown-word flag), and each
+    key maps to a cached ``TokenInfo``. The first time a line holds an unseen key, the
+    same tagger parses it again into nodes, and the unseen nodes' features are written
+    out exactly as UniDic's own format would print them (``_unidic_line``), so a key
+    stands for the very UniDic line the default format prints there. Parsing into nodes
+    takes the same Viterbi path as parsing to text (checked on every re-parse).
+
+    Why one tagger: each MeCab tagger maps UniDic's dictionary (~250 MB of files) on its
+    own, so a second tagger for the full text format doubled the worker's resident size.
 
     A key is not unique in the dictionary (合わす/遭わす share surface, ids and cost), but
     MeCab's choice between such twins is: their path costs are equal in every context
     and the strict ``<`` in its Viterbi keeps the one that comes first in the lattice,
     which is the dictionary order. So one key is always printed as one UniDic line.
-    ``fast=False`` keeps the full tagger for everything (the reference in the tests).
+    ``fast=False`` uses a tagger with UniDic's default text format for everything (the
+    reference the tests compare the fast path with).
     """
 
     def __init__(self, *, fast: bool = True) -> None:
-        self._tagger = fugashi.Tagger()
         self._line_cache: dict[str, TokenInfo] = {}
         self._kata_cache: dict[str, bool] = {}
         self._key_cache: dict[str, TokenInfo] = {}
         self._key_parse: Callable[[str], str] | None = None
         if fast:
-            key_tagger = fugashi.Tagger(_KEY_TAGGER_ARGS)
-            if _key_format_ok(key_tagger.parse(_KEY_PROBE), self._tagger.parse(_KEY_PROBE)):
-                self._key_tagger = key_tagger  # keep it alive with its parse method
-                self._key_parse = key_tagger.parse
+            tagger = fugashi.Tagger(_KEY_TAGGER_ARGS)
+            probe = "\n".join([*_unidic_lines(tagger, _KEY_PROBE), "EOS"])
+            if _key_format_ok(tagger.parse(_KEY_PROBE), probe):
+                self._tagger = tagger
+                self._key_parse = tagger.parse
+                self._full_lines: Callable[[str], list[str]] = partial(_unidic_lines, tagger)
+                return
+            logger.warning("MeCab ignored the key format; analysing with the full format")
+        full = fugashi.Tagger()
+        self._tagger = full
+        self._full_lines = partial(_printed_lines, full)
 
     # -- token level -------------------------------------------------------------
     def _info(self, line: str) -> TokenInfo:
@@ -492,7 +505,7 @@ class Analyser:
         return verb, neg
 
     def _parse_alone(self, text: str) -> list[TokenInfo]:
-        return [self._info(x) for x in self._tagger.parse(text).split("\n") if x and x != "EOS"]
+        return [self._info(x) for x in self._full_lines(text)]
 
     def _tokens(self, line: str) -> list[TokenInfo]:
         """MeCab's tokens of one line, punctuation and symbols included."""
@@ -508,27 +521,30 @@ class Analyser:
         return infos  # type: ignore[return-value]  # no None left
 
     def _learn(self, line: str, outs: list[str]) -> list[TokenInfo]:
-        """Re-parse a line with an unseen key with the full tagger; remember its keys."""
-        infos = self._parse_alone(line)
+        """Re-parse a line with an unseen key into nodes; remember the unseen keys.
+
+        Only the unseen nodes' features are read (reading them is what costs), the
+        known keys keep their cached word.
+        """
+        nodes = self._tagger.parseToNodeList(line)
         keys = [x for x in outs if x and x != "EOS"]
-        if len(keys) != len(infos) or any(
-            k.partition("\t")[0] != info.surface for k, info in zip(keys, infos, strict=True)
+        if len(keys) != len(nodes) or any(
+            k.partition("\t")[0] != node.surface for k, node in zip(keys, nodes, strict=True)
         ):
-            # Cannot happen with one dictionary (see the class docstring); if it ever
-            # does, the full tagger's answer stands and the key tagger is retired.
-            logger.warning("MeCab key tagger disagreed with the full tagger; not using it")
+            # Cannot happen (one tagger, one Viterbi path); if it ever does, the nodes'
+            # answer stands and the key lines are no longer used.
+            logger.warning("MeCab's key lines disagreed with its nodes; not using them")
             self._key_parse = None
-            return infos
+            return [self._info(_unidic_line(node)) for node in nodes]
         cache = self._key_cache
-        for key, info in zip(keys, infos, strict=True):
-            known = cache.get(key)
-            if known is None:
+        infos: list[TokenInfo] = []
+        for key, node in zip(keys, nodes, strict=True):
+            info = cache.get(key)
+            if info is None:
+                info = self._info(_unidic_line(node))
                 if len(cache) < 200_000:
                     cache[key] = info
-            elif known is not info and _fields(known) != _fields(info):
-                logger.warning("MeCab key %r stands for two words; not using keys", key)
-                self._key_parse = None
-                return infos
+            infos.append(info)
         return infos
 
     def _hiraganise_runs(self, line: str) -> str:
@@ -742,20 +758,46 @@ def _key_format_ok(keyed: str, full: str) -> bool:
     )
 
 
-def _fields(info: TokenInfo) -> tuple[object, ...]:
-    return (
-        info.surface,
-        info.lemma,
-        info.keys,
-        info.reading,
-        info.pos,
-        info.negation,
-        info.boundary,
-        info.contracted_negative,
-        info.volitional,
-        info.kind,
-        info.kana,
+def _feature(value: str | None) -> str:
+    """A UniDic feature as ``%f[n]`` prints it: "*" (not applicable) prints as nothing."""
+    return "" if value is None or value == "*" else value
+
+
+def _unidic_line(node: Any) -> str:
+    """The line UniDic's default format prints for ``node`` (unidic-lite's ``dicrc``).
+
+    ``node-format-unidic = %m\\t%f[9]\\t%f[6]\\t%f[7]\\t%F-[0,1,2,3]\\t%f[4]\\t%f[5]\\t%f[23]``
+    and, for unknown words, ``%m\\t%m\\t%m\\t%m\\t%F-[0,1,2,3]\\t%f[4]\\t%f[5]\\t0``; the
+    tests check the two agree with the default tagger's text on every corpus mail.
+    """
+    f = node.feature
+    pos = "-".join([x for x in f[:4] if x != "*"])
+    surface = node.surface
+    if node.is_unk:
+        cells = (surface, surface, surface, surface, pos, _feature(f[4]), _feature(f[5]), "0")
+        return "\t".join(cells)
+    return "\t".join(
+        (
+            surface,
+            _feature(f[9]),
+            _feature(f[6]),
+            _feature(f[7]),
+            pos,
+            _feature(f[4]),
+            _feature(f[5]),
+            _feature(f[23]),
+        )
     )
+
+
+def _unidic_lines(tagger: Any, text: str) -> list[str]:
+    """UniDic's default lines for ``text``, from the nodes of a tagger of any format."""
+    return [_unidic_line(node) for node in tagger.parseToNodeList(text)]
+
+
+def _printed_lines(tagger: Any, text: str) -> list[str]:
+    """The lines a tagger with UniDic's default format prints for ``text``."""
+    return [x for x in tagger.parse(text).split("\n") if x and x != "EOS"]
 
 
 _ANALYSER: Analyser | None = None
