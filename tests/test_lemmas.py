@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fugashi
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from intake import lemmas
 from intake.lemmas import NEG_KEY, VOLITIONAL, Analyser, Analysis, TokenInfo, analyse, get_analyser
 
 Row = tuple[str, str, tuple[str, ...], int, bool]
@@ -388,3 +390,32 @@ def test_fast_path_describes_any_text_like_the_full_tagger(text: str) -> None:
 # Module-level analysers for the hypothesis test (fixtures do not mix with @given).
 _FAST = Analyser()
 _REFERENCE = Analyser(fast=False)
+
+
+def test_node_lines_equal_what_the_default_unidic_format_prints(reference: Analyser) -> None:
+    """The fast path learns unseen words from MeCab's nodes, written out as UniDic's own
+    format would print them; any drift (a feature column, "*" handling, unknown words)
+    would give a learned word other keys than the reference analyser gives it."""
+    tagger = fugashi.Tagger(lemmas._KEY_TAGGER_ARGS)
+    lines = [line for text in _corpus() for line in text.split("\n") if line]
+    lines += ['「うるせえ」、って。,Ａ１ ｶﾞｶﾞ ①②Ⅱ㈱ "quoted" a,b 😢']
+    assert len(lines) > 200
+    for line in lines:
+        assert lemmas._unidic_lines(tagger, line) == lemmas._printed_lines(
+            reference._tagger, line
+        ), line
+
+
+def test_the_fast_analyser_opens_one_tagger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each MeCab tagger maps UniDic's dictionary on its own (~250 MB of files)."""
+    opened: list[str] = []
+    real = fugashi.Tagger
+
+    def counting(*args: str) -> fugashi.Tagger:
+        opened.append(args[0] if args else "")
+        return real(*args)
+
+    monkeypatch.setattr(lemmas.fugashi, "Tagger", counting)
+    analyser = Analyser()
+    assert analyser.analyse("家賃が払えん。ｼﾆﾀｲ").infos  # learning and katakana re-reads too
+    assert len(opened) == 1
