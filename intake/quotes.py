@@ -52,6 +52,7 @@ _SEPARATOR = re.compile(
     r")\s*$",
     re.I,
 )
+_SEPARATOR_STARTS = frozenset("-_bB")  # the first characters _SEPARATOR can match
 _SIGNATURE = re.compile(r"^-- ?$")
 _WROTE = re.compile(
     r"(?:wrote|writes|a écrit|schrieb|escribió)\s*[:：]\s*$"
@@ -83,20 +84,22 @@ def is_quote_header(line: str, following: str = "") -> bool:
     stripped = line.strip()
     if not stripped:
         return False
-    if _SEPARATOR.match(stripped):
+    # Every line of every mail comes through here: each pattern runs at most once, and the
+    # separator pattern only on lines that can start one (its \s* is what strip() removed).
+    if stripped[0] in _SEPARATOR_STARTS and _SEPARATOR.match(stripped):
         return True
-    if _WROTE.search(stripped) and (_DATEISH.search(stripped) or _ADDRESSISH.search(stripped)):
+    dateish = _DATEISH.search(stripped) is not None
+    if _WROTE.search(stripped) and (dateish or _ADDRESSISH.search(stripped)):
         return True
-    if _ends_with_colon(stripped) and _DATEISH.search(stripped) and _ADDRESSISH.search(stripped):
-        # 2026年11月26日(木) 10:00 山田 <taro@example.jp>:
-        return True
-    if _ON_START.match(stripped) and _DATEISH.search(stripped):
-        joined = f"{stripped} {following.strip()}"
-        if _WROTE.search(joined):
+    if dateish:
+        if _ends_with_colon(stripped) and _ADDRESSISH.search(stripped):
+            # 2026年11月26日(木) 10:00 山田 <taro@example.jp>:
             return True
-    if _DATEISH.search(stripped) and _ends_with_colon(following) and "@" in following:
-        # Gmail wraps a long attribution: "2026年11月26日(木) 10:00 笠岡市 <" / "x@y>:"
-        return True
+        if _ON_START.match(stripped) and _WROTE.search(f"{stripped} {following.strip()}"):
+            return True
+        if _ends_with_colon(following) and "@" in following:
+            # Gmail wraps a long attribution: "2026年11月26日(木) 10:00 笠岡市 <" / "x@y>:"
+            return True
     # Outlook: "From: X" directly followed by "Sent:"/"送信日時:".
     return bool(_OUTLOOK_FROM.match(stripped) and _OUTLOOK_NEXT.match(following))
 

@@ -157,3 +157,82 @@ def test_iso2022jp_fast_path_agrees_with_bytewise_decoder(runs: list[tuple[bytes
     """The run-at-a-time fast path must decode exactly like the careful decoder."""
     data = b"".join(esc + bytes(body) for esc, body in runs)
     assert decode_iso2022jp(data) == _decode_iso2022jp_bytewise(data)
+
+
+def _quote_header_reference(line: str, following: str = "") -> bool:
+    """``quotes.is_quote_header`` written plainly, each test in its own step (the module's
+    version shares the date search and skips the separator pattern on lines that cannot
+    start one; both must answer alike)."""
+    from intake import quotes as q
+
+    stripped = line.strip()
+    if not stripped:
+        return False
+    if q._SEPARATOR.match(stripped):
+        return True
+    if q._WROTE.search(stripped) and (
+        q._DATEISH.search(stripped) or q._ADDRESSISH.search(stripped)
+    ):
+        return True
+    if (
+        q._ends_with_colon(stripped)
+        and q._DATEISH.search(stripped)
+        and q._ADDRESSISH.search(stripped)
+    ):
+        return True
+    if (
+        q._ON_START.match(stripped)
+        and q._DATEISH.search(stripped)
+        and q._WROTE.search(f"{stripped} {following.strip()}")
+    ):
+        return True
+    if q._DATEISH.search(stripped) and q._ends_with_colon(following) and "@" in following:
+        return True
+    return bool(q._OUTLOOK_FROM.match(stripped) and q._OUTLOOK_NEXT.match(following))
+
+
+_QUOTE_PIECES = [
+    " ",
+    "\u3000",
+    "\t",
+    "-",
+    "--",
+    "-----",
+    "_____",
+    "Original Message",
+    "元のメッセージ",
+    "転送",
+    "Begin forwarded message",
+    "begin FORWARDED message",
+    ":",
+    "：",
+    "wrote",
+    "書きました",
+    "On",
+    "Thu,",
+    "2026年11月26日",
+    "10:00",
+    "<taro@example.jp>",
+    "x@y.jp",
+    "From",
+    "差出人",
+    "Sent",
+    "送信日時",
+    "相談です",
+    "。",
+    ">",
+    "＞",
+    "b",
+    "_",
+]
+
+
+@given(
+    st.lists(st.sampled_from(_QUOTE_PIECES), max_size=8).map("".join),
+    st.lists(st.sampled_from(_QUOTE_PIECES), max_size=6).map("".join),
+)
+@settings(max_examples=400, deadline=None)
+def test_quote_header_check_agrees_with_its_plain_definition(line: str, following: str) -> None:
+    from intake.quotes import is_quote_header
+
+    assert is_quote_header(line, following) == _quote_header_reference(line, following)
