@@ -304,3 +304,19 @@ def test_reading_rule_needs_a_reading_id_and_a_known_scope(tmp_path: Path) -> No
     text = "\n".join(messages(tmp_path))
     assert "starts with 'reading.'" in text
     assert 'scope must be "text" or "subject"' in text
+
+
+def test_token_patterns_list_one_word_patterns_and_longer_ones_by_their_rarest_word() -> None:
+    rules = load_rules(SHIPPED)
+    one_word = next(
+        p for p in rules.urgent_patterns if len(p.segments) == 1 and len(p.segments[0]) == 1
+    )
+    key = sorted(one_word.segments[0][0])[0]
+    plan = rules.token_patterns((key,))
+    assert one_word in plan.singles
+    assert rules.token_patterns((key,)) is plan  # per distinct word, once per process
+    longer = next(p for p in rules.topic_patterns if len(p.segments) > 1)
+    anchored = [k for k, entries in rules._needs.items() if any(p is longer for p, _ in entries)]
+    assert anchored, "every longer pattern is indexed by its rarest word"
+    assert any(p is longer for p, _ in rules.token_patterns((anchored[0],)).anchored)
+    assert longer not in rules.token_patterns(("無関係な語",)).singles

@@ -567,3 +567,24 @@ def test_benign_versions_of_fourth_round_situations_are_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not urgent(rules, text)
+
+
+def test_hits_at_one_word_come_in_rule_order(rules: RuleSet) -> None:
+    """Evidence, and which word a signal combination quotes, must not depend on set
+    iteration order (which follows memory addresses and differs between runs)."""
+    from intake.lemmas import get_analyser
+    from intake.triage import _discount, _find
+
+    subject = "家賃のことと…"
+    body = "家賃のことで相談したいです。あと、もう薬を一箱全部飲もうかなって考えてます"
+    a = get_analyser().analyse(subject + "\n" + body)
+    hits = _find(a, rules)
+    _discount(a, hits, rules)
+    firsts = [h.first for h in hits]
+    assert firsts == sorted(firsts)
+    shared = {i for i in firsts if firsts.count(i) > 1}
+    assert shared, "the test needs a word where several patterns start"
+    for i in shared:
+        order = [rules.order[id(h.pattern)] for h in hits if h.first == i]
+        assert order == sorted(order)
+    assert classify_text(subject, body, rules).urgent
