@@ -238,21 +238,26 @@ class UrgencyModel:
         spaces and n-grams are taken across the whole string. The extra n-grams that
         straddle two words have a space inside, which no vocabulary n-gram has, so the
         lookup in the vocabulary drops them. The n-grams are read as integers from the
-        folded text's UTF-16 bytes by overlapping strided views (2 bytes apart), looked
-        up with one ``searchsorted`` in the sorted vocabulary keys and counted with
-        ``unique``: a few NumPy calls per mail instead of a Python step per n-gram.
+        folded text's UTF-16 bytes by overlapping strided views (2 bytes apart), counted
+        with ``unique`` and looked up with one ``searchsorted`` in the sorted vocabulary
+        keys: a few NumPy calls per mail instead of a Python step per n-gram.
         """
         joined = " " + " ".join(doc.split()) + " "
         data = (self._fold_special(joined) + self._sentinel).encode(_UTF16)
         n = len(joined)
         fours = np.ndarray((n,), dtype=np.dtype("=u8"), buffer=data, strides=(2,))
         twos = np.ndarray((n,), dtype=np.dtype("=u4"), buffer=data, strides=(2,))
-        keys = np.concatenate((twos, _TO_3(fours, _TO_3_ARG), fours))
+        keys, counts = np.unique(
+            np.concatenate((twos, _TO_3(fours, _TO_3_ARG), fours)), return_counts=True
+        )
+        # Counting first and searching the (sorted) distinct keys touches the 150 KB key
+        # array less: inside classify, after MeCab has filled the caches, this measured
+        # 114 us a mail against 146 us for searching every n-gram and counting the hits.
         vocab = self._keys
         at = np.searchsorted(vocab, keys)
         np.minimum(at, len(vocab) - 1, out=at)
-        indices, counts = np.unique(at[vocab[at] == keys], return_counts=True)
-        return joined, indices, counts
+        hit = vocab[at] == keys
+        return joined, at[hit], counts[hit]
 
     def _weigh(self, doc: str) -> tuple[float, str, np.ndarray, np.ndarray]:
         """(z, joined words, present vocabulary indices, their tf-idf values).
