@@ -340,6 +340,7 @@ class RuleSet:
     # key -> the one-word patterns whose word carries it (they match wherever a token
     # carries the key, with no further check)
     single: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
+    one_word: set[int] = field(default_factory=set, repr=False)  # their ids
     # key -> (longer pattern anchored on it, the numbers of all its words)
     _needs: dict[str, list[tuple[Pattern, frozenset[int]]]] = field(
         default_factory=dict, repr=False, compare=False
@@ -364,6 +365,7 @@ class RuleSet:
         self.index = {}
         self.anchors = {}
         self.single = {}
+        self.one_word = set()
         self.order = {}
         self._by_keys = {}
         self._needs = {}
@@ -385,6 +387,7 @@ class RuleSet:
             if len(pattern.segments) == 1 and len(pattern.segments[0]) == 1:
                 for key in pattern.segments[0][0]:
                     self.single.setdefault(key, []).append(pattern)
+                self.one_word.add(id(pattern))
                 continue
             words = tuple(dict.fromkeys(tok for seg in pattern.segments for tok in seg))
             anchor = min(words, key=_commonness)

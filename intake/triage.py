@@ -334,18 +334,17 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     gap = rules.settings.gap
     n = len(infos)
     hits: list[_Hit] = []
-    get = candidates.get
-    for i, info in enumerate(infos):
-        patterns = get(info)
+    one_word = rules.one_word
+    for i, patterns in enumerate(map(candidates.get, infos)):
         if patterns is None:
             continue
         sentence = sentences[i]
         for pattern in patterns:
-            segments = pattern.segments
-            if len(segments) == 1 and len(segments[0]) == 1:
+            if id(pattern) in one_word:
                 # one word: the token carries one of its keys (RuleSet.token_patterns)
                 hits.append(_Hit(pattern, i, i))
                 continue
+            segments = pattern.segments
             # The first segment is pinned at i, and its first word is the token's own
             # (that is why the pattern is a candidate here): check the rest of it, in
             # the same sentence, before anything else.
@@ -500,6 +499,8 @@ def _signal_hits(
                 by.setdefault(label, []).append(_Sig(label, a.sentences[h.first], h.first, h.last))
         if a.infos:
             for concept in rules.concepts.values():
+                if not concept.regexes_ja or not _may_combine(concept.id, by, rules):
+                    continue
                 for rx in concept.regexes_ja:
                     for m in rx.finditer(a.normalised):
                         lo = max(bisect_right(a.starts, m.start()) - 1, 0)
@@ -517,6 +518,24 @@ def _signal_hits(
                     _Sig(concept.id, sentence, m.start(), m.end() - 1)
                 )
     return by
+
+
+def _may_combine(concept: str, by: dict[str, list[_Sig]], rules: RuleSet) -> bool:
+    """Could words of ``concept`` complete a combination, given the concepts found so far?
+
+    Why: a concept's regular expressions scan the whole text, and their words only matter
+    inside a combination. A combination whose other concepts have no word in the mail
+    (and no regular expression that might still find one) cannot fire, so when that is
+    true of every combination naming ``concept`` the scan is skipped. Every combination
+    has two or more concepts, so the skip cannot change which ones fire.
+    """
+    for combo in rules.combos_by_concept.get(concept, ()):
+        if all(
+            name == concept or name in by or rules.concepts[name].regexes_ja
+            for name in combo.concepts
+        ):
+            return True
+    return False
 
 
 # Chat-style mail: all-hiragana lines cut by spaces (いま そうこに とじこめられてる そとから
