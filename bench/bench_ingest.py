@@ -172,7 +172,12 @@ STAGES = [
     ("process_new_mail (total)", "pipeline.py", "process_new_mail"),
     ("IMAP FETCH (Mailbox.fetch)", "fetch.py", "fetch"),
     ("ingest_batch", "pipeline.py", "ingest_batch"),
-    ("handle_message", "pipeline.py", "handle_message"),
+    ("_process_batch (transaction 2)", "pipeline.py", "_process_batch"),
+    ("_prepare (parse..phones, pure)", "pipeline.py", "_prepare"),
+    ("_open_cases (multi-row writes)", "pipeline.py", "_open_cases"),
+    ("  ack_bytes", "compose.py", "ack_bytes"),
+    ("  json encoding (evidence)", "encoder.py", "iterencode"),
+    ("handle_message (replies etc.)", "pipeline.py", "handle_message"),
     ("parse", "parse.py", "parse"),
     ("acknowledgement_block", "pipeline.py", "acknowledgement_block"),
     ("_find_thread", "pipeline.py", "_find_thread"),
@@ -181,7 +186,7 @@ STAGES = [
     ("assign_partner", "partners.py", "assign_partner"),
     ("find_phones", "phones.py", "find_phones"),
     ("_recent_ack", "pipeline.py", "_recent_ack"),
-    ("render_ack", "compose.py", "render_ack"),
+    ("render_ack (per-message path)", "compose.py", "render_ack"),
     ("render_alert (via _queue_alert)", "compose.py", "render_alert"),
     ("queue_mail (bytes(message))", "pipeline.py", "queue_mail"),
     ("  email header folding", "policy.py", "fold_binary"),
@@ -191,6 +196,8 @@ STAGES = [
     ("ORM Session.get", "session.py", "get"),
     ("SAVEPOINT begin_nested", "session.py", "begin_nested"),
     ("sqlite3 execute", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
+    ("sqlite3 executemany", "~", "<method 'executemany' of 'sqlite3.Cursor' objects>"),
+    ("sqlite3 commit", "~", "<method 'commit' of 'sqlite3.Connection' objects>"),
 ]
 
 
