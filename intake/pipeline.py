@@ -3,12 +3,16 @@
 Order of work for each batch of new UIDs, and why:
 1. Transaction 1 stores the raw bytes (deduplicated by SHA-256 per mailbox) and counts an
    attempt. From here on the mail cannot be lost, whatever crashes next.
-2. Transaction 2 parses, triages and routes each stored message inside its own SAVEPOINT,
-   creates or extends its case, queues the acknowledgement and the alert in the outbox,
-   and advances the IMAP cursor — all in one commit, so the cursor never runs ahead of
-   what is stored. A message whose processing raises is rolled back to its savepoint and
-   quarantined (stage and error class recorded, never the body) as a case for a human;
-   one that crashed the whole process three times is quarantined without another try.
+2. Transaction 2 parses, triages and routes each stored message, creates or extends its
+   case, queues the acknowledgement and the alert in the outbox, and advances the IMAP
+   cursor — all in one commit, so the cursor never runs ahead of what is stored. Letters
+   that open a new case are prepared in Python first (pure work, no database) and written
+   with a few multi-row statements; replies, bounces and the like go one by one, each in
+   a SAVEPOINT, after the letters before them are written. A message whose pure work
+   raises is quarantined (stage and error class recorded, never the body) as a case for
+   a human; if the batch fails as a whole, nothing of it is committed and it is redone
+   one message per transaction, as after a crash; a message that crashed the whole
+   process three times is quarantined without another try.
 3. The outbox is delivered afterwards (alerts first) by ``intake.send``.
 """
 
