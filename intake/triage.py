@@ -372,6 +372,21 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
                 limit = pos + pattern_gap
                 start = pos
                 found = False
+                if length == 1:
+                    # one word (most later segments): the first token in reach that
+                    # carries it, without leaving the pattern's sentences
+                    word = segment[0]
+                    end = min(limit, n - 1)
+                    while start <= end and sentences[start] <= last_sentence:
+                        if not word.isdisjoint(infos[start].keys):
+                            found = True
+                            break
+                        start += 1
+                    if not found:
+                        ok = False
+                        break
+                    pos = start + 1
+                    continue
                 while start <= limit and start + length <= n:
                     if sentences[start + length - 1] > last_sentence:
                         break
