@@ -38,6 +38,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from intake.lemmas import Analysis, TokenInfo, get_analyser
@@ -670,6 +671,7 @@ def _reading_negated(reading: str, end: int) -> bool:
     return m is not None and _READING_DOUBLE.match(reading, m.end()) is None
 
 
+_KANA_OF = attrgetter("kana")
 _DIGIT_IN_KANA = re.compile(r"[ぁ-ゖ]4|4[ぁ-ゖ]").search
 
 
@@ -680,11 +682,11 @@ def _reading_may_match(a: Analysis, rules: RuleSet, subject: str) -> bool:
     finds every match the full reading can (a superset); a 4, or a subject-only rule
     matching the subject's plain join, sends the mail to the full check.
     """
-    kana = "".join([info.kana for info in a.infos])
+    kana = "".join(map(_KANA_OF, a.infos))
     if subject.strip():
         end = a.normalised.find("\n")
         n = bisect_left(a.starts, len(a.normalised) if end < 0 else end)
-        head = "".join([info.kana for info in a.infos[:n]])
+        head = "".join(map(_KANA_OF, a.infos[:n]))
         if any(r.regex.search(head) for r in rules.reading if r.subject_only):
             return True
     if _DIGIT_IN_KANA(a.normalised):
@@ -753,6 +755,9 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
                 hit.discounted = "negated"
             found.append(hit)
     return found
+
+
+_BY_PLACE = attrgetter("start", "end", "rule")  # how evidence is listed
 
 
 def _to_match(a: Analysis, h: _Hit, start: int = -1, end: int = -1) -> Match:
@@ -922,8 +927,8 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
         if learned is not None:
             matches.append(learned)
             urgent_reasons = [learned]
-    matches.sort(key=lambda m: (m.start, m.end, m.rule))
-    urgent_reasons.sort(key=lambda m: (m.start, m.end, m.rule))
+    matches.sort(key=_BY_PLACE)
+    urgent_reasons.sort(key=_BY_PLACE)
 
     settings = rules.settings
     scores = _score(
