@@ -308,14 +308,6 @@ class RuleSet:
     reportable: frozenset[str] = frozenset()  # urgent categories news-talk may discount
     exclusions: list[Exclusion] = field(default_factory=list)
     foreign: list[ForeignPattern] = field(default_factory=list)
-    # first key of a pattern -> patterns starting with a token carrying that key
-    index: dict[str, list[Pattern]] = field(default_factory=dict)
-    # the key of a pattern's rarest word -> (pattern, the key sets of all its words);
-    # classify first keeps only the patterns whose every word occurs somewhere in the mail
-    anchors: dict[str, list[tuple[Pattern, tuple[frozenset[str], ...]]]] = field(
-        default_factory=dict
-    )
-    anchor_keys: frozenset[str] = frozenset()
     # foreign regexes joined per rule into one alternation (one scan of the text per rule)
     foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], bool]] = field(
         default_factory=list
@@ -341,12 +333,13 @@ class RuleSet:
     # carries the key, with no further check)
     single: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
     one_word: set[int] = field(default_factory=set, repr=False)  # their ids
-    # key -> (longer pattern anchored on it, the numbers of all its words)
-    _needs: dict[str, list[tuple[Pattern, frozenset[int]]]] = field(
-        default_factory=dict, repr=False, compare=False
+    # the key of a longer pattern's rarest word -> (pattern, the numbers of all its
+    # words); classify keeps only the patterns whose every word occurs in the mail
+    anchored: dict[str, list[tuple[Pattern, frozenset[int]]]] = field(
+        default_factory=dict, repr=False
     )
     # key -> the numbers of the words of longer patterns that a token carrying it matches
-    _word_ids: dict[str, set[int]] = field(default_factory=dict, repr=False, compare=False)
+    word_numbers: dict[str, set[int]] = field(default_factory=dict, repr=False)
     # per distinct token key tuple: what build_index says about a token with those keys
     # (filled on demand by token_patterns; bounded like the analyser's caches)
     _by_keys: dict[tuple[str, ...], TokenPatterns] = field(
@@ -354,25 +347,23 @@ class RuleSet:
     )
 
     def build_index(self) -> None:
-        """Index every Japanese pattern by its first word and by its rarest word.
+        """Index every Japanese pattern: one-word patterns by their keys, longer ones by
+        their rarest word.
 
         Most of the thousands of compiled patterns (a|b expansions) share common first
         words (居る, 子, 朝), so trying each at every such token is what made classify
         slow. A pattern can only match when every one of its words occurs in the mail,
         and its rarest word (練炭, 止まる) almost never does: indexing by that word lets
-        classify discard nearly all patterns with one set intersection per mail.
+        classify discard nearly all patterns with one subset test each per mail (every
+        distinct word of the longer patterns gets a number for that test).
         """
-        self.index = {}
-        self.anchors = {}
         self.single = {}
         self.one_word = set()
         self.order = {}
+        self.anchored = {}
+        self.word_numbers = {}
         self._by_keys = {}
-        self._needs = {}
-        self._word_ids = {}
-        # every distinct word (key set) of the longer patterns gets a number, so "does the
-        # mail hold every word of this pattern" is one subset test on sets of numbers
-        word_ids: dict[frozenset[str], int] = {}
+        numbers: dict[frozenset[str], int] = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
         for concept in self.concepts.values():
             every += list(concept.patterns)
@@ -380,26 +371,20 @@ class RuleSet:
             every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
         for pattern in every:
             if id(pattern) in self.order:
-                continue  # listed twice (an exclusion's patterns shared by two roles)
+                continue  # the same compiled pattern listed twice is tried once
             self.order[id(pattern)] = len(self.order)
-            for key in pattern.segments[0][0]:
-                self.index.setdefault(key, []).append(pattern)
             if len(pattern.segments) == 1 and len(pattern.segments[0]) == 1:
                 for key in pattern.segments[0][0]:
                     self.single.setdefault(key, []).append(pattern)
                 self.one_word.add(id(pattern))
                 continue
             words = tuple(dict.fromkeys(tok for seg in pattern.segments for tok in seg))
-            anchor = min(words, key=_commonness)
-            for key in anchor:
-                self.anchors.setdefault(key, []).append((pattern, words))
-            needs = frozenset(word_ids.setdefault(word, len(word_ids)) for word in words)
-            for key in anchor:
-                self._needs.setdefault(key, []).append((pattern, needs))
-        for word, word_id in word_ids.items():
+            needs = frozenset(numbers.setdefault(word, len(numbers)) for word in words)
+            for key in min(words, key=_commonness):
+                self.anchored.setdefault(key, []).append((pattern, needs))
+        for word, number in numbers.items():
             for key in word:
-                self._word_ids.setdefault(key, set()).add(word_id)
-        self.anchor_keys = frozenset(self.anchors)
+                self.word_numbers.setdefault(key, set()).add(number)
         self.combos_by_concept = {}
         for combo in self.combinations:
             for name in combo.concepts:
@@ -440,9 +425,9 @@ class RuleSet:
         for key in keys:
             for pattern in self.single.get(key, ()):
                 singles[id(pattern)] = pattern
-            for pattern, needs in self._needs.get(key, ()):
+            for pattern, needs in self.anchored.get(key, ()):
                 anchored[id(pattern)] = (pattern, needs)
-            words.update(self._word_ids.get(key, ()))
+            words.update(self.word_numbers.get(key, ()))
         found = TokenPatterns(
             tuple(sorted(singles.values(), key=lambda p: order[id(p)])),
             tuple(anchored.values()),

@@ -316,7 +316,7 @@ def test_token_patterns_list_one_word_patterns_and_longer_ones_by_their_rarest_w
     assert one_word in plan.singles
     assert rules.token_patterns((key,)) is plan  # per distinct word, once per process
     longer = next(p for p in rules.topic_patterns if len(p.segments) > 1)
-    anchored = [k for k, entries in rules._needs.items() if any(p is longer for p, _ in entries)]
+    anchored = [k for k, entries in rules.anchored.items() if any(p is longer for p, _ in entries)]
     assert anchored, "every longer pattern is indexed by its rarest word"
     assert any(p is longer for p, _ in rules.token_patterns((anchored[0],)).anchored)
     assert longer not in rules.token_patterns(("無関係な語",)).singles
