@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import Environment
 from sqlalchemy import Table, bindparam, insert, update
@@ -50,6 +50,7 @@ from intake.letter import Letter
 from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner, load_directory
 from intake.phones import find_phones
+from intake.prepare_pool import Failed, PreparePool
 from intake.rules import RuleSet, load_rules
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
@@ -77,6 +78,10 @@ _OUTBOX: Table = Outbox.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = Event.__table__  # type: ignore[attr-defined]
 
 MAX_ATTEMPTS = 3
+# A batch with at least this many messages to prepare goes through the prepare pool
+# (``intake.prepare_pool``); smaller ones, like a lone urgent mail seen in IDLE, are
+# prepared in this process without any inter-process round trip.
+POOL_MIN_BATCH = 64
 CASE_NUMBER = re.compile(r"\bC(\d{6})\b")
 
 
@@ -91,6 +96,9 @@ class Service:
     env: Environment
     calendar: BusinessCalendar
     sender: Sender
+    # Worker processes for the pure work of large batches (``[service] prepare_processes``);
+    # None: everything in this process. Started on first use, stopped by ``close``.
+    pool: PreparePool | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -114,7 +122,19 @@ class Service:
             env=template_environment(settings.templates_dir),
             calendar=calendar,
             sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
+            pool=(
+                PreparePool(settings, settings.prepare_processes)
+                if settings.prepare_processes > 0
+                else None
+            ),
         )
+
+    def close(self) -> None:
+        """Stop the prepare pool's processes, if any were started (the worker's shutdown).
+
+        The Service stays usable: a later large batch starts the pool again."""
+        if self.pool is not None:
+            self.pool.close()
 
     def deliver(self, now: datetime) -> SendReport:
         """Deliver this mailbox's due outbox rows (alerts first)."""
@@ -337,7 +357,20 @@ class _Prepared:
     reasons: list[dict[str, Any]]
 
 
-def _prepare(svc: Service, raw: bytes, stage: _Stage) -> _Prepared:
+class _Preparing(Protocol):
+    """What ``_prepare`` reads: a ``Service``, or a prepare-pool child's lighter context."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def rules(self) -> RuleSet: ...
+    @property
+    def directory(self) -> Directory: ...
+    @property
+    def sender(self) -> Sender: ...
+
+
+def _prepare(svc: _Preparing, raw: bytes, stage: _Stage) -> _Prepared:
     """Parse, triage, route and find phone numbers; ``stage`` names the step that raised."""
     stage.name = "parse"
     letter = parse(raw, max_size=svc.settings.max_message_bytes)
@@ -349,6 +382,16 @@ def _prepare(svc: Service, raw: bytes, stage: _Stage) -> _Prepared:
     phones = find_phones(letter.subject + "\n" + letter.text)
     reasons = [match_dict(m) for m in triage.urgent_reasons]
     return _Prepared(letter, triage, block, partner, phones, reasons)
+
+
+def _attempt(svc: _Preparing, raw: bytes) -> _Prepared | Failed:
+    """``_prepare``, or the stage that raised and the exception's class name: the one
+    function the batch runs per message, in this process or in a prepare-pool child."""
+    stage = _Stage()
+    try:
+        return _prepare(svc, raw, stage)
+    except Exception as exc:
+        return Failed(stage.name, type(exc).__name__)
 
 
 def _opens_case(letter: Letter) -> bool:
@@ -743,6 +786,21 @@ def _process_batch(
             .with_for_update(skip_locked=True)
         )
     }
+    todo = [
+        row_id
+        for row_id in pending
+        if (row := rows.get(row_id)) is not None
+        and row.status == "received"
+        and row.attempts <= MAX_ATTEMPTS
+    ]
+    outcomes: dict[int, _Prepared | Failed] = {}
+    if svc.pool is not None and len(todo) >= POOL_MIN_BATCH:
+        # The pure work of a large batch in the pool's processes, in order; every write
+        # below stays here, in mailbox order, exactly as without the pool.
+        done = svc.pool.prepare(
+            [rows[row_id].raw or b"" for row_id in todo], lambda raw: _attempt(svc, raw)
+        )
+        outcomes = dict(zip(todo, done, strict=True))
     run: list[tuple[int, _Prepared, datetime]] = []
     for row_id in pending:
         row = rows.get(row_id)
@@ -751,12 +809,13 @@ def _process_batch(
         prepared: _Prepared | None = None
         failed: tuple[str, str] | None = None
         if row.attempts <= MAX_ATTEMPTS:
-            stage = _Stage()
-            try:
-                prepared = _prepare(svc, row.raw or b"", stage)
-            except Exception as exc:
-                failed = (stage.name, type(exc).__name__)
+            outcome = outcomes.get(row_id)
+            if outcome is None:
+                outcome = _attempt(svc, row.raw or b"")
+            if isinstance(outcome, Failed):
+                failed = (outcome.stage, outcome.error)
             else:
+                prepared = outcome
                 if _opens_case(prepared.letter):
                     run.append((row_id, prepared, from_db(row.received_at) or now))
                     continue

@@ -1,0 +1,260 @@
+"""Prepare pool: the pure per-message work of a large batch, in worker processes.
+
+Contract:
+    input   the raw bytes of a batch's stored messages, in mailbox order, and the
+            in-process function that prepares one (``pipeline._attempt``);
+    output  for each message, in the same order, exactly what that function returns:
+            a ``pipeline._Prepared`` (parse, triage, route, phones) or a ``Failed`` with
+            the stage that raised and the exception's class name, as quarantine records it;
+    never   touches the database, the network or the clock, and never logs mail content.
+
+Why processes: parsing and triage (MeCab, rules) are CPU-bound Python and hold the GIL;
+the database writes stay in the worker process, in mailbox order, so every guarantee of
+``intake.pipeline`` holds unchanged. Only ``pipeline._process_batch`` calls this, and
+only for a batch of at least ``pipeline.POOL_MIN_BATCH`` messages, so a lone urgent mail
+in IDLE never waits on inter-process traffic.
+
+How:
+- Children are started with "forkserver", never "fork": the worker runs APScheduler and
+  SQLAlchemy threads, and a forked copy of a lock held by one of them would deadlock.
+  Each child builds what ``_prepare`` needs once, in the pool initializer, from the
+  (picklable) ``Settings``: the rules (``load_rules``; the learned model comes from its
+  disk cache), the partner directory and the sender address. A child also watches its
+  parent and exits when the parent dies, so a ``kill -9`` of the worker leaves no orphans.
+- The pool is started lazily, on the first large batch, and lives as long as the
+  ``Service`` (``close()``; a finalizer closes it if nobody did).
+- The batch is cut into small chunks, submitted in order. While the children work, the
+  calling process takes chunks nobody has started yet from the end of the batch and does
+  them itself, so the pool never makes a batch slower than doing it alone.
+- A child that dies (``BrokenProcessPool``), an error in the pool machinery or a batch
+  that exceeds ``timeout`` makes the batch fall back to in-process work for whatever is
+  missing (a warning without mail content is logged); the pool is restarted on the next
+  large batch, and switched off for the life of the process after ``MAX_FAILURES``
+  failures in a row. No message is ever lost or prepared twice into the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from intake.config import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES = 3
+DEFAULT_TIMEOUT = 120.0  # seconds for one batch, child start-up included
+MAX_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A stage raised: its name and the exception's class name (never its message, which
+    may quote the mail)."""
+
+    stage: str
+    error: str
+
+
+# The child's own context, built once by ``_start_child`` (one per child process).
+_CHILD: Any = None
+
+
+@dataclass
+class _ChildContext:
+    """What ``pipeline._prepare`` reads from a ``Service``, without a database or templates."""
+
+    settings: Settings
+    rules: Any
+    directory: Any
+    sender: Any
+
+
+def _start_child(settings: Settings) -> None:
+    """Pool initializer: load rules and partners once, and die with the parent."""
+    global _CHILD
+    from intake.compose import Sender
+    from intake.partners import load_directory
+    from intake.rules import load_rules
+
+    _CHILD = _ChildContext(
+        settings=settings,
+        rules=load_rules(settings.rules_dir),
+        directory=load_directory(settings.rules_dir / "partners.toml"),
+        sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
+    )
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(parent.sentinel,), name="parent-watch", daemon=True
+        ).start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    """Block until the parent process is gone, then end this child at once."""
+    from multiprocessing.connection import wait as wait_for
+
+    wait_for([sentinel])
+    os._exit(0)
+
+
+def _prepare_chunk(raws: list[bytes]) -> list[Any]:
+    """In a child: ``pipeline._attempt`` for each raw message, in order."""
+    from intake.pipeline import _attempt
+
+    return [_attempt(_CHILD, raw) for raw in raws]
+
+
+def _stop(executor: ProcessPoolExecutor, kill: bool = False) -> None:
+    """Shut an executor down; with ``kill``, end its children first (a hung child)."""
+    if kill:
+        # ProcessPoolExecutor has no public way to end a running child; a hung one would
+        # otherwise keep its CPU and memory until the worker exits.
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):  # already gone
+                process.kill()
+    executor.shutdown(wait=not kill, cancel_futures=True)
+
+
+class PreparePool:
+    """A persistent pool of ``processes`` children preparing messages for one ``Settings``.
+
+    Cheap to create: no process starts before the first ``prepare`` call.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        processes: int,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        work: Callable[[list[bytes]], list[Any]] = _prepare_chunk,
+    ) -> None:
+        """``work`` is what a child runs on a chunk: a module-level function (it is sent
+        by name); tests pass one that crashes or hangs, to prove the fallback."""
+        self.settings = settings
+        self.processes = processes
+        self.timeout = timeout
+        self.work = work
+        self.failures = 0  # pool failures in a row
+        self.disabled = processes <= 0
+        self._executor: ProcessPoolExecutor | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            context = multiprocessing.get_context("forkserver")
+            # The fork server imports the pipeline once; every child forked from it shares
+            # those pages instead of importing its own copy.
+            context.set_forkserver_preload(["intake.pipeline"])
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.processes,
+                mp_context=context,
+                initializer=_start_child,
+                initargs=(self.settings,),
+            )
+            self._finalizer = weakref.finalize(self, _stop, self._executor)
+        return self._executor
+
+    def pids(self) -> list[int]:
+        """Process ids of the running children (for tests and memory figures)."""
+        if self._executor is None:
+            return []
+        processes = getattr(self._executor, "_processes", None) or {}
+        return [p.pid for p in processes.values() if p.pid]
+
+    def close(self) -> None:
+        """Stop the children and wait for them; the next ``prepare`` starts new ones."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs _stop once
+        self._finalizer = None
+        self._executor = None
+
+    def _fail(self, why: str, *, kill: bool) -> None:
+        """Drop a broken pool (restarted on the next batch) and count the failure."""
+        self.failures += 1
+        log.warning(
+            "prepare pool failed; preparing the batch in this process",
+            extra={"error": why, "failures": self.failures},
+        )
+        executor, self._executor = self._executor, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if executor is not None:
+            _stop(executor, kill=kill)
+        if self.failures >= MAX_FAILURES:
+            self.disabled = True
+            log.warning("prepare pool switched off after repeated failures",
+                        extra={"failures": self.failures})  # fmt: skip
+
+    def prepare(
+        self, raws: Sequence[bytes], local: Callable[[bytes], Any], *, steal: bool = True
+    ) -> list[Any]:
+        """``[local(raw) for raw in raws]``, computed by the children and this process.
+
+        Always returns one outcome per message, in order: whatever the pool could not
+        deliver is computed with ``local`` here. ``steal=False`` leaves every chunk to
+        the children (tests compare their results with in-process ones).
+        """
+        n = len(raws)
+        if self.disabled or n == 0:
+            return [local(raw) for raw in raws]
+        size = max(1, min(MAX_CHUNK, n // (4 * (self.processes + 1))))
+        bounds = [(i, min(n, i + size)) for i in range(0, n, size)]
+        results: list[list[Any] | None] = [None] * len(bounds)
+        futures: list[Future[list[Any]] | None] = [None] * len(bounds)
+        deadline = time.monotonic() + self.timeout
+        try:
+            executor = self._ensure()
+            for k, (lo, hi) in enumerate(bounds):
+                futures[k] = executor.submit(self.work, list(raws[lo:hi]))
+        except Exception as exc:  # BrokenProcessPool, or the fork server failed to start
+            for future in futures:
+                if future is not None:
+                    future.cancel()
+            futures = [None] * len(bounds)
+            self._fail(type(exc).__name__, kill=True)
+        # Work stealing: take chunks no child has started yet, from the end backwards.
+        for k in range(len(bounds) - 1, -1, -1):
+            future = futures[k]
+            if future is not None and not steal:
+                break
+            if future is None or future.cancel():
+                lo, hi = bounds[k]
+                results[k] = [local(raw) for raw in raws[lo:hi]]
+                futures[k] = None
+            else:
+                break
+        pending = [f for f in futures if f is not None]
+        if pending:
+            done, not_done = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            failure: str | None = "timeout" if not_done else None
+            for k, future in enumerate(futures):
+                if future is None or future not in done:
+                    continue
+                try:
+                    results[k] = future.result()
+                except BrokenProcessPool:
+                    failure = "BrokenProcessPool"
+                except Exception as exc:  # e.g. a result that could not be pickled
+                    failure = failure or type(exc).__name__
+            if failure is not None:
+                self._fail(failure, kill=failure in ("timeout", "BrokenProcessPool"))
+            else:
+                self.failures = 0
+        for k, (lo, hi) in enumerate(bounds):
+            if results[k] is None:
+                results[k] = [local(raw) for raw in raws[lo:hi]]
+        return [outcome for chunk in results for outcome in chunk or []]

@@ -1,0 +1,322 @@
+"""The prepare pool gives the batch exactly what in-process work gives, and never loses mail.
+
+Unit tests run the real pool (forkserver children loading the real rules) on the
+synthetic mails of ``tests/mails`` plus generated consultations; integration tests run
+``process_new_mail`` against a real Dovecot with and without the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from intake import samples
+from intake.config import Settings, auto_prepare_processes, settings_from_dict
+from intake.errors import ConfigError
+from intake.prepare_pool import Failed, PreparePool, _prepare_chunk
+from intake.prepare_pool import _ChildContext as ChildContext
+from intake.rules import load_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+MAILS = sorted((ROOT / "tests" / "mails").glob("*.eml"))
+
+
+def config(**service: Any) -> dict[str, Any]:
+    return {
+        "mailbox": {"host": "127.0.0.1", "security": "plain", "username": "u"},
+        "smtp": {"host": "127.0.0.1", "security": "plain", "from_address": "own@example.jp"},
+        "oncall": {"to": ["oncall@example.jp"]},
+        "service": service,
+    }
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return settings_from_dict(config())
+
+
+@pytest.fixture(scope="module")
+def context(settings: Settings) -> ChildContext:
+    """What a child builds in its initializer, built here for the in-process side."""
+    from intake.compose import Sender
+    from intake.partners import load_directory
+
+    return ChildContext(
+        settings=settings,
+        rules=load_rules(settings.rules_dir),
+        directory=load_directory(settings.rules_dir / "partners.toml"),
+        sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
+    )
+
+
+@pytest.fixture(scope="module")
+def pool(settings: Settings) -> Iterator[PreparePool]:
+    pool = PreparePool(settings, 2)
+    yield pool
+    pool.close()
+
+
+def corpus() -> list[bytes]:
+    """The fixture mails and generated ones (mixed charsets, some urgent, a reply)."""
+    raws = [path.read_bytes() for path in MAILS]
+    charsets = ["utf-8", "iso-2022-jp", "shift_jis", "euc-jp"]
+    texts = ["最近ひとりで寂しいです。", "もう死にたいです。", "バイト代が足りなくて家賃が払えない"]
+    for i in range(60):
+        raws.append(
+            samples.consultation(
+                f"resident{i:04d}@example.jp",
+                f"相談 {i}",
+                texts[i % len(texts)] + f" 電話 090-1234-{i:04d}",
+                charset=charsets[i % len(charsets)],
+            )
+        )
+    return raws
+
+
+def in_process(context: ChildContext) -> Any:
+    from intake.pipeline import _attempt
+
+    return lambda raw: _attempt(context, raw)
+
+
+def gone(pids: list[int], within: float = 10.0) -> bool:
+    """Whether every process in ``pids`` has exited (and been reaped) within ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_pool_results_equal_in_process_results(pool: PreparePool, context: ChildContext) -> None:
+    raws = corpus()
+    expected = [in_process(context)(raw) for raw in raws]
+    got = pool.prepare(raws, in_process(context), steal=False)
+    assert len(got) == len(raws)
+    assert got == expected
+    # Not a comparison of nothing: the corpus triages into topics, urgency and phones.
+    assert any(not isinstance(p, Failed) and p.triage.urgent for p in got)
+    assert any(not isinstance(p, Failed) and p.phones for p in got)
+    assert len({p.letter.subject for p in got if not isinstance(p, Failed)}) > 60
+
+
+def test_work_stealing_keeps_mailbox_order(pool: PreparePool, context: ChildContext) -> None:
+    raws = corpus()
+    expected = [in_process(context)(raw) for raw in raws]
+    assert pool.prepare(raws, in_process(context)) == expected
+
+
+def _triage_raises(raws: list[bytes]) -> list[Any]:
+    """A child's chunk work with a triage that raises on mail saying POISON."""
+    import intake.pipeline as pipeline
+
+    real = pipeline.classify
+
+    def fragile(letter: Any, rules: Any) -> Any:
+        if "POISON" in letter.text:
+            raise RecursionError("synthetic crash")
+        return real(letter, rules)
+
+    pipeline.classify = fragile  # type: ignore[assignment]
+    try:
+        return _prepare_chunk(raws)
+    finally:
+        pipeline.classify = real
+
+
+def test_a_stage_exception_in_a_child_comes_back_as_stage_and_class(
+    settings: Settings, context: ChildContext
+) -> None:
+    raws = [
+        samples.consultation("a@example.jp", "x", "寂しい"),
+        samples.consultation("poison@example.jp", "x", "POISON 寂しい"),
+    ]
+    pool = PreparePool(settings, 1, work=_triage_raises)
+    try:
+        got = pool.prepare(raws, in_process(context), steal=False)
+    finally:
+        pool.close()
+    assert got[1] == Failed("triage", "RecursionError")
+    assert got[0] == in_process(context)(raws[0])
+    assert pool.failures == 0
+
+
+def _die(raws: list[bytes]) -> list[Any]:
+    os._exit(3)
+
+
+def _hang(raws: list[bytes]) -> list[Any]:
+    time.sleep(600)
+    return []
+
+
+@pytest.mark.parametrize(("work", "timeout"), [(_die, 60.0), (_hang, 3.0)])
+def test_a_dead_or_hung_child_falls_back_in_process_and_loses_nothing(
+    settings: Settings,
+    context: ChildContext,
+    work: Any,
+    timeout: float,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raws = corpus()[:20]
+    pool = PreparePool(settings, 1, work=work, timeout=timeout)
+    try:
+        got = pool.prepare(raws, in_process(context), steal=False)
+        pids_after = pool.pids()
+    finally:
+        pool.close()
+    assert got == [in_process(context)(raw) for raw in raws]
+    assert pool.failures == 1
+    assert pids_after == []  # the broken pool was dropped (restarted on the next batch)
+    warning = next(r for r in caplog.records if "prepare pool failed" in r.getMessage())
+    # Nothing of the mail in the log: only the kind of failure.
+    assert all("相談" not in str(v) for v in warning.__dict__.values())
+
+
+def test_repeated_failures_switch_the_pool_off(settings: Settings, context: ChildContext) -> None:
+    pool = PreparePool(settings, 1, work=_die)
+    raws = corpus()[:4]
+    try:
+        for _ in range(3):
+            assert pool.prepare(raws, in_process(context), steal=False) == [
+                in_process(context)(raw) for raw in raws
+            ]
+    finally:
+        pool.close()
+    assert pool.disabled
+
+
+def test_close_leaves_no_child_processes(settings: Settings, context: ChildContext) -> None:
+    pool = PreparePool(settings, 2)
+    pool.prepare(corpus()[:8], in_process(context), steal=False)
+    pids = pool.pids()
+    assert len(pids) == 2 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    pool.close()
+    assert gone(pids)
+    assert pool.pids() == []
+
+
+def test_children_exit_when_the_worker_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the worker must not leave its children (~100 MB each) behind."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import sys\n"
+        "from intake.config import settings_from_dict\n"
+        "from intake.prepare_pool import PreparePool\n"
+        "from tests.test_prepare_pool import config\n"
+        "if __name__ == '__main__':\n"
+        "    pool = PreparePool(settings_from_dict(config()), 2)\n"
+        "    pool.prepare([b'Subject: x\\r\\n\\r\\nhello'] * 8, lambda raw: None, steal=False)\n"
+        "    print(*pool.pids(), flush=True)\n"
+        "    sys.stdin.read()\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+    assert gone(pids)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("auto", auto_prepare_processes()), (0, 0), (3, 3)]
+)
+def test_prepare_processes_setting(value: object, expected: int) -> None:
+    assert settings_from_dict(config(prepare_processes=value)).prepare_processes == expected
+
+
+def test_prepare_processes_default_is_auto_and_leaves_a_cpu_for_the_worker() -> None:
+    processes = settings_from_dict(config()).prepare_processes
+    assert processes == min((os.cpu_count() or 1) - 1, 3)
+
+
+@pytest.mark.parametrize("value", [-1, "many", True, 1.5, 65])
+def test_prepare_processes_rejects_nonsense_naming_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"service\.prepare_processes: must be \"auto\""):
+        settings_from_dict(config(prepare_processes=value))
+
+
+@pytest.mark.integration
+def test_a_large_batch_through_the_pool_stores_what_in_process_work_stores(
+    tmp_path: Path, dovecot: Any, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intake.config import load_settings
+    from intake.fetch import Mailbox
+    from intake.pipeline import POOL_MIN_BATCH, Service, process_new_mail
+    from intake.store import Case, Outbox, StoredMessage
+    from tests.helpers import write_config
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    raws = corpus()
+    assert len(raws) >= POOL_MIN_BATCH
+    dovecot.append_many(raws)
+    now = datetime(2026, 11, 26, 12, 0).astimezone()
+    tables: list[list[tuple[Any, ...]]] = []
+    for processes in (2, 0):
+        run = tmp_path / f"p{processes}"
+        run.mkdir()
+        path = write_config(run, dovecot, smtp_server, extra="")
+        path.write_text(
+            path.read_text(encoding="utf-8").replace(
+                "poll_interval = 1",
+                f"poll_interval = 1\nbatch_size = 200\n[service]\nprepare_processes = {processes}",
+            ),
+            encoding="utf-8",
+        )
+        svc = Service.from_settings(load_settings(path))
+        try:
+            with Mailbox(svc.settings.mailbox) as mailbox:
+                report = process_new_mail(svc, mailbox, now)
+            pids = svc.pool.pids() if svc.pool else []
+            assert (len(pids) == 2) == (processes == 2)
+        finally:
+            svc.close()
+        assert gone(pids)
+        assert report.fetched == len(raws)
+        with Session(svc.engine) as session:
+            rows = session.exec(
+                select(StoredMessage, Case)
+                .where(StoredMessage.case_id == Case.id)
+                .order_by(StoredMessage.uid)
+            ).all()
+            acks = session.exec(select(Outbox.kind, Outbox.recipients)).all()
+        tables.append(
+            [
+                (m.uid, m.status, m.stage_error, m.subject, m.body, m.automatic, c.topic,
+                 c.topics, c.urgent, c.urgent_reasons, c.matches, c.partner, c.phone,
+                 c.ack_state)
+                for m, c in rows
+            ]  # fmt: skip
+            + [tuple(sorted(acks))]
+        )
+    with_pool, without = tables
+    assert len(with_pool) == len(raws) + 1
+    assert with_pool == without
