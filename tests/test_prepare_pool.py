@@ -308,15 +308,15 @@ def test_a_large_batch_through_the_pool_stores_what_in_process_work_stores(
                 .order_by(StoredMessage.uid)
             ).all()
             acks = session.exec(select(Outbox.kind, Outbox.recipients)).all()
-        tables.append(
-            [
-                (m.uid, m.status, m.stage_error, m.subject, m.body, m.automatic, c.topic,
-                 c.topics, c.urgent, c.urgent_reasons, c.matches, c.partner, c.phone,
-                 c.ack_state)
-                for m, c in rows
-            ]  # fmt: skip
-            + [tuple(sorted(acks))]
-        )
+        columns = ("uid", "status", "stage_error", "subject", "body", "automatic")
+        case_columns = ("topic", "topics", "urgent", "urgent_reasons", "matches", "partner",
+                        "phone", "ack_state")  # fmt: skip
+        table = [
+            tuple(getattr(m, name) for name in columns)
+            + tuple(getattr(c, name) for name in case_columns)
+            for m, c in rows
+        ]
+        tables.append([*table, tuple(sorted(acks))])
     with_pool, without = tables
     assert len(with_pool) == len(raws) + 1
     assert with_pool == without
