@@ -140,6 +140,7 @@ class Worker:
         finally:
             self.lock.release()
             scheduler.shutdown(wait=True)
+            self.svc.close()  # the prepare pool's processes, if a large batch started them
             log.info("worker stopped")
 
     def _serve(self, mailbox: Mailbox) -> None:
