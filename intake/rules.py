@@ -297,6 +297,9 @@ class TokenPatterns:
     words: frozenset[int]
 
 
+_NO_PATTERNS = TokenPatterns((), (), frozenset())
+
+
 @dataclass
 class RuleSet:
     """Everything ``classify`` needs, compiled once."""
@@ -428,11 +431,14 @@ class RuleSet:
             for pattern, needs in self.anchored.get(key, ()):
                 anchored[id(pattern)] = (pattern, needs)
             words.update(self.word_numbers.get(key, ()))
-        found = TokenPatterns(
-            tuple(sorted(singles.values(), key=lambda p: order[id(p)])),
-            tuple(anchored.values()),
-            frozenset(words),
-        )
+        if not singles and not anchored and not words:
+            found = _NO_PATTERNS  # most words: one shared object keeps the cache small
+        else:
+            found = TokenPatterns(
+                tuple(sorted(singles.values(), key=lambda p: order[id(p)])),
+                tuple(anchored.values()),
+                frozenset(words),
+            )
         if len(self._by_keys) < 200_000:
             self._by_keys[keys] = found
         return found
