@@ -50,7 +50,7 @@ from intake.letter import Letter
 from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner, load_directory
 from intake.phones import find_phones
-from intake.prepare_pool import Failed, PreparePool
+from intake.prepare_pool import Failed, PreparePool, Ticket
 from intake.rules import RuleSet, load_rules
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
@@ -634,8 +634,13 @@ def ingest_batch(
     high_uid: int,
     now: datetime,
     report: RunReport,
+    ahead: Ticket | None = None,
 ) -> None:
     """Store, then process, one batch of fetched mail; advance the cursor with the cases.
+
+    ``ahead``: the batch's raw messages already handed to the prepare pool (by
+    ``process_new_mail``, while the batch before was written); used for the normal
+    path only, and every message it lacks is prepared here.
 
     Transaction 1 writes the raw bytes (one multi-row INSERT) and counts an attempt.
     Transaction 2 is the normal path: the whole batch in one transaction without a
@@ -691,12 +696,14 @@ def ingest_batch(
             )
         pending: list[int] = [next(new_ids) if row is None else row.id for _sha, row in entries]
     if recovering:
+        if ahead is not None and svc.pool is not None:
+            svc.pool.discard(ahead)
         _recover(svc, pending, uidvalidity, high_uid, now, report)
         return
     part = RunReport()
     try:
         with session_scope(svc.engine) as session:
-            _process_batch(svc, session, pending, now, part)
+            _process_batch(svc, session, pending, now, part, ahead)
             _advance(session, key, uidvalidity, high_uid, now)
     except Exception as exc:
         log.warning(
@@ -763,7 +770,12 @@ def _recover(
 
 
 def _process_batch(
-    svc: Service, session: Session, pending: list[int], now: datetime, report: RunReport
+    svc: Service,
+    session: Session,
+    pending: list[int],
+    now: datetime,
+    report: RunReport,
+    ahead: Ticket | None = None,
 ) -> None:
     """The normal path: every stored message of the batch, in one transaction.
 
@@ -794,10 +806,20 @@ def _process_batch(
         and row.attempts <= MAX_ATTEMPTS
     ]
     outcomes: dict[int, _Prepared | Failed] = {}
-    if svc.pool is not None and len(todo) >= POOL_MIN_BATCH:
+    pool = svc.pool
+    if pool is not None and ahead is not None:
+        # Handed to the pool before the previous batch was written. ``_prepare`` is a
+        # function of the raw bytes alone, so an outcome found by its bytes is the one
+        # computing it here would give; a message the ticket lacks is prepared below.
+        done = pool.collect(ahead, lambda raw: _attempt(svc, raw))
+        by_raw = dict(zip(ahead.raws, done, strict=True))
+        outcomes = {
+            row_id: by_raw[raw] for row_id in todo if (raw := rows[row_id].raw or b"") in by_raw
+        }
+    elif pool is not None and len(todo) >= POOL_MIN_BATCH:
         # The pure work of a large batch in the pool's processes, in order; every write
         # below stays here, in mailbox order, exactly as without the pool.
-        done = svc.pool.prepare(
+        done = pool.prepare(
             [rows[row_id].raw or b"" for row_id in todo], lambda raw: _attempt(svc, raw)
         )
         outcomes = dict(zip(todo, done, strict=True))
@@ -1062,14 +1084,47 @@ def process_new_mail(
     mailbox.move_done(mailbox.stored_but_not_moved(last_uid))
     uids = mailbox.new_uids(last_uid)
     size = max(1, svc.settings.mailbox.batch_size)
-    for start in range(0, len(uids), size):
-        if still_mine is not None and not still_mine():
-            log.warning("mailbox lock lost; another worker takes over")
-            break
-        batch = uids[start : start + size]
-        items = list(mailbox.fetch(batch))
-        report.fetched += len(items)
-        ingest_batch(svc, items, state.uidvalidity, max(batch), now, report)
-        # Only now, with the cases committed, may the mail leave the folder.
-        report.moved += mailbox.move_done([uid for uid, _raw, _when in items])
+    batches = [uids[start : start + size] for start in range(0, len(uids), size)]
+    pool = svc.pool if svc.pool is not None and not svc.pool.disabled else None
+    # With the prepare pool, batch N+1 is fetched and handed to the pool before batch N
+    # is written, so the children parse and triage while this process writes. Reading
+    # ahead changes nothing else: the cursor, the moves and every write follow batch N.
+    following: tuple[list[tuple[int, bytes, datetime | None]], Ticket | None] | None = None
+    try:
+        for index, batch in enumerate(batches):
+            if still_mine is not None and not still_mine():
+                log.warning("mailbox lock lost; another worker takes over")
+                break
+            if following is not None:
+                items, ticket = following
+                following = None
+            else:
+                items = list(mailbox.fetch(batch))
+                ticket = _hand_over(pool, items)
+            failed: Exception | None = None
+            if ticket is not None and index + 1 < len(batches):
+                try:
+                    ahead = list(mailbox.fetch(batches[index + 1]))
+                except Exception as exc:  # raised after this batch is committed, as before
+                    failed = exc
+                else:
+                    following = (ahead, _hand_over(pool, ahead))
+            report.fetched += len(items)
+            ingest_batch(svc, items, state.uidvalidity, max(batch), now, report, ticket)
+            # Only now, with the cases committed, may the mail leave the folder.
+            report.moved += mailbox.move_done([uid for uid, _raw, _when in items])
+            if failed is not None:
+                raise failed
+    finally:
+        if following is not None and following[1] is not None and pool is not None:
+            pool.discard(following[1])
     return report
+
+
+def _hand_over(
+    pool: PreparePool | None, items: list[tuple[int, bytes, datetime | None]]
+) -> Ticket | None:
+    """Give a fetched batch to the prepare pool when it is large enough to be worth it."""
+    if pool is None or pool.disabled or len(items) < POOL_MIN_BATCH:
+        return None
+    return pool.submit([raw for _uid, raw, _when in items])

@@ -127,6 +127,17 @@ def _stop(executor: ProcessPoolExecutor, kill: bool = False) -> None:
     executor.shutdown(wait=not kill, cancel_futures=True)
 
 
+@dataclass
+class Ticket:
+    """A batch handed to the pool: its raw messages, chunk bounds and futures."""
+
+    raws: list[bytes]
+    bounds: list[tuple[int, int]]
+    futures: list[Future[list[Any]] | None]
+    executor: ProcessPoolExecutor | None
+    deadline: float
+
+
 class PreparePool:
     """A persistent pool of ``processes`` children preparing messages for one ``Settings``.
 
@@ -148,6 +159,7 @@ class PreparePool:
         self.timeout = timeout
         self.work = work
         self.failures = 0  # pool failures in a row
+        self.batches = 0  # batches handed to the children (a figure for tests and benchmarks)
         self.disabled = processes <= 0
         self._executor: ProcessPoolExecutor | None = None
         self._finalizer: weakref.finalize | None = None
@@ -181,68 +193,85 @@ class PreparePool:
         self._finalizer = None
         self._executor = None
 
-    def _fail(self, why: str, *, kill: bool) -> None:
-        """Drop a broken pool (restarted on the next batch) and count the failure."""
+    def _fail(self, why: str, executor: ProcessPoolExecutor | None) -> None:
+        """Drop a broken pool (restarted on the next batch) and count the failure.
+
+        ``executor`` is the pool the failure came from: a ticket submitted to a pool that
+        an earlier failure already dropped counts nothing more.
+        """
+        if executor is not self._executor:
+            return
         self.failures += 1
         log.warning(
             "prepare pool failed; preparing the batch in this process",
             extra={"error": why, "failures": self.failures},
         )
-        executor, self._executor = self._executor, None
+        self._executor = None
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
         if executor is not None:
-            _stop(executor, kill=kill)
+            _stop(executor, kill=True)
         if self.failures >= MAX_FAILURES:
             self.disabled = True
             log.warning("prepare pool switched off after repeated failures",
                         extra={"failures": self.failures})  # fmt: skip
 
-    def prepare(
-        self, raws: Sequence[bytes], local: Callable[[bytes], Any], *, steal: bool = True
-    ) -> list[Any]:
-        """``[local(raw) for raw in raws]``, computed by the children and this process.
+    def submit(self, raws: Sequence[bytes]) -> Ticket:
+        """Hand ``raws`` to the children in small chunks, in order; returns at once.
 
-        Always returns one outcome per message, in order: whatever the pool could not
-        deliver is computed with ``local`` here. ``steal=False`` leaves every chunk to
-        the children (tests compare their results with in-process ones).
-        """
+        The pipeline submits the next batch before it writes the current one, so the
+        children prepare while this process writes. ``collect`` the ticket, or
+        ``discard`` it."""
         n = len(raws)
-        if self.disabled or n == 0:
-            return [local(raw) for raw in raws]
         size = max(1, min(MAX_CHUNK, n // (4 * (self.processes + 1))))
         bounds = [(i, min(n, i + size)) for i in range(0, n, size)]
-        results: list[list[Any] | None] = [None] * len(bounds)
-        futures: list[Future[list[Any]] | None] = [None] * len(bounds)
-        deadline = time.monotonic() + self.timeout
+        ticket = Ticket(list(raws), bounds, [None] * len(bounds), None,
+                        time.monotonic() + self.timeout)  # fmt: skip
+        if self.disabled or n == 0:
+            return ticket
         try:
-            executor = self._ensure()
+            ticket.executor = self._ensure()
             for k, (lo, hi) in enumerate(bounds):
-                futures[k] = executor.submit(self.work, list(raws[lo:hi]))
+                ticket.futures[k] = ticket.executor.submit(self.work, ticket.raws[lo:hi])
+            self.batches += 1
         except Exception as exc:  # BrokenProcessPool, or the fork server failed to start
-            for future in futures:
-                if future is not None:
-                    future.cancel()
-            futures = [None] * len(bounds)
-            self._fail(type(exc).__name__, kill=True)
-        # Work stealing: take chunks no child has started yet, from the end backwards.
+            self.discard(ticket)
+            self._fail(type(exc).__name__, ticket.executor)
+        return ticket
+
+    def discard(self, ticket: Ticket) -> None:
+        """Cancel what no child has started of an unwanted ticket (e.g. the lock was lost)."""
+        for future in ticket.futures:
+            if future is not None:
+                future.cancel()
+        ticket.futures = [None] * len(ticket.bounds)
+
+    def collect(
+        self, ticket: Ticket, local: Callable[[bytes], Any], *, steal: bool = True
+    ) -> list[Any]:
+        """One outcome per submitted message, in order, as ``local`` would compute it.
+
+        While the children work, this process takes chunks none of them has started,
+        from the end backwards (``steal=False``: none; tests compare the children's
+        results with in-process ones). Whatever the pool cannot deliver by the ticket's
+        deadline (a dead or hung child) is computed here with ``local``.
+        """
+        raws, bounds, futures = ticket.raws, ticket.bounds, ticket.futures
+        results: list[list[Any] | None] = [None] * len(bounds)
         for k in range(len(bounds) - 1, -1, -1):
             future = futures[k]
-            if future is not None and not steal:
+            if future is not None and (not steal or not future.cancel()):
                 break
-            if future is None or future.cancel():
-                lo, hi = bounds[k]
-                results[k] = [local(raw) for raw in raws[lo:hi]]
-                futures[k] = None
-            else:
-                break
+            lo, hi = bounds[k]
+            results[k] = [local(raw) for raw in raws[lo:hi]]
+            futures[k] = None
         pending = [f for f in futures if f is not None]
         if pending:
-            done, not_done = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            done, not_done = wait(pending, timeout=max(0.0, ticket.deadline - time.monotonic()))
             failure: str | None = "timeout" if not_done else None
             for k, future in enumerate(futures):
-                if future is None or future not in done:
+                if future is None or future not in done or future.cancelled():
                     continue
                 try:
                     results[k] = future.result()
@@ -251,10 +280,17 @@ class PreparePool:
                 except Exception as exc:  # e.g. a result that could not be pickled
                     failure = failure or type(exc).__name__
             if failure is not None:
-                self._fail(failure, kill=failure in ("timeout", "BrokenProcessPool"))
-            else:
+                self._fail(failure, ticket.executor)
+            elif ticket.executor is self._executor:
                 self.failures = 0
+        ticket.futures = [None] * len(bounds)
         for k, (lo, hi) in enumerate(bounds):
             if results[k] is None:
                 results[k] = [local(raw) for raw in raws[lo:hi]]
         return [outcome for chunk in results for outcome in chunk or []]
+
+    def prepare(
+        self, raws: Sequence[bytes], local: Callable[[bytes], Any], *, steal: bool = True
+    ) -> list[Any]:
+        """``[local(raw) for raw in raws]``, computed by the children and this process."""
+        return self.collect(self.submit(raws), local, steal=steal)

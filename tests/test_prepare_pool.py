@@ -264,15 +264,42 @@ def test_prepare_processes_rejects_nonsense_naming_the_key(value: object) -> Non
         settings_from_dict(config(prepare_processes=value))
 
 
-@pytest.mark.integration
-def test_a_large_batch_through_the_pool_stores_what_in_process_work_stores(
-    tmp_path: Path, dovecot: Any, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def service_for(
+    folder: Path, dovecot: Any, smtp_server: Any, processes: int, batch_size: int
+) -> Any:
+    """A Service on its own SQLite in ``folder`` with the given pool size and batch size."""
     from intake.config import load_settings
-    from intake.fetch import Mailbox
-    from intake.pipeline import POOL_MIN_BATCH, Service, process_new_mail
-    from intake.store import Case, Outbox, StoredMessage
+    from intake.pipeline import Service
     from tests.helpers import write_config
+
+    folder.mkdir()
+    path = write_config(folder, dovecot, smtp_server, extra="")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace(
+            "poll_interval = 1",
+            f"poll_interval = 1\nbatch_size = {batch_size}\n"
+            f"[service]\nprepare_processes = {processes}",
+        ),
+        encoding="utf-8",
+    )
+    return Service.from_settings(load_settings(path))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("batch_size", "handed"), [(200, 1), (64, 2)])
+def test_a_large_batch_through_the_pool_stores_what_in_process_work_stores(
+    tmp_path: Path,
+    dovecot: Any,
+    smtp_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    batch_size: int,
+    handed: int,
+) -> None:
+    """One batch of 133 (prepared with the pool), or 64 + 64 + 5: the second batch read
+    ahead and prepared while the first is written, the last too small for the pool."""
+    from intake.fetch import Mailbox
+    from intake.pipeline import POOL_MIN_BATCH, process_new_mail
+    from intake.store import Case, Outbox, StoredMessage
 
     monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
     raws = corpus()
@@ -281,22 +308,13 @@ def test_a_large_batch_through_the_pool_stores_what_in_process_work_stores(
     now = datetime(2026, 11, 26, 12, 0).astimezone()
     tables: list[list[tuple[Any, ...]]] = []
     for processes in (2, 0):
-        run = tmp_path / f"p{processes}"
-        run.mkdir()
-        path = write_config(run, dovecot, smtp_server, extra="")
-        path.write_text(
-            path.read_text(encoding="utf-8").replace(
-                "poll_interval = 1",
-                f"poll_interval = 1\nbatch_size = 200\n[service]\nprepare_processes = {processes}",
-            ),
-            encoding="utf-8",
-        )
-        svc = Service.from_settings(load_settings(path))
+        svc = service_for(tmp_path / f"p{processes}", dovecot, smtp_server, processes, batch_size)
         try:
             with Mailbox(svc.settings.mailbox) as mailbox:
                 report = process_new_mail(svc, mailbox, now)
             pids = svc.pool.pids() if svc.pool else []
             assert (len(pids) == 2) == (processes == 2)
+            assert (svc.pool.batches if svc.pool else handed) == handed
         finally:
             svc.close()
         assert gone(pids)
@@ -320,3 +338,68 @@ def test_a_large_batch_through_the_pool_stores_what_in_process_work_stores(
     with_pool, without = tables
     assert len(with_pool) == len(raws) + 1
     assert with_pool == without
+
+
+@pytest.mark.integration
+def test_a_failed_read_ahead_still_commits_the_batch_before_it(
+    tmp_path: Path, dovecot: Any, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the pool, batch 2 is fetched before batch 1 is written; if that fetch fails,
+    batch 1 is still committed (cursor moved) before the error surfaces, as without it."""
+    from intake.fetch import Mailbox
+    from intake.pipeline import process_new_mail
+    from intake.store import Case, get_cursor
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    dovecot.append_many(corpus()[:130])
+    svc = service_for(tmp_path / "run", dovecot, smtp_server, 1, 64)
+    real = Mailbox.fetch
+    calls = []
+
+    def flaky(self: Mailbox, uids: list[int]) -> Any:
+        calls.append(len(uids))
+        if len(calls) == 2:
+            raise OSError("synthetic connection reset")
+        return real(self, uids)
+
+    monkeypatch.setattr(Mailbox, "fetch", flaky)
+    now = datetime(2026, 11, 26, 12, 0).astimezone()
+    try:
+        with pytest.raises(OSError, match="synthetic"), Mailbox(svc.settings.mailbox) as mailbox:
+            process_new_mail(svc, mailbox, now)
+        with Session(svc.engine) as session:
+            cases = len(session.exec(select(Case)).all())
+            cursor = get_cursor(session, svc.settings.mailbox.key)
+        assert calls == [64, 64]
+        assert cases == 64 and cursor.last_uid == 64
+        monkeypatch.setattr(Mailbox, "fetch", real)
+        with Mailbox(svc.settings.mailbox) as mailbox:
+            report = process_new_mail(svc, mailbox, now)
+        assert report.fetched == 130 - 64 and report.cases == 130 - 64
+    finally:
+        svc.close()
+
+
+@pytest.mark.integration
+def test_a_lost_lock_discards_the_batch_read_ahead(
+    tmp_path: Path, dovecot: Any, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intake.fetch import Mailbox
+    from intake.pipeline import process_new_mail
+    from intake.store import Case, StoredMessage
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    dovecot.append_many(corpus()[:130])
+    svc = service_for(tmp_path / "run", dovecot, smtp_server, 1, 64)
+    checks = iter([True, False])
+    now = datetime(2026, 11, 26, 12, 0).astimezone()
+    try:
+        with Mailbox(svc.settings.mailbox) as mailbox:
+            report = process_new_mail(svc, mailbox, now, still_mine=lambda: next(checks))
+        assert svc.pool is not None and svc.pool.batches == 2  # the second was read ahead
+        with Session(svc.engine) as session:
+            assert len(session.exec(select(Case)).all()) == 64
+            assert len(session.exec(select(StoredMessage)).all()) == 64
+        assert report.fetched == 64 and report.cases == 64
+    finally:
+        svc.close()
