@@ -8,7 +8,11 @@ Order of work for each batch of new UIDs, and why:
    cursor — all in one commit, so the cursor never runs ahead of what is stored. Letters
    that open a new case are prepared in Python first (pure work, no database) and written
    with a few multi-row statements; replies, bounces and the like go one by one, each in
-   a SAVEPOINT, after the letters before them are written. A message whose pure work
+   a SAVEPOINT, after the letters before them are written. In a batch of at least
+   ``POOL_MIN_BATCH`` messages the pure work is done by the prepare pool's processes
+   (``intake.prepare_pool``, ``[service] prepare_processes``), the next batch read ahead
+   and prepared there while this one is written; the writes stay here, in the same
+   order, so nothing below changes with the pool. A message whose pure work
    raises is quarantined (stage and error class recorded, never the body) as a case for
    a human; if the batch fails as a whole, nothing of it is committed and it is redone
    one message per transaction, as after a crash; a message that crashed the whole

@@ -10,9 +10,11 @@ Contract:
 
 Why processes: parsing and triage (MeCab, rules) are CPU-bound Python and hold the GIL;
 the database writes stay in the worker process, in mailbox order, so every guarantee of
-``intake.pipeline`` holds unchanged. Only ``pipeline._process_batch`` calls this, and
-only for a batch of at least ``pipeline.POOL_MIN_BATCH`` messages, so a lone urgent mail
-in IDLE never waits on inter-process traffic.
+``intake.pipeline`` holds unchanged. Only the pipeline calls this, and only for a batch
+of at least ``pipeline.POOL_MIN_BATCH`` messages, so a lone urgent mail in IDLE never
+waits on inter-process traffic: ``process_new_mail`` hands the next batch over
+(``submit``) before it writes the current one, ``_process_batch`` takes the outcomes
+(``collect``) or, for a first batch, does both at once (``prepare``).
 
 How:
 - Children are started with "forkserver", never "fork": the worker runs APScheduler and
