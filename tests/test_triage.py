@@ -588,3 +588,19 @@ def test_hits_at_one_word_come_in_rule_order(rules: RuleSet) -> None:
         order = [rules.order[id(h.pattern)] for h in hits if h.first == i]
         assert order == sorted(order)
     assert classify_text(subject, body, rules).urgent
+
+
+def test_fast_evidence_equals_match() -> None:
+    """The hot path's evidence builder makes the same value a ``Match(...)`` call makes."""
+    import pickle
+
+    from intake.triage import Match, _evidence
+
+    fields = ("topic.x", "topic", "poverty", "家賃 払えない", "家賃が払えない", 3, 10, "negated")
+    fast, slow = _evidence(*fields), Match(*fields)
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert pickle.loads(pickle.dumps(fast)) == slow
+    assert fast.parts == ()
+    with pytest.raises(AttributeError):
+        fast.rule = "other"  # type: ignore[misc]  # still frozen
