@@ -111,6 +111,79 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     assert alerts >= 1
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (the prepare pool's fork server and children)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += frontier
+    return found
+
+
+def test_kill_9_during_large_batches_with_the_prepare_pool_loses_doubles_and_leaves_nothing(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """Batches of 100 go through the prepare pool (and the next one is read ahead): a
+    kill -9 of the worker loses and doubles no mail, and its pool processes die with it."""
+    rounds, per_round = 3, 150
+    total = rounds * per_round
+    mails = [consultation(i) for i in range(total)]
+    mails[111] = consultation(111, "もう消えたいです。")
+    config = write_config(tmp_path, dovecot, smtp_server, extra="")
+    (tmp_path / "intake.toml").write_text(
+        config.read_text(encoding="utf-8").replace(
+            "poll_interval = 1", "batch_size = 100\n[service]\nprepare_processes = 1"
+        ),
+        encoding="utf-8",
+    )
+    env = {**os.environ, "TEST_IMAP_PASSWORD": dovecot.password}
+    cmd = [sys.executable, str(ROOT / "service.py"), "once", "--config", str(config)]
+    rng = random.Random(20261127)
+    kills, orphans_checked = 0, 0
+    for round_ in range(rounds):
+        dovecot.append_many(mails[round_ * per_round : (round_ + 1) * per_round])
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(2.0, 4.0))
+        below = _descendants(proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in below):
+            assert time.monotonic() < deadline, "pool processes outlived the killed worker"
+            time.sleep(0.05)
+        orphans_checked += len(below)
+    final = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    smtp_server.wait_for(total + 1, timeout=60)
+    received = settled(smtp_server, 1.0)
+    acks = Counter(r for m in received for r in m.rcpt_tos if r != ONCALL)
+    assert kills >= 1 and orphans_checked >= 1, "no kill landed in a pool run; proved nothing"
+    assert len(acks) == total
+    os.environ["TEST_IMAP_PASSWORD"] = dovecot.password
+    check = Service.from_settings(load_settings(config))
+    assert count(check, StoredMessage) == total
+    assert count(check, Case) == total
+    assert count(check, Outbox, Outbox.status != "sent") == 0
+    duplicates = sum(v - 1 for v in acks.values() if v > 1)
+    alerts = sum(1 for m in received if ONCALL in m.rcpt_tos)
+    in_doubt = count(check, Event, col(Event.kind).startswith("in-doubt-resend"))
+    assert duplicates + (alerts - 1) <= in_doubt
+    assert alerts >= 1
+
+
 def test_smtp_outage_delays_mail_then_delivers_each_once(
     svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
 ) -> None:
