@@ -295,7 +295,21 @@ class TokenPatterns:
     anchored: tuple[tuple[Pattern, frozenset[int]], ...]
     # the numbers of the words of longer patterns that this token matches
     words: frozenset[int]
+    # every pattern that may start at this token, in rule order, as (pattern, its
+    # ``Shape`` or None for a one-word pattern, the number classify finds it by among
+    # the mail's live patterns: ``id(pattern)``, or 0 for a one-word pattern, which
+    # is always live)
+    starts: tuple[tuple[Pattern, Shape | None, int], ...] = ()
+    # True when some of ``starts`` are longer patterns (they need the live test)
+    longer: bool = False
 
+
+# A longer pattern as classify's matcher walks it: the other words of its first segment
+# (adjacent to the start token), the first segment's length, the later segments, how
+# many sentences after the first its words may reach, and its own gap (None: settings).
+Shape = tuple[
+    tuple[frozenset[str], ...], int, tuple[tuple[frozenset[str], ...], ...], int, int | None
+]
 
 _NO_PATTERNS = TokenPatterns((), (), frozenset())
 
@@ -343,6 +357,10 @@ class RuleSet:
     )
     # key -> the numbers of the words of longer patterns that a token carrying it matches
     word_numbers: dict[str, set[int]] = field(default_factory=dict, repr=False)
+    # key -> the longer patterns whose first word carries it (where they may start)
+    first_word: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
+    # id(longer pattern) -> its Shape (how classify walks it)
+    shapes: dict[int, Shape] = field(default_factory=dict, repr=False)
     # per distinct token key tuple: what build_index says about a token with those keys
     # (filled on demand by token_patterns; bounded like the analyser's caches)
     _by_keys: dict[tuple[str, ...], TokenPatterns] = field(
@@ -365,6 +383,8 @@ class RuleSet:
         self.order = {}
         self.anchored = {}
         self.word_numbers = {}
+        self.first_word = {}
+        self.shapes = {}
         self._by_keys = {}
         numbers: dict[frozenset[str], int] = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
@@ -385,6 +405,16 @@ class RuleSet:
             needs = frozenset(numbers.setdefault(word, len(numbers)) for word in words)
             for key in min(words, key=_commonness):
                 self.anchored.setdefault(key, []).append((pattern, needs))
+            first, *later = pattern.segments
+            for key in first[0]:
+                self.first_word.setdefault(key, []).append(pattern)
+            self.shapes[id(pattern)] = (
+                first[1:],
+                len(first),
+                tuple(later),
+                pattern.sentences - 1,
+                pattern.gap,
+            )
         for word, number in numbers.items():
             for key in word:
                 self.word_numbers.setdefault(key, set()).add(number)
@@ -424,20 +454,30 @@ class RuleSet:
         order = self.order
         singles: dict[int, Pattern] = {}
         anchored: dict[int, tuple[Pattern, frozenset[int]]] = {}
+        longer: dict[int, Pattern] = {}
         words: set[int] = set()
         for key in keys:
             for pattern in self.single.get(key, ()):
                 singles[id(pattern)] = pattern
             for pattern, needs in self.anchored.get(key, ()):
                 anchored[id(pattern)] = (pattern, needs)
+            for pattern in self.first_word.get(key, ()):
+                longer[id(pattern)] = pattern
             words.update(self.word_numbers.get(key, ()))
-        if not singles and not anchored and not words:
+        if not singles and not anchored and not words and not longer:
             found = _NO_PATTERNS  # most words: one shared object keeps the cache small
         else:
+            starts: list[tuple[Pattern, Shape | None, int]] = [
+                (p, None, 0) for p in singles.values()
+            ]
+            starts += [(p, self.shapes[pid], pid) for pid, p in longer.items()]
+            starts.sort(key=lambda entry: order[id(entry[0])])
             found = TokenPatterns(
                 tuple(sorted(singles.values(), key=lambda p: order[id(p)])),
                 tuple(anchored.values()),
                 frozenset(words),
+                tuple(starts),
+                bool(longer),
             )
         if len(self._by_keys) < 200_000:
             self._by_keys[keys] = found

@@ -46,7 +46,7 @@ from intake.rules import Pattern
 
 if TYPE_CHECKING:
     from intake.letter import Letter
-    from intake.rules import Combination, RuleSet
+    from intake.rules import Combination, RuleSet, Shape
 
 TOPICS = ("bullying", "poverty", "caregiving", "isolation", "volunteer", "other")
 
@@ -286,39 +286,36 @@ class _Hit:
     discounted: str | None = None
 
 
-def _candidates(a: Analysis, rules: RuleSet) -> dict[TokenInfo, Sequence[Pattern]]:
+_StartEntry = tuple[Pattern, "Shape | None", int]
+
+
+def _candidates(a: Analysis, rules: RuleSet) -> dict[TokenInfo, Sequence[_StartEntry]]:
     """For each distinct word of the mail, the patterns that may start at it, in rule order.
 
     A longer pattern can only match when every one of its words occurs somewhere in the
     mail; ``RuleSet.token_patterns`` lists, per word, the one-word patterns it matches,
     the longer patterns it is the rarest word of and which pattern words it stands for,
     so the check is one subset test for each of the few patterns whose rarest word is
-    present. The work is done on the distinct words of the mail (a few hundred), not on
+    present. Each word also carries, ready-made and in rule order, every pattern that
+    may start at it (``TokenPatterns.starts``); keeping the live ones is one set lookup
+    each. The work is done on the distinct words of the mail (a hundred or so), not on
     every token.
     """
     patterns_of = rules.token_patterns
-    plans = {info: patterns_of(info.keys) for info in dict.fromkeys(a.infos)}
-    present = frozenset().union(*[plan.words for plan in plans.values()])
-    live: dict[int, Pattern] = {}
-    for plan in plans.values():
-        for pattern, needs in plan.anchored:
-            if needs <= present:
-                live[id(pattern)] = pattern
-    first: dict[str, list[Pattern]] = {}
-    for pattern in live.values():
-        for key in pattern.segments[0][0]:
-            first.setdefault(key, []).append(pattern)
-    order = rules.order
-    at: dict[TokenInfo, Sequence[Pattern]] = {}
-    starts = first.keys()
-    for info, plan in plans.items():
-        if not starts.isdisjoint(info.keys):
-            longer = [p for key in info.keys for p in first.get(key, ())]
-            # a pattern listed under two of the token's keys is tried once
-            both = {id(p): p for p in (*plan.singles, *longer)}
-            at[info] = sorted(both.values(), key=lambda p: order[id(p)])
-        elif plan.singles:
-            at[info] = plan.singles
+    words = list(dict.fromkeys(a.infos))
+    plans = [patterns_of(info.keys) for info in words]
+    present = frozenset().union(*[plan.words for plan in plans])
+    # 0 stands for every one-word pattern (TokenPatterns.starts): always live
+    live = {0}
+    live.update(id(p) for plan in plans for p, needs in plan.anchored if needs <= present)
+    at: dict[TokenInfo, Sequence[_StartEntry]] = {}
+    for info, plan in zip(words, plans, strict=True):
+        if plan.longer:
+            entries = [entry for entry in plan.starts if entry[2] in live]
+            if entries:
+                at[info] = entries
+        elif plan.starts:
+            at[info] = plan.starts
     return at
 
 
@@ -335,78 +332,76 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     gap = rules.settings.gap
     n = len(infos)
     hits: list[_Hit] = []
-    one_word = rules.one_word
-    for i, patterns in enumerate(map(candidates.get, infos)):
-        if patterns is None:
+    add = hits.append
+    for i, entries in enumerate(map(candidates.get, infos)):
+        if entries is None:
             continue
         sentence = sentences[i]
-        for pattern in patterns:
-            if id(pattern) in one_word:
+        for pattern, shape, _ in entries:
+            if shape is None:
                 # one word: the token carries one of its keys (RuleSet.token_patterns)
-                hits.append(_Hit(pattern, i, i))
+                add(_Hit(pattern, i, i))
                 continue
-            segments = pattern.segments
+            rest, length, later, extra, own_gap = shape
             # The first segment is pinned at i, and its first word is the token's own
             # (that is why the pattern is a candidate here): check the rest of it, in
             # the same sentence, before anything else.
-            segment = segments[0]
-            pos = i + len(segment)
+            pos = i + length
             if pos > n or sentences[pos - 1] != sentence:
                 continue
-            missing = False
-            for k in range(1, len(segment)):
-                if segment[k].isdisjoint(infos[i + k].keys):
-                    missing = True
+            k = i
+            for word in rest:
+                k += 1
+                if word.isdisjoint(infos[k].keys):
                     break
-            if missing:
-                continue
-            if len(segments) == 1:
-                hits.append(_Hit(pattern, i, pos - 1))
-                continue
-            ok = True
-            # the last sentence the pattern's words may reach (parts of a window rule may
-            # spread over consecutive sentences: 屋上にいる。全然怖くない。)
-            last_sentence = sentence + pattern.sentences - 1
-            pattern_gap = gap if pattern.gap is None else pattern.gap
-            for segment in segments[1:]:
-                length = len(segment)
-                limit = pos + pattern_gap
-                start = pos
-                found = False
-                if length == 1:
-                    # one word (most later segments): the first token in reach that
-                    # carries it, without leaving the pattern's sentences
-                    word = segment[0]
-                    end = min(limit, n - 1)
-                    while start <= end and sentences[start] <= last_sentence:
-                        if not word.isdisjoint(infos[start].keys):
+            else:
+                if not later:
+                    add(_Hit(pattern, i, pos - 1))
+                    continue
+                # the last sentence the pattern's words may reach (parts of a window rule
+                # may spread over consecutive sentences: 屋上にいる。全然怖くない。)
+                last_sentence = sentence + extra
+                pattern_gap = gap if own_gap is None else own_gap
+                ok = True
+                for segment in later:
+                    length = len(segment)
+                    limit = pos + pattern_gap
+                    start = pos
+                    found = False
+                    if length == 1:
+                        # one word (most later segments): the first token in reach that
+                        # carries it, without leaving the pattern's sentences
+                        word = segment[0]
+                        end = min(limit, n - 1)
+                        while start <= end and sentences[start] <= last_sentence:
+                            if not word.isdisjoint(infos[start].keys):
+                                found = True
+                                break
+                            start += 1
+                        if not found:
+                            ok = False
+                            break
+                        pos = start + 1
+                        continue
+                    while start <= limit and start + length <= n:
+                        if sentences[start + length - 1] > last_sentence:
+                            break
+                        if sentences[start] != sentences[start + length - 1]:
+                            start += 1  # a segment's own words never straddle sentences
+                            continue
+                        for k in range(length):
+                            if segment[k].isdisjoint(infos[start + k].keys):
+                                break
+                        else:
                             found = True
                             break
                         start += 1
                     if not found:
                         ok = False
                         break
-                    pos = start + 1
-                    continue
-                while start <= limit and start + length <= n:
-                    if sentences[start + length - 1] > last_sentence:
-                        break
-                    if sentences[start] != sentences[start + length - 1]:
-                        start += 1  # a segment's own words never straddle sentences
-                        continue
-                    for k in range(length):
-                        if segment[k].isdisjoint(infos[start + k].keys):
-                            break
-                    else:
-                        found = True
-                        break
-                    start += 1
-                if not found:
-                    ok = False
-                    break
-                pos = start + length
-            if ok:
-                hits.append(_Hit(pattern, i, pos - 1))
+                    pos = start + length
+                if ok:
+                    add(_Hit(pattern, i, pos - 1))
     return hits
 
 

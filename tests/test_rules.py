@@ -320,3 +320,28 @@ def test_token_patterns_list_one_word_patterns_and_longer_ones_by_their_rarest_w
     assert anchored, "every longer pattern is indexed by its rarest word"
     assert any(p is longer for p, _ in rules.token_patterns((anchored[0],)).anchored)
     assert longer not in rules.token_patterns(("無関係な語",)).singles
+
+
+def test_token_patterns_starts_lists_every_pattern_that_may_start_at_the_word_in_rule_order() -> (
+    None
+):
+    rules = load_rules(SHIPPED)
+    longer = next(p for p in rules.topic_patterns if len(p.segments) > 1)
+    key = sorted(longer.segments[0][0])[0]
+    plan = rules.token_patterns((key,))
+    entries = {id(p): (shape, number) for p, shape, number in plan.starts}
+    assert plan.longer
+    shape, number = entries[id(longer)]
+    assert number == id(longer) and shape is not None
+    assert shape[1] == len(longer.segments[0]) and len(shape[2]) == len(longer.segments) - 1
+    # the one-word patterns of the word are there too, always live (number 0), no shape
+    assert all(entries[id(p)] == (None, 0) for p in plan.singles)
+    # every pattern whose first word carries the key, and nothing else
+    expected = {
+        id(p) for p in [*rules.topic_patterns, *rules.urgent_patterns] if key in p.segments[0][0]
+    }
+    assert expected <= entries.keys()
+    assert all(any(key in t for t in p.segments[0][:1]) for p, _, _ in plan.starts)
+    order = [rules.order[id(p)] for p, _, _ in plan.starts]
+    assert order == sorted(order)
+    assert rules.token_patterns(("無関係な語",)).starts == ()
