@@ -38,6 +38,7 @@ How:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -96,6 +97,11 @@ def _start_child(settings: Settings) -> None:
         directory=load_directory(settings.rules_dir / "partners.toml"),
         sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
     )
+    # The rules and the analyser live as long as the child: frozen, the cyclic garbage
+    # collector stops rescanning their ~180,000 objects at every full collection
+    # (measured on bench mail: prepare 3.0 -> 2.7 ms CPU a mail).
+    gc.collect()
+    gc.freeze()
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
