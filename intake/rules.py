@@ -48,6 +48,7 @@ File shapes (see the shipped files for commented examples)::
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -313,6 +314,82 @@ Shape = tuple[
 
 _NO_PATTERNS = TokenPatterns((), (), frozenset())
 
+# The standard library's own regex parser (``sre_parse`` is its deprecated public alias),
+# read only to learn which strings a match must contain (``needles``).
+_sre: Any = importlib.import_module("re._constants")
+_sre_parse: Any = importlib.import_module("re._parser").parse
+_NEEDLE_CHOICES = 8  # a group of more alternatives than this is not worth testing
+
+
+def _required(sequence: Any, cased: bool = True) -> list[frozenset[str]]:
+    """Groups of strings such that any match of the parsed ``sequence`` contains one of
+    each group (a run of literals is one string). Elements not understood add nothing.
+    ``cased=False``: the sequence ignores case, so only case-less groups are kept.
+    """
+    if not cased:
+        return [g for g in _required(sequence) if all(s.lower() == s == s.upper() for s in g)]
+    groups: list[frozenset[str]] = []
+    run = ""
+    for op, av in sequence:
+        if op is _sre.LITERAL:
+            run += chr(av)
+            continue
+        if run:
+            groups.append(frozenset([run]))
+            run = ""
+        if op is _sre.IN:
+            chars: set[str] = set()
+            for item, value in av:
+                if item is _sre.LITERAL:
+                    chars.add(chr(value))
+                elif item is _sre.RANGE and value[1] - value[0] < _NEEDLE_CHOICES:
+                    chars.update(map(chr, range(value[0], value[1] + 1)))
+                else:
+                    break  # NEGATE, a category (\s), a wide range: no needle
+            else:
+                groups.append(frozenset(chars))
+        elif op is _sre.SUBPATTERN:
+            groups += _required(av[3], not av[1] & re.IGNORECASE)  # (?i:...) inside
+        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT) and av[0] >= 1:
+            groups += _required(av[2])
+        elif op is _sre.BRANCH:
+            union: set[str] = set()
+            for branch in av[1]:
+                options = _required(branch)
+                if not options:
+                    break  # this alternative needs no string: the branch needs none
+                best: frozenset[str] = max(options, key=_needle_quality)
+                union |= best
+            else:
+                groups.append(frozenset(union))
+    if run:
+        groups.append(frozenset([run]))
+    return groups
+
+
+def _needle_quality(group: frozenset[str]) -> tuple[int, int]:
+    """Longer shortest string first, then fewer strings: the rarer the group, the better."""
+    return min(map(len, group)), -len(group)
+
+
+def needles(regex: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
+    """Groups of strings a text must contain (one of each group) for ``regex`` to match.
+
+    Why: each concept regular expression of the signal tier scans the whole normalised
+    mail (~10 us), and nearly every mail lacks a word it needs (錠, 電池, 」). Testing
+    ``str in text`` for a few needles first skips those scans; a regex whose needles
+    are all present is run as before, so what it finds never changes. Under
+    IGNORECASE only case-less strings (kana, kanji, punctuation) are used as needles.
+    """
+    try:
+        parsed = _sre_parse(regex.pattern, regex.flags)
+    except Exception:  # the parser is the compiler's own; this should not happen
+        return ()
+    cased = not regex.flags & re.IGNORECASE
+    groups = [group for group in _required(parsed, cased) if len(group) <= _NEEDLE_CHOICES]
+    groups.sort(key=_needle_quality, reverse=True)
+    return tuple(tuple(sorted(group)) for group in groups[:3])
+
 
 @dataclass
 class RuleSet:
@@ -361,6 +438,9 @@ class RuleSet:
     first_word: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
     # id(longer pattern) -> its Shape (how classify walks it)
     shapes: dict[int, Shape] = field(default_factory=dict, repr=False)
+    # id(concept regex_ja) -> strings every match contains one of, per group
+    # (``needles``): a text lacking any group cannot match, so its scan is skipped
+    regex_needles: dict[int, tuple[tuple[str, ...], ...]] = field(default_factory=dict, repr=False)
     # per distinct token key tuple: what build_index says about a token with those keys
     # (filled on demand by token_patterns; bounded like the analyser's caches)
     _by_keys: dict[tuple[str, ...], TokenPatterns] = field(
@@ -418,6 +498,9 @@ class RuleSet:
         for word, number in numbers.items():
             for key in word:
                 self.word_numbers.setdefault(key, set()).add(number)
+        self.regex_needles = {
+            id(rx): needles(rx) for concept in self.concepts.values() for rx in concept.regexes_ja
+        }
         self.combos_by_concept = {}
         for combo in self.combinations:
             for name in combo.concepts:

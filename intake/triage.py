@@ -509,11 +509,16 @@ def _signal_hits(
                 label = h.pattern.label or ""
                 by.setdefault(label, []).append(_Sig(label, a.sentences[h.first], h.first, h.last))
         if a.infos:
+            text = a.normalised
+            needles_of = rules.regex_needles
             for concept in rules.concepts.values():
                 if not concept.regexes_ja or not _may_combine(concept.id, by, rules):
                     continue
                 for rx in concept.regexes_ja:
-                    for m in rx.finditer(a.normalised):
+                    needles = needles_of.get(id(rx), ())
+                    if not all(any(s in text for s in group) for group in needles):
+                        continue  # a word every match contains is absent (rules.needles)
+                    for m in rx.finditer(text):
                         lo = max(bisect_right(a.starts, m.start()) - 1, 0)
                         hi = max(bisect_left(a.starts, m.end()) - 1, lo)
                         by.setdefault(concept.id, []).append(

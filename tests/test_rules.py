@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from intake.errors import RulesError
-from intake.rules import check_rules, expand_alternatives, load_rules
+from intake.rules import check_rules, expand_alternatives, load_rules, needles
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
@@ -345,3 +349,48 @@ def test_token_patterns_starts_lists_every_pattern_that_may_start_at_the_word_in
     order = [rules.order[id(p)] for p, _, _ in plan.starts]
     assert order == sorted(order)
     assert rules.token_patterns(("無関係な語",)).starts == ()
+
+
+@pytest.mark.parametrize(
+    "pattern, flags, text",
+    [
+        (r"(?:[1-9][0-9]{1,2}|十)\s*(?:錠|粒|シート)", 0, "薬を30シート"),
+        (r"(?:な|ぞ|ど|けぇ|けん|からね)[」』]", 0, "「殺すぞ」"),
+        (r"(?:けぇ|けん)(?:な|ね)?[。」』！!]", 0, "行くけん！"),
+        (r"あと\s*[0-9一二三]+\s*(?:時間|分)", 0, "あと 3 時間"),
+        (r"(?:でんち|電池)\s*[0-9]{1,2}\s*[%％]", re.IGNORECASE, "電池5％"),
+        (r"[0-9]+\s*(?:mg|ミリ)", re.IGNORECASE, "500MG"),
+        (r"x(?i:ab)y", 0, "xABy"),
+        (r"(?:a|)b", 0, "b"),
+    ],
+)
+def test_needles_are_present_in_every_text_the_regex_matches(
+    pattern: str, flags: int, text: str
+) -> None:
+    regex = re.compile(pattern, flags)
+    assert regex.search(text)
+    assert all(any(s in text for s in group) for group in needles(regex))
+
+
+def test_needles_name_the_words_a_concept_regex_cannot_match_without() -> None:
+    groups = needles(re.compile(r"(?:でんち|電池|充電)\s*[0-9]{1,2}\s*[%％]"))
+    assert set(map(frozenset, groups)) == {frozenset({"でんち", "電池", "充電"}), frozenset("%％")}
+    assert needles(re.compile(r"[0-9]+\s*(?:mg|ｍｇ)", re.IGNORECASE)) == ()  # cased words
+
+
+@functools.cache
+def _shipped_needles() -> list[tuple[re.Pattern[str], tuple[tuple[str, ...], ...]]]:
+    rules = load_rules(SHIPPED)
+    return [
+        (rx, rules.regex_needles[id(rx)])
+        for concept in rules.concepts.values()
+        for rx in concept.regexes_ja
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="けぇんなね。」』！!ぞど電池充5%％ あと3時間分", max_size=12))
+def test_needles_never_skip_a_text_a_shipped_concept_regex_matches(text: str) -> None:
+    for regex, groups in _shipped_needles():
+        if regex.search(text):
+            assert all(any(s in text for s in group) for group in groups), regex.pattern
