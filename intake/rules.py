@@ -372,6 +372,79 @@ def _needle_quality(group: frozenset[str]) -> tuple[int, int]:
     return min(map(len, group)), -len(group)
 
 
+def _first_chars(parsed: Any) -> set[str] | None:
+    """The characters a match of a parsed regex can start with, or None when unsure.
+
+    Only the plain shapes of reading stems are understood (literals, small classes,
+    groups, alternations, repeats of at least one); anything else answers None.
+    """
+    if not len(parsed):
+        return None
+    op, av = parsed[0]
+    if op is _sre.LITERAL:
+        return {chr(av)}
+    if op is _sre.IN:
+        chars: set[str] = set()
+        for item, value in av:
+            if item is _sre.LITERAL:
+                chars.add(chr(value))
+            elif item is _sre.RANGE and value[1] - value[0] < 256:
+                chars.update(map(chr, range(value[0], value[1] + 1)))
+            else:
+                return None  # negated class, category, wide range
+        return chars
+    if op is _sre.SUBPATTERN and not av[1] & re.IGNORECASE:
+        return _first_chars(av[3])
+    if op is _sre.BRANCH:
+        union: set[str] = set()
+        for branch in av[1]:
+            found = _first_chars(branch)
+            if found is None:
+                return None
+            union |= found
+        return union
+    if op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT) and av[0] >= 1:
+        return _first_chars(av[2])
+    return None
+
+
+def _any_of(patterns: list[str]) -> re.Pattern[str]:
+    """One regex that matches somewhere in a text exactly when one of ``patterns`` does.
+
+    Why not a plain alternation: ``re`` tries every alternative at every position of a
+    ~800-character reading (~50 us a mail). Alternatives that start with the same
+    literal character are grouped under it, and a look-ahead on the characters any
+    alternative can start with passes over the other positions at once (~20 us). Which
+    alternative reports a match may differ; this regex is only asked whether there is
+    one (``test_any_of_finds_a_match_exactly_where_one_of_its_patterns_does``).
+    """
+    by_first: dict[str, list[str]] = {}
+    others: list[str] = []
+    starts: set[str] | None = set()
+    for pattern in patterns:
+        parsed = _sre_parse(pattern)
+        first = _first_chars(parsed)
+        starts = None if first is None or starts is None else starts | first
+        op, av = parsed[0] if len(parsed) else (None, 0)
+        if (
+            op is _sre.LITERAL
+            and not parsed.state.flags & re.IGNORECASE
+            and pattern[:1] == chr(av)
+            and pattern[1:2] not in ("?", "*", "+", "{")
+        ):
+            by_first.setdefault(pattern[0], []).append(pattern[1:])
+        else:
+            others.append(pattern)
+    parts = [
+        re.escape(char) + "(?:" + "|".join(f"(?:{rest})" for rest in rests) + ")"
+        for char, rests in by_first.items()
+    ] + [f"(?:{pattern})" for pattern in others]
+    joined = "|".join(parts)
+    if starts:
+        joined = "(?=[" + "".join(map(re.escape, sorted(starts))) + "])(?:" + joined + ")"
+    return re.compile(joined)
+
+
 def needles(regex: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
     """Groups of strings a text must contain (one of each group) for ``regex`` to match.
 
@@ -506,9 +579,7 @@ class RuleSet:
             for name in combo.concepts:
                 self.combos_by_concept.setdefault(name, []).append(combo)
         text_scope = [r.regex.pattern for r in self.reading if not r.subject_only]
-        self.reading_any = (
-            re.compile("|".join(f"(?:{p})" for p in text_scope)) if text_scope else None
-        )
+        self.reading_any = _any_of(text_scope) if text_scope else None
         self.foreign_joined = []
         by_rule: dict[str, list[ForeignPattern]] = {}
         for fp in self.foreign:

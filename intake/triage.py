@@ -672,7 +672,21 @@ def _reading_negated(reading: str, end: int) -> bool:
 
 
 _KANA_OF = attrgetter("kana")
-_DIGIT_IN_KANA = re.compile(r"[ぁ-ゖ]4|4[ぁ-ゖ]").search
+
+
+def _digit_in_kana(text: str) -> bool:
+    """Is a 4 written next to hiragana (4ぬ, し4)? ``re.search("[ぁ-ゖ]4|4[ぁ-ゖ]")``'s answer.
+
+    Why not that regex: it tries both alternatives at each of a mail's ~800 positions
+    (~10 us), while a 4 is rare and ``str.find`` jumps from one to the next.
+    """
+    find = text.find
+    i = find("4")
+    while i >= 0:
+        if (i and "ぁ" <= text[i - 1] <= "ゖ") or "ぁ" <= text[i + 1 : i + 2] <= "ゖ":
+            return True
+        i = find("4", i + 1)
+    return False
 
 
 def _reading_may_match(a: Analysis, rules: RuleSet, subject: str) -> bool:
@@ -689,7 +703,7 @@ def _reading_may_match(a: Analysis, rules: RuleSet, subject: str) -> bool:
         head = "".join(map(_KANA_OF, a.infos[:n]))
         if any(r.regex.search(head) for r in rules.reading if r.subject_only):
             return True
-    if _DIGIT_IN_KANA(a.normalised):
+    if _digit_in_kana(a.normalised):
         return True
     return rules.reading_any is not None and rules.reading_any.search(kana) is not None
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intake.errors import RulesError
-from intake.rules import check_rules, expand_alternatives, load_rules, needles
+from intake.rules import RuleSet, _any_of, check_rules, expand_alternatives, load_rules, needles
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
@@ -379,8 +379,13 @@ def test_needles_name_the_words_a_concept_regex_cannot_match_without() -> None:
 
 
 @functools.cache
+def _shipped_rules() -> RuleSet:
+    return load_rules(SHIPPED)
+
+
+@functools.cache
 def _shipped_needles() -> list[tuple[re.Pattern[str], tuple[tuple[str, ...], ...]]]:
-    rules = load_rules(SHIPPED)
+    rules = _shipped_rules()
     return [
         (rx, rules.regex_needles[id(rx)])
         for concept in rules.concepts.values()
@@ -394,3 +399,40 @@ def test_needles_never_skip_a_text_a_shipped_concept_regex_matches(text: str) ->
     for regex, groups in _shipped_needles():
         if regex.search(text):
             assert all(any(s in text for s in group) for group in groups), regex.pattern
+
+
+def test_any_of_finds_a_match_exactly_where_one_of_its_patterns_does() -> None:
+    patterns = [
+        r"[しじ]に[ただ](?:い|く)",
+        r"しの(?:う|っか)",
+        r"しぬ(?:しか|ほか)",
+        r"(?:てくび|うで)(?:を|が)?(?:きっ|きる)",
+        r"れんたん",
+        r"き",
+    ]
+    joined = _any_of(patterns)
+    assert joined.pattern.startswith("(?=[")  # every pattern's first characters known
+    alone = [re.compile(p) for p in patterns]
+    for text in [
+        "",
+        "あしにたいな",
+        "しのっか",
+        "うできる",
+        "てくびをきっ",
+        "れんた",
+        "ききき",
+        "じにだく",
+    ]:
+        assert (joined.search(text) is not None) == any(r.search(text) for r in alone), text
+    # a pattern that may match nothing at all leaves out the look-ahead
+    assert not _any_of(["(?:あ)?", "い"]).pattern.startswith("(?=")
+    assert _any_of(["(?:あ)?", "い"]).search("う")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="しじにたいくのうっかぬほてびをきるれんだ。", max_size=14))
+def test_shipped_reading_prefilter_agrees_with_the_reading_rules(text: str) -> None:
+    rules = _shipped_rules()
+    alone = any(r.regex.search(text) for r in rules.reading if not r.subject_only)
+    assert rules.reading_any is not None
+    assert (rules.reading_any.search(text) is not None) == alone

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from intake.letter import Letter
 from intake.rules import RuleSet, load_rules
@@ -604,3 +607,11 @@ def test_fast_evidence_equals_match() -> None:
     assert fast.parts == ()
     with pytest.raises(AttributeError):
         fast.rule = "other"  # type: ignore[misc]  # still frozen
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="4しぬあ漢Aa 。\\nゖぁゔ", max_size=10))
+def test_digit_in_kana_answers_as_the_regex_does(text: str) -> None:
+    from intake.triage import _digit_in_kana
+
+    assert _digit_in_kana(text) == (re.search("[ぁ-ゖ]4|4[ぁ-ゖ]", text) is not None)
