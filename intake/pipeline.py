@@ -815,8 +815,10 @@ def _process_batch(
         # Handed to the pool before the previous batch was written. ``_prepare`` is a
         # function of the raw bytes alone, so an outcome found by its bytes is the one
         # computing it here would give; a message the ticket lacks is prepared below.
-        done = pool.collect(ahead, lambda raw: _attempt(svc, raw))
-        by_raw = dict(zip(ahead.raws, done, strict=True))
+        wanted = {rows[row_id].raw or b"" for row_id in todo}
+        done = pool.collect(ahead, lambda raw: _attempt(svc, raw), wanted=wanted)
+        pairs = zip(ahead.raws, done, strict=True)
+        by_raw = {raw: outcome for raw, outcome in pairs if outcome is not None}
         outcomes = {
             row_id: by_raw[raw] for row_id in todo if (raw := rows[row_id].raw or b"") in by_raw
         }

@@ -45,7 +45,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -257,23 +257,45 @@ class PreparePool:
         ticket.futures = [None] * len(ticket.bounds)
 
     def collect(
-        self, ticket: Ticket, local: Callable[[bytes], Any], *, steal: bool = True
+        self,
+        ticket: Ticket,
+        local: Callable[[bytes], Any],
+        *,
+        steal: bool = True,
+        wanted: Collection[bytes] | None = None,
     ) -> list[Any]:
         """One outcome per submitted message, in order, as ``local`` would compute it.
 
-        While the children work, this process takes chunks none of them has started,
-        from the end backwards (``steal=False``: none; tests compare the children's
-        results with in-process ones). Whatever the pool cannot deliver by the ticket's
-        deadline (a dead or hung child) is computed here with ``local``.
+        ``wanted``: the messages still to process (a batch read ahead may hold mail that
+        turns out to be stored already, e.g. when a recreated folder is rescanned): the
+        others come back as None, their chunks are cancelled or not waited for, never
+        computed here. While the children work, this process takes wanted chunks none of
+        them has started, from the end backwards (``steal=False``: none; tests compare
+        the children's results with in-process ones). Whatever the pool cannot deliver
+        by the ticket's deadline (a dead or hung child) is computed here with ``local``.
         """
         raws, bounds, futures = ticket.raws, ticket.bounds, ticket.futures
+        needed = [wanted is None or any(raw in wanted for raw in raws[lo:hi]) for lo, hi in bounds]
         results: list[list[Any] | None] = [None] * len(bounds)
+
+        def here(k: int) -> list[Any]:
+            lo, hi = bounds[k]
+            return [local(raw) if wanted is None or raw in wanted else None
+                    for raw in raws[lo:hi]]  # fmt: skip
+
+        for k, future in enumerate(futures):
+            if not needed[k]:
+                if future is not None:
+                    future.cancel()  # a child may have started it: then it is not awaited
+                futures[k] = None
+                results[k] = [None] * (bounds[k][1] - bounds[k][0])
         for k in range(len(bounds) - 1, -1, -1):
             future = futures[k]
+            if not needed[k]:
+                continue
             if future is not None and (not steal or not future.cancel()):
                 break
-            lo, hi = bounds[k]
-            results[k] = [local(raw) for raw in raws[lo:hi]]
+            results[k] = here(k)
             futures[k] = None
         pending = [f for f in futures if f is not None]
         if pending:
@@ -293,9 +315,9 @@ class PreparePool:
             elif ticket.executor is self._executor:
                 self.failures = 0
         ticket.futures = [None] * len(bounds)
-        for k, (lo, hi) in enumerate(bounds):
+        for k in range(len(bounds)):
             if results[k] is None:
-                results[k] = [local(raw) for raw in raws[lo:hi]]
+                results[k] = here(k)
         return [outcome for chunk in results for outcome in chunk or []]
 
     def prepare(

@@ -403,3 +403,51 @@ def test_a_lost_lock_discards_the_batch_read_ahead(
         assert report.fetched == 64 and report.cases == 64
     finally:
         svc.close()
+
+
+def test_unwanted_mail_of_a_ticket_is_never_prepared_here(
+    settings: Settings, context: ChildContext
+) -> None:
+    """A batch read ahead may turn out to hold stored mail (a rescan): only the wanted
+    messages come back, and none of the others costs this process any work."""
+    raws = corpus()[:40]
+    wanted = set(raws[5:9])
+    calls: list[bytes] = []
+
+    def counting(raw: bytes) -> Any:
+        calls.append(raw)
+        return in_process(context)(raw)
+
+    pool = PreparePool(settings, 1)
+    try:
+        got = pool.collect(pool.submit(raws), counting, wanted=wanted)
+    finally:
+        pool.close()
+    assert [g is not None for g in got] == [raw in wanted for raw in raws]
+    assert [g for g in got if g is not None] == [in_process(context)(r) for r in raws[5:9]]
+    assert set(calls) <= wanted
+
+
+@pytest.mark.integration
+def test_a_rescan_with_the_pool_recognises_stored_mail_and_opens_only_new_cases(
+    tmp_path: Path, dovecot: Any, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intake.fetch import Mailbox
+    from intake.pipeline import process_new_mail
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    raws = corpus()[:130]
+    dovecot.append_many(raws)
+    svc = service_for(tmp_path / "run", dovecot, smtp_server, 1, 64)
+    now = datetime(2026, 11, 26, 12, 0).astimezone()
+    try:
+        with Mailbox(svc.settings.mailbox) as mailbox:
+            first = process_new_mail(svc, mailbox, now)
+        dovecot.recreate_mailbox()
+        dovecot.append(samples.consultation("new@example.jp", "相談", "寂しい"))  # the rest kept
+        with Mailbox(svc.settings.mailbox) as mailbox:
+            again = process_new_mail(svc, mailbox, now)
+    finally:
+        svc.close()
+    assert first.cases + first.followups + first.quarantined == 130
+    assert (again.fetched, again.duplicates, again.cases) == (131, 130, 1)
