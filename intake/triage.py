@@ -442,9 +442,15 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             spans = by_rule.get(f"{ex.id}|idiom:patterns", [])
             if not spans:
                 continue
+            edges = [(s.first, s.last) for s in spans]
             for h in judged:
-                if applies(h) and any(_overlaps(h, s) for s in spans):
-                    h.discounted = "idiom"
+                # the cheap overlap test first: most hits are nowhere near an idiom
+                first, last = h.first, h.last
+                for lo, hi in edges:
+                    if first <= hi and lo <= last:
+                        if applies(h):
+                            h.discounted = "idiom"
+                        break
         elif ex.discount == "reported":
             sents = {
                 a.sentences[s.first] + d
@@ -825,21 +831,35 @@ def _score(
     subject_end_norm = a.normalised.find("\n")
     if subject_end_norm < 0:
         subject_end_norm = len(a.normalised)
-    ordered = sorted(hits, key=lambda h: (-h.pattern.weight, h.first))
+    # discounted hits never count: leaving them out before the (stable) sort keeps the
+    # order of the others, and so every sum, the same
+    ordered = sorted([h for h in hits if not h.discounted], key=_HEAVIEST_FIRST)
+    starts = a.starts
     for h in ordered:
-        if h.discounted:
-            continue
-        topic = h.pattern.label or "other"
-        covered = taken.setdefault(topic, set())
-        span = range(h.first, h.last + 1)
-        if not covered.isdisjoint(span):
-            continue
-        covered.update(span)
-        weight = h.pattern.weight
-        if subject_end and a.starts[h.first] < subject_end_norm:
+        p = h.pattern
+        topic = p.label or "other"
+        covered = taken.get(topic)
+        if covered is None:
+            covered = taken[topic] = set()
+        first, last = h.first, h.last
+        if first == last:  # one token (most topic words)
+            if first in covered:
+                continue
+            covered.add(first)
+        else:
+            span = range(first, last + 1)
+            if not covered.isdisjoint(span):
+                continue
+            covered.update(span)
+        weight = p.weight
+        if subject_end and starts[first] < subject_end_norm:
             weight *= subject_weight
         scores[topic] = scores.get(topic, 0.0) + weight
     return scores
+
+
+def _HEAVIEST_FIRST(h: _Hit) -> tuple[float, int]:  # a sort key, named as one
+    return -h.pattern.weight, h.first
 
 
 def _contenders(
