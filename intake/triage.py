@@ -435,7 +435,10 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
                 known = negated[last] = _negated(a, last)
             if known:
                 h.discounted = "negated"
+    excluded = {key.partition("|")[0] for key in by_rule}  # exclusions with words here
     for ex in rules.exclusions:
+        if ex.id not in excluded:
+            continue  # each discount below needs some of the exclusion's own words
 
         def applies(h: _Hit, ex: Any = ex) -> bool:
             if h.discounted:
