@@ -419,3 +419,13 @@ def test_the_fast_analyser_opens_one_tagger(monkeypatch: pytest.MonkeyPatch) -> 
     analyser = Analyser()
     assert analyser.analyse("家賃が払えん。ｼﾆﾀｲ").infos  # learning and katakana re-reads too
     assert len(opened) == 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="しにたーいぃ〜～ｼﾆﾀｲ！１①㈱あ漢 \n", min_size=1, max_size=16))
+def test_span_maps_token_offsets_as_the_offset_map_does(text: str) -> None:
+    a = analyse(text)
+    for first in range(len(a)):
+        for last in range(first, len(a)):
+            expected = (a.offsets.start(a.starts[first]), a.offsets.end(a.ends[last]))
+            assert a.span(first, last) == expected
