@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 MAX_FAILURES = 3
 DEFAULT_TIMEOUT = 120.0  # seconds for one batch, child start-up included
-MAX_CHUNK = 8
+MAX_CHUNK = 4  # messages a task: the worker waits for at most the chunks in flight
 
 
 @dataclass(frozen=True)
