@@ -790,6 +790,8 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
 
 
 _BY_PLACE = attrgetter("start", "end", "rule")  # how evidence is listed
+_FIRST = attrgetter("first")
+_WEIGHT = attrgetter("pattern.weight")
 _new_object = object.__new__
 
 
@@ -845,7 +847,10 @@ def _score(
         subject_end_norm = len(a.normalised)
     # discounted hits never count: leaving them out before the (stable) sort keeps the
     # order of the others, and so every sum, the same
-    ordered = sorted([h for h in hits if not h.discounted], key=_HEAVIEST_FIRST)
+    # (-weight, first) as two stable sorts with C key functions (reverse keeps ties in
+    # their order): the first is a linear pass over hits that come in token order
+    ordered = sorted([h for h in hits if not h.discounted], key=_FIRST)
+    ordered.sort(key=_WEIGHT, reverse=True)
     starts = a.starts
     for h in ordered:
         p = h.pattern
@@ -868,10 +873,6 @@ def _score(
             weight *= subject_weight
         scores[topic] = scores.get(topic, 0.0) + weight
     return scores
-
-
-def _HEAVIEST_FIRST(h: _Hit) -> tuple[float, int]:  # a sort key, named as one
-    return -h.pattern.weight, h.first
 
 
 def _contenders(

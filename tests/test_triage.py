@@ -639,3 +639,43 @@ def test_scripts_count_the_letters_the_script_classes_match(text: str) -> None:
     counted = _Scripts.of(text)
     for name, klass in _SCRIPT_REGEXES.items():
         assert getattr(counted, name) == len(re.findall(klass, text)), name
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.5, 1.0, 2.0]),
+            st.sampled_from(["poverty", "isolation"]),
+            st.integers(0, 9),
+            st.integers(0, 2),
+        ),
+        max_size=12,
+    )
+)
+def test_topic_scores_take_the_heaviest_then_earliest_hit_of_overlapping_ones(
+    drawn: list[tuple[float, str, int, int]],
+) -> None:
+    from intake.lemmas import analyse
+    from intake.rules import Pattern
+    from intake.triage import _Hit, _score
+
+    a = analyse("相談\nお金がなくて家賃が払えないし友達もいないし毎日さみしい")
+    hits = [
+        _Hit(Pattern(f"t{k}", "topic", topic, "x", (), w, Path("t"), None), f, min(f + s, 10))
+        for k, (w, topic, f, s) in enumerate(drawn)
+    ]
+    hits.sort(key=lambda h: h.first)  # as _find lists them: in token order
+    # the definition: heaviest first, then earliest; a hit overlapping a counted one of
+    # its topic does not count; subject words weigh 1.5 times
+    expected: dict[str, float] = {}
+    taken: dict[str, set[int]] = {}
+    for h in sorted(hits, key=lambda h: (-h.pattern.weight, h.first)):
+        topic = h.pattern.label or "other"
+        span = set(range(h.first, h.last + 1))
+        if taken.setdefault(topic, set()) & span:
+            continue
+        taken[topic] |= span
+        weight = h.pattern.weight * (1.5 if a.starts[h.first] < 2 else 1.0)
+        expected[topic] = expected.get(topic, 0.0) + weight
+    assert _score(hits, a, 2, 1.5) == expected
