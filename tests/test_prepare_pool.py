@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from intake import samples
 from intake.config import Settings, auto_prepare_processes, settings_from_dict
@@ -323,7 +323,7 @@ def test_a_large_batch_through_the_pool_stores_what_in_process_work_stores(
             rows = session.exec(
                 select(StoredMessage, Case)
                 .where(StoredMessage.case_id == Case.id)
-                .order_by(StoredMessage.uid)
+                .order_by(col(StoredMessage.uid))
             ).all()
             acks = session.exec(select(Outbox.kind, Outbox.recipients)).all()
         columns = ("uid", "status", "stage_error", "subject", "body", "automatic")
