@@ -51,6 +51,7 @@ from __future__ import annotations
 import importlib
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -594,6 +595,15 @@ class RuleSet:
             else:
                 for fp in group:
                     self.foreign_joined.append(([fp], fp.regex, latin))
+
+    def plans(self, infos: Iterable[Any]) -> list[TokenPatterns]:
+        """``token_patterns(info.keys)`` for each of ``infos`` (``TokenInfo``), in one pass.
+
+        The cached answer is read straight from the cache: this runs for every distinct
+        word of every mail.
+        """
+        cached = self._by_keys.get
+        return [cached(info.keys) or self.token_patterns(info.keys) for info in infos]
 
     def token_patterns(self, keys: tuple[str, ...]) -> TokenPatterns:
         """What the index says about a token carrying ``keys`` (a ``TokenInfo.keys``).

@@ -310,9 +310,8 @@ def _candidates(a: Analysis, rules: RuleSet) -> dict[TokenInfo, Sequence[_StartE
     each. The work is done on the distinct words of the mail (a hundred or so), not on
     every token.
     """
-    patterns_of = rules.token_patterns
     words = list(dict.fromkeys(a.infos))
-    plans = [patterns_of(info.keys) for info in words]
+    plans = rules.plans(words)
     present = frozenset().union(*[plan.words for plan in plans])
     # 0 stands for every one-word pattern (TokenPatterns.starts): always live
     live = {0}

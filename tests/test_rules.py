@@ -436,3 +436,13 @@ def test_shipped_reading_prefilter_agrees_with_the_reading_rules(text: str) -> N
     alone = any(r.regex.search(text) for r in rules.reading if not r.subject_only)
     assert rules.reading_any is not None
     assert (rules.reading_any.search(text) is not None) == alone
+
+
+def test_plans_answer_as_token_patterns_does_for_each_word() -> None:
+    from intake.lemmas import analyse
+
+    rules = _shipped_rules()
+    words = list(dict.fromkeys(analyse("家賃が払えないし死ぬほど眠い。無関係な語").infos))
+    assert [p is rules.token_patterns(w.keys) for p, w in zip(rules.plans(words), words)] == [
+        True
+    ] * len(words)
