@@ -443,6 +443,6 @@ def test_plans_answer_as_token_patterns_does_for_each_word() -> None:
 
     rules = _shipped_rules()
     words = list(dict.fromkeys(analyse("家賃が払えないし死ぬほど眠い。無関係な語").infos))
-    assert [p is rules.token_patterns(w.keys) for p, w in zip(rules.plans(words), words)] == [
-        True
-    ] * len(words)
+    plans = rules.plans(words)
+    assert len(plans) == len(words)
+    assert all(p is rules.token_patterns(w.keys) for p, w in zip(plans, words, strict=True))
