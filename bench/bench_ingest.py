@@ -14,10 +14,10 @@ Each side runs in its own fresh interpreter so neither inherits the other's cach
 so the service's peak memory (VmHWM, target < 300 MB) is its own. ``--profile`` adds a
 third, cProfile'd service run on a fresh database and prints where the time goes.
 
-The service runs with the prepare pool as configured in production (``[service]
-prepare_processes = "auto"``; ``--prepare-processes N`` to choose, ``--without-pool-too``
-to add a run without it). Its CPU figure adds the pool children's CPU to the worker's;
-its memory figure is the worker's VmHWM and the peak, sampled every 0.2 s, of the PSS
+The service runs as shipped, without the prepare pool (``[service] prepare_processes = 0``);
+``--prepare-processes N|auto`` runs it with the pool, and ``--without-pool-too`` then adds
+a run without it in the same invocation. Its CPU figure adds the pool children's CPU to
+the worker's; its memory figure is the worker's VmHWM and the peak, sampled every 0.2 s, of the PSS
 sum of the worker and every process below it.
 """
 
@@ -340,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the service under cProfile and print the top costs")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds each child may take before the benchmark gives up")
-    parser.add_argument("--prepare-processes", dest="processes", default="auto",
-                        help='[service] prepare_processes for the service run: "auto" (the '
-                        "default, as in production) or a number; 0 = no prepare pool")
+    parser.add_argument("--prepare-processes", dest="processes", default="0",
+                        help='[service] prepare_processes for the service run: 0 (the '
+                        'default, as shipped: no prepare pool), a number or "auto"')
     parser.add_argument("--without-pool-too", dest="without_pool", action="store_true",
                         help="also run the service with prepare_processes = 0, in this run")
     parser.add_argument("--child", choices=["bare", "service"], help=argparse.SUPPRESS)

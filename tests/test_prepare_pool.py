@@ -253,8 +253,12 @@ def test_prepare_processes_setting(value: object, expected: int) -> None:
     assert settings_from_dict(config(prepare_processes=value)).prepare_processes == expected
 
 
-def test_prepare_processes_default_is_auto_and_leaves_a_cpu_for_the_worker() -> None:
-    processes = settings_from_dict(config()).prepare_processes
+def test_prepare_processes_default_is_no_pool() -> None:
+    assert settings_from_dict(config()).prepare_processes == 0
+
+
+def test_prepare_processes_auto_leaves_a_cpu_for_the_worker() -> None:
+    processes = settings_from_dict(config(prepare_processes="auto")).prepare_processes
     assert processes == min((os.cpu_count() or 1) - 1, 3)
 
 
