@@ -46,6 +46,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     svc = Service.from_settings(settings)
+    svc.settle()
     now = datetime.now(svc.calendar.tz)
     status = 0
     lock = mailbox_lock(svc.engine, settings.mailbox.key)
@@ -77,7 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from intake.pipeline import Service
     from intake.worker import run_worker
 
-    run_worker(Service.from_settings(_settings(args)))
+    svc = Service.from_settings(_settings(args))
+    svc.settle()
+    run_worker(svc)
     return 0
 
 

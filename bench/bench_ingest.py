@@ -169,6 +169,7 @@ def service_run(config: Path, profile: Path | None) -> dict[str, object]:
 
     t0 = time.perf_counter()
     svc = Service.from_settings(load_settings(config))
+    svc.settle()  # as service.py run/once do
     setup = time.perf_counter() - t0
     after_setup = memory()
     now = datetime(2026, 11, 26, 12, 0, tzinfo=ZoneInfo("Asia/Tokyo"))

@@ -22,6 +22,7 @@ Order of work for each batch of new UIDs, and why:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -132,6 +133,18 @@ class Service:
                 else None
             ),
         )
+
+    def settle(self) -> None:
+        """Tell the garbage collector that what is loaded now lives as long as the process.
+
+        The compiled rules, the analyser's caches and the learned model are hundreds of
+        thousands of objects that never die; without ``gc.freeze`` every full collection
+        walks them again (measured: parse + triage 3.0 -> 2.7 ms CPU a mail). Only for a
+        process that keeps one Service (``run``, ``once``): frozen objects are never
+        collected, so a test building many Services must not call it.
+        """
+        gc.collect()
+        gc.freeze()
 
     def close(self) -> None:
         """Stop the prepare pool's processes, if any were started (the worker's shutdown).
