@@ -110,8 +110,9 @@ class TimedSMTP(LocalSMTP):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50, help="urgent mails to time")
-    parser.add_argument("--timeout", type=float, default=20.0,
-                        help="seconds to wait for one alert before giving up")
+    parser.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for one alert before giving up"
+    )
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-alert-"))
@@ -122,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         smtp = TimedSMTP()
         with LocalDovecot(tmp) as imap, smtp:
-            config = write_config(tmp, imap.host, imap.port, imap.user,
-                                  smtp_port=smtp.port, db=tmp / "alert.db")
+            config = write_config(
+                tmp, imap.host, imap.port, imap.user, smtp_port=smtp.port, db=tmp / "alert.db"
+            )
             with log_path.open("wb") as log:
                 worker = subprocess.Popen(
                     [PYTHON, str(ROOT / "service.py"), "run", "--config", str(config)],
-                    env=child_env(imap.password), cwd=ROOT, stdout=log, stderr=log,
+                    env=child_env(imap.password),
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=log,
                 )
             observer = IdleObserver(imap)
             observer.start()
@@ -168,19 +173,27 @@ def main(argv: list[str] | None = None) -> int:
 
     p99 = percentile(latencies, 99)
     print(f"APPEND -> alert at SMTP over {len(latencies)} urgent mails (worker in IDLE):")
-    print(f"  p50 {median(latencies):.3f} s   p90 {percentile(latencies, 90):.3f} s   "
-          f"p99 {p99:.3f} s   max {max(latencies):.3f} s   min {min(latencies):.3f} s")
+    print(
+        f"  p50 {median(latencies):.3f} s   p90 {percentile(latencies, 90):.3f} s   "
+        f"p99 {p99:.3f} s   max {max(latencies):.3f} s   min {min(latencies):.3f} s"
+    )
     if idle_delays:
         service = [a - b for a, b in zip(latencies, idle_delays, strict=False)]
-        print(f"  of which Dovecot IDLE (APPEND -> EXISTS at a second IDLE client, "
-              f"{len(idle_delays)} mails): p50 {median(idle_delays):.3f} s   "
-              f"p99 {percentile(idle_delays, 99):.3f} s")
-        print(f"  the service's share (alert - EXISTS): p50 {median(service):.3f} s   "
-              f"p99 {percentile(service, 99):.3f} s")
+        print(
+            f"  of which Dovecot IDLE (APPEND -> EXISTS at a second IDLE client, "
+            f"{len(idle_delays)} mails): p50 {median(idle_delays):.3f} s   "
+            f"p99 {percentile(idle_delays, 99):.3f} s"
+        )
+        print(
+            f"  the service's share (alert - EXISTS): p50 {median(service):.3f} s   "
+            f"p99 {percentile(service, 99):.3f} s"
+        )
     print(f"p99 target < {TARGET_P99:g} s: {'ok' if p99 < TARGET_P99 else 'MISSED'}")
     clean = code == 0
-    print(f"SIGTERM: worker exited with status {code} after {stop_seconds:.2f} s "
-          f"({'clean' if clean else 'NOT CLEAN'})")
+    print(
+        f"SIGTERM: worker exited with status {code} after {stop_seconds:.2f} s "
+        f"({'clean' if clean else 'NOT CLEAN'})"
+    )
     return 0 if clean else 1
 
 

@@ -70,8 +70,14 @@ def bare_loop(host: str, port: int, user: str, password: str, batch: int) -> dic
                 count += 1
     seconds = time.perf_counter() - start
     cpu = time.process_time() - cpu0
-    return {"count": count, "seconds": seconds, "cpu_seconds": cpu, "fetch_seconds": fetch_seconds,
-            "chars": chars, "peak_mb": memory().peak_mb}
+    return {
+        "count": count,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "fetch_seconds": fetch_seconds,
+        "chars": chars,
+        "peak_mb": memory().peak_mb,
+    }
 
 
 def _descendants(root: int) -> list[int]:
@@ -256,8 +262,12 @@ def _child(args: argparse.Namespace) -> int:
 
 def _run_child(argv: list[str], password: str, timeout: float) -> dict[str, float]:
     proc = subprocess.run(
-        [PYTHON, __file__, *argv], env=child_env(password), capture_output=True,
-        text=True, timeout=timeout, check=False,
+        [PYTHON, __file__, *argv],
+        env=child_env(password),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"child {argv[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -337,15 +347,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="mails in the mailbox")
     parser.add_argument("--batch", type=int, default=100, help="UIDs per FETCH (both sides)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also run the service under cProfile and print the top costs")
-    parser.add_argument("--timeout", type=float, default=1800.0,
-                        help="seconds each child may take before the benchmark gives up")
-    parser.add_argument("--prepare-processes", dest="processes", default="0",
-                        help='[service] prepare_processes for the service run: 0 (the '
-                        'default, as shipped: no prepare pool), a number or "auto"')
-    parser.add_argument("--without-pool-too", dest="without_pool", action="store_true",
-                        help="also run the service with prepare_processes = 0, in this run")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run the service under cProfile and print the top costs",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="seconds each child may take before the benchmark gives up",
+    )
+    parser.add_argument(
+        "--prepare-processes",
+        dest="processes",
+        default="0",
+        help="[service] prepare_processes for the service run: 0 (the "
+        'default, as shipped: no prepare pool), a number or "auto"',
+    )
+    parser.add_argument(
+        "--without-pool-too",
+        dest="without_pool",
+        action="store_true",
+        help="also run the service with prepare_processes = 0, in this run",
+    )
     parser.add_argument("--child", choices=["bare", "service"], help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -365,17 +390,32 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             imap.append_many(make_mails(args.n))
             append_s = time.perf_counter() - t0
-            print(f"appended {args.n} mails (MULTIAPPEND) in {append_s:.1f} s "
-                  f"({args.n / append_s:,.0f}/s)")
+            print(
+                f"appended {args.n} mails (MULTIAPPEND) in {append_s:.1f} s "
+                f"({args.n / append_s:,.0f}/s)"
+            )
             common = ["--host", imap.host, "--port", str(imap.port), "--user", imap.user]
-            bare = _run_child(["--child", "bare", *common, "--batch", str(args.batch)],
-                              imap.password, args.timeout)
+            bare = _run_child(
+                ["--child", "bare", *common, "--batch", str(args.batch)],
+                imap.password,
+                args.timeout,
+            )
+
             def service(name: str, processes: str, *extra: str) -> dict[str, float]:
-                config = write_config(tmp, imap.host, imap.port, imap.user,
-                                      db=tmp / f"{name}.db", batch_size=args.batch)
+                config = write_config(
+                    tmp,
+                    imap.host,
+                    imap.port,
+                    imap.user,
+                    db=tmp / f"{name}.db",
+                    batch_size=args.batch,
+                )
                 _set_processes(config, processes)
-                return _run_child(["--child", "service", "--config", str(config), *extra],
-                                  imap.password, args.timeout)
+                return _run_child(
+                    ["--child", "service", "--config", str(config), *extra],
+                    imap.password,
+                    args.timeout,
+                )
 
             svc = service("service", args.processes)
             alone = service("alone", "0") if args.without_pool else None
@@ -408,22 +448,29 @@ def report(n: int, bare: dict[str, float], svc: dict[str, float]) -> None:
     fetch_rate = bare["count"] / bare["fetch_seconds"]
     svc_rate = svc["fetched"] / svc["seconds"]
     ratio = svc_rate / bare_rate
-    complete = (svc["cases"] == n and svc["messages"] == n
-                and svc["acks_queued"] + svc["suppressed"] == n)
+    complete = (
+        svc["cases"] == n and svc["messages"] == n and svc["acks_queued"] + svc["suppressed"] == n
+    )
 
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    print(f"bare imapclient + email (policy=default): {bare['count']:.0f} mails in "
-          f"{bare['seconds']:.2f} s = {bare_rate:,.0f} mails/s "
-          f"(FETCH alone {fetch_rate:,.0f}/s; peak {bare['peak_mb']:.0f} MB)")
-    print(f"service process_new_mail: {svc['fetched']:.0f} mails in {svc['seconds']:.2f} s "
-          f"= {svc_rate:,.0f} mails/s (setup {svc['setup_seconds']:.2f} s not counted; "
-          f"prepare pool: {svc['pool_processes']:.0f} processes, their start-up counted)")
-    print(f"  stored {svc['messages']:.0f}, cases {svc['cases']:.0f}, acks queued "
-          f"{svc['acks_queued']:.0f}, alerts queued {svc['alerts_queued']:.0f}, "
-          f"quarantined {svc['quarantined']:.0f}, suppressed {svc['suppressed']:.0f}"
-          f" -> {'complete' if complete else 'INCOMPLETE'}")
+    print(
+        f"bare imapclient + email (policy=default): {bare['count']:.0f} mails in "
+        f"{bare['seconds']:.2f} s = {bare_rate:,.0f} mails/s "
+        f"(FETCH alone {fetch_rate:,.0f}/s; peak {bare['peak_mb']:.0f} MB)"
+    )
+    print(
+        f"service process_new_mail: {svc['fetched']:.0f} mails in {svc['seconds']:.2f} s "
+        f"= {svc_rate:,.0f} mails/s (setup {svc['setup_seconds']:.2f} s not counted; "
+        f"prepare pool: {svc['pool_processes']:.0f} processes, their start-up counted)"
+    )
+    print(
+        f"  stored {svc['messages']:.0f}, cases {svc['cases']:.0f}, acks queued "
+        f"{svc['acks_queued']:.0f}, alerts queued {svc['alerts_queued']:.0f}, "
+        f"quarantined {svc['quarantined']:.0f}, suppressed {svc['suppressed']:.0f}"
+        f" -> {'complete' if complete else 'INCOMPLETE'}"
+    )
     print(f"ratio service/bare = {ratio:.2f} (target >= {TARGET_RATIO}) {verdict(ratio >= 0.5)}")
     # Per CPU second of each process (Dovecot's CPU is outside both): steadier than wall
     # time on a machine shared with other benchmarks.
@@ -432,28 +479,36 @@ def report(n: int, bare: dict[str, float], svc: dict[str, float]) -> None:
     bare_cpu = bare["count"] / bare["cpu_seconds"]
     total_cpu = svc["cpu_seconds"] + svc["pool_cpu_seconds"]
     svc_cpu = svc["fetched"] / total_cpu
-    print(f"per CPU second: bare {bare_cpu:,.0f} mails/s, service {svc_cpu:,.0f} mails/s "
-          f"(worker and pool together), ratio {svc_cpu / bare_cpu:.2f}")
+    print(
+        f"per CPU second: bare {bare_cpu:,.0f} mails/s, service {svc_cpu:,.0f} mails/s "
+        f"(worker and pool together), ratio {svc_cpu / bare_cpu:.2f}"
+    )
     per_mail = 1e3 / svc["fetched"]
     if svc["pool_processes"]:
-        print(f"  service CPU per mail {per_mail * total_cpu:.2f} ms = worker process "
-              f"{per_mail * svc['cpu_seconds']:.2f} ms (of which classify of small batches "
-              f"and stolen chunks {per_mail * svc['classify_cpu_seconds']:.2f} ms) + pool "
-              f"children {per_mail * svc['pool_cpu_seconds']:.2f} ms (bare "
-              f"{1e3 / bare_cpu:.2f} ms)")
+        print(
+            f"  service CPU per mail {per_mail * total_cpu:.2f} ms = worker process "
+            f"{per_mail * svc['cpu_seconds']:.2f} ms (of which classify of small batches "
+            f"and stolen chunks {per_mail * svc['classify_cpu_seconds']:.2f} ms) + pool "
+            f"children {per_mail * svc['pool_cpu_seconds']:.2f} ms (bare "
+            f"{1e3 / bare_cpu:.2f} ms)"
+        )
     else:
         rest = svc["cpu_seconds"] - svc["classify_cpu_seconds"]
-        print(f"  service CPU per mail {per_mail * svc['cpu_seconds']:.2f} ms = classify "
-              f"{per_mail * svc['classify_cpu_seconds']:.2f} ms + everything else "
-              f"{per_mail * rest:.2f} ms (bare {1e3 / bare_cpu:.2f} ms); "
-              f"without classify the ratio would be {bare['cpu_seconds'] / rest:.2f}")
+        print(
+            f"  service CPU per mail {per_mail * svc['cpu_seconds']:.2f} ms = classify "
+            f"{per_mail * svc['classify_cpu_seconds']:.2f} ms + everything else "
+            f"{per_mail * rest:.2f} ms (bare {1e3 / bare_cpu:.2f} ms); "
+            f"without classify the ratio would be {bare['cpu_seconds'] / rest:.2f}"
+        )
     # VmHWM is the worker process alone; with a pool the honest figure is the PSS sum of
     # the worker and every process below it (shared pages split, not counted twice).
-    print(f"service peak memory: worker VmHWM {svc['peak_mb']:.0f} MB (after setup "
-          f"{svc['rss_after_setup_mb']:.0f} MB); PSS of the worker and its "
-          f"{svc['pss_peak_processes'] - 1:.0f} child processes at the peak "
-          f"{svc['pss_peak_mb']:.0f} MB (target < {TARGET_PEAK_MB:.0f} MB) "
-          f"{verdict(max(svc['peak_mb'], svc['pss_peak_mb']) < TARGET_PEAK_MB)}")
+    print(
+        f"service peak memory: worker VmHWM {svc['peak_mb']:.0f} MB (after setup "
+        f"{svc['rss_after_setup_mb']:.0f} MB); PSS of the worker and its "
+        f"{svc['pss_peak_processes'] - 1:.0f} child processes at the peak "
+        f"{svc['pss_peak_mb']:.0f} MB (target < {TARGET_PEAK_MB:.0f} MB) "
+        f"{verdict(max(svc['peak_mb'], svc['pss_peak_mb']) < TARGET_PEAK_MB)}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,11 @@ class Poller:
 
         assert isinstance(imap, LocalDovecot)
         os.environ[PASSWORD_ENV] = imap.password
-        self.svc = Service.from_settings(load_settings(
-            write_config(folder, imap.host, imap.port, imap.user, db=folder / "poll.db")))
+        self.svc = Service.from_settings(
+            load_settings(
+                write_config(folder, imap.host, imap.port, imap.user, db=folder / "poll.db")
+            )
+        )
         self.mailbox = Mailbox(self.svc.settings.mailbox)
         state = self.mailbox.open()
         assert self.mailbox.client is not None
@@ -124,12 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         for server, size in zip(servers, sizes, strict=True):
             server.start()
             if "default_vsz_limit = 1G" not in server.conf.read_text():
-                print("warning: LocalDovecot config lacks default_vsz_limit = 1G; "
-                      "Dovecot may run out of memory at 100,000 mails")
+                print(
+                    "warning: LocalDovecot config lacks default_vsz_limit = 1G; "
+                    "Dovecot may run out of memory at 100,000 mails"
+                )
             t0 = time.perf_counter()
             server.append_many(make_mails(size))
-            print(f"mailbox of {size:,} mails appended in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
+            print(
+                f"mailbox of {size:,} mails appended in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
         time.sleep(2.0)  # let Dovecot and the disk settle after the appends
         pollers = [Poller(server, server.base.parent) for server in servers]
         results = measure(pollers, args.polls)
@@ -141,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     small, large = sizes
-    print(f"\nempty poll, ms per call: median (p90) over {args.polls} polls on one open "
-          "connection per mailbox, the two mailboxes polled alternately")
+    print(
+        f"\nempty poll, ms per call: median (p90) over {args.polls} polls on one open "
+        "connection per mailbox, the two mailboxes polled alternately"
+    )
     print(f"{'':>28}{small:>16,}{large:>16,}   ratio")
     for key, label in KINDS.items():
         a, b = results[0][key], results[1][key]
@@ -150,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:>28}{cells[0]:>16}{cells[1]:>16}   {median(b) / median(a):.2f}")
     ratio = median(results[1]["poll"]) / median(results[0]["poll"])
     verdict = "ok" if ratio <= TARGET_RATIO else "MISSED"
-    print(f"ratio {large:,}/{small:,} for process_new_mail = {ratio:.2f} "
-          f"(target <= {TARGET_RATIO}) {verdict}")
+    print(
+        f"ratio {large:,}/{small:,} for process_new_mail = {ratio:.2f} "
+        f"(target <= {TARGET_RATIO}) {verdict}"
+    )
     return 0
 
 

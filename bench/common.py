@@ -100,9 +100,11 @@ def make_mail(i: int, *, urgent: bool | None = None, seed: int = 7, size: int = 
     target = int((size - 420) / per_char)
     lines = _text(rng, urgent, target)
     if subtype == "html":
-        lines = [f'<html><head><meta charset="{charset}"></head><body>'] + [
-            f"<p>{line}</p>" if line else "<br>" for line in lines
-        ] + ["</body></html>"]
+        lines = (
+            [f'<html><head><meta charset="{charset}"></head><body>']
+            + [f"<p>{line}</p>" if line else "<br>" for line in lines]
+            + ["</body></html>"]
+        )
     body = _encode_lines(lines, charset)
     if cte == "base64":
         body = base64.encodebytes(body).replace(b"\n", b"\r\n")
@@ -129,8 +131,14 @@ def make_mails(n: int, *, seed: int = 7, start: int = 0) -> Iterator[bytes]:
 
 
 def write_config(
-    folder: Path, imap_host: str, imap_port: int, imap_user: str, *,
-    smtp_port: int = 9, db: Path | None = None, batch_size: int = 100,
+    folder: Path,
+    imap_host: str,
+    imap_port: int,
+    imap_user: str,
+    *,
+    smtp_port: int = 9,
+    db: Path | None = None,
+    batch_size: int = 100,
 ) -> Path:
     """A service config for the local servers (plain text on loopback, SQLite).
 

@@ -181,9 +181,16 @@ def ack_bytes(
     ]
     if not plain or any(h is None for h in heads):
         slow = render_ack(
-            env, sender=sender, to=to, case_number=case_number, in_reply_to=in_reply_to,
-            references=references, received=received, calendar=calendar,
-            directory=directory, now=now,
+            env,
+            sender=sender,
+            to=to,
+            case_number=case_number,
+            in_reply_to=in_reply_to,
+            references=references,
+            received=received,
+            calendar=calendar,
+            directory=directory,
+            now=now,
         )
         if message_id:
             slow.replace_header("Message-ID", message_id)

@@ -247,12 +247,25 @@ class LocalPostgres:
     def _initdb(self, bindir: Path) -> None:
         assert self.folder is not None
         cmd = [
-            str(bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
-            "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions",
+            str(bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            self.user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
         ]
         result = subprocess.run(
-            cmd, capture_output=True, timeout=120, check=False, cwd=self.folder,
-            env=self._env(), **self._as,
+            cmd,
+            capture_output=True,
+            timeout=120,
+            check=False,
+            cwd=self.folder,
+            env=self._env(),
+            **self._as,
         )
         if result.returncode != 0:
             raise LocalPostgresError(
@@ -283,8 +296,14 @@ class LocalPostgres:
         log = self.log_path.open("ab")
         try:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.folder,
-                env=self._env(), start_new_session=True, **self._as,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.folder,
+                env=self._env(),
+                start_new_session=True,
+                **self._as,
             )
         finally:
             log.close()
@@ -301,8 +320,7 @@ class LocalPostgres:
         self.stop()
         raise LocalPostgresError(
             f"postgres did not accept connections on {self.host}:{self.port} within "
-            f"{self.start_timeout:g} s (raise start_timeout on a slow machine):\n"
-            + self.log_tail()
+            f"{self.start_timeout:g} s (raise start_timeout on a slow machine):\n" + self.log_tail()
         )
 
     def _answers(self) -> bool:
@@ -311,7 +329,10 @@ class LocalPostgres:
 
         try:
             with psycopg.connect(
-                host=self.host, port=self.port, user=self.user, dbname="postgres",
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                dbname="postgres",
                 connect_timeout=2,
             ):
                 return True
@@ -323,8 +344,12 @@ class LocalPostgres:
         import psycopg
 
         with psycopg.connect(
-            host=self.host, port=self.port, user=self.user, dbname="postgres",
-            autocommit=True, connect_timeout=10,
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
         ) as conn:
             for statement in statements:
                 conn.execute(statement.encode())

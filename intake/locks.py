@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 
 # Server-side keepalive for the lock's session: a holder that vanishes from the network
 # (not just dies, which closes the socket at once) loses its lock after about a minute.
-_KEEPALIVE = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10,
-              "tcp_keepalives_count": 3}
+_KEEPALIVE = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
 
 
 def stable_key(name: str) -> int:
@@ -57,7 +56,7 @@ def mailbox_lock_key(mailbox_key: str) -> int:
 
 
 class MailboxLock:
-    """"I am the one worker polling this mailbox": ``try_acquire``, ``verify``, ``release``.
+    """ "I am the one worker polling this mailbox": ``try_acquire``, ``verify``, ``release``.
 
     Use ``mailbox_lock(engine, key)`` to get the right kind. Also a context manager that
     releases on exit (it does not acquire: the caller decides what to do without it).
@@ -130,8 +129,9 @@ class PostgresMailboxLock(MailboxLock):
                 conn.execute(text(f"SET {name} = {int(value)}"))
             # A server-wide idle_session_timeout would end an idle holder's session.
             conn.execute(text("SET idle_session_timeout = 0"))
-            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
-                                    {"k": self.key}).scalar_one())
+            got = bool(
+                conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar_one()
+            )
         except BaseException:
             conn.close()
             raise
@@ -150,8 +150,10 @@ class PostgresMailboxLock(MailboxLock):
             # A live session still holds its session-level locks; a dead one holds nothing.
             self._conn.execute(text("SELECT 1"))
         except DBAPIError:
-            log.warning("mailbox lock lost: its database connection died",
-                        extra={"mailbox": self.mailbox_key})
+            log.warning(
+                "mailbox lock lost: its database connection died",
+                extra={"mailbox": self.mailbox_key},
+            )
             self._drop()
             return False
         return True
@@ -188,7 +190,8 @@ class FileMailboxLock(MailboxLock):
     def __init__(self, database: Path | None, mailbox_key: str) -> None:
         super().__init__(mailbox_key)
         self.path = (
-            None if database is None
+            None
+            if database is None
             else database.with_name(f"{database.name}.mailbox-{self.key & (2**64 - 1):016x}.lock")
         )
         self._handle: IO[str] | None = None

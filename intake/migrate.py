@@ -242,10 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m intake.migrate", description=__doc__)
     parser.add_argument("--url", help="database URL (default: the config's [database] url)")
     parser.add_argument("--config", help="TOML config to read the URL from ($INTAKE_CONFIG)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when the models differ from the migrated schema")
-    parser.add_argument("--revision", metavar="MESSAGE",
-                        help="autogenerate the next revision file for a model change")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when the models differ from the migrated schema",
+    )
+    parser.add_argument(
+        "--revision",
+        metavar="MESSAGE",
+        help="autogenerate the next revision file for a model change",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.revision:

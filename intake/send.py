@@ -295,9 +295,7 @@ def _fail(engine: Engine, row_id: int | None, why: str, now: datetime) -> None:
                 case.ack_state = "ack_failed"
                 # List the case again in the next digests, now flagged, so that someone
                 # phones the resident instead.
-                session.execute(
-                    delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id)
-                )
+                session.execute(delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id))
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200])
 
 

@@ -138,26 +138,40 @@ def offline_service(tmp_path: Path, extra: str = "") -> Service:
 def urgent_case(svc: Service, alert_at: datetime, n: int = 1) -> int:
     """An urgent case with a queued alert, written the way the pipeline writes them."""
     with session_scope(svc.engine) as session:
-        case = Case(mailbox=svc.settings.mailbox.key,
-                    created_at=alert_at.astimezone(UTC), sender=f"resident{n}@example.jp",
-                    urgent=True, topic="isolation", status="new",
-                    urgent_reasons=json.dumps([{"surface": "死にたい", "rule": "u1"}]))
+        case = Case(
+            mailbox=svc.settings.mailbox.key,
+            created_at=alert_at.astimezone(UTC),
+            sender=f"resident{n}@example.jp",
+            urgent=True,
+            topic="isolation",
+            status="new",
+            urgent_reasons=json.dumps([{"surface": "死にたい", "rule": "u1"}]),
+        )
         session.add(case)
         session.flush()
-        session.add(Outbox(mailbox=svc.settings.mailbox.key,
-                           kind="alert", priority=0, dedupe_key=f"alert:message:{n}",
-                           case_id=case.id, recipients=json.dumps([ONCALL]),
-                           message_id=f"<alert{n}@example.jp>", content=b"x",
-                           created_at=alert_at.astimezone(UTC),
-                           next_attempt_at=alert_at.astimezone(UTC)))
+        session.add(
+            Outbox(
+                mailbox=svc.settings.mailbox.key,
+                kind="alert",
+                priority=0,
+                dedupe_key=f"alert:message:{n}",
+                case_id=case.id,
+                recipients=json.dumps([ONCALL]),
+                message_id=f"<alert{n}@example.jp>",
+                content=b"x",
+                created_at=alert_at.astimezone(UTC),
+                next_attempt_at=alert_at.astimezone(UTC),
+            )
+        )
         assert case.id is not None
         return case.id
 
 
 def escalation_rows(svc: Service) -> list[Outbox]:
     with Session(svc.engine) as session:
-        return list(session.exec(select(Outbox).where(Outbox.kind == "escalation")
-                                 .order_by(Outbox.id)))  # type: ignore[arg-type]
+        return list(
+            session.exec(select(Outbox).where(Outbox.kind == "escalation").order_by(Outbox.id))
+        )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -225,11 +239,20 @@ def test_a_new_alert_after_an_acknowledgement_escalates_again(svc: Service) -> N
     acknowledge_alert(svc, "C000001", "tanaka", T0 + timedelta(minutes=5))
     later = T0 + timedelta(hours=5)
     with session_scope(svc.engine) as session:  # an urgent follow-up from the same resident
-        session.add(Outbox(mailbox=svc.settings.mailbox.key,
-                           kind="alert", priority=0, dedupe_key="alert:message:99",
-                           case_id=case_id, recipients="[]", message_id="<alert99@example.jp>",
-                           content=b"x", created_at=later.astimezone(UTC),
-                           next_attempt_at=later.astimezone(UTC)))
+        session.add(
+            Outbox(
+                mailbox=svc.settings.mailbox.key,
+                kind="alert",
+                priority=0,
+                dedupe_key="alert:message:99",
+                case_id=case_id,
+                recipients="[]",
+                message_id="<alert99@example.jp>",
+                content=b"x",
+                created_at=later.astimezone(UTC),
+                next_attempt_at=later.astimezone(UTC),
+            )
+        )
     assert escalate(svc, later + timedelta(minutes=31)) == 1
 
 
@@ -275,7 +298,10 @@ def test_repeating_escalation_needs_an_interval(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_oncall_reply_to_the_alert_stops_escalation_after_one_went_to_backup(
-    tmp_path: Path, dovecot, smtp_server, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    dovecot,
+    smtp_server,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     from intake import samples
     from intake.fetch import Mailbox
@@ -305,8 +331,11 @@ def test_oncall_reply_to_the_alert_stops_escalation_after_one_went_to_backup(
     assert sorted(escalation.rcpt_tos) == sorted([ONCALL, BACKUP])
 
     # The on-call person answers the alert from the phone.
-    dovecot.append(samples.consultation(ONCALL, "Re: 至急", "対応します",
-                                        in_reply_to=str(alert.message["Message-ID"])))
+    dovecot.append(
+        samples.consultation(
+            ONCALL, "Re: 至急", "対応します", in_reply_to=str(alert.message["Message-ID"])
+        )
+    )
     once(base + timedelta(minutes=40))
     with Session(svc.engine) as session:
         acks = session.exec(select(Event).where(Event.kind == ACK_EVENT)).all()

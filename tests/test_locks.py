@@ -26,8 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAILBOX = "intake@127.0.0.1/INBOX"
 
 
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
@@ -74,8 +72,14 @@ def test_lock_key_is_the_same_in_every_process() -> None:
     # hash() is salted per process; the key must not be, or two workers would not collide.
     code = f"from intake.locks import mailbox_lock_key; print(mailbox_lock_key({MAILBOX!r}))"
     outputs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
         for seed in ("1", "2")
     }
     assert outputs == {str(mailbox_lock_key(MAILBOX))}
@@ -143,8 +147,9 @@ def test_lock_of_a_killed_worker_process_passes_to_another(
     engine: Engine, locks: list[MailboxLock]
 ) -> None:
     url = engine.url.render_as_string(hide_password=False)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, url, MAILBOX], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url, MAILBOX], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"

@@ -38,8 +38,6 @@ from intake.migrate import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def store_like_engine(url: str) -> Engine:
     """An engine set up the way ``store.open_database`` sets one up, without its create_all."""
     engine = create_engine(url)
@@ -50,9 +48,7 @@ def store_like_engine(url: str) -> Engine:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def new_engine(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[], Engine]]:
+def new_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
     """Make empty databases of the parametrised kind; every engine is disposed afterwards."""
     made: list[Engine] = []
 
@@ -177,29 +173,38 @@ def _upgrade_to(engine: Engine, revision: str) -> None:
 def _fill_initial_schema(engine: Engine) -> None:
     """Rows as the service wrote them before cases and outbox rows carried a mailbox."""
     with engine.begin() as conn:
-        conn.execute(text(
-            'INSERT INTO "case" (id, created_at, sender, topic, topics, urgent, urgent_reasons,'
-            " matches, language, needs_human, partner, status, ack_state) VALUES"
-            " (1, '2026-11-01 03:00:00+00', 'a@example.jp', 'isolation', '[]', false, '[]',"
-            " '[]', 'ja', false, 'city', 'new', 'sent')"
-        ))
-        conn.execute(text(
-            "INSERT INTO message (id, mailbox, uidvalidity, uid, sha256, size, received_at,"
-            " from_addr, subject, body, new_text, problems, status, attempts, case_id,"
-            " is_followup) VALUES (1, 'intake@imap.example.jp/INBOX', 7, 1, 'ab', 10,"
-            " '2026-11-01 03:00:00+00', 'a@example.jp', '相談', '寂しい', '寂しい', '[]',"
-            " 'processed', 1, 1, false)"
-        ))
-        conn.execute(text(
-            "INSERT INTO outbox (id, kind, priority, dedupe_key, case_id, recipients,"
-            " message_id, content, created_at, status, attempts, next_attempt_at) VALUES"
-            " (1, 'ack', 1, 'ack:case:1', 1, '[]', '<m1@example.jp>', :body,"
-            " '2026-11-01 03:00:00+00', 'sent', 1, '2026-11-01 03:00:00+00')"
-        ), {"body": b"raw"})
-        conn.execute(text(
-            "INSERT INTO cursor (mailbox, uidvalidity, last_uid, updated_at) VALUES"
-            " ('intake@imap.example.jp/INBOX', 7, 1, '2026-11-01 03:00:00+00')"
-        ))
+        conn.execute(
+            text(
+                'INSERT INTO "case" (id, created_at, sender, topic, topics, urgent, urgent_reasons,'
+                " matches, language, needs_human, partner, status, ack_state) VALUES"
+                " (1, '2026-11-01 03:00:00+00', 'a@example.jp', 'isolation', '[]', false, '[]',"
+                " '[]', 'ja', false, 'city', 'new', 'sent')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO message (id, mailbox, uidvalidity, uid, sha256, size, received_at,"
+                " from_addr, subject, body, new_text, problems, status, attempts, case_id,"
+                " is_followup) VALUES (1, 'intake@imap.example.jp/INBOX', 7, 1, 'ab', 10,"
+                " '2026-11-01 03:00:00+00', 'a@example.jp', '相談', '寂しい', '寂しい', '[]',"
+                " 'processed', 1, 1, false)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO outbox (id, kind, priority, dedupe_key, case_id, recipients,"
+                " message_id, content, created_at, status, attempts, next_attempt_at) VALUES"
+                " (1, 'ack', 1, 'ack:case:1', 1, '[]', '<m1@example.jp>', :body,"
+                " '2026-11-01 03:00:00+00', 'sent', 1, '2026-11-01 03:00:00+00')"
+            ),
+            {"body": b"raw"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO cursor (mailbox, uidvalidity, last_uid, updated_at) VALUES"
+                " ('intake@imap.example.jp/INBOX', 7, 1, '2026-11-01 03:00:00+00')"
+            )
+        )
 
 
 @pytest.mark.parametrize("stamped", [True, False], ids=["stamped", "made-before-alembic"])
@@ -272,7 +277,10 @@ def test_command_line_migrates_and_checks(tmp_path: Path) -> None:
     url = f"sqlite:///{(tmp_path / 'cli.db').as_posix()}"
     result = subprocess.run(
         [sys.executable, "-m", "intake.migrate", "--url", url, "--check"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"at revision {head_revision()}" in result.stdout

@@ -48,8 +48,6 @@ LONELY = "最近ひとりで寂しいです。話し相手がいません。"
 URGENT = "もう消えたいです。"
 
 
-
-
 @pytest.fixture
 def pg_url(postgres: LocalPostgres, request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty database for this test, dropped afterwards."""
@@ -59,8 +57,9 @@ def pg_url(postgres: LocalPostgres, request: pytest.FixtureRequest) -> Iterator[
     postgres.drop_database(name)
 
 
-def postgres_config(tmp_path: Path, imap: LocalDovecot, smtp: LocalSMTP, url: str,
-                    extra: str = "") -> Path:
+def postgres_config(
+    tmp_path: Path, imap: LocalDovecot, smtp: LocalSMTP, url: str, extra: str = ""
+) -> Path:
     """``tests.helpers.write_config`` with ``[database] url`` pointing at PostgreSQL."""
     path = write_config(tmp_path, imap, smtp, extra=extra)
     sqlite_url = f"sqlite:///{(tmp_path / 'intake.db').as_posix()}"
@@ -71,8 +70,13 @@ def postgres_config(tmp_path: Path, imap: LocalDovecot, smtp: LocalSMTP, url: st
 
 
 @pytest.fixture
-def svc(tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, pg_url: str,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+def svc(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Service]:
     monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
     service = Service.from_settings(
         load_settings(postgres_config(tmp_path, dovecot, smtp_server, pg_url))
@@ -107,9 +111,11 @@ def test_open_database_on_postgres_creates_every_table(pg_url: str) -> None:
     engine = open_database(pg_url)
     try:
         with engine.connect() as conn:
-            tables = set(conn.execute(text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            )).scalars())
+            tables = set(
+                conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                ).scalars()
+            )
     finally:
         engine.dispose()
     assert {"case", "message", "outbox", "cursor", "event", "digest_entry"} <= tables
@@ -152,10 +158,14 @@ def test_follow_ups_join_their_case_on_postgres(
     dovecot.append(samples.consultation("thread@example.jp", "相談", LONELY, message_id=first_id))
     once(svc)
     ack_id = str(smtp_server.wait_for(1, timeout=10)[0].message["Message-ID"])
-    dovecot.append(samples.consultation("thread@example.jp", "Re: 受付", "ありがとう",
-                                        in_reply_to=ack_id))
-    dovecot.append(samples.consultation("thread@example.jp", "Re: 相談", "やっぱりもう死にたい",
-                                        in_reply_to=first_id))
+    dovecot.append(
+        samples.consultation("thread@example.jp", "Re: 受付", "ありがとう", in_reply_to=ack_id)
+    )
+    dovecot.append(
+        samples.consultation(
+            "thread@example.jp", "Re: 相談", "やっぱりもう死にたい", in_reply_to=first_id
+        )
+    )
     report = once(svc)
     assert (report.cases, report.followups, report.alerts) == (0, 2, 1)
     assert count(svc.engine, Case) == 1
@@ -190,28 +200,32 @@ def test_a_message_that_breaks_is_quarantined_and_the_rest_commit_on_postgres(
 def lock_holder(engine: Engine, mailbox_key: str) -> str | None:
     """application_name of the session holding the mailbox's advisory lock, or None."""
     with engine.connect() as conn:
-        return conn.execute(text(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-            " AND ((l.classid::bigint << 32) | l.objid::bigint) = :key"
-        ), {"key": mailbox_lock_key(mailbox_key)}).scalar()
+        return conn.execute(
+            text(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                " AND ((l.classid::bigint << 32) | l.objid::bigint) = :key"
+            ),
+            {"key": mailbox_lock_key(mailbox_key)},
+        ).scalar()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               logs: list[Path]) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, logs: list[Path]) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             tails = "\n".join(
                 f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
-                for p in logs if p.exists()
+                for p in logs
+                if p.exists()
             )
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{tails}")
         time.sleep(0.1)
 
 
-def start_workers(tmp_path: Path, dovecot: LocalDovecot, smtp: LocalSMTP, url: str,
-                  names: tuple[str, ...]) -> tuple[dict[str, subprocess.Popen[bytes]], list[Path]]:
+def start_workers(
+    tmp_path: Path, dovecot: LocalDovecot, smtp: LocalSMTP, url: str, names: tuple[str, ...]
+) -> tuple[dict[str, subprocess.Popen[bytes]], list[Path]]:
     """``service.py run`` per name, each with its own config and log, on one database."""
     env = {**os.environ, "TEST_IMAP_PASSWORD": dovecot.password}
     workers: dict[str, subprocess.Popen[bytes]] = {}
@@ -221,14 +235,21 @@ def start_workers(tmp_path: Path, dovecot: LocalDovecot, smtp: LocalSMTP, url: s
         folder.mkdir()
         # application_name tells the sessions apart, so the test can see who holds the lock.
         config = postgres_config(folder, dovecot, smtp, f"{url}?application_name={name}")
-        config.write_text(config.read_text(encoding="utf-8").replace(
-            "poll_interval = 1", "poll_interval = 1\nbatch_size = 20"), encoding="utf-8")
+        config.write_text(
+            config.read_text(encoding="utf-8").replace(
+                "poll_interval = 1", "poll_interval = 1\nbatch_size = 20"
+            ),
+            encoding="utf-8",
+        )
         log = folder / "worker.log"
         logs.append(log)
         with log.open("wb") as out:
             workers[name] = subprocess.Popen(
                 [sys.executable, str(ROOT / "service.py"), "run", "--config", str(config)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
     return workers, logs
 
@@ -256,12 +277,15 @@ def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
         [consultation(i, URGENT if i % urgent_every == 0 else LONELY) for i in range(total)]
     )
     check = create_engine(pg_url)
-    workers, logs = start_workers(tmp_path, dovecot, smtp_server, pg_url,
-                                  ("worker_a", "worker_b"))
+    workers, logs = start_workers(tmp_path, dovecot, smtp_server, pg_url, ("worker_a", "worker_b"))
     key = load_settings(tmp_path / "worker_a" / "intake.toml").mailbox.key
     try:
-        wait_until(lambda: lock_holder(check, key) is not None, 60,
-                   "a worker to take the mailbox lock", logs)
+        wait_until(
+            lambda: lock_holder(check, key) is not None,
+            60,
+            "a worker to take the mailbox lock",
+            logs,
+        )
         wait_until(lambda: count(check, Case) >= 150, 120, "the first 150 cases", logs)
         victim = lock_holder(check, key)
         assert victim in workers
@@ -270,12 +294,20 @@ def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
         cases_at_kill = count(check, Case)
         assert 0 < cases_at_kill < total, "the kill did not land mid-run; it proved nothing"
         survivor = next(n for n in workers if n != victim)
-        wait_until(lambda: lock_holder(check, key) == survivor, 60,
-                   f"{survivor} to take over the lock", logs)
         wait_until(
-            lambda: count(check, Case) == total
-            and count(check, Outbox, col(Outbox.status).in_(["queued", "sending"])) == 0,
-            240, "every mail to become a case and every mail to be sent", logs,
+            lambda: lock_holder(check, key) == survivor,
+            60,
+            f"{survivor} to take over the lock",
+            logs,
+        )
+        wait_until(
+            lambda: (
+                count(check, Case) == total
+                and count(check, Outbox, col(Outbox.status).in_(["queued", "sending"])) == 0
+            ),
+            240,
+            "every mail to become a case and every mail to be sent",
+            logs,
         )
         smtp_server.wait_for(total + urgent, timeout=60)
         received = settled(smtp_server, 2.0)
@@ -287,9 +319,12 @@ def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
         assert count(check, Case) == total
         with check.connect() as conn:
             senders = conn.execute(text('SELECT count(DISTINCT sender) FROM "case"')).scalar_one()
-            doubled_acks = conn.execute(text(
-                "SELECT count(*) FROM (SELECT case_id FROM outbox WHERE kind = 'ack'"
-                " GROUP BY case_id HAVING count(*) > 1) d")).scalar_one()
+            doubled_acks = conn.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT case_id FROM outbox WHERE kind = 'ack'"
+                    " GROUP BY case_id HAVING count(*) > 1) d"
+                )
+            ).scalar_one()
         assert senders == total
         # One acknowledgement per case in the outbox, one alert per urgent mail.
         assert doubled_acks == 0
@@ -302,8 +337,9 @@ def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
         alerts = sum(1 for m in received if ONCALL in m.rcpt_tos)
         in_doubt = count(check, Event, col(Event.kind).startswith("in-doubt-resend"))
         duplicates = sum(n - 1 for n in acks.values()) + (alerts - urgent)
-        print(f"killed {victim} at {cases_at_kill} cases; duplicates={duplicates} "
-              f"in_doubt={in_doubt}")
+        print(
+            f"killed {victim} at {cases_at_kill} cases; duplicates={duplicates} in_doubt={in_doubt}"
+        )
         assert set(acks) == {f"resident{i:04d}@example.jp" for i in range(total)}
         assert alerts >= urgent
         assert duplicates <= in_doubt

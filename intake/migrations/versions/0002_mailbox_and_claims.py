@@ -40,7 +40,7 @@ def upgrade() -> None:
 
     op.execute(
         'UPDATE "case" SET mailbox = COALESCE((SELECT m.mailbox FROM message m '
-        'WHERE m.case_id = "case".id ORDER BY m.id LIMIT 1), \'\')'
+        "WHERE m.case_id = \"case\".id ORDER BY m.id LIMIT 1), '')"
     )
     op.execute(
         'UPDATE outbox SET mailbox = COALESCE((SELECT c.mailbox FROM "case" c '
@@ -48,15 +48,13 @@ def upgrade() -> None:
     )
     only = "(SELECT MIN(mailbox) FROM cursor HAVING COUNT(*) = 1)"
     for table in ('"case"', "outbox"):
-        op.execute(
-            f"UPDATE {table} SET mailbox = {only} WHERE mailbox = '' "
-            f"AND {only} IS NOT NULL"
-        )
+        op.execute(f"UPDATE {table} SET mailbox = {only} WHERE mailbox = '' AND {only} IS NOT NULL")
 
     for table in ("case", "outbox"):
         with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.alter_column("mailbox", existing_type=text, existing_nullable=False,
-                                  server_default=None)
+            batch_op.alter_column(
+                "mailbox", existing_type=text, existing_nullable=False, server_default=None
+            )
 
 
 def downgrade() -> None:
