@@ -4,7 +4,6 @@ Revision ID: 0001
 Create Date: 2026-11-26 20:53:06.813120
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Sequence
