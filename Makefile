@@ -24,3 +24,5 @@ test: install
 
 lint: install
 	$(BIN)/ruff check intake tests service.py bench
+	$(BIN)/ruff format --check intake tests service.py bench
+	$(BIN)/mypy intake service.py
