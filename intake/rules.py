@@ -409,7 +409,7 @@ def _first_chars(parsed: Any) -> set[str] | None:
     return None
 
 
-def _any_of(patterns: list[str]) -> re.Pattern[str]:
+def _any_of(patterns: list[str], flags: int = 0) -> re.Pattern[str]:
     """One regex that matches somewhere in a text exactly when one of ``patterns`` does.
 
     Why not a plain alternation: ``re`` tries every alternative at every position of a
@@ -418,7 +418,15 @@ def _any_of(patterns: list[str]) -> re.Pattern[str]:
     alternative can start with passes over the other positions at once (~20 us). Which
     alternative reports a match may differ; this regex is only asked whether there is
     one (``test_any_of_finds_a_match_exactly_where_one_of_its_patterns_does``).
+
+    ``flags`` must be the flags the patterns themselves are compiled with (the reading
+    tier's are IGNORECASE). A pattern with a top-level ``|`` is never grouped by its first
+    character (``あい|あう`` is not ``あ`` + ``い|あう``), and a backreference anywhere makes
+    the answer "maybe" for every text (joining renumbers groups): the gate may only let
+    too much through, never too little.
     """
+    if any(_BACKREFERENCE.search(p) for p in patterns):
+        return re.compile("")  # matches every text: the tier always runs
     by_first: dict[str, list[str]] = {}
     others: list[str] = []
     starts: set[str] | None = set()
@@ -432,6 +440,7 @@ def _any_of(patterns: list[str]) -> re.Pattern[str]:
             and not parsed.state.flags & re.IGNORECASE
             and pattern[:1] == chr(av)
             and pattern[1:2] not in ("?", "*", "+", "{")
+            and not _has_top_level_branch(pattern)
         ):
             by_first.setdefault(pattern[0], []).append(pattern[1:])
         else:
@@ -443,7 +452,39 @@ def _any_of(patterns: list[str]) -> re.Pattern[str]:
     joined = "|".join(parts)
     if starts:
         joined = "(?=[" + "".join(map(re.escape, sorted(starts))) + "])(?:" + joined + ")"
-    return re.compile(joined)
+    return re.compile(joined, flags)
+
+
+_BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
+
+
+def _has_top_level_branch(pattern: str) -> bool:
+    """Whether ``pattern`` has a ``|`` outside every group and character class."""
+    depth = 0
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == "^":
+                i += 1
+            if pattern[i + 1 : i + 2] == "]":
+                i += 1  # a leading ] is a literal inside the class
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
 
 
 def needles(regex: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
@@ -580,7 +621,8 @@ class RuleSet:
             for name in combo.concepts:
                 self.combos_by_concept.setdefault(name, []).append(combo)
         text_scope = [r.regex.pattern for r in self.reading if not r.subject_only]
-        self.reading_any = _any_of(text_scope) if text_scope else None
+        # the same flags as each reading regex (``_regexes`` compiles with IGNORECASE)
+        self.reading_any = _any_of(text_scope, re.IGNORECASE) if text_scope else None
         self.foreign_joined = []
         by_rule: dict[str, list[ForeignPattern]] = {}
         for fp in self.foreign:

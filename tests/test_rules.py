@@ -16,6 +16,15 @@ from intake.rules import RuleSet, _any_of, check_rules, expand_alternatives, loa
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
 TOPICS_OK = """\
 [[rule]]
 id = "topic.bullying.core"
@@ -427,6 +436,42 @@ def test_any_of_finds_a_match_exactly_where_one_of_its_patterns_does() -> None:
     # a pattern that may match nothing at all leaves out the look-ahead
     assert not _any_of(["(?:あ)?", "い"]).pattern.startswith("(?=")
     assert _any_of(["(?:あ)?", "い"]).search("う")
+
+
+def test_any_of_keeps_a_top_level_alternation_whole() -> None:
+    # the parser factors the shared あ out of あい|あう; the rest is not い|あう
+    for patterns, text in (
+        (["あい|あう"], "あう"),
+        (["あい|あ"], "あ"),
+        (["か", "あい|あう"], "あう"),
+    ):
+        assert _any_of(patterns).search(text), (patterns, text)
+
+
+def test_any_of_uses_the_flags_of_the_patterns() -> None:
+    assert _any_of(["shinitai"], re.IGNORECASE).search("SHINITAI")
+    assert not _any_of(["shinitai"]).search("SHINITAI")
+
+
+def test_any_of_with_a_backreference_lets_every_text_through() -> None:
+    gate = _any_of([r"(し)\1", "れんたん"])
+    assert gate.search("しし") and gate.search("なにもない")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet="あいう|()?", min_size=1, max_size=6).filter(_compiles),
+        min_size=1,
+        max_size=4,
+    ),
+    st.text(alphabet="あいう", max_size=6),
+)
+def test_any_of_agrees_with_its_patterns_on_generated_regexes(
+    patterns: list[str], text: str
+) -> None:
+    alone = any(re.search(p, text) for p in patterns)
+    assert (_any_of(patterns).search(text) is not None) == bool(alone), (patterns, text)
 
 
 @settings(max_examples=300, deadline=None)
