@@ -57,9 +57,11 @@ import json
 import math
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -414,7 +416,9 @@ def cache_dir() -> Path:
     """Where trained models are cached: ``$SOUDAN_INTAKE_CACHE_DIR``, else XDG's cache.
 
     ``$XDG_CACHE_HOME/soudan-intake/learned`` (default ``~/.cache``); never the repository.
-    When that cannot be created, a per-user folder under the system temp directory.
+    No shared fallback (such as the temp directory): another local user could plant a
+    model there that never flags anything. When this folder cannot be used, the model is
+    retrained at each start (~3 s).
     """
     override = os.environ.get(CACHE_ENV)
     if override:
@@ -423,9 +427,15 @@ def cache_dir() -> Path:
     return Path(xdg) / "soudan-intake" / "learned"
 
 
-def _fallback_cache_dir() -> Path:
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return Path(tempfile.gettempdir()) / f"soudan-intake-{uid}" / "learned"
+def _private_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a real directory of this user that nobody else may write."""
+    try:
+        st = folder.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    return not hasattr(os, "getuid") or st.st_uid == os.getuid()
 
 
 def _version(dist: str) -> str:
@@ -452,39 +462,47 @@ def cache_key(examples_raw: bytes) -> str:
         h.update(name.encode() + (here / name).read_bytes())
     for dist in ("scikit-learn", "numpy", "scipy"):
         h.update(f"{dist}={_version(dist)};".encode())
+    # the folding the model reads through depends on the Unicode tables of this Python
+    h.update(f"python={sys.version_info[:3]};unicode={unicodedata.unidata_version}".encode())
     return h.hexdigest()
 
 
 def _read_cache(key: str) -> UrgencyModel | None:
-    """The cached model for ``key``; None when absent, unreadable, corrupt or stale."""
-    for folder in (cache_dir(), _fallback_cache_dir()):
-        try:
-            data = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or data.get("key") != key:
-                continue
-            return UrgencyModel.from_data(data["model"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
+    """The cached model for ``key``; None when absent, unreadable, corrupt, stale, or in a
+    folder that is not this user's alone (a file there is not trusted)."""
+    folder = cache_dir()
+    if not _private_folder(folder):
+        return None
+    path = folder / f"{key}.json"
+    try:
+        if path.is_symlink():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        return UrgencyModel.from_data(data["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _write_cache(key: str, model: UrgencyModel) -> None:
     """Store the model atomically (temp file + rename); a failure only costs a retrain."""
     text = json.dumps({"key": key, "model": model.to_data()}, ensure_ascii=True)
-    for folder in (cache_dir(), _fallback_cache_dir()):
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, folder / f"{key}.json")
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not _private_folder(folder):
             return
-        except OSError:
-            continue
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, folder / f"{key}.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError:
+        return
 
 
 def train_in_child(examples: list[dict[str, Any]], path: Path) -> UrgencyModel:

@@ -250,6 +250,21 @@ def test_corrupt_cache_is_ignored_and_rebuilt(
     assert json.loads(cached.read_text(encoding="utf-8"))["model"] == first.to_data()
 
 
+def test_a_model_in_a_folder_others_may_write_is_not_trusted(
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = load_model(tiny_rules)
+    assert first is not None
+    (cached,) = cache_dir().glob("*.json")
+    planted = json.loads(cached.read_text(encoding="utf-8"))
+    planted["model"]["threshold"] = 1.0  # a model that would never flag anything
+    cached.write_text(json.dumps(planted), encoding="utf-8")
+    cache_dir().chmod(0o777)
+    monkeypatch.setattr(learned, "_MEMO", {})
+    again = load_model(tiny_rules)  # retrained, the planted file ignored
+    assert again is not None and again.threshold == first.threshold < 1.0
+
+
 def test_changed_examples_are_not_served_from_the_cache(
     tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
