@@ -164,7 +164,8 @@ def ack_bytes(
     The bytes are those ``bytes(render_ack(...))`` gives (tests compare them byte for
     byte): the constant headers come pre-folded (RFC 2047) from ``_folded``, the varying
     ones are plain ASCII checked here. When a value is not (an address needing quotes,
-    an identifier with odd characters or too long to fold), the slow path builds it.
+    an identifier with odd characters or too long to fold) or there is more than one
+    reference, the slow path builds it.
     """
     message_id = message_id or make_msgid(idstring="ack", domain=sender.domain)
     refs = [*references, in_reply_to][-10:] if in_reply_to else []
@@ -172,6 +173,9 @@ def ack_bytes(
         _PLAIN_ADDRESS.match(to) is not None
         and _PLAIN_MSGID.match(message_id) is not None
         and all(_PLAIN_MSGID.match(r) is not None for r in refs)
+        # several references may be folded differently by the email package (it can move
+        # the whole value to the next line); the batch path only ever has one or none
+        and len(refs) <= 1
     )
     heads = [
         _fold_plain("To", [to]),
