@@ -719,8 +719,13 @@ def ingest_batch(
         return
     part = RunReport()
     try:
+        # The pure work first, outside any transaction: the raw bytes are in memory, and
+        # a transaction open during ~100 x 2.5 ms of parsing would hold SQLite's write
+        # lock that long (or, reading first, see its snapshot go stale; ``_process_batch``).
+        raws = [hashes[sha][1] for sha, _row in entries]
+        outcomes = _prepare_batch(svc, list(zip(pending, raws, strict=True)), ahead)
         with session_scope(svc.engine) as session:
-            _process_batch(svc, session, pending, now, part, ahead)
+            _process_batch(svc, session, pending, now, part, outcomes)
             _advance(session, key, uidvalidity, high_uid, now)
     except Exception as exc:
         log.warning(
@@ -786,28 +791,84 @@ def _recover(
         _advance(session, svc.settings.mailbox.key, uidvalidity, high_uid, now)
 
 
+def _prepare_batch(
+    svc: Service, todo: list[tuple[int, bytes]], ahead: Ticket | None = None
+) -> dict[int, _Prepared | Failed]:
+    """The pure work of a batch's stored messages (row id, raw bytes), before transaction 2.
+
+    In this process, or for a large batch (or one read ahead, ``ahead``) in the prepare
+    pool. ``_prepare`` is a function of the raw bytes alone, so an outcome found by its
+    bytes is the one computing it here would give; a message the ticket lacks is prepared
+    here. A ``Failed`` that came from a pool child is tried once more here: a child's
+    MemoryError or broken state must not cost the mail its triage (a failure in this
+    process is final, as it always was).
+    """
+    pool = svc.pool
+    if pool is None or (ahead is None and len(todo) < POOL_MIN_BATCH):
+        return {row_id: _attempt(svc, raw) for row_id, raw in todo}
+    here: set[bytes] = set()  # computed in this process (stolen chunks, fallbacks)
+
+    def local(raw: bytes) -> _Prepared | Failed:
+        here.add(raw)
+        return _attempt(svc, raw)
+
+    if ahead is not None:
+        done = pool.collect(ahead, local, wanted={raw for _id, raw in todo})
+        pairs = zip(ahead.raws, done, strict=True)
+    else:
+        # The pure work of a large batch in the pool's processes, in order; every write
+        # stays in this process, in mailbox order, exactly as without the pool.
+        raws = [raw for _id, raw in todo]
+        pairs = zip(raws, pool.prepare(raws, local), strict=True)
+    by_raw = {raw: outcome for raw, outcome in pairs if outcome is not None}
+    outcomes: dict[int, _Prepared | Failed] = {}
+    for row_id, raw in todo:
+        outcome = by_raw.get(raw)
+        if outcome is None:
+            outcome = local(raw)
+        elif isinstance(outcome, Failed) and raw not in here:
+            log.warning(
+                "a message failed in a prepare-pool child; trying it once in this process",
+                extra={"message_row": row_id, "stage": outcome.stage, "error": outcome.error},
+            )
+            outcome = _attempt(svc, raw)
+        outcomes[row_id] = outcome
+    return outcomes
+
+
 def _process_batch(
     svc: Service,
     session: Session,
     pending: list[int],
     now: datetime,
     report: RunReport,
-    ahead: Ticket | None = None,
+    outcomes: dict[int, _Prepared | Failed] | None = None,
 ) -> None:
     """The normal path: every stored message of the batch, in one transaction.
 
-    Letters that open a new case (most of them) are prepared in Python and written in a
-    few multi-row statements per run of such letters (``_open_cases``). Any other letter
+    ``outcomes``: the pure work already done (``_prepare_batch``); a message it lacks is
+    prepared here. Letters that open a new case (most of them) are written in a few
+    multi-row statements per run of such letters (``_open_cases``). Any other letter
     (a reply, a bounce, a case number in the subject, one that failed a stage, one that
     crashed the process before) first has the run before it written, then goes through
     ``_process_one``, so it sees the database exactly as the messages before it left it.
     """
     table = _MESSAGES
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        # Take the write lock before the first read. With the deferred BEGIN in WAL mode a
+        # transaction that reads first and writes later fails at once ("database is
+        # locked", SQLITE_BUSY_SNAPSHOT, busy_timeout not applied) when any other
+        # connection (the outbox thread, a job, a staff command) committed in between,
+        # and the batch would be redone message by message. A statement that writes takes
+        # the RESERVED lock even when it changes no row (checked on SQLite 3.40), so from
+        # here other writers wait in busy_timeout and this snapshot cannot go stale.
+        conn.exec_driver_sql(f"UPDATE {table.name} SET attempts = attempts WHERE 0 = 1")
     rows = {
         row.id: row
-        # Row locks (PostgreSQL; SQLite serialises writers anyway): a second worker that
-        # lost the mailbox lock mid-batch skips rows this one is processing.
-        for row in session.connection().execute(
+        # Row locks (PostgreSQL): a second worker that lost the mailbox lock mid-batch
+        # skips rows this one is processing.
+        for row in conn.execute(
             core_select(
                 table.c.id, table.c.raw, table.c.status, table.c.attempts, table.c.received_at
             )
@@ -815,33 +876,7 @@ def _process_batch(
             .with_for_update(skip_locked=True)
         )
     }
-    todo = [
-        row_id
-        for row_id in pending
-        if (row := rows.get(row_id)) is not None
-        and row.status == "received"
-        and row.attempts <= MAX_ATTEMPTS
-    ]
-    outcomes: dict[int, _Prepared | Failed] = {}
-    pool = svc.pool
-    if pool is not None and ahead is not None:
-        # Handed to the pool before the previous batch was written. ``_prepare`` is a
-        # function of the raw bytes alone, so an outcome found by its bytes is the one
-        # computing it here would give; a message the ticket lacks is prepared below.
-        wanted = {rows[row_id].raw or b"" for row_id in todo}
-        done = pool.collect(ahead, lambda raw: _attempt(svc, raw), wanted=wanted)
-        pairs = zip(ahead.raws, done, strict=True)
-        by_raw = {raw: outcome for raw, outcome in pairs if outcome is not None}
-        outcomes = {
-            row_id: by_raw[raw] for row_id in todo if (raw := rows[row_id].raw or b"") in by_raw
-        }
-    elif pool is not None and len(todo) >= POOL_MIN_BATCH:
-        # The pure work of a large batch in the pool's processes, in order; every write
-        # below stays here, in mailbox order, exactly as without the pool.
-        done = pool.prepare(
-            [rows[row_id].raw or b"" for row_id in todo], lambda raw: _attempt(svc, raw)
-        )
-        outcomes = dict(zip(todo, done, strict=True))
+    outcomes = outcomes or {}
     run: list[tuple[int, _Prepared, datetime]] = []
     for row_id in pending:
         row = rows.get(row_id)
