@@ -325,7 +325,12 @@ class PreparePool:
         for k in range(len(bounds)):
             if results[k] is None:
                 results[k] = here(k)
-        return [outcome for chunk in results for outcome in chunk or []]
+        outcomes = [outcome for chunk in results for outcome in chunk or []]
+        if wanted is not None:
+            # A chunk a child did holds every message of it, wanted or not: as promised,
+            # the unwanted ones come back as None whoever computed them.
+            outcomes = [o if raw in wanted else None for raw, o in zip(raws, outcomes, strict=True)]
+        return outcomes
 
     def prepare(
         self, raws: Sequence[bytes], local: Callable[[bytes], Any], *, steal: bool = True
