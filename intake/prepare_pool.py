@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 MAX_FAILURES = 3
 DEFAULT_TIMEOUT = 120.0  # seconds for one batch, child start-up included
 MAX_CHUNK = 4  # messages a task: the worker waits for at most the chunks in flight
+CLOSE_GRACE = 2.0  # seconds ``close`` lets the children finish before killing them
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,29 @@ def _prepare_chunk(raws: list[bytes]) -> list[Any]:
     return [_attempt(_CHILD, raw) for raw in raws]
 
 
-def _stop(executor: ProcessPoolExecutor, kill: bool = False) -> None:
-    """Shut an executor down; with ``kill``, end its children first (a hung child)."""
-    if kill:
-        # ProcessPoolExecutor has no public way to end a running child; a hung one would
-        # otherwise keep its CPU and memory until the worker exits.
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
-            with contextlib.suppress(Exception):  # already gone
+def _stop(executor: ProcessPoolExecutor, kill: bool = False, grace: float = CLOSE_GRACE) -> None:
+    """Shut an executor down without ever waiting on a hung child for good.
+
+    Chunks no child has started are cancelled; the children get ``grace`` seconds to end
+    the chunk in hand and exit, and any still running then is killed (``kill``: at once,
+    for a pool already known to be broken or hung). ``shutdown(wait=True)`` would block
+    the worker's shutdown and ``once``'s exit for as long as a hung child hangs.
+    """
+    # ProcessPoolExecutor has no public way to end a running child, nor a bounded wait.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    manager = getattr(executor, "_executor_manager_thread", None)
+    executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + (0.0 if kill else grace)
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            with contextlib.suppress(Exception):  # gone in the meantime
                 process.kill()
-    executor.shutdown(wait=not kill, cancel_futures=True)
+    for process in processes:
+        process.join(grace)  # reap it: no zombie left behind
+    if manager is not None:
+        manager.join(grace)  # it notices the children are gone and ends
 
 
 @dataclass
@@ -150,7 +165,10 @@ class Ticket:
     bounds: list[tuple[int, int]]
     futures: list[Future[list[Any]] | None]
     executor: ProcessPoolExecutor | None
-    deadline: float
+    # Seconds ``collect`` waits for the children, counted from the collect, not from the
+    # submit: a read-ahead batch waits while the batch before it is written, however long
+    # that takes, and that wait is no fault of the children.
+    timeout: float
 
 
 class PreparePool:
@@ -203,7 +221,8 @@ class PreparePool:
         return [p.pid for p in processes.values() if p.pid]
 
     def close(self) -> None:
-        """Stop the children and wait for them; the next ``prepare`` starts new ones."""
+        """Stop the children, killing any still busy after ``CLOSE_GRACE`` seconds (a hung
+        child must not hold up the worker's shutdown); the next ``prepare`` starts new ones."""
         if self._finalizer is not None:
             self._finalizer()  # runs _stop once
         self._finalizer = None
@@ -242,8 +261,7 @@ class PreparePool:
         n = len(raws)
         size = max(1, min(MAX_CHUNK, n // (4 * (self.processes + 1))))
         bounds = [(i, min(n, i + size)) for i in range(0, n, size)]
-        ticket = Ticket(list(raws), bounds, [None] * len(bounds), None,
-                        time.monotonic() + self.timeout)  # fmt: skip
+        ticket = Ticket(list(raws), bounds, [None] * len(bounds), None, self.timeout)
         if self.disabled or n == 0:
             return ticket
         try:
@@ -279,8 +297,10 @@ class PreparePool:
         computed here. While the children work, this process takes wanted chunks none of
         them has started, from the end backwards (``steal=False``: none; tests compare
         the children's results with in-process ones). Whatever the pool cannot deliver
-        by the ticket's deadline (a dead or hung child) is computed here with ``local``.
+        within the ticket's ``timeout`` from now (a dead or hung child) is computed here
+        with ``local``.
         """
+        deadline = time.monotonic() + ticket.timeout
         raws, bounds, futures = ticket.raws, ticket.bounds, ticket.futures
         needed = [wanted is None or any(raw in wanted for raw in raws[lo:hi]) for lo, hi in bounds]
         results: list[list[Any] | None] = [None] * len(bounds)
@@ -306,7 +326,7 @@ class PreparePool:
             futures[k] = None
         pending = [f for f in futures if f is not None]
         if pending:
-            done, not_done = wait(pending, timeout=max(0.0, ticket.deadline - time.monotonic()))
+            done, not_done = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
             failure: str | None = "timeout" if not_done else None
             for k, future in enumerate(futures):
                 if future is None or future not in done or future.cancelled():

@@ -183,6 +183,56 @@ def test_a_dead_or_hung_child_falls_back_in_process_and_loses_nothing(
     assert all("相談" not in str(v) for v in warning.__dict__.values())
 
 
+def _wait_for_gate(raws: list[bytes]) -> list[Any]:
+    """A child's chunk work that waits until the file its (only) message names exists."""
+    gate = Path(raws[0].decode())
+    while not gate.exists():
+        time.sleep(0.02)
+    return [len(raw) for raw in raws]
+
+
+def test_a_read_ahead_batch_gets_its_full_timeout_from_collect_not_from_submit(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A slow write of batch N (here: the sleep) must not make batch N+1's collect time
+    out and count a failure against healthy children."""
+    gate = tmp_path / "gate"
+    pool = PreparePool(settings, 1, work=_wait_for_gate, timeout=3.0)
+    try:
+        ticket = pool.submit([str(gate).encode()])
+        time.sleep(3.3)  # the batch before is being written
+        gate.touch()  # the child can finish only after the collect started
+        got = pool.collect(ticket, lambda raw: -1, steal=False)
+    finally:
+        pool.close()
+    assert got == [len(str(gate).encode())]  # from the child, not the fallback
+    assert pool.failures == 0
+
+
+def test_close_does_not_wait_for_a_hung_child(settings: Settings) -> None:
+    import threading
+
+    from intake.prepare_pool import CLOSE_GRACE
+
+    pool = PreparePool(settings, 1, work=_hang)
+    ticket = pool.submit([b"x"])
+    deadline = time.monotonic() + 30
+    while not ticket.futures[0].running() and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.05)
+    pids = pool.pids()
+    assert len(pids) == 1
+    closing = threading.Thread(target=pool.close)
+    started = time.monotonic()
+    closing.start()
+    closing.join(timeout=CLOSE_GRACE + 8)
+    took = time.monotonic() - started
+    if closing.is_alive():  # the old close: end the hung child so the test can finish
+        os.kill(pids[0], 9)
+        closing.join(timeout=30)
+    assert took < CLOSE_GRACE + 8
+    assert gone(pids)
+
+
 def test_repeated_failures_switch_the_pool_off(settings: Settings, context: ChildContext) -> None:
     pool = PreparePool(settings, 1, work=_die)
     raws = corpus()[:4]
