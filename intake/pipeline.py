@@ -55,7 +55,7 @@ from intake.letter import Letter
 from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner, load_directory
 from intake.phones import find_phones
-from intake.prepare_pool import Failed, PreparePool, Ticket
+from intake.prepare_pool import Failed, PreparePool, Ticket, rules_fingerprint
 from intake.rules import RuleSet, load_rules
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
@@ -119,6 +119,9 @@ class Service:
             close=hhmm(settings.office_close),
             closures=BusinessCalendar().closures + settings.closures,
         )
+        # Taken before the rules are read: a pool child refuses to work with other rules
+        # than these (staff may edit rules/ while the worker runs).
+        fingerprint = rules_fingerprint(settings.rules_dir)
         return cls(
             settings=settings,
             engine=open_database(settings.database_url),
@@ -128,7 +131,7 @@ class Service:
             calendar=calendar,
             sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
             pool=(
-                PreparePool(settings, settings.prepare_processes)
+                PreparePool(settings, settings.prepare_processes, fingerprint=fingerprint)
                 if settings.prepare_processes > 0
                 else None
             ),

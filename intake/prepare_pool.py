@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -56,6 +57,7 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -80,6 +82,39 @@ class Failed:
 
 # The child's own context, built once by ``_start_child`` (one per child process).
 _CHILD: Any = None
+# Set by ``_start_child`` when the rules on disk are not the ones the worker loaded.
+_STALE = False
+
+
+class StaleRules(Exception):
+    """A child found rules on disk other than those the worker loaded (staff edited
+    ``rules/`` since the worker started): it prepares nothing, so no batch is triaged
+    with rules the rest of the worker does not use."""
+
+
+def rules_fingerprint(rules_dir: Path) -> str:
+    """SHA-256 over the names and bytes of the files under ``rules_dir``.
+
+    Hidden files and editor backups (``.x.swp``, ``x~``) are left out: a staff member
+    with a rule file open in an editor has not changed the rules yet. A folder that
+    cannot be read gives a fingerprint of its own (compared, never trusted)."""
+    digest = hashlib.sha256()
+    try:
+        paths = sorted(
+            path
+            for path in Path(rules_dir).rglob("*")
+            if path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(rules_dir).parts)
+            and not path.name.endswith("~")
+        )
+        for path in paths:
+            name = path.relative_to(rules_dir).as_posix().encode()
+            data = path.read_bytes()
+            digest.update(b"%d:%s%d:" % (len(name), name, len(data)))
+            digest.update(data)
+    except OSError as exc:
+        digest.update(f"unreadable:{type(exc).__name__}".encode())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -92,13 +127,25 @@ class _ChildContext:
     sender: Any
 
 
-def _start_child(settings: Settings) -> None:
-    """Pool initializer: load rules and partners once, and die with the parent."""
-    global _CHILD
+def _start_child(settings: Settings, fingerprint: str | None = None) -> None:
+    """Pool initializer: load rules and partners once, and die with the parent.
+
+    ``fingerprint``: that of the rules the worker loaded (``rules_fingerprint``); a child
+    that finds other rules on disk, before or after loading them, refuses all work
+    (``StaleRules``) rather than triage with rules the worker does not have."""
+    global _CHILD, _STALE
     from intake.compose import Sender
     from intake.partners import load_directory
     from intake.rules import load_rules
 
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(parent.sentinel,), name="parent-watch", daemon=True
+        ).start()
+    if fingerprint is not None and rules_fingerprint(settings.rules_dir) != fingerprint:
+        _STALE = True
+        return
     _CHILD = _ChildContext(
         settings=settings,
         rules=load_rules(settings.rules_dir),
@@ -108,13 +155,12 @@ def _start_child(settings: Settings) -> None:
     # The rules and the analyser live as long as the child: frozen, the cyclic garbage
     # collector stops rescanning their ~180,000 objects at every full collection
     # (measured on bench mail: prepare 3.0 -> 2.7 ms CPU a mail).
+    if fingerprint is not None and rules_fingerprint(settings.rules_dir) != fingerprint:
+        _STALE = True  # edited while this child loaded them
+        _CHILD = None
+        return
     gc.collect()
     gc.freeze()
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(
-            target=_exit_with_parent, args=(parent.sentinel,), name="parent-watch", daemon=True
-        ).start()
 
 
 def _exit_with_parent(sentinel: int) -> None:
@@ -123,6 +169,13 @@ def _exit_with_parent(sentinel: int) -> None:
 
     wait_for([sentinel])
     os._exit(0)
+
+
+def _run_chunk(work: Callable[[list[bytes]], list[Any]], raws: list[bytes]) -> list[Any]:
+    """In a child: ``work`` on a chunk, unless this child's rules are stale."""
+    if _STALE:
+        raise StaleRules
+    return work(raws)
 
 
 def _prepare_chunk(raws: list[bytes]) -> list[Any]:
@@ -184,10 +237,14 @@ class PreparePool:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         work: Callable[[list[bytes]], list[Any]] = _prepare_chunk,
+        fingerprint: str | None = None,
     ) -> None:
         """``work`` is what a child runs on a chunk: a module-level function (it is sent
-        by name); tests pass one that crashes or hangs, to prove the fallback."""
+        by name); tests pass one that crashes or hangs, to prove the fallback.
+        ``fingerprint``: ``rules_fingerprint`` of the rules the caller loaded, taken when
+        it loaded them (``Service.from_settings``); by default, of the rules on disk now."""
         self.settings = settings
+        self.fingerprint = fingerprint or rules_fingerprint(settings.rules_dir)
         self.processes = processes
         self.timeout = timeout
         self.work = work
@@ -208,7 +265,7 @@ class PreparePool:
                 max_workers=self.processes,
                 mp_context=context,
                 initializer=_start_child,
-                initargs=(self.settings,),
+                initargs=(self.settings, self.fingerprint),
             )
             self._finalizer = weakref.finalize(self, _stop, self._executor)
         return self._executor
@@ -252,6 +309,26 @@ class PreparePool:
             log.warning("prepare pool switched off after repeated failures",
                         extra={"failures": self.failures})  # fmt: skip
 
+    def _refuse(self, executor: ProcessPoolExecutor | None) -> None:
+        """The children found other rules on disk than the worker's: switch the pool off
+        for the life of this worker (its rules stay what they are until it restarts), with
+        one warning, and let everything be prepared in this process with the worker's
+        rules. Not a failure of the children: nothing is counted."""
+        if self.disabled:
+            return
+        self.disabled = True
+        log.warning(
+            "rules on disk changed since the worker loaded them; the prepare pool is off "
+            "until the worker restarts (restart it to apply the new rules)"
+        )
+        if executor is self._executor:
+            self._executor = None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+        if executor is not None:
+            _stop(executor, kill=True)
+
     def submit(self, raws: Sequence[bytes]) -> Ticket:
         """Hand ``raws`` to the children in small chunks, in order; returns at once.
 
@@ -267,7 +344,9 @@ class PreparePool:
         try:
             ticket.executor = self._ensure()
             for k, (lo, hi) in enumerate(bounds):
-                ticket.futures[k] = ticket.executor.submit(self.work, ticket.raws[lo:hi])
+                ticket.futures[k] = ticket.executor.submit(
+                    _run_chunk, self.work, ticket.raws[lo:hi]
+                )
             self.batches += 1
         except Exception as exc:  # BrokenProcessPool, or the fork server failed to start
             self.discard(ticket)
@@ -328,6 +407,7 @@ class PreparePool:
         if pending:
             done, not_done = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
             failure: str | None = "timeout" if not_done else None
+            stale = False
             for k, future in enumerate(futures):
                 if future is None or future not in done or future.cancelled():
                     continue
@@ -335,9 +415,13 @@ class PreparePool:
                     results[k] = future.result()
                 except BrokenProcessPool:
                     failure = "BrokenProcessPool"
+                except StaleRules:
+                    stale = True
                 except Exception as exc:  # e.g. a result that could not be pickled
                     failure = failure or type(exc).__name__
-            if failure is not None:
+            if stale:
+                self._refuse(ticket.executor)
+            elif failure is not None:
                 self._fail(failure, ticket.executor)
             elif ticket.executor is self._executor:
                 self.failures = 0

@@ -233,6 +233,54 @@ def test_close_does_not_wait_for_a_hung_child(settings: Settings) -> None:
     assert gone(pids)
 
 
+def test_children_refuse_rules_edited_since_the_worker_loaded_them(
+    context: ChildContext, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staff edit rules/ while the worker runs: a child starting later must not triage
+    large batches with rules the worker (and its small batches) does not use."""
+    import shutil
+
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules_dir)
+    settings = settings_from_dict(config(rules_dir=str(rules_dir)))
+    pool = PreparePool(settings, 1)  # fingerprint of the rules as they are now
+    topics = rules_dir / "topics.toml"
+    topics.write_bytes(topics.read_bytes() + b"\n# edited by staff\n")
+    raws = corpus()[:12]
+    here: list[bytes] = []
+
+    def local(raw: bytes) -> Any:
+        here.append(raw)
+        return in_process(context)(raw)
+
+    try:
+        first = pool.prepare(raws, local, steal=False)
+        second = pool.prepare(raws, local, steal=False)
+        pids = pool.pids()
+    finally:
+        pool.close()
+    assert first == second == [in_process(context)(raw) for raw in raws]
+    assert sorted(here) == sorted(raws + raws)  # all in this process, with the worker's rules
+    assert pool.disabled and pool.failures == 0 and pids == []
+    warnings = [r for r in caplog.records if "rules on disk changed" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_rules_fingerprint_follows_content_not_editor_droppings(tmp_path: Path) -> None:
+    from intake.prepare_pool import rules_fingerprint
+
+    (tmp_path / "topics.toml").write_bytes(b"a = 1\n")
+    before = rules_fingerprint(tmp_path)
+    (tmp_path / ".topics.toml.swp").write_bytes(b"x")
+    (tmp_path / "topics.toml~").write_bytes(b"x")
+    assert rules_fingerprint(tmp_path) == before
+    (tmp_path / "topics.toml").write_bytes(b"a = 2\n")
+    assert rules_fingerprint(tmp_path) != before
+    (tmp_path / "topics.toml").write_bytes(b"a = 1\n")
+    (tmp_path / "more.toml").write_bytes(b"")
+    assert rules_fingerprint(tmp_path) != before
+
+
 def test_repeated_failures_switch_the_pool_off(settings: Settings, context: ChildContext) -> None:
     pool = PreparePool(settings, 1, work=_die)
     raws = corpus()[:4]
