@@ -13,8 +13,9 @@ the database writes stay in the worker process, in mailbox order, so every guara
 ``intake.pipeline`` holds unchanged. Only the pipeline calls this, and only for a batch
 of at least ``pipeline.POOL_MIN_BATCH`` messages, so a lone urgent mail in IDLE never
 waits on inter-process traffic: ``process_new_mail`` hands the next batch over
-(``submit``) before it writes the current one, ``_process_batch`` takes the outcomes
-(``collect``) or, for a first batch, does both at once (``prepare``).
+(``submit``) before it writes the current one, ``_prepare_batch`` takes the outcomes
+(``collect``) or, for a first batch, does both at once (``prepare``), before the batch's
+write transaction opens. A ``Failed`` from a child is tried once more in the worker.
 
 How:
 - Children are started with "forkserver", never "fork": the worker runs APScheduler and
@@ -23,8 +24,13 @@ How:
   (picklable) ``Settings``: the rules (``load_rules``; the learned model comes from its
   disk cache), the partner directory and the sender address. A child also watches its
   parent and exits when the parent dies, so a ``kill -9`` of the worker leaves no orphans.
+- Same rules as the worker: the worker passes ``rules_fingerprint`` of the rules it
+  loaded; a child that finds other rules on disk (staff edited ``rules/`` without a
+  restart) refuses all work (``StaleRules``), and the pool is switched off until the
+  worker restarts, with one warning, so no batch is triaged with rules the worker lacks.
 - The pool is started lazily, on the first large batch, and lives as long as the
-  ``Service`` (``close()``; a finalizer closes it if nobody did).
+  ``Service`` (``close()``, which waits at most ``CLOSE_GRACE`` for the children and then
+  kills them; a finalizer closes it if nobody did).
 - The batch is cut into small chunks, submitted in order. When the worker needs the
   outcomes, it takes chunks no child has started yet from the end of the batch and does
   them itself, so it does not sit idle while work waits in the queue; it then waits
@@ -36,10 +42,12 @@ How:
   higher (pickling the results, the child's start-up) and a child adds ~95 MB of PSS.
   The pool pays where the worker has CPUs of its own.
 - A child that dies (``BrokenProcessPool``), an error in the pool machinery or a batch
-  that exceeds ``timeout`` makes the batch fall back to in-process work for whatever is
-  missing (a warning without mail content is logged); the pool is restarted on the next
-  large batch, and switched off for the life of the process after ``MAX_FAILURES``
-  failures in a row. No message is ever lost or prepared twice into the result.
+  that exceeds ``timeout`` (counted from ``collect``, so a read-ahead batch is not charged
+  for the time the batch before it took to write) makes the batch fall back to in-process
+  work for whatever is missing (a warning without mail content is logged); the pool is
+  restarted on the next large batch, and switched off for the life of the process after
+  ``MAX_FAILURES`` failures in a row. No message is ever lost or prepared twice into the
+  result.
 """
 
 from __future__ import annotations
