@@ -42,6 +42,11 @@ def consultation(i: int, text: str = "最近ひとりで寂しいです。話し
     return samples.consultation(f"resident{i:04d}@example.jp", f"相談 {i}", text)
 
 
+def fetched(n: int) -> list[tuple[int, bytes, datetime | None]]:
+    """A batch as ``Mailbox.fetch`` yields it: UIDs 1..n, each a distinct consultation."""
+    return [(uid, consultation(uid), None) for uid in range(1, n + 1)]
+
+
 def test_a_commit_by_another_connection_during_prepare_keeps_the_batch_on_the_normal_path(
     svc: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -59,7 +64,7 @@ def test_a_commit_by_another_connection_during_prepare_keeps_the_batch_on_the_no
         return real(ctx, raw)
 
     monkeypatch.setattr(pipeline, "_attempt", attempt_while_staff_commit)
-    items = [(uid, consultation(uid), None) for uid in range(1, 6)]
+    items = fetched(5)
     report = RunReport()
     with caplog.at_level(logging.WARNING, logger="intake.pipeline"):
         ingest_batch(svc, items, 1, 5, JST_NOON, report)
@@ -99,7 +104,7 @@ def test_the_batch_transaction_holds_the_sqlite_write_lock_from_its_first_read(
         real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "_open_cases", open_cases_during_a_commit)
-    items = [(uid, consultation(uid), None) for uid in range(1, 4)]
+    items = fetched(3)
     report = RunReport()
     with caplog.at_level(logging.WARNING, logger="intake.pipeline"):
         ingest_batch(svc, items, 1, 3, JST_NOON, report)
@@ -135,7 +140,7 @@ def test_a_failure_in_a_pool_child_is_tried_once_more_in_process_not_quarantined
 
     monkeypatch.setattr(pipeline, "_attempt", counting)
     n = POOL_MIN_BATCH
-    items = [(uid, consultation(uid), None) for uid in range(1, n + 1)]
+    items = fetched(n)
     report = RunReport()
     ingest_batch(svc, items, 1, n, JST_NOON, report)
     assert svc.pool.batches == 1 and svc.pool.failures == 0
@@ -153,10 +158,10 @@ def test_a_failure_in_this_process_is_final_and_not_tried_again(
         return pipeline.Failed("triage", "RecursionError")
 
     monkeypatch.setattr(pipeline, "_attempt", failing)
-    items = [(uid, consultation(uid), None) for uid in range(1, 3)]
+    items = fetched(2)
     report = RunReport()
     ingest_batch(svc, items, 1, 2, JST_NOON, report)
     assert report.quarantined == 2 and len(tries) == 2
     with Session(svc.engine) as session:
-        errors = sorted(m.stage_error for m in session.exec(select(StoredMessage)))
+        errors = sorted(str(m.stage_error) for m in session.exec(select(StoredMessage)))
     assert errors == ["triage:RecursionError"] * 2
