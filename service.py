@@ -43,6 +43,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from intake.fetch import Mailbox
     from intake.locks import mailbox_lock
     from intake.pipeline import Service, process_new_mail
+    from intake.worker import alerts_between_batches
 
     settings = _settings(args)
     svc = Service.from_settings(settings)
@@ -55,7 +56,13 @@ def cmd_once(args: argparse.Namespace) -> int:
             print("another worker is polling this mailbox; only sending")
         else:
             with Mailbox(settings.mailbox) as mailbox:
-                report = process_new_mail(svc, mailbox, now, still_mine=lock.verify)
+                report = process_new_mail(
+                    svc,
+                    mailbox,
+                    now,
+                    still_mine=lock.verify,
+                    after_batch=alerts_between_batches(svc),
+                )
             print(
                 f"fetched {report.fetched}, stored {report.stored}, cases {report.cases}, "
                 f"follow-ups {report.followups}, quarantined {report.quarantined}, "

@@ -1115,8 +1115,14 @@ def process_new_mail(
     mailbox: Mailbox,
     now: datetime,
     still_mine: Callable[[], bool] | None = None,
+    after_batch: Callable[[RunReport], None] | None = None,
 ) -> RunReport:
-    """Fetch everything above the cursor and turn it into cases. Cost grows with new mail only."""
+    """Fetch everything above the cursor and turn it into cases. Cost grows with new mail only.
+
+    ``after_batch`` is called with the running report after each batch is committed: the
+    worker delivers new urgent alerts there, so on a backlog (after an outage) an alert in
+    the first batch does not wait for the last one.
+    """
     report = RunReport()
     state = mailbox.state
     assert state is not None
@@ -1176,6 +1182,8 @@ def process_new_mail(
             ingest_batch(svc, items, state.uidvalidity, max(batch), now, report, ticket)
             # Only now, with the cases committed, may the mail leave the folder.
             report.moved += mailbox.move_done([uid for uid, _raw, _when in items])
+            if after_batch is not None and index + 1 < len(batches):
+                after_batch(report)  # the caller handles what follows the last batch
             if failed is not None:
                 raise failed
     finally:

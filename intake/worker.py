@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from intake.digest import digest_times, queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox
 from intake.locks import mailbox_lock
-from intake.pipeline import Service, process_new_mail
+from intake.pipeline import RunReport, Service, process_new_mail
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,27 @@ def digest_job(svc: Service, now: datetime | None = None, at: str | None = None)
     log.info("digests queued", extra={"partners": len(queued)})
     svc.deliver(now)
     return queued
+
+
+def alerts_between_batches(svc: Service) -> Callable[[RunReport], None]:
+    """An ``after_batch`` for ``process_new_mail``: deliver the outbox (alerts first) after
+    a batch that queued an urgent alert.
+
+    Without it, alerts of a long backlog (after an outage) would wait for the whole
+    backlog or the 30-second outbox job; acknowledgements simply go out earlier with them.
+    """
+    seen = 0
+
+    def after(report: RunReport) -> None:
+        nonlocal seen
+        if report.alerts > seen:
+            seen = report.alerts
+            try:
+                svc.deliver(now_in(svc))
+            except Exception as exc:  # the outbox job and the final delivery retry
+                log.warning("delivery between batches failed: %s", type(exc).__name__)
+
+    return after
 
 
 def outbox_job(svc: Service) -> None:
@@ -154,7 +176,11 @@ class Worker:
                 self.stopping.wait(min(5.0, settings.poll_interval))
                 continue
             report = process_new_mail(
-                self.svc, mailbox, now_in(self.svc), still_mine=self.lock.verify
+                self.svc,
+                mailbox,
+                now_in(self.svc),
+                still_mine=self.lock.verify,
+                after_batch=alerts_between_batches(self.svc),
             )
             if report.fetched:
                 log.info(

@@ -640,3 +640,33 @@ def test_one_sender_twice_in_one_batch_is_acknowledged_once(
     with Session(svc.engine) as session:
         states = [c.ack_state for c in session.exec(select(Case).order_by(col(Case.id)))]
     assert states == ["sent", "sent", "suppressed:rate-limited"]  # once() delivers
+
+
+def test_an_alert_in_the_first_batch_of_a_backlog_leaves_before_the_backlog_is_done(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intake.worker import alerts_between_batches
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    config = write_config(tmp_path, dovecot, smtp_server)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("poll_interval = 1", "batch_size = 10"),
+        encoding="utf-8",
+    )
+    svc = Service.from_settings(load_settings(config))
+    mails = [consultation(i) for i in range(30)]
+    mails[3] = consultation(3, "もう消えたいです。")
+    dovecot.append_many(mails)
+    deliver = alerts_between_batches(svc)
+    alerts_seen_after_batch: list[int] = []
+
+    def after(report: RunReport) -> None:
+        deliver(report)
+        alerts_seen_after_batch.append(sum(1 for m in smtp_server.messages if ONCALL in m.rcpt_tos))
+
+    with Mailbox(svc.settings.mailbox) as mailbox:
+        report = process_new_mail(svc, mailbox, JST_NOON, after_batch=after)
+    assert report.cases == 30 and report.alerts == 1
+    # called after batches 1 and 2 (the caller delivers after the last); the alert of
+    # batch 1 was at the SMTP server before batch 2 was fetched
+    assert alerts_seen_after_batch == [1, 1]
