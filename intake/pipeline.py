@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from jinja2 import Environment
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Table, bindparam, func, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -270,7 +270,8 @@ def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) ->
     """Whether ``sender`` was acknowledged within the window (flood and loop guard).
 
     Senders acknowledged earlier in this transaction are remembered in ``session.info``,
-    so the query runs without flushing the batch's pending changes first.
+    so the query runs without flushing the batch's pending changes first. Addresses are
+    compared without case: Taro@Example.jp and taro@example.jp are one resident.
     """
     if sender.lower() in session.info.setdefault("acked_senders", set()):
         return True
@@ -278,7 +279,7 @@ def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) ->
         row = session.exec(
             select(Case.id).where(
                 Case.mailbox == mailbox,
-                Case.sender == sender,
+                func.lower(Case.sender) == sender.lower(),
                 col(Case.ack_state).in_(["queued", "sent"]),
                 Case.created_at >= to_db(since),
             )
@@ -929,16 +930,16 @@ def _open_cases(
     key = svc.settings.mailbox.key
     conn = session.connection()
     acked: set[str] = session.info.setdefault("acked_senders", set())
-    wanting = {p.letter.from_addr for _id, p, _r in run if p.block is None}
+    wanting = {p.letter.from_addr.lower() for _id, p, _r in run if p.block is None}
     recent: set[str] = set()
     if wanting:
         since = now - timedelta(hours=svc.settings.ack_window_hours)
         case_t = _CASES
         recent = set(
             conn.execute(
-                core_select(case_t.c.sender).where(
+                core_select(func.lower(case_t.c.sender)).where(
                     case_t.c.mailbox == key,
-                    case_t.c.sender.in_(wanting),
+                    func.lower(case_t.c.sender).in_(wanting),
                     case_t.c.ack_state.in_(["queued", "sent"]),
                     case_t.c.created_at >= to_db(since),
                 )
@@ -949,7 +950,7 @@ def _open_cases(
     for _row_id, p, received in run:
         sender = p.letter.from_addr
         block = p.block
-        if block is None and (sender in recent or sender.lower() in acked):
+        if block is None and (sender.lower() in recent or sender.lower() in acked):
             block = "rate-limited"
         if block is None:
             acked.add(sender.lower())

@@ -642,6 +642,17 @@ def test_one_sender_twice_in_one_batch_is_acknowledged_once(
     assert states == ["sent", "sent", "suppressed:rate-limited"]  # once() delivers
 
 
+def test_one_sender_in_two_runs_is_acknowledged_once_whatever_the_address_case(
+    svc: Service, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    dovecot.append_many([samples.consultation("taro@example.jp", "相談", "寂しいです")])
+    assert once(svc).acks == 1
+    dovecot.append_many([samples.consultation("Taro@Example.JP", "相談", "もう一度送ります")])
+    report = once(svc)
+    assert report.cases == 1 and report.acks == 0
+    assert report.suppressed == {"rate-limited": 1}
+
+
 def test_an_alert_in_the_first_batch_of_a_backlog_leaves_before_the_backlog_is_done(
     tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
 ) -> None:
