@@ -287,6 +287,43 @@ def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) ->
     return row is not None
 
 
+def _queue_ack(
+    svc: Service,
+    session: Session,
+    case: Case,
+    to: str,
+    *,
+    in_reply_to: str | None,
+    references: list[str],
+    received: datetime,
+    now: datetime,
+) -> None:
+    """Queue the resident's acknowledgement of ``case`` (one per case: its outbox key)."""
+    ack = render_ack(
+        svc.env,
+        sender=svc.sender,
+        to=to,
+        case_number=case.number,
+        in_reply_to=in_reply_to,
+        references=references,
+        received=received,
+        calendar=svc.calendar,
+        directory=svc.directory,
+        now=now,
+    )
+    queue_mail(
+        session,
+        kind="ack",
+        key=f"ack:case:{case.id}",
+        case=case,
+        to=[to],
+        message=ack,
+        priority=1,
+        now=now,
+    )
+    case.ack_state = "queued"
+
+
 def queue_mail(
     session: Session,
     *,
@@ -544,29 +581,16 @@ def handle_message(
         if block is None and _recent_ack(session, msg.mailbox, letter.from_addr, now - window):
             block = "rate-limited"
         if block is None:
-            ack = render_ack(
-                svc.env,
-                sender=svc.sender,
-                to=letter.from_addr,
-                case_number=case.number,
+            _queue_ack(
+                svc,
+                session,
+                case,
+                letter.from_addr,
                 in_reply_to=letter.message_id,
                 references=letter.references,
                 received=received,
-                calendar=svc.calendar,
-                directory=svc.directory,
                 now=now,
             )
-            queue_mail(
-                session,
-                kind="ack",
-                key=f"ack:case:{case.id}",
-                case=case,
-                to=[letter.from_addr],
-                message=ack,
-                priority=1,
-                now=now,
-            )
-            case.ack_state = "queued"
             session.info.setdefault("acked_senders", set()).add(letter.from_addr.lower())
             report.acks += 1
         else:
@@ -612,29 +636,9 @@ def quarantine(
     log.error("message quarantined", extra={"message_row": msg.id, "stage": stage, "error": error})
     # Still acknowledge a person: a crash may delay an acknowledgement, never lose it.
     if sender and not _AUTO_HINT.search(head) and sender != svc.sender.address.lower():
-        ack = render_ack(
-            svc.env,
-            sender=svc.sender,
-            to=sender,
-            case_number=case.number,
-            in_reply_to=None,
-            references=[],
-            received=now,
-            calendar=svc.calendar,
-            directory=svc.directory,
-            now=now,
+        _queue_ack(
+            svc, session, case, sender, in_reply_to=None, references=[], received=now, now=now
         )
-        queue_mail(
-            session,
-            kind="ack",
-            key=f"ack:case:{case.id}",
-            case=case,
-            to=[sender],
-            message=ack,
-            priority=1,
-            now=now,
-        )
-        case.ack_state = "queued"
     else:
         case.ack_state = "suppressed:quarantined"
     # Nobody could read it, so nobody can say it is not urgent: the on-call person is told
