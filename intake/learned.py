@@ -295,10 +295,6 @@ class UrgencyModel:
             original = doc  # lower() changed a length (rare letters): quote what was read
         return _sigmoid(z), self._explain(doc, original, joined, indices, values)
 
-    def is_urgent(self, subject: str, text: str) -> bool:
-        """The model's verdict alone (see ``learned_urgent`` for when it is yes)."""
-        return learned_urgent(self, subject, text) is not None
-
     def _top(self, joined: str, indices: np.ndarray, values: np.ndarray) -> list[tuple[float, str]]:
         """(contribution, n-gram) of the ``_TOP_FEATURES`` that raised z the most.
 

@@ -223,11 +223,3 @@ def assign_partner(triage: Triage, directory: Directory) -> Partner:
         if triage.topic in partner.topics:
             return partner
     return directory.general_desk
-
-
-def also_notified(triage: Triage, directory: Directory, owner: Partner) -> list[Partner]:
-    """Partners that get a copy because a secondary topic is one they asked to see."""
-    secondary = {t for t, _score in triage.topics[1:]}
-    return [
-        p for p in directory.partners if p.id != owner.id and secondary.intersection(p.also_notify)
-    ]

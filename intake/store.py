@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Column, LargeBinary, UniqueConstraint, event
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, create_engine
 
 
 def utcnow() -> datetime:
@@ -223,14 +223,6 @@ def record_event(
     )
     session.add(event)
     return event
-
-
-def find_message_by_hash(session: Session, mailbox: str, sha256: str) -> StoredMessage | None:
-    return session.exec(
-        select(StoredMessage).where(
-            StoredMessage.mailbox == mailbox, StoredMessage.sha256 == sha256
-        )
-    ).first()
 
 
 def dumps(value: Any) -> str:

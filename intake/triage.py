@@ -413,10 +413,6 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     return hits
 
 
-def _overlaps(a: _Hit, b: _Hit) -> bool:
-    return a.first <= b.last and b.first <= a.last
-
-
 def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
     """Set ``discounted`` on topic/urgent hits that must not count."""
     by_rule: dict[str, list[_Hit]] = {}
