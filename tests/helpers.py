@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from intake.localservers import LocalDovecot, LocalSMTP
+
+if TYPE_CHECKING:
+    from intake.pipeline import Service
 
 OWN = "sasaean@city.kasaoka.okayama.jp"
 ONCALL = "oncall@example.jp"
@@ -63,3 +68,13 @@ def settled(smtp: LocalSMTP, seconds: float = 1.0) -> list:
 
     time.sleep(seconds)
     return smtp.messages
+
+
+def offline_service(tmp_path: Path, extra: str = "") -> Service:
+    """A Service on a temp SQLite file; the mail servers are never contacted."""
+    from intake.config import load_settings
+    from intake.pipeline import Service
+
+    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
+    smtp = SimpleNamespace(host="127.0.0.1", port=1)
+    return Service.from_settings(load_settings(write_config(tmp_path, imap, smtp, extra=extra)))  # type: ignore[arg-type]

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from pathlib import Path
-from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -34,7 +33,7 @@ from intake.escalate import (
 )
 from intake.pipeline import Service
 from intake.store import Case, Event, Outbox, session_scope
-from tests.helpers import BACKUP, ONCALL, settled, write_config
+from tests.helpers import BACKUP, ONCALL, offline_service, settled, write_config
 
 JST = ZoneInfo("Asia/Tokyo")
 T0 = datetime(2026, 11, 26, 22, 0, tzinfo=JST)  # a Thursday night: on-call time
@@ -126,13 +125,6 @@ def test_callback_due_given_in_utc_is_the_same_moment() -> None:
 
 
 # --- against a temporary database --------------------------------------------------------
-
-
-def offline_service(tmp_path: Path, extra: str = "") -> Service:
-    """A Service on a temp SQLite file; the mail servers are never contacted."""
-    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
-    smtp = SimpleNamespace(host="127.0.0.1", port=1)
-    return Service.from_settings(load_settings(write_config(tmp_path, imap, smtp, extra=extra)))  # type: ignore[arg-type]
 
 
 def urgent_case(svc: Service, alert_at: datetime, n: int = 1) -> int:

@@ -7,12 +7,10 @@ import struct
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from intake.config import load_settings
 from intake.errors import ConfigError
 from intake.escalate import ACK_EVENT, CALLBACK_DONE, add_event
 from intake.pipeline import Service
@@ -26,16 +24,9 @@ from intake.report import (
     write_report,
 )
 from intake.store import Case, Outbox, StoredMessage, session_scope
-from tests.helpers import write_config
+from tests.helpers import offline_service
 
 JST = ZoneInfo("Asia/Tokyo")
-
-
-def offline_service(tmp_path: Path, extra: str = "") -> Service:
-    """A Service on a temp SQLite file; the mail servers are never contacted."""
-    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
-    smtp = SimpleNamespace(host="127.0.0.1", port=1)
-    return Service.from_settings(load_settings(write_config(tmp_path, imap, smtp, extra=extra)))  # type: ignore[arg-type]
 
 
 def seed(

@@ -6,7 +6,6 @@ import argparse
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,19 +19,12 @@ from intake.report import monthly_report, write_report
 from intake.retention import DEFAULT_KEEP_DAYS, purge, retention_days
 from intake.staff import CaseNote, add_commands, close_case, show_case
 from intake.store import Case, Outbox, StoredMessage, session_scope
-from tests.helpers import write_config
+from tests.helpers import offline_service
 
 JST = ZoneInfo("Asia/Tokyo")
 NOW = datetime(2027, 12, 15, 9, 0, tzinfo=JST)
 OLD = datetime(2026, 11, 10, 22, 0, tzinfo=JST)  # more than a year before NOW
 RECENT = datetime(2027, 12, 1, 10, 0, tzinfo=JST)
-
-
-def offline_service(tmp_path: Path, extra: str = "") -> Service:
-    """A Service on a temp SQLite file; the mail servers are never contacted."""
-    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
-    smtp = SimpleNamespace(host="127.0.0.1", port=1)
-    return Service.from_settings(load_settings(write_config(tmp_path, imap, smtp, extra=extra)))  # type: ignore[arg-type]
 
 
 def seed(

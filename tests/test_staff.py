@@ -6,13 +6,11 @@ import argparse
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlmodel import Session, select
 
-from intake.config import load_settings
 from intake.escalate import CaseNotFound
 from intake.pipeline import Service
 from intake.staff import (
@@ -31,17 +29,10 @@ from intake.staff import (
     staff_actor,
 )
 from intake.store import Case, Event, Outbox, StoredMessage, session_scope
-from tests.helpers import ONCALL, write_config
+from tests.helpers import ONCALL, offline_service
 
 JST = ZoneInfo("Asia/Tokyo")
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=JST)
-
-
-def offline_service(tmp_path: Path) -> Service:
-    """A Service on a temp SQLite file; the mail servers are never contacted."""
-    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
-    smtp = SimpleNamespace(host="127.0.0.1", port=1)
-    return Service.from_settings(load_settings(write_config(tmp_path, imap, smtp)))  # type: ignore[arg-type]
 
 
 def seed(
