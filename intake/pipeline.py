@@ -120,9 +120,10 @@ class Service:
             close=hhmm(settings.office_close),
             closures=BusinessCalendar().closures + settings.closures,
         )
-        # Taken before the rules are read: a pool child refuses to work with other rules
-        # than these (staff may edit rules/ while the worker runs).
-        fingerprint = rules_fingerprint(settings.rules_dir)
+        # Taken before the rules are read, and only when there is a pool: a pool child
+        # refuses to work with other rules than these (staff may edit rules/ meanwhile).
+        pooled = settings.prepare_processes > 0
+        fingerprint = rules_fingerprint(settings.rules_dir) if pooled else None
         return cls(
             settings=settings,
             engine=open_database(settings.database_url),
@@ -133,7 +134,7 @@ class Service:
             sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
             pool=(
                 PreparePool(settings, settings.prepare_processes, fingerprint=fingerprint)
-                if settings.prepare_processes > 0
+                if pooled
                 else None
             ),
         )
