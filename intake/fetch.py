@@ -127,6 +127,7 @@ class Mailbox:
             ) from exc
         client.normalise_times = False  # keep INTERNALDATE's zone (aware datetimes)
         self.client = client
+        self._news_reported()  # SELECT's own EXISTS is not news: the first poll follows
         uidnext = info.get(b"UIDNEXT")
         self.state = FolderState(
             uidvalidity=int(info[b"UIDVALIDITY"]),
@@ -209,15 +210,43 @@ class Mailbox:
         """Block up to ``seconds`` in IDLE (RFC 2177) for news; True when the server reported
         something. Only for servers that offer IDLE; the worker polls the others.
 
-        A notification can also arrive between two IDLE commands (it is then answered to
-        DONE or to the next command): the worker therefore polls after every wait, and this
-        is only the fast path that makes the wait end early.
+        Why the checks before IDLE: Dovecot brings a session's view of the folder up to
+        date at the *end* of each command, and IDLE reports only what changes after it
+        starts. A mail that arrives while the worker is busy is therefore either announced
+        as an EXISTS tacked onto some earlier command's answer (even the UID SEARCH that did
+        not list it yet), or not announced at all until the next command. Both would wait
+        out the whole IDLE (measured: a mail appended just before IDLE was reported only at
+        DONE). So: an EXISTS already received means news now; otherwise one NOOP (one round
+        trip) makes the server announce what arrived since the last command; only then
+        IDLE. A mail arriving between the NOOP and IDLE still waits for the timeout, which
+        is why the worker keeps its IDLE short and polls after every wait.
         """
         client = self._client()
+        if self._news_reported():
+            return True
+        client.noop()
+        if self._news_reported():
+            return True
         client.idle()
         responses: list[object] = []
         try:
             responses = list(client.idle_check(timeout=min(seconds, IDLE_RENEW_SECONDS)))
         finally:
             _text, done = client.idle_done()
+            self._news_reported()  # answered here; the poll that follows will look
         return bool(responses or done)
+
+    def _news_reported(self) -> bool:
+        """Did a command's answer since the last look include an EXISTS? Forget them all.
+
+        imaplib keeps every unsolicited response in ``untagged_responses`` until the next
+        SELECT, and imapclient does not read EXISTS from there; the worker never reselects,
+        so clearing it here also keeps that record from growing for the life of the worker.
+        Between commands it holds only such leftovers (each command takes its own answers).
+        """
+        record = getattr(self._client()._imap, "untagged_responses", None)
+        if not isinstance(record, dict):
+            return False
+        news = "EXISTS" in record
+        record.clear()
+        return news

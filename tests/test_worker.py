@@ -10,12 +10,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from intake import samples
+from intake.config import MailboxSettings, Secret
+from intake.fetch import Mailbox
 from intake.localservers import LocalDovecot, LocalSMTP
 from tests.helpers import write_config
 
@@ -104,3 +107,77 @@ def test_worker_picks_up_each_of_several_mails_within_seconds(
         smtp_server.wait_for(2 + i, timeout=5)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+
+
+# -- Mailbox.wait: news that reached the worker while it was not in IDLE -----------------
+
+
+def _open_mailbox(imap: LocalDovecot, monkeypatch: pytest.MonkeyPatch) -> Mailbox:
+    monkeypatch.setenv("TEST_WAIT_PASSWORD", imap.password)
+    settings = MailboxSettings(
+        host=imap.host,
+        port=imap.port,
+        security="plain",
+        username=imap.user,
+        password=Secret(env="TEST_WAIT_PASSWORD"),
+        timeout=30,
+    )
+    mailbox = Mailbox(settings)
+    mailbox.open()
+    return mailbox
+
+
+def _timed_wait(mailbox: Mailbox, seconds: float) -> tuple[bool, float]:
+    started = time.monotonic()
+    news = mailbox.wait(seconds)
+    return news, time.monotonic() - started
+
+
+def test_wait_ends_at_once_for_mail_announced_during_an_earlier_command(
+    dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dovecot may answer a UID SEARCH without a mail that arrived meanwhile and announce it
+    (EXISTS) in the same answer; IDLE would not announce it again, so an urgent mail waited
+    the whole IDLE. The wait must end at once and the next poll must find the mail."""
+    dovecot.append(samples.demo_mails()[0])
+    mailbox = _open_mailbox(dovecot, monkeypatch)
+    try:
+        assert mailbox.new_uids(0) == [1]
+        dovecot.append(samples.demo_mails()[1])
+        announced = False
+        for _ in range(50):  # a command whose answer carries the EXISTS
+            if mailbox.new_uids(1) or mailbox._news_reported():
+                announced = True
+                break
+            time.sleep(0.05)
+        assert announced
+        dovecot.append(samples.demo_mails()[2])
+        time.sleep(0.2)
+        mailbox.current_uidvalidity()  # a command in between, as the worker's loop has
+        news, waited = _timed_wait(mailbox, 20.0)
+        assert news
+        assert waited < 10.0  # not the 20-s IDLE
+        assert mailbox.new_uids(1) == [2, 3]
+    finally:
+        mailbox.close()
+
+
+def test_wait_ends_at_once_for_mail_that_arrived_after_the_last_command(
+    dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mail appended after the worker's last command and before its IDLE is announced to
+    no one (IDLE reports only later changes) unless the worker asks first."""
+    mailbox = _open_mailbox(dovecot, monkeypatch)
+    try:
+        assert mailbox.new_uids(0) == []
+        dovecot.append(samples.demo_mails()[0])
+        time.sleep(0.2)
+        news, waited = _timed_wait(mailbox, 20.0)
+        assert news
+        assert waited < 10.0
+        assert mailbox.new_uids(0) == [1]
+        news, waited = _timed_wait(mailbox, 1.0)  # nothing new: a real wait, no news
+        assert not news
+        assert waited >= 0.9
+    finally:
+        mailbox.close()
