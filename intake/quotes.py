@@ -104,16 +104,61 @@ def is_quote_header(line: str, following: str = "") -> bool:
     return bool(_OUTLOOK_FROM.match(stripped) and _OUTLOOK_NEXT.match(following))
 
 
+# Every line that can change the split contains one of these: a quote mark, a colon (every
+# attribution, separator with a colon, Outlook header and "wrote:" has one), "--" or "_____"
+# (separators, the signature), a date's digit after "/", "-", "." or "年", a time's colon, a
+# weekday's comma, 書 or メッセージ (the Japanese "wrote" verbs), or our own opening line.
+# Any other line is the resident's new text whatever surrounds it. Every alternative starts
+# with a literal character and none is case-folded, so ``re`` scans for those characters
+# alone: ~4 us a mail against ~130 us for the per-line tests (``split_quoted`` ran on
+# every line of every mail). ``[^\S\n]`` keeps a match inside one line.
+_MAY_MATTER = re.compile(
+    r">|＞|:|：|,|--|_____|/[^\S\n]*\d|-[^\S\n]*\d|\.[^\S\n]*\d|年[^\S\n]*\d|書|メッセージ|"
+    + "|".join(re.escape(marker) for marker in OWN_TEXT_MARKERS)
+)
+
+
+def _lines_that_may_matter(text: str) -> list[int]:
+    """Indexes (in ``text.split("\n")``) of the lines ``_MAY_MATTER`` finds something in."""
+    found: list[int] = []
+    line = 0
+    pos = 0  # start of line ``line``
+    search = _MAY_MATTER.search
+    while True:
+        m = search(text, pos)
+        if m is None:
+            return found
+        line += text.count("\n", pos, m.start())
+        found.append(line)
+        end = text.find("\n", m.start())
+        if end < 0:
+            return found
+        pos = end + 1
+        line += 1
+
+
 def split_quoted(text: str) -> tuple[str, str]:
     """Return ``(new, quoted)`` for a decoded body; see the module docstring."""
     if not text:
         return "", ""
-    lines = text.split("\n")
+    return _split(text.split("\n"), _lines_that_may_matter(text))
+
+
+def _split(lines: list[str], candidates: list[int] | None) -> tuple[str, str]:
+    """The split of ``lines``; only the ``candidates`` lines (None: every line) are tested,
+    the others are new text without a test (see ``_MAY_MATTER``)."""
     n = len(lines)
     new: list[str] = []
     quoted: list[str] = []
+    ahead = iter(candidates) if candidates is not None else None
     i = 0
     while i < n:
+        if ahead is not None:
+            k = next(ahead, n)  # > i - 1: each candidate is handled once, in order
+            new.extend(lines[i:k])
+            i = k
+            if i >= n:
+                break
         line = lines[i]
         following = lines[i + 1] if i + 1 < n else ""
         if _SIGNATURE.match(line) or any(marker in line for marker in OWN_TEXT_MARKERS):

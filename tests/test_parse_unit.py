@@ -12,6 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from intake.charsets import decode_iso2022jp, decode_text, normalise_label
 from intake.parse import MAX_DEPTH, decode_header, html_to_text, letter_report, parse
@@ -519,6 +521,46 @@ def test_split_quoted_outlook_header_block():
     new, quoted = split_quoted(text)
     assert new == "続きです"
     assert quoted.startswith("From: 相談窓口")
+
+
+# The pre-scan (``quotes._MAY_MATTER``) only decides which lines are tested; the split must
+# be the one testing every line gives. Lines are drawn from pieces of every rule's trigger,
+# in both cases and full width, so the generator reaches the rules' edges.
+_QUOTE_PIECES = [
+    "> ", "＞", "--", "-- ", "-----Original Message-----", "-----元のメッセージ-----",
+    "__________", "Begin forwarded message:", "BEGIN FORWARDED MESSAGE：", "--- 転送 ---",
+    "On Thu, 26 Nov 2026 at 10:00, ", "2026年11月26日(木) 10:00 ", "2026/11/26", "2026-11-26",
+    "2026.11.26", "２０２６年１１月２６日", "10:00", "１０：００", "Thu,", "MON,", "wrote:",
+    "WROTE：", "a écrit :", "schrieb:", "escribió:", "書きました", "書きました:",
+    "からのメッセージ。", "taro@example.jp", "<taro@example.jp>", "<", ">:", ":", "：",
+    "From: 山田", "差出人: 山田", "Sent: 2026", "送信日時: 2026", "件名: 相談", "Date: x",
+    OWN_TEXT_MARKERS[0], "相談したいです", "理由は次の通りです:", "090-1234-5678", " ", "\t",
+    "\u3000", "\r", "on ", "Le ", "1.5", "ſchrieb:", "\x0b",
+]  # fmt: skip
+_QUOTE_LINES = st.lists(st.sampled_from(_QUOTE_PIECES), max_size=4).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_QUOTE_LINES, max_size=12))
+def test_split_quoted_prescan_gives_the_split_of_testing_every_line(lines: list[str]) -> None:
+    from intake.quotes import _split
+
+    text = "\n".join(lines)
+    assert split_quoted(text) == ((_split(text.split("\n"), None)) if text else ("", ""))
+
+
+def test_split_quoted_prescan_skips_only_lines_without_any_trigger() -> None:
+    from intake.quotes import _lines_that_may_matter
+
+    text = "相談です\n2026年11月26日 10:00 山田 <a@b.jp>:\n\n> 引用\n本文\n-- \n署名"
+    assert _lines_that_may_matter(text) == [1, 3, 5]
+    # An English attribution whose first line has nothing but the weekday's comma.
+    text = "Thanks\nOn Thu, Nov 26 Taro Yamada\n<taro@example.jp> wrote:\n> old"
+    assert _lines_that_may_matter(text) == [1, 2, 3]
+    assert split_quoted(text) == (
+        "Thanks",
+        "On Thu, Nov 26 Taro Yamada\n<taro@example.jp> wrote:\n> old",
+    )
 
 
 # --- html and report ----------------------------------------------------------------
