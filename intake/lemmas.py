@@ -295,11 +295,15 @@ class _OffsetMap:
     length, original length); between them the two strings advance together.
     """
 
-    __slots__ = ("_norm_starts", "_segments")
+    __slots__ = ("_norm_starts", "_segments", "exact")
 
     def __init__(self, segments: list[tuple[int, int, int, int]]):
         self._segments = segments
         self._norm_starts = [s[0] for s in segments]
+        # True when the map is the identity: every replaced run is one character for
+        # one (！ -> !), so no offset shifts and no offset falls strictly inside a run.
+        # Callers may then skip ``Analysis.span`` (most mails with full-width marks).
+        self.exact = all(nlen == olen == 1 for _, _, nlen, olen in segments)
 
     @property
     def segments(self) -> bool:

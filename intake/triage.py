@@ -963,11 +963,34 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     _discount(a, hits, rules)
     # A pattern and its in-sentence variant may both hit the same words: report once
     # (the first place, the last hit's verdict), building a Match only for what is kept.
+    # One pass also sorts the hits by kind for the later steps (each used to filter all
+    # of them again), in hit order. When the offset map is the identity (nothing folded,
+    # or one character for one), a span is two list lookups instead of a span() call.
     kept: dict[tuple[str, str, int, int], tuple[_Hit, int, int]] = {}
-    span = a.span
-    for h in hits:
-        p = h.pattern
-        if p.kind != "signal":  # signals report as combinations
+    topic_hits: list[_Hit] = []
+    signal_hits: list[_Hit] = []
+    if a.offsets.exact:
+        starts, ends = a.starts, a.ends
+        for h in hits:
+            p = h.pattern
+            kind = p.kind
+            if kind == "signal":  # signals report as combinations
+                signal_hits.append(h)
+                continue
+            if kind == "topic":
+                topic_hits.append(h)
+            start, end = starts[h.first], ends[h.last]
+            kept[(p.rule, p.text, start, end)] = (h, start, end)
+    else:
+        span = a.span
+        for h in hits:
+            p = h.pattern
+            kind = p.kind
+            if kind == "signal":
+                signal_hits.append(h)
+                continue
+            if kind == "topic":
+                topic_hits.append(h)
             start, end = span(h.first, h.last)
             kept[(p.rule, p.text, start, end)] = (h, start, end)
     original = a.text
@@ -979,7 +1002,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     scripts = _Scripts.of(analysed)
     has_latin = scripts.latin > 0
     language = detect_language(analysed, scripts)
-    matches += _signal_matches(a, hits, analysed, language, rules)
+    matches += _signal_matches(a, signal_hits, analysed, language, rules)
     mostly_kana = _mostly_kana(scripts, language)
     for group, regex, latin in rules.foreign_joined:
         if (latin and not has_latin) or (not latin and mostly_kana):
@@ -1013,9 +1036,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     urgent_reasons.sort(key=_BY_PLACE)
 
     settings = rules.settings
-    scores = _score(
-        (h for h in hits if h.pattern.kind == "topic"), a, len(subject), settings.subject_weight
-    )
+    scores = _score(topic_hits, a, len(subject), settings.subject_weight)
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], TOPICS.index(kv[0])))
     topic = "other"
     if language == "ja":

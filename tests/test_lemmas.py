@@ -429,3 +429,25 @@ def test_span_maps_token_offsets_as_the_offset_map_does(text: str) -> None:
         for last in range(first, len(a)):
             expected = (a.offsets.start(a.starts[first]), a.offsets.end(a.ends[last]))
             assert a.span(first, last) == expected
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="しにたーいぃ〜～ｼﾆﾀｲ！？１①㈱あ漢A \n", min_size=1, max_size=16))
+def test_an_exact_offset_map_maps_every_offset_to_itself(text: str) -> None:
+    """``exact`` lets classify skip ``span``: it must only be set when the map is identity."""
+    a = analyse(text)
+    if a.offsets.exact:
+        assert len(a.normalised) == len(text)
+        for i in range(len(a.normalised) + 1):
+            assert (a.offsets.start(i), a.offsets.end(i)) == (i, i)
+    else:
+        # something changed length, or a run of several characters was folded (snapping)
+        assert any(nlen != 1 or olen != 1 for _, _, nlen, olen in a.offsets._segments)
+
+
+def test_one_for_one_folding_keeps_the_offset_map_exact() -> None:
+    assert analyse("つらい！もう無理？").offsets.exact  # ！ -> ! one for one
+    assert analyse("つらい").offsets.exact  # nothing folded
+    assert not analyse("ｼﾆﾀｲ").offsets.exact  # one run of four half-width characters
+    assert not analyse("しにたーい").offsets.exact  # the elongation mark is dropped
+    assert not analyse("１２月").offsets.exact  # a two-character run snaps inside it
