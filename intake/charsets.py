@@ -233,6 +233,58 @@ def _pair_table() -> dict[bytes, bytes]:
     return _PAIR_TO_SJIS
 
 
+_TO_EUC = bytes(b | 0x80 if 0x21 <= b <= 0x7E else b for b in range(256))
+_JIS_RUN_BYTES = bytes(range(0x21, 0x7F)) + b"\t\n\r "  # pairs and _DOUBLE_PIECES
+
+
+@lru_cache(maxsize=1)
+def _euc_differences() -> tuple[dict[str, str], re.Pattern[str]] | None:
+    """Where Python's ``euc_jp`` reads a JIS X 0208 pair otherwise than CP50221 does.
+
+    Derived from the codecs, pair by pair (94 x 94), not written down: e.g. 0x2141 is
+    WAVE DASH in ``euc_jp`` and FULLWIDTH TILDE in CP932 (six such pairs on CPython
+    3.11). None, so that every run takes the pair table, if one ``euc_jp`` character stood
+    for two different CP932 readings (a character alone could not say which is meant).
+    """
+    seen: dict[str, str] = {}
+    for j1 in range(0x21, 0x7F):
+        for j2 in range(0x21, 0x7F):
+            try:
+                euc = bytes((j1 | 0x80, j2 | 0x80)).decode("euc_jp")
+            except UnicodeDecodeError:
+                continue  # a run with this pair fails in euc_jp and takes the pair table
+            cp = _jis_pair_to_sjis(j1, j2).decode(CP932, errors="replace")
+            if seen.setdefault(euc, cp) != cp:
+                return None
+    fixes = {euc: cp for euc, cp in seen.items() if euc != cp}
+    return fixes, re.compile("[" + "".join(re.escape(c) for c in fixes) + "]" if fixes else "(?!)")
+
+
+def _jis0208_by_codec(piece: bytes) -> str | None:
+    """A JIS X 0208 run (between two escapes) as the pair table reads it, or None.
+
+    Why: the pair table plus the checks per whitespace-separated chunk cost ~200 us for a
+    3 KB ISO-2022-JP body; this is ~20 us. Setting the high bit of every byte 0x21-0x7E
+    makes the run EUC-JP, which the ``euc_jp`` codec decodes in C; whitespace stays ASCII,
+    and a chunk of odd length leaves a lead byte without its trail, which ``euc_jp``
+    refuses. The characters the two codecs read differently are then replaced
+    (``_euc_differences``). None (the caller takes the pair table, which also finds what
+    is wrong) when the run has another byte, a pair ``euc_jp`` lacks (NEC and IBM rows,
+    user rows) or an odd chunk. Same text: tested on all 8,836 pairs and random runs.
+    """
+    differences = _euc_differences()
+    if differences is None or piece.translate(None, _JIS_RUN_BYTES):
+        return None
+    try:
+        text = piece.translate(_TO_EUC).decode("euc_jp")
+    except UnicodeDecodeError:
+        return None
+    fixes, differing = differences
+    if differing.search(text) is not None:
+        text = differing.sub(lambda m: fixes[m.group()], text)
+    return text
+
+
 def decode_iso2022jp(data: bytes) -> tuple[str, bool]:
     """Decode ISO-2022-JP (and -2, -3, CP5022x) bytes; return (text, strict_ok).
 
@@ -243,7 +295,7 @@ def decode_iso2022jp(data: bytes) -> tuple[str, bool]:
     Well-formed input takes a fast path that converts whole runs at once (most
     Japanese mail); anything unusual goes through the byte-at-a-time decoder.
     """
-    if _NEEDS_SLOW.search(data):
+    if not data.isascii() or b"\x0e" in data or b"\x0f" in data:  # _NEEDS_SLOW, in C
         return _decode_iso2022jp_bytewise(data)
     pieces = _FAST_SPLIT.split(data)
     out: list[str] = []
@@ -267,6 +319,12 @@ def decode_iso2022jp(data: bytes) -> tuple[str, bool]:
                 return _decode_iso2022jp_bytewise(data)
             out.append("".join(_KANA_TABLE.get(b, " ") for b in piece))
         else:
+            if state == "jis0208":
+                text = _jis0208_by_codec(piece)
+                if text is not None:
+                    out.append(text)
+                    ok = ok and "\ufffd" not in text
+                    continue
             for m, chunk in enumerate(_DOUBLE_PIECES.split(piece)):
                 if m % 2:
                     out.append(chunk.decode("ascii"))

@@ -645,3 +645,47 @@ def test_header_line_without_colon_does_not_end_the_header_block():
     assert letter.text == "本文です"
     assert letter.to == ["x@example.jp", "y@example.jp"]
     assert "header-line-without-colon" in letter.problems
+
+
+# --- ISO-2022-JP through the euc_jp codec (charsets._jis0208_by_codec) ---------------
+
+_JIS_PIECES = [
+    b"\x1b$B", b"\x1b(B", b"\x1b(J", b"\x1b$@", b"\x1b(I", b"\x1b$(D", b"\r\n", b" ", b"\t",
+    b"\x01", b"\x7f", b"\x1b", b"A", b"!A", b"!B", b"!]", b"\"L", b"-!", b"-(", b"y!", b"u!",
+    b"|~", b"~~", b"0!", b"$\"", b"F|", b"K\\",
+]  # fmt: skip
+
+
+def test_every_jis_x0208_pair_reads_as_the_bytewise_decoder_reads_it() -> None:
+    from intake.charsets import _decode_iso2022jp_bytewise
+
+    for j1 in range(0x21, 0x7F):
+        for j2 in range(0x21, 0x7F):
+            data = b"\x1b$B" + bytes((j1, j2)) + b"\x1b(B"
+            assert decode_iso2022jp(data) == _decode_iso2022jp_bytewise(data), (j1, j2)
+
+
+def test_a_plain_jis_run_takes_the_codec_and_keeps_cp50221_readings() -> None:
+    from intake.charsets import _jis0208_by_codec
+
+    # 相談 ～ − ∥ (0x2141, 0x215D, 0x2142: WAVE DASH, MINUS, DOUBLE VERTICAL LINE in euc_jp)
+    assert _jis0208_by_codec(b"\x41\x6a\x43\x4c !A!]!B\r\n") == "相談 ～－∥\r\n"
+    assert _jis0208_by_codec(b"-!") is None  # NEC row 13 (①): not in euc_jp
+    assert _jis0208_by_codec(b"0!0") is None  # odd: the pair table reports it
+    assert decode_iso2022jp(b"\x1b$B-!\x1b(B") == ("①", True)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_JIS_PIECES),
+            st.tuples(st.integers(0x21, 0x7E), st.integers(0x21, 0x7E)).map(bytes),
+        ),
+        max_size=14,
+    ).map(b"".join)
+)
+def test_iso2022jp_reads_as_the_bytewise_decoder_reads_it(data: bytes) -> None:
+    from intake.charsets import _decode_iso2022jp_bytewise
+
+    assert decode_iso2022jp(data) == _decode_iso2022jp_bytewise(data)
