@@ -556,6 +556,9 @@ class RuleSet:
     # id(concept regex_ja) -> strings every match contains one of, per group
     # (``needles``): a text lacking any group cannot match, so its scan is skipped
     regex_needles: dict[int, tuple[tuple[str, ...], ...]] = field(default_factory=dict, repr=False)
+    # the concepts that have ``regexes_ja``, in ``concepts`` order (a few of dozens):
+    # classify visits only these for its regular-expression scans
+    concepts_ja: list[Concept] = field(default_factory=list, repr=False)
     # per distinct token key tuple: what build_index says about a token with those keys
     # (filled on demand by token_patterns; bounded like the analyser's caches)
     _by_keys: dict[tuple[str, ...], TokenPatterns] = field(
@@ -616,6 +619,7 @@ class RuleSet:
         self.regex_needles = {
             id(rx): needles(rx) for concept in self.concepts.values() for rx in concept.regexes_ja
         }
+        self.concepts_ja = [concept for concept in self.concepts.values() if concept.regexes_ja]
         self.combos_by_concept = {}
         for combo in self.combinations:
             for name in combo.concepts:

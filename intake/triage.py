@@ -416,14 +416,17 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
 def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
     """Set ``discounted`` on topic/urgent hits that must not count."""
     by_rule: dict[str, list[_Hit]] = {}
-    for h in hits:
-        if h.pattern.kind == "exclusion":
-            by_rule.setdefault(f"{h.pattern.rule}|{h.pattern.label}", []).append(h)
-    judged = [h for h in hits if h.pattern.kind != "exclusion"]
+    judged: list[_Hit] = []
     negated: dict[int, bool] = {}  # by last token: many hits end on the same word
-    for h in judged:
+    sentences = a.sentences
+    for h in hits:
+        p = h.pattern
+        if p.kind == "exclusion":
+            by_rule.setdefault(f"{p.rule}|{p.label}", []).append(h)
+            continue
+        judged.append(h)
         # reading-tier hits (no segments) were judged for negation on the reading
-        if h.pattern.segments:
+        if p.segments:
             last = h.last
             known = negated.get(last)
             if known is None:
@@ -467,6 +470,8 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             if not sents:
                 continue
             for h in judged:
+                if sentences[h.first] not in sents:
+                    continue  # most hits: the cheapest test first
                 # Without applies_to, only words that can describe an event are discounted;
                 # with it, the rule names the categories itself (a character's wish).
                 reportable = (
@@ -474,7 +479,7 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
                     or h.pattern.kind == "signal"  # a concept word can be anyone's
                     or h.pattern.rule in rules.reportable
                 )
-                if a.sentences[h.first] in sents and reportable and applies(h):
+                if reportable and applies(h):
                     h.discounted = "reported"
         else:  # resolved-past
             if by_rule.get(f"{ex.id}|resolved-past:relapse"):
@@ -524,12 +529,11 @@ def _signal_hits(
         if a.infos:
             text = a.normalised
             needles_of = rules.regex_needles
-            for concept in rules.concepts.values():
-                if not concept.regexes_ja or not _may_combine(concept.id, by, rules):
+            for concept in rules.concepts_ja:  # the concepts with regexes_ja, in order
+                if not _may_combine(concept.id, by, rules):
                     continue
                 for rx in concept.regexes_ja:
-                    needles = needles_of.get(id(rx), ())
-                    if not all(any(s in text for s in group) for group in needles):
+                    if not _has_needles(text, needles_of.get(id(rx), ())):
                         continue  # a word every match contains is absent (rules.needles)
                     for m in rx.finditer(text):
                         lo = max(bisect_right(a.starts, m.start()) - 1, 0)
@@ -547,6 +551,21 @@ def _signal_hits(
                     _Sig(concept.id, sentence, m.start(), m.end() - 1)
                 )
     return by
+
+
+def _has_needles(text: str, needles: tuple[tuple[str, ...], ...]) -> bool:
+    """``all(any(s in text for s in group) for group in needles)``, without generators.
+
+    Why: a mail checks about seven regular expressions' needles, and two nested
+    generators cost more than the ``in`` tests they run (~1.5 us each).
+    """
+    for group in needles:
+        for s in group:
+            if s in text:
+                break
+        else:
+            return False
+    return True
 
 
 def _may_combine(concept: str, by: dict[str, list[_Sig]], rules: RuleSet) -> bool:

@@ -679,3 +679,30 @@ def test_topic_scores_take_the_heaviest_then_earliest_hit_of_overlapping_ones(
         weight = h.pattern.weight * (1.5 if a.starts[h.first] < 2 else 1.0)
         expected[topic] = expected.get(topic, 0.0) + weight
     assert _score(hits, a, 2, 1.5) == expected
+
+
+_NEEDLE_TEXT = st.text(alphabet="錠個粒しにたい0123", max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _NEEDLE_TEXT,
+    st.lists(
+        st.lists(st.text(alphabet="錠個粒し0123", min_size=1, max_size=3), max_size=3), max_size=3
+    ),
+)
+def test_needle_check_agrees_with_its_any_all_definition(
+    text: str, groups: list[list[str]]
+) -> None:
+    """A concept regex is skipped only when some needle group has no member in the text."""
+    from intake.triage import _has_needles
+
+    needles = tuple(tuple(group) for group in groups)
+    expected = all(any(s in text for s in group) for group in needles)
+    assert _has_needles(text, needles) == expected
+
+
+def test_concepts_with_japanese_regexes_are_listed_in_rule_order(rules: RuleSet) -> None:
+    listed = [c.id for c in rules.concepts_ja]
+    assert listed == [c.id for c in rules.concepts.values() if c.regexes_ja]
+    assert listed  # the shipped rules have some (e.g. a quantity of pills)
