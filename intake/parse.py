@@ -72,7 +72,6 @@ MAX_PARTS = 1000  # parts beyond this are not walked
 MAX_NESTED_MULTIPART_DECLS = 300  # above this, email's parser (recursive per level) is not run
 
 _BOM = b"\xef\xbb\xbf"
-_HIGH_OR_ESC = re.compile(r"[\x1b\x80-\U0010ffff]")
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _ANGLE = re.compile(r"<([^<>]*)>")
@@ -83,6 +82,12 @@ _LINE_ENDS = re.compile(r"\r\n?")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_:.\-]+)""", re.I)
 _NEXT_PARAM = re.compile(rb"\s*[A-Za-z0-9_\-]+(?:\*\d*)?\*?\s*=")
 _MULTIPART_DECL = re.compile(rb"content-type:\s*multipart/", re.I)
+_NOT_BASE64 = bytes(
+    b for b in range(256) if not (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/"))
+)
+_WHITESPACE = re.compile(r"\s+")
+_HTML_SPACE = re.compile(r"[ \t\r\n\f]+")
+_HEADER_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 _REPORT_PARTS = frozenset(
     {
         "message/delivery-status",
@@ -119,7 +124,7 @@ def _to_bytes(value: Any) -> bytes:
 
 def _b_decode(text: bytes) -> bytes:
     """Lenient base64 for encoded-words and bodies: skip junk, repair padding."""
-    cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", text)
+    cleaned = text.translate(None, _NOT_BASE64)  # re.sub(rb"[^A-Za-z0-9+/]", b"", text), in C
     cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
     try:
         return base64.b64decode(cleaned + b"=" * (-len(cleaned) % 4))
@@ -145,7 +150,12 @@ def decode_header(value: Any, problems: list[str] | None = None, *, name: str = 
     """
     if value is None:
         return ""
-    if isinstance(value, str) and "=?" not in value and not _HIGH_OR_ESC.search(value):
+    if (
+        isinstance(value, str)
+        and "=?" not in value
+        and value.isascii()  # with the next line: no [\x1b\x80-\U0010ffff], in C
+        and "\x1b" not in value
+    ):
         return _unfold_str(value)
     raw = _FOLD.sub(b"", _to_bytes(value)).strip()
     found: list[str] = []
@@ -177,7 +187,7 @@ def decode_header(value: Any, problems: list[str] | None = None, *, name: str = 
     out: list[str] = []
     for kind, data in pieces:
         if kind == "lit":
-            if re.search(rb"[\x1b\x80-\xff]", data):
+            if not data.isascii() or b"\x1b" in data:  # [\x1b\x80-\xff]
                 decoded = decode_text(data, None, short=True)
                 found.append("raw-8bit-header")
                 found.extend(decoded.problems)
@@ -202,7 +212,9 @@ def _same_charset(a: str, b: str) -> bool:
 
 
 def _unfold_str(value: str) -> str:
-    return re.sub(r"\r?\n(?=[ \t])", "", value).replace("\r", "").replace("\n", "").strip()
+    if "\n" not in value:  # nothing to unfold (most headers)
+        return value.replace("\r", "").strip()
+    return _HEADER_UNFOLD.sub("", value).replace("\r", "").replace("\n", "").strip()
 
 
 # --- parameters (Content-Type / Content-Disposition) --------------------------------
@@ -292,7 +304,7 @@ def _params(value: Any, problems: list[str]) -> tuple[str, dict[str, str]]:
             continue
         if b"=?" in val:
             result[name] = decode_header(val.replace(b'"', b""), problems, name="param")
-        elif re.search(rb"[\x1b\x80-\xff]", val):
+        elif not val.isascii() or b"\x1b" in val:  # [\x1b\x80-\xff]
             decoded = decode_text(val, None, short=True)
             result[name] = decoded.text
             for p in ["raw-8bit-param", *decoded.problems]:
@@ -307,7 +319,7 @@ def _params(value: Any, problems: list[str]) -> tuple[str, dict[str, str]]:
 
 
 def _normalise_addr(addr: str) -> str:
-    addr = re.sub(r"\s+", "", addr).strip("<>")
+    addr = _WHITESPACE.sub("", addr).strip("<>")
     if addr.lower().startswith("mailto:"):
         addr = addr[7:]
     if ":" in addr and addr.startswith("@"):  # source route <@a,@b:user@host>
@@ -419,7 +431,7 @@ class _TextExtractor(HTMLParser):
         if self.skip:
             return
         if not self.pre:
-            data = re.sub(r"[ \t\r\n\f]+", " ", data)
+            data = _HTML_SPACE.sub(" ", data)
         self.parts.append(data)
 
 
@@ -637,7 +649,7 @@ def _recover_multipart(payload: Any) -> list[Message] | None:
     boundary = m.group(1)
     if boundary.endswith(b"--") and len(boundary) > 2:
         boundary = boundary[:-2]
-    if b'"' in boundary or len(_MULTIPART_DECL.findall(data)) > MAX_NESTED_MULTIPART_DECLS:
+    if b'"' in boundary or _too_many_multipart_decls(data):
         return None
     head = b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n'
     try:
@@ -648,6 +660,17 @@ def _recover_multipart(payload: Any) -> list[Message] | None:
     if not isinstance(parts, list) or not parts:
         return None
     return [p for p in parts if isinstance(p, Message)]
+
+
+def _too_many_multipart_decls(data: bytes) -> bool:
+    """Whether ``data`` declares more than ``MAX_NESTED_MULTIPART_DECLS`` multiparts.
+
+    Every match of ``_MULTIPART_DECL`` holds its own "multipart/" (in any ASCII case), so
+    counting those in C first spares the case-insensitive scan of every mail (~10 us).
+    """
+    if data.lower().count(b"multipart/") <= MAX_NESTED_MULTIPART_DECLS:
+        return False
+    return len(_MULTIPART_DECL.findall(data)) > MAX_NESTED_MULTIPART_DECLS
 
 
 def _join(segments: list[_Segment]) -> str:
@@ -859,7 +882,7 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         return
 
     headers_only = False
-    if len(_MULTIPART_DECL.findall(raw)) > MAX_NESTED_MULTIPART_DECLS:
+    if _too_many_multipart_decls(raw):
         # email's feed parser recurses once per nesting level; refuse to let a
         # pathological message drive it into deep recursion. Headers only.
         problems.append("mime-too-deep")
