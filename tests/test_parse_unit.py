@@ -689,3 +689,58 @@ def test_iso2022jp_reads_as_the_bytewise_decoder_reads_it(data: bytes) -> None:
     from intake.charsets import _decode_iso2022jp_bytewise
 
     assert decode_iso2022jp(data) == _decode_iso2022jp_bytewise(data)
+
+
+# --- HTML: the plain-HTML tokenizer makes HTMLParser's calls (parse._extract_simple) --
+
+_HTML_PIECES = [
+    "<p>", "</p>", "<P>", "<br>", "<br/>", "<br />", "<BR>", "<div>", "</div>", "<td>",
+    "<th nowrap>", "</td>", "<tr>", "<pre>", "</pre>", "<b>", "</b>", "<li>", "<h1>",
+    '<p class="x">', "<p class='y' id=z>", "<font size=3>", "<img src=a.png/>",
+    '<img src="a.png"/>', "<img src=a/ >", '<a href="http://e.jp/?a=1&amp;b=2">', "</a>",
+    "<head>", "</head>", '<meta charset="utf-8">', "<title>", "</title>", "<script>",
+    "x<y", "</script>", "<style>", "</style>", "<!DOCTYPE html>", "<!-- c -->", "<!-->",
+    "<?xml?>", "<", ">", "&", "&amp;", "&nbsp;", "&#12354;", "&lt;p&gt;", "&amp", "&zz;",
+    "相談です", "abc", " ", "\n", "\r\n", "\t", "\f", "\u3000", "\xa0", "<p\u3000>",
+    "<a\nhref='x'>", "</p >", "< p>", "<p/>", "<textarea>", "</TEXTAREA>", "<1>", "</>",
+    "<br clear/>", "<td x=a/>", "<pre x=1/>", '<p a="<">', "<p a='&amp;'>", "<x-y>",
+    "</x-y>", "<noscript>",
+]  # fmt: skip
+
+
+def _html_reference(html: str) -> str:
+    """``html_to_text`` through HTMLParser alone, as it was before the tokenizer."""
+    import re
+
+    from intake.parse import _TextExtractor
+
+    parser = _TextExtractor()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:
+        return re.sub(r"<[^>]*>", "", html)
+    text = "".join(parser.parts).replace("\xa0", " ")
+    lines = [line.strip(" ") for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_HTML_PIECES), max_size=16).map("".join))
+def test_html_to_text_equals_htmlparsers_reading(html: str) -> None:
+    assert html_to_text(html) == _html_reference(html)
+
+
+def test_plain_carrier_html_takes_the_tokenizer() -> None:
+    from intake.parse import _extract_simple, _TextExtractor
+
+    html = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+        "<p>バイトの&nbsp;シフトが</p><br><div class=x>減りました</div></body></html>"
+    )
+    assert _extract_simple(html, _TextExtractor())
+    assert html_to_text(html) == _html_reference(html) == "バイトの シフトが\n\n減りました"
+    assert not _extract_simple("<!-- x --><p>a</p>", _TextExtractor())
+    # HTMLParser reads a script's or style's content as text: tags in it are not tags.
+    for html in ("<script><p>x</p></script>a", "<style><br></style>b<td x=a/>c"):
+        assert html_to_text(html) == _html_reference(html)
