@@ -605,6 +605,8 @@ def test_fast_evidence_equals_match() -> None:
     assert hash(fast) == hash(slow)
     assert pickle.loads(pickle.dumps(fast)) == slow
     assert fast.parts == ()
+    assert repr(fast) == repr(slow)
+    assert list(vars(fast).items()) == list(vars(slow).items())  # same fields, same order
     with pytest.raises(AttributeError):
         fast.rule = "other"  # type: ignore[misc]  # still frozen
 
