@@ -333,6 +333,9 @@ def _normalise_addr(addr: str) -> str:
 
 def _split_addresses(text: str) -> list[str]:
     """Split an address-list on commas outside quotes, angle brackets and comments."""
+    if "," not in text:  # one mailbox (most From and To headers): nothing to split
+        stripped = text.strip()
+        return [stripped] if stripped else []
     out: list[str] = []
     buf: list[str] = []
     quoted = angle = False
