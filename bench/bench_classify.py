@@ -124,11 +124,12 @@ def stages(rounds: int = 3) -> dict[str, float]:
     for a, hits in zip(analyses, judged, strict=True):
         triage._discount(a, hits, rules)
 
+    # the topic and signal hits as classify hands them on (in hit order)
+    topics = [[h for h in hits if h.pattern.kind == "topic"] for hits in judged]
+    signals = [[h for h in hits if h.pattern.kind == "signal"] for hits in judged]
+
     def evidence(i: int) -> None:
-        a = analyses[i]
-        for h in judged[i]:
-            if h.pattern.kind != "signal":
-                triage._to_match(a, h)
+        triage._kept_evidence(analyses[i], judged[i])
 
     def learned_tier(i: int) -> None:
         if learned is not None:
@@ -141,15 +142,13 @@ def stages(rounds: int = 3) -> dict[str, float]:
             analyses[i], fresh(i), rules
         ),
         "  of which copying the hits": fresh,
-        "evidence (spans and Match)": evidence,
+        "evidence (spans, Match, kinds)": evidence,
         "language": lambda i: triage.detect_language(texts[i]),
         "signal combinations": lambda i: triage._signal_matches(
-            analyses[i], judged[i], texts[i], "ja", rules
+            analyses[i], signals[i], texts[i], "ja", rules
         ),
         "reading tier pre-check": lambda i: triage._reading_may_match(analyses[i], rules, "相談"),
-        "topic scores": lambda i: triage._score(
-            (h for h in judged[i] if h.pattern.kind == "topic"), analyses[i], 2, 1.5
-        ),
+        "topic scores": lambda i: triage._score(topics[i], analyses[i], 2, 1.5),
         "learned tier": learned_tier,
         "classify_text, rules only": lambda i: classify_text("相談", texts[i][3:], rules),
     }

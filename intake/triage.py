@@ -850,6 +850,52 @@ def _to_match(a: Analysis, h: _Hit, start: int = -1, end: int = -1) -> Match:
     return _evidence(p.rule, p.kind, p.label, p.text, a.text[start:end], start, end, h.discounted)
 
 
+def _kept_evidence(a: Analysis, hits: list[_Hit]) -> tuple[list[Match], list[_Hit], list[_Hit]]:
+    """The evidence of the judged hits, and the topic and signal hits in hit order.
+
+    A pattern and its in-sentence variant may both hit the same words: each is reported
+    once (the first place, the last hit's verdict), and a Match is built only for what
+    is kept; signals report as combinations, not here. The same pass sorts the hits by
+    kind for the later steps (each used to filter all of them again). When the offset
+    map is the identity (nothing folded, or one character for one), a span is two list
+    lookups instead of an ``Analysis.span`` call.
+    """
+    kept: dict[tuple[str, str, int, int], tuple[_Hit, int, int]] = {}
+    topic_hits: list[_Hit] = []
+    signal_hits: list[_Hit] = []
+    if a.offsets.exact:
+        starts, ends = a.starts, a.ends
+        for h in hits:
+            p = h.pattern
+            kind = p.kind
+            if kind == "signal":
+                signal_hits.append(h)
+                continue
+            if kind == "topic":
+                topic_hits.append(h)
+            start, end = starts[h.first], ends[h.last]
+            kept[(p.rule, p.text, start, end)] = (h, start, end)
+    else:
+        span = a.span
+        for h in hits:
+            p = h.pattern
+            kind = p.kind
+            if kind == "signal":
+                signal_hits.append(h)
+                continue
+            if kind == "topic":
+                topic_hits.append(h)
+            start, end = span(h.first, h.last)
+            kept[(p.rule, p.text, start, end)] = (h, start, end)
+    original = a.text
+    matches = [
+        _evidence(p.rule, p.kind, p.label, p.text, original[start:end], start, end, h.discounted)
+        for h, start, end in kept.values()
+        for p in (h.pattern,)
+    ]
+    return matches, topic_hits, signal_hits
+
+
 def _score(
     hits: Iterable[_Hit], a: Analysis, subject_end: int, subject_weight: float
 ) -> dict[str, float]:
@@ -981,44 +1027,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     a = get_analyser().analyse(analysed)
     hits = _find(a, rules)
     _discount(a, hits, rules)
-    # A pattern and its in-sentence variant may both hit the same words: report once
-    # (the first place, the last hit's verdict), building a Match only for what is kept.
-    # One pass also sorts the hits by kind for the later steps (each used to filter all
-    # of them again), in hit order. When the offset map is the identity (nothing folded,
-    # or one character for one), a span is two list lookups instead of a span() call.
-    kept: dict[tuple[str, str, int, int], tuple[_Hit, int, int]] = {}
-    topic_hits: list[_Hit] = []
-    signal_hits: list[_Hit] = []
-    if a.offsets.exact:
-        starts, ends = a.starts, a.ends
-        for h in hits:
-            p = h.pattern
-            kind = p.kind
-            if kind == "signal":  # signals report as combinations
-                signal_hits.append(h)
-                continue
-            if kind == "topic":
-                topic_hits.append(h)
-            start, end = starts[h.first], ends[h.last]
-            kept[(p.rule, p.text, start, end)] = (h, start, end)
-    else:
-        span = a.span
-        for h in hits:
-            p = h.pattern
-            kind = p.kind
-            if kind == "signal":
-                signal_hits.append(h)
-                continue
-            if kind == "topic":
-                topic_hits.append(h)
-            start, end = span(h.first, h.last)
-            kept[(p.rule, p.text, start, end)] = (h, start, end)
-    original = a.text
-    matches = [
-        _evidence(p.rule, p.kind, p.label, p.text, original[start:end], start, end, h.discounted)
-        for h, start, end in kept.values()
-        for p in (h.pattern,)
-    ]
+    matches, topic_hits, signal_hits = _kept_evidence(a, hits)
     scripts = _Scripts.of(analysed)
     has_latin = scripts.latin > 0
     language = detect_language(analysed, scripts)
