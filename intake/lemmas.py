@@ -350,6 +350,13 @@ def _special_matches(text: str, pos: int) -> Iterator[re.Match[str]]:
         pos = m.end()  # every alternative consumes at least one character
 
 
+# The last text that needed folding and its result. Why: classify folds each mail twice,
+# once to analyse it and once more in the learned tier (``intake.learned.prepare``), and
+# the second time is then one string comparison. Both parts of the result are never
+# changed after they are made (like ``_NO_OFFSETS``), so sharing them is safe.
+_LAST_NORMALISED: tuple[str, tuple[str, _OffsetMap]] = ("", ("", _NO_OFFSETS))
+
+
 def normalise(text: str) -> tuple[str, _OffsetMap]:
     """Fold width, compatibility characters and casual elongation; keep an offset map."""
     # No match of _SPECIAL can start on a character outside _SPECIAL_START, so jumping
@@ -358,6 +365,10 @@ def normalise(text: str) -> tuple[str, _OffsetMap]:
     first = _SPECIAL_START(text)
     if first is None:
         return text, _NO_OFFSETS
+    global _LAST_NORMALISED
+    last_folded = _LAST_NORMALISED
+    if last_folded[0] == text:
+        return last_folded[1]
     parts: list[str] = []
     segments: list[tuple[int, int, int, int]] = []
     last = 0
@@ -382,7 +393,9 @@ def normalise(text: str) -> tuple[str, _OffsetMap]:
     if not segments:
         return text, _NO_OFFSETS
     parts.append(text[last:])
-    return "".join(parts), _OffsetMap(segments)
+    folded = "".join(parts), _OffsetMap(segments)
+    _LAST_NORMALISED = (text, folded)
+    return folded
 
 
 class Analyser:

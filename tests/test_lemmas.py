@@ -451,3 +451,20 @@ def test_one_for_one_folding_keeps_the_offset_map_exact() -> None:
     assert not analyse("ｼﾆﾀｲ").offsets.exact  # one run of four half-width characters
     assert not analyse("しにたーい").offsets.exact  # the elongation mark is dropped
     assert not analyse("１２月").offsets.exact  # a two-character run snaps inside it
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="しにたーいぃ〜ｼﾆﾀｲ！１あ漢 \n", max_size=12),
+    st.text(alphabet="しにたーいぃ〜ｼﾆﾀｲ！１あ漢 \n", max_size=12),
+)
+def test_normalise_remembers_only_the_very_same_text(first: str, second: str) -> None:
+    """The one-entry memo (the learned tier folds each mail again) never answers for
+    another text: folding ``second`` right after ``first`` gives what a cold call gives.
+    """
+    lemmas._LAST_NORMALISED = ("", ("", lemmas._NO_OFFSETS))
+    cold, cold_map = lemmas.normalise(second)
+    lemmas.normalise(first)
+    warm, warm_map = lemmas.normalise(second)
+    assert warm == cold
+    assert warm_map._segments == cold_map._segments and warm_map.exact == cold_map.exact
