@@ -225,5 +225,11 @@ def record_event(
     return event
 
 
+# ``json.dumps`` with any non-default option builds a new encoder on every call; this one
+# has the same options (so the same text) and is built once: a case stores four of them.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    """``json.dumps(value, ensure_ascii=False, default=str)``: what the JSON columns hold."""
+    return _ENCODER.encode(value)
