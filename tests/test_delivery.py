@@ -129,6 +129,17 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def _pool_running(root: int) -> bool:
+    """Has ``root`` started its prepare pool (a forkserver process below it)?"""
+    for pid in _descendants(root):
+        try:
+            if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_kill_9_during_large_batches_with_the_prepare_pool_loses_doubles_and_leaves_nothing(
     tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
 ) -> None:
@@ -154,7 +165,13 @@ def test_kill_9_during_large_batches_with_the_prepare_pool_loses_doubles_and_lea
         proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(2.0, 4.0))
+        # Kill at a random moment once the pool runs: a fixed delay from the start missed
+        # the pool altogether when start-up was slow (a loaded machine, a model to train).
+        waited = time.monotonic() + 120
+        while proc.poll() is None and not _pool_running(proc.pid):
+            assert time.monotonic() < waited, "the worker never started its prepare pool"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
         below = _descendants(proc.pid)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
