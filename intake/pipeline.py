@@ -257,7 +257,10 @@ def _matches_text(matches: list[Match]) -> str:
     for m in matches:
         rule, kind, topic, pattern, surface, start, end, why, parts = _MATCH_FIELDS(m)
         key = (rule, kind, topic, pattern, surface, why)
-        texts = _MATCH_TEXTS.get(key) or _match_texts(key)
+        try:
+            texts = _MATCH_TEXTS.get(key) or _match_texts(key)
+        except TypeError:  # an unhashable field (never made today): the dumps way below
+            texts = None
         if texts is None or parts or type(start) is not int or type(end) is not int:
             out.append(dumps(match_dict(m)))  # signal combinations (parts) and odd types
         else:

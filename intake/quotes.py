@@ -29,6 +29,7 @@ a header needs a date, an address or a "wrote" verb, or a ``>`` block right belo
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 __all__ = ["OWN_TEXT_MARKERS", "is_quote_header", "split_quoted"]
 
@@ -112,18 +113,25 @@ def is_quote_header(line: str, following: str = "") -> bool:
 # with a literal character and none is case-folded, so ``re`` scans for those characters
 # alone: ~4 us a mail against ~130 us for the per-line tests (``split_quoted`` ran on
 # every line of every mail). ``[^\S\n]`` keeps a match inside one line.
-_MAY_MATTER = re.compile(
-    r">|＞|:|：|,|--|_____|/[^\S\n]*\d|-[^\S\n]*\d|\.[^\S\n]*\d|年[^\S\n]*\d|書|メッセージ|"
-    + "|".join(re.escape(marker) for marker in OWN_TEXT_MARKERS)
+_MAY_MATTER_FIXED = (
+    r">|＞|:|：|,|--|_____|/[^\S\n]*\d|-[^\S\n]*\d|\.[^\S\n]*\d|年[^\S\n]*\d|書|メッセージ"
 )
 
 
+@lru_cache(maxsize=4)
+def _may_matter(markers: tuple[str, ...]) -> re.Pattern[str]:
+    """The pre-scan for the markers ``_split`` will test. Built from the markers in use
+    rather than once at import, so a changed ``OWN_TEXT_MARKERS`` (a new acknowledgement
+    wording) can never be skipped by the pre-scan and triaged as the resident's words."""
+    return re.compile("|".join([_MAY_MATTER_FIXED, *(re.escape(m) for m in markers)]))
+
+
 def _lines_that_may_matter(text: str) -> list[int]:
-    """Indexes (in ``text.split("\n")``) of the lines ``_MAY_MATTER`` finds something in."""
+    """Indexes (in ``text.split("\n")``) of the lines the pre-scan finds something in."""
     found: list[int] = []
     line = 0
     pos = 0  # start of line ``line``
-    search = _MAY_MATTER.search
+    search = _may_matter(OWN_TEXT_MARKERS).search
     while True:
         m = search(text, pos)
         if m is None:
@@ -146,7 +154,7 @@ def split_quoted(text: str) -> tuple[str, str]:
 
 def _split(lines: list[str], candidates: list[int] | None) -> tuple[str, str]:
     """The split of ``lines``; only the ``candidates`` lines (None: every line) are tested,
-    the others are new text without a test (see ``_MAY_MATTER``)."""
+    the others are new text without a test (see ``_may_matter``)."""
     n = len(lines)
     new: list[str] = []
     quoted: list[str] = []

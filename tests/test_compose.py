@@ -111,6 +111,7 @@ def test_evidence_json_of_a_field_of_another_type_is_what_dumps_writes() -> None
         Match("r", "topic", "money", "p", "s", True, 2),  # type: ignore[arg-type]
         Match("r", "topic", "money", "p", "s", Offset(3), 4),
         Match("r", "topic", 7, "p", "s", 1, 2),  # type: ignore[arg-type]
+        Match("r", "topic", ["money"], "p", "s", 1, 2),  # type: ignore[arg-type]  # unhashable
         Match("r", "topic", "money", "p", "s", 1, 2),
     ]
     assert matches_json(odd) == dumps([match_dict(m) for m in odd])

@@ -523,7 +523,7 @@ def test_split_quoted_outlook_header_block():
     assert quoted.startswith("From: 相談窓口")
 
 
-# The pre-scan (``quotes._MAY_MATTER``) only decides which lines are tested; the split must
+# The pre-scan (``quotes._may_matter``) only decides which lines are tested; the split must
 # be the one testing every line gives. Lines are drawn from pieces of every rule's trigger,
 # in both cases and full width, so the generator reaches the rules' edges.
 _QUOTE_PIECES = [
@@ -547,6 +547,20 @@ def test_split_quoted_prescan_gives_the_split_of_testing_every_line(lines: list[
 
     text = "\n".join(lines)
     assert split_quoted(text) == ((_split(text.split("\n"), None)) if text else ("", ""))
+
+
+def test_a_changed_acknowledgement_marker_is_still_split_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new opening line for our acknowledgement (a marker without a colon, quote mark or
+    date) must still cut our text off the reply: the pre-scan follows the markers in use.
+    Otherwise the acknowledgement's help-line wording is triaged as the resident's words."""
+    from intake import quotes
+
+    marker = "ご相談ありがとうございます。"
+    monkeypatch.setattr(quotes, "OWN_TEXT_MARKERS", (*quotes.OWN_TEXT_MARKERS, marker))
+    text = f"助けてください\n{marker}\nつらい時は電話してください"
+    assert quotes.split_quoted(text) == ("助けてください", f"{marker}\nつらい時は電話してください")
 
 
 def test_split_quoted_prescan_skips_only_lines_without_any_trigger() -> None:
