@@ -81,6 +81,38 @@ def cmd_once(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_skip_existing(args: argparse.Namespace) -> int:
+    """At installation: leave the mail already in the folder to staff (see README)."""
+    from imapclient.exceptions import IMAPClientError
+
+    from intake.fetch import Mailbox
+    from intake.locks import mailbox_lock
+    from intake.pipeline import skip_existing
+    from intake.store import open_database
+
+    settings = _settings(args)
+    engine = open_database(settings.database_url)
+    lock = mailbox_lock(engine, settings.mailbox.key)
+    if not lock.try_acquire():
+        print("error: a worker is polling this mailbox; stop it first", file=sys.stderr)
+        return 2
+    try:
+        with Mailbox(settings.mailbox) as mailbox:
+            count, top = skip_existing(
+                engine, mailbox, settings.mailbox.key, datetime.now().astimezone()
+            )
+    except (IntakeError, IMAPClientError, OSError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
+    print(
+        f"left {count} mails already in {settings.mailbox.folder} to staff (UIDs up to {top}); "
+        "from now on only mail that arrives is read, acknowledged and routed"
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from intake.pipeline import Service
     from intake.worker import run_worker
@@ -191,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("once", help="fetch new mail, process it, send what is due")
     ).set_defaults(func=cmd_once)
     with_config(sub.add_parser("run", help="the long-running worker")).set_defaults(func=cmd_run)
+    with_config(
+        sub.add_parser(
+            "skip-existing",
+            help="at installation only: leave the mail already in the folder to staff",
+        )
+    ).set_defaults(func=cmd_skip_existing)
     with_config(sub.add_parser("digest", help="send partner digests now")).set_defaults(
         func=cmd_digest
     )

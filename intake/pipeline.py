@@ -53,6 +53,7 @@ from intake.compose import (
     template_environment,
 )
 from intake.config import Settings
+from intake.errors import IntakeError
 from intake.fetch import Mailbox
 from intake.letter import Letter
 from intake.parse import parse
@@ -1276,3 +1277,42 @@ def _hand_over(
     if pool is None or pool.disabled or len(items) < POOL_MIN_BATCH:
         return None
     return pool.submit([raw for _uid, raw, _when in items])
+
+
+def skip_existing(engine: Engine, mailbox: Mailbox, key: str, now: datetime) -> tuple[int, int]:
+    """At installation: leave the mail already in the folder to staff; return (count, UID).
+
+    Why: on its first start the service reads the whole folder, which is right after an
+    outage but not for a mailbox that staff have been answering by hand: every resident
+    there would get a late acknowledgement and the on-call person an alert per old urgent
+    mail. This moves the cursor to the folder's highest UID instead, records an event and
+    touches no mail (it stays in the folder, unread flags unchanged). Only before the
+    first run: once the service has read mail of this mailbox it raises ``IntakeError``,
+    so it can never be used to skip mail that arrived while the service was running.
+    """
+    state = mailbox.state
+    if state is None:
+        raise IntakeError("mailbox is not open")
+    with session_scope(engine) as session:
+        cursor = get_cursor(session, key)
+        stored = session.exec(
+            select(func.count()).select_from(StoredMessage).where(StoredMessage.mailbox == key)
+        ).one()
+        if cursor.last_uid > 0 or stored:
+            raise IntakeError(
+                f"the service has already read mailbox {key} (up to UID {cursor.last_uid}, "
+                f"{stored} mails stored): skip-existing works only before the first run"
+            )
+        uids = mailbox.new_uids(0)
+        top = max(uids, default=0)
+        cursor.uidvalidity = state.uidvalidity
+        cursor.last_uid = top
+        record_event(
+            session,
+            "skipped-existing",
+            detail=f"{key}: {len(uids)} mails present at installation (UIDs up to {top}, "
+            f"UIDVALIDITY {state.uidvalidity}) left to staff",
+            at=now,
+        )
+    log.info("existing mail left to staff", extra={"mails": len(uids), "uid": top})
+    return len(uids), top

@@ -259,3 +259,33 @@ def test_coordinator_overview_lists_every_case_in_full(
     text = text_of(overview)
     assert text.count("受付番号:") == 6  # every case, whichever partner owns it
     assert "hanako.test@example.jp" in text  # the city sees senders
+
+
+def test_skip_existing_leaves_old_mail_to_staff_and_reads_only_new_mail(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """Installed on a mailbox staff have been answering by hand: `skip-existing` before the
+    first run means no late acknowledgement and no alert for the old mail (it stays in the
+    folder), while mail that arrives afterwards is handled as always. It refuses once the
+    service has read the mailbox, so it can never skip mail that came in while running."""
+    config = write_config(tmp_path, dovecot, smtp_server)
+    for i in range(3):
+        dovecot.append(
+            samples.consultation(f"old{i}.test@example.jp", "相談", "もう死にたいです。")
+        )
+    skipped = run_service("skip-existing", config=config, password=dovecot.password)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "left 3 mails" in skipped.stdout
+    new = samples.consultation("new.test@example.jp", "相談", "一人暮らしで話し相手がいません。")
+    dovecot.append(new)
+    once = run_service("once", config=config, password=dovecot.password)
+    assert once.returncode == 0, once.stderr
+    assert "cases 1," in once.stdout
+    received = settled(smtp_server, 1.0)
+    assert [r for m in received for r in m.rcpt_tos] == ["new.test@example.jp"]
+    with dovecot.connect() as client:
+        client.select_folder("INBOX", readonly=True)
+        assert len(client.search(["ALL"])) == 4  # the old mail is still there, for staff
+    again = run_service("skip-existing", config=config, password=dovecot.password)
+    assert again.returncode == 2
+    assert "only before the first run" in again.stderr
