@@ -670,7 +670,11 @@ def _too_many_multipart_decls(data: bytes) -> bool:
 
     Every match of ``_MULTIPART_DECL`` holds its own "multipart/" (in any ASCII case), so
     counting those in C first spares the case-insensitive scan of every mail (~10 us).
+    Each match also holds one ":", and counting those needs no lower-cased copy of the
+    mail (20 MB more at the peak for a 20 MB mail), so that count comes first.
     """
+    if data.count(b":") <= MAX_NESTED_MULTIPART_DECLS:
+        return False
     if data.lower().count(b"multipart/") <= MAX_NESTED_MULTIPART_DECLS:
         return False
     return len(_MULTIPART_DECL.findall(data)) > MAX_NESTED_MULTIPART_DECLS
