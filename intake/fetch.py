@@ -68,6 +68,7 @@ class Mailbox:
         self.attempts = attempts
         self.client: IMAPClient | None = None
         self.state: FolderState | None = None
+        self._exists: int | None = None  # messages in the folder, as last announced
 
     def __enter__(self) -> Mailbox:
         self.open()
@@ -127,6 +128,8 @@ class Mailbox:
             ) from exc
         client.normalise_times = False  # keep INTERNALDATE's zone (aware datetimes)
         self.client = client
+        exists = info.get(b"EXISTS")
+        self._exists = int(exists) if exists is not None else None
         self._news_reported()  # SELECT's own EXISTS is not news: the first poll follows
         uidnext = info.get(b"UIDNEXT")
         self.state = FolderState(
@@ -234,10 +237,23 @@ class Mailbox:
         finally:
             _text, done = client.idle_done()
             self._news_reported()  # answered here; the poll that follows will look
+        for response in responses:  # keep the count in step (imapclient parsed these)
+            if isinstance(response, tuple) and len(response) >= 2:
+                if response[1] == b"EXISTS" and isinstance(response[0], int):
+                    self._exists = response[0]
+                elif response[1] == b"EXPUNGE" and self._exists is not None:
+                    self._exists -= 1
         return bool(responses or done)
 
     def _news_reported(self) -> bool:
-        """Did a command's answer since the last look include an EXISTS? Forget them all.
+        """Did a command's answer since the last look announce a new message count
+        (EXISTS)? Forget those answers.
+
+        Only a count that differs from the last one known counts as news (each EXPUNGE
+        announced meanwhile lowers the known count by one): a server that repeated an
+        unchanged EXISTS on every NOOP would otherwise keep the worker polling without
+        pause. A stale count can only make the worker miss the fast path, never mail:
+        it polls after every wait anyway.
 
         imaplib keeps every unsolicited response in ``untagged_responses`` until the next
         SELECT, and imapclient does not read EXISTS from there; the worker never reselects,
@@ -247,6 +263,16 @@ class Mailbox:
         record = getattr(self._client()._imap, "untagged_responses", None)
         if not isinstance(record, dict):
             return False
-        news = "EXISTS" in record
+        exists = record.get("EXISTS")
+        expunged = len(record.get("EXPUNGE") or ())
         record.clear()
-        return news
+        known = self._exists - expunged if self._exists is not None else None
+        if not exists:
+            self._exists = known
+            return False
+        try:
+            count = int(exists[-1])
+        except (TypeError, ValueError):
+            return True  # unreadable: look (one poll), as before
+        self._exists = count
+        return count != known

@@ -1,0 +1,54 @@
+"""Pure logic of the IMAP edge (``intake.fetch``); the Dovecot tests are in test_worker."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from intake.config import MailboxSettings, Secret
+from intake.fetch import Mailbox
+
+
+def _mailbox(known: int | None, record: dict[str, list[bytes]]) -> Mailbox:
+    mailbox = Mailbox(
+        MailboxSettings(
+            host="127.0.0.1", port=1, security="plain", username="u", password=Secret(env="X")
+        )
+    )
+    fake: Any = SimpleNamespace(_imap=SimpleNamespace(untagged_responses=record))
+    mailbox.client = fake
+    mailbox._exists = known
+    return mailbox
+
+
+def test_an_unchanged_exists_repeated_by_the_server_is_not_news() -> None:
+    """Some servers repeat EXISTS on every NOOP: taking that as news would make the worker
+    poll without pause."""
+    record = {"EXISTS": [b"5"], "RECENT": [b"0"]}
+    mailbox = _mailbox(5, record)
+    assert not mailbox._news_reported()
+    assert record == {}  # forgotten: imaplib's record does not grow for the worker's life
+
+
+def test_a_higher_count_is_news() -> None:
+    mailbox = _mailbox(5, {"EXISTS": [b"6"]})
+    assert mailbox._news_reported()
+    assert mailbox._exists == 6
+
+
+def test_a_mail_that_arrives_as_another_is_expunged_is_news() -> None:
+    """Same count as before, but one of them is new: the EXPUNGE lowered the known count."""
+    mailbox = _mailbox(6, {"EXPUNGE": [b"2"], "EXISTS": [b"6"]})
+    assert mailbox._news_reported()
+
+
+def test_an_expunge_alone_is_not_news_but_lowers_the_count() -> None:
+    mailbox = _mailbox(6, {"EXPUNGE": [b"2"]})
+    assert not mailbox._news_reported()
+    assert mailbox._exists == 5
+    mailbox.client._imap.untagged_responses["EXISTS"] = [b"6"]  # type: ignore[union-attr]
+    assert mailbox._news_reported()  # a new mail brings it back to 6
+
+
+def test_without_a_known_count_any_exists_is_news() -> None:
+    assert _mailbox(None, {"EXISTS": [b"3"]})._news_reported()
