@@ -91,6 +91,15 @@ def cmd_skip_existing(args: argparse.Namespace) -> int:
     from intake.store import open_database
 
     settings = _settings(args)
+    if settings.mailbox.move_to:
+        # Checked before connecting: opening with move_to creates that folder and selects
+        # the inbox read-write.
+        print(
+            "error: skip-existing cannot be used with [mailbox] move_to: the housekeeping "
+            "would move the mail left to staff out of the folder; remove move_to first",
+            file=sys.stderr,
+        )
+        return 2
     engine = open_database(settings.database_url)
     lock = mailbox_lock(engine, settings.mailbox.key)
     if not lock.try_acquire():
@@ -107,8 +116,9 @@ def cmd_skip_existing(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     print(
-        f"left {count} mails already in {settings.mailbox.folder} to staff (UIDs up to {top}); "
-        "from now on only mail that arrives is read, acknowledged and routed"
+        f"left {count} mail(s) already in {settings.mailbox.folder} to staff "
+        f"(UIDs up to {top}); from now on only mail that arrives is read, acknowledged "
+        "and routed"
     )
     return 0
 

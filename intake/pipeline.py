@@ -64,6 +64,7 @@ from intake.rules import RuleSet, load_rules
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
     Case,
+    Cursor,
     Event,
     Outbox,
     StoredMessage,
@@ -1287,26 +1288,35 @@ def skip_existing(engine: Engine, mailbox: Mailbox, key: str, now: datetime) -> 
     there would get a late acknowledgement and the on-call person an alert per old urgent
     mail. This moves the cursor to the folder's highest UID instead, records an event and
     touches no mail (it stays in the folder, unread flags unchanged). Only before the
-    first run: once the service has read mail of this mailbox it raises ``IntakeError``,
-    so it can never be used to skip mail that arrived while the service was running.
+    first run: once the service has polled this mailbox at all (a cursor row exists, even
+    for an empty folder) or stored mail of it, it raises ``IntakeError``, so it can never
+    skip mail that arrived while the service was running. Not with ``move_to``: the
+    housekeeping moves every mail up to the cursor out of the folder.
     """
     state = mailbox.state
     if state is None:
         raise IntakeError("mailbox is not open")
+    if mailbox.settings.move_to:
+        raise IntakeError(
+            "skip-existing cannot be used with [mailbox] move_to: the housekeeping would move "
+            "the mail left to staff out of the folder; remove move_to first"
+        )
+    # The SEARCH before the transaction: no write lock is held while the server answers.
+    # A mail that arrives after it has a higher UID and is read as new mail.
+    uids = mailbox.new_uids(0)
+    top = max(uids, default=0)
     with session_scope(engine) as session:
-        cursor = get_cursor(session, key)
+        cursor = session.get(Cursor, key)
         stored = session.exec(
             select(func.count()).select_from(StoredMessage).where(StoredMessage.mailbox == key)
         ).one()
-        if cursor.last_uid > 0 or stored:
+        if cursor is not None or stored:
             raise IntakeError(
-                f"the service has already read mailbox {key} (up to UID {cursor.last_uid}, "
-                f"{stored} mails stored): skip-existing works only before the first run"
+                f"the service has already polled mailbox {key} "
+                f"(up to UID {cursor.last_uid if cursor else 0}, {stored} mails stored): "
+                "skip-existing works only before the first run"
             )
-        uids = mailbox.new_uids(0)
-        top = max(uids, default=0)
-        cursor.uidvalidity = state.uidvalidity
-        cursor.last_uid = top
+        session.add(Cursor(mailbox=key, uidvalidity=state.uidvalidity, last_uid=top))
         record_event(
             session,
             "skipped-existing",

@@ -275,7 +275,7 @@ def test_skip_existing_leaves_old_mail_to_staff_and_reads_only_new_mail(
         )
     skipped = run_service("skip-existing", config=config, password=dovecot.password)
     assert skipped.returncode == 0, skipped.stderr
-    assert "left 3 mails" in skipped.stdout
+    assert "left 3 mail(s)" in skipped.stdout
     new = samples.consultation("new.test@example.jp", "相談", "一人暮らしで話し相手がいません。")
     dovecot.append(new)
     once = run_service("once", config=config, password=dovecot.password)
@@ -289,3 +289,40 @@ def test_skip_existing_leaves_old_mail_to_staff_and_reads_only_new_mail(
     again = run_service("skip-existing", config=config, password=dovecot.password)
     assert again.returncode == 2
     assert "only before the first run" in again.stderr
+
+
+def test_skip_existing_is_refused_after_a_first_poll_of_an_empty_folder(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """A first `once` on an empty folder (a folder of its own, day one) already means the
+    service is running: a mail that arrives afterwards must never be skipped."""
+    config = write_config(tmp_path, dovecot, smtp_server)
+    first = run_service("once", config=config, password=dovecot.password)
+    assert first.returncode == 0, first.stderr
+    dovecot.append(samples.consultation("later.test@example.jp", "相談", "もう死にたいです。"))
+    skipped = run_service("skip-existing", config=config, password=dovecot.password)
+    assert skipped.returncode == 2
+    assert "only before the first run" in skipped.stderr
+    once = run_service("once", config=config, password=dovecot.password)
+    assert "cases 1," in once.stdout and "alerts queued 1" in once.stdout
+
+
+def test_skip_existing_is_refused_with_move_to_and_moves_nothing(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """With housekeeping on, the mail left to staff would be moved out at the first poll."""
+    config = write_config(tmp_path, dovecot, smtp_server)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace(
+            "poll_interval = 1", 'poll_interval = 1\nmove_to = "Done"'
+        ),
+        encoding="utf-8",
+    )
+    dovecot.append(samples.consultation("old.test@example.jp", "相談", "話を聞いてほしいです。"))
+    skipped = run_service("skip-existing", config=config, password=dovecot.password)
+    assert skipped.returncode == 2
+    assert "move_to" in skipped.stderr
+    with dovecot.connect() as client:
+        assert not client.folder_exists("Done")
+        client.select_folder("INBOX", readonly=True)
+        assert len(client.search(["ALL"])) == 1
