@@ -236,14 +236,19 @@ class Mailbox:
             responses = list(client.idle_check(timeout=min(seconds, IDLE_RENEW_SECONDS)))
         finally:
             _text, done = client.idle_done()
-            self._news_reported()  # answered here; the poll that follows will look
-        for response in responses:  # keep the count in step (imapclient parsed these)
+        for response in responses:  # keep the count in step, in the order they came
             if isinstance(response, tuple) and len(response) >= 2:
                 if response[1] == b"EXISTS" and isinstance(response[0], int):
                     self._exists = response[0]
                 elif response[1] == b"EXPUNGE" and self._exists is not None:
                     self._exists -= 1
+        self._news_reported()  # then the answers to DONE; the poll that follows will look
         return bool(responses or done)
+
+    def forget_news(self) -> None:
+        """Drop what commands announced (keeping the count in step) without waiting: for
+        the worker's loops that do not wait in IDLE, so the record cannot grow."""
+        self._news_reported()
 
     def _news_reported(self) -> bool:
         """Did a command's answer since the last look announce a new message count
@@ -266,6 +271,12 @@ class Mailbox:
         exists = record.get("EXISTS")
         expunged = len(record.get("EXPUNGE") or ())
         record.clear()
+        if exists and expunged:
+            # imaplib keeps one list per response name, so which came first is lost (a
+            # poll's EXISTS, then our own MOVE's EXPUNGE?): the count is unknown until the
+            # next EXISTS, and this may be news.
+            self._exists = None
+            return True
         known = self._exists - expunged if self._exists is not None else None
         if not exists:
             self._exists = known

@@ -173,6 +173,7 @@ class Worker:
             if not self.lock.try_acquire():
                 # Another worker polls this mailbox; this one keeps sending (scheduler jobs)
                 # and tries again, taking over when the holder dies.
+                mailbox.forget_news()
                 self.stopping.wait(min(5.0, settings.poll_interval))
                 continue
             report = process_new_mail(
@@ -199,6 +200,7 @@ class Worker:
             if mailbox.state and mailbox.state.idle:
                 mailbox.wait(1.0)
             else:
+                mailbox.forget_news()
                 self.stopping.wait(settings.poll_interval)
 
 

@@ -42,6 +42,19 @@ def test_a_mail_that_arrives_as_another_is_expunged_is_news() -> None:
     assert mailbox._news_reported()
 
 
+def test_exists_and_expunge_in_one_record_leave_the_count_unknown() -> None:
+    """imaplib loses their order: "* 2 EXISTS" (a poll) then "* 1 EXPUNGE" (our own MOVE)
+    must not leave the count one too high, or the next mail (announced as "* 1 EXISTS")
+    would look like no news and wait out the IDLE."""
+    mailbox = _mailbox(1, {"EXISTS": [b"2"], "EXPUNGE": [b"1"]})
+    assert mailbox._news_reported()
+    record = mailbox.client._imap.untagged_responses  # type: ignore[union-attr]
+    record["EXPUNGE"] = [b"1"]
+    assert not mailbox._news_reported()
+    record["EXISTS"] = [b"1"]
+    assert mailbox._news_reported()
+
+
 def test_an_expunge_alone_is_not_news_but_lowers_the_count() -> None:
     mailbox = _mailbox(6, {"EXPUNGE": [b"2"]})
     assert not mailbox._news_reported()
