@@ -865,28 +865,21 @@ def _kept_evidence(a: Analysis, hits: list[_Hit]) -> tuple[list[Match], list[_Hi
     signal_hits: list[_Hit] = []
     if a.offsets.exact:
         starts, ends = a.starts, a.ends
-        for h in hits:
-            p = h.pattern
-            kind = p.kind
-            if kind == "signal":
-                signal_hits.append(h)
-                continue
-            if kind == "topic":
-                topic_hits.append(h)
-            start, end = starts[h.first], ends[h.last]
-            kept[(p.rule, p.text, start, end)] = (h, start, end)
+
+        def span(first: int, last: int) -> tuple[int, int]:
+            return starts[first], ends[last]
     else:
         span = a.span
-        for h in hits:
-            p = h.pattern
-            kind = p.kind
-            if kind == "signal":
-                signal_hits.append(h)
-                continue
-            if kind == "topic":
-                topic_hits.append(h)
-            start, end = span(h.first, h.last)
-            kept[(p.rule, p.text, start, end)] = (h, start, end)
+    for h in hits:
+        p = h.pattern
+        kind = p.kind
+        if kind == "signal":
+            signal_hits.append(h)
+            continue
+        if kind == "topic":
+            topic_hits.append(h)
+        start, end = span(h.first, h.last)
+        kept[(p.rule, p.text, start, end)] = (h, start, end)
     original = a.text
     matches = [
         _evidence(p.rule, p.kind, p.label, p.text, original[start:end], start, end, h.discounted)
