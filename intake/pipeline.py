@@ -1280,13 +1280,17 @@ def _hand_over(
     return pool.submit([raw for _uid, raw, _when in items])
 
 
+SKIP_FETCH_BATCH = 200  # mails fetched at a time to hash them (skip_existing)
+
+
 def skip_existing(engine: Engine, mailbox: Mailbox, key: str, now: datetime) -> tuple[int, int]:
     """At installation: leave the mail already in the folder to staff; return (count, UID).
 
     Why: on its first start the service reads the whole folder, which is right after an
     outage but not for a mailbox that staff have been answering by hand: every resident
     there would get a late acknowledgement and the on-call person an alert per old urgent
-    mail. This moves the cursor to the folder's highest UID instead, records an event and
+    mail. This moves the cursor to the folder's highest UID instead, keeps a hash-only
+    row (status "skipped") per mail so a later rescan recognises it, records an event and
     touches no mail (it stays in the folder, unread flags unchanged). Only before the
     first run: once the service has polled this mailbox at all (a cursor row exists, even
     for an empty folder) or stored mail of it, it raises ``IntakeError``, so it can never
@@ -1301,10 +1305,20 @@ def skip_existing(engine: Engine, mailbox: Mailbox, key: str, now: datetime) -> 
             "skip-existing cannot be used with [mailbox] move_to: the housekeeping would move "
             "the mail left to staff out of the folder; remove move_to first"
         )
-    # The SEARCH before the transaction: no write lock is held while the server answers.
-    # A mail that arrives after it has a higher UID and is read as new mail.
+    # IMAP before the transaction: no write lock is held while the server answers. A mail
+    # that arrives after the SEARCH has a higher UID and is read as new mail.
     uids = mailbox.new_uids(0)
     top = max(uids, default=0)
+    # A hash-only row per skipped mail (no raw bytes, no text: staff have the mail in the
+    # folder), so that a rescan after a recreated folder (new UIDVALIDITY) recognises it
+    # as already handled, as it recognises stored mail, instead of acknowledging it late.
+    rows: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(uids), SKIP_FETCH_BATCH):
+        for uid, raw, when in mailbox.fetch(uids[start : start + SKIP_FETCH_BATCH]):
+            sha = hashlib.sha256(raw).hexdigest()
+            row = _message_row(key, state.uidvalidity, sha, uid, raw, when, 0, now)
+            row.update(raw=None, status="skipped")
+            rows.setdefault(sha, row)  # the same mail twice in the folder: one row
     with session_scope(engine) as session:
         cursor = session.get(Cursor, key)
         stored = session.exec(
@@ -1317,6 +1331,8 @@ def skip_existing(engine: Engine, mailbox: Mailbox, key: str, now: datetime) -> 
                 "skip-existing works only before the first run"
             )
         session.add(Cursor(mailbox=key, uidvalidity=state.uidvalidity, last_uid=top))
+        if rows:
+            session.connection().execute(insert(_MESSAGES), list(rows.values()))
         record_event(
             session,
             "skipped-existing",

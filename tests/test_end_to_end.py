@@ -289,6 +289,14 @@ def test_skip_existing_leaves_old_mail_to_staff_and_reads_only_new_mail(
     again = run_service("skip-existing", config=config, password=dovecot.password)
     assert again.returncode == 2
     assert "only before the first run" in again.stderr
+    # The folder restored under a new UIDVALIDITY: read again, but the skipped mail is
+    # recognised (hash-only rows) like the stored one: no late acknowledgement, no alert.
+    dovecot.recreate_mailbox()
+    rescan = run_service("once", config=config, password=dovecot.password)
+    assert rescan.returncode == 0, rescan.stderr
+    assert "fetched 4," in rescan.stdout and "cases 0," in rescan.stdout
+    assert "acks queued 0, alerts queued 0" in rescan.stdout
+    assert len(settled(smtp_server, 1.0)) == 1
 
 
 def test_skip_existing_is_refused_after_a_first_poll_of_an_empty_folder(
