@@ -185,6 +185,14 @@ class Mailbox:
                 when = None  # a server that gave no zone: use our own clock instead
             yield uid, bytes(raw), when if isinstance(when, datetime) else None
 
+    def sizes(self, uids: list[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID (a few bytes a mail on the wire): lets a caller that
+        reads a whole folder fetch it in batches of bounded bytes, not of a mail count."""
+        if not uids:
+            return {}
+        data = self._client().fetch(uids, [b"RFC822.SIZE"])
+        return {uid: int(d.get(b"RFC822.SIZE", 0)) for uid, d in data.items()}
+
     def move_done(self, uids: list[int]) -> int:
         """Housekeeping: move stored mail to ``move_to`` (MOVE, RFC 6851, when offered; else
         COPY + \\Deleted + UID EXPUNGE). Called only after the cases are committed."""

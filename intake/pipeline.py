@@ -1280,7 +1280,26 @@ def _hand_over(
     return pool.submit([raw for _uid, raw, _when in items])
 
 
-SKIP_FETCH_BATCH = 200  # mails fetched at a time to hash them (skip_existing)
+SKIP_FETCH_MAILS = 200  # skip_existing fetches at most this many mails at a time,
+SKIP_FETCH_BYTES = 20 * 1024 * 1024  # and about this many bytes (one mail may be larger)
+
+
+def _by_size(uids: list[int], sizes: dict[int, int]) -> list[list[int]]:
+    """``uids`` in batches of at most SKIP_FETCH_MAILS mails and about SKIP_FETCH_BYTES:
+    a folder of large attachments must not be held in memory 200 mails at a time."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if batch and (len(batch) >= SKIP_FETCH_MAILS or total + size > SKIP_FETCH_BYTES):
+            batches.append(batch)
+            batch, total = [], 0
+        batch.append(uid)
+        total += size
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def skip_existing(engine: Engine, mailbox: Mailbox, key: str, now: datetime) -> tuple[int, int]:
@@ -1313,8 +1332,8 @@ def skip_existing(engine: Engine, mailbox: Mailbox, key: str, now: datetime) -> 
     # folder), so that a rescan after a recreated folder (new UIDVALIDITY) recognises it
     # as already handled, as it recognises stored mail, instead of acknowledging it late.
     rows: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(uids), SKIP_FETCH_BATCH):
-        for uid, raw, when in mailbox.fetch(uids[start : start + SKIP_FETCH_BATCH]):
+    for batch in _by_size(uids, mailbox.sizes(uids)):
+        for uid, raw, when in mailbox.fetch(batch):
             sha = hashlib.sha256(raw).hexdigest()
             row = _message_row(key, state.uidvalidity, sha, uid, raw, when, 0, now)
             row.update(raw=None, status="skipped")

@@ -65,3 +65,16 @@ def test_an_expunge_alone_is_not_news_but_lowers_the_count() -> None:
 
 def test_without_a_known_count_any_exists_is_news() -> None:
     assert _mailbox(None, {"EXISTS": [b"3"]})._news_reported()
+
+
+def test_a_whole_folder_is_fetched_in_batches_of_bounded_bytes() -> None:
+    """skip-existing reads every mail once to hash it: large attachments must not be held
+    200 at a time, and a mail larger than the bound still goes, alone."""
+    from intake.pipeline import SKIP_FETCH_BYTES, SKIP_FETCH_MAILS, _by_size
+
+    part = SKIP_FETCH_BYTES * 3 // 4  # two of these do not fit in one batch
+    sizes = {1: 3000, 2: part, 3: part, 4: 3 * SKIP_FETCH_BYTES, 5: 3000}
+    assert _by_size([1, 2, 3, 4, 5], sizes) == [[1, 2], [3], [4], [5]]
+    small = list(range(1, 2 * SKIP_FETCH_MAILS + 2))
+    batches = _by_size(small, dict.fromkeys(small, 3000))
+    assert [len(b) for b in batches] == [SKIP_FETCH_MAILS, SKIP_FETCH_MAILS, 1]
