@@ -306,16 +306,20 @@ class PreparePool:
             "prepare pool failed; preparing the batch in this process",
             extra={"error": why, "failures": self.failures},
         )
-        self._executor = None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
+        self._forget_executor()
         if executor is not None:
             _stop(executor, kill=True)
         if self.failures >= MAX_FAILURES:
             self.disabled = True
             log.warning("prepare pool switched off after repeated failures",
                         extra={"failures": self.failures})  # fmt: skip
+
+    def _forget_executor(self) -> None:
+        """No current pool (the caller stops the old one): the next batch starts a new one."""
+        self._executor = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
 
     def _refuse(self, executor: ProcessPoolExecutor | None) -> None:
         """The children found other rules on disk than the worker's: switch the pool off
@@ -330,10 +334,7 @@ class PreparePool:
             "until the worker restarts (restart it to apply the new rules)"
         )
         if executor is self._executor:
-            self._executor = None
-            if self._finalizer is not None:
-                self._finalizer.detach()
-                self._finalizer = None
+            self._forget_executor()
         if executor is not None:
             _stop(executor, kill=True)
 
