@@ -75,15 +75,21 @@ from intake.lemmas import normalise, to_hiragana
 
 EXAMPLES_FILE = "examples.jsonl"
 
-# The labelled corpora the shipped examples are built from. ``triage_holdout4.jsonl`` is
-# deliberately absent: it is the one corpus neither the rules nor this model have seen.
+# The labelled corpora the shipped examples are built from. ``triage_holdout4/5/6.jsonl``
+# are deliberately absent: they are the corpora neither the rules nor this model have
+# seen, the only honest measure of how triage does on mail nobody wrote rules for.
 SOURCE_FILES = (
     "triage_dev.jsonl",
     "triage_dev_extra.jsonl",
     "triage_holdout.jsonl",
     "triage_holdout2.jsonl",
     "triage_holdout3.jsonl",
+    "triage_dev_extra2.jsonl",
+    "triage_dev_extra3.jsonl",
+    "triage_dev_extra4.jsonl",
+    "triage_dev_extra5.jsonl",
 )
+UNSEEN_FILES = ("triage_holdout4.jsonl", "triage_holdout5.jsonl", "triage_holdout6.jsonl")
 KEPT_FIELDS = ("id", "subject", "text", "urgent", "topic")
 
 TARGET_RECALL = 0.97  # out-of-fold recall the threshold must reach on the examples

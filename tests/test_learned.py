@@ -20,6 +20,7 @@ from intake.learned import (
     EXAMPLES_FILE,
     KEPT_FIELDS,
     SOURCE_FILES,
+    UNSEEN_FILES,
     UrgencyModel,
     cache_dir,
     cache_key,
@@ -353,11 +354,23 @@ def test_rebuild_writes_the_union_of_the_sources_with_kept_fields_only(tmp_path:
     assert all(set(r) == set(KEPT_FIELDS) for r in rows)
 
 
-def test_shipped_examples_never_include_the_unseen_holdout(
+def test_shipped_examples_never_include_the_unseen_holdouts(
     examples: list[dict[str, Any]],
 ) -> None:
-    assert "triage_holdout4.jsonl" not in SOURCE_FILES
-    assert not [e["id"] for e in examples if str(e["id"]).startswith("h4-")]
+    assert not set(UNSEEN_FILES) & set(SOURCE_FILES)
+    assert not [e["id"] for e in examples if str(e["id"]).startswith(("h4-", "h5-", "h6-"))]
+
+
+def test_shipped_examples_are_the_rebuild_of_the_source_files(tmp_path: Path) -> None:
+    """A corpus added to SOURCE_FILES without ``rebuild`` would never reach the model."""
+    data = Path(__file__).resolve().parent / "data"
+    if not all((data / name).exists() for name in SOURCE_FILES):
+        pytest.skip("the labelled corpora are not all present")
+    out = tmp_path / EXAMPLES_FILE
+    rebuild_examples(data, out)
+    assert out.read_text(encoding="utf-8") == (RULES_DIR / EXAMPLES_FILE).read_text(
+        encoding="utf-8"
+    )
 
 
 def test_recall_threshold_is_the_score_of_the_last_positive_needed() -> None:
