@@ -570,19 +570,23 @@ def load_model(rules_dir: Path) -> UrgencyModel | None:
     return model
 
 
-def learned_urgent(model: UrgencyModel, subject: str, text: str) -> list[str] | None:
+def learned_urgent(
+    model: UrgencyModel, subject: str, text: str, *, threshold: float | None = None
+) -> list[str] | None:
     """The words that explain an urgent score, or None when the model has no case.
 
-    None when the score is below the threshold, and also when no n-gram of the mail
-    pushed the score up: then the score is the intercept alone (an empty mail, or one
-    in a script the examples never used), which is the model knowing nothing, not
-    evidence of a crisis. An urgent verdict therefore always names words of the mail.
-    Below the threshold (most mail) the explanation is never computed.
+    None when the score is below the threshold (the model's own, or a stricter
+    ``threshold`` the caller asks for), and also when no n-gram of the mail pushed the
+    score up: then the score is the intercept alone (an empty mail, or one in a script
+    the examples never used), which is the model knowing nothing, not evidence of a
+    crisis. An urgent verdict therefore always names words of the mail. Below the
+    threshold (most mail) the explanation is never computed.
     """
-    if model.probability(subject, text) < model.threshold:
+    bar = model.threshold if threshold is None else max(threshold, model.threshold)
+    if model.probability(subject, text) < bar:
         return None
     p, words = model.score(subject, text)
-    if p < model.threshold or not words:
+    if p < bar or not words:
         return None
     return words
 

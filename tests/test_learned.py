@@ -115,6 +115,17 @@ def test_obvious_benign_mail_scores_below_the_threshold(model: UrgencyModel) -> 
     assert learned_urgent(model, *BENIGN) is None
 
 
+def test_a_caller_may_ask_for_a_stricter_threshold_but_not_a_looser_one(
+    model: UrgencyModel,
+) -> None:
+    p = model.probability(*CRISIS)
+    assert p >= model.threshold
+    assert learned_urgent(model, *CRISIS, threshold=min(1.0, p + 0.01)) is None
+    assert learned_urgent(model, *CRISIS, threshold=0.0) == learned_urgent(model, *CRISIS)
+    p_benign = model.probability(*BENIGN)
+    assert learned_urgent(model, *BENIGN, threshold=p_benign / 2) is None  # still model's bar
+
+
 def test_explanation_quotes_words_present_in_the_mail(model: UrgencyModel) -> None:
     words = learned_urgent(model, *CRISIS)
     assert words

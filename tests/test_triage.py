@@ -271,6 +271,25 @@ def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> 
     assert urgent(rules, text)
 
 
+def test_short_mail_the_rules_miss_is_caught_by_the_learned_tier(rules: RuleSet) -> None:
+    # Ten characters, no rule word: before, mail under 30 characters never reached the
+    # learned tier, so it rested on the phrase rules alone.
+    triage = classify_text("", "今夜ぜんぶおわらせる", rules)
+    assert triage.urgent
+    assert [m.rule for m in triage.urgent_reasons] == ["learned.urgent"]
+
+
+def test_short_mail_must_pass_the_stricter_learned_threshold(rules: RuleSet) -> None:
+    from intake.triage import _LEARNED_SHORT_THRESHOLD
+
+    text = "花火を橋の上から見た"
+    assert rules.learned is not None
+    score = rules.learned.probability("", text)
+    # the case this guards: above the model's usual bar, below the short-mail one
+    assert rules.learned.threshold <= score < _LEARNED_SHORT_THRESHOLD
+    assert not classify_text("", text, rules).urgent
+
+
 @pytest.mark.parametrize(
     "text",
     [
