@@ -67,6 +67,8 @@ DISCOUNTS = ("idiom", "reported", "resolved-past")
 # Optional per-rule keys that widen how far apart a pattern's parts may be: a two-part
 # "means + intent" rule (ロープ ... 買った) needs more room than a set phrase.
 WINDOW_KEYS = ("gap", "sentences")
+# max_chars above this would no longer describe "a mail of a few words"
+MAX_CHARS_LIMIT = 200
 
 Segments = tuple[tuple[frozenset[str], ...], ...]
 
@@ -86,6 +88,9 @@ class Pattern:
     variant: bool = False  # the same pattern as MeCab splits it inside a sentence
     gap: int | None = None  # words allowed between parts; None = settings.gap
     sentences: int = 1  # how many consecutive sentences the parts may spread over
+    # counts only in a mail of at most this many characters (subject and body, spaces not
+    # counted); None = any length. See ``urgent.short`` in urgent.toml.
+    max_chars: int | None = None
 
     @property
     def where(self) -> str:
@@ -538,6 +543,9 @@ class RuleSet:
     # id(pattern) -> its place in build_index's order: the patterns that start at one
     # token are tried in this order, so evidence comes out the same on every run
     order: dict[int, int] = field(default_factory=dict, repr=False)
+    # True when some pattern has ``max_chars``: only then does classify measure the mail
+    # and drop the hits of patterns meant for shorter mail
+    has_max_chars: bool = False
     # key -> the one-word patterns whose word carries it (they match wherever a token
     # carries the key, with no further check)
     single: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
@@ -861,6 +869,7 @@ class _Loader:
         key: str = "patterns",
         gap: int | None = None,
         sentences: int = 1,
+        max_chars: int | None = None,
     ) -> list[Pattern]:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             self.problem(src.path, line, f"{rule_id}: {key} must be a list of strings")
@@ -901,6 +910,7 @@ class _Loader:
                     variant=alternation,
                     gap=gap,
                     sentences=sentences,
+                    max_chars=max_chars,
                 )
                 scoped = kind in ("exclusion", "signal")  # one word may serve two concepts
                 dup_key = (f"{kind}:{label if scoped else ''}", segments)
@@ -1032,7 +1042,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             loader.unknown_keys(
                 src,
                 table,
-                {"id", "category", "reportable", "patterns", "note", *WINDOW_KEYS},
+                {"id", "category", "reportable", "patterns", "note", "max_chars", *WINDOW_KEYS},
                 line,
             )
             category = table.get("category")
@@ -1041,6 +1051,21 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 continue
             if table.get("reportable", False):
                 reportable.add(rule_id)
+            max_chars = table.get("max_chars")
+            if max_chars is not None and (
+                not isinstance(max_chars, int)
+                or isinstance(max_chars, bool)
+                or not 1 <= max_chars <= MAX_CHARS_LIMIT
+            ):
+                loader.problem(
+                    src.path,
+                    line,
+                    f"{rule_id}: max_chars must be a whole number of characters from 1 to "
+                    f"{MAX_CHARS_LIMIT} (the longest mail the rule is meant for), "
+                    f"not {max_chars!r}",
+                )
+                continue
+            rules.has_max_chars = rules.has_max_chars or max_chars is not None
             rules.urgent_patterns += loader.patterns(
                 src,
                 rule_id,
@@ -1049,6 +1074,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 kind="urgent",
                 label=category,
                 weight=1.0,
+                max_chars=max_chars,
                 **loader.window(src, rule_id, line, table),
             )
         loader.check_shadowed(rules.urgent_patterns)

@@ -413,6 +413,30 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     return hits
 
 
+def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
+    """Keep the hits of patterns meant for short mail (``max_chars``) only where they fit.
+
+    Why a length at all: a mail that is nothing but 死ぬ or 助けて is a cry for help, while
+    the same word in a long mail is usually an idiom or a story, which the other rules
+    judge in context. Length counts the subject and body without spaces, as
+    ``_LEARNED_MIN_CHARS`` does. In a short mail such a hit is also dropped where an
+    urgent or exclusion pattern without a length already explains its words (死にたいとか
+    ではない is judged, negation and all, by the wish rule; 死ぬほど by the idiom), so a
+    few-words rule only ever speaks for words nothing else has judged.
+    """
+    chars = len("".join((subject + text).split()))
+    covered: set[int] = set()
+    for h in hits:
+        if h.pattern.max_chars is None and h.pattern.kind in ("urgent", "exclusion"):
+            covered.update(range(h.first, h.last + 1))
+    return [
+        h
+        for h in hits
+        if h.pattern.max_chars is None
+        or (chars <= h.pattern.max_chars and covered.isdisjoint(range(h.first, h.last + 1)))
+    ]
+
+
 def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
     """Set ``discounted`` on topic/urgent hits that must not count."""
     by_rule: dict[str, list[_Hit]] = {}
@@ -1029,6 +1053,8 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     analysed = subject + "\n" + text
     a = get_analyser().analyse(analysed)
     hits = _find(a, rules)
+    if rules.has_max_chars:
+        hits = _for_length(hits, subject, text)
     _discount(a, hits, rules)
     matches, topic_hits, signal_hits = _kept_evidence(a, hits)
     scripts = _Scripts.of(analysed)

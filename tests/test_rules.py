@@ -205,6 +205,20 @@ def test_bad_window_setting_is_reported(tmp_path: Path, key: str, value: object)
     assert key in problem.message and problem.line == 2
 
 
+@pytest.mark.parametrize("value", ["0", "-3", '"15"', "true", "500"])
+def test_bad_max_chars_is_reported_with_its_rule_line(tmp_path: Path, value: str) -> None:
+    write_rules(tmp_path, urgent=URGENT_OK + f"max_chars = {value}\n")
+    (problem,) = check_rules(tmp_path)
+    assert "max_chars" in problem.message and problem.line == 2
+
+
+def test_max_chars_rule_is_loaded_on_its_patterns(tmp_path: Path) -> None:
+    rules = load_rules(write_rules(tmp_path, urgent=URGENT_OK + "max_chars = 12\n"))
+    assert rules.has_max_chars
+    assert {p.max_chars for p in rules.urgent_patterns} == {12}
+    assert not load_rules(write_rules(tmp_path)).has_max_chars
+
+
 def test_exclusion_may_name_a_single_urgent_rule(tmp_path: Path) -> None:
     ok = EXCLUSIONS_OK + (
         '\n[[rule]]\nid = "exclusion.x"\ndiscount = "reported"\n'

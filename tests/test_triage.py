@@ -271,6 +271,44 @@ def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> 
     assert urgent(rules, text)
 
 
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("", "しぬ"),
+        ("", "死ぬね"),
+        ("消", "きえる"),
+        ("", "助けて"),
+        ("", "もう無理"),
+        ("あ", "いまから飛ぶ"),
+    ],
+)
+def test_a_mail_of_a_few_crisis_words_is_urgent(rules: RuleSet, subject: str, text: str) -> None:
+    triage = classify_text(subject, text, rules)
+    assert triage.urgent
+    assert all(m.rule.startswith("urgent.short.") for m in triage.urgent_reasons)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死なないよ",
+        "死ぬほど眠い",
+        "死ぬかと思った",
+        "助けてくれてありがとう",
+        "もう無理じゃないよ",
+    ],
+)
+def test_a_few_words_that_negate_or_joke_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not classify_text("", text, rules).urgent
+
+
+def test_few_words_rules_do_not_count_in_a_longer_mail(rules: RuleSet) -> None:
+    text = "昨日見たホラー映画で、主人公の友達が最初に死ぬ場面がこわかったです"
+    triage = classify_text("映画の話", text, rules)
+    assert not [m for m in triage.matches if m.rule.startswith("urgent.short.")]
+    assert not triage.urgent
+
+
 def test_short_mail_the_rules_miss_is_caught_by_the_learned_tier(rules: RuleSet) -> None:
     # Ten characters, no rule word: before, mail under 30 characters never reached the
     # learned tier, so it rested on the phrase rules alone.
