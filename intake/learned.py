@@ -88,6 +88,11 @@ SOURCE_FILES = (
     "triage_dev_extra3.jsonl",
     "triage_dev_extra4.jsonl",
     "triage_dev_extra5.jsonl",
+    "triage_dev_extra6.jsonl",
+    "triage_dev_extra7.jsonl",
+    "triage_dev_extra8.jsonl",
+    "triage_dev_extra9.jsonl",
+    "triage_dev_extra10.jsonl",
 )
 UNSEEN_FILES = ("triage_holdout4.jsonl", "triage_holdout5.jsonl", "triage_holdout6.jsonl")
 KEPT_FIELDS = ("id", "subject", "text", "urgent", "topic")
