@@ -28,7 +28,19 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from intake.learned import FOLDS, MIN_THRESHOLD, MODEL_FORMAT, SEED, TARGET_RECALL, C, prepare
+from intake.learned import (
+    FOLDS,
+    MIN_CHARS,
+    MIN_THRESHOLD,
+    MODEL_FORMAT,
+    SEED,
+    SHORT_CHARS,
+    SHORT_THRESHOLD,
+    TARGET_RECALL,
+    C,
+    prepare,
+    text_chars,
+)
 
 
 def vectorizer() -> TfidfVectorizer:
@@ -103,6 +115,12 @@ def train_data(
     threshold = max(recall_threshold(oof, labels, target_recall), MIN_THRESHOLD)
     flagged = oof >= threshold
     tp = int((flagged & (labels == 1)).sum())
+    chars = np.array([text_chars(e.get("subject", ""), e.get("text", "")) for e in examples])
+    short = (chars >= MIN_CHARS) & (chars < SHORT_CHARS)
+    short_flagged = oof >= max(SHORT_THRESHOLD, threshold)
+    short_urgent, short_calm = short & (labels == 1), short & (labels == 0)
+    short_recall = float(short_flagged[short_urgent].mean()) if short_urgent.any() else None
+    short_rate = float(short_flagged[short_calm].mean()) if short_calm.any() else None
     vec, clf = fit(docs, labels)
     sign = 1.0 if clf.classes_[1] == 1 else -1.0
     weights = sign * clf.coef_[0].astype(np.float64)
@@ -118,6 +136,9 @@ def train_data(
             "examples": len(labels),
             "urgent": urgent,
             "folds": folds,
+            "short_recall": short_recall,
+            "short_flagged": short_rate,
+            "short_examples": int(short.sum()),
         },
         "grams": grams,
     }

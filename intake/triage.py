@@ -418,13 +418,13 @@ def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
 
     Why a length at all: a mail that is nothing but 死ぬ or 助けて is a cry for help, while
     the same word in a long mail is usually an idiom or a story, which the other rules
-    judge in context. Length counts the subject and body without spaces, as
-    ``_LEARNED_MIN_CHARS`` does. In a short mail such a hit is also dropped where an
+    judge in context. Length counts the subject and body without spaces
+    (``intake.learned.text_chars``). In a short mail such a hit is also dropped where an
     urgent or exclusion pattern without a length already explains its words (死にたいとか
     ではない is judged, negation and all, by the wish rule; 死ぬほど by the idiom), so a
     few-words rule only ever speaks for words nothing else has judged.
     """
-    chars = len("".join((subject + text).split()))
+    chars = len("".join((subject + text).split()))  # = intake.learned.text_chars
     covered: set[int] = set()
     for h in hits:
         if h.pattern.max_chars is None and h.pattern.kind in ("urgent", "exclusion"):
@@ -1011,28 +1011,15 @@ def _crisis_default(text: str, urgent_reasons: list[Match]) -> str:
     return "isolation"
 
 
-# On short mails single n-grams swing the learned score (橋の上から花火を見た scores ~0.8),
-# so a mail under _LEARNED_SHORT_CHARS characters (spaces not counted) must reach the
-# stricter _LEARNED_SHORT_THRESHOLD, and under _LEARNED_MIN_CHARS the tier stays silent
-# (three or four characters are no statistics; the phrase rules decide those). Why not
-# leave short mail to the rules alone, as before: they missed 25 of the 104 short urgent
-# training mails (bare verbs, hiragana runs MeCab splits oddly, slang). Measured out of
-# fold on the 1,940 examples, mails of 10-29 characters: at 0.85 the tier catches 0.38 of
-# the short urgent ones and flags 0.5 % of the short non-urgent ones (0 of the ordinary
-# ones); at the model's usual 0.7 it would flag 12 %, mostly idioms and look-alikes.
-_LEARNED_MIN_CHARS = 10
-_LEARNED_SHORT_CHARS = 30
-_LEARNED_SHORT_THRESHOLD = 0.85
-
-
 def _learned_match(model: Any, subject: str, text: str, analysed: str) -> Match | None:
     """The learned tier's verdict as evidence: the n-grams of the mail that weighed most."""
-    from intake.learned import learned_urgent
+    from intake.learned import MIN_CHARS, SHORT_CHARS, SHORT_THRESHOLD, learned_urgent, text_chars
 
-    chars = len("".join((subject + text).split()))
-    if chars < _LEARNED_MIN_CHARS:
+    chars = text_chars(subject, text)
+    if chars < MIN_CHARS:
         return None  # a few words are too little for n-gram statistics; rules decide those
-    short = _LEARNED_SHORT_THRESHOLD if chars < _LEARNED_SHORT_CHARS else None
+    # short mail must pass a stricter bar (see intake.learned.SHORT_THRESHOLD)
+    short = SHORT_THRESHOLD if chars < SHORT_CHARS else None
     words = learned_urgent(model, subject, text, threshold=short)
     if not words:
         return None

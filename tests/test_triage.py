@@ -318,13 +318,13 @@ def test_short_mail_the_rules_miss_is_caught_by_the_learned_tier(rules: RuleSet)
 
 
 def test_short_mail_must_pass_the_stricter_learned_threshold(rules: RuleSet) -> None:
-    from intake.triage import _LEARNED_SHORT_THRESHOLD
+    from intake.learned import SHORT_THRESHOLD
 
     text = "花火を橋の上から見た"
     assert rules.learned is not None
     score = rules.learned.probability("", text)
     # the case this guards: above the model's usual bar, below the short-mail one
-    assert rules.learned.threshold <= score < _LEARNED_SHORT_THRESHOLD
+    assert rules.learned.threshold <= score < SHORT_THRESHOLD
     assert not classify_text("", text, rules).urgent
 
 
