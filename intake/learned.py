@@ -75,7 +75,7 @@ from intake.lemmas import normalise, to_hiragana
 
 EXAMPLES_FILE = "examples.jsonl"
 
-# The labelled corpora the shipped examples are built from. ``triage_holdout4/5/6.jsonl``
+# The labelled corpora the shipped examples are built from. ``triage_holdout4`` to ``7``
 # are deliberately absent: they are the corpora neither the rules nor this model have
 # seen, the only honest measure of how triage does on mail nobody wrote rules for.
 SOURCE_FILES = (
@@ -94,7 +94,12 @@ SOURCE_FILES = (
     "triage_dev_extra9.jsonl",
     "triage_dev_extra10.jsonl",
 )
-UNSEEN_FILES = ("triage_holdout4.jsonl", "triage_holdout5.jsonl", "triage_holdout6.jsonl")
+UNSEEN_FILES = (
+    "triage_holdout4.jsonl",
+    "triage_holdout5.jsonl",
+    "triage_holdout6.jsonl",
+    "triage_holdout7.jsonl",
+)
 KEPT_FIELDS = ("id", "subject", "text", "urgent", "topic")
 
 TARGET_RECALL = 0.97  # out-of-fold recall the threshold must reach on the examples

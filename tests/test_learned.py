@@ -378,7 +378,14 @@ def test_shipped_examples_never_include_the_unseen_holdouts(
     examples: list[dict[str, Any]],
 ) -> None:
     assert not set(UNSEEN_FILES) & set(SOURCE_FILES)
-    assert not [e["id"] for e in examples if str(e["id"]).startswith(("h4-", "h5-", "h6-"))]
+    assert not [e["id"] for e in examples if str(e["id"]).startswith(("h4-", "h5-", "h6-", "h7-"))]
+
+
+def test_every_labelled_corpus_is_either_training_data_or_an_unseen_holdout() -> None:
+    """A new corpus must be placed on purpose: trained on, or kept unseen."""
+    data = Path(__file__).resolve().parent / "data"
+    corpora = {p.name for p in data.glob("*.jsonl")}
+    assert corpora == set(SOURCE_FILES) | set(UNSEEN_FILES)
 
 
 def test_shipped_examples_are_the_rebuild_of_the_source_files(tmp_path: Path) -> None:
