@@ -62,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -216,12 +216,13 @@ class UrgencyModel:
 
     def __init__(
         self,
-        grams: dict[str, tuple[float, float]],
+        grams: Mapping[str, Sequence[float]],
         intercept: float,
         threshold: float,
         cv: CVFigures,
     ) -> None:
-        self.grams = grams
+        # No dict of the grams is kept: at 73,000 n-grams it cost the worker ~16 MB, and
+        # the arrays below hold the same numbers (``to_data`` rebuilds it for the cache).
         self.intercept = intercept
         self.threshold = threshold
         self.cv = cv
@@ -231,18 +232,31 @@ class UrgencyModel:
         self._special_code = {c: chr(_PRIVATE_FIRST + i) for i, c in enumerate(specials)}
         self._unknown = chr(_PRIVATE_FIRST + len(specials))
         self._sentinel = chr(_PRIVATE_FIRST + len(specials) + 1) * 3
-        keyed = []
+        # Plain lists and NumPy arrays, sorted by key with one argsort: a list of 73,000
+        # Python tuples here (and a dict of the grams) raised the worker's peak by ~20 MB.
+        texts: list[str] = []
+        numbers: list[float] = []
         for gram, (idf, weight) in grams.items():
             if not 2 <= len(gram) <= 4:
                 raise ValueError(f"n-gram of {len(gram)} characters in the model")
-            keyed.append((_key(self._fold_special(gram)), gram, idf, weight))
-        keyed.sort()
-        self._keys = np.array([k[0] for k in keyed], dtype=np.uint64)  # sorted
-        self._grams = [k[1] for k in keyed]
-        self._idf = np.array([k[2] for k in keyed], dtype=np.float64)
-        self._weight = np.array([k[3] for k in keyed], dtype=np.float64)
-        if len(set(self._keys.tolist())) != len(keyed):
+            texts.append(str(gram))
+            numbers += (float(idf), float(weight))
+        keys = np.fromiter(
+            (_key(self._fold_special(g)) for g in texts), dtype=np.uint64, count=len(texts)
+        )
+        order = np.argsort(keys, kind="stable")
+        self._keys = keys[order]  # sorted
+        if len(texts) > 1 and not (self._keys[1:] > self._keys[:-1]).all():
             raise ValueError("two n-grams of the model have the same key")
+        pairs = np.array(numbers, dtype=np.float64).reshape(-1, 2)[order]
+        self._idf = np.ascontiguousarray(pairs[:, 0])
+        self._weight = np.ascontiguousarray(pairs[:, 1])
+        # The n-grams as one string and their end offsets, not 73,000 small str objects:
+        # those were made while the model's JSON was decoded, stayed scattered among its
+        # freed lists and floats, and kept ~20 MB of the worker's heap from being reused.
+        ordered = [texts[i] for i in order.tolist()]
+        self._gram_text = "".join(ordered)
+        self._gram_end = np.cumsum([len(g) for g in ordered], dtype=np.int64)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> UrgencyModel:
@@ -250,9 +264,8 @@ class UrgencyModel:
         try:
             if data["format"] != MODEL_FORMAT:
                 raise ValueError(f"model format {data['format']!r}, expected {MODEL_FORMAT}")
-            grams = {str(g): (float(v[0]), float(v[1])) for g, v in data["grams"].items()}
             cv = CVFigures(**data["cv"])
-            return cls(grams, float(data["intercept"]), float(data["threshold"]), cv)
+            return cls(data["grams"], float(data["intercept"]), float(data["threshold"]), cv)
         except (KeyError, TypeError, IndexError, AttributeError) as e:
             raise ValueError(f"malformed model data ({e!r})") from e
 
@@ -263,8 +276,18 @@ class UrgencyModel:
             "threshold": self.threshold,
             "intercept": self.intercept,
             "cv": asdict(self.cv),
-            "grams": {g: list(v) for g, v in self.grams.items()},
+            "grams": {
+                self._gram(i): [idf, weight]
+                for i, (idf, weight) in enumerate(
+                    zip(self._idf.tolist(), self._weight.tolist(), strict=True)
+                )
+            },
         }
+
+    def _gram(self, i: int) -> str:
+        """The model's ``i``-th n-gram (in key order)."""
+        start = int(self._gram_end[i - 1]) if i else 0
+        return self._gram_text[start : int(self._gram_end[i])]
 
     def _fold_special(self, text: str) -> str:
         return _SPECIAL.sub(lambda m: self._special_code.get(m.group(), self._unknown), text)
@@ -340,9 +363,9 @@ class UrgencyModel:
         scikit-learn-era implementation did, so the chosen set is the same.
         """
         contrib = (values * self._weight[indices]).tolist()
-        grams = self._grams
+        gram = self._gram
         ranked = sorted(
-            ((c, grams[i]) for c, i in zip(contrib, indices.tolist(), strict=True) if c > 0),
+            ((c, gram(i)) for c, i in zip(contrib, indices.tolist(), strict=True) if c > 0),
             key=lambda cg: -cg[0],
         )
         top = _TOP_FEATURES
