@@ -141,6 +141,40 @@ def test_foreign_crisis_is_urgent_with_language_and_topic_other(
     assert t.urgent and t.language == language and t.topic == "other"
 
 
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("Ya no aguanto más. Mi jefe me golpea todos los días.", "urgent.foreign.es"),
+        ("Llevo tres días sin comer y no tengo dónde dormir.", "urgent.foreign.es"),
+        ("Saya tidak mau hidup lagi. Bos memukul saya setiap hari.", "urgent.foreign.id"),
+        ("Ayoko nang mabuhay. Walang makain dito.", "urgent.foreign.tl"),
+        ("หนูอยากตาย ไม่มีใครช่วยเลย", "urgent.foreign.th"),
+        ("मलाई मर्न मन छ। कसैले बुझ्दैन।", "urgent.foreign.south_asia"),
+        ("আমি মরতে চাই। কেউ নেই।", "urgent.foreign.south_asia"),
+        ("ខ្ញុំចង់ស្លាប់", "urgent.foreign.km_mn"),
+        ("Би үхмээр байна.", "urgent.foreign.km_mn"),
+    ],
+)
+def test_crisis_in_the_languages_of_the_citys_interns_is_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("", text, rules)
+    assert t.urgent and t.topic == "other"
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hola, ¿hay clases de japonés gratis los sábados?",
+        "Apakah ada acara komunitas Indonesia bulan depan?",
+        "สวัสดีค่ะ อยากทราบเวลาเปิดทำการค่ะ",
+    ],
+)
+def test_everyday_mail_in_those_languages_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not classify_text("", text, rules).urgent
+
+
 def test_foreign_everyday_question_is_not_urgent(rules: RuleSet) -> None:
     t = classify_text(
         "Question", "Hello, do you offer consultations in English on Saturdays?", rules
