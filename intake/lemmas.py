@@ -66,6 +66,19 @@ _SPECIAL_START = re.compile(
 ).search
 _SMALL_TO_BIG = str.maketrans("ぁぃぅぇぉ", "あいうえお")
 _HAS_SPACE = re.compile(r"\s").search
+# A space between two Japanese characters; three or more of them, at least one per eight
+# characters of the line, is a line written with spaces between words (わかちがき), as
+# foreign residents are taught in Japanese class: there a space is a word boundary, not
+# the end of a sentence (see Analyser.analyse).
+_WORD_SPACE = re.compile(r"(?<=[ぁ-ゖァ-ヺー一-龯々]) (?=[ぁ-ゖァ-ヺー一-龯々])")
+
+
+def _spaced_words(line: str) -> bool:
+    """Is ``line`` written with a space between words (わかちがき)?"""
+    spaces = len(_WORD_SPACE.findall(line))
+    return spaces >= 3 and spaces * 8 >= len(line)
+
+
 _KATAKANA_RUN = re.compile(r"[ァ-ヺ][ァ-ヺー]+")
 _KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
 _KATA_TO_HIRA = str.maketrans({chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)})
@@ -639,13 +652,14 @@ class Analyser:
                 continue
             cursor = 0
             find = line.find
+            spaced = _spaced_words(line)
             for info in line_infos:
                 surface = info.surface
                 found = find(surface, cursor)
                 if found != cursor:
                     if found < 0:  # surface changed by MeCab (should not happen): re-sync
                         found = cursor
-                    elif line[cursor:found].isspace():
+                    elif not spaced and line[cursor:found].isspace():
                         sentence += (
                             1  # a space between words ends a "sentence" in unpunctuated mail
                         )

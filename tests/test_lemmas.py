@@ -468,3 +468,11 @@ def test_normalise_remembers_only_the_very_same_text(first: str, second: str) ->
     warm, warm_map = lemmas.normalise(second)
     assert warm == cold
     assert warm_map._segments == cold_map._segments and warm_map.exact == cold_map.exact
+
+
+def test_spaced_words_are_told_from_pauses() -> None:
+    from intake.lemmas import _spaced_words
+
+    assert _spaced_words("にほん に きて 一ねん です")
+    assert not _spaced_words("疲れた ほんとに もう")  # two pauses in a short line
+    assert not _spaced_words("I want to talk to someone")  # Latin words are not Japanese

@@ -175,6 +175,15 @@ def test_everyday_mail_in_those_languages_is_not_urgent(rules: RuleSet, text: st
     assert not classify_text("", text, rules).urgent
 
 
+def test_words_written_with_spaces_between_them_still_form_phrases(rules: RuleSet) -> None:
+    # わかちがき, as foreign residents learn to write: a space there is a word boundary,
+    # and used to end a "sentence", so no phrase of two or more words could match.
+    text = "こんにちは。わたし もう つかれた。ともだち に ふく ぜんぶ あげた。"
+    t = classify_text("しつもん", text, rules)
+    assert t.urgent
+    assert "urgent.farewell" in {m.rule for m in t.urgent_reasons}
+
+
 def test_foreign_everyday_question_is_not_urgent(rules: RuleSet) -> None:
     t = classify_text(
         "Question", "Hello, do you offer consultations in English on Saturdays?", rules
