@@ -332,6 +332,26 @@ def test_a_mail_of_a_few_crisis_words_is_urgent(rules: RuleSet, subject: str, te
 
 
 @pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("生まれてきてごめんなさい", "urgent.suicidal.wish"),
+        ("もう自分を消したい", "urgent.suicidal.wish"),
+        ("浪人してまた落ちた。親に合わせる顔がない。死んでわびるしかない", "urgent.suicidal.wish"),
+        ("窓から飛ぼうか迷ってる", "urgent.suicidal.means"),
+    ],
+)
+def test_self_erasing_wishes_and_a_jump_from_a_window_are_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in {m.rule for m in classify_text("", text, rules).urgent_reasons}
+
+
+@pytest.mark.parametrize("text", ["自分の消しゴムを消したい", "橋から飛ぶ鳥を撮影した"])
+def test_the_same_words_in_everyday_sense_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not classify_text("", text, rules).urgent
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "死なないよ",
@@ -339,6 +359,8 @@ def test_a_mail_of_a_few_crisis_words_is_urgent(rules: RuleSet, subject: str, te
         "死ぬかと思った",
         "助けてくれてありがとう",
         "もう無理じゃないよ",
+        "祖母が死んだ。いい人だった",
+        "猫が死んじゃった",
     ],
 )
 def test_a_few_words_that_negate_or_joke_are_not_urgent(rules: RuleSet, text: str) -> None:
