@@ -514,7 +514,17 @@ def cache_key(examples_raw: bytes) -> str:
     h.update(examples_raw)
     h.update(
         repr(
-            (MODEL_FORMAT, TARGET_RECALL, MIN_THRESHOLD, FOLDS, SEED, C, MIN_CHARS, SHORT_CHARS)
+            (
+                MODEL_FORMAT,
+                TARGET_RECALL,
+                MIN_THRESHOLD,
+                FOLDS,
+                SEED,
+                C,
+                MIN_CHARS,
+                SHORT_CHARS,
+                SHORT_THRESHOLD,
+            )
         ).encode()
     )
     here = Path(__file__).resolve().parent

@@ -31,7 +31,7 @@ import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -231,7 +231,16 @@ class Analysis:
     ends: list[int]
     sentences: list[int]  # sentence number of each token
     offsets: _OffsetMap
+    # The sentence numbers the phrase tier matches in (``triage._find``): the same list
+    # as ``sentences`` except on lines written with spaces between words (わかちがき),
+    # where a space is a word boundary for a phrase but still ends a sentence for
+    # negation, exclusions and signal windows (their reach must not grow with it).
+    phrases: list[int] = field(default_factory=list)
     _reading: tuple[str, list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.phrases:
+            self.phrases = self.sentences
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -621,6 +630,7 @@ class Analyser:
         ends: list[int] = []
         sentences: list[int] = []
         sentence = 0
+        skips: list[int] = []  # first token after each space that ends no phrase
         tokens_of = self._tokens
         pos = 0
         for line in norm.split("\n"):
@@ -659,10 +669,12 @@ class Analyser:
                 if found != cursor:
                     if found < 0:  # surface changed by MeCab (should not happen): re-sync
                         found = cursor
-                    elif not spaced and line[cursor:found].isspace():
+                    elif line[cursor:found].isspace():
                         sentence += (
                             1  # a space between words ends a "sentence" in unpunctuated mail
                         )
+                        if spaced:
+                            skips.append(len(infos))  # ... but not a phrase in わかちがき
                 cursor = found + len(surface)
                 kind = info.kind
                 if kind:
@@ -677,7 +689,16 @@ class Analyser:
                 starts.append(line_start + found)
                 ends.append(line_start + cursor)
                 sentences.append(sentence)
-        return Analysis(text, norm, infos, starts, ends, sentences, offsets)
+        phrases = sentences
+        if skips:
+            phrases = []
+            k = less = 0
+            for i, number in enumerate(sentences):
+                while k < len(skips) and skips[k] <= i:
+                    less += 1
+                    k += 1
+                phrases.append(number - less)
+        return Analysis(text, norm, infos, starts, ends, sentences, offsets, phrases)
 
     def _special(
         self,

@@ -282,6 +282,26 @@ _COMMON_KEYS = frozenset(
     ]
 )
 _NON_LATIN = re.compile(r"[^\x00-\x7f\u00c0-\u024f\u1e00-\u1eff]")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_HANGUL = re.compile(r"[\uac00-\ud7af]")
+
+
+def _script_of(patterns: list[str]) -> str:
+    """Which letters a foreign group's patterns need: "latin", "han", "hangul" or "other".
+
+    Why: triage runs a group only on mail that has such letters, and Han patterns (Chinese)
+    not on mostly-kana mail, where Japanese shares the characters. Thai, Devanagari,
+    Bengali, Sinhala, Khmer, Burmese and Cyrillic are "other": they cannot occur in
+    Japanese, so a foreign resident's hiragana mail with one such word is still scanned.
+    """
+    text = "".join(patterns)
+    if not _NON_LATIN.search(text):
+        return "latin"
+    if _HAN.search(text):
+        return "han"
+    if _HANGUL.search(text):
+        return "hangul"
+    return "other"
 
 
 def _commonness(keys: frozenset[str]) -> tuple[int, int]:
@@ -523,7 +543,8 @@ class RuleSet:
     exclusions: list[Exclusion] = field(default_factory=list)
     foreign: list[ForeignPattern] = field(default_factory=list)
     # foreign regexes joined per rule into one alternation (one scan of the text per rule)
-    foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], bool]] = field(
+    # ... with the script its patterns need (_script_of): "latin", "han", "hangul", "other"
+    foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], str]] = field(
         default_factory=list
     )
     # the reading tier ([[reading]] in urgent.toml): stems on the kana reading
@@ -641,14 +662,14 @@ class RuleSet:
             by_rule.setdefault(fp.rule, []).append(fp)
         for group in by_rule.values():
             joined = re.compile("|".join(f"({fp.regex.pattern})" for fp in group), re.IGNORECASE)
-            # Patterns made only of ASCII/Latin letters cannot match a text without any:
-            # a Japanese mail skips them without a scan.
-            latin = all(not _NON_LATIN.search(fp.regex.pattern) for fp in group)
+            # A group runs only on a mail with letters of its script (triage.classify_text):
+            # a Japanese mail skips Latin, Hangul, Thai... patterns without a scan.
+            script = _script_of([fp.regex.pattern for fp in group])
             if joined.groups == len(group):  # no capturing groups inside the patterns
-                self.foreign_joined.append((group, joined, latin))
+                self.foreign_joined.append((group, joined, script))
             else:
                 for fp in group:
-                    self.foreign_joined.append(([fp], fp.regex, latin))
+                    self.foreign_joined.append(([fp], fp.regex, script))
 
     def plans(self, infos: Iterable[Any]) -> list[TokenPatterns]:
         """``token_patterns(info.keys)`` for each of ``infos`` (``TokenInfo``), in one pass.

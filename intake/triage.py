@@ -171,6 +171,16 @@ _SCRIPT_RANGES = {
     "han": ((0x4E00, 0x9FFF), (0x3400, 0x4DBF)),
     "hangul": ((0xAC00, 0xD7AF),),
     "latin": ((0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x1E00, 0x1EFF)),  # A-Z a-z À-ɏ Ḁ-ỿ
+    # scripts of the foreign tier's "other" groups: Cyrillic, Devanagari and Bengali,
+    # Sinhala, Thai, Burmese, Khmer
+    "other": (
+        (0x0400, 0x04FF),
+        (0x0900, 0x09FF),
+        (0x0D80, 0x0DFF),
+        (0x0E00, 0x0E7F),
+        (0x1000, 0x109F),
+        (0x1780, 0x17FF),
+    ),
 }
 _SCRIPT_SPANS = sorted((lo, hi, name) for name, spans in _SCRIPT_RANGES.items() for lo, hi in spans)
 # bucket 2k+1 of ``searchsorted(_SCRIPT_EDGES, code, side="right")`` is the k-th span
@@ -228,6 +238,7 @@ class _Scripts:
     han: int
     hangul: int
     latin: int
+    other: int = 0  # letters of the foreign tier's "other" scripts (Thai, Khmer, ...)
 
     @classmethod
     def of(cls, text: str) -> _Scripts:
@@ -243,7 +254,7 @@ class _Scripts:
         count = dict.fromkeys(_SCRIPT_RANGES, 0)
         for k, name in enumerate(_SCRIPT_OF_BUCKET):
             count[name] += int(buckets[2 * k + 1])
-        return cls(count["kana"], count["han"], count["hangul"], count["latin"])
+        return cls(count["kana"], count["han"], count["hangul"], count["latin"], count["other"])
 
 
 def _mostly_kana(scripts: _Scripts, language: str) -> bool:
@@ -333,7 +344,8 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     Hits come in token order, and at one token in rule order, so the evidence lists
     (and which word a signal combination quotes) are the same on every run.
     """
-    infos, sentences = a.infos, a.sentences
+    # phrase numbers: on わかちがき lines a phrase may cross a space (Analysis.phrases)
+    infos, sentences = a.infos, a.phrases
     candidates = _candidates(a, rules)
     if not candidates:
         return []
@@ -413,18 +425,37 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
     return hits
 
 
+_REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|tr|sv|返信|転送)\s*[:：]\s*)+", re.IGNORECASE)
+_REPEATED = re.compile(r"(.{2,8}?)\1+")
+
+
+def _few_words_length(subject: str, text: str) -> int:
+    """How long a mail is for the few-words rules: the letters the resident wrote.
+
+    Letters and digits only (emoji, punctuation and spaces do not make a cry for help
+    longer: 助けて😭😭😭, たすけて！！！), a run repeated back to back counts once
+    (もう無理もう無理もう無理), and the subject not at all when it is a reply's or a
+    forward's (Re: 【笠岡市】…): replying to our acknowledgement with 助けて is the most
+    likely few-words mail of all, and the quoted subject is not the resident's words.
+    """
+    if _REPLY_PREFIX.match(subject):
+        subject = ""
+    letters = "".join(ch for ch in subject + text if ch.isalnum())
+    return len(_REPEATED.sub(r"\1", letters))
+
+
 def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
     """Keep the hits of patterns meant for short mail (``max_chars``) only where they fit.
 
     Why a length at all: a mail that is nothing but 死ぬ or 助けて is a cry for help, while
     the same word in a long mail is usually an idiom or a story, which the other rules
-    judge in context. Length counts the subject and body without spaces
-    (``intake.learned.text_chars``). In a short mail such a hit is also dropped where an
-    urgent or exclusion pattern without a length already explains its words (死にたいとか
-    ではない is judged, negation and all, by the wish rule; 死ぬほど by the idiom), so a
+    judge in context. Length is ``_few_words_length``. In a short mail such a hit is also
+    dropped where an urgent or exclusion pattern without a length already explains its
+    words (死にたいとかではない is judged, negation and all, by the wish rule; 死ぬほど by
+    the idiom), so a
     few-words rule only ever speaks for words nothing else has judged.
     """
-    chars = len("".join((subject + text).split()))  # = intake.learned.text_chars
+    chars = _few_words_length(subject, text)
     covered: set[int] = set()
     for h in hits:
         if h.pattern.max_chars is None and h.pattern.kind in ("urgent", "exclusion"):
@@ -1049,11 +1080,16 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     language = detect_language(analysed, scripts)
     matches += _signal_matches(a, signal_hits, analysed, language, rules)
     mostly_kana = _mostly_kana(scripts, language)
-    for group, regex, latin in rules.foreign_joined:
-        if (latin and not has_latin) or (not latin and mostly_kana):
-            # Latin-script patterns need Latin letters; Han patterns (Chinese) are not
-            # run over text that is plainly Japanese, where the scan costs as much as
-            # the whole analysis and Japanese crisis words have their own rules.
+    for group, regex, script in rules.foreign_joined:
+        if not (
+            (script == "latin" and has_latin)
+            or (script == "han" and not mostly_kana)
+            or (script == "hangul" and scripts.hangul)
+            or (script == "other" and scripts.other)
+        ):
+            # A group needs letters of its script; Han patterns (Chinese) are not run
+            # over text that is plainly Japanese, where the scan costs as much as the
+            # whole analysis and Japanese crisis words have their own rules.
             continue
         for m in regex.finditer(analysed):
             fp = group[m.lastindex - 1] if m.lastindex else group[0]

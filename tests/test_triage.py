@@ -184,6 +184,55 @@ def test_words_written_with_spaces_between_them_still_form_phrases(rules: RuleSe
     assert "urgent.farewell" in {m.rule for m in t.urgent_reasons}
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "授業 の あと 先輩 に 殴られた",
+        "彼氏 に 殴られた 映画 みたいに 笑ってた 助けて",
+        "好きな キャラ の グッズ 買えなかった もう 死にたい",
+        "アニメ の シーン で 泣いた でも 本当は 私 が 消えたい",
+        "高校 の とき から ずっと 死にたい 親には 落ち着いた って 言われる けど",
+        "昔 から ずっと リスカ してる 今 は 平気 な ふり してる",
+        "死にたい とか 思わない 日 が ない",
+    ],
+)
+def test_spaces_between_words_do_not_widen_exclusions_or_negation(
+    rules: RuleSet, text: str
+) -> None:
+    # A phrase may cross a space on such a line, but 授業/映画/キャラ/昔/ない in the
+    # next space-separated "sentence" must not reach back and discount the crisis.
+    assert classify_text("", text, rules).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "にほんご すこし わかります しごと つらい อยากตาย",
+        "しごと つらい मर्न मन लाग्छ",
+    ],
+)
+def test_a_crisis_word_of_another_script_in_hiragana_mail_is_read(
+    rules: RuleSet, text: str
+) -> None:
+    assert classify_text("", text, rules).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no quiero morir, solo quiero hablar",
+        "saya tidak mau mati, hanya capek",
+        "ไม่อยากตาย อยากกลับบ้าน",
+        "no aguanto más el calor",
+        "quiero acabar con todo el trabajo hoy",
+        "bos mengancam akan memotong gaji",
+        "você me pega na estação amanhã às 8?",
+    ],
+)
+def test_negated_or_everyday_foreign_wording_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not classify_text("", text, rules).urgent
+
+
 def test_foreign_everyday_question_is_not_urgent(rules: RuleSet) -> None:
     t = classify_text(
         "Question", "Hello, do you offer consultations in English on Saturdays?", rules
@@ -337,7 +386,7 @@ def test_a_mail_of_a_few_crisis_words_is_urgent(rules: RuleSet, subject: str, te
         ("もう自分を消したい", "urgent.suicidal.wish"),
         ("浪人してまた落ちた。親に合わせる顔がない。死んでわびるしかない", "urgent.suicidal.wish"),
         ("窓から飛ぼうか迷ってる", "urgent.suicidal.means"),
-        ("いまから飛ぶ", "urgent.suicidal.means"),
+        ("いまから飛ぶ", "urgent.short.death"),
         ("線路の上で寝転んだら電車止まるんかな", "urgent.suicidal.means"),
         ("マンションの何階からなら確実に助からないですか", "urgent.suicidal.means"),
         ("実家の猟銃の鍵の場所を聞いた", "urgent.suicidal.means"),
@@ -386,6 +435,42 @@ def test_few_words_rules_do_not_count_in_a_longer_mail(rules: RuleSet) -> None:
     triage = classify_text("映画の話", text, rules)
     assert not [m for m in triage.matches if m.rule.startswith("urgent.short.")]
     assert not triage.urgent
+
+
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("Re: 【笠岡市】メールを受け付けました", "助けて"),
+        ("Re: Re: ご相談ありがとうございます", "しぬ"),
+        ("", "もう無理もう無理もう無理もう無理もう無理"),
+        ("", "助けて😭😭😭😭😭😭😭😭😭😭😭😭😭😭😭😭"),
+        ("", "もうしぬ"),
+        ("", "母が死んだから私も死ぬ"),
+        ("", "友達が死ぬかも"),
+    ],
+)
+def test_few_words_count_what_the_resident_wrote(rules: RuleSet, subject: str, text: str) -> None:
+    # a reply's subject, emoji and a repeated run do not make a cry for help "long"
+    assert classify_text(subject, text, rules).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "宿題もう無理",
+        "暑すぎて死ぬ",
+        "スマホの電池消える",
+        "データ消える",
+        "数学助けて",
+        "助けてあげたい",
+        "猫が死んじゃった",
+        "窓から飛ぶ鳥がきれいだった",
+        "祖父の病気は確実に助からないと医者に言われた",
+        "あのグループからいなくなろうかな",
+    ],
+)
+def test_few_words_about_everyday_things_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not classify_text("", text, rules).urgent
 
 
 def test_short_mail_the_rules_miss_is_caught_by_the_learned_tier(rules: RuleSet) -> None:
