@@ -88,8 +88,8 @@ class Pattern:
     variant: bool = False  # the same pattern as MeCab splits it inside a sentence
     gap: int | None = None  # words allowed between parts; None = settings.gap
     sentences: int = 1  # how many consecutive sentences the parts may spread over
-    # counts only in a mail of at most this many characters (subject and body, spaces not
-    # counted); None = any length. See ``urgent.short`` in urgent.toml.
+    # counts only in a mail of at most this many letters (``triage._few_words_length``);
+    # None = any length. See ``urgent.short`` in urgent.toml.
     max_chars: int | None = None
 
     @property
