@@ -416,6 +416,20 @@ def test_few_words_rules_do_not_count_in_a_longer_mail(rules: RuleSet) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "urgent_expected"),
+    [
+        ("去年からずっと死にたい。周りには元気そうって言われる", True),  # looking fine
+        ("昔は死にたかったけど、今は平気なふりをしてる", True),  # a mask
+        ("中学のとき死にたいと思ってたけど、今は大丈夫です", False),  # resolved
+    ],
+)
+def test_looking_fine_is_not_a_resolved_past(
+    rules: RuleSet, text: str, urgent_expected: bool
+) -> None:
+    assert classify_text("", text, rules).urgent is urgent_expected
+
+
+@pytest.mark.parametrize(
     ("subject", "text"),
     [
         ("Re: 【笠岡市】メールを受け付けました", "助けて"),
