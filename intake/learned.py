@@ -26,7 +26,7 @@ Why these choices:
   themselves: the highest threshold at which the out-of-fold scores still catch
   ``TARGET_RECALL`` of the urgent examples. A default of 0.5 would trade recall for
   precision, which is the wrong trade when a miss can cost a life.
-* Training happens at load time (~6 s of CPU for ~3,400 examples, in a child process), so
+* Training happens at load time (~6 s of CPU for ~4,300 examples, in a child process), so
   staff teach the service by adding a line to ``rules/examples.jsonl`` and restarting it;
   there is no pickled model that could drift from its examples or run code on load. The
   child's JSON is kept in memory and in a cache file (see ``cache_dir``) keyed by the
