@@ -458,9 +458,10 @@ def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
     judge in context. Length is ``_few_words_length``. In a short mail such a hit is also
     dropped where an urgent or exclusion pattern without a length already explains its
     words (死にたいとかではない is judged, negation and all, by the wish rule; 死ぬほど by
-    the idiom), so a
-    few-words rule only ever speaks for words nothing else has judged.
+    the idiom), so a few-words rule only ever speaks for words nothing else has judged.
     """
+    if all(h.pattern.max_chars is None for h in hits):
+        return hits  # most mail: no few-words word at all, nothing to measure
     chars = _few_words_length(subject, text)
     covered: set[int] = set()
     for h in hits:
