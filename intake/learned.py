@@ -643,7 +643,12 @@ def load_model(rules_dir: Path) -> UrgencyModel | None:
 
 
 def text_chars(subject: str, text: str) -> int:
-    """A mail's length as the length rules read it: subject and body, no white space."""
+    """A mail's length for the learned tier's bands: subject and body, no white space.
+
+    Not ``triage._few_words_length`` (letters only, repeats once, a reply's subject
+    left out): that asks how much the resident wrote, this how many characters the
+    n-grams are drawn from, emoji included (they are n-grams of the model too).
+    """
     return len("".join((subject + text).split()))
 
 
