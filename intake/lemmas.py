@@ -33,7 +33,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import fugashi
 
@@ -71,6 +71,48 @@ _HAS_SPACE = re.compile(r"\s").search
 # foreign residents are taught in Japanese class: there a space is a word boundary, not
 # the end of a sentence (see Analyser.analyse).
 _WORD_SPACE = re.compile(r"(?<=[ぁ-ゖァ-ヺー一-龯々]) (?=[ぁ-ゖァ-ヺー一-龯々])")
+
+
+# Letters written one by one with spaces (た す け て, し に た い): a way of writing a
+# hard word, or of writing on a phone in a hurry.
+_JA_LETTER = "ぁ-ゖァ-ヺー一-龯々"
+_LETTER_SPACED = re.compile(
+    rf"(?<![{_JA_LETTER}])[{_JA_LETTER}](?:[ \u3000]{{1,2}}[{_JA_LETTER}](?![{_JA_LETTER}]))+"
+)
+_JA_WORD = re.compile(rf"[{_JA_LETTER}]").search
+
+
+def _close_letter_spacing(line: str) -> tuple[str, list[int]] | None:
+    """``line`` with the spaces inside letter-spaced runs removed, and where each of its
+    characters was in ``line``; None when the line has no such run.
+
+    MeCab reads た す け て as four unknown letters, so no pattern could match it; closed
+    up, it is たすけて. Only runs of single letters close up: in わかちがき (words with
+    spaces between them) the spaces stay, they are word boundaries there.
+    """
+    runs = [
+        m
+        for m in _LETTER_SPACED.finditer(line)
+        # three letters or more (た す け て); two (し ぬ) only as all the line says,
+        # because in わかちがき two one-letter words may follow each other (4か め)
+        if len(m.group()) >= 5 or not _JA_WORD(line[: m.start()] + line[m.end() :])
+    ]
+    if not runs:
+        return None
+    parts: list[str] = []
+    index: list[int] = []
+    last = 0
+    for m in runs:
+        parts.append(line[last : m.start()])
+        index.extend(range(last, m.start()))
+        for k in range(m.start(), m.end()):
+            if line[k] not in " \u3000":
+                parts.append(line[k])
+                index.append(k)
+        last = m.end()
+    parts.append(line[last:])
+    index.extend(range(last, len(line)))
+    return "".join(parts), index
 
 
 def _spaced_words(line: str) -> bool:
@@ -449,6 +491,9 @@ class Analyser:
         self._kata_cache: dict[str, bool] = {}
         self._key_cache: dict[str, TokenInfo] = {}
         self._key_parse: Callable[[str], str] | None = None
+        # しぬ read as 死ぬ (_kana_death): found on first use, False if the dictionary
+        # does not read it so
+        self._shinu: TokenInfo | Literal[False] | None = None
         if fast:
             tagger = fugashi.Tagger(_KEY_TAGGER_ARGS)
             probe = "\n".join([*_unidic_lines(tagger, _KEY_PROBE), "EOS"])
@@ -560,6 +605,44 @@ class Analyser:
         neg = _negation_info("ん")
         return verb, neg
 
+    def _kana_death(self, infos: list[TokenInfo]) -> list[TokenInfo]:
+        """Read し + ぬ at the end of a sentence as しぬ (死ぬ), the way a resident means it.
+
+        Before 。, ！, ？ or the end of a line UniDic prefers the archaic negative 為る + ず
+        (しぬ。 = "does not"), so the commonest way a young writer on a phone says it,
+        しぬ。ごめん or もうしぬ！, matched no 死ぬ rule while 死ぬ。 did. The archaic
+        reading is all but absent from today's mail; where it is meant, the cost is
+        that the few-words and idiom rules judge it as 死ぬ. Inside a sentence
+        (しぬかも, しぬしかない) MeCab already reads 死ぬ and nothing changes. The
+        surfaces together are the one token's surface, so offsets still hold.
+        """
+        word = self._shinu
+        if word is None:
+            found = self._parse_alone("しぬ")
+            # only if this dictionary reads the word alone as 死ぬ (UniDic does)
+            word = found[0] if len(found) == 1 and found[0].lemma == "死ぬ" else False
+            self._shinu = word
+        if word is False:
+            return infos
+        out: list[TokenInfo] = []
+        i, n = 0, len(infos)
+        while i < n:
+            info = infos[i]
+            if (
+                info.surface == "し"
+                and info.lemma == "為る"
+                and i + 1 < n
+                and infos[i + 1].surface == "ぬ"
+                and infos[i + 1].lemma == "ず"
+                and (i + 2 == n or infos[i + 2].kind in (_BOUNDARY, _SKIP))
+            ):
+                out.append(word)
+                i += 2
+                continue
+            out.append(info)
+            i += 1
+        return out
+
     def _parse_alone(self, text: str) -> list[TokenInfo]:
         return [self._info(x) for x in self._full_lines(text)]
 
@@ -640,8 +723,17 @@ class Analyser:
                 continue
             sentence += 1
             line = self._hiraganise_runs(line)  # same length, so offsets still hold
+            has_space = _HAS_SPACE(line)
+            # where each character of the line MeCab reads was in ``line`` (None: same)
+            index: list[int] | None = None
+            if has_space:
+                closed = _close_letter_spacing(line)
+                if closed is not None:
+                    line, index = closed
             line_infos = tokens_of(line)
-            if not _HAS_SPACE(line):
+            if "しぬ" in line:
+                line_infos = self._kana_death(line_infos)
+            if not has_space:
                 # The common case: MeCab's surfaces tile the line exactly, so offsets are
                 # running sums and need no search.
                 cursor = line_start
@@ -681,13 +773,18 @@ class Analyser:
                     if kind == _BOUNDARY:
                         sentence += 1
                     elif kind == _SPECIAL_TOKEN:
+                        at = found if index is None else index[found]
                         self._special(
-                            info, infos, starts, ends, sentences, sentence, line_start + found
+                            info, infos, starts, ends, sentences, sentence, line_start + at
                         )
                     continue
                 infos.append(info)
-                starts.append(line_start + found)
-                ends.append(line_start + cursor)
+                if index is None:
+                    starts.append(line_start + found)
+                    ends.append(line_start + cursor)
+                else:
+                    starts.append(line_start + index[found])
+                    ends.append(line_start + index[cursor - 1] + 1)
                 sentences.append(sentence)
         phrases = sentences
         if skips:

@@ -476,3 +476,22 @@ def test_spaced_words_are_told_from_pauses() -> None:
     assert _spaced_words("にほん に きて 一ねん です")
     assert not _spaced_words("疲れた ほんとに もう")  # two pauses in a short line
     assert not _spaced_words("I want to talk to someone")  # Latin words are not Japanese
+
+
+@pytest.mark.parametrize(
+    ("text", "surfaces"),
+    [
+        ("た す け て", ["た す け", "て"]),
+        ("し ぬ", ["し ぬ"]),
+        # わかちがき: two one-letter words inside a spaced line keep their space
+        ("ごはん たべない 4か め", ["ごはん", "たべ", "ない", "4", "か", "め"]),
+    ],
+)
+def test_letter_spaced_runs_are_read_closed_up(text: str, surfaces: list[str]) -> None:
+    a = analyse(text)
+    assert [text[s:e] for s, e in zip(a.starts, a.ends, strict=True)] == surfaces
+
+
+@pytest.mark.parametrize("text", ["しぬ。", "しぬ！", "もうしぬ", "しぬ、ごめん", "しぬかも"])
+def test_kana_shinu_at_a_sentence_end_is_the_verb_to_die(text: str) -> None:
+    assert "死ぬ" in [i.lemma for i in analyse(text).infos]

@@ -447,6 +447,50 @@ def test_few_words_count_what_the_resident_wrote(rules: RuleSet, subject: str, t
 
 
 @pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("しぬ。ごめん", "urgent.short.death"),  # MeCab: し(為る) + ぬ(ず) before 。
+        ("つらい。しぬ。", "urgent.short.death"),
+        ("しぬ！", "urgent.short.death"),
+        ("シヌ。", "urgent.short.death"),
+        ("もう しぬ", "urgent.short.death"),
+        ("た す け て", "urgent.short.help"),  # letters spaced one by one
+        ("た\u3000す\u3000け\u3000て", "urgent.short.help"),
+        ("助 け て", "urgent.short.help"),
+        ("し ぬ", "urgent.short.death"),
+        ("毎日 つらい です。し に た い と おもう。", "urgent.suicidal.wish"),
+    ],
+)
+def test_kana_and_letter_spaced_cries_for_help_are_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    triage = classify_text("", text, rules)
+    assert rule in {m.rule for m in triage.urgent_reasons}
+    # the evidence quotes the mail as written, spaces and katakana included
+    reason = next(m for m in triage.urgent_reasons if m.rule == rule)
+    assert reason.surface == ("\n" + text)[reason.start : reason.end]
+    assert reason.surface.replace(" ", "").replace("\u3000", "") in {
+        "しぬ",
+        "シヌ",
+        "たすけて",
+        "助けて",
+        "しにたい",
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "暑すぎてしぬ。",
+        "宿題多すぎてしぬ！",
+        "わらいすぎてしぬ",
+    ],
+)
+def test_kana_death_idioms_stay_idioms(rules: RuleSet, text: str) -> None:
+    assert not classify_text("", text, rules).urgent
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "宿題もう無理",
