@@ -121,6 +121,8 @@ class ForeignPattern:
     text: str
     regex: re.Pattern[str]
     line: int | None
+    # a few-words rule (as ``Pattern.max_chars``): only in a mail this short (help me)
+    max_chars: int | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,23 @@ _COMMON_KEYS = frozenset(
 _NON_LATIN = re.compile(r"[^\x00-\x7f\u00c0-\u024f\u1e00-\u1eff]")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _HANGUL = re.compile(r"[\uac00-\ud7af]")
+
+
+def _max_chars_ok(
+    loader: _Loader, path: Path, line: int | None, rule_id: str, value: object
+) -> bool:
+    """Is a rule's ``max_chars`` absent or a sensible length? Reports the problem if not."""
+    if value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CHARS_LIMIT
+    ):
+        return True
+    loader.problem(
+        path,
+        line,
+        f"{rule_id}: max_chars must be a whole number of characters from 1 to "
+        f"{MAX_CHARS_LIMIT} (the longest mail the rule is meant for), not {value!r}",
+    )
+    return False
 
 
 def _script_of(patterns: list[str]) -> str:
@@ -1073,18 +1092,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             if table.get("reportable", False):
                 reportable.add(rule_id)
             max_chars = table.get("max_chars")
-            if max_chars is not None and (
-                not isinstance(max_chars, int)
-                or isinstance(max_chars, bool)
-                or not 1 <= max_chars <= MAX_CHARS_LIMIT
-            ):
-                loader.problem(
-                    src.path,
-                    line,
-                    f"{rule_id}: max_chars must be a whole number of characters from 1 to "
-                    f"{MAX_CHARS_LIMIT} (the longest mail the rule is meant for), "
-                    f"not {max_chars!r}",
-                )
+            if not _max_chars_ok(loader, src.path, line, rule_id, max_chars):
                 continue
             rules.has_max_chars = rules.has_max_chars or max_chars is not None
             rules.urgent_patterns += loader.patterns(
@@ -1102,10 +1110,13 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
         for n, table in enumerate(data.get("foreign", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "foreign")
             loader.unknown_keys(
-                src, table, {"id", "category", "language", "patterns", "note"}, line
+                src, table, {"id", "category", "language", "patterns", "note", "max_chars"}, line
             )
             category = table.get("category", "")
             language = table.get("language", "")
+            max_chars = table.get("max_chars")
+            if not _max_chars_ok(loader, src.path, line, rule_id, max_chars):
+                continue
             values = table.get("patterns")
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 loader.problem(src.path, line, f"{rule_id}: patterns must be a list of strings")
@@ -1128,7 +1139,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                     )
                     continue
                 rules.foreign.append(
-                    ForeignPattern(rule_id, category, language, value, regex, pline)
+                    ForeignPattern(rule_id, category, language, value, regex, pline, max_chars)
                 )
         for n, table in enumerate(data.get("reading", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "reading")

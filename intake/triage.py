@@ -1087,6 +1087,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     language = detect_language(analysed, scripts)
     matches += _signal_matches(a, signal_hits, analysed, language, rules)
     mostly_kana = _mostly_kana(scripts, language)
+    few_words = -1  # _few_words_length, measured only if a few-words foreign rule matches
     for group, regex, script in rules.foreign_joined:
         if not (
             (script == "latin" and has_latin)
@@ -1100,6 +1101,12 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             continue
         for m in regex.finditer(analysed):
             fp = group[m.lastindex - 1] if m.lastindex else group[0]
+            if fp.max_chars is not None:
+                # help me / 救命 / 살려줘 as all the mail says (see _for_length)
+                if few_words < 0:
+                    few_words = _few_words_length(subject, text)
+                if few_words > fp.max_chars:
+                    continue
             matches.append(
                 Match(fp.rule, "urgent", fp.category, fp.text, m.group(), m.start(), m.end())
             )

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from intake.errors import RulesError
 from intake.rules import RuleSet, _any_of, check_rules, expand_alternatives, load_rules, needles
+from intake.triage import classify_text
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
@@ -217,6 +218,25 @@ def test_max_chars_rule_is_loaded_on_its_patterns(tmp_path: Path) -> None:
     assert rules.has_max_chars
     assert {p.max_chars for p in rules.urgent_patterns} == {12}
     assert not load_rules(write_rules(tmp_path)).has_max_chars
+
+
+FOREIGN_SHORT = (
+    '\n[[foreign]]\nid = "urgent.foreign.short.help"\ncategory = "help"\nlanguage = "en"\n'
+    "patterns = ['\\bhelp\\s+me\\b']\n"
+)
+
+
+def test_bad_foreign_max_chars_is_reported_with_its_rule_line(tmp_path: Path) -> None:
+    write_rules(tmp_path, urgent=URGENT_OK + FOREIGN_SHORT + "max_chars = 0\n")
+    (problem,) = check_rules(tmp_path)
+    assert "max_chars" in problem.message and problem.line == 7  # its id line
+
+
+def test_foreign_few_words_rule_speaks_only_in_a_short_mail(tmp_path: Path) -> None:
+    rules = load_rules(write_rules(tmp_path, urgent=URGENT_OK + FOREIGN_SHORT + "max_chars = 20\n"))
+    assert {p.max_chars for p in rules.foreign} == {20}
+    assert classify_text("", "Help me!", rules).urgent
+    assert not classify_text("", "Could you help me with my visa application?", rules).urgent
 
 
 def test_exclusion_may_name_a_single_urgent_rule(tmp_path: Path) -> None:

@@ -479,6 +479,40 @@ def test_kana_and_letter_spaced_cries_for_help_are_urgent(
 
 
 @pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("", "help me"),
+        ("相談", "HELP!"),
+        ("Re: 【笠岡市】メールを受け付けました", "please help"),
+        ("", "救命"),
+        ("", "살려줘"),
+        ("", "cứu tôi với"),
+        ("", "ayúdame por favor"),
+        ("", "tulungan mo ako"),
+        ("", "ช่วยด้วย"),
+    ],
+)
+def test_help_me_as_all_the_mail_says_is_urgent_in_any_language(
+    rules: RuleSet, subject: str, text: str
+) -> None:
+    triage = classify_text(subject, text, rules)
+    assert [m.rule.startswith("urgent.foreign.short.help") for m in triage.urgent_reasons] == [True]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Can you help me with my visa application form?",
+        "I need help finding a part-time job in Kasaoka",
+        "我想问一下，能帮帮我找工作吗？我在笠冈市住了三年了",
+        "일본어 숙제 좀 도와주세요. 다음 주까지 제출해야 해요",
+    ],
+)
+def test_help_me_in_a_longer_request_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not classify_text("", text, rules).urgent
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "暑すぎてしぬ。",
