@@ -29,10 +29,13 @@ Why these choices:
 * Training happens at load time (~6 s of CPU for ~4,300 examples, in a child process), so
   staff teach the service by adding a line to ``rules/examples.jsonl`` and restarting it;
   there is no pickled model that could drift from its examples or run code on load. The
-  child's JSON is kept in memory and in a cache file (see ``cache_dir``) keyed by the
+  child's model is kept in memory and in a cache file (see ``cache_dir``) keyed by the
   SHA-256 of the examples, the training code and the library versions, so a restart or a
-  test that loads the rules again does not train again; a cache that does not parse or
-  does not match its key is ignored and rebuilt.
+  test that loads the rules again does not train again; a cache that does not parse, is
+  truncated or damaged, or does not match its key is ignored and rebuilt. Child and cache
+  hand the model over in a compact layout (``UrgencyModel.to_bytes``: a JSON header, then
+  NumPy arrays' bytes and the n-grams as one string), not JSON: decoding 85,000 n-grams
+  from JSON left ~20 MB of freed fragments in the worker's heap for good.
 * Scoring reproduces ``TfidfVectorizer.transform`` + ``predict_proba`` without them:
   the mail's 2-, 3- and 4-grams become integers read straight from its UTF-16 bytes
   (overlapping NumPy views), are looked up in the sorted vocabulary keys and counted in
@@ -134,6 +137,12 @@ MAX_EXPLAIN = 5  # words shown in an explanation
 _TOP_FEATURES = 12  # n-grams merged into those words
 MODEL_FORMAT = 2  # bump when the model's JSON layout or its training changes meaning
 CACHE_ENV = "SOUDAN_INTAKE_CACHE_DIR"  # where trained models are cached (see cache_dir)
+# First bytes of the compact model layout (``UrgencyModel.to_bytes``); the digit is the
+# layout's version. The cache key covers this module's source, so a new layout also
+# gets new file names: old files are never read, only left behind.
+BYTES_MAGIC = b"soudan-intake learned model 1\n"
+CACHE_SUFFIX = ".model"  # cache file name: the cache key, then this (JSON was ".json")
+CHILD_KEY = ""  # the key the training child writes: it does not compute the cache key
 TRAIN_TIMEOUT = 600  # seconds the training child may take before load fails
 
 # Katakana that ``to_hiragana`` folds; only these runs are translated (see ``prepare``).
@@ -211,11 +220,31 @@ def _key(folded: str) -> int:
     return int.from_bytes(folded.encode(_UTF16), sys.byteorder)
 
 
+def _keys(folded: str, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``_key`` of every n-gram ``folded[start : start + length]``, without slicing one.
+
+    The same integers, built from the UTF-16 units of the whole (folded) string: unit
+    ``k`` of a gram is its ``k``-th 16-bit digit, from the low end on a little-endian
+    machine and from the high end on a big-endian one, as ``int.from_bytes`` reads them.
+    """
+    units = np.frombuffer(folded.encode(_UTF16), dtype=np.uint16).astype(np.uint64)
+    keys = np.zeros(len(starts), dtype=np.uint64)
+    for k in range(4):
+        has = lengths > k
+        digit = units[starts[has] + k]
+        if _NATIVE:
+            keys[has] |= digit << np.uint64(16 * k)
+        else:
+            keys[has] |= digit << (16 * (lengths[has] - 1 - k)).astype(np.uint64)
+    return keys
+
+
 class UrgencyModel:
     """A trained model as plain data: n-gram -> (idf, weight), intercept, threshold.
 
-    Built from the JSON that ``intake.learned_train`` writes; holds no scikit-learn
-    object, so unpickling, versions and import cost never reach the worker.
+    Built from the JSON that ``intake.learned_train`` computes (``from_data``) or from the
+    compact bytes of ``to_bytes`` (what the cache file and the training child hold); holds
+    no scikit-learn object, so unpickling, versions and import cost never reach the worker.
     """
 
     def __init__(
@@ -226,41 +255,67 @@ class UrgencyModel:
         cv: CVFigures,
     ) -> None:
         # No dict of the grams is kept: at 73,000 n-grams it cost the worker ~16 MB, and
-        # the arrays below hold the same numbers (``to_data`` rebuilds it for the cache).
-        self.intercept = intercept
-        self.threshold = threshold
+        # the arrays below hold the same numbers (``to_data`` rebuilds it on demand).
+        # Plain lists and NumPy arrays: a list of 73,000 Python tuples here (and a dict of
+        # the grams) raised the worker's peak by ~20 MB.
+        texts: list[str] = []
+        numbers: list[float] = []
+        for gram, (idf, weight) in grams.items():
+            texts.append(str(gram))
+            numbers += (float(idf), float(weight))
+        pairs = np.array(numbers, dtype=np.float64).reshape(-1, 2)
+        ends = np.cumsum([len(g) for g in texts], dtype=np.int64)
+        self._set("".join(texts), ends, pairs[:, 0], pairs[:, 1], intercept, threshold, cv)
+
+    def _set(
+        self,
+        gram_text: str,
+        gram_end: np.ndarray,
+        idf: np.ndarray,
+        weight: np.ndarray,
+        intercept: float,
+        threshold: float,
+        cv: CVFigures,
+    ) -> None:
+        """Check and keep the n-grams (joined, with end offsets) and their numbers.
+
+        Any order; sorted here by key. The keys are computed from the n-grams, never read
+        from a file, so a cache file cannot hold keys that disagree with its n-grams.
+        """
+        n = len(gram_end)
+        if not len(idf) == len(weight) == n or int(gram_end[-1] if n else 0) != len(gram_text):
+            raise ValueError("model arrays of different lengths")
+        lengths = np.diff(gram_end, prepend=np.int64(0))
+        if n and not ((lengths >= 2) & (lengths <= 4)).all():
+            raise ValueError("n-gram of fewer than 2 or more than 4 characters in the model")
+        self.intercept = float(intercept)
+        self.threshold = float(threshold)
         self.cv = cv
-        specials = sorted({c for g in grams for c in g if _SPECIAL.match(c)})
+        specials = sorted(set(_SPECIAL.findall(gram_text)))
         if len(specials) + 2 > _PRIVATE_LAST - _PRIVATE_FIRST + 1:
             raise ValueError("too many emoji or private-use characters in the vocabulary")
         self._special_code = {c: chr(_PRIVATE_FIRST + i) for i, c in enumerate(specials)}
         self._unknown = chr(_PRIVATE_FIRST + len(specials))
         self._sentinel = chr(_PRIVATE_FIRST + len(specials) + 1) * 3
-        # Plain lists and NumPy arrays, sorted by key with one argsort: a list of 73,000
-        # Python tuples here (and a dict of the grams) raised the worker's peak by ~20 MB.
-        texts: list[str] = []
-        numbers: list[float] = []
-        for gram, (idf, weight) in grams.items():
-            if not 2 <= len(gram) <= 4:
-                raise ValueError(f"n-gram of {len(gram)} characters in the model")
-            texts.append(str(gram))
-            numbers += (float(idf), float(weight))
-        keys = np.fromiter(
-            (_key(self._fold_special(g)) for g in texts), dtype=np.uint64, count=len(texts)
-        )
-        order = np.argsort(keys, kind="stable")
-        self._keys = keys[order]  # sorted
-        if len(texts) > 1 and not (self._keys[1:] > self._keys[:-1]).all():
-            raise ValueError("two n-grams of the model have the same key")
-        pairs = np.array(numbers, dtype=np.float64).reshape(-1, 2)[order]
-        self._idf = np.ascontiguousarray(pairs[:, 0])
-        self._weight = np.ascontiguousarray(pairs[:, 1])
-        # The n-grams as one string and their end offsets, not 73,000 small str objects:
-        # those were made while the model's JSON was decoded, stayed scattered among its
-        # freed lists and floats, and kept ~20 MB of the worker's heap from being reused.
-        ordered = [texts[i] for i in order.tolist()]
-        self._gram_text = "".join(ordered)
-        self._gram_end = np.cumsum([len(g) for g in ordered], dtype=np.int64)
+        starts = gram_end - lengths
+        keys = _keys(self._fold_special(gram_text), starts, lengths)
+        if n > 1 and not (keys[1:] > keys[:-1]).all():
+            order = np.argsort(keys, kind="stable")
+            keys = keys[order]
+            if not (keys[1:] > keys[:-1]).all():
+                raise ValueError("two n-grams of the model have the same key")
+            # The n-grams as one string and their end offsets, not 85,000 small str
+            # objects: those stayed scattered among the decoded JSON's freed lists and
+            # floats and kept ~20 MB of the worker's heap from being reused.
+            bounds = zip(starts[order].tolist(), gram_end[order].tolist(), strict=True)
+            gram_text = "".join([gram_text[a:b] for a, b in bounds])
+            gram_end = np.cumsum(lengths[order], dtype=np.int64)
+            idf, weight = idf[order], weight[order]
+        self._keys = keys  # sorted
+        self._idf = np.array(idf, dtype=np.float64)  # own, aligned, native-order copies
+        self._weight = np.array(weight, dtype=np.float64)
+        self._gram_text = gram_text
+        self._gram_end = np.array(gram_end, dtype=np.int64)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> UrgencyModel:
@@ -274,7 +329,7 @@ class UrgencyModel:
             raise ValueError(f"malformed model data ({e!r})") from e
 
     def to_data(self) -> dict[str, Any]:
-        """The inverse of ``from_data`` (what the cache file holds)."""
+        """The inverse of ``from_data`` (the model as JSON-able data, n-grams in key order)."""
         return {
             "format": MODEL_FORMAT,
             "threshold": self.threshold,
@@ -287,6 +342,83 @@ class UrgencyModel:
                 )
             },
         }
+
+    def to_bytes(self, key: str) -> bytes:
+        """The model in the compact layout of the cache file, labelled with ``key``.
+
+        ``BYTES_MAGIC``, one line of JSON header (key, format, threshold, intercept, CV
+        figures, sizes and the SHA-256 of the body), then the body: idf and weight as
+        little-endian float64, the n-grams' end offsets as little-endian int64, and the
+        n-grams joined as UTF-8 (``surrogatepass``: a lone surrogate is a character
+        too). Loading it makes a handful of objects where the JSON made ~400,000, whose
+        freed remains the worker kept (see ``from_bytes``). No pickle: reading it runs
+        no code.
+        """
+        body = b"".join(
+            (
+                self._idf.astype("<f8").tobytes(),
+                self._weight.astype("<f8").tobytes(),
+                self._gram_end.astype("<i8").tobytes(),
+                self._gram_text.encode("utf-8", "surrogatepass"),
+            )
+        )
+        header = {
+            "key": key,
+            "format": MODEL_FORMAT,
+            "threshold": self.threshold,
+            "intercept": self.intercept,
+            "cv": asdict(self.cv),
+            "grams": len(self._gram_end),
+            "body": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+        line = json.dumps(header, ensure_ascii=True, allow_nan=False).encode("ascii")
+        return BYTES_MAGIC + line + b"\n" + body
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, key: str) -> UrgencyModel:
+        """The model ``to_bytes(key)`` wrote; ``ValueError`` if anything does not match.
+
+        A wrong magic, a header that is not the expected JSON, another key or format, a
+        body of another length (a torn write) or checksum (a damaged file), arrays that
+        do not fit together: all ``ValueError``, never a model built from part of a file.
+        """
+        if not raw.startswith(BYTES_MAGIC):
+            raise ValueError("not a model file")
+        eol = raw.find(b"\n", len(BYTES_MAGIC))
+        if eol < 0:
+            raise ValueError("model file without a header")
+        try:
+            header = json.loads(raw[len(BYTES_MAGIC) : eol].decode("ascii"))
+            if not isinstance(header, dict) or header.get("key") != key:
+                raise ValueError("model file for another key")
+            if header["format"] != MODEL_FORMAT:
+                raise ValueError(f"model format {header['format']!r}, expected {MODEL_FORMAT}")
+            n, size = header["grams"], header["body"]
+            if type(n) is not int or type(size) is not int or not 0 <= 24 * n <= size:
+                raise ValueError("model file with impossible sizes")
+            body = memoryview(raw)[eol + 1 :]
+            if len(body) != size or hashlib.sha256(body).hexdigest() != header["sha256"]:
+                raise ValueError("model file truncated or damaged")
+            idf = np.frombuffer(body, dtype="<f8", count=n)
+            weight = np.frombuffer(body, dtype="<f8", count=n, offset=8 * n)
+            ends = np.frombuffer(body, dtype="<i8", count=n, offset=16 * n)
+            text = bytes(body[24 * n :]).decode("utf-8", "surrogatepass")
+            if n and not (np.isfinite(idf).all() and np.isfinite(weight).all()):
+                raise ValueError("model file with a number that is not finite")
+            model = cls.__new__(cls)
+            model._set(
+                text,
+                ends,
+                idf,
+                weight,
+                float(header["intercept"]),
+                float(header["threshold"]),
+                CVFigures(**header["cv"]),
+            )
+            return model
+        except (KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as e:
+            raise ValueError(f"malformed model file ({e!r})") from e
 
     def _gram(self, i: int) -> str:
         """The model's ``i``-th n-gram (in key order)."""
@@ -429,7 +561,9 @@ def train(examples: list[dict[str, Any]]) -> UrgencyModel:
     """
     from intake.learned_train import train_data
 
-    return UrgencyModel.from_data(json.loads(json.dumps(train_data(examples))))
+    # through JSON and the compact bytes, as the training child's model reaches the worker
+    model = UrgencyModel.from_data(json.loads(json.dumps(train_data(examples))))
+    return UrgencyModel.from_bytes(model.to_bytes(CHILD_KEY), CHILD_KEY)
 
 
 def load_examples(path: Path) -> list[dict[str, Any]]:
@@ -541,27 +675,28 @@ def cache_key(examples_raw: bytes) -> str:
     return h.hexdigest()
 
 
+def cache_path(key: str) -> Path:
+    """The cache file of the model for ``key`` (``UrgencyModel.to_bytes`` layout)."""
+    return cache_dir() / f"{key}{CACHE_SUFFIX}"
+
+
 def _read_cache(key: str) -> UrgencyModel | None:
     """The cached model for ``key``; None when absent, unreadable, corrupt, stale, or in a
     folder that is not this user's alone (a file there is not trusted)."""
-    folder = cache_dir()
-    if not _private_folder(folder):
+    if not _private_folder(cache_dir()):
         return None
-    path = folder / f"{key}.json"
+    path = cache_path(key)
     try:
         if path.is_symlink():
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("key") != key:
-            return None
-        return UrgencyModel.from_data(data["model"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return UrgencyModel.from_bytes(path.read_bytes(), key)
+    except (OSError, ValueError):
         return None
 
 
 def _write_cache(key: str, model: UrgencyModel) -> None:
     """Store the model atomically (temp file + rename); a failure only costs a retrain."""
-    text = json.dumps({"key": key, "model": model.to_data()}, ensure_ascii=True)
+    raw = model.to_bytes(key)
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -569,9 +704,9 @@ def _write_cache(key: str, model: UrgencyModel) -> None:
             return
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, folder / f"{key}.json")
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+            os.replace(tmp, cache_path(key))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -582,7 +717,9 @@ def _write_cache(key: str, model: UrgencyModel) -> None:
 def train_in_child(examples: list[dict[str, Any]], path: Path) -> UrgencyModel:
     """Run ``python -m intake.learned train`` on the examples; ``RulesError`` on failure.
 
-    The child imports scikit-learn and exits; this process only parses its JSON.
+    The child imports scikit-learn and exits; this process only reads the model's compact
+    bytes (``UrgencyModel.to_bytes`` with an empty key), not JSON: decoding 85,000 n-grams
+    from JSON left ~20 MB of freed fragments in the worker's heap (``from_bytes``).
     """
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -604,7 +741,7 @@ def train_in_child(examples: list[dict[str, Any]], path: Path) -> UrgencyModel:
     try:
         if done.returncode != 0:
             raise ValueError(f"exit status {done.returncode}")
-        return UrgencyModel.from_data(json.loads(done.stdout))
+        return UrgencyModel.from_bytes(done.stdout, CHILD_KEY)
     except ValueError as e:
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
         raise RulesError(
@@ -633,10 +770,12 @@ def load_model(rules_dir: Path) -> UrgencyModel | None:
     model = _MEMO.get(key)
     if model is not None:
         return model
-    examples = load_examples(path)
+    # A cache hit skips reading the examples: the key is the hash of these very bytes, and
+    # a model is only cached after they passed ``load_examples`` (whose code the key also
+    # covers). Parsing 4,300 examples into dicts would cost the worker ~3 MB for nothing.
     model = _read_cache(key)
     if model is None:
-        model = train_in_child(examples, path)
+        model = train_in_child(load_examples(path), path)
         _write_cache(key, model)
     _MEMO[key] = model
     return model
@@ -690,7 +829,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     """``python -m intake.learned rebuild|cv|train``.
 
     ``rebuild`` regenerates the examples, ``cv`` prints the CV figures, ``train`` is the
-    child process of ``load_model`` (examples on stdin, model JSON on stdout).
+    child process of ``load_model`` (examples on stdin, the model's bytes on stdout).
     """
     root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(prog="python -m intake.learned")
@@ -700,7 +839,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     rebuild.add_argument("--out", type=Path, default=root / "rules" / EXAMPLES_FILE)
     cv = sub.add_parser("cv", help="train on the examples and print the CV figures")
     cv.add_argument("--rules", type=Path, default=root / "rules")
-    sub.add_parser("train", help="(internal) examples JSON on stdin -> model JSON on stdout")
+    sub.add_parser("train", help="(internal) examples JSON on stdin -> model bytes on stdout")
     args = parser.parse_args(None if argv is None else list(argv))
     if args.command == "train":
         from intake.learned_train import main_train

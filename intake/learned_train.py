@@ -4,14 +4,14 @@ Contract: ``train_data(examples) -> dict`` fits the char n-gram tf-idf + logisti
 regression of ``intake.learned`` and returns the model as plain JSON-able data (n-gram ->
 [idf, weight], intercept, threshold, cross-validation figures). ``python -m
 intake.learned train`` runs :func:`main_train`: examples as a JSON list on stdin, the model
-as JSON on stdout, exit status 3 with ``{"error": ...}`` when the examples cannot train a
-model. It never logs or prints an example's words.
+on stdout (``UrgencyModel.to_bytes``), exit status 3 with ``{"error": ...}`` when the
+examples cannot train a model. It never logs or prints an example's words.
 
 Why a separate module, run in a child process: importing scikit-learn, SciPy and NumPy
 costs a worker ~110 MB that it would keep for its whole life, while the trained model is
 a few thousand numbers. ``intake.learned`` starts this module as a subprocess, reads the
-JSON and never imports it, so the process that classifies mail stays small. Tests and the
-benchmark may import it directly (``intake.learned.train``) to compare against
+model's bytes and never imports it, so the process that classifies mail stays small. Tests
+and the benchmark may import it directly (``intake.learned.train``) to compare against
 scikit-learn's own ``predict_proba``.
 """
 
@@ -29,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from intake.learned import (
+    CHILD_KEY,
     FOLDS,
     MIN_CHARS,
     MIN_THRESHOLD,
@@ -38,6 +39,7 @@ from intake.learned import (
     SHORT_THRESHOLD,
     TARGET_RECALL,
     C,
+    UrgencyModel,
     prepare,
     text_chars,
 )
@@ -145,12 +147,18 @@ def train_data(
 
 
 def main_train() -> int:
-    """Examples (a JSON list) on stdin -> model JSON on stdout; 3 when they cannot train."""
+    """Examples (a JSON list) on stdin -> the model on stdout; 3 when they cannot train.
+
+    The model goes out as ``UrgencyModel.to_bytes(CHILD_KEY)``, not as JSON: the worker
+    reads those bytes straight into its arrays (decoding the JSON left it ~20 MB of heap
+    fragments). The floats are the fitted float64 values, bit for bit, as in the JSON.
+    """
     examples = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     try:
         data = train_data(examples)
     except ValueError as e:
         json.dump({"error": str(e)}, sys.stdout)
         return 3
-    sys.stdout.write(json.dumps(data, ensure_ascii=True))
+    sys.stdout.buffer.write(UrgencyModel.from_data(data).to_bytes(CHILD_KEY))
+    sys.stdout.flush()
     return 0

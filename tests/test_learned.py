@@ -226,7 +226,7 @@ def test_worker_process_never_imports_scikit_learn(tmp_path: Path) -> None:
     )
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])
     assert result == {"modules": [], "scored": True}
-    assert list((tmp_path / "cache").glob("*.json"))  # and the trained model was cached
+    assert list((tmp_path / "cache").glob("*.model"))  # and the trained model was cached
 
 
 @pytest.fixture
@@ -258,17 +258,32 @@ def test_a_second_load_uses_the_memo_and_a_restart_uses_the_cache(
     assert again.to_data() == first.to_data()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], id="torn write"),
+        pytest.param(lambda raw: raw[:-1], id="last byte missing"),
+        pytest.param(lambda raw: raw + b"\0", id="trailing byte"),
+        pytest.param(lambda raw: raw[:-3] + bytes([raw[-3] ^ 1]) + raw[-2:], id="flipped bit"),
+        pytest.param(lambda raw: raw.split(b"\n", 1)[0], id="magic only"),
+        pytest.param(lambda raw: b"", id="empty"),
+        pytest.param(lambda raw: b'{"key": "', id="old JSON"),
+    ],
+)
 def test_corrupt_cache_is_ignored_and_rebuilt(
-    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch, damage: Any
 ) -> None:
     first = load_model(tiny_rules)
     assert first is not None
-    (cached,) = cache_dir().glob("*.json")
-    cached.write_text('{"key": "', encoding="utf-8")  # a torn write
+    (cached,) = cache_dir().glob("*.model")
+    key = cached.name.removesuffix(".model")
+    good = cached.read_bytes()
+    cached.write_bytes(damage(good))
+    assert learned._read_cache(key) is None
     monkeypatch.setattr(learned, "_MEMO", {})
-    again = load_model(tiny_rules)
+    again = load_model(tiny_rules)  # retrained
     assert again is not None and again.to_data() == first.to_data()
-    assert json.loads(cached.read_text(encoding="utf-8"))["model"] == first.to_data()
+    assert cached.read_bytes() == good  # and the cache rewritten whole
 
 
 def test_a_model_in_a_folder_others_may_write_is_not_trusted(
@@ -276,14 +291,150 @@ def test_a_model_in_a_folder_others_may_write_is_not_trusted(
 ) -> None:
     first = load_model(tiny_rules)
     assert first is not None
-    (cached,) = cache_dir().glob("*.json")
-    planted = json.loads(cached.read_text(encoding="utf-8"))
-    planted["model"]["threshold"] = 1.0  # a model that would never flag anything
-    cached.write_text(json.dumps(planted), encoding="utf-8")
-    cache_dir().chmod(0o777)
+    (cached,) = cache_dir().glob("*.model")
+    key = cached.name.removesuffix(".model")
+    planted = UrgencyModel.from_bytes(cached.read_bytes(), key)
+    planted.threshold = 1.0  # a model that would never flag anything
+    cached.write_bytes(planted.to_bytes(key))
+    assert learned._read_cache(key) is not None  # a well-formed file ...
+    cache_dir().chmod(0o777)  # ... in a folder others may write
     monkeypatch.setattr(learned, "_MEMO", {})
     again = load_model(tiny_rules)  # retrained, the planted file ignored
     assert again is not None and again.threshold == first.threshold < 1.0
+
+
+def test_a_symlinked_cache_file_is_not_followed(
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_model(tiny_rules) is not None
+    (cached,) = cache_dir().glob("*.model")
+    key = cached.name.removesuffix(".model")
+    elsewhere = tmp_path / "elsewhere.model"
+    cached.rename(elsewhere)
+    cached.symlink_to(elsewhere)
+    assert learned._read_cache(key) is None
+
+
+def test_a_cache_file_for_another_key_is_not_used(
+    tiny_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = load_model(tiny_rules)
+    assert first is not None
+    (cached,) = cache_dir().glob("*.model")
+    key = cached.name.removesuffix(".model")
+    other = "0" * 64
+    cached.rename(learned.cache_path(other))  # the right layout under another key's name
+    assert learned._read_cache(other) is None
+    assert learned._read_cache(key) is None  # absent
+    with pytest.raises(ValueError, match="another key"):
+        UrgencyModel.from_bytes(first.to_bytes(key), other)
+
+
+def test_the_cache_key_covers_the_file_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The layout is written and read by this module, whose source the key hashes: a new
+    # layout (another BYTES_MAGIC, or any edit) gives new file names, so a file of an
+    # older layout is never even opened. The suffix also differs from the JSON era's.
+    here = Path(learned.__file__).resolve().parent
+    copy = tmp_path / "intake"
+    copy.mkdir()
+    for name in ("learned.py", "learned_train.py", "lemmas.py"):
+        (copy / name).write_bytes((here / name).read_bytes())
+    raw = b"examples"
+    before = cache_key(raw)
+    monkeypatch.setattr(learned, "__file__", str(copy / "learned.py"))
+    assert cache_key(raw) == before
+    source = (copy / "learned.py").read_text(encoding="utf-8")
+    changed = source.replace("learned model 1", "learned model 2")
+    assert changed != source
+    (copy / "learned.py").write_text(changed, encoding="utf-8")
+    assert cache_key(raw) != before
+    assert learned.CACHE_SUFFIX != ".json"
+
+
+def test_compact_bytes_round_trip_keeps_every_number_and_score(model: UrgencyModel) -> None:
+    raw = model.to_bytes("k")
+    assert raw.startswith(learned.BYTES_MAGIC)
+    again = UrgencyModel.from_bytes(raw, "k")
+    assert again.to_data() == model.to_data()
+    assert (again.intercept, again.threshold, again.cv) == (
+        model.intercept,
+        model.threshold,
+        model.cv,
+    )
+    assert np.array_equal(again._keys, model._keys)
+    for subject, text in PROBES + ODD_TEXTS:
+        assert again.score(subject, text) == model.score(subject, text)
+    assert again.to_bytes("k") == raw
+
+
+def test_vectorised_keys_equal_the_per_gram_keys(model: UrgencyModel) -> None:
+    grams = [model._gram(i) for i in range(len(model._keys))]
+    expected = [learned._key(model._fold_special(g)) for g in grams]
+    assert model._keys.tolist() == expected
+
+
+def test_odd_characters_in_n_grams_survive_the_compact_bytes() -> None:
+    # Emoji (outside the BMP), a lone surrogate and private-use characters: one str
+    # character each, so end offsets in characters must still fit after UTF-8.
+    grams = {
+        "😢😢": [1.5, 2.0],
+        "\ud800x": [1.25, -0.5],
+        "\ue000あ": [2.0, 0.25],
+        "しにたい": [3.0, 4.0],
+        " し": [1.0, 0.125],
+        "たい ": [1.0, 0.75],
+    }
+    cv = learned.CVFigures(recall=0.5, precision=0.5, examples=2, urgent=1, folds=1)
+    m = UrgencyModel(grams, -1.0, 0.7, cv)
+    again = UrgencyModel.from_bytes(m.to_bytes("k"), "k")
+    assert again.to_data()["grams"] == m.to_data()["grams"]
+    assert sorted(m.to_data()["grams"].items()) == sorted(grams.items())
+    for text in ("もう無理😢😢", "\ud800x \ue000あ", "しにたい"):
+        assert again.score("", text) == m.score("", text)
+    assert m.probability("", "しにたい") > m.probability("", "")
+
+
+def _resealed(raw: bytes, body: bytes, **changes: Any) -> bytes:
+    """``raw`` with another body (and header fields), its size and checksum made to fit."""
+    import hashlib
+
+    first, _ = raw[len(learned.BYTES_MAGIC) :].split(b"\n", 1)
+    header = json.loads(first) | changes
+    header |= {"body": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    return learned.BYTES_MAGIC + json.dumps(header).encode() + b"\n" + body
+
+
+def test_a_well_sealed_file_with_inconsistent_arrays_is_still_refused() -> None:
+    # The checksum guards against damage; the arrays are checked anyway, so a file that
+    # was written wrong cannot become a model that reads past its n-grams.
+    cv = learned.CVFigures(recall=0.5, precision=0.5, examples=2, urgent=1, folds=1)
+    m = UrgencyModel({"しに": [1.0, 2.0], "たい": [1.0, 1.0]}, 0.0, 0.7, cv)
+    raw = m.to_bytes("k")
+    numbers = np.array([1.0, 1.0, 2.0, 1.0], dtype="<f8").tobytes()  # idf, then weights
+    text = "しにたい".encode()
+
+    def body(ends: list[int], tail: bytes = text, floats: bytes = numbers) -> bytes:
+        return floats + np.array(ends, dtype="<i8").tobytes() + tail
+
+    assert UrgencyModel.from_bytes(_resealed(raw, body([2, 4])), "k").to_data() == m.to_data()
+    refused = {
+        "a gram of one character": _resealed(raw, body([1, 4])),
+        "ends past the text": _resealed(raw, body([2, 5])),
+        "text past the last end": _resealed(raw, body([2, 4], text + b"x")),
+        "text not UTF-8": _resealed(raw, body([2, 4], b"\xff" * 4)),
+        "two grams with one key": _resealed(raw, body([2, 4], "しにしに".encode())),
+        "a number not finite": _resealed(raw, body([2, 4], floats=numbers[:-8] + b"\xff" * 8)),
+        "fewer bytes than the grams need": _resealed(raw, numbers, grams=2),
+        "another format": _resealed(raw, body([2, 4]), format=learned.MODEL_FORMAT + 1),
+        "a header that is not JSON": learned.BYTES_MAGIC + b"{key\n" + body([2, 4]),
+        "no header line": learned.BYTES_MAGIC + b"{}",
+    }
+    for why, bad in refused.items():
+        with pytest.raises(ValueError):
+            UrgencyModel.from_bytes(bad, "k")
+            pytest.fail(why)
 
 
 def test_changed_examples_are_not_served_from_the_cache(
