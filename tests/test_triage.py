@@ -513,6 +513,15 @@ def test_help_me_in_a_longer_request_is_not_urgent(rules: RuleSet, text: str) ->
 
 
 @pytest.mark.parametrize(
+    "text", ["もういきていけない", "しんじゃおう。", "しんだあとのことばかり考えてる"]
+)
+def test_soft_wishes_spelled_in_kana_are_urgent(rules: RuleSet, text: str) -> None:
+    # MeCab reads these kana differently from their kanji (いき+て+いけ as 行く,
+    # しん as 知れる), so the rules spell them out as alternatives
+    assert "urgent.suicidal.soft" in {m.rule for m in classify_text("", text, rules).urgent_reasons}
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "暑すぎてしぬ。",
