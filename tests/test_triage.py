@@ -522,6 +522,25 @@ def test_soft_wishes_spelled_in_kana_are_urgent(rules: RuleSet, text: str) -> No
 
 
 @pytest.mark.parametrize(
+    ("text", "urgent_expected"),
+    [
+        ("もう限界", True),
+        ("もう限界。誰にも言えない", True),
+        ("だれか止めて", True),
+        ("寝たまま起きたくないって思う日がある", True),
+        ("眠さがもう限界", False),
+        ("もう限界〜部活きつすぎ", False),
+        ("もう無理、宿題多すぎ", False),
+        ("朝起きたくない", False),
+    ],
+)
+def test_at_my_limit_is_urgent_when_it_is_not_about_homework_or_sleepiness(
+    rules: RuleSet, text: str, urgent_expected: bool
+) -> None:
+    assert classify_text("", text, rules).urgent is urgent_expected
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "暑すぎてしぬ。",
