@@ -450,6 +450,7 @@ def test_few_words_count_what_the_resident_wrote(rules: RuleSet, subject: str, t
     ("text", "rule"),
     [
         ("しぬ。ごめん", "urgent.short.death"),  # MeCab: し(為る) + ぬ(ず) before 。
+        ("タヒりたい", "reading.suicidal.wish"),  # タヒ: 死 drawn in katakana
         ("つらい。しぬ。", "urgent.short.death"),
         ("しぬ！", "urgent.short.death"),
         ("シヌ。", "urgent.short.death"),
@@ -470,6 +471,7 @@ def test_kana_and_letter_spaced_cries_for_help_are_urgent(
     reason = next(m for m in triage.urgent_reasons if m.rule == rule)
     assert reason.surface == ("\n" + text)[reason.start : reason.end]
     assert reason.surface.replace(" ", "").replace("\u3000", "") in {
+        "タヒりたい",
         "しぬ",
         "シヌ",
         "たすけて",
@@ -490,6 +492,7 @@ def test_kana_and_letter_spaced_cries_for_help_are_urgent(
         ("", "ayúdame por favor"),
         ("", "tulungan mo ako"),
         ("", "ช่วยด้วย"),
+        ("", "tasukete"),  # romaji from a phone with a Latin keyboard
     ],
 )
 def test_help_me_as_all_the_mail_says_is_urgent_in_any_language(
@@ -525,6 +528,9 @@ def test_soft_wishes_spelled_in_kana_are_urgent(rules: RuleSet, text: str) -> No
     ("text", "urgent_expected"),
     [
         ("もう限界", True),
+        ("もうおえん", True),  # Okayama: it is no good any more
+        ("もうダメ…", True),
+        ("宿題もうだめ", False),
         ("もう限界。誰にも言えない", True),
         ("だれか止めて", True),
         ("寝たまま起きたくないって思う日がある", True),
