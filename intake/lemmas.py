@@ -722,14 +722,14 @@ class Analyser:
             if not line or line.isspace():
                 continue
             sentence += 1
-            line = self._hiraganise_runs(line)  # same length, so offsets still hold
             has_space = _HAS_SPACE(line)
             # where each character of the line MeCab reads was in ``line`` (None: same)
             index: list[int] | None = None
             if has_space:
                 closed = _close_letter_spacing(line)
                 if closed is not None:
-                    line, index = closed
+                    line, index = closed  # タ ス ケ テ: closed up before the katakana test
+            line = self._hiraganise_runs(line)  # same length, so offsets still hold
             line_infos = tokens_of(line)
             if "しぬ" in line:
                 line_infos = self._kana_death(line_infos)
