@@ -812,16 +812,22 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
     phrase or exclusion pattern already explained (counted or discounted) are left
     alone, so an idiom or a negation judged there is not judged again here (signal concept
     words do not count as explained: 縁 is a concept word, and it is also how MeCab reads
-    the えん of Okayama おえん).
+    the えん of Okayama おえん; nor do exclusions meant only for the few-words rules).
     """
     if not a.infos:
         return []
     if not _reading_may_match(a, rules, subject):
         return []
     reading, owner = a.reading()
+    # An exclusion meant only for the few-words rules (死んだ is a report, not a wish, in
+    # a mail of a few words) explains nothing for this tier: わしが死んだらおえん is read.
+    few_words = {p.rule for p in rules.urgent_patterns if p.max_chars is not None}
+    narrow = {ex.id for ex in rules.exclusions if ex.applies_to and ex.applies_to <= few_words}
     covered: set[int] = set()
     for h in hits:
-        if h.pattern.kind in ("urgent", "exclusion"):  # concept words are too common
+        kind = h.pattern.kind
+        # concept words are too common to count as explained
+        if kind == "urgent" or (kind == "exclusion" and h.pattern.rule not in narrow):
             covered.update(range(h.first, h.last + 1))
     subject_tokens = 0
     if subject.strip():

@@ -549,6 +549,22 @@ def test_at_my_limit_is_urgent_when_it_is_not_about_homework_or_sleepiness(
 @pytest.mark.parametrize(
     "text",
     [
+        "死にそう",
+        "死んでやる",
+        "母が死んだから私も死ぬ",
+        # a few-words exclusion (死んだ) must not silence the reading tier
+        "介護でもう疲れた。うちが死んだらおえんのんかな",
+    ],
+)
+def test_few_words_report_exclusions_leave_wishes_and_threats_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert classify_text("", text, rules).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "暑すぎてしぬ。",
         "宿題多すぎてしぬ！",
         "わらいすぎてしぬ",
@@ -575,6 +591,14 @@ def test_kana_death_idioms_stay_idioms(rules: RuleSet, text: str) -> None:
         "橋から飛ぶ鳥を撮影した",
         "今から東京に飛ぶ",
         "猟銃の免許を取った",
+        "スマホの充電死んだ",
+        "うちの金魚が死んでた",
+        "レポートのデータ全部消えた",
+        "部活の筋トレで死にそう",
+        "腹へって死にそう",
+        "推しが尊すぎて死ぬ",
+        "帰りの電車で死にかけた",
+        "社会のテストたすけて",
     ],
 )
 def test_everyday_senses_of_crisis_words_are_not_urgent(rules: RuleSet, text: str) -> None:
