@@ -305,6 +305,47 @@ def _max_chars_ok(
     return False
 
 
+FOREIGN_SCRIPTS = ("latin", "han", "hangul", "other")
+
+
+def _load_foreign_negation(
+    loader: _Loader, src: _Source, rules: RuleSet, table: object, n: int
+) -> None:
+    """One ``[[foreign_negation]]`` table: the negation words of one script.
+
+    Staff write each negation with the words it may take before the crisis words
+    (``no(?: quiero)?``); triage discounts a foreign match when one of them ends right
+    before it, in the same clause (``triage._foreign_negated``).
+    """
+    line = src.table_line("foreign_negation", n)
+    if not isinstance(table, dict):
+        loader.problem(src.path, line, f"[[foreign_negation]] number {n} is not a table")
+        return
+    loader.unknown_keys(src, table, {"script", "patterns", "note"}, line)
+    script = table.get("script")
+    where = f"[[foreign_negation]] number {n}"
+    if script not in FOREIGN_SCRIPTS:
+        loader.problem(
+            src.path, line, f"{where}: script must be one of {', '.join(FOREIGN_SCRIPTS)}"
+        )
+        return
+    values = table.get("patterns")
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        loader.problem(src.path, line, f"{where}: patterns must be a list of strings")
+        return
+    for value in values:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            loader.problem(src.path, line, f"{where}: bad regular expression {value!r}: {exc}")
+            return
+    if script in rules.foreign_negations:
+        loader.problem(src.path, line, f"{where}: a second table for script {script!r}")
+        return
+    words = "|".join(f"(?:{v})" for v in values)
+    rules.foreign_negations[script] = re.compile(rf"(?:{words})[\W_]*$", re.IGNORECASE)
+
+
 def _script_of(patterns: list[str]) -> str:
     """Which letters a foreign group's patterns need: "latin", "han", "hangul" or "other".
 
@@ -566,6 +607,9 @@ class RuleSet:
     foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], str]] = field(
         default_factory=list
     )
+    # [[foreign_negation]] per script ("latin", "han", ...): negation words that, right
+    # before a foreign match in its clause, discount it (no quiero morir, 不会自杀)
+    foreign_negations: dict[str, re.Pattern[str]] = field(default_factory=dict)
     # the reading tier ([[reading]] in urgent.toml): stems on the kana reading
     reading: list[ReadingRule] = field(default_factory=list)
     # every text-scope reading pattern in one alternation: a mail whose reading has none
@@ -801,6 +845,16 @@ class _Source:
         for n, line in enumerate(self.lines, 1):
             if rx.match(line):
                 return n
+        return None
+
+    def table_line(self, name: str, n: int) -> int | None:
+        """Line of the ``n``-th ``[[name]]`` header (tables without an id)."""
+        seen = 0
+        for number, line in enumerate(self.lines, 1):
+            if line.strip() == f"[[{name}]]":
+                seen += 1
+                if seen == n:
+                    return number
         return None
 
     def table_start(self, line: int | None) -> int:
@@ -1076,7 +1130,7 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
     reportable: set[str] = set()
     if loaded:
         data, src = loaded
-        loader.unknown_keys(src, data, {"rule", "foreign", "reading"}, None)
+        loader.unknown_keys(src, data, {"rule", "foreign", "foreign_negation", "reading"}, None)
         for n, table in enumerate(data.get("rule", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "rule")
             loader.unknown_keys(
@@ -1141,6 +1195,8 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
                 rules.foreign.append(
                     ForeignPattern(rule_id, category, language, value, regex, pline, max_chars)
                 )
+        for n, table in enumerate(data.get("foreign_negation", []), 1):
+            _load_foreign_negation(loader, src, rules, table, n)
         for n, table in enumerate(data.get("reading", []), 1):
             rule_id, line = loader.rule_id(src, table, n, "reading")
             loader.unknown_keys(

@@ -1055,6 +1055,24 @@ def _crisis_default(text: str, urgent_reasons: list[Match]) -> str:
     return "isolation"
 
 
+# Where a clause of foreign-language mail starts: a sentence end or a comma-like mark.
+_CLAUSE_MARK = re.compile(r"[.!?;:,。！？、，；\n]")
+_NEGATION_REACH = 40  # characters before a foreign match searched for its negation
+
+
+def _foreign_negated(text: str, start: int, negation: re.Pattern[str]) -> bool:
+    """Does a negation ([[foreign_negation]]) end right before ``start``, in its clause?
+
+    The clause keeps "I have no money, no food" urgent (the comma ends "no money") while
+    "not suicidal, promise" and "não quero morrer" are discounted.
+    """
+    window = text[max(0, start - _NEGATION_REACH) : start]
+    marks = list(_CLAUSE_MARK.finditer(window))
+    if marks:
+        window = window[marks[-1].end() :]
+    return negation.search(window) is not None
+
+
 def _learned_match(model: Any, subject: str, text: str, analysed: str) -> Match | None:
     """The learned tier's verdict as evidence: the n-grams of the mail that weighed most."""
     from intake.learned import MIN_CHARS, SHORT_CHARS, SHORT_THRESHOLD, learned_urgent, text_chars
@@ -1105,6 +1123,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             # over text that is plainly Japanese, where the scan costs as much as the
             # whole analysis and Japanese crisis words have their own rules.
             continue
+        negation = rules.foreign_negations.get(script)
         for m in regex.finditer(analysed):
             fp = group[m.lastindex - 1] if m.lastindex else group[0]
             if fp.max_chars is not None:
@@ -1113,8 +1132,20 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
                     few_words = _few_words_length(subject, text)
                 if few_words > fp.max_chars:
                     continue
+            discounted = None
+            if negation is not None and _foreign_negated(analysed, m.start(), negation):
+                discounted = "negated"  # no quiero morir, not suicidal, 不会自杀
             matches.append(
-                Match(fp.rule, "urgent", fp.category, fp.text, m.group(), m.start(), m.end())
+                Match(
+                    fp.rule,
+                    "urgent",
+                    fp.category,
+                    fp.text,
+                    m.group(),
+                    m.start(),
+                    m.end(),
+                    discounted,
+                )
             )
     urgent_reasons = [m for m in matches if m.kind == "urgent" and m.discounted is None]
     if not urgent_reasons and rules.reading:

@@ -239,6 +239,37 @@ def test_foreign_few_words_rule_speaks_only_in_a_short_mail(tmp_path: Path) -> N
     assert not classify_text("", "Could you help me with my visa application?", rules).urgent
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('script = "cyrillic"\npatterns = ["не"]\n', "script must be one of"),
+        ('script = "latin"\npatterns = ["(unclosed"]\n', "bad regular expression"),
+        ('script = "latin"\n', "patterns must be a list"),
+    ],
+)
+def test_bad_foreign_negation_is_reported_with_its_table_line(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    write_rules(tmp_path, urgent=URGENT_OK + "\n[[foreign_negation]]\n" + table)
+    (problem,) = check_rules(tmp_path)
+    assert message in problem.message and problem.line == 6
+
+
+def test_foreign_negation_discounts_only_inside_its_clause(tmp_path: Path) -> None:
+    urgent = (
+        URGENT_OK
+        + '\n[[foreign]]\nid = "urgent.foreign.en"\ncategory = "suicidal"\nlanguage = "en"\n'
+        + "patterns = ['\\bwant\\s+to\\s+die\\b']\n"
+        + '\n[[foreign_negation]]\nscript = "latin"\npatterns = ["\\\\bdon\'?t\\\\b"]\n'
+    )
+    rules = load_rules(write_rules(tmp_path, urgent=urgent))
+    negated = classify_text("", "I don't want to die, I just need sleep", rules)
+    assert not negated.urgent
+    assert [m.discounted for m in negated.matches if m.kind == "urgent"] == ["negated"]
+    assert classify_text("", "I don't know. I want to die", rules).urgent
+    assert classify_text("", "don't worry, want to die", rules).urgent
+
+
 def test_exclusion_may_name_a_single_urgent_rule(tmp_path: Path) -> None:
     ok = EXCLUSIONS_OK + (
         '\n[[rule]]\nid = "exclusion.x"\ndiscount = "reported"\n'

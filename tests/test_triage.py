@@ -503,6 +503,29 @@ def test_help_me_as_all_the_mail_says_is_urgent_in_any_language(
 
 
 @pytest.mark.parametrize(
+    ("text", "urgent_expected"),
+    [
+        ("not suicidal, promise. mostly homesick and need a friend", False),
+        ("I won't kill myself, I just can't sleep", False),
+        ("no quiero matarme ni nada, solo estoy cansado", False),
+        ("juro que nao quero morrer, so estou cansado", False),
+        ("saya ga ada niat bunuh diri, cuma stres kerja", False),
+        ("em không muốn chết đâu, chỉ mệt thôi", False),
+        ("别担心，我不会自杀的，只是失眠", False),
+        ("I have no money, no food since Monday", True),
+        ("no sé qué hacer, quiero morir", True),
+        ("I'm not okay. I want to die", True),
+        ("quero morrer", True),
+        ("我想自杀", True),
+    ],
+)
+def test_a_negation_right_before_foreign_crisis_words_discounts_them(
+    rules: RuleSet, text: str, urgent_expected: bool
+) -> None:
+    assert classify_text("", text, rules).urgent is urgent_expected
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "Can you help me with my visa application form?",
