@@ -73,6 +73,11 @@ _HAS_SPACE = re.compile(r"\s").search
 _WORD_SPACE = re.compile(r"(?<=[ぁ-ゖァ-ヺー一-龯々]) (?=[ぁ-ゖァ-ヺー一-龯々])")
 
 
+# Entries per token cache of the analyser (MeCab key line / UniDic line -> TokenInfo,
+# katakana runs): ~0.9 KB an entry, so ~18 MB at most; see Analyser._forget_tokens.
+# Rule loading fills ~2,300 and a 2 KB consultation adds a few new words at most.
+TOKEN_CACHE_LIMIT = 20_000
+
 # Letters written one by one with spaces (た す け て, し に た い): a way of writing a
 # hard word, or of writing on a phone in a hurry.
 _JA_LETTER = "ぁ-ゖァ-ヺー一-龯々"
@@ -507,6 +512,19 @@ class Analyser:
         self._tagger = full
         self._full_lines = partial(_printed_lines, full)
 
+    def _forget_tokens(self) -> None:
+        """Start the token caches again (between two analyses, never during one).
+
+        Why: every phone number, name and typo is a new MeCab key, so a worker that runs
+        for months would keep adding ~0.9 KB a new token (a 200,000-entry cap measured as
+        heading for ~175 MB) to its peak. Emptying them when full costs a few hundred
+        mails of re-learning the common words; identity of ``TokenInfo`` objects only
+        has to hold within one analysis, so this is done at the start of one.
+        """
+        self._key_cache.clear()
+        self._line_cache.clear()
+        self._shinu = None  # re-read from the new cache, so it is the same object
+
     # -- token level -------------------------------------------------------------
     def _info(self, line: str) -> TokenInfo:
         info = self._line_cache.get(line)
@@ -568,7 +586,7 @@ class Analyser:
             kind,
             surface_kana(surface, cols[1] if len(cols) > 1 else ""),
         )
-        if len(self._line_cache) < 200_000:
+        if len(self._line_cache) < 2 * TOKEN_CACHE_LIMIT:  # analyse() empties it first
             self._line_cache[line] = info
         return info
 
@@ -587,8 +605,9 @@ class Analyser:
             content = any(t.pos.startswith(("動詞", "形容詞", "助動詞")) for t in hira)
             noise = any(t.pos.startswith(("感動詞", "記号", "補助記号")) for t in hira)
             decided = content and not noise
-        if len(self._kata_cache) < 50_000:
-            self._kata_cache[run] = decided
+        if len(self._kata_cache) >= TOKEN_CACHE_LIMIT:
+            self._kata_cache.clear()  # bounded like the token caches (see analyse)
+        self._kata_cache[run] = decided
         return decided
 
     def _split_negative(self, info: TokenInfo) -> tuple[TokenInfo, TokenInfo]:
@@ -681,7 +700,7 @@ class Analyser:
             info = cache.get(key)
             if info is None:
                 info = self._info(_unidic_line(node))
-                if len(cache) < 200_000:
+                if len(cache) < 2 * TOKEN_CACHE_LIMIT:  # analyse() empties it first
                     cache[key] = info
             infos.append(info)
         return infos
@@ -707,6 +726,8 @@ class Analyser:
         Token offsets are kept in the normalised text (cheap); ``Analysis.span`` maps
         them back to ``text`` only for the tokens that matched something.
         """
+        if len(self._key_cache) >= TOKEN_CACHE_LIMIT or len(self._line_cache) >= TOKEN_CACHE_LIMIT:
+            self._forget_tokens()
         norm, offsets = normalise(text)
         infos: list[TokenInfo] = []
         starts: list[int] = []

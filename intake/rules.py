@@ -67,6 +67,8 @@ DISCOUNTS = ("idiom", "reported", "resolved-past")
 # Optional per-rule keys that widen how far apart a pattern's parts may be: a two-part
 # "means + intent" rule (ロープ ... 買った) needs more room than a set phrase.
 WINDOW_KEYS = ("gap", "sentences")
+# Key tuples whose pattern plan RuleSet.token_patterns keeps (most share one object)
+_PLAN_CACHE_LIMIT = 50_000
 # max_chars above this would no longer describe "a mail of a few words"
 MAX_CHARS_LIMIT = 200
 
@@ -781,8 +783,9 @@ class RuleSet:
                 tuple(starts),
                 bool(longer),
             )
-        if len(self._by_keys) < 200_000:
-            self._by_keys[keys] = found
+        if len(self._by_keys) >= _PLAN_CACHE_LIMIT:
+            self._by_keys.clear()  # bounded: a new name or number is a new key tuple
+        self._by_keys[keys] = found
         return found
 
     @property

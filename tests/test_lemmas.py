@@ -495,3 +495,17 @@ def test_letter_spaced_runs_are_read_closed_up(text: str, surfaces: list[str]) -
 @pytest.mark.parametrize("text", ["しぬ。", "しぬ！", "もうしぬ", "しぬ、ごめん", "しぬかも"])
 def test_kana_shinu_at_a_sentence_end_is_the_verb_to_die(text: str) -> None:
     assert "死ぬ" in [i.lemma for i in analyse(text).infos]
+
+
+def test_token_caches_start_again_when_full_and_analysis_stays_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that runs for months meets a new name or number in every mail; the token
+    caches are emptied when full (between analyses) instead of growing without bound."""
+    analyser = Analyser()
+    reference = [(i.surface, i.lemma) for i in analyser.analyse("しぬ。山田花子です").infos]
+    monkeypatch.setattr(lemmas, "TOKEN_CACHE_LIMIT", 50)
+    for n in range(200):
+        analyser.analyse(f"電話は090{n:08d}です。{n}円")
+        assert len(analyser._key_cache) < 2 * 50 and len(analyser._line_cache) < 2 * 50
+    assert [(i.surface, i.lemma) for i in analyser.analyse("しぬ。山田花子です").infos] == reference
