@@ -105,6 +105,7 @@ UNSEEN_FILES = (
     "triage_holdout5.jsonl",
     "triage_holdout6.jsonl",
     "triage_holdout7.jsonl",
+    "triage_holdout8.jsonl",
 )
 KEPT_FIELDS = ("id", "subject", "text", "urgent", "topic")
 
