@@ -24,13 +24,26 @@ class JsonFormatter(logging.Formatter):
         }
         data.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info and record.levelno >= logging.ERROR:
-            data["error"] = repr(record.exc_info[1])
+            data["error"] = _error(record)
         return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _error(record: logging.LogRecord) -> str:
+    """The exception as its ``repr``, never a traceback or its ``str``.
+
+    Why: ``str()`` of a database error carries the statement's parameters (a mail's text,
+    a resident's address: SQLAlchemy prints ``[parameters: (...)]``), and a traceback
+    prints that string; ``repr`` names the class and the driver's message only.
+    """
+    assert record.exc_info is not None
+    return repr(record.exc_info[1])
 
 
 class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        if record.exc_info and record.levelno >= logging.ERROR:
+            extra["error"] = _error(record)  # as in JSON; was dropped in plain output
         when = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
         base = f"{when} {record.levelname} {record.name}: {record.getMessage()}"
         return base + ("" if not extra else " " + " ".join(f"{k}={v}" for k, v in extra.items()))
