@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +221,20 @@ def _secret(sec: _Section, base: Path) -> Secret:
         )
     if env and file:
         raise sec.error("password_env", "give password_env or password_file, not both")
-    return Secret(env=env, file=(base / file) if file else None)
+    path = (base / file) if file else None
+    if path is not None:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = 0  # read (and reported) at connection time: it may be mounted later
+        if mode & 0o077:
+            # as ssh refuses a private key others can read: the password would be theirs too
+            raise sec.error(
+                "password_file",
+                f"{path} can be read or written by other users (mode {stat.S_IMODE(mode):o}); "
+                f"run: chmod 600 {path}",
+            )
+    return Secret(env=env, file=path)
 
 
 def _security(sec: _Section, host: str) -> str:

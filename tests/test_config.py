@@ -70,8 +70,20 @@ def test_secret_is_read_from_environment_only_when_used(
     assert "s3cret" not in repr(s)
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o606])
+def test_password_file_others_can_read_is_refused_with_the_fix(tmp_path: Path, mode: int) -> None:
+    (tmp_path / "pw").write_text("from-file\n", encoding="utf-8")
+    (tmp_path / "pw").chmod(mode)
+    with pytest.raises(ConfigError, match="chmod 600") as caught:
+        load_settings(
+            write(tmp_path, GOOD.replace('password_env = "IMAP_PW"', 'password_file = "pw"'))
+        )
+    assert "from-file" not in str(caught.value)
+
+
 def test_password_file_is_relative_to_config(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("from-file\n", encoding="utf-8")
+    (tmp_path / "pw").chmod(0o600)
     s = load_settings(
         write(tmp_path, GOOD.replace('password_env = "IMAP_PW"', 'password_file = "pw"'))
     )
