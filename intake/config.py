@@ -296,6 +296,12 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
     sm = _Section(path, "smtp", top.data.get("smtp", {}))
     sm_host = sm.get("host", str, required=True)
     sm_security = _security(sm, sm_host)
+    sm_password = _secret(sm, base)
+    if sm.data.get("username") and sm_password.env is None and sm_password.file is None:
+        # aiosmtplib would log in with an empty password and the relay refuse every mail
+        raise sm.error(
+            "username", 'needs a password: add password_env = "NAME" or password_file = "/path"'
+        )
     smtp = SmtpSettings(
         host=sm_host,
         port=sm.get("port", int, {"tls": 465, "starttls": 587}.get(sm_security, 25)),
@@ -303,7 +309,7 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         from_address=sm.get("from_address", str, required=True),
         from_name=sm.get("from_name", str, "笠岡市 ささえ愛相談窓口"),
         username=sm.get("username", str, None),
-        password=_secret(sm, base),
+        password=sm_password,
         cafile=_path(base, sm.get("cafile", str, None)),
         timeout=sm.get("timeout", float, 30.0),
     )

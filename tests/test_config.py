@@ -93,3 +93,10 @@ def test_password_file_is_relative_to_config(tmp_path: Path) -> None:
 def test_invalid_toml_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[mailbox\nhost="))
+
+
+def test_smtp_username_without_a_password_source_is_refused(tmp_path: Path) -> None:
+    config = GOOD.replace("[smtp]\n", '[smtp]\nusername = "relay-user"\n', 1)
+    assert 'username = "relay-user"' in config
+    with pytest.raises(ConfigError, match=r"smtp\.username: needs a password"):
+        load_settings(write(tmp_path, config))
