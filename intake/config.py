@@ -9,6 +9,7 @@ never in the file: it names an environment variable (``password_env``) or a file
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import stat
@@ -19,6 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from intake.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECURITY_MODES = ("tls", "starttls", "plain")
@@ -125,6 +128,15 @@ class OncallSettings:
     def everyone(self) -> tuple[str, ...]:
         """Every on-call address: replies from any of them acknowledge an alert."""
         return (*self.to, *self.backup, *self.off_hours)
+
+    @property
+    def lone(self) -> bool:
+        """True when ``backup`` names nobody besides ``to``: then an alert the mail server
+        refuses for good (a mistyped or deleted on-call address, a content filter) and every
+        escalation of it go to the same unreachable place, and no human hears of the case.
+        """
+        to = {a.lower() for a in self.to}
+        return not any(a.lower() not in to for a in self.backup)
 
 
 @dataclass(frozen=True)
@@ -329,6 +341,16 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         raise oc.error("escalate_every_minutes", "must be > 0 to repeat (or escalate_max = 0)")
     if not oncall.to:
         raise oc.error("to", "at least one on-call address is needed for urgent alerts")
+    if oncall.lone:
+        # A warning, not a refusal: refusing here would also stop `run` of a working
+        # installation after an upgrade, and a worker that does not start alerts nobody.
+        # `check` and every start of the service print it until a backup is added.
+        log.warning(
+            "%s: oncall.backup: no backup address besides oncall.to; if the mail server "
+            "refuses an urgent alert for good (a mistyped or deleted on-call address), "
+            'nobody is told of the case. Add backup = ["..."] under [oncall]',
+            path or "<config>",
+        )
     if "@" not in smtp.from_address or smtp.from_address.startswith("@"):
         raise sm.error("from_address", f"must be a mail address, got {smtp.from_address!r}")
     sv = _Section(path, "service", top.data.get("service", {}))

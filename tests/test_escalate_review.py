@@ -1,0 +1,375 @@
+"""Regression tests for the escalation path found by review 5 (findings 4, 6 and 13).
+
+Each test runs the real path where it matters: the alert is written by the pipeline's own
+``_queue_alert`` (or ``quarantine``), delivered by ``intake.send`` to a real aiosmtpd
+server on 127.0.0.1, and time is simulated the way the worker's jobs run: ``escalate``
+then ``deliver_outbox`` at a controllable ``now``. Each failed on the code before the fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from email.header import decode_header, make_header
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlmodel import Session, select
+
+from intake.config import load_settings
+from intake.escalate import acknowledge_alert, escalate, escalation_due
+from intake.localservers import LocalSMTP, ReceivedMail, free_port
+from intake.pipeline import Service, _queue_alert, quarantine
+from intake.send import deliver_outbox
+from intake.store import Case, Event, Outbox, StoredMessage, session_scope, to_db
+from tests.helpers import BACKUP, ONCALL, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+JST = ZoneInfo("Asia/Tokyo")
+NOON = datetime(2026, 11, 26, 12, 0, tzinfo=JST)  # a Thursday, office open
+NIGHT = datetime(2026, 11, 26, 22, 0, tzinfo=JST)  # the same Thursday, office shut
+NIGHT_DUTY = "night@example.jp"
+
+
+def config(tmp_path: Path, smtp: Any, extra: str = "", *, backup: bool = True) -> Path:
+    """A config file for the given SMTP server (IMAP is never contacted)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
+    path = write_config(tmp_path, imap, smtp, extra=extra)  # type: ignore[arg-type]
+    if not backup:
+        text = path.read_text(encoding="utf-8").replace(f'backup = ["{BACKUP}"]', "")
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_svc(tmp_path: Path, smtp: Any, extra: str = "", *, backup: bool = True) -> Service:
+    """A Service on the given SMTP server (IMAP is never contacted)."""
+    return Service.from_settings(load_settings(config(tmp_path, smtp, extra, backup=backup)))
+
+
+def urgent_case(svc: Service, now: datetime) -> int:
+    """An urgent case whose alert is queued by the pipeline's own ``_queue_alert``."""
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as s:
+        case = Case(
+            mailbox=key,
+            created_at=to_db(now),
+            sender="resident@example.jp",
+            urgent=True,
+            partner="city",
+            topic="other",
+            phone='["090-1234-5678"]',
+            urgent_reasons=json.dumps([{"surface": "消えたい", "rule": "u1"}]),
+        )
+        s.add(case)
+        s.flush()
+        msg = StoredMessage(
+            mailbox=key,
+            sha256=uuid.uuid4().hex,
+            raw=b"x",
+            received_at=to_db(now),
+            status="processed",
+            case_id=case.id,
+            new_text="もう消えたいです",
+        )
+        s.add(msg)
+        s.flush()
+        _queue_alert(svc, s, case, msg, now, None, now)
+        assert case.id is not None
+        return case.id
+
+
+def run_jobs(svc: Service, start: datetime, end: datetime, step: timedelta) -> None:
+    """The worker's escalate and outbox jobs, at simulated times from start to end."""
+    t = start
+    while t <= end:
+        escalate(svc, t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t, svc.settings.mailbox.key)
+        t += step
+
+
+def outbox(svc: Service, kind: str | None = None) -> list[Outbox]:
+    with Session(svc.engine) as s:
+        query = select(Outbox).order_by(Outbox.id)  # type: ignore[arg-type]
+        if kind:
+            query = query.where(Outbox.kind == kind)
+        return list(s.exec(query).all())
+
+
+def subject(mail: ReceivedMail) -> str:
+    return str(make_header(decode_header(str(mail.message["Subject"]))))
+
+
+def body(mail: ReceivedMail) -> str:
+    part = mail.message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())  # type: ignore[attr-defined]
+
+
+def no_address_above_debug(records: list[logging.LogRecord]) -> None:
+    """No log record at INFO or above carries a mail address, in its text or its extras."""
+    standard = set(vars(logging.LogRecord("x", 0, "", 0, "", None, None)))
+    for record in records:
+        if record.levelno < logging.INFO or not record.name.startswith("intake"):
+            continue
+        extras = {k: v for k, v in vars(record).items() if k not in standard}
+        text = record.getMessage() + " " + repr(extras)
+        assert "@" not in text, f"address logged at {record.levelname}: {text}"
+
+
+class _RefuseRcpt:
+    """aiosmtpd handler: 550 for some recipients at RCPT, records what it accepts."""
+
+    def __init__(self, refused: set[str]) -> None:
+        self.refused = refused
+        self.received: list[ReceivedMail] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        if address in self.refused:
+            return "550 5.1.1 <" + address + ">: user unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import email
+        import email.policy
+
+        data = envelope.original_content or envelope.content or b""
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        self.received.append(
+            ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), data, message)  # type: ignore[arg-type]
+        )
+        return "250 OK"
+
+
+@pytest.fixture
+def oncall_refused() -> Iterator[tuple[SimpleNamespace, _RefuseRcpt]]:
+    """A real SMTP server on which the on-call address no longer exists (RCPT 550)."""
+    from aiosmtpd.controller import Controller
+
+    handler = _RefuseRcpt({ONCALL})
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield SimpleNamespace(host="127.0.0.1", port=port), handler
+    finally:
+        controller.stop()
+
+
+# --- finding 4: a refused alert --------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_refused_alert_goes_to_backup_and_night_duty_at_once(
+    tmp_path: Path,
+    oncall_refused: tuple[SimpleNamespace, _RefuseRcpt],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    smtp, server = oncall_refused
+    svc = make_svc(tmp_path, smtp, extra=f'off_hours = ["{NIGHT_DUTY}"]')
+    caplog.set_level(logging.DEBUG)
+    urgent_case(svc, NOON)  # office hours: the alert goes to ONCALL only, and is refused
+
+    run_jobs(svc, NOON, NOON + timedelta(minutes=5), timedelta(seconds=30))
+
+    [alert] = outbox(svc, "alert")
+    assert alert.status == "failed"
+    [failover] = server.received  # well before the 30 minutes of the ordinary schedule
+    assert sorted(failover.rcpt_tos) == sorted([BACKUP, NIGHT_DUTY])
+    assert "再通知" in subject(failover) and "C000001" in subject(failover)
+    assert "送信できませんでした" in body(failover)
+    assert "090-1234-5678" in body(failover)
+    [row] = outbox(svc, "escalation")
+    assert row.status == "sent" and row.sent_at is not None
+    assert row.sent_at - alert.claimed_at <= timedelta(minutes=1)  # type: ignore[operator]
+
+    errors = [r for r in caplog.records if r.name == "intake.escalate" and r.levelno >= 40]
+    assert len(errors) == 1
+    assert errors[0].case == "C000001" and errors[0].outbox == alert.id  # type: ignore[attr-defined]
+    no_address_above_debug(caplog.records)
+
+
+@pytest.mark.integration
+def test_refused_alert_without_backup_is_an_error_once_per_row(
+    tmp_path: Path,
+    oncall_refused: tuple[SimpleNamespace, _RefuseRcpt],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    smtp, server = oncall_refused
+    svc = make_svc(tmp_path, smtp, backup=False)
+    caplog.set_level(logging.INFO)
+    case_id = urgent_case(svc, NOON)
+
+    run_jobs(svc, NOON, NOON + timedelta(hours=2), timedelta(minutes=1))
+
+    assert server.received == []  # there is truly nobody else to tell
+    rows = outbox(svc)
+    assert [(r.kind, r.status) for r in rows] == [("alert", "failed")] + [
+        ("escalation", "failed")
+    ] * 3, "the ordinary schedule still tries, up to the cap"
+    errors = [r for r in caplog.records if r.name == "intake.escalate" and r.levelno >= 40]
+    # One ERROR per refused row (not one a minute), each naming the case and the row.
+    assert sorted(r.outbox for r in errors) == [r.id for r in rows]  # type: ignore[attr-defined]
+    assert {r.case for r in errors} == {"C000001"}  # type: ignore[attr-defined]
+    [first] = [r for r in errors if r.outbox == rows[0].id]  # type: ignore[attr-defined]
+    assert "nobody has been told" in first.getMessage()
+    assert "backup" in first.getMessage()
+    from intake.escalate import UNDELIVERED_EVENT  # new with the fix
+
+    with Session(svc.engine) as s:
+        seen = s.exec(
+            select(Event).where(Event.case_id == case_id, Event.kind == UNDELIVERED_EVENT)
+        ).all()
+    assert sorted(e.detail for e in seen) == sorted(f"outbox {r.id}" for r in rows)
+    no_address_above_debug(caplog.records)
+
+
+def test_an_oncall_section_without_backup_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    smtp = SimpleNamespace(host="127.0.0.1", port=1)
+    caplog.set_level(logging.WARNING, logger="intake.config")
+    load_settings(config(tmp_path / "with", smtp))
+    assert caplog.records == []
+    # The same address as `to` is no backup either.
+    path = config(tmp_path / "same", smtp)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace(f'"{BACKUP}"', f'"{ONCALL.upper()}"'), encoding="utf-8")
+    load_settings(path)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "oncall.backup" in caplog.records[0].getMessage()
+
+    # What the contractor sees: `check` says so, but does not refuse (see intake.config).
+    path = config(tmp_path / "none", smtp, backup=False)
+    result = subprocess.run(
+        [sys.executable, "service.py", "check", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "oncall.backup: no backup address" in result.stderr
+    assert "nobody is told" in result.stderr
+
+
+# --- finding 6: escalations during an SMTP outage ---------------------------------------
+
+
+@pytest.mark.integration
+def test_smtp_outage_does_not_spend_the_escalations_before_anyone_has_them(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    svc = make_svc(tmp_path, smtp_server)
+    smtp_server.stop()
+    urgent_case(svc, NIGHT)
+    back_at = NIGHT + timedelta(minutes=65)
+    arrivals: list[tuple[datetime, str]] = []
+    queued_in_outage = 0
+    t = NIGHT
+    while t <= NIGHT + timedelta(hours=3):
+        if t >= back_at and not smtp_server.running:
+            queued_in_outage = len(outbox(svc, "escalation"))
+            smtp_server.start()
+        escalate(svc, t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t, svc.settings.mailbox.key)
+        arrivals += [(t, subject(m)) for m in smtp_server.messages[len(arrivals) :]]
+        t += timedelta(seconds=30)
+
+    assert queued_in_outage == 1, "one escalation waits for SMTP; no more pile up behind it"
+    escalations = [at for at, subj in arrivals if "再通知" in subj]
+    assert len(escalations) == 3, "after recovery the schedule goes on to the cap"
+    gaps = [b - a for a, b in itertools.pairwise(escalations)]
+    assert all(gap >= timedelta(minutes=30) for gap in gaps), gaps
+    assert [subj for _, subj in arrivals if "再通知" not in subj] == [
+        "【至急】緊急の可能性がある相談 C000001"
+    ]
+
+
+def test_no_escalation_is_due_while_the_previous_one_is_undelivered() -> None:
+    late = NIGHT + timedelta(hours=2)
+    assert escalation_due(NIGHT, None, 0, late)
+    assert not escalation_due(NIGHT, None, 0, late, pending=True)
+    assert not escalation_due(NIGHT, None, 1, late, pending=True)
+
+
+def test_a_refused_alert_is_due_at_once_even_with_escalation_switched_off() -> None:
+    from intake.escalate import EscalationPolicy
+
+    off = EscalationPolicy(cap=0)
+    assert escalation_due(NIGHT, None, 0, NIGHT, off, alert_failed=True)
+    assert not escalation_due(NIGHT, None, 1, NIGHT + timedelta(hours=1), off, alert_failed=True)
+    acked = NIGHT + timedelta(seconds=1)
+    assert not escalation_due(NIGHT, acked, 0, acked, off, alert_failed=True)
+
+
+# --- finding 13: what an escalation says and to whom ------------------------------------
+
+
+@pytest.mark.integration
+def test_escalation_of_a_quarantined_mail_still_says_to_check_the_original(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    svc = make_svc(tmp_path, smtp_server)
+    with session_scope(svc.engine) as s:
+        msg = StoredMessage(
+            mailbox=svc.settings.mailbox.key,
+            sha256=uuid.uuid4().hex,
+            raw=b"From: resident@example.jp\r\nSubject: x\r\n\r\n\x00broken",
+            received_at=to_db(NIGHT),
+            status="received",
+        )
+        s.add(msg)
+        s.flush()
+        quarantine(svc, s, msg, "parse", "ValueError", NIGHT)
+    run_jobs(svc, NIGHT, NIGHT + timedelta(minutes=31), timedelta(minutes=1))
+
+    mails = smtp_server.wait_for(3)
+    [alert] = [m for m in mails if subject(m).startswith("【至急】")]
+    [escalation] = [m for m in mails if "再通知" in subject(m)]
+    hint = "python service.py show C000001"
+    assert hint in body(alert)
+    assert hint in body(escalation)
+
+
+@pytest.mark.integration
+def test_night_duty_gets_escalations_only_outside_office_hours(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    svc = make_svc(tmp_path, smtp_server, extra=f'off_hours = ["{NIGHT_DUTY}"]')
+    urgent_case(svc, datetime(2026, 11, 26, 10, 0, tzinfo=JST))
+    run_jobs(
+        svc,
+        datetime(2026, 11, 26, 10, 0, tzinfo=JST),
+        datetime(2026, 11, 26, 10, 31, tzinfo=JST),
+        timedelta(minutes=1),
+    )
+    [alert, escalation] = smtp_server.wait_for(2)
+    assert alert.rcpt_tos == [ONCALL]
+    assert escalation.rcpt_tos == [ONCALL, BACKUP], "night duty is off shift at 10:30"
+
+    # Alerted at 16:10 (open), escalated at 16:40 (shut at 16:30): night duty is on.
+    acknowledge_alert(svc, "C000001", "tanaka", datetime(2026, 11, 26, 10, 40, tzinfo=JST))
+    smtp_server.clear()
+    urgent_case(svc, datetime(2026, 11, 26, 16, 10, tzinfo=JST))
+    run_jobs(
+        svc,
+        datetime(2026, 11, 26, 16, 10, tzinfo=JST),
+        datetime(2026, 11, 26, 16, 41, tzinfo=JST),
+        timedelta(minutes=1),
+    )
+    [alert, escalation] = smtp_server.wait_for(2)
+    assert alert.rcpt_tos == [ONCALL]
+    assert escalation.rcpt_tos == [ONCALL, NIGHT_DUTY, BACKUP]
