@@ -45,6 +45,7 @@ url = "sqlite:///{(state / "intake.db").as_posix()}"
 
 [oncall]
 to = ["oncall@example.jp"]
+backup = ["oncall-backup@example.jp"]
 """,
         encoding="utf-8",
     )
