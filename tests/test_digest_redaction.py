@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
-from intake.digest import redact_contact
-from intake.phones import find_phones
+import email
+import email.policy
+import json
+import sys
+import time
+import unicodedata
+import uuid
+from datetime import datetime
+from email.message import EmailMessage
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import Session, col, select
+
+from intake import samples
+from intake.config import load_settings
+from intake.digest import queue_digests, redact_contact
+from intake.fetch import Mailbox
+from intake.localservers import LocalDovecot, LocalSMTP
+from intake.phones import DASHES, find_phones
+from intake.pipeline import Service, process_new_mail
+from intake.send import deliver_outbox
+from intake.store import Case, Outbox, StoredMessage, session_scope, to_db
+from tests.helpers import offline_service, write_config
 
 
 def test_phone_numbers_and_addresses_are_masked_however_written() -> None:
@@ -26,3 +51,245 @@ def test_a_date_with_a_time_is_kept_but_a_number_after_it_is_masked() -> None:
     assert redact_contact("2026-11-26 10時に電話します") == "2026-11-26 10時に電話します"
     masked = redact_contact("2026-11-26 090-1234-5678 に電話ください")
     assert masked.startswith("2026-11-26 ") and find_phones(masked) == []
+
+
+# --- Every spelling intake.phones reads as a phone, and more (review 5, finding 8) --------
+# Each of these passed unmasked to show_sender = false partners before the mask was built
+# from the same folding and dashes as intake.phones.
+
+PHONE_SPELLINGS = [
+    pytest.param("090–1234–5678", id="en-dash"),
+    pytest.param("090—1234—5678", id="em-dash"),
+    pytest.param("090―1234―5678", id="horizontal-bar-U+2015"),
+    pytest.param("090‒1234‒5678", id="figure-dash"),
+    pytest.param("090‑1234‑5678", id="non-breaking-hyphen"),
+    pytest.param("０９０―１２３４―５６７８", id="full-width-digits-horizontal-bar"),
+    pytest.param("０９０–１２３４–５６７８", id="full-width-digits-en-dash"),
+    pytest.param("０８６５―６３―８５１５", id="full-width-fixed-line-horizontal-bar"),
+    pytest.param("090.1234.5678", id="dots"),
+    pytest.param("０９０．１２３４．５６７８", id="full-width-dots"),
+    pytest.param("090・1234・5678", id="nakaguro"),
+    pytest.param("090ｰ1234ｰ5678", id="half-width-choon"),
+    pytest.param("090─1234─5678", id="box-drawing-line"),
+    pytest.param("090/1234/5678", id="slashes"),
+    pytest.param("〇九〇―一二三四―五六七八", id="kanji-numerals"),
+    pytest.param("090\u200b1234\u200b5678", id="zero-width-spaces"),
+    pytest.param("0\ufe0f\u20e39\ufe0f\u20e30\ufe0f\u20e3-1234-5678", id="keycap-emoji"),
+    pytest.param("０９０　–　１２３４　–　５６７８", id="ideographic-spaces-around-en-dashes"),
+]
+
+ADDRESS_SPELLINGS = [
+    pytest.param("taro＠example.jp", id="full-width-at"),
+    pytest.param("taro﹫example.jp", id="small-at"),
+    pytest.param("ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ", id="all-full-width"),
+    pytest.param("taro @ example.jp", id="spaces-around-at"),
+    pytest.param("taro at example.jp", id="word-at"),
+    pytest.param("taro AT example DOT jp", id="words-at-dot"),
+    pytest.param("taro(at)example(dot)jp", id="bracketed-at-dot"),
+    pytest.param("taro［at］example．jp", id="full-width-brackets"),
+    pytest.param("taro あっと example.jp", id="hiragana-atto"),
+    pytest.param("taroアットマークexample.jp", id="katakana-atto-maaku"),
+    pytest.param("taro★example.jp", id="star-for-at"),
+    pytest.param("taro\u200b@example.jp", id="zero-width-space"),
+]
+
+
+@pytest.mark.parametrize("number", PHONE_SPELLINGS)
+def test_every_spelling_of_a_phone_number_is_masked(number: str) -> None:
+    text = f"電話は{number}です。"
+    masked = redact_contact(text)
+    assert masked == "電話は［電話番号］です。"
+    assert find_phones(masked) == []
+
+
+@pytest.mark.parametrize("address", ADDRESS_SPELLINGS)
+def test_every_spelling_of_a_mail_address_is_masked(address: str) -> None:
+    masked = redact_contact(f"メールは{address}です。")
+    assert masked == "メールは［メールアドレス］です。"
+
+
+def test_a_local_part_in_japanese_is_masked_with_the_word_before_it() -> None:
+    masked = redact_contact("メールはたろう＠example.jpです。")
+    assert "たろう" not in masked and "example" not in masked and "［メールアドレス］" in masked
+
+
+def test_every_unicode_dash_but_the_wave_dashes_separates_a_number() -> None:
+    """Pd is what a keyboard or IME may give for "-"; 〜 and 〰 mark ranges (10〜12時)."""
+    dashes = [
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) == "Pd" and chr(c) not in "〜〰"
+    ]
+    leaked = [d for d in dashes if redact_contact(f"090{d}1234{d}5678") != "［電話番号］"]
+    assert leaked == []
+
+
+def test_a_kept_date_never_leaves_a_phone_number_readable() -> None:
+    # "05 1234 5678" is a phone to intake.phones; keeping the date would show it.
+    masked = redact_contact("2026-11-05 1234 5678")
+    assert find_phones(masked) == [] and "1234" not in masked
+
+
+_NOISE = "0123456789０１２３４５６７８９" + DASHES + "‒–—― .・()（）\n\u3000年月日円,:/"
+_DIGIT = st.sampled_from("0123456789０１２３４５６７８９")
+_SEP = st.sampled_from(["", " ", "\u3000", "\n", *DASHES, "‒", "–", "—", "―"])
+
+
+def _digits(n: int, m: int | None = None) -> st.SearchStrategy[str]:
+    return st.text(_DIGIT, min_size=n, max_size=m or n)
+
+
+# Numbers in the grammar of intake.phones, each digit ASCII or full-width, each separator
+# any it accepts; between noise that may look like dates, times and amounts.
+_PHONE_LIKE = st.one_of(
+    st.tuples(st.sampled_from("0０"), st.sampled_from("789７８９"), st.sampled_from("0０"),
+              _SEP, _digits(4), _SEP, _digits(4)),
+    st.tuples(st.sampled_from("0０"), _digits(1, 4), st.one_of(_SEP, st.sampled_from("(（")),
+              _digits(1, 4), st.one_of(_SEP, st.sampled_from(")）")), _digits(4)),
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_PHONE_LIKE, st.text(_NOISE, max_size=12)), max_size=5).map("".join))
+def test_nothing_intake_phones_would_find_is_left(text: str) -> None:
+    assert find_phones(redact_contact(text)) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026.11.26 10:00に電話します",
+        "2026/11/26 10時に行きます",
+        "２０２６－１１－２６ １０時",
+        "2026–11–26 10時",
+        "1,000,000,000円の借金",
+        "10:00-12:00 は学校",
+        "〒714-8601",
+        "あっと驚いた。アットホームな職場.com",
+        "look at this",
+    ],
+)
+def test_dates_times_amounts_and_words_stay_readable(text: str) -> None:
+    assert redact_contact(text) == text
+
+
+def test_a_date_after_a_phone_number_stays_readable() -> None:
+    assert redact_contact("090-1234-5678 2026-11-26") == "［電話番号］ 2026-11-26"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("あ" * 200_000, id="long-word"),
+        pytest.param("aアット" * 50_000, id="at-words-in-a-long-word"),
+        pytest.param("a@" + "あドット" * 40 + "あ", id="dot-words-without-a-domain"),
+        pytest.param("０ " * 100_000, id="long-digit-run"),
+    ],
+)
+def test_a_long_text_is_redacted_in_linear_time(text: str) -> None:
+    """The old address pattern retried from every character of a long word: 200,000
+    characters of Japanese without punctuation took about a minute. A digest must never
+    hang on one mail."""
+    started = time.monotonic()
+    redact_contact(text)
+    assert time.monotonic() - started < 5
+
+
+# --- End to end: the digest a show_sender = false partner receives -------------------------
+
+JST_NOON = datetime(2026, 11, 26, 12, 0, tzinfo=ZoneInfo("Asia/Tokyo"))  # a Thursday
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Service:
+    """One service for the module (loading the rules takes a second); each test adds its
+    own case, and a digest lists only the messages not yet sent to the partner."""
+    return offline_service(tmp_path_factory.mktemp("digest"))
+
+
+def _harmony_digest(svc: Service, text: str, surfaces: list[str]) -> str:
+    """Queue the digests for one new bullying case and return harmony's, text and HTML."""
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as session:
+        case = Case(
+            mailbox=key,
+            created_at=to_db(JST_NOON),
+            sender="resident@example.jp",
+            urgent=bool(surfaces),
+            urgent_reasons=json.dumps([{"surface": s} for s in surfaces]),
+            partner="harmony",
+            topic="bullying",
+            topics=json.dumps([["bullying", 1.0]]),
+            phone=json.dumps(find_phones(text)),
+        )
+        session.add(case)
+        session.flush()
+        session.add(
+            StoredMessage(
+                mailbox=key,
+                sha256=uuid.uuid4().hex,
+                raw=b"x",
+                received_at=to_db(JST_NOON),
+                status="processed",
+                case_id=case.id,
+                new_text=text,
+            )
+        )
+    assert queue_digests(svc, JST_NOON)["harmony"] == 1
+    with Session(svc.engine) as session:
+        row = session.exec(
+            select(Outbox).where(Outbox.partner == "harmony").order_by(col(Outbox.id).desc())
+        ).first()
+    assert row is not None
+    mail = email.message_from_bytes(row.content, policy=email.policy.default)
+    assert isinstance(mail, EmailMessage)
+    parts = [mail.get_body(("plain",)), mail.get_body(("html",))]
+    return "\n".join(p.get_content() for p in parts if isinstance(p, EmailMessage))
+
+
+def test_reviewers_case_a_queued_digest_to_harmony_shows_neither(offline: Service) -> None:
+    harmony = offline.directory.get("harmony")
+    assert harmony is not None and not harmony.show_sender and harmony.share == "excerpt"
+    text = "学校でいじめられています。電話は090–1234–5678、メールはtaro＠example.jpです。"
+    digest = _harmony_digest(offline, text, [])
+    assert "090–1234–5678" not in digest and "taro" not in digest
+    assert "電話は［電話番号］、メールは［メールアドレス］です。" in digest
+
+
+@pytest.mark.parametrize("contact", [*PHONE_SPELLINGS, *ADDRESS_SPELLINGS])
+def test_no_spelling_reaches_a_show_sender_false_partners_digest(
+    offline: Service, contact: str
+) -> None:
+    digest = _harmony_digest(offline, f"いじめの相談です。{contact}", [])
+    assert contact not in digest and find_phones(digest) == []
+    assert "［電話番号］" in digest or "［メールアドレス］" in digest
+
+
+def test_the_words_that_raised_an_alert_are_masked_too(offline: Service) -> None:
+    digest = _harmony_digest(offline, "死にたい", ["090―1234―5678 死にたい"])
+    assert "「［電話番号］ 死にたい」" in digest and find_phones(digest) == []
+
+
+@pytest.mark.integration
+def test_reviewers_mail_through_dovecot_reaches_harmony_masked(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's mail, read from a real Dovecot and delivered to a real SMTP server:
+    the on-call side knows the number, the excerpt partner reads only the masks."""
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    svc = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
+    body = "学校でいじめられています。電話は090–1234–5678、メールはtaro＠example.jpです。"
+    dovecot.append(samples.consultation("kid@example.jp", "相談", body))
+    now = datetime.now(svc.calendar.tz)
+    with Mailbox(svc.settings.mailbox) as mailbox:
+        assert process_new_mail(svc, mailbox, now).cases == 1
+    with Session(svc.engine) as session:
+        case = session.exec(select(Case)).one()
+    assert case.partner == "harmony" and json.loads(case.phone or "[]") == ["090-1234-5678"]
+    queue_digests(svc, now)
+    deliver_outbox(svc.settings.smtp, svc.engine, now)
+    digest = next(m for m in smtp_server.wait_for(2, timeout=10) if "harmony" in m.rcpt_tos[0])
+    parts = [digest.message.get_body((kind,)) for kind in ("plain", "html")]
+    shown = "\n".join(p.get_content() for p in parts if isinstance(p, EmailMessage))
+    assert "電話は［電話番号］、メールは［メールアドレス］です。" in shown
+    assert "1234" not in shown and "taro" not in shown and "kid@example.jp" not in shown
