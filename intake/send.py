@@ -5,19 +5,38 @@ change that caused it, with its Message-ID fixed at creation; this module only d
 Each row is marked ``sending`` (committed) just before it is handed to the server and
 ``sent`` in one short Core transaction right after the server's 250. The remaining window
 is "server accepted, commit not yet written": SMTP has no idempotency key, so a crash
-exactly there leaves the row ``sending``; the next run resends it and records an
-``in-doubt-resend`` event, so every possible duplicate is accounted for. We resend rather
-than drop because a resident or on-call person who never hears from us is worse than one
-repeated mail; the fixed Message-ID lets a mail client fold the duplicate.
+there leaves the row ``sending``, and a timeout or dropped connection while the server
+holds the message (after DATA) leaves us equally unsure. Either way the row is sent again,
+and an ``in-doubt-resend`` event is recorded at the moment it is actually handed to the
+server again (after its claim), so every possible duplicate is accounted for. We resend
+rather than drop because a resident or on-call person who never hears from us is worse
+than one repeated mail; the fixed Message-ID lets a mail client fold the duplicate.
 
-Failures: a 4xx or a dropped connection keeps the row queued with exponential backoff
-(persisted, so it survives restarts); a 5xx for every recipient marks it failed and, for an
-acknowledgement, marks the case ``ack_failed`` so staff see it and can phone instead.
+Failures, decided per row so that one bad row never holds up the others:
+
+- a 4xx or any unexpected error keeps the row queued with a persisted backoff (digests
+  and acknowledgements up to an hour, alerts and escalations every 30 s to 2 min); a
+  row refused like that for too long (acknowledgements and digests a day, alerts and
+  escalations 15 minutes) is failed as a 5xx would be;
+- a 5xx for every recipient marks it failed (alerts and escalations logged at ERROR);
+  for an acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
+- a refusal of the *session* (MAIL FROM refused, 530/535 authentication required) is a
+  configuration problem, not the mail's: every row waits, and it is logged at ERROR;
+- recipients refused with a 4xx while others accepted get a follow-up row of their own
+  (kind ``<kind>-retry``, key ``retry:<row id>``, written in the same transaction as the
+  ``sent`` mark, so it exists once);
+- a non-ASCII (RFC 6531) address goes out with SMTPUTF8 when the server offers it, and
+  is refused like a 5xx otherwise.
+
+Logs carry row ids, kinds, case ids, SMTP codes and error class names, never addresses,
+subjects or text (servers often echo the address in their reply, so replies are only
+stored in the row's ``last_error``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,13 +44,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiosmtplib
 from sqlalchemy import delete, insert, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
 from intake.config import SmtpSettings
@@ -54,6 +74,27 @@ MAX_BACKOFF = timedelta(hours=1)
 # deliver_outbox, and two deliverers reading the same queued row would send it twice.
 _DELIVERY_LOCK = threading.Lock()
 FIRST_BACKOFF = timedelta(seconds=30)
+# 2**7 * 30 s already exceeds MAX_BACKOFF: capping the exponent keeps timedelta from
+# overflowing on a row that has been retried for days (it did from attempt 43).
+_MAX_EXPONENT = 7
+
+# An urgent mail must not sit in an hour's backoff after a short outage: retry it every
+# 30 s, 1 min, then every 2 min, and send it on every working connection even before then.
+URGENT_KINDS = frozenset({"alert", "escalation", "alert-retry", "escalation-retry"})
+URGENT_FIRST_RETRY = timedelta(seconds=30)
+URGENT_MAX_RETRY = timedelta(minutes=2)
+
+# How long a row may be refused by the server (4xx, or an unexpected error) before it is
+# failed like a 5xx: an acknowledgement then shows ``ack_failed`` so staff phone the
+# resident; a failed alert is logged at ERROR (and escalated by ``intake.escalate``).
+GIVE_UP_AFTER = timedelta(hours=24)
+URGENT_GIVE_UP_AFTER = timedelta(minutes=15)
+
+# Marks a row whose last attempt died after DATA (server may hold it) until it is resent.
+IN_DOUBT = "in doubt: "
+
+# Replies that refuse the session, not the mail: authentication required or failed.
+_SESSION_CODES = frozenset({530, 534, 535, 538})
 
 
 @dataclass
@@ -63,9 +104,22 @@ class SendReport:
     failed: int = 0
 
 
-def backoff(attempts: int) -> timedelta:
-    """30 s, 1 min, 2 min, ... capped at one hour."""
-    return min(FIRST_BACKOFF * (2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+def backoff(attempts: int, kind: str = "") -> timedelta:
+    """Delay before the next try after ``attempts`` failed ones.
+
+    Digests and acknowledgements: 30 s, 1 min, 2 min, ... capped at one hour. Alerts and
+    escalations: 30 s, 1 min, then every 2 min (someone may be in danger). Never raises,
+    however many attempts (the exponent is capped before multiplying).
+    """
+    exponent = min(max(attempts - 1, 0), _MAX_EXPONENT)
+    if kind in URGENT_KINDS:
+        return min(URGENT_FIRST_RETRY * (2**exponent), URGENT_MAX_RETRY)
+    return min(FIRST_BACKOFF * (2**exponent), MAX_BACKOFF)
+
+
+def give_up_after(kind: str) -> timedelta:
+    """How long a row may keep being refused (4xx) before it is failed for good."""
+    return URGENT_GIVE_UP_AFTER if kind in URGENT_KINDS else GIVE_UP_AFTER
 
 
 def _client(s: SmtpSettings) -> aiosmtplib.SMTP:
@@ -93,53 +147,89 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}:{_boot_id(
 STALE_CLAIM = timedelta(minutes=10)
 
 
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), from /proc; None when unknown.
+
+    Field 22 of /proc/PID/stat is the start in clock ticks after boot; /proc/stat's
+    ``btime`` is the boot in epoch seconds.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        with open("/proc/stat", encoding="ascii") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        ticks = int(stat.rpartition(")")[2].split()[19])  # fields after "(comm)" start at 3
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def claim_is_dead(claimed_by: str | None, claimed_at: datetime | None, now: datetime) -> bool:
     """Whether the sender that marked a row ``sending`` can no longer finish it.
 
     Dead: our own earlier claim, any claim older than a single SMTP transaction could take
-    (10 minutes), a claim from before this host's last reboot, or from a process on this
-    host that no longer exists. Otherwise a live worker is sending it right now.
+    (10 minutes), a claim from before this host's last reboot, from a process on this host
+    that no longer exists, or from an earlier process that had the pid now in use (same
+    pid as ours, or a process started after the claim's sender did: containers and fast
+    restarts reuse pids). Otherwise a live worker is sending it right now.
     """
     if not claimed_by or claimed_by == WORKER_ID:
         return True
     at = from_db(claimed_at)
     if at is None or at < now - STALE_CLAIM:
         return True
-    host, pid, _start, boot = ([*claimed_by.split(":"), "", "", ""])[:4]
+    host, pid, start, boot = ([*claimed_by.split(":"), "", "", ""])[:4]
     if host != socket.gethostname():
         return False
     if boot and boot != _boot_id():
         return True
     try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+        number = int(pid)
+    except ValueError:
+        return True
+    if number == os.getpid():
+        return True  # not WORKER_ID, so an earlier incarnation with our pid
+    try:
+        os.kill(number, 0)
+    except ProcessLookupError:
         return True
     except PermissionError:
+        pass
+    started = _process_started(number)
+    try:
+        claimed_start = int(start)
+    except ValueError:
         return False
-    return False
+    # WORKER_ID's start is taken at import, after its process started (whole seconds).
+    return started is not None and started > claimed_start + 1
 
 
-def _claim(conn: Connection, row_id: int | None, previous: str | None, now: datetime) -> bool:
-    """Take a row for sending; False when another worker took it first (portable CAS)."""
-    taken_over = (Outbox.status == "sending") & (
-        Outbox.claimed_by == previous if previous else Outbox.claimed_by.is_(None)  # type: ignore[union-attr]
-    )
-    with conn.begin():
-        result = conn.execute(
-            update(Outbox)
-            .where(Outbox.id == row_id, (Outbox.status == "queued") | taken_over)  # type: ignore[arg-type]
-            .values(status="sending", claimed_by=WORKER_ID, claimed_at=now)
-        )
-    return result.rowcount == 1
+@dataclass
+class _Job:
+    """What a run needs of one outbox row, read before connecting."""
+
+    id: int
+    kind: str
+    case_id: int | None
+    recipients: list[str]
+    content: bytes
+    attempts: int
+    previous: str | None  # the dead claim we take over, for a row left ``sending``
+    due: bool  # False: an urgent row sent early because a connection works
+    in_doubt: bool  # may already be at the server: its resend is recorded as such
+    mailbox: str
+    priority: int
+    partner: str | None
+    message_id: str
+    dedupe_key: str
 
 
-async def _deliver(
-    settings: SmtpSettings, engine: Engine, now: datetime, mailbox: str | None = None
-) -> SendReport:
-    report = SendReport()
+def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
+    """Due rows, every queued urgent row, and rows whose sender died while sending."""
     with session_scope(engine) as session:
+        urgent = col(Outbox.kind).in_(URGENT_KINDS)
         query = select(Outbox).where(
-            (col(Outbox.status) == "queued") & (Outbox.next_attempt_at <= now)
+            (col(Outbox.status) == "queued") & ((col(Outbox.next_attempt_at) <= now) | urgent)
             | (col(Outbox.status) == "sending")
         )
         if mailbox is not None:
@@ -147,72 +237,257 @@ async def _deliver(
         due = session.exec(query.order_by(Outbox.priority, Outbox.id)).all()  # type: ignore[arg-type]
         jobs = []
         for row in due:
+            previous = None
             if row.status == "sending":
                 if not claim_is_dead(row.claimed_by, row.claimed_at, now):
                     continue  # another live worker is sending it right now
-                # In doubt: a sender died between handing this mail to the server and
-                # recording the answer. Sending again risks one duplicate; not sending risks
-                # a resident or the on-call person never hearing from us. Resend, and say so.
-                record_event(
-                    session, f"in-doubt-resend:{row.kind}", row.case_id, f"outbox {row.id}"
-                )
-                log.warning(
-                    "resending a mail whose delivery is in doubt",
-                    extra={"outbox": row.id, "kind": row.kind},
-                )
+                previous = row.claimed_by
+            assert row.id is not None
             jobs.append(
-                (
-                    row.id,
-                    row.kind,
-                    row.case_id,
-                    json.loads(row.recipients),
-                    row.content,
-                    row.claimed_by if row.status == "sending" else None,
+                _Job(
+                    id=row.id,
+                    kind=row.kind,
+                    case_id=row.case_id,
+                    recipients=json.loads(row.recipients),
+                    content=row.content,
+                    attempts=row.attempts,
+                    previous=previous,
+                    due=row.status == "sending" or from_db(row.next_attempt_at) <= now,  # type: ignore[operator]
+                    # A sender that died while sending may have handed it over already.
+                    in_doubt=previous is not None or (row.last_error or "").startswith(IN_DOUBT),
+                    mailbox=row.mailbox,
+                    priority=row.priority,
+                    partner=row.partner,
+                    message_id=row.message_id,
+                    dedupe_key=row.dedupe_key,
                 )
             )
+    return jobs
+
+
+def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
+    """Take a row for sending; False when another worker took it first (portable CAS).
+
+    A queued row is taken only if nobody touched it since we read it (same ``attempts``);
+    a ``sending`` row only from the dead claim we saw. When the row may already be at
+    the server, the ``in-doubt-resend`` event is written here, in the claim's own
+    transaction: exactly when a resend really happens, never for a run that fails to
+    connect or loses the race.
+    """
+    if job.previous:
+        mine = (col(Outbox.status) == "sending") & (Outbox.claimed_by == job.previous)
+    else:
+        mine = (col(Outbox.status) == "queued") & (Outbox.attempts == job.attempts)
+    values: dict[str, object] = {"status": "sending", "claimed_by": WORKER_ID, "claimed_at": at}
+    if job.in_doubt:
+        values["last_error"] = "in-doubt resend"  # the marker is accounted for by the event
+    with conn.begin():
+        result = conn.execute(update(Outbox).where(Outbox.id == job.id, mine).values(**values))  # type: ignore[arg-type]
+        taken = result.rowcount == 1
+        if taken and job.in_doubt:
+            # Sending again risks one duplicate; not sending risks a resident or the
+            # on-call person never hearing from us. Resend, and say so.
+            conn.execute(
+                insert(Event).values(
+                    at=at,
+                    case_id=job.case_id,
+                    kind=f"in-doubt-resend:{job.kind}",
+                    detail=f"outbox {job.id}",
+                    actor="service",
+                )
+            )
+    if taken and job.in_doubt:
+        log.warning(
+            "resending a mail whose delivery is in doubt",
+            extra={"outbox": job.id, "kind": job.kind},
+        )
+    return taken
+
+
+class _Refused(Exception):
+    """Every recipient was refused (or could not be addressed at all)."""
+
+    def __init__(self, errors: dict[str, tuple[int, str]]) -> None:
+        super().__init__(sorted({code for code, _ in errors.values()}))
+        self.errors = errors
+
+
+class _InDoubt(Exception):
+    """The connection failed after DATA began: the server may have accepted the mail."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
+def _ascii(address: str) -> bool:
+    return address.isascii()
+
+
+async def _transaction(
+    smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], content: bytes, utf8: bool
+) -> tuple[dict[str, tuple[int, str]], str]:
+    """One SMTP mail transaction, step by step, so that we know where it failed.
+
+    Returns (refused recipients -> (code, reply), the server's reply to the data). A
+    non-ASCII address is sent with SMTPUTF8 when the server offers it; otherwise it is
+    refused here (553) without being sent. Raises ``_Refused`` when nobody is left,
+    ``_InDoubt`` when the connection fails after DATA began, and aiosmtplib's errors for
+    everything before (a reply to MAIL FROM is ``SMTPSenderRefused``).
+    """
+    errors: dict[str, tuple[int, str]] = {}
+    wide = [r for r in recipients if not _ascii(r)] + ([sender] if not _ascii(sender) else [])
+    encoding = "ascii"
+    options: list[str] = []
+    if wide and utf8:
+        encoding, options = "utf-8", ["SMTPUTF8"]
+    elif wide:
+        for address in wide:
+            errors[address] = (553, "non-ASCII address and the server offers no SMTPUTF8")
+        recipients = [r for r in recipients if _ascii(r)]
+        if not _ascii(sender) or not recipients:
+            raise _Refused(errors)
+    try:
+        await smtp.mail(sender, options=options, encoding=encoding)
+        accepted = 0
+        for address in recipients:
+            try:
+                await smtp.rcpt(address, encoding=encoding)
+                accepted += 1
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                errors[address] = (exc.code, exc.message)
+        if not accepted:
+            raise _Refused(errors)
+    except (aiosmtplib.SMTPResponseException, _Refused):
+        # The next row finds out whether the connection still works.
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await smtp.rset()
+        raise
+    try:
+        response = await smtp.data(content)
+    except aiosmtplib.SMTPResponseException:
+        raise  # the server answered: it did not take the mail
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise _InDoubt(exc) from exc
+    return errors, response.message
+
+
+def _session_refused(exc: BaseException) -> bool:
+    """A refusal of our session or configuration rather than of this mail."""
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return exc.code >= 500
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code in _SESSION_CODES or exc.message.lstrip().startswith("5.7.0")
+    if isinstance(exc, _Refused):
+        codes = {code for code, _ in exc.errors.values()}
+        return bool(codes) and codes <= _SESSION_CODES
+    return False
+
+
+async def _deliver(
+    settings: SmtpSettings,
+    engine: Engine,
+    now: datetime,
+    mailbox: str | None,
+    clock: Callable[[], datetime],
+) -> SendReport:
+    report = SendReport()
+    jobs = _select(engine, now, mailbox)
     if not jobs:
         return report
+
+    claimed: set[int] = set()
+
+    def defer(rest: list[_Job], why: str, **kw: bool) -> None:
+        # Our claimed row always goes back; of the others only those that were due (an
+        # urgent row sent early keeps its schedule).
+        ids = [j.id for j in rest if j.due or j.id in claimed]
+        deferred, failed = _defer(engine, ids, why, now, **kw)
+        report.deferred += deferred
+        report.failed += failed
+
     smtp = _client(settings)
     try:
         await smtp.connect()
         if settings.username:
             await smtp.login(settings.username, settings.password.get() or "")
+        if smtp.is_ehlo_or_helo_needed:  # the extensions (SMTPUTF8) are known after EHLO
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                if not smtp.is_connected:
+                    raise
+                await smtp.helo()
     except (aiosmtplib.SMTPException, OSError) as exc:
-        log.warning("smtp unavailable: %s: %s", type(exc).__name__, exc)
-        _defer(engine, [j[0] for j in jobs], f"connect: {type(exc).__name__}", now)
-        report.deferred = len(jobs)
+        code = getattr(exc, "code", None)
+        if isinstance(code, int) and 500 <= code < 600:
+            log.error("smtp refused our session", extra={"error": type(exc).__name__, "code": code})
+        else:
+            log.warning("smtp unavailable: %s", type(exc).__name__, extra={"code": code})
+        # Rows taken over from a dead sender stay as they are: nothing was sent this run.
+        defer([j for j in jobs if j.previous is None], f"connect: {type(exc).__name__}")
         return report
+    utf8 = smtp.supports_extension("smtputf8")
     conn = engine.connect()
     try:
-        for index, (row_id, kind, case_id, recipients, content, previous) in enumerate(jobs):
-            if not _claim(conn, row_id, previous, now):
+        for index, job in enumerate(jobs):
+            if not _claim(conn, job, clock()):
                 continue
+            claimed.add(job.id)
+            rest = [j for j in jobs[index + 1 :] if j.previous is None]
             try:
-                errors, response = await smtp.sendmail(settings.from_address, recipients, content)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                codes = [r.code for r in exc.recipients]
+                errors, response = await _transaction(
+                    smtp, settings.from_address, job.recipients, job.content, utf8
+                )
+            except _InDoubt as exc:
+                # The server may hold it: resent (and recorded as such) on the next run.
+                log.warning(
+                    "connection lost after DATA; the mail will be resent as in doubt",
+                    extra={"outbox": job.id, "kind": job.kind, "error": str(exc)},
+                )
+                defer([job], f"{IN_DOUBT}{exc}", in_doubt=True)
+                defer(rest, str(exc))
+                break
+            except (_Refused, aiosmtplib.SMTPResponseException) as exc:
+                if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code < 500:
+                    # "Try later" to MAIL FROM: the server's state, not this mail's.
+                    log.warning("smtp server defers every mail", extra={"code": exc.code})
+                    defer([job, *rest], _reply(exc))
+                    break
+                if _session_refused(exc):
+                    codes = _codes(exc)
+                    log.error(
+                        "smtp server refuses our session (authentication or sender "
+                        "address?); everything waits until it is fixed",
+                        extra={"outbox": job.id, "kind": job.kind, "codes": codes},
+                    )
+                    defer([job, *rest], f"session refused: {_reply(exc)}")
+                    break
+                codes = _codes(exc)
                 if all(500 <= c < 600 for c in codes):
-                    _fail(engine, row_id, f"refused: {codes}", now)
-                    report.failed += 1
+                    if _fail(engine, job.id, _reply(exc), now, codes=str(codes)):
+                        report.failed += 1
                 else:
-                    _defer(engine, [row_id], f"refused: {codes}", now)
-                    report.deferred += 1
-                continue
-            except aiosmtplib.SMTPResponseException as exc:
-                if 500 <= exc.code < 600:
-                    _fail(engine, row_id, f"{exc.code} {exc.message}", now)
-                    report.failed += 1
-                    continue
-                _defer(engine, [row_id], f"{exc.code} {exc.message}", now)
-                report.deferred += 1
+                    defer([job], _reply(exc), give_up=True)
                 continue
             except (aiosmtplib.SMTPException, OSError) as exc:
-                # Connection lost: this row and the rest wait for the next run.
-                rest = [j[0] for j in jobs[index:]]
-                _defer(engine, rest, f"{type(exc).__name__}", now)
-                report.deferred += len(rest)
+                # Connection lost before DATA: this row and the rest wait for the next run.
+                defer([job, *rest], type(exc).__name__)
                 break
-            _mark_sent(conn, row_id, kind, case_id, response, errors, now)
+            except Exception as exc:  # one poison row must not block the rest
+                log.error(
+                    "unexpected error sending one outbox row; it waits, the others go on",
+                    extra={"outbox": job.id, "kind": job.kind, "error": type(exc).__name__},
+                )
+                log.debug("unexpected error sending outbox %s", job.id, exc_info=True)
+                defer([job], f"error: {type(exc).__name__}", give_up=True)
+                try:
+                    await smtp.rset()
+                except (aiosmtplib.SMTPException, OSError) as lost:
+                    defer(rest, type(lost).__name__)
+                    break
+                continue
+            _mark_sent(conn, job, response, errors, clock())
             report.sent += 1
     finally:
         conn.close()
@@ -223,20 +498,38 @@ async def _deliver(
     return report
 
 
+def _codes(exc: BaseException) -> list[int]:
+    if isinstance(exc, _Refused):
+        return sorted({code for code, _ in exc.errors.values()})
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return [exc.code]
+    return []
+
+
+def _reply(exc: BaseException) -> str:
+    """What the server said, for ``last_error`` only (it may name the address)."""
+    if isinstance(exc, _Refused):
+        return f"refused: {[code for code, _ in exc.errors.values()]} " + "; ".join(
+            f"{code} {message}" for code, message in exc.errors.values()
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"{exc.code} {exc.message}"
+    return type(exc).__name__
+
+
 def _mark_sent(
     conn: Connection,
-    row_id: int | None,
-    kind: str,
-    case_id: int | None,
+    job: _Job,
     response: str,
-    errors: Mapping[str, object],
+    errors: Mapping[str, tuple[int, str]],
     now: datetime,
 ) -> None:
     """Record the server's 250 as fast as possible: the crash window is exactly this call.
 
     Core statements on a connection held open for the whole run (no ORM load, no new
     connection), so the time between "server accepted" and "commit written" is a single
-    short local transaction.
+    short local transaction. Recipients refused with a 4xx get their follow-up row in
+    the same transaction (key ``retry:<row id>``: it is written once or not at all).
     """
     values: dict[str, object] = {
         "status": "sent",
@@ -244,51 +537,144 @@ def _mark_sent(
         "attempts": Outbox.attempts + 1,
         "smtp_response": response[:500],
     }
+    temporary = [a for a, (code, _) in errors.items() if 400 <= code < 500]
+    permanent = [a for a, (code, _) in errors.items() if not 400 <= code < 500]
     if errors:
-        values["last_error"] = f"some recipients refused: {sorted(errors)}"[:500]
+        values["last_error"] = (
+            "some recipients refused: "
+            + "; ".join(f"{a} {code} {message}" for a, (code, message) in errors.items())
+        )[:500]
     with conn.begin():
-        conn.execute(update(Outbox).where(Outbox.id == row_id).values(**values))  # type: ignore[arg-type]
-        if kind == "ack" and case_id is not None:
+        conn.execute(update(Outbox).where(Outbox.id == job.id).values(**values))  # type: ignore[arg-type]
+        if job.kind == "ack" and job.case_id is not None:
             conn.execute(
                 update(Case)
-                .where(Case.id == case_id, col(Case.ack_state).in_(["pending", "queued"]))  # type: ignore[arg-type]
+                .where(Case.id == job.case_id, col(Case.ack_state).in_(["pending", "queued"]))  # type: ignore[arg-type]
                 .values(ack_state="sent")
             )
         conn.execute(
             insert(Event).values(
                 at=now,
-                case_id=case_id,
-                kind=f"sent:{kind}",
-                detail=f"outbox {row_id}",
+                case_id=job.case_id,
+                kind=f"sent:{job.kind}",
+                detail=f"outbox {job.id}",
                 actor="service",
             )
         )
+        if temporary:
+            # Its own kind and Message-ID column (the content is the same mail): a reply
+            # to it still finds the original alert, and escalation and the monthly report
+            # count alerts as before.
+            kind = job.kind if job.kind.endswith("-retry") else f"{job.kind}-retry"
+            conn.execute(
+                insert(Outbox).values(
+                    mailbox=job.mailbox,
+                    kind=kind,
+                    priority=job.priority,
+                    dedupe_key=f"retry:{job.id}",
+                    case_id=job.case_id,
+                    partner=job.partner,
+                    recipients=json.dumps(temporary),
+                    message_id=f"{job.message_id} retry:{job.id}",
+                    content=job.content,
+                    created_at=now,
+                    status="queued",
+                    attempts=0,
+                    next_attempt_at=now + backoff(1, kind),
+                )
+            )
+    if temporary or permanent:
+        level = logging.ERROR if permanent and job.kind in URGENT_KINDS else logging.WARNING
+        log.log(
+            level,
+            "some recipients refused; the temporarily refused ones are retried",
+            extra={
+                "outbox": job.id,
+                "kind": job.kind,
+                "retried": len(temporary),
+                "refused_for_good": len(permanent),
+                "codes": sorted({code for code, _ in errors.values()}),
+            },
+        )
 
 
-def _defer(engine: Engine, row_ids: list[int | None], why: str, now: datetime) -> None:
-    with session_scope(engine) as session:
-        for row_id in row_ids:
+def _open() -> ColumnElement[bool]:
+    """Rows this worker may still change: queued, or ``sending`` under our own claim.
+
+    Never a row another worker sent, failed or is sending right now.
+    """
+    return (col(Outbox.status) == "queued") | (
+        (col(Outbox.status) == "sending") & (Outbox.claimed_by == WORKER_ID)
+    )
+
+
+def _defer(
+    engine: Engine,
+    row_ids: list[int],
+    why: str,
+    now: datetime,
+    *,
+    give_up: bool = False,
+    in_doubt: bool = False,
+) -> tuple[int, int]:
+    """Put rows back in the queue with their backoff; returns (deferred, failed).
+
+    Conditional: a row is touched only while still queued or ``sending`` under our own
+    claim and unchanged since we read it, so a stale list (a failed connect after another
+    worker sent the rows) never re-queues mail that went out. ``give_up``: the server
+    refused this mail itself, so a row refused for longer than ``give_up_after`` fails.
+    An in-doubt mark stays until the row is resent.
+    """
+    deferred = failed = 0
+    for row_id in row_ids:
+        with session_scope(engine) as session:
             row = session.get(Outbox, row_id)
-            if row is None or (
-                row.status == "sending"
-                and row.claimed_by != WORKER_ID
-                and not claim_is_dead(row.claimed_by, row.claimed_at, now)
-            ):
-                continue  # a live worker holds it; leave it alone
-            row.status = "queued"
-            row.attempts += 1
-            row.last_error = why[:500]
-            row.next_attempt_at = now + backoff(row.attempts)
-
-
-def _fail(engine: Engine, row_id: int | None, why: str, now: datetime) -> None:
-    with session_scope(engine) as session:
-        row = session.get(Outbox, row_id)
         if row is None:
-            return
-        row.status = "failed"
-        row.attempts += 1
-        row.last_error = why[:500]
+            continue
+        mine = row.status == "sending" and row.claimed_by == WORKER_ID
+        if not (row.status == "queued" or mine):
+            continue  # sent, failed, or held by another live worker: not ours to change
+        created = from_db(row.created_at) or now
+        if give_up and now - created >= give_up_after(row.kind):
+            if _fail(engine, row_id, f"gave up after {now - created}: {why}", now, codes="4xx"):
+                failed += 1
+            continue
+        marked = in_doubt or (row.last_error or "").startswith(IN_DOUBT)
+        note = why if not marked or why.startswith(IN_DOUBT) else IN_DOUBT + why
+        attempts = row.attempts + 1
+        with engine.begin() as conn:
+            result = conn.execute(
+                update(Outbox)
+                .where(Outbox.id == row_id, Outbox.attempts == row.attempts, _open())  # type: ignore[arg-type]
+                .values(
+                    status="queued",
+                    attempts=attempts,
+                    last_error=note[:500],
+                    next_attempt_at=now + backoff(attempts, row.kind),
+                    claimed_by=None,
+                    claimed_at=None,
+                )
+            )
+        deferred += result.rowcount
+    return deferred, failed
+
+
+def _fail(engine: Engine, row_id: int, why: str, now: datetime, *, codes: str) -> bool:
+    """Fail a row for good (conditional, like ``_defer``); False when it was not ours.
+
+    ``why`` (the server's reply) is stored in ``last_error`` and the event; the log only
+    gets ``codes``, the row, kind and case, since a reply may name the address.
+    """
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(Outbox)
+            .where(Outbox.id == row_id, _open())  # type: ignore[arg-type]
+            .values(status="failed", attempts=Outbox.attempts + 1, last_error=why[:500])
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        row = session.get(Outbox, row_id)
+        assert row is not None
         if row.kind == "ack" and row.case_id:
             case = session.get(Case, row.case_id)
             if case:
@@ -296,7 +682,16 @@ def _fail(engine: Engine, row_id: int | None, why: str, now: datetime) -> None:
                 # List the case again in the next digests, now flagged, so that someone
                 # phones the resident instead.
                 session.execute(delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id))
-        record_event(session, f"failed:{row.kind}", row.case_id, why[:200])
+        record_event(session, f"failed:{row.kind}", row.case_id, why[:200], at=now)
+        kind, case_id = row.kind, row.case_id
+    level = logging.ERROR if kind in URGENT_KINDS else logging.WARNING
+    log.log(
+        level,
+        "outbox mail failed for good: %s",
+        "nobody got this urgent mail" if level == logging.ERROR else "not delivered",
+        extra={"outbox": row_id, "kind": kind, "case": case_id, "codes": codes},
+    )
+    return True
 
 
 def deliver_outbox(
@@ -305,7 +700,16 @@ def deliver_outbox(
     """Deliver every due outbox row (alerts first), of one mailbox when given.
 
     Safe to call from several threads and several worker processes: each row is claimed
-    with a compare-and-set update before it is handed to the server.
+    with a compare-and-set update before it is handed to the server. ``now`` is the
+    caller's clock; the time spent waiting for the process lock and sending is added to
+    it, so a claim carries the moment it was really taken (another host judges stale
+    claims by it).
     """
+    started = time.monotonic()
+    base = to_db(now)
+
+    def clock() -> datetime:
+        return base + timedelta(seconds=time.monotonic() - started)
+
     with _DELIVERY_LOCK:
-        return asyncio.run(_deliver(settings, engine, to_db(now), mailbox))
+        return asyncio.run(_deliver(settings, engine, clock(), mailbox, clock))

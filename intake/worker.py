@@ -192,7 +192,11 @@ class Worker:
                         "alerts": report.alerts,
                     },
                 )
-                self.svc.deliver(now_in(self.svc))
+                try:
+                    self.svc.deliver(now_in(self.svc))
+                except Exception as exc:  # the outbox job retries; the worker must not die
+                    log.error("delivery after new mail failed", extra={"error": type(exc).__name__})
+                    log.debug("delivery after new mail failed", exc_info=True)
             # Poll again after at most a second in IDLE (IDLE ends early on news; a
             # notification that slips between two IDLEs is caught by the next poll, which
             # costs one UID SEARCH), or after poll_interval without IDLE. Either way SIGTERM

@@ -1,0 +1,600 @@
+"""Regression tests for the delivery review (rev5): poison rows, stale lists, in-doubt
+resends, silent failures, partial refusals, urgent retry, claims.
+
+Mail flows through real aiosmtpd servers on loopback (``LocalSMTP`` or a small handler
+with the fault a test needs); the backoff and claim logic is tested as pure functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiosmtplib
+import pytest
+from aiosmtpd.controller import Controller
+from sqlmodel import Session, select
+
+from intake import send
+from intake.config import load_settings
+from intake.localservers import LocalDovecot, LocalSMTP, free_port
+from intake.pipeline import Service, _queue_ack, _queue_alert
+from intake.send import _defer, backoff, claim_is_dead, deliver_outbox
+from intake.store import Case, Event, Outbox, StoredMessage, session_scope, to_db
+from tests.helpers import BACKUP, ONCALL, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+JST = ZoneInfo("Asia/Tokyo")
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=JST)  # a Thursday, office open
+NIGHT = "night@example.jp"
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def make_svc(tmp_path: Path, port: int, extra: str = "", timeout: int = 10) -> Service:
+    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
+    smtp = SimpleNamespace(host="127.0.0.1", port=port)
+    path = write_config(tmp_path, imap, smtp, extra=extra)  # type: ignore[arg-type]
+    if timeout != 10:
+        text = path.read_text(encoding="utf-8")
+        path.write_text(
+            text.replace("timeout = 10\n\n[database]", f"timeout = {timeout}\n\n[database]"),
+            encoding="utf-8",
+        )
+    return Service.from_settings(load_settings(path))
+
+
+def urgent_case(svc: Service, now: datetime) -> int:
+    """An urgent case with its alert queued, as the pipeline does it."""
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as s:
+        case = Case(
+            mailbox=key,
+            created_at=to_db(now),
+            sender="resident@example.jp",
+            urgent=True,
+            partner="city",
+            topic="other",
+        )
+        s.add(case)
+        s.flush()
+        msg = StoredMessage(
+            mailbox=key,
+            sha256=uuid.uuid4().hex,
+            raw=b"x",
+            received_at=to_db(now),
+            status="processed",
+            case_id=case.id,
+            new_text="もう消えたいです",
+        )
+        s.add(msg)
+        s.flush()
+        _queue_alert(svc, s, case, msg, now, None, now)
+        assert case.id is not None
+        return case.id
+
+
+def ack_case(svc: Service, sender: str, now: datetime) -> int:
+    with session_scope(svc.engine) as s:
+        case = Case(mailbox=svc.settings.mailbox.key, created_at=to_db(now), sender=sender)
+        s.add(case)
+        s.flush()
+        _queue_ack(svc, s, case, sender, in_reply_to=None, references=[], received=now, now=now)
+        assert case.id is not None
+        return case.id
+
+
+def rows(svc: Service) -> list[Outbox]:
+    with Session(svc.engine) as s:
+        return list(s.exec(select(Outbox).order_by(Outbox.id)).all())
+
+
+def events(svc: Service) -> list[str]:
+    with Session(svc.engine) as s:
+        return [e.kind for e in s.exec(select(Event).order_by(Event.id))]
+
+
+def ack_state(svc: Service, case_id: int) -> str:
+    with Session(svc.engine) as s:
+        case = s.get(Case, case_id)
+        assert case is not None
+        return case.ack_state
+
+
+class Faults:
+    """An aiosmtpd handler with switchable faults; records (recipients, data) it accepts."""
+
+    def __init__(self) -> None:
+        self.rcpt_reply: dict[str, str] = {}  # address -> reply (e.g. "450 ...")
+        self.mail_reply: str | None = None
+        self.data_delay = 0.0
+        self.received: list[tuple[list[str], bytes]] = []
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.rcpt_reply:
+            return self.rcpt_reply[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append((list(envelope.rcpt_tos), envelope.content))
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        return "250 OK queued"
+
+
+@pytest.fixture
+def faults() -> Iterator[tuple[Faults, int]]:
+    handler = Faults()
+    port = free_port()
+    # Without SMTPUTF8 (aiosmtpd's Controller offers it by default), as many relays are.
+    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+def send_logs(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "intake.send" and r.levelno >= level]
+
+
+def no_address_in(records: list[logging.LogRecord]) -> None:
+    """Logs above DEBUG never name an address (nor any text of the mail)."""
+    for record in records:
+        if record.levelno <= logging.DEBUG or not record.name.startswith("intake"):
+            continue
+        text = record.getMessage() + json.dumps(
+            {k: str(v) for k, v in record.__dict__.items() if k not in ("msg", "args")}
+        )
+        assert "@" not in text, text
+
+
+# --- 1. poison rows ------------------------------------------------------------------
+
+
+def test_backoff_never_overflows_and_is_capped() -> None:
+    # Was: OverflowError from attempt 43, inside _defer, leaving the row ``sending``.
+    for attempts in (0, 1, 42, 43, 100, 10**6):
+        assert backoff(attempts) <= timedelta(hours=1)
+        assert backoff(attempts, "alert") <= timedelta(minutes=2)
+    assert backoff(1) == timedelta(seconds=30)
+    assert backoff(2) == timedelta(minutes=1)
+    assert backoff(43) == timedelta(hours=1)
+
+
+@pytest.mark.integration
+def test_non_ascii_address_fails_only_its_own_row_and_flags_the_case(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    faults: tuple[Faults, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An EAI sender (やまだ@example.jp) without SMTPUTF8 at the server: the row fails with
+    a clear reason, its case shows ack_failed (staff phone), the next resident is still
+    acknowledged and no run raises (was: UnicodeEncodeError on every run, nothing sent)."""
+    from intake import samples
+    from intake.fetch import Mailbox
+    from intake.pipeline import process_new_mail
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    handler, port = faults
+    smtp = SimpleNamespace(host="127.0.0.1", port=port)
+    svc = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp)))  # type: ignore[arg-type]
+    eai = (
+        "From: やまだ@example.jp\r\nTo: sasaean@city.kasaoka.okayama.jp\r\nSubject: 相談\r\n"
+        "Message-ID: <eai1@example.jp>\r\nDate: Thu, 26 Nov 2026 11:00:00 +0900\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n最近ひとりで寂しいです。話し相手がいません。\r\n"
+    ).encode()
+    dovecot.append(eai)
+    dovecot.append(
+        samples.consultation("hanako@example.jp", "相談", "家賃が払えなくて困っています。")
+    )
+    with Mailbox(svc.settings.mailbox) as mailbox:
+        process_new_mail(svc, mailbox, T0)
+    caplog.set_level(logging.INFO)
+    report = svc.deliver(T0)
+    assert (report.sent, report.failed) == (1, 1)
+    assert [r for r, _ in handler.received] == [["hanako@example.jp"]]
+    eai_row = next(r for r in rows(svc) if "やまだ@example.jp" in json.loads(r.recipients))
+    assert eai_row.status == "failed" and "SMTPUTF8" in (eai_row.last_error or "")
+    assert ack_state(svc, eai_row.case_id or 0) == "ack_failed"
+    for minute in range(1, 4):  # later runs neither raise nor resend
+        svc.deliver(T0 + timedelta(minutes=minute))
+    assert len(handler.received) == 1
+    assert not any(k.startswith("in-doubt") for k in events(svc))
+    no_address_in(caplog.records)
+
+
+def test_non_ascii_address_goes_out_with_smtputf8_when_the_server_offers_it(
+    tmp_path: Path,
+) -> None:
+    handler = Faults()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)  # offers SMTPUTF8
+    controller.start()
+    try:
+        svc = make_svc(tmp_path, port)
+        case_id = ack_case(svc, "やまだ@example.jp", T0)
+        assert deliver_outbox(svc.settings.smtp, svc.engine, T0).sent == 1
+        assert [r for r, _ in handler.received] == [["やまだ@example.jp"]]
+        assert ack_state(svc, case_id) == "sent"
+    finally:
+        controller.stop()
+
+
+def test_an_unexpected_error_on_one_row_defers_only_that_row(
+    tmp_path: Path, smtp_server: LocalSMTP, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any exception while sending one row (here: content that is not bytes, as a
+    corrupt row would be) defers that row; the rows after it are sent in the same run."""
+    svc = make_svc(tmp_path, smtp_server.port)
+    poison = ack_case(svc, "poison@example.jp", T0)
+    fine = ack_case(svc, "hanako@example.jp", T0)
+    with session_scope(svc.engine) as s:
+        row = s.exec(select(Outbox).where(Outbox.case_id == poison)).one()
+        row.recipients = json.dumps([["not", "an", "address"]])
+    caplog.set_level(logging.INFO)
+    report = deliver_outbox(svc.settings.smtp, svc.engine, T0)
+    assert (report.sent, report.deferred) == (1, 1)
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [["hanako@example.jp"]]
+    assert ack_state(svc, fine) == "sent"
+    bad = next(r for r in rows(svc) if r.case_id == poison)
+    assert bad.status == "queued" and bad.last_error and bad.last_error.startswith("error: ")
+    assert send_logs(caplog, logging.ERROR)
+    # A day later it is given up like a 5xx, so staff phone that resident.
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(hours=25))
+    assert ack_state(svc, poison) == "ack_failed"
+
+
+# --- 2. stale lists ------------------------------------------------------------------
+
+
+def test_defer_never_requeues_a_row_that_was_sent(tmp_path: Path, smtp_server: LocalSMTP) -> None:
+    svc = make_svc(tmp_path, smtp_server.port)
+    urgent_case(svc, T0)
+    deliver_outbox(svc.settings.smtp, svc.engine, T0)
+    row = rows(svc)[0]
+    assert row.status == "sent"
+    assert row.id is not None
+    result = _defer(svc.engine, [row.id], "connect: OSError", T0)  # a stale id list
+    assert rows(svc)[0].status == "sent"
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=1))
+    assert len(smtp_server.messages) == 1
+    assert result == (0, 0)
+
+
+def test_failed_connect_after_another_worker_sent_the_rows_sends_nothing_twice(
+    tmp_path: Path, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker A lists the due rows; worker B (a real second process) sends them; then
+    A's connect fails. A must not put B's sent alert back in the queue."""
+    svc = make_svc(tmp_path, smtp_server.port)
+    urgent_case(svc, T0)
+    config = tmp_path / "intake.toml"
+    other_worker = (
+        "import sys; from datetime import datetime;"
+        "from intake.config import load_settings; from intake.store import open_database;"
+        "from intake.send import deliver_outbox;"
+        "s = load_settings(sys.argv[1]);"
+        "print(deliver_outbox(s.smtp, open_database(s.database_url),"
+        " datetime.fromisoformat(sys.argv[2])))"
+    )
+
+    async def connect_fails_after_b_sent(self: aiosmtplib.SMTP, *a: object, **k: object) -> None:
+        subprocess.run(
+            [sys.executable, "-c", other_worker, str(config), T0.isoformat()],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        raise ConnectionResetError("transient network error on worker A")
+
+    monkeypatch.setattr(aiosmtplib.SMTP, "connect", connect_fails_after_b_sent)
+    report = deliver_outbox(svc.settings.smtp, svc.engine, T0, svc.settings.mailbox.key)
+    monkeypatch.undo()
+    assert report.deferred == 0
+    assert [(r.kind, r.status) for r in rows(svc)] == [("alert", "sent")]
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=1))
+    assert len(smtp_server.messages) == 1
+
+
+# --- 3 and 12. in-doubt resends ----------------------------------------------------------
+
+
+def test_timeout_after_data_is_resent_with_one_in_doubt_event(
+    tmp_path: Path, faults: tuple[Faults, int]
+) -> None:
+    """The server takes the mail but answers after our timeout: we cannot know. The
+    resend happens, and is recorded as ``in-doubt-resend`` exactly when it happens."""
+    handler, port = faults
+    handler.data_delay = 3.0
+    svc = make_svc(tmp_path, port, timeout=1)
+    case_id = ack_case(svc, "resident@example.jp", T0)
+    r1 = deliver_outbox(svc.settings.smtp, svc.engine, T0)
+    assert (r1.sent, r1.deferred) == (0, 1)
+    assert not any(k.startswith("in-doubt") for k in events(svc))
+    handler.data_delay = 0
+    r2 = deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=1))
+    assert r2.sent == 1
+    assert len(handler.received) == 2
+    assert events(svc).count("in-doubt-resend:ack") == 1
+    assert ack_state(svc, case_id) == "sent"
+
+
+def test_in_doubt_event_only_when_the_resend_really_happens(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    """A row left ``sending`` by a dead sender: runs that cannot connect record nothing
+    (was: one in-doubt event per failing run, written before the claim)."""
+    svc = make_svc(tmp_path, smtp_server.port)
+    urgent_case(svc, T0)
+    with session_scope(svc.engine) as s:
+        row = s.exec(select(Outbox)).one()
+        row.status = "sending"
+        row.claimed_by = "elsewhere:1:1:dead"
+        row.claimed_at = to_db(T0 - timedelta(hours=1))
+    smtp_server.stop()
+    for minute in range(3):
+        deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=minute))
+    assert not any(k.startswith("in-doubt") for k in events(svc))
+    smtp_server.start()
+    assert deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=4)).sent == 1
+    assert events(svc).count("in-doubt-resend:alert") == 1
+    assert len(smtp_server.wait_for(1)) == 1
+
+
+# --- 4. permanent and session-level 5xx ------------------------------------------------
+
+
+def test_refused_oncall_address_fails_the_alert_loudly(
+    tmp_path: Path, faults: tuple[Faults, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, port = faults
+    handler.rcpt_reply[ONCALL] = f"550 5.1.1 <{ONCALL}>: user unknown"
+    svc = make_svc(tmp_path, port)
+    urgent_case(svc, T0)
+    caplog.set_level(logging.INFO)
+    report = deliver_outbox(svc.settings.smtp, svc.engine, T0)
+    assert report.failed == 1
+    row = rows(svc)[0]
+    # What intake.escalate needs to escalate at once: the failed status and the reason.
+    assert row.status == "failed" and "550" in (row.last_error or "")
+    errors = send_logs(caplog, logging.ERROR)
+    assert errors and any(getattr(r, "codes", None) for r in errors)
+    no_address_in(caplog.records)
+
+
+def test_session_level_5xx_defers_everything_until_the_relay_is_fixed(
+    tmp_path: Path, faults: tuple[Faults, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, port = faults
+    handler.mail_reply = "530 5.7.0 Authentication required"
+    svc = make_svc(tmp_path, port)
+    urgent_case(svc, T0)
+    case_id = ack_case(svc, "resident@example.jp", T0)
+    caplog.set_level(logging.INFO)
+    report = deliver_outbox(svc.settings.smtp, svc.engine, T0)
+    assert (report.failed, report.deferred) == (0, 2)
+    assert [r.status for r in rows(svc)] == ["queued", "queued"]
+    assert ack_state(svc, case_id) == "queued"
+    assert send_logs(caplog, logging.ERROR)
+    handler.mail_reply = None  # the relay is fixed
+    t = T0 + timedelta(minutes=2)
+    deliver_outbox(svc.settings.smtp, svc.engine, t)
+    deliver_outbox(svc.settings.smtp, svc.engine, t + timedelta(hours=1))
+    assert [r.status for r in rows(svc)] == ["sent", "sent"]
+    assert len(handler.received) == 2
+    no_address_in(caplog.records)
+
+
+# --- 5. partial refusals ---------------------------------------------------------------
+
+
+def test_temporarily_refused_alert_recipient_is_retried_once(
+    tmp_path: Path, faults: tuple[Faults, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, port = faults
+    handler.rcpt_reply[NIGHT] = "450 4.2.1 mailbox temporarily unavailable"
+    svc = make_svc(tmp_path, port, extra=f'off_hours = ["{NIGHT}"]')
+    night = datetime(2026, 11, 26, 23, 0, tzinfo=JST)  # office shut: night duty is alerted
+    urgent_case(svc, night)
+    caplog.set_level(logging.INFO)
+    assert deliver_outbox(svc.settings.smtp, svc.engine, night).sent == 1
+    warnings = send_logs(caplog, logging.WARNING)
+    assert any(getattr(r, "retried", 0) == 1 for r in warnings)
+    handler.rcpt_reply.clear()  # night duty's mailbox is back
+    for minutes in (1, 2, 5, 30):
+        deliver_outbox(svc.settings.smtp, svc.engine, night + timedelta(minutes=minutes))
+    assert [r for r, _ in handler.received] == [[ONCALL], [NIGHT]]
+    kinds = [(r.kind, r.status) for r in rows(svc)]
+    assert kinds == [("alert", "sent"), ("alert-retry", "sent")]
+    no_address_in(caplog.records)
+
+
+# --- 6. urgent mail after an outage -------------------------------------------------------
+
+
+def test_alert_goes_out_within_a_minute_of_smtp_coming_back(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    """SMTP down for 65 minutes: the alert was at +123.5 min (an hour's backoff); now it
+    retries every 2 minutes at most and rides any working connection."""
+    svc = make_svc(tmp_path, smtp_server.port, extra="escalate_max = 0")
+    smtp_server.stop()
+    urgent_case(svc, T0)
+    t = T0
+    while t < T0 + timedelta(minutes=65):
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(seconds=30)
+    row = rows(svc)[0]
+    assert row.status == "queued"
+    assert row.next_attempt_at.replace(tzinfo=None) - to_db(t).replace(tzinfo=None) <= timedelta(
+        minutes=2
+    )
+    smtp_server.start()
+    # A run on a working connection (e.g. after an acknowledgement) carries the alert
+    # even before its next retry is due.
+    assert deliver_outbox(svc.settings.smtp, svc.engine, t).sent == 1
+    assert ONCALL in smtp_server.wait_for(1)[0].rcpt_tos
+
+
+# --- 9 and 11. claims -------------------------------------------------------------------
+
+
+def test_a_claim_of_an_earlier_process_with_our_pid_is_dead() -> None:
+    host, pid, start, boot = send.WORKER_ID.split(":")
+    earlier = f"{host}:{pid}:{int(start) - 5}:{boot}"
+    now = datetime.now().astimezone()
+    assert claim_is_dead(earlier, now, now)
+
+
+def test_a_claim_older_than_the_process_now_holding_its_pid_is_dead() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.2)
+        host, _pid, _start, boot = send.WORKER_ID.split(":")
+        now = datetime.now().astimezone()
+        long_ago = int(time.time()) - 3600
+        assert claim_is_dead(f"{host}:{child.pid}:{long_ago}:{boot}", now, now)
+        assert not claim_is_dead(f"{host}:{child.pid}:{int(time.time())}:{boot}", now, now)
+        assert not claim_is_dead(f"{host}:{os.getppid()}:{int(time.time())}:{boot}", now, now)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_claimed_at_is_taken_at_the_claim_not_before_the_lock(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    svc = make_svc(tmp_path, smtp_server.port)
+    urgent_case(svc, T0)
+    held = threading.Event()
+
+    def hold_lock() -> None:
+        with send._DELIVERY_LOCK:
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    held.wait()
+    deliver_outbox(svc.settings.smtp, svc.engine, T0)
+    holder.join()
+    row = rows(svc)[0]
+    assert row.claimed_at is not None
+    waited = row.claimed_at.replace(tzinfo=None) - to_db(T0).replace(tzinfo=None)
+    assert waited >= timedelta(seconds=1.4)
+
+
+# --- 10. persistent 4xx --------------------------------------------------------------
+
+
+def test_acknowledgement_refused_for_a_day_is_failed_and_flagged(
+    tmp_path: Path, faults: tuple[Faults, int]
+) -> None:
+    handler, port = faults
+    handler.rcpt_reply["resident@example.jp"] = "452 4.2.2 mailbox full"
+    svc = make_svc(tmp_path, port)
+    case_id = ack_case(svc, "resident@example.jp", T0)
+    t = T0
+    while t < T0 + timedelta(hours=26):
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=30)
+    row = rows(svc)[0]
+    assert row.status == "failed" and "gave up" in (row.last_error or "")
+    assert ack_state(svc, case_id) == "ack_failed"
+    assert handler.received == []
+
+
+def test_alert_refused_for_a_quarter_hour_is_failed_with_an_error_log(
+    tmp_path: Path, faults: tuple[Faults, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, port = faults
+    handler.rcpt_reply[ONCALL] = "451 4.3.0 try again later"
+    svc = make_svc(tmp_path, port)
+    urgent_case(svc, T0)
+    caplog.set_level(logging.INFO)
+    t = T0
+    while t <= T0 + timedelta(minutes=20):
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    row = rows(svc)[0]
+    assert row.status == "failed"
+    assert send_logs(caplog, logging.ERROR)
+    # Tried on every run (urgent), never left ``sending``: no false in-doubt record.
+    assert row.attempts >= 15
+    assert not any(k.startswith("in-doubt") for k in events(svc))
+    assert BACKUP not in row.recipients  # escalation to backup is intake.escalate's job
+
+
+# --- 1. the worker survives a failing delivery --------------------------------------------
+
+
+@pytest.mark.integration
+def test_worker_survives_a_delivery_that_raises(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever ``deliver`` raises after new mail (here: the database refusing), the
+    worker logs it and keeps reading mail; the outbox job retries the delivery."""
+    from intake import samples
+    from intake.worker import Worker
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    svc = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
+
+    def broken(now: datetime) -> send.SendReport:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(svc, "deliver", broken)
+    worker = Worker(svc)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        for i in range(2):
+            dovecot.append(samples.consultation(f"r{i}@example.jp", "相談", "家賃が払えません。"))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with Session(svc.engine) as s:
+                    if len(s.exec(select(Case)).all()) == i + 1:
+                        break
+                time.sleep(0.2)
+            time.sleep(1.0)
+            assert thread.is_alive(), "the worker died on a failing delivery"
+        with Session(svc.engine) as s:
+            assert len(s.exec(select(Case)).all()) == 2
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
