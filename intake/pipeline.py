@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from json.encoder import encode_basestring as _json_str  # what ensure_ascii=False uses
@@ -181,8 +181,39 @@ class RunReport:
     suppressed: dict[str, int] = field(default_factory=dict)
 
 
-def acknowledgement_block(letter: Letter, own_address: str) -> str | None:
-    """Why this letter gets no acknowledgement, or None. Pure; shared with ``classify``."""
+# Why a letter from a staff address gets no acknowledgement (see ``staff_addresses``).
+STAFF_BLOCK = "staff-address"
+
+
+def staff_addresses(settings: Settings, directory: Directory) -> frozenset[str]:
+    """The addresses of this mailbox's own people, lower-cased: on-call, backup and off-hours
+    recipients, the coordinator and every partner's digest recipients.
+
+    Why: their mail is staff traffic (a reply to an alert, a digest, a note), never a
+    consultation. Phone and carrier mailers drop In-Reply-To, so their reply to an alert
+    cannot always be told by its thread; without this it opened a case "from" the on-call
+    person, was acknowledged like a resident and listed in a partner digest. Our own
+    address is left out: our own mail keeps its own guards (``acknowledgement_block``).
+    """
+    own = settings.smtp.from_address.lower()
+    everyone = (
+        *settings.oncall.everyone,
+        *settings.coordinator,
+        *(address for partner in directory.partners for address in partner.digest_to),
+    )
+    return frozenset(a.lower() for a in everyone if a and a.lower() != own)
+
+
+def acknowledgement_block(
+    letter: Letter, own_address: str, staff: Collection[str] = frozenset()
+) -> str | None:
+    """Why this letter gets no acknowledgement, or None. Pure; shared with ``classify``.
+
+    ``staff``: lower-cased staff addresses (``staff_addresses``; none for ``classify``,
+    which has no config). A staff address never gets the residents' acknowledgement; an
+    automatic reason (an out-of-office reply) still wins over ``STAFF_BLOCK``, because the
+    pipeline must not take an auto-reply for the on-call person's answer to an alert.
+    """
     if not letter.from_addr:
         return "no-sender"
     if letter.from_addr.lower() == own_address.lower():
@@ -192,21 +223,28 @@ def acknowledgement_block(letter: Letter, own_address: str) -> str | None:
             return "own-mail-loop"
     if letter.header(MARKER_HEADER):
         return "own-mail-marker"
-    return automatic_reason(letter) or spam_reason(letter)
+    reason = automatic_reason(letter) or spam_reason(letter)
+    if letter.from_addr.lower() in staff and (reason is None or reason.startswith("content:")):
+        # Not a content heuristic: ``decide`` lifts those for urgent or on-topic words.
+        return STAFF_BLOCK
+    return reason
 
 
-def decide(letter: Letter, rules: RuleSet, own_address: str) -> tuple[Triage, str | None]:
+def decide(
+    letter: Letter, rules: RuleSet, own_address: str, staff: Collection[str] = frozenset()
+) -> tuple[Triage, str | None]:
     """Triage plus the acknowledgement decision: the one function the pipeline and
     ``classify --json`` share, so the command line shows what the service would do."""
-    block = acknowledgement_block(letter, own_address)
+    block = acknowledgement_block(letter, own_address, staff)
     triage = classify(letter, rules)
     if block and block.startswith("content:") and (triage.urgent or triage.topic != "other"):
         # Content heuristics only decide when nothing says "person": a resident describing
         # the scam mail that took their money, or the loan advert, is still answered.
         block = None
-    if letter.forwarded and not letter.bounce and block is None:
+    if letter.forwarded and not letter.bounce and block in (None, STAFF_BLOCK):
         # A resident forwarding a friend's mail is asking for that friend: crisis words in
-        # the forwarded text need the same-day callback too (marked as forwarded).
+        # the forwarded text need the same-day callback too (marked as forwarded). So is a
+        # staff member forwarding a resident's mail to the mailbox.
         forwarded = classify_text("", letter.forwarded, rules)
         if forwarded.urgent:
             triage.urgent = True
@@ -302,12 +340,27 @@ def _bounced_ids(raw: bytes, own_id: str | None) -> list[str]:
 
 
 def _find_thread(
-    session: Session, letter: Letter, raw: bytes, mailbox: str
+    session: Session,
+    letter: Letter,
+    raw: bytes,
+    mailbox: str,
+    *,
+    staff: bool = False,
+    urgent: bool = False,
 ) -> tuple[Case | None, Outbox | None]:
     """The case this letter continues, and our outgoing mail it answers, if any.
 
     Replies name it in In-Reply-To/References; bounces carry our Message-ID inside the
     returned headers; a resident may also type the case number in the subject.
+
+    ``staff``: the letter comes from a staff address of this mailbox (``staff_addresses``).
+    Phone and carrier mailers drop In-Reply-To, so a case number in a staff member's
+    subject (``Re: 【至急】… C000001``) names the case whoever its resident is, and the
+    letter answers the case's latest alert or escalation as a threaded reply would (None
+    when the case has none: a follow-up, as a staff reply threaded on the resident's mail
+    is). Unless ``urgent``, its own words being urgent: a From address can be forged, so
+    such a letter is a follow-up that alerts again, never an answer that would stop an
+    escalation.
     """
     refs = [r for r in [letter.in_reply_to, *letter.references] if r]
     if letter.bounce:
@@ -323,6 +376,9 @@ def _find_thread(
                 StoredMessage.mailbox == mailbox,
                 col(StoredMessage.message_id).in_(refs),
                 col(StoredMessage.case_id).is_not(None),
+                # Staff mail kept for staff (``_keep_for_staff``) starts no thread: a
+                # reply to it continuing its case would put it in the desk's digest.
+                StoredMessage.status != "staff",
             )
         ).first()
         if earlier is not None:
@@ -330,6 +386,8 @@ def _find_thread(
     m = CASE_NUMBER.search(letter.subject)
     if m:
         case = session.get(Case, int(m.group(1)))
+        if case is not None and case.mailbox == mailbox and staff:
+            return case, (None if urgent else _latest_alert(session, case))
         if (
             case is not None
             and case.mailbox == mailbox
@@ -338,6 +396,19 @@ def _find_thread(
         ):
             return case, None
     return None, None
+
+
+def _latest_alert(session: Session, case: Case) -> Outbox | None:
+    """The case's latest alert or escalation: what a staff member naming the case answers."""
+    return session.exec(
+        select(Outbox)
+        .where(
+            Outbox.mailbox == case.mailbox,
+            Outbox.case_id == case.id,
+            col(Outbox.kind).in_(["alert", "escalation"]),
+        )
+        .order_by(col(Outbox.created_at).desc(), col(Outbox.id).desc())
+    ).first()
 
 
 def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) -> bool:
@@ -488,6 +559,7 @@ class _Prepared:
     partner: Partner
     phones: list[str]
     reasons: list[dict[str, Any]]
+    staff: bool = False  # from a staff address of this mailbox (``staff_addresses``)
 
 
 class _Preparing(Protocol):
@@ -508,13 +580,15 @@ def _prepare(svc: _Preparing, raw: bytes, stage: _Stage) -> _Prepared:
     stage.name = "parse"
     letter = parse(raw, max_size=svc.settings.max_message_bytes)
     stage.name = "triage"
-    triage, block = decide(letter, svc.rules, svc.sender.address)
+    staff = staff_addresses(svc.settings, svc.directory)
+    triage, block = decide(letter, svc.rules, svc.sender.address, staff)
     stage.name = "route"
     partner: Partner = assign_partner(triage, svc.directory)
     stage.name = "store"
     phones = find_phones(letter.subject + "\n" + letter.text)
     reasons = [match_dict(m) for m in triage.urgent_reasons]
-    return _Prepared(letter, triage, block, partner, phones, reasons)
+    is_staff = bool(letter.from_addr) and letter.from_addr.lower() in staff
+    return _Prepared(letter, triage, block, partner, phones, reasons, is_staff)
 
 
 def _attempt(svc: _Preparing, raw: bytes) -> _Prepared | Failed:
@@ -527,14 +601,16 @@ def _attempt(svc: _Preparing, raw: bytes) -> _Prepared | Failed:
         return Failed(stage.name, type(exc).__name__)
 
 
-def _opens_case(letter: Letter) -> bool:
+def _opens_case(letter: Letter, staff: bool = False) -> bool:
     """Whether ``_find_thread`` is certain to find nothing, so the letter opens a new case.
 
     Only such letters take the batch's bulk path; a reply, a bounce or a subject with a
-    case number needs the database as the messages before it in the batch left it.
+    case number needs the database as the messages before it in the batch left it, and
+    mail from a staff address (``staff``) is staff traffic, which ``handle_message`` sorts.
     """
     return not (
-        letter.in_reply_to
+        staff
+        or letter.in_reply_to
         or letter.references
         or letter.bounce
         or CASE_NUMBER.search(letter.subject)
@@ -567,7 +643,11 @@ def handle_message(
     msg.problems = dumps(letter.problems)
 
     stage.name = "thread"
-    case, answered = _find_thread(session, letter, msg.raw or b"", msg.mailbox)
+    # Mail from a staff address is staff traffic (``staff_addresses``); a bounce never is.
+    from_staff = prepared.staff and not letter.bounce
+    case, answered = _find_thread(
+        session, letter, msg.raw or b"", msg.mailbox, staff=from_staff, urgent=triage.urgent
+    )
     msg.automatic = block
 
     stage.name = "store"
@@ -582,7 +662,7 @@ def handle_message(
         if (
             answered.kind in ("alert", "escalation")
             and not letter.bounce
-            and block is None
+            and block in (None, STAFF_BLOCK)
             and letter.from_addr.lower() in staff
         ):
             # The on-call person answered the alert: that acknowledges it. An out-of-office
@@ -603,6 +683,12 @@ def handle_message(
             at=now,
         )
         return "staff"
+    if from_staff and case is None and not triage.urgent:
+        _keep_for_staff(svc, session, msg, letter, block, received, now)
+        return "staff"
+    # From here a staff address only comes with a case (a follow-up) or with words that are
+    # urgent by themselves: those alert as anyone's would (a From can be forged), and
+    # ``block`` (STAFF_BLOCK) keeps the acknowledgement away from the staff member.
     if letter.bounce:
         # A bounce is never a crisis itself (it may quote one of our mails).
         triage.urgent = False
@@ -675,6 +761,51 @@ def handle_message(
         report.alerts += 1
     msg.status = "processed"
     return outcome
+
+
+def _keep_for_staff(
+    svc: Service,
+    session: Session,
+    msg: StoredMessage,
+    letter: Letter,
+    block: str | None,
+    received: datetime,
+    now: datetime,
+) -> None:
+    """Staff mail that neither continues a thread nor names a case of this mailbox, and
+    whose own words are not urgent (a note, a question, a reply whose mailer dropped both
+    the thread and the case number): kept for a person to read, never a consultation.
+
+    It must not be lost, so it gets what other mail that needs a human gets: a case at the
+    general desk flagged ``needs_human`` (listed by ``cases``, read with ``show``), with
+    the message in it. But it is no resident's: no acknowledgement (it would go to the
+    staff member), no alert, and the message's status ``staff`` keeps it out of every
+    digest (digests list processed and quarantined messages), so no partner reads it.
+    """
+    case = Case(
+        mailbox=svc.settings.mailbox.key,
+        created_at=to_db(received),
+        sender=letter.from_addr,
+        needs_human=True,
+        partner=svc.directory.general_desk.id,
+        ack_state=f"suppressed:{block or STAFF_BLOCK}",
+    )
+    session.add(case)
+    session.flush()
+    msg.case_id = case.id
+    msg.status = "staff"
+    record_event(
+        session,
+        "staff-mail",
+        case.id,
+        f"message {msg.id} from {letter.from_addr}: a staff address, no case number; "
+        "for staff to read (no acknowledgement, no digest)",
+        actor=letter.from_addr,
+        at=now,
+    )
+    log.warning(
+        "mail from a staff address names no case; kept for staff", extra={"case": case.number}
+    )
 
 
 _FROM = re.compile(rb"^From:[^\r\n]*?([\w.!#$%&'*+/=?^`{|}~-]+@[\w.-]+)", re.I | re.M)
@@ -975,7 +1106,7 @@ def _process_batch(
                 failed = (outcome.stage, outcome.error)
             else:
                 prepared = outcome
-                if _opens_case(prepared.letter):
+                if _opens_case(prepared.letter, prepared.staff):
                     run.append((row_id, prepared, from_db(row.received_at) or now))
                     continue
         _open_cases(svc, session, run, now, report)
