@@ -44,6 +44,8 @@ from intake.errors import ConfigError
 from intake.escalate import ACK_EVENT, CALLBACK_DONE, ESCALATED_EVENT, utc
 from intake.store import Case, Event, Outbox, session_scope
 
+_STAFF_KEPT = "suppressed:staff-address"  # Case.ack_state of mail kept for staff
+
 if TYPE_CHECKING:
     from intake.config import Settings
     from intake.partners import Directory
@@ -164,6 +166,9 @@ def monthly_report(svc: Service, month: str) -> Report:
                 Case.created_at < utc(end),
             )
         ).all()
+        # Mail kept for staff (an on-call or partner address writing without a case
+        # number: intake.pipeline) is not a consultation; an urgent one still counts.
+        cases = [c for c in cases if c.urgent or c.ack_state != _STAFF_KEPT]
         ids = [c.id for c in cases]
         marks = dict(session.exec(select(SenderMark.case_id, SenderMark.sender_hash)).all())
         earlier = set(

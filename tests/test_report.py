@@ -292,3 +292,17 @@ def test_sender_key_file_named_in_the_config_is_relative_to_it(
     key = sender_salt(svc.settings)
     assert (tmp_path / "keys" / "report-salt").read_text(encoding="ascii").strip().encode() == key
     assert not (tmp_path / "sender-salt").exists()
+
+
+def test_mail_kept_for_staff_is_not_counted_as_a_consultation(svc: Service) -> None:
+    day = datetime(2026, 11, 10, 10, 0, tzinfo=JST)
+    seed(svc, day, "a@example.jp", topic="poverty", partner="genki")
+    kept = seed(svc, day, "oncall@example.jp", topic="other", partner="city")
+    forwarded = seed(svc, day, "genki@example.jp", topic="other", partner="city", urgent=True)
+    with session_scope(svc.engine) as session:
+        for case_id in (kept, forwarded):
+            case = session.get(Case, case_id)
+            assert case is not None
+            case.ack_state = "suppressed:staff-address"
+    report = monthly_report(svc, "2026-11")
+    assert sorted(report.by_topic) == [("other", 1), ("poverty", 1)]  # the urgent one counts
