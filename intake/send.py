@@ -14,14 +14,23 @@ than one repeated mail; the fixed Message-ID lets a mail client fold the duplica
 
 Failures, decided per row so that one bad row never holds up the others:
 
-- a 4xx or any unexpected error keeps the row queued with a persisted backoff (digests
-  and acknowledgements up to an hour, alerts and escalations every 30 s to 2 min); a
-  row refused like that for too long (acknowledgements and digests a day, alerts and
-  escalations 15 minutes) is failed as a 5xx would be;
-- a 5xx for every recipient marks it failed (alerts and escalations logged at ERROR);
-  for an acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
-- a refusal of the *session* (MAIL FROM refused, 530/535 authentication required) is a
-  configuration problem, not the mail's: every row waits, and it is logged at ERROR;
+- a 4xx, an unexpected error, or a connection that dies during the row's own
+  transaction (a 421 at RCPT, a close after a refusal, a timeout) keeps the row queued
+  with a persisted backoff (digests and acknowledgements up to an hour, alerts and
+  escalations every 30 s to 2 min), and the run reconnects (a few times at most) to go
+  on with the next rows; a row refused like that for too long (acknowledgements and
+  digests a day, alerts and escalations 15 minutes, counted from the first such failure
+  by a server that answered, so an outage does not use it up) is failed as a 5xx would be;
+- a 5xx for every recipient, or to the message itself at DATA (a content filter's
+  ``554 5.7.x``), marks it failed (alerts and escalations logged at ERROR); for an
+  acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
+- a mail that may have reached the server (timeout or dropped connection after the
+  content was sent) is resent after its backoff, at most ``MAX_IN_DOUBT_RESENDS`` times,
+  then failed: an alert is then failed over by ``intake.escalate``;
+- a refusal of the *session* (530/534/535/538 authentication, a 5xx to our MAIL FROM,
+  every recipient of a row refused as "relay access denied") is a configuration
+  problem, not the mail's: nothing fails, nothing counts toward giving up, and it is
+  logged at ERROR once per run until the relay is fixed;
 - recipients refused with a 4xx while others accepted get a follow-up row of their own
   (kind ``<kind>-retry``, key ``retry:<row id>``, written in the same transaction as the
   ``sent`` mark, so it exists once);
@@ -40,6 +49,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
@@ -94,7 +104,28 @@ URGENT_GIVE_UP_AFTER = timedelta(minutes=15)
 IN_DOUBT = "in doubt: "
 
 # Replies that refuse the session, not the mail: authentication required or failed.
+# Nothing else is read as a session refusal: a content filter's 554 5.7.0 at DATA, a 503
+# or a 5.7.x policy reply to one row refuse that row, and must fail it (see finding 1 of
+# review 2: an alert taken for a "session refusal" waited, and blocked all mail, for ever).
 _SESSION_CODES = frozenset({530, 534, 535, 538})
+# A relay that no longer lets us relay (our IP left mynetworks, SASL broken) refuses every
+# recipient like this (Postfix, Sendmail, Exim, Exchange wordings): ours to fix, not the mail's.
+_RELAY_DENIED = re.compile(
+    r"relay(ing)?\b.{0,40}\b(denied|not permitted|prohibited|not allowed)|unable to relay",
+    re.IGNORECASE,
+)
+# A run reopens a connection that one row's failure killed at most this often, so a
+# server that drops every connection cannot keep a run going for ever.
+MAX_RECONNECTS = 3
+# A mail whose delivery stayed in doubt (no answer after its content) is resent at most
+# this many times, each after its backoff, then failed: it may be at the server already.
+MAX_IN_DOUBT_RESENDS = 2
+# ``last_error`` prefix of a row whose own transaction killed the connection: like an
+# in-doubt row it waits for its backoff instead of riding early on every connection.
+DROPPED = "connection lost: "
+# Event recording the first time a server that answered refused a row: the give-up
+# clock starts there, not at the row's creation (an outage must not use it up).
+FIRST_REFUSAL = "refused:"
 
 
 @dataclass
@@ -225,7 +256,14 @@ class _Job:
 
 
 def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
-    """Due rows, every queued urgent row, and rows whose sender died while sending."""
+    """Due rows, queued urgent rows that may ride early, and rows whose sender died.
+
+    Within a priority, rows that already failed go after fresh ones, so a row that keeps
+    failing never stands in front of a new alert. An urgent row rides early (before its
+    retry is due) only when its last failure was not its own transaction's: one in doubt
+    or one that killed the connection waits for its backoff, so it is resent at most once
+    per backoff step and cannot spend every run's connection.
+    """
     with session_scope(engine) as session:
         urgent = col(Outbox.kind).in_(URGENT_KINDS)
         query = select(Outbox).where(
@@ -234,7 +272,8 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
         )
         if mailbox is not None:
             query = query.where(Outbox.mailbox == mailbox)
-        due = session.exec(query.order_by(Outbox.priority, Outbox.id)).all()  # type: ignore[arg-type]
+        order = (Outbox.priority, col(Outbox.attempts) > 0, Outbox.id)
+        due = session.exec(query.order_by(*order)).all()  # type: ignore[arg-type]
         jobs = []
         for row in due:
             previous = None
@@ -243,6 +282,10 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
                     continue  # another live worker is sending it right now
                 previous = row.claimed_by
             assert row.id is not None
+            is_due = row.status == "sending" or from_db(row.next_attempt_at) <= now  # type: ignore[operator]
+            last_error = row.last_error or ""
+            if not is_due and last_error.startswith((IN_DOUBT, DROPPED)):
+                continue
             jobs.append(
                 _Job(
                     id=row.id,
@@ -252,9 +295,9 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
                     content=row.content,
                     attempts=row.attempts,
                     previous=previous,
-                    due=row.status == "sending" or from_db(row.next_attempt_at) <= now,  # type: ignore[operator]
+                    due=is_due,
                     # A sender that died while sending may have handed it over already.
-                    in_doubt=previous is not None or (row.last_error or "").startswith(IN_DOUBT),
+                    in_doubt=previous is not None or last_error.startswith(IN_DOUBT),
                     mailbox=row.mailbox,
                     priority=row.priority,
                     partner=row.partner,
@@ -320,6 +363,21 @@ class _InDoubt(Exception):
         self.cause = cause
 
 
+class _Dropped(Exception):
+    """The connection died during this row's transaction, before its content was sent.
+
+    Not in doubt (the server cannot hold a mail it never got), but this row's failure:
+    a 421 to one of its recipients, a server that closes after refusing it, a timeout
+    while it verifies them. The row waits its backoff and counts toward giving up; the
+    run reconnects for the next rows.
+    """
+
+    def __init__(self, cause: BaseException | str, code: int | None = None) -> None:
+        super().__init__(cause if isinstance(cause, str) else type(cause).__name__)
+        # For the log: an SMTP code or an error class name, never the reply's text.
+        self.short = str(code) if code else ("reply" if isinstance(cause, str) else str(self))
+
+
 def _ascii(address: str) -> bool:
     return address.isascii()
 
@@ -332,8 +390,11 @@ async def _transaction(
     Returns (refused recipients -> (code, reply), the server's reply to the data). A
     non-ASCII address is sent with SMTPUTF8 when the server offers it; otherwise it is
     refused here (553) without being sent. Raises ``_Refused`` when nobody is left,
-    ``_InDoubt`` when the connection fails after DATA began, and aiosmtplib's errors for
-    everything before (a reply to MAIL FROM is ``SMTPSenderRefused``).
+    ``_Dropped`` when the connection dies before the content was sent, ``_InDoubt`` when
+    it fails after, and aiosmtplib's reply errors otherwise (a reply to MAIL FROM is
+    ``SMTPSenderRefused``, a refusal at DATA ``SMTPDataError``). After any refusal the
+    transaction is reset, so the next row does not find our envelope still open (a
+    server may keep it after refusing DATA, and answer the next MAIL with 503).
     """
     errors: dict[str, tuple[int, str]] = {}
     wide = [r for r in recipients if not _ascii(r)] + ([sender] if not _ascii(sender) else [])
@@ -348,7 +409,17 @@ async def _transaction(
         if not _ascii(sender) or not recipients:
             raise _Refused(errors)
     try:
-        await smtp.mail(sender, options=options, encoding=encoding)
+        try:
+            await smtp.mail(sender, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            if options and exc.code >= 500 and exc.code not in _SESSION_CODES:
+                # Our SMTPUTF8 parameter, which only this row's address needs.
+                raise _Refused({sender: (exc.code, exc.message)}) from exc
+            if exc.code == 503:
+                # "Nested MAIL" / bad sequence: the session's state, not our sender.
+                smtp.close()
+                raise _Dropped(f"{exc.code} {exc.message}", exc.code) from exc
+            raise
         accepted = 0
         for address in recipients:
             try:
@@ -363,25 +434,71 @@ async def _transaction(
         with contextlib.suppress(aiosmtplib.SMTPException, OSError):
             await smtp.rset()
         raise
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        smtp.close()
+        raise _Dropped(exc) from exc
+    if not smtp.is_connected:  # a 421 to a recipient closed it: DATA was never sent
+        closing = next((f"{c} {m}" for c, m in errors.values() if c == 421), None)
+        raise _Dropped(closing or "SMTPServerDisconnected", 421 if closing else None)
     try:
         response = await smtp.data(content)
     except aiosmtplib.SMTPResponseException:
-        raise  # the server answered: it did not take the mail
+        # The server answered: it did not take the mail. Reset, or reconnect if it left.
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await smtp.rset()
+        raise
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise _InDoubt(exc) from exc
     return errors, response.message
 
 
-def _session_refused(exc: BaseException) -> bool:
-    """A refusal of our session or configuration rather than of this mail."""
-    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
-        return exc.code >= 500
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return exc.code in _SESSION_CODES or exc.message.lstrip().startswith("5.7.0")
-    if isinstance(exc, _Refused):
+def _session_refused(exc: BaseException) -> str | None:
+    """Why ``exc`` refuses our session or configuration rather than this mail, or None.
+
+    Narrow on purpose: a refusal read as the session's fails nothing and counts toward
+    nothing, so a mail's own refusal taken for one would wait (and hold up the run) for
+    ever. Authentication codes anywhere; a 5xx to our MAIL FROM (the same sender for
+    every row; ``_transaction`` already turned 503 and SMTPUTF8 refusals into the row's);
+    every recipient of the row refused as "relay access denied".
+    """
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code in _SESSION_CODES:
+        return "authentication"
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code >= 500:
+        return "sender"
+    if isinstance(exc, _Refused) and exc.errors:
         codes = {code for code, _ in exc.errors.values()}
-        return bool(codes) and codes <= _SESSION_CODES
-    return False
+        if codes <= _SESSION_CODES:
+            return "authentication"
+        if all(
+            500 <= code < 600 and _RELAY_DENIED.search(message)
+            for code, message in exc.errors.values()
+        ):
+            return "relay"
+    return None
+
+
+async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    """A connected, authenticated client whose extensions (SMTPUTF8) are known."""
+    smtp = _client(settings)
+    await smtp.connect()
+    if settings.username:
+        await smtp.login(settings.username, settings.password.get() or "")
+    if smtp.is_ehlo_or_helo_needed:  # the extensions (SMTPUTF8) are known after EHLO
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not smtp.is_connected:
+                raise
+            await smtp.helo()
+    return smtp
+
+
+def _log_unavailable(exc: BaseException) -> None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and 500 <= code < 600:
+        log.error("smtp refused our session", extra={"error": type(exc).__name__, "code": code})
+    else:
+        log.warning("smtp unavailable: %s", type(exc).__name__, extra={"code": code})
 
 
 async def _deliver(
@@ -406,60 +523,88 @@ async def _deliver(
         report.deferred += deferred
         report.failed += failed
 
-    smtp = _client(settings)
     try:
-        await smtp.connect()
-        if settings.username:
-            await smtp.login(settings.username, settings.password.get() or "")
-        if smtp.is_ehlo_or_helo_needed:  # the extensions (SMTPUTF8) are known after EHLO
-            try:
-                await smtp.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                if not smtp.is_connected:
-                    raise
-                await smtp.helo()
+        smtp = await _connect(settings)
     except (aiosmtplib.SMTPException, OSError) as exc:
-        code = getattr(exc, "code", None)
-        if isinstance(code, int) and 500 <= code < 600:
-            log.error("smtp refused our session", extra={"error": type(exc).__name__, "code": code})
-        else:
-            log.warning("smtp unavailable: %s", type(exc).__name__, extra={"code": code})
+        _log_unavailable(exc)
         # Rows taken over from a dead sender stay as they are: nothing was sent this run.
         defer([j for j in jobs if j.previous is None], f"connect: {type(exc).__name__}")
         return report
     utf8 = smtp.supports_extension("smtputf8")
+    reconnects = 0
+    relay_logged = False
     conn = engine.connect()
     try:
         for index, job in enumerate(jobs):
+            rest = [j for j in jobs[index + 1 :] if j.previous is None]
+            if not smtp.is_connected:
+                # The previous row's failure killed the connection: that row has been
+                # counted; the rows after it go on over a new one (a few times a run).
+                if reconnects >= MAX_RECONNECTS:
+                    log.warning(
+                        "smtp connection lost again; the remaining mail waits for the next run",
+                        extra={"reconnects": reconnects},
+                    )
+                    defer([job, *rest] if job.previous is None else rest, "reconnects exhausted")
+                    break
+                reconnects += 1
+                try:
+                    smtp = await _connect(settings)
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    _log_unavailable(exc)
+                    defer(
+                        [job, *rest] if job.previous is None else rest,
+                        f"connect: {type(exc).__name__}",
+                    )
+                    break
+                utf8 = smtp.supports_extension("smtputf8")
             if not _claim(conn, job, clock()):
                 continue
             claimed.add(job.id)
-            rest = [j for j in jobs[index + 1 :] if j.previous is None]
             try:
                 errors, response = await _transaction(
                     smtp, settings.from_address, job.recipients, job.content, utf8
                 )
             except _InDoubt as exc:
-                # The server may hold it: resent (and recorded as such) on the next run.
+                # The server may hold it: resent (and recorded as such) after its backoff,
+                # a bounded number of times; the next rows go on over a new connection.
                 log.warning(
                     "connection lost after DATA; the mail will be resent as in doubt",
                     extra={"outbox": job.id, "kind": job.kind, "error": str(exc)},
                 )
-                defer([job], f"{IN_DOUBT}{exc}", in_doubt=True)
-                defer(rest, str(exc))
-                break
+                defer([job], f"{IN_DOUBT}{exc}", in_doubt=True, give_up=True)
+                continue
+            except _Dropped as exc:
+                log.warning(
+                    "smtp connection lost during one mail; it waits, the others go on",
+                    extra={"outbox": job.id, "kind": job.kind, "error": exc.short},
+                )
+                defer([job], f"{DROPPED}{exc}", give_up=True)
+                continue
             except (_Refused, aiosmtplib.SMTPResponseException) as exc:
                 if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code < 500:
                     # "Try later" to MAIL FROM: the server's state, not this mail's.
                     log.warning("smtp server defers every mail", extra={"code": exc.code})
                     defer([job, *rest], _reply(exc))
                     break
-                if _session_refused(exc):
-                    codes = _codes(exc)
+                reason = _session_refused(exc)
+                if reason == "relay":
+                    # Counts for nothing and fails nothing; a row to an address the
+                    # relay delivers itself may still go, so the run goes on.
+                    if not relay_logged:
+                        log.error(
+                            "smtp server refuses to relay our mail (relay access denied); "
+                            "it waits until the relay is fixed",
+                            extra={"outbox": job.id, "kind": job.kind, "codes": _codes(exc)},
+                        )
+                        relay_logged = True
+                    defer([job], f"session refused: {_reply(exc)}")
+                    continue
+                if reason:
                     log.error(
                         "smtp server refuses our session (authentication or sender "
                         "address?); everything waits until it is fixed",
-                        extra={"outbox": job.id, "kind": job.kind, "codes": codes},
+                        extra={"outbox": job.id, "kind": job.kind, "codes": _codes(exc)},
                     )
                     defer([job, *rest], f"session refused: {_reply(exc)}")
                     break
@@ -471,9 +616,10 @@ async def _deliver(
                     defer([job], _reply(exc), give_up=True)
                 continue
             except (aiosmtplib.SMTPException, OSError) as exc:
-                # Connection lost before DATA: this row and the rest wait for the next run.
-                defer([job, *rest], type(exc).__name__)
-                break
+                # Not expected from _transaction (it maps these); still this row's.
+                smtp.close()
+                defer([job], f"{DROPPED}{type(exc).__name__}", give_up=True)
+                continue
             except Exception as exc:  # one poison row must not block the rest
                 log.error(
                     "unexpected error sending one outbox row; it waits, the others go on",
@@ -483,9 +629,8 @@ async def _deliver(
                 defer([job], f"error: {type(exc).__name__}", give_up=True)
                 try:
                     await smtp.rset()
-                except (aiosmtplib.SMTPException, OSError) as lost:
-                    defer(rest, type(lost).__name__)
-                    break
+                except (aiosmtplib.SMTPException, OSError):
+                    smtp.close()  # the next row reconnects
                 continue
             _mark_sent(conn, job, response, errors, clock())
             report.sent += 1
@@ -622,8 +767,11 @@ def _defer(
     Conditional: a row is touched only while still queued or ``sending`` under our own
     claim and unchanged since we read it, so a stale list (a failed connect after another
     worker sent the rows) never re-queues mail that went out. ``give_up``: the server
-    refused this mail itself, so a row refused for longer than ``give_up_after`` fails.
-    An in-doubt mark stays until the row is resent.
+    refused this mail itself (or its transaction failed), so a row failing for longer
+    than ``give_up_after`` since its first such failure fails; without it (no
+    connection, a session refused) nothing counts. ``in_doubt``: the row may be at the
+    server; after ``MAX_IN_DOUBT_RESENDS`` resends that stayed in doubt it fails rather
+    than reach someone again and again. An in-doubt mark stays until the row is resent.
     """
     deferred = failed = 0
     for row_id in row_ids:
@@ -634,9 +782,15 @@ def _defer(
         mine = row.status == "sending" and row.claimed_by == WORKER_ID
         if not (row.status == "queued" or mine):
             continue  # sent, failed, or held by another live worker: not ours to change
-        created = from_db(row.created_at) or now
-        if give_up and now - created >= give_up_after(row.kind):
-            if _fail(engine, row_id, f"gave up after {now - created}: {why}", now, codes="4xx"):
+        if give_up:
+            first = _first_refusal(engine, row, now)
+            if now - first >= give_up_after(row.kind):
+                if _fail(engine, row_id, f"gave up after {now - first}: {why}", now, codes="4xx"):
+                    failed += 1
+                continue
+        if in_doubt and _in_doubt_resends(engine, row) >= MAX_IN_DOUBT_RESENDS:
+            why = f"delivery in doubt after {MAX_IN_DOUBT_RESENDS} resends; may have arrived: {why}"
+            if _fail(engine, row_id, why, now, codes="in-doubt"):
                 failed += 1
             continue
         marked = in_doubt or (row.last_error or "").startswith(IN_DOUBT)
@@ -657,6 +811,40 @@ def _defer(
             )
         deferred += result.rowcount
     return deferred, failed
+
+
+def _refusal_events(row: Outbox, kind: str) -> ColumnElement[bool]:
+    detail = f"outbox {row.id}"
+    same_case = (
+        col(Event.case_id).is_(None) if row.case_id is None else col(Event.case_id) == row.case_id
+    )
+    return same_case & (col(Event.kind) == f"{kind}{row.kind}") & (col(Event.detail) == detail)
+
+
+def _first_refusal(engine: Engine, row: Outbox, now: datetime) -> datetime:
+    """When this row first failed by its own fault, recorded (as an event) if it is now.
+
+    The give-up clock starts here rather than at the row's creation: after a day without
+    a relay, an acknowledgement's first greylisting 451 must not fail it for good.
+    (A column on ``Outbox`` would be the natural place; the event needs no migration and
+    is part of the audit trail.)
+    """
+    with session_scope(engine) as session:
+        seen = session.exec(
+            select(Event.at).where(_refusal_events(row, FIRST_REFUSAL)).order_by(Event.at)  # type: ignore[arg-type]
+        ).first()
+        if seen is not None:
+            return from_db(seen) or now
+        record_event(session, f"{FIRST_REFUSAL}{row.kind}", row.case_id, f"outbox {row.id}", at=now)
+    return now
+
+
+def _in_doubt_resends(engine: Engine, row: Outbox) -> int:
+    """How many times this row was resent while its delivery was in doubt."""
+    with session_scope(engine) as session:
+        return len(
+            session.exec(select(Event.id).where(_refusal_events(row, "in-doubt-resend:"))).all()
+        )
 
 
 def _fail(engine: Engine, row_id: int, why: str, now: datetime, *, codes: str) -> bool:
