@@ -126,6 +126,8 @@ DROPPED = "connection lost: "
 # Event recording the first time a server that answered refused a row: the give-up
 # clock starts there, not at the row's creation (an outage must not use it up).
 FIRST_REFUSAL = "refused:"
+# Event of an urgent mail sent while some of its recipients were refused for good.
+REFUSED_FOR_GOOD = "recipients-refused"
 
 
 @dataclass
@@ -253,6 +255,7 @@ class _Job:
     partner: str | None
     message_id: str
     dedupe_key: str
+    last_error: str = ""
 
 
 def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
@@ -303,6 +306,7 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
                     partner=row.partner,
                     message_id=row.message_id,
                     dedupe_key=row.dedupe_key,
+                    last_error=last_error,
                 )
             )
     return jobs
@@ -621,7 +625,11 @@ async def _deliver(
                 defer([job], f"{DROPPED}{type(exc).__name__}", give_up=True)
                 continue
             except Exception as exc:  # one poison row must not block the rest
-                log.error(
+                # ERROR the first time; a row failing the same way on every run says so
+                # at WARNING until it is given up (and failed, which logs again).
+                again = job.last_error.startswith("error: ")
+                log.log(
+                    logging.WARNING if again else logging.ERROR,
                     "unexpected error sending one outbox row; it waits, the others go on",
                     extra={"outbox": job.id, "kind": job.kind, "error": type(exc).__name__},
                 )
@@ -706,6 +714,25 @@ def _mark_sent(
                 actor="service",
             )
         )
+        first_for_case = False
+        if permanent and job.kind in URGENT_KINDS:
+            # One ERROR per case for on-call addresses refused for good: every later
+            # escalation reaches the same address and is refused again (review 2, 11).
+            seen = conn.execute(
+                select(Event.id).where(
+                    Event.case_id == job.case_id, col(Event.kind) == REFUSED_FOR_GOOD
+                )
+            ).first()
+            first_for_case = seen is None
+            conn.execute(
+                insert(Event).values(
+                    at=now,
+                    case_id=job.case_id,
+                    kind=REFUSED_FOR_GOOD,
+                    detail=f"outbox {job.id}: {len(permanent)} recipient(s)",
+                    actor="service",
+                )
+            )
         if temporary:
             # Its own kind and Message-ID column (the content is the same mail): a reply
             # to it still finds the original alert, and escalation and the monthly report
@@ -729,7 +756,7 @@ def _mark_sent(
                 )
             )
     if temporary or permanent:
-        level = logging.ERROR if permanent and job.kind in URGENT_KINDS else logging.WARNING
+        level = logging.ERROR if first_for_case else logging.WARNING
         log.log(
             level,
             "some recipients refused; the temporarily refused ones are retried",
@@ -873,10 +900,16 @@ def _fail(engine: Engine, row_id: int, why: str, now: datetime, *, codes: str) -
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200], at=now)
         kind, case_id = row.kind, row.case_id
     level = logging.ERROR if kind in URGENT_KINDS else logging.WARNING
+    if kind.endswith("-retry") and level == logging.ERROR:
+        # Only the recipients refused for now when the original went out: the others
+        # have it (review 2, finding 10).
+        what = "some recipients of this urgent mail never got it (the others did)"
+    else:
+        what = "nobody got this urgent mail" if level == logging.ERROR else "not delivered"
     log.log(
         level,
         "outbox mail failed for good: %s",
-        "nobody got this urgent mail" if level == logging.ERROR else "not delivered",
+        what,
         extra={"outbox": row_id, "kind": kind, "case": case_id, "codes": codes},
     )
     return True

@@ -868,3 +868,66 @@ def test_relay_access_denied_for_every_recipient_fails_nothing(
     deliver_outbox(svc.settings.smtp, svc.engine, t + timedelta(hours=1))
     assert [r.status for r in rows(svc)] == ["sent", "sent"]
     no_address_in(caplog.records)
+
+
+def test_an_address_refused_for_good_is_logged_at_error_once_per_case(
+    tmp_path: Path, faulty: tuple[Faulty, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 11 (send side): the on-call address is refused for good; the alert fails
+    and every escalation, to on-call and backup, is refused for it again. ``send`` says
+    so at ERROR once for the case, then at WARNING (was: one ERROR per escalation)."""
+    from intake.escalate import escalate
+
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = "550 5.1.1 user unknown"
+    svc = make_svc(tmp_path, port)
+    case_id = urgent_case(svc, T0)
+    caplog.set_level(logging.INFO)
+    t = T0
+    while t <= T0 + timedelta(hours=3):
+        escalate(svc, t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    sent = [r for r in rows(svc) if r.kind == "escalation" and r.status == "sent"]
+    assert len(sent) >= 2 and all(r.case_id == case_id for r in sent)
+    partial = [r for r in send_logs(caplog, logging.INFO) if "some recipients" in r.getMessage()]
+    assert [r.levelno for r in partial] == [logging.ERROR] + [logging.WARNING] * (len(sent) - 1)
+    no_address_in(caplog.records)
+
+
+def test_a_failed_alert_retry_does_not_say_nobody_got_the_alert(
+    tmp_path: Path, faulty: tuple[Faulty, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 10: on-call got the alert, night duty's mailbox stayed full for 15 minutes:
+    the ERROR says some recipients never got it, not that nobody did."""
+    handler, port = faulty
+    handler.rcpt_reply[NIGHT] = "452 4.2.2 Mailbox full"
+    svc = make_svc(tmp_path, port, extra=f'off_hours = ["{NIGHT}"]')
+    night = datetime(2026, 11, 26, 23, 0, tzinfo=JST)
+    urgent_case(svc, night)
+    caplog.set_level(logging.INFO)
+    t = night
+    while t <= night + timedelta(minutes=20):
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    assert [(r.kind, r.status) for r in rows(svc)] == [("alert", "sent"), ("alert-retry", "failed")]
+    errors = [r.getMessage() for r in send_logs(caplog, logging.ERROR)]
+    assert errors and not any("nobody" in m for m in errors)
+    assert any("the others did" in m for m in errors)
+
+
+def test_a_poison_row_is_logged_at_error_once_not_on_every_run(
+    tmp_path: Path, smtp_server: LocalSMTP, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 11: a row that raises on every run is an ERROR the first time, then a
+    WARNING per run until it is given up (was: one ERROR per run for a day)."""
+    svc = make_svc(tmp_path, smtp_server.port)
+    poison = ack_case(svc, "poison@example.jp", T0)
+    with session_scope(svc.engine) as s:
+        row = s.exec(select(Outbox).where(Outbox.case_id == poison)).one()
+        row.recipients = json.dumps([["not", "an", "address"]])
+    caplog.set_level(logging.INFO)
+    for hours in range(4):
+        deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(hours=hours))
+    unexpected = [r for r in send_logs(caplog, logging.INFO) if "unexpected" in r.getMessage()]
+    assert [r.levelno for r in unexpected] == [logging.ERROR] + [logging.WARNING] * 3
