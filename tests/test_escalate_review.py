@@ -631,6 +631,8 @@ def test_two_workers_escalating_at_once_log_a_refused_alert_once(
         path.write_text(text.replace(sqlite_url, url), encoding="utf-8")
     svc = Service.from_settings(load_settings(path))
     other = Service.from_settings(load_settings(path))  # a second worker: its own engine
+    for service in (svc, other):  # before the database is dropped (finalisers run LIFO)
+        request.addfinalizer(service.engine.dispose)
     urgent_case(svc, NOON)
     deliver_outbox(svc.settings.smtp, svc.engine, NOON, svc.settings.mailbox.key)
     assert outbox(svc, "alert")[0].status == "failed"
