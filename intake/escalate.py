@@ -26,9 +26,21 @@ interval after the previous one was *delivered*, so people get the interval to r
 A failed alert (the server refused it for good: a deleted or mistyped on-call address, a
 content filter) is escalated at once, without waiting for the delay and even with
 ``escalate_max = 0``, to every on-call address including ``backup`` and ``off_hours``:
-otherwise nobody would hear of the case for half an hour, or ever. Every failed alert or
+otherwise nobody would hear of the case for half an hour, or ever. So is an alert the
+city's relay accepted and that later came back as a bounce (``intake.pipeline`` records
+an ``alert-bounced`` event naming the row: the usual way a bad address fails behind a
+relay), and one whose ``alert-retry`` failed (night duty's mailbox full: on-call has it,
+the person on shift does not); those go to the on-call addresses the alert was not for.
+Every escalation of such an alert carries no word of the consultation (case number,
+time, "not delivered", ``show CASE``): a content filter that refused the alert would
+refuse its words again, in every escalation. Every failed or bounced alert, retry or
 escalation is logged once at ERROR (case number and outbox row, never an address) and
-recorded as an ``alert-undelivered`` event.
+recorded as an ``alert-undelivered`` event; one pass per mailbox runs at a time
+(``_serialise``), so two workers never both log it, and logs come after the commit.
+
+Which alerts are looked at: by state, not by age (``_candidates``): an open,
+unacknowledged case whose alert has escalations left stays due after an outage of any
+length.
 
 Also here: ``callback_due`` — when an urgent case must be called back — because the
 alert, the ``show`` command and the report must all agree on it.
@@ -42,13 +54,17 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
+from sqlalchemy import and_, exists, func, or_, text
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from intake.businessdays import BusinessCalendar
-from intake.compose import render_alert
+from intake.compose import _base_message, render_alert
 from intake.errors import IntakeError
+from intake.locks import stable_key
 from intake.store import (
     Case,
     Event,
@@ -213,6 +229,10 @@ def _resolved_at(row: Outbox) -> datetime:
     return utc(row.sent_at or row.claimed_at or row.created_at)
 
 
+BOUNCED_EVENTS = ("alert-bounced", "escalation-bounced")  # intake.pipeline: "outbox N: ..."
+_BOUNCED_ROW = re.compile(r"^outbox (\d+)\b")
+
+
 @dataclass(frozen=True)
 class AlertState:
     """The latest alert of a case and what has happened to it since."""
@@ -225,19 +245,52 @@ class AlertState:
     escalations_total: int  # for the case, across alerts (numbers the dedupe keys)
     last_escalated_at: datetime | None  # when the last of ``escalations`` was delivered
     pending: bool = False  # an escalation since this alert is still queued or sending
-    failed_rows: tuple[Outbox, ...] = ()  # this alert and its escalations refused for good
+    # This alert, its retries and its escalations refused for good or bounced back.
+    failed_rows: tuple[Outbox, ...] = ()
+    bounced: frozenset[int] = frozenset()  # ids of those rows that came back as a bounce
 
     @property
     def alert_failed(self) -> bool:
-        """The alert itself was refused for good: nobody it was addressed to has it."""
-        return self.alert.status == REFUSED
+        """Nobody the alert was addressed to has it: refused for good, or bounced.
+
+        A relay accepts any recipient and reports a mistyped or deleted address later, as
+        a bounce in our mailbox (``alert-bounced``): the common failure in this deployment,
+        so it counts as a refusal."""
+        return self.alert.status == REFUSED or self.alert.id in self.bounced
+
+    @property
+    def retry_failed(self) -> bool:
+        """Some of the alert's recipients never got it (their ``alert-retry`` failed)."""
+        return any(row.kind == "alert-retry" for row in self.failed_rows)
+
+    @property
+    def undelivered(self) -> bool:
+        """The alert missed someone it was meant for: worth telling the others at once."""
+        return self.alert_failed or self.retry_failed
+
+
+def _bounced_rows(session: Session, case_id: int) -> set[int]:
+    """Outbox rows of ``case_id`` that came back as a bounce (``intake.pipeline`` records
+    an ``alert-bounced``/``escalation-bounced`` event naming the row)."""
+    found: set[int] = set()
+    for event in session.exec(
+        select(Event).where(Event.case_id == case_id, col(Event.kind).in_(BOUNCED_EVENTS))
+    ):
+        m = _BOUNCED_ROW.match(event.detail)
+        if m:
+            found.add(int(m.group(1)))
+    return found
 
 
 def alert_state(session: Session, case_id: int) -> AlertState | None:
     """Where the latest alert of ``case_id`` stands, or None when it never had one."""
-    alerts = session.exec(
-        select(Outbox).where(Outbox.case_id == case_id, Outbox.kind == "alert")
+    rows = session.exec(
+        select(Outbox).where(
+            Outbox.case_id == case_id,
+            col(Outbox.kind).in_(["alert", "alert-retry", "escalation"]),
+        )
     ).all()
+    alerts = [row for row in rows if row.kind == "alert"]
     if not alerts:
         return None
     latest = max(alerts, key=lambda row: (utc(row.created_at), row.id or 0))
@@ -249,15 +302,19 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
         )
         if utc(e.at) >= alert_at
     ]
-    escalations = session.exec(
-        select(Outbox).where(Outbox.case_id == case_id, Outbox.kind == "escalation")
-    ).all()
+    escalations = [row for row in rows if row.kind == "escalation"]
     since = [row for row in escalations if utc(row.created_at) >= alert_at]
+    retries = [row for row in rows if row.kind == "alert-retry" and utc(row.created_at) >= alert_at]
     # Anything not yet sent or failed (queued, sending, or a state intake.send may add)
     # is still on its way: it neither counts nor lets another one be queued behind it.
     done = [row for row in since if row.status in (DELIVERED, REFUSED)]
     last = max((_resolved_at(row) for row in done), default=None)
-    failed = tuple(row for row in (latest, *since) if row.status == REFUSED)
+    bounced = _bounced_rows(session, case_id)
+    failed = tuple(
+        row
+        for row in (latest, *retries, *since)
+        if row.status == REFUSED or (row.kind != "alert-retry" and row.id in bounced)
+    )
     return AlertState(
         case_id,
         latest,
@@ -268,6 +325,7 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
         last,
         pending=len(done) < len(since),
         failed_rows=failed,
+        bounced=frozenset(row.id for row in failed if row.id in bounced),
     )
 
 
@@ -285,8 +343,14 @@ def _recipients(svc: Service, state: AlertState, now: datetime, failover: bool) 
     ``off_hours`` (night duty) only when the office is shut now or the alert went to them
     anyway: during office hours they are off shift, and the config says they are alerted
     "outside office hours". A ``failover`` for a refused alert goes to every on-call
-    address, night duty included, since the one the alert was for cannot be reached.
+    address, night duty included, since the one the alert was for cannot be reached; the
+    refused addresses stay on it (a content filter refused the alert, not the address: the
+    content-free failover reaches them). A failover for a bounced alert, or for an alert
+    some of whose recipients never got it (a failed ``alert-retry``), goes to the others
+    only: the bounced address would bounce again, and the rest already have the alert.
     """
+    if failover and state.alert.status != REFUSED:
+        return _others(svc, state)
     oc = svc.settings.oncall
     night = failover or not svc.calendar.is_open(now)
     return _unique(
@@ -319,10 +383,57 @@ def _alerted_message(session: Session, case: Case, alert: Outbox) -> StoredMessa
     return msg if msg is not None and msg.case_id == case.id else None
 
 
-_UNDELIVERED_NOTE = (
-    "※ 当番への緊急通知は送信できませんでした（メールサーバーが受け取りを拒否しました）。\n"
-    "  当番はこの相談をまだ知りません。代わりに対応してください。\n\n"
-)
+def _undelivered_notice(
+    svc: Service,
+    case: Case,
+    state: AlertState,
+    to: list[str],
+    number: int,
+    received: datetime,
+    now: datetime,
+) -> EmailMessage:
+    """The escalation for an alert that did not get through: no word of the consultation.
+
+    Why content-free: a content filter that refused the alert (crisis words, a phone
+    number, a link) refuses any mail that quotes them again, so a failover carrying the
+    alert's text reached nobody. This says only which case, when it came in, that the
+    alert was not delivered and how to read the case (``show``); nothing a filter can
+    object to. Built in code, not from a staff-editable template, so an edit can never
+    put the resident's words back. Thread headers are set by the caller.
+    """
+    tz = svc.calendar.tz
+    due = callback_due(received, svc.calendar)
+    if state.alert_failed:
+        what = (
+            "当番への通知メールが届きませんでした（メールサーバーが受け取りを拒否したか、"
+            "宛先不明などで戻ってきました）。\n当番はこの相談をまだ知りません。"
+        )
+    else:
+        what = (
+            "当番への通知メールが一部の宛先に送信できませんでした（他の宛先には届いています）。\n"
+            "勤務中の担当者がこの相談を知らない可能性があります。"
+        )
+    lines = [
+        f"※ これは再通知（{number}回目）です。まだ誰も対応の確認をしていません。",
+        "",
+        what,
+        "代わりに対応してください。",
+        "",
+        f"受付番号: {case.number}",
+        f"受信日時: {received.astimezone(tz).strftime('%Y-%m-%d %H:%M')}",
+        f"折り返し期限: {due.astimezone(tz).strftime('%Y-%m-%d %H:%M')}",
+        "",
+        "内容が原因で届かなかった可能性があるため、このメールには相談の内容を載せていません。",
+        f"内容の確認: python service.py show {case.number}",
+        "",
+        "対応を始めたら、このメールに返信してください（本文は空で構いません）。",
+        f"または: python service.py ack {case.number}",
+        "",
+    ]
+    subject = f"【至急・再通知】通知が届いていない相談 {case.number}"
+    message = _base_message(svc.sender, to, subject, now, "auto-generated", "alert")
+    message.set_content("\n".join(lines), charset="utf-8", cte="8bit")
+    return message
 
 
 def _queue_escalation(
@@ -346,20 +457,20 @@ def _queue_escalation(
     automatic = None
     if msg is not None:
         automatic = "quarantined" if msg.status == "quarantined" else msg.automatic
-    message = render_alert(
-        svc.env,
-        sender=svc.sender,
-        to=to,
-        case=alert_context(svc, case, received, automatic),
-        now=now,
-        tz=svc.calendar.tz,
-        escalation=number,
-    )
-    if failover:
-        # The template speaks of "nobody has confirmed yet"; the backup must also know that
-        # the on-call person was never told, or each may assume the other has it.
-        body = message.get_content()
-        message.set_content(_UNDELIVERED_NOTE + body, charset="utf-8", cte="8bit")
+    if state.failed_rows:
+        # The alert (or an escalation) did not get through: whatever refused it must find
+        # nothing to refuse in this one, and the readers must know nobody may have it.
+        message = _undelivered_notice(svc, case, state, to, number, received, now)
+    else:
+        message = render_alert(
+            svc.env,
+            sender=svc.sender,
+            to=to,
+            case=alert_context(svc, case, received, automatic),
+            now=now,
+            tz=svc.calendar.tz,
+            escalation=number,
+        )
     # Thread it under the alert, so a phone shows one conversation and a reply to either
     # is recognised by the worker as the acknowledgement.
     message["In-Reply-To"] = state.alert.message_id
@@ -374,7 +485,7 @@ def _queue_escalation(
         priority=0,
         now=now,
     )
-    why = "the alert was refused by the mail server; " if failover else ""
+    why = "the alert was not delivered; " if failover else ""
     add_event(
         session,
         ESCALATED_EVENT,
@@ -387,14 +498,20 @@ def _queue_escalation(
     return row
 
 
+_Log = tuple[int, str, dict[str, object]]  # level, message, extra: emitted after the commit
+
+
 def _notice_failures(
     svc: Service, session: Session, case: Case, state: AlertState, now: datetime, failover: bool
-) -> None:
-    """Log each refused alert or escalation once at ERROR, and record that it was seen.
+) -> list[_Log]:
+    """Record each refused or bounced alert, retry or escalation once; say what to log.
 
-    ``intake.send`` marks such a row ``failed`` and never retries it; this is where the
-    on-call path learns of it. Case number and outbox row only: the addresses and the
-    server's reply (which often quotes the address) are logged at DEBUG.
+    ``intake.send`` marks a refused row ``failed`` and never retries it, and
+    ``intake.pipeline`` records a bounce: this is where the on-call path learns of either.
+    The ``alert-undelivered`` event marks a row as seen; ``escalate`` holds a lock for its
+    pass (``_serialise``), so two workers never both find it unmarked, and logs only
+    after the commit. Case number and outbox row only: the addresses and the server's
+    reply (which often quotes the address) are logged at DEBUG.
     """
     seen = {
         e.detail
@@ -403,39 +520,108 @@ def _notice_failures(
         )
     }
     others = len(_others(svc, state))
+    logs: list[_Log] = []
     for row in state.failed_rows:
         detail = f"outbox {row.id}"
         if detail in seen:
             continue
         add_event(session, UNDELIVERED_EVENT, case.id, detail, "service", now)
-        if row.kind == "alert" and not others:
+        how = "bounced" if row.id in state.bounced else "refused by the mail server"
+        if row.kind == "alert-retry":
+            what = "urgent alert not delivered to some of its recipients (the others have it)" + (
+                "; escalated at once to the other on-call addresses" if failover else ""
+            )
+        elif row.kind == "alert" and not others:
             what = (
-                "urgent alert refused by the mail server and no other on-call address is "
-                "configured: nobody has been told; add [oncall] backup and check the "
-                "on-call address"
+                f"urgent alert {how} and no other on-call address is configured: nobody "
+                "has been told; add [oncall] backup and check the on-call address"
             )
         elif row.kind == "alert" and failover:
-            what = (
-                "urgent alert refused by the mail server; escalated at once to the other "
-                "on-call addresses"
-            )
+            what = f"urgent alert {how}; escalated at once to the other on-call addresses"
         elif row.kind == "alert":
-            what = "urgent alert refused by the mail server"
+            what = f"urgent alert {how}"
         else:
-            what = "escalation of an urgent alert refused by the mail server"
-        log.error(
-            what,
-            extra={
-                "case": case.number,
-                "outbox": row.id,
-                "kind": row.kind,
-                "other_oncall": others,
-            },
+            what = f"escalation of an urgent alert {how}"
+        logs.append(
+            (
+                logging.ERROR,
+                what,
+                {"case": case.number, "outbox": row.id, "kind": row.kind, "other_oncall": others},
+            )
         )
-        log.debug(
-            "refused row detail",
-            extra={"outbox": row.id, "recipients": row.recipients, "error": row.last_error},
+        logs.append(
+            (
+                logging.DEBUG,
+                "undelivered row detail",
+                {"outbox": row.id, "recipients": row.recipients, "error": row.last_error},
+            )
         )
+    return logs
+
+
+def _serialise(session: Session, mailbox: str) -> None:
+    """One escalation pass per mailbox at a time, across workers, for this transaction.
+
+    Two workers' passes at the same minute would both find a refused row unmarked (two
+    ERRORs) and both queue its failover (the loser's unique key rolls its whole pass
+    back). PostgreSQL: a transaction-scoped advisory lock. SQLite: take the write lock
+    before the first read (a writing statement does, even when it changes no row), so
+    the other pass waits in busy_timeout and then reads what this one committed.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"),
+            {"key": stable_key(f"soudan-intake:escalate:{mailbox}")},
+        )
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("UPDATE outbox SET attempts = attempts WHERE 0 = 1")
+
+
+def _candidates(
+    session: Session, mailbox: str, now: datetime, policy: EscalationPolicy
+) -> list[int]:
+    """Cases whose latest alert may need an escalation now: chosen by state, not by age.
+
+    An alert qualifies while it was queued recently (a refusal or bounce may still come
+    in), or while its case is open, it is unacknowledged and fewer than ``cap``
+    escalations since it are done. Before, only alerts of the last ~26 h were looked at,
+    and after a longer SMTP (or worker) outage the schedule stopped after the first
+    escalation. Acknowledged, closed and finished alerts drop out, so the per-minute job
+    stays as cheap after years of history.
+    """
+    alert = aliased(Outbox)
+    later = aliased(Outbox)
+    done = (
+        select(func.count())
+        .select_from(later)
+        .where(
+            later.case_id == alert.case_id,
+            later.kind == "escalation",
+            later.created_at >= alert.created_at,
+            col(later.status).in_([DELIVERED, REFUSED]),
+        )
+        .scalar_subquery()
+    )
+    acked = exists().where(
+        col(Event.case_id) == alert.case_id,
+        col(Event.kind) == ACK_EVENT,
+        col(Event.at) >= alert.created_at,
+    )
+    query = (
+        select(alert.case_id)
+        .join(Case, Case.id == alert.case_id)  # type: ignore[arg-type]
+        .where(
+            alert.mailbox == mailbox,
+            alert.kind == "alert",
+            or_(
+                col(alert.created_at) >= to_db(now - _reach(policy)),
+                and_(col(Case.status) != "closed", ~acked, done < policy.cap),
+            ),
+        )
+        .distinct()
+    )
+    return [case_id for case_id in session.exec(query).all() if case_id is not None]
 
 
 def _reach(policy: EscalationPolicy) -> timedelta:
@@ -445,27 +631,15 @@ def _reach(policy: EscalationPolicy) -> timedelta:
 def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None) -> int:
     """Queue every escalation that is due at ``now``; returns how many were queued.
 
-    Also where a refused alert or escalation is first seen: it is logged at ERROR once,
-    and a refused alert is escalated at once (see the module docstring)."""
+    Also where a refused or bounced alert or escalation is first seen: it is logged at
+    ERROR once, and an alert that missed someone is escalated at once (see the module
+    docstring)."""
     policy = policy or escalation_policy(svc.settings)
     queued = 0
+    logs: list[_Log] = []
     with session_scope(svc.engine) as session:
-        case_ids = session.exec(
-            select(Outbox.case_id)
-            .where(
-                Outbox.mailbox == svc.settings.mailbox.key,
-                Outbox.kind == "alert",
-                col(Outbox.case_id).is_not(None),
-                # Only alerts that can still be due: the last escalation comes at most
-                # delay + cap intervals after an alert, later only when an SMTP outage
-                # held the previous one back (a day's margin covers that).
-                # The per-minute job then costs the same after years of history.
-                Outbox.created_at >= to_db(now - _reach(policy)),
-            )
-            .distinct()
-        ).all()
-        for case_id in case_ids:
-            assert case_id is not None
+        _serialise(session, svc.settings.mailbox.key)
+        for case_id in _candidates(session, svc.settings.mailbox.key, utc(now), policy):
             state = alert_state(session, case_id)
             if state is None:
                 continue
@@ -474,7 +648,7 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
                 continue
             # A failover only when someone else can be told; otherwise the ordinary
             # schedule goes on (to the same addresses: the refusal may have been passing).
-            failover = state.alert_failed and state.escalations == 0 and bool(_others(svc, state))
+            failover = state.undelivered and state.escalations == 0 and bool(_others(svc, state))
             due = case.status != "closed" and escalation_due(
                 state.alert_at,
                 state.acknowledged_at,
@@ -486,15 +660,21 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
                 alert_failed=failover,
             )
             if state.failed_rows:
-                _notice_failures(svc, session, case, state, now, failover and due)
+                logs += _notice_failures(svc, session, case, state, now, failover and due)
             if not due:
                 continue
             _queue_escalation(svc, session, case, state, now, failover)
             queued += 1
-            log.warning(
-                "urgent alert not acknowledged; escalated",
-                extra={"case": case.number, "escalation": state.escalations_total + 1},
+            logs.append(
+                (
+                    logging.WARNING,
+                    "urgent alert not acknowledged; escalated",
+                    {"case": case.number, "escalation": state.escalations_total + 1},
+                )
             )
+    # After the commit: a pass that rolled back logged nothing it did not do.
+    for level, what, extra in logs:
+        log.log(level, what, extra=extra)
     return queued
 
 

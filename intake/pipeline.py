@@ -674,11 +674,16 @@ def handle_message(
             kind = f"{answered.kind}-auto-reply"
         else:
             kind = f"{answered.kind}-reply"
+        detail = f"message {msg.id} from {letter.from_addr}"
+        if letter.bounce:
+            # Names the outbox row that bounced: ``intake.escalate`` treats a bounced alert
+            # or escalation like one the server refused (ERROR, failover to the others).
+            detail = f"outbox {answered.id}: {detail}"
         record_event(
             session,
             kind,
             answered.case_id,
-            f"message {msg.id} from {letter.from_addr}",
+            detail,
             actor=letter.from_addr or "unknown",
             at=now,
         )

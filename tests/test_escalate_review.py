@@ -1,4 +1,5 @@
-"""Regression tests for the escalation path found by review 5 (findings 4, 6 and 13).
+"""Regression tests for the escalation path found by review 5 (findings 4, 6 and 13) and
+by review 2 of the rewrite (findings 4, 5, 9, 10, 11/12: the tests after the first round's).
 
 Each test runs the real path where it matters: the alert is written by the pipeline's own
 ``_queue_alert`` (or ``quarantine``), delivered by ``intake.send`` to a real aiosmtpd
@@ -8,6 +9,7 @@ then ``deliver_outbox`` at a controllable ``now``. Each failed on the code befor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -189,8 +191,10 @@ def test_refused_alert_goes_to_backup_and_night_duty_at_once(
     [failover] = server.received  # well before the 30 minutes of the ordinary schedule
     assert sorted(failover.rcpt_tos) == sorted([BACKUP, NIGHT_DUTY])
     assert "再通知" in subject(failover) and "C000001" in subject(failover)
-    assert "送信できませんでした" in body(failover)
-    assert "090-1234-5678" in body(failover)
+    assert "送信できませんでした" in body(failover) or "届きませんでした" in body(failover)
+    # Review 2, finding 5: the failover names the case, not what the resident wrote.
+    assert "090-1234-5678" not in body(failover)
+    assert "python service.py show C000001" in body(failover)
     [row] = outbox(svc, "escalation")
     assert row.status == "sent" and row.sent_at is not None
     assert row.sent_at - alert.claimed_at <= timedelta(minutes=1)  # type: ignore[operator]
@@ -373,3 +377,292 @@ def test_night_duty_gets_escalations_only_outside_office_hours(
     [alert, escalation] = smtp_server.wait_for(2)
     assert alert.rcpt_tos == [ONCALL]
     assert escalation.rcpt_tos == [ONCALL, NIGHT_DUTY, BACKUP]
+
+
+# === review 2 of the rewrite ==============================================================
+
+
+class _Filter:
+    """aiosmtpd handler: a content filter or mailbox trouble, as the test switches it on.
+
+    ``data_reply``: the reply to the end of DATA for any mail quoting the resident's words
+    (what amavisd-new does to spam); ``rcpt_reply``: per-address replies at RCPT."""
+
+    def __init__(self) -> None:
+        self.data_reply: str | None = None
+        self.rcpt_reply: dict[str, str] = {}
+        self.received: list[ReceivedMail] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        if address in self.rcpt_reply:
+            return self.rcpt_reply[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import email
+        import email.policy
+
+        data = envelope.original_content or envelope.content or b""
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        mail = ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), data, message)  # type: ignore[arg-type]
+        if self.data_reply and ("消えたい" in body(mail) or "090-1234-5678" in body(mail)):
+            return self.data_reply
+        self.received.append(mail)
+        return "250 OK queued"
+
+
+@pytest.fixture
+def filtered() -> Iterator[tuple[SimpleNamespace, _Filter]]:
+    """A real SMTP server whose refusals the test chooses (see ``_Filter``)."""
+    from aiosmtpd.controller import Controller
+
+    handler = _Filter()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield SimpleNamespace(host="127.0.0.1", port=port), handler
+    finally:
+        controller.stop()
+
+
+def errors_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "intake.escalate" and r.levelno >= 40]
+
+
+# --- finding 4: an alert the relay accepted comes back as a bounce -------------------------
+
+
+@pytest.mark.integration
+def test_bounced_alert_is_escalated_at_once_and_logged_once(
+    tmp_path: Path,
+    dovecot: Any,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from intake import samples
+    from intake.fetch import Mailbox
+    from intake.pipeline import process_new_mail
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    # escalate_max = 0: before the fix nobody was ever told of a bounced alert.
+    path = write_config(tmp_path, dovecot, smtp_server, extra="escalate_max = 0")
+    svc = Service.from_settings(load_settings(path))
+    caplog.set_level(logging.DEBUG)
+    urgent_case(svc, NOON)
+    deliver_outbox(svc.settings.smtp, svc.engine, NOON, svc.settings.mailbox.key)
+    [alert] = outbox(svc, "alert")
+    assert alert.status == "sent"
+    smtp_server.wait_for(1)
+    smtp_server.clear()
+    # The city's relay took it; the on-call mailbox is gone, so a DSN comes back.
+    dovecot.append(samples.bounce(ONCALL, alert.message_id))
+    with Mailbox(svc.settings.mailbox) as mailbox:
+        process_new_mail(svc, mailbox, NOON + timedelta(minutes=1))
+
+    run_jobs(svc, NOON + timedelta(minutes=1), NOON + timedelta(hours=2), timedelta(minutes=1))
+
+    [row] = outbox(svc, "escalation")
+    assert row.status == "sent"
+    assert row.sent_at is not None and row.sent_at <= to_db(NOON + timedelta(minutes=2))
+    [failover] = smtp_server.wait_for(1)
+    assert failover.rcpt_tos == [BACKUP]
+    assert "C000001" in subject(failover)
+    assert "消えたい" not in body(failover) and "090-1234-5678" not in body(failover)
+    [error] = errors_of(caplog)
+    assert error.case == "C000001" and error.outbox == alert.id  # type: ignore[attr-defined]
+    assert "bounced" in error.getMessage()
+    no_address_above_debug(caplog.records)
+
+
+# --- finding 5: a content filter refuses the alert -----------------------------------------
+
+
+@pytest.mark.integration
+def test_failover_of_an_alert_a_content_filter_refused_carries_no_resident_words(
+    tmp_path: Path,
+    filtered: tuple[SimpleNamespace, _Filter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    smtp, server = filtered
+    server.data_reply = "554 5.7.1 Message rejected as spam"
+    svc = make_svc(tmp_path, smtp)
+    caplog.set_level(logging.DEBUG)
+    urgent_case(svc, NOON)
+
+    run_jobs(svc, NOON, NOON + timedelta(hours=3), timedelta(minutes=1))
+
+    [alert] = outbox(svc, "alert")
+    assert alert.status == "failed"
+    escalations = outbox(svc, "escalation")
+    assert [r.status for r in escalations] == ["sent"] * 3, "each one gets past the filter"
+    first = server.received[0]
+    # The on-call person too: the filter refused the words, not the address.
+    assert sorted(first.rcpt_tos) == sorted([ONCALL, BACKUP])
+    for mail in server.received:
+        text = body(mail) + subject(mail)
+        assert "C000001" in text and "python service.py show C000001" in text
+        for word in ("消えたい", "090-1234-5678", "resident@example.jp", "緊急"):
+            assert word not in text, word
+    assert "2026-11-26 12:00" in body(first)  # when the mail came in
+    assert "送信できませんでした" in body(first) or "届きませんでした" in body(first)
+    assert len(errors_of(caplog)) == 1
+    no_address_above_debug(caplog.records)
+
+
+# --- finding 9: escalation after an SMTP outage of more than a day -------------------------
+
+
+@pytest.mark.integration
+def test_escalation_goes_on_to_the_cap_after_an_outage_longer_than_a_day(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    svc = make_svc(tmp_path, smtp_server)
+    smtp_server.stop()
+    urgent_case(svc, NOON)
+    back = NOON + timedelta(hours=27)
+    run_jobs(svc, NOON, back - timedelta(minutes=5), timedelta(minutes=5))
+    smtp_server.start()
+    run_jobs(svc, back, back + timedelta(hours=4), timedelta(minutes=1))
+
+    escalations = outbox(svc, "escalation")
+    assert [r.status for r in escalations] == ["sent"] * 3
+    assert len([m for m in smtp_server.messages if "再通知" in subject(m)]) == 3
+    # An acknowledged alert, a closed case or one at the cap is no longer looked at.
+    from intake.escalate import _candidates, escalation_policy
+
+    with Session(svc.engine) as s:
+        later = back + timedelta(days=30)
+        assert (
+            _candidates(s, svc.settings.mailbox.key, later, escalation_policy(svc.settings)) == []
+        )
+
+
+def test_an_unacknowledged_alert_with_escalations_left_stays_a_candidate_for_ever(
+    tmp_path: Path,
+) -> None:
+    from intake.escalate import _candidates, escalation_policy
+
+    svc = make_svc(tmp_path, SimpleNamespace(host="127.0.0.1", port=1))
+    case_id = urgent_case(svc, NOON)
+    policy = escalation_policy(svc.settings)
+    key = svc.settings.mailbox.key
+    with Session(svc.engine) as s:
+        assert _candidates(s, key, NOON + timedelta(days=40), policy) == [case_id]
+    acknowledge_alert(svc, "C000001", "tanaka", NOON + timedelta(days=2))
+    with Session(svc.engine) as s:
+        assert _candidates(s, key, NOON + timedelta(days=40), policy) == []
+
+
+# --- finding 10: night duty's copy of the alert fails, on-call's went through -------------
+
+
+@pytest.mark.integration
+def test_failed_alert_retry_is_escalated_to_the_remaining_addresses(
+    tmp_path: Path,
+    filtered: tuple[SimpleNamespace, _Filter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    smtp, server = filtered
+    server.rcpt_reply[NIGHT_DUTY] = "452 4.2.2 Mailbox full"
+    svc = make_svc(tmp_path, smtp, extra=f'off_hours = ["{NIGHT_DUTY}"]')
+    caplog.set_level(logging.DEBUG)
+    urgent_case(svc, NIGHT)
+
+    run_jobs(svc, NIGHT, NIGHT + timedelta(minutes=25), timedelta(minutes=1))
+
+    [retry] = outbox(svc, "alert-retry")
+    assert retry.status == "failed"
+    assert server.received[0].rcpt_tos == [ONCALL]
+    # Before the ordinary first escalation at +30 min, the backup hears that night duty
+    # (the person on shift) was not told.
+    [row] = outbox(svc, "escalation")
+    assert row.status == "sent" and json.loads(row.recipients) == [BACKUP]
+    [failover] = [m for m in server.received if m.rcpt_tos == [BACKUP]]
+    assert "一部の宛先" in body(failover)
+    [error] = errors_of(caplog)
+    assert error.kind == "alert-retry" and error.case == "C000001"  # type: ignore[attr-defined]
+    assert "nobody" not in error.getMessage() and "the others have it" in error.getMessage()
+    no_address_above_debug(caplog.records)
+
+
+# --- findings 11/12: one ERROR per refused row, also with two workers ---------------------
+
+
+def _database(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> str | None:
+    """None for the tests' SQLite file, or the URL of a fresh PostgreSQL database."""
+    if kind == "sqlite":
+        return None
+    import os
+    import time
+
+    server = request.getfixturevalue("postgres")
+    name = f"esc{os.getpid()}_{time.monotonic_ns()}"
+    url: str = server.new_database(name)
+    request.addfinalizer(lambda: server.drop_database(name))
+    return url
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_two_workers_escalating_at_once_log_a_refused_alert_once(
+    tmp_path: Path,
+    oncall_refused: tuple[SimpleNamespace, _RefuseRcpt],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    kind: str,
+) -> None:
+    import threading
+
+    import intake.escalate as escalate_module
+
+    smtp, _ = oncall_refused
+    path = config(tmp_path, smtp)
+    url = _database(request, tmp_path, kind)
+    if url is not None:
+        text = path.read_text(encoding="utf-8")
+        sqlite_url = f"sqlite:///{(tmp_path / 'intake.db').as_posix()}"
+        assert sqlite_url in text
+        path.write_text(text.replace(sqlite_url, url), encoding="utf-8")
+    svc = Service.from_settings(load_settings(path))
+    other = Service.from_settings(load_settings(path))  # a second worker: its own engine
+    for service in (svc, other):  # before the database is dropped (finalisers run LIFO)
+        request.addfinalizer(service.engine.dispose)
+    urgent_case(svc, NOON)
+    deliver_outbox(svc.settings.smtp, svc.engine, NOON, svc.settings.mailbox.key)
+    assert outbox(svc, "alert")[0].status == "failed"
+
+    # Both passes read the case at the same moment, as two workers' minute jobs can.
+    meet = threading.Barrier(2, timeout=2)
+    real = escalate_module.alert_state
+
+    def alert_state_together(session: Any, case_id: int) -> Any:
+        # A broken barrier: the other pass waits for ours to finish, nobody to meet.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait()
+        return real(session, case_id)
+
+    monkeypatch.setattr(escalate_module, "alert_state", alert_state_together)
+    caplog.set_level(logging.INFO)
+    raised: list[BaseException] = []
+
+    def worker(service: Service) -> None:
+        try:
+            escalate(service, NOON + timedelta(minutes=1))
+        except BaseException as exc:
+            raised.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in (svc, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert raised == [], "neither pass is rolled back"
+    assert len(outbox(svc, "escalation")) == 1
+    assert len(errors_of(caplog)) == 1
