@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from intake.localservers import LocalDovecot, LocalSMTP
+from intake.store import Case, StoredMessage, session_scope, to_db
 
 if TYPE_CHECKING:
     from intake.pipeline import Service
@@ -78,3 +82,37 @@ def offline_service(tmp_path: Path, extra: str = "") -> Service:
     imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
     smtp = SimpleNamespace(host="127.0.0.1", port=1)
     return Service.from_settings(load_settings(write_config(tmp_path, imap, smtp, extra=extra)))  # type: ignore[arg-type]
+
+
+def urgent_case(svc: Service, now: datetime) -> int:
+    """An urgent case whose alert is queued by the pipeline's own ``_queue_alert``."""
+    from intake.pipeline import _queue_alert  # the pipeline imports the world: not at load
+
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as s:
+        case = Case(
+            mailbox=key,
+            created_at=to_db(now),
+            sender="resident@example.jp",
+            urgent=True,
+            partner="city",
+            topic="other",
+            phone='["090-1234-5678"]',
+            urgent_reasons=json.dumps([{"surface": "消えたい", "rule": "u1"}]),
+        )
+        s.add(case)
+        s.flush()
+        msg = StoredMessage(
+            mailbox=key,
+            sha256=uuid.uuid4().hex,
+            raw=b"x",
+            received_at=to_db(now),
+            status="processed",
+            case_id=case.id,
+            new_text="もう消えたいです",
+        )
+        s.add(msg)
+        s.flush()
+        _queue_alert(svc, s, case, msg, now, None, now)
+        assert case.id is not None
+        return case.id

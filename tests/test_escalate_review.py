@@ -30,10 +30,10 @@ from sqlmodel import Session, select
 from intake.config import load_settings
 from intake.escalate import acknowledge_alert, escalate, escalation_due
 from intake.localservers import LocalSMTP, ReceivedMail, free_port
-from intake.pipeline import Service, _queue_alert, quarantine
+from intake.pipeline import Service, quarantine
 from intake.send import deliver_outbox
-from intake.store import Case, Event, Outbox, StoredMessage, session_scope, to_db
-from tests.helpers import BACKUP, ONCALL, write_config
+from intake.store import Event, Outbox, StoredMessage, session_scope, to_db
+from tests.helpers import BACKUP, ONCALL, urgent_case, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 JST = ZoneInfo("Asia/Tokyo")
@@ -56,38 +56,6 @@ def config(tmp_path: Path, smtp: Any, extra: str = "", *, backup: bool = True) -
 def make_svc(tmp_path: Path, smtp: Any, extra: str = "", *, backup: bool = True) -> Service:
     """A Service on the given SMTP server (IMAP is never contacted)."""
     return Service.from_settings(load_settings(config(tmp_path, smtp, extra, backup=backup)))
-
-
-def urgent_case(svc: Service, now: datetime) -> int:
-    """An urgent case whose alert is queued by the pipeline's own ``_queue_alert``."""
-    key = svc.settings.mailbox.key
-    with session_scope(svc.engine) as s:
-        case = Case(
-            mailbox=key,
-            created_at=to_db(now),
-            sender="resident@example.jp",
-            urgent=True,
-            partner="city",
-            topic="other",
-            phone='["090-1234-5678"]',
-            urgent_reasons=json.dumps([{"surface": "消えたい", "rule": "u1"}]),
-        )
-        s.add(case)
-        s.flush()
-        msg = StoredMessage(
-            mailbox=key,
-            sha256=uuid.uuid4().hex,
-            raw=b"x",
-            received_at=to_db(now),
-            status="processed",
-            case_id=case.id,
-            new_text="もう消えたいです",
-        )
-        s.add(msg)
-        s.flush()
-        _queue_alert(svc, s, case, msg, now, None, now)
-        assert case.id is not None
-        return case.id
 
 
 def run_jobs(svc: Service, start: datetime, end: datetime, step: timedelta) -> None:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,10 +31,10 @@ from sqlmodel import Session, select
 from intake import send
 from intake.config import load_settings
 from intake.localservers import LocalDovecot, LocalSMTP, free_port
-from intake.pipeline import Service, _queue_ack, _queue_alert
+from intake.pipeline import Service, _queue_ack
 from intake.send import _defer, backoff, claim_is_dead, deliver_outbox
-from intake.store import Case, Event, Outbox, StoredMessage, session_scope, to_db
-from tests.helpers import BACKUP, ONCALL, write_config
+from intake.store import Case, Event, Outbox, session_scope, to_db
+from tests.helpers import BACKUP, ONCALL, urgent_case, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 JST = ZoneInfo("Asia/Tokyo")
@@ -57,36 +56,6 @@ def make_svc(tmp_path: Path, port: int, extra: str = "", timeout: int = 10) -> S
             encoding="utf-8",
         )
     return Service.from_settings(load_settings(path))
-
-
-def urgent_case(svc: Service, now: datetime) -> int:
-    """An urgent case with its alert queued, as the pipeline does it."""
-    key = svc.settings.mailbox.key
-    with session_scope(svc.engine) as s:
-        case = Case(
-            mailbox=key,
-            created_at=to_db(now),
-            sender="resident@example.jp",
-            urgent=True,
-            partner="city",
-            topic="other",
-        )
-        s.add(case)
-        s.flush()
-        msg = StoredMessage(
-            mailbox=key,
-            sha256=uuid.uuid4().hex,
-            raw=b"x",
-            received_at=to_db(now),
-            status="processed",
-            case_id=case.id,
-            new_text="もう消えたいです",
-        )
-        s.add(msg)
-        s.flush()
-        _queue_alert(svc, s, case, msg, now, None, now)
-        assert case.id is not None
-        return case.id
 
 
 def ack_case(svc: Service, sender: str, now: datetime) -> int:
