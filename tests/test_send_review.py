@@ -795,7 +795,8 @@ def test_give_up_counts_from_the_first_refusal_not_from_creation(tmp_path: Path)
     handler.rcpt_reply["hanako@example.jp"] = "451 4.7.1 Greylisted, try again in 60 seconds"
     controller = serve(handler, port=port)
     try:
-        back = T0 + timedelta(hours=25)
+        # a minute past its hourly retry: exactly +25 h can fall microseconds before it
+        back = T0 + timedelta(hours=25, minutes=1)
         deliver_outbox(svc.settings.smtp, svc.engine, back)
         assert ack_state(svc, resident) == "queued"
         assert events(svc).count("refused:ack") == 1  # the clock starts now
