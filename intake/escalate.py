@@ -584,11 +584,14 @@ def _candidates(
     """Cases whose latest alert may need an escalation now: chosen by state, not by age.
 
     An alert qualifies while it was queued recently (a refusal or bounce may still come
-    in), or while its case is open, it is unacknowledged and fewer than ``cap``
-    escalations since it are done. Before, only alerts of the last ~26 h were looked at,
-    and after a longer SMTP (or worker) outage the schedule stopped after the first
-    escalation. Acknowledged, closed and finished alerts drop out, so the per-minute job
-    stays as cheap after years of history.
+    in), or while its case is open, it is unacknowledged and either fewer than ``cap``
+    escalations since it are done or it is not known to have reached everyone (queued,
+    sending, refused, bounced, a retry of it failed): a refusal after an SMTP outage
+    longer than the recent window must still be failed over, even with ``cap = 0``.
+    Before, only alerts of the last ~26 h were looked at, and after a longer SMTP (or
+    worker) outage the schedule stopped after the first escalation. Acknowledged, closed
+    and finished alerts drop out, so the per-minute job stays as cheap after years of
+    history.
     """
     alert = aliased(Outbox)
     later = aliased(Outbox)
@@ -608,6 +611,21 @@ def _candidates(
         col(Event.kind) == ACK_EVENT,
         col(Event.at) >= alert.created_at,
     )
+    # Not (yet) known to have reached everyone: still on its way, refused, bounced, or a
+    # retry of it failed. Such an alert may need its failover whatever its age and even
+    # with ``escalate_max = 0`` (where ``done < cap`` never holds). Over-inclusive on
+    # purpose (a bounce of an older alert of the case counts): ``alert_state`` decides.
+    retry = aliased(Outbox)
+    unfinished = or_(
+        col(alert.status).in_(["queued", "sending", REFUSED]),
+        exists().where(col(Event.case_id) == alert.case_id, col(Event.kind) == "alert-bounced"),
+        exists().where(
+            col(retry.case_id) == alert.case_id,
+            col(retry.kind) == "alert-retry",
+            col(retry.status) == REFUSED,
+            col(retry.created_at) >= alert.created_at,
+        ),
+    )
     query = (
         select(alert.case_id)
         .join(Case, Case.id == alert.case_id)  # type: ignore[arg-type]
@@ -616,7 +634,7 @@ def _candidates(
             alert.kind == "alert",
             or_(
                 col(alert.created_at) >= to_db(now - _reach(policy)),
-                and_(col(Case.status) != "closed", ~acked, done < policy.cap),
+                and_(col(Case.status) != "closed", ~acked, or_(done < policy.cap, unfinished)),
             ),
         )
         .distinct()

@@ -634,3 +634,34 @@ def test_two_workers_escalating_at_once_log_a_refused_alert_once(
     assert raised == [], "neither pass is rolled back"
     assert len(outbox(svc, "escalation")) == 1
     assert len(errors_of(caplog)) == 1
+
+
+# --- review 3, finding 3: escalate_max = 0 and an outage longer than a day ---------------
+
+
+@pytest.mark.integration
+def test_refused_alert_is_failed_over_with_escalation_off_after_an_outage_of_over_a_day(
+    tmp_path: Path,
+) -> None:
+    """The README promises a refused alert's failover "even with escalate_max = 0". After a
+    27 h outage the alert was older than the recent window and ``done < cap`` is ``0 < 0``:
+    the case was no longer looked at, and the backup never heard of it."""
+    from aiosmtpd.controller import Controller
+
+    handler = _RefuseRcpt({ONCALL})
+    port = free_port()
+    svc = make_svc(tmp_path, SimpleNamespace(host="127.0.0.1", port=port), "escalate_max = 0")
+    urgent_case(svc, NOON)
+    back = NOON + timedelta(hours=27)
+    run_jobs(svc, NOON, back - timedelta(minutes=30), timedelta(minutes=30))  # SMTP down
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        run_jobs(svc, back, back + timedelta(minutes=10), timedelta(minutes=1))
+    finally:
+        controller.stop()
+
+    assert outbox(svc, "alert")[0].status == "failed"
+    [row] = outbox(svc, "escalation")
+    assert row.status == "sent"
+    assert [m.rcpt_tos for m in handler.received] == [[BACKUP]]  # on-call's address is gone
