@@ -31,6 +31,10 @@ city's relay accepted and that later came back as a bounce (``intake.pipeline`` 
 an ``alert-bounced`` event naming the row: the usual way a bad address fails behind a
 relay), and one whose ``alert-retry`` failed (night duty's mailbox full: on-call has it,
 the person on shift does not); those go to the on-call addresses the alert was not for.
+The failover is owed until an escalation has been queued since the failure was known:
+one queued earlier (during an outage, before the refusal came) quoted the refused words,
+so neither its being still on its way nor its being refused in turn holds the failover
+back or counts as having told anyone.
 Every escalation of such an alert carries no word of the consultation (case number,
 time, "not delivered", ``show CASE``): a content filter that refused the alert would
 refuse its words again, in every escalation. Every failed or bounced alert, retry or
@@ -168,6 +172,7 @@ def escalation_due(
     *,
     pending: bool = False,
     alert_failed: bool = False,
+    failover: bool = False,
 ) -> bool:
     """True when another escalation must be queued now for an alert queued at ``alert_at``.
 
@@ -176,10 +181,16 @@ def escalation_due(
     SMTP outage), once ``policy.cap`` escalations were delivered, or before
     ``alert_at + delay + interval * escalations_so_far``. Due at once, whatever the delay
     and the cap, when the alert itself ``alert_failed`` (refused for good) and no
-    escalation has been tried yet: nobody has been told about the case at all.
+    escalation has been tried yet: nobody has been told about the case at all. Due at once
+    whatever is pending, done or refused when a ``failover`` is owed (the caller knows
+    the alert was refused and no escalation has been queued since that was known): an
+    escalation queued before carries the resident's words the filter refused, and waiting
+    for it, or counting it, left nobody told for a whole interval.
     """
     if acknowledged_at is not None and acknowledged_at <= now:
         return False
+    if failover:
+        return True
     if pending:
         return False
     if alert_failed and escalations_so_far == 0:
@@ -248,6 +259,10 @@ class AlertState:
     # This alert, its retries and its escalations refused for good or bounced back.
     failed_rows: tuple[Outbox, ...] = ()
     bounced: frozenset[int] = frozenset()  # ids of those rows that came back as a bounce
+    # An escalation was queued after the alert was known undelivered (its failover, or the
+    # schedule's when there was nobody else to fail over to). One queued before the
+    # refusal was known carried the words that were refused: it told nobody for sure.
+    failed_over: bool = False
 
     @property
     def alert_failed(self) -> bool:
@@ -315,6 +330,23 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
         for row in (latest, *retries, *since)
         if row.status == REFUSED or (row.kind != "alert-retry" and row.id in bounced)
     )
+    # When the escalation side first knew the alert (or a retry of it) missed someone:
+    # ``_notice_failures`` records the ``alert-undelivered`` event in that same pass.
+    noticed = {
+        e.detail: utc(e.at)
+        for e in session.exec(
+            select(Event).where(Event.case_id == case_id, Event.kind == UNDELIVERED_EVENT)
+        )
+    }
+    known_at = min(
+        (
+            noticed[f"outbox {row.id}"]
+            for row in failed
+            if row.kind in ("alert", "alert-retry") and f"outbox {row.id}" in noticed
+        ),
+        default=None,
+    )
+    failed_over = known_at is not None and any(utc(row.created_at) >= known_at for row in since)
     return AlertState(
         case_id,
         latest,
@@ -326,6 +358,7 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
         pending=len(done) < len(since),
         failed_rows=failed,
         bounced=frozenset(row.id for row in failed if row.id in bounced),
+        failed_over=failed_over,
     )
 
 
@@ -666,7 +699,9 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
                 continue
             # A failover only when someone else can be told; otherwise the ordinary
             # schedule goes on (to the same addresses: the refusal may have been passing).
-            failover = state.undelivered and state.escalations == 0 and bool(_others(svc, state))
+            # Owed until an escalation is queued after the refusal was known, whatever was
+            # pending or refused before it (those quoted the refused words).
+            failover = state.undelivered and not state.failed_over and bool(_others(svc, state))
             due = case.status != "closed" and escalation_due(
                 state.alert_at,
                 state.acknowledged_at,
@@ -675,7 +710,7 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
                 policy,
                 state.last_escalated_at,
                 pending=state.pending,
-                alert_failed=failover,
+                failover=failover,
             )
             if state.failed_rows:
                 logs += _notice_failures(svc, session, case, state, now, failover and due)

@@ -665,3 +665,59 @@ def test_refused_alert_is_failed_over_with_escalation_off_after_an_outage_of_ove
     [row] = outbox(svc, "escalation")
     assert row.status == "sent"
     assert [m.rcpt_tos for m in handler.received] == [[BACKUP]]  # on-call's address is gone
+
+
+# --- review 3, finding 4: the alert is refused after an outage, behind an escalation ------
+
+
+@pytest.mark.integration
+def test_alert_refused_after_an_outage_is_failed_over_despite_an_earlier_escalation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SMTP is down from noon to 12:40, so escalation 1 is queued at 12:30 quoting the
+    resident, as the alert does. At 12:40 the relay's content filter refuses both. Before,
+    the pending escalation blocked the failover and, once refused, counted as "escalated":
+    the first content-free notice waited a whole interval (13:11), 71 min after the alert."""
+    from aiosmtpd.controller import Controller
+
+    server = _Filter()
+    server.data_reply = "554 5.7.1 Message rejected as spam"
+    port = free_port()
+    svc = make_svc(tmp_path, SimpleNamespace(host="127.0.0.1", port=port))
+    caplog.set_level(logging.DEBUG)
+    urgent_case(svc, NOON)
+    run_jobs(svc, NOON, NOON + timedelta(minutes=39), timedelta(minutes=1))  # SMTP down
+    assert [r.status for r in outbox(svc, "escalation")] == ["queued"]
+    controller = Controller(server, hostname="127.0.0.1", port=port)
+    controller.start()
+    arrivals: list[datetime] = []
+    try:
+        t = NOON + timedelta(minutes=40)
+        while t <= NOON + timedelta(minutes=50):
+            escalate(svc, t)
+            deliver_outbox(svc.settings.smtp, svc.engine, t, svc.settings.mailbox.key)
+            arrivals += [t] * (len(server.received) - len(arrivals))
+            t += timedelta(minutes=1)
+    finally:
+        controller.stop()
+
+    assert outbox(svc, "alert")[0].status == "failed"
+    first, failover = outbox(svc, "escalation")
+    assert first.status == "failed"  # it quoted the refused words
+    assert failover.status == "sent"
+    assert arrivals and arrivals[0] <= NOON + timedelta(minutes=42)
+    mail = server.received[0]
+    assert sorted(mail.rcpt_tos) == sorted([ONCALL, BACKUP])
+    assert "消えたい" not in body(mail) and "届きませんでした" in body(mail)
+    assert len(server.received) == 1, "one failover, not one per refused row"
+    no_address_above_debug(caplog.records)
+
+
+def test_a_failover_is_due_at_once_even_behind_a_pending_or_refused_escalation() -> None:
+    from intake.escalate import EscalationPolicy
+
+    off = EscalationPolicy(cap=0)
+    assert escalation_due(NIGHT, None, 1, NIGHT, pending=True, failover=True)
+    assert escalation_due(NIGHT, None, 3, NIGHT, off, failover=True)
+    acked = NIGHT + timedelta(seconds=1)
+    assert not escalation_due(NIGHT, acked, 1, acked, pending=True, failover=True)
