@@ -256,7 +256,7 @@ class AlertState:
     escalations_total: int  # for the case, across alerts (numbers the dedupe keys)
     last_escalated_at: datetime | None  # when the last of ``escalations`` was delivered
     pending: bool = False  # an escalation since this alert is still queued or sending
-    # This alert, its retries and its escalations refused for good or bounced back.
+    # This alert, its retries, its escalations and their retries refused for good or bounced.
     failed_rows: tuple[Outbox, ...] = ()
     bounced: frozenset[int] = frozenset()  # ids of those rows that came back as a bounce
     # An escalation was queued after the alert was known undelivered (its failover, or the
@@ -302,7 +302,7 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
     rows = session.exec(
         select(Outbox).where(
             Outbox.case_id == case_id,
-            col(Outbox.kind).in_(["alert", "alert-retry", "escalation"]),
+            col(Outbox.kind).in_(["alert", "alert-retry", "escalation", "escalation-retry"]),
         )
     ).all()
     alerts = [row for row in rows if row.kind == "alert"]
@@ -320,6 +320,12 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
     escalations = [row for row in rows if row.kind == "escalation"]
     since = [row for row in escalations if utc(row.created_at) >= alert_at]
     retries = [row for row in rows if row.kind == "alert-retry" and utc(row.created_at) >= alert_at]
+    # An escalation's follow-up to the recipients that answered 4xx: when it fails, some
+    # of the escalation's readers never had it; logged once like any other (not counted
+    # as an escalation, and no failover: the alert itself reached its readers).
+    escalation_retries = [
+        row for row in rows if row.kind == "escalation-retry" and utc(row.created_at) >= alert_at
+    ]
     # Anything not yet sent or failed (queued, sending, or a state intake.send may add)
     # is still on its way: it neither counts nor lets another one be queued behind it.
     done = [row for row in since if row.status in (DELIVERED, REFUSED)]
@@ -327,8 +333,8 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
     bounced = _bounced_rows(session, case_id)
     failed = tuple(
         row
-        for row in (latest, *retries, *since)
-        if row.status == REFUSED or (row.kind != "alert-retry" and row.id in bounced)
+        for row in (latest, *retries, *since, *escalation_retries)
+        if row.status == REFUSED or (not row.kind.endswith("-retry") and row.id in bounced)
     )
     # When the escalation side first knew the alert (or a retry of it) missed someone:
     # ``_notice_failures`` records the ``alert-undelivered`` event in that same pass.
@@ -490,9 +496,11 @@ def _queue_escalation(
     automatic = None
     if msg is not None:
         automatic = "quarantined" if msg.status == "quarantined" else msg.automatic
-    if state.failed_rows:
+    if any(row.kind != "escalation-retry" for row in state.failed_rows):
         # The alert (or an escalation) did not get through: whatever refused it must find
         # nothing to refuse in this one, and the readers must know nobody may have it.
+        # (A failed escalation-retry is a full mailbox or the like at one reader: the
+        # notice would wrongly say the alert missed someone.)
         message = _undelivered_notice(svc, case, state, to, number, received, now)
     else:
         message = render_alert(
@@ -573,6 +581,8 @@ def _notice_failures(
             what = f"urgent alert {how}; escalated at once to the other on-call addresses"
         elif row.kind == "alert":
             what = f"urgent alert {how}"
+        elif row.kind == "escalation-retry":
+            what = "escalation of an urgent alert not delivered to some of its recipients"
         else:
             what = f"escalation of an urgent alert {how}"
         logs.append(

@@ -721,3 +721,41 @@ def test_a_failover_is_due_at_once_even_behind_a_pending_or_refused_escalation()
     assert escalation_due(NIGHT, None, 3, NIGHT, off, failover=True)
     acked = NIGHT + timedelta(seconds=1)
     assert not escalation_due(NIGHT, acked, 1, acked, pending=True, failover=True)
+
+
+# --- review 3, finding 9: an escalation's follow-up to a 4xx recipient fails ------------
+
+
+@pytest.mark.integration
+def test_a_failed_escalation_retry_is_logged_once_by_escalation(
+    tmp_path: Path,
+    filtered: tuple[SimpleNamespace, _Filter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The backup's mailbox is full: the first escalation reaches on-call, its follow-up
+    to the backup fails 15 min later. Before, escalation never looked at that row: no
+    ``alert-undelivered`` event and no ERROR of its own; only send's generic one."""
+    smtp, server = filtered
+    server.rcpt_reply[BACKUP] = "452 4.2.2 Mailbox full"
+    svc = make_svc(tmp_path, smtp)
+    caplog.set_level(logging.DEBUG)
+    case_id = urgent_case(svc, NOON)
+
+    run_jobs(svc, NOON, NOON + timedelta(minutes=62), timedelta(minutes=1))
+
+    retry, _ = outbox(svc, "escalation-retry")  # the second escalation's is still queued
+    assert retry.status == "failed"
+    with Session(svc.engine) as s:
+        noticed = s.exec(
+            select(Event).where(Event.case_id == case_id, Event.kind == "alert-undelivered")
+        ).all()
+    assert [e.detail for e in noticed] == [f"outbox {retry.id}"]
+    [error] = errors_of(caplog)
+    assert error.kind == "escalation-retry"  # type: ignore[attr-defined]
+    assert "some of its recipients" in error.getMessage()
+    # No failover (the alert reached on-call) and the next escalation still says what
+    # the case is about: the backup's full mailbox refused no words.
+    later = [r for r in outbox(svc, "escalation") if r.status == "sent"]
+    assert len(later) == 2
+    assert "消えたい" in body(server.received[-1])
+    no_address_above_debug(caplog.records)
