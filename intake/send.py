@@ -21,6 +21,8 @@ Failures, decided per row so that one bad row never holds up the others:
   on with the next rows; a row refused like that for too long (acknowledgements and
   digests a day, alerts and escalations 15 minutes, counted from the first such failure
   by a server that answered, so an outage does not use it up) is failed as a 5xx would be;
+  a run in which nothing was taken and two or more addresses were all answered 4xx is
+  the relay's trouble (its recipient lookup is down), and counts for nothing either;
 - a 5xx for every recipient, or to the message itself at DATA (a content filter's
   ``554 5.7.x``), marks it failed (alerts and escalations logged at ERROR); for an
   acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
@@ -28,7 +30,9 @@ Failures, decided per row so that one bad row never holds up the others:
   content was sent) is resent after its backoff, at most ``MAX_IN_DOUBT_RESENDS`` times,
   then failed: an alert is then failed over by ``intake.escalate``;
 - a refusal of the *session* (530/534/535/538 authentication, a 5xx to our MAIL FROM,
-  every recipient of a row refused as "relay access denied") is a configuration
+  every recipient of a row refused as "relay access denied" while the relay takes
+  nothing else in the run; once it takes another row, such a row is failed as its
+  address's own refusal) is a configuration
   problem, not the mail's: nothing fails, nothing counts toward giving up, and it is
   logged at ERROR once per run until the relay is fixed;
 - recipients refused with a 4xx while others accepted get a follow-up row of their own
@@ -126,6 +130,11 @@ DROPPED = "connection lost: "
 # Event recording the first time a server that answered refused a row: the give-up
 # clock starts there, not at the row's creation (an outage must not use it up).
 FIRST_REFUSAL = "refused:"
+# Relays (host, port) that last answered 4xx to two or more addresses and took nothing:
+# their recipient lookup or DNS is down, so a row's 4xx counts toward giving up only
+# once they take a mail again. Per process (a restart forgets it until the next such
+# run); guarded by ``_DELIVERY_LOCK`` like the whole run.
+_RELAY_DEFERS_ALL: set[tuple[str, int]] = set()
 # Event of an urgent mail sent while some of its recipients were refused for good.
 REFUSED_FOR_GOOD = "recipients-refused"
 
@@ -536,7 +545,13 @@ async def _deliver(
         return report
     utf8 = smtp.supports_extension("smtputf8")
     reconnects = 0
-    relay_logged = False
+    # Decided at the end of the run, once we know whether the relay took anything:
+    # rows whose every recipient was "relay access denied", and rows whose every
+    # recipient got a 4xx (with the reply for the give-up).
+    relay_denied: list[tuple[_Job, str]] = []
+    all_temporary: list[tuple[_Job, str]] = []
+    accepted = False  # the relay took at least one row in this run
+    tried = 0  # rows handed to the server in this run (claimed)
     conn = engine.connect()
     try:
         for index, job in enumerate(jobs):
@@ -565,6 +580,7 @@ async def _deliver(
             if not _claim(conn, job, clock()):
                 continue
             claimed.add(job.id)
+            tried += 1
             try:
                 errors, response = await _transaction(
                     smtp, settings.from_address, job.recipients, job.content, utf8
@@ -593,15 +609,9 @@ async def _deliver(
                     break
                 reason = _session_refused(exc)
                 if reason == "relay":
-                    # Counts for nothing and fails nothing; a row to an address the
-                    # relay delivers itself may still go, so the run goes on.
-                    if not relay_logged:
-                        log.error(
-                            "smtp server refuses to relay our mail (relay access denied); "
-                            "it waits until the relay is fixed",
-                            extra={"outbox": job.id, "kind": job.kind, "codes": _codes(exc)},
-                        )
-                        relay_logged = True
+                    # Waits for now, counting for nothing; whether it is the relay's or
+                    # this address's is decided at the end of the run (see below).
+                    relay_denied.append((job, _reply(exc)))
                     defer([job], f"session refused: {_reply(exc)}")
                     continue
                 if reason:
@@ -616,6 +626,11 @@ async def _deliver(
                 if all(500 <= c < 600 for c in codes):
                     if _fail(engine, job.id, _reply(exc), now, codes=str(codes)):
                         report.failed += 1
+                elif all(400 <= c < 500 for c in codes):
+                    # Whether this counts toward giving up is decided at the end of the
+                    # run: a relay that answers 4xx to everybody is not this mail's fault.
+                    all_temporary.append((job, _reply(exc)))
+                    defer([job], _reply(exc))
                 else:
                     defer([job], _reply(exc), give_up=True)
                 continue
@@ -642,6 +657,51 @@ async def _deliver(
                 continue
             _mark_sent(conn, job, response, errors, clock())
             report.sent += 1
+            accepted = True
+        # Relay access denied: a relay that no longer relays for us (our address left
+        # its networks, SASL broken) denies every recipient of every row, and failing
+        # them would fail all mail for good over a configuration problem (review 2,
+        # finding 8). But once it took another row in this run it does relay for us,
+        # so a denial is about that row's address (a mistyped on-call domain): the
+        # row's own 5xx, failed so that an alert fails over at once (review 3, 2).
+        for job, why in relay_denied:
+            if accepted:
+                if _fail(engine, job.id, why, now, codes="5xx"):
+                    report.failed += 1
+                    report.deferred -= 1
+            else:
+                log.error(
+                    "smtp server refuses to relay our mail (relay access denied); "
+                    "it waits until the relay is fixed",
+                    extra={"outbox": job.id, "kind": job.kind},
+                )
+                break  # once per run
+        # A 4xx to every recipient of every row, nothing taken: the relay's own trouble
+        # (its recipient lookup or DNS is down), like a connection that fails; it must
+        # not spend the alert and its escalations (review 3, finding 1). One address
+        # alone cannot tell that from its own full or busy mailbox, so it takes two
+        # different addresses deferred alike (an alert and its acknowledgement, an
+        # escalation to on-call and backup). Otherwise each such row's own 4xx counts
+        # toward its give-up as before. The relay's state is kept until it takes a mail
+        # again, so the runs in which the alert is alone (the acknowledgement waiting its
+        # hourly backoff) do not count either.
+        relay = (settings.host, settings.port)
+        deferred_addresses = {a for job, _ in all_temporary for a in job.recipients}
+        if accepted:
+            _RELAY_DEFERS_ALL.discard(relay)
+        elif all_temporary and len(all_temporary) == tried and len(deferred_addresses) >= 2:
+            _RELAY_DEFERS_ALL.add(relay)
+        relay_wide = not accepted and len(all_temporary) == tried and relay in _RELAY_DEFERS_ALL
+        if all_temporary and relay_wide:
+            log.warning(
+                "smtp server defers every recipient; nothing counts toward giving up",
+                extra={"rows": len(all_temporary)},
+            )
+        else:
+            for job, why in all_temporary:
+                if _give_up_if_due(engine, job.id, why, now):
+                    report.failed += 1
+                    report.deferred -= 1
     finally:
         conn.close()
         try:
@@ -838,6 +898,22 @@ def _defer(
             )
         deferred += result.rowcount
     return deferred, failed
+
+
+def _give_up_if_due(engine: Engine, row_id: int, why: str, now: datetime) -> bool:
+    """Count a refusal already deferred in this run toward giving up; True when failed.
+
+    Like ``_defer(give_up=True)``, applied at the end of the run once the refusal is
+    known to be the row's own (the relay took other mail, or refused others otherwise).
+    """
+    with session_scope(engine) as session:
+        row = session.get(Outbox, row_id)
+    if row is None or row.status != "queued":
+        return False
+    first = _first_refusal(engine, row, now)
+    if now - first < give_up_after(row.kind):
+        return False
+    return _fail(engine, row_id, f"gave up after {now - first}: {why}", now, codes="4xx")
 
 
 def _refusal_events(row: Outbox, kind: str) -> ColumnElement[bool]:

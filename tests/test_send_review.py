@@ -901,3 +901,95 @@ def test_a_poison_row_is_logged_at_error_once_not_on_every_run(
         deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(hours=hours))
     unexpected = [r for r in send_logs(caplog, logging.INFO) if "unexpected" in r.getMessage()]
     assert [r.levelno for r in unexpected] == [logging.ERROR] + [logging.WARNING] * 3
+
+
+# --- review 3 (/tmp/s5/review3.md) --------------------------------------------------------
+# Each test below failed on the code before this round.
+
+
+class AllDeferred(Faulty):
+    """A relay whose recipient lookup is down: 451 to every RCPT while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.down:
+            return f"451 4.3.0 <{address}>: Temporary lookup failure"
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+def test_relay_denied_for_one_address_while_others_go_fails_that_row(
+    tmp_path: Path, faulty: tuple[Faulty, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 2: only the on-call address (a mistyped domain) is "Relay access denied";
+    the acknowledgement goes through on the same connection, so the relay does relay
+    for us. The alert is failed at once and escalate fails it over to the backup (was:
+    read as a session refusal, queued for ever, ERROR on every run, no failover)."""
+    from intake.escalate import escalate
+
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = f"554 5.7.1 <{ONCALL}>: Relay access denied"
+    svc = make_svc(tmp_path, port)
+    case_id = urgent_case(svc, T0)
+    ack_case(svc, "hanako@example.jp", T0)
+    caplog.set_level(logging.INFO)
+    report = deliver_outbox(svc.settings.smtp, svc.engine, T0)
+    assert report.failed == 1 and report.sent == 1
+    assert row_of(svc, case_id, "alert").status == "failed"
+    assert not [r for r in send_logs(caplog, logging.ERROR) if "relay" in r.getMessage()]
+    t = T0 + timedelta(minutes=1)
+    assert escalate(svc, t) == 1  # failed over at once, not at +30 min
+    deliver_outbox(svc.settings.smtp, svc.engine, t)
+    assert any(BACKUP in to for to in delivered_to(handler))
+    no_address_in(caplog.records)
+
+
+def test_relay_wide_4xx_does_not_spend_the_alert_nor_its_escalations(tmp_path: Path) -> None:
+    """Finding 1: the relay's recipient lookup is down for 3 hours (451 to every RCPT of
+    every row). That is the relay's state, not the mail's: nothing is failed, and once
+    it is fixed the alert and the acknowledgement go out (was: the alert and every
+    escalation failed after 15 minutes each, the cap spent, nothing ever sent)."""
+    from intake.escalate import escalate
+
+    handler = AllDeferred()
+    controller = serve(handler)
+    try:
+        svc = make_svc(tmp_path, controller.port)
+        case_id = urgent_case(svc, T0)
+        ack_case(svc, "resident@example.jp", T0)
+        t = T0
+        while t <= T0 + timedelta(hours=3, minutes=30):
+            if t >= T0 + timedelta(hours=3):
+                handler.down = False
+            escalate(svc, t)
+            deliver_outbox(svc.settings.smtp, svc.engine, t)
+            t += timedelta(minutes=1)
+    finally:
+        controller.stop()
+    assert not [r for r in rows(svc) if r.status == "failed"]
+    assert row_of(svc, case_id, "alert").status == "sent"
+    assert [ONCALL] in delivered_to(handler)
+    assert ["resident@example.jp"] in delivered_to(handler)
+    assert not any(k.startswith("failed:") for k in events(svc))
+
+
+def test_a_rows_own_4xx_still_gives_up_while_other_mail_goes(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 1, the other side: an on-call mailbox answering 452 while the relay takes
+    the acknowledgements of the same runs is that alert's own refusal; it is failed
+    after 15 minutes (so escalate fails it over)."""
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = "452 4.2.2 mailbox full"
+    svc = make_svc(tmp_path, port)
+    case_id = urgent_case(svc, T0)
+    t = T0
+    while t <= T0 + timedelta(minutes=20):
+        ack_case(svc, f"r{int((t - T0).total_seconds())}@example.jp", t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    assert row_of(svc, case_id, "alert").status == "failed"
