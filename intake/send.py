@@ -127,6 +127,12 @@ MAX_IN_DOUBT_RESENDS = 2
 # ``last_error`` prefix of a row whose own transaction killed the connection: like an
 # in-doubt row it waits for its backoff instead of riding early on every connection.
 DROPPED = "connection lost: "
+# ``last_error`` prefix of rows deferred because the server deferred every mail (a 4xx
+# to our MAIL FROM): not their own failure, so urgent ones still ride early.
+SERVER_DEFERS = "server defers: "
+# Failures that were not the row's own: an urgent row deferred by one of these rides
+# the next working connection before its retry is due; any other waits its backoff.
+_NOT_ITS_OWN = ("connect: ", "session refused: ", "reconnects exhausted", SERVER_DEFERS)
 # Event recording the first time a server that answered refused a row: the give-up
 # clock starts there, not at the row's creation (an outage must not use it up).
 FIRST_REFUSAL = "refused:"
@@ -272,9 +278,11 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
 
     Within a priority, rows that already failed go after fresh ones, so a row that keeps
     failing never stands in front of a new alert. An urgent row rides early (before its
-    retry is due) only when its last failure was not its own transaction's: one in doubt
-    or one that killed the connection waits for its backoff, so it is resent at most once
-    per backoff step and cannot spend every run's connection.
+    retry is due) only when its last failure was not its own (no connection, a refused
+    session, a server deferring every mail at MAIL FROM, a run out of reconnects): one
+    refused by the server (a 4xx), in doubt, or one that killed the connection waits for
+    its backoff, as does a follow-up row for recipients just deferred, so it is tried at
+    most once per backoff step and cannot open a connection on every run (review 3, 5).
     """
     with session_scope(engine) as session:
         urgent = col(Outbox.kind).in_(URGENT_KINDS)
@@ -296,7 +304,7 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
             assert row.id is not None
             is_due = row.status == "sending" or from_db(row.next_attempt_at) <= now  # type: ignore[operator]
             last_error = row.last_error or ""
-            if not is_due and last_error.startswith((IN_DOUBT, DROPPED)):
+            if not is_due and not last_error.startswith(_NOT_ITS_OWN):
                 continue
             jobs.append(
                 _Job(
@@ -605,7 +613,7 @@ async def _deliver(
                 if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code < 500:
                     # "Try later" to MAIL FROM: the server's state, not this mail's.
                     log.warning("smtp server defers every mail", extra={"code": exc.code})
-                    defer([job, *rest], _reply(exc))
+                    defer([job, *rest], f"{SERVER_DEFERS}{_reply(exc)}")
                     break
                 reason = _session_refused(exc)
                 if reason == "relay":
