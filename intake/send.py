@@ -806,7 +806,12 @@ def _mark_sent(
             # to it still finds the original alert, and escalation and the monthly report
             # count alerts as before.
             kind = job.kind if job.kind.endswith("-retry") else f"{job.kind}-retry"
-            conn.execute(
+            # A retry of a retry keeps the original's Message-ID base (the column does
+            # not grow a " retry:<id>" per level) and, below, its first refusal: these
+            # recipients have been refused since then (review 3, finding 6).
+            base = job.message_id.split(" retry:", 1)[0]
+            first = _chain_first_refusal(conn, job) if job.kind.endswith("-retry") else None
+            created = conn.execute(
                 insert(Outbox).values(
                     mailbox=job.mailbox,
                     kind=kind,
@@ -815,7 +820,7 @@ def _mark_sent(
                     case_id=job.case_id,
                     partner=job.partner,
                     recipients=json.dumps(temporary),
-                    message_id=f"{job.message_id} retry:{job.id}",
+                    message_id=f"{base} retry:{job.id}",
                     content=job.content,
                     created_at=now,
                     status="queued",
@@ -823,6 +828,17 @@ def _mark_sent(
                     next_attempt_at=now + backoff(1, kind),
                 )
             )
+            if first is not None:
+                assert created.inserted_primary_key is not None
+                conn.execute(
+                    insert(Event).values(
+                        at=first,
+                        case_id=job.case_id,
+                        kind=f"{FIRST_REFUSAL}{kind}",
+                        detail=f"outbox {created.inserted_primary_key[0]}",
+                        actor="service",
+                    )
+                )
     if temporary or permanent:
         level = logging.ERROR if first_for_case else logging.WARNING
         log.log(
@@ -836,6 +852,28 @@ def _mark_sent(
                 "codes": sorted({code for code, _ in errors.values()}),
             },
         )
+
+
+def _chain_first_refusal(conn: Connection, job: _Job) -> datetime:
+    """When the recipients left over by the follow-up row ``job`` were first refused.
+
+    Its own first refusal when it has one (copied from its parent in turn), else its
+    creation: it was created for recipients that had just been refused for now.
+    """
+    seen = conn.execute(
+        select(Event.at)
+        .where(
+            col(Event.kind) == f"{FIRST_REFUSAL}{job.kind}",
+            col(Event.detail) == f"outbox {job.id}",
+        )
+        .order_by(col(Event.at))
+    ).first()
+    if seen is not None:
+        return seen[0]  # as stored: it is stored again as is
+    created: datetime = conn.execute(
+        select(Outbox.created_at).where(Outbox.id == job.id)
+    ).scalar_one()
+    return created
 
 
 def _open() -> ColumnElement[bool]:

@@ -1028,3 +1028,37 @@ def test_an_urgent_row_refused_with_its_own_4xx_waits_its_retry(tmp_path: Path) 
         assert handler.rcpts.count(ONCALL) == 2
     finally:
         controller.stop()
+
+
+def test_a_retry_of_a_retry_keeps_the_first_refusal_and_message_id(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 6: at night two night-duty mailboxes answer 450; the follow-up row is
+    refused, then one of them comes back and a retry of the retry is written for the
+    other. It keeps the first refusal (failed about 15 minutes after it, not 30) and the
+    original's Message-ID base (was: "<id> retry:1 retry:2", clock restarted)."""
+    handler, port = faulty
+    n1, n2 = "n1@example.jp", "n2@example.jp"
+    handler.rcpt_reply[n1] = "450 4.2.2 mailbox full"
+    handler.rcpt_reply[n2] = "450 4.2.2 mailbox full"
+    svc = make_svc(tmp_path, port, extra=f'off_hours = ["{n1}", "{n2}"]')
+    night = datetime(2026, 11, 26, 23, 0, tzinfo=JST)
+    case_id = urgent_case(svc, night)
+    original = message_id(svc, case_id)
+    deliver_outbox(svc.settings.smtp, svc.engine, night)  # on-call has it; [n1, n2] retried
+    t = night + timedelta(minutes=1)
+    deliver_outbox(svc.settings.smtp, svc.engine, t)  # the follow-up is refused
+    handler.rcpt_reply.pop(n1)
+    t = night + timedelta(minutes=13)
+    deliver_outbox(svc.settings.smtp, svc.engine, t)  # n1 has it, n2 refused again
+    retries = [r for r in rows(svc) if r.kind == "alert-retry"]
+    assert len(retries) == 2
+    assert retries[1].message_id == f"{original} retry:{retries[0].id}"
+    failed_at = None
+    while t <= night + timedelta(minutes=40) and failed_at is None:
+        t += timedelta(minutes=1)
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        if rows(svc)[-1].status == "failed":
+            failed_at = t
+    assert failed_at is not None and failed_at - night <= timedelta(minutes=18)
+    assert json.loads(rows(svc)[-1].recipients) == [n2]
