@@ -8,7 +8,7 @@ is "server accepted, commit not yet written": SMTP has no idempotency key, so a 
 there leaves the row ``sending``, and a timeout or dropped connection while the server
 holds the message (after DATA) leaves us equally unsure. Either way the row is sent again,
 and an ``in-doubt-resend`` event is recorded at the moment it is actually handed to the
-server again (after its claim), so every possible duplicate is accounted for. We resend
+server again (when its DATA begins), so every possible duplicate is accounted for. We resend
 rather than drop because a resident or on-call person who never hears from us is worse
 than one repeated mail; the fixed Message-ID lets a mail client fold the duplicate.
 
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -333,39 +334,51 @@ def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
     """Take a row for sending; False when another worker took it first (portable CAS).
 
     A queued row is taken only if nobody touched it since we read it (same ``attempts``);
-    a ``sending`` row only from the dead claim we saw. When the row may already be at
-    the server, the ``in-doubt-resend`` event is written here, in the claim's own
-    transaction: exactly when a resend really happens, never for a run that fails to
-    connect or loses the race.
+    a ``sending`` row only from the dead claim we saw. A row that may already be at
+    the server keeps (or, taken from a dead sender, gets) its in-doubt mark: its
+    ``in-doubt-resend`` event is written by ``_resending`` once its content is really
+    handed over, so a refusal before that (a 451 to MAIL FROM) records no resend and
+    loses no mark (review 3, finding 7).
     """
     if job.previous:
         mine = (col(Outbox.status) == "sending") & (Outbox.claimed_by == job.previous)
     else:
         mine = (col(Outbox.status) == "queued") & (Outbox.attempts == job.attempts)
     values: dict[str, object] = {"status": "sending", "claimed_by": WORKER_ID, "claimed_at": at}
-    if job.in_doubt:
-        values["last_error"] = "in-doubt resend"  # the marker is accounted for by the event
+    if job.in_doubt and not job.last_error.startswith(IN_DOUBT):
+        values["last_error"] = f"{IN_DOUBT}its sender died while sending it"
     with conn.begin():
         result = conn.execute(update(Outbox).where(Outbox.id == job.id, mine).values(**values))  # type: ignore[arg-type]
-        taken = result.rowcount == 1
-        if taken and job.in_doubt:
-            # Sending again risks one duplicate; not sending risks a resident or the
-            # on-call person never hearing from us. Resend, and say so.
-            conn.execute(
-                insert(Event).values(
-                    at=at,
-                    case_id=job.case_id,
-                    kind=f"in-doubt-resend:{job.kind}",
-                    detail=f"outbox {job.id}",
-                    actor="service",
-                )
-            )
-    if taken and job.in_doubt:
-        log.warning(
-            "resending a mail whose delivery is in doubt",
-            extra={"outbox": job.id, "kind": job.kind},
+        return result.rowcount == 1
+
+
+def _resending(conn: Connection, job: _Job, clock: Callable[[], datetime]) -> None:
+    """Record that an in-doubt row is handed to the server again (its DATA begins).
+
+    Sending again risks one duplicate; not sending risks a resident or the on-call
+    person never hearing from us. Resend, and say so: the event and the end of the
+    in-doubt mark in one transaction, exactly when the resend really happens.
+    """
+    at = clock()
+    with conn.begin():
+        conn.execute(
+            update(Outbox)
+            .where(Outbox.id == job.id, Outbox.claimed_by == WORKER_ID)  # type: ignore[arg-type]
+            .values(last_error="in-doubt resend")  # the mark is accounted for by the event
         )
-    return taken
+        conn.execute(
+            insert(Event).values(
+                at=at,
+                case_id=job.case_id,
+                kind=f"in-doubt-resend:{job.kind}",
+                detail=f"outbox {job.id}",
+                actor="service",
+            )
+        )
+    log.warning(
+        "resending a mail whose delivery is in doubt",
+        extra={"outbox": job.id, "kind": job.kind},
+    )
 
 
 class _Refused(Exception):
@@ -404,7 +417,12 @@ def _ascii(address: str) -> bool:
 
 
 async def _transaction(
-    smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], content: bytes, utf8: bool
+    smtp: aiosmtplib.SMTP,
+    sender: str,
+    recipients: list[str],
+    content: bytes,
+    utf8: bool,
+    before_data: Callable[[], None] | None = None,
 ) -> tuple[dict[str, tuple[int, str]], str]:
     """One SMTP mail transaction, step by step, so that we know where it failed.
 
@@ -416,6 +434,8 @@ async def _transaction(
     ``SMTPSenderRefused``, a refusal at DATA ``SMTPDataError``). After any refusal the
     transaction is reset, so the next row does not find our envelope still open (a
     server may keep it after refusing DATA, and answer the next MAIL with 503).
+    ``before_data`` runs once the envelope is accepted, just before the content is
+    handed over (an in-doubt resend is recorded there).
     """
     errors: dict[str, tuple[int, str]] = {}
     wide = [r for r in recipients if not _ascii(r)] + ([sender] if not _ascii(sender) else [])
@@ -461,6 +481,8 @@ async def _transaction(
     if not smtp.is_connected:  # a 421 to a recipient closed it: DATA was never sent
         closing = next((f"{c} {m}" for c, m in errors.values() if c == 421), None)
         raise _Dropped(closing or "SMTPServerDisconnected", 421 if closing else None)
+    if before_data is not None:
+        before_data()
     try:
         response = await smtp.data(content)
     except aiosmtplib.SMTPResponseException:
@@ -590,8 +612,9 @@ async def _deliver(
             claimed.add(job.id)
             tried += 1
             try:
+                resend = functools.partial(_resending, conn, job, clock) if job.in_doubt else None
                 errors, response = await _transaction(
-                    smtp, settings.from_address, job.recipients, job.content, utf8
+                    smtp, settings.from_address, job.recipients, job.content, utf8, resend
                 )
             except _InDoubt as exc:
                 # The server may hold it: resent (and recorded as such) after its backoff,

@@ -1062,3 +1062,30 @@ def test_a_retry_of_a_retry_keeps_the_first_refusal_and_message_id(
             failed_at = t
     assert failed_at is not None and failed_at - night <= timedelta(minutes=18)
     assert json.loads(rows(svc)[-1].recipients) == [n2]
+
+
+def test_no_in_doubt_resend_is_recorded_for_a_try_refused_at_mail_from(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 7: the alert's delivery is in doubt (no answer after its content); the
+    next try gets 451 to MAIL FROM, so nothing is handed over. No resend is recorded and
+    the row stays in doubt; the real resend after that records it, once (was: the
+    event written at the claim, the mark lost, the real resend not recorded)."""
+    handler, port = faulty
+    svc = make_svc(tmp_path, port, timeout=1)
+    case_id = urgent_case(svc, T0)
+    handler.slow_data.add(message_id(svc, case_id))
+    handler.data_delay = 2.5
+    deliver_outbox(svc.settings.smtp, svc.engine, T0)  # in doubt
+    assert (rows(svc)[0].last_error or "").startswith(send.IN_DOUBT)
+    handler.slow_data.clear()
+    handler.mail_reply = "451 4.3.2 System not accepting network messages"
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=1))
+    assert "in-doubt-resend:alert" not in events(svc)
+    assert (rows(svc)[0].last_error or "").startswith(send.IN_DOUBT)
+    handler.mail_reply = None
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=3))
+    kinds = events(svc)
+    assert rows(svc)[0].status == "sent"
+    assert kinds.count("in-doubt-resend:alert") == 1
+    assert kinds.index("in-doubt-resend:alert") < kinds.index("sent:alert")
