@@ -8,7 +8,7 @@ is "server accepted, commit not yet written": SMTP has no idempotency key, so a 
 there leaves the row ``sending``, and a timeout or dropped connection while the server
 holds the message (after DATA) leaves us equally unsure. Either way the row is sent again,
 and an ``in-doubt-resend`` event is recorded at the moment it is actually handed to the
-server again (after its claim), so every possible duplicate is accounted for. We resend
+server again (when its DATA begins), so every possible duplicate is accounted for. We resend
 rather than drop because a resident or on-call person who never hears from us is worse
 than one repeated mail; the fixed Message-ID lets a mail client fold the duplicate.
 
@@ -21,6 +21,8 @@ Failures, decided per row so that one bad row never holds up the others:
   on with the next rows; a row refused like that for too long (acknowledgements and
   digests a day, alerts and escalations 15 minutes, counted from the first such failure
   by a server that answered, so an outage does not use it up) is failed as a 5xx would be;
+  a run in which nothing was taken and two or more addresses were all answered 4xx is
+  the relay's trouble (its recipient lookup is down), and counts for nothing either;
 - a 5xx for every recipient, or to the message itself at DATA (a content filter's
   ``554 5.7.x``), marks it failed (alerts and escalations logged at ERROR); for an
   acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
@@ -28,7 +30,9 @@ Failures, decided per row so that one bad row never holds up the others:
   content was sent) is resent after its backoff, at most ``MAX_IN_DOUBT_RESENDS`` times,
   then failed: an alert is then failed over by ``intake.escalate``;
 - a refusal of the *session* (530/534/535/538 authentication, a 5xx to our MAIL FROM,
-  every recipient of a row refused as "relay access denied") is a configuration
+  every recipient of a row refused as "relay access denied" while the relay takes
+  nothing else in the run; once it takes another row, such a row is failed as its
+  address's own refusal) is a configuration
   problem, not the mail's: nothing fails, nothing counts toward giving up, and it is
   logged at ERROR once per run until the relay is fixed;
 - recipients refused with a 4xx while others accepted get a follow-up row of their own
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -123,9 +128,20 @@ MAX_IN_DOUBT_RESENDS = 2
 # ``last_error`` prefix of a row whose own transaction killed the connection: like an
 # in-doubt row it waits for its backoff instead of riding early on every connection.
 DROPPED = "connection lost: "
+# ``last_error`` prefix of rows deferred because the server deferred every mail (a 4xx
+# to our MAIL FROM): not their own failure, so urgent ones still ride early.
+SERVER_DEFERS = "server defers: "
+# Failures that were not the row's own: an urgent row deferred by one of these rides
+# the next working connection before its retry is due; any other waits its backoff.
+_NOT_ITS_OWN = ("connect: ", "session refused: ", "reconnects exhausted", SERVER_DEFERS)
 # Event recording the first time a server that answered refused a row: the give-up
 # clock starts there, not at the row's creation (an outage must not use it up).
 FIRST_REFUSAL = "refused:"
+# Relays (host, port) that last answered 4xx to two or more addresses and took nothing:
+# their recipient lookup or DNS is down, so a row's 4xx counts toward giving up only
+# once they take a mail again. Per process (a restart forgets it until the next such
+# run); guarded by ``_DELIVERY_LOCK`` like the whole run.
+_RELAY_DEFERS_ALL: set[tuple[str, int]] = set()
 # Event of an urgent mail sent while some of its recipients were refused for good.
 REFUSED_FOR_GOOD = "recipients-refused"
 
@@ -263,9 +279,11 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
 
     Within a priority, rows that already failed go after fresh ones, so a row that keeps
     failing never stands in front of a new alert. An urgent row rides early (before its
-    retry is due) only when its last failure was not its own transaction's: one in doubt
-    or one that killed the connection waits for its backoff, so it is resent at most once
-    per backoff step and cannot spend every run's connection.
+    retry is due) only when its last failure was not its own (no connection, a refused
+    session, a server deferring every mail at MAIL FROM, a run out of reconnects): one
+    refused by the server (a 4xx), in doubt, or one that killed the connection waits for
+    its backoff, as does a follow-up row for recipients just deferred, so it is tried at
+    most once per backoff step and cannot open a connection on every run (review 3, 5).
     """
     with session_scope(engine) as session:
         urgent = col(Outbox.kind).in_(URGENT_KINDS)
@@ -287,7 +305,7 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
             assert row.id is not None
             is_due = row.status == "sending" or from_db(row.next_attempt_at) <= now  # type: ignore[operator]
             last_error = row.last_error or ""
-            if not is_due and last_error.startswith((IN_DOUBT, DROPPED)):
+            if not is_due and not last_error.startswith(_NOT_ITS_OWN):
                 continue
             jobs.append(
                 _Job(
@@ -316,39 +334,51 @@ def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
     """Take a row for sending; False when another worker took it first (portable CAS).
 
     A queued row is taken only if nobody touched it since we read it (same ``attempts``);
-    a ``sending`` row only from the dead claim we saw. When the row may already be at
-    the server, the ``in-doubt-resend`` event is written here, in the claim's own
-    transaction: exactly when a resend really happens, never for a run that fails to
-    connect or loses the race.
+    a ``sending`` row only from the dead claim we saw. A row that may already be at
+    the server keeps (or, taken from a dead sender, gets) its in-doubt mark: its
+    ``in-doubt-resend`` event is written by ``_resending`` once its content is really
+    handed over, so a refusal before that (a 451 to MAIL FROM) records no resend and
+    loses no mark (review 3, finding 7).
     """
     if job.previous:
         mine = (col(Outbox.status) == "sending") & (Outbox.claimed_by == job.previous)
     else:
         mine = (col(Outbox.status) == "queued") & (Outbox.attempts == job.attempts)
     values: dict[str, object] = {"status": "sending", "claimed_by": WORKER_ID, "claimed_at": at}
-    if job.in_doubt:
-        values["last_error"] = "in-doubt resend"  # the marker is accounted for by the event
+    if job.in_doubt and not job.last_error.startswith(IN_DOUBT):
+        values["last_error"] = f"{IN_DOUBT}its sender died while sending it"
     with conn.begin():
         result = conn.execute(update(Outbox).where(Outbox.id == job.id, mine).values(**values))  # type: ignore[arg-type]
-        taken = result.rowcount == 1
-        if taken and job.in_doubt:
-            # Sending again risks one duplicate; not sending risks a resident or the
-            # on-call person never hearing from us. Resend, and say so.
-            conn.execute(
-                insert(Event).values(
-                    at=at,
-                    case_id=job.case_id,
-                    kind=f"in-doubt-resend:{job.kind}",
-                    detail=f"outbox {job.id}",
-                    actor="service",
-                )
-            )
-    if taken and job.in_doubt:
-        log.warning(
-            "resending a mail whose delivery is in doubt",
-            extra={"outbox": job.id, "kind": job.kind},
+        return result.rowcount == 1
+
+
+def _resending(conn: Connection, job: _Job, clock: Callable[[], datetime]) -> None:
+    """Record that an in-doubt row is handed to the server again (its DATA begins).
+
+    Sending again risks one duplicate; not sending risks a resident or the on-call
+    person never hearing from us. Resend, and say so: the event and the end of the
+    in-doubt mark in one transaction, exactly when the resend really happens.
+    """
+    at = clock()
+    with conn.begin():
+        conn.execute(
+            update(Outbox)
+            .where(Outbox.id == job.id, Outbox.claimed_by == WORKER_ID)  # type: ignore[arg-type]
+            .values(last_error="in-doubt resend")  # the mark is accounted for by the event
         )
-    return taken
+        conn.execute(
+            insert(Event).values(
+                at=at,
+                case_id=job.case_id,
+                kind=f"in-doubt-resend:{job.kind}",
+                detail=f"outbox {job.id}",
+                actor="service",
+            )
+        )
+    log.warning(
+        "resending a mail whose delivery is in doubt",
+        extra={"outbox": job.id, "kind": job.kind},
+    )
 
 
 class _Refused(Exception):
@@ -387,7 +417,12 @@ def _ascii(address: str) -> bool:
 
 
 async def _transaction(
-    smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], content: bytes, utf8: bool
+    smtp: aiosmtplib.SMTP,
+    sender: str,
+    recipients: list[str],
+    content: bytes,
+    utf8: bool,
+    before_data: Callable[[], None] | None = None,
 ) -> tuple[dict[str, tuple[int, str]], str]:
     """One SMTP mail transaction, step by step, so that we know where it failed.
 
@@ -399,6 +434,8 @@ async def _transaction(
     ``SMTPSenderRefused``, a refusal at DATA ``SMTPDataError``). After any refusal the
     transaction is reset, so the next row does not find our envelope still open (a
     server may keep it after refusing DATA, and answer the next MAIL with 503).
+    ``before_data`` runs once the envelope is accepted, just before the content is
+    handed over (an in-doubt resend is recorded there).
     """
     errors: dict[str, tuple[int, str]] = {}
     wide = [r for r in recipients if not _ascii(r)] + ([sender] if not _ascii(sender) else [])
@@ -444,6 +481,8 @@ async def _transaction(
     if not smtp.is_connected:  # a 421 to a recipient closed it: DATA was never sent
         closing = next((f"{c} {m}" for c, m in errors.values() if c == 421), None)
         raise _Dropped(closing or "SMTPServerDisconnected", 421 if closing else None)
+    if before_data is not None:
+        before_data()
     try:
         response = await smtp.data(content)
     except aiosmtplib.SMTPResponseException:
@@ -536,7 +575,13 @@ async def _deliver(
         return report
     utf8 = smtp.supports_extension("smtputf8")
     reconnects = 0
-    relay_logged = False
+    # Decided at the end of the run, once we know whether the relay took anything:
+    # rows whose every recipient was "relay access denied", and rows whose every
+    # recipient got a 4xx (with the reply for the give-up).
+    relay_denied: list[tuple[_Job, str]] = []
+    all_temporary: list[tuple[_Job, str]] = []
+    accepted = False  # the relay took at least one row in this run
+    tried = 0  # rows handed to the server in this run (claimed)
     conn = engine.connect()
     try:
         for index, job in enumerate(jobs):
@@ -565,9 +610,11 @@ async def _deliver(
             if not _claim(conn, job, clock()):
                 continue
             claimed.add(job.id)
+            tried += 1
             try:
+                resend = functools.partial(_resending, conn, job, clock) if job.in_doubt else None
                 errors, response = await _transaction(
-                    smtp, settings.from_address, job.recipients, job.content, utf8
+                    smtp, settings.from_address, job.recipients, job.content, utf8, resend
                 )
             except _InDoubt as exc:
                 # The server may hold it: resent (and recorded as such) after its backoff,
@@ -589,19 +636,13 @@ async def _deliver(
                 if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code < 500:
                     # "Try later" to MAIL FROM: the server's state, not this mail's.
                     log.warning("smtp server defers every mail", extra={"code": exc.code})
-                    defer([job, *rest], _reply(exc))
+                    defer([job, *rest], f"{SERVER_DEFERS}{_reply(exc)}")
                     break
                 reason = _session_refused(exc)
                 if reason == "relay":
-                    # Counts for nothing and fails nothing; a row to an address the
-                    # relay delivers itself may still go, so the run goes on.
-                    if not relay_logged:
-                        log.error(
-                            "smtp server refuses to relay our mail (relay access denied); "
-                            "it waits until the relay is fixed",
-                            extra={"outbox": job.id, "kind": job.kind, "codes": _codes(exc)},
-                        )
-                        relay_logged = True
+                    # Waits for now, counting for nothing; whether it is the relay's or
+                    # this address's is decided at the end of the run (see below).
+                    relay_denied.append((job, _reply(exc)))
                     defer([job], f"session refused: {_reply(exc)}")
                     continue
                 if reason:
@@ -616,6 +657,11 @@ async def _deliver(
                 if all(500 <= c < 600 for c in codes):
                     if _fail(engine, job.id, _reply(exc), now, codes=str(codes)):
                         report.failed += 1
+                elif all(400 <= c < 500 for c in codes):
+                    # Whether this counts toward giving up is decided at the end of the
+                    # run: a relay that answers 4xx to everybody is not this mail's fault.
+                    all_temporary.append((job, _reply(exc)))
+                    defer([job], _reply(exc))
                 else:
                     defer([job], _reply(exc), give_up=True)
                 continue
@@ -642,6 +688,51 @@ async def _deliver(
                 continue
             _mark_sent(conn, job, response, errors, clock())
             report.sent += 1
+            accepted = True
+        # Relay access denied: a relay that no longer relays for us (our address left
+        # its networks, SASL broken) denies every recipient of every row, and failing
+        # them would fail all mail for good over a configuration problem (review 2,
+        # finding 8). But once it took another row in this run it does relay for us,
+        # so a denial is about that row's address (a mistyped on-call domain): the
+        # row's own 5xx, failed so that an alert fails over at once (review 3, 2).
+        for job, why in relay_denied:
+            if accepted:
+                if _fail(engine, job.id, why, now, codes="5xx"):
+                    report.failed += 1
+                    report.deferred -= 1
+            else:
+                log.error(
+                    "smtp server refuses to relay our mail (relay access denied); "
+                    "it waits until the relay is fixed",
+                    extra={"outbox": job.id, "kind": job.kind},
+                )
+                break  # once per run
+        # A 4xx to every recipient of every row, nothing taken: the relay's own trouble
+        # (its recipient lookup or DNS is down), like a connection that fails; it must
+        # not spend the alert and its escalations (review 3, finding 1). One address
+        # alone cannot tell that from its own full or busy mailbox, so it takes two
+        # different addresses deferred alike (an alert and its acknowledgement, an
+        # escalation to on-call and backup). Otherwise each such row's own 4xx counts
+        # toward its give-up as before. The relay's state is kept until it takes a mail
+        # again, so the runs in which the alert is alone (the acknowledgement waiting its
+        # hourly backoff) do not count either.
+        relay = (settings.host, settings.port)
+        deferred_addresses = {a for job, _ in all_temporary for a in job.recipients}
+        if accepted:
+            _RELAY_DEFERS_ALL.discard(relay)
+        elif all_temporary and len(all_temporary) == tried and len(deferred_addresses) >= 2:
+            _RELAY_DEFERS_ALL.add(relay)
+        relay_wide = not accepted and len(all_temporary) == tried and relay in _RELAY_DEFERS_ALL
+        if all_temporary and relay_wide:
+            log.warning(
+                "smtp server defers every recipient; nothing counts toward giving up",
+                extra={"rows": len(all_temporary)},
+            )
+        else:
+            for job, why in all_temporary:
+                if _give_up_if_due(engine, job.id, why, now):
+                    report.failed += 1
+                    report.deferred -= 1
     finally:
         conn.close()
         try:
@@ -738,7 +829,12 @@ def _mark_sent(
             # to it still finds the original alert, and escalation and the monthly report
             # count alerts as before.
             kind = job.kind if job.kind.endswith("-retry") else f"{job.kind}-retry"
-            conn.execute(
+            # A retry of a retry keeps the original's Message-ID base (the column does
+            # not grow a " retry:<id>" per level) and, below, its first refusal: these
+            # recipients have been refused since then (review 3, finding 6).
+            base = job.message_id.split(" retry:", 1)[0]
+            first = _chain_first_refusal(conn, job) if job.kind.endswith("-retry") else None
+            created = conn.execute(
                 insert(Outbox).values(
                     mailbox=job.mailbox,
                     kind=kind,
@@ -747,7 +843,7 @@ def _mark_sent(
                     case_id=job.case_id,
                     partner=job.partner,
                     recipients=json.dumps(temporary),
-                    message_id=f"{job.message_id} retry:{job.id}",
+                    message_id=f"{base} retry:{job.id}",
                     content=job.content,
                     created_at=now,
                     status="queued",
@@ -755,6 +851,17 @@ def _mark_sent(
                     next_attempt_at=now + backoff(1, kind),
                 )
             )
+            if first is not None:
+                assert created.inserted_primary_key is not None
+                conn.execute(
+                    insert(Event).values(
+                        at=first,
+                        case_id=job.case_id,
+                        kind=f"{FIRST_REFUSAL}{kind}",
+                        detail=f"outbox {created.inserted_primary_key[0]}",
+                        actor="service",
+                    )
+                )
     if temporary or permanent:
         level = logging.ERROR if first_for_case else logging.WARNING
         log.log(
@@ -768,6 +875,28 @@ def _mark_sent(
                 "codes": sorted({code for code, _ in errors.values()}),
             },
         )
+
+
+def _chain_first_refusal(conn: Connection, job: _Job) -> datetime:
+    """When the recipients left over by the follow-up row ``job`` were first refused.
+
+    Its own first refusal when it has one (copied from its parent in turn), else its
+    creation: it was created for recipients that had just been refused for now.
+    """
+    seen = conn.execute(
+        select(Event.at)
+        .where(
+            col(Event.kind) == f"{FIRST_REFUSAL}{job.kind}",
+            col(Event.detail) == f"outbox {job.id}",
+        )
+        .order_by(col(Event.at))
+    ).first()
+    if seen is not None:
+        return seen[0]  # as stored: it is stored again as is
+    created: datetime = conn.execute(
+        select(Outbox.created_at).where(Outbox.id == job.id)
+    ).scalar_one()
+    return created
 
 
 def _open() -> ColumnElement[bool]:
@@ -838,6 +967,22 @@ def _defer(
             )
         deferred += result.rowcount
     return deferred, failed
+
+
+def _give_up_if_due(engine: Engine, row_id: int, why: str, now: datetime) -> bool:
+    """Count a refusal already deferred in this run toward giving up; True when failed.
+
+    Like ``_defer(give_up=True)``, applied at the end of the run once the refusal is
+    known to be the row's own (the relay took other mail, or refused others otherwise).
+    """
+    with session_scope(engine) as session:
+        row = session.get(Outbox, row_id)
+    if row is None or row.status != "queued":
+        return False
+    first = _first_refusal(engine, row, now)
+    if now - first < give_up_after(row.kind):
+        return False
+    return _fail(engine, row_id, f"gave up after {now - first}: {why}", now, codes="4xx")
 
 
 def _refusal_events(row: Outbox, kind: str) -> ColumnElement[bool]:
