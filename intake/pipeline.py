@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from json.encoder import encode_basestring as _json_str  # what ensure_ascii=False uses
 from operator import attrgetter
 from typing import Any, Protocol
@@ -142,6 +143,12 @@ class Service:
                 else None
             ),
         )
+
+    @cached_property
+    def staff(self) -> frozenset[str]:
+        """``staff_addresses`` of this service, computed once (settings and partners are
+        fixed for its life), not for every mail."""
+        return staff_addresses(self.settings, self.directory)
 
     def settle(self) -> None:
         """Tell the garbage collector that what is loaded now lives as long as the process.
@@ -573,6 +580,8 @@ class _Preparing(Protocol):
     def directory(self) -> Directory: ...
     @property
     def sender(self) -> Sender: ...
+    @property
+    def staff(self) -> frozenset[str]: ...
 
 
 def _prepare(svc: _Preparing, raw: bytes, stage: _Stage) -> _Prepared:
@@ -580,7 +589,7 @@ def _prepare(svc: _Preparing, raw: bytes, stage: _Stage) -> _Prepared:
     stage.name = "parse"
     letter = parse(raw, max_size=svc.settings.max_message_bytes)
     stage.name = "triage"
-    staff = staff_addresses(svc.settings, svc.directory)
+    staff = svc.staff
     triage, block = decide(letter, svc.rules, svc.sender.address, staff)
     stage.name = "route"
     partner: Partner = assign_partner(triage, svc.directory)

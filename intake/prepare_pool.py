@@ -65,6 +65,7 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,13 @@ class _ChildContext:
     rules: Any
     directory: Any
     sender: Any
+
+    @cached_property
+    def staff(self) -> frozenset[str]:
+        """As ``Service.staff``: computed once in the child, not for every mail."""
+        from intake.pipeline import staff_addresses
+
+        return staff_addresses(self.settings, self.directory)
 
 
 def _start_child(settings: Settings, fingerprint: str | None = None) -> None:

@@ -612,6 +612,9 @@ class RuleSet:
     # [[foreign_negation]] per script ("latin", "han", ...): negation words that, right
     # before a foreign match in its clause, discount it (no quiero morir, 不会自杀)
     foreign_negations: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    # ids of exclusions that apply only to few-words rules (``max_chars``): they explain
+    # nothing for the reading tier (triage._reading_hits); set by build_index
+    few_words_exclusions: frozenset[str] = field(default_factory=frozenset)
     # the reading tier ([[reading]] in urgent.toml): stems on the kana reading
     reading: list[ReadingRule] = field(default_factory=list)
     # every text-scope reading pattern in one alternation: a mail whose reading has none
@@ -721,6 +724,10 @@ class RuleSet:
         text_scope = [r.regex.pattern for r in self.reading if not r.subject_only]
         # the same flags as each reading regex (``_regexes`` compiles with IGNORECASE)
         self.reading_any = _any_of(text_scope, re.IGNORECASE) if text_scope else None
+        few_words = {p.rule for p in self.urgent_patterns if p.max_chars is not None}
+        self.few_words_exclusions = frozenset(
+            ex.id for ex in self.exclusions if ex.applies_to and ex.applies_to <= few_words
+        )
         self.foreign_joined = []
         by_rule: dict[str, list[ForeignPattern]] = {}
         for fp in self.foreign:

@@ -821,8 +821,7 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
     reading, owner = a.reading()
     # An exclusion meant only for the few-words rules (死んだ is a report, not a wish, in
     # a mail of a few words) explains nothing for this tier: わしが死んだらおえん is read.
-    few_words = {p.rule for p in rules.urgent_patterns if p.max_chars is not None}
-    narrow = {ex.id for ex in rules.exclusions if ex.applies_to and ex.applies_to <= few_words}
+    narrow = rules.few_words_exclusions
     covered: set[int] = set()
     for h in hits:
         kind = h.pattern.kind
