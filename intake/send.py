@@ -366,15 +366,7 @@ def _resending(conn: Connection, job: _Job, clock: Callable[[], datetime]) -> No
             .where(Outbox.id == job.id, Outbox.claimed_by == WORKER_ID)  # type: ignore[arg-type]
             .values(last_error="in-doubt resend")  # the mark is accounted for by the event
         )
-        conn.execute(
-            insert(Event).values(
-                at=at,
-                case_id=job.case_id,
-                kind=f"in-doubt-resend:{job.kind}",
-                detail=f"outbox {job.id}",
-                actor="service",
-            )
-        )
+        _insert_event(conn, at, job.case_id, f"in-doubt-resend:{job.kind}", f"outbox {job.id}")
     log.warning(
         "resending a mail whose delivery is in doubt",
         extra={"outbox": job.id, "kind": job.kind},
@@ -410,6 +402,16 @@ class _Dropped(Exception):
         super().__init__(cause if isinstance(cause, str) else type(cause).__name__)
         # For the log: an SMTP code or an error class name, never the reply's text.
         self.short = str(code) if code else ("reply" if isinstance(cause, str) else str(self))
+
+
+def _insert_event(
+    conn: Connection, at: datetime, case_id: int | None, kind: str, detail: str
+) -> None:
+    """``store.record_event`` for a Core connection: the outbox writes its events in the
+    same short transaction as the row change they explain."""
+    conn.execute(
+        insert(Event).values(at=at, case_id=case_id, kind=kind, detail=detail, actor="service")
+    )
 
 
 def _ascii(address: str) -> bool:
@@ -796,15 +798,7 @@ def _mark_sent(
                 .where(Case.id == job.case_id, col(Case.ack_state).in_(["pending", "queued"]))  # type: ignore[arg-type]
                 .values(ack_state="sent")
             )
-        conn.execute(
-            insert(Event).values(
-                at=now,
-                case_id=job.case_id,
-                kind=f"sent:{job.kind}",
-                detail=f"outbox {job.id}",
-                actor="service",
-            )
-        )
+        _insert_event(conn, now, job.case_id, f"sent:{job.kind}", f"outbox {job.id}")
         first_for_case = False
         if permanent and job.kind in URGENT_KINDS:
             # One ERROR per case for on-call addresses refused for good: every later
@@ -815,14 +809,12 @@ def _mark_sent(
                 )
             ).first()
             first_for_case = seen is None
-            conn.execute(
-                insert(Event).values(
-                    at=now,
-                    case_id=job.case_id,
-                    kind=REFUSED_FOR_GOOD,
-                    detail=f"outbox {job.id}: {len(permanent)} recipient(s)",
-                    actor="service",
-                )
+            _insert_event(
+                conn,
+                now,
+                job.case_id,
+                REFUSED_FOR_GOOD,
+                f"outbox {job.id}: {len(permanent)} recipient(s)",
             )
         if temporary:
             # Its own kind and Message-ID column (the content is the same mail): a reply
@@ -853,14 +845,12 @@ def _mark_sent(
             )
             if first is not None:
                 assert created.inserted_primary_key is not None
-                conn.execute(
-                    insert(Event).values(
-                        at=first,
-                        case_id=job.case_id,
-                        kind=f"{FIRST_REFUSAL}{kind}",
-                        detail=f"outbox {created.inserted_primary_key[0]}",
-                        actor="service",
-                    )
+                _insert_event(
+                    conn,
+                    first,
+                    job.case_id,
+                    f"{FIRST_REFUSAL}{kind}",
+                    f"outbox {created.inserted_primary_key[0]}",
                 )
     if temporary or permanent:
         level = logging.ERROR if first_for_case else logging.WARNING
