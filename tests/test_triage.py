@@ -272,6 +272,25 @@ def test_mail_without_topic_words_is_other(rules: RuleSet) -> None:
     assert classify_text("こんにちは", "よろしくお願いします", rules).topic == "other"
 
 
+@pytest.mark.parametrize(
+    ("text", "topic"),
+    [
+        # one hint word (夜, 友達, 不安) is not a topic: a question about fireworks is not
+        # a lonely resident, and the isolation partner is not the desk for it
+        ("花火大会っていつですか？友達と行きたいです", "other"),
+        ("友達がいなくて夜がつらい", "isolation"),
+        # violence at work or school takes its setting's topic (tests/data/README.md)
+        ("バイト先の主任に毎日怒鳴られて、今日は首を絞められた", "bullying"),
+        ("親方に熱い鉄を押し付けられて、明日も続きをやると言われた", "bullying"),
+        # a partner's violence or control goes to the general desk: no partner NPO has it
+        ("彼氏に毎日スマホをチェックされて殴られる", "other"),
+        ("彼氏と別れて寂しい。夜になると泣いてしまう", "isolation"),
+    ],
+)
+def test_topic_follows_the_labelling_rules(rules: RuleSet, text: str, topic: str) -> None:
+    assert classify_text("", text, rules).topic == topic
+
+
 def test_urgent_matching_does_not_short_circuit_topics(rules: RuleSet) -> None:
     t = classify_text("いじめ", "クラスでいじめられてる。死にたい", rules)
     assert t.urgent and t.topic == "bullying"
