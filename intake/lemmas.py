@@ -127,6 +127,22 @@ def _spaced_words(line: str) -> bool:
 
 
 _KATAKANA_RUN = re.compile(r"[ァ-ヺ][ァ-ヺー]+")
+# しね standing alone, as the word 死ね: 「しね」って言われた, ばか しね, しねしね って声.
+# MeCab reads it as 為る + ない (the dialect "won't do"), or as two particles, so the
+# bullying and crisis rules written with 死ね never saw it. Only where it cannot be
+# something else: after the start of a line, a space, a quote or punctuation (not after
+# a word: 楽しいしね and 雨だしね are the particle し + ね, 勉強しねえ is "won't study"),
+# and before って, と, よ, a quote, punctuation, a space or the end of the line.
+_SHINE = re.compile(
+    r"(?:^|(?<=[\s「『\"'(（、。!?…・]))(?:しね)+(?=って|と|よ|[」』\"'!?。、…\s]|$)"
+)
+
+
+def _as_shine(m: re.Match[str]) -> str:
+    """死ね for each しね of a match (the same length, so offsets hold)."""
+    return "死ね" * (len(m.group()) // 2)
+
+
 _KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
 _KATA_TO_HIRA = str.maketrans({chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)})
 
@@ -751,6 +767,8 @@ class Analyser:
                 if closed is not None:
                     line, index = closed  # タ ス ケ テ: closed up before the katakana test
             line = self._hiraganise_runs(line)  # same length, so offsets still hold
+            if "しね" in line:
+                line = _SHINE.sub(_as_shine, line)  # same length too
             line_infos = tokens_of(line)
             if "しぬ" in line:
                 line_infos = self._kana_death(line_infos)

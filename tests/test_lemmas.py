@@ -497,6 +497,21 @@ def test_kana_shinu_at_a_sentence_end_is_the_verb_to_die(text: str) -> None:
     assert "死ぬ" in [i.lemma for i in analyse(text).infos]
 
 
+@pytest.mark.parametrize(
+    "text", ["しねって言われた", "『しね』と書かれた", "ばか しね いわれる", "しね", "しねしね！"]
+)
+def test_kana_shine_standing_alone_is_the_word_die(text: str) -> None:
+    a = analyse(text)
+    assert "死ぬ" in [i.lemma for i in a.infos]
+    # offsets still point at the kana the resident wrote
+    assert "しね" in [text[s:e] for s, e in zip(a.starts, a.ends, strict=True)]
+
+
+@pytest.mark.parametrize("text", ["楽しいしね", "雨だしね。", "今日は行かないしね", "勉強しねえと"])
+def test_kana_shine_after_a_word_is_not_the_word_die(text: str) -> None:
+    assert "死ぬ" not in [i.lemma for i in analyse(text).infos]
+
+
 def test_token_caches_start_again_when_full_and_analysis_stays_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -285,6 +285,8 @@ def test_mail_without_topic_words_is_other(rules: RuleSet) -> None:
         # a partner's violence or control goes to the general desk: no partner NPO has it
         ("彼氏に毎日スマホをチェックされて殴られる", "other"),
         ("彼氏と別れて寂しい。夜になると泣いてしまう", "isolation"),
+        # しね written in kana is 死ね (lemmas._SHINE): being told it at school is bullying
+        ("学校で毎日みんなに「しね」って言われる。もう限界", "bullying"),
     ],
 )
 def test_topic_follows_the_labelling_rules(rules: RuleSet, text: str, topic: str) -> None:
