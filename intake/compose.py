@@ -10,6 +10,7 @@ auto-responders do not answer it and, if one does anyway, we recognise our own m
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -247,6 +248,37 @@ def _ack_text(
     )
 
 
+# The confirmation code of an alert or escalation (``ack_code``): letters and digits a
+# tired reader cannot confuse on a phone (no 0/O, no 1/I), 32 of them so each is 5 bits.
+ACK_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+ACK_CODE_LENGTH = 5  # 25 bits: one guess in ~33 million
+ACK_CODE_LABEL = "確認コード"
+
+
+def ack_code(message_id: str) -> str:
+    """The confirmation code an alert or escalation carries in its subject.
+
+    Why: a phone mailer's reply keeps the subject but drops In-Reply-To, and a From
+    address is no proof (anyone may forge the on-call address and read a case number off
+    the resident's acknowledgement). So a reply without thread headers acknowledges an
+    alert only when its subject keeps the code, which only the alert's readers have seen.
+    Derived from the mail's Message-ID (random, stored in the outbox row) with SHA-256:
+    no secret to keep and no column to add, and whoever matches a reply recomputes it.
+    """
+    n = int.from_bytes(hashlib.sha256(message_id.encode("utf-8")).digest()[:4], "big")
+    return "".join(ACK_CODE_ALPHABET[(n >> (5 * i)) & 31] for i in range(ACK_CODE_LENGTH))
+
+
+def with_ack_code(msg: EmailMessage, subject: str) -> str:
+    """Put ``subject`` plus the code of ``msg``'s own Message-ID on ``msg``; return the code.
+
+    The Message-ID is only known once ``_base_message`` made it, hence the replacement.
+    """
+    code = ack_code(str(msg["Message-ID"]))
+    msg.replace_header("Subject", f"{subject} {ACK_CODE_LABEL} {code}")
+    return code
+
+
 def render_alert(
     env: Environment,
     *,
@@ -257,12 +289,18 @@ def render_alert(
     tz: Any,
     escalation: int = 0,
 ) -> EmailMessage:
-    """The on-call alert: everything needed to call back, readable on a phone at night."""
+    """The on-call alert: everything needed to call back, readable on a phone at night.
+
+    Its subject ends with its confirmation code (``ack_code``), which the text asks the
+    reader to keep when replying: a reply whose mailer drops the thread headers
+    acknowledges the alert only with it.
+    """
     prefix = "【至急・再通知】" if escalation else "【至急】"
     subject = f"{prefix}緊急の可能性がある相談 {case['number']}"
     msg = _base_message(sender, to, subject, now, "auto-generated", "alert")
+    code = with_ack_code(msg, subject)
     text = env.get_template(TEMPLATES["alert"][0]).render(
-        case=case, tz=tz, escalation=escalation, from_address=sender.address
+        case=case, tz=tz, escalation=escalation, from_address=sender.address, code=code
     )
     msg.set_content(text, charset="utf-8", cte="8bit")
     return msg

@@ -66,7 +66,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from intake.businessdays import BusinessCalendar
-from intake.compose import _base_message, render_alert
+from intake.compose import _base_message, render_alert, with_ack_code
 from intake.errors import IntakeError
 from intake.locks import stable_key
 from intake.store import (
@@ -452,6 +452,10 @@ def _undelivered_notice(
             "当番への通知メールが一部の宛先に送信できませんでした（他の宛先には届いています）。\n"
             "勤務中の担当者がこの相談を知らない可能性があります。"
         )
+    subject = f"【至急・再通知】通知が届いていない相談 {case.number}"
+    message = _base_message(svc.sender, to, subject, now, "auto-generated", "alert")
+    # Its own confirmation code, as every alert and escalation has (``ack_code``).
+    code = with_ack_code(message, subject)
     lines = [
         f"※ これは再通知（{number}回目）です。まだ誰も対応の確認をしていません。",
         "",
@@ -466,11 +470,11 @@ def _undelivered_notice(
         f"内容の確認: python service.py show {case.number}",
         "",
         "対応を始めたら、このメールに返信してください（本文は空で構いません）。",
+        f"件名の「{case.number}」と「確認コード {code}」は消さずに返信してください。",
+        "この2つが件名にないと、対応済みにならず再通知が続きます。",
         f"または: python service.py ack {case.number}",
         "",
     ]
-    subject = f"【至急・再通知】通知が届いていない相談 {case.number}"
-    message = _base_message(svc.sender, to, subject, now, "auto-generated", "alert")
     message.set_content("\n".join(lines), charset="utf-8", cte="8bit")
     return message
 

@@ -28,13 +28,14 @@ import hashlib
 import json
 import logging
 import re
+import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from json.encoder import encode_basestring as _json_str  # what ensure_ascii=False uses
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from jinja2 import Environment
 from sqlalchemy import Table, bindparam, func, insert, update
@@ -45,10 +46,12 @@ from sqlmodel import Session, col, select
 from intake.automatic import automatic_reason, spam_reason
 from intake.businessdays import BusinessCalendar
 from intake.compose import (
+    ACK_CODE_LENGTH,
     LOOP_HEADER,
     MARKER_HEADER,
     Sender,
     ack_bytes,
+    ack_code,
     render_ack,
     render_alert,
     template_environment,
@@ -346,6 +349,17 @@ def _bounced_ids(raw: bytes, own_id: str | None) -> list[str]:
     return [f for f in found if f != own_id]
 
 
+class _Thread(NamedTuple):
+    """What ``_find_thread`` found for a letter."""
+
+    case: Case | None
+    answered: Outbox | None  # our outgoing mail the letter answers
+    # A staff letter names ``case`` by number but keeps the confirmation code of none of
+    # its alerts or escalations: kept with the case for staff, never an acknowledgement.
+    unconfirmed: bool = False
+    by_code: bool = False  # ``answered`` was found by its confirmation code, not a thread
+
+
 def _find_thread(
     session: Session,
     letter: Letter,
@@ -354,7 +368,7 @@ def _find_thread(
     *,
     staff: bool = False,
     urgent: bool = False,
-) -> tuple[Case | None, Outbox | None]:
+) -> _Thread:
     """The case this letter continues, and our outgoing mail it answers, if any.
 
     Replies name it in In-Reply-To/References; bounces carry our Message-ID inside the
@@ -362,12 +376,15 @@ def _find_thread(
 
     ``staff``: the letter comes from a staff address of this mailbox (``staff_addresses``).
     Phone and carrier mailers drop In-Reply-To, so a case number in a staff member's
-    subject (``Re: 【至急】… C000001``) names the case whoever its resident is, and the
-    letter answers the case's latest alert or escalation as a threaded reply would (None
-    when the case has none: a follow-up, as a staff reply threaded on the resident's mail
-    is). Unless ``urgent``, its own words being urgent: a From address can be forged, so
-    such a letter is a follow-up that alerts again, never an answer that would stop an
-    escalation.
+    subject (``Re: 【至急】… C000001 確認コード K7QXA``) names the case whoever its
+    resident is. A From address can be forged and case numbers are no secret (the
+    resident's acknowledgement names theirs), so the letter answers one of the case's
+    alerts or escalations, as a threaded reply would, only when its subject also keeps
+    that mail's confirmation code (``ack_code``: only its readers have seen it). Without
+    one it is ``unconfirmed`` when the case has alerts (a note for staff, no
+    acknowledgement: the escalation goes on), a follow-up when it has none. Unless
+    ``urgent``, its own words being urgent: such a letter is a follow-up that alerts
+    again, never an answer that would stop an escalation, code or not.
     """
     refs = [r for r in [letter.in_reply_to, *letter.references] if r]
     if letter.bounce:
@@ -377,7 +394,7 @@ def _find_thread(
             select(Outbox).where(Outbox.mailbox == mailbox, col(Outbox.message_id).in_(refs))
         ).first()
         if ours is not None:  # a digest has no case: still ours (staff traffic)
-            return (session.get(Case, ours.case_id) if ours.case_id else None), ours
+            return _Thread((session.get(Case, ours.case_id) if ours.case_id else None), ours)
         earlier = session.exec(
             select(StoredMessage).where(
                 StoredMessage.mailbox == mailbox,
@@ -389,25 +406,69 @@ def _find_thread(
             )
         ).first()
         if earlier is not None:
-            return session.get(Case, earlier.case_id), None
+            return _Thread(session.get(Case, earlier.case_id), None)
+    if staff:
+        number, codes = _staff_subject(letter.subject)
+        case = session.get(Case, number) if number is not None else None
+        if case is not None and case.mailbox == mailbox:
+            if urgent:
+                return _Thread(case, None)
+            answered = _latest_alert(session, case, codes)
+            if answered is not None:
+                return _Thread(case, answered, by_code=True)
+            return _Thread(case, None, unconfirmed=_latest_alert(session, case) is not None)
+        return _Thread(None, None)
     m = CASE_NUMBER.search(letter.subject)
     if m:
         case = session.get(Case, int(m.group(1)))
-        if case is not None and case.mailbox == mailbox and staff:
-            return case, (None if urgent else _latest_alert(session, case))
         if (
             case is not None
             and case.mailbox == mailbox
             and letter.from_addr
             and case.sender == letter.from_addr
         ):
-            return case, None
-    return None, None
+            return _Thread(case, None)
+    return _Thread(None, None)
 
 
-def _latest_alert(session: Session, case: Case) -> Outbox | None:
-    """The case's latest alert or escalation: what a staff member naming the case answers."""
-    return session.exec(
+# In a staff subject normalised by ``_staff_subject``: the case number (a space before or
+# after it may be dropped, so no \b: 相談C000123確認コード), and a confirmation code
+# candidate, ``ACK_CODE_LENGTH`` letters or digits standing on their own, one space
+# allowed between them (a mailer or a thumb may add one).
+_STAFF_CASE_NUMBER = re.compile(r"(?<![A-Z0-9])C([0-9]{6})(?![0-9])")
+_CODE_CANDIDATE = re.compile(
+    rf"(?<![A-Z0-9])[A-Z0-9](?:\s?[A-Z0-9]){{{ACK_CODE_LENGTH - 1}}}(?![A-Z0-9])"
+)
+# More candidates than this and the subject confirms nothing: a subject stuffed with
+# guesses must not get one guess per word.
+_MAX_CODE_CANDIDATES = 3
+
+
+def _staff_subject(subject: str) -> tuple[int | None, set[str]]:
+    """The case number and the confirmation-code candidates in a staff letter's subject.
+
+    Phone mailers keep the subject in a reply but may add ``Re:``/``RE:``/``Fw:``, turn
+    letters and digits full-width, or drop or add a space; people type codes in lower
+    case. So the subject is read NFKC-normalised and upper-cased, the case number taken
+    out, and every free-standing run of ``ACK_CODE_LENGTH`` letters/digits (one space
+    allowed inside) is a candidate; too many (``_MAX_CODE_CANDIDATES``) confirm nothing.
+    """
+    text = unicodedata.normalize("NFKC", subject).upper()
+    m = _STAFF_CASE_NUMBER.search(text)
+    if m is None:
+        return None, set()
+    rest = text[: m.start()] + " " + text[m.end() :]
+    found = ["".join(c.split()) for c in _CODE_CANDIDATE.findall(rest)]
+    return int(m.group(1)), (set(found) if len(found) <= _MAX_CODE_CANDIDATES else set())
+
+
+def _latest_alert(session: Session, case: Case, codes: set[str] | None = None) -> Outbox | None:
+    """The case's latest alert or escalation; with ``codes``, the latest one whose
+    confirmation code (``ack_code`` of its Message-ID) is among them: what a staff member
+    naming the case without thread headers answers. Any of the case's alerts and
+    escalations may be answered (each reader has the code of the mail they got); the
+    acknowledgement then covers the case's alerts up to now, as a threaded reply does."""
+    rows = session.exec(
         select(Outbox)
         .where(
             Outbox.mailbox == case.mailbox,
@@ -415,7 +476,10 @@ def _latest_alert(session: Session, case: Case) -> Outbox | None:
             col(Outbox.kind).in_(["alert", "escalation"]),
         )
         .order_by(col(Outbox.created_at).desc(), col(Outbox.id).desc())
-    ).first()
+    ).all()
+    if codes is None:
+        return rows[0] if rows else None
+    return next((row for row in rows if ack_code(row.message_id) in codes), None)
 
 
 def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) -> bool:
@@ -654,9 +718,10 @@ def handle_message(
     stage.name = "thread"
     # Mail from a staff address is staff traffic (``staff_addresses``); a bounce never is.
     from_staff = prepared.staff and not letter.bounce
-    case, answered = _find_thread(
+    thread = _find_thread(
         session, letter, msg.raw or b"", msg.mailbox, staff=from_staff, urgent=triage.urgent
     )
+    case, answered = thread.case, thread.answered
     msg.automatic = block
 
     stage.name = "store"
@@ -688,6 +753,9 @@ def handle_message(
             # Names the outbox row that bounced: ``intake.escalate`` treats a bounced alert
             # or escalation like one the server refused (ERROR, failover to the others).
             detail = f"outbox {answered.id}: {detail}"
+        elif thread.by_code:
+            # No thread headers: the subject kept the code of this alert or escalation.
+            detail += f", confirmation code of {answered.kind} outbox {answered.id}"
         record_event(
             session,
             kind,
@@ -699,6 +767,9 @@ def handle_message(
         return "staff"
     if from_staff and case is None and not triage.urgent:
         _keep_for_staff(svc, session, msg, letter, block, received, now)
+        return "staff"
+    if from_staff and case is not None and thread.unconfirmed and not triage.urgent:
+        _keep_unconfirmed(session, msg, letter, case, now)
         return "staff"
     # From here a staff address only comes with a case (a follow-up) or with words that are
     # urgent by themselves: those alert as anyone's would (a From can be forged), and
@@ -819,6 +890,39 @@ def _keep_for_staff(
     )
     log.warning(
         "mail from a staff address names no case; kept for staff", extra={"case": case.number}
+    )
+
+
+def _keep_unconfirmed(
+    session: Session, msg: StoredMessage, letter: Letter, case: Case, now: datetime
+) -> None:
+    """Staff mail naming an alerted case without the confirmation code of any of its
+    alerts or escalations (``_find_thread``): perhaps the on-call person's reply whose
+    mailer cut the subject, perhaps a forged From. It must not acknowledge (that would
+    stop the escalation of someone in crisis), and must not be lost.
+
+    So it is kept with the case it names, where whoever handles the case reads it
+    (``show``), with status ``staff``: out of every digest (a forged "already handled"
+    must not reach a partner as the case's news) and no thread for later mail to follow.
+    No acknowledgement, no alert; the escalation goes on and reaches the real on-call
+    person again, whose reply to it (threaded, or keeping the code) acknowledges.
+    """
+    msg.case_id = case.id
+    msg.is_followup = True
+    msg.status = "staff"
+    record_event(
+        session,
+        "staff-mail",
+        case.id,
+        f"message {msg.id} from {letter.from_addr}: a staff address naming the case without "
+        "the confirmation code of its alert; not an acknowledgement (no digest)",
+        actor=letter.from_addr,
+        at=now,
+    )
+    log.warning(
+        "mail from a staff address names an alerted case without its confirmation code; "
+        "kept with the case, the alert stays unacknowledged",
+        extra={"case": case.number},
     )
 
 
