@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,18 @@ class Sender:
         return self.address.rpartition("@")[2] or "localhost"
 
 
+def new_message_id(kind: str, domain: str) -> str:
+    """A Message-ID nobody outside can predict: 128 bits from ``secrets``.
+
+    Why not ``email.utils.make_msgid``: its random part comes from ``random`` (a Mersenne
+    Twister whose state can be rebuilt from enough outputs) and it also carries the time
+    and our pid. Residents receive acknowledgement Message-IDs; an alert's Message-ID and
+    the confirmation code derived from it (``ack_code``) are what let a reply acknowledge
+    an alert, so they must not be guessable from the acknowledgements.
+    """
+    return f"<{secrets.token_hex(16)}.{kind}@{domain}>"
+
+
 @lru_cache(maxsize=256)
 def _folded(name: str, display_name: str, value: str) -> str:
     """A header folded once (RFC 2047 encoding of Japanese is the costly part of composing:
@@ -85,7 +98,7 @@ def _base_message(
     else:
         msg["Subject"] = subject
     msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = make_msgid(idstring=kind, domain=sender.domain)
+    msg["Message-ID"] = new_message_id(kind, sender.domain)
     msg["Auto-Submitted"] = auto_submitted
     msg["X-Auto-Response-Suppress"] = "All"
     msg[LOOP_HEADER] = sender.address
@@ -168,7 +181,7 @@ def ack_bytes(
     an identifier with odd characters or too long to fold) or there is more than one
     reference, the slow path builds it.
     """
-    message_id = message_id or make_msgid(idstring="ack", domain=sender.domain)
+    message_id = message_id or new_message_id("ack", sender.domain)
     refs = [*references, in_reply_to][-10:] if in_reply_to else []
     plain = (
         _PLAIN_ADDRESS.match(to) is not None

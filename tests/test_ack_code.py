@@ -268,3 +268,16 @@ def test_the_failover_escalation_carries_its_own_code_and_no_resident_words(
     text = notice.get_body(preferencelist=("plain",))
     assert text is not None
     assert f"「確認コード {code}」は消さずに" in str(text.get_content())  # type: ignore[attr-defined]
+
+
+def test_message_ids_do_not_follow_the_random_module() -> None:
+    """Alert codes come from Message-IDs: re-seeding ``random`` must not repeat one."""
+    import random
+
+    from intake.compose import new_message_id
+
+    random.seed(7)
+    first = new_message_id("alert", "city.example.jp")
+    random.seed(7)
+    assert new_message_id("alert", "city.example.jp") != first
+    assert first.endswith(".alert@city.example.jp>") and len(first) > 40
