@@ -748,12 +748,12 @@ def handle_message(
             kind = f"{answered.kind}-auto-reply"
         else:
             kind = f"{answered.kind}-reply"
-        detail = f"message {msg.id} from {letter.from_addr}"
-        if letter.bounce:
-            # Names the outbox row that bounced: ``intake.escalate`` treats a bounced alert
-            # or escalation like one the server refused (ERROR, failover to the others).
-            detail = f"outbox {answered.id}: {detail}"
-        elif thread.by_code:
+        # Names the outbox row answered: ``intake.escalate`` treats a bounced alert or
+        # escalation like one the server refused (ERROR, failover to the others), and
+        # counts an acknowledgement for the alert it answers (and those before it), not
+        # for a newer alert of the same case that happened to be queued in the same batch.
+        detail = f"outbox {answered.id}: message {msg.id} from {letter.from_addr}"
+        if thread.by_code and not letter.bounce:
             # No thread headers: the subject kept the code of this alert or escalation.
             detail += f", confirmation code of {answered.kind} outbox {answered.id}"
         record_event(
