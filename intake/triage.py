@@ -1185,8 +1185,15 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     )
 
 
-# Parse problems that mean part of the mail could not be read (see intake.parse).
-NEEDS_HUMAN_PROBLEMS = ("undecodable", "oversized", "mime-too-deep", "mime-parser-error")
+# Parse problems that mean part of the mail could not be read (see intake.parse);
+# parse-error: the parser stopped half-way, so the text triaged may be only the subject.
+NEEDS_HUMAN_PROBLEMS = (
+    "undecodable",
+    "oversized",
+    "mime-too-deep",
+    "mime-parser-error",
+    "parse-error",
+)
 
 
 def classify(letter: Letter, rules: RuleSet) -> Triage:

@@ -336,6 +336,12 @@ def test_undecodable_letter_needs_a_human(rules: RuleSet) -> None:
     assert t.needs_human and t.topic == "other"
 
 
+def test_letter_whose_parse_stopped_half_way_needs_a_human(rules: RuleSet) -> None:
+    # intake.parse records parse-error:<Class> and returns what it decoded so far
+    letter = Letter(subject="相談", text="", problems=["parse-error:IndexError"])
+    assert classify(letter, rules).needs_human
+
+
 def test_quoted_text_is_never_analysed(rules: RuleSet) -> None:
     letter = Letter(subject="Re: 先日の件", text="ありがとうございました。", quoted="> 死にたい")
     assert not classify(letter, rules).urgent
