@@ -716,6 +716,19 @@ def handle_message(
     msg.problems = dumps(letter.problems)
 
     stage.name = "thread"
+    earlier = _same_mail(session, msg, letter)
+    if earlier is not None:
+        # The same mail delivered again (an MTA retry after a timeout, an alias copy) or
+        # brought back with other bytes (a folder migrated or restored: new headers, a
+        # re-encoded body): it is kept and shown with its case, never a second case,
+        # acknowledgement, alert or digest line.
+        msg.case_id = earlier.case_id
+        msg.is_followup = True
+        msg.status = "duplicate"
+        repeats = f"message {msg.id} repeats message {earlier.id}"
+        record_event(session, "duplicate", earlier.case_id, repeats, at=now)
+        report.duplicates += 1
+        return "duplicate"
     # Mail from a staff address is staff traffic (``staff_addresses``); a bounce never is.
     from_staff = prepared.staff and not letter.bounce
     thread = _find_thread(
@@ -846,6 +859,30 @@ def handle_message(
         report.alerts += 1
     msg.status = "processed"
     return outcome
+
+
+def _same_mail(session: Session, msg: StoredMessage, letter: Letter) -> StoredMessage | None:
+    """An earlier stored message that is this very mail, or None.
+
+    The bytes differ (else the SHA-256 would have matched at storage), but the
+    Message-ID, the sender and the words the resident wrote are the same: an MTA
+    delivering twice, or a folder migrated or restored with new headers or another
+    transfer encoding. The words must match too, so a reused or forged Message-ID
+    can never hide a different mail (nor its urgent words) behind an earlier one.
+    """
+    if not letter.message_id or letter.bounce:
+        return None
+    return session.exec(
+        select(StoredMessage).where(
+            StoredMessage.mailbox == msg.mailbox,
+            StoredMessage.message_id == letter.message_id,
+            StoredMessage.from_addr == letter.from_addr,
+            StoredMessage.new_text == letter.text,
+            StoredMessage.id != msg.id,
+            col(StoredMessage.case_id).is_not(None),
+            col(StoredMessage.status).in_(["processed", "quarantined", "staff"]),
+        )
+    ).first()
 
 
 def _keep_for_staff(
@@ -1240,6 +1277,52 @@ def _process_batch(
 
 
 def _open_cases(
+    svc: Service,
+    session: Session,
+    run: list[tuple[int, _Prepared, datetime]],
+    now: datetime,
+    report: RunReport,
+) -> None:
+    """Write a run of letters that open new cases; a repeat of a stored mail goes singly.
+
+    One query for the run's Message-IDs finds the letters that may repeat a mail already
+    stored (or one earlier in the run): those go through ``handle_message`` (its
+    ``_same_mail`` decides, words and all), after everything before them is written.
+    """
+    if not run:
+        return
+    ids = {p.letter.message_id for _, p, _ in run if p.letter.message_id}
+    known: set[str] = set()
+    if ids:
+        found = session.exec(
+            select(StoredMessage.message_id).where(
+                StoredMessage.mailbox == svc.settings.mailbox.key,
+                col(StoredMessage.message_id).in_(ids),
+                col(StoredMessage.case_id).is_not(None),
+            )
+        ).all()
+        known = {mid for mid in found if mid}
+    if not known and len(ids) == sum(1 for _, p, _ in run if p.letter.message_id):
+        _open_new_cases(svc, session, run, now, report)  # the common case: nothing repeats
+        return
+    seen: set[str] = set()
+    segment: list[tuple[int, _Prepared, datetime]] = []
+    for item in run:
+        mid = item[1].letter.message_id
+        if mid and (mid in known or mid in seen):
+            _open_new_cases(svc, session, segment, now, report)
+            segment = []
+            msg = session.get(StoredMessage, item[0])
+            assert msg is not None  # locked by the batch
+            _process_one(svc, session, msg, now, report, item[1])
+        else:
+            segment.append(item)
+        if mid:
+            seen.add(mid)
+    _open_new_cases(svc, session, segment, now, report)
+
+
+def _open_new_cases(
     svc: Service,
     session: Session,
     run: list[tuple[int, _Prepared, datetime]],
