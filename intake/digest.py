@@ -148,12 +148,12 @@ _LOCAL = re.compile(
 )
 _YEAR_RANGE = re.compile(r"(?:19|20)[0-9]{2}[^0-9]+(?:19|20)[0-9]{2}")
 # After a word saying a phone number follows, 5 or more digits are one however spaced
-# (電話 638515, 携帯は 090 1234 5678). A letter before them makes a code (C000123, the case
-# number); a dot or slash ends them (電話は11/27に), and a date is not one.
+# (電話 638515, 携帯は 090 1234 5678, 電話 63.8515). A letter before them makes a code
+# (C000123, the case number); a slash ends them (電話は11/27に), and a date is not one.
 _PHONE_WORD = re.compile(
     r"(?:電話|でんわ|デンワ|tel|☎|📞|携帯|けいたい|ケータイ|ケイタイ|スマホ|家電|連絡先|phone)"
     rf"[^{_DIGIT}\n]{{0,10}}?(?<![a-z])"
-    rf"(?P<num>{_D}(?:(?:{_SPACE}|{_DASH}){{0,3}}{_D})*+){_UNIT}"
+    rf"(?P<num>{_D}(?:(?:{_SPACE}|{_DASH}|\.){{0,3}}{_D})*+){_UNIT}"
 )
 _KEYWORD_DIGITS = 5
 # A full number (it starts with 0) with its groups split by commas, 、 or の
@@ -179,13 +179,15 @@ _NOT_IN_WORD = r"(?<![a-z0-9ぁ-ゖァ-ヺー])"
 _SERVICE = (
     r"(?:line|ライン|らいん|instagram|インスタ(?:グラム)?|insta|twitter|ツイッター"
     r"|discord|ディスコ(?:ード)?|tiktok|ティックトック|kakao(?:talk)?|カカオ(?:トーク)?"
-    r"|whatsapp|telegram|テレグラム|skype|スカイプ|facebook|フェイスブック|sns)"
+    r"|whatsapp|telegram|テレグラム|skype|スカイプ|facebook|フェイスブック)"
 )
+_SERVICE_NAME = re.compile(_SERVICE)  # SNSはLINEです names a service, not an ID
 _ID_WORD = r"(?:id|アイディー?|アカウント名?|ユーザー?名|user ?name)"
 _THEN = r"(?:[:=]|は|が|を|→)"
 _MESSENGER_ID = re.compile(
-    rf"{_NOT_IN_WORD}(?:(?:{_SERVICE}|x){_SPACE}{{0,2}}の?{_SPACE}{{0,2}}{_ID_WORD}"
-    rf"{_SPACE}{{0,2}}{_THEN}?|{_SERVICE}{_SPACE}{{0,2}}{_THEN}|{_ID_WORD}{_SPACE}{{0,2}}{_THEN}?)"
+    rf"{_NOT_IN_WORD}(?:(?:{_SERVICE}|x){_SPACE}{{0,2}}の?{_SPACE}{{0,2}}{_ID_WORD}(?![a-z])"
+    rf"{_SPACE}{{0,2}}{_THEN}?|{_SERVICE}(?![a-z]){_SPACE}{{0,2}}{_THEN}"
+    rf"|{_ID_WORD}(?![a-z]){_SPACE}{{0,2}}{_THEN}?)"
     rf"{_SPACE}{{0,2}}[「『\"'(]?{_SPACE}{{0,2}}"
     r"(?P<num>@?[a-z0-9][a-z0-9._\-]{2,31})(?![a-z0-9._\-@])" + _UNIT
 )
@@ -203,7 +205,7 @@ _POSTCODE = re.compile(
     rf"(?P<num>[0-9]{{3}}{_DASH}?[0-9]{{4}})(?![0-9])"
 )
 _KANJI_NUM = "[" + _DIGIT + "十]"
-_HOUSE_PART = rf"{_KANJI_NUM}++(?:丁目|番地|番|号(?![室館車線]))"
+_HOUSE_PART = rf"{_KANJI_NUM}++(?:丁目|番地|番(?![目手組線台])|号(?![室館車線機]))"
 _HOUSE = re.compile(
     rf"(?:[市区町村郡島]|住所{_SPACE}{{0,2}}(?:は|:)?{_SPACE}{{0,2}})"
     r"[\u4e00-\u9fff々ヶケノの\u30a1-\u30fa]{0,12}?"
@@ -316,7 +318,8 @@ def _contact_spans(folded: str) -> list[tuple[int, int, str]]:
     (ASCII letters lower case)."""
     found: list[tuple[int, int, str]] = []
     for m in _MESSENGER_ID.finditer(folded):
-        if not _CASE_NUMBER.fullmatch(m.group("num")):
+        handle = m.group("num")
+        if not _CASE_NUMBER.fullmatch(handle) and not _SERVICE_NAME.fullmatch(handle.lstrip("@")):
             found.append((*m.span("num"), _MASK_ID))
     found.extend((*m.span(), _MASK_ID) for m in _PROFILE_LINK.finditer(folded))
     found.extend((*m.span(), _MASK_ID) for m in _AT_HANDLE.finditer(folded))

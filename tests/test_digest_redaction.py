@@ -206,6 +206,9 @@ NUMBERS = [
     pytest.param("家は63－8515、携帯は", "家は［電話番号］、携帯は", id="local-before-comma"),
     pytest.param("電話 638515 まで", "電話 ［電話番号］ まで", id="local-after-phone-word"),
     pytest.param("TEL：６３８５１５", "TEL：［電話番号］", id="local-after-tel-full-width"),
+    pytest.param(
+        "電話は 63.8515 です", "電話は ［電話番号］ です", id="local-dots-after-phone-word"
+    ),
     pytest.param("番号は090,1234,5678です", "番号は［電話番号］です", id="commas"),
     pytest.param("０８６５，６３，８５１５", "［電話番号］", id="full-width-commas"),
     pytest.param("090、1234、5678", "［電話番号］", id="ideographic-commas"),
@@ -266,6 +269,9 @@ KEPT = [
     "LINEで100件、ラインは3本、ガイドライン: abc、オンライン: zoom",
     "市内で2000円、町内会で3-4人、市立中学の2年生、市民病院の201号室",
     "ID番号は C000123",
+    "que hable mi idioma.",
+    "中村くんは3番目。島の2番手。笠岡市の1番線",
+    "I'd like help. SNSはLINEとインスタ",
 ]
 
 
