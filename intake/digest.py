@@ -140,11 +140,13 @@ _DASH = "[" + re.escape(_SEPARATOR.replace(".", "").replace("/", "")) + "]"
 # What follows a number that counts rather than dials (3000円, 1000-2000人, 2020-2026年).
 _UNIT = r"(?![円万千百億人名年月日時分秒歳才件回個枚本台階号%倍度点位ヶヵ])"
 # A local number: a 2-4 digit exchange not starting with 0, a dash or bracket (spaces may
-# surround it) or spaces alone, and 4 digits; not a piece of a longer dashed run.
+# surround it) or spaces alone, and 4 digits; not a piece of a longer dashed run, a date
+# or an amount.
+_JOINED = "[" + re.escape(_SEPARATOR) + ":,]"  # 1/10 2020, 1,500 2000: no local number
 _LOCAL = re.compile(
-    rf"(?<!{_D})(?<!{_D}{_DASH})[1-9一二三四五六七八九]{_D}{{1,3}}"
+    rf"(?<!{_D})(?<!{_D}{_JOINED})[1-9一二三四五六七八九]{_D}{{1,3}}"
     rf"(?:{_SPACE}{{0,2}}{_DASH}{_SPACE}{{0,2}}|{_SPACE}{{1,2}}){_D}{{4}}"
-    rf"(?!{_D})(?!{_DASH}{_D}){_UNIT}"
+    rf"(?!{_D})(?!{_JOINED}{_D}){_UNIT}"
 )
 _YEAR_RANGE = re.compile(r"(?:19|20)[0-9]{2}[^0-9]+(?:19|20)[0-9]{2}")
 # After a word saying a phone number follows, 5 or more digits are one however spaced
@@ -160,9 +162,9 @@ _KEYWORD_DIGITS = 5
 # (090,1234,5678, ０８６５，６３，８５１５, 090の1234の5678). Thousands never start with 0.
 _SOFT = "[" + re.escape(_SEPARATOR + ",、の") + r"\s]{1,3}"
 _SOFT_PHONE = re.compile(
-    rf"(?<!{_D})[0〇○](?:{_D}{{2}}{_SOFT}{_D}{{4}}{_SOFT}{_D}{{4}}"
-    rf"|{_D}{{1,4}}{_SOFT}{_D}{{1,4}}{_SOFT}{_D}{{4}})(?!{_D})"
-)
+    rf"(?<!{_D})(?<![0-9][:./])[0〇○](?:{_D}{{2}}{_SOFT}{_D}{{4}}{_SOFT}{_D}{{4}}"
+    rf"|{_D}{{1,4}}{_SOFT}{_D}{{1,4}}{_SOFT}{_D}{{4}})(?!{_D}){_UNIT}"
+)  # not the minutes of 9:07, 1304-5207円 nor the decimals of an amount
 # Whether a stretch of a run holds phone-many (or keyword-many) digits, read no further
 # than the digit that decides it.
 _TEN_DIGITS = re.compile(rf"{_D}(?:[^{_DIGIT}]*+{_D}){{{_PHONE_DIGITS - 1}}}")
@@ -197,6 +199,9 @@ _PROFILE_LINK = re.compile(
 )
 _AT_HANDLE = re.compile(r"(?<![a-z0-9._%+\-@])@[a-z_][a-z0-9_.]{2,29}(?![a-z0-9_@])")
 _CASE_NUMBER = re.compile(r"@?c[0-9]{6}")
+# Our case number (C000123, C1234567 past a million) as a resident quotes it back: its
+# digits are no phone, nor part of one ("C000123 2026年" is 10 digits in a row).
+_CASE_NUMBER_IN_TEXT = re.compile(r"(?<![a-z0-9])c[0-9]{6,7}(?![0-9])")
 # A postcode after 〒 or 郵便番号, and a house number after a municipality or district
 # (市区町村郡島, or 住所) and at most 12 letters of place name: 1-1, 1-2-3, 1234-5, 1の2,
 # 1丁目2番3号, 1234番地の5, or a bare lot number of 3 or more digits (笠岡1234).
@@ -330,18 +335,21 @@ def _contact_spans(folded: str) -> list[tuple[int, int, str]]:
 
 def _redact(text: str, keep_dates: bool) -> str:
     """``text`` with addresses, IDs, postcodes, house numbers and phone numbers masked.
-    Numbers are looked for with the addresses blanked, so a carrier address
-    (09012345678@docomo.ne.jp) is one address, not a number and a domain. Where two
-    spans overlap they are masked as one, with the mask of the one found first."""
+    Numbers are looked for with the addresses and case numbers blanked, so a carrier
+    address (09012345678@docomo.ne.jp) is one address, not a number and a domain, and a
+    case number stays. Where two spans overlap they are masked as one, with the mask of
+    the one found first."""
     folded, origin = _fold(text)
     lowered = folded.translate(_ASCII_LOWER)
-    found: list[tuple[int, int, str]] = []
+    emails = [m.span() for m in _EMAIL.finditer(folded)]
+    found: list[tuple[int, int, str]] = [(a, b, _MASK_EMAIL) for a, b in emails]
+    cases = [m.span() for m in _CASE_NUMBER_IN_TEXT.finditer(lowered)]
     blanked: list[str] = []
     at = 0
-    for m in _EMAIL.finditer(folded):
-        found.append((m.start(), m.end(), _MASK_EMAIL))
-        blanked += [lowered[at : m.start()], "@" * (m.end() - m.start())]  # no digit left
-        at = m.end()
+    for a, b in sorted(emails + cases):
+        if a >= at:
+            blanked += [lowered[at:a], "@" * (b - a)]  # no digit is left
+            at = b
     blanked.append(lowered[at:])
     found.extend(_contact_spans(lowered))
     found.extend((a, b, _MASK_PHONE) for a, b in _phone_spans("".join(blanked), keep_dates))
@@ -372,10 +380,17 @@ def redact_contact(text: str) -> str:
     counts and case numbers stay readable.
     """
     masked = _redact(text, keep_dates=True)
-    if find_phones(masked):
+    if find_phones(_without_case_numbers(masked)):
         # A kept date made a phone number readable: mask without keeping dates.
         masked = _redact(text, keep_dates=False)
     return masked
+
+
+def _without_case_numbers(text: str) -> str:
+    """``text`` folded, with our case numbers' digits taken out: intake.phones reads
+    "C000001 2020-1-1" as the phone 000001-2020, and the date was masked for it."""
+    folded = unicodedata.normalize("NFKC", text).translate(_ASCII_LOWER)
+    return _CASE_NUMBER_IN_TEXT.sub("c", folded)
 
 
 def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
