@@ -8,12 +8,15 @@ digest with nothing new is never created.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import re
+import string
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlmodel import col, select
 
@@ -77,12 +80,14 @@ _DIGIT_CHAR = re.compile("[" + _DIGIT + "]")
 # A number the on-call person could be shown as a phone has 10 or 11 digits; a run with
 # fewer (a date, a time, 3人, 30,000円) is left for staff to read.
 _PHONE_DIGITS = 10
-# A calendar date (2026-11-26, 2026.11.26, 2026/11/26) inside such a run: no phone number
-# starts with a 4-digit year, and staff need the date to understand the case
-# ("2026-11-26 10時" has 10 digits).
+# A calendar date (2026-11-26, 2026.11.26, 2026/11/26, 11/27) or a time's minutes in a run: no phone
+# number starts with a 4-digit year or a month/day, and staff need the date to understand
+# the case ("2026-11-26 10時" has 10 digits, "11/27 090-1234-5678" starts with a date).
 _DATE = re.compile(
     r"(?<![0-9])(?:19|20)[0-9]{2}([" + re.escape(DASHES + "‐‒–—―./") + r"])"
     r"[0-9]{1,2}\1[0-9]{1,2}(?![0-9])"
+    r"|(?<![0-9/])(?:1[0-2]|0?[1-9])/(?:3[01]|[12][0-9]|0?[1-9])(?![0-9/])"
+    r"|(?<=[0-9]:)[0-5][0-9](?![0-9])"  # the minutes of 19:30 (the colon ends a run)
 )
 
 # Mail addresses, also written to dodge harvesters: taro＠example.jp, taro @ example.jp,
@@ -114,31 +119,181 @@ _EMAIL = re.compile(
 )
 _MASK_PHONE = "［電話番号］"
 _MASK_EMAIL = "［メールアドレス］"
+_MASK_ID = "［ID］"
+_MASK_POSTCODE = "［郵便番号］"
+_MASK_HOUSE = "［番地］"
+
+# --- Shorter numbers, and the other ways to reach a resident -----------------------------
+#
+# The README's stance: a partner without ``show_sender`` must not be able to contact or
+# identify the resident directly from the digest. So besides 10-11 digit numbers this masks
+# a local number written without its area code (Kasaoka's 0865-63-8515 written 63-8515), a
+# full number split by commas, 、 or の, a messenger ID (LINE, Instagram, …) and a home
+# address's postcode and house number. The town stays (笠岡市中央町［番地］): it identifies
+# nobody and tells the partner where the resident lives. Every pattern below repeats only
+# boundedly or possessively, so a long mail of digits and dashes is scanned in linear time.
+
+_D = "[" + _DIGIT + "]"
+_SPACE = r"[^\S\n]"
+# Dashes and brackets: the separators of _RUN but dots and slashes (3.1415, 11/27).
+_DASH = "[" + re.escape(_SEPARATOR.replace(".", "").replace("/", "")) + "]"
+# What follows a number that counts rather than dials (3000円, 1000-2000人, 2020-2026年).
+_UNIT = r"(?![円万千百億人名年月日時分秒歳才件回個枚本台階号%倍度点位ヶヵ])"
+# A local number: a 2-4 digit exchange not starting with 0, a dash or bracket (spaces may
+# surround it) or spaces alone, and 4 digits; not a piece of a longer dashed run, a date
+# or an amount.
+_JOINED = "[" + re.escape(_SEPARATOR) + ":,]"  # 1/10 2020, 1,500 2000: no local number
+_LOCAL = re.compile(
+    rf"(?<!{_D})(?<!{_D}{_JOINED})[1-9一二三四五六七八九]{_D}{{1,3}}"
+    rf"(?:{_SPACE}{{0,2}}{_DASH}{_SPACE}{{0,2}}|{_SPACE}{{1,2}}){_D}{{4}}"
+    rf"(?!{_D})(?!{_JOINED}{_D}){_UNIT}"
+)
+_YEAR_RANGE = re.compile(r"(?:19|20)[0-9]{2}[^0-9]+(?:19|20)[0-9]{2}")
+# After a word saying a phone number follows, 5 or more digits are one however spaced
+# (電話 638515, 携帯は 090 1234 5678, 電話 63.8515). A letter before them makes a code
+# (C000123, the case number); a slash ends them (電話は11/27に), and a date is not one.
+_PHONE_WORD = re.compile(
+    r"(?:電話|でんわ|デンワ|tel|☎|📞|携帯|けいたい|ケータイ|ケイタイ|スマホ|家電|連絡先|phone)"
+    rf"[^{_DIGIT}\n]{{0,10}}?(?<![a-z])"
+    rf"(?P<num>{_D}(?:(?:{_SPACE}|{_DASH}|\.){{0,3}}{_D})*+){_UNIT}"
+)
+_KEYWORD_DIGITS = 5
+# A full number (it starts with 0) with its groups split by commas, 、 or の
+# (090,1234,5678, ０８６５，６３，８５１５, 090の1234の5678). Thousands never start with 0.
+_SOFT = "[" + re.escape(_SEPARATOR + ",、の") + r"\s]{1,3}"
+_SOFT_PHONE = re.compile(
+    rf"(?<!{_D})(?<![0-9][:./])[0〇○](?:{_D}{{2}}{_SOFT}{_D}{{4}}{_SOFT}{_D}{{4}}"
+    rf"|{_D}{{1,4}}{_SOFT}{_D}{{1,4}}{_SOFT}{_D}{{4}})(?!{_D}){_UNIT}"
+)  # not the minutes of 9:07, 1304-5207円 nor the decimals of an amount
+# Whether a stretch of a run holds phone-many (or keyword-many) digits, read no further
+# than the digit that decides it.
+_TEN_DIGITS = re.compile(rf"{_D}(?:[^{_DIGIT}]*+{_D}){{{_PHONE_DIGITS - 1}}}")
+_FIVE_DIGITS = re.compile(rf"{_D}(?:[^{_DIGIT}]*+{_D}){{{_KEYWORD_DIGITS - 1}}}")
+_TO_LAST_DIGIT = re.compile("(?s).*" + _D)
+# The patterns below that name words (LINE, ID, tel) are matched against a copy of the
+# folded text with ASCII letters in lower case (same length, so spans carry over): an
+# IGNORECASE pattern cannot skip ahead to its first letter and was 20 times slower.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# A messenger ID after the service's name and "ID", a colon or は (LINE ID: abc_123,
+# ラインID：taro_99, インスタは @hanako.k), after a bare "ID:", a link to a profile, and an
+# @handle that is not part of a mail address.
+_NOT_IN_WORD = r"(?<![a-z0-9ぁ-ゖァ-ヺー])"
+_SERVICE = (
+    r"(?:line|ライン|らいん|instagram|インスタ(?:グラム)?|insta|twitter|ツイッター"
+    r"|discord|ディスコ(?:ード)?|tiktok|ティックトック|kakao(?:talk)?|カカオ(?:トーク)?"
+    r"|whatsapp|telegram|テレグラム|skype|スカイプ|facebook|フェイスブック)"
+)
+_SERVICE_NAME = re.compile(_SERVICE)  # SNSはLINEです names a service, not an ID
+_ID_WORD = r"(?:id|アイディー?|アカウント名?|ユーザー?名|user ?name)"
+_THEN = r"(?:[:=]|は|が|を|→)"
+_MESSENGER_ID = re.compile(
+    rf"{_NOT_IN_WORD}(?:(?:{_SERVICE}|x){_SPACE}{{0,2}}の?{_SPACE}{{0,2}}{_ID_WORD}(?![a-z])"
+    rf"{_SPACE}{{0,2}}{_THEN}?|{_SERVICE}(?![a-z]){_SPACE}{{0,2}}{_THEN}"
+    rf"|{_ID_WORD}(?![a-z]){_SPACE}{{0,2}}{_THEN}?)"
+    rf"{_SPACE}{{0,2}}[「『\"'(]?{_SPACE}{{0,2}}"
+    r"(?P<num>@?[a-z0-9][a-z0-9._\-]{2,31})(?![a-z0-9._\-@])" + _UNIT
+)
+_PROFILE_LINK = re.compile(
+    r"(?:https?://)?(?:www\.)?(?:line\.me|lin\.ee|instagram\.com|twitter\.com|x\.com"
+    r"|tiktok\.com|facebook\.com|discord\.gg|wa\.me|t\.me)/[a-z0-9._~%/?#=&+@\-]{1,200}"
+)
+_AT_HANDLE = re.compile(r"(?<![a-z0-9._%+\-@])@[a-z_][a-z0-9_.]{2,29}(?![a-z0-9_@])")
+_CASE_NUMBER = re.compile(r"@?c[0-9]{6}")
+# Our case number (C000123, C1234567 past a million) as a resident quotes it back: its
+# digits are no phone, nor part of one ("C000123 2026年" is 10 digits in a row).
+_CASE_NUMBER_IN_TEXT = re.compile(r"(?<![a-z0-9])c[0-9]{6,7}(?![0-9])")
+# A postcode after 〒 or 郵便番号, and a house number after a municipality or district
+# (市区町村郡島, or 住所) and at most 12 letters of place name: 1-1, 1-2-3, 1234-5, 1の2,
+# 1丁目2番3号, 1234番地の5, or a bare lot number of 3 or more digits (笠岡1234).
+_POSTCODE = re.compile(
+    rf"(?:〒|郵便番号|ゆうびん番号)(?:{_SPACE}|[:は]){{0,3}}"
+    rf"(?P<num>[0-9]{{3}}{_DASH}?[0-9]{{4}})(?![0-9])"
+)
+_KANJI_NUM = "[" + _DIGIT + "十]"
+_HOUSE_PART = rf"{_KANJI_NUM}++(?:丁目|番地|番(?![目手組線台])|号(?![室館車線機]))"
+_HOUSE = re.compile(
+    rf"(?:[市区町村郡島]|住所{_SPACE}{{0,2}}(?:は|:)?{_SPACE}{{0,2}})"
+    r"[\u4e00-\u9fff々ヶケノの\u30a1-\u30fa]{0,12}?"
+    rf"(?P<num>{_HOUSE_PART}(?:(?:の|{_DASH})?(?:{_HOUSE_PART}|{_KANJI_NUM}++))*+"
+    rf"|{_D}++(?:(?:{_DASH}|の){_D}++)++{_UNIT}"
+    rf"|[0-9]{{3,}}+{_UNIT})"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_char(ch: str) -> str:
+    """One non-ASCII character folded: dropped if invisible or combining, else its NFKC."""
+    if unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return ""
+    return unicodedata.normalize("NFKC", ch)
+
+
+class _Origin(Sequence[int]):
+    """For each folded character its index in the original text, kept as stretches (one
+    per character whose folding is not one character long, and one between) rather than
+    an int per character, which cost ~30 bytes a character on a 20 MB mail."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._folded: list[int] = [0]  # where each stretch starts in the folded text
+        self._original: list[int] = [0]  # ... and the original index it starts from
+        self._step: list[int] = [1]  # 1: one to one; 0: every folded char from one char
+
+    def add(self, folded: int, original: int, step: int) -> None:
+        self._folded.append(folded)
+        self._original.append(original)
+        self._step.append(step)
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._size))]
+        if not 0 <= index < self._size:
+            raise IndexError(index)
+        j = bisect.bisect_right(self._folded, index) - 1
+        return self._original[j] + (index - self._folded[j]) * self._step[j]
 
 
 def _fold(text: str) -> tuple[str, Sequence[int]]:
-    """``text`` folded for matching, and for each folded character its index in ``text``."""
+    """``text`` folded for matching, and for each folded character its index in ``text``.
+
+    One ``str.translate`` over the distinct characters' foldings: a Python loop per
+    character took 10 s on a 5 MB mail of full-width digits."""
     if text.isascii():
         return text, range(len(text))
-    parts: list[str] = []
-    origin: list[int] = []
-    for i, ch in enumerate(text):
-        if ch.isascii():
-            folded = ch
-        elif unicodedata.category(ch) in ("Mn", "Me", "Cf"):
-            folded = ""
-        else:
-            folded = unicodedata.normalize("NFKC", ch)
-        parts.append(folded)
-        origin.extend([i] * len(folded))
-    return "".join(parts), origin
+    table = {ord(c): f for c in set(text) if not c.isascii() and (f := _fold_char(c)) != c}
+    folded = text.translate(table)
+    resized = {c: f for c, f in table.items() if len(f) != 1}
+    if not resized:
+        return folded, range(len(folded))
+    origin = _Origin(len(folded))
+    shift = 0  # folded index minus original index after the last resized character
+    for m in re.finditer("[" + re.escape("".join(map(chr, resized))) + "]", text):
+        i = m.start()
+        size = len(resized[ord(m.group())])
+        if size:
+            origin.add(i + shift, i, 0)
+        shift += size - 1
+        origin.add(i + 1 + shift, i + 1, 1)
+    return folded, origin
 
 
 def _phone_spans(folded: str, keep_dates: bool) -> list[tuple[int, int]]:
-    """Folded spans, first digit to last, of each part of a run with phone-many digits."""
+    """Spans of phone numbers in ``folded`` (ASCII letters lower case): each part of a run
+    with phone-many digits (first digit to last; read only up to the tenth digit and back
+    from the end, as a run may be megabytes long), a local number, a number after a phone
+    word, and one split by commas."""
     spans: list[tuple[int, int]] = []
     for run in _RUN.finditer(folded):
         start, end = run.span()
+        if end - start < _PHONE_DIGITS:
+            continue
         pieces: list[tuple[int, int]] = []
         at = start
         if keep_dates:
@@ -147,26 +302,68 @@ def _phone_spans(folded: str, keep_dates: bool) -> list[tuple[int, int]]:
                 at = date.end()
         pieces.append((at, end))
         for a, b in pieces:
-            digits = [m.start() for m in _DIGIT_CHAR.finditer(folded, a, b)]
-            if len(digits) >= _PHONE_DIGITS:
-                spans.append((digits[0], digits[-1] + 1))
+            first = _DIGIT_CHAR.search(folded, a, b)
+            if first and _TEN_DIGITS.match(folded, first.start(), b):
+                last = _TO_LAST_DIGIT.match(folded, a, b)
+                assert last is not None
+                spans.append((first.start(), last.end()))
+    for m in _LOCAL.finditer(folded):
+        if not _YEAR_RANGE.fullmatch(m.group()):
+            spans.append(m.span())
+    for m in _PHONE_WORD.finditer(folded):
+        a, b = m.span("num")
+        if _FIVE_DIGITS.match(folded, a, b) and not (keep_dates and _DATE.search(folded, a, b)):
+            spans.append((a, b))
+    spans.extend(m.span() for m in _SOFT_PHONE.finditer(folded))
     return spans
 
 
-def _redact(text: str, keep_dates: bool) -> str:
-    """``text`` with addresses, then numbers, masked. Addresses first, so a carrier
-    address (09012345678@docomo.ne.jp) is one address, not a number and a domain."""
-    folded, origin = _fold(text)
+def _contact_spans(folded: str) -> list[tuple[int, int, str]]:
+    """Spans of messenger IDs, profile links, postcodes and house numbers in ``folded``
+    (ASCII letters lower case)."""
     found: list[tuple[int, int, str]] = []
-    blanked = list(folded)
-    for m in _EMAIL.finditer(folded):
-        found.append((m.start(), m.end(), _MASK_EMAIL))
-        blanked[m.start() : m.end()] = "@" * (m.end() - m.start())  # no digit is left
-    for a, b in _phone_spans("".join(blanked), keep_dates):
-        found.append((a, b, _MASK_PHONE))
+    for m in _MESSENGER_ID.finditer(folded):
+        handle = m.group("num")
+        if not _CASE_NUMBER.fullmatch(handle) and not _SERVICE_NAME.fullmatch(handle.lstrip("@")):
+            found.append((*m.span("num"), _MASK_ID))
+    found.extend((*m.span(), _MASK_ID) for m in _PROFILE_LINK.finditer(folded))
+    found.extend((*m.span(), _MASK_ID) for m in _AT_HANDLE.finditer(folded))
+    found.extend((*m.span("num"), _MASK_POSTCODE) for m in _POSTCODE.finditer(folded))
+    found.extend((*m.span("num"), _MASK_HOUSE) for m in _HOUSE.finditer(folded))
+    return found
+
+
+def _redact(text: str, keep_dates: bool) -> str:
+    """``text`` with addresses, IDs, postcodes, house numbers and phone numbers masked.
+    Numbers are looked for with the addresses and case numbers blanked, so a carrier
+    address (09012345678@docomo.ne.jp) is one address, not a number and a domain, and a
+    case number stays. Where two spans overlap they are masked as one, with the mask of
+    the one found first."""
+    folded, origin = _fold(text)
+    lowered = folded.translate(_ASCII_LOWER)
+    emails = [m.span() for m in _EMAIL.finditer(folded)]
+    found: list[tuple[int, int, str]] = [(a, b, _MASK_EMAIL) for a, b in emails]
+    cases = [m.span() for m in _CASE_NUMBER_IN_TEXT.finditer(lowered)]
+    blanked: list[str] = []
+    at = 0
+    for a, b in sorted(emails + cases):
+        if a >= at:
+            blanked += [lowered[at:a], "@" * (b - a)]  # no digit is left
+            at = b
+    blanked.append(lowered[at:])
+    found.extend(_contact_spans(lowered))
+    found.extend((a, b, _MASK_PHONE) for a, b in _phone_spans("".join(blanked), keep_dates))
+    order = {_MASK_EMAIL: 0, _MASK_ID: 1, _MASK_POSTCODE: 2, _MASK_HOUSE: 3, _MASK_PHONE: 4}
+    merged: list[tuple[int, int, str]] = []
+    for a, b, mask in sorted(found, key=lambda f: (f[0], order[f[2]])):
+        if merged and a < merged[-1][1]:
+            last = merged[-1]
+            merged[-1] = (last[0], max(last[1], b), last[2])
+        else:
+            merged.append((a, b, mask))
     out: list[str] = []
     at = 0
-    for a, b, mask in sorted(found):
+    for a, b, mask in merged:
         start, end = origin[a], origin[b - 1] + 1
         out.append(text[at:start] + mask)
         at = end
@@ -175,16 +372,25 @@ def _redact(text: str, keep_dates: bool) -> str:
 
 
 def redact_contact(text: str) -> str:
-    """Mask phone numbers and mail addresses for partners not allowed to see the sender's.
+    """Mask phone numbers, mail addresses, messenger IDs, postcodes and house numbers for
+    partners not allowed to see the sender's.
 
     At least every number ``intake.phones`` finds (what the on-call person is shown as a
-    phone) is masked, however it is written; dates, times and amounts stay readable.
+    phone) is masked, however it is written; dates, times, amounts, ages, school years,
+    counts and case numbers stay readable.
     """
     masked = _redact(text, keep_dates=True)
-    if find_phones(masked):
+    if find_phones(_without_case_numbers(masked)):
         # A kept date made a phone number readable: mask without keeping dates.
         masked = _redact(text, keep_dates=False)
     return masked
+
+
+def _without_case_numbers(text: str) -> str:
+    """``text`` folded, with our case numbers' digits taken out: intake.phones reads
+    "C000001 2020-1-1" as the phone 000001-2020, and the date was masked for it."""
+    folded = unicodedata.normalize("NFKC", text).translate(_ASCII_LOWER)
+    return _CASE_NUMBER_IN_TEXT.sub("c", folded)
 
 
 def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
