@@ -270,7 +270,9 @@ class AlertState:
     alert: Outbox
     alert_at: datetime
     acknowledged_at: datetime | None
-    escalations: int  # escalations since this alert that were delivered or failed for good
+    # Escalations since this alert that were delivered, or refused for good once it was
+    # known undelivered (``escalate_max`` counts these).
+    escalations: int
     escalations_total: int  # for the case, across alerts (numbers the dedupe keys)
     last_escalated_at: datetime | None  # when the last of ``escalations`` was delivered
     pending: bool = False  # an escalation since this alert is still queued or sending
@@ -359,7 +361,6 @@ def alert_state(session: Session, case_id: int, now: datetime | None = None) -> 
     # Anything not yet sent or failed (queued, sending, or a state intake.send may add)
     # is still on its way: it neither counts nor lets another one be queued behind it.
     done = [row for row in since if row.status in (DELIVERED, REFUSED)]
-    last = max((_resolved_at(row) for row in done), default=None)
     bounced = _bounced_rows(session, case_id)
     failed = tuple(
         row
@@ -405,12 +406,21 @@ def alert_state(session: Session, case_id: int, now: datetime | None = None) -> 
     if late_at is not None:
         known_at = late_at if known_at is None else min(known_at, late_at)
     failed_over = known_at is not None and any(utc(row.created_at) >= known_at for row in since)
+    # Toward ``escalate_max``: the delivered ones, and the refused ones queued once the
+    # alert was known undelivered (or late). One refused before that quoted the words
+    # that were refused and reached nobody: counting it spent a reminder on nobody.
+    counted = [
+        row
+        for row in done
+        if not (row.status == REFUSED and known_at is not None and utc(row.created_at) < known_at)
+    ]
+    last = max((_resolved_at(row) for row in counted), default=None)
     return AlertState(
         case_id,
         latest,
         alert_at,
         min(acks) if acks else None,
-        len(done),
+        len(counted),
         len(escalations),
         last,
         pending=len(done) < len(since),

@@ -899,3 +899,38 @@ def test_an_alert_delivered_to_some_with_a_retry_pending_gets_no_late_failover(
 
     assert [m.rcpt_tos for m in server.received] == [[ONCALL], [NIGHT_DUTY]]
     assert outbox(svc, "escalation") == [] and _late_events(svc) == []
+
+
+# --- finding 8: an escalation refused before the failover spent a reminder --------------
+
+
+@pytest.mark.integration
+def test_an_escalation_refused_before_the_alert_was_known_undelivered_does_not_spend_the_cap(
+    tmp_path: Path,
+) -> None:
+    """escalate_max = 3, first escalation after 1 minute. SMTP is down from noon to 12:40:
+    escalation 1 (quoting the resident, the alert not yet late) is queued at 12:01, the
+    late alert's content-free notice at 12:03. At 12:40 the content filter refuses the
+    alert and escalation 1; the notice gets through. Escalation 1 reached nobody: before,
+    it counted toward the cap all the same and one reminder fewer reached anyone."""
+    from aiosmtpd.controller import Controller
+
+    server = _Filter()
+    server.data_reply = "554 5.7.1 Message rejected as spam"
+    port = free_port()
+    smtp = SimpleNamespace(host="127.0.0.1", port=port)
+    svc = make_svc(tmp_path, smtp, extra="escalate_after_minutes = 1\nescalate_max = 3")
+    urgent_case(svc, NOON)
+    run_jobs(svc, NOON, NOON + timedelta(minutes=39), timedelta(minutes=1))  # SMTP down
+    assert [r.status for r in outbox(svc, "escalation")] == ["queued", "queued"]
+    controller = Controller(server, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        run_jobs(svc, NOON + timedelta(minutes=40), NOON + timedelta(hours=3), timedelta(minutes=1))
+    finally:
+        controller.stop()
+
+    assert [r.status for r in outbox(svc, "escalation")] == ["failed", "sent", "sent", "sent"]
+    assert len(server.received) == 3, "three reminders reached someone, as configured"
+    for mail in server.received:
+        assert "消えたい" not in body(mail)
