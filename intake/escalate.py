@@ -6,10 +6,13 @@ Output: escalation mails queued in the outbox (delivered later by ``intake.send`
 reads what ``intake.send`` recorded about each row (``queued``/``sending``/``sent``/
 ``failed``) and never changes a row's delivery state.
 
-When is an alert answered? When the case has an ``alert-acknowledged`` event at or after
-the alert was queued: the worker records one when an on-call (or backup) address replies
-to the alert or to an escalation (RFC 5322 In-Reply-To/References), and
-``python service.py ack CASE`` records one with the staff member as actor.
+When is an alert answered? When the case has an ``alert-acknowledged`` event for it: the
+worker records one when an on-call (or backup) address replies to the alert or to an
+escalation (RFC 5322 In-Reply-To/References), its detail naming the row replied to
+(``outbox N: ...``), which answers that row's alert and every earlier one, not a later
+alert queued in the same poll batch; ``python service.py ack CASE`` records one (naming
+no row) with the staff member as actor, which counts from its time: at or after the
+alert was queued.
 
 Timing (configurable under ``[oncall]`` in the config, defaults in brackets):
 ``escalate_after_minutes`` [30] after the alert is queued the first escalation goes to
@@ -68,7 +71,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, exists, func, or_, text
+from sqlalchemy import String, and_, cast, exists, func, literal, or_, text
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -259,7 +262,7 @@ def _resolved_at(row: Outbox) -> datetime:
 
 
 BOUNCED_EVENTS = ("alert-bounced", "escalation-bounced")  # intake.pipeline: "outbox N: ..."
-_BOUNCED_ROW = re.compile(r"^outbox (\d+)\b")
+_OUTBOX_ROW = re.compile(r"^outbox (\d+)\b")  # an event naming the outbox row it is about
 
 
 @dataclass(frozen=True)
@@ -321,10 +324,51 @@ def _bounced_rows(session: Session, case_id: int) -> set[int]:
     for event in session.exec(
         select(Event).where(Event.case_id == case_id, col(Event.kind).in_(BOUNCED_EVENTS))
     ):
-        m = _BOUNCED_ROW.match(event.detail)
+        m = _OUTBOX_ROW.match(event.detail)
         if m:
             found.add(int(m.group(1)))
     return found
+
+
+def _alert_of(row: Outbox, rows: list[Outbox]) -> Outbox | None:
+    """The alert a row of the case belongs to: itself, the row a ``-retry`` retries (key
+    ``retry:<id>``, followed to its origin), or for an escalation the latest alert
+    queued before it (an escalation is queued for the case's latest alert)."""
+    by_id = {r.id: r for r in rows}
+    seen: set[int | None] = set()
+    while row.kind.endswith("-retry") and row.dedupe_key.startswith("retry:"):
+        seen.add(row.id)
+        try:
+            parent = by_id.get(int(row.dedupe_key.removeprefix("retry:")))
+        except ValueError:
+            return None
+        if parent is None or parent.id in seen:
+            return None
+        row = parent
+    if row.kind == "alert":
+        return row
+    if row.kind == "escalation":
+        earlier = [r for r in rows if r.kind == "alert" and (r.id or 0) < (row.id or 0)]
+        return max(earlier, key=lambda r: r.id or 0, default=None)
+    return None
+
+
+def _answers(event: Event, latest: Outbox, rows: list[Outbox], alert_at: datetime) -> bool:
+    """Whether an ``alert-acknowledged`` event answers the latest alert.
+
+    An event whose detail names an outbox row (``outbox N: ...``, the mail the on-call
+    person replied to) answers that row's alert and every alert before it, with their
+    escalations: a reply to alert 1 processed in the same poll batch as an urgent
+    follow-up (one ``now`` for the batch) does not acknowledge the follow-up's alert 2,
+    which nobody has read yet. One naming no row of the case (the ``ack`` command, older
+    events) counts by its time: at or after the alert was queued."""
+    m = _OUTBOX_ROW.match(event.detail or "")
+    if m:
+        named = next((r for r in rows if r.id == int(m.group(1))), None)
+        if named is not None:
+            alert = _alert_of(named, rows)
+            return alert is not None and (alert.id or 0) >= (latest.id or 0)
+    return utc(event.at) >= alert_at
 
 
 def alert_state(session: Session, case_id: int, now: datetime | None = None) -> AlertState | None:
@@ -347,7 +391,7 @@ def alert_state(session: Session, case_id: int, now: datetime | None = None) -> 
         for e in session.exec(
             select(Event).where(Event.case_id == case_id, Event.kind == ACK_EVENT)
         )
-        if utc(e.at) >= alert_at
+        if _answers(e, latest, list(rows), alert_at)
     ]
     escalations = [row for row in rows if row.kind == "escalation"]
     since = [row for row in escalations if utc(row.created_at) >= alert_at]
@@ -769,10 +813,29 @@ def _candidates(
         )
         .scalar_subquery()
     )
-    acked = exists().where(
-        col(Event.case_id) == alert.case_id,
-        col(Event.kind) == ACK_EVENT,
-        col(Event.at) >= alert.created_at,
+    # Acknowledged by time (the ``ack`` command, older events), or by a reply naming a row
+    # of the case queued with or after this alert (``outbox N: ...``): a reply to an
+    # earlier alert does not take a later one off the list (``alert_state`` decides).
+    named = aliased(Outbox)
+    prefix = literal("outbox ") + cast(named.id, String)
+    acked = or_(
+        exists().where(
+            col(Event.case_id) == alert.case_id,
+            col(Event.kind) == ACK_EVENT,
+            col(Event.at) >= alert.created_at,
+            ~col(Event.detail).like("outbox %"),
+        ),
+        exists().where(
+            col(Event.case_id) == alert.case_id,
+            col(Event.kind) == ACK_EVENT,
+            col(named.case_id) == alert.case_id,
+            col(named.created_at) >= alert.created_at,
+            or_(
+                col(Event.detail) == prefix,
+                col(Event.detail).like(prefix + ":%"),
+                col(Event.detail).like(prefix + " %"),
+            ),
+        ),
     )
     # Not (yet) known to have reached everyone: still on its way, refused, bounced, or a
     # retry of it failed. Such an alert may need its failover whatever its age and even

@@ -934,3 +934,108 @@ def test_an_escalation_refused_before_the_alert_was_known_undelivered_does_not_s
     assert len(server.received) == 3, "three reminders reached someone, as configured"
     for mail in server.received:
         assert "消えたい" not in body(mail)
+
+
+# --- finding 5: a reply to an earlier alert acknowledged a later one of the same batch ----
+
+
+def _follow_up_alert(svc: Service, case_id: int, now: datetime) -> Outbox:
+    """An urgent follow-up of the case: the pipeline's own ``_queue_alert`` queues alert 2."""
+    from intake.pipeline import _queue_alert
+    from intake.store import Case
+
+    with session_scope(svc.engine) as s:
+        case = s.get(Case, case_id)
+        assert case is not None
+        msg = StoredMessage(
+            mailbox=svc.settings.mailbox.key,
+            sha256=uuid.uuid4().hex,
+            raw=b"x",
+            received_at=to_db(now),
+            status="processed",
+            case_id=case_id,
+            new_text="今夜薬を全部飲みます",
+        )
+        s.add(msg)
+        s.flush()
+        _queue_alert(svc, s, case, msg, now, None, now)
+    return outbox(svc, "alert")[-1]
+
+
+def _reply_from_oncall(svc: Service, case_id: int, answered: Outbox, now: datetime) -> None:
+    """The ``alert-acknowledged`` event of an on-call reply, its detail naming the row it
+    answers (``outbox N: ...``, as bounce events do)."""
+    from intake.escalate import ACK_EVENT, add_event
+
+    with session_scope(svc.engine) as s:
+        detail = f"outbox {answered.id}: message 99 from {ONCALL}"
+        add_event(s, ACK_EVENT, case_id, detail, ONCALL, now)
+
+
+@pytest.mark.integration
+def test_a_reply_to_alert_1_in_the_batch_of_alert_2_does_not_acknowledge_alert_2(
+    tmp_path: Path, filtered: tuple[SimpleNamespace, _Filter]
+) -> None:
+    """Alert 1 goes out at noon. At 12:40 one poll batch holds the on-call person's reply
+    to alert 1 and the resident's urgent follow-up (alert 2): one ``now`` for both. The
+    reply counted "at or after alert 2 was queued", so alert 2 was never escalated; it
+    answers alert 1 only, and alert 2 is escalated on its schedule."""
+    smtp, server = filtered
+    svc = make_svc(tmp_path, smtp)
+    case_id = urgent_case(svc, NOON)
+    deliver_outbox(svc.settings.smtp, svc.engine, NOON, svc.settings.mailbox.key)
+    [alert1] = outbox(svc, "alert")
+    assert alert1.status == "sent"
+    batch = NOON + timedelta(minutes=40)
+    alert2 = _follow_up_alert(svc, case_id, batch)
+    _reply_from_oncall(svc, case_id, alert1, batch)
+
+    run_jobs(svc, batch, batch + timedelta(minutes=35), timedelta(minutes=1))
+
+    [escalation] = outbox(svc, "escalation")
+    assert escalation.status == "sent"
+    assert escalation.created_at >= to_db(batch + timedelta(minutes=30))
+    reminder = server.received[-1]
+    assert "再通知" in subject(reminder)
+    assert str(reminder.message["In-Reply-To"]).strip() == alert2.message_id
+
+
+@pytest.mark.integration
+def test_a_reply_to_alert_2_or_its_escalation_acknowledges_it(
+    tmp_path: Path, filtered: tuple[SimpleNamespace, _Filter]
+) -> None:
+    """The other side: alert 1 escalated at 12:30, alert 2 queued at 12:40 and escalated
+    at 13:10; a reply naming that escalation of alert 2 stops its schedule."""
+    smtp, _ = filtered
+    svc = make_svc(tmp_path, smtp)
+    case_id = urgent_case(svc, NOON)
+    batch = NOON + timedelta(minutes=40)
+    run_jobs(svc, NOON, batch - timedelta(minutes=1), timedelta(minutes=1))
+    _follow_up_alert(svc, case_id, batch)
+    run_jobs(svc, batch, batch + timedelta(minutes=31), timedelta(minutes=1))
+    _, second = outbox(svc, "escalation")
+    assert second.status == "sent" and second.created_at >= to_db(batch + timedelta(minutes=30))
+    _reply_from_oncall(svc, case_id, second, batch + timedelta(minutes=32))
+    run_jobs(svc, batch + timedelta(minutes=32), batch + timedelta(hours=3), timedelta(minutes=5))
+    assert len(outbox(svc, "escalation")) == 2
+
+
+def test_a_reply_to_an_earlier_alert_keeps_a_later_one_a_candidate(tmp_path: Path) -> None:
+    """Past the recent window only the state keeps an alert looked at: a reply naming
+    alert 1 must not take alert 2 off the list; one naming alert 2 does."""
+    from intake.escalate import _candidates, escalation_policy
+
+    svc = make_svc(tmp_path, SimpleNamespace(host="127.0.0.1", port=1))
+    case_id = urgent_case(svc, NOON)
+    [alert1] = outbox(svc, "alert")
+    batch = NOON + timedelta(minutes=40)
+    alert2 = _follow_up_alert(svc, case_id, batch)
+    _reply_from_oncall(svc, case_id, alert1, batch)
+    policy = escalation_policy(svc.settings)
+    key = svc.settings.mailbox.key
+    later = NOON + timedelta(days=40)
+    with Session(svc.engine) as s:
+        assert _candidates(s, key, later, policy) == [case_id]
+    _reply_from_oncall(svc, case_id, alert2, batch + timedelta(minutes=1))
+    with Session(svc.engine) as s:
+        assert _candidates(s, key, later, policy) == []
