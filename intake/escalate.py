@@ -6,10 +6,13 @@ Output: escalation mails queued in the outbox (delivered later by ``intake.send`
 reads what ``intake.send`` recorded about each row (``queued``/``sending``/``sent``/
 ``failed``) and never changes a row's delivery state.
 
-When is an alert answered? When the case has an ``alert-acknowledged`` event at or after
-the alert was queued: the worker records one when an on-call (or backup) address replies
-to the alert or to an escalation (RFC 5322 In-Reply-To/References), and
-``python service.py ack CASE`` records one with the staff member as actor.
+When is an alert answered? When the case has an ``alert-acknowledged`` event for it: the
+worker records one when an on-call (or backup) address replies to the alert or to an
+escalation (RFC 5322 In-Reply-To/References), its detail naming the row replied to
+(``outbox N: ...``), which answers that row's alert and every earlier one, not a later
+alert queued in the same poll batch; ``python service.py ack CASE`` records one (naming
+no row) with the staff member as actor, which counts from its time: at or after the
+alert was queued.
 
 Timing (configurable under ``[oncall]`` in the config, defaults in brackets):
 ``escalate_after_minutes`` [30] after the alert is queued the first escalation goes to
@@ -35,6 +38,13 @@ The failover is owed until an escalation has been queued since the failure was k
 one queued earlier (during an outage, before the refusal came) quoted the refused words,
 so neither its being still on its way nor its being refused in turn holds the failover
 back or counts as having told anyone.
+An alert the mail server has still not taken ``UNDELIVERED_AFTER`` (3 minutes) after it
+was queued, whatever the reason (a relay refusal ``intake.send`` reads as the relay's,
+deferrals read as relay-wide, a restart, an outage), is failed over the same way, once,
+to the on-call addresses it was not for, even with ``escalate_max = 0``: its notice says
+the alert could not be sent yet. That notice is the alert's failover: a refusal that
+comes later is logged, not failed over again. An alert taken by the server (``sent``,
+also when a retry row for some recipients is pending) is never late.
 Every escalation of such an alert carries no word of the consultation (case number,
 time, "not delivered", ``show CASE``): a content filter that refused the alert would
 refuse its words again, in every escalation. Every failed or bounced alert, retry or
@@ -61,7 +71,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, exists, func, or_, text
+from sqlalchemy import String, and_, cast, exists, func, literal, or_, text
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -230,6 +240,17 @@ def escalation_policy(settings: Settings) -> EscalationPolicy:
 DELIVERED = "sent"
 REFUSED = "failed"  # intake.send: the server refused it for good (5xx), never retried
 UNDELIVERED_EVENT = "alert-undelivered"  # a failed alert/escalation was seen and logged
+# An alert the mail server has still not taken this long after it was queued is failed
+# over (content-free) to the other on-call addresses, whatever holds it up: a relay that
+# answers "relay access denied" for the on-call address while nothing else is in the
+# queue (read as the relay refusing us), two deferred addresses of one alert read as the
+# relay's own trouble, a relay state lost at a restart, or a reason nobody foresaw. The
+# README promises an alert within seconds (p99 target 2 s) and a healthy relay takes an
+# urgent row on the first run or its retries at 30 s, 1 min and 2 min: 3 minutes is well
+# past all of them yet early for someone in crisis. In a relay outage the notice waits in
+# the queue with everything else and then tells the backup the alert was late: true.
+UNDELIVERED_AFTER = timedelta(minutes=3)
+LATE_EVENT = "alert-late"  # the alert was seen still undelivered (detail ``outbox N``)
 
 
 def _resolved_at(row: Outbox) -> datetime:
@@ -241,7 +262,7 @@ def _resolved_at(row: Outbox) -> datetime:
 
 
 BOUNCED_EVENTS = ("alert-bounced", "escalation-bounced")  # intake.pipeline: "outbox N: ..."
-_BOUNCED_ROW = re.compile(r"^outbox (\d+)\b")
+_OUTBOX_ROW = re.compile(r"^outbox (\d+)\b")  # an event naming the outbox row it is about
 
 
 @dataclass(frozen=True)
@@ -252,7 +273,9 @@ class AlertState:
     alert: Outbox
     alert_at: datetime
     acknowledged_at: datetime | None
-    escalations: int  # escalations since this alert that were delivered or failed for good
+    # Escalations since this alert that were delivered, or refused for good once it was
+    # known undelivered (``escalate_max`` counts these).
+    escalations: int
     escalations_total: int  # for the case, across alerts (numbers the dedupe keys)
     last_escalated_at: datetime | None  # when the last of ``escalations`` was delivered
     pending: bool = False  # an escalation since this alert is still queued or sending
@@ -263,6 +286,10 @@ class AlertState:
     # schedule's when there was nobody else to fail over to). One queued before the
     # refusal was known carried the words that were refused: it told nobody for sure.
     failed_over: bool = False
+    # Not taken by the mail server ``UNDELIVERED_AFTER`` after it was queued (still
+    # queued or sending): failed over like an undelivered one (``failed_over`` counts
+    # from when the lateness was noticed).
+    late: bool = False
 
     @property
     def alert_failed(self) -> bool:
@@ -283,6 +310,12 @@ class AlertState:
         """The alert missed someone it was meant for: worth telling the others at once."""
         return self.alert_failed or self.retry_failed
 
+    @property
+    def failover_owed(self) -> bool:
+        """The alert missed someone or is late, and no escalation was queued since that
+        was known: one content-free failover per alert, whichever came first."""
+        return (self.undelivered or self.late) and not self.failed_over
+
 
 def _bounced_rows(session: Session, case_id: int) -> set[int]:
     """Outbox rows of ``case_id`` that came back as a bounce (``intake.pipeline`` records
@@ -291,14 +324,57 @@ def _bounced_rows(session: Session, case_id: int) -> set[int]:
     for event in session.exec(
         select(Event).where(Event.case_id == case_id, col(Event.kind).in_(BOUNCED_EVENTS))
     ):
-        m = _BOUNCED_ROW.match(event.detail)
+        m = _OUTBOX_ROW.match(event.detail)
         if m:
             found.add(int(m.group(1)))
     return found
 
 
-def alert_state(session: Session, case_id: int) -> AlertState | None:
-    """Where the latest alert of ``case_id`` stands, or None when it never had one."""
+def _alert_of(row: Outbox, rows: list[Outbox]) -> Outbox | None:
+    """The alert a row of the case belongs to: itself, the row a ``-retry`` retries (key
+    ``retry:<id>``, followed to its origin), or for an escalation the latest alert
+    queued before it (an escalation is queued for the case's latest alert)."""
+    by_id = {r.id: r for r in rows}
+    seen: set[int | None] = set()
+    while row.kind.endswith("-retry") and row.dedupe_key.startswith("retry:"):
+        seen.add(row.id)
+        try:
+            parent = by_id.get(int(row.dedupe_key.removeprefix("retry:")))
+        except ValueError:
+            return None
+        if parent is None or parent.id in seen:
+            return None
+        row = parent
+    if row.kind == "alert":
+        return row
+    if row.kind == "escalation":
+        earlier = [r for r in rows if r.kind == "alert" and (r.id or 0) < (row.id or 0)]
+        return max(earlier, key=lambda r: r.id or 0, default=None)
+    return None
+
+
+def _answers(event: Event, latest: Outbox, rows: list[Outbox], alert_at: datetime) -> bool:
+    """Whether an ``alert-acknowledged`` event answers the latest alert.
+
+    An event whose detail names an outbox row (``outbox N: ...``, the mail the on-call
+    person replied to) answers that row's alert and every alert before it, with their
+    escalations: a reply to alert 1 processed in the same poll batch as an urgent
+    follow-up (one ``now`` for the batch) does not acknowledge the follow-up's alert 2,
+    which nobody has read yet. One naming no row of the case (the ``ack`` command, older
+    events) counts by its time: at or after the alert was queued."""
+    m = _OUTBOX_ROW.match(event.detail or "")
+    if m:
+        named = next((r for r in rows if r.id == int(m.group(1))), None)
+        if named is not None:
+            alert = _alert_of(named, rows)
+            return alert is not None and (alert.id or 0) >= (latest.id or 0)
+    return utc(event.at) >= alert_at
+
+
+def alert_state(session: Session, case_id: int, now: datetime | None = None) -> AlertState | None:
+    """Where the latest alert of ``case_id`` stands, or None when it never had one.
+
+    With ``now``, also whether the alert is late (see ``UNDELIVERED_AFTER``)."""
     rows = session.exec(
         select(Outbox).where(
             Outbox.case_id == case_id,
@@ -315,7 +391,7 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
         for e in session.exec(
             select(Event).where(Event.case_id == case_id, Event.kind == ACK_EVENT)
         )
-        if utc(e.at) >= alert_at
+        if _answers(e, latest, list(rows), alert_at)
     ]
     escalations = [row for row in rows if row.kind == "escalation"]
     since = [row for row in escalations if utc(row.created_at) >= alert_at]
@@ -329,7 +405,6 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
     # Anything not yet sent or failed (queued, sending, or a state intake.send may add)
     # is still on its way: it neither counts nor lets another one be queued behind it.
     done = [row for row in since if row.status in (DELIVERED, REFUSED)]
-    last = max((_resolved_at(row) for row in done), default=None)
     bounced = _bounced_rows(session, case_id)
     failed = tuple(
         row
@@ -352,19 +427,51 @@ def alert_state(session: Session, case_id: int) -> AlertState | None:
         ),
         default=None,
     )
+    late = (
+        now is not None
+        and latest.status not in (DELIVERED, REFUSED)
+        and utc(now) - alert_at >= UNDELIVERED_AFTER
+    )
+    # A late alert's notice is its failover: when the alert is refused later on, the
+    # others already know (told content-free); the refusal is logged, not sent again.
+    late_at = min(
+        (
+            utc(e.at)
+            for e in session.exec(
+                select(Event).where(
+                    Event.case_id == case_id,
+                    Event.kind == LATE_EVENT,
+                    Event.detail == f"outbox {latest.id}",
+                )
+            )
+        ),
+        default=None,
+    )
+    if late_at is not None:
+        known_at = late_at if known_at is None else min(known_at, late_at)
     failed_over = known_at is not None and any(utc(row.created_at) >= known_at for row in since)
+    # Toward ``escalate_max``: the delivered ones, and the refused ones queued once the
+    # alert was known undelivered (or late). One refused before that quoted the words
+    # that were refused and reached nobody: counting it spent a reminder on nobody.
+    counted = [
+        row
+        for row in done
+        if not (row.status == REFUSED and known_at is not None and utc(row.created_at) < known_at)
+    ]
+    last = max((_resolved_at(row) for row in counted), default=None)
     return AlertState(
         case_id,
         latest,
         alert_at,
         min(acks) if acks else None,
-        len(done),
+        len(counted),
         len(escalations),
         last,
         pending=len(done) < len(since),
         failed_rows=failed,
         bounced=frozenset(row.id for row in failed if row.id in bounced),
         failed_over=failed_over,
+        late=late,
     )
 
 
@@ -447,6 +554,12 @@ def _undelivered_notice(
             "当番への通知メールが届きませんでした（メールサーバーが受け取りを拒否したか、"
             "宛先不明などで戻ってきました）。\n当番はこの相談をまだ知りません。"
         )
+    elif state.late:
+        queued = state.alert_at.astimezone(tz).strftime("%H:%M")
+        what = (
+            f"当番への通知メール（{queued} 作成）を、まだ送信できていません。\n"
+            "当番はこの相談をまだ知らない可能性があります。"
+        )
     else:
         what = (
             "当番への通知メールが一部の宛先に送信できませんでした（他の宛先には届いています）。\n"
@@ -500,11 +613,11 @@ def _queue_escalation(
     automatic = None
     if msg is not None:
         automatic = "quarantined" if msg.status == "quarantined" else msg.automatic
-    if any(row.kind != "escalation-retry" for row in state.failed_rows):
-        # The alert (or an escalation) did not get through: whatever refused it must find
-        # nothing to refuse in this one, and the readers must know nobody may have it.
-        # (A failed escalation-retry is a full mailbox or the like at one reader: the
-        # notice would wrongly say the alert missed someone.)
+    if state.late or any(row.kind != "escalation-retry" for row in state.failed_rows):
+        # The alert (or an escalation) did not get through, or has not yet: whatever
+        # refused or holds it must find nothing to refuse in this one, and the readers
+        # must know nobody may have it. (A failed escalation-retry is a full mailbox or
+        # the like at one reader: the notice would wrongly say the alert missed someone.)
         message = _undelivered_notice(svc, case, state, to, number, received, now)
     else:
         message = render_alert(
@@ -530,7 +643,9 @@ def _queue_escalation(
         priority=0,
         now=now,
     )
-    why = "the alert was not delivered; " if failover else ""
+    why = ""
+    if failover:
+        why = "the alert was not delivered; " if state.undelivered else "the alert is late; "
     add_event(
         session,
         ESCALATED_EVENT,
@@ -606,6 +721,55 @@ def _notice_failures(
     return logs
 
 
+def _notice_late(
+    svc: Service, session: Session, case: Case, state: AlertState, now: datetime, failover: bool
+) -> list[_Log]:
+    """Record once that the alert is still undelivered ``UNDELIVERED_AFTER`` after it was
+    queued (a ``alert-late`` event naming the row); say what to log: one ERROR.
+
+    Whatever held it (the relay, our reading of the relay's replies, a restart), the
+    on-call person may not know of the case: that is an operator's matter at once. Case
+    number and outbox row only; the row's last error (it quotes addresses) at DEBUG.
+    """
+    detail = f"outbox {state.alert.id}"
+    seen = session.exec(
+        select(Event.id).where(
+            Event.case_id == case.id, Event.kind == LATE_EVENT, Event.detail == detail
+        )
+    ).first()
+    if seen is not None:
+        return []
+    add_event(session, LATE_EVENT, case.id, detail, "service", now)
+    minutes = int(UNDELIVERED_AFTER.total_seconds() // 60)
+    what = f"urgent alert not taken by the mail server {minutes} minutes after it was queued"
+    others = len(_others(svc, state))
+    if not others:
+        what += (
+            " and no other on-call address is configured: nobody may have been told; "
+            "add [oncall] backup and check the mail server"
+        )
+    elif failover:
+        what += "; escalated at once to the other on-call addresses"
+    extra: dict[str, object] = {
+        "case": case.number,
+        "outbox": state.alert.id,
+        "kind": state.alert.kind,
+        "other_oncall": others,
+    }
+    return [
+        (logging.ERROR, what, extra),
+        (
+            logging.DEBUG,
+            "late alert detail",
+            {
+                "outbox": state.alert.id,
+                "status": state.alert.status,
+                "error": state.alert.last_error,
+            },
+        ),
+    ]
+
+
 def _serialise(session: Session, mailbox: str) -> None:
     """One escalation pass per mailbox at a time, across workers, for this transaction.
 
@@ -653,10 +817,29 @@ def _candidates(
         )
         .scalar_subquery()
     )
-    acked = exists().where(
-        col(Event.case_id) == alert.case_id,
-        col(Event.kind) == ACK_EVENT,
-        col(Event.at) >= alert.created_at,
+    # Acknowledged by time (the ``ack`` command, older events), or by a reply naming a row
+    # of the case queued with or after this alert (``outbox N: ...``): a reply to an
+    # earlier alert does not take a later one off the list (``alert_state`` decides).
+    named = aliased(Outbox)
+    prefix = literal("outbox ") + cast(named.id, String)
+    acked = or_(
+        exists().where(
+            col(Event.case_id) == alert.case_id,
+            col(Event.kind) == ACK_EVENT,
+            col(Event.at) >= alert.created_at,
+            ~col(Event.detail).like("outbox %"),
+        ),
+        exists().where(
+            col(Event.case_id) == alert.case_id,
+            col(Event.kind) == ACK_EVENT,
+            col(named.case_id) == alert.case_id,
+            col(named.created_at) >= alert.created_at,
+            or_(
+                col(Event.detail) == prefix,
+                col(Event.detail).like(prefix + ":%"),
+                col(Event.detail).like(prefix + " %"),
+            ),
+        ),
     )
     # Not (yet) known to have reached everyone: still on its way, refused, bounced, or a
     # retry of it failed. Such an alert may need its failover whatever its age and even
@@ -705,7 +888,7 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
     with session_scope(svc.engine) as session:
         _serialise(session, svc.settings.mailbox.key)
         for case_id in _candidates(session, svc.settings.mailbox.key, utc(now), policy):
-            state = alert_state(session, case_id)
+            state = alert_state(session, case_id, utc(now))
             if state is None:
                 continue
             case = session.get(Case, case_id)
@@ -713,9 +896,9 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
                 continue
             # A failover only when someone else can be told; otherwise the ordinary
             # schedule goes on (to the same addresses: the refusal may have been passing).
-            # Owed until an escalation is queued after the refusal was known, whatever was
-            # pending or refused before it (those quoted the refused words).
-            failover = state.undelivered and not state.failed_over and bool(_others(svc, state))
+            # Owed until an escalation is queued after the refusal (or the lateness) was
+            # known, whatever was pending or refused before it (those quoted the words).
+            failover = state.failover_owed and bool(_others(svc, state))
             due = case.status != "closed" and escalation_due(
                 state.alert_at,
                 state.acknowledged_at,
@@ -728,6 +911,8 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
             )
             if state.failed_rows:
                 logs += _notice_failures(svc, session, case, state, now, failover and due)
+            if state.late:
+                logs += _notice_late(svc, session, case, state, now, failover and due)
             if not due:
                 continue
             _queue_escalation(svc, session, case, state, now, failover)
