@@ -173,6 +173,7 @@ def svc(tmp_path: Path) -> Service:
 
 def test_unacknowledged_alert_escalates_to_oncall_and_backup(svc: Service) -> None:
     case_id = urgent_case(svc, T0)
+    mark_sent(svc, T0)  # the alert reached the server (one never sent is late at +3 min)
     assert escalate(svc, T0 + timedelta(minutes=29)) == 0
     assert escalate(svc, T0 + timedelta(minutes=31)) == 1
     [row] = escalation_rows(svc)
