@@ -12,8 +12,10 @@ import unicodedata
 # Public: intake.digest masks numbers written with any of these for partners that may not
 # see the sender, so its mask can never be narrower than what is found here.
 DASHES = "-‐‑‒–—―−ー－"
+# Not inside a longer number, not the digits of one of our case numbers (C000123 2026-1-1
+# read as 000123-2026), not after a time (0:00 1000-5000円 read as 00-1000-5000).
 _PHONE = re.compile(
-    r"(?<!\d)(0[789]0[" + DASHES + r"\s]?\d{4}[" + DASHES + r"\s]?\d{4}"  # mobile
+    r"(?<![\dC])(?<!\d:)(0[789]0[" + DASHES + r"\s]?\d{4}[" + DASHES + r"\s]?\d{4}"  # mobile
     r"|0\d{1,4}[" + DASHES + r"\s(（]?\d{1,4}[" + DASHES + r"\s)）]?\d{4})(?!\d)"  # fixed
 )
 
