@@ -285,6 +285,10 @@ def test_mail_without_topic_words_is_other(rules: RuleSet) -> None:
         # a partner's violence or control goes to the general desk: no partner NPO has it
         ("彼氏に毎日スマホをチェックされて殴られる", "other"),
         ("彼氏と別れて寂しい。夜になると泣いてしまう", "isolation"),
+        # distress without another topic is the isolation partner's (tests/data/README.md)
+        ("毎日しんどい。特に理由はないけど、誰かと雑談したい", "isolation"),
+        # thanking us for a reply is not loneliness
+        ("返信ありがとうございました。言われた通り、担任に話してみます", "other"),
         # しね written in kana is 死ね (lemmas._SHINE): being told it at school is bullying
         ("学校で毎日みんなに「しね」って言われる。もう限界", "bullying"),
     ],
