@@ -54,6 +54,13 @@ if TYPE_CHECKING:
 STATUS_JA = {"new": "新規", "open": "対応中", "closed": "終了"}
 ACK_JA = {"pending": "未送信", "queued": "送信待ち", "sent": "送信済み", "ack_failed": "送信失敗"}
 STATUSES = tuple(STATUS_JA)
+# Stored messages that are not the resident's ordinary mail: staff traffic kept with the
+# case (a staff address without thread headers or confirmation code: it acknowledged
+# nothing) and a repeat of a mail already stored (no second case, ack or alert).
+MESSAGE_STATUS_JA = {
+    "staff": "職員のメール・対応確認にはなっていません",
+    "duplicate": "重複（同じメール）",
+}
 
 
 class StaffError(IntakeError):
@@ -267,6 +274,7 @@ def show_case(svc: Service, number: str) -> str:
         lines.append(
             f"-- {_local(m.received_at, svc)}  {m.from_addr or '（送信者不明）'}"
             + ("  [続き]" if m.is_followup else "")
+            + (f"  [{MESSAGE_STATUS_JA[m.status]}]" if m.status in MESSAGE_STATUS_JA else "")
             + (f"  [隔離: {m.stage_error}]" if m.stage_error else "")
         )
         if m.raw is None and not m.body:

@@ -20,6 +20,7 @@ from intake import samples
 from intake.config import load_settings
 from intake.localservers import LocalDovecot, LocalSMTP
 from intake.pipeline import Service
+from intake.staff import show_case
 from intake.store import Case, Event, StoredMessage, session_scope
 from tests.helpers import ONCALL, settled, write_config
 
@@ -103,6 +104,13 @@ def test_same_mail_brought_back_reencoded_in_a_later_poll_is_not_new(
     finally:
         svc.close()
     assert kinds.count("duplicate") == 1
+    # staff see both copies with the case, the second marked as a repeat
+    svc = Service.from_settings(load_settings(config))
+    try:
+        shown = show_case(svc, "C000001")
+    finally:
+        svc.close()
+    assert "== 受信メール (2) ==" in shown and "[重複（同じメール）]" in shown
 
 
 def test_reused_message_id_with_other_words_is_its_own_mail(
