@@ -87,7 +87,9 @@ def test_partner_mistake_and_config_mistake_are_both_reported(tmp_path: Path) ->
 
 def test_a_bad_retention_period_fails_check_naming_the_file_and_key(tmp_path: Path) -> None:
     config = setup(tmp_path)
-    config.write_text(CONFIG + "\n[retention]\nkeep_days = 0\n", encoding="utf-8")
+    text = CONFIG + "\n[retention]\nkeep_days = 0\n"
+    config.write_text(text, encoding="utf-8")
     result = check(config)
     assert result.returncode == 1
-    assert f"{config}: retention.keep_days: must be a whole number >= 1" in result.stdout
+    line = text.splitlines().index("keep_days = 0") + 1
+    assert f"{config}:{line}: retention.keep_days: must be a whole number >= 1" in result.stdout
