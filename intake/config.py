@@ -306,6 +306,13 @@ class _Source:
         return f"{name}:{line}" if line else name
 
 
+def _line_in(problem: str) -> int:
+    """The line a ``file:line: ...`` problem points at (0 when it names none): problems are
+    listed in the order of the file, as the contractor reads it."""
+    match = re.match(r"^[^\n]*?:(\d+): ", problem)
+    return int(match.group(1)) if match else 0
+
+
 def _placeholder(kind: type) -> Any:
     """A stand-in for a missing or mistyped value so loading goes on to the next problem."""
     return {str: "", int: 0, float: 0.0, bool: False}.get(kind)
@@ -656,7 +663,7 @@ def settings_from_dict(
     _check_service(sv, settings)
     _unknown_keys(source, data)
     if source.problems:
-        raise ConfigProblems(source.problems, settings)
+        raise ConfigProblems(sorted(source.problems, key=_line_in), settings)
     return settings
 
 

@@ -162,11 +162,11 @@ def test_every_problem_is_reported_at_once_each_with_its_line(tmp_path: Path) ->
     problems = problems_of(path)
     assert [p.split(": ")[0] for p in problems] == [
         f"{path}:{line_of(text, 'password =')}",
-        f"{path}:{line_of(text, 'office_open')}",
         f"{path}:{line_of(text, 'backups')}",
+        f"{path}:{line_of(text, 'office_open')}",
     ], problems
     assert "mailbox.password: passwords are never written" in problems[0]
-    assert 'service.office_open: times are "HH:MM"' in problems[1]
+    assert 'service.office_open: times are "HH:MM"' in problems[2]
 
 
 def test_a_relative_sqlite_url_is_relative_to_the_config_file_not_the_working_directory(
