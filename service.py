@@ -151,14 +151,23 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from intake.check import run_checks
+    from intake.config import config_path
 
-    problems = run_checks(args.config, Path(args.rules) if args.rules else None)
+    # the same resolution as every other command: --config, else $INTAKE_CONFIG
+    config = config_path(args.config)
+    problems = run_checks(config, Path(args.rules) if args.rules else None)
     for problem in problems:
         print(problem)
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1
-    print("config, rules, partners and templates: OK")
+    if config is None:
+        print(
+            "rules, partners and templates: OK; no config was checked (none given: "
+            "pass --config PATH or set INTAKE_CONFIG)"
+        )
+        return 0
+    print(f"config ({config}), rules, partners and templates: OK")
     return 0
 
 

@@ -8,6 +8,9 @@ variable name fails here rather than in a resident's acknowledgement.
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,10 +20,119 @@ from jinja2 import TemplateError, TemplateSyntaxError
 
 from intake.businessdays import BusinessCalendar
 from intake.compose import Sender, render_ack, render_alert, render_digest, template_environment
-from intake.config import PROJECT_ROOT, load_settings
+from intake.config import PROJECT_ROOT, ConfigProblems, Settings, config_path, load_settings
 from intake.errors import ConfigError, RulesError
-from intake.partners import Directory, load_directory
+from intake.partners import Directory, Emergency, Partner, load_directory
 from intake.rules import check_rules
+
+log = logging.getLogger(__name__)
+
+ACK_TEMPLATE = "resident/ack.txt.j2"
+
+
+@dataclass(frozen=True)
+class _MarkedDirectory(Directory):
+    """A directory whose every phone number and hours is a marker, for the ack check.
+
+    The 24-hour partners are given markers of their own (``always_open``), different from
+    their entry in the partner list, so a template that drops the 24-hour sentence but
+    keeps the list is caught too.
+    """
+
+    night: tuple[Partner, ...] = ()
+
+    @property
+    def always_open(self) -> tuple[Partner, ...]:
+        return self.night
+
+
+def _marked(directory: Directory | None) -> _MarkedDirectory:
+    """The loaded directory (or a sample one) with marker numbers and hours.
+
+    Markers, not the real numbers: a template that hard-codes today's numbers (or 110)
+    instead of reading the directory would pass a check with the real ones, and then show
+    stale numbers the day partners.toml changes.
+    """
+    if directory is None or not directory.partners:
+        directory = Directory(
+            (
+                Partner("sample", "見本の窓口", (), ("a@example.jp",), "x", "x"),
+                Partner("sample24", "見本の24時間窓口", (), ("a@example.jp",), "x", "x", "always"),
+            ),
+            (Emergency("見本の緊急番号", "x"),),
+        )
+    partners = tuple(
+        replace(p, phone=f"0000-TEST-{i:02d}", hours=f"TEST-HOURS-{i:02d}")
+        for i, p in enumerate(directory.partners, 1)
+    )
+    night = tuple(
+        replace(p, phone=f"0000-24H-{i:02d}")
+        for i, p in enumerate(directory.partners, 1)
+        if p.always_open
+    )
+    emergency = tuple(
+        replace(e, phone=f"0000-SOS-{i:02d}") for i, e in enumerate(directory.emergency, 1)
+    )
+    return _MarkedDirectory(partners=partners, emergency=emergency, night=night)
+
+
+def _ack_hotline_problems(templates_dir: Path, directory: Directory | None) -> list[str]:
+    """Every hotline the acknowledgement fails to show, in office hours and at night.
+
+    Why: the acknowledgement is where a resident in crisis reads whom to phone now; a
+    template edit that drops the partner list, the 24-hour line or 110/119 still renders
+    without error, so rendering alone passed it.
+    """
+    env = template_environment(templates_dir)
+    tz = ZoneInfo("Asia/Tokyo")
+    marked = _marked(directory)
+    real = {p.id: p for p in (directory.partners if directory else ())}
+    file = templates_dir / ACK_TEMPLATE
+    missing: dict[str, list[str]] = {}  # what is missing -> the variants it is missing in
+    for variant, hour in (("office hours", 10), ("night", 22)):
+        now = datetime(2026, 11, 26, hour, 0, tzinfo=tz)  # a Thursday, a business day
+        text = render_ack(
+            env,
+            sender=Sender("sasaean@city.kasaoka.okayama.jp", "笠岡市"),
+            to="resident@example.jp",
+            case_number="C000001",
+            in_reply_to=None,
+            references=[],
+            received=now,
+            calendar=BusinessCalendar(),
+            directory=marked,
+            now=now,
+        ).get_content()
+        for partner in marked.partners:
+            shown = real.get(partner.id, partner)
+            loop = "{% for p in partners %}"
+            if partner.phone not in text:
+                what = f"{partner.name}'s phone ({shown.phone}); show {{{{ p.phone }}}} in {loop}"
+                missing.setdefault(what, []).append(variant)
+            if partner.hours not in text:
+                what = f"{partner.name}'s hours ({shown.hours}); show {{{{ p.hours }}}} in {loop}"
+                missing.setdefault(what, []).append(variant)
+        for partner in marked.night:
+            if partner.phone not in text:
+                what = (
+                    f"the 24-hour line {partner.name} ({real.get(partner.id, partner).phone}); "
+                    "show {{ p.phone }} in {% for p in always_open %}"
+                )
+                missing.setdefault(what, []).append(variant)
+        real_emergency = directory.emergency if directory else marked.emergency
+        for index, e in enumerate(marked.emergency):
+            if e.phone not in text:
+                number = real_emergency[index].phone if index < len(real_emergency) else ""
+                what = (
+                    f"the emergency number {e.name} ({number}); "
+                    "show {{ e.phone }} in {% for e in emergency %}"
+                )
+                missing.setdefault(what, []).append(variant)
+    return [
+        f"{file}: the acknowledgement ({' and '.join(variants)}) does not show {what} "
+        "(numbers and hours come from partners.toml, never written into the template)"
+        for what, variants in missing.items()
+    ]
 
 
 def _template_problems(templates_dir: Path, directory: Directory | None) -> list[str]:
@@ -91,6 +203,8 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
     for name, render in renders.items():
         try:
             render()
+            if name == ACK_TEMPLATE:
+                problems.extend(_ack_hotline_problems(templates_dir, directory))
         except TemplateSyntaxError as exc:
             problems.append(f"{templates_dir / (exc.name or name)}:{exc.lineno}: {exc.message}")
         except TemplateError as exc:
@@ -100,17 +214,65 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
     return problems
 
 
-def run_checks(config: str | None, rules_dir: Path | None = None) -> list[str]:
-    """Every problem found, as ``file:line: message`` strings; empty means all good."""
+def _secret_file_problems(settings: Settings) -> list[str]:
+    """A mailbox without a password, a ``password_file`` that does not exist; warnings for
+    a ``password_env`` not set here.
+
+    Not refused by the loader itself: a secret file may be mounted, and the variable set,
+    only for the service's own account (systemd credentials, EnvironmentFile), and staff
+    commands load the same config without needing either.
+    """
+    problems: list[str] = []
+    where = str(settings.path) if settings.path else "<config>"
+    if settings.mailbox.password.env is None and settings.mailbox.password.file is None:
+        problems.append(
+            f"{where}: mailbox.password_env: missing: the IMAP server needs a password; add "
+            'password_env = "NAME" (and export NAME) or password_file = "/path" under [mailbox]'
+        )
+    for name, secret in (("mailbox", settings.mailbox.password), ("smtp", settings.smtp.password)):
+        if secret.file is not None:
+            try:
+                secret.file.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                problems.append(
+                    f"{where}: {name}.password_file: {secret.file} does not exist; create it "
+                    f"(chmod 600) or fix the path (relative paths are relative to this file)"
+                )
+            except OSError:
+                pass  # not ours to read: the service's account may
+        if secret.env and secret.env not in os.environ:
+            log.warning(
+                "%s: %s.password_env: %s is not set in this environment; the service will "
+                "need it (e.g. in the systemd EnvironmentFile)",
+                where,
+                name,
+                secret.env,
+            )
+    return problems
+
+
+def run_checks(config: str | Path | None, rules_dir: Path | None = None) -> list[str]:
+    """Every problem found, as ``file:line: message`` strings; empty means all good.
+
+    ``config`` is resolved as every command resolves it (``--config``, else
+    ``$INTAKE_CONFIG``); with neither, only rules, partners and templates are checked.
+    """
     problems: list[str] = []
     templates_dir = PROJECT_ROOT / "templates"
-    if config is not None:
+    path = config_path(config)
+    if path is not None:
+        settings: Settings | None = None
         try:
-            settings = load_settings(config)
-            rules_dir = rules_dir or settings.rules_dir
-            templates_dir = settings.templates_dir
+            settings = load_settings(path)
+        except ConfigProblems as exc:
+            problems.extend(exc.problems)
+            settings = exc.settings
         except ConfigError as exc:
             problems.append(str(exc))
+        if settings is not None:
+            rules_dir = rules_dir or settings.rules_dir
+            templates_dir = settings.templates_dir
+            problems.extend(_secret_file_problems(settings))
     rules_dir = rules_dir or PROJECT_ROOT / "rules"
     problems.extend(str(p) for p in check_rules(rules_dir))
     directory: Directory | None = None

@@ -8,6 +8,7 @@ never in the file: it names an environment variable (``password_env``) or a file
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import logging
 import os
@@ -179,38 +180,183 @@ def _prepare_processes(sec: _Section) -> int:
     if value == "auto":
         return auto_prepare_processes()
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
-        raise sec.error(
+        sec.fail(
             "prepare_processes",
             f'must be "auto" or a whole number from 0 (no pool) to 64, got {value!r}',
         )
+        return 0
     return value
 
 
-class _Section:
-    """Typed access to one TOML table that reports path and key on every mistake."""
+class ConfigProblems(ConfigError):
+    """Every problem found in one config file, so the contractor fixes them in one go.
 
-    def __init__(self, path: Path | None, name: str, data: Any):
+    A ``ConfigError`` (whose text is all of them, one a line) that also keeps the list,
+    for ``check`` to count and print them one by one.
+    """
+
+    def __init__(self, problems: list[str], settings: Settings | None = None):
+        self.problems = problems
+        # what could be read despite them (placeholders for the wrong values): lets
+        # ``check`` go on with the rules and templates the config names
+        self.settings = settings
+        super().__init__("\n".join(problems))
+
+
+# The keys each table may hold. Anything else is reported: the loader reads only what it
+# knows, so a misspelt key (escalate_after_minuts) or table ([servce]) would otherwise be
+# dropped without a word and its default silently used.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "mailbox": (
+        "id",
+        "host",
+        "port",
+        "security",
+        "username",
+        "password_env",
+        "password_file",
+        "folder",
+        "cafile",
+        "timeout",
+        "idle",
+        "poll_interval",
+        "batch_size",
+        "move_to",
+    ),
+    "smtp": (
+        "host",
+        "port",
+        "security",
+        "username",
+        "password_env",
+        "password_file",
+        "from_address",
+        "from_name",
+        "cafile",
+        "timeout",
+    ),
+    "database": ("url",),
+    "oncall": (
+        "to",
+        "backup",
+        "off_hours",
+        "escalate_after_minutes",
+        "escalate_every_minutes",
+        "escalate_max",
+    ),
+    "service": (
+        "coordinator",
+        "digest_times",
+        "office_open",
+        "office_close",
+        "closures",
+        "ack_window_hours",
+        "max_message_mb",
+        "prepare_processes",
+        "timezone",
+        "rules_dir",
+        "templates_dir",
+    ),
+    "retention": ("keep_days",),
+    "report": ("salt_file",),
+}
+
+# A key that looks like a password (pass, passwd, password, pwd, secret...) but is not one
+# of the two ways to name where it lives: its value is most likely the password itself.
+_PASSWORD_LIKE = re.compile(r"pass|pwd|secret", re.IGNORECASE)
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(r"""^\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*[.=]""")
+
+
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """``(table, key) -> line`` (1-based) of each key and table header in a TOML text.
+
+    Top-level tables are keyed ``("", name)``. A line scan, not a parser: tomllib keeps no
+    positions, and the file has already parsed, so headers and ``key =`` lines suffice.
+    """
+    lines: dict[tuple[str, str], int] = {}
+    table = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            parts = [part.strip().strip("\"'") for part in header.group(1).split(".")]
+            table = ".".join(parts)
+            lines.setdefault((".".join(parts[:-1]), parts[-1]), number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            lines.setdefault((table, key.group(1).strip("\"'")), number)
+    return lines
+
+
+class _Source:
+    """The config file being read: its path, the line of each key, the problems so far."""
+
+    def __init__(self, path: Path | None, text: str | None = None):
         self.path = path
+        self.lines = _key_lines(text) if text is not None else {}
+        self.problems: list[str] = []
+
+    def where(self, table: str, key: str) -> str:
+        """``file:line`` of ``key`` in ``table`` (of the table's header when the key is
+        missing), or just the file when neither is written there."""
+        name = str(self.path) if self.path else "<config>"
+        line = self.lines.get((table, key)) or self.lines.get(("", table))
+        return f"{name}:{line}" if line else name
+
+
+def _line_in(problem: str) -> int:
+    """The line a ``file:line: ...`` problem points at (0 when it names none): problems are
+    listed in the order of the file, as the contractor reads it."""
+    match = re.match(r"^[^\n]*?:(\d+): ", problem)
+    return int(match.group(1)) if match else 0
+
+
+def _placeholder(kind: type) -> Any:
+    """A stand-in for a missing or mistyped value so loading goes on to the next problem."""
+    return {str: "", int: 0, float: 0.0, bool: False}.get(kind)
+
+
+class _Section:
+    """Typed access to one TOML table that reports path, line and key on every mistake.
+
+    Mistakes are collected in the source (``fail``) rather than raised, so ``check`` and
+    start-up name every one of them at once; the loader raises them all at the end.
+    """
+
+    def __init__(self, source: _Source, name: str, data: Any):
+        self.source = source
+        self.path = source.path
         self.name = name
         if not isinstance(data, dict):
-            raise self.error(name, "must be a table, e.g. [" + name + "]")
+            self.fail(name, "must be a table, e.g. [" + name + "]")
+            data = {}
         self.data: dict[str, Any] = data
 
-    def error(self, key: str, message: str) -> ConfigError:
-        where = str(self.path) if self.path else "<config>"
+    def message(self, key: str, message: str) -> str:
         full = key if key == self.name else f"{self.name}.{key}"
-        return ConfigError(f"{where}: {full}: {message}")
+        table, line_key = ("", key) if key == self.name else (self.name, key)
+        return f"{self.source.where(table, line_key)}: {full}: {message}"
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.message(key, message))
+
+    def fail(self, key: str, message: str) -> None:
+        self.source.problems.append(self.message(key, message))
 
     def get(self, key: str, kind: type, default: Any = ..., *, required: bool = False) -> Any:
         if key not in self.data:
             if required or default is ...:
-                raise self.error(key, f"missing; add `{key} = ...` under [{self.name}]")
+                self.fail(key, f"missing; add `{key} = ...` under [{self.name}]")
+                return _placeholder(kind)
             return default
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(key, f"must be a {kind.__name__}, got {value!r}")
+            self.fail(key, f"must be a {kind.__name__}, got {value!r}")
+            return _placeholder(kind) if default is ... else default
         return value
 
     def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -218,21 +364,86 @@ class _Section:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.error(key, 'must be a list of strings, e.g. ["a@example.jp"]')
+            self.fail(key, 'must be a list of strings, e.g. ["a@example.jp"]')
+            return default
         return tuple(value)
 
+    def addresses(self, key: str) -> tuple[str, ...]:
+        """A list of mail addresses: each must have a name and a domain around one "@"."""
+        values = self.strings(key)
+        for value in values:
+            local, at, domain = value.strip().rpartition("@")
+            if not at or not local or not domain:
+                self.fail(key, f'{value!r} is not a mail address; write it as "name@domain"')
+        return values
 
-def _secret(sec: _Section, base: Path) -> Secret:
+
+def _unknown_keys(source: _Source, data: dict[str, Any]) -> None:
+    """Report every table and key the loader does not read, with the nearest known name.
+
+    A key whose name looks like a password and that holds a value is reported as a
+    password written in the file, which it most likely is (``passwd = "..."``).
+    """
+    tables = sorted(KNOWN_KEYS)
+    for table, body in data.items():
+        if table not in KNOWN_KEYS:
+            close = difflib.get_close_matches(table, tables, n=1)
+            hint = f"did you mean [{close[0]}]? " if close else ""
+            kind = "table" if isinstance(body, dict) else "key"
+            source.problems.append(
+                f"{source.where('', table)}: {table}: unknown {kind}, so everything in it "
+                f"would be ignored; {hint}the tables are " + ", ".join(f"[{t}]" for t in tables)
+            )
+            continue
+        if not isinstance(body, dict):
+            continue  # reported by its _Section ("must be a table")
+        known = KNOWN_KEYS[table]
+        for key, value in body.items():
+            if key in known or (key == "password" and "password_env" in known):
+                continue  # ``password`` itself: refused by _secret with the fix
+            where = f"{source.where(table, key)}: {table}.{key}"
+            if (
+                _PASSWORD_LIKE.search(key)
+                and not key.endswith(("_env", "_file"))
+                and value not in ("", None)
+            ):
+                source.problems.append(
+                    f"{where}: looks like a password written in the config; passwords are "
+                    'never written there: set password_env = "NAME" and export NAME, or '
+                    'password_file = "/path" readable only by the service'
+                )
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            what = "table" if isinstance(value, dict) else "key"
+            source.problems.append(
+                f"{where}: unknown {what} under [{table}], so it would be ignored; "
+                f"{hint}the keys of [{table}] are {', '.join(known)}"
+            )
+
+
+def _secret(sec: _Section, base: Path, *, required: bool = False) -> Secret:
     env = sec.get("password_env", str, None)
     file = sec.get("password_file", str, None)
     if "password" in sec.data:
-        raise sec.error(
+        sec.fail(
             "password",
             'passwords are never written in the config; set password_env = "NAME" and export '
             'NAME, or password_file = "/path" readable only by the service',
         )
+    elif required and not env and not file:
+        # The login would be tried with an empty password and refused at every poll.
+        # `check` refuses it; start-up only warns, as for a missing backup (a config built
+        # in code, e.g. for tests or tools that never log in, needs no password).
+        log.warning(
+            "%s: %s.password_env: missing: the server needs a password; add "
+            'password_env = "NAME" (and export NAME) or password_file = "/path" under [%s]',
+            sec.source.where(sec.name, "password_env"),
+            sec.name,
+            sec.name,
+        )
     if env and file:
-        raise sec.error("password_env", "give password_env or password_file, not both")
+        sec.fail("password_env", "give password_env or password_file, not both")
     path = (base / file) if file else None
     if path is not None:
         try:
@@ -241,7 +452,7 @@ def _secret(sec: _Section, base: Path) -> Secret:
             mode = 0  # read (and reported) at connection time: it may be mounted later
         if mode & 0o077:
             # as ssh refuses a private key others can read: the password would be theirs too
-            raise sec.error(
+            sec.fail(
                 "password_file",
                 f"{path} can be read or written by other users (mode {stat.S_IMODE(mode):o}); "
                 f"run: chmod 600 {path}",
@@ -252,9 +463,10 @@ def _secret(sec: _Section, base: Path) -> Secret:
 def _security(sec: _Section, host: str) -> str:
     security = sec.get("security", str, "tls")
     if security not in SECURITY_MODES:
-        raise sec.error("security", f"must be one of {', '.join(SECURITY_MODES)}")
+        sec.fail("security", f"must be one of {', '.join(SECURITY_MODES)}")
+        return "tls"
     if security == "plain" and not is_loopback(host):
-        raise sec.error(
+        sec.fail(
             "security",
             f"plain text is allowed only to loopback hosts, not {host!r}; use tls or starttls",
         )
@@ -265,7 +477,8 @@ def _whole(sec: _Section, key: str, default: int, *, minimum: int) -> int:
     """A whole number of at least ``minimum`` (minutes, days, counts)."""
     value = sec.data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise sec.error(key, f"must be a whole number >= {minimum}, got {value!r}")
+        sec.fail(key, f"must be a whole number >= {minimum}, got {value!r}")
+        return default
     return value
 
 
@@ -276,11 +489,76 @@ def _path(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
-def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settings:
-    """Build Settings from parsed TOML; relative paths are relative to the config file."""
+def _existing(sec: _Section, key: str, path: Path | None) -> Path | None:
+    """``path`` if it exists (or cannot be looked at by this user); a missing one is a
+    mistake in the config (a CA file that is not there fails every TLS connection)."""
+    if path is not None:
+        try:
+            path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            sec.fail(
+                key,
+                f"{path} does not exist; fix the path (relative paths are relative to the "
+                f"config file) or remove {key}",
+            )
+        except OSError:
+            pass  # another user's file: the service's account may read it
+    return path
+
+
+_SQLITE = re.compile(r"^(sqlite(?:\+\w+)?):///(.*)$")
+
+
+def _database_url(db: _Section, base: Path) -> str:
+    """``[database] url``; a relative SQLite path is made relative to the config's folder.
+
+    Why: SQLAlchemy reads ``sqlite:///var/intake.db`` relative to the current directory,
+    so a staff command run from another directory silently created and read a new, empty
+    database. A URL with a password in it is refused, as ``password =`` is.
+    """
+    default = f"sqlite:///{(base / 'var' / 'intake.db').as_posix()}"
+    url: str = db.get("url", str, default)
+    sqlite = _SQLITE.match(url)
+    if sqlite:
+        file, sep, query = sqlite.group(2).partition("?")
+        if file and file != ":memory:" and not file.startswith(("/", "file:")):
+            url = f"{sqlite.group(1)}:///{(base / file).as_posix()}{sep}{query}"
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        db.fail(
+            "url",
+            'not a database URL; e.g. "sqlite:///var/intake.db" or '
+            '"postgresql+psycopg://intake@db.example.jp/intake"',
+        )
+        return url
+    if password is not None:
+        # not the URL itself in the message: it would print the password
+        db.fail(
+            "url",
+            "holds a password; passwords are never written in the config: remove it from "
+            "the URL (postgresql+psycopg://USER@HOST/DB) and give it to PostgreSQL with "
+            "PGPASSFILE or ~/.pgpass of the service user, or PGPASSWORD in the environment "
+            "(e.g. the systemd EnvironmentFile)",
+        )
+    return url
+
+
+def settings_from_dict(
+    data: dict[str, Any], path: Path | None = None, text: str | None = None
+) -> Settings:
+    """Build Settings from parsed TOML; relative paths are relative to the config file.
+
+    ``text`` (the file's TOML) gives problems their line. Every problem is collected and
+    raised at the end as one ``ConfigProblems``.
+    """
     base = path.parent if path else Path.cwd()
-    top = _Section(path, "config", data)
-    mb = _Section(path, "mailbox", top.data.get("mailbox", {}))
+    source = _Source(path, text)
+    mb = _Section(source, "mailbox", data.get("mailbox", {}))
     mb_host = mb.get("host", str, required=True)
     mb_security = _security(mb, mb_host)
     mailbox = MailboxSettings(
@@ -288,9 +566,9 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         port=mb.get("port", int, {"tls": 993}.get(mb_security, 143)),
         security=mb_security,
         username=mb.get("username", str, required=True),
-        password=_secret(mb, base),
+        password=_secret(mb, base, required=True),
         folder=mb.get("folder", str, "INBOX"),
-        cafile=_path(base, mb.get("cafile", str, None)),
+        cafile=_existing(mb, "cafile", _path(base, mb.get("cafile", str, None))),
         timeout=mb.get("timeout", float, 30.0),
         idle=mb.get("idle", bool, True),
         poll_interval=mb.get("poll_interval", float, 60.0),
@@ -303,15 +581,15 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         ("poll_interval", mailbox.poll_interval),
         ("batch_size", mailbox.batch_size),
     ):
-        if value <= 0:
-            raise mb.error(key, f"must be greater than 0, got {value}")
-    sm = _Section(path, "smtp", top.data.get("smtp", {}))
+        if key in mb.data and value <= 0:
+            mb.fail(key, f"must be greater than 0, got {value}")
+    sm = _Section(source, "smtp", data.get("smtp", {}))
     sm_host = sm.get("host", str, required=True)
     sm_security = _security(sm, sm_host)
     sm_password = _secret(sm, base)
     if sm.data.get("username") and sm_password.env is None and sm_password.file is None:
         # aiosmtplib would log in with an empty password and the relay refuse every mail
-        raise sm.error(
+        sm.fail(
             "username", 'needs a password: add password_env = "NAME" or password_file = "/path"'
         )
     smtp = SmtpSettings(
@@ -322,26 +600,24 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         from_name=sm.get("from_name", str, "笠岡市 ささえ愛相談窓口"),
         username=sm.get("username", str, None),
         password=sm_password,
-        cafile=_path(base, sm.get("cafile", str, None)),
+        cafile=_existing(sm, "cafile", _path(base, sm.get("cafile", str, None))),
         timeout=sm.get("timeout", float, 30.0),
     )
-    db = _Section(path, "database", top.data.get("database", {}))
-    default_db = f"sqlite:///{(base / 'var' / 'intake.db').as_posix()}"
-    database_url = db.get("url", str, default_db)
-    oc = _Section(path, "oncall", top.data.get("oncall", {}))
+    database_url = _database_url(_Section(source, "database", data.get("database", {})), base)
+    oc = _Section(source, "oncall", data.get("oncall", {}))
     oncall = OncallSettings(
-        to=oc.strings("to"),
-        backup=oc.strings("backup"),
-        off_hours=oc.strings("off_hours"),
+        to=oc.addresses("to"),
+        backup=oc.addresses("backup"),
+        off_hours=oc.addresses("off_hours"),
         escalate_after_minutes=_whole(oc, "escalate_after_minutes", 30, minimum=0),
         escalate_every_minutes=_whole(oc, "escalate_every_minutes", 30, minimum=0),
         escalate_max=_whole(oc, "escalate_max", 3, minimum=0),
     )
     if oncall.escalate_max and oncall.escalate_every_minutes == 0:
-        raise oc.error("escalate_every_minutes", "must be > 0 to repeat (or escalate_max = 0)")
+        oc.fail("escalate_every_minutes", "must be > 0 to repeat (or escalate_max = 0)")
     if not oncall.to:
-        raise oc.error("to", "at least one on-call address is needed for urgent alerts")
-    if oncall.lone:
+        oc.fail("to", "at least one on-call address is needed for urgent alerts")
+    elif oncall.lone:
         # A warning, not a refusal: refusing here would also stop `run` of a working
         # installation after an upgrade, and a worker that does not start alerts nobody.
         # `check` and every start of the service print it until a backup is added.
@@ -351,14 +627,15 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
             'nobody is told of the case. Add backup = ["..."] under [oncall]',
             path or "<config>",
         )
-    if "@" not in smtp.from_address or smtp.from_address.startswith("@"):
-        raise sm.error("from_address", f"must be a mail address, got {smtp.from_address!r}")
-    sv = _Section(path, "service", top.data.get("service", {}))
+    if smtp.from_address and ("@" not in smtp.from_address or smtp.from_address.startswith("@")):
+        sm.fail("from_address", f"must be a mail address, got {smtp.from_address!r}")
+    sv = _Section(source, "service", data.get("service", {}))
     tzname = sv.get("timezone", str, "Asia/Tokyo")
     try:
         tz = ZoneInfo(tzname)
-    except Exception as exc:
-        raise sv.error("timezone", f"unknown time zone {tzname!r}") from exc
+    except Exception:
+        sv.fail("timezone", f"unknown time zone {tzname!r}")
+        tz = ZoneInfo("Asia/Tokyo")
     settings = Settings(
         path=path,
         mailbox=mailbox,
@@ -370,20 +647,23 @@ def settings_from_dict(data: dict[str, Any], path: Path | None = None) -> Settin
         timezone=tz,
         ack_window_hours=sv.get("ack_window_hours", float, 24.0),
         max_message_bytes=sv.get("max_message_mb", int, 25) * 1024 * 1024,
-        coordinator=sv.strings("coordinator"),
+        coordinator=sv.addresses("coordinator"),
         digest_times=sv.strings("digest_times", ("09:00", "14:00")),
         office_open=sv.get("office_open", str, "08:30"),
         office_close=sv.get("office_close", str, "16:30"),
         closures=sv.strings("closures"),
         retention_days=_whole(
-            _Section(path, "retention", top.data.get("retention", {})), "keep_days", 365, minimum=1
+            _Section(source, "retention", data.get("retention", {})), "keep_days", 365, minimum=1
         ),
         salt_file=_path(
-            base, _Section(path, "report", top.data.get("report", {})).get("salt_file", str, None)
+            base, _Section(source, "report", data.get("report", {})).get("salt_file", str, None)
         ),
         prepare_processes=_prepare_processes(sv),
     )
     _check_service(sv, settings)
+    _unknown_keys(source, data)
+    if source.problems:
+        raise ConfigProblems(sorted(source.problems, key=_line_in), settings)
     return settings
 
 
@@ -399,26 +679,35 @@ def _check_service(sv: _Section, s: Settings) -> None:
     ):
         for value in values:
             if not _HHMM.match(value):
-                raise sv.error(key, f'times are "HH:MM" (00:00–23:59), got {value!r}')
-    if s.office_open >= s.office_close:
-        raise sv.error("office_close", f"must be after office_open ({s.office_open})")
+                sv.fail(key, f'times are "HH:MM" (00:00–23:59), got {value!r}')
+    both = _HHMM.match(s.office_open) and _HHMM.match(s.office_close)
+    if both and s.office_open >= s.office_close:
+        sv.fail("office_close", f"must be after office_open ({s.office_open})")
     if s.max_message_bytes <= 0:
-        raise sv.error("max_message_mb", "must be at least 1")
+        sv.fail("max_message_mb", "must be at least 1")
     if s.ack_window_hours < 0:
-        raise sv.error("ack_window_hours", "must be 0 or more")
+        sv.fail("ack_window_hours", "must be 0 or more")
     for value in s.closures:
         if not re.match(r"^(\d{4}-)?\d{2}-\d{2}$", value):
-            raise sv.error("closures", f'days are "YYYY-MM-DD" or "MM-DD", got {value!r}')
+            sv.fail("closures", f'days are "YYYY-MM-DD" or "MM-DD", got {value!r}')
+
+
+def config_path(path: Path | str | None = None) -> Path | None:
+    """The config to read: ``path``, else ``$INTAKE_CONFIG``, else None (none given).
+
+    One resolution for every command, ``check`` included, so that ``check`` validates the
+    file the worker will load (the systemd unit sets only INTAKE_CONFIG).
+    """
+    if path is None or path == "":
+        path = os.environ.get("INTAKE_CONFIG") or None
+    return Path(path) if path is not None else None
 
 
 def load_settings(path: Path | str | None = None) -> Settings:
     """Load the config named by ``path`` or ``$INTAKE_CONFIG``."""
-    if path is None:
-        env = os.environ.get("INTAKE_CONFIG")
-        if not env:
-            raise ConfigError("no config given: pass --config PATH or set INTAKE_CONFIG")
-        path = env
-    p = Path(path)
+    p = config_path(path)
+    if p is None:
+        raise ConfigError("no config given: pass --config PATH or set INTAKE_CONFIG")
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
@@ -427,4 +716,4 @@ def load_settings(path: Path | str | None = None) -> Settings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
-    return settings_from_dict(data, p.resolve())
+    return settings_from_dict(data, p.resolve(), text)

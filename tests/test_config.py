@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from intake.config import load_settings
+from intake.config import ConfigProblems, load_settings
 from intake.errors import ConfigError
 
 GOOD = """
@@ -100,3 +101,141 @@ def test_smtp_username_without_a_password_source_is_refused(tmp_path: Path) -> N
     assert 'username = "relay-user"' in config
     with pytest.raises(ConfigError, match=r"smtp\.username: needs a password"):
         load_settings(write(tmp_path, config))
+
+
+def problems_of(path: Path) -> list[str]:
+    """Every problem the loader reports for ``path`` (it must report at least one)."""
+    with pytest.raises(ConfigProblems) as caught:
+        load_settings(path)
+    return caught.value.problems
+
+
+def line_of(text: str, start: str) -> int:
+    return next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith(start))
+
+
+def test_misspelt_keys_and_tables_are_each_reported_with_line_and_nearest_name(
+    tmp_path: Path,
+) -> None:
+    text = (
+        GOOD.replace(
+            'to = ["oncall@example.jp"]', 'to = ["oncall@example.jp"]\nescalate_after_minuts = 5'
+        )
+        + 'backups = ["backup@example.jp"]\n\n[servce]\noffice_open = "09:00"\n'
+    )
+    path = write(tmp_path, text)
+    problems = problems_of(path)
+    assert len(problems) == 3, problems
+    minuts, backups, servce = problems
+    assert minuts.startswith(f"{path}:{line_of(text, 'escalate_after_minuts')}: oncall.")
+    assert "unknown key under [oncall]" in minuts
+    assert "did you mean escalate_after_minutes?" in minuts
+    assert backups.startswith(f"{path}:{line_of(text, 'backups')}: oncall.backups:")
+    assert "did you mean backup?" in backups
+    assert servce.startswith(f"{path}:{line_of(text, '[servce]')}: servce: unknown table")
+    assert "did you mean [service]?" in servce
+
+
+@pytest.mark.parametrize("key", ["passwd", "pass", "password2", "imap_password", "pwd"])
+def test_a_password_like_key_holding_a_value_is_refused_as_a_password_in_the_file(
+    tmp_path: Path, key: str
+) -> None:
+    text = GOOD.replace('password_env = "IMAP_PW"', f'{key} = "hunter2hunter2"')
+    problems = problems_of(write(tmp_path, text))
+    assert any(f"mailbox.{key}: looks like a password written in the config" in p for p in problems)
+    assert not any("hunter2" in p for p in problems)
+
+
+def test_a_misspelt_password_env_is_named_as_such(tmp_path: Path) -> None:
+    text = GOOD.replace('password_env = "IMAP_PW"', 'password_env = "IMAP_PW"\n').replace(
+        "[smtp]\n", '[smtp]\nusername = "relay"\npasword_env = "SMTP_PW"\n', 1
+    )
+    problems = problems_of(write(tmp_path, text))
+    assert any("smtp.pasword_env: unknown key" in p and "password_env?" in p for p in problems)
+
+
+def test_every_problem_is_reported_at_once_each_with_its_line(tmp_path: Path) -> None:
+    text = GOOD.replace('password_env = "IMAP_PW"', 'password = "hunter2hunter2"') + (
+        'backups = ["b@example.jp"]\n\n[service]\noffice_open = "8:30"\n'
+    )
+    path = write(tmp_path, text)
+    problems = problems_of(path)
+    assert [p.split(": ")[0] for p in problems] == [
+        f"{path}:{line_of(text, 'password =')}",
+        f"{path}:{line_of(text, 'backups')}",
+        f"{path}:{line_of(text, 'office_open')}",
+    ], problems
+    assert "mailbox.password: passwords are never written" in problems[0]
+    assert 'service.office_open: times are "HH:MM"' in problems[2]
+
+
+def test_a_relative_sqlite_url_is_relative_to_the_config_file_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    path = write(tmp_path / "etc", GOOD + '\n[database]\nurl = "sqlite:///var/intake.db"\n')
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    s = load_settings(path)
+    assert s.database_url == f"sqlite:///{(tmp_path / 'etc' / 'var' / 'intake.db').as_posix()}"
+    default = load_settings(write(tmp_path / "etc", GOOD))
+    assert default.database_url == s.database_url
+
+
+def test_an_absolute_sqlite_url_is_kept(tmp_path: Path) -> None:
+    url = f"sqlite:///{(tmp_path / 'db' / 'intake.db').as_posix()}?timeout=5"
+    s = load_settings(write(tmp_path, GOOD + f'\n[database]\nurl = "{url}"\n'))
+    assert s.database_url == url
+
+
+def test_a_postgresql_url_with_a_password_is_refused_without_printing_it(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://intake:hunter2hunter2@db.example.jp/intake"
+    text = GOOD + f'\n[database]\nurl = "{url}"\n'
+    path = write(tmp_path, text)
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:{line_of(text, 'url =')}: database.url: holds a password")
+    assert "PGPASSFILE" in problem and "PGPASSWORD" in problem
+    assert "hunter2" not in problem
+    ok = GOOD + '\n[database]\nurl = "postgresql+psycopg://intake@db.example.jp/intake"\n'
+    assert load_settings(write(tmp_path, ok)).database_url.endswith("@db.example.jp/intake")
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [("oncall", "to"), ("oncall", "backup"), ("oncall", "off_hours"), ("service", "coordinator")],
+)
+def test_an_alert_or_digest_address_without_at_is_refused(
+    tmp_path: Path, table: str, key: str
+) -> None:
+    values = {
+        "oncall": {"to": '["oncall@example.jp"]', "backup": '["backup@example.jp"]'},
+        "service": {},
+    }
+    values[table][key] = '["ok@example.jp", "night.example.jp"]'
+    text = GOOD.split("[oncall]")[0] + "".join(
+        f"[{t}]\n" + "".join(f"{k} = {v}\n" for k, v in body.items()) + "\n"
+        for t, body in values.items()
+    )
+    path = write(tmp_path, text)
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:{line_of(text, key + ' =')}: {table}.{key}: ")
+    assert "'night.example.jp' is not a mail address" in problem
+
+
+def test_a_mailbox_without_a_password_source_is_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = GOOD.replace('password_env = "IMAP_PW"\n', "")
+    path = write(tmp_path, text)
+    with caplog.at_level(logging.WARNING, logger="intake.config"):
+        load_settings(path)
+    assert f"{path}:{line_of(text, '[mailbox]')}: mailbox.password_env: missing" in caplog.text
+
+
+@pytest.mark.parametrize("table", ["mailbox", "smtp"])
+def test_a_cafile_that_does_not_exist_is_refused(tmp_path: Path, table: str) -> None:
+    text = GOOD.replace(f"[{table}]\n", f'[{table}]\ncafile = "ca.pem"\n')
+    (problem,) = problems_of(write(tmp_path, text))
+    assert f"{table}.cafile: {tmp_path / 'ca.pem'} does not exist" in problem
+    (tmp_path / "ca.pem").write_text("synthetic\n", encoding="utf-8")
+    assert load_settings(write(tmp_path, text))
