@@ -978,6 +978,14 @@ class _Loader:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             self.problem(src.path, line, f"{rule_id}: {key} must be a list of strings")
             return []
+        if not values and key == "patterns":
+            # An emptied list is an edit gone wrong far more often than an intent: an
+            # urgent rule with no patterns silently catches nothing. (A signal concept's
+            # ``words`` may be empty: its regexes carry it.)
+            self.problem(
+                src.path, line, f"{rule_id}: {key} is empty; add patterns or delete the rule"
+            )
+            return []
         out = []
         start = src.table_start(line)
         for value in values:
@@ -1184,6 +1192,11 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             values = table.get("patterns")
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 loader.problem(src.path, line, f"{rule_id}: patterns must be a list of strings")
+                continue
+            if not values:
+                loader.problem(
+                    src.path, line, f"{rule_id}: patterns is empty; add patterns or delete the rule"
+                )
                 continue
             start = src.table_start(line)
             for value in values:

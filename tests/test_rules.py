@@ -92,6 +92,15 @@ def test_unknown_topic_is_reported_at_the_rule_line(tmp_path: Path) -> None:
     assert "unknown topic 'money'" in problem.message
 
 
+def test_emptied_pattern_list_is_reported_at_the_rule_line(tmp_path: Path) -> None:
+    """An urgent rule whose patterns were all deleted would silently catch nothing."""
+    bad = TOPICS_OK + '\n[[rule]]\nid = "topic.empty"\ntopic = "poverty"\npatterns = []\n'
+    write_rules(tmp_path, topics=bad)
+    (problem,) = check_rules(tmp_path)
+    assert problem.line == 8
+    assert "patterns is empty" in problem.message
+
+
 def test_duplicate_rule_id_names_both_places(tmp_path: Path) -> None:
     dup = (
         URGENT_OK
