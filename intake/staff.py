@@ -396,9 +396,30 @@ def _service(args: argparse.Namespace) -> Service:
     from intake.config import load_settings
     from intake.pipeline import Service
 
-    svc = Service.from_settings(load_settings(args.config))
+    settings = load_settings(args.config)
+    _require_database(settings.database_url)
+    svc = Service.from_settings(settings)
     ensure_tables(svc.engine)
     return svc
+
+
+def _require_database(url: str) -> None:
+    """Refuse to work on a SQLite database that does not exist yet.
+
+    Why: opening one creates it. A staff member who ran ``cases`` with another config (or
+    a relative path from another folder) at night was told 「該当する相談はありません」 by
+    a brand-new, empty database instead of being told it was the wrong one.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if not Path(parsed.database).exists():
+        raise StaffError(
+            f"no database at {parsed.database}: the worker has not run with this config yet, "
+            "or this is not the worker's config (give the same --config as the service)"
+        )
 
 
 def _now(svc: Service) -> datetime:

@@ -274,3 +274,14 @@ def test_bad_dates_and_months_are_refused_by_the_parser(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         parser().parse_args(["report", "--month", "2026-13"])
     assert "YYYY-MM" in capsys.readouterr().err
+
+
+def test_staff_command_refuses_a_database_that_does_not_exist(tmp_path: Path) -> None:
+    """Opening a SQLite file creates it: `cases` with the wrong config said "no cases"."""
+    from intake.staff import _require_database
+
+    with pytest.raises(StaffError, match="no database at"):
+        _require_database(f"sqlite:///{(tmp_path / 'nowhere.db').as_posix()}")
+    (tmp_path / "here.db").write_bytes(b"")
+    _require_database(f"sqlite:///{(tmp_path / 'here.db').as_posix()}")
+    _require_database("postgresql+psycopg://intake@db.example.jp/intake")
