@@ -2,8 +2,9 @@
 """soudan-intake command line: the service's entry point.
 
 Command contracts relied on by tools outside this repository (keep them stable; extend,
-never rename): once, run, digest, check, classify --json, parse --json, eval --labels, demo,
-and the staff commands ack, cases, show, close, reassign, callback, escalate, report, purge.
+never rename): once, run, digest, skip-existing, check, classify --json, parse --json,
+eval --labels, demo, and the staff commands ack, cases, show, close, reassign, callback,
+escalate, report, purge.
 Human-readable output goes to stdout; logs go to stderr and never contain message bodies
 or subjects above DEBUG.
 """
@@ -252,11 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_digest
     )
     p = with_config(sub.add_parser("check", help="validate config, rules, partners and templates"))
-    p.add_argument("--rules", help="rules directory (default: the config's, else ./rules)")
+    p.add_argument(
+        "--rules",
+        help="rules directory (default: the config's rules_dir, else the project's rules/)",
+    )
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("classify", help="triage .eml files; no config or servers needed")
     p.add_argument("--json", action="store_true", required=True, help="one JSON line per file")
-    p.add_argument("--rules", help="rules directory (default: ./rules)")
+    p.add_argument("--rules", help="rules directory (default: the project's rules/)")
     p.add_argument("--own-address", default=DEFAULT_OWN_ADDRESS, help=argparse.SUPPRESS)
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_classify)
@@ -266,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_parse)
     p = sub.add_parser("eval", help="measure triage quality on a labelled JSONL corpus")
     p.add_argument("--labels", required=True)
-    p.add_argument("--rules", help="rules directory (default: ./rules)")
+    p.add_argument("--rules", help="rules directory (default: the project's rules/)")
     p.set_defaults(func=cmd_eval)
     from intake.staff import add_commands
 
