@@ -21,8 +21,9 @@ Failures, decided per row so that one bad row never holds up the others:
   on with the next rows; a row refused like that for too long (acknowledgements and
   digests a day, alerts and escalations 15 minutes, counted from the first such failure
   by a server that answered, so an outage does not use it up) is failed as a 5xx would be;
-  a run in which nothing was taken and two or more addresses were all answered 4xx is
-  the relay's trouble (its recipient lookup is down), and counts for nothing either;
+  a run in which nothing was taken and two or more rows with no recipient in common
+  were all answered 4xx is the relay's trouble (its recipient lookup is down), and
+  counts for nothing either;
 - a 5xx for every recipient, or to the message itself at DATA (a content filter's
   ``554 5.7.x``), marks it failed (alerts and escalations logged at ERROR); for an
   acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
@@ -711,18 +712,21 @@ async def _deliver(
                 break  # once per run
         # A 4xx to every recipient of every row, nothing taken: the relay's own trouble
         # (its recipient lookup or DNS is down), like a connection that fails; it must
-        # not spend the alert and its escalations (review 3, finding 1). One address
-        # alone cannot tell that from its own full or busy mailbox, so it takes two
-        # different addresses deferred alike (an alert and its acknowledgement, an
-        # escalation to on-call and backup). Otherwise each such row's own 4xx counts
-        # toward its give-up as before. The relay's state is kept until it takes a mail
-        # again, so the runs in which the alert is alone (the acknowledgement waiting its
-        # hourly backoff) do not count either.
+        # not spend the alert and its escalations (review 3, finding 1). One row alone
+        # cannot tell that from its own recipients' trouble, however many they are: the
+        # recipients of one row (on-call and night duty, an escalation's on-call and
+        # backup) often share a provider whose MX is down, or are all full; read as the
+        # relay's, that alert never counted toward its give-up and was never failed over
+        # (review 5, finding 2). So it takes two different rows with no recipient in
+        # common (an alert and an acknowledgement), every one deferred alike; an alert
+        # and its escalation to the same on-call address are the same mailbox's trouble.
+        # Otherwise each such row's own 4xx counts toward its give-up as before. The
+        # relay's state is kept until it takes a mail again, so the runs in which the
+        # alert is alone (the acknowledgement waiting its hourly backoff) do not count.
         relay = (settings.host, settings.port)
-        deferred_addresses = {a for job, _ in all_temporary for a in job.recipients}
         if accepted:
             _RELAY_DEFERS_ALL.discard(relay)
-        elif all_temporary and len(all_temporary) == tried and len(deferred_addresses) >= 2:
+        elif all_temporary and len(all_temporary) == tried and _unrelated_rows(all_temporary):
             _RELAY_DEFERS_ALL.add(relay)
         relay_wide = not accepted and len(all_temporary) == tried and relay in _RELAY_DEFERS_ALL
         if all_temporary and relay_wide:
@@ -742,6 +746,16 @@ async def _deliver(
         except (aiosmtplib.SMTPException, OSError):
             smtp.close()
     return report
+
+
+def _unrelated_rows(deferred: list[tuple[_Job, str]]) -> bool:
+    """Whether two of these rows share no recipient: evidence about the relay itself.
+
+    Never one row's own recipients (they often share a provider or a mailbox problem),
+    nor two rows to the same address (an alert and its escalation to on-call).
+    """
+    sets = [set(job.recipients) for job, _ in deferred]
+    return any(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
 
 
 def _codes(exc: BaseException) -> list[int]:
@@ -989,7 +1003,9 @@ def _first_refusal(engine: Engine, row: Outbox, now: datetime) -> datetime:
     The give-up clock starts here rather than at the row's creation: after a day without
     a relay, an acknowledgement's first greylisting 451 must not fail it for good.
     (A column on ``Outbox`` would be the natural place; the event needs no migration and
-    is part of the audit trail.)
+    is part of the audit trail.) A follow-up row (``<kind>-retry``) was created because
+    its recipients had just been refused for now, so its clock starts at its creation,
+    as ``_chain_first_refusal`` has it for a retry of a retry.
     """
     with session_scope(engine) as session:
         seen = session.exec(
@@ -997,8 +1013,13 @@ def _first_refusal(engine: Engine, row: Outbox, now: datetime) -> datetime:
         ).first()
         if seen is not None:
             return from_db(seen) or now
-        record_event(session, f"{FIRST_REFUSAL}{row.kind}", row.case_id, f"outbox {row.id}", at=now)
-    return now
+        first = now
+        if row.kind.endswith("-retry"):
+            first = min(now, from_db(row.created_at) or now)
+        record_event(
+            session, f"{FIRST_REFUSAL}{row.kind}", row.case_id, f"outbox {row.id}", at=first
+        )
+    return first
 
 
 def _in_doubt_resends(engine: Engine, row: Outbox) -> int:

@@ -1089,3 +1089,65 @@ def test_no_in_doubt_resend_is_recorded_for_a_try_refused_at_mail_from(
     assert rows(svc)[0].status == "sent"
     assert kinds.count("in-doubt-resend:alert") == 1
     assert kinds.index("in-doubt-resend:alert") < kinds.index("sent:alert")
+
+
+# --- review 5 (/tmp/s6/review5.md) --------------------------------------------------------
+# Each test below failed on the code before this round.
+
+
+@pytest.fixture(autouse=True)
+def _fresh_relay_state() -> Iterator[None]:
+    """The relay-wide 4xx state is per process: no test may inherit another's."""
+    send._RELAY_DEFERS_ALL.clear()
+    yield
+    send._RELAY_DEFERS_ALL.clear()
+
+
+def test_one_alert_whose_two_addresses_are_deferred_still_gives_up(
+    tmp_path: Path, faulty: tuple[Faulty, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 2: at night the alert goes to on-call and night duty, and both mailboxes
+    (one provider, its MX down) answer 452 while the relay itself is fine. The one row's
+    own two addresses say nothing about the relay: the alert is failed about 15 minutes
+    after the first refusal, so escalate fails it over (was: read as the relay deferring
+    everything, never failed, never failed over)."""
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = "452 4.2.2 Mailbox full"
+    handler.rcpt_reply[NIGHT] = "452 4.2.2 Mailbox full"
+    svc = make_svc(tmp_path, port, extra=f'off_hours = ["{NIGHT}"]')
+    night = datetime(2026, 11, 26, 23, 0, tzinfo=JST)
+    case_id = urgent_case(svc, night)
+    assert json.loads(row_of(svc, case_id, "alert").recipients) == [ONCALL, NIGHT]
+    caplog.set_level(logging.INFO)
+    t = night
+    while t <= night + timedelta(minutes=25) and row_of(svc, case_id, "alert").status != "failed":
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    alert = row_of(svc, case_id, "alert")
+    assert alert.status == "failed" and "gave up" in (alert.last_error or "")
+    # 15 minutes from the first refusal, plus at most one 2-minute retry step.
+    assert t - night <= timedelta(minutes=19)
+    assert not any("defers every recipient" in r.getMessage() for r in caplog.records)
+
+
+def test_an_alert_and_its_escalation_to_one_full_mailbox_are_not_the_relay(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 2, two rows: the on-call mailbox is full (452) and so is the backup's at
+    the same provider; the alert and its escalation share the on-call address, so they
+    are one mailbox's trouble, not the relay's: the alert still fails after ~15 minutes."""
+    from intake.escalate import escalate
+
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = "452 4.2.2 Mailbox full"
+    handler.rcpt_reply[BACKUP] = "452 4.2.2 Mailbox full"
+    svc = make_svc(tmp_path, port, extra="escalate_after_minutes = 1")
+    case_id = urgent_case(svc, T0)
+    t = T0
+    while t <= T0 + timedelta(minutes=20) and row_of(svc, case_id, "alert").status != "failed":
+        escalate(svc, t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    assert any(r.kind == "escalation" for r in rows(svc))
+    assert row_of(svc, case_id, "alert").status == "failed"
+
