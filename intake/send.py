@@ -275,7 +275,9 @@ class _Job:
     last_error: str = ""
 
 
-def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
+def _select(
+    engine: Engine, now: datetime, mailbox: str | None, newer_than: int | None = None
+) -> list[_Job]:
     """Due rows, queued urgent rows that may ride early, and rows whose sender died.
 
     Within a priority, rows that already failed go after fresh ones, so a row that keeps
@@ -285,13 +287,24 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
     refused by the server (a 4xx), in doubt, or one that killed the connection waits for
     its backoff, as does a follow-up row for recipients just deferred, so it is tried at
     most once per backoff step and cannot open a connection on every run (review 3, 5).
+
+    ``newer_than``: only the urgent rows queued (and due) after the row of that id, the
+    ones a running run looks for between its other rows (``_urgent_queued_since``).
     """
     with session_scope(engine) as session:
         urgent = col(Outbox.kind).in_(URGENT_KINDS)
-        query = select(Outbox).where(
-            (col(Outbox.status) == "queued") & ((col(Outbox.next_attempt_at) <= now) | urgent)
-            | (col(Outbox.status) == "sending")
-        )
+        if newer_than is None:
+            query = select(Outbox).where(
+                (col(Outbox.status) == "queued") & ((col(Outbox.next_attempt_at) <= now) | urgent)
+                | (col(Outbox.status) == "sending")
+            )
+        else:
+            query = select(Outbox).where(
+                col(Outbox.id) > newer_than,
+                urgent,
+                col(Outbox.status) == "queued",
+                col(Outbox.next_attempt_at) <= now,
+            )
         if mailbox is not None:
             query = query.where(Outbox.mailbox == mailbox)
         order = (Outbox.priority, col(Outbox.attempts) > 0, Outbox.id)
@@ -329,6 +342,26 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
                 )
             )
     return jobs
+
+
+def _urgent_queued_since(
+    conn: Connection, newer_than: int, now: datetime, mailbox: str | None
+) -> bool:
+    """Whether an urgent row was queued, and is due, after the row of id ``newer_than``.
+
+    One SELECT on the primary key (ids grow), LIMIT 1, on the run's open connection:
+    cheap enough to ask after every non-urgent row of a run.
+    """
+    query = select(Outbox.id).where(
+        col(Outbox.id) > newer_than,
+        col(Outbox.kind).in_(URGENT_KINDS),
+        col(Outbox.status) == "queued",
+        col(Outbox.next_attempt_at) <= now,
+    )
+    if mailbox is not None:
+        query = query.where(Outbox.mailbox == mailbox)
+    with conn.begin():
+        return conn.execute(query.limit(1)).first() is not None
 
 
 def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
@@ -587,8 +620,29 @@ async def _deliver(
     tried = 0  # rows handed to the server in this run (claimed)
     conn = engine.connect()
     try:
-        for index, job in enumerate(jobs):
-            rest = [j for j in jobs[index + 1 :] if j.previous is None]
+        # Rows are known by id; any row queued after the list was read has a larger one.
+        newest = max(j.id for j in jobs)
+        index = 0
+        while True:
+            # An alert queued while this run sends acknowledgements or digests (a slow
+            # content scanner can take most of the timeout per mail) must not wait for
+            # the whole run, which holds the process lock (review 5, finding 7): after
+            # each non-urgent row, look for urgent rows queued since, and send them
+            # next, on this connection. They are claimed like any other row, so a row
+            # another worker took is not sent twice.
+            if (
+                index
+                and jobs[index - 1].kind not in URGENT_KINDS
+                and _urgent_queued_since(conn, newest, clock(), mailbox)
+            ):
+                newer = _select(engine, clock(), mailbox, newer_than=newest)
+                jobs[index:index] = newer
+                newest = max([newest, *(j.id for j in newer)])
+            if index >= len(jobs):
+                break
+            job = jobs[index]
+            index += 1
+            rest = [j for j in jobs[index:] if j.previous is None]
             if not smtp.is_connected:
                 # The previous row's failure killed the connection: that row has been
                 # counted; the rows after it go on over a new one (a few times a run).

@@ -8,6 +8,7 @@ with the fault a test needs); the backoff and claim logic is tested as pure func
 from __future__ import annotations
 
 import asyncio
+import email
 import json
 import logging
 import os
@@ -1151,3 +1152,38 @@ def test_an_alert_and_its_escalation_to_one_full_mailbox_are_not_the_relay(
     assert any(r.kind == "escalation" for r in rows(svc))
     assert row_of(svc, case_id, "alert").status == "failed"
 
+
+def test_an_alert_queued_during_a_slow_run_goes_out_after_the_current_row(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 7: five acknowledgements meet a content scanner that takes 2 s per mail
+    (under the timeout: nothing fails). An alert queued during that run goes out right
+    after the acknowledgement being sent, on the same connection (was: after the whole
+    run, whose list was read before the alert existed). A second deliverer started at
+    once (the worker's delivery between batches) sends nothing twice."""
+    handler, port = faulty
+    handler.data_delay = 2.0
+    svc = make_svc(tmp_path, port)
+    for i in range(5):
+        ack_case(svc, f"r{i}@example.jp", T0)
+    handler.slow_data = {r.message_id for r in rows(svc)}
+    run = threading.Thread(target=deliver_outbox, args=(svc.settings.smtp, svc.engine, T0))
+    run.start()
+    deadline = time.monotonic() + 20
+    while not any(r.status == "sending" for r in rows(svc)):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    case_id = urgent_case(svc, T0)
+    queued = time.monotonic()
+    between = threading.Thread(target=deliver_outbox, args=(svc.settings.smtp, svc.engine, T0))
+    between.start()
+    while row_of(svc, case_id, "alert").status != "sent":
+        assert time.monotonic() < queued + 30
+        time.sleep(0.02)
+    waited = time.monotonic() - queued
+    run.join()
+    between.join()
+    assert waited < 3.5  # at most one slow acknowledgement before it (the run is ~10 s)
+    ids = [email.message_from_bytes(data)["Message-ID"] for _, data in handler.received]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert all(r.status == "sent" for r in rows(svc))
