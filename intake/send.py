@@ -712,7 +712,9 @@ async def _deliver(
                     break
                 codes = _codes(exc)
                 if all(500 <= c < 600 for c in codes):
-                    if _fail(engine, job.id, _reply(exc), now, codes=str(codes)):
+                    # Refused at RCPT (not at DATA): the addresses themselves.
+                    at_rcpt = len(exc.errors) if isinstance(exc, _Refused) else 0
+                    if _fail(engine, job.id, _reply(exc), now, codes=str(codes), refused=at_rcpt):
                         report.failed += 1
                 elif all(400 <= c < 500 for c in codes):
                     # Whether this counts toward giving up is decided at the end of the
@@ -754,7 +756,7 @@ async def _deliver(
         # row's own 5xx, failed so that an alert fails over at once (review 3, 2).
         for job, why in relay_denied:
             if accepted:
-                if _fail(engine, job.id, why, now, codes="5xx"):
+                if _fail(engine, job.id, why, now, codes="5xx", refused=len(job.recipients)):
                     report.failed += 1
                     report.deferred -= 1
             else:
@@ -922,9 +924,16 @@ def _mark_sent(
                 )
     if temporary or permanent:
         level = logging.ERROR if first_for_case else logging.WARNING
+        if temporary and permanent:
+            what = "some refused for good, others for now (those are retried); the rest got it"
+        elif permanent:
+            what = "some refused for good (not retried); the others got it"
+        else:
+            what = "some refused for now (they are retried); the others got it"
         log.log(
             level,
-            "some recipients refused; the temporarily refused ones are retried",
+            "some recipients refused: %s",
+            what,
             extra={
                 "outbox": job.id,
                 "kind": job.kind,
@@ -1084,11 +1093,20 @@ def _in_doubt_resends(engine: Engine, row: Outbox) -> int:
         )
 
 
-def _fail(engine: Engine, row_id: int, why: str, now: datetime, *, codes: str) -> bool:
+def _fail(
+    engine: Engine, row_id: int, why: str, now: datetime, *, codes: str, refused: int = 0
+) -> bool:
     """Fail a row for good (conditional, like ``_defer``); False when it was not ours.
 
     ``why`` (the server's reply) is stored in ``last_error`` and the event; the log only
     gets ``codes``, the row, kind and case, since a reply may name the address.
+    ``refused``: how many of its recipients the server refused for good at RCPT; for an
+    urgent row a ``recipients-refused`` event says so, so that the failover, which goes
+    to the same addresses, is not taken for the case's first such refusal.
+
+    An urgent row of a case is logged here at WARNING only: ``intake.escalate`` reports
+    each failed alert, retry and escalation of an unacknowledged case once at ERROR
+    (and fails it over), one ERROR for one failure (review 5, finding 9).
     """
     with session_scope(engine) as session:
         result = session.execute(
@@ -1108,14 +1126,26 @@ def _fail(engine: Engine, row_id: int, why: str, now: datetime, *, codes: str) -
                 # phones the resident instead.
                 session.execute(delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id))
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200], at=now)
+        if refused and row.kind in URGENT_KINDS:
+            record_event(
+                session,
+                REFUSED_FOR_GOOD,
+                row.case_id,
+                f"outbox {row_id}: {refused} recipient(s)",
+                at=now,
+            )
         kind, case_id = row.kind, row.case_id
-    level = logging.ERROR if kind in URGENT_KINDS else logging.WARNING
-    if kind.endswith("-retry") and level == logging.ERROR:
+    urgent = kind in URGENT_KINDS
+    # Without a case nothing in intake.escalate looks at it: this is its only report.
+    level = logging.ERROR if urgent and case_id is None else logging.WARNING
+    if urgent and kind.endswith("-retry"):
         # Only the recipients refused for now when the original went out: the others
         # have it (review 2, finding 10).
         what = "some recipients of this urgent mail never got it (the others did)"
+    elif urgent:
+        what = "nobody got this urgent mail (escalation reports it and fails it over)"
     else:
-        what = "nobody got this urgent mail" if level == logging.ERROR else "not delivered"
+        what = "not delivered"
     log.log(
         level,
         "outbox mail failed for good: %s",
