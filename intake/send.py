@@ -25,11 +25,14 @@ Failures, decided per row so that one bad row never holds up the others:
   were all answered 4xx is the relay's trouble (its recipient lookup is down), and
   counts for nothing either;
 - a 5xx for every recipient, or to the message itself at DATA (a content filter's
-  ``554 5.7.x``), marks it failed (alerts and escalations logged at ERROR); for an
-  acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
+  ``554 5.7.x``), marks it failed (an alert or escalation at WARNING here: the one
+  ERROR is ``intake.escalate``'s, which fails it over); for an acknowledgement it marks
+  the case ``ack_failed`` so staff see it and phone;
 - a mail that may have reached the server (timeout or dropped connection after the
-  content was sent) is resent after its backoff, at most ``MAX_IN_DOUBT_RESENDS`` times,
-  then failed: an alert is then failed over by ``intake.escalate``;
+  content was sent, or a sender that died after it) is resent after its backoff, at
+  most ``MAX_IN_DOUBT_RESENDS`` times, then failed, also when it is taken from a dead
+  sender: an alert is then failed over by ``intake.escalate``. A sender that died
+  before the content was sent leaves no doubt (``DATA_BEGUN`` is written just before);
 - a refusal of the *session* (530/534/535/538 authentication, a 5xx to our MAIL FROM,
   every recipient of a row refused as "relay access denied" while the relay takes
   nothing else in the run; once it takes another row, such a row is failed as its
@@ -65,7 +68,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiosmtplib
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, func, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
@@ -108,6 +111,10 @@ URGENT_GIVE_UP_AFTER = timedelta(minutes=15)
 
 # Marks a row whose last attempt died after DATA (server may hold it) until it is resent.
 IN_DOUBT = "in doubt: "
+# ``last_error`` of a row from the moment its content is handed to the server until the
+# server answers: a sender found dead with it may have delivered the mail (in doubt);
+# one found dead without it died before DATA, and the mail never reached the server.
+DATA_BEGUN = "content handed over, no answer yet"
 
 # Replies that refuse the session, not the mail: authentication required or failed.
 # Nothing else is read as a session refusal: a content filter's 554 5.7.0 at DATA, a 503
@@ -331,8 +338,13 @@ def _select(
                     attempts=row.attempts,
                     previous=previous,
                     due=is_due,
-                    # A sender that died while sending may have handed it over already.
-                    in_doubt=previous is not None or last_error.startswith(IN_DOUBT),
+                    # A sender that died after handing the content over may have
+                    # delivered it; one that died before (at RCPT) cannot have (review
+                    # 5, finding 10). A claim left by a version before DATA_BEGUN
+                    # existed lacks the mark: its mail is resent all the same, only
+                    # not counted as in doubt (and toward MAX_IN_DOUBT_RESENDS).
+                    in_doubt=(previous is not None and last_error.startswith(DATA_BEGUN))
+                    or last_error.startswith(IN_DOUBT),
                     mailbox=row.mailbox,
                     priority=row.priority,
                     partner=row.partner,
@@ -370,7 +382,7 @@ def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
     A queued row is taken only if nobody touched it since we read it (same ``attempts``);
     a ``sending`` row only from the dead claim we saw. A row that may already be at
     the server keeps (or, taken from a dead sender, gets) its in-doubt mark: its
-    ``in-doubt-resend`` event is written by ``_resending`` once its content is really
+    ``in-doubt-resend`` event is written by ``_handing_over`` once its content is really
     handed over, so a refusal before that (a 451 to MAIL FROM) records no resend and
     loses no mark (review 3, finding 7).
     """
@@ -386,25 +398,42 @@ def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
         return result.rowcount == 1
 
 
-def _resending(conn: Connection, job: _Job, clock: Callable[[], datetime]) -> None:
-    """Record that an in-doubt row is handed to the server again (its DATA begins).
+def _handing_over(conn: Connection, job: _Job, clock: Callable[[], datetime]) -> None:
+    """Mark the row as handed to the server (its DATA begins); for an in-doubt row,
+    record that it is resent.
 
-    Sending again risks one duplicate; not sending risks a resident or the on-call
-    person never hearing from us. Resend, and say so: the event and the end of the
-    in-doubt mark in one transaction, exactly when the resend really happens.
+    The mark (``DATA_BEGUN``) tells the next worker, should this one die before the
+    server's answer is recorded, that the mail may be at the server. Sending an in-doubt
+    row again risks one duplicate; not sending risks a resident or the on-call person
+    never hearing from us. Resend, and say so: the event and the end of the in-doubt
+    mark in one transaction, exactly when the resend really happens.
     """
     at = clock()
     with conn.begin():
         conn.execute(
             update(Outbox)
             .where(Outbox.id == job.id, Outbox.claimed_by == WORKER_ID)  # type: ignore[arg-type]
-            .values(last_error="in-doubt resend")  # the mark is accounted for by the event
+            # An in-doubt mark is accounted for by the event from here on.
+            .values(last_error=DATA_BEGUN + ("; in-doubt resend" if job.in_doubt else ""))
         )
-        _insert_event(conn, at, job.case_id, f"in-doubt-resend:{job.kind}", f"outbox {job.id}")
+        if job.in_doubt:
+            _insert_event(conn, at, job.case_id, f"in-doubt-resend:{job.kind}", f"outbox {job.id}")
+    if not job.in_doubt:
+        return
     log.warning(
         "resending a mail whose delivery is in doubt",
         extra={"outbox": job.id, "kind": job.kind},
     )
+
+
+def _resends(conn: Connection, job: _Job) -> int:
+    """How many times this row was resent while its delivery was in doubt (its events)."""
+    query = select(func.count()).where(
+        col(Event.kind) == f"in-doubt-resend:{job.kind}",
+        col(Event.detail) == f"outbox {job.id}",
+    )
+    with conn.begin():
+        return int(conn.execute(query).scalar_one())
 
 
 class _Refused(Exception):
@@ -666,12 +695,24 @@ async def _deliver(
                 utf8 = smtp.supports_extension("smtputf8")
             if not _claim(conn, job, clock()):
                 continue
+            if job.in_doubt and _resends(conn, job) >= MAX_IN_DOUBT_RESENDS:
+                # Bounded here too, not only when a resend times out: a process killed
+                # after every DATA (an OOM right after sending) would otherwise resend
+                # it on every restart without limit (review 5, finding 10).
+                why = f"delivery in doubt after {MAX_IN_DOUBT_RESENDS} resends; may have arrived"
+                if _fail(engine, job.id, f"{why}: {job.last_error}", now, codes="in-doubt"):
+                    report.failed += 1
+                continue
             claimed.add(job.id)
             tried += 1
             try:
-                resend = functools.partial(_resending, conn, job, clock) if job.in_doubt else None
                 errors, response = await _transaction(
-                    smtp, settings.from_address, job.recipients, job.content, utf8, resend
+                    smtp,
+                    settings.from_address,
+                    job.recipients,
+                    job.content,
+                    utf8,
+                    functools.partial(_handing_over, conn, job, clock),
                 )
             except _InDoubt as exc:
                 # The server may hold it: resent (and recorded as such) after its backoff,
@@ -860,6 +901,9 @@ def _mark_sent(
             "some recipients refused: "
             + "; ".join(f"{a} {code} {message}" for a, (code, message) in errors.items())
         )[:500]
+    else:
+        # The server answered: ``DATA_BEGUN`` goes; what the row said before stays.
+        values["last_error"] = "in-doubt resend" if job.in_doubt else (job.last_error or None)
     with conn.begin():
         conn.execute(update(Outbox).where(Outbox.id == job.id).values(**values))  # type: ignore[arg-type]
         if job.kind == "ack" and job.case_id is not None:

@@ -334,6 +334,7 @@ def test_in_doubt_event_only_when_the_resend_really_happens(
         row.status = "sending"
         row.claimed_by = "elsewhere:1:1:dead"
         row.claimed_at = to_db(T0 - timedelta(hours=1))
+        row.last_error = send.DATA_BEGUN  # it died after handing the content over
     smtp_server.stop()
     for minute in range(3):
         deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=minute))
@@ -1232,3 +1233,72 @@ def test_one_refused_oncall_address_is_one_error_and_says_what_was_refused(
     assert "for good" in partial.getMessage() and "for now" not in partial.getMessage()
     assert "temporarily" not in partial.getMessage()
     no_address_in(caplog.records)
+
+
+_SENDER = r"""
+import sys
+from datetime import datetime
+from zoneinfo import ZoneInfo
+from intake.config import load_settings
+from intake.pipeline import Service
+from intake.send import deliver_outbox
+svc = Service.from_settings(load_settings(sys.argv[1]))
+at = datetime(2026, 11, 26, 12, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
+deliver_outbox(svc.settings.smtp, svc.engine, at)
+"""
+
+
+def killed_while(svc: Service, until: Any) -> None:
+    """Run a sender in a process of its own and SIGKILL it once ``until()`` holds."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-c", _SENDER, str(svc.settings.path)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not until():
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.02)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+def test_a_sender_killed_before_data_is_not_an_in_doubt_resend(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 10: a worker killed while the server verifies the on-call address (the
+    mail never reached it) is taken over and the alert sent once, without an
+    ``in-doubt-resend`` (was: recorded as a possible duplicate)."""
+    handler, port = faulty
+    handler.rcpt_delay[ONCALL] = 3.0
+    svc = make_svc(tmp_path, port)
+    case_id = urgent_case(svc, T0)
+    killed_while(svc, lambda: row_of(svc, case_id, "alert").status == "sending")
+    assert row_of(svc, case_id, "alert").status == "sending"
+    handler.rcpt_delay.clear()
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(seconds=30))
+    assert row_of(svc, case_id, "alert").status == "sent"
+    assert len(handler.received) == 1
+    assert not any(k.startswith("in-doubt-resend") for k in events(svc))
+
+
+def test_a_sender_killed_after_every_data_resends_at_most_the_bound(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 10: a process killed after every DATA (an OOM right after handing the
+    alert over) is restarted again and again. The alert is resent at most
+    ``MAX_IN_DOUBT_RESENDS`` times, each recorded, then failed (escalate fails it over)
+    (was: resent on every restart without limit)."""
+    handler, port = faulty
+    handler.data_delay = 3.0
+    svc = make_svc(tmp_path, port)
+    case_id = urgent_case(svc, T0)
+    handler.slow_data = {message_id(svc, case_id)}
+    for copies in range(1, send.MAX_IN_DOUBT_RESENDS + 2):
+        killed_while(svc, lambda n=copies: len(handler.received) >= n)  # type: ignore[misc]
+    handler.slow_data = set()
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=1))
+    assert len(handler.received) == 1 + send.MAX_IN_DOUBT_RESENDS
+    assert events(svc).count("in-doubt-resend:alert") == send.MAX_IN_DOUBT_RESENDS
+    alert = row_of(svc, case_id, "alert")
+    assert alert.status == "failed" and "in doubt" in (alert.last_error or "")
