@@ -21,14 +21,18 @@ Failures, decided per row so that one bad row never holds up the others:
   on with the next rows; a row refused like that for too long (acknowledgements and
   digests a day, alerts and escalations 15 minutes, counted from the first such failure
   by a server that answered, so an outage does not use it up) is failed as a 5xx would be;
-  a run in which nothing was taken and two or more addresses were all answered 4xx is
-  the relay's trouble (its recipient lookup is down), and counts for nothing either;
+  a run in which nothing was taken and two or more rows with no recipient in common
+  were all answered 4xx is the relay's trouble (its recipient lookup is down), and
+  counts for nothing either;
 - a 5xx for every recipient, or to the message itself at DATA (a content filter's
-  ``554 5.7.x``), marks it failed (alerts and escalations logged at ERROR); for an
-  acknowledgement it marks the case ``ack_failed`` so staff see it and phone;
+  ``554 5.7.x``), marks it failed (an alert or escalation at WARNING here: the one
+  ERROR is ``intake.escalate``'s, which fails it over); for an acknowledgement it marks
+  the case ``ack_failed`` so staff see it and phone;
 - a mail that may have reached the server (timeout or dropped connection after the
-  content was sent) is resent after its backoff, at most ``MAX_IN_DOUBT_RESENDS`` times,
-  then failed: an alert is then failed over by ``intake.escalate``;
+  content was sent, or a sender that died after it) is resent after its backoff, at
+  most ``MAX_IN_DOUBT_RESENDS`` times, then failed, also when it is taken from a dead
+  sender: an alert is then failed over by ``intake.escalate``. A sender that died
+  before the content was sent leaves no doubt (``DATA_BEGUN`` is written just before);
 - a refusal of the *session* (530/534/535/538 authentication, a 5xx to our MAIL FROM,
   every recipient of a row refused as "relay access denied" while the relay takes
   nothing else in the run; once it takes another row, such a row is failed as its
@@ -64,7 +68,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiosmtplib
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, func, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
@@ -107,6 +111,10 @@ URGENT_GIVE_UP_AFTER = timedelta(minutes=15)
 
 # Marks a row whose last attempt died after DATA (server may hold it) until it is resent.
 IN_DOUBT = "in doubt: "
+# ``last_error`` of a row from the moment its content is handed to the server until the
+# server answers: a sender found dead with it may have delivered the mail (in doubt);
+# one found dead without it died before DATA, and the mail never reached the server.
+DATA_BEGUN = "content handed over, no answer yet"
 
 # Replies that refuse the session, not the mail: authentication required or failed.
 # Nothing else is read as a session refusal: a content filter's 554 5.7.0 at DATA, a 503
@@ -274,7 +282,9 @@ class _Job:
     last_error: str = ""
 
 
-def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
+def _select(
+    engine: Engine, now: datetime, mailbox: str | None, newer_than: int | None = None
+) -> list[_Job]:
     """Due rows, queued urgent rows that may ride early, and rows whose sender died.
 
     Within a priority, rows that already failed go after fresh ones, so a row that keeps
@@ -284,13 +294,24 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
     refused by the server (a 4xx), in doubt, or one that killed the connection waits for
     its backoff, as does a follow-up row for recipients just deferred, so it is tried at
     most once per backoff step and cannot open a connection on every run (review 3, 5).
+
+    ``newer_than``: only the urgent rows queued (and due) after the row of that id, the
+    ones a running run looks for between its other rows (``_urgent_queued_since``).
     """
     with session_scope(engine) as session:
         urgent = col(Outbox.kind).in_(URGENT_KINDS)
-        query = select(Outbox).where(
-            (col(Outbox.status) == "queued") & ((col(Outbox.next_attempt_at) <= now) | urgent)
-            | (col(Outbox.status) == "sending")
-        )
+        if newer_than is None:
+            query = select(Outbox).where(
+                (col(Outbox.status) == "queued") & ((col(Outbox.next_attempt_at) <= now) | urgent)
+                | (col(Outbox.status) == "sending")
+            )
+        else:
+            query = select(Outbox).where(
+                col(Outbox.id) > newer_than,
+                urgent,
+                col(Outbox.status) == "queued",
+                col(Outbox.next_attempt_at) <= now,
+            )
         if mailbox is not None:
             query = query.where(Outbox.mailbox == mailbox)
         order = (Outbox.priority, col(Outbox.attempts) > 0, Outbox.id)
@@ -317,8 +338,13 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
                     attempts=row.attempts,
                     previous=previous,
                     due=is_due,
-                    # A sender that died while sending may have handed it over already.
-                    in_doubt=previous is not None or last_error.startswith(IN_DOUBT),
+                    # A sender that died after handing the content over may have
+                    # delivered it; one that died before (at RCPT) cannot have (review
+                    # 5, finding 10). A claim left by a version before DATA_BEGUN
+                    # existed lacks the mark: its mail is resent all the same, only
+                    # not counted as in doubt (and toward MAX_IN_DOUBT_RESENDS).
+                    in_doubt=(previous is not None and last_error.startswith(DATA_BEGUN))
+                    or last_error.startswith(IN_DOUBT),
                     mailbox=row.mailbox,
                     priority=row.priority,
                     partner=row.partner,
@@ -330,13 +356,33 @@ def _select(engine: Engine, now: datetime, mailbox: str | None) -> list[_Job]:
     return jobs
 
 
+def _urgent_queued_since(
+    conn: Connection, newer_than: int, now: datetime, mailbox: str | None
+) -> bool:
+    """Whether an urgent row was queued, and is due, after the row of id ``newer_than``.
+
+    One SELECT on the primary key (ids grow), LIMIT 1, on the run's open connection:
+    cheap enough to ask after every non-urgent row of a run.
+    """
+    query = select(Outbox.id).where(
+        col(Outbox.id) > newer_than,
+        col(Outbox.kind).in_(URGENT_KINDS),
+        col(Outbox.status) == "queued",
+        col(Outbox.next_attempt_at) <= now,
+    )
+    if mailbox is not None:
+        query = query.where(Outbox.mailbox == mailbox)
+    with conn.begin():
+        return conn.execute(query.limit(1)).first() is not None
+
+
 def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
     """Take a row for sending; False when another worker took it first (portable CAS).
 
     A queued row is taken only if nobody touched it since we read it (same ``attempts``);
     a ``sending`` row only from the dead claim we saw. A row that may already be at
     the server keeps (or, taken from a dead sender, gets) its in-doubt mark: its
-    ``in-doubt-resend`` event is written by ``_resending`` once its content is really
+    ``in-doubt-resend`` event is written by ``_handing_over`` once its content is really
     handed over, so a refusal before that (a 451 to MAIL FROM) records no resend and
     loses no mark (review 3, finding 7).
     """
@@ -352,25 +398,42 @@ def _claim(conn: Connection, job: _Job, at: datetime) -> bool:
         return result.rowcount == 1
 
 
-def _resending(conn: Connection, job: _Job, clock: Callable[[], datetime]) -> None:
-    """Record that an in-doubt row is handed to the server again (its DATA begins).
+def _handing_over(conn: Connection, job: _Job, clock: Callable[[], datetime]) -> None:
+    """Mark the row as handed to the server (its DATA begins); for an in-doubt row,
+    record that it is resent.
 
-    Sending again risks one duplicate; not sending risks a resident or the on-call
-    person never hearing from us. Resend, and say so: the event and the end of the
-    in-doubt mark in one transaction, exactly when the resend really happens.
+    The mark (``DATA_BEGUN``) tells the next worker, should this one die before the
+    server's answer is recorded, that the mail may be at the server. Sending an in-doubt
+    row again risks one duplicate; not sending risks a resident or the on-call person
+    never hearing from us. Resend, and say so: the event and the end of the in-doubt
+    mark in one transaction, exactly when the resend really happens.
     """
     at = clock()
     with conn.begin():
         conn.execute(
             update(Outbox)
             .where(Outbox.id == job.id, Outbox.claimed_by == WORKER_ID)  # type: ignore[arg-type]
-            .values(last_error="in-doubt resend")  # the mark is accounted for by the event
+            # An in-doubt mark is accounted for by the event from here on.
+            .values(last_error=DATA_BEGUN + ("; in-doubt resend" if job.in_doubt else ""))
         )
-        _insert_event(conn, at, job.case_id, f"in-doubt-resend:{job.kind}", f"outbox {job.id}")
+        if job.in_doubt:
+            _insert_event(conn, at, job.case_id, f"in-doubt-resend:{job.kind}", f"outbox {job.id}")
+    if not job.in_doubt:
+        return
     log.warning(
         "resending a mail whose delivery is in doubt",
         extra={"outbox": job.id, "kind": job.kind},
     )
+
+
+def _resends(conn: Connection, job: _Job) -> int:
+    """How many times this row was resent while its delivery was in doubt (its events)."""
+    query = select(func.count()).where(
+        col(Event.kind) == f"in-doubt-resend:{job.kind}",
+        col(Event.detail) == f"outbox {job.id}",
+    )
+    with conn.begin():
+        return int(conn.execute(query).scalar_one())
 
 
 class _Refused(Exception):
@@ -586,8 +649,29 @@ async def _deliver(
     tried = 0  # rows handed to the server in this run (claimed)
     conn = engine.connect()
     try:
-        for index, job in enumerate(jobs):
-            rest = [j for j in jobs[index + 1 :] if j.previous is None]
+        # Rows are known by id; any row queued after the list was read has a larger one.
+        newest = max(j.id for j in jobs)
+        index = 0
+        while True:
+            # An alert queued while this run sends acknowledgements or digests (a slow
+            # content scanner can take most of the timeout per mail) must not wait for
+            # the whole run, which holds the process lock (review 5, finding 7): after
+            # each non-urgent row, look for urgent rows queued since, and send them
+            # next, on this connection. They are claimed like any other row, so a row
+            # another worker took is not sent twice.
+            if (
+                index
+                and jobs[index - 1].kind not in URGENT_KINDS
+                and _urgent_queued_since(conn, newest, clock(), mailbox)
+            ):
+                newer = _select(engine, clock(), mailbox, newer_than=newest)
+                jobs[index:index] = newer
+                newest = max([newest, *(j.id for j in newer)])
+            if index >= len(jobs):
+                break
+            job = jobs[index]
+            index += 1
+            rest = [j for j in jobs[index:] if j.previous is None]
             if not smtp.is_connected:
                 # The previous row's failure killed the connection: that row has been
                 # counted; the rows after it go on over a new one (a few times a run).
@@ -611,12 +695,24 @@ async def _deliver(
                 utf8 = smtp.supports_extension("smtputf8")
             if not _claim(conn, job, clock()):
                 continue
+            if job.in_doubt and _resends(conn, job) >= MAX_IN_DOUBT_RESENDS:
+                # Bounded here too, not only when a resend times out: a process killed
+                # after every DATA (an OOM right after sending) would otherwise resend
+                # it on every restart without limit (review 5, finding 10).
+                why = f"delivery in doubt after {MAX_IN_DOUBT_RESENDS} resends; may have arrived"
+                if _fail(engine, job.id, f"{why}: {job.last_error}", now, codes="in-doubt"):
+                    report.failed += 1
+                continue
             claimed.add(job.id)
             tried += 1
             try:
-                resend = functools.partial(_resending, conn, job, clock) if job.in_doubt else None
                 errors, response = await _transaction(
-                    smtp, settings.from_address, job.recipients, job.content, utf8, resend
+                    smtp,
+                    settings.from_address,
+                    job.recipients,
+                    job.content,
+                    utf8,
+                    functools.partial(_handing_over, conn, job, clock),
                 )
             except _InDoubt as exc:
                 # The server may hold it: resent (and recorded as such) after its backoff,
@@ -657,7 +753,9 @@ async def _deliver(
                     break
                 codes = _codes(exc)
                 if all(500 <= c < 600 for c in codes):
-                    if _fail(engine, job.id, _reply(exc), now, codes=str(codes)):
+                    # Refused at RCPT (not at DATA): the addresses themselves.
+                    at_rcpt = len(exc.errors) if isinstance(exc, _Refused) else 0
+                    if _fail(engine, job.id, _reply(exc), now, codes=str(codes), refused=at_rcpt):
                         report.failed += 1
                 elif all(400 <= c < 500 for c in codes):
                     # Whether this counts toward giving up is decided at the end of the
@@ -699,7 +797,7 @@ async def _deliver(
         # row's own 5xx, failed so that an alert fails over at once (review 3, 2).
         for job, why in relay_denied:
             if accepted:
-                if _fail(engine, job.id, why, now, codes="5xx"):
+                if _fail(engine, job.id, why, now, codes="5xx", refused=len(job.recipients)):
                     report.failed += 1
                     report.deferred -= 1
             else:
@@ -711,18 +809,21 @@ async def _deliver(
                 break  # once per run
         # A 4xx to every recipient of every row, nothing taken: the relay's own trouble
         # (its recipient lookup or DNS is down), like a connection that fails; it must
-        # not spend the alert and its escalations (review 3, finding 1). One address
-        # alone cannot tell that from its own full or busy mailbox, so it takes two
-        # different addresses deferred alike (an alert and its acknowledgement, an
-        # escalation to on-call and backup). Otherwise each such row's own 4xx counts
-        # toward its give-up as before. The relay's state is kept until it takes a mail
-        # again, so the runs in which the alert is alone (the acknowledgement waiting its
-        # hourly backoff) do not count either.
+        # not spend the alert and its escalations (review 3, finding 1). One row alone
+        # cannot tell that from its own recipients' trouble, however many they are: the
+        # recipients of one row (on-call and night duty, an escalation's on-call and
+        # backup) often share a provider whose MX is down, or are all full; read as the
+        # relay's, that alert never counted toward its give-up and was never failed over
+        # (review 5, finding 2). So it takes two different rows with no recipient in
+        # common (an alert and an acknowledgement), every one deferred alike; an alert
+        # and its escalation to the same on-call address are the same mailbox's trouble.
+        # Otherwise each such row's own 4xx counts toward its give-up as before. The
+        # relay's state is kept until it takes a mail again, so the runs in which the
+        # alert is alone (the acknowledgement waiting its hourly backoff) do not count.
         relay = (settings.host, settings.port)
-        deferred_addresses = {a for job, _ in all_temporary for a in job.recipients}
         if accepted:
             _RELAY_DEFERS_ALL.discard(relay)
-        elif all_temporary and len(all_temporary) == tried and len(deferred_addresses) >= 2:
+        elif all_temporary and len(all_temporary) == tried and _unrelated_rows(all_temporary):
             _RELAY_DEFERS_ALL.add(relay)
         relay_wide = not accepted and len(all_temporary) == tried and relay in _RELAY_DEFERS_ALL
         if all_temporary and relay_wide:
@@ -742,6 +843,16 @@ async def _deliver(
         except (aiosmtplib.SMTPException, OSError):
             smtp.close()
     return report
+
+
+def _unrelated_rows(deferred: list[tuple[_Job, str]]) -> bool:
+    """Whether two of these rows share no recipient: evidence about the relay itself.
+
+    Never one row's own recipients (they often share a provider or a mailbox problem),
+    nor two rows to the same address (an alert and its escalation to on-call).
+    """
+    sets = [set(job.recipients) for job, _ in deferred]
+    return any(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
 
 
 def _codes(exc: BaseException) -> list[int]:
@@ -790,6 +901,9 @@ def _mark_sent(
             "some recipients refused: "
             + "; ".join(f"{a} {code} {message}" for a, (code, message) in errors.items())
         )[:500]
+    else:
+        # The server answered: ``DATA_BEGUN`` goes; what the row said before stays.
+        values["last_error"] = "in-doubt resend" if job.in_doubt else (job.last_error or None)
     with conn.begin():
         conn.execute(update(Outbox).where(Outbox.id == job.id).values(**values))  # type: ignore[arg-type]
         if job.kind == "ack" and job.case_id is not None:
@@ -854,9 +968,16 @@ def _mark_sent(
                 )
     if temporary or permanent:
         level = logging.ERROR if first_for_case else logging.WARNING
+        if temporary and permanent:
+            what = "some refused for good, others for now (those are retried); the rest got it"
+        elif permanent:
+            what = "some refused for good (not retried); the others got it"
+        else:
+            what = "some refused for now (they are retried); the others got it"
         log.log(
             level,
-            "some recipients refused; the temporarily refused ones are retried",
+            "some recipients refused: %s",
+            what,
             extra={
                 "outbox": job.id,
                 "kind": job.kind,
@@ -989,7 +1110,9 @@ def _first_refusal(engine: Engine, row: Outbox, now: datetime) -> datetime:
     The give-up clock starts here rather than at the row's creation: after a day without
     a relay, an acknowledgement's first greylisting 451 must not fail it for good.
     (A column on ``Outbox`` would be the natural place; the event needs no migration and
-    is part of the audit trail.)
+    is part of the audit trail.) A follow-up row (``<kind>-retry``) was created because
+    its recipients had just been refused for now, so its clock starts at its creation,
+    as ``_chain_first_refusal`` has it for a retry of a retry.
     """
     with session_scope(engine) as session:
         seen = session.exec(
@@ -997,8 +1120,13 @@ def _first_refusal(engine: Engine, row: Outbox, now: datetime) -> datetime:
         ).first()
         if seen is not None:
             return from_db(seen) or now
-        record_event(session, f"{FIRST_REFUSAL}{row.kind}", row.case_id, f"outbox {row.id}", at=now)
-    return now
+        first = now
+        if row.kind.endswith("-retry"):
+            first = min(now, from_db(row.created_at) or now)
+        record_event(
+            session, f"{FIRST_REFUSAL}{row.kind}", row.case_id, f"outbox {row.id}", at=first
+        )
+    return first
 
 
 def _in_doubt_resends(engine: Engine, row: Outbox) -> int:
@@ -1009,11 +1137,20 @@ def _in_doubt_resends(engine: Engine, row: Outbox) -> int:
         )
 
 
-def _fail(engine: Engine, row_id: int, why: str, now: datetime, *, codes: str) -> bool:
+def _fail(
+    engine: Engine, row_id: int, why: str, now: datetime, *, codes: str, refused: int = 0
+) -> bool:
     """Fail a row for good (conditional, like ``_defer``); False when it was not ours.
 
     ``why`` (the server's reply) is stored in ``last_error`` and the event; the log only
     gets ``codes``, the row, kind and case, since a reply may name the address.
+    ``refused``: how many of its recipients the server refused for good at RCPT; for an
+    urgent row a ``recipients-refused`` event says so, so that the failover, which goes
+    to the same addresses, is not taken for the case's first such refusal.
+
+    An urgent row of a case is logged here at WARNING only: ``intake.escalate`` reports
+    each failed alert, retry and escalation of an unacknowledged case once at ERROR
+    (and fails it over), one ERROR for one failure (review 5, finding 9).
     """
     with session_scope(engine) as session:
         result = session.execute(
@@ -1033,14 +1170,26 @@ def _fail(engine: Engine, row_id: int, why: str, now: datetime, *, codes: str) -
                 # phones the resident instead.
                 session.execute(delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id))
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200], at=now)
+        if refused and row.kind in URGENT_KINDS:
+            record_event(
+                session,
+                REFUSED_FOR_GOOD,
+                row.case_id,
+                f"outbox {row_id}: {refused} recipient(s)",
+                at=now,
+            )
         kind, case_id = row.kind, row.case_id
-    level = logging.ERROR if kind in URGENT_KINDS else logging.WARNING
-    if kind.endswith("-retry") and level == logging.ERROR:
+    urgent = kind in URGENT_KINDS
+    # Without a case nothing in intake.escalate looks at it: this is its only report.
+    level = logging.ERROR if urgent and case_id is None else logging.WARNING
+    if urgent and kind.endswith("-retry"):
         # Only the recipients refused for now when the original went out: the others
         # have it (review 2, finding 10).
         what = "some recipients of this urgent mail never got it (the others did)"
+    elif urgent:
+        what = "nobody got this urgent mail (escalation reports it and fails it over)"
     else:
-        what = "nobody got this urgent mail" if level == logging.ERROR else "not delivered"
+        what = "not delivered"
     log.log(
         level,
         "outbox mail failed for good: %s",

@@ -8,6 +8,7 @@ with the fault a test needs); the backoff and claim logic is tested as pure func
 from __future__ import annotations
 
 import asyncio
+import email
 import json
 import logging
 import os
@@ -333,6 +334,7 @@ def test_in_doubt_event_only_when_the_resend_really_happens(
         row.status = "sending"
         row.claimed_by = "elsewhere:1:1:dead"
         row.claimed_at = to_db(T0 - timedelta(hours=1))
+        row.last_error = send.DATA_BEGUN  # it died after handing the content over
     smtp_server.stop()
     for minute in range(3):
         deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=minute))
@@ -359,8 +361,13 @@ def test_refused_oncall_address_fails_the_alert_loudly(
     row = rows(svc)[0]
     # What intake.escalate needs to escalate at once: the failed status and the reason.
     assert row.status == "failed" and "550" in (row.last_error or "")
-    errors = send_logs(caplog, logging.ERROR)
-    assert errors and any(getattr(r, "codes", None) for r in errors)
+    failed = [r for r in send_logs(caplog, logging.WARNING) if "failed for good" in r.getMessage()]
+    assert failed and all(getattr(r, "codes", None) for r in failed)
+    # Loudly, once: the ERROR is escalate's, which fails it over (review 5, finding 9).
+    from intake.escalate import escalate
+
+    escalate(svc, T0)
+    assert [r.name for r in intake_errors(caplog)] == ["intake.escalate"]
     no_address_in(caplog.records)
 
 
@@ -520,7 +527,11 @@ def test_alert_refused_for_a_quarter_hour_is_failed_with_an_error_log(
         t += timedelta(minutes=1)
     row = rows(svc)[0]
     assert row.status == "failed"
-    assert send_logs(caplog, logging.ERROR)
+    assert any("failed for good" in r.getMessage() for r in send_logs(caplog, logging.WARNING))
+    from intake.escalate import escalate  # which owns the one ERROR (review 5, finding 9)
+
+    escalate(svc, t)
+    assert [r.name for r in intake_errors(caplog)] == ["intake.escalate"]
     # Tried at each of its retries (30 s, 1 min, then every 2 min: not on every run
     # since review 3, finding 5), never left ``sending``: no false in-doubt record.
     assert row.attempts >= 8
@@ -845,8 +856,9 @@ def test_an_address_refused_for_good_is_logged_at_error_once_per_case(
     tmp_path: Path, faulty: tuple[Faulty, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Finding 11 (send side): the on-call address is refused for good; the alert fails
-    and every escalation, to on-call and backup, is refused for it again. ``send`` says
-    so at ERROR once for the case, then at WARNING (was: one ERROR per escalation)."""
+    and every escalation, to on-call and backup, is refused for it again. One ERROR for
+    the case (escalate's, since review 5, finding 9), then WARNINGs (was: one ERROR per
+    escalation)."""
     from intake.escalate import escalate
 
     handler, port = faulty
@@ -862,7 +874,8 @@ def test_an_address_refused_for_good_is_logged_at_error_once_per_case(
     sent = [r for r in rows(svc) if r.kind == "escalation" and r.status == "sent"]
     assert len(sent) >= 2 and all(r.case_id == case_id for r in sent)
     partial = [r for r in send_logs(caplog, logging.INFO) if "some recipients" in r.getMessage()]
-    assert [r.levelno for r in partial] == [logging.ERROR] + [logging.WARNING] * (len(sent) - 1)
+    assert [r.levelno for r in partial] == [logging.WARNING] * len(sent)
+    assert [r.name for r in intake_errors(caplog)] == ["intake.escalate"]
     no_address_in(caplog.records)
 
 
@@ -882,9 +895,9 @@ def test_a_failed_alert_retry_does_not_say_nobody_got_the_alert(
         deliver_outbox(svc.settings.smtp, svc.engine, t)
         t += timedelta(minutes=1)
     assert [(r.kind, r.status) for r in rows(svc)] == [("alert", "sent"), ("alert-retry", "failed")]
-    errors = [r.getMessage() for r in send_logs(caplog, logging.ERROR)]
-    assert errors and not any("nobody" in m for m in errors)
-    assert any("the others did" in m for m in errors)
+    failed = [r.getMessage() for r in send_logs(caplog, logging.WARNING)]
+    assert failed and not any("nobody" in m for m in failed)
+    assert any("the others did" in m for m in failed)
 
 
 def test_a_poison_row_is_logged_at_error_once_not_on_every_run(
@@ -1089,3 +1102,203 @@ def test_no_in_doubt_resend_is_recorded_for_a_try_refused_at_mail_from(
     assert rows(svc)[0].status == "sent"
     assert kinds.count("in-doubt-resend:alert") == 1
     assert kinds.index("in-doubt-resend:alert") < kinds.index("sent:alert")
+
+
+# --- review 5 (/tmp/s6/review5.md) --------------------------------------------------------
+# Each test below failed on the code before this round.
+
+
+@pytest.fixture(autouse=True)
+def _fresh_relay_state() -> Iterator[None]:
+    """The relay-wide 4xx state is per process: no test may inherit another's."""
+    send._RELAY_DEFERS_ALL.clear()
+    yield
+    send._RELAY_DEFERS_ALL.clear()
+
+
+def test_one_alert_whose_two_addresses_are_deferred_still_gives_up(
+    tmp_path: Path, faulty: tuple[Faulty, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 2: at night the alert goes to on-call and night duty, and both mailboxes
+    (one provider, its MX down) answer 452 while the relay itself is fine. The one row's
+    own two addresses say nothing about the relay: the alert is failed about 15 minutes
+    after the first refusal, so escalate fails it over (was: read as the relay deferring
+    everything, never failed, never failed over)."""
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = "452 4.2.2 Mailbox full"
+    handler.rcpt_reply[NIGHT] = "452 4.2.2 Mailbox full"
+    svc = make_svc(tmp_path, port, extra=f'off_hours = ["{NIGHT}"]')
+    night = datetime(2026, 11, 26, 23, 0, tzinfo=JST)
+    case_id = urgent_case(svc, night)
+    assert json.loads(row_of(svc, case_id, "alert").recipients) == [ONCALL, NIGHT]
+    caplog.set_level(logging.INFO)
+    t = night
+    while t <= night + timedelta(minutes=25) and row_of(svc, case_id, "alert").status != "failed":
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    alert = row_of(svc, case_id, "alert")
+    assert alert.status == "failed" and "gave up" in (alert.last_error or "")
+    # 15 minutes from the first refusal, plus at most one 2-minute retry step.
+    assert t - night <= timedelta(minutes=19)
+    assert not any("defers every recipient" in r.getMessage() for r in caplog.records)
+
+
+def test_an_alert_and_its_escalation_to_one_full_mailbox_are_not_the_relay(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 2, two rows: the on-call mailbox is full (452) and so is the backup's at
+    the same provider; the alert and its escalation share the on-call address, so they
+    are one mailbox's trouble, not the relay's: the alert still fails after ~15 minutes."""
+    from intake.escalate import escalate
+
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = "452 4.2.2 Mailbox full"
+    handler.rcpt_reply[BACKUP] = "452 4.2.2 Mailbox full"
+    svc = make_svc(tmp_path, port, extra="escalate_after_minutes = 1")
+    case_id = urgent_case(svc, T0)
+    t = T0
+    while t <= T0 + timedelta(minutes=20) and row_of(svc, case_id, "alert").status != "failed":
+        escalate(svc, t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+        t += timedelta(minutes=1)
+    assert any(r.kind == "escalation" for r in rows(svc))
+    assert row_of(svc, case_id, "alert").status == "failed"
+
+
+def test_an_alert_queued_during_a_slow_run_goes_out_after_the_current_row(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 7: five acknowledgements meet a content scanner that takes 2 s per mail
+    (under the timeout: nothing fails). An alert queued during that run goes out right
+    after the acknowledgement being sent, on the same connection (was: after the whole
+    run, whose list was read before the alert existed). A second deliverer started at
+    once (the worker's delivery between batches) sends nothing twice."""
+    handler, port = faulty
+    handler.data_delay = 2.0
+    svc = make_svc(tmp_path, port)
+    for i in range(5):
+        ack_case(svc, f"r{i}@example.jp", T0)
+    handler.slow_data = {r.message_id for r in rows(svc)}
+    run = threading.Thread(target=deliver_outbox, args=(svc.settings.smtp, svc.engine, T0))
+    run.start()
+    deadline = time.monotonic() + 20
+    while not any(r.status == "sending" for r in rows(svc)):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    case_id = urgent_case(svc, T0)
+    queued = time.monotonic()
+    between = threading.Thread(target=deliver_outbox, args=(svc.settings.smtp, svc.engine, T0))
+    between.start()
+    while row_of(svc, case_id, "alert").status != "sent":
+        assert time.monotonic() < queued + 30
+        time.sleep(0.02)
+    waited = time.monotonic() - queued
+    run.join()
+    between.join()
+    assert waited < 3.5  # at most one slow acknowledgement before it (the run is ~10 s)
+    ids = [email.message_from_bytes(data)["Message-ID"] for _, data in handler.received]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert all(r.status == "sent" for r in rows(svc))
+
+
+def intake_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("intake") and r.levelno >= logging.ERROR]
+
+
+def test_one_refused_oncall_address_is_one_error_and_says_what_was_refused(
+    tmp_path: Path, faulty: tuple[Faulty, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 9: the on-call address is refused for good (550 5.1.1). One ERROR, the
+    escalation's ("urgent alert refused ... escalated at once"); send says it at WARNING,
+    and of the failover, which goes to the refused address again, that a recipient was
+    refused for good, not that temporarily refused ones are retried (was: three ERRORs,
+    the third one about a retry that did not exist)."""
+    from intake.escalate import escalate
+
+    handler, port = faulty
+    handler.rcpt_reply[ONCALL] = "550 5.1.1 user unknown"
+    svc = make_svc(tmp_path, port)
+    urgent_case(svc, T0)
+    caplog.set_level(logging.INFO)
+    for minute in range(5):
+        t = T0 + timedelta(minutes=minute)
+        escalate(svc, t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t)
+    assert [BACKUP] in delivered_to(handler)  # the failover reached the backup
+    [error] = intake_errors(caplog)
+    assert error.name == "intake.escalate" and "escalated at once" in error.getMessage()
+    failed = [r for r in send_logs(caplog, logging.WARNING) if "failed for good" in r.getMessage()]
+    assert [r.levelno for r in failed] == [logging.WARNING]
+    [partial] = [r for r in send_logs(caplog, logging.INFO) if "recipients" in r.getMessage()]
+    assert "for good" in partial.getMessage() and "for now" not in partial.getMessage()
+    assert "temporarily" not in partial.getMessage()
+    no_address_in(caplog.records)
+
+
+_SENDER = r"""
+import sys
+from datetime import datetime
+from zoneinfo import ZoneInfo
+from intake.config import load_settings
+from intake.pipeline import Service
+from intake.send import deliver_outbox
+svc = Service.from_settings(load_settings(sys.argv[1]))
+at = datetime(2026, 11, 26, 12, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
+deliver_outbox(svc.settings.smtp, svc.engine, at)
+"""
+
+
+def killed_while(svc: Service, until: Any) -> None:
+    """Run a sender in a process of its own and SIGKILL it once ``until()`` holds."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-c", _SENDER, str(svc.settings.path)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not until():
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.02)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+def test_a_sender_killed_before_data_is_not_an_in_doubt_resend(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 10: a worker killed while the server verifies the on-call address (the
+    mail never reached it) is taken over and the alert sent once, without an
+    ``in-doubt-resend`` (was: recorded as a possible duplicate)."""
+    handler, port = faulty
+    handler.rcpt_delay[ONCALL] = 3.0
+    svc = make_svc(tmp_path, port)
+    case_id = urgent_case(svc, T0)
+    killed_while(svc, lambda: row_of(svc, case_id, "alert").status == "sending")
+    assert row_of(svc, case_id, "alert").status == "sending"
+    handler.rcpt_delay.clear()
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(seconds=30))
+    assert row_of(svc, case_id, "alert").status == "sent"
+    assert len(handler.received) == 1
+    assert not any(k.startswith("in-doubt-resend") for k in events(svc))
+
+
+def test_a_sender_killed_after_every_data_resends_at_most_the_bound(
+    tmp_path: Path, faulty: tuple[Faulty, int]
+) -> None:
+    """Finding 10: a process killed after every DATA (an OOM right after handing the
+    alert over) is restarted again and again. The alert is resent at most
+    ``MAX_IN_DOUBT_RESENDS`` times, each recorded, then failed (escalate fails it over)
+    (was: resent on every restart without limit)."""
+    handler, port = faulty
+    handler.data_delay = 3.0
+    svc = make_svc(tmp_path, port)
+    case_id = urgent_case(svc, T0)
+    handler.slow_data = {message_id(svc, case_id)}
+    for copies in range(1, send.MAX_IN_DOUBT_RESENDS + 2):
+        killed_while(svc, lambda n=copies: len(handler.received) >= n)  # type: ignore[misc]
+    handler.slow_data = set()
+    deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(minutes=1))
+    assert len(handler.received) == 1 + send.MAX_IN_DOUBT_RESENDS
+    assert events(svc).count("in-doubt-resend:alert") == send.MAX_IN_DOUBT_RESENDS
+    alert = row_of(svc, case_id, "alert")
+    assert alert.status == "failed" and "in doubt" in (alert.last_error or "")
