@@ -78,7 +78,20 @@ def cmd_once(args: argparse.Namespace) -> int:
         lock.release()
     # Deliver even when the mailbox failed: alerts queued earlier must not wait for IMAP.
     sent = svc.deliver(datetime.now(svc.calendar.tz))
+    # One escalation pass, as the worker's escalation job does: an alert the server just
+    # refused is failed over (and logged at ERROR) at once, and one left unacknowledged
+    # since an earlier `once` is escalated, also where `once` runs from cron.
+    from intake.escalate import escalate
+
+    escalations = escalate(svc, datetime.now(svc.calendar.tz))
+    if escalations:
+        more = svc.deliver(datetime.now(svc.calendar.tz))
+        sent.sent += more.sent
+        sent.deferred += more.deferred
+        sent.failed += more.failed
     print(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}")
+    if escalations:
+        print(f"escalations queued {escalations}")
     return status
 
 

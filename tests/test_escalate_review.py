@@ -1038,3 +1038,32 @@ def test_a_reply_to_an_earlier_alert_keeps_a_later_one_a_candidate(tmp_path: Pat
     _reply_from_oncall(svc, case_id, alert2, batch + timedelta(minutes=1))
     with Session(svc.engine) as s:
         assert _candidates(s, key, later, policy) == []
+
+
+@pytest.mark.integration
+def test_once_fails_a_refused_alert_over_to_the_backup_in_the_same_run(
+    tmp_path: Path,
+    dovecot: Any,
+    oncall_refused: tuple[SimpleNamespace, _RefuseRcpt],
+) -> None:
+    """`once` (cron deployments) runs the escalation pass too: without it a refused alert
+    reached nobody and was logged only at WARNING until a `run` worker came along."""
+    import os
+
+    from intake import samples
+
+    smtp, server = oncall_refused
+    dovecot.append(samples.consultation("mika.test@example.jp", "相談", "もう死にたいです"))
+    config = write_config(tmp_path, dovecot, smtp)  # type: ignore[arg-type]
+    done = subprocess.run(
+        [sys.executable, "service.py", "once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TEST_IMAP_PASSWORD": dovecot.password},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert "escalations queued 1" in done.stdout
+    assert [m.rcpt_tos for m in server.received if BACKUP in m.rcpt_tos] == [[BACKUP]]
+    assert "ERROR" in done.stderr and "mika.test" not in done.stderr
