@@ -192,6 +192,7 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
                     "urgent": True,
                     "reasons": ["「消えたい」"],
                     "ack_failed": False,
+                    "ack_in_doubt": False,
                     "needs_human": False,
                     "sender": "",
                     "phones": [],

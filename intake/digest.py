@@ -413,6 +413,7 @@ def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
         "urgent": case.urgent,
         "reasons": reasons,
         "ack_failed": case.ack_state == "ack_failed",
+        "ack_in_doubt": case.ack_state == "ack_in_doubt",
         "needs_human": case.needs_human,
         "sender": case.sender if partner.show_sender else "",
         "phones": json.loads(case.phone or "[]") if partner.show_sender else [],

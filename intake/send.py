@@ -6,11 +6,13 @@ Each row is marked ``sending`` (committed) just before it is handed to the serve
 ``sent`` in one short Core transaction right after the server's 250. The remaining window
 is "server accepted, commit not yet written": SMTP has no idempotency key, so a crash
 there leaves the row ``sending``, and a timeout or dropped connection while the server
-holds the message (after DATA) leaves us equally unsure. Either way the row is sent again,
-and an ``in-doubt-resend`` event is recorded at the moment it is actually handed to the
-server again (when its DATA begins), so every possible duplicate is accounted for. We resend
-rather than drop because a resident or on-call person who never hears from us is worse
-than one repeated mail; the fixed Message-ID lets a mail client fold the duplicate.
+holds the message (after DATA) leaves us equally unsure. An alert or escalation is then
+sent again, and an ``in-doubt-resend`` event is recorded at the moment it is actually
+handed to the server again (when its DATA begins), so every possible duplicate is
+accounted for: an on-call person who never hears of a crisis is worse than one repeated
+alert, and the fixed Message-ID lets a mail client fold the duplicate. An acknowledgement
+is never sent twice (``max_in_doubt_resends``): it most likely arrived, and its case is
+marked ``ack_in_doubt`` and listed again in the digests, so a person decides.
 
 Failures, decided per row so that one bad row never holds up the others:
 
@@ -30,9 +32,10 @@ Failures, decided per row so that one bad row never holds up the others:
   the case ``ack_failed`` so staff see it and phone;
 - a mail that may have reached the server (timeout or dropped connection after the
   content was sent, or a sender that died after it) is resent after its backoff, at
-  most ``MAX_IN_DOUBT_RESENDS`` times, then failed, also when it is taken from a dead
-  sender: an alert is then failed over by ``intake.escalate``. A sender that died
-  before the content was sent leaves no doubt (``DATA_BEGUN`` is written just before);
+  most ``MAX_IN_DOUBT_RESENDS`` times (an acknowledgement: never), then failed, also
+  when it is taken from a dead sender: an alert is then failed over by
+  ``intake.escalate``. A sender that died before the content was sent leaves no doubt
+  (``DATA_BEGUN`` is written just before);
 - a refusal of the *session* (530/534/535/538 authentication, a 5xx to our MAIL FROM,
   every recipient of a row refused as "relay access denied" while the relay takes
   nothing else in the run; once it takes another row, such a row is failed as its
@@ -133,6 +136,21 @@ MAX_RECONNECTS = 3
 # A mail whose delivery stayed in doubt (no answer after its content) is resent at most
 # this many times, each after its backoff, then failed: it may be at the server already.
 MAX_IN_DOUBT_RESENDS = 2
+
+
+def max_in_doubt_resends(kind: str) -> int:
+    """How often a mail of ``kind`` whose delivery is in doubt is resent.
+
+    An acknowledgement never: the brief promises a resident one acknowledgement, never
+    two, and the mail most likely arrived (its content was handed over). It is failed as
+    ``ack_in_doubt`` instead, so the case is listed again in the partners' digests with
+    a note that the acknowledgement may not have arrived, and a person decides. Alerts
+    and escalations are resent (at most ``MAX_IN_DOUBT_RESENDS`` times): a second alert
+    costs a minute, a missing one may cost a life.
+    """
+    return 0 if kind == "ack" else MAX_IN_DOUBT_RESENDS
+
+
 # ``last_error`` prefix of a row whose own transaction killed the connection: like an
 # in-doubt row it waits for its backoff instead of riding early on every connection.
 DROPPED = "connection lost: "
@@ -695,11 +713,13 @@ async def _deliver(
                 utf8 = smtp.supports_extension("smtputf8")
             if not _claim(conn, job, clock()):
                 continue
-            if job.in_doubt and _resends(conn, job) >= MAX_IN_DOUBT_RESENDS:
+            resends = _resends(conn, job) if job.in_doubt else 0
+            if job.in_doubt and resends >= max_in_doubt_resends(job.kind):
                 # Bounded here too, not only when a resend times out: a process killed
                 # after every DATA (an OOM right after sending) would otherwise resend
-                # it on every restart without limit (review 5, finding 10).
-                why = f"delivery in doubt after {MAX_IN_DOUBT_RESENDS} resends; may have arrived"
+                # it on every restart without limit (review 5, finding 10); an
+                # acknowledgement is never resent (``max_in_doubt_resends``).
+                why = f"delivery in doubt after {resends} resends; may have arrived"
                 if _fail(engine, job.id, f"{why}: {job.last_error}", now, codes="in-doubt"):
                     report.failed += 1
                 continue
@@ -718,7 +738,7 @@ async def _deliver(
                 # The server may hold it: resent (and recorded as such) after its backoff,
                 # a bounded number of times; the next rows go on over a new connection.
                 log.warning(
-                    "connection lost after DATA; the mail will be resent as in doubt",
+                    "connection lost after DATA; delivery in doubt (an ack is never resent)",
                     extra={"outbox": job.id, "kind": job.kind, "error": str(exc)},
                 )
                 defer([job], f"{IN_DOUBT}{exc}", in_doubt=True, give_up=True)
@@ -1055,8 +1075,9 @@ def _defer(
                 if _fail(engine, row_id, f"gave up after {now - first}: {why}", now, codes="4xx"):
                     failed += 1
                 continue
-        if in_doubt and _in_doubt_resends(engine, row) >= MAX_IN_DOUBT_RESENDS:
-            why = f"delivery in doubt after {MAX_IN_DOUBT_RESENDS} resends; may have arrived: {why}"
+        resends = _in_doubt_resends(engine, row) if in_doubt else 0
+        if in_doubt and resends >= max_in_doubt_resends(row.kind):
+            why = f"delivery in doubt after {resends} resends; may have arrived: {why}"
             if _fail(engine, row_id, why, now, codes="in-doubt"):
                 failed += 1
             continue
@@ -1165,7 +1186,8 @@ def _fail(
         if row.kind == "ack" and row.case_id:
             case = session.get(Case, row.case_id)
             if case:
-                case.ack_state = "ack_failed"
+                # in doubt: it most likely arrived, but nobody can tell (never resent)
+                case.ack_state = "ack_in_doubt" if codes == "in-doubt" else "ack_failed"
                 # List the case again in the next digests, now flagged, so that someone
                 # phones the resident instead.
                 session.execute(delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id))

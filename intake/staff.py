@@ -52,7 +52,13 @@ if TYPE_CHECKING:
     from intake.pipeline import Service
 
 STATUS_JA = {"new": "新規", "open": "対応中", "closed": "終了"}
-ACK_JA = {"pending": "未送信", "queued": "送信待ち", "sent": "送信済み", "ack_failed": "送信失敗"}
+ACK_JA = {
+    "pending": "未送信",
+    "queued": "送信待ち",
+    "sent": "送信済み",
+    "ack_failed": "送信失敗",
+    "ack_in_doubt": "送信不明（届いたか確認できません）",
+}
 STATUSES = tuple(STATUS_JA)
 # Stored messages that are not the resident's ordinary mail: staff traffic kept with the
 # case (a staff address without thread headers or confirmation code: it acknowledged

@@ -103,7 +103,8 @@ class Case(SQLModel, table=True):
     partner: str = "city"
     phone: str | None = None
     status: str = "new"  # new | open | closed
-    ack_state: str = "pending"  # pending | queued | sent | suppressed:<why> | ack_failed
+    # pending | queued | sent | suppressed:<why> | ack_failed | ack_in_doubt
+    ack_state: str = "pending"
 
     @property
     def number(self) -> str:
