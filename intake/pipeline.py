@@ -1728,7 +1728,15 @@ def process_new_mail(
     if len(uids) > 1:
         # Bounded in bytes too (one RFC822.SIZE fetch, a few bytes a mail): a backlog of
         # large mails must not be held in memory ``batch_size`` mails at a time.
-        batches = _by_size(uids, mailbox.sizes(uids), max_mails=size)
+        try:
+            sizes = mailbox.sizes(uids)
+        except IMAPClientError as exc:
+            # Never let the bound hold mail up: a server that will not say a size (it
+            # could not open a damaged file) gets batches by count, as before.
+            log.warning("RFC822.SIZE fetch failed", extra={"error": type(exc).__name__})
+            mailbox.recover()
+            sizes = {}
+        batches = _by_size(uids, sizes, max_mails=size)
     else:
         batches = [uids] if uids else []
     ceiling: int | None = None  # the lowest UID not fetched yet: the cursor stays below it
