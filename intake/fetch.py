@@ -32,6 +32,9 @@ from intake.errors import MailboxError
 log = logging.getLogger(__name__)
 
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop IDLE after 30 minutes
+# UIDs per RFC822.SIZE FETCH: a command line of a whole backlog's UIDs could pass the
+# server's line limit (Dovecot's imap_max_line_length is 64 kB).
+SIZES_PER_FETCH = 1000
 
 
 def _transient(exc: BaseException) -> bool:
@@ -69,6 +72,9 @@ class Mailbox:
         self.client: IMAPClient | None = None
         self.state: FolderState | None = None
         self._exists: int | None = None  # messages in the folder, as last announced
+        # When the pipeline last looked for stored-but-unprocessed rows and unreadable mail
+        # on this connection (``pipeline._sweep``); None: not yet.
+        self.swept_at: datetime | None = None
 
     def __enter__(self) -> Mailbox:
         self.open()
@@ -185,13 +191,52 @@ class Mailbox:
                 when = None  # a server that gave no zone: use our own clock instead
             yield uid, bytes(raw), when if isinstance(when, datetime) else None
 
+    def header(self, uid: int) -> bytes | None:
+        """The header block alone (``BODY.PEEK[HEADER]``) of a mail whose whole body cannot
+        be fetched, or None when that fails too: a placeholder for such a mail can then
+        still say who wrote it, so the resident is acknowledged and staff can find the mail.
+        """
+        try:
+            data = self._client().fetch([uid], [b"BODY.PEEK[HEADER]"])
+        except (IMAPClientError, OSError):
+            self.recover()
+            return None
+        raw = data.get(uid, {}).get(b"BODY[HEADER]")
+        return bytes(raw) if raw else None
+
+    def recover(self) -> None:
+        """After a failed command: keep the connection if it still answers (a server ``NO``
+        leaves it usable), else open a new one on the same folder.
+
+        Why: Dovecot drops the connection when it meets a damaged mail file (a truncated
+        file whose name still gives its size); the caller goes on with the other mails.
+        Raises ``MailboxError`` when the server cannot be reached again, or when the
+        folder was recreated meanwhile (another UIDVALIDITY): UIDs then mean other mails,
+        so the caller must start again from its cursor.
+        """
+        before = self.state.uidvalidity if self.state else None
+        if self.client is not None:
+            try:
+                self.client.noop()
+                return
+            except (IMAPClientError, OSError):
+                with contextlib.suppress(OSError):
+                    self.client.shutdown()
+                self.client = None
+        self.open()
+        if self.state is None or self.state.uidvalidity != before:
+            raise MailboxError(
+                f"folder {self.settings.folder} changed UIDVALIDITY while it was being read"
+            )
+
     def sizes(self, uids: list[int]) -> dict[int, int]:
         """RFC822.SIZE of each UID (a few bytes a mail on the wire): lets a caller that
         reads a whole folder fetch it in batches of bounded bytes, not of a mail count."""
-        if not uids:
-            return {}
-        data = self._client().fetch(uids, [b"RFC822.SIZE"])
-        return {uid: int(d.get(b"RFC822.SIZE", 0)) for uid, d in data.items()}
+        sizes: dict[int, int] = {}
+        for start in range(0, len(uids), SIZES_PER_FETCH):
+            data = self._client().fetch(uids[start : start + SIZES_PER_FETCH], [b"RFC822.SIZE"])
+            sizes.update({uid: int(d.get(b"RFC822.SIZE", 0)) for uid, d in data.items()})
+        return sizes
 
     def move_done(self, uids: list[int]) -> int:
         """Housekeeping: move stored mail to ``move_to`` (MOVE, RFC 6851, when offered; else

@@ -37,6 +37,7 @@ from json.encoder import encode_basestring as _json_str  # what ensure_ascii=Fal
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
+from imapclient.exceptions import IMAPClientError
 from jinja2 import Environment
 from sqlalchemy import Table, bindparam, func, insert, update
 from sqlalchemy import select as core_select
@@ -1521,6 +1522,251 @@ def _advance(session: Session, key: str, uidvalidity: int, high_uid: int, now: d
         cursor.updated_at = to_db(now)
 
 
+# A mail the server cannot hand over (FETCH answered NO, or the connection dropped on it)
+# is tried on this many polls before a placeholder takes its place and the cursor passes it.
+MAX_FETCH_FAILURES = 3
+# The ``sha256`` of the row that counts those failures (one per UIDVALIDITY + UID; no
+# content hash can look like it); it becomes the placeholder's row.
+UNFETCHABLE = "unfetchable:"
+# A placeholder whose mail could be fetched later on (``_sweep``); never tried again.
+READ_LATER = "read-later:"
+# How often a connection looks for stored-but-unprocessed rows and unreadable mail.
+SWEEP_EVERY = timedelta(minutes=10)
+
+
+def _unfetchable_key(uidvalidity: int, uid: int) -> str:
+    return f"{UNFETCHABLE}{uidvalidity}:{uid}"
+
+
+def _count_fetch_attempt(svc: Service, uidvalidity: int, uid: int, now: datetime) -> int | None:
+    """Count one more try at fetching ``uid`` alone, committed *before* the try, so that
+    neither a restart nor a crash during the FETCH itself starts the count again; returns
+    the count, or None when a placeholder already stands for this mail."""
+    key = svc.settings.mailbox.key
+    sha = _unfetchable_key(uidvalidity, uid)
+    with session_scope(svc.engine) as session:
+        row = session.exec(
+            select(StoredMessage).where(StoredMessage.mailbox == key, StoredMessage.sha256 == sha)
+        ).first()
+        if row is None:
+            row = StoredMessage(
+                mailbox=key,
+                uidvalidity=uidvalidity,
+                uid=uid,
+                sha256=sha,
+                raw=None,
+                received_at=to_db(now),
+                status="unfetchable",
+                attempts=0,
+            )
+            session.add(row)
+        elif row.status != "unfetchable":
+            return None
+        row.attempts += 1
+        return row.attempts
+
+
+def _forget_fetch_attempts(svc: Service, uidvalidity: int, uid: int) -> None:
+    """The mail was fetched after all: its failure count goes."""
+    with session_scope(svc.engine) as session:
+        session.connection().execute(
+            _MESSAGES.delete().where(
+                _MESSAGES.c.mailbox == svc.settings.mailbox.key,
+                _MESSAGES.c.sha256 == _unfetchable_key(uidvalidity, uid),
+                _MESSAGES.c.status == "unfetchable",
+            )
+        )
+
+
+def _store_unreadable(
+    svc: Service,
+    mailbox: Mailbox,
+    uidvalidity: int,
+    uid: int,
+    error: str,
+    now: datetime,
+    report: RunReport,
+) -> None:
+    """A mail the server would not hand over on ``MAX_FETCH_FAILURES`` polls: its counter
+    row becomes a placeholder (its header block when the server gives that, else no
+    bytes), quarantined as quarantine does a mail that broke a stage: a ``needs_human``
+    case, an acknowledgement when a sender can be read, and the on-call alert that says
+    the mail could not be read. The mail still reaches a person; the cursor may pass it."""
+    head = mailbox.header(uid) or b""
+    with session_scope(svc.engine) as session:
+        msg = session.exec(
+            select(StoredMessage).where(
+                StoredMessage.mailbox == svc.settings.mailbox.key,
+                StoredMessage.sha256 == _unfetchable_key(uidvalidity, uid),
+            )
+        ).one()
+        attempts = msg.attempts
+        msg.raw = head
+        msg.size = len(head)
+        msg.status = "received"
+        quarantine(svc, session, msg, "fetch", error, now)
+    report.quarantined += 1
+    log.error(
+        "mail could not be fetched; a placeholder case goes to staff",
+        extra={"uid": uid, "uidvalidity": uidvalidity, "error": error, "attempts": attempts},
+    )
+
+
+def _fetch_batch(
+    svc: Service,
+    mailbox: Mailbox,
+    uids: list[int],
+    uidvalidity: int,
+    now: datetime,
+    report: RunReport,
+) -> tuple[list[tuple[int, bytes, datetime | None]], int | None]:
+    """The mails of ``uids`` the server hands over, and the lowest UID the cursor must
+    not pass yet (None: it may pass the whole batch).
+
+    One FETCH normally. Why the rest: a single mail file the server cannot read (wrong
+    owner after a restore, a truncated file) makes it answer NO for the whole command or
+    drop the connection, every time; without this, no mail of the batch, nor any after
+    it, would ever be stored. So a FETCH the server refused or broke off
+    (``IMAPClientError``: NO, BAD, or the connection closed on this command) is retried
+    in halves down to one UID at a time (reconnecting when the connection dropped): every
+    readable mail is returned,
+    and a UID that fails alone is counted (``_count_fetch_attempt``) and, after
+    ``MAX_FETCH_FAILURES`` polls, replaced by a placeholder (``_store_unreadable``).
+    """
+    try:
+        return list(mailbox.fetch(uids)), None
+    except IMAPClientError as exc:  # an OSError (timeout, reset) is the network's: raised
+        log.warning(
+            "FETCH failed; fetching the batch in smaller pieces",
+            extra={"error": type(exc).__name__, "mails": len(uids)},
+        )
+        mailbox.recover()
+    items: list[tuple[int, bytes, datetime | None]] = []
+    blocked: list[int] = []
+    pending = [uids[: len(uids) // 2], uids[len(uids) // 2 :]] if len(uids) > 1 else [uids]
+    while pending:
+        part = pending.pop(0)
+        if not part:
+            continue
+        count: int | None = None
+        if len(part) == 1:
+            count = _count_fetch_attempt(svc, uidvalidity, part[0], now)
+            if count is None:
+                continue  # a placeholder already stands for it
+        try:
+            got = list(mailbox.fetch(part))
+        except IMAPClientError as exc:
+            mailbox.recover()
+            if len(part) > 1:
+                half = len(part) // 2
+                pending[:0] = [part[:half], part[half:]]
+            elif count is not None and count >= MAX_FETCH_FAILURES:
+                _store_unreadable(
+                    svc, mailbox, uidvalidity, part[0], type(exc).__name__, now, report
+                )
+            else:
+                log.warning(
+                    "a mail could not be fetched; trying again at the next poll",
+                    extra={"uid": part[0], "error": type(exc).__name__, "attempts": count},
+                )
+                blocked.append(part[0])
+            continue
+        if count is not None:
+            _forget_fetch_attempts(svc, uidvalidity, part[0])
+        items.extend(got)
+    items.sort(key=lambda item: item[0])
+    return items, min(blocked, default=None)
+
+
+def _sweep(
+    svc: Service, mailbox: Mailbox, uidvalidity: int, now: datetime, report: RunReport
+) -> None:
+    """What a poll of new UIDs cannot find, looked for once per connection and then every
+    ``SWEEP_EVERY``.
+
+    1. Rows whose raw bytes were stored (transaction 1) but never processed: a crash came
+       before transaction 2, and the mail has left the folder since (staff moved it, a
+       restore), so it is not fetched again. They carry their bytes; they go through
+       ``_recover`` as after any crash (an attempt counted, quarantine after
+       ``MAX_ATTEMPTS``).
+    2. Placeholders of mail that could not be fetched (``_store_unreadable``): if the
+       server hands the mail over now (permissions fixed), it is stored and processed as
+       any new mail (its own case, triaged, alerted when urgent; the acknowledgement
+       window keeps its sender from a second acknowledgement within a day) and an event
+       on the placeholder's case names the new message.
+    """
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as session:
+        stranded = list(
+            session.exec(
+                select(StoredMessage.id)
+                .where(StoredMessage.mailbox == key, StoredMessage.status == "received")
+                .order_by(col(StoredMessage.id))
+            ).all()
+        )
+        unreadable = list(
+            session.exec(
+                select(StoredMessage.id, StoredMessage.uid).where(
+                    StoredMessage.mailbox == key,
+                    StoredMessage.uidvalidity == uidvalidity,
+                    StoredMessage.status == "quarantined",
+                    col(StoredMessage.sha256).startswith(f"{UNFETCHABLE}{uidvalidity}:"),
+                )
+            ).all()
+        )
+        # Counters of mail that was fetched after all as part of a whole batch: the cursor
+        # has passed them, so they will never be needed again.
+        cursor = get_cursor(session, key)
+        if cursor.uidvalidity == uidvalidity:
+            session.connection().execute(
+                _MESSAGES.delete().where(
+                    _MESSAGES.c.mailbox == key,
+                    _MESSAGES.c.status == "unfetchable",
+                    _MESSAGES.c.uidvalidity == uidvalidity,
+                    _MESSAGES.c.uid <= cursor.last_uid,
+                )
+            )
+    if stranded:
+        log.warning(
+            "stored mail left unprocessed by a crash; processing it",
+            extra={"messages": len(stranded)},
+        )
+        _recover(svc, [i for i in stranded if i is not None], uidvalidity, 0, now, report)
+    for row_id, uid in unreadable:
+        try:
+            got = list(mailbox.fetch([uid]))
+        except (IMAPClientError, OSError):
+            mailbox.recover()
+            continue
+        if not got:
+            continue  # gone from the folder: the placeholder's case is all there is
+        before = report.stored
+        ingest_batch(svc, got, uidvalidity, 0, now, report)
+        with session_scope(svc.engine) as session:
+            msg = session.get(StoredMessage, row_id)
+            if msg is None:
+                continue
+            msg.sha256 = f"{READ_LATER}{uidvalidity}:{uid}"
+            new = session.exec(
+                select(StoredMessage.id).where(
+                    StoredMessage.mailbox == key,
+                    StoredMessage.sha256 == hashlib.sha256(got[0][1]).hexdigest(),
+                )
+            ).first()
+            record_event(
+                session,
+                "read-later",
+                msg.case_id,
+                f"message {row_id}: UID {uid} could be read later; stored as message {new}",
+                at=now,
+            )
+        report.fetched += 1
+        log.warning(
+            "a mail that could not be fetched was read later",
+            extra={"uid": uid, "message_row": row_id, "new": report.stored > before},
+        )
+
+
 def process_new_mail(
     svc: Service,
     mailbox: Mailbox,
@@ -1555,11 +1801,28 @@ def process_new_mail(
             cursor.uidvalidity = state.uidvalidity
             cursor.last_uid = 0
         last_uid = cursor.last_uid
+    if mailbox.swept_at is None or now - mailbox.swept_at >= SWEEP_EVERY:
+        mailbox.swept_at = now
+        _sweep(svc, mailbox, state.uidvalidity, now, report)
     # Housekeeping left over by a crash between a commit and its move (no-op when off).
     mailbox.move_done(mailbox.stored_but_not_moved(last_uid))
     uids = mailbox.new_uids(last_uid)
     size = max(1, svc.settings.mailbox.batch_size)
-    batches = [uids[start : start + size] for start in range(0, len(uids), size)]
+    if len(uids) > 1:
+        # Bounded in bytes too (one RFC822.SIZE fetch, a few bytes a mail): a backlog of
+        # large mails must not be held in memory ``batch_size`` mails at a time.
+        try:
+            sizes = mailbox.sizes(uids)
+        except IMAPClientError as exc:
+            # Never let the bound hold mail up: a server that will not say a size (it
+            # could not open a damaged file) gets batches by count, as before.
+            log.warning("RFC822.SIZE fetch failed", extra={"error": type(exc).__name__})
+            mailbox.recover()
+            sizes = {}
+        batches = _by_size(uids, sizes, max_mails=size)
+    else:
+        batches = [uids] if uids else []
+    ceiling: int | None = None  # the lowest UID not fetched yet: the cursor stays below it
     pool = svc.pool if svc.pool is not None and not svc.pool.disabled else None
     # With the prepare pool, batch N+1 is fetched and handed to the pool before batch N
     # is written, so the children parse and triage while this process writes. Reading
@@ -1569,28 +1832,35 @@ def process_new_mail(
     # function returns (``worker``, ``once``), i.e. after batch N+1 has been fetched and
     # written anyway, so the read-ahead is kept even for batches with urgent mail. A
     # lone urgent mail seen in IDLE is a batch below POOL_MIN_BATCH: no read-ahead.
-    following: tuple[list[tuple[int, bytes, datetime | None]], Ticket | None] | None = None
+    following: tuple[list[tuple[int, bytes, datetime | None]], Ticket | None, int | None] | None = (
+        None
+    )
     try:
         for index, batch in enumerate(batches):
             if still_mine is not None and not still_mine():
                 log.warning("mailbox lock lost; another worker takes over")
                 break
             if following is not None:
-                items, ticket = following
+                items, ticket, blocked = following
                 following = None
             else:
-                items = list(mailbox.fetch(batch))
+                items, blocked = _fetch_batch(svc, mailbox, batch, state.uidvalidity, now, report)
                 ticket = _hand_over(pool, items)
             failed: Exception | None = None
             if ticket is not None and index + 1 < len(batches):
                 try:
-                    ahead = list(mailbox.fetch(batches[index + 1]))
+                    ahead, ahead_blocked = _fetch_batch(
+                        svc, mailbox, batches[index + 1], state.uidvalidity, now, report
+                    )
                 except Exception as exc:  # raised after this batch is committed, as before
                     failed = exc
                 else:
-                    following = (ahead, _hand_over(pool, ahead))
+                    following = (ahead, _hand_over(pool, ahead), ahead_blocked)
+            if blocked is not None and (ceiling is None or blocked < ceiling):
+                ceiling = blocked
+            high = max(batch) if ceiling is None else min(max(batch), ceiling - 1)
             report.fetched += len(items)
-            ingest_batch(svc, items, state.uidvalidity, max(batch), now, report, ticket)
+            ingest_batch(svc, items, state.uidvalidity, high, now, report, ticket)
             # Only now, with the cases committed, may the mail leave the folder.
             report.moved += mailbox.move_done([uid for uid, _raw, _when in items])
             if after_batch is not None and index + 1 < len(batches):
@@ -1616,15 +1886,19 @@ SKIP_FETCH_MAILS = 200  # skip_existing fetches at most this many mails at a tim
 SKIP_FETCH_BYTES = 20 * 1024 * 1024  # and about this many bytes (one mail may be larger)
 
 
-def _by_size(uids: list[int], sizes: dict[int, int]) -> list[list[int]]:
-    """``uids`` in batches of at most SKIP_FETCH_MAILS mails and about SKIP_FETCH_BYTES:
-    a folder of large attachments must not be held in memory 200 mails at a time."""
+def _by_size(
+    uids: list[int], sizes: dict[int, int], max_mails: int | None = None
+) -> list[list[int]]:
+    """``uids`` in batches of at most ``max_mails`` (default SKIP_FETCH_MAILS) mails and
+    about SKIP_FETCH_BYTES: a folder of large attachments must not be held in memory
+    200 mails at a time."""
+    limit = SKIP_FETCH_MAILS if max_mails is None else max_mails
     batches: list[list[int]] = []
     batch: list[int] = []
     total = 0
     for uid in uids:
         size = sizes.get(uid, 0)
-        if batch and (len(batch) >= SKIP_FETCH_MAILS or total + size > SKIP_FETCH_BYTES):
+        if batch and (len(batch) >= limit or total + size > SKIP_FETCH_BYTES):
             batches.append(batch)
             batch, total = [], 0
         batch.append(uid)

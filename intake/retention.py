@@ -81,6 +81,10 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
             )
         ).all()
         for msg in old:
+            if msg.status == "received":
+                # Stored but never processed (a crash between the two transactions): no
+                # person has seen it yet, so it is kept until the pipeline has (``_sweep``).
+                continue
             if msg.raw is None and not (msg.body or msg.subject or msg.new_text or msg.from_addr):
                 continue
             msg.raw = None

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from intake.digest import digest_times, queue_digests
 from intake.errors import MailboxError
-from intake.fetch import Mailbox
+from intake.fetch import Mailbox, _transient
 from intake.locks import mailbox_lock
 from intake.pipeline import RunReport, Service, process_new_mail
 
@@ -29,6 +31,35 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 300.0
+# A mailbox failure that may go away by itself (network, a server restarting) is logged
+# at ERROR once it has lasted this long; one that will not (login refused, folder
+# missing, certificate not trusted) at once. Then at most every ERROR_EVERY seconds.
+ERROR_AFTER = 5 * 60.0
+ERROR_EVERY = 30 * 60.0
+
+
+def lasting_failure(exc: BaseException) -> bool:
+    """Will this mailbox failure stay until someone changes something (password, folder,
+    certificate, server configuration)? Only what ``Mailbox.open`` reports: the server
+    refused the login, the certificate, or the folder (a NO, not a dropped connection)."""
+    if not isinstance(exc, MailboxError):
+        return False
+    cause = exc.__cause__
+    if isinstance(cause, (LoginError, ssl.SSLCertVerificationError)):
+        return True
+    return (
+        isinstance(cause, IMAPClientError)
+        and not isinstance(cause, IMAPClientAbortError)
+        and not _transient(exc)
+    )
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What an operator needs to fix a mailbox failure. A ``MailboxError``'s text names
+    host, port, security, user, folder and the server's answer, never the password (the
+    login call gets it; the server's refusal does not repeat it); other errors here are
+    the server's or the socket's own words about a command, never mail content."""
+    return str(exc) if isinstance(exc, MailboxError) else f"{type(exc).__name__}: {exc}"
 
 
 def now_in(svc: Service) -> datetime:
@@ -137,6 +168,8 @@ class Worker:
         # Exactly one worker polls a mailbox; the others still send and run scheduled jobs,
         # and take over when the holder dies (its lock dies with its connection/process).
         self.lock = mailbox_lock(svc.engine, svc.settings.mailbox.key)
+        self.failing_since: float | None = None  # monotonic: first failure of this outage
+        self.error_logged_at: float | None = None  # monotonic: its last ERROR line
 
     def stop(self, *_args: object) -> None:
         self.stopping.set()
@@ -153,10 +186,11 @@ class Worker:
                         delay = RECONNECT_MIN
                         self._serve(mailbox)
                 except (MailboxError, IMAPClientError, OSError) as exc:
-                    log.warning(
-                        "mailbox connection failed; reconnecting",
-                        extra={"error": type(exc).__name__, "delay": delay},
-                    )
+                    # Another worker may reach the mailbox (another network, a corrected
+                    # config): let it poll while this one cannot; it takes the lock back
+                    # in ``_serve`` when it is free again.
+                    self.lock.release()
+                    self._failed(exc, delay)
                     self.stopping.wait(delay)
                     delay = min(delay * 2, RECONNECT_MAX)
         finally:
@@ -164,6 +198,42 @@ class Worker:
             scheduler.shutdown(wait=True)
             self.svc.close()  # the prepare pool's processes, if a large batch started them
             log.info("worker stopped")
+
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        """Log a mailbox failure with its reason: at ERROR at once when it will not go
+        away by itself, or once it has lasted ``ERROR_AFTER``; then at most every
+        ``ERROR_EVERY``, WARNING in between (the backoff caps those at one per
+        ``RECONNECT_MAX``)."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        lasting = lasting_failure(exc)
+        extra = {
+            "error": type(exc).__name__,
+            "reason": failure_reason(exc),
+            "delay": delay,
+            "failing_seconds": round(now - self.failing_since),
+        }
+        due = self.error_logged_at is None or now - self.error_logged_at >= ERROR_EVERY
+        if due and (lasting or now - self.failing_since >= ERROR_AFTER):
+            self.error_logged_at = now
+            log.error(
+                "mailbox unreachable; no mail is read until this is fixed"
+                if lasting
+                else "mailbox unreachable for minutes; still retrying",
+                extra=extra,
+            )
+        else:
+            log.warning("mailbox connection failed; reconnecting", extra=extra)
+
+    def _reachable(self) -> None:
+        """A poll went through: the outage, if any, is over."""
+        if self.failing_since is not None:
+            log.warning(
+                "mailbox reachable again",
+                extra={"failed_seconds": round(time.monotonic() - self.failing_since)},
+            )
+        self.failing_since = self.error_logged_at = None
 
     def _serve(self, mailbox: Mailbox) -> None:
         settings = self.svc.settings.mailbox
@@ -173,6 +243,7 @@ class Worker:
             if not self.lock.try_acquire():
                 # Another worker polls this mailbox; this one keeps sending (scheduler jobs)
                 # and tries again, taking over when the holder dies.
+                self._reachable()
                 mailbox.forget_news()
                 self.stopping.wait(min(5.0, settings.poll_interval))
                 continue
@@ -183,7 +254,8 @@ class Worker:
                 still_mine=self.lock.verify,
                 after_batch=alerts_between_batches(self.svc),
             )
-            if report.fetched:
+            self._reachable()
+            if report.fetched or report.quarantined:
                 log.info(
                     "processed new mail",
                     extra={

@@ -1,0 +1,310 @@
+"""Intake review (review 9): unreadable mail, stranded rows, mailbox errors, batch bytes.
+
+Real Dovecot and aiosmtpd throughout; every mail is synthetic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+import intake.pipeline as pipeline
+from intake import samples
+from intake.config import load_settings
+from intake.fetch import Mailbox
+from intake.localservers import LocalDovecot, LocalSMTP
+from intake.pipeline import Service, process_new_mail
+from intake.store import Case, Cursor, Outbox, StoredMessage, session_scope
+from tests.helpers import write_config
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 11, 26, 12, 0).astimezone()
+
+
+class Killed(BaseException):
+    """Stands for kill -9 between two transactions (nothing catches a BaseException)."""
+
+
+@pytest.fixture
+def svc(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Service]:
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    monkeypatch.setenv(
+        "SOUDAN_INTAKE_CACHE_DIR", os.environ.get("SOUDAN_INTAKE_CACHE_DIR", "/tmp/wt_intake_cache")
+    )
+    service = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
+    yield service
+    service.close()
+
+
+def _poll(svc: Service) -> pipeline.RunReport:
+    """One poll on a fresh connection, as after a reconnect or in ``once``."""
+    with Mailbox(svc.settings.mailbox) as mb:
+        return process_new_mail(svc, mb, NOW)
+
+
+def _file_of(dovecot: LocalDovecot, marker: bytes) -> Path:
+    files = [*(dovecot.maildir / "cur").iterdir(), *(dovecot.maildir / "new").iterdir()]
+    return next(f for f in files if marker in f.read_bytes())
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "unreadable":
+        os.chmod(path, 0)  # a restore with the wrong owner: Dovecot answers NO
+    else:
+        path.write_bytes(b"")  # truncated; the name still gives S=...: Dovecot disconnects
+
+
+def _three_mails(dovecot: LocalDovecot) -> None:
+    urgent = "もう死にたいです。限界です。"
+    dovecot.append(samples.consultation("before@example.jp", "相談", urgent))
+    dovecot.append(samples.consultation("bad@example.jp", "相談", "家賃が払えません"))
+    dovecot.append(samples.consultation("after@example.jp", "相談", "学校でいじめられています"))
+
+
+@pytest.mark.parametrize("how", ["unreadable", "truncated"])
+def test_a_mail_the_server_cannot_read_holds_up_no_other_mail_and_reaches_staff_as_a_placeholder(
+    svc: Service, dovecot: LocalDovecot, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _three_mails(dovecot)
+    _damage(_file_of(dovecot, b"bad@example.jp"), how)
+    first = _poll(svc)
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as s:
+        senders = sorted(c.sender for c in s.exec(select(Case)))
+        cursor = s.get(Cursor, key)
+        assert cursor is not None and cursor.last_uid == 1  # not past the unread mail yet
+        alerts = [o for o in s.exec(select(Outbox)) if o.kind == "alert"]
+    # The mails before and after it are stored and processed at once; the urgent one alerts.
+    assert senders == ["after@example.jp", "before@example.jp"]
+    assert first.cases == 2 and len(alerts) == 1
+    caplog.set_level(logging.WARNING)
+    for _ in range(pipeline.MAX_FETCH_FAILURES - 1):
+        _poll(svc)
+    with session_scope(svc.engine) as s:
+        cursor = s.get(Cursor, key)
+        assert cursor is not None and cursor.last_uid == 3  # the cursor passed it
+        cases = list(s.exec(select(Case)))
+        held = [c for c in cases if c.needs_human]
+        assert len(cases) == 3 and len(held) == 1  # nothing processed twice
+        placeholder = s.exec(select(StoredMessage).where(StoredMessage.uid == 2)).one()
+        assert placeholder.status == "quarantined" and placeholder.case_id == held[0].id
+        assert (placeholder.stage_error or "").startswith("fetch:")
+        alerts = [o for o in s.exec(select(Outbox)) if o.kind == "alert"]
+        assert len(alerts) == 2  # the "could not be read" alert for the placeholder
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "fetched" in r.msg]
+    assert len(errors) == 1 and getattr(errors[0], "uid", None) == 2
+    assert "bad@example.jp" not in caplog.text and "家賃" not in caplog.text
+    # Later polls neither try it again nor hold anything up.
+    dovecot.append(samples.consultation("later@example.jp", "相談", "相談があります"))
+    assert _poll(svc).cases == 1
+
+
+def test_a_mail_unreadable_for_a_while_is_not_held_back_past_three_polls_even_across_restarts(
+    svc: Service, dovecot: LocalDovecot
+) -> None:
+    """The failure count lives in the database (one row per UIDVALIDITY + UID, committed
+    before each try), so every poll on a new connection, as after a restart, adds to it."""
+    dovecot.append(samples.consultation("only@example.jp", "相談", "家賃が払えません"))
+    _damage(_file_of(dovecot, b"only@example.jp"), "unreadable")
+    for _ in range(pipeline.MAX_FETCH_FAILURES - 1):
+        _poll(svc)
+        with session_scope(svc.engine) as s:
+            assert list(s.exec(select(Case))) == []
+    _poll(svc)
+    with session_scope(svc.engine) as s:
+        (case,) = s.exec(select(Case))
+        # Its header was still readable? Not with the file unreadable: no sender, no ack.
+        assert case.needs_human
+
+
+def test_a_mail_readable_again_after_its_placeholder_is_stored_and_processed(
+    svc: Service, dovecot: LocalDovecot
+) -> None:
+    dovecot.append(samples.consultation("fixed@example.jp", "相談", "もう死にたいです。限界です。"))
+    path = _file_of(dovecot, b"fixed@example.jp")
+    mode = path.stat().st_mode
+    _damage(path, "unreadable")
+    for _ in range(pipeline.MAX_FETCH_FAILURES):
+        _poll(svc)
+    os.chmod(path, mode)  # permissions fixed
+    report = _poll(svc)
+    with session_scope(svc.engine) as s:
+        cases = list(s.exec(select(Case)))
+        assert len(cases) == 2
+        real = [c for c in cases if not c.needs_human]
+        assert len(real) == 1 and real[0].urgent and real[0].sender == "fixed@example.jp"
+        rows = {m.sha256.split(":")[0]: m.status for m in s.exec(select(StoredMessage))}
+    assert report.alerts == 1
+    assert "read-later" in rows
+    assert _poll(svc).cases == 0  # and only once
+
+
+def test_stored_mail_left_unprocessed_by_a_crash_is_processed_after_it_left_the_folder(
+    svc: Service, dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dovecot.append(samples.consultation("lost@example.jp", "相談", "もう死にたいです。限界です。"))
+    real = pipeline._prepare_batch
+
+    def crash(*_a: Any, **_k: Any) -> Any:
+        raise Killed()
+
+    monkeypatch.setattr(pipeline, "_prepare_batch", crash)
+    with pytest.raises(Killed):
+        _poll(svc)
+    monkeypatch.setattr(pipeline, "_prepare_batch", real)
+    with dovecot.connect() as c:  # staff file it away while the service is down
+        c.create_folder("Handled")
+        c.select_folder("INBOX")
+        c.move(c.search("ALL"), "Handled")
+    dovecot.append(samples.consultation("next@example.jp", "相談", "家賃が払えません"))
+    report = _poll(svc)
+    with session_scope(svc.engine) as s:
+        cases = {c.sender: c for c in s.exec(select(Case))}
+        statuses = sorted(m.status for m in s.exec(select(StoredMessage)))
+    assert sorted(cases) == ["lost@example.jp", "next@example.jp"]
+    assert cases["lost@example.jp"].urgent and report.alerts == 1
+    assert statuses == ["processed", "processed"]
+
+
+def test_purge_never_blanks_a_stored_mail_that_was_not_processed(svc: Service) -> None:
+    from intake.retention import purge
+
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as s:
+        s.add(
+            StoredMessage(
+                mailbox=key,
+                uid=1,
+                sha256="a" * 64,
+                raw=b"From: x@example.jp\r\n\r\nbody",
+                received_at=NOW - timedelta(days=400),
+                status="received",
+            )
+        )
+    assert purge(svc, NOW, 365) == 0
+    with session_scope(svc.engine) as s:
+        (msg,) = s.exec(select(StoredMessage))
+        assert msg.raw == b"From: x@example.jp\r\n\r\nbody"
+
+
+def test_a_backlog_of_large_mails_is_fetched_in_batches_bounded_in_bytes(
+    svc: Service, dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bound = 1024 * 1024
+    monkeypatch.setattr(pipeline, "SKIP_FETCH_BYTES", bound)
+    filler = ("写真を送ります。" * 200 + "\n") * 100  # ~480 KB of UTF-8 text
+    for i in range(5):
+        dovecot.append(samples.consultation(f"big{i}@example.jp", "写真", filler))
+    fetched: list[int] = []
+    real = Mailbox.fetch
+
+    def spy(self: Mailbox, uids: list[int]) -> Iterator[tuple[int, bytes, datetime | None]]:
+        items = list(real(self, uids))
+        fetched.append(sum(len(raw) for _u, raw, _w in items))
+        yield from items
+
+    monkeypatch.setattr(Mailbox, "fetch", spy)
+    report = _poll(svc)
+    assert report.cases == 5
+    assert len(fetched) >= 3 and max(fetched) <= bound, fetched
+
+
+def _run_worker(svc: Service) -> tuple[Any, Any]:
+    """The long-running worker in a thread, as ``service.py run`` runs it."""
+    import threading
+
+    from intake.worker import Worker
+
+    worker = Worker(svc)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def _wait_for(predicate: Any, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("problem", ["wrong-password", "missing-folder"])
+def test_the_worker_logs_why_the_mailbox_cannot_be_read_at_error_at_once_without_the_password(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    problem: str,
+) -> None:
+    config = write_config(tmp_path, dovecot, smtp_server)
+    password = dovecot.password
+    if problem == "wrong-password":
+        password = "not-the-password-x9"
+    else:
+        config.write_text(config.read_text().replace('folder = "INBOX"', 'folder = "Nope"'))
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", password)
+    svc = Service.from_settings(load_settings(config))
+    caplog.set_level(logging.INFO)
+
+    def errors() -> list[logging.LogRecord]:
+        return [
+            r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "intake.worker"
+        ]
+
+    worker, thread = _run_worker(svc)
+    try:
+        assert _wait_for(lambda: bool(errors()), 20), caplog.text
+        _wait_for(lambda: False, 4)  # more failed reconnects: no second ERROR line
+    finally:
+        worker.stop()
+        thread.join(30)
+        svc.close()
+    (record,) = errors()
+    reason = str(getattr(record, "reason", ""))
+    assert "Check [mailbox]" in reason
+    assert ("AUTHENTICATIONFAILED" if problem == "wrong-password" else "Nope") in reason
+    assert password not in caplog.text and dovecot.password not in caplog.text
+
+
+def test_the_worker_lets_another_take_the_mailbox_while_it_cannot_reach_it_and_errors_in_time(
+    svc: Service,
+    dovecot: LocalDovecot,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import intake.worker as worker_module
+    from intake.locks import mailbox_lock
+
+    monkeypatch.setattr(worker_module, "ERROR_AFTER", 3.0)  # minutes in production
+    caplog.set_level(logging.INFO)
+    other = mailbox_lock(svc.engine, svc.settings.mailbox.key)
+    worker, thread = _run_worker(svc)
+    try:
+        assert _wait_for(lambda: worker.lock.held, 20)
+        assert not other.try_acquire()
+        dovecot.stop()  # the mailbox is unreachable (a transient failure)
+        assert _wait_for(other.try_acquire, 30)  # released: another worker may poll
+        assert _wait_for(
+            lambda: any(
+                r.levelno == logging.ERROR and r.name == "intake.worker" for r in caplog.records
+            ),
+            30,
+        ), caplog.text
+    finally:
+        other.release()
+        worker.stop()
+        thread.join(30)
