@@ -74,7 +74,9 @@ class StoredMessage(SQLModel, table=True):
     body: str = ""
     new_text: str = ""
     problems: str = "[]"  # JSON list of parse problems
-    status: str = "received"  # received | processed | quarantined | staff | skipped (hash)
+    # received | processed | quarantined | staff | duplicate (the same mail again) |
+    # skipped (hash only) | unfetchable (a fetch-failure counter, no bytes)
+    status: str = "received"
     attempts: int = 0
     stage_error: str | None = None  # "stage:ErrorClass" for quarantined mail, never the body
     automatic: str | None = None  # why no acknowledgement (RFC 3834 etc.), or None
