@@ -6,6 +6,7 @@ Dovecot restarts, a recreated mailbox (new UIDVALIDITY), auto-responders, follow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -59,6 +60,27 @@ def consultation(i: int, text: str = "最近ひとりで寂しいです。話し
     return samples.consultation(f"resident{i:04d}@example.jp", f"相談 {i}", text)
 
 
+def every_resident_once(check: Service, acks: Counter[str], total: int) -> None:
+    """Each resident has exactly one acknowledgement, or none and a case flagged for staff.
+
+    An acknowledgement caught in SMTP's one open window (a kill after its content was
+    handed over) is never resent: its row fails as in doubt and its case shows
+    ``ack_in_doubt`` (send.max_in_doubt_resends). Every other outbox row is sent.
+    """
+    with Session(check.engine) as session:
+        cases = session.exec(select(Case)).all()
+        unsent = session.exec(select(Outbox).where(Outbox.status != "sent")).all()
+    flagged = {c.sender for c in cases if c.ack_state == "ack_in_doubt"}
+    assert all(v == 1 for v in acks.values()), "a resident got two acknowledgements"
+    assert all(s in acks or s in flagged for s in (c.sender for c in cases)), "an ack lost"
+    assert len(cases) == total
+    assert all(
+        r.kind == "ack" and r.status == "failed" and "in doubt" in (r.last_error or "")
+        for r in unsent
+    ), [(r.kind, r.status, r.last_error) for r in unsent]
+    assert len(unsent) == len(flagged)
+
+
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
 ) -> None:
@@ -88,21 +110,24 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
         proc.wait(timeout=10)
     final = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
-    received = smtp_server.wait_for(total + 1, timeout=30)
+    # (an acknowledgement in doubt that never reached the server is not resent: fewer
+    # may arrive, each such resident's case flagged; every_resident_once checks that)
+    with contextlib.suppress(TimeoutError):
+        smtp_server.wait_for(total + 1, timeout=30)
     received = settled(smtp_server, 1.0)
     acks = Counter(r for m in received for r in m.rcpt_tos if r != ONCALL)
     assert kills >= 1, "no kill landed; the test proved nothing"
-    # Nothing lost: every resident got an acknowledgement, the urgent mail an alert.
-    assert len(acks) == total
     settings = load_settings(config)
     os.environ["TEST_IMAP_PASSWORD"] = dovecot.password
     check = Service.from_settings(settings)
     # Nothing stored twice: one message row and one case per mail.
     assert count(check, StoredMessage) == total
     assert count(check, Case) == total
-    assert count(check, Outbox, Outbox.status != "sent") == 0
-    # Doubles: only where a kill landed between the server's 250 and our commit, and each
-    # such case is recorded as an in-doubt resend (reported, the target is zero).
+    # Nothing lost, nothing doubled: one acknowledgement per resident, or none and the
+    # case flagged; the urgent mail an alert.
+    every_resident_once(check, acks, total)
+    # Alert doubles: only where a kill landed between the server's 250 and our commit,
+    # and each such case is recorded as an in-doubt resend (reported, the target is zero).
     duplicates = sum(v - 1 for v in acks.values() if v > 1)
     alerts = sum(1 for m in received if ONCALL in m.rcpt_tos)
     in_doubt = count(check, Event, col(Event.kind).startswith("in-doubt-resend"))
@@ -184,16 +209,16 @@ def test_kill_9_during_large_batches_with_the_prepare_pool_loses_doubles_and_lea
         orphans_checked += len(below)
     final = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
-    smtp_server.wait_for(total + 1, timeout=60)
+    with contextlib.suppress(TimeoutError):
+        smtp_server.wait_for(total + 1, timeout=60)
     received = settled(smtp_server, 1.0)
     acks = Counter(r for m in received for r in m.rcpt_tos if r != ONCALL)
     assert kills >= 1 and orphans_checked >= 1, "no kill landed in a pool run; proved nothing"
-    assert len(acks) == total
     os.environ["TEST_IMAP_PASSWORD"] = dovecot.password
     check = Service.from_settings(load_settings(config))
     assert count(check, StoredMessage) == total
     assert count(check, Case) == total
-    assert count(check, Outbox, Outbox.status != "sent") == 0
+    every_resident_once(check, acks, total)
     duplicates = sum(v - 1 for v in acks.values() if v > 1)
     alerts = sum(1 for m in received if ONCALL in m.rcpt_tos)
     in_doubt = count(check, Event, col(Event.kind).startswith("in-doubt-resend"))
