@@ -866,13 +866,20 @@ async def _deliver(
 
 
 def _unrelated_rows(deferred: list[tuple[_Job, str]]) -> bool:
-    """Whether two of these rows share no recipient: evidence about the relay itself.
+    """Whether two of these rows share no recipient and no case: evidence about the relay.
 
     Never one row's own recipients (they often share a provider or a mailbox problem),
-    nor two rows to the same address (an alert and its escalation to on-call).
+    nor two rows to the same address (an alert and its escalation to on-call), nor two
+    rows of one case: an alert to on-call and its late notice to the backup, both at one
+    provider that defers them, are that provider's trouble, and reading them as the
+    relay's kept the alert from ever failing (review 6a, finding 1).
     """
-    sets = [set(job.recipients) for job, _ in deferred]
-    return any(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+    rows = [(set(job.recipients), job.case_id) for job, _ in deferred]
+    return any(
+        a.isdisjoint(b) and (case_a is None or case_a != case_b)
+        for i, (a, case_a) in enumerate(rows)
+        for b, case_b in rows[i + 1 :]
+    )
 
 
 def _codes(exc: BaseException) -> list[int]:
