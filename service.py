@@ -83,7 +83,14 @@ def cmd_once(args: argparse.Namespace) -> int:
     # since an earlier `once` is escalated, also where `once` runs from cron.
     from intake.escalate import escalate
 
-    escalations = escalate(svc, datetime.now(svc.calendar.tz))
+    escalations = 0
+    try:
+        escalations = escalate(svc, datetime.now(svc.calendar.tz))
+    except Exception as exc:
+        # Whatever broke here (a database error too), what was sent is still reported
+        # below: the "sent ..." line is part of the command's contract.
+        print(f"error: escalation pass: {type(exc).__name__}: {exc}", file=sys.stderr)
+        status = status or 2
     if escalations:
         more = svc.deliver(datetime.now(svc.calendar.tz))
         sent.sent += more.sent
