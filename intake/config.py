@@ -522,7 +522,19 @@ def _database_url(db: _Section, base: Path) -> str:
     if sqlite:
         file, sep, query = sqlite.group(2).partition("?")
         if file and file != ":memory:" and not file.startswith(("/", "file:")):
-            url = f"{sqlite.group(1)}:///{(base / file).as_posix()}{sep}{query}"
+            here, there = base / file, Path.cwd() / file
+            if not here.exists() and there.exists() and there.resolve() != here.resolve():
+                # Before this version a relative path followed the working directory: an
+                # installation that relied on it would otherwise start on a new, empty
+                # database beside the config and acknowledge and alert every mail in the
+                # folder again.
+                db.fail(
+                    "url",
+                    f"a relative SQLite path is now read beside the config ({here}), where "
+                    f"there is no database, but one exists at {there}: give it as an "
+                    f'absolute path, url = "sqlite:///{there.resolve().as_posix()}"',
+                )
+            url = f"{sqlite.group(1)}:///{here.as_posix()}{sep}{query}"
         return url
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError

@@ -182,6 +182,24 @@ def test_a_relative_sqlite_url_is_relative_to_the_config_file_not_the_working_di
     assert default.database_url == s.database_url
 
 
+def test_a_database_left_where_a_relative_url_used_to_point_is_not_silently_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgrading: a relative sqlite URL once followed the working directory. Starting on a
+    new, empty database beside the config would acknowledge and alert every mail again."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "opt" / "var").mkdir(parents=True)
+    (tmp_path / "opt" / "var" / "intake.db").write_bytes(b"")
+    path = write(tmp_path / "etc", GOOD + '\n[database]\nurl = "sqlite:///var/intake.db"\n')
+    monkeypatch.chdir(tmp_path / "opt")
+    with pytest.raises(ConfigError, match="give it as an absolute path") as err:
+        load_settings(path)
+    assert (tmp_path / "opt" / "var" / "intake.db").as_posix() in str(err.value)
+    (tmp_path / "etc" / "var").mkdir()
+    (tmp_path / "etc" / "var" / "intake.db").write_bytes(b"")  # moved beside the config
+    assert load_settings(path).database_url.endswith("/etc/var/intake.db")
+
+
 def test_an_absolute_sqlite_url_is_kept(tmp_path: Path) -> None:
     url = f"sqlite:///{(tmp_path / 'db' / 'intake.db').as_posix()}?timeout=5"
     s = load_settings(write(tmp_path, GOOD + f'\n[database]\nurl = "{url}"\n'))
