@@ -718,6 +718,13 @@ def handle_message(
 
     stage.name = "thread"
     earlier = _same_mail(session, msg, letter)
+    if earlier is not None and triage.urgent:
+        # Urgent words again after staff closed the case: a person must see them again
+        # whatever the Message-ID says (a client reusing one is rare, a missed crisis is
+        # not acceptable), so they open a case and alert as new mail would.
+        first = session.get(Case, earlier.case_id)
+        if first is not None and first.status == "closed":
+            earlier = None
     if earlier is not None:
         # The same mail delivered again (an MTA retry after a timeout, an alias copy) or
         # brought back with other bytes (a folder migrated or restored: new headers, a

@@ -126,3 +126,24 @@ def test_reused_message_id_with_other_words_is_its_own_mail(
     cases, statuses = _counts(config)
     assert cases == 2 and "duplicate" not in statuses
     assert _sent(smtp_server)[1] == 1  # the urgent one alerts
+
+
+def test_urgent_words_again_after_the_case_was_closed_alert_again(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """A client reusing a Message-ID must never hide a crisis from staff who closed the case."""
+    config = write_config(tmp_path, dovecot, smtp_server)
+    dovecot.append(_mail())
+    _once(config, dovecot.password)
+    svc = Service.from_settings(load_settings(config))
+    try:
+        with session_scope(svc.engine) as session:
+            case = session.exec(select(Case)).one()
+            case.status = "closed"
+    finally:
+        svc.close()
+    dovecot.append(b"X-Resent: again\r\n" + _mail())
+    _once(config, dovecot.password)
+    cases, statuses = _counts(config)
+    assert cases == 2 and "duplicate" not in statuses
+    assert _sent(smtp_server)[1] == 2  # alerted both times
