@@ -72,6 +72,7 @@ _SEPARATOR = (
     + "-֊־᐀᠆‐‑‒–—―⸗⸚⸺⸻⹀⹝゠︱︲﹘﹣－𐺭"  # Unicode Pd, waves excepted (folded forms too)
     + "─━˗⁃➖"  # lines and minus signs typed for a dash
     + "./・()（）"
+    + "_＿→⇒>＞~"  # typed to dodge a filter: 090_1234_5678, 090→1234→5678
 )
 _RUN = re.compile(
     "[" + _DIGIT + "](?:[" + _DIGIT + re.escape(_SEPARATOR) + r"\s]*[" + _DIGIT + "])?"

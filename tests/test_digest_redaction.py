@@ -493,3 +493,8 @@ def test_reviewers_mail_through_dovecot_reaches_harmony_masked(
     shown = "\n".join(p.get_content() for p in parts if isinstance(p, EmailMessage))
     assert "電話は［電話番号］、メールは［メールアドレス］です。" in shown
     assert "1234" not in shown and "taro" not in shown and "kid@example.jp" not in shown
+
+
+@pytest.mark.parametrize("text", ["電話は090_1234_5678です", "090→1234→5678にかけて"])
+def test_numbers_split_with_underscores_or_arrows_are_masked(text: str) -> None:
+    assert "5678" not in redact_contact(text)
