@@ -18,7 +18,9 @@ Timing (configurable under ``[oncall]`` in the config, defaults in brackets):
 ``escalate_after_minutes`` [30] after the alert is queued the first escalation goes to
 whoever got the alert + ``oncall.to`` + ``oncall.backup`` (+ ``oncall.off_hours`` when the
 office is shut now); then every ``escalate_every_minutes`` [30] another, up to
-``escalate_max`` [3] escalations per alert.
+``escalate_max`` [3] escalations per alert. These are reminders: a failover (below) is
+queued whatever the cap and does not count toward it, but the next reminder still waits
+an interval after it was delivered.
 
 Only escalations that reached the server (``sent``) or were refused for good (``failed``)
 count, and no further one is queued while the previous one is still undelivered: during
@@ -158,8 +160,9 @@ def next_escalation_at(
 ) -> datetime | None:
     """When escalation number ``escalations_so_far + 1`` is due, or None past the cap.
 
-    ``escalations_so_far`` counts the escalations that were delivered (or refused for
-    good), ``last_escalated_at`` is when the last of them was. On the schedule
+    ``escalations_so_far`` counts the reminders that were delivered (or refused for
+    good), ``last_escalated_at`` is when the last escalation, a failover included, was
+    (a failover is no reminder: ``alert_state``). On the schedule
     ``alert_at + delay + interval * n``, but never sooner than ``interval`` after the
     previous escalation reached the server: after an outage the overdue ones are spread
     out, and each one gives its readers a full interval to answer.
@@ -167,7 +170,7 @@ def next_escalation_at(
     if escalations_so_far >= policy.cap:
         return None
     due = alert_at + policy.delay + policy.interval * escalations_so_far
-    if last_escalated_at is not None and escalations_so_far:
+    if last_escalated_at is not None:
         due = max(due, last_escalated_at + policy.interval)
     return due
 
@@ -273,11 +276,11 @@ class AlertState:
     alert: Outbox
     alert_at: datetime
     acknowledged_at: datetime | None
-    # Escalations since this alert that were delivered, or refused for good once it was
-    # known undelivered (``escalate_max`` counts these).
+    # Reminders since this alert that were delivered, or refused for good once it was
+    # known undelivered (``escalate_max`` counts these; a failover is not one).
     escalations: int
     escalations_total: int  # for the case, across alerts (numbers the dedupe keys)
-    last_escalated_at: datetime | None  # when the last of ``escalations`` was delivered
+    last_escalated_at: datetime | None  # when the last escalation (or failover) was delivered
     pending: bool = False  # an escalation since this alert is still queued or sending
     # This alert, its retries, its escalations and their retries refused for good or bounced.
     failed_rows: tuple[Outbox, ...] = ()
@@ -450,15 +453,24 @@ def alert_state(session: Session, case_id: int, now: datetime | None = None) -> 
     if late_at is not None:
         known_at = late_at if known_at is None else min(known_at, late_at)
     failed_over = known_at is not None and any(utc(row.created_at) >= known_at for row in since)
-    # Toward ``escalate_max``: the delivered ones, and the refused ones queued once the
-    # alert was known undelivered (or late). One refused before that quoted the words
-    # that were refused and reached nobody: counting it spent a reminder on nobody.
+    # Toward ``escalate_max`` (and the schedule): the delivered reminders, and the refused
+    # ones queued once the alert was known undelivered (or late). One refused before that
+    # quoted the words that were refused and reached nobody: counting it spent a reminder
+    # on nobody. A failover (the notice of a refused, bounced, partly failed or late alert,
+    # queued whatever the cap, even with ``escalate_max = 0``) is no reminder either: it
+    # tells the others the alert did not get through, and counting it put the on-call
+    # person's first reminder an interval late after an outage (never with a cap of 1).
+    failovers = _failover_rows(session, case_id, since)
     counted = [
         row
         for row in done
-        if not (row.status == REFUSED and known_at is not None and utc(row.created_at) < known_at)
+        if row.id not in failovers
+        and not (row.status == REFUSED and known_at is not None and utc(row.created_at) < known_at)
     ]
-    last = max((_resolved_at(row) for row in counted), default=None)
+    # The next reminder waits an interval after the last escalation, a failover included,
+    # reached the server: its readers get the interval to answer, whatever it was.
+    spaced = [*counted, *(row for row in done if row.id in failovers)]
+    last = max((_resolved_at(row) for row in spaced), default=None)
     return AlertState(
         case_id,
         latest,
@@ -473,6 +485,28 @@ def alert_state(session: Session, case_id: int, now: datetime | None = None) -> 
         failed_over=failed_over,
         late=late,
     )
+
+
+_FAILOVER_DETAIL = re.compile(
+    r"^(?:the alert was not delivered|the alert is late); escalation (\d+) to "
+)  # the ``escalated`` event of a failover (``_queue_escalation``)
+
+
+def _failover_rows(session: Session, case_id: int, since: list[Outbox]) -> set[int]:
+    """Ids of the escalations in ``since`` that were queued as failovers: what their
+    ``escalated`` event says (``_queue_escalation``), matched to the row by the number in
+    its key (``escalation:CASE:N``). Also right for rows queued before this was read."""
+    if not since:
+        return set()
+    numbers: set[int] = set()
+    for event in session.exec(
+        select(Event).where(Event.case_id == case_id, Event.kind == ESCALATED_EVENT)
+    ):
+        m = _FAILOVER_DETAIL.match(event.detail or "")
+        if m:
+            numbers.add(int(m.group(1)))
+    keys = {f"escalation:{case_id}:{n}" for n in numbers}
+    return {row.id for row in since if row.id is not None and row.dedupe_key in keys}
 
 
 def _unique(addresses: Iterable[str]) -> list[str]:
@@ -644,13 +678,16 @@ def _queue_escalation(
         now=now,
     )
     why = ""
+    which = f"{state.escalations + 1} for"
     if failover:
+        # ``_failover_rows`` reads this prefix: a failover is not counted as a reminder.
         why = "the alert was not delivered; " if state.undelivered else "the alert is late; "
+        which = "a failover, not a reminder, for"
     add_event(
         session,
         ESCALATED_EVENT,
         case.id,
-        f"{why}escalation {number} to {len(to)} recipient(s) ({state.escalations + 1} for "
+        f"{why}escalation {number} to {len(to)} recipient(s) ({which} "
         f"the alert of outbox {state.alert.id})",
         "service",
         now,

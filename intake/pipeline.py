@@ -194,6 +194,9 @@ class RunReport:
 
 # Why a letter from a staff address gets no acknowledgement (see ``staff_addresses``).
 STAFF_BLOCK = "staff-address"
+# A reply to our alert, escalation or digest whose own words are urgent: it answers (or
+# acknowledges) that mail and alerts nobody, but the case keeps a note that it said so.
+STAFF_URGENT_WORDS_EVENT = "staff-reply-urgent-words"
 
 
 def staff_addresses(settings: Settings, directory: Directory) -> frozenset[str]:
@@ -383,9 +386,13 @@ def _find_thread(
     alerts or escalations, as a threaded reply would, only when its subject also keeps
     that mail's confirmation code (``ack_code``: only its readers have seen it). Without
     one it is ``unconfirmed`` when the case has alerts (a note for staff, no
-    acknowledgement: the escalation goes on), a follow-up when it has none. Unless
-    ``urgent``, its own words being urgent: such a letter is a follow-up that alerts
-    again, never an answer that would stop an escalation, code or not.
+    acknowledgement: the escalation goes on), a follow-up when it has none; and when its
+    own words are ``urgent``, a follow-up that alerts again (anyone can forge a From).
+    The code wins over ``urgent``, as a threaded reply does: it proves the writer read
+    the alert, and the on-call person's reply may well repeat the crisis words ("死にたい
+    と書いている方ですね、すぐ電話します", or the alert quoted in a way we did not
+    recognise); alerting on it again would leave the on-call person unable to acknowledge
+    by reply at all, and put their words in the partner's digest as the resident's.
     """
     refs = [r for r in [letter.in_reply_to, *letter.references] if r]
     if letter.bounce:
@@ -412,11 +419,11 @@ def _find_thread(
         number, codes = _staff_subject(letter.subject)
         case = session.get(Case, number) if number is not None else None
         if case is not None and case.mailbox == mailbox:
-            if urgent:
-                return _Thread(case, None)
             answered = _latest_alert(session, case, codes)
             if answered is not None:
                 return _Thread(case, answered, by_code=True)
+            if urgent:
+                return _Thread(case, None)
             return _Thread(case, None, unconfirmed=_latest_alert(session, case) is not None)
         return _Thread(None, None)
     m = CASE_NUMBER.search(letter.subject)
@@ -785,6 +792,21 @@ def handle_message(
             actor=letter.from_addr or "unknown",
             at=now,
         )
+        if triage.urgent and not letter.bounce:
+            # Its words read as urgent, yet it answers our alert (threaded, or keeping the
+            # code only the alert's readers have): staff traffic, not a crisis of its own.
+            # Recorded, so whoever handles the case can read what was said (``show``);
+            # like every staff reply it opens no case and reaches no digest.
+            record_event(
+                session,
+                STAFF_URGENT_WORDS_EVENT,
+                answered.case_id,
+                f"message {msg.id} from {letter.from_addr}, answering {answered.kind} "
+                f"outbox {answered.id}, has urgent words "
+                f"({len(reasons)} rule(s)); not alerted again",
+                actor=letter.from_addr or "unknown",
+                at=now,
+            )
         return "staff"
     if from_staff and case is None and not triage.urgent:
         _keep_for_staff(svc, session, msg, letter, block, received, now)

@@ -3,9 +3,10 @@
 Contract: ``split_quoted(text) -> (new, quoted)``; pure, never raises, and
 ``new``/``quoted`` together keep every non-blank line of ``text``.
 
-Why: triage must read what the resident wrote now, not our own acknowledgement
-quoted back at us (which mentions "相談", "死にたい"-type help-line wording and
-would trigger topics or urgent alerts by itself), nor a forwarded thread.
+Why: triage must read what the resident wrote now, not our own acknowledgement quoted
+back at us (which mentions "相談", "死にたい"-type help-line wording and would trigger
+topics or urgent alerts by itself), nor, in the on-call person's reply, our alert (which
+lists the resident's crisis words), nor a forwarded thread.
 
 What counts as quoted:
 
@@ -19,8 +20,8 @@ What counts as quoted:
   ``-----元のメッセージ-----``, ``--- Forwarded message ---``, ``Begin forwarded
   message:``, and an Outlook ``From:``/``差出人:`` block followed by ``Sent:``/``Date:``;
 * everything after a signature separator ``-- `` (RFC 3676 s. 4.3);
-* everything from the first line of our own acknowledgement (``OWN_TEXT_MARKERS``),
-  for phones that quote without any marker.
+* everything from the first line of our own acknowledgement, alert or escalation
+  (``OWN_TEXT_MARKERS``), for phones that quote without any marker.
 
 A line that merely contains a colon ("理由は次の通りです:") does not cut anything:
 a header needs a date, an address or a "wrote" verb, or a ``>`` block right below.
@@ -33,12 +34,19 @@ from functools import lru_cache
 
 __all__ = ["OWN_TEXT_MARKERS", "is_quote_header", "split_quoted"]
 
-# The opening line of our own acknowledgement (templates/resident/ack.txt.j2). Some
-# phone mailers quote the previous mail with no ">" and no header at all; this line
-# then marks where our text -- which names crisis help lines -- starts. A test keeps
-# it in step with the template.
+# The opening lines of our own mail that a reply may quote. Some phone mailers quote the
+# previous mail with no ">" and no header at all; these lines then mark where our text
+# starts: the acknowledgement (templates/resident/ack.txt.j2) names crisis help lines,
+# and the on-call alert (templates/oncall/urgent_alert.txt.j2) lists the resident's
+# crisis words as its reasons, so the on-call person's "対応します" quoting it would be
+# read as urgent words of its own (a second alert, no acknowledgement, the reply in the
+# partner's digest). Every escalation -- the template's and the content-free failover and
+# late notices of ``intake.escalate`` -- opens with the re-notice line that ends with the
+# third marker. Tests keep them in step with the templates and the notices.
 OWN_TEXT_MARKERS: tuple[str, ...] = (
     "メールを受け取りました。送ってくださって、ありがとうございます。",
+    "緊急の可能性がある相談を受け付けました。",
+    "まだ誰も対応の確認をしていません。",
 )
 
 _QUOTE_LINE = re.compile(r"^[ \t\u3000]*[>＞]")

@@ -24,6 +24,7 @@ from sqlmodel import Session, select
 from intake import samples
 from intake.escalate import ACK_EVENT, escalate
 from intake.localservers import LocalDovecot, LocalSMTP, ReceivedMail
+from intake.pipeline import STAFF_URGENT_WORDS_EVENT
 from intake.store import Case, Outbox
 from tests.helpers import BACKUP, ONCALL, offline_service, settled
 from tests.test_staff_replies import (
@@ -219,6 +220,61 @@ def test_the_alerts_code_still_acknowledges_after_an_escalation(
     assert escalate(svc, base + timedelta(hours=3)) == 0
 
 
+@pytest.mark.integration
+def test_phone_reply_quoting_the_alert_without_markers_acknowledges_and_alerts_nobody(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 6a F2. A phone mailer that drops the thread headers and quotes the alert
+    with no ">" and no header quotes its reasons (・「死にたい」…). That quote is our own
+    text: not the on-call person's words, so no urgency of theirs, no second alert, the
+    alert acknowledged by the code, and nothing of it in the partner's digest."""
+    svc = service(tmp_path, dovecot, smtp_server, monkeypatch)
+    base = datetime.now(JST)
+    alert = alerted_case(svc, dovecot, smtp_server, base)
+    body = "対応します。\n\n" + body_of(alert)
+    assert "死にたい" in body_of(alert), "the alert lists the crisis words it quotes"
+    dovecot.append(samples.consultation(ONCALL, "Re: " + subject(alert), body))
+    t1 = base + timedelta(minutes=5)
+    once(svc, t1)
+
+    assert [(e.case_id, e.actor) for e in events(svc, ACK_EVENT)] == [(1, ONCALL)]
+    assert events(svc, STAFF_URGENT_WORDS_EVENT) == [], "the quote was read as ours"
+    assert message_from(svc, ONCALL).new_text == "対応します。"
+    assert len(outbox_rows(svc, "alert")) == 1, "no second alert"
+    assert settled(smtp_server, 0.5) == []
+    assert escalate(svc, base + timedelta(minutes=40)) == 0
+    assert digested_senders(svc, t1 + timedelta(minutes=1)) == {RESIDENT}
+
+
+@pytest.mark.integration
+def test_staff_reply_with_the_code_and_urgent_words_acknowledges_and_is_noted(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 6a F2. The on-call person's reply keeps the code and repeats the crisis
+    words in their own sentence. The code proves its writer got the alert (a forged From
+    does not have it): it acknowledges, alerts nobody, stays out of every digest, and an
+    event keeps that it carried urgent words."""
+    svc = service(tmp_path, dovecot, smtp_server, monkeypatch)
+    base = datetime.now(JST)
+    alert = alerted_case(svc, dovecot, smtp_server, base)
+    [row] = outbox_rows(svc, "alert")
+    words = "死にたいと書いている方ですね。すぐ電話します。"
+    dovecot.append(samples.consultation(ONCALL, "Re: " + subject(alert), words))
+    t1 = base + timedelta(minutes=5)
+    once(svc, t1)
+
+    [ack] = events(svc, ACK_EVENT)
+    assert (ack.case_id, ack.actor) == (1, ONCALL)
+    [noted] = events(svc, STAFF_URGENT_WORDS_EVENT)
+    assert (noted.case_id, noted.actor) == (1, ONCALL)
+    assert f"alert outbox {row.id}" in noted.detail and words not in noted.detail
+    assert len(outbox_rows(svc, "alert")) == 1, "no second alert"
+    assert settled(smtp_server, 0.5) == []
+    assert [c.number for c in cases(svc)] == ["C000001"]
+    assert escalate(svc, base + timedelta(minutes=40)) == 0
+    assert digested_senders(svc, t1 + timedelta(minutes=1)) == {RESIDENT}
+
+
 # --- pure parts -----------------------------------------------------------------------------
 
 
@@ -281,3 +337,63 @@ def test_message_ids_do_not_follow_the_random_module() -> None:
     random.seed(7)
     assert new_message_id("alert", "city.example.jp") != first
     assert first.endswith(".alert@city.example.jp>") and len(first) > 40
+
+
+def _quoting(ours: str) -> str:
+    """A phone reply quoting our mail as some carrier mailers do: no ">" and no header."""
+    return "対応します。\n\n" + ours
+
+
+@pytest.mark.parametrize("escalation", [0, 2])
+def test_the_alert_and_its_escalations_quoted_without_markers_are_ours(
+    tmp_path: Path, escalation: int
+) -> None:
+    """The shipped alert template, first alert and re-notice, starts with a line of
+    ``OWN_TEXT_MARKERS``: quoted back without a marker, none of it (the crisis words it
+    lists) is read as the reply's own words."""
+    from intake.compose import render_alert
+    from intake.quotes import split_quoted
+
+    svc = offline_service(tmp_path)
+    now = datetime.now(JST)
+    case = {
+        "number": "C000007",
+        "received": now,
+        "callback_due": now,
+        "partner_name": "笠岡市",
+        "sender": RESIDENT,
+        "phones": ["090-1234-5678"],
+        "reasons": [{"surface": "死にたい", "rule": "urgent.suicide"}],
+        "automatic": None,
+    }
+    alert = render_alert(
+        svc.env, sender=svc.sender, to=[ONCALL], case=case, now=now, tz=JST, escalation=escalation
+    )
+    text = alert.get_body(preferencelist=("plain",))
+    assert text is not None
+    body = str(text.get_content())  # type: ignore[attr-defined]
+    assert "死にたい" in body
+    assert split_quoted(_quoting(body))[0] == "対応します。"
+
+
+@pytest.mark.parametrize("why", ["refused", "late", "retry-failed"])
+def test_the_failover_and_late_notices_quoted_without_markers_are_ours(
+    tmp_path: Path, why: str
+) -> None:
+    """The content-free notices are built in code: they open with the same re-notice line,
+    so a reply quoting one is as much ours as one quoting the alert."""
+    from intake.escalate import _undelivered_notice
+    from intake.quotes import split_quoted
+
+    svc = offline_service(tmp_path)
+    case = Case(id=7, mailbox=svc.settings.mailbox.key, sender=RESIDENT, partner="city")
+    now = datetime.now(JST)
+    state = SimpleNamespace(
+        alert_failed=why == "refused", late=why == "late", alert_at=now - timedelta(minutes=4)
+    )
+    notice = _undelivered_notice(svc, case, state, [BACKUP], 1, now, now)  # type: ignore[arg-type]
+    text = notice.get_body(preferencelist=("plain",))
+    assert text is not None
+    body = str(text.get_content())  # type: ignore[attr-defined]
+    new, quoted = split_quoted(_quoting(body))
+    assert new == "対応します。" and "C000007" in quoted

@@ -262,7 +262,9 @@ def test_smtp_outage_does_not_spend_the_escalations_before_anyone_has_them(
 
     assert queued_in_outage == 1, "one escalation waits for SMTP; no more pile up behind it"
     escalations = [at for at, subj in arrivals if "再通知" in subj]
-    assert len(escalations) == 3, "after recovery the schedule goes on to the cap"
+    # The late alert's notice to the others, then the three reminders (review 6a F3: the
+    # notice is a failover, not one of the reminders ``escalate_max`` counts).
+    assert len(escalations) == 1 + 3, "after recovery the schedule goes on to the cap"
     gaps = [b - a for a, b in itertools.pairwise(escalations)]
     assert all(gap >= timedelta(minutes=30) for gap in gaps), gaps
     [first] = [subj for _, subj in arrivals if "再通知" not in subj]
@@ -466,7 +468,8 @@ def test_failover_of_an_alert_a_content_filter_refused_carries_no_resident_words
     [alert] = outbox(svc, "alert")
     assert alert.status == "failed"
     escalations = outbox(svc, "escalation")
-    assert [r.status for r in escalations] == ["sent"] * 3, "each one gets past the filter"
+    # The failover, then the three reminders (a failover is not one of them: review 6a F3).
+    assert [r.status for r in escalations] == ["sent"] * 4, "each one gets past the filter"
     first = server.received[0]
     # The on-call person too: the filter refused the words, not the address.
     assert sorted(first.rcpt_tos) == sorted([ONCALL, BACKUP])
@@ -705,6 +708,8 @@ def test_alert_refused_after_an_outage_is_failed_over_once_when_it_was_late(
 
     [alert] = outbox(svc, "alert")
     assert alert.status == "failed"
+    # The notice, and an interval after it was delivered the first reminder, which would
+    # be due at 12:30: not one minute behind the notice (review 6a F3).
     [notice] = outbox(svc, "escalation")
     assert notice.status == "sent"
     assert arrivals and arrivals[0] <= NOON + timedelta(minutes=42)
@@ -929,8 +934,11 @@ def test_an_escalation_refused_before_the_alert_was_known_undelivered_does_not_s
     finally:
         controller.stop()
 
-    assert [r.status for r in outbox(svc, "escalation")] == ["failed", "sent", "sent", "sent"]
-    assert len(server.received) == 3, "three reminders reached someone, as configured"
+    statuses = [r.status for r in outbox(svc, "escalation")]
+    assert statuses == ["failed", "sent", "sent", "sent", "sent"]
+    # The late notice, then three reminders, as configured (the notice is a failover and
+    # no reminder: review 6a F3).
+    assert len(server.received) == 1 + 3, "three reminders reached someone, as configured"
     for mail in server.received:
         assert "消えたい" not in body(mail)
 
@@ -1067,3 +1075,42 @@ def test_once_fails_a_refused_alert_over_to_the_backup_in_the_same_run(
     assert "escalations queued 1" in done.stdout
     assert [m.rcpt_tos for m in server.received if BACKUP in m.rcpt_tos] == [[BACKUP]]
     assert "ERROR" in done.stderr and "mika.test" not in done.stderr
+
+
+# --- review 6a, F3: a late notice spent the on-call person's first reminder ---------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("cap", [1, 3])
+def test_a_late_alerts_notice_spends_no_reminder_of_escalate_max(
+    tmp_path: Path, filtered: tuple[SimpleNamespace, _Filter], cap: int
+) -> None:
+    """The relay defers on-call and backup for 10 minutes. The alert is late at +3 and its
+    notice goes to the backup; both arrive at +10. The notice tells the others the alert
+    was late: it is a failover, queued whatever ``escalate_max``, and no reminder. The
+    on-call person then gets ``escalate_max`` reminders, the first an interval after the
+    notice arrived (not at +60, and with ``escalate_max = 1`` not never)."""
+    smtp, server = filtered
+    server.rcpt_reply[ONCALL] = "451 4.3.0 relay busy"
+    server.rcpt_reply[BACKUP] = "451 4.3.0 relay busy"
+    svc = make_svc(tmp_path, smtp, extra=f"escalate_max = {cap}")
+    urgent_case(svc, NOON)
+    arrivals: list[tuple[int, list[str], str]] = []  # minute, recipients, subject
+    t = NOON
+    while t <= NOON + timedelta(hours=4):
+        if t >= NOON + timedelta(minutes=10):
+            server.rcpt_reply.clear()
+        escalate(svc, t)
+        deliver_outbox(svc.settings.smtp, svc.engine, t, svc.settings.mailbox.key)
+        minute = int((t - NOON).total_seconds() // 60)
+        arrivals += [(minute, m.rcpt_tos, subject(m)) for m in server.received[len(arrivals) :]]
+        t += timedelta(minutes=1)
+
+    [(alert_at, _, _)] = [a for a in arrivals if a[1] == [ONCALL]]
+    assert 10 <= alert_at <= 12
+    notice, *reminders = [a for a in arrivals if "再通知" in a[2]]
+    assert notice[1] == [BACKUP] and notice[0] <= 12
+    assert len(reminders) == cap, arrivals
+    assert all(ONCALL in r[1] for r in reminders)
+    first = reminders[0][0]
+    assert 30 <= first < 60 and first >= notice[0] + 30, arrivals
