@@ -76,7 +76,7 @@ class StoredMessage(SQLModel, table=True):
     problems: str = "[]"  # JSON list of parse problems
     # received | processed | quarantined | staff | duplicate (the same mail again) |
     # skipped (hash only) | unfetchable (a fetch-failure counter, no bytes)
-    status: str = "received"
+    status: str = Field(default="received", index=True)
     attempts: int = 0
     stage_error: str | None = None  # "stage:ErrorClass" for quarantined mail, never the body
     automatic: str | None = None  # why no acknowledgement (RFC 3834 etc.), or None
