@@ -308,3 +308,50 @@ def test_the_worker_lets_another_take_the_mailbox_while_it_cannot_reach_it_and_e
         other.release()
         worker.stop()
         thread.join(30)
+
+
+def test_a_temporary_authentication_failure_is_not_called_lasting() -> None:
+    """Dovecot's answer while its auth process restarts (``systemctl reload dovecot``):
+    retried quietly, not an immediate ERROR "no mail is read until this is fixed"."""
+    from imapclient.exceptions import LoginError
+
+    from intake.errors import MailboxError
+    from intake.worker import lasting_failure
+
+    def wrapped(cause: BaseException) -> MailboxError:
+        try:
+            raise MailboxError("IMAP localhost:143 (plain) user u folder INBOX") from cause
+        except MailboxError as exc:
+            return exc
+
+    temporary = LoginError("b'[UNAVAILABLE] Temporary authentication failure. [h:2026-11-26]'")
+    assert not lasting_failure(wrapped(temporary))
+    assert lasting_failure(wrapped(LoginError("b'[AUTHENTICATIONFAILED] Authentication failed.'")))
+
+
+def test_a_failure_after_a_good_login_backs_off_instead_of_reconnecting_every_second(
+    svc: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The login works, every poll fails (here a NO to the poll): the reconnect delay must
+    still grow, or the worker logs in and warns every second for as long as it lasts."""
+    import time
+
+    from imapclient.exceptions import IMAPClientError
+
+    import intake.worker as worker_module
+
+    def refused(*_a: Any, **_k: Any) -> Any:
+        raise IMAPClientError("SEARCH command error: NO [b'[SERVERBUG] Internal error']")
+
+    monkeypatch.setattr(worker_module, "process_new_mail", refused)
+    caplog.set_level(logging.WARNING, logger="intake.worker")
+    worker, thread = _run_worker(svc)
+    try:
+        time.sleep(6)
+    finally:
+        worker.stop()
+        thread.join(30)
+    delays = [
+        getattr(r, "delay", None) for r in caplog.records if "connection failed" in r.getMessage()
+    ]
+    assert delays[:3] == [1.0, 2.0, 4.0] and len(delays) <= 4, delays
