@@ -80,6 +80,8 @@ class Mailbox:
         # connection (``pipeline._fetch_batch``): the server refuses, not a mail, so that
         # poll counts a failed try for one mail at most.
         self.refused_at: datetime | None = None
+        # The poll whose FETCH failures were last logged at WARNING (``pipeline._fetch_log``).
+        self.fetch_warned_at: datetime | None = None
 
     def __enter__(self) -> Mailbox:
         self.open()

@@ -1607,6 +1607,20 @@ def _temporary_answer(exc: IMAPClientError) -> bool:
     return not isinstance(exc, IMAPClientAbortError) and _transient(exc)
 
 
+# At most one poll's FETCH failures a minute are logged at WARNING (the rest at DEBUG).
+FETCH_WARN_EVERY = timedelta(minutes=1)
+
+
+def _fetch_log(mailbox: Mailbox, now: datetime) -> Callable[..., None]:
+    """WARNING for the first poll with FETCH failures on this connection and then once a
+    minute, DEBUG in between. Why: a mail is now retried for ``UNREADABLE_AFTER`` and a
+    temporary answer for as long as it lasts, at every poll (about every second in IDLE);
+    a WARNING each time would be thousands of lines for one mail."""
+    if mailbox.fetch_warned_at is None or now - mailbox.fetch_warned_at >= FETCH_WARN_EVERY:
+        mailbox.fetch_warned_at = now
+    return log.warning if mailbox.fetch_warned_at == now else log.debug
+
+
 def _signature(exc: BaseException) -> str:
     """An error as compared for "the whole batch failed alike": its type and words without
     digits (Dovecot stamps a time into some answers)."""
@@ -1688,7 +1702,7 @@ def _fetch_batch(
     try:
         return list(mailbox.fetch(uids)), None
     except IMAPClientError as exc:  # an OSError (timeout, reset) is the network's: raised
-        log.warning(
+        _fetch_log(mailbox, now)(
             "FETCH failed; fetching the batch in smaller pieces",
             extra={"error": type(exc).__name__, "mails": len(uids)},
         )
@@ -1718,7 +1732,7 @@ def _fetch_batch(
                 pending[:0] = [part[:half], part[half:]]
             elif counted is not None and _temporary_answer(exc):
                 _uncount_fetch_attempt(svc, uidvalidity, part[0])
-                log.warning(
+                _fetch_log(mailbox, now)(
                     "the server cannot hand a mail over for now; trying again at the next poll",
                     extra={"uid": part[0], "error": type(exc).__name__},
                 )
@@ -1742,7 +1756,7 @@ def _fetch_batch(
         if count >= MAX_FETCH_FAILURES and now - first >= UNREADABLE_AFTER:
             _store_unreadable(svc, mailbox, uidvalidity, uid, type(error).__name__, now, report)
         else:
-            log.warning(
+            _fetch_log(mailbox, now)(
                 "a mail could not be fetched; trying again at the next poll",
                 extra={"uid": uid, "error": type(error).__name__, "attempts": count},
             )

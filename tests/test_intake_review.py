@@ -504,3 +504,22 @@ def test_a_placeholder_still_unreadable_after_30_days_is_not_fetched_again(
     with session_scope(svc.engine) as s:
         (placeholder,) = s.exec(select(StoredMessage))
         assert placeholder.sha256.startswith(pipeline.GIVEN_UP)
+
+
+def test_fetch_failures_retried_every_second_are_logged_at_warning_once_a_minute(
+    svc: Service,
+    dovecot: LocalDovecot,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mail is retried at every poll (about every second in IDLE) for 15 minutes, a
+    temporary answer for as long as it lasts: a WARNING each time was thousands of lines."""
+    for i in range(2):
+        dovecot.append(samples.consultation(f"w{i}@example.jp", "相談", "家賃が払えません"))
+    _refusing_fetch(monkeypatch, lambda: "FETCH command error: NO [b'[UNAVAILABLE] Temporary']")
+    caplog.set_level(logging.WARNING, logger="intake.pipeline")
+    with Mailbox(svc.settings.mailbox) as mb:
+        for second in range(120):  # two minutes of IDLE polls
+            process_new_mail(svc, mb, NOW + timedelta(seconds=second))
+    lines = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert 0 < len(lines) <= 2 * 4, len(lines)  # polls at 0 s and 60 s only (3 lines each)
