@@ -45,7 +45,8 @@ def _transient(exc: BaseException) -> bool:
     ):
         return True
     text = str(cause)
-    return "UNAVAILABLE" in text or "Temporary" in text or "BYE" in text
+    # [INUSE]: Dovecot while another process holds the maildir's lock (RFC 5530).
+    return any(word in text for word in ("UNAVAILABLE", "INUSE", "Temporary", "BYE"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ class Mailbox:
         # When the pipeline last looked for stored-but-unprocessed rows and unreadable mail
         # on this connection (``pipeline._sweep``); None: not yet.
         self.swept_at: datetime | None = None
+        # The poll (its ``now``) in which a whole FETCH batch failed alike on this
+        # connection (``pipeline._fetch_batch``): the server refuses, not a mail, so that
+        # poll counts a failed try for one mail at most.
+        self.refused_at: datetime | None = None
+        # The poll whose FETCH failures were last logged at WARNING (``pipeline._fetch_log``).
+        self.fetch_warned_at: datetime | None = None
 
     def __enter__(self) -> Mailbox:
         self.open()

@@ -37,7 +37,7 @@ from json.encoder import encode_basestring as _json_str  # what ensure_ascii=Fal
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from jinja2 import Environment
 from sqlalchemy import Table, bindparam, func, insert, update
 from sqlalchemy import select as core_select
@@ -59,7 +59,7 @@ from intake.compose import (
 )
 from intake.config import Settings
 from intake.errors import IntakeError
-from intake.fetch import Mailbox
+from intake.fetch import Mailbox, _transient
 from intake.letter import Letter
 from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner, load_directory
@@ -1552,13 +1552,25 @@ def _advance(session: Session, key: str, uidvalidity: int, high_uid: int, now: d
 
 
 # A mail the server cannot hand over (FETCH answered NO, or the connection dropped on it)
-# is tried on this many polls before a placeholder takes its place and the cursor passes it.
+# becomes a placeholder (and the cursor passes it) only once both hold: it failed on this
+# many polls, and for this long since its first counted failure. Why both: the worker
+# polls about every second in IDLE, so a count alone turned a few seconds of server
+# trouble (storage or NFS hiccup, a maildir lock held: ``NO [UNAVAILABLE]``/``[INUSE]``)
+# into "could not be read" alerts for good mail; and Dovecot drops the connection for a
+# damaged file as it does for other trouble, so the error alone cannot tell a lasting
+# failure from a passing one: only time can. 15 minutes holds an unreadable mail's
+# "could not be read" alert back that long (the other mail is not held up).
 MAX_FETCH_FAILURES = 3
+UNREADABLE_AFTER = timedelta(minutes=15)
 # The ``sha256`` of the row that counts those failures (one per UIDVALIDITY + UID; no
 # content hash can look like it); it becomes the placeholder's row.
 UNFETCHABLE = "unfetchable:"
 # A placeholder whose mail could be fetched later on (``_sweep``); never tried again.
 READ_LATER = "read-later:"
+# A placeholder whose mail left the folder, or stayed unreadable for ``GIVE_UP_AFTER``:
+# never fetched again (its case is all there is).
+GIVEN_UP = "given-up:"
+GIVE_UP_AFTER = timedelta(days=30)
 # How often a connection looks for stored-but-unprocessed rows and unreadable mail.
 SWEEP_EVERY = timedelta(minutes=10)
 
@@ -1567,10 +1579,13 @@ def _unfetchable_key(uidvalidity: int, uid: int) -> str:
     return f"{UNFETCHABLE}{uidvalidity}:{uid}"
 
 
-def _count_fetch_attempt(svc: Service, uidvalidity: int, uid: int, now: datetime) -> int | None:
+def _count_fetch_attempt(
+    svc: Service, uidvalidity: int, uid: int, now: datetime
+) -> tuple[int, datetime] | None:
     """Count one more try at fetching ``uid`` alone, committed *before* the try, so that
     neither a restart nor a crash during the FETCH itself starts the count again; returns
-    the count, or None when a placeholder already stands for this mail."""
+    the count and the time of the first counted try, or None when a placeholder already
+    stands for this mail."""
     key = svc.settings.mailbox.key
     sha = _unfetchable_key(uidvalidity, uid)
     with session_scope(svc.engine) as session:
@@ -1592,7 +1607,53 @@ def _count_fetch_attempt(svc: Service, uidvalidity: int, uid: int, now: datetime
         elif row.status != "unfetchable":
             return None
         row.attempts += 1
-        return row.attempts
+        return row.attempts, from_db(row.received_at) or now
+
+
+def _uncount_fetch_attempt(svc: Service, uidvalidity: int, uid: int) -> None:
+    """Give back the try counted before a FETCH whose failure says nothing about the mail
+    (a temporary answer, or the whole batch refused alike); a count back at zero goes, so
+    its first failure is not dated from a try that did not count."""
+    with session_scope(svc.engine) as session:
+        row = session.exec(
+            select(StoredMessage).where(
+                StoredMessage.mailbox == svc.settings.mailbox.key,
+                StoredMessage.sha256 == _unfetchable_key(uidvalidity, uid),
+                StoredMessage.status == "unfetchable",
+            )
+        ).first()
+        if row is None:
+            return
+        row.attempts -= 1
+        if row.attempts <= 0:
+            session.delete(row)
+
+
+def _temporary_answer(exc: IMAPClientError) -> bool:
+    """The server answered that it cannot do it *for now* (``NO [UNAVAILABLE]``, ``[INUSE]``,
+    "Temporary"): not the mail's fault, so not counted. A dropped connection is counted
+    all the same (Dovecot drops it for a damaged mail file)."""
+    return not isinstance(exc, IMAPClientAbortError) and _transient(exc)
+
+
+# At most one poll's FETCH failures a minute are logged at WARNING (the rest at DEBUG).
+FETCH_WARN_EVERY = timedelta(minutes=1)
+
+
+def _fetch_log(mailbox: Mailbox, now: datetime) -> Callable[..., None]:
+    """WARNING for the first poll with FETCH failures on this connection and then once a
+    minute, DEBUG in between. Why: a mail is now retried for ``UNREADABLE_AFTER`` and a
+    temporary answer for as long as it lasts, at every poll (about every second in IDLE);
+    a WARNING each time would be thousands of lines for one mail."""
+    if mailbox.fetch_warned_at is None or now - mailbox.fetch_warned_at >= FETCH_WARN_EVERY:
+        mailbox.fetch_warned_at = now
+    return log.warning if mailbox.fetch_warned_at == now else log.debug
+
+
+def _signature(exc: BaseException) -> str:
+    """An error as compared for "the whole batch failed alike": its type and words without
+    digits (Dovecot stamps a time into some answers)."""
+    return f"{type(exc).__name__}:{re.sub(r'[0-9]', '', str(exc))}"
 
 
 def _forget_fetch_attempts(svc: Service, uidvalidity: int, uid: int) -> None:
@@ -1658,51 +1719,77 @@ def _fetch_batch(
     it, would ever be stored. So a FETCH the server refused or broke off
     (``IMAPClientError``: NO, BAD, or the connection closed on this command) is retried
     in halves down to one UID at a time (reconnecting when the connection dropped): every
-    readable mail is returned,
-    and a UID that fails alone is counted (``_count_fetch_attempt``) and, after
-    ``MAX_FETCH_FAILURES`` polls, replaced by a placeholder (``_store_unreadable``).
+    readable mail is returned, and a UID that fails alone is counted
+    (``_count_fetch_attempt``) and, once it failed on ``MAX_FETCH_FAILURES`` polls over
+    ``UNREADABLE_AFTER``, replaced by a placeholder (``_store_unreadable``).
+
+    Not counted, as they say nothing about the mail: a temporary answer
+    (``_temporary_answer``), and, when every FETCH of the batch failed alike, all UIDs
+    but the lowest (the server is refusing, not a mail; once per poll, the later batches
+    of that poll none).
     """
     try:
         return list(mailbox.fetch(uids)), None
     except IMAPClientError as exc:  # an OSError (timeout, reset) is the network's: raised
-        log.warning(
+        _fetch_log(mailbox, now)(
             "FETCH failed; fetching the batch in smaller pieces",
             extra={"error": type(exc).__name__, "mails": len(uids)},
         )
         mailbox.recover()
+        signatures = {_signature(exc)}
     items: list[tuple[int, bytes, datetime | None]] = []
     blocked: list[int] = []
+    failures: list[tuple[int, int, datetime, IMAPClientError]] = []  # counted, failed alone
+    fetched_any = False
     pending = [uids[: len(uids) // 2], uids[len(uids) // 2 :]] if len(uids) > 1 else [uids]
     while pending:
         part = pending.pop(0)
         if not part:
             continue
-        count: int | None = None
+        counted: tuple[int, datetime] | None = None
         if len(part) == 1:
-            count = _count_fetch_attempt(svc, uidvalidity, part[0], now)
-            if count is None:
+            counted = _count_fetch_attempt(svc, uidvalidity, part[0], now)
+            if counted is None:
                 continue  # a placeholder already stands for it
         try:
             got = list(mailbox.fetch(part))
         except IMAPClientError as exc:
             mailbox.recover()
+            signatures.add(_signature(exc))
             if len(part) > 1:
                 half = len(part) // 2
                 pending[:0] = [part[:half], part[half:]]
-            elif count is not None and count >= MAX_FETCH_FAILURES:
-                _store_unreadable(
-                    svc, mailbox, uidvalidity, part[0], type(exc).__name__, now, report
-                )
-            else:
-                log.warning(
-                    "a mail could not be fetched; trying again at the next poll",
-                    extra={"uid": part[0], "error": type(exc).__name__, "attempts": count},
+            elif counted is not None and _temporary_answer(exc):
+                _uncount_fetch_attempt(svc, uidvalidity, part[0])
+                _fetch_log(mailbox, now)(
+                    "the server cannot hand a mail over for now; trying again at the next poll",
+                    extra={"uid": part[0], "error": type(exc).__name__},
                 )
                 blocked.append(part[0])
+            elif counted is not None:
+                failures.append((part[0], counted[0], counted[1], exc))
             continue
-        if count is not None:
+        fetched_any = True
+        if counted is not None:
             _forget_fetch_attempts(svc, uidvalidity, part[0])
         items.extend(got)
+    if failures and not fetched_any and len(signatures) == 1:
+        # Every FETCH of the batch failed alike: the server's trouble, not each mail's.
+        keep = failures[:1] if mailbox.refused_at != now else []
+        mailbox.refused_at = now
+        for uid, _count, _first, _error in failures[len(keep) :]:
+            _uncount_fetch_attempt(svc, uidvalidity, uid)
+            blocked.append(uid)
+        failures = keep
+    for uid, count, first, error in failures:
+        if count >= MAX_FETCH_FAILURES and now - first >= UNREADABLE_AFTER:
+            _store_unreadable(svc, mailbox, uidvalidity, uid, type(error).__name__, now, report)
+        else:
+            _fetch_log(mailbox, now)(
+                "a mail could not be fetched; trying again at the next poll",
+                extra={"uid": uid, "error": type(error).__name__, "attempts": count},
+            )
+            blocked.append(uid)
     items.sort(key=lambda item: item[0])
     return items, min(blocked, default=None)
 
@@ -1719,10 +1806,11 @@ def _sweep(
        ``_recover`` as after any crash (an attempt counted, quarantine after
        ``MAX_ATTEMPTS``).
     2. Placeholders of mail that could not be fetched (``_store_unreadable``): if the
-       server hands the mail over now (permissions fixed), it is stored and processed as
-       any new mail (its own case, triaged, alerted when urgent; the acknowledgement
-       window keeps its sender from a second acknowledgement within a day) and an event
-       on the placeholder's case names the new message.
+       server hands the mail over now (permissions fixed), it joins the placeholder's
+       case as a follow-up (``_attach_read_later``): triaged, alerted again when urgent,
+       never a second case nor a second acknowledgement. A placeholder whose mail left
+       the folder (FETCH gives nothing: UIDs are never reused), or that has stayed
+       unreadable for ``GIVE_UP_AFTER``, is not fetched again (``GIVEN_UP``).
     """
     key = svc.settings.mailbox.key
     with session_scope(svc.engine) as session:
@@ -1735,7 +1823,7 @@ def _sweep(
         )
         unreadable = list(
             session.exec(
-                select(StoredMessage.id, StoredMessage.uid).where(
+                select(StoredMessage.id, StoredMessage.uid, StoredMessage.received_at).where(
                     StoredMessage.mailbox == key,
                     StoredMessage.uidvalidity == uidvalidity,
                     StoredMessage.status == "quarantined",
@@ -1761,39 +1849,147 @@ def _sweep(
             extra={"messages": len(stranded)},
         )
         _recover(svc, [i for i in stranded if i is not None], uidvalidity, 0, now, report)
-    for row_id, uid in unreadable:
+    for row_id, uid, first in unreadable:
+        if row_id is None:
+            continue
+        if now - (from_db(first) or now) >= GIVE_UP_AFTER:
+            _give_up(
+                svc, row_id, uidvalidity, uid, f"unreadable for {GIVE_UP_AFTER.days} days", now
+            )
+            continue
         try:
             got = list(mailbox.fetch([uid]))
         except (IMAPClientError, OSError):
             mailbox.recover()
             continue
         if not got:
-            continue  # gone from the folder: the placeholder's case is all there is
-        before = report.stored
-        ingest_batch(svc, got, uidvalidity, 0, now, report)
-        with session_scope(svc.engine) as session:
-            msg = session.get(StoredMessage, row_id)
-            if msg is None:
-                continue
-            msg.sha256 = f"{READ_LATER}{uidvalidity}:{uid}"
-            new = session.exec(
-                select(StoredMessage.id).where(
-                    StoredMessage.mailbox == key,
-                    StoredMessage.sha256 == hashlib.sha256(got[0][1]).hexdigest(),
-                )
-            ).first()
+            _give_up(svc, row_id, uidvalidity, uid, "gone from the folder", now)
+            continue
+        _attach_read_later(svc, row_id, uidvalidity, got[0], now, report)
+        report.fetched += 1
+        log.warning(
+            "a mail that could not be fetched was read later; added to its placeholder's case",
+            extra={"uid": uid, "message_row": row_id},
+        )
+
+
+def _give_up(
+    svc: Service, row_id: int, uidvalidity: int, uid: int, why: str, now: datetime
+) -> None:
+    """Stop fetching a placeholder's mail: its case is all there is. Why: otherwise every
+    sweep (each connection, every 10 minutes) fetches it again for ever, and a file that
+    makes the server drop the connection costs a reconnect each time."""
+    with session_scope(svc.engine) as session:
+        msg = session.get(StoredMessage, row_id)
+        if msg is None:
+            return
+        msg.sha256 = f"{GIVEN_UP}{uidvalidity}:{uid}"
+        record_event(
+            session, "read-given-up", msg.case_id, f"message {row_id}: UID {uid} {why}", at=now
+        )
+    log.warning("a placeholder's mail is no longer looked for", extra={"uid": uid, "why": why})
+
+
+def _attach_read_later(
+    svc: Service,
+    placeholder_id: int,
+    uidvalidity: int,
+    item: tuple[int, bytes, datetime | None],
+    now: datetime,
+    report: RunReport,
+) -> None:
+    """A placeholder's mail, readable after all, joins the placeholder's case as a
+    follow-up, in one transaction (a crash leaves the placeholder to the next sweep).
+
+    Why not as new mail: the placeholder already opened a case and told the on-call
+    person; a second case for the same mail (a second alert, and a second acknowledgement
+    once the window has passed) is the doubling the service promises never to do. As a
+    follow-up it is triaged and, when urgent, alerts again. Its resident is acknowledged
+    now only if the placeholder could not name a sender (no acknowledgement went out).
+    """
+    uid, raw, when = item
+    key = svc.settings.mailbox.key
+    sha = hashlib.sha256(raw).hexdigest()
+    stage = _Stage()
+    prepared: _Prepared | None = None
+    broke = ""
+    try:
+        prepared = _prepare(svc, raw, stage)
+    except Exception as exc:
+        broke = f"{stage.name}:{type(exc).__name__}"
+    with session_scope(svc.engine) as session:
+        holder = session.get(StoredMessage, placeholder_id)
+        if holder is None:
+            return
+        holder.sha256 = f"{READ_LATER}{uidvalidity}:{uid}"
+        case = session.get(Case, holder.case_id) if holder.case_id is not None else None
+        stored = session.exec(
+            select(StoredMessage.id).where(
+                StoredMessage.mailbox == key, StoredMessage.sha256 == sha
+            )
+        ).first()
+        if case is None or stored is not None:
             record_event(
                 session,
                 "read-later",
-                msg.case_id,
-                f"message {row_id}: UID {uid} could be read later; stored as message {new}",
+                holder.case_id,
+                f"message {placeholder_id}: UID {uid} could be read later; "
+                f"already stored as message {stored}",
                 at=now,
             )
-        report.fetched += 1
-        log.warning(
-            "a mail that could not be fetched was read later",
-            extra={"uid": uid, "message_row": row_id, "new": report.stored > before},
+            return
+        msg = StoredMessage(**_message_row(key, uidvalidity, sha, uid, raw, when, 1, now))
+        session.add(msg)
+        session.flush()
+        msg.case_id = case.id
+        msg.is_followup = True
+        report.stored += 1
+        detail = (
+            f"message {placeholder_id}: UID {uid} could be read later; stored as message {msg.id}"
         )
+        if prepared is None:
+            msg.status = "quarantined"
+            msg.stage_error = broke
+            record_event(session, "read-later", case.id, f"{detail}, broke at {broke}", at=now)
+            report.quarantined += 1
+            return
+        letter, triage, block = prepared.letter, prepared.triage, prepared.block
+        msg.message_id = letter.message_id
+        msg.from_addr = letter.from_addr
+        msg.subject = letter.subject
+        msg.body = letter.body
+        msg.new_text = letter.text
+        msg.problems = dumps(letter.problems)
+        msg.automatic = block
+        msg.status = "processed"
+        urgent = triage.urgent and not letter.bounce  # a bounce may quote our own alert
+        if urgent:
+            case.urgent_reasons = dumps(json.loads(case.urgent_reasons) + prepared.reasons)
+            case.urgent = True
+        known = json.loads(case.phone or "[]")
+        case.phone = dumps(known + [p for p in prepared.phones if p not in known])
+        received = from_db(msg.received_at) or now
+        record_event(session, "read-later", case.id, f"{detail}, a follow-up", at=now)
+        report.followups += 1
+        if not case.sender and letter.from_addr and not prepared.staff:
+            case.sender = letter.from_addr
+            window = now - timedelta(hours=svc.settings.ack_window_hours)
+            if block is None and not _recent_ack(session, key, letter.from_addr, window):
+                _queue_ack(
+                    svc,
+                    session,
+                    case,
+                    letter.from_addr,
+                    in_reply_to=letter.message_id,
+                    references=letter.references,
+                    received=received,
+                    now=now,
+                )
+                case.ack_state = "pending"
+                report.acks += 1
+        if urgent:
+            _queue_alert(svc, session, case, msg, received, block, now)
+            report.alerts += 1
 
 
 def process_new_mail(

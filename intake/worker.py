@@ -41,8 +41,13 @@ ERROR_EVERY = 30 * 60.0
 def lasting_failure(exc: BaseException) -> bool:
     """Will this mailbox failure stay until someone changes something (password, folder,
     certificate, server configuration)? Only what ``Mailbox.open`` reports: the server
-    refused the login, the certificate, or the folder (a NO, not a dropped connection)."""
-    if not isinstance(exc, MailboxError):
+    refused the login, the certificate, or the folder (a NO, not a dropped connection).
+
+    A temporary answer is never lasting, a refused login included: Dovecot answers
+    ``NO [UNAVAILABLE] Temporary authentication failure`` while its auth process restarts
+    (``systemctl reload dovecot``); calling that lasting paged the operator for nothing
+    and used up the ERROR slot a real lasting failure would need."""
+    if not isinstance(exc, MailboxError) or _transient(exc):
         return False
     cause = exc.__cause__
     if isinstance(cause, (LoginError, ssl.SSLCertVerificationError)):
@@ -170,6 +175,11 @@ class Worker:
         self.lock = mailbox_lock(svc.engine, svc.settings.mailbox.key)
         self.failing_since: float | None = None  # monotonic: first failure of this outage
         self.error_logged_at: float | None = None  # monotonic: its last ERROR line
+        # Seconds before the next reconnect. Reset only by a poll that went through
+        # (``_reachable``), not by a login: a failure after a good login (a NO to SEARCH,
+        # a connection reset on one mail) would otherwise log in again and log a WARNING
+        # every second for as long as it lasts.
+        self.delay = RECONNECT_MIN
 
     def stop(self, *_args: object) -> None:
         self.stopping.set()
@@ -178,21 +188,19 @@ class Worker:
         scheduler = BackgroundScheduler(timezone=self.svc.calendar.tz)
         schedule_jobs(self.svc, scheduler)
         scheduler.start()
-        delay = RECONNECT_MIN
         try:
             while not self.stopping.is_set():
                 try:
                     with Mailbox(self.svc.settings.mailbox) as mailbox:
-                        delay = RECONNECT_MIN
                         self._serve(mailbox)
                 except (MailboxError, IMAPClientError, OSError) as exc:
                     # Another worker may reach the mailbox (another network, a corrected
                     # config): let it poll while this one cannot; it takes the lock back
                     # in ``_serve`` when it is free again.
                     self.lock.release()
-                    self._failed(exc, delay)
-                    self.stopping.wait(delay)
-                    delay = min(delay * 2, RECONNECT_MAX)
+                    self._failed(exc, self.delay)
+                    self.stopping.wait(self.delay)
+                    self.delay = min(self.delay * 2, RECONNECT_MAX)
         finally:
             self.lock.release()
             scheduler.shutdown(wait=True)
@@ -234,6 +242,7 @@ class Worker:
                 extra={"failed_seconds": round(time.monotonic() - self.failing_since)},
             )
         self.failing_since = self.error_logged_at = None
+        self.delay = RECONNECT_MIN
 
     def _serve(self, mailbox: Mailbox) -> None:
         settings = self.svc.settings.mailbox

@@ -45,10 +45,14 @@ def svc(
     service.close()
 
 
-def _poll(svc: Service) -> pipeline.RunReport:
+def _poll(svc: Service, at: datetime = NOW) -> pipeline.RunReport:
     """One poll on a fresh connection, as after a reconnect or in ``once``."""
     with Mailbox(svc.settings.mailbox) as mb:
-        return process_new_mail(svc, mb, NOW)
+        return process_new_mail(svc, mb, at)
+
+
+# The earliest a mail failing at NOW may become a placeholder (with enough counted polls).
+LATER = NOW + pipeline.UNREADABLE_AFTER
 
 
 def _file_of(dovecot: LocalDovecot, marker: bytes) -> Path:
@@ -88,7 +92,7 @@ def test_a_mail_the_server_cannot_read_holds_up_no_other_mail_and_reaches_staff_
     assert first.cases == 2 and len(alerts) == 1
     caplog.set_level(logging.WARNING)
     for _ in range(pipeline.MAX_FETCH_FAILURES - 1):
-        _poll(svc)
+        _poll(svc, LATER)
     with session_scope(svc.engine) as s:
         cursor = s.get(Cursor, key)
         assert cursor is not None and cursor.last_uid == 3  # the cursor passed it
@@ -105,47 +109,62 @@ def test_a_mail_the_server_cannot_read_holds_up_no_other_mail_and_reaches_staff_
     assert "bad@example.jp" not in caplog.text and "家賃" not in caplog.text
     # Later polls neither try it again nor hold anything up.
     dovecot.append(samples.consultation("later@example.jp", "相談", "相談があります"))
-    assert _poll(svc).cases == 1
+    assert _poll(svc, LATER).cases == 1
 
 
-def test_a_mail_unreadable_for_a_while_is_not_held_back_past_three_polls_even_across_restarts(
+def test_an_unreadable_mail_waits_three_polls_and_15_minutes_even_across_restarts(
     svc: Service, dovecot: LocalDovecot
 ) -> None:
     """The failure count lives in the database (one row per UIDVALIDITY + UID, committed
-    before each try), so every poll on a new connection, as after a restart, adds to it."""
+    before each try, dated from its first failure), so every poll on a new connection, as
+    after a restart, adds to it."""
     dovecot.append(samples.consultation("only@example.jp", "相談", "家賃が払えません"))
     _damage(_file_of(dovecot, b"only@example.jp"), "unreadable")
-    for _ in range(pipeline.MAX_FETCH_FAILURES - 1):
-        _poll(svc)
+    for second in range(pipeline.MAX_FETCH_FAILURES):  # three polls in three seconds
+        _poll(svc, NOW + timedelta(seconds=second))
         with session_scope(svc.engine) as s:
             assert list(s.exec(select(Case))) == []
-    _poll(svc)
+    _poll(svc, LATER)
     with session_scope(svc.engine) as s:
         (case,) = s.exec(select(Case))
         # Its header was still readable? Not with the file unreadable: no sender, no ack.
         assert case.needs_human
 
 
-def test_a_mail_readable_again_after_its_placeholder_is_stored_and_processed(
+def _placeholder_for(svc: Service, dovecot: LocalDovecot, marker: bytes) -> Path:
+    """Make the mail carrying ``marker`` unreadable until it becomes a placeholder."""
+    path = _file_of(dovecot, marker)
+    _damage(path, "unreadable")
+    for i in range(pipeline.MAX_FETCH_FAILURES):
+        _poll(svc, NOW + pipeline.UNREADABLE_AFTER * i)
+    with session_scope(svc.engine) as s:
+        (case,) = s.exec(select(Case))
+        assert case.needs_human
+    return path
+
+
+def test_a_mail_readable_again_after_its_placeholder_joins_the_placeholders_case_as_a_follow_up(
     svc: Service, dovecot: LocalDovecot
 ) -> None:
+    """Not a second case: one mail, one case, one acknowledgement; the urgent words still
+    alert (as a follow-up's do), after the placeholder's "could not be read" alert."""
     dovecot.append(samples.consultation("fixed@example.jp", "相談", "もう死にたいです。限界です。"))
-    path = _file_of(dovecot, b"fixed@example.jp")
-    mode = path.stat().st_mode
-    _damage(path, "unreadable")
-    for _ in range(pipeline.MAX_FETCH_FAILURES):
-        _poll(svc)
-    os.chmod(path, mode)  # permissions fixed
-    report = _poll(svc)
+    path = _placeholder_for(svc, dovecot, b"fixed@example.jp")
+    os.chmod(path, 0o600)  # permissions fixed
+    report = _poll(svc, NOW + timedelta(hours=1))
     with session_scope(svc.engine) as s:
-        cases = list(s.exec(select(Case)))
-        assert len(cases) == 2
-        real = [c for c in cases if not c.needs_human]
-        assert len(real) == 1 and real[0].urgent and real[0].sender == "fixed@example.jp"
-        rows = {m.sha256.split(":")[0]: m.status for m in s.exec(select(StoredMessage))}
-    assert report.alerts == 1
-    assert "read-later" in rows
-    assert _poll(svc).cases == 0  # and only once
+        (case,) = s.exec(select(Case))
+        assert case.urgent and case.sender == "fixed@example.jp"
+        rows = {m.sha256.split(":")[0]: m for m in s.exec(select(StoredMessage))}
+        assert rows["read-later"].case_id == case.id
+        (mail,) = [m for key, m in rows.items() if ":" not in m.sha256]
+        assert mail.case_id == case.id and mail.is_followup and mail.status == "processed"
+        outbox = [o.kind for o in s.exec(select(Outbox))]
+    assert report.alerts == 1 and report.cases == 0 and report.followups == 1
+    # Its header was unreadable too: no acknowledgement went out with the placeholder, so
+    # the resident gets the one acknowledgement now; on-call: "could not be read", then this.
+    assert sorted(outbox) == ["ack", "alert", "alert"]
+    assert _poll(svc, NOW + timedelta(hours=2)).followups == 0  # and only once
 
 
 def test_stored_mail_left_unprocessed_by_a_crash_is_processed_after_it_left_the_folder(
@@ -308,3 +327,199 @@ def test_the_worker_lets_another_take_the_mailbox_while_it_cannot_reach_it_and_e
         other.release()
         worker.stop()
         thread.join(30)
+
+
+def test_a_temporary_authentication_failure_is_not_called_lasting() -> None:
+    """Dovecot's answer while its auth process restarts (``systemctl reload dovecot``):
+    retried quietly, not an immediate ERROR "no mail is read until this is fixed"."""
+    from imapclient.exceptions import LoginError
+
+    from intake.errors import MailboxError
+    from intake.worker import lasting_failure
+
+    def wrapped(cause: BaseException) -> MailboxError:
+        try:
+            raise MailboxError("IMAP localhost:143 (plain) user u folder INBOX") from cause
+        except MailboxError as exc:
+            return exc
+
+    temporary = LoginError("b'[UNAVAILABLE] Temporary authentication failure. [h:2026-11-26]'")
+    assert not lasting_failure(wrapped(temporary))
+    assert lasting_failure(wrapped(LoginError("b'[AUTHENTICATIONFAILED] Authentication failed.'")))
+
+
+def test_a_failure_after_a_good_login_backs_off_instead_of_reconnecting_every_second(
+    svc: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The login works, every poll fails (here a NO to the poll): the reconnect delay must
+    still grow, or the worker logs in and warns every second for as long as it lasts."""
+    import time
+
+    from imapclient.exceptions import IMAPClientError
+
+    import intake.worker as worker_module
+
+    def refused(*_a: Any, **_k: Any) -> Any:
+        raise IMAPClientError("SEARCH command error: NO [b'[SERVERBUG] Internal error']")
+
+    monkeypatch.setattr(worker_module, "process_new_mail", refused)
+    caplog.set_level(logging.WARNING, logger="intake.worker")
+    worker, thread = _run_worker(svc)
+    try:
+        time.sleep(6)
+    finally:
+        worker.stop()
+        thread.join(30)
+    delays = [
+        getattr(r, "delay", None) for r in caplog.records if "connection failed" in r.getMessage()
+    ]
+    assert delays[:3] == [1.0, 2.0, 4.0] and len(delays) <= 4, delays
+
+
+def _refusing_fetch(monkeypatch: pytest.MonkeyPatch, answer: Any) -> dict[str, bool]:
+    """Make FETCH answer as Dovecot does in trouble (``answer()`` gives the error) while
+    the returned switch is on; the connection, login and SEARCH stay real."""
+    from imapclient.exceptions import IMAPClientError
+
+    real_fetch = Mailbox.fetch
+    state = {"failing": True}
+
+    def flaky_fetch(self: Mailbox, uids: list[int]) -> Any:
+        if state["failing"]:
+            raise IMAPClientError(answer())
+        return real_fetch(self, uids)
+
+    monkeypatch.setattr(Mailbox, "fetch", flaky_fetch)
+    return state
+
+
+def test_a_few_seconds_of_temporary_fetch_failures_make_no_placeholder_and_one_case(
+    svc: Service, dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dovecot answering ``NO [UNAVAILABLE]`` for three IDLE polls (storage trouble) once
+    made a "could not be read" placeholder and, 10 minutes later, a second case."""
+    dovecot.append(samples.consultation("blip@example.jp", "相談", "もう死にたいです。限界です。"))
+    state = _refusing_fetch(
+        monkeypatch, lambda: "FETCH command error: NO [b'[UNAVAILABLE] Temporary failure']"
+    )
+    with Mailbox(svc.settings.mailbox) as mb:  # one worker connection, polled every ~1 s
+        for second in range(pipeline.MAX_FETCH_FAILURES + 2):
+            process_new_mail(svc, mb, NOW + timedelta(seconds=second))
+        with session_scope(svc.engine) as s:
+            assert list(s.exec(select(Case))) == []
+            assert list(s.exec(select(StoredMessage))) == []  # not even counted
+        state["failing"] = False
+        process_new_mail(svc, mb, NOW + timedelta(seconds=10))
+        process_new_mail(svc, mb, NOW + timedelta(minutes=20))  # a sweep: nothing to read
+    with session_scope(svc.engine) as s:
+        (case,) = s.exec(select(Case))
+        kinds = sorted(o.kind for o in s.exec(select(Outbox)))
+    assert case.urgent and not case.needs_human and kinds == ["ack", "alert"]
+
+
+def test_a_backlog_the_server_refuses_for_minutes_makes_no_placeholder_per_mail(
+    svc: Service, dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose every FETCH fails alike points to the server, not to six mails: one
+    UID at most is counted per poll ([INUSE] is temporary: none), so a glitch no longer
+    turns each mail of the batch into a placeholder with its own alert."""
+    import itertools
+
+    for i in range(6):
+        dovecot.append(samples.consultation(f"r{i}@example.jp", "相談", f"家賃が払えません {i}"))
+    stamp = itertools.count()
+    answers = {
+        "inuse": lambda: "FETCH command error: NO [b'[INUSE] Mailbox is locked']",
+        "serverbug": lambda: (
+            "FETCH command error: NO [b'[SERVERBUG] Internal error occurred. "
+            f"Refer to server log for more information. [2026-11-26 12:00:{next(stamp):02d}]']"
+        ),
+    }
+    for kind, answer in answers.items():
+        state = _refusing_fetch(monkeypatch, answer)
+        with Mailbox(svc.settings.mailbox) as mb:
+            for second in range(pipeline.MAX_FETCH_FAILURES):
+                process_new_mail(svc, mb, NOW + timedelta(seconds=second))
+            with session_scope(svc.engine) as s:
+                counters = list(s.exec(select(StoredMessage)))
+                assert list(s.exec(select(Case))) == [], kind
+            if kind == "inuse":
+                assert counters == []
+            else:
+                assert [(m.uid, m.attempts) for m in counters] == [(1, 3)]
+                # Still refused 15 minutes on: the lowest UID (only) becomes a placeholder.
+                process_new_mail(svc, mb, LATER)
+                with session_scope(svc.engine) as s:
+                    assert len(list(s.exec(select(Case)))) == 1
+            state["failing"] = False
+    with Mailbox(svc.settings.mailbox) as mb:
+        process_new_mail(svc, mb, LATER + timedelta(minutes=1))
+    with session_scope(svc.engine) as s:
+        cases = list(s.exec(select(Case)))
+        alerts = [o for o in s.exec(select(Outbox)) if o.kind == "alert"]
+    assert len(cases) == 6 and len(alerts) == 1  # every mail once; one "could not be read"
+
+
+def test_a_placeholder_whose_mail_left_the_folder_is_not_fetched_again(
+    svc: Service, dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dovecot.append(samples.consultation("gone@example.jp", "相談", "家賃が払えません"))
+    path = _placeholder_for(svc, dovecot, b"gone@example.jp")
+    path.unlink()  # staff delete the damaged file
+    calls: list[list[int]] = []
+    real_fetch = Mailbox.fetch
+
+    def spy(self: Mailbox, uids: list[int]) -> Any:
+        calls.append(list(uids))
+        return real_fetch(self, uids)
+
+    monkeypatch.setattr(Mailbox, "fetch", spy)
+    with Mailbox(svc.settings.mailbox) as mb:
+        for n in range(1, 6):
+            process_new_mail(svc, mb, LATER + timedelta(hours=n))
+    assert calls.count([1]) == 1
+    with session_scope(svc.engine) as s:
+        (placeholder,) = s.exec(select(StoredMessage))
+        assert placeholder.sha256.startswith(pipeline.GIVEN_UP)
+
+
+def test_a_placeholder_still_unreadable_after_30_days_is_not_fetched_again(
+    svc: Service, dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dovecot.append(samples.consultation("stuck@example.jp", "相談", "家賃が払えません"))
+    _placeholder_for(svc, dovecot, b"stuck@example.jp")
+    calls: list[list[int]] = []
+    real_fetch = Mailbox.fetch
+
+    def spy(self: Mailbox, uids: list[int]) -> Any:
+        calls.append(list(uids))
+        return real_fetch(self, uids)
+
+    monkeypatch.setattr(Mailbox, "fetch", spy)
+    _poll(svc, NOW + timedelta(days=29))
+    assert calls == [[1]]  # still looked for within the bound
+    for day in (31, 32):
+        _poll(svc, NOW + timedelta(days=day))
+    assert calls == [[1]]
+    with session_scope(svc.engine) as s:
+        (placeholder,) = s.exec(select(StoredMessage))
+        assert placeholder.sha256.startswith(pipeline.GIVEN_UP)
+
+
+def test_fetch_failures_retried_every_second_are_logged_at_warning_once_a_minute(
+    svc: Service,
+    dovecot: LocalDovecot,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mail is retried at every poll (about every second in IDLE) for 15 minutes, a
+    temporary answer for as long as it lasts: a WARNING each time was thousands of lines."""
+    for i in range(2):
+        dovecot.append(samples.consultation(f"w{i}@example.jp", "相談", "家賃が払えません"))
+    _refusing_fetch(monkeypatch, lambda: "FETCH command error: NO [b'[UNAVAILABLE] Temporary']")
+    caplog.set_level(logging.WARNING, logger="intake.pipeline")
+    with Mailbox(svc.settings.mailbox) as mb:
+        for second in range(120):  # two minutes of IDLE polls
+            process_new_mail(svc, mb, NOW + timedelta(seconds=second))
+    lines = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert 0 < len(lines) <= 2 * 4, len(lines)  # polls at 0 s and 60 s only (3 lines each)
