@@ -12,6 +12,7 @@ Without PostgreSQL these tests skip with the reason; under CI they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -309,7 +310,10 @@ def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
             "every mail to become a case and every mail to be sent",
             logs,
         )
-        smtp_server.wait_for(total + urgent, timeout=60)
+        # An acknowledgement caught by the kill in SMTP's open window is not resent (its
+        # case is flagged ack_in_doubt), so one fewer may arrive.
+        with contextlib.suppress(TimeoutError):
+            smtp_server.wait_for(total + urgent, timeout=60)
         received = settled(smtp_server, 2.0)
         assert workers[survivor].poll() is None, "the survivor must still be running"
         stop_workers(workers)
@@ -330,9 +334,22 @@ def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
         assert doubled_acks == 0
         assert count(check, Outbox, Outbox.kind == "ack") == total
         assert count(check, Outbox, Outbox.kind == "alert") == urgent
-        assert count(check, Outbox, Outbox.status != "sent") == 0
-        # On the wire: every resident acknowledged; a repeat only where the kill landed
-        # between the server's 250 and our commit, and then recorded as an in-doubt resend.
+        # Every row sent, but an acknowledgement the kill caught after its content was
+        # handed over: failed as in doubt, never resent, its case flagged for staff.
+        with check.connect() as conn:
+            unsent = conn.execute(
+                text("SELECT kind, last_error FROM outbox WHERE status != 'sent'")
+            ).all()
+            flagged = set(
+                conn.execute(
+                    text("SELECT sender FROM \"case\" WHERE ack_state = 'ack_in_doubt'")
+                ).scalars()
+            )
+        assert all(kind == "ack" and "in doubt" in (error or "") for kind, error in unsent)
+        assert len(unsent) == len(flagged)
+        # On the wire: every resident acknowledged once, or not at all and flagged; an alert
+        # repeated only where the kill landed between the server's 250 and our commit, and
+        # then recorded as an in-doubt resend.
         acks = Counter(r for m in received for r in m.rcpt_tos if r != ONCALL)
         alerts = sum(1 for m in received if ONCALL in m.rcpt_tos)
         in_doubt = count(check, Event, col(Event.kind).startswith("in-doubt-resend"))
@@ -340,7 +357,8 @@ def test_two_workers_one_killed_mid_run_each_mail_one_case_and_one_ack(
         print(
             f"killed {victim} at {cases_at_kill} cases; duplicates={duplicates} in_doubt={in_doubt}"
         )
-        assert set(acks) == {f"resident{i:04d}@example.jp" for i in range(total)}
+        assert all(n == 1 for n in acks.values()), "a resident got two acknowledgements"
+        assert set(acks) | flagged == {f"resident{i:04d}@example.jp" for i in range(total)}
         assert alerts >= urgent
         assert duplicates <= in_doubt
     finally:
