@@ -64,6 +64,8 @@ class StoredMessage(SQLModel, table=True):
     mailbox: str = Field(index=True)
     uidvalidity: int = 0
     uid: int = 0
+    # SHA-256 of the raw bytes; for rows with no mail bytes a key instead:
+    # unfetchable:/read-later:/given-up:<uidvalidity>:<uid> (intake.pipeline, unreadable mail)
     sha256: str
     raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     size: int = 0
