@@ -548,6 +548,42 @@ def _queue_ack(
     case.ack_state = "queued"
 
 
+def _acknowledge(
+    svc: Service,
+    session: Session,
+    case: Case,
+    letter: Letter,
+    block: str | None,
+    received: datetime,
+    now: datetime,
+    report: RunReport,
+) -> str | None:
+    """Queue the acknowledgement of ``case`` unless ``block`` or the flood guard says no.
+
+    Returns why it was not queued ("rate-limited": the sender had one within
+    ``ack_window_hours``), or None when it was. One place for a new case and for mail
+    read after its placeholder, so both keep the same guard and the same ack state.
+    """
+    window = timedelta(hours=svc.settings.ack_window_hours)
+    if block is None and _recent_ack(session, case.mailbox, letter.from_addr, now - window):
+        block = "rate-limited"
+    if block is not None:
+        return block
+    _queue_ack(
+        svc,
+        session,
+        case,
+        letter.from_addr,
+        in_reply_to=letter.message_id,
+        references=letter.references,
+        received=received,
+        now=now,
+    )
+    session.info.setdefault("acked_senders", set()).add(letter.from_addr.lower())
+    report.acks += 1
+    return None
+
+
 def queue_mail(
     session: Session,
     *,
@@ -865,23 +901,8 @@ def handle_message(
 
     stage.name = "compose"
     if outcome == "case":
-        window = timedelta(hours=svc.settings.ack_window_hours)
-        if block is None and _recent_ack(session, msg.mailbox, letter.from_addr, now - window):
-            block = "rate-limited"
-        if block is None:
-            _queue_ack(
-                svc,
-                session,
-                case,
-                letter.from_addr,
-                in_reply_to=letter.message_id,
-                references=letter.references,
-                received=received,
-                now=now,
-            )
-            session.info.setdefault("acked_senders", set()).add(letter.from_addr.lower())
-            report.acks += 1
-        else:
+        block = _acknowledge(svc, session, case, letter, block, received, now, report)
+        if block is not None:
             case.ack_state = f"suppressed:{block}"
             report.suppressed[block] = report.suppressed.get(block, 0) + 1
     if newly_urgent:
@@ -1973,20 +1994,7 @@ def _attach_read_later(
         report.followups += 1
         if not case.sender and letter.from_addr and not prepared.staff:
             case.sender = letter.from_addr
-            window = now - timedelta(hours=svc.settings.ack_window_hours)
-            if block is None and not _recent_ack(session, key, letter.from_addr, window):
-                _queue_ack(
-                    svc,
-                    session,
-                    case,
-                    letter.from_addr,
-                    in_reply_to=letter.message_id,
-                    references=letter.references,
-                    received=received,
-                    now=now,
-                )
-                case.ack_state = "pending"
-                report.acks += 1
+            _acknowledge(svc, session, case, letter, block, received, now, report)
         if urgent:
             _queue_alert(svc, session, case, msg, received, block, now)
             report.alerts += 1
