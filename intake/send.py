@@ -446,12 +446,19 @@ def _handing_over(conn: Connection, job: _Job, clock: Callable[[], datetime]) ->
 
 def _resends(conn: Connection, job: _Job) -> int:
     """How many times this row was resent while its delivery was in doubt (its events)."""
-    query = select(func.count()).where(
-        col(Event.kind) == f"in-doubt-resend:{job.kind}",
-        col(Event.detail) == f"outbox {job.id}",
-    )
+    query = select(func.count()).where(_refusal_events(job, "in-doubt-resend:"))
     with conn.begin():
         return int(conn.execute(query).scalar_one())
+
+
+def _fail_in_doubt(engine: Engine, row_id: int, resends: int, why: str, now: datetime) -> bool:
+    """Fail a row whose delivery stayed in doubt once it may be resent no more.
+
+    One wording for both places that decide it: the claim of a dead sender's row and the
+    deferral after a timeout (``max_in_doubt_resends``: an acknowledgement never).
+    """
+    why = f"delivery in doubt after {resends} resends; may have arrived: {why}"
+    return _fail(engine, row_id, why, now, codes="in-doubt")
 
 
 class _Refused(Exception):
@@ -719,8 +726,7 @@ async def _deliver(
                 # after every DATA (an OOM right after sending) would otherwise resend
                 # it on every restart without limit (review 5, finding 10); an
                 # acknowledgement is never resent (``max_in_doubt_resends``).
-                why = f"delivery in doubt after {resends} resends; may have arrived"
-                if _fail(engine, job.id, f"{why}: {job.last_error}", now, codes="in-doubt"):
+                if _fail_in_doubt(engine, job.id, resends, job.last_error, now):
                     report.failed += 1
                 continue
             claimed.add(job.id)
@@ -1084,8 +1090,7 @@ def _defer(
                 continue
         resends = _in_doubt_resends(engine, row) if in_doubt else 0
         if in_doubt and resends >= max_in_doubt_resends(row.kind):
-            why = f"delivery in doubt after {resends} resends; may have arrived: {why}"
-            if _fail(engine, row_id, why, now, codes="in-doubt"):
+            if _fail_in_doubt(engine, row_id, resends, why, now):
                 failed += 1
             continue
         marked = in_doubt or (row.last_error or "").startswith(IN_DOUBT)
@@ -1124,7 +1129,8 @@ def _give_up_if_due(engine: Engine, row_id: int, why: str, now: datetime) -> boo
     return _fail(engine, row_id, f"gave up after {now - first}: {why}", now, codes="4xx")
 
 
-def _refusal_events(row: Outbox, kind: str) -> ColumnElement[bool]:
+def _refusal_events(row: Outbox | _Job, kind: str) -> ColumnElement[bool]:
+    """This row's own events of ``kind`` + its kind (e.g. ``in-doubt-resend:alert``)."""
     detail = f"outbox {row.id}"
     same_case = (
         col(Event.case_id).is_(None) if row.case_id is None else col(Event.case_id) == row.case_id
@@ -1159,10 +1165,9 @@ def _first_refusal(engine: Engine, row: Outbox, now: datetime) -> datetime:
 
 def _in_doubt_resends(engine: Engine, row: Outbox) -> int:
     """How many times this row was resent while its delivery was in doubt."""
-    with session_scope(engine) as session:
-        return len(
-            session.exec(select(Event.id).where(_refusal_events(row, "in-doubt-resend:"))).all()
-        )
+    with engine.connect() as conn:
+        query = select(func.count()).where(_refusal_events(row, "in-doubt-resend:"))
+        return int(conn.execute(query).scalar_one())
 
 
 def _fail(
