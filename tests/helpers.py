@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from intake.localservers import LocalDovecot, LocalSMTP
+from intake.localservers import LocalDovecot, LocalSMTP, free_port
 from intake.store import Case, StoredMessage, session_scope, to_db
 
 if TYPE_CHECKING:
@@ -116,3 +118,21 @@ def urgent_case(svc: Service, now: datetime) -> int:
         _queue_alert(svc, s, case, msg, now, None, now)
         assert case.id is not None
         return case.id
+
+
+@contextlib.contextmanager
+def serving(handler: Any, **options: Any) -> Iterator[SimpleNamespace]:
+    """A real aiosmtpd server with ``handler`` on a free loopback port, stopped afterwards.
+
+    Yields ``host`` and ``port`` (what ``write_config`` reads). ``options`` go to the
+    Controller (e.g. ``enable_SMTPUTF8=False``, as many relays are).
+    """
+    from aiosmtpd.controller import Controller
+
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
+    controller.start()
+    try:
+        yield SimpleNamespace(host="127.0.0.1", port=port)
+    finally:
+        controller.stop()

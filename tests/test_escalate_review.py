@@ -33,7 +33,7 @@ from intake.localservers import LocalSMTP, ReceivedMail, free_port
 from intake.pipeline import Service, quarantine
 from intake.send import deliver_outbox
 from intake.store import Event, Outbox, StoredMessage, session_scope, to_db
-from tests.helpers import BACKUP, ONCALL, urgent_case, write_config
+from tests.helpers import BACKUP, ONCALL, serving, urgent_case, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 JST = ZoneInfo("Asia/Tokyo")
@@ -126,16 +126,9 @@ class _RefuseRcpt:
 @pytest.fixture
 def oncall_refused() -> Iterator[tuple[SimpleNamespace, _RefuseRcpt]]:
     """A real SMTP server on which the on-call address no longer exists (RCPT 550)."""
-    from aiosmtpd.controller import Controller
-
     handler = _RefuseRcpt({ONCALL})
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SimpleNamespace(host="127.0.0.1", port=port), handler
-    finally:
-        controller.stop()
+    with serving(handler) as smtp:
+        yield smtp, handler
 
 
 # --- finding 4: a refused alert --------------------------------------------------------
@@ -386,16 +379,9 @@ class _Filter:
 @pytest.fixture
 def filtered() -> Iterator[tuple[SimpleNamespace, _Filter]]:
     """A real SMTP server whose refusals the test chooses (see ``_Filter``)."""
-    from aiosmtpd.controller import Controller
-
     handler = _Filter()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SimpleNamespace(host="127.0.0.1", port=port), handler
-    finally:
-        controller.stop()
+    with serving(handler) as smtp:
+        yield smtp, handler
 
 
 def errors_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

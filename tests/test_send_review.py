@@ -35,7 +35,7 @@ from intake.localservers import LocalDovecot, LocalSMTP, free_port
 from intake.pipeline import Service, _queue_ack
 from intake.send import _defer, backoff, claim_is_dead, deliver_outbox
 from intake.store import Case, Event, Outbox, session_scope, to_db
-from tests.helpers import BACKUP, ONCALL, urgent_case, write_config
+from tests.helpers import BACKUP, ONCALL, serving, urgent_case, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 JST = ZoneInfo("Asia/Tokyo")
@@ -122,14 +122,9 @@ class Faults:
 @pytest.fixture
 def faults() -> Iterator[tuple[Faults, int]]:
     handler = Faults()
-    port = free_port()
     # Without SMTPUTF8 (aiosmtpd's Controller offers it by default), as many relays are.
-    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
+    with serving(handler, enable_SMTPUTF8=False) as smtp:
+        yield handler, smtp.port
 
 
 def send_logs(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
