@@ -388,6 +388,52 @@ def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> 
 @pytest.mark.parametrize(
     ("subject", "text"),
     [
+        ("", "この世界から退場したいと毎晩思う"),
+        ("", "生きてるのがだるくてしょうがない"),
+        ("", "息をするのも疲れました"),
+        ("", "私なんか生まれてきたのが間違いだった"),
+        ("", "今夜泊まるとこないです、17歳です"),
+        ("", "3日くらい何も食ってない"),
+        ("", "電気とガスとまってる"),
+        ("", "父が殴るから帰りたくない"),
+        ("", "いま鉄橋にいる"),
+        ("", "今ダムの上。風つよい"),
+        ("", "踏切の手前から動けない"),
+        ("", "マンションの10階から下見てる"),
+        ("i wanna die", ""),
+        ("", "I want 2 die"),
+    ],
+)
+def test_colloquial_and_short_crisis_wording_is_urgent(
+    rules: RuleSet, subject: str, text: str
+) -> None:
+    """Forms a phone writer uses that the rules missed: colloquial (とこ for ところ, 食って,
+    だるい), kana verbs MeCab splits (とまって), a parent named as who hits, a few words
+    from a bridge or a dam, chat English (wanna, 2)."""
+    triage = classify_text(subject, text, rules)
+    assert triage.urgent, triage.urgent_reasons
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "息をするのも嫌じゃない",
+        "父が殴る場面のある映画を見た",
+        "花火を橋の上から見た",
+        "今日は屋上でバーベキューの写真を撮りに行く予定なので雨が心配です",
+        "今度の日曜にダムを見に行きます",
+        "今日は踏切の工事で遅刻した",
+    ],
+)
+def test_negated_reported_or_everyday_place_wording_is_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
         ("", "しぬ"),
         ("", "死ぬね"),
         ("消", "きえる"),
