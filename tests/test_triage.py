@@ -402,6 +402,15 @@ def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> 
         ("", "マンションの10階から下見てる"),
         ("i wanna die", ""),
         ("", "I want 2 die"),
+        ("", "もう終わりにする"),
+        ("", "咳止め箱ごといった"),
+        ("", "何階からなら確実に死ねる？"),
+        ("", "もう無理。線路いく"),
+        ("", "手首切らないと落ち着かない"),
+        ("", "この手紙が届くそのころにはもういないと思う"),
+        ("", "泣き止まない赤ちゃんを投げてしまいそう"),
+        ("", "寝てる母の顔に枕を押しつけそうになる"),
+        ("", "娘にあげるミルクがもうない"),
     ],
 )
 def test_colloquial_and_short_crisis_wording_is_urgent(
@@ -409,7 +418,8 @@ def test_colloquial_and_short_crisis_wording_is_urgent(
 ) -> None:
     """Forms a phone writer uses that the rules missed: colloquial (とこ for ところ, 食って,
     だるい), kana verbs MeCab splits (とまって), a parent named as who hits, a few words
-    from a bridge or a dam, chat English (wanna, 2)."""
+    from a bridge or a dam, chat English (wanna, 2), a whole box of cough pills, a carer
+    about to smother or throw, nothing left for a child, "by then I will be gone"."""
     triage = classify_text(subject, text, rules)
     assert triage.urgent, triage.urgent_reasons
 
@@ -423,6 +433,8 @@ def test_colloquial_and_short_crisis_wording_is_urgent(
         "今日は屋上でバーベキューの写真を撮りに行く予定なので雨が心配です",
         "今度の日曜にダムを見に行きます",
         "今日は踏切の工事で遅刻した",
+        "テスト勉強は何階の自習室が確実に空いてる？",
+        "限界まで走って、橋まで行った。部活のトレーニングがきつい",
     ],
 )
 def test_negated_reported_or_everyday_place_wording_is_not_urgent(
