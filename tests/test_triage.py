@@ -411,6 +411,9 @@ def test_risk_without_the_obvious_words_is_urgent(rules: RuleSet, text: str) -> 
         ("", "泣き止まない赤ちゃんを投げてしまいそう"),
         ("", "寝てる母の顔に枕を押しつけそうになる"),
         ("", "娘にあげるミルクがもうない"),
+        ("", "我现在在桥上，雨很大"),
+        ("", "tô em cima da ponte. desculpa"),
+        ("", "i'm on the bridge right now"),
     ],
 )
 def test_colloquial_and_short_crisis_wording_is_urgent(
@@ -435,6 +438,8 @@ def test_colloquial_and_short_crisis_wording_is_urgent(
         "今日は踏切の工事で遅刻した",
         "テスト勉強は何階の自習室が確実に空いてる？",
         "限界まで走って、橋まで行った。部活のトレーニングがきつい",
+        "我们在桥上拍照了，风景很好",
+        "Fui na ponte ontem com meus amigos",
     ],
 )
 def test_negated_reported_or_everyday_place_wording_is_not_urgent(
