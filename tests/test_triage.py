@@ -439,7 +439,7 @@ def test_colloquial_and_short_crisis_wording_is_urgent(
         "テスト勉強は何階の自習室が確実に空いてる？",
         "限界まで走って、橋まで行った。部活のトレーニングがきつい",
         "我们在桥上拍照了，风景很好",
-        "Fui na ponte ontem com meus amigos",
+        "Ontem fomos tirar fotos na ponte nova",
     ],
 )
 def test_negated_reported_or_everyday_place_wording_is_not_urgent(
