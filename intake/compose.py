@@ -265,6 +265,34 @@ def ack_bytes(
 EMERGENCY_EN = {"110": "police", "119": "ambulance or fire"}
 
 
+# What each phone line is for, in a resident's words (the city's table of lines, in
+# /work/shared/seed), by the topics its partner owns: a resident cannot tell whom to call
+# from three names. Every line is listed whatever the mail was about, so this says nothing
+# of the resident's own topic.
+PHONE_SUBJECTS_JA = {
+    "isolation": "眠れないほどの悩みや不安、ひとりぼっちでつらいこと",
+    "bullying": "いじめや、友だち・家族・先生についての悩み",
+    "poverty": "お金や生活の困りごと",
+    "caregiving": "子育てや家族の介護",
+    "volunteer": "ボランティアや地域の活動",
+    "other": "そのほかの悩み",
+}
+
+
+def _phone_subjects(directory: Directory) -> dict[str, str]:
+    """Partner id -> what its phone line is for ("" when none of its topics is known).
+
+    A partner's own ``subjects`` text, should partners.toml ever carry one, wins over the
+    words made from its topics.
+    """
+    out: dict[str, str] = {}
+    for partner in directory.partners:
+        own = getattr(partner, "subjects", "")
+        words = [PHONE_SUBJECTS_JA[t] for t in partner.topics if t in PHONE_SUBJECTS_JA]
+        out[partner.id] = own if isinstance(own, str) and own else "、".join(words)
+    return out
+
+
 def _emergency_en(directory: Directory) -> str:
     """``110 (police) or 119 (ambulance or fire)``: the directory's numbers, named in English."""
     named = [
@@ -308,6 +336,7 @@ def _ack_text(
         language=language,
         emergency_en=_emergency_en(directory),
         partners=directory.partners,
+        subjects=_phone_subjects(directory),
         always_open=directory.always_open,
         emergency=directory.emergency,
         from_name=sender.name,

@@ -179,3 +179,18 @@ def test_check_reports_a_typo_in_the_english_block(tmp_path: Path) -> None:
     )
     problems = _template_problems(templates, DIRECTORY)
     assert problems and "emergency_english" in problems[0]
+
+
+def test_each_phone_line_says_what_it_is_for() -> None:
+    lines = ack_text("2026-11-25 10:00").splitlines()
+    for partner, words in (
+        ("city", "眠れないほどの悩みや不安"),
+        ("harmony", "いじめや、友だち・家族・先生についての悩み"),
+        ("genki", "子育てや家族の介護"),
+    ):
+        p = next(p for p in DIRECTORY.partners if p.id == partner)
+        at = lines.index(f"・{p.name}")
+        assert lines[at + 1].startswith("  こんなときに: ") and words in lines[at + 1]
+        assert lines[at + 2] == f"  {p.phone}（{p.hours}）"
+    # all three lines for every resident: the opening still names no topic
+    assert "いじめ" not in "\n".join(lines[:4])
