@@ -143,18 +143,24 @@ def _template_problems(templates_dir: Path, directory: Directory | None) -> list
     problems: list[str] = []
     reason = {"surface": "消えたい", "rule": "urgent.sample"}
     renders = {
-        "resident/ack.txt.j2": lambda: render_ack(
-            env,
-            sender=sender,
-            to="resident@example.jp",
-            case_number="C000001",
-            in_reply_to="<x@example.jp>",
-            references=[],
-            received=now,
-            calendar=BusinessCalendar(),
-            directory=directory or Directory((), ()),
-            now=now,
-        ),
+        # in Japanese and for a mail in another language: the English block is rendered
+        # only then, so a typo in it would otherwise fail a resident's acknowledgement
+        "resident/ack.txt.j2": lambda: [
+            render_ack(
+                env,
+                sender=sender,
+                to="resident@example.jp",
+                case_number="C000001",
+                in_reply_to="<x@example.jp>",
+                references=[],
+                received=now,
+                calendar=BusinessCalendar(),
+                directory=directory or Directory((), ()),
+                now=now,
+                language=language,
+            )
+            for language in ("ja", "en")
+        ],
         "oncall/urgent_alert.txt.j2": lambda: render_alert(
             env,
             sender=sender,

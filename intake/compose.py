@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -25,7 +26,14 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from intake.businessdays import BusinessCalendar, format_day_ja
+from intake.businessdays import (
+    BusinessCalendar,
+    format_date_ja,
+    format_day_ja,
+    format_time_ja,
+    office_hours_ja,
+    parse_hhmm,
+)
 from intake.partners import Directory
 
 LOOP_HEADER = "X-Loop"
@@ -118,17 +126,25 @@ def render_ack(
     calendar: BusinessCalendar,
     directory: Directory,
     now: datetime,
+    language: str = "ja",
+    digest_times: Sequence[str] | None = None,
 ) -> EmailMessage:
     """The resident's acknowledgement: neutral subject and opening, phone lines, 110/119.
 
     Neutral because a parent, partner or abuser may see the phone's lock screen: the
     subject and first lines never name the topic nor repeat the resident's words.
+    ``language`` is the triage's guess of the mail's language: other than "ja", a short
+    block in simple English follows the first line. ``digest_times`` ("HH:MM") are those
+    of the partner that owns the case, for the reply time promised (default: the
+    calendar's ``[service] digest_times``).
     """
     msg = _base_message(sender, [to], ACK_SUBJECT, now, "auto-replied", "ack")
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = " ".join([*references, in_reply_to][-10:])
-    text = _ack_text(env, sender, case_number, received, calendar, directory)
+    text = _ack_text(
+        env, sender, case_number, received, calendar, directory, now, language, digest_times
+    )
     msg.set_content(text, charset="utf-8", cte="8bit")
     return msg
 
@@ -169,6 +185,8 @@ def ack_bytes(
     directory: Directory,
     now: datetime,
     message_id: str | None = None,
+    language: str = "ja",
+    digest_times: Sequence[str] | None = None,
 ) -> tuple[str, bytes]:
     """(Message-ID, wire bytes) of ``render_ack``'s mail, built without ``EmailMessage``.
 
@@ -209,12 +227,16 @@ def ack_bytes(
             calendar=calendar,
             directory=directory,
             now=now,
+            language=language,
+            digest_times=digest_times,
         )
         if message_id:
             slow.replace_header("Message-ID", message_id)
         return str(slow["Message-ID"]), bytes(slow)
     to_line, id_line, reply_line, refs_line = (h or "" for h in heads)
-    text = _ack_text(env, sender, case_number, received, calendar, directory)
+    text = _ack_text(
+        env, sender, case_number, received, calendar, directory, now, language, digest_times
+    )
     lines = [
         "From: " + _folded("From", sender.name, sender.address),
         to_line,
@@ -238,6 +260,48 @@ def ack_bytes(
     return message_id, ("\n".join(lines) + "\n\n").encode("ascii") + body
 
 
+# English names of the emergency numbers partners.toml lists, for the block a resident
+# who did not write in Japanese reads; a number not named here is shown without a name.
+EMERGENCY_EN = {"110": "police", "119": "ambulance or fire"}
+
+
+# What each phone line is for, in a resident's words (the city's table of lines, in
+# /work/shared/seed), by the topics its partner owns: a resident cannot tell whom to call
+# from three names. Every line is listed whatever the mail was about, so this says nothing
+# of the resident's own topic.
+PHONE_SUBJECTS_JA = {
+    "isolation": "眠れないほどの悩みや不安、ひとりぼっちでつらいこと",
+    "bullying": "いじめや、友だち・家族・先生についての悩み",
+    "poverty": "お金や生活の困りごと",
+    "caregiving": "子育てや家族の介護",
+    "volunteer": "ボランティアや地域の活動",
+    "other": "そのほかの悩み",
+}
+
+
+def _phone_subjects(directory: Directory) -> dict[str, str]:
+    """Partner id -> what its phone line is for ("" when none of its topics is known).
+
+    A partner's own ``subjects`` text, should partners.toml ever carry one, wins over the
+    words made from its topics.
+    """
+    out: dict[str, str] = {}
+    for partner in directory.partners:
+        own = getattr(partner, "subjects", "")
+        words = [PHONE_SUBJECTS_JA[t] for t in partner.topics if t in PHONE_SUBJECTS_JA]
+        out[partner.id] = own if isinstance(own, str) and own else "、".join(words)
+    return out
+
+
+def _emergency_en(directory: Directory) -> str:
+    """``110 (police) or 119 (ambulance or fire)``: the directory's numbers, named in English."""
+    named = [
+        f"{e.phone} ({EMERGENCY_EN[e.phone]})" if e.phone in EMERGENCY_EN else e.phone
+        for e in directory.emergency
+    ]
+    return " or ".join(named)
+
+
 def _ack_text(
     env: Environment,
     sender: Sender,
@@ -245,16 +309,34 @@ def _ack_text(
     received: datetime,
     calendar: BusinessCalendar,
     directory: Directory,
+    now: datetime,
+    language: str = "ja",
+    digest_times: Sequence[str] | None = None,
 ) -> str:
-    """The acknowledgement's text (one definition for both ways of building the mail)."""
-    deadline, same_day = calendar.reply_expected(received)
+    """The acknowledgement's text (one definition for both ways of building the mail).
+
+    The reply time is judged from when the case is stored (``now``, if later than
+    ``received``): a digest that went out before the service read the mail (a backlog,
+    an outage) cannot carry it. The day is named (本日（11月27日）) because an
+    acknowledgement may be read, or after an SMTP outage delivered, on a later day.
+    """
+    times = None if digest_times is None else [parse_hhmm(t) for t in digest_times]
+    deadline, same_day = calendar.reply_expected(max(received, now), times)
     local = deadline.astimezone(calendar.tz)
+    noon = local.hour == 12 and local.minute == 0
     return env.get_template(TEMPLATES["ack"][0]).render(
         case_number=case_number,
         same_day=same_day,
         deadline=local,
         deadline_day=format_day_ja(local),
+        deadline_date=format_date_ja(local),
+        deadline_time="お昼" if noon else format_time_ja(local),
+        out_of_hours=not calendar.is_open(received),
+        office_hours=office_hours_ja(calendar),
+        language=language,
+        emergency_en=_emergency_en(directory),
         partners=directory.partners,
+        subjects=_phone_subjects(directory),
         always_open=directory.always_open,
         emergency=directory.emergency,
         from_name=sender.name,
