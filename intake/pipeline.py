@@ -128,6 +128,8 @@ class Service:
             open=hhmm(settings.office_open),
             close=hhmm(settings.office_close),
             closures=BusinessCalendar().closures + settings.closures,
+            # the acknowledgement promises a reply "today" only before the last digest
+            digest_times=tuple(hhmm(t) for t in settings.digest_times),
         )
         # Taken before the rules are read, and only when there is a pool: a pool child
         # refuses to work with other rules than these (staff may edit rules/ meanwhile).
@@ -522,7 +524,12 @@ def _queue_ack(
     received: datetime,
     now: datetime,
 ) -> None:
-    """Queue the resident's acknowledgement of ``case`` (one per case: its outbox key)."""
+    """Queue the resident's acknowledgement of ``case`` (one per case: its outbox key).
+
+    The case's language adds the English block for a mail not in Japanese, and its
+    partner's own digest times (if any) decide whether a reply today can be promised.
+    """
+    partner = svc.directory.get(case.partner)
     ack = render_ack(
         svc.env,
         sender=svc.sender,
@@ -534,6 +541,8 @@ def _queue_ack(
         calendar=svc.calendar,
         directory=svc.directory,
         now=now,
+        language=case.language,
+        digest_times=(partner.digest_times or None) if partner else None,
     )
     queue_mail(
         session,
@@ -1453,6 +1462,8 @@ def _open_new_cases(
                 calendar=svc.calendar,
                 directory=svc.directory,
                 now=now,
+                language=p.triage.language,
+                digest_times=p.partner.digest_times or None,
             )
             outbox.append(
                 _outbox_row(
