@@ -14,7 +14,8 @@ this month. Addresses are compared through a keyed hash (HMAC-SHA-256) kept in
 ``purge`` and the report is identical before and after it. The key lives outside the
 database (``$INTAKE_SENDER_SALT``, ``[report] salt_file``, or a ``sender-salt`` file made
 beside the SQLite file, mode 0600) so that a copy of the database alone cannot be
-matched against a list of addresses.
+matched against a list of addresses. Each mailbox marks only its own cases, with its own
+key: municipalities sharing a database may well have different keys.
 
 The chart is drawn by a small PNG writer (zlib + a 3x5 pixel font for ASCII labels): one
 bar chart does not justify a plotting stack as a dependency of a city mail service, and
@@ -165,6 +166,34 @@ def mark_senders(session: Session, salt: bytes, mailbox: str) -> int:
         statement = insert(table)
     session.execute(statement, rows)
     return len(rows)
+
+
+def repair_sender_marks(svc: Service) -> int:
+    """Re-hash this mailbox's marks that another mailbox's key wrote; returns how many.
+
+    A one-off for databases several mailboxes shared before ``mark_senders`` kept to its
+    own mailbox: another municipality's purge or report hashed this mailbox's residents
+    with its own key, so they never matched and counted as new. Run it once per mailbox
+    with that mailbox's config: every mark that does not match this mailbox's key is
+    rewritten (a mark made with an earlier key of its own too). Only cases that still
+    have their sender can be repaired; a mark whose case retention has already blanked
+    stays as it is (the address is gone).
+    """
+    salt = sender_salt(svc.settings)
+    repaired = 0
+    with session_scope(svc.engine) as session:
+        rows = session.exec(
+            select(SenderMark, Case)
+            .join(Case, col(Case.id) == col(SenderMark.case_id))
+            .where(Case.mailbox == svc.settings.mailbox.key, Case.sender != "")
+            .order_by(col(Case.id))
+        ).all()
+        for mark, case in rows:
+            right = sender_hash(case.sender, salt)
+            if mark.sender_hash != right:
+                mark.sender_hash = right
+                repaired += 1
+    return repaired
 
 
 # --- the figures ----------------------------------------------------------------------
@@ -493,6 +522,7 @@ __all__ = [
     "monthly_report",
     "render_html",
     "render_markdown",
+    "repair_sender_marks",
     "sender_hash",
     "sender_salt",
     "write_report",

@@ -24,7 +24,14 @@ import intake.report as report_module
 import intake.retention as retention_module
 from intake.config import load_settings
 from intake.pipeline import Service
-from intake.report import SALT_ENV, SenderMark, monthly_report, sender_salt
+from intake.report import (
+    SALT_ENV,
+    SenderMark,
+    monthly_report,
+    repair_sender_marks,
+    sender_hash,
+    sender_salt,
+)
 from intake.retention import purge
 from intake.store import Case, StoredMessage, session_scope, to_db
 from tests.helpers import write_config
@@ -139,6 +146,35 @@ def test_another_mailboxs_purge_or_report_leaves_this_mailboxs_returning_residen
     add_case(b, "resident@example.jp", datetime(2026, 11, 5, 10, tzinfo=JST))
     report = monthly_report(b, "2026-11")
     assert (report.new_senders, report.returning_senders) == (0, 1)
+
+
+def test_marks_another_mailbox_wrote_before_are_repaired_where_the_sender_is_still_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-off for a database shared before marks kept to their own mailbox."""
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    url = f"sqlite:///{(tmp_path / 'shared.db').as_posix()}"
+    a = mailbox_service(tmp_path, "kasaoka", url, tmp_path / "kasaoka-salt")
+    b = mailbox_service(tmp_path, "ibara", url, tmp_path / "ibara-salt")
+    a_key, b_key = sender_salt(a.settings), sender_salt(b.settings)
+    october = add_case(b, "resident@example.jp", datetime(2026, 10, 5, 10, tzinfo=JST))
+    blanked = add_case(b, "", datetime(2025, 9, 5, 10, tzinfo=JST))  # purged since
+    own = add_case(a, "other@example.jp", datetime(2026, 10, 5, 10, tzinfo=JST))
+    with session_scope(a.engine) as s:  # what kasaoka's purge wrote before the fix
+        s.add(SenderMark(case_id=october, sender_hash=sender_hash("resident@example.jp", a_key)))
+        s.add(SenderMark(case_id=blanked, sender_hash="written-with-kasaokas-key"))
+        s.add(SenderMark(case_id=own, sender_hash=sender_hash("other@example.jp", a_key)))
+    add_case(b, "resident@example.jp", datetime(2026, 11, 5, 10, tzinfo=JST))
+    assert monthly_report(b, "2026-11").returning_senders == 0  # the damage
+    assert repair_sender_marks(b) == 1
+    assert repair_sender_marks(b) == 0
+    report = monthly_report(b, "2026-11")
+    assert (report.new_senders, report.returning_senders) == (0, 1)
+    with Session(a.engine) as s:
+        hashes = dict(s.exec(select(SenderMark.case_id, SenderMark.sender_hash)).all())
+    assert hashes[october] == sender_hash("resident@example.jp", b_key)
+    assert hashes[blanked] == "written-with-kasaokas-key"  # the address is gone
+    assert hashes[own] == sender_hash("other@example.jp", a_key)  # kasaoka's own: untouched
 
 
 # --- purges at the same moment never roll each other back (F2) --------------------------
