@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, overload
 
-from sqlmodel import col, select
+from sqlalchemy import text as sql_text
+from sqlmodel import Session, col, select
 
 from intake.compose import excerpt, render_digest
+from intake.locks import stable_key
 from intake.partners import Partner
 from intake.phones import DASHES, find_phones
 from intake.pipeline import Service, queue_mail
@@ -454,6 +456,27 @@ def _shared_text(partner: Partner, text: str) -> str:
     return text if partner.share == "full" else excerpt(text)
 
 
+def _serialise(session: Session, mailbox: str) -> None:
+    """One partner's digest transaction per mailbox at a time, across workers.
+
+    Two workers' ``digest-HH:MM`` jobs (or the ``digest`` command beside a worker) read
+    the same unlisted messages; ``uq_digest_entry`` kept the digest single, but the
+    loser's transaction failed and its job logged an ERROR traceback. Taken first in the
+    transaction, as ``escalate._serialise`` does: a PostgreSQL transaction-scoped advisory
+    lock, or SQLite's write lock (a writing statement takes it even when it changes no
+    row), so the other job waits, then reads the entries this one committed and queues
+    nothing.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sql_text("SELECT pg_advisory_xact_lock(:key)"),
+            {"key": stable_key(f"soudan-intake:digest:{mailbox}")},
+        )
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("UPDATE digest_entry SET partner = partner WHERE 0 = 1")
+
+
 def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[str, int]:
     """Queue one digest per partner with new messages; returns {partner id: messages listed}.
 
@@ -466,6 +489,7 @@ def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[st
         if at is not None and at not in digest_times(svc, partner):
             continue
         with session_scope(svc.engine) as session:
+            _serialise(session, svc.settings.mailbox.key)
             done = select(DigestEntry.message_row).where(DigestEntry.partner == partner.id)
             rows = session.exec(
                 select(StoredMessage, Case)

@@ -14,7 +14,8 @@ this month. Addresses are compared through a keyed hash (HMAC-SHA-256) kept in
 ``purge`` and the report is identical before and after it. The key lives outside the
 database (``$INTAKE_SENDER_SALT``, ``[report] salt_file``, or a ``sender-salt`` file made
 beside the SQLite file, mode 0600) so that a copy of the database alone cannot be
-matched against a list of addresses.
+matched against a list of addresses. Each mailbox marks only its own cases, with its own
+key: municipalities sharing a database may well have different keys.
 
 The chart is drawn by a small PNG writer (zlib + a 3x5 pixel font for ASCII labels): one
 bar chart does not justify a plotting stack as a dependency of a city mail service, and
@@ -23,6 +24,7 @@ the output is byte-for-byte deterministic, which the purge test relies on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import html
@@ -30,6 +32,7 @@ import os
 import secrets
 import statistics
 import struct
+import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -37,6 +40,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Insert, exists, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from intake.digest import TOPIC_JA
@@ -80,14 +86,34 @@ def sender_salt(settings: Settings) -> bytes:
             f'no key for sender hashes: set {SALT_ENV} or `salt_file = "..."` under [report]'
         )
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(secrets.token_hex(32))
+        _make_key_file(path)
     key = path.read_text(encoding="ascii").strip()
     if not key:
         raise ConfigError(f"{path}: the sender-hash key file is empty; delete it to make a new one")
     return key.encode("ascii")
+
+
+def _make_key_file(path: Path) -> None:
+    """Create the key file whole, or leave the one a concurrent process made.
+
+    Two workers (or a worker and the ``report`` command) start at once on a fresh
+    installation and both find no file. Creating it in place with ``O_EXCL`` let the
+    loser fail, or read the winner's file while it was still empty. So the key is
+    written and synced to a private temporary file first, then hard-linked to its name:
+    the link either appears with the whole key or fails because the other process's
+    file is already there, and then that one is used.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_hex(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 def sender_hash(address: str, salt: bytes) -> str:
@@ -95,15 +121,79 @@ def sender_hash(address: str, salt: bytes) -> str:
     return hmac.new(salt, address.strip().lower().encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def mark_senders(session: Session, salt: bytes) -> int:
-    """Write a ``SenderMark`` for each case that has a sender and no mark yet."""
-    marked = set(session.exec(select(SenderMark.case_id)).all())
-    added = 0
-    for case_id, sender in session.exec(select(Case.id, Case.sender).where(Case.sender != "")):
-        if case_id is not None and case_id not in marked:
-            session.add(SenderMark(case_id=case_id, sender_hash=sender_hash(sender, salt)))
-            added += 1
-    return added
+def mark_senders(session: Session, salt: bytes, mailbox: str) -> int:
+    """Write a ``SenderMark`` for each of ``mailbox``'s cases with a sender and no mark yet.
+
+    Only this mailbox's cases: the key belongs to this mailbox's config, and another
+    municipality's residents hashed with it would never match that municipality's own
+    marks (a mark is never rewritten), so its returning residents would count as new.
+
+    The purge and the report call this inside their own transaction, and another
+    worker's purge or a staff ``report`` may mark the same new cases at the same moment.
+    A plain insert then failed on the primary key and rolled back the whole purge. The
+    rows go in with ON CONFLICT DO NOTHING instead: a concurrent mark of the same case
+    (same mailbox, so same key and the same hash) is simply kept. On SQLite the write
+    lock is taken before the first read, so the other transaction waits in busy_timeout
+    and then reads what this one committed, rather than failing on a stale snapshot.
+    Returns how many unmarked cases it found (a concurrent writer may have marked some).
+    """
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("UPDATE sender_mark SET case_id = case_id WHERE 0 = 1")
+    unmarked = (
+        select(Case.id, Case.sender)
+        .where(
+            Case.mailbox == mailbox,
+            Case.sender != "",
+            ~exists().where(col(SenderMark.case_id) == col(Case.id)),
+        )
+        .order_by(col(Case.id))  # one order for every writer: no deadlock between them
+    )
+    rows = [
+        {"case_id": case_id, "sender_hash": sender_hash(sender, salt)}
+        for case_id, sender in session.exec(unmarked)
+        if case_id is not None
+    ]
+    if not rows:
+        return 0
+    table = SenderMark.__table__  # type: ignore[attr-defined]
+    statement: Insert
+    if conn.dialect.name == "postgresql":
+        statement = pg_insert(table).on_conflict_do_nothing(index_elements=["case_id"])
+    elif conn.dialect.name == "sqlite":
+        statement = sqlite_insert(table).on_conflict_do_nothing(index_elements=["case_id"])
+    else:  # neither (not a supported database): a plain insert, as before
+        statement = insert(table)
+    session.execute(statement, rows)
+    return len(rows)
+
+
+def repair_sender_marks(svc: Service) -> int:
+    """Re-hash this mailbox's marks that another mailbox's key wrote; returns how many.
+
+    A one-off for databases several mailboxes shared before ``mark_senders`` kept to its
+    own mailbox: another municipality's purge or report hashed this mailbox's residents
+    with its own key, so they never matched and counted as new. Run it once per mailbox
+    with that mailbox's config: every mark that does not match this mailbox's key is
+    rewritten (a mark made with an earlier key of its own too). Only cases that still
+    have their sender can be repaired; a mark whose case retention has already blanked
+    stays as it is (the address is gone).
+    """
+    salt = sender_salt(svc.settings)
+    repaired = 0
+    with session_scope(svc.engine) as session:
+        rows = session.exec(
+            select(SenderMark, Case)
+            .join(Case, col(Case.id) == col(SenderMark.case_id))
+            .where(Case.mailbox == svc.settings.mailbox.key, Case.sender != "")
+            .order_by(col(Case.id))
+        ).all()
+        for mark, case in rows:
+            right = sender_hash(case.sender, salt)
+            if mark.sender_hash != right:
+                mark.sender_hash = right
+                repaired += 1
+    return repaired
 
 
 # --- the figures ----------------------------------------------------------------------
@@ -158,7 +248,7 @@ def monthly_report(svc: Service, month: str) -> Report:
     salt = sender_salt(svc.settings)
     SQLModel.metadata.create_all(svc.engine, tables=[SenderMark.__table__])  # type: ignore[attr-defined]
     with session_scope(svc.engine) as session:
-        mark_senders(session, salt)
+        mark_senders(session, salt, svc.settings.mailbox.key)
         cases = session.exec(
             select(Case).where(
                 Case.mailbox == svc.settings.mailbox.key,
@@ -432,6 +522,7 @@ __all__ = [
     "monthly_report",
     "render_html",
     "render_markdown",
+    "repair_sender_marks",
     "sender_hash",
     "sender_salt",
     "write_report",

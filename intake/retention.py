@@ -73,7 +73,7 @@ def purge(svc: Service, now: datetime, keep_days: int) -> int:
     )
     purged = 0
     with session_scope(svc.engine) as session:
-        mark_senders(session, salt)  # before any address is blanked
+        mark_senders(session, salt, svc.settings.mailbox.key)  # before any address is blanked
         old = session.exec(
             select(StoredMessage).where(
                 StoredMessage.mailbox == svc.settings.mailbox.key,
