@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from intake.escalate import CaseNotFound
+    from intake.staff import StaffError
+
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.json_logs)
     try:
@@ -310,9 +313,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    except CaseNotFound as exc:
+        print(f"エラー: {_case_not_found(args, exc)}", file=sys.stderr)
+        return 1
+    except StaffError as exc:
+        print(f"エラー: {exc}", file=sys.stderr)
+        return 1
     except IntakeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _case_not_found(args: argparse.Namespace, exc: Exception) -> str:
+    """What a staff member is told when the case they named is not there, in Japanese.
+
+    Why here: staff read these at a terminal, often at night; the English of
+    ``intake.escalate.CaseNotFound`` (also raised where no staff command is involved) is
+    for the logs and the IT contractor. The exit code stays 1.
+    """
+    from intake.escalate import CaseNotFound, parse_case_number
+
+    given = getattr(args, "case", None)
+    if not isinstance(given, str):
+        return str(exc)
+    try:
+        number = parse_case_number(given)
+    except CaseNotFound:
+        return f"「{given}」は受付番号ではありません。C000042（または 42）のように書いてください"
+    return f"受付番号 C{number:06d} はありません（python service.py cases で一覧を表示できます）"
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ from sqlalchemy import String, and_, cast, exists, func, literal, or_, text
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from intake.businessdays import BusinessCalendar
+from intake.businessdays import BusinessCalendar, format_day_ja
 from intake.compose import _base_message, render_alert, with_ack_code
 from intake.errors import IntakeError
 from intake.locks import stable_key
@@ -563,6 +563,34 @@ def _alerted_message(session: Session, case: Case, alert: Outbox) -> StoredMessa
     return msg if msg is not None and msg.case_id == case.id else None
 
 
+def _day_time_ja(moment: datetime, tz: object) -> str:
+    """``11月25日(水) 10:00``: a time with its day, as the alert shows it. Why the day: a
+    notice read after midnight (an outage, a late failover) must not leave "10:00" open
+    to "today"."""
+    local = moment.astimezone(tz)  # type: ignore[arg-type]
+    return f"{format_day_ja(local)} {local.strftime('%H:%M')}"
+
+
+def _deadline_ja(
+    due: datetime, received: datetime, now: datetime, calendar: BusinessCalendar
+) -> str:
+    """The callback deadline as the alert template words it (``alert_context``).
+
+    Why not the bare date: outside office hours it is the next business morning, and a
+    backup woken at night who reads "期限 11月30日(月) 8時30分" reads "it can wait".
+    """
+    local = due.astimezone(calendar.tz)
+    clock = f"{local.hour}時" + (f"{local.minute}分" if local.minute else "")
+    day = format_day_ja(local)
+    if now > due:
+        return f"できるだけ早く（期限の {day} {clock} を過ぎています）"
+    if not calendar.is_open(received):
+        return f"できるだけ早く（遅くとも {day} {clock}）"
+    if local.date() == now.astimezone(calendar.tz).date():
+        return f"本日 {clock}"
+    return f"{day} {clock}"
+
+
 def _undelivered_notice(
     svc: Service,
     case: Case,
@@ -571,6 +599,7 @@ def _undelivered_notice(
     number: int,
     received: datetime,
     now: datetime,
+    failover: bool = False,
 ) -> EmailMessage:
     """The escalation for an alert that did not get through: no word of the consultation.
 
@@ -580,6 +609,12 @@ def _undelivered_notice(
     alert was not delivered and how to read the case (``show``); nothing a filter can
     object to. Built in code, not from a staff-editable template, so an edit can never
     put the resident's words back. Thread headers are set by the caller.
+
+    A ``failover`` is the first mail its readers get about the case (the backup instead
+    of the on-call person), so it says why it comes to them, not "re-notice no. 1". Its
+    first line still ends with the marker ``intake.quotes`` knows our mail by. Not the
+    word 緊急 (nor in the subject): it is the alert's own wording, which the filter that
+    refused the alert may be refusing.
     """
     tz = svc.calendar.tz
     due = callback_due(received, svc.calendar)
@@ -589,7 +624,7 @@ def _undelivered_notice(
             "宛先不明などで戻ってきました）。\n当番はこの相談をまだ知りません。"
         )
     elif state.late:
-        queued = state.alert_at.astimezone(tz).strftime("%H:%M")
+        queued = _day_time_ja(state.alert_at, tz)
         what = (
             f"当番への通知メール（{queued} 作成）を、まだ送信できていません。\n"
             "当番はこの相談をまだ知らない可能性があります。"
@@ -603,18 +638,25 @@ def _undelivered_notice(
     message = _base_message(svc.sender, to, subject, now, "auto-generated", "alert")
     # Its own confirmation code, as every alert and escalation has (``ack_code``).
     code = with_ack_code(message, subject)
+    if failover:
+        opening = (
+            "※ 当番への通知が届いていないため、代わりにお知らせします。"
+            "まだ誰も対応の確認をしていません。"
+        )
+    else:
+        opening = f"※ これは再通知（{number}回目）です。まだ誰も対応の確認をしていません。"
     lines = [
-        f"※ これは再通知（{number}回目）です。まだ誰も対応の確認をしていません。",
+        opening,
         "",
         what,
         "代わりに対応してください。",
         "",
         f"受付番号: {case.number}",
-        f"受信日時: {received.astimezone(tz).strftime('%Y-%m-%d %H:%M')}",
-        f"折り返し期限: {due.astimezone(tz).strftime('%Y-%m-%d %H:%M')}",
+        f"受信日時: {_day_time_ja(received, tz)}",
+        f"折り返し期限: {_deadline_ja(due, received, now, svc.calendar)}",
         "",
         "内容が原因で届かなかった可能性があるため、このメールには相談の内容を載せていません。",
-        f"内容の確認: python service.py show {case.number}",
+        f"サーバーで python service.py show {case.number} を実行して原文を確認してください。",
         "",
         "対応を始めたら、このメールに返信してください（本文は空で構いません）。",
         f"件名の「{case.number}」と「確認コード {code}」は消さずに返信してください。",
@@ -652,13 +694,15 @@ def _queue_escalation(
         # refused or holds it must find nothing to refuse in this one, and the readers
         # must know nobody may have it. (A failed escalation-retry is a full mailbox or
         # the like at one reader: the notice would wrongly say the alert missed someone.)
-        message = _undelivered_notice(svc, case, state, to, number, received, now)
+        message = _undelivered_notice(
+            svc, case, state, to, number, received, now, failover=failover
+        )
     else:
         message = render_alert(
             svc.env,
             sender=svc.sender,
             to=to,
-            case=alert_context(svc, case, received, automatic),
+            case=alert_context(svc, case, received, automatic, now),
             now=now,
             tz=svc.calendar.tz,
             escalation=number,

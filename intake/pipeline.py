@@ -624,16 +624,35 @@ def queue_mail(
 
 
 def alert_context(
-    svc: Service, case: Case, received: datetime, automatic: str | None
+    svc: Service,
+    case: Case,
+    received: datetime,
+    automatic: str | None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
+    """What the on-call alert template (``templates/oncall/urgent_alert.txt.j2``) reads.
+
+    Besides the case's facts, how to word the callback deadline, decided here rather than
+    in the staff-editable template: ``office_hours`` (received while the office was open:
+    the deadline is that day's closing), ``due_today`` (the deadline falls on the day the
+    mail is written, ``now``, so "本日" is true) and ``overdue`` (the mail is written after
+    the deadline, e.g. read late after an outage). Why: at night the deadline is the next
+    business morning, and a woken on-call person who reads only "期限 月曜 8:30" reads
+    "it can wait until Monday", the opposite of why they were woken.
+    """
     from intake.escalate import callback_due
 
     partner = svc.directory.get(case.partner)
     due = callback_due(received, svc.calendar)
+    written = now or received
+    tz = svc.calendar.tz
     return {
         "number": case.number,
         "received": received,
         "callback_due": due,
+        "office_hours": svc.calendar.is_open(received),
+        "due_today": due.astimezone(tz).date() == written.astimezone(tz).date(),
+        "overdue": written > due,
         "partner_name": partner.name if partner else case.partner,
         "sender": case.sender,
         "phones": json.loads(case.phone or "[]"),
@@ -656,7 +675,7 @@ def _queue_alert(
         svc.env,
         sender=svc.sender,
         to=to,
-        case=alert_context(svc, case, received, automatic),
+        case=alert_context(svc, case, received, automatic, now),
         now=now,
         tz=svc.calendar.tz,
     )
@@ -1482,7 +1501,7 @@ def _open_new_cases(
                 svc.env,
                 sender=svc.sender,
                 to=to,
-                case=alert_context(svc, case, received, block),
+                case=alert_context(svc, case, received, block, now),
                 now=now,
                 tz=svc.calendar.tz,
             )

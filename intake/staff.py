@@ -124,10 +124,143 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+# Why an acknowledgement was not sent (``Case.ack_state`` "suppressed:<reason>", from
+# ``intake.pipeline.acknowledgement_block`` and ``intake.automatic``), as staff read it.
+# Exact reasons first, then families by prefix; an unknown one shows its id.
+SUPPRESSED_JA = {
+    "auto-submitted:auto-replied": "自動応答メール",
+    "bounce": "配信エラー通知",
+    "report": "配信エラー通知",
+    "null-sender": "配信エラー通知などの自動送信メール",
+    "mdn": "開封確認の通知",
+    "feedback-report": "迷惑メール報告",
+    "precedence:list": "メーリングリスト",
+    "precedence:bulk": "一斉配信メール",
+    "precedence:junk": "迷惑メール",
+    "precedence:auto_reply": "自動応答メール",
+    "delivered-to:mailing-list": "メーリングリスト",
+    "list-robot-sender": "メーリングリスト",
+    "noreply-sender": "返信を受け付けない送信元（noreply）",
+    "x-auto-response-suppress": "自動応答メール",
+    "x-apple-action:vacation": "自動応答メール",
+    "auto-reply-subject": "自動応答メール",
+    "x-mailer:autoresponder": "自動応答メール",
+    "exchange-generated": "自動送信メール",
+    "content:phishing": "詐欺メールの疑い",
+    "content:advertising": "広告メール",
+    "no-sender": "送信者不明",
+    "own-address": "このシステム自身のメール",
+    "own-mail-loop": "このシステム自身のメール",
+    "own-mail-marker": "このシステム自身のメール",
+    "staff-address": "職員のアドレスから",
+    "rate-limited": "同じ送信者に返信済み",
+    "quarantined": "メールを読み取れませんでした",
+}
+SUPPRESSED_PREFIX_JA = (
+    ("auto-submitted:", "自動送信メール"),
+    ("daemon-sender:", "配信エラー通知などの自動送信メール"),
+    ("precedence:", "一斉配信メール"),
+    ("list-", "メーリングリスト"),
+    ("x-mailman", "メーリングリスト"),
+    ("x-ml", "メーリングリスト"),
+    ("mailing-list", "メーリングリスト"),
+    ("x-sequence", "メーリングリスト"),
+    ("x-auto", "自動応答メール"),
+    ("x-spam", "迷惑メール"),
+    ("x-asf-spam", "迷惑メール"),
+    ("x-ms-exchange-organization-scl", "迷惑メール"),
+    ("content:", "迷惑メール"),
+)
+
+
+def suppressed_label(reason: str) -> str:
+    """The Japanese words for why no acknowledgement was sent; the id if it is unknown."""
+    if reason in SUPPRESSED_JA:
+        return SUPPRESSED_JA[reason]
+    for prefix, label in SUPPRESSED_PREFIX_JA:
+        if reason.startswith(prefix):
+            return label
+    return reason
+
+
 def ack_label(state: str) -> str:
+    """``返信`` as staff read it. Why not the stored id: ``送らず(auto-submitted:auto-replied)``
+    is a header name to the desk, not a reason they can act on."""
     if state.startswith("suppressed:"):
-        return f"送らず({state.partition(':')[2]})"
+        return f"送らず（{suppressed_label(state.partition(':')[2])}）"
     return ACK_JA.get(state, state)
+
+
+# Outgoing mail (``Outbox.kind``/``status``) and history (``Event.kind``) in ``show``: the
+# stored ids stay as they are (reports, migrations and other tools read them), only their
+# display is Japanese. An unknown id is shown as it is.
+MAIL_KIND_JA = {
+    "ack": "受付返信",
+    "alert": "緊急通知",
+    "alert-retry": "緊急通知（再送）",
+    "escalation": "再通知",
+    "escalation-retry": "再通知（再送）",
+    "digest": "ダイジェスト",
+}
+MAIL_STATUS_JA = {
+    "queued": "送信待ち",
+    "sending": "送信中",
+    "sent": "送信済み",
+    "failed": "送信失敗",
+}
+EVENT_JA = {
+    "case-opened": "受付",
+    "follow-up": "続きのメール",
+    "duplicate": "重複メール",
+    "quarantined": "読み取りエラー",
+    "read-later": "後から読み取り",
+    "read-given-up": "読み取りを断念",
+    "alert-queued": "緊急通知を作成",
+    "alert-acknowledged": "通知の確認",
+    "alert-undelivered": "通知が届かない",
+    "alert-late": "通知の遅れ",
+    "escalated": "再通知",
+    "recipients-refused": "宛先が受け取り拒否",
+    "ack-bounced": "受付返信が戻った",
+    "digest": "ダイジェストに掲載",
+    "staff-mail": "職員のメール",
+    "staff-reply-urgent-words": "職員の返信に緊急の語",
+    "closed": "終了",
+    "reassigned": "担当の変更",
+    "callback-done": "折り返し連絡（完了）",
+    "callback-attempt": "折り返し連絡（つながらず）",
+}
+# Events named "<what>:<mail kind>" (``intake.send``) and "<mail kind>-<what>" (a mail
+# answering one of ours, ``intake.pipeline``).
+_EVENT_PREFIX_JA = {
+    "sent:": "送信",
+    "failed:": "送信失敗",
+    "refused:": "受け取り拒否",
+    "in-doubt-resend:": "再送（届いたか不明のため）",
+}
+_EVENT_SUFFIX_JA = {
+    "-bounced": "が戻った",
+    "-auto-reply": "への自動応答",
+    "-reply": "への返信",
+}
+
+
+def mail_kind_label(kind: str) -> str:
+    return MAIL_KIND_JA.get(kind, kind)
+
+
+def event_label(kind: str) -> str:
+    """An ``Event.kind`` in Japanese (``case-opened`` -> 受付); the id if it is unknown."""
+    if kind in EVENT_JA:
+        return EVENT_JA[kind]
+    for prefix, label in _EVENT_PREFIX_JA.items():
+        if kind.startswith(prefix):
+            return f"{label}（{mail_kind_label(kind[len(prefix) :])}）"
+    for suffix, label in _EVENT_SUFFIX_JA.items():
+        base = kind[: -len(suffix)]
+        if kind.endswith(suffix) and base in MAIL_KIND_JA:
+            return f"{MAIL_KIND_JA[base]}{label}"
+    return kind
 
 
 def _local(moment: datetime | None, svc: Service) -> str:
@@ -292,9 +425,9 @@ def show_case(svc: Service, number: str) -> str:
     lines.append(f"== 送信メール ({len(mails)}) ==")
     mail_rows = [
         (
-            o.kind,
+            mail_kind_label(o.kind),
             ", ".join(json.loads(o.recipients)),
-            o.status,
+            MAIL_STATUS_JA.get(o.status, o.status),
             _local(o.sent_at, svc) if o.sent_at else "",
             _subject(o.content) if o.content else "",
         )
@@ -311,7 +444,7 @@ def show_case(svc: Service, number: str) -> str:
                 [
                     (
                         _local(e.at, svc),
-                        e.kind,
+                        event_label(e.kind),
                         e.actor,
                         e.detail + (f" メモ: {notes[e.id]}" if notes.get(e.id) else ""),
                     )
@@ -350,7 +483,8 @@ def close_case(svc: Service, number: str, note: str, actor: str, now: datetime) 
     def apply(case: Case) -> str:
         if case.status == "closed":
             raise StaffError(
-                f"{case.number} is already closed; `show {case.number}` has its history"
+                f"{case.number} は既に終了しています"
+                f"（履歴は python service.py show {case.number} で表示できます）"
             )
         before = case.status
         case.status = "closed"
@@ -366,11 +500,11 @@ def reassign_case(
     ensure_tables(svc.engine)
     if svc.directory.get(partner_id) is None:
         known = ", ".join(p.id for p in svc.directory.partners)
-        raise StaffError(f"no partner {partner_id!r} in partners.toml; known ids: {known}")
+        raise StaffError(f"担当 {partner_id!r} は partners.toml にありません（使える ID: {known}）")
 
     def apply(case: Case) -> str:
         if case.partner == partner_id:
-            raise StaffError(f"{case.number} is already assigned to {partner_id}")
+            raise StaffError(f"{case.number} の担当は既に {partner_id} です")
         before = case.partner
         case.partner = partner_id
         return f"partner {before} -> {partner_id}"
@@ -384,7 +518,9 @@ def record_callback(
     """Record a callback to the resident: ``done`` when reached, else an attempt (a note)."""
     ensure_tables(svc.engine)
     if not done and not note:
-        raise StaffError("give --done when the resident was reached, or --note about the attempt")
+        raise StaffError(
+            "相談者と話せたときは --done を、話せなかったときは --note に経過を書いてください"
+        )
 
     def apply(case: Case) -> str:
         if case.status == "new":
@@ -423,8 +559,9 @@ def _require_database(url: str) -> None:
         return
     if not Path(parsed.database).exists():
         raise StaffError(
-            f"no database at {parsed.database}: the worker has not run with this config yet, "
-            "or this is not the worker's config (give the same --config as the service)"
+            f"データベース {parsed.database} がありません。この設定ではサービスがまだ動いて"
+            "いないか、サービスの設定ファイルではありません（サービスと同じ --config を"
+            "指定してください）"
         )
 
 

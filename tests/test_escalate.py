@@ -185,8 +185,9 @@ def test_unacknowledged_alert_escalates_to_oncall_and_backup(svc: Service) -> No
     assert "再通知" in subject and "C000001" in subject
     body = mail.get_payload(decode=True).decode("utf-8")  # type: ignore[union-attr]
     assert "1回目" in body
-    # callback due for a Thursday 22:00 case: Friday's opening.
-    assert "2026-11-27 08:30" in body
+    # callback due for a Thursday 22:00 case: as soon as possible, at the latest Friday's
+    # opening (not a bare "deadline Friday 08:30" that reads as "it can wait").
+    assert "折り返し期限: できるだけ早く（遅くとも 11月27日(金) 8時30分）" in body
 
 
 def mark_sent(svc: Service, now: datetime) -> None:

@@ -464,7 +464,7 @@ def test_failover_of_an_alert_a_content_filter_refused_carries_no_resident_words
         assert "C000001" in text and "python service.py show C000001" in text
         for word in ("消えたい", "090-1234-5678", "resident@example.jp", "緊急"):
             assert word not in text, word
-    assert "2026-11-26 12:00" in body(first)  # when the mail came in
+    assert "受信日時: 11月26日(木) 12:00" in body(first)  # when the mail came in
     assert "送信できませんでした" in body(first) or "届きませんでした" in body(first)
     assert len(errors_of(caplog)) == 1
     no_address_above_debug(caplog.records)

@@ -156,8 +156,8 @@ def test_show_has_messages_outgoing_mail_and_history(svc: Service) -> None:
     out = show_case(svc, "C000001")
     assert "受付番号: C000001" in out
     assert "もう限界で死にたいです" in out  # staff read the consultation here
-    assert "== 送信メール (1) ==" in out and "ack" in out and "受付" in out
-    assert "closed" in out and "tanaka" in out and "電話で話せた" in out
+    assert "== 送信メール (1) ==" in out and "受付返信" in out and "受付" in out
+    assert "終了" in out and "tanaka" in out and "電話で話せた" in out
     assert "折り返し期限: 2026-11-27 16:30" in out  # default closing: the city desk's 16:30
 
 
@@ -172,20 +172,20 @@ def test_close_records_actor_and_note_and_refuses_twice(svc: Service) -> None:
     assert stored is not None and stored.actor == "suzuki" and stored.kind == "closed"
     assert stored.at.replace(tzinfo=UTC) == NOW.astimezone(UTC)
     assert note.text == "解決" and note.event_id == event.id
-    with pytest.raises(StaffError, match="already closed"):
+    with pytest.raises(StaffError, match="既に終了しています"):
         close_case(svc, "C000001", "again", "suzuki", NOW)
 
 
 def test_reassign_validates_the_partner_against_the_directory(svc: Service) -> None:
     seed(svc, NOW, partner="city")
-    with pytest.raises(StaffError, match="known ids: city"):
+    with pytest.raises(StaffError, match="使える ID: city"):
         reassign_case(svc, "C000001", "nosuch", None, "sato", NOW)
     event = reassign_case(svc, "C000001", "genki", "専門的な支援が必要", "sato", NOW)
     assert event.detail == "partner city -> genki"
     with Session(svc.engine) as session:
         case = session.get(Case, 1)
     assert case is not None and case.partner == "genki"
-    with pytest.raises(StaffError, match="already assigned"):
+    with pytest.raises(StaffError, match="担当は既に"):
         reassign_case(svc, "C000001", "genki", None, "sato", NOW)
 
 
@@ -261,7 +261,7 @@ def test_commands_run_from_the_parser(
     assert run(["close", "C000001", "--note", "終了", "--config", config]) == 0
     assert run(["show", "C000001", "--config", config]) == 0
     out = capsys.readouterr().out
-    assert "cli-user" in out and "alert-acknowledged" in out and "reassigned" in out
+    assert "cli-user" in out and "通知の確認" in out and "担当の変更" in out
     with Session(svc.engine) as session:
         actors = {e.actor for e in session.exec(select(Event))}
     assert actors == {"cli-user"}
@@ -280,7 +280,7 @@ def test_staff_command_refuses_a_database_that_does_not_exist(tmp_path: Path) ->
     """Opening a SQLite file creates it: `cases` with the wrong config said "no cases"."""
     from intake.staff import _require_database
 
-    with pytest.raises(StaffError, match="no database at"):
+    with pytest.raises(StaffError, match=r"データベース .* がありません"):
         _require_database(f"sqlite:///{(tmp_path / 'nowhere.db').as_posix()}")
     (tmp_path / "here.db").write_bytes(b"")
     _require_database(f"sqlite:///{(tmp_path / 'here.db').as_posix()}")
