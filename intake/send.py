@@ -513,7 +513,15 @@ def _ascii(address: str) -> bool:
 
 
 # RFC 5321 4.5.3.1.6 / RFC 5322 2.1.1: at most 998 bytes on a line, CRLF not counted.
-_LONG_LINE = re.compile(rb"[^\r\n]{999}")
+MAX_LINE_BYTES = 998
+
+
+def _too_long(data: bytes) -> bool:
+    """Whether a line of ``data`` exceeds ``MAX_LINE_BYTES``; a line ends at CR, LF or
+    CRLF, as aiosmtplib ends lines on the wire. (``bytes.splitlines``: ~0.1 s for a
+    25 MB mail; a regex for 999 non-newline bytes rescanned each line from every
+    position, over two minutes.)"""
+    return max(map(len, data.splitlines()), default=0) > MAX_LINE_BYTES
 
 
 def wire_content(content: bytes, eight_bit: bool) -> bytes:
@@ -530,7 +538,7 @@ def wire_content(content: bytes, eight_bit: bool) -> bytes:
     headers and every other part stay byte for byte. Mail that needs nothing (nearly
     all) is returned as it is, without parsing.
     """
-    if _LONG_LINE.search(content) is None and (eight_bit or content.isascii()):
+    if not _too_long(content) and (eight_bit or content.isascii()):
         return content
     message = email.message_from_bytes(content, policy=email.policy.default)
     changed = False
@@ -546,7 +554,7 @@ def wire_content(content: bytes, eight_bit: bool) -> bytes:
             wire = data  # as it is on the wire (``get_payload()`` decodes the charset)
         else:
             wire = payload.encode("utf-8", "surrogateescape")
-        if _LONG_LINE.search(wire) is None and (eight_bit or wire.isascii()):
+        if not _too_long(wire) and (eight_bit or wire.isascii()):
             continue
         part.set_payload(base64.encodebytes(data).decode("ascii"))
         if "Content-Transfer-Encoding" in part:
