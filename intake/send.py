@@ -46,7 +46,14 @@ Failures, decided per row so that one bad row never holds up the others:
   (kind ``<kind>-retry``, key ``retry:<row id>``, written in the same transaction as the
   ``sent`` mark, so it exists once);
 - a non-ASCII (RFC 6531) address goes out with SMTPUTF8 when the server offers it, and
-  is refused like a 5xx otherwise.
+  is refused like a 5xx otherwise;
+- a digest failed for good (refused, given up, or still in doubt after its resends)
+  gives its cases back: its ``DigestEntry`` rows go, so they are listed in the partner's
+  next digest (logged once at ERROR, a ``failed:digest`` event per case).
+
+On the wire: 8-bit content goes with ``BODY=8BITMIME`` when the server offers it (RFC
+6152), as base64 parts otherwise; a body line over 998 bytes goes as base64 whatever the
+server (``wire_content``).
 
 Logs carry row ids, kinds, case ids, SMTP codes and error class names, never addresses,
 subjects or text (servers often echo the address in their reply, so replies are only
@@ -1300,7 +1307,7 @@ def _fail(
                 # phones the resident instead.
                 session.execute(delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id))
         if row.kind == "digest":
-            _relist(session, row, now)
+            _relist(session, row, now, in_doubt=codes == "in-doubt")
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200], at=now)
         if refused and row.kind in URGENT_KINDS:
             record_event(
@@ -1323,7 +1330,7 @@ def _fail(
     elif urgent:
         what = "nobody got this urgent mail (escalation reports it and fails it over)"
     elif kind == "digest":
-        what = "partner digest not delivered; its cases are listed again in the next digest"
+        what = "partner digest failed; its cases are listed again in the next digest"
     elif digest:
         what = "some recipients of a partner digest never got it (the others did)"
     else:
@@ -1337,7 +1344,7 @@ def _fail(
     return True
 
 
-def _relist(session: Session, row: Outbox, now: datetime) -> None:
+def _relist(session: Session, row: Outbox, now: datetime, *, in_doubt: bool) -> None:
     """Put the cases of a digest that failed for good back for the partner's next one.
 
     Why: ``DigestEntry`` rows are written when a digest is queued, and a case with one is
@@ -1347,16 +1354,14 @@ def _relist(session: Session, row: Outbox, now: datetime) -> None:
     row's entries go, so a case in a digest that was delivered is never listed twice; a
     ``failed:digest`` event per case says so where ``show`` lists its history. (A
     ``digest-retry`` row is left alone: the partner's other addresses got the digest.)
+    One whose delivery stayed in doubt (it may have arrived) is listed again as well: a
+    case shown twice costs a partner a minute, a case never shown a resident's answer.
     """
     entries = session.exec(select(DigestEntry).where(DigestEntry.outbox_id == row.id)).all()
+    what = "delivery in doubt" if in_doubt else "not delivered"
+    detail = f"partner {row.partner} (outbox {row.id}): {what}; listed in the next digest"
     for case_id in sorted({e.case_id for e in entries}):
-        record_event(
-            session,
-            "failed:digest",
-            case_id,
-            f"partner {row.partner} (outbox {row.id}): not delivered; listed in the next digest",
-            at=now,
-        )
+        record_event(session, "failed:digest", case_id, detail, at=now)
     session.execute(delete(DigestEntry).where(col(DigestEntry.outbox_id) == row.id))
 
 
