@@ -416,12 +416,36 @@ def render_digest(
     msg = _base_message(sender, list(partner.digest_to), subject, now, "auto-generated", "digest")
     context = {"partner": partner, "entries": entries, "tz": tz, "now": now}
     txt_name, html_name = TEMPLATES["digest"]
-    msg.set_content(env.get_template(txt_name).render(**context), charset="utf-8", cte="8bit")
+    text = env.get_template(txt_name).render(**context)
+    msg.set_content(text, charset="utf-8", cte=_digest_text_cte(text))
     if html_name:
+        # No ``cte``: the email package keeps 8bit only for lines of at most 78 bytes and
+        # picks base64 (quoted-printable for mostly ASCII) otherwise, so no line is long.
         msg.add_alternative(
             env.get_template(html_name).render(**context), subtype="html", charset="utf-8"
         )
     return msg
+
+
+# RFC 5322 2.1.1 / RFC 5321 4.5.3.1.6: at most 998 bytes on a line, CRLF not counted.
+MAX_LINE_BYTES = 998
+
+
+def _digest_text_cte(text: str) -> str:
+    """The digest text part's transfer encoding: 8bit when every line fits, else base64.
+
+    Why: a resident who types one paragraph on a phone writes a line of 1,000+ bytes in
+    UTF-8 (334 Japanese letters), and the full-text digest copies it as is. In an 8bit
+    part that line breaks RFC 5321's limit: aiosmtpd (and strict relays) answer 500 and
+    the digest fails for good; Postfix cuts it, maybe through a character. base64 keeps
+    every line at 76 and the words intact. Not ``cte=None``: with ``policy.default`` it
+    picks base64 for any line over 78 bytes (26 Japanese letters), i.e. nearly every
+    digest, where 8bit is fine and stays readable in the relay's queue and archives.
+    """
+    # Split as ``set_content`` splits the encoded text (bytes: only CR and LF end a line;
+    # ``str.splitlines`` would also end one at U+2028 or U+0085, which stay on the wire).
+    longest = max(map(len, text.encode("utf-8").splitlines()), default=0)
+    return "8bit" if longest <= MAX_LINE_BYTES else "base64"
 
 
 def excerpt(text: str, limit: int = 120) -> str:

@@ -3,7 +3,9 @@
 "Since its last digest" is not a timestamp but a fact in the database: a ``DigestEntry``
 row per (partner, message), unique, written in the same transaction as the digest's
 outbox row. So a message is listed exactly once per partner, across restarts, and a
-digest with nothing new is never created.
+digest with nothing new is never created. A digest that fails for good (refused, or
+given up after a day) has its entries deleted by ``intake.send``, so its messages are
+listed in that partner's next digest instead of being lost.
 """
 
 from __future__ import annotations
@@ -538,6 +540,10 @@ def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[st
                         created_at=to_db(now),
                     )
                 )
-                record_event(session, "digest", c.id, f"partner {partner.id}")
+                # Queued, not yet sent: ``intake.send`` adds ``sent:digest`` or
+                # ``failed:digest`` (the case is then listed again) per case.
+                record_event(
+                    session, "digest", c.id, f"partner {partner.id} (outbox {row.id}, queued)"
+                )
             queued[partner.id] = len(mine)
     return queued

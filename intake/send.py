@@ -46,7 +46,14 @@ Failures, decided per row so that one bad row never holds up the others:
   (kind ``<kind>-retry``, key ``retry:<row id>``, written in the same transaction as the
   ``sent`` mark, so it exists once);
 - a non-ASCII (RFC 6531) address goes out with SMTPUTF8 when the server offers it, and
-  is refused like a 5xx otherwise.
+  is refused like a 5xx otherwise;
+- a digest failed for good (refused, given up, or still in doubt after its resends)
+  gives its cases back: its ``DigestEntry`` rows go, so they are listed in the partner's
+  next digest (logged once at ERROR, a ``failed:digest`` event per case).
+
+On the wire: 8-bit content goes with ``BODY=8BITMIME`` when the server offers it (RFC
+6152), as base64 parts otherwise; a body line over 998 bytes goes as base64 whatever the
+server (``wire_content``).
 
 Logs carry row ids, kinds, case ids, SMTP codes and error class names, never addresses,
 subjects or text (servers often echo the address in their reply, so replies are only
@@ -56,7 +63,10 @@ stored in the row's ``last_error``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import email
+import email.policy
 import functools
 import json
 import logging
@@ -74,7 +84,7 @@ import aiosmtplib
 from sqlalchemy import delete, func, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from intake.config import SmtpSettings
 from intake.fetch import tls_context
@@ -130,6 +140,9 @@ _RELAY_DENIED = re.compile(
     r"relay(ing)?\b.{0,40}\b(denied|not permitted|prohibited|not allowed)|unable to relay",
     re.IGNORECASE,
 )
+# Replies to MAIL FROM that refuse a parameter (syntax, not implemented, RFC 5321's 555):
+# after one to BODY=8BITMIME, the mail is offered again in 7 bits before anything counts.
+_PARAMETER_REFUSED = frozenset({501, 504, 555})
 # A run reopens a connection that one row's failure killed at most this often, so a
 # server that drops every connection cannot keep a run going for ever.
 MAX_RECONNECTS = 3
@@ -506,6 +519,59 @@ def _ascii(address: str) -> bool:
     return address.isascii()
 
 
+# RFC 5321 4.5.3.1.6 / RFC 5322 2.1.1: at most 998 bytes on a line, CRLF not counted.
+MAX_LINE_BYTES = 998
+
+
+def _too_long(data: bytes) -> bool:
+    """Whether a line of ``data`` exceeds ``MAX_LINE_BYTES``; a line ends at CR, LF or
+    CRLF, as aiosmtplib ends lines on the wire. (``bytes.splitlines``: ~0.1 s for a
+    25 MB mail; a regex for 999 non-newline bytes rescanned each line from every
+    position, over two minutes.)"""
+    return max(map(len, data.splitlines()), default=0) > MAX_LINE_BYTES
+
+
+def wire_content(content: bytes, eight_bit: bool) -> bytes:
+    """``content`` as it may go to a server: no line over 998 bytes, and no 8-bit byte
+    unless the server offers 8BITMIME (``eight_bit``).
+
+    Why here and not only where mail is composed: a row was composed once, maybe before a
+    relay change, by code (acknowledgements, alerts, escalations) that writes 8bit parts
+    with whatever the resident or a staff member wrote (a sender address, phone numbers,
+    reasons). A line over 998 bytes makes aiosmtpd and strict relays answer 500 (the mail
+    fails for good; for an alert, the one mail that must arrive), and a server without
+    8BITMIME may reject or strip 8-bit bytes (RFC 6152). Each body part that would break
+    either is re-encoded as base64 (76-byte lines, the same bytes once decoded); the
+    headers and every other part stay byte for byte. Mail that needs nothing (nearly
+    all) is returned as it is, without parsing.
+    """
+    if not _too_long(content) and (eight_bit or content.isascii()):
+        return content
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    changed = False
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload()
+        data = part.get_payload(decode=True)
+        if not isinstance(payload, str) or not isinstance(data, bytes):
+            continue  # an attached message/rfc822: walked into already
+        cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+        if cte in ("7bit", "8bit", "binary"):
+            wire = data  # as it is on the wire (``get_payload()`` decodes the charset)
+        else:
+            wire = payload.encode("utf-8", "surrogateescape")
+        if not _too_long(wire) and (eight_bit or wire.isascii()):
+            continue
+        part.set_payload(base64.encodebytes(data).decode("ascii"))
+        if "Content-Transfer-Encoding" in part:
+            part.replace_header("Content-Transfer-Encoding", "base64")
+        else:
+            part["Content-Transfer-Encoding"] = "base64"
+        changed = True
+    return message.as_bytes() if changed else content
+
+
 async def _transaction(
     smtp: aiosmtplib.SMTP,
     sender: str,
@@ -513,6 +579,8 @@ async def _transaction(
     content: bytes,
     utf8: bool,
     before_data: Callable[[], None] | None = None,
+    *,
+    eight_bit: bool = False,
 ) -> tuple[dict[str, tuple[int, str]], str]:
     """One SMTP mail transaction, step by step, so that we know where it failed.
 
@@ -526,8 +594,15 @@ async def _transaction(
     server may keep it after refusing DATA, and answer the next MAIL with 503).
     ``before_data`` runs once the envelope is accepted, just before the content is
     handed over (an in-doubt resend is recorded there).
+
+    8-bit content (RFC 6152): with ``eight_bit`` (the server offers 8BITMIME) MAIL FROM
+    says ``BODY=8BITMIME``; without it, or when the server refuses that parameter after
+    all, the 8-bit body parts go as base64 (``wire_content``), so no 8-bit byte reaches
+    a server that did not accept it. Lines over 998 bytes are re-encoded either way.
     """
     errors: dict[str, tuple[int, str]] = {}
+    content = wire_content(content, eight_bit)
+    body = ["BODY=8BITMIME"] if eight_bit and not content.isascii() else []
     wide = [r for r in recipients if not _ascii(r)] + ([sender] if not _ascii(sender) else [])
     encoding = "ascii"
     options: list[str] = []
@@ -541,7 +616,14 @@ async def _transaction(
             raise _Refused(errors)
     try:
         try:
-            await smtp.mail(sender, options=options, encoding=encoding)
+            try:
+                await smtp.mail(sender, options=[*options, *body], encoding=encoding)
+            except aiosmtplib.SMTPSenderRefused as exc:
+                if not body or exc.code not in _PARAMETER_REFUSED or not smtp.is_connected:
+                    raise
+                # It offers 8BITMIME but refuses the parameter: the same mail in 7 bits.
+                content, body = wire_content(content, False), []
+                await smtp.mail(sender, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
             if options and exc.code >= 500 and exc.code not in _SESSION_CODES:
                 # Our SMTPUTF8 parameter, which only this row's address needs.
@@ -664,6 +746,7 @@ async def _deliver(
         defer([j for j in jobs if j.previous is None], f"connect: {type(exc).__name__}")
         return report
     utf8 = smtp.supports_extension("smtputf8")
+    eight_bit = smtp.supports_extension("8bitmime")
     reconnects = 0
     # Decided at the end of the run, once we know whether the relay took anything:
     # rows whose every recipient was "relay access denied", and rows whose every
@@ -718,6 +801,7 @@ async def _deliver(
                     )
                     break
                 utf8 = smtp.supports_extension("smtputf8")
+                eight_bit = smtp.supports_extension("8bitmime")
             if not _claim(conn, job, clock()):
                 continue
             resends = _resends(conn, job) if job.in_doubt else 0
@@ -739,6 +823,7 @@ async def _deliver(
                     job.content,
                     utf8,
                     functools.partial(_handing_over, conn, job, clock),
+                    eight_bit=eight_bit,
                 )
             except _InDoubt as exc:
                 # The server may hold it: resent (and recorded as such) after its backoff,
@@ -946,6 +1031,24 @@ def _mark_sent(
                 .values(ack_state="sent")
             )
         _insert_event(conn, now, job.case_id, f"sent:{job.kind}", f"outbox {job.id}")
+        if job.kind == "digest":
+            # Per case, so ``show`` says the partner has it (one SELECT, one INSERT).
+            cases = conn.execute(
+                select(DigestEntry.case_id).where(DigestEntry.outbox_id == job.id).distinct()
+            ).scalars()
+            detail = f"partner {job.partner} (outbox {job.id})"
+            rows = [
+                {
+                    "at": now,
+                    "case_id": c,
+                    "kind": "sent:digest",
+                    "detail": detail,
+                    "actor": "service",
+                }
+                for c in sorted(cases)
+            ]
+            if rows:
+                conn.execute(insert(Event), rows)
         first_for_case = False
         if permanent and job.kind in URGENT_KINDS:
             # One ERROR per case for on-call addresses refused for good: every later
@@ -1203,6 +1306,8 @@ def _fail(
                 # List the case again in the next digests, now flagged, so that someone
                 # phones the resident instead.
                 session.execute(delete(DigestEntry).where(col(DigestEntry.case_id) == row.case_id))
+        if row.kind == "digest":
+            _relist(session, row, now, in_doubt=codes == "in-doubt")
         record_event(session, f"failed:{row.kind}", row.case_id, why[:200], at=now)
         if refused and row.kind in URGENT_KINDS:
             record_event(
@@ -1214,14 +1319,20 @@ def _fail(
             )
         kind, case_id = row.kind, row.case_id
     urgent = kind in URGENT_KINDS
-    # Without a case nothing in intake.escalate looks at it: this is its only report.
-    level = logging.ERROR if urgent and case_id is None else logging.WARNING
+    # Without a case nothing in intake.escalate looks at it: this is its only report. A
+    # digest neither: its cases wait for the next one, and someone should know why.
+    digest = kind in ("digest", "digest-retry")
+    level = logging.ERROR if (urgent and case_id is None) or digest else logging.WARNING
     if urgent and kind.endswith("-retry"):
         # Only the recipients refused for now when the original went out: the others
         # have it (review 2, finding 10).
         what = "some recipients of this urgent mail never got it (the others did)"
     elif urgent:
         what = "nobody got this urgent mail (escalation reports it and fails it over)"
+    elif kind == "digest":
+        what = "partner digest failed; its cases are listed again in the next digest"
+    elif digest:
+        what = "some recipients of a partner digest never got it (the others did)"
     else:
         what = "not delivered"
     log.log(
@@ -1231,6 +1342,27 @@ def _fail(
         extra={"outbox": row_id, "kind": kind, "case": case_id, "codes": codes},
     )
     return True
+
+
+def _relist(session: Session, row: Outbox, now: datetime, *, in_doubt: bool) -> None:
+    """Put the cases of a digest that failed for good back for the partner's next one.
+
+    Why: ``DigestEntry`` rows are written when a digest is queued, and a case with one is
+    never listed for that partner again. A digest refused for good (a 500 to a long line,
+    a content filter, a mistyped partner address) or given up after a day of 4xx left
+    its cases recorded as sent to a partner who never saw them: lost routing. Only this
+    row's entries go, so a case in a digest that was delivered is never listed twice; a
+    ``failed:digest`` event per case says so where ``show`` lists its history. (A
+    ``digest-retry`` row is left alone: the partner's other addresses got the digest.)
+    One whose delivery stayed in doubt (it may have arrived) is listed again as well: a
+    case shown twice costs a partner a minute, a case never shown a resident's answer.
+    """
+    entries = session.exec(select(DigestEntry).where(DigestEntry.outbox_id == row.id)).all()
+    what = "delivery in doubt" if in_doubt else "not delivered"
+    detail = f"partner {row.partner} (outbox {row.id}): {what}; listed in the next digest"
+    for case_id in sorted({e.case_id for e in entries}):
+        record_event(session, "failed:digest", case_id, detail, at=now)
+    session.execute(delete(DigestEntry).where(col(DigestEntry.outbox_id) == row.id))
 
 
 def deliver_outbox(
