@@ -280,9 +280,9 @@ def test_a_digest_refused_for_good_lists_its_cases_again_once(
     # ``show`` says which digest failed and which reached the partner.
     shown = show_case(svc, _number(svc, case_id))
     history = shown.split("== 履歴", 1)[1]
-    assert "failed:digest" in history and "listed in the next digest" in history
+    assert "送信失敗（ダイジェスト）" in history and "listed in the next digest" in history
     assert history.count("queued)") == 3  # city, coordinator, coordinator again
-    assert history.count("sent:digest") == 2
+    assert history.count("送信（ダイジェスト）") == 2
     with Session(svc.engine) as s:
         entries = s.exec(select(DigestEntry).where(DigestEntry.case_id == case_id)).all()
         assert sorted(e.partner for e in entries) == ["city", "coordinator"]
