@@ -876,14 +876,25 @@ def _candidates(
     """Cases whose latest alert may need an escalation now: chosen by state, not by age.
 
     An alert qualifies while it was queued recently (a refusal or bounce may still come
-    in), or while its case is open, it is unacknowledged and either fewer than ``cap``
-    escalations since it are done or it is not known to have reached everyone (queued,
-    sending, refused, bounced, a retry of it failed): a refusal after an SMTP outage
-    longer than the recent window must still be failed over, even with ``cap = 0``.
-    Before, only alerts of the last ~26 h were looked at, and after a longer SMTP (or
-    worker) outage the schedule stopped after the first escalation. Acknowledged, closed
-    and finished alerts drop out, so the per-minute job stays as cheap after years of
-    history.
+    in), or while its case is open, it is unacknowledged and either it has reminders left
+    (fewer than ``cap`` counted as ``alert_state`` counts them) or it is not known to have
+    reached everyone (queued, sending, refused, bounced, a retry of it failed): a refusal
+    after an SMTP outage longer than the recent window must still be failed over, even
+    with ``cap = 0``. Before, only alerts of the last ~26 h were looked at, and after a
+    longer SMTP (or worker) outage the schedule stopped after the first escalation.
+    Acknowledged, closed and finished alerts drop out, so the per-minute job stays as
+    cheap after years of history.
+
+    "Reminders left" has one definition, ``alert_state``'s (a failover, and a reminder
+    refused before the alert was known undelivered, is none). The query only narrows the
+    cases down: every escalation since the alert that was delivered or refused
+    (``done``) is at least what ``alert_state`` counts, so ``done < cap`` settles it
+    without reading the case; past that, only a case whose alert was ever noticed
+    undelivered or late (the ``alert-undelivered``/``alert-late`` events recorded in the
+    pass that queues a failover, or a failover's own ``escalated`` event) can count
+    fewer, and ``alert_state`` counts those few. Before, the query's own count took the
+    failover for a reminder: after an outage of over a day the late alert's failover
+    and two reminders were ``done == cap``, and its third reminder was never sent.
     """
     alert = aliased(Outbox)
     later = aliased(Outbox)
@@ -937,20 +948,48 @@ def _candidates(
             col(retry.created_at) >= alert.created_at,
         ),
     )
+    # Where ``alert_state`` may count fewer reminders than ``done``: it leaves out only a
+    # failover and a refusal from before the alert was known undelivered or late, and
+    # neither exists without one of these events of the case (``_failover_rows``,
+    # ``_notice_failures``, ``_notice_late``). Over-inclusive too: it only costs a read.
+    uncounted = exists().where(
+        col(Event.case_id) == alert.case_id,
+        or_(
+            col(Event.kind).in_([UNDELIVERED_EVENT, LATE_EVENT]),
+            and_(col(Event.kind) == ESCALATED_EVENT, col(Event.detail).like("the alert %")),
+        ),
+    )
+    recent = col(alert.created_at) >= to_db(now - _reach(policy))
+    open_unacked = and_(col(Case.status) != "closed", ~acked)
+    settled = or_(recent, and_(open_unacked, or_(done < policy.cap, unfinished)))
     query = (
-        select(alert.case_id)
+        select(alert.case_id, settled)
         .join(Case, Case.id == alert.case_id)  # type: ignore[arg-type]
         .where(
             alert.mailbox == mailbox,
             alert.kind == "alert",
-            or_(
-                col(alert.created_at) >= to_db(now - _reach(policy)),
-                and_(col(Case.status) != "closed", ~acked, or_(done < policy.cap, unfinished)),
-            ),
+            or_(settled, and_(open_unacked, uncounted)),
         )
         .distinct()
     )
-    return [case_id for case_id in session.exec(query).all() if case_id is not None]
+    found: dict[int, bool] = {}
+    for case_id, sure in session.exec(query).all():
+        if case_id is not None:
+            found[case_id] = found.get(case_id, False) or bool(sure)
+    return [
+        case_id
+        for case_id, sure in found.items()
+        if sure or _reminders_left(session, case_id, now, policy)
+    ]
+
+
+def _reminders_left(
+    session: Session, case_id: int, now: datetime, policy: EscalationPolicy
+) -> bool:
+    """Whether the latest alert of ``case_id`` has reminders left under ``policy``, counted
+    as ``alert_state`` counts them (the one count ``escalation_due`` goes by)."""
+    state = alert_state(session, case_id, now)
+    return state is not None and state.escalations < policy.cap
 
 
 def _reach(policy: EscalationPolicy) -> timedelta:

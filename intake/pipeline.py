@@ -492,14 +492,40 @@ def _latest_alert(session: Session, case: Case, codes: set[str] | None = None) -
     return next((row for row in rows if ack_code(row.message_id) in codes), None)
 
 
-def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) -> bool:
-    """Whether ``sender`` was acknowledged within the window (flood and loop guard).
+_ACKED = "acked_senders"  # session.info: sender (lower case) -> received times acked
+
+
+def _acked_in_session(session: Session) -> dict[str, list[datetime]]:
+    """The senders this transaction acknowledged, with the received time of each mail
+    acknowledged: the guard's queries run without flushing the batch's pending cases."""
+    acked: dict[str, list[datetime]] = session.info.setdefault(_ACKED, {})
+    return acked
+
+
+def _within(times: Collection[datetime], received: datetime, window: timedelta) -> bool:
+    """Whether a mail received at ``received`` arrived within ``window`` of any of ``times``."""
+    # SQLite hands the stored times back naive (UTC): ``from_db`` makes them aware.
+    return any(abs(received - moment) <= window for t in times if (moment := from_db(t)))
+
+
+def _recent_ack(
+    session: Session, mailbox: str, sender: str, received: datetime, window: timedelta
+) -> bool:
+    """Whether ``sender`` was acknowledged for a mail that arrived within ``window`` of
+    this one, received at ``received`` (flood and loop guard).
+
+    Measured between the mails' received times (IMAP INTERNALDATE, the cases'
+    ``created_at``), not from the time the worker reads them: after an outage longer than
+    the window, a sender's mails in different batches each got an ack, since the earlier
+    case was older than ``now - window`` (review rvt F4). So the answer does not depend on
+    when, or in which batches, the mail is read: two mails that arrived further apart
+    than the window are each acknowledged, as they would have been when read on arrival.
 
     Senders acknowledged earlier in this transaction are remembered in ``session.info``,
     so the query runs without flushing the batch's pending changes first. Addresses are
     compared without case: Taro@Example.jp and taro@example.jp are one resident.
     """
-    if sender.lower() in session.info.setdefault("acked_senders", set()):
+    if _within(_acked_in_session(session).get(sender.lower(), ()), received, window):
         return True
     with session.no_autoflush:
         row = session.exec(
@@ -507,7 +533,8 @@ def _recent_ack(session: Session, mailbox: str, sender: str, since: datetime) ->
                 Case.mailbox == mailbox,
                 func.lower(Case.sender) == sender.lower(),
                 col(Case.ack_state).in_(["queued", "sent"]),
-                Case.created_at >= to_db(since),
+                Case.created_at >= to_db(received - window),
+                Case.created_at <= to_db(received + window),
             )
         ).first()
     return row is not None
@@ -574,7 +601,7 @@ def _acknowledge(
     read after its placeholder, so both keep the same guard and the same ack state.
     """
     window = timedelta(hours=svc.settings.ack_window_hours)
-    if block is None and _recent_ack(session, case.mailbox, letter.from_addr, now - window):
+    if block is None and _recent_ack(session, case.mailbox, letter.from_addr, received, window):
         block = "rate-limited"
     if block is not None:
         return block
@@ -588,7 +615,7 @@ def _acknowledge(
         received=received,
         now=now,
     )
-    session.info.setdefault("acked_senders", set()).add(letter.from_addr.lower())
+    _acked_in_session(session).setdefault(letter.from_addr.lower(), []).append(received)
     report.acks += 1
     return None
 
@@ -1418,31 +1445,37 @@ def _open_new_cases(
         return
     key = svc.settings.mailbox.key
     conn = session.connection()
-    acked: set[str] = session.info.setdefault("acked_senders", set())
-    wanting = {p.letter.from_addr.lower() for _id, p, _r in run if p.block is None}
-    recent: set[str] = set()
+    acked = _acked_in_session(session)
+    window = timedelta(hours=svc.settings.ack_window_hours)
+    wanting = [(p.letter.from_addr.lower(), r) for _id, p, r in run if p.block is None]
+    earlier: dict[str, list[datetime]] = {}
     if wanting:
-        since = now - timedelta(hours=svc.settings.ack_window_hours)
+        # As ``_recent_ack``: against each mail's received time. One query for the run,
+        # its senders' acknowledged cases from the first mail's time - window to the
+        # last one's + window; each mail then looks at those of its own window.
         case_t = _CASES
-        recent = set(
-            conn.execute(
-                core_select(func.lower(case_t.c.sender)).where(
-                    case_t.c.mailbox == key,
-                    func.lower(case_t.c.sender).in_(wanting),
-                    case_t.c.ack_state.in_(["queued", "sent"]),
-                    case_t.c.created_at >= to_db(since),
-                )
-            ).scalars()
-        )
+        for sender, created in conn.execute(
+            core_select(func.lower(case_t.c.sender), case_t.c.created_at).where(
+                case_t.c.mailbox == key,
+                func.lower(case_t.c.sender).in_({sender for sender, _r in wanting}),
+                case_t.c.ack_state.in_(["queued", "sent"]),
+                case_t.c.created_at >= to_db(min(r for _s, r in wanting) - window),
+                case_t.c.created_at <= to_db(max(r for _s, r in wanting) + window),
+            )
+        ):
+            earlier.setdefault(sender, []).append(created)
     blocks: list[str | None] = []
     cases: list[dict[str, Any]] = []
     for _row_id, p, received in run:
         sender = p.letter.from_addr
         block = p.block
-        if block is None and (sender.lower() in recent or sender.lower() in acked):
+        if block is None and (
+            _within(earlier.get(sender.lower(), ()), received, window)
+            or _within(acked.get(sender.lower(), ()), received, window)
+        ):
             block = "rate-limited"
         if block is None:
-            acked.add(sender.lower())
+            acked.setdefault(sender.lower(), []).append(received)
         blocks.append(block)
         cases.append(
             {

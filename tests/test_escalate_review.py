@@ -486,8 +486,12 @@ def test_escalation_goes_on_to_the_cap_after_an_outage_longer_than_a_day(
     run_jobs(svc, back, back + timedelta(hours=4), timedelta(minutes=1))
 
     escalations = outbox(svc, "escalation")
-    assert [r.status for r in escalations] == ["sent"] * 3
-    assert len([m for m in smtp_server.messages if "再通知" in subject(m)]) == 3
+    # The late alert's notice to the others, then the three reminders, as after a shorter
+    # outage (review 6a F3). This test asserted 3 before review rvt F1: ``_candidates``
+    # counted the notice toward the cap, and after an outage of over a day the case was
+    # dropped one reminder short while ``alert_state`` still owed it.
+    assert [r.status for r in escalations] == ["sent"] * (1 + 3)
+    assert len([m for m in smtp_server.messages if "再通知" in subject(m)]) == 1 + 3
     # An acknowledged alert, a closed case or one at the cap is no longer looked at.
     from intake.escalate import _candidates, escalation_policy
 
@@ -496,6 +500,41 @@ def test_escalation_goes_on_to_the_cap_after_an_outage_longer_than_a_day(
         assert (
             _candidates(s, svc.settings.mailbox.key, later, escalation_policy(svc.settings)) == []
         )
+
+
+@pytest.mark.integration
+def test_the_only_reminder_is_sent_after_an_outage_longer_than_a_day_with_a_cap_of_one(
+    tmp_path: Path, smtp_server: LocalSMTP
+) -> None:
+    """escalate_max = 1, SMTP down for 27 h (review rvt F1). At recovery the late alert's
+    notice goes to the others; the one reminder is still owed (``alert_state`` counts no
+    failover), so the case stays a candidate however long the worker is away after that,
+    and the reminder follows. Before, ``_candidates`` counted the notice: ``1 < 1`` was
+    false for an alert of over a day, and the on-call person was never reminded."""
+    from intake.escalate import _candidates, alert_state, escalation_policy
+
+    svc = make_svc(tmp_path, smtp_server, "escalate_max = 1")
+    policy = escalation_policy(svc.settings)
+    key = svc.settings.mailbox.key
+    smtp_server.stop()
+    case_id = urgent_case(svc, NOON)
+    back = NOON + timedelta(hours=27)
+    run_jobs(svc, NOON, back - timedelta(minutes=5), timedelta(minutes=5))
+    smtp_server.start()
+    run_jobs(svc, back, back + timedelta(minutes=5), timedelta(minutes=1))
+    assert [r.status for r in outbox(svc, "escalation")] == ["sent"], "the notice, at once"
+    # The worker is then away for three days: the reminder is owed all the same.
+    away = back + timedelta(days=3)
+    with Session(svc.engine) as s:
+        state = alert_state(s, case_id, away)
+        assert state is not None and state.escalations == 0
+        assert _candidates(s, key, away, policy) == [case_id]
+    run_jobs(svc, away, away + timedelta(hours=1), timedelta(minutes=1))
+
+    assert [r.status for r in outbox(svc, "escalation")] == ["sent", "sent"]
+    assert len([m for m in smtp_server.messages if "再通知" in subject(m)]) == 1 + 1
+    with Session(svc.engine) as s:
+        assert _candidates(s, key, away + timedelta(days=30), policy) == []
 
 
 def test_an_unacknowledged_alert_with_escalations_left_stays_a_candidate_for_ever(
