@@ -195,6 +195,40 @@ def test_first_read_is_refused_only_for_mail_older_than_a_day(
         mailbox.close()
 
 
+def test_the_first_read_check_sends_two_commands_whatever_the_folder_size(
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No UID SEARCH of the folder (it lists every UID): STATUS and one FETCH only."""
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    now = datetime.now(JST)
+    _append_at(
+        dovecot, samples.consultation("old@example.jp", "相談", "寂しい"), now - timedelta(days=9)
+    )
+    dovecot.append_many(
+        samples.consultation(f"r{i}@example.jp", "相談", "寂しい") for i in range(500)
+    )
+    svc, mailbox = _open(dovecot, tmp_path, smtp_server)
+    assert mailbox.client is not None
+    imap = mailbox.client._imap
+    sent: list[str] = []
+    command = imap._command
+
+    def counting(name: str, *args: Any) -> Any:
+        sent.append(name)
+        return command(name, *args)
+
+    monkeypatch.setattr(imap, "_command", counting)
+    try:
+        with pytest.raises(ExistingMailError):
+            process_new_mail(svc, mailbox, now)
+        assert sent == ["STATUS", "FETCH"]
+    finally:
+        mailbox.close()
+
+
 def test_run_refuses_an_old_folder_keeps_sending_and_reads_mail_after_skip_existing(
     dovecot: LocalDovecot,
     smtp_server: LocalSMTP,
