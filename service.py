@@ -38,12 +38,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    """Fetch everything new, process it, send what is due, exit."""
+    """Fetch everything new, process it, send what is due, exit.
+
+    The first read of a mailbox whose folder already holds old mail is refused (exit 2,
+    the reason at ERROR and on stderr) unless ``--accept-existing``: see
+    ``pipeline.check_first_read``."""
     from imapclient.exceptions import IMAPClientError
 
     from intake.fetch import Mailbox
     from intake.locks import mailbox_lock
-    from intake.pipeline import Service, process_new_mail
+    from intake.pipeline import ExistingMailError, Service, process_new_mail
     from intake.worker import alerts_between_batches
 
     settings = _settings(args)
@@ -63,6 +67,7 @@ def cmd_once(args: argparse.Namespace) -> int:
                     now,
                     still_mine=lock.verify,
                     after_batch=alerts_between_batches(svc),
+                    accept_existing=args.accept_existing,
                 )
             print(
                 f"fetched {report.fetched}, stored {report.stored}, cases {report.cases}, "
@@ -72,6 +77,8 @@ def cmd_once(args: argparse.Namespace) -> int:
             )
     except (IntakeError, IMAPClientError, OSError) as exc:
         # Whatever broke the mailbox side, alerts already queued are still delivered below.
+        if isinstance(exc, ExistingMailError):
+            log.error(str(exc), extra={"error": "ExistingMailError"})  # for log alerting too
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 2
     finally:
@@ -145,12 +152,32 @@ def cmd_skip_existing(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The long-running worker. Whatever stops it is logged through the configured
+    formatter (a JSON line with --json-logs), so log alerting sees it, not only stderr:
+    each rules problem that keeps it from starting, a config error (``main`` prints these
+    too, as before), and an unexpected error, as its ``repr`` (never its ``str`` or a
+    traceback, which may carry a database statement's parameters)."""
     from intake.pipeline import Service
     from intake.worker import run_worker
 
-    svc = Service.from_settings(_settings(args))
-    svc.settle()
-    run_worker(svc)
+    try:
+        svc = Service.from_settings(_settings(args))
+        svc.settle()
+        run_worker(svc)
+    except RulesError as exc:
+        for problem in exc.problems:
+            log.error(
+                "rules problem; the worker does not start until it is fixed "
+                "(service.py check lists every problem)",
+                extra={"problem": str(problem)},
+            )
+        raise
+    except IntakeError as exc:
+        log.error("the worker does not start", extra={"reason": str(exc)})
+        raise
+    except Exception:
+        log.critical("worker stopped by an unexpected error", exc_info=True)
+        return 1
     return 0
 
 
@@ -259,9 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML config (default: $INTAKE_CONFIG)")
         return p
 
-    with_config(
-        sub.add_parser("once", help="fetch new mail, process it, send what is due")
-    ).set_defaults(func=cmd_once)
+    p = with_config(sub.add_parser("once", help="fetch new mail, process it, send what is due"))
+    p.add_argument(
+        "--accept-existing",
+        action="store_true",
+        help="first read of a mailbox only: process the mail already in the folder even "
+        "when it is older than a day (each resident acknowledged, each urgent mail alerted)",
+    )
+    p.set_defaults(func=cmd_once)
     with_config(sub.add_parser("run", help="the long-running worker")).set_defaults(func=cmd_run)
     with_config(
         sub.add_parser(

@@ -2063,19 +2063,105 @@ def _attach_read_later(
             report.alerts += 1
 
 
+# A database that has never read a mailbox reads its whole folder as new mail. That is
+# right for a new installation whose folder holds only mail that just arrived, and wrong
+# when the folder holds older mail: staff answered it by hand (a new installation that
+# should run ``skip-existing``), or the service answered it with a database that is now
+# lost, replaced or moved (every resident would be acknowledged and every urgent mail
+# alerted a second time). Mail older than this in such a folder stops the first read.
+FIRST_READ_MAX_AGE = timedelta(hours=24)
+
+
+class ExistingMailError(IntakeError):
+    """The first read of a mailbox was refused: its folder already holds old mail.
+
+    Raised by ``check_first_read`` (and so by ``process_new_mail``) before anything is
+    written, so the database still has no cursor and the next poll checks again."""
+
+
+def _oldest_arrival(mailbox: Mailbox) -> tuple[bool, datetime | None]:
+    """(folder holds mail, INTERNALDATE of its lowest UID or None when not given).
+
+    Two commands whatever the folder's size: STATUS (MESSAGES) and a FETCH of message
+    sequence number 1, which is the lowest UID; a UID SEARCH would list every UID."""
+    client = mailbox.client
+    if client is None:
+        raise IntakeError("mailbox is not open")
+    status = client.folder_status(mailbox.settings.folder, [b"MESSAGES"])
+    if not int(status.get(b"MESSAGES", 0)):
+        return False, None
+    client.use_uid = False  # sequence number 1, not UID 1 (it may be long expunged)
+    try:
+        data = client.fetch([1], [b"INTERNALDATE"])
+    finally:
+        client.use_uid = True
+    if not data:  # expunged between STATUS and FETCH: nothing there any more
+        return False, None
+    when = next(iter(data.values())).get(b"INTERNALDATE")
+    if isinstance(when, datetime) and when.tzinfo is not None:
+        return True, when
+    return True, None
+
+
+def check_first_read(svc: Service, mailbox: Mailbox, now: datetime) -> None:
+    """Raise ``ExistingMailError`` when this database has never read the mailbox (no
+    cursor row for its key) and the folder already holds mail older than
+    ``FIRST_READ_MAX_AGE`` (or of unknown age); otherwise return.
+
+    Why: the service cannot tell a new installation from a lost or replaced database, and
+    reading such a folder acknowledges and alerts every mail in it; only the operator can
+    say which it is. Fresh mail (a new installation that went live as the first mail came
+    in, the demo, the tests) is read as before. Cost: one primary-key read, and for a
+    mailbox without a cursor two IMAP commands."""
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as session:
+        if session.get(Cursor, key) is not None:
+            return
+    present, oldest = _oldest_arrival(mailbox)
+    if not present or (oldest is not None and now - oldest <= FIRST_READ_MAX_AGE):
+        return
+    since = (
+        f"mail that arrived on {oldest.astimezone(svc.calendar.tz):%Y-%m-%d %H:%M %Z}"
+        if oldest is not None
+        else "mail whose arrival time the server does not give"
+    )
+    from sqlalchemy.engine import make_url
+
+    database = make_url(svc.settings.database_url).render_as_string(hide_password=True)
+    raise ExistingMailError(
+        f"mailbox {key} has never been read with this database ({database}), but folder "
+        f"{svc.settings.mailbox.folder} already holds {since}, more than "
+        f"{FIRST_READ_MAX_AGE.total_seconds() / 3600:.0f} hours ago: nothing is read, "
+        "acknowledged or alerted until you decide. A new installation whose folder staff "
+        "answered by hand: run `service.py skip-existing` (the mail stays with staff, no "
+        "acknowledgement, no alert), or `service.py once --accept-existing` to process all "
+        "of it on purpose (each resident acknowledged, each urgent mail alerted). A lost, "
+        "replaced or moved database, or a changed [mailbox] id, username, host or folder "
+        "(the mailbox is known by these): restore the database or the setting; reading the "
+        "folder again would acknowledge and alert every mail in it a second time."
+    )
+
+
 def process_new_mail(
     svc: Service,
     mailbox: Mailbox,
     now: datetime,
     still_mine: Callable[[], bool] | None = None,
     after_batch: Callable[[RunReport], None] | None = None,
+    accept_existing: bool = False,
 ) -> RunReport:
     """Fetch everything above the cursor and turn it into cases. Cost grows with new mail only.
 
     ``after_batch`` is called with the running report after each batch is committed: the
     worker delivers new urgent alerts there, so on a backlog (after an outage) an alert in
     the first batch does not wait for the last one.
+
+    The first read of a mailbox (no cursor) is refused with ``ExistingMailError`` when its
+    folder holds old mail (``check_first_read``), unless ``accept_existing``: the
+    operator's explicit choice to process all of it.
     """
+    if not accept_existing:
+        check_first_read(svc, mailbox, now)
     report = RunReport()
     state = mailbox.state
     assert state is not None

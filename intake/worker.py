@@ -1,9 +1,10 @@
 """The long-running worker: IMAP IDLE (or polling) for new mail, APScheduler for the rest.
 
 This module and the scheduler are the only places that read the clock; every stage gets
-``now`` as a parameter. Jobs are declared in one list (``schedule_jobs``). SIGTERM and
-SIGINT stop the worker cleanly: the current batch finishes its transaction, the IMAP
-connection is logged out, the scheduler is shut down.
+``now`` as a parameter. Jobs are declared in one list (``schedule_jobs``). SIGTERM, SIGINT
+and SIGHUP stop the worker cleanly: the current batch finishes its transaction, the IMAP
+connection is logged out, the scheduler is shut down. (SIGHUP too: an ssh session that
+drops, or a ``systemctl kill -s HUP`` / logrotate habit, would otherwise kill it mid-SMTP.)
 """
 
 from __future__ import annotations
@@ -14,18 +15,27 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import col, select
 
-from intake.digest import digest_times, queue_digests
+from intake.digest import coordinator, digest_times, queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox, _transient
 from intake.locks import mailbox_lock
-from intake.pipeline import RunReport, Service, process_new_mail
+from intake.pipeline import (
+    ExistingMailError,
+    RunReport,
+    Service,
+    check_first_read,
+    process_new_mail,
+)
+from intake.store import Outbox, session_scope, to_db
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,9 @@ RECONNECT_MAX = 300.0
 # missing, certificate not trusted) at once. Then at most every ERROR_EVERY seconds.
 ERROR_AFTER = 5 * 60.0
 ERROR_EVERY = 30 * 60.0
+# A digest slot is still sent this late: by APScheduler to a worker that was busy at the
+# slot (misfire_grace_time), by ``catch_up_digests`` to one that was not running.
+DIGEST_GRACE = timedelta(hours=1)
 
 
 def lasting_failure(exc: BaseException) -> bool:
@@ -105,6 +118,61 @@ def alerts_between_batches(svc: Service) -> Callable[[RunReport], None]:
     return after
 
 
+def _slot_times(svc: Service) -> list[str]:
+    """Every digest time ("HH:MM") of the service default and of each partner."""
+    times = set(svc.settings.digest_times)
+    for partner in svc.directory.partners:
+        times.update(digest_times(svc, partner))
+    return sorted(times)
+
+
+def catch_up_digests(svc: Service, now: datetime | None = None) -> list[str]:
+    """Send, once, a digest slot of today that passed while the worker was not running;
+    return the slots ("HH:MM") sent.
+
+    Why: APScheduler computes each job's next run from the moment it starts, so a restart
+    at 14:05 (deploy, rules edit, reboot, crash) skipped the 14:00 digest without a word,
+    and on a Friday its cases waited until Monday 09:00; the digest is the safety net for
+    urgent mail the triage misses. A slot is caught up when today is a business day, it
+    passed less than ``DIGEST_GRACE`` ago, and no digest of a partner scheduled then was
+    queued for this mailbox since it. So it is sent at most once: the catch-up queues such
+    a row itself (a slot with nothing new queues none, and a later restart finds nothing
+    new either), and ``DigestEntry`` never lists a message twice for a partner anyway."""
+    tz = svc.calendar.tz
+    now = (now or now_in(svc)).astimezone(tz)  # slots are the city's wall-clock times
+    if not svc.calendar.is_business_day(now.date()):
+        return []
+    overview = coordinator(svc)
+    partners = [*svc.directory.partners, *([overview] if overview else [])]
+    sent: list[str] = []
+    for at in _slot_times(svc):
+        hour, minute = at.split(":")
+        slot = now.replace(hour=int(hour), minute=int(minute), second=0, microsecond=0)
+        if not slot < now < slot + DIGEST_GRACE:
+            continue
+        scheduled = [p.id for p in partners if at in digest_times(svc, p)]
+        with session_scope(svc.engine) as session:
+            queued = session.exec(
+                select(Outbox.id)
+                .where(
+                    Outbox.mailbox == svc.settings.mailbox.key,
+                    Outbox.kind == "digest",
+                    col(Outbox.partner).in_(scheduled),
+                    col(Outbox.created_at) >= to_db(slot),
+                )
+                .limit(1)
+            ).first()
+        if queued is not None:
+            continue
+        log.info(
+            "digest slot passed while the worker was not running; sending it now",
+            extra={"slot": at, "late_minutes": round((now - slot).total_seconds() / 60)},
+        )
+        digest_job(svc, now, at)
+        sent.append(at)
+    return sent
+
+
 def outbox_job(svc: Service) -> None:
     svc.deliver(now_in(svc))
 
@@ -129,10 +197,7 @@ def purge_job(svc: Service) -> None:
 def schedule_jobs(svc: Service, scheduler: Any) -> None:
     """Every scheduled job, in one place."""
     tz = svc.calendar.tz
-    times = set(svc.settings.digest_times)
-    for partner in svc.directory.partners:
-        times.update(digest_times(svc, partner))
-    for at in sorted(times):
+    for at in _slot_times(svc):
         hour, minute = at.split(":")
         scheduler.add_job(
             digest_job,
@@ -141,8 +206,10 @@ def schedule_jobs(svc: Service, scheduler: Any) -> None:
             id=f"digest-{at}",
             max_instances=1,
             coalesce=True,
-            misfire_grace_time=3600,
+            misfire_grace_time=int(DIGEST_GRACE.total_seconds()),
         )
+    # Once, at start: the slot that passed while the worker was down (a restart at 14:05).
+    scheduler.add_job(catch_up_digests, args=[svc], id="digest-catch-up", max_instances=1)
     scheduler.add_job(
         outbox_job, "interval", seconds=30, args=[svc], id="outbox", max_instances=1, coalesce=True
     )
@@ -180,6 +247,13 @@ class Worker:
         # a connection reset on one mail) would otherwise log in again and log a WARNING
         # every second for as long as it lasts.
         self.delay = RECONNECT_MIN
+        # The first read of the mailbox is refused (``ExistingMailError``) until the
+        # operator decides; monotonic time of the last ERROR line about it.
+        self.refusing = False
+        self.refusal_logged_at: float | None = None
+        # A database failure in the mail loop: since when, and its last ERROR line.
+        self.db_failing_since: float | None = None
+        self.db_error_logged_at: float | None = None
 
     def stop(self, *_args: object) -> None:
         self.stopping.set()
@@ -199,6 +273,17 @@ class Worker:
                     # in ``_serve`` when it is free again.
                     self.lock.release()
                     self._failed(exc, self.delay)
+                    self.stopping.wait(self.delay)
+                    self.delay = min(self.delay * 2, RECONNECT_MAX)
+                except DBAPIError as exc:
+                    # "database is locked" (a VACUUM, a backup, a long purge holding the
+                    # write lock past busy_timeout), a full disk, a PostgreSQL restart:
+                    # nothing was committed, the cursor did not move, the folder is read
+                    # only, so the same mail is read again once the database answers.
+                    # Backing off like a mailbox failure keeps the scheduler (alerts
+                    # already queued, escalations) running; exiting did not.
+                    self.lock.release()
+                    self._db_failed(exc, self.delay)
                     self.stopping.wait(self.delay)
                     self.delay = min(self.delay * 2, RECONNECT_MAX)
         finally:
@@ -234,14 +319,64 @@ class Worker:
         else:
             log.warning("mailbox connection failed; reconnecting", extra=extra)
 
+    def _db_failed(self, exc: DBAPIError, delay: float) -> None:
+        """Log a database failure of the mail loop: at ERROR at once (mail is not read
+        while it lasts), then at most every ``ERROR_EVERY``, WARNING in between.
+
+        Only the exception's ``repr``: its ``str`` carries the statement and, without
+        ``hide_parameters``, a mail's words or a resident's address."""
+        now = time.monotonic()
+        if self.db_failing_since is None:
+            self.db_failing_since = now
+        extra = {
+            "error": repr(exc),
+            "delay": delay,
+            "failing_seconds": round(now - self.db_failing_since),
+        }
+        if self.db_error_logged_at is None or now - self.db_error_logged_at >= ERROR_EVERY:
+            self.db_error_logged_at = now
+            log.error("database failed while reading mail; no mail is read, retrying", extra=extra)
+        else:
+            log.warning("database failed while reading mail; retrying", extra=extra)
+
+    def _refused(self, exc: ExistingMailError) -> None:
+        """Log a refused first read at ERROR once, then at most every ``ERROR_EVERY``: the
+        operator must decide (``skip-existing``, ``once --accept-existing`` or restoring
+        the database); meanwhile the worker sends and runs its jobs, and checks again."""
+        now = time.monotonic()
+        self.refusing = True
+        if self.refusal_logged_at is None or now - self.refusal_logged_at >= ERROR_EVERY:
+            self.refusal_logged_at = now
+            log.error(str(exc), extra={"error": "ExistingMailError"})
+
+    def _first_read_allowed(self, mailbox: Mailbox) -> bool:
+        """While refusing: check again, without the mailbox lock (``skip-existing`` and
+        ``once --accept-existing`` need it and may run while this worker is up)."""
+        try:
+            check_first_read(self.svc, mailbox, now_in(self.svc))
+        except ExistingMailError as exc:
+            self._refused(exc)
+            return False
+        log.info("first read of the mailbox no longer refused; reading mail")
+        self.refusing = False
+        self.refusal_logged_at = None
+        return True
+
     def _reachable(self) -> None:
-        """A poll went through: the outage, if any, is over."""
+        """A poll went through: the outage, if any, is over (the mailbox's and the
+        database's)."""
         if self.failing_since is not None:
             log.warning(
                 "mailbox reachable again",
                 extra={"failed_seconds": round(time.monotonic() - self.failing_since)},
             )
+        if self.db_failing_since is not None:
+            log.warning(
+                "database usable again",
+                extra={"failed_seconds": round(time.monotonic() - self.db_failing_since)},
+            )
         self.failing_since = self.error_logged_at = None
+        self.db_failing_since = self.db_error_logged_at = None
         self.delay = RECONNECT_MIN
 
     def _serve(self, mailbox: Mailbox) -> None:
@@ -249,6 +384,9 @@ class Worker:
         while not self.stopping.is_set():
             if mailbox.current_uidvalidity() != (mailbox.state.uidvalidity if mailbox.state else 0):
                 return  # reopen: the folder was recreated
+            if self.refusing and not self._first_read_allowed(mailbox):
+                self._refusing_wait(mailbox)
+                continue
             if not self.lock.try_acquire():
                 # Another worker polls this mailbox; this one keeps sending (scheduler jobs)
                 # and tries again, taking over when the holder dies.
@@ -256,13 +394,19 @@ class Worker:
                 mailbox.forget_news()
                 self.stopping.wait(min(5.0, settings.poll_interval))
                 continue
-            report = process_new_mail(
-                self.svc,
-                mailbox,
-                now_in(self.svc),
-                still_mine=self.lock.verify,
-                after_batch=alerts_between_batches(self.svc),
-            )
+            try:
+                report = process_new_mail(
+                    self.svc,
+                    mailbox,
+                    now_in(self.svc),
+                    still_mine=self.lock.verify,
+                    after_batch=alerts_between_batches(self.svc),
+                )
+            except ExistingMailError as exc:
+                self.lock.release()  # for skip-existing / once --accept-existing
+                self._refused(exc)
+                self._refusing_wait(mailbox)
+                continue
             self._reachable()
             if report.fetched or report.quarantined:
                 log.info(
@@ -288,9 +432,19 @@ class Worker:
                 mailbox.forget_news()
                 self.stopping.wait(settings.poll_interval)
 
+    def _refusing_wait(self, mailbox: Mailbox) -> None:
+        """Between two checks of a refused first read: the mailbox answered, so no
+        mailbox outage is going on; check again as often as a poll would."""
+        self._reachable()
+        mailbox.forget_news()
+        self.stopping.wait(min(5.0, self.svc.settings.mailbox.poll_interval))
+
 
 def run_worker(svc: Service) -> None:
+    """Run the worker until SIGTERM, SIGINT or SIGHUP, each a clean stop."""
     worker = Worker(svc)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, worker.stop)
     worker.run()
