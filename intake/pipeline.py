@@ -2139,7 +2139,13 @@ def first_read_cutoff(svc: Service, mailbox: Mailbox, now: datetime) -> datetime
     with session_scope(svc.engine) as session:
         if session.get(Cursor, key) is not None:
             return None
-    present, oldest = _oldest_arrival(mailbox)
+    try:
+        present, oldest = _oldest_arrival(mailbox)
+    except IMAPClientError as exc:
+        # Never let the check hold mail up: a server that will not answer STATUS on the
+        # selected folder (RFC 3501 lets it refuse) or FETCH 1 is read as before.
+        log.warning("first read: oldest mail not known", extra={"error": type(exc).__name__})
+        return None
     if not present or (oldest is not None and now - oldest <= FIRST_READ_MAX_AGE):
         return None
     since = (

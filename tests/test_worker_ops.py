@@ -244,6 +244,35 @@ def test_the_first_read_check_sends_two_commands_whatever_the_folder_size(
         mailbox.close()
 
 
+def test_a_server_refusing_status_on_the_selected_folder_does_not_hold_the_first_read(
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RFC 3501 lets a server refuse STATUS on the selected folder: the first read then
+    goes on as before (every mail acknowledged), never loops on the error."""
+    from imapclient.exceptions import IMAPClientError
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    now = datetime.now(JST)
+    _append_at(
+        dovecot, samples.consultation("old@example.jp", "相談", "寂しい"), now - timedelta(days=9)
+    )
+    svc, mailbox = _open(dovecot, tmp_path, smtp_server)
+    assert mailbox.client is not None
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise IMAPClientError("STATUS on the selected mailbox is not allowed")
+
+    monkeypatch.setattr(mailbox.client, "folder_status", refuse)
+    try:
+        report = process_new_mail(svc, mailbox, now)
+        assert (report.cases, report.acks) == (1, 1)
+    finally:
+        mailbox.close()
+
+
 def test_run_on_an_old_folder_says_so_once_alerts_old_urgent_mail_and_acknowledges_new_mail(
     dovecot: LocalDovecot,
     smtp_server: LocalSMTP,
