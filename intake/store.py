@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, LargeBinary, UniqueConstraint, event
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -58,7 +58,13 @@ class StoredMessage(SQLModel, table=True):
     """One incoming mail, raw bytes first; everything else is derived and may be redone."""
 
     __tablename__ = "message"
-    __table_args__ = (UniqueConstraint("mailbox", "sha256", name="uq_message_raw"),)
+    __table_args__ = (
+        UniqueConstraint("mailbox", "sha256", name="uq_message_raw"),
+        # The digest finds a case's messages not yet listed from this index alone (status
+        # and row id in it), never reading a listed message's row: in SQLite the columns
+        # after ``raw`` sit behind the mail's bytes (migration 0004).
+        Index("ix_message_case_status", "case_id", "status"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     mailbox: str = Field(index=True)
@@ -90,6 +96,15 @@ class Case(SQLModel, table=True):
     """A consultation: one or more messages from a resident, owned by one partner."""
 
     __tablename__ = "case"
+    __table_args__ = (
+        # The acknowledgement flood guard (``pipeline._recent_ack`` and the bulk path's
+        # query) looks for a sender's acknowledged cases within ``ack_window_hours`` of a
+        # mail's arrival: this bounds it to the cases of that window, so its cost follows
+        # the mail of a day, not the mailbox (migration 0004). Not (mailbox,
+        # lower(sender), created_at): SQLAlchemy cannot reflect an expression index on
+        # SQLite (it warns), so the schema checks could not see it.
+        Index("ix_case_mailbox_created_at", "mailbox", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     # The mailbox (tenant) the case came in through: every query filters on it, so several
