@@ -40,14 +40,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_once(args: argparse.Namespace) -> int:
     """Fetch everything new, process it, send what is due, exit.
 
-    The first read of a mailbox whose folder already holds old mail is refused (exit 2,
-    the reason at ERROR and on stderr) unless ``--accept-existing``: see
-    ``pipeline.check_first_read``."""
+    The first read of a mailbox whose folder already holds old mail does not acknowledge
+    the mail older than a day (said at ERROR) unless ``--accept-existing``: see
+    ``pipeline.first_read_cutoff``."""
     from imapclient.exceptions import IMAPClientError
 
     from intake.fetch import Mailbox
     from intake.locks import mailbox_lock
-    from intake.pipeline import ExistingMailError, Service, process_new_mail
+    from intake.pipeline import Service, process_new_mail
     from intake.worker import alerts_between_batches
 
     settings = _settings(args)
@@ -77,8 +77,6 @@ def cmd_once(args: argparse.Namespace) -> int:
             )
     except (IntakeError, IMAPClientError, OSError) as exc:
         # Whatever broke the mailbox side, alerts already queued are still delivered below.
-        if isinstance(exc, ExistingMailError):
-            log.error(str(exc), extra={"error": "ExistingMailError"})  # for log alerting too
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 2
     finally:
@@ -290,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--accept-existing",
         action="store_true",
-        help="first read of a mailbox only: process the mail already in the folder even "
-        "when it is older than a day (each resident acknowledged, each urgent mail alerted)",
+        help="first read of a mailbox only: acknowledge the mail already in the folder even "
+        "when it is older than a day (it is read, routed and alerted either way)",
     )
     p.set_defaults(func=cmd_once)
     with_config(sub.add_parser("run", help="the long-running worker")).set_defaults(func=cmd_run)

@@ -114,6 +114,10 @@ class Service:
     # Worker processes for the pure work of large batches (``[service] prepare_processes``);
     # None: everything in this process. Started on first use, stopped by ``close``.
     pool: PreparePool | None = None
+    # Set by ``process_new_mail`` for the first read of a folder that holds old mail: mail
+    # received before it is read, triaged and alerted, but not acknowledged (it may have
+    # been acknowledged already, by a lost database, or answered by staff by hand).
+    no_ack_before: datetime | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -601,6 +605,8 @@ def _acknowledge(
     read after its placeholder, so both keep the same guard and the same ack state.
     """
     window = timedelta(hours=svc.settings.ack_window_hours)
+    if block is None and _old_at_first_read(svc, received):
+        block = OLD_AT_FIRST_READ
     if block is None and _recent_ack(session, case.mailbox, letter.from_addr, received, window):
         block = "rate-limited"
     if block is not None:
@@ -1084,9 +1090,13 @@ def quarantine(
     m = _FROM.search(head)
     sender = m.group(1).decode("ascii", "replace").lower() if m else ""
     desk = svc.directory.general_desk
+    # Dated by the mail's arrival like every case: the flood guard compares arrival times
+    # (a quarantined case dated by the read after an outage let the same resident's next
+    # mail be acknowledged a second time).
+    received = from_db(msg.received_at) or now
     case = Case(
         mailbox=svc.settings.mailbox.key,
-        created_at=to_db(now),
+        created_at=to_db(received),
         sender=sender,
         needs_human=True,
         partner=desk.id,
@@ -1101,10 +1111,16 @@ def quarantine(
     record_event(session, "quarantined", case.id, f"message {msg.id} at {stage}: {error}", at=now)
     log.error("message quarantined", extra={"message_row": msg.id, "stage": stage, "error": error})
     # Still acknowledge a person: a crash may delay an acknowledgement, never lose it.
-    if sender and not _AUTO_HINT.search(head) and sender != svc.sender.address.lower():
+    window = timedelta(hours=svc.settings.ack_window_hours)
+    if _old_at_first_read(svc, received):
+        case.ack_state = f"suppressed:{OLD_AT_FIRST_READ}"
+    elif sender and _recent_ack(session, case.mailbox, sender, received, window):
+        case.ack_state = "suppressed:rate-limited"
+    elif sender and not _AUTO_HINT.search(head) and sender != svc.sender.address.lower():
         _queue_ack(
-            svc, session, case, sender, in_reply_to=None, references=[], received=now, now=now
+            svc, session, case, sender, in_reply_to=None, references=[], received=received, now=now
         )
+        _acked_in_session(session).setdefault(sender, []).append(received)
     else:
         case.ack_state = "suppressed:quarantined"
     # Nobody could read it, so nobody can say it is not urgent: the on-call person is told
@@ -1469,6 +1485,8 @@ def _open_new_cases(
     for _row_id, p, received in run:
         sender = p.letter.from_addr
         block = p.block
+        if block is None and _old_at_first_read(svc, received):
+            block = OLD_AT_FIRST_READ
         if block is None and (
             _within(earlier.get(sender.lower(), ()), received, window)
             or _within(acked.get(sender.lower(), ()), received, window)
@@ -2072,11 +2090,12 @@ def _attach_read_later(
 FIRST_READ_MAX_AGE = timedelta(hours=24)
 
 
-class ExistingMailError(IntakeError):
-    """The first read of a mailbox was refused: its folder already holds old mail.
+OLD_AT_FIRST_READ = "first-read-old"  # ack_state suppressed:<this>
 
-    Raised by ``check_first_read`` (and so by ``process_new_mail``) before anything is
-    written, so the database still has no cursor and the next poll checks again."""
+
+def _old_at_first_read(svc: Service, received: datetime) -> bool:
+    """Whether ``received`` is before the first read's cutoff (``Service.no_ack_before``)."""
+    return svc.no_ack_before is not None and received < svc.no_ack_before
 
 
 def _oldest_arrival(mailbox: Mailbox) -> tuple[bool, datetime | None]:
@@ -2103,23 +2122,32 @@ def _oldest_arrival(mailbox: Mailbox) -> tuple[bool, datetime | None]:
     return True, None
 
 
-def check_first_read(svc: Service, mailbox: Mailbox, now: datetime) -> None:
-    """Raise ``ExistingMailError`` when this database has never read the mailbox (no
-    cursor row for its key) and the folder already holds mail older than
-    ``FIRST_READ_MAX_AGE`` (or of unknown age); otherwise return.
+def first_read_cutoff(svc: Service, mailbox: Mailbox, now: datetime) -> datetime | None:
+    """For the first read of a folder that already holds old mail: the time before which
+    mail is not acknowledged (``now - FIRST_READ_MAX_AGE``); otherwise None.
 
-    Why: the service cannot tell a new installation from a lost or replaced database, and
-    reading such a folder acknowledges and alerts every mail in it; only the operator can
-    say which it is. Fresh mail (a new installation that went live as the first mail came
-    in, the demo, the tests) is read as before. Cost: one primary-key read, and for a
+    Why: the service cannot tell a new installation from a lost, replaced or moved
+    database, and reading such a folder used to acknowledge every resident in it again
+    (and, at installation, a late acknowledgement of mail staff answered by hand). So on
+    a first read (no cursor row for this mailbox) old mail is read, triaged, routed and
+    alerted as any mail (a duplicate alert costs a minute; a missed one may cost a life;
+    fresh mail is never held back), but not acknowledged, and the operator is told at
+    ERROR. ``skip-existing`` before the first read leaves old mail to staff altogether;
+    ``once --accept-existing`` acknowledges it too. Cost: one primary-key read, and for a
     mailbox without a cursor two IMAP commands."""
     key = svc.settings.mailbox.key
     with session_scope(svc.engine) as session:
         if session.get(Cursor, key) is not None:
-            return
-    present, oldest = _oldest_arrival(mailbox)
+            return None
+    try:
+        present, oldest = _oldest_arrival(mailbox)
+    except IMAPClientError as exc:
+        # Never let the check hold mail up: a server that will not answer STATUS on the
+        # selected folder (RFC 3501 lets it refuse) or FETCH 1 is read as before.
+        log.warning("first read: oldest mail not known", extra={"error": type(exc).__name__})
+        return None
     if not present or (oldest is not None and now - oldest <= FIRST_READ_MAX_AGE):
-        return
+        return None
     since = (
         f"mail that arrived on {oldest.astimezone(svc.calendar.tz):%Y-%m-%d %H:%M %Z}"
         if oldest is not None
@@ -2128,18 +2156,20 @@ def check_first_read(svc: Service, mailbox: Mailbox, now: datetime) -> None:
     from sqlalchemy.engine import make_url
 
     database = make_url(svc.settings.database_url).render_as_string(hide_password=True)
-    raise ExistingMailError(
-        f"mailbox {key} has never been read with this database ({database}), but folder "
-        f"{svc.settings.mailbox.folder} already holds {since}, more than "
-        f"{FIRST_READ_MAX_AGE.total_seconds() / 3600:.0f} hours ago: nothing is read, "
-        "acknowledged or alerted until you decide. A new installation whose folder staff "
-        "answered by hand: run `service.py skip-existing` (the mail stays with staff, no "
-        "acknowledgement, no alert), or `service.py once --accept-existing` to process all "
-        "of it on purpose (each resident acknowledged, each urgent mail alerted). A lost, "
-        "replaced or moved database, or a changed [mailbox] id, username, host or folder "
-        "(the mailbox is known by these): restore the database or the setting; reading the "
-        "folder again would acknowledge and alert every mail in it a second time."
+    hours = FIRST_READ_MAX_AGE.total_seconds() / 3600
+    log.error(
+        f"mailbox {key} is read for the first time with this database ({database}), and "
+        f"folder {svc.settings.mailbox.folder} already holds {since}: mail older than "
+        f"{hours:.0f} hours is read, routed and alerted but NOT acknowledged (it may have "
+        "been acknowledged before, or answered by staff); newer mail is handled as usual. "
+        "If the database was lost, replaced or moved, or the [mailbox] id, username, host "
+        "or folder changed, stop the worker and restore them: old urgent mail is alerted "
+        "again and old cases appear in the digests again. To acknowledge old mail too on a "
+        "new installation, run `service.py once --accept-existing` before the first run; "
+        "to leave it to staff, `service.py skip-existing`.",
+        extra={"error": "first-read-of-old-folder"},
     )
+    return now - FIRST_READ_MAX_AGE
 
 
 def process_new_mail(
@@ -2156,12 +2186,26 @@ def process_new_mail(
     worker delivers new urgent alerts there, so on a backlog (after an outage) an alert in
     the first batch does not wait for the last one.
 
-    The first read of a mailbox (no cursor) is refused with ``ExistingMailError`` when its
-    folder holds old mail (``check_first_read``), unless ``accept_existing``: the
-    operator's explicit choice to process all of it.
+    The first read of a mailbox (no cursor) whose folder holds old mail does not
+    acknowledge the mail older than a day (``first_read_cutoff``), unless
+    ``accept_existing``: the operator's explicit choice to acknowledge all of it.
     """
-    if not accept_existing:
-        check_first_read(svc, mailbox, now)
+    cutoff = None if accept_existing else first_read_cutoff(svc, mailbox, now)
+    svc.no_ack_before = cutoff
+    try:
+        return _read_new_mail(svc, mailbox, now, still_mine, after_batch)
+    finally:
+        svc.no_ack_before = None
+
+
+def _read_new_mail(
+    svc: Service,
+    mailbox: Mailbox,
+    now: datetime,
+    still_mine: Callable[[], bool] | None,
+    after_batch: Callable[[RunReport], None] | None,
+) -> RunReport:
+    """``process_new_mail``'s work (see there)."""
     report = RunReport()
     state = mailbox.state
     assert state is not None

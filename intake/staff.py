@@ -155,6 +155,7 @@ SUPPRESSED_JA = {
     "staff-address": "職員のアドレスから",
     "rate-limited": "同じ送信者に返信済み",
     "quarantined": "メールを読み取れませんでした",
+    "first-read-old": "導入・復旧時に受信箱にあった古いメール（返信済みかもしれません）",
 }
 SUPPRESSED_PREFIX_JA = (
     ("auto-submitted:", "自動送信メール"),

@@ -29,13 +29,7 @@ from intake.digest import coordinator, digest_times, queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox, _transient
 from intake.locks import mailbox_lock
-from intake.pipeline import (
-    ExistingMailError,
-    RunReport,
-    Service,
-    check_first_read,
-    process_new_mail,
-)
+from intake.pipeline import RunReport, Service, process_new_mail
 from intake.send import SendReport, deliver_outbox
 from intake.store import Outbox, session_scope, to_db
 
@@ -287,10 +281,6 @@ class Worker:
         # a connection reset on one mail) would otherwise log in again and log a WARNING
         # every second for as long as it lasts.
         self.delay = RECONNECT_MIN
-        # The first read of the mailbox is refused (``ExistingMailError``) until the
-        # operator decides; monotonic time of the last ERROR line about it.
-        self.refusing = False
-        self.refusal_logged_at: float | None = None
         # A database failure in the mail loop: since when, and its last ERROR line.
         self.db_failing_since: float | None = None
         self.db_error_logged_at: float | None = None
@@ -379,29 +369,6 @@ class Worker:
         else:
             log.warning("database failed while reading mail; retrying", extra=extra)
 
-    def _refused(self, exc: ExistingMailError) -> None:
-        """Log a refused first read at ERROR once, then at most every ``ERROR_EVERY``: the
-        operator must decide (``skip-existing``, ``once --accept-existing`` or restoring
-        the database); meanwhile the worker sends and runs its jobs, and checks again."""
-        now = time.monotonic()
-        self.refusing = True
-        if self.refusal_logged_at is None or now - self.refusal_logged_at >= ERROR_EVERY:
-            self.refusal_logged_at = now
-            log.error(str(exc), extra={"error": "ExistingMailError"})
-
-    def _first_read_allowed(self, mailbox: Mailbox) -> bool:
-        """While refusing: check again, without the mailbox lock (``skip-existing`` and
-        ``once --accept-existing`` need it and may run while this worker is up)."""
-        try:
-            check_first_read(self.svc, mailbox, now_in(self.svc))
-        except ExistingMailError as exc:
-            self._refused(exc)
-            return False
-        log.info("first read of the mailbox no longer refused; reading mail")
-        self.refusing = False
-        self.refusal_logged_at = None
-        return True
-
     def _reachable(self) -> None:
         """A poll went through: the outage, if any, is over (the mailbox's and the
         database's)."""
@@ -424,9 +391,6 @@ class Worker:
         while not self.stopping.is_set():
             if mailbox.current_uidvalidity() != (mailbox.state.uidvalidity if mailbox.state else 0):
                 return  # reopen: the folder was recreated
-            if self.refusing and not self._first_read_allowed(mailbox):
-                self._refusing_wait(mailbox)
-                continue
             if not self.lock.try_acquire():
                 # Another worker polls this mailbox; this one keeps sending (scheduler jobs)
                 # and tries again, taking over when the holder dies.
@@ -434,19 +398,13 @@ class Worker:
                 mailbox.forget_news()
                 self.stopping.wait(min(5.0, settings.poll_interval))
                 continue
-            try:
-                report = process_new_mail(
-                    self.svc,
-                    mailbox,
-                    now_in(self.svc),
-                    still_mine=self.lock.verify,
-                    after_batch=alerts_between_batches(self.svc, self.stopping.is_set),
-                )
-            except ExistingMailError as exc:
-                self.lock.release()  # for skip-existing / once --accept-existing
-                self._refused(exc)
-                self._refusing_wait(mailbox)
-                continue
+            report = process_new_mail(
+                self.svc,
+                mailbox,
+                now_in(self.svc),
+                still_mine=self.lock.verify,
+                after_batch=alerts_between_batches(self.svc, self.stopping.is_set),
+            )
             self._reachable()
             if report.fetched or report.quarantined:
                 log.info(
@@ -471,13 +429,6 @@ class Worker:
             else:
                 mailbox.forget_news()
                 self.stopping.wait(settings.poll_interval)
-
-    def _refusing_wait(self, mailbox: Mailbox) -> None:
-        """Between two checks of a refused first read: the mailbox answered, so no
-        mailbox outage is going on; check again as often as a poll would."""
-        self._reachable()
-        mailbox.forget_news()
-        self.stopping.wait(min(5.0, self.svc.settings.mailbox.poll_interval))
 
 
 def run_worker(svc: Service) -> None:

@@ -9,7 +9,9 @@ window against the new mail's own received time (IMAP INTERNALDATE): the outcome
 same whatever the batches and however late the worker reads the mail.
 
 Real Dovecot and the real pipeline; the mails' INTERNALDATE is set with APPEND, and the
-worker "comes back" with a ``now`` days later.
+worker "comes back" with a ``now`` days later. ``accept_existing``: these model a live
+mailbox read late after an outage, not the first read of an old folder (which does not
+acknowledge mail older than a day: tests/test_worker_ops.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, col, select
@@ -92,7 +95,7 @@ def test_a_senders_backlog_older_than_the_window_gets_one_ack_whatever_the_batch
     for i in range(3):
         append_at(dovecot, mail(i, single=path == "single"), arrived + timedelta(minutes=i))
     with Mailbox(svc.settings.mailbox) as mailbox:
-        process_new_mail(svc, mailbox, arrived + timedelta(days=2))
+        process_new_mail(svc, mailbox, arrived + timedelta(days=2), accept_existing=True)
 
     assert ack_states(svc) == (
         1,
@@ -119,7 +122,7 @@ def test_a_senders_mails_further_apart_than_the_window_each_get_an_ack_in_a_back
     append_at(dovecot, mail(1, single=path == "single"), first + timedelta(hours=30))
     append_at(dovecot, mail(2, single=path == "single"), first + timedelta(hours=31))
     with Mailbox(svc.settings.mailbox) as mailbox:
-        process_new_mail(svc, mailbox, first + timedelta(days=3))
+        process_new_mail(svc, mailbox, first + timedelta(days=3), accept_existing=True)
 
     assert ack_states(svc) == (2, ["queued", "queued", "suppressed:rate-limited"])
 
@@ -138,9 +141,47 @@ def test_a_mail_read_late_is_not_acknowledged_when_the_sender_had_one_an_hour_be
     first = datetime.now(svc.calendar.tz).replace(microsecond=0) - timedelta(days=2)
     append_at(dovecot, mail(0, single=False), first)
     with Mailbox(svc.settings.mailbox) as mailbox:
-        process_new_mail(svc, mailbox, first + timedelta(seconds=5))
+        process_new_mail(svc, mailbox, first + timedelta(seconds=5), accept_existing=True)
     append_at(dovecot, mail(1, single=False), first + timedelta(hours=1))
     with Mailbox(svc.settings.mailbox) as mailbox:
-        process_new_mail(svc, mailbox, first + timedelta(days=2))
+        process_new_mail(svc, mailbox, first + timedelta(days=2), accept_existing=True)
 
     assert ack_states(svc) == (1, ["queued", "suppressed:rate-limited"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_a_quarantined_mail_and_the_same_residents_next_mail_after_an_outage_get_one_ack(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+    batch_size: int,
+) -> None:
+    """A quarantined case is dated by its mail's arrival like every case: dated by the
+    read after an outage, it did not hold back the same resident's next mail (review rvs
+    F1, two acks)."""
+    import intake.pipeline as pipeline
+
+    real = pipeline.classify
+
+    def fragile(letter: Any, rules: Any) -> Any:
+        if "POISON" in letter.text:
+            raise RecursionError("synthetic crash")
+        return real(letter, rules)
+
+    monkeypatch.setattr(pipeline, "classify", fragile)
+    svc = make_svc(tmp_path, dovecot, smtp_server, monkeypatch, batch_size)
+    arrived = datetime.now(svc.calendar.tz).replace(microsecond=0) - timedelta(days=2)
+    with Mailbox(svc.settings.mailbox) as mailbox:  # a live worker read the (empty) folder
+        process_new_mail(svc, mailbox, arrived - timedelta(minutes=1))
+    append_at(dovecot, samples.consultation(SENDER, "相談", "POISON 寂しいです"), arrived)
+    append_at(
+        dovecot,
+        samples.consultation(SENDER, "相談2", "寂しいです。"),
+        arrived + timedelta(minutes=10),
+    )
+    with Mailbox(svc.settings.mailbox) as mailbox:
+        process_new_mail(svc, mailbox, arrived + timedelta(days=2))
+    count, states = ack_states(svc)
+    assert count == 1, states
+    assert sorted(states) == ["queued", "suppressed:rate-limited"]

@@ -30,8 +30,8 @@ from intake import samples
 from intake.config import load_settings
 from intake.fetch import Mailbox
 from intake.localservers import LocalDovecot, LocalSMTP
-from intake.pipeline import ExistingMailError, Service, process_new_mail, queue_mail
-from intake.store import Cursor, Outbox, open_database, session_scope
+from intake.pipeline import Service, first_read_cutoff, process_new_mail, queue_mail
+from intake.store import Outbox, open_database, session_scope
 from tests.helpers import ONCALL, OWN, offline_service, settled, urgent_case, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,14 +110,19 @@ def _wait_for_log(tmp_path: Path, found: Callable[[dict[str, Any]], bool], timeo
     raise AssertionError(f"not logged within {timeout} s:\n{text[-3000:]}")
 
 
-def _refusal(line: dict[str, Any]) -> bool:
-    return line.get("level") == "ERROR" and line.get("error") == "ExistingMailError"
+def _first_read_notice(line: dict[str, Any]) -> bool:
+    return line.get("level") == "ERROR" and line.get("error") == "first-read-of-old-folder"
+
+
+def _ack_states(tmp_path: Path) -> dict[str, str]:
+    with sqlite3.connect(tmp_path / "intake.db") as db:
+        return dict(db.execute('SELECT sender, ack_state FROM "case"').fetchall())
 
 
 # -- Finding 1: a database that never read this mailbox, facing a folder of old mail -----
 
 
-def test_once_on_a_lost_database_refuses_the_old_folder_instead_of_acknowledging_it_again(
+def test_a_lost_database_does_not_acknowledge_the_old_folder_again_but_alerts_its_urgent_mail(
     dovecot: LocalDovecot, smtp_server: LocalSMTP, tmp_path: Path
 ) -> None:
     write_config(tmp_path, dovecot, smtp_server)
@@ -126,7 +131,7 @@ def test_once_on_a_lost_database_refuses_the_old_folder_instead_of_acknowledging
     _append_at(
         dovecot, samples.consultation("b@example.jp", "相談", "もう死にたいです"), three_days_ago
     )
-    # The installation chose to process the mail already there, explicitly.
+    # The installation chose to acknowledge the mail already there, explicitly.
     first = _service(dovecot, tmp_path, "once", "--accept-existing")
     assert first.returncode == 0, first.stderr[-2000:]
     assert "fetched 2, stored 2, cases 2" in first.stdout
@@ -139,18 +144,24 @@ def test_once_on_a_lost_database_refuses_the_old_folder_instead_of_acknowledging
     # Later the database is lost (a replaced disk, a moved config): a new, empty file.
     for path in tmp_path.glob("intake.db*"):
         path.unlink()
+    # A resident writes meanwhile: fresh mail is never held back by the old folder.
+    dovecot.append(samples.consultation("c@example.jp", "相談", "死にたい。今から橋に行く"))
     again = _service(dovecot, tmp_path, "once")
-    assert again.returncode == 2
-    assert "ExistingMailError" in again.stderr
-    for advice in ("skip-existing", "once --accept-existing", "restore the database"):
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "fetched 3, stored 3, cases 3" in again.stdout
+    for advice in ("NOT acknowledged", "restore", "once --accept-existing", "skip-existing"):
         assert advice in again.stderr
-    # The output contract: the "sent ..." line still closes stdout.
-    assert again.stdout.strip().splitlines()[-1] == "sent 0, deferred 0, failed 0"
-    assert len(settled(smtp_server, 2)) == 3, "acknowledged or alerted a second time"
-    # Nothing was written for the mailbox, so the next run checks (and refuses) again.
-    with sqlite3.connect(tmp_path / "intake.db") as db:
-        assert db.execute("SELECT count(*) FROM cursor").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM message").fetchone() == (0,)
+    received = settled(smtp_server, 6)
+    # No resident acknowledged twice; the old urgent mail alerted again (a duplicate alert
+    # costs a minute), the new resident acknowledged and alerted.
+    assert sorted(tuple(m.rcpt_tos) for m in received[3:]) == [
+        ("c@example.jp",),
+        (ONCALL,),
+        (ONCALL,),
+    ]
+    states = _ack_states(tmp_path)
+    assert states["a@example.jp"] == states["b@example.jp"] == "suppressed:first-read-old"
+    assert states["c@example.jp"] in ("queued", "sent")
 
 
 def _open(imap: LocalDovecot, tmp_path: Path, smtp: LocalSMTP) -> tuple[Service, Mailbox]:
@@ -160,16 +171,20 @@ def _open(imap: LocalDovecot, tmp_path: Path, smtp: LocalSMTP) -> tuple[Service,
     return Service.from_settings(settings), mailbox
 
 
-@pytest.mark.parametrize(("hours", "refused"), [(23, False), (25, True)])
-def test_first_read_is_refused_only_for_mail_older_than_a_day(
+@pytest.mark.parametrize(
+    ("hours", "accept", "old_acked"), [(23, False, True), (25, False, False), (25, True, True)]
+)
+def test_first_read_leaves_only_mail_older_than_a_day_unacknowledged(
     dovecot: LocalDovecot,
     smtp_server: LocalSMTP,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     hours: int,
-    refused: bool,
+    accept: bool,
+    old_acked: bool,
 ) -> None:
-    """The lowest UID decides; fresh mail (a new installation going live) is read as before."""
+    """Fresh mail (a new installation going live) is acknowledged as before; with
+    ``accept_existing`` the old mail too; once there is a cursor, age no longer matters."""
     monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
     now = datetime.now(JST)
     _append_at(
@@ -180,17 +195,18 @@ def test_first_read_is_refused_only_for_mail_older_than_a_day(
     dovecot.append(samples.consultation("new@example.jp", "相談", "寂しい"))
     svc, mailbox = _open(dovecot, tmp_path, smtp_server)
     try:
-        if refused:
-            with pytest.raises(ExistingMailError):
-                process_new_mail(svc, mailbox, now)
-            with session_scope(svc.engine) as s:
-                assert s.exec(select(Cursor)).all() == []
-            report = process_new_mail(svc, mailbox, now, accept_existing=True)
-            assert report.cases == 2
-        else:
-            assert process_new_mail(svc, mailbox, now).cases == 2
-        # Once the mailbox has a cursor, old mail in the folder no longer matters.
-        assert process_new_mail(svc, mailbox, now).fetched == 0
+        report = process_new_mail(svc, mailbox, now, accept_existing=accept)
+        assert report.cases == 2
+        assert report.acks == (2 if old_acked else 1)
+        assert svc.no_ack_before is None  # only for that call
+        # Mail appended after the first read, whatever its age, is acknowledged.
+        _append_at(
+            dovecot,
+            samples.consultation("late@example.jp", "相談", "寂しい"),
+            now - timedelta(days=3),
+        )
+        with Mailbox(svc.settings.mailbox) as again:
+            assert process_new_mail(svc, again, now).acks == 1
     finally:
         mailbox.close()
 
@@ -222,14 +238,42 @@ def test_the_first_read_check_sends_two_commands_whatever_the_folder_size(
 
     monkeypatch.setattr(imap, "_command", counting)
     try:
-        with pytest.raises(ExistingMailError):
-            process_new_mail(svc, mailbox, now)
+        assert first_read_cutoff(svc, mailbox, now) == now - timedelta(hours=24)
         assert sent == ["STATUS", "FETCH"]
     finally:
         mailbox.close()
 
 
-def test_run_refuses_an_old_folder_keeps_sending_and_reads_mail_after_skip_existing(
+def test_a_server_refusing_status_on_the_selected_folder_does_not_hold_the_first_read(
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RFC 3501 lets a server refuse STATUS on the selected folder: the first read then
+    goes on as before (every mail acknowledged), never loops on the error."""
+    from imapclient.exceptions import IMAPClientError
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    now = datetime.now(JST)
+    _append_at(
+        dovecot, samples.consultation("old@example.jp", "相談", "寂しい"), now - timedelta(days=9)
+    )
+    svc, mailbox = _open(dovecot, tmp_path, smtp_server)
+    assert mailbox.client is not None
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise IMAPClientError("STATUS on the selected mailbox is not allowed")
+
+    monkeypatch.setattr(mailbox.client, "folder_status", refuse)
+    try:
+        report = process_new_mail(svc, mailbox, now)
+        assert (report.cases, report.acks) == (1, 1)
+    finally:
+        mailbox.close()
+
+
+def test_run_on_an_old_folder_says_so_once_alerts_old_urgent_mail_and_acknowledges_new_mail(
     dovecot: LocalDovecot,
     smtp_server: LocalSMTP,
     tmp_path: Path,
@@ -239,22 +283,16 @@ def test_run_refuses_an_old_folder_keeps_sending_and_reads_mail_after_skip_exist
     old = datetime.now(UTC) - timedelta(days=40)
     _append_at(dovecot, samples.consultation("old1@example.jp", "相談", "寂しいです"), old)
     _append_at(dovecot, samples.consultation("old2@example.jp", "相談", "死にたい"), old)
-    # A mail queued before (by a `digest` run whose delivery failed): the worker must send
-    # it even while it refuses to read the folder.
+    # A mail queued before (by a `digest` run whose delivery failed): sent as usual.
     _queue_digest_row(tmp_path)
     worker = start_run(dovecot)
-    assert smtp_server.wait_for(1, timeout=90)[0].rcpt_tos == ["partner@example.jp"]
-    _wait_for_log(tmp_path, _refusal, timeout=60)
-    time.sleep(6)  # more checks (every second here): logged once, not once a check
-    assert sum(_refusal(line) for line in _log_lines(tmp_path)) == 1
-    assert worker.poll() is None
-    # The operator's decision, while the worker runs (it does not hold the mailbox lock).
-    skipped = _service(dovecot, tmp_path, "skip-existing")
-    assert skipped.returncode == 0, skipped.stderr
+    mails = smtp_server.wait_for(2, timeout=90)
+    assert sorted(tuple(m.rcpt_tos) for m in mails) == [(ONCALL,), ("partner@example.jp",)]
+    _wait_for_log(tmp_path, _first_read_notice, timeout=60)
     dovecot.append(samples.consultation("new@example.jp", "相談", "寂しいです"))
-    mails = smtp_server.wait_for(2, timeout=60)
-    assert mails[1].rcpt_tos == ["new@example.jp"]
-    assert len(settled(smtp_server, 2)) == 2, "old mail acknowledged or alerted"
+    assert smtp_server.wait_for(3, timeout=60)[2].rcpt_tos == ["new@example.jp"]
+    assert len(settled(smtp_server, 3)) == 3, "old mail acknowledged"
+    assert sum(_first_read_notice(line) for line in _log_lines(tmp_path)) == 1
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
 
