@@ -42,6 +42,10 @@ Failures, decided per row so that one bad row never holds up the others:
   address's own refusal) is a configuration
   problem, not the mail's: nothing fails, nothing counts toward giving up, and it is
   logged at ERROR once per run until the relay is fixed;
+- a failure that is this process's rather than any row's (no connection to the relay,
+  our session refused, every mail deferred at MAIL FROM) backs off only the row the run
+  claimed; the rows it never reached stay due in the database, for another worker that
+  reaches the relay, and only this process waits their backoff (``_PUT_OFF``);
 - recipients refused with a 4xx while others accepted get a follow-up row of their own
   (kind ``<kind>-retry``, key ``retry:<row id>``, written in the same transaction as the
   ``sent`` mark, so it exists once);
@@ -50,6 +54,9 @@ Failures, decided per row so that one bad row never holds up the others:
 - a digest failed for good (refused, given up, or still in doubt after its resends)
   gives its cases back: its ``DigestEntry`` rows go, so they are listed in the partner's
   next digest (logged once at ERROR, a ``failed:digest`` event per case).
+
+A run asked to stop (``should_stop``: the worker got SIGTERM) ends before it claims
+its next row, never inside a mail's transaction; what it did not claim stays queued.
 
 On the wire: 8-bit content goes with ``BODY=8BITMIME`` when the server offers it (RFC
 6152), as base64 parts otherwise; a body line over 998 bytes goes as base64 whatever the
@@ -183,6 +190,20 @@ FIRST_REFUSAL = "refused:"
 _RELAY_DEFERS_ALL: set[tuple[str, int]] = set()
 # Event of an urgent mail sent while some of its recipients were refused for good.
 REFUSED_FOR_GOOD = "recipients-refused"
+# Non-urgent rows a run of this process put off without claiming them: no connection to
+# the relay, or the relay refused our session or deferred every mail before their turn.
+# Such a failure is this process's (its network, its credentials), not the row's, and
+# another worker may reach the relay: writing a backoff into the row made that worker
+# find it not due, each such run doubling the delay (review rvt, F5). So the row stays as
+# it is, and only this process waits the backoff before trying it again, as it did when
+# the backoff was in the row (after an outage, acknowledgements still wait their turn
+# behind the alerts). Key: (database, mailbox, relay host, relay port, row id); value:
+# (the row's ``attempts`` when put off, times put off since, not before). An entry goes
+# once the row is claimed, tried by anyone (its ``attempts`` moved), sent or failed.
+# Per process, guarded by ``_DELIVERY_LOCK`` like the whole run. Urgent rows are never
+# put off: they ride every run whose connection works, as before.
+_PutOffKey = tuple[str, str, str, int, int]
+_PUT_OFF: dict[_PutOffKey, tuple[int, int, datetime]] = {}
 
 
 @dataclass
@@ -708,6 +729,54 @@ async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
     return smtp
 
 
+def _scope(
+    settings: SmtpSettings, engine: Engine, mailbox: str | None
+) -> tuple[str, str, str, int]:
+    """The part of a ``_PUT_OFF`` key that names this run's database, mailbox and relay."""
+    return (str(engine.url), mailbox or "", settings.host, settings.port)
+
+
+def _not_put_off(scope: tuple[str, str, str, int], jobs: list[_Job], now: datetime) -> list[_Job]:
+    """``jobs`` less the rows this process put off until after ``now``; forgets entries
+    whose row was sent, failed or tried since (it is on its own schedule again)."""
+    listed = {job.id: job for job in jobs}
+    for key in [k for k in _PUT_OFF if k[:4] == scope]:
+        job = listed.get(key[4])
+        if job is None or job.previous is not None or job.attempts != _PUT_OFF[key][0]:
+            del _PUT_OFF[key]
+    return [
+        job for job in jobs if (entry := _PUT_OFF.get((*scope, job.id))) is None or entry[2] <= now
+    ]
+
+
+def _still_queued(engine: Engine, jobs: list[_Job]) -> list[_Job]:
+    """Those of ``jobs`` still queued: the rows another worker sent (or is sending) since
+    they were listed are neither put off nor reported as deferred."""
+    if not jobs:
+        return []
+    with engine.connect() as conn:
+        queued = set(
+            conn.execute(
+                select(Outbox.id).where(
+                    col(Outbox.id).in_([j.id for j in jobs]), col(Outbox.status) == "queued"
+                )
+            ).scalars()
+        )
+    return [j for j in jobs if j.id in queued]
+
+
+def _put_off(scope: tuple[str, str, str, int], jobs: list[_Job], now: datetime) -> None:
+    """Keep these unclaimed rows out of this process's runs for their backoff; the rows
+    themselves are left untouched for other workers (see ``_PUT_OFF``)."""
+    for job in jobs:
+        if job.kind in URGENT_KINDS:
+            continue  # tried on every run, as a row deferred by "connect:" rode early
+        key = (*scope, job.id)
+        attempts, times, _ = _PUT_OFF.get(key, (job.attempts, 0, now))
+        times = times + 1 if attempts == job.attempts else 1
+        _PUT_OFF[key] = (job.attempts, times, now + backoff(job.attempts + times, job.kind))
+
+
 def _log_unavailable(exc: BaseException) -> None:
     code = getattr(exc, "code", None)
     if isinstance(code, int) and 500 <= code < 600:
@@ -722,20 +791,27 @@ async def _deliver(
     now: datetime,
     mailbox: str | None,
     clock: Callable[[], datetime],
+    should_stop: Callable[[], bool],
 ) -> SendReport:
     report = SendReport()
-    jobs = _select(engine, now, mailbox)
+    scope = _scope(settings, engine, mailbox)
+    jobs = _not_put_off(scope, _select(engine, now, mailbox), now)
     if not jobs:
         return report
 
     claimed: set[int] = set()
 
     def defer(rest: list[_Job], why: str, **kw: bool) -> None:
-        # Our claimed row always goes back; of the others only those that were due (an
-        # urgent row sent early keeps its schedule).
-        ids = [j.id for j in rest if j.due or j.id in claimed]
-        deferred, failed = _defer(engine, ids, why, now, **kw)
-        report.deferred += deferred
+        # Only rows this run claimed go back with a backoff in the row (an urgent row
+        # it took early included). The others it never tried: the failure (no
+        # connection, our session refused, every mail deferred) is this process's, so
+        # they stay due for a worker that reaches the relay, and this process leaves its
+        # non-urgent ones alone for their backoff (``_put_off``; review rvt, F5). An
+        # urgent row sent early that was not claimed keeps its schedule.
+        deferred, failed = _defer(engine, [j.id for j in rest if j.id in claimed], why, now, **kw)
+        others = _still_queued(engine, [j for j in rest if j.id not in claimed and j.due])
+        _put_off(scope, others, now)
+        report.deferred += deferred + len(others)
         report.failed += failed
 
     try:
@@ -761,6 +837,17 @@ async def _deliver(
         newest = max(j.id for j in jobs)
         index = 0
         while True:
+            if should_stop():
+                # The worker is stopping (SIGTERM): end here, between two mails, never
+                # inside one's transaction, so that systemd's SIGKILL after
+                # TimeoutStopSec cannot catch a mail after DATA (in doubt; an
+                # acknowledgement then never resent). Rows not claimed stay queued,
+                # untouched, for the next start (review rvr, 2).
+                log.info(
+                    "stopping: the remaining mail stays queued for the next start",
+                    extra={"remaining": len(jobs) - index},
+                )
+                break
             # An alert queued while this run sends acknowledgements or digests (a slow
             # content scanner can take most of the timeout per mail) must not wait for
             # the whole run, which holds the process lock (review 5, finding 7): after
@@ -804,6 +891,7 @@ async def _deliver(
                 eight_bit = smtp.supports_extension("8bitmime")
             if not _claim(conn, job, clock()):
                 continue
+            _PUT_OFF.pop((*scope, job.id), None)
             resends = _resends(conn, job) if job.in_doubt else 0
             if job.in_doubt and resends >= max_in_doubt_resends(job.kind):
                 # Bounded here too, not only when a resend times out: a process killed
@@ -1366,7 +1454,12 @@ def _relist(session: Session, row: Outbox, now: datetime, *, in_doubt: bool) -> 
 
 
 def deliver_outbox(
-    settings: SmtpSettings, engine: Engine, now: datetime, mailbox: str | None = None
+    settings: SmtpSettings,
+    engine: Engine,
+    now: datetime,
+    mailbox: str | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SendReport:
     """Deliver every due outbox row (alerts first), of one mailbox when given.
 
@@ -1375,12 +1468,21 @@ def deliver_outbox(
     caller's clock; the time spent waiting for the process lock and sending is added to
     it, so a claim carries the moment it was really taken (another host judges stale
     claims by it).
+
+    ``should_stop`` (the worker's stop flag) is asked before each next row is claimed,
+    and before connecting: once it says so the run ends after the mail in hand, and the
+    rest stays queued. Without it a run sent every due mail before the worker could
+    stop, each up to ``[smtp] timeout`` per step with a slow relay, and systemd's
+    SIGKILL landed in the middle of one (review rvr, finding 2).
     """
     started = time.monotonic()
     base = to_db(now)
+    stop = should_stop or (lambda: False)
 
     def clock() -> datetime:
         return base + timedelta(seconds=time.monotonic() - started)
 
     with _DELIVERY_LOCK:
-        return asyncio.run(_deliver(settings, engine, clock(), mailbox, clock))
+        if stop():  # it waited for the lock while another thread's run was stopping
+            return SendReport()
+        return asyncio.run(_deliver(settings, engine, clock(), mailbox, clock, stop))

@@ -2,9 +2,10 @@
 
 This module and the scheduler are the only places that read the clock; every stage gets
 ``now`` as a parameter. Jobs are declared in one list (``schedule_jobs``). SIGTERM, SIGINT
-and SIGHUP stop the worker cleanly: the current batch finishes its transaction, the IMAP
-connection is logged out, the scheduler is shut down. (SIGHUP too: an ssh session that
-drops, or a ``systemctl kill -s HUP`` / logrotate habit, would otherwise kill it mid-SMTP.)
+and SIGHUP stop the worker cleanly: the current batch finishes its transaction, a delivery
+run ends before its next mail (the rest stays queued), the IMAP connection is logged out,
+the scheduler is shut down. (SIGHUP too: an ssh session that drops, or a ``systemctl kill
+-s HUP`` / logrotate habit, would otherwise kill it mid-SMTP.)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from intake.errors import MailboxError
 from intake.fetch import Mailbox, _transient
 from intake.locks import mailbox_lock
 from intake.pipeline import RunReport, Service, process_new_mail
+from intake.send import SendReport, deliver_outbox
 from intake.store import Outbox, session_scope, to_db
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,31 @@ def now_in(svc: Service) -> datetime:
     return datetime.now(svc.calendar.tz)
 
 
-def digest_job(svc: Service, now: datetime | None = None, at: str | None = None) -> dict[str, int]:
+# The worker's stop flag as its jobs ask it (``threading.Event.is_set``); None: never stop.
+StopCheck = Callable[[], bool] | None
+
+
+def deliver(svc: Service, now: datetime, should_stop: StopCheck = None) -> SendReport:
+    """This mailbox's due outbox rows, as ``Service.deliver``, ended early once the
+    worker is stopping.
+
+    Why: a delivery run sends every due row before it returns, each up to ``[smtp]
+    timeout`` per step with a slow relay, and the worker only stopped afterwards; a
+    queue of acknowledgements outlived systemd's TimeoutStopSec, whose SIGKILL then
+    landed inside a mail's transaction (an acknowledgement in doubt is never resent).
+    With the stop flag the run ends before claiming its next row; the rest stays queued
+    for the next start (review rvr, finding 2)."""
+    return deliver_outbox(
+        svc.settings.smtp, svc.engine, now, svc.settings.mailbox.key, should_stop=should_stop
+    )
+
+
+def digest_job(
+    svc: Service,
+    now: datetime | None = None,
+    at: str | None = None,
+    should_stop: StopCheck = None,
+) -> dict[str, int]:
     """Scheduled digests run on business days only (holidays, year-end closure skipped),
     for the partners scheduled at ``at``."""
     now = now or now_in(svc)
@@ -87,11 +113,13 @@ def digest_job(svc: Service, now: datetime | None = None, at: str | None = None)
         return {}
     queued = queue_digests(svc, now, at)
     log.info("digests queued", extra={"partners": len(queued)})
-    svc.deliver(now)
+    deliver(svc, now, should_stop)
     return queued
 
 
-def alerts_between_batches(svc: Service) -> Callable[[RunReport], None]:
+def alerts_between_batches(
+    svc: Service, should_stop: StopCheck = None
+) -> Callable[[RunReport], None]:
     """An ``after_batch`` for ``process_new_mail``: deliver the outbox (alerts first) after
     a batch that queued an urgent alert.
 
@@ -105,7 +133,7 @@ def alerts_between_batches(svc: Service) -> Callable[[RunReport], None]:
         if report.alerts > seen:
             seen = report.alerts
             try:
-                svc.deliver(now_in(svc))
+                deliver(svc, now_in(svc), should_stop)
             except Exception as exc:  # the outbox job and the final delivery retry
                 log.warning("delivery between batches failed: %s", type(exc).__name__)
 
@@ -120,7 +148,9 @@ def _slot_times(svc: Service) -> list[str]:
     return sorted(times)
 
 
-def catch_up_digests(svc: Service, now: datetime | None = None) -> list[str]:
+def catch_up_digests(
+    svc: Service, now: datetime | None = None, should_stop: StopCheck = None
+) -> list[str]:
     """Send, once, a digest slot of today that passed while the worker was not running;
     return the slots ("HH:MM") sent.
 
@@ -162,22 +192,22 @@ def catch_up_digests(svc: Service, now: datetime | None = None) -> list[str]:
             "digest slot passed while the worker was not running; sending it now",
             extra={"slot": at, "late_minutes": round((now - slot).total_seconds() / 60)},
         )
-        digest_job(svc, now, at)
+        digest_job(svc, now, at, should_stop)
         sent.append(at)
     return sent
 
 
-def outbox_job(svc: Service) -> None:
-    svc.deliver(now_in(svc))
+def outbox_job(svc: Service, should_stop: StopCheck = None) -> None:
+    deliver(svc, now_in(svc), should_stop)
 
 
-def escalate_job(svc: Service) -> None:
+def escalate_job(svc: Service, should_stop: StopCheck = None) -> None:
     """Unacknowledged urgent alerts go to the backup recipients, repeatedly up to a cap."""
     from intake.escalate import escalate
 
     now = now_in(svc)
     if escalate(svc, now):
-        svc.deliver(now)
+        deliver(svc, now, should_stop)
 
 
 def purge_job(svc: Service) -> None:
@@ -188,30 +218,40 @@ def purge_job(svc: Service) -> None:
     log.info("retention purge", extra={"messages": purged})
 
 
-def schedule_jobs(svc: Service, scheduler: Any) -> None:
-    """Every scheduled job, in one place."""
+def schedule_jobs(svc: Service, scheduler: Any, stopping: threading.Event | None = None) -> None:
+    """Every scheduled job, in one place. ``stopping``: the worker's stop flag, which
+    ends a job's delivery run between two mails (``scheduler.shutdown`` waits for it)."""
     tz = svc.calendar.tz
+    stop = stopping.is_set if stopping is not None else None
     for at in _slot_times(svc):
         hour, minute = at.split(":")
         scheduler.add_job(
             digest_job,
             CronTrigger(day_of_week="mon-fri", hour=int(hour), minute=int(minute), timezone=tz),
-            args=[svc, None, at],
+            args=[svc, None, at, stop],
             id=f"digest-{at}",
             max_instances=1,
             coalesce=True,
             misfire_grace_time=int(DIGEST_GRACE.total_seconds()),
         )
     # Once, at start: the slot that passed while the worker was down (a restart at 14:05).
-    scheduler.add_job(catch_up_digests, args=[svc], id="digest-catch-up", max_instances=1)
     scheduler.add_job(
-        outbox_job, "interval", seconds=30, args=[svc], id="outbox", max_instances=1, coalesce=True
+        catch_up_digests, args=[svc, None, stop], id="digest-catch-up", max_instances=1
+    )
+    scheduler.add_job(
+        outbox_job,
+        "interval",
+        seconds=30,
+        args=[svc, stop],
+        id="outbox",
+        max_instances=1,
+        coalesce=True,
     )
     scheduler.add_job(
         escalate_job,
         "interval",
         seconds=60,
-        args=[svc],
+        args=[svc, stop],
         id="escalate",
         max_instances=1,
         coalesce=True,
@@ -250,7 +290,7 @@ class Worker:
 
     def run(self) -> None:
         scheduler = BackgroundScheduler(timezone=self.svc.calendar.tz)
-        schedule_jobs(self.svc, scheduler)
+        schedule_jobs(self.svc, scheduler, self.stopping)
         scheduler.start()
         try:
             while not self.stopping.is_set():
@@ -363,7 +403,7 @@ class Worker:
                 mailbox,
                 now_in(self.svc),
                 still_mine=self.lock.verify,
-                after_batch=alerts_between_batches(self.svc),
+                after_batch=alerts_between_batches(self.svc, self.stopping.is_set),
             )
             self._reachable()
             if report.fetched or report.quarantined:
@@ -376,7 +416,7 @@ class Worker:
                     },
                 )
                 try:
-                    self.svc.deliver(now_in(self.svc))
+                    deliver(self.svc, now_in(self.svc), self.stopping.is_set)
                 except Exception as exc:  # the outbox job retries; the worker must not die
                     log.error("delivery after new mail failed", extra={"error": type(exc).__name__})
                     log.debug("delivery after new mail failed", exc_info=True)

@@ -576,15 +576,18 @@ def test_worker_survives_a_delivery_that_raises(
     """Whatever ``deliver`` raises after new mail (here: the database refusing), the
     worker logs it and keeps reading mail; the outbox job retries the delivery."""
     from intake import samples
+    from intake import worker as worker_module
     from intake.worker import Worker
 
     monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
     svc = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
 
-    def broken(now: datetime) -> send.SendReport:
+    def broken(*args: object, **kwargs: object) -> send.SendReport:
         raise RuntimeError("database is locked")
 
     monkeypatch.setattr(svc, "deliver", broken)
+    # The worker delivers through ``deliver_outbox`` itself, with its stop flag.
+    monkeypatch.setattr(worker_module, "deliver_outbox", broken)
     worker = Worker(svc)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
