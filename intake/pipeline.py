@@ -118,6 +118,9 @@ class Service:
     # received before it is read, triaged and alerted, but not acknowledged (it may have
     # been acknowledged already, by a lost database, or answered by staff by hand).
     no_ack_before: datetime | None = None
+    # Mailbox keys known to have a cursor row: the first-read check is then skipped (a
+    # cursor row is never deleted), so an empty poll costs no extra database read.
+    cursor_seen: set[str] = field(default_factory=set)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -2136,8 +2139,11 @@ def first_read_cutoff(svc: Service, mailbox: Mailbox, now: datetime) -> datetime
     ``once --accept-existing`` acknowledges it too. Cost: one primary-key read, and for a
     mailbox without a cursor two IMAP commands."""
     key = svc.settings.mailbox.key
+    if key in svc.cursor_seen:
+        return None
     with session_scope(svc.engine) as session:
         if session.get(Cursor, key) is not None:
+            svc.cursor_seen.add(key)
             return None
     try:
         present, oldest = _oldest_arrival(mailbox)
