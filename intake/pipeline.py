@@ -118,9 +118,9 @@ class Service:
     # received before it is read, triaged and alerted, but not acknowledged (it may have
     # been acknowledged already, by a lost database, or answered by staff by hand).
     no_ack_before: datetime | None = None
-    # Mailbox keys known to have a cursor row: the first-read check is then skipped (a
-    # cursor row is never deleted), so an empty poll costs no extra database read.
-    cursor_seen: set[str] = field(default_factory=set)
+    # Per mailbox key, once it has a cursor row: the first read's cutoff (None: none), so
+    # an empty poll costs no extra database read (a cursor row is never deleted).
+    first_read: dict[str, datetime | None] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -1634,10 +1634,15 @@ def _process_one(
         report.quarantined += 1
         return
     stage = _Stage()
+    # The senders acknowledged so far in this transaction: a failure rolls back the
+    # SAVEPOINT, so an acknowledgement queued in it must be forgotten too, or the
+    # quarantine below would take the resident for acknowledged and send nothing.
+    acked = {sender: list(times) for sender, times in _acked_in_session(session).items()}
     try:
         with session.begin_nested():
             outcome = handle_message(svc, session, msg, now, stage, report, prepared)
     except Exception as exc:
+        session.info[_ACKED] = acked
         session.refresh(msg)
         quarantine(svc, session, msg, stage.name, type(exc).__name__, now)
         report.quarantined += 1
@@ -2094,6 +2099,7 @@ FIRST_READ_MAX_AGE = timedelta(hours=24)
 
 
 OLD_AT_FIRST_READ = "first-read-old"  # ack_state suppressed:<this>
+FIRST_READ_EVENT = "first-read-of-old-folder"  # detail: "<mailbox key> <cutoff ISO>"
 
 
 def _old_at_first_read(svc: Service, received: datetime) -> bool:
@@ -2139,12 +2145,20 @@ def first_read_cutoff(svc: Service, mailbox: Mailbox, now: datetime) -> datetime
     ``once --accept-existing`` acknowledges it too. Cost: one primary-key read, and for a
     mailbox without a cursor two IMAP commands."""
     key = svc.settings.mailbox.key
-    if key in svc.cursor_seen:
-        return None
+    if key in svc.first_read:
+        return svc.first_read[key]
     with session_scope(svc.engine) as session:
         if session.get(Cursor, key) is not None:
-            svc.cursor_seen.add(key)
-            return None
+            # A first read that did not finish (a crash, a lost lock, a dropped connection)
+            # keeps its cutoff: the rest of the old mail must not be acknowledged either.
+            detail = session.exec(
+                select(Event.detail)
+                .where(Event.kind == FIRST_READ_EVENT, col(Event.detail).startswith(f"{key} "))
+                .order_by(col(Event.id).desc())
+            ).first()
+            cutoff = _parse_cutoff(detail[len(key) + 1 :]) if detail else None
+            svc.first_read[key] = cutoff
+            return cutoff
     try:
         present, oldest = _oldest_arrival(mailbox)
     except IMAPClientError as exc:
@@ -2175,7 +2189,18 @@ def first_read_cutoff(svc: Service, mailbox: Mailbox, now: datetime) -> datetime
         "to leave it to staff, `service.py skip-existing`.",
         extra={"error": "first-read-of-old-folder"},
     )
-    return now - FIRST_READ_MAX_AGE
+    cutoff = now - FIRST_READ_MAX_AGE
+    with session_scope(svc.engine) as session:
+        record_event(session, FIRST_READ_EVENT, detail=f"{key} {cutoff.isoformat()}", at=now)
+    svc.first_read[key] = cutoff
+    return cutoff
+
+
+def _parse_cutoff(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.split()[0])
+    except (ValueError, IndexError):
+        return None
 
 
 def process_new_mail(
