@@ -21,12 +21,11 @@ from datetime import datetime
 from typing import Any, overload
 
 from sqlalchemy import JSON, ColumnElement, cast, exists, func, literal, or_, true
-from sqlalchemy import text as sql_text
 from sqlalchemy.orm import load_only
 from sqlmodel import Session, col, select
 
 from intake.compose import excerpt, render_digest
-from intake.locks import stable_key
+from intake.locks import serialise
 from intake.partners import Partner
 from intake.phones import DASHES, find_phones
 from intake.pipeline import Service, queue_mail
@@ -527,27 +526,6 @@ def _shared_text(partner: Partner, text: str) -> str:
     return text if partner.share == "full" else excerpt(text)
 
 
-def _serialise(session: Session, mailbox: str) -> None:
-    """One partner's digest transaction per mailbox at a time, across workers.
-
-    Two workers' ``digest-HH:MM`` jobs (or the ``digest`` command beside a worker) read
-    the same unlisted messages; ``uq_digest_entry`` kept the digest single, but the
-    loser's transaction failed and its job logged an ERROR traceback. Taken first in the
-    transaction, as ``escalate._serialise`` does: a PostgreSQL transaction-scoped advisory
-    lock, or SQLite's write lock (a writing statement takes it even when it changes no
-    row), so the other job waits, then reads the entries this one committed and queues
-    nothing.
-    """
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            sql_text("SELECT pg_advisory_xact_lock(:key)"),
-            {"key": stable_key(f"soudan-intake:digest:{mailbox}")},
-        )
-    elif conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("UPDATE digest_entry SET partner = partner WHERE 0 = 1")
-
-
 def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[str, int]:
     """Queue one digest per partner with new messages; returns {partner id: messages listed}.
 
@@ -560,7 +538,7 @@ def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[st
         if at is not None and at not in digest_times(svc, partner):
             continue
         with session_scope(svc.engine) as session:
-            _serialise(session, svc.settings.mailbox.key)
+            serialise(session, f"digest:{svc.settings.mailbox.key}")
             rows = _unlisted(session, svc.settings.mailbox.key, partner)
             # ``_unlisted`` already asks the database for exactly these; the check stays
             # as the definition (and for a dialect without JSON functions: all of them).

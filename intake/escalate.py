@@ -52,7 +52,7 @@ time, "not delivered", ``show CASE``): a content filter that refused the alert w
 refuse its words again, in every escalation. Every failed or bounced alert, retry or
 escalation is logged once at ERROR (case number and outbox row, never an address) and
 recorded as an ``alert-undelivered`` event; one pass per mailbox runs at a time
-(``_serialise``), so two workers never both log it, and logs come after the commit.
+(``intake.locks.serialise``), so two workers never both log it, and logs come after the commit.
 
 Which alerts are looked at: by state, not by age (``_candidates``): an open,
 unacknowledged case whose alert has escalations left stays due after an outage of any
@@ -73,14 +73,14 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
-from sqlalchemy import String, and_, cast, exists, func, literal, or_, text
+from sqlalchemy import String, and_, cast, exists, func, literal, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from intake.businessdays import BusinessCalendar, format_day_ja
 from intake.compose import _base_message, render_alert, with_ack_code
 from intake.errors import IntakeError
-from intake.locks import stable_key
+from intake.locks import serialise
 from intake.store import (
     Case,
     Event,
@@ -750,7 +750,7 @@ def _notice_failures(
     ``intake.send`` marks a refused row ``failed`` and never retries it, and
     ``intake.pipeline`` records a bounce: this is where the on-call path learns of either.
     The ``alert-undelivered`` event marks a row as seen; ``escalate`` holds a lock for its
-    pass (``_serialise``), so two workers never both find it unmarked, and logs only
+    pass (``intake.locks.serialise``), so two workers never both find it unmarked, and logs only
     after the commit. Case number and outbox row only: the addresses and the server's
     reply (which often quotes the address) are logged at DEBUG.
     """
@@ -849,25 +849,6 @@ def _notice_late(
             },
         ),
     ]
-
-
-def _serialise(session: Session, mailbox: str) -> None:
-    """One escalation pass per mailbox at a time, across workers, for this transaction.
-
-    Two workers' passes at the same minute would both find a refused row unmarked (two
-    ERRORs) and both queue its failover (the loser's unique key rolls its whole pass
-    back). PostgreSQL: a transaction-scoped advisory lock. SQLite: take the write lock
-    before the first read (a writing statement does, even when it changes no row), so
-    the other pass waits in busy_timeout and then reads what this one committed.
-    """
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"),
-            {"key": stable_key(f"soudan-intake:escalate:{mailbox}")},
-        )
-    elif conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("UPDATE outbox SET attempts = attempts WHERE 0 = 1")
 
 
 def _candidates(
@@ -1006,7 +987,7 @@ def escalate(svc: Service, now: datetime, policy: EscalationPolicy | None = None
     queued = 0
     logs: list[_Log] = []
     with session_scope(svc.engine) as session:
-        _serialise(session, svc.settings.mailbox.key)
+        serialise(session, f"escalate:{svc.settings.mailbox.key}")
         for case_id in _candidates(session, svc.settings.mailbox.key, utc(now), policy):
             state = alert_state(session, case_id, utc(now))
             if state is None:

@@ -50,6 +50,27 @@ def stable_key(name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def serialise(session: Any, name: str) -> None:
+    """One transaction named ``name`` at a time across workers, from here to its end.
+
+    Why: two workers' jobs at the same minute (digest, escalation) read the same rows and
+    the loser's writes failed on a unique key, with an ERROR traceback; taken first in the
+    transaction, this makes the other wait and then read what this one committed.
+    PostgreSQL: a transaction-scoped advisory lock (``soudan-intake:<name>``). SQLite: its
+    write lock, which a writing statement takes even when it changes no row (a deferred
+    BEGIN would otherwise read a snapshot, then fail to write). ``session``: a SQLAlchemy
+    or SQLModel Session.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"),
+            {"key": stable_key(f"soudan-intake:{name}")},
+        )
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("UPDATE outbox SET attempts = attempts WHERE 0 = 1")
+
+
 def mailbox_lock_key(mailbox_key: str) -> int:
     """The advisory-lock key of a mailbox (``MailboxSettings.key``), namespaced to us."""
     return stable_key(f"soudan-intake:mailbox:{mailbox_key}")
