@@ -798,6 +798,17 @@ def _opens_case(letter: Letter, staff: bool = False) -> bool:
     )
 
 
+def _fill_message(msg: StoredMessage, letter: Letter) -> None:
+    """Copy what the parse found onto the stored row (a new mail, or one read after its
+    placeholder): one place, so both keep the same columns."""
+    msg.message_id = letter.message_id
+    msg.from_addr = letter.from_addr
+    msg.subject = letter.subject
+    msg.body = letter.body
+    msg.new_text = letter.text
+    msg.problems = dumps(letter.problems)
+
+
 def handle_message(
     svc: Service,
     session: Session,
@@ -816,12 +827,7 @@ def handle_message(
         prepared = _prepare(svc, msg.raw or b"", stage)
     letter, triage, block = prepared.letter, prepared.triage, prepared.block
     partner, phones, reasons = prepared.partner, prepared.phones, prepared.reasons
-    msg.message_id = letter.message_id
-    msg.from_addr = letter.from_addr
-    msg.subject = letter.subject
-    msg.body = letter.body
-    msg.new_text = letter.text
-    msg.problems = dumps(letter.problems)
+    _fill_message(msg, letter)
 
     stage.name = "thread"
     earlier = _same_mail(session, msg, letter)
@@ -2064,12 +2070,7 @@ def _attach_read_later(
             report.quarantined += 1
             return
         letter, triage, block = prepared.letter, prepared.triage, prepared.block
-        msg.message_id = letter.message_id
-        msg.from_addr = letter.from_addr
-        msg.subject = letter.subject
-        msg.body = letter.body
-        msg.new_text = letter.text
-        msg.problems = dumps(letter.problems)
+        _fill_message(msg, letter)
         msg.automatic = block
         msg.status = "processed"
         urgent = triage.urgent and not letter.bounce  # a bounce may quote our own alert
