@@ -76,6 +76,8 @@ class MailboxSettings:
     cafile: Path | None = None
     timeout: float = 30.0
     idle: bool = True
+    # Longest single IDLE before the worker polls anyway (see ``Mailbox.wait``).
+    idle_seconds: float = 30.0
     poll_interval: float = 60.0
     batch_size: int = 100
     move_to: str | None = None  # housekeeping: move processed mail here (off by default)
@@ -219,6 +221,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "cafile",
         "timeout",
         "idle",
+        "idle_seconds",
         "poll_interval",
         "batch_size",
         "move_to",
@@ -583,6 +586,7 @@ def settings_from_dict(
         cafile=_existing(mb, "cafile", _path(base, mb.get("cafile", str, None))),
         timeout=mb.get("timeout", float, 30.0),
         idle=mb.get("idle", bool, True),
+        idle_seconds=mb.get("idle_seconds", float, 30.0),
         poll_interval=mb.get("poll_interval", float, 60.0),
         batch_size=mb.get("batch_size", int, 100),
         move_to=mb.get("move_to", str, None) or None,
@@ -590,11 +594,15 @@ def settings_from_dict(
     )
     for key, value in (
         ("timeout", mailbox.timeout),
+        ("idle_seconds", mailbox.idle_seconds),
         ("poll_interval", mailbox.poll_interval),
         ("batch_size", mailbox.batch_size),
     ):
         if key in mb.data and value <= 0:
             mb.fail(key, f"must be greater than 0, got {value}")
+    if mailbox.idle_seconds > 25 * 60:
+        # RFC 2177: a server may end an IDLE after 30 minutes without telling the client
+        mb.fail("idle_seconds", f"must be at most 1500 (25 minutes), got {mailbox.idle_seconds}")
     sm = _Section(source, "smtp", data.get("smtp", {}))
     sm_host = sm.get("host", str, required=True)
     sm_security = _security(sm, sm_host)

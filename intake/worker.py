@@ -404,6 +404,7 @@ class Worker:
                 now_in(self.svc),
                 still_mine=self.lock.verify,
                 after_batch=alerts_between_batches(self.svc, self.stopping.is_set),
+                should_stop=self.stopping.is_set,
             )
             self._reachable()
             if report.fetched or report.quarantined:
@@ -420,12 +421,11 @@ class Worker:
                 except Exception as exc:  # the outbox job retries; the worker must not die
                     log.error("delivery after new mail failed", extra={"error": type(exc).__name__})
                     log.debug("delivery after new mail failed", exc_info=True)
-            # Poll again after at most a second in IDLE (IDLE ends early on news; a
-            # notification that slips between two IDLEs is caught by the next poll, which
-            # costs one UID SEARCH), or after poll_interval without IDLE. Either way SIGTERM
-            # ends the wait at once.
+            # Poll again when IDLE reports news, or after idle_seconds in IDLE (a mail
+            # that slipped in just before IDLE is caught by that poll), or after
+            # poll_interval without IDLE. Either way SIGTERM ends the wait within a second.
             if mailbox.state and mailbox.state.idle:
-                mailbox.wait(1.0)
+                mailbox.wait(settings.idle_seconds, self.stopping.is_set)
             else:
                 mailbox.forget_news()
                 self.stopping.wait(settings.poll_interval)

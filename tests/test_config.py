@@ -257,3 +257,23 @@ def test_a_cafile_that_does_not_exist_is_refused(tmp_path: Path, table: str) -> 
     assert f"{table}.cafile: {tmp_path / 'ca.pem'} does not exist" in problem
     (tmp_path / "ca.pem").write_text("synthetic\n", encoding="utf-8")
     assert load_settings(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "3600"])
+def test_idle_seconds_outside_what_imap_servers_allow_is_refused_with_its_line(
+    tmp_path: Path, value: str
+) -> None:
+    """One IDLE lasts at most idle_seconds; RFC 2177 servers may end an IDLE after 30
+    minutes without a word, and 0 would spin. Both are refused with the key's line."""
+    text = GOOD.replace(
+        'password_env = "IMAP_PW"', f'password_env = "IMAP_PW"\nidle_seconds = {value}'
+    )
+    with pytest.raises(ConfigProblems) as info:
+        load_settings(write(tmp_path, text))
+    assert "idle_seconds" in str(info.value) and ":6" in str(info.value)
+
+
+def test_idle_seconds_defaults_to_half_a_minute_and_can_be_set(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, GOOD)).mailbox.idle_seconds == 30.0
+    text = GOOD.replace('password_env = "IMAP_PW"', 'password_env = "IMAP_PW"\nidle_seconds = 120')
+    assert load_settings(write(tmp_path, text)).mailbox.idle_seconds == 120.0

@@ -184,3 +184,60 @@ def test_wait_ends_at_once_for_mail_that_arrived_after_the_last_command(
         assert not mailbox._news_reported()
     finally:
         mailbox.close()
+
+
+# -- an idle worker stays in one IDLE: no command stream against the mail server ----------
+
+
+def test_an_idle_worker_sends_no_imap_command_until_mail_arrives_or_it_stops(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker used to leave IDLE every second for a NOOP, a STATUS, a UID SEARCH and a
+    new IDLE: some 400,000 commands a day on a quiet mailbox, which a hosted IMAP service
+    may throttle or lock out. Between mails it must now sit in one IDLE (idle_seconds,
+    30 s by default), still see the next mail at once, and still stop within seconds."""
+    import imaplib
+    import threading
+
+    from intake.config import load_settings
+    from intake.pipeline import Service
+    from intake.worker import Worker
+
+    sent: list[bytes] = []
+    real_send = imaplib.IMAP4.send
+
+    def counting_send(self: imaplib.IMAP4, data: bytes) -> None:
+        if threading.current_thread().name == "mail-loop":  # the worker's own connection
+            sent.append(bytes(data))
+        real_send(self, data)
+
+    monkeypatch.setattr(imaplib.IMAP4, "send", counting_send)
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    svc = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
+    assert svc.settings.mailbox.idle_seconds == 30.0
+    worker = Worker(svc)
+    thread = threading.Thread(target=worker.run, name="mail-loop", daemon=True)
+    thread.start()
+    try:
+        dovecot.append(samples.consultation("idle1@example.jp", "相談", "寂しいです"))
+        assert smtp_server.wait_for(1, timeout=30)[0].rcpt_tos == ["idle1@example.jp"]
+        time.sleep(1.5)  # the worker is back in IDLE
+        before = len(sent)
+        time.sleep(5.0)
+        quiet = sent[before:]
+        assert quiet == [], quiet  # the old loop sent ~25 commands in these 5 s
+
+        started = time.monotonic()
+        dovecot.append(samples.consultation("idle2@example.jp", "相談", "寂しいです"))
+        assert smtp_server.wait_for(2, timeout=10)[1].rcpt_tos == ["idle2@example.jp"]
+        assert time.monotonic() - started < 5.0  # IDLE still reports the mail at once
+    finally:
+        stop_asked = time.monotonic()
+        worker.stop()
+        thread.join(30)
+        svc.close()
+    assert not thread.is_alive()
+    assert time.monotonic() - stop_asked < 10.0  # the stop flag is looked at every second
