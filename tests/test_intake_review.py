@@ -523,3 +523,43 @@ def test_fetch_failures_retried_every_second_are_logged_at_warning_once_a_minute
             process_new_mail(svc, mb, NOW + timedelta(seconds=second))
     lines = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert 0 < len(lines) <= 2 * 4, len(lines)  # polls at 0 s and 60 s only (3 lines each)
+
+
+def test_a_stop_asked_during_a_backlog_ends_the_read_after_the_batch_in_hand(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during a backlog of thousands of mails used to let the read run to its end,
+    past systemd's stop timeout into a SIGKILL. The worker's stop flag is now asked before
+    each batch: the read ends after the batch in hand, that batch's cases, cursor and
+    acknowledgements are committed, and the next start reads the rest, each mail once."""
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    config = write_config(tmp_path, dovecot, smtp_server)
+    config.write_text(
+        config.read_text().replace("poll_interval = 1", "poll_interval = 1\nbatch_size = 4")
+    )
+    service = Service.from_settings(load_settings(config))
+    try:
+        for i in range(10):
+            dovecot.append(samples.consultation(f"backlog{i}@example.jp", "相談", "寂しいです"))
+        stop = False
+
+        def stop_after_the_first_batch(_report: pipeline.RunReport) -> None:
+            nonlocal stop
+            stop = True  # SIGTERM arrives while the first batch is being written
+
+        with Mailbox(service.settings.mailbox) as mb:
+            first = process_new_mail(
+                service, mb, NOW, after_batch=stop_after_the_first_batch, should_stop=lambda: stop
+            )
+        assert (first.fetched, first.cases) == (4, 4)
+        with session_scope(service.engine) as s:
+            assert s.exec(select(Cursor)).one().last_uid == 4
+        with Mailbox(service.settings.mailbox) as mb:
+            rest = process_new_mail(service, mb, NOW, should_stop=lambda: False)
+        assert (rest.fetched, rest.cases) == (6, 6)
+        with session_scope(service.engine) as s:
+            acks = [o.recipients for o in s.exec(select(Outbox)) if o.kind == "ack"]
+            assert len(s.exec(select(Case)).all()) == 10
+        assert sorted(acks) == sorted({f'["backlog{i}@example.jp"]' for i in range(10)})
+    finally:
+        service.close()
