@@ -65,6 +65,9 @@ from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner, load_directory
 from intake.phones import find_phones
 from intake.prepare_pool import Failed, PreparePool, Ticket, rules_fingerprint
+from intake.read_marks import ReadMark, mark_path
+from intake.read_marks import load as load_read_mark
+from intake.read_marks import save as save_read_mark
 from intake.rules import RuleSet, load_rules
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
@@ -121,6 +124,14 @@ class Service:
     # Per mailbox key, once it has a cursor row: the first read's cutoff (None: none), so
     # an empty poll costs no extra database read (a cursor row is never deleted).
     first_read: dict[str, datetime | None] = field(default_factory=dict)
+    # Set by ``process_new_mail`` while it writes a batch that a lost database had read
+    # already (``intake.read_marks``): that batch's mail is not acknowledged again.
+    no_ack_reason: str | None = None
+    # Per mailbox key: the read mark as this process last read or wrote it (one file read
+    # per process, not per poll); see ``intake.read_marks``.
+    read_marks: dict[str, ReadMark | None] = field(default_factory=dict)
+    # Mailbox keys whose database-behind-the-read-mark ERROR this process has logged.
+    read_mark_told: set[str] = field(default_factory=set)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -608,8 +619,8 @@ def _acknowledge(
     read after its placeholder, so both keep the same guard and the same ack state.
     """
     window = timedelta(hours=svc.settings.ack_window_hours)
-    if block is None and _old_at_first_read(svc, received):
-        block = OLD_AT_FIRST_READ
+    if block is None:
+        block = _no_ack_reason(svc, received)
     if block is None and _recent_ack(session, case.mailbox, letter.from_addr, received, window):
         block = "rate-limited"
     if block is not None:
@@ -1121,8 +1132,9 @@ def quarantine(
     log.error("message quarantined", extra={"message_row": msg.id, "stage": stage, "error": error})
     # Still acknowledge a person: a crash may delay an acknowledgement, never lose it.
     window = timedelta(hours=svc.settings.ack_window_hours)
-    if _old_at_first_read(svc, received):
-        case.ack_state = f"suppressed:{OLD_AT_FIRST_READ}"
+    no_ack = _no_ack_reason(svc, received)
+    if no_ack is not None:
+        case.ack_state = f"suppressed:{no_ack}"
     elif sender and _recent_ack(session, case.mailbox, sender, received, window):
         case.ack_state = "suppressed:rate-limited"
     elif sender and not _AUTO_HINT.search(head) and sender != svc.sender.address.lower():
@@ -1494,8 +1506,8 @@ def _open_new_cases(
     for _row_id, p, received in run:
         sender = p.letter.from_addr
         block = p.block
-        if block is None and _old_at_first_read(svc, received):
-            block = OLD_AT_FIRST_READ
+        if block is None:
+            block = _no_ack_reason(svc, received)
         if block is None and (
             _within(earlier.get(sender.lower(), ()), received, window)
             or _within(acked.get(sender.lower(), ()), received, window)
@@ -2103,9 +2115,60 @@ OLD_AT_FIRST_READ = "first-read-old"  # ack_state suppressed:<this>
 FIRST_READ_EVENT = "first-read-of-old-folder"  # detail: "<mailbox key> <cutoff ISO>"
 
 
-def _old_at_first_read(svc: Service, received: datetime) -> bool:
-    """Whether ``received`` is before the first read's cutoff (``Service.no_ack_before``)."""
-    return svc.no_ack_before is not None and received < svc.no_ack_before
+READ_BY_LOST_DATABASE = "read-before"  # ack_state suppressed:<this> (intake.read_marks)
+READ_MARK_EVENT = "database-behind-read-mark"  # detail: "<key> <uidvalidity> <cursor> <mark>"
+
+
+def _no_ack_reason(svc: Service, received: datetime) -> str | None:
+    """Why a mail received at ``received`` is not acknowledged at all, whoever sent it:
+    the batch being written was read by a lost database (``Service.no_ack_reason``), or
+    the mail is before the first read's cutoff (``Service.no_ack_before``); else None."""
+    if svc.no_ack_reason is not None:
+        return svc.no_ack_reason
+    if svc.no_ack_before is not None and received < svc.no_ack_before:
+        return OLD_AT_FIRST_READ
+    return None
+
+
+def _read_mark_above(svc: Service, uidvalidity: int, last_uid: int, now: datetime) -> int | None:
+    """The read mark's UID when it is above the database's cursor ``last_uid`` for this
+    folder (the database lost reads: ``intake.read_marks``), else None. The first time
+    in this process, the operator is told at ERROR and an event is recorded."""
+    key = svc.settings.mailbox.key
+    if key not in svc.read_marks:
+        svc.read_marks[key] = load_read_mark(mark_path(svc.settings.database_url, key), key)
+    mark = svc.read_marks[key]
+    if mark is None or mark.uidvalidity != uidvalidity or mark.last_uid <= last_uid:
+        return None
+    if key not in svc.read_mark_told:
+        svc.read_mark_told.add(key)
+        log.error(
+            f"the database is behind mailbox {key}: it was read up to UID {mark.last_uid} "
+            f"(read mark), the database's cursor is at UID {last_uid}. Was the database "
+            "restored from an older backup? The mail in between is read, routed and "
+            "alerted again, but NOT acknowledged again. If the database was rolled back "
+            "on purpose to acknowledge that mail, run `service.py once --accept-existing`.",
+            extra={"error": READ_MARK_EVENT},
+        )
+        with session_scope(svc.engine) as session:
+            record_event(
+                session,
+                READ_MARK_EVENT,
+                detail=f"{key} {uidvalidity} {last_uid} {mark.last_uid}",
+                at=now,
+            )
+    return mark.last_uid
+
+
+def _note_read(svc: Service, uidvalidity: int, high: int) -> None:
+    """Move the read mark up to ``high`` after a batch is committed (never down)."""
+    key = svc.settings.mailbox.key
+    mark = svc.read_marks.get(key)
+    if mark is not None and mark.uidvalidity == uidvalidity and mark.last_uid >= high:
+        return
+    mark = ReadMark(uidvalidity, high)
+    svc.read_marks[key] = mark
+    save_read_mark(mark_path(svc.settings.database_url, key), key, mark)
 
 
 def _oldest_arrival(mailbox: Mailbox) -> tuple[bool, datetime | None]:
@@ -2231,9 +2294,12 @@ def process_new_mail(
     cutoff = None if accept_existing else first_read_cutoff(svc, mailbox, now)
     svc.no_ack_before = cutoff
     try:
-        return _read_new_mail(svc, mailbox, now, still_mine, after_batch, should_stop)
+        return _read_new_mail(
+            svc, mailbox, now, still_mine, after_batch, should_stop, accept_existing
+        )
     finally:
         svc.no_ack_before = None
+        svc.no_ack_reason = None
 
 
 def _read_new_mail(
@@ -2243,6 +2309,7 @@ def _read_new_mail(
     still_mine: Callable[[], bool] | None,
     after_batch: Callable[[RunReport], None] | None,
     should_stop: Callable[[], bool] | None = None,
+    accept_existing: bool = False,
 ) -> RunReport:
     """``process_new_mail``'s work (see there)."""
     report = RunReport()
@@ -2287,6 +2354,20 @@ def _read_new_mail(
         batches = _by_size(uids, sizes, max_mails=size)
     else:
         batches = [uids] if uids else []
+    # Mail a lost database had read (``intake.read_marks``) goes in batches of its own,
+    # written without acknowledgements.
+    mark = (
+        None
+        if accept_existing or not uids
+        else _read_mark_above(svc, state.uidvalidity, last_uid, now)
+    )
+    if mark is not None:
+        batches = [
+            part
+            for batch in batches
+            for part in ([u for u in batch if u <= mark], [u for u in batch if u > mark])
+            if part
+        ]
     ceiling: int | None = None  # the lowest UID not fetched yet: the cursor stays below it
     pool = svc.pool if svc.pool is not None and not svc.pool.disabled else None
     # With the prepare pool, batch N+1 is fetched and handed to the pool before batch N
@@ -2331,7 +2412,12 @@ def _read_new_mail(
                 ceiling = blocked
             high = max(batch) if ceiling is None else min(max(batch), ceiling - 1)
             report.fetched += len(items)
+            svc.no_ack_reason = (
+                READ_BY_LOST_DATABASE if mark is not None and max(batch) <= mark else None
+            )
             ingest_batch(svc, items, state.uidvalidity, high, now, report, ticket)
+            svc.no_ack_reason = None
+            _note_read(svc, state.uidvalidity, high)
             # Only now, with the cases committed, may the mail leave the folder.
             report.moved += mailbox.move_done([uid for uid, _raw, _when in items])
             if after_batch is not None and index + 1 < len(batches):

@@ -1,0 +1,111 @@
+"""Read marks: how far a mailbox was read, kept outside the database.
+
+Why: the database is the only record of which mail was already read and acknowledged.
+When it is restored from an older backup (a disk failure, a botched migration), its
+cursor is behind the folder, and every mail that arrived between the backup and the
+failure looks new: it was read, routed and *acknowledged again*, so a resident who wrote
+the week before got a second "we received your consultation". The first-read check
+(``pipeline.first_read_cutoff``) catches only a database with no cursor at all.
+
+So after each committed batch the worker also writes, outside the database, the highest
+UID it has read for (mailbox, UIDVALIDITY): a small JSON file, replaced atomically. At
+the start of a read, a mark above the database's cursor means the database lost reads
+that happened: mail up to the mark is read, triaged, routed and alerted again (the
+cases were lost with the database; a duplicate alert costs a minute, a missing one may
+cost a life) but not acknowledged again, and the operator is told at ERROR.
+
+A mark behind the database is normal (another worker on another machine read the newer
+mail; a crash between the commit and the mark's write) and changes nothing. A missing or
+unreadable mark changes nothing either: the mark can only ever withhold a *second*
+acknowledgement. ``once --accept-existing`` ignores it (the operator's choice).
+
+Where: beside an SQLite database file (``<database>.mailbox-<hash>.read``), so every
+database has its own; for PostgreSQL, in ``$XDG_STATE_HOME/soudan-intake/read-marks``
+(default ``~/.local/state``), one file per database URL (password removed) and mailbox,
+as the same database restored on its server keeps its URL. An in-memory database has
+none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReadMark:
+    uidvalidity: int
+    last_uid: int
+
+
+def mark_path(database_url: str, mailbox_key: str) -> Path | None:
+    """The mark file of ``mailbox_key`` read with the database at ``database_url``."""
+    url = make_url(database_url)
+    name = hashlib.blake2b(mailbox_key.encode("utf-8"), digest_size=8).hexdigest()
+    if url.get_backend_name() == "sqlite":
+        database = url.database
+        if not database or database == ":memory:" or database.startswith("file::memory:"):
+            return None
+        path = Path(database).resolve()
+        return path.with_name(f"{path.name}.mailbox-{name}.read")
+    where = url.render_as_string(hide_password=True)
+    both = hashlib.blake2b(f"{where}\n{mailbox_key}".encode(), digest_size=12).hexdigest()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "soudan-intake" / "read-marks" / f"{both}.read"
+
+
+def load(path: Path | None, mailbox_key: str) -> ReadMark | None:
+    """The mark at ``path``, or None when there is none or it cannot be trusted."""
+    if path is None:
+        return None
+    try:
+        if path.is_symlink():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("mailbox") != mailbox_key:
+            return None  # another mailbox's file (a hash collision, a copied folder)
+        return ReadMark(int(data["uidvalidity"]), int(data["last_uid"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("read mark unreadable; ignored", extra={"error": type(exc).__name__})
+        return None
+
+
+def save(path: Path | None, mailbox_key: str, mark: ReadMark) -> None:
+    """Replace the mark at ``path`` with ``mark`` (temp file + rename, mode 0600).
+
+    Never raises: a mark that cannot be written only means a later restore of an older
+    database is not noticed (as before marks existed); it is logged at WARNING."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(
+                    {
+                        "mailbox": mailbox_key,
+                        "uidvalidity": mark.uidvalidity,
+                        "last_uid": mark.last_uid,
+                    },
+                    handle,
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        log.warning("read mark not written", extra={"error": type(exc).__name__})
