@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-existing",
         action="store_true",
         help="first read of a mailbox only: acknowledge the mail already in the folder even "
-        "when it is older than a day (it is read, routed and alerted either way)",
+        "when it is older than a day; after a database was rolled back on purpose: "
+        "acknowledge the mail it had read before (read mark). It is read, routed and "
+        "alerted either way",
     )
     p.set_defaults(func=cmd_once)
     with_config(sub.add_parser("run", help="the long-running worker")).set_defaults(func=cmd_run)
