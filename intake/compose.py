@@ -95,10 +95,17 @@ def _folded(name: str, display_name: str, value: str) -> str:
     return folded[len(name) + 2 :].rstrip("\r\n")
 
 
+# ``policy.default`` except that a header set raw (``set_raw``) goes out as written, never
+# re-folded: its refolding of a line over 78 characters is what turned a long Message-ID in
+# In-Reply-To into RFC 2047 encoded words (``set_thread_headers``). Headers set as values
+# (``msg[name] = value``) are folded as ``policy.default`` folds them whatever this says.
+WIRE_POLICY = policy.default.clone(refold_source="none")
+
+
 def _base_message(
     sender: Sender, to: list[str], subject: str, now: datetime, auto_submitted: str, kind: str
 ) -> EmailMessage:
-    msg = EmailMessage()
+    msg = EmailMessage(policy=WIRE_POLICY)
     msg.set_raw("From", _folded("From", sender.name, sender.address))
     msg["To"] = ", ".join(to)
     if subject == ACK_SUBJECT:
@@ -139,9 +146,7 @@ def render_ack(
     calendar's ``[service] digest_times``).
     """
     msg = _base_message(sender, [to], ACK_SUBJECT, now, "auto-replied", "ack")
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-        msg["References"] = " ".join([*references, in_reply_to][-10:])
+    set_thread_headers(msg, in_reply_to, references)
     text = _ack_text(
         env, sender, case_number, received, calendar, directory, now, language, digest_times
     )
@@ -156,6 +161,69 @@ _PLAIN_ADDRESS = re.compile(
 )
 _PLAIN_MSGID = re.compile(r"<[!-;=?-~]+>\Z")
 _LINE = 78  # RFC 5322 2.1.1 "SHOULD" limit, which policy.default folds to
+_MAX_LINE = 998  # RFC 5322 2.1.1 "MUST" limit, CRLF not counted
+# The longest identifier written: one that fits on the "In-Reply-To: " line within 998.
+_MAX_MSGID = _MAX_LINE - len("In-Reply-To: ")
+_MAX_REFERENCES = 10
+
+
+def thread_ids(in_reply_to: str | None, references: Sequence[str]) -> tuple[str | None, list[str]]:
+    """What a reply to a mail with Message-ID ``in_reply_to`` and ``references`` may carry:
+    (In-Reply-To, References), each identifier a well-formed ``<...>`` of visible ASCII.
+
+    Why filter: a resident's mailer may send a Message-ID without angle brackets, with a
+    space or with non-ASCII (``intake.parse`` keeps what it finds). Written into our header
+    it would be RFC 2047-encoded or split, which threads nothing and may make a strict
+    parser drop the header; such an identifier is left out, the others kept. Nothing
+    without ``in_reply_to`` (no Message-ID to reply to: no thread headers, as before).
+    References is the parent's references followed by its Message-ID (RFC 5322 3.6.4),
+    at most 10: the first (the thread's root, which mailers thread by when a message in
+    between is missing) and the last 9.
+    """
+    if not in_reply_to:
+        return None, []
+    chain = [i for i in (*references, in_reply_to) if _valid_msgid(i)]
+    # An identifier named twice (a mailer that lists its own): once, at its last place.
+    chain = list(dict.fromkeys(reversed(chain)))[::-1]
+    if len(chain) > _MAX_REFERENCES:
+        chain = [chain[0], *chain[-(_MAX_REFERENCES - 1) :]]
+    return (in_reply_to if _valid_msgid(in_reply_to) else None), chain
+
+
+def _valid_msgid(value: str) -> bool:
+    return len(value) <= _MAX_MSGID and _PLAIN_MSGID.match(value) is not None
+
+
+def _fold_ids(name: str, ids: list[str]) -> str:
+    """``Name: <a> <b>`` with a fold only between identifiers, never inside one nor between
+    the name and the first: a line runs past 78 characters rather than break an
+    identifier (``thread_ids`` keeps every one under 998 on its line)."""
+    lines = [f"{name}: {ids[0]}"]
+    for one in ids[1:]:
+        if len(lines[-1]) + 1 + len(one) <= _LINE:
+            lines[-1] += " " + one
+        else:
+            lines.append(" " + one)
+    return "\n".join(lines)
+
+
+def set_thread_headers(
+    msg: EmailMessage, in_reply_to: str | None, references: Sequence[str]
+) -> None:
+    """Put In-Reply-To and References on ``msg`` (made by ``_base_message``) so that the
+    reader's mail app threads it under the mail it answers (``thread_ids``).
+
+    Why raw: ``policy.default`` treats both headers as unstructured text and writes an
+    identifier that does not fit on a 78-character line (a phone mailer's long local
+    part) as RFC 2047 encoded words, or folds inside it; the resident's mail app then
+    threads nothing. Set raw, folded only between identifiers (``_fold_ids``), under
+    ``WIRE_POLICY`` they go out byte for byte.
+    """
+    irt, refs = thread_ids(in_reply_to, references)
+    if irt:
+        msg.set_raw("In-Reply-To", _fold_ids("In-Reply-To", [irt])[len("In-Reply-To: ") :])
+    if refs:
+        msg.set_raw("References", _fold_ids("References", refs)[len("References: ") :])
 
 
 def _fold_plain(name: str, words: list[str]) -> str | None:
@@ -195,26 +263,13 @@ def ack_bytes(
     same on every acknowledgement but To, Date, Message-ID, In-Reply-To and References.
     The bytes are those ``bytes(render_ack(...))`` gives (tests compare them byte for
     byte): the constant headers come pre-folded (RFC 2047) from ``_folded``, the varying
-    ones are plain ASCII checked here. When a value is not (an address needing quotes,
-    an identifier with odd characters or too long to fold) or there is more than one
-    reference, the slow path builds it.
+    ones are plain ASCII checked here, and In-Reply-To/References are written as
+    ``set_thread_headers`` writes them. When To or our Message-ID is not plain (an address
+    needing quotes), the slow path builds the mail.
     """
     message_id = message_id or new_message_id("ack", sender.domain)
-    refs = [*references, in_reply_to][-10:] if in_reply_to else []
-    plain = (
-        _PLAIN_ADDRESS.match(to) is not None
-        and _PLAIN_MSGID.match(message_id) is not None
-        and all(_PLAIN_MSGID.match(r) is not None for r in refs)
-        # several references may be folded differently by the email package (it can move
-        # the whole value to the next line); the batch path only ever has one or none
-        and len(refs) <= 1
-    )
-    heads = [
-        _fold_plain("To", [to]),
-        _fold_plain("Message-ID", [message_id]),
-        _fold_plain("In-Reply-To", [in_reply_to]) if in_reply_to else "",
-        _fold_plain("References", refs) if in_reply_to else "",
-    ]
+    plain = _PLAIN_ADDRESS.match(to) is not None and _PLAIN_MSGID.match(message_id) is not None
+    heads = [_fold_plain("To", [to]), _fold_plain("Message-ID", [message_id])]
     if not plain or any(h is None for h in heads):
         slow = render_ack(
             env,
@@ -233,7 +288,8 @@ def ack_bytes(
         if message_id:
             slow.replace_header("Message-ID", message_id)
         return str(slow["Message-ID"]), bytes(slow)
-    to_line, id_line, reply_line, refs_line = (h or "" for h in heads)
+    to_line, id_line = (h or "" for h in heads)
+    irt, refs = thread_ids(in_reply_to, references)
     text = _ack_text(
         env, sender, case_number, received, calendar, directory, now, language, digest_times
     )
@@ -248,8 +304,10 @@ def ack_bytes(
         f"{LOOP_HEADER}: {sender.address}",
         f"{MARKER_HEADER}: ack",
     ]
-    if in_reply_to:
-        lines += [reply_line, refs_line]
+    if irt:
+        lines.append(_fold_ids("In-Reply-To", [irt]))
+    if refs:
+        lines.append(_fold_ids("References", refs))
     lines += [
         'Content-Type: text/plain; charset="utf-8"',
         "Content-Transfer-Encoding: 8bit",

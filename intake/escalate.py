@@ -487,9 +487,14 @@ def alert_state(session: Session, case_id: int, now: datetime | None = None) -> 
     )
 
 
+# How the ``escalated`` event of a failover begins (``_queue_escalation``): what
+# ``_failover_rows`` recognises a failover by, and ``_candidates`` by "the alert " (events
+# already stored say the same, so these words are kept as they are).
+FAILOVER_UNDELIVERED = "the alert was not delivered; "
+FAILOVER_LATE = "the alert is late; "
 _FAILOVER_DETAIL = re.compile(
-    r"^(?:the alert was not delivered|the alert is late); escalation (\d+) to "
-)  # the ``escalated`` event of a failover (``_queue_escalation``)
+    f"^(?:{re.escape(FAILOVER_UNDELIVERED)}|{re.escape(FAILOVER_LATE)})escalation (\\d+) to "
+)
 
 
 def _failover_rows(session: Session, case_id: int, since: list[Outbox]) -> set[int]:
@@ -591,6 +596,9 @@ def _deadline_ja(
     return f"{day} {clock}"
 
 
+FAILOVER_SUBJECT = "【至急】当番への通知が届いていない相談"
+
+
 def _undelivered_notice(
     svc: Service,
     case: Case,
@@ -634,7 +642,12 @@ def _undelivered_notice(
             "当番への通知メールが一部の宛先に送信できませんでした（他の宛先には届いています）。\n"
             "勤務中の担当者がこの相談を知らない可能性があります。"
         )
-    subject = f"【至急・再通知】通知が届いていない相談 {case.number}"
+    # A failover's readers never got a first notice: its subject says what happened, not
+    # 再通知. Worded like the alert's (【至急】, what it is, the case number), without 緊急.
+    if failover:
+        subject = f"{FAILOVER_SUBJECT} {case.number}"
+    else:
+        subject = f"【至急・再通知】通知が届いていない相談 {case.number}"
     message = _base_message(svc.sender, to, subject, now, "auto-generated", "alert")
     # Its own confirmation code, as every alert and escalation has (``ack_code``).
     code = with_ack_code(message, subject)
@@ -725,7 +738,7 @@ def _queue_escalation(
     which = f"{state.escalations + 1} for"
     if failover:
         # ``_failover_rows`` reads this prefix: a failover is not counted as a reminder.
-        why = "the alert was not delivered; " if state.undelivered else "the alert is late; "
+        why = FAILOVER_UNDELIVERED if state.undelivered else FAILOVER_LATE
         which = "a failover, not a reminder, for"
     add_event(
         session,

@@ -28,7 +28,7 @@ import pytest
 from sqlmodel import Session, select
 
 from intake.config import load_settings
-from intake.escalate import acknowledge_alert, escalate, escalation_due
+from intake.escalate import FAILOVER_SUBJECT, acknowledge_alert, escalate, escalation_due
 from intake.localservers import LocalSMTP, ReceivedMail, free_port
 from intake.pipeline import Service, quarantine
 from intake.send import deliver_outbox
@@ -77,6 +77,11 @@ def outbox(svc: Service, kind: str | None = None) -> list[Outbox]:
 
 def subject(mail: ReceivedMail) -> str:
     return str(make_header(decode_header(str(mail.message["Subject"]))))
+
+
+def is_escalation(subject: str) -> bool:
+    """A reminder (再通知) or a failover (its readers' first notice: no 再通知)."""
+    return "再通知" in subject or subject.startswith(FAILOVER_SUBJECT)
 
 
 def body(mail: ReceivedMail) -> str:
@@ -151,7 +156,11 @@ def test_refused_alert_goes_to_backup_and_night_duty_at_once(
     assert alert.status == "failed"
     [failover] = server.received  # well before the 30 minutes of the ordinary schedule
     assert sorted(failover.rcpt_tos) == sorted([BACKUP, NIGHT_DUTY])
-    assert "再通知" in subject(failover) and "C000001" in subject(failover)
+    # Its readers never got a first notice: not 再通知, and says what it is.
+    assert subject(failover).startswith(
+        "【至急】当番への通知が届いていない相談 C000001 確認コード "
+    )
+    assert "再通知" not in subject(failover) and "緊急" not in subject(failover)
     assert "送信できませんでした" in body(failover) or "届きませんでした" in body(failover)
     # Review 2, finding 5: the failover names the case, not what the resident wrote.
     assert "090-1234-5678" not in body(failover)
@@ -254,13 +263,14 @@ def test_smtp_outage_does_not_spend_the_escalations_before_anyone_has_them(
         t += timedelta(seconds=30)
 
     assert queued_in_outage == 1, "one escalation waits for SMTP; no more pile up behind it"
-    escalations = [at for at, subj in arrivals if "再通知" in subj]
+    escalations = [at for at, subj in arrivals if is_escalation(subj)]
     # The late alert's notice to the others, then the three reminders (review 6a F3: the
     # notice is a failover, not one of the reminders ``escalate_max`` counts).
     assert len(escalations) == 1 + 3, "after recovery the schedule goes on to the cap"
+    assert sum(subj.startswith(FAILOVER_SUBJECT) for _, subj in arrivals) == 1, arrivals
     gaps = [b - a for a, b in itertools.pairwise(escalations)]
     assert all(gap >= timedelta(minutes=30) for gap in gaps), gaps
-    [first] = [subj for _, subj in arrivals if "再通知" not in subj]
+    [first] = [subj for _, subj in arrivals if not is_escalation(subj)]
     assert first.startswith("【至急】緊急の可能性がある相談 C000001 確認コード ")
 
 
@@ -491,7 +501,7 @@ def test_escalation_goes_on_to_the_cap_after_an_outage_longer_than_a_day(
     # counted the notice toward the cap, and after an outage of over a day the case was
     # dropped one reminder short while ``alert_state`` still owed it.
     assert [r.status for r in escalations] == ["sent"] * (1 + 3)
-    assert len([m for m in smtp_server.messages if "再通知" in subject(m)]) == 1 + 3
+    assert len([m for m in smtp_server.messages if is_escalation(subject(m))]) == 1 + 3
     # An acknowledged alert, a closed case or one at the cap is no longer looked at.
     from intake.escalate import _candidates, escalation_policy
 
@@ -532,7 +542,7 @@ def test_the_only_reminder_is_sent_after_an_outage_longer_than_a_day_with_a_cap_
     run_jobs(svc, away, away + timedelta(hours=1), timedelta(minutes=1))
 
     assert [r.status for r in outbox(svc, "escalation")] == ["sent", "sent"]
-    assert len([m for m in smtp_server.messages if "再通知" in subject(m)]) == 1 + 1
+    assert len([m for m in smtp_server.messages if is_escalation(subject(m))]) == 1 + 1
     with Session(svc.engine) as s:
         assert _candidates(s, key, away + timedelta(days=30), policy) == []
 
@@ -1133,9 +1143,53 @@ def test_a_late_alerts_notice_spends_no_reminder_of_escalate_max(
 
     [(alert_at, _, _)] = [a for a in arrivals if a[1] == [ONCALL]]
     assert 10 <= alert_at <= 12
-    notice, *reminders = [a for a in arrivals if "再通知" in a[2]]
+    notice, *reminders = [a for a in arrivals if is_escalation(a[2])]
     assert notice[1] == [BACKUP] and notice[0] <= 12
+    assert notice[2].startswith(FAILOVER_SUBJECT) and "再通知" not in notice[2]
+    assert all("再通知" in r[2] for r in reminders)
     assert len(reminders) == cap, arrivals
     assert all(ONCALL in r[1] for r in reminders)
     first = reminders[0][0]
     assert 30 <= first < 60 and first >= notice[0] + 30, arrivals
+
+
+# --- the failover's subject: its readers never got a first notice ---------------------
+
+
+@pytest.mark.parametrize("failover", [True, False])
+def test_a_failover_is_not_called_a_re_notice_and_a_reply_keeping_its_subject_finds_it(
+    tmp_path: Path, failover: bool
+) -> None:
+    """The failover goes to people who never got the alert: 再通知 told them they had
+    missed one. Its subject says what it is, content-free (no 緊急), and still carries the
+    case number and confirmation code a phone mailer's reply is recognised by. A reminder
+    of an undelivered alert is still a 再通知."""
+    from types import SimpleNamespace as State
+
+    from intake.compose import ack_code
+    from intake.escalate import _undelivered_notice
+    from intake.pipeline import _staff_subject
+    from intake.store import Case
+    from tests.helpers import offline_service
+
+    svc = offline_service(tmp_path)
+    case = Case(id=7, mailbox=svc.settings.mailbox.key, sender="r@example.jp", partner="city")
+    state = State(alert_failed=True, late=False, alert_at=NIGHT)
+    notice = _undelivered_notice(
+        svc,
+        case,
+        state,
+        [BACKUP],
+        1,
+        NIGHT,
+        NIGHT + timedelta(minutes=1),
+        failover=failover,  # type: ignore[arg-type]
+    )
+    title = str(notice["Subject"])
+    code = ack_code(str(notice["Message-ID"]))
+    if failover:
+        assert title == f"【至急】当番への通知が届いていない相談 C000007 確認コード {code}"
+    else:
+        assert title == f"【至急・再通知】通知が届いていない相談 C000007 確認コード {code}"
+    assert "緊急" not in title
+    assert _staff_subject("Re: " + title) == (7, {code})
