@@ -78,7 +78,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from intake.businessdays import BusinessCalendar, format_day_ja
-from intake.compose import _base_message, render_alert, with_ack_code
+from intake.compose import _base_message, render_alert, set_thread_headers, with_ack_code
 from intake.errors import IntakeError
 from intake.locks import serialise
 from intake.store import (
@@ -722,8 +722,7 @@ def _queue_escalation(
         )
     # Thread it under the alert, so a phone shows one conversation and a reply to either
     # is recognised by the worker as the acknowledgement.
-    message["In-Reply-To"] = state.alert.message_id
-    message["References"] = state.alert.message_id
+    set_thread_headers(message, state.alert.message_id, [])
     row = queue_mail(
         session,
         kind="escalation",

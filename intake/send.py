@@ -93,6 +93,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
+from intake.compose import WIRE_POLICY
 from intake.config import SmtpSettings
 from intake.fetch import tls_context
 from intake.store import (
@@ -568,7 +569,9 @@ def wire_content(content: bytes, eight_bit: bool) -> bytes:
     """
     if not _too_long(content) and (eight_bit or content.isascii()):
         return content
-    message = email.message_from_bytes(content, policy=email.policy.default)
+    # refold_source="none": headers as composed (In-Reply-To with a long Message-ID is
+    # set raw, see compose.set_thread_headers) go out byte for byte, not re-encoded.
+    message = email.message_from_bytes(content, policy=WIRE_POLICY)
     changed = False
     for part in message.walk():
         if part.is_multipart():

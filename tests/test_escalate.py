@@ -352,3 +352,24 @@ def test_oncall_reply_to_the_alert_stops_escalation_after_one_went_to_backup(
     deliver_outbox(svc.settings.smtp, svc.engine, base + timedelta(hours=3))
     assert settled(smtp_server, 1.0) == []
     assert len(escalation_rows(svc)) == 1
+
+
+def test_an_escalation_threads_under_an_alert_with_a_long_message_id(svc: Service) -> None:
+    """Our alert's Message-ID is ~41 letters plus the sender's domain; from a 37-letter
+    domain on, the escalation's In-Reply-To was written as an RFC 2047 encoded word (or
+    folded inside the identifier), so the on-call person's phone did not thread it under
+    the alert. It must go out whole, on one line."""
+    long_id = "<20261126130000.12345.6789012345678901234@mail.soudan.city.example-town.okayama.jp>"
+    urgent_case(svc, T0)
+    with session_scope(svc.engine) as session:
+        alert = session.exec(select(Outbox).where(Outbox.kind == "alert")).one()
+        alert.message_id = long_id
+    mark_sent(svc, T0)
+    assert escalate(svc, T0 + timedelta(minutes=31)) == 1
+    [row] = escalation_rows(svc)
+    head = row.content.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("ascii") + "\n"
+    assert f"\nIn-Reply-To: {long_id}\n" in head
+    assert f"\nReferences: {long_id}\n" in head
+    assert "=?" not in "".join(
+        line for line in head.splitlines() if line.startswith(("In-Reply-To", "References"))
+    )

@@ -226,3 +226,20 @@ def test_once_delivers_the_thread_headers_byte_exact_and_logs_no_message_id(
             for mid in (RESIDENT_LONG, RESIDENT_REPLY, EARLIER):
                 assert mid[1:-1] not in line, line
     assert "INFO" in levels  # the run did log above DEBUG: the check above read something
+
+
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_a_relay_without_8bitmime_or_a_long_line_keeps_the_thread_headers_whole(
+    eight_bit: bool,
+) -> None:
+    """``send.wire_content`` re-encodes a body for a relay without 8BITMIME (or with a line
+    over 998 bytes); it re-parsed the mail with ``policy.default``, which wrote the long
+    In-Reply-To as an encoded word again, so the thread was lost on exactly those relays."""
+    from intake.send import wire_content
+
+    data = _ack("render_ack", PHONE, [SHORT])
+    if eight_bit:  # a line over 998 bytes forces the re-encoding on any relay
+        data = data.replace(b"\n\n", b"\n\n" + "長".encode() * 400 + b"\n", 1)
+    wire = wire_content(data, eight_bit=eight_bit)
+    assert wire != data  # it was re-encoded
+    assert_threaded(wire, PHONE, [SHORT, PHONE])
