@@ -119,6 +119,43 @@ def test_once_with_a_typo_in_the_rules_still_reads_alerts_and_tells_staff_once_a
     assert len(notices(settled(smtp_server, 2.0))) == 1
 
 
+@pytest.mark.integration
+def test_run_with_a_typo_in_the_rules_keeps_alerting(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """The worker restarted at night after a broken edit: it starts, alerts, tells staff."""
+    import signal
+
+    rules = copy_rules(tmp_path)
+    config = write_config(
+        tmp_path, dovecot, smtp_server, extra=f'\n[service]\nrules_dir = "{rules}"\n'
+    )
+    assert run_service("once", config=config, password=dovecot.password).returncode == 0
+    line = break_topics(rules)
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "service.py"), "run", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, "TEST_IMAP_PASSWORD": dovecot.password},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        dovecot.append(
+            samples.consultation(
+                "night.test@example.jp", "相談", "もう死にたい。今から飛び降りる。"
+            )
+        )
+        mails = smtp_server.wait_for(3, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+    assert [m.rcpt_tos for m in mails if m.message["X-Soudan-Intake"] == "alert"] == [[ONCALL]]
+    assert len(notices(mails)) == 1
+    assert f"topics.toml:{line}: " in stderr
+
+
 @pytest.mark.parametrize("command", ["once", "run"])
 def test_first_install_with_broken_rules_refuses_to_start(tmp_path: Path, command: str) -> None:
     rules = copy_rules(tmp_path)
