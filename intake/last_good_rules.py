@@ -310,12 +310,14 @@ def _prune(root: Path, keep: str) -> None:
     """Remove copies and leftovers ``current`` does not name, once they are old enough."""
     cutoff = time.time() - PRUNE_AFTER
     for entry in root.iterdir():
-        if entry.name in (keep, CURRENT) or entry.is_symlink():
-            continue
-        if not entry.name.startswith((SNAPSHOT_PREFIX, ".tmp-")):
+        if entry.name in (keep, CURRENT):
             continue
         with contextlib.suppress(OSError):
-            if entry.lstat().st_mtime < cutoff:
+            if entry.lstat().st_mtime >= cutoff:
+                continue
+            if entry.is_symlink() and entry.name.startswith(".link-"):
+                entry.unlink()  # left by a crash between the link's creation and its rename
+            elif not entry.is_symlink() and entry.name.startswith((SNAPSHOT_PREFIX, ".tmp-")):
                 shutil.rmtree(entry)
 
 

@@ -312,3 +312,22 @@ def test_fallback_service_uses_the_saved_rules_pool_and_cached_model(
 
     with pytest.raises(RulesError):
         Service.from_settings(settings)
+
+
+def test_older_copies_are_removed_once_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One copy per mailbox stays: a folder that is edited often does not fill the disk."""
+    monkeypatch.setattr(last_good_rules, "PRUNE_AFTER", -1.0)
+    settings = _settings(tmp_path)
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    old = last_good_rules.find(settings)
+    topics = settings.rules_dir / "topics.toml"
+    topics.write_bytes(topics.read_bytes() + b"\n# edited by staff\n")
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    new = last_good_rules.find(settings)
+    assert old is not None and new is not None and not old.path.exists()
+    root = last_good_rules.snapshot_root(settings)
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [last_good_rules.CURRENT, new.path.name]
+    )
