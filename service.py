@@ -51,7 +51,9 @@ def cmd_once(args: argparse.Namespace) -> int:
     from intake.worker import alerts_between_batches
 
     settings = _settings(args)
-    svc = Service.from_settings(settings)
+    # last_good: broken rules with a saved copy run with that copy (logged at ERROR, staff
+    # told by mail); without one they stop the command, as before.
+    svc = Service.from_settings(settings, last_good=True)
     svc.settle()
     now = datetime.now(svc.calendar.tz)
     status = 0
@@ -159,14 +161,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from intake.worker import run_worker
 
     try:
-        svc = Service.from_settings(_settings(args))
+        # Broken rules with a last good copy: the worker runs with the copy (each problem
+        # logged at ERROR, staff told by mail; ``intake.last_good_rules``). Only without
+        # one (a first installation) does it refuse to start, below.
+        svc = Service.from_settings(_settings(args), last_good=True)
         svc.settle()
         run_worker(svc)
     except RulesError as exc:
         for problem in exc.problems:
             log.error(
                 "rules problem; the worker does not start until it is fixed "
-                "(service.py check lists every problem)",
+                "(service.py check lists every problem; there are no last good rules to "
+                "run with)",
                 extra={"problem": str(problem)},
             )
         raise

@@ -258,6 +258,20 @@ def _secret_file_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _last_good_problems(settings: Settings, rules_dir: Path) -> list[str]:
+    """``[service] last_good_rules_dir`` (or its default) must not be inside the rules
+    folder: the saved copies would become part of the rules (``intake.last_good_rules``)."""
+    from intake.last_good_rules import inside_rules
+
+    if not inside_rules(replace(settings, rules_dir=rules_dir)):
+        return []
+    where = f"{settings.path}: " if settings.path else ""
+    return [
+        f"{where}service.last_good_rules_dir: the last good rules would be saved inside the "
+        f"rules folder {rules_dir}; choose a folder outside it"
+    ]
+
+
 def run_checks(config: str | Path | None, rules_dir: Path | None = None) -> list[str]:
     """Every problem found, as ``file:line: message`` strings; empty means all good.
 
@@ -280,6 +294,7 @@ def run_checks(config: str | Path | None, rules_dir: Path | None = None) -> list
             rules_dir = rules_dir or settings.rules_dir
             templates_dir = settings.templates_dir
             problems.extend(_secret_file_problems(settings))
+            problems.extend(_last_good_problems(settings, rules_dir))
     rules_dir = rules_dir or PROJECT_ROOT / "rules"
     problems.extend(str(p) for p in check_rules(rules_dir))
     directory: Directory | None = None

@@ -167,6 +167,10 @@ class Settings:
     # analyser and rules (~95 MB PSS) and, measured on 2 vCPUs, the pool gave only
     # 0.85-1.35x: it pays on a machine with CPUs to spare and a backlog to catch up.
     prepare_processes: int = 0
+    # [service] last_good_rules_dir: where the last rules that loaded are kept, one folder
+    # per mailbox (``intake.last_good_rules``); None: beside a SQLite database, else the
+    # learned model's cache folder.
+    last_good_rules_dir: Path | None = None
 
 
 def auto_prepare_processes() -> int:
@@ -259,6 +263,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "timezone",
         "rules_dir",
         "templates_dir",
+        "last_good_rules_dir",
     ),
     "retention": ("keep_days",),
     "report": ("salt_file",),
@@ -679,6 +684,7 @@ def settings_from_dict(
             base, _Section(source, "report", data.get("report", {})).get("salt_file", str, None)
         ),
         prepare_processes=_prepare_processes(sv),
+        last_good_rules_dir=_path(base, sv.get("last_good_rules_dir", str, None)),
     )
     _check_service(sv, settings)
     _unknown_keys(source, data)

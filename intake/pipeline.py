@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from json.encoder import encode_basestring as _json_str  # what ensure_ascii=False uses
 from operator import attrgetter
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from jinja2 import Environment
@@ -62,13 +62,13 @@ from intake.errors import IntakeError
 from intake.fetch import Mailbox, _transient
 from intake.letter import Letter
 from intake.parse import parse
-from intake.partners import Directory, Partner, assign_partner, load_directory
+from intake.partners import Directory, Partner, assign_partner
 from intake.phones import find_phones
-from intake.prepare_pool import Failed, PreparePool, Ticket, rules_fingerprint
+from intake.prepare_pool import Failed, PreparePool, Ticket
 from intake.read_marks import ReadMark, mark_path
 from intake.read_marks import load as load_read_mark
 from intake.read_marks import save as save_read_mark
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
     Case,
@@ -85,6 +85,9 @@ from intake.store import (
     to_db,
 )
 from intake.triage import Match, Triage, classify, classify_text, match_dict
+
+if TYPE_CHECKING:
+    from intake.last_good_rules import Fallback
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +135,18 @@ class Service:
     read_marks: dict[str, ReadMark | None] = field(default_factory=dict)
     # Mailbox keys whose database-behind-the-read-mark ERROR this process has logged.
     read_mark_told: set[str] = field(default_factory=set)
+    # Set when the live rules have problems and this service runs with the last rules
+    # that loaded (``intake.last_good_rules``; only ``run`` and ``once`` fall back).
+    rules_fallback: Fallback | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Service:
+    def from_settings(cls, settings: Settings, *, last_good: bool = False) -> Service:
+        """Build the service. ``last_good`` (``run``, ``once``): save the rules when they
+        load, run with the last rules that loaded when they do not, and queue the staff
+        notice of that (``intake.last_good_rules``); otherwise broken rules raise."""
         from datetime import time
+
+        from intake import last_good_rules
 
         def hhmm(value: str) -> time:
             hour, minute = value.split(":")
@@ -149,24 +160,38 @@ class Service:
             # the acknowledgement promises a reply "today" only before the last digest
             digest_times=tuple(hhmm(t) for t in settings.digest_times),
         )
-        # Taken before the rules are read, and only when there is a pool: a pool child
-        # refuses to work with other rules than these (staff may edit rules/ meanwhile).
+        # The fingerprint is taken before the rules are read: a pool child refuses to work
+        # with other rules than these (staff may edit rules/ meanwhile), and it loads them
+        # from where the worker did (the last good copy when the live rules are broken).
+        loaded = last_good_rules.load(settings, last_good)
         pooled = settings.prepare_processes > 0
-        fingerprint = rules_fingerprint(settings.rules_dir) if pooled else None
-        return cls(
+        svc = cls(
             settings=settings,
             engine=open_database(settings.database_url),
-            rules=load_rules(settings.rules_dir),
-            directory=load_directory(settings.rules_dir / "partners.toml"),
+            rules=loaded.rules,
+            directory=loaded.directory,
             env=template_environment(settings.templates_dir),
             calendar=calendar,
             sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
             pool=(
-                PreparePool(settings, settings.prepare_processes, fingerprint=fingerprint)
+                PreparePool(
+                    settings,
+                    settings.prepare_processes,
+                    fingerprint=loaded.fingerprint,
+                    rules_dir=loaded.rules_dir,
+                )
                 if pooled
                 else None
             ),
+            rules_fallback=loaded.fallback,
         )
+        if loaded.fallback is not None:
+            try:
+                last_good_rules.notify(svc, loaded.fallback, datetime.now(calendar.tz))
+            except Exception:
+                # the notice must never keep the worker (and its alerts) from starting
+                log.error("could not queue the staff notice of the rules problem", exc_info=True)
+        return svc
 
     @cached_property
     def staff(self) -> frozenset[str]:

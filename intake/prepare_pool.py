@@ -25,7 +25,9 @@ How:
   disk cache), the partner directory and the sender address. A child also watches its
   parent and exits when the parent dies, so a ``kill -9`` of the worker leaves no orphans.
 - Same rules as the worker: the worker passes ``rules_fingerprint`` of the rules it
-  loaded; a child that finds other rules on disk (staff edited ``rules/`` without a
+  loaded and the folder it loaded them from (the last good copy of
+  ``intake.last_good_rules`` when the live rules are broken, so the pool keeps working
+  then); a child that finds other rules there (staff edited ``rules/`` without a
   restart) refuses all work (``StaleRules``), and the pool is switched off until the
   worker restarts, with one warning, so no batch is triaged with rules the worker lacks.
 - The pool is started lazily, on the first large batch, and lives as long as the
@@ -101,29 +103,44 @@ class StaleRules(Exception):
     with rules the rest of the worker does not use."""
 
 
-def rules_fingerprint(rules_dir: Path) -> str:
-    """SHA-256 over the names and bytes of the files under ``rules_dir``.
+def rules_files(rules_dir: Path) -> list[tuple[str, bytes]]:
+    """The files ``rules_fingerprint`` covers, as (relative POSIX name, bytes), sorted.
 
     Hidden files and editor backups (``.x.swp``, ``x~``) are left out: a staff member
-    with a rule file open in an editor has not changed the rules yet. A folder that
-    cannot be read gives a fingerprint of its own (compared, never trusted)."""
+    with a rule file open in an editor has not changed the rules yet. Raises ``OSError``
+    when the folder cannot be read. Shared with ``intake.last_good_rules``, which saves
+    exactly these bytes, so a saved copy has the fingerprint of the rules it copies."""
+    paths = sorted(
+        path
+        for path in Path(rules_dir).rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(rules_dir).parts)
+        and not path.name.endswith("~")
+    )
+    return [(path.relative_to(rules_dir).as_posix(), path.read_bytes()) for path in paths]
+
+
+def files_fingerprint(files: Sequence[tuple[str, bytes]]) -> str:
+    """SHA-256 over names and bytes of ``rules_files`` output (what ``rules_fingerprint``
+    computes from the disk)."""
     digest = hashlib.sha256()
-    try:
-        paths = sorted(
-            path
-            for path in Path(rules_dir).rglob("*")
-            if path.is_file()
-            and not any(part.startswith(".") for part in path.relative_to(rules_dir).parts)
-            and not path.name.endswith("~")
-        )
-        for path in paths:
-            name = path.relative_to(rules_dir).as_posix().encode()
-            data = path.read_bytes()
-            digest.update(b"%d:%s%d:" % (len(name), name, len(data)))
-            digest.update(data)
-    except OSError as exc:
-        digest.update(f"unreadable:{type(exc).__name__}".encode())
+    for relative, data in files:
+        name = relative.encode()
+        digest.update(b"%d:%s%d:" % (len(name), name, len(data)))
+        digest.update(data)
     return digest.hexdigest()
+
+
+def rules_fingerprint(rules_dir: Path) -> str:
+    """SHA-256 over the names and bytes of the files under ``rules_dir`` (``rules_files``).
+
+    A folder that cannot be read gives a fingerprint of its own (compared, never trusted)."""
+    try:
+        return files_fingerprint(rules_files(rules_dir))
+    except OSError as exc:
+        digest = hashlib.sha256()
+        digest.update(f"unreadable:{type(exc).__name__}".encode())
+        return digest.hexdigest()
 
 
 @dataclass
@@ -143,12 +160,17 @@ class _ChildContext:
         return staff_addresses(self.settings, self.directory)
 
 
-def _start_child(settings: Settings, fingerprint: str | None = None) -> None:
+def _start_child(
+    settings: Settings, fingerprint: str | None = None, rules_dir: Path | None = None
+) -> None:
     """Pool initializer: load rules and partners once, and die with the parent.
 
     ``fingerprint``: that of the rules the worker loaded (``rules_fingerprint``); a child
     that finds other rules on disk, before or after loading them, refuses all work
-    (``StaleRules``) rather than triage with rules the worker does not have."""
+    (``StaleRules``) rather than triage with rules the worker does not have.
+    ``rules_dir``: the folder the worker loaded them from, default ``settings.rules_dir``;
+    the last rules that loaded (``intake.last_good_rules``) when the live ones are broken,
+    so the children triage with the worker's rules, not fail on the broken ones."""
     global _CHILD, _STALE
     from intake.compose import Sender
     from intake.partners import load_directory
@@ -159,19 +181,20 @@ def _start_child(settings: Settings, fingerprint: str | None = None) -> None:
         threading.Thread(
             target=_exit_with_parent, args=(parent.sentinel,), name="parent-watch", daemon=True
         ).start()
-    if fingerprint is not None and rules_fingerprint(settings.rules_dir) != fingerprint:
+    folder = rules_dir or settings.rules_dir
+    if fingerprint is not None and rules_fingerprint(folder) != fingerprint:
         _STALE = True
         return
     _CHILD = _ChildContext(
         settings=settings,
-        rules=load_rules(settings.rules_dir),
-        directory=load_directory(settings.rules_dir / "partners.toml"),
+        rules=load_rules(folder),
+        directory=load_directory(folder / "partners.toml"),
         sender=Sender(settings.smtp.from_address, settings.smtp.from_name),
     )
     # The rules and the analyser live as long as the child: frozen, the cyclic garbage
     # collector stops rescanning their ~180,000 objects at every full collection
     # (measured on bench mail: prepare 3.0 -> 2.7 ms CPU a mail).
-    if fingerprint is not None and rules_fingerprint(settings.rules_dir) != fingerprint:
+    if fingerprint is not None and rules_fingerprint(folder) != fingerprint:
         _STALE = True  # edited while this child loaded them
         _CHILD = None
         return
@@ -254,13 +277,17 @@ class PreparePool:
         timeout: float = DEFAULT_TIMEOUT,
         work: Callable[[list[bytes]], list[Any]] = _prepare_chunk,
         fingerprint: str | None = None,
+        rules_dir: Path | None = None,
     ) -> None:
         """``work`` is what a child runs on a chunk: a module-level function (it is sent
         by name); tests pass one that crashes or hangs, to prove the fallback.
         ``fingerprint``: ``rules_fingerprint`` of the rules the caller loaded, taken when
-        it loaded them (``Service.from_settings``); by default, of the rules on disk now."""
+        it loaded them (``Service.from_settings``); by default, of the rules on disk now.
+        ``rules_dir``: where the caller loaded them from (default ``settings.rules_dir``;
+        the last good copy when the live rules are broken: ``intake.last_good_rules``)."""
         self.settings = settings
-        self.fingerprint = fingerprint or rules_fingerprint(settings.rules_dir)
+        self.rules_dir = rules_dir or settings.rules_dir
+        self.fingerprint = fingerprint or rules_fingerprint(self.rules_dir)
         self.processes = processes
         self.timeout = timeout
         self.work = work
@@ -281,7 +308,7 @@ class PreparePool:
                 max_workers=self.processes,
                 mp_context=context,
                 initializer=_start_child,
-                initargs=(self.settings, self.fingerprint),
+                initargs=(self.settings, self.fingerprint, self.rules_dir),
             )
             self._finalizer = weakref.finalize(self, _stop, self._executor)
         return self._executor

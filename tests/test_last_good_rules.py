@@ -1,0 +1,333 @@
+"""A typo in rules/ no longer stops the worker: it runs with the last rules that loaded.
+
+The integration tests run ``service.py`` as systemd would, against a real Dovecot and a
+real SMTP server; all mail is synthetic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from intake import last_good_rules, samples
+from intake.config import PROJECT_ROOT, Settings, load_settings
+from intake.localservers import LocalDovecot, LocalSMTP, ReceivedMail
+from intake.prepare_pool import rules_fingerprint
+from tests.helpers import ONCALL, settled, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKEN = '\n[[rule]\nid = "topic.broken"\n'  # a missing "]": not valid TOML
+
+
+def copy_rules(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "rules", rules)
+    return rules
+
+
+def break_topics(rules: Path) -> int:
+    """Add a syntax error to topics.toml; returns the line the loader reports."""
+    topics = rules / "topics.toml"
+    before = topics.read_text(encoding="utf-8")
+    topics.write_text(before + BROKEN, encoding="utf-8")
+    return before.count("\n") + 2  # the "[[rule]" line
+
+
+def offline_config(tmp_path: Path, extra: str = "") -> Path:
+    """A config whose mail servers are never reached (port 1)."""
+    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
+    smtp = SimpleNamespace(host="127.0.0.1", port=1)
+    return write_config(tmp_path, imap, smtp, extra=extra)  # type: ignore[arg-type]
+
+
+def run_service(
+    *args: str, config: Path, password: str = "x", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEST_IMAP_PASSWORD": password}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "service.py"), *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def text_of(mail: ReceivedMail) -> str:
+    msg: EmailMessage = mail.message
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def notices(mails: list[ReceivedMail]) -> list[ReceivedMail]:
+    return [m for m in mails if m.message["X-Soudan-Intake"] == last_good_rules.NOTICE_KIND]
+
+
+@pytest.mark.integration
+def test_once_with_a_typo_in_the_rules_still_reads_alerts_and_tells_staff_once_a_day(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    rules = copy_rules(tmp_path)
+    config = write_config(
+        tmp_path, dovecot, smtp_server, extra=f'\n[service]\nrules_dir = "{rules}"\n'
+    )
+    first = run_service("once", config=config, password=dovecot.password)
+    assert first.returncode == 0, first.stderr
+    assert (last_good_rules.snapshot_root(load_settings(config)) / "current").is_symlink()
+
+    line = break_topics(rules)
+    dovecot.append(
+        samples.consultation(
+            "resident.test@example.jp",
+            "相談",
+            "もう死にたいです。今夜、橋から飛び降りようと思っています。",
+        )
+    )
+    second = run_service("once", config=config, password=dovecot.password)
+    assert second.returncode == 0, second.stderr
+    assert "cases 1" in second.stdout and "alerts queued 1" in second.stdout, second.stdout
+    assert f"topics.toml:{line}: " in second.stderr
+    assert "running with the last rules that loaded" in second.stderr
+    mails = smtp_server.wait_for(3, timeout=30)
+    alerts = [m for m in mails if m.message["X-Soudan-Intake"] == "alert"]
+    assert len(alerts) == 1 and alerts[0].rcpt_tos == [ONCALL]
+    assert [m.rcpt_tos for m in mails if "resident.test@example.jp" in m.rcpt_tos] == [
+        ["resident.test@example.jp"]
+    ]
+    (notice,) = notices(mails)
+    assert notice.rcpt_tos == [ONCALL]
+    text = text_of(notice)
+    assert f"topics.toml {line}行目" in text
+    assert "python service.py check" in text
+    assert "死にたい" not in text and "resident.test" not in text  # no mail content
+
+    # A restart the same day (a restart loop under systemd) tells nobody again.
+    third = run_service("once", config=config, password=dovecot.password)
+    assert third.returncode == 0, third.stderr
+    assert f"topics.toml:{line}: " in third.stderr
+    assert len(notices(settled(smtp_server, 2.0))) == 1
+
+
+@pytest.mark.integration
+def test_run_with_a_typo_in_the_rules_keeps_alerting(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """The worker restarted at night after a broken edit: it starts, alerts, tells staff."""
+    import signal
+
+    rules = copy_rules(tmp_path)
+    config = write_config(
+        tmp_path, dovecot, smtp_server, extra=f'\n[service]\nrules_dir = "{rules}"\n'
+    )
+    assert run_service("once", config=config, password=dovecot.password).returncode == 0
+    line = break_topics(rules)
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "service.py"), "run", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, "TEST_IMAP_PASSWORD": dovecot.password},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        dovecot.append(
+            samples.consultation(
+                "night.test@example.jp", "相談", "もう死にたい。今から飛び降りる。"
+            )
+        )
+        mails = smtp_server.wait_for(3, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+    assert [m.rcpt_tos for m in mails if m.message["X-Soudan-Intake"] == "alert"] == [[ONCALL]]
+    assert len(notices(mails)) == 1
+    assert f"topics.toml:{line}: " in stderr
+
+
+@pytest.mark.parametrize("command", ["once", "run"])
+def test_first_install_with_broken_rules_refuses_to_start(tmp_path: Path, command: str) -> None:
+    rules = copy_rules(tmp_path)
+    line = break_topics(rules)
+    config = offline_config(tmp_path, extra=f'\n[service]\nrules_dir = "{rules}"\n')
+    result = run_service(command, config=config, timeout=90)
+    assert result.returncode == 1, result.stderr
+    assert f"topics.toml:{line}: " in result.stderr
+    assert not (tmp_path / last_good_rules.ROOT_NAME).exists()
+
+
+def _settings(tmp_path: Path, mailbox: str = "kasaoka", extra: str = "") -> Settings:
+    rules = tmp_path / "rules"
+    if not rules.exists():
+        copy_rules(tmp_path)
+    path = offline_config(tmp_path, extra=f'\n[service]\nrules_dir = "{rules}"\n{extra}')
+    text = path.read_text(encoding="utf-8").replace("[mailbox]\n", f'[mailbox]\nid = "{mailbox}"\n')
+    path.write_text(text, encoding="utf-8")
+    return load_settings(path)
+
+
+def test_snapshot_is_private_and_not_rewritten_when_unchanged(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    fingerprint = rules_fingerprint(settings.rules_dir)
+    assert last_good_rules.save(settings, fingerprint)
+    root = last_good_rules.snapshot_root(settings)
+    assert root.parent == tmp_path / last_good_rules.ROOT_NAME  # beside the SQLite file
+    snapshot = last_good_rules.find(settings)
+    assert snapshot is not None and snapshot.fingerprint == fingerprint
+    for folder in (root.parent, root, snapshot.path):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    files = sorted(p.name for p in snapshot.path.iterdir())
+    assert files == sorted(
+        [last_good_rules.MANIFEST, *(p.name for p in settings.rules_dir.iterdir())]
+    )
+    for file in snapshot.path.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    written = {p: p.stat().st_mtime_ns for p in snapshot.path.iterdir()}
+
+    assert not last_good_rules.save(settings, fingerprint)  # the same rules: no write
+    assert last_good_rules.find(settings) == snapshot
+    assert {p: p.stat().st_mtime_ns for p in snapshot.path.iterdir()} == written
+
+    topics = settings.rules_dir / "topics.toml"
+    topics.write_bytes(topics.read_bytes() + b"\n# edited by staff\n")
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    newer = last_good_rules.find(settings)
+    assert newer is not None and newer.path != snapshot.path
+    assert (newer.path / "topics.toml").read_bytes() == topics.read_bytes()
+
+
+def test_rules_edited_while_loading_are_not_saved(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    fingerprint = rules_fingerprint(settings.rules_dir)
+    topics = settings.rules_dir / "topics.toml"
+    topics.write_bytes(topics.read_bytes() + b"\n# edited meanwhile\n")
+    assert not last_good_rules.save(settings, fingerprint)
+    assert last_good_rules.find(settings) is None
+
+
+def test_snapshot_of_another_mailbox_is_never_used(tmp_path: Path) -> None:
+    ours = _settings(tmp_path, "kasaoka")
+    theirs = _settings(tmp_path, "ibara")  # same database folder, same rules folder
+    assert last_good_rules.save(ours, rules_fingerprint(ours.rules_dir))
+    assert last_good_rules.find(ours) is not None
+    assert last_good_rules.find(theirs) is None
+    # Even a copy moved into the other mailbox's folder names its own mailbox.
+    shutil.copytree(
+        last_good_rules.snapshot_root(ours), last_good_rules.snapshot_root(theirs), symlinks=True
+    )
+    assert last_good_rules.find(theirs) is None
+
+
+def test_damaged_or_shared_snapshot_is_not_used(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    snapshot = last_good_rules.find(settings)
+    assert snapshot is not None
+    root = last_good_rules.snapshot_root(settings)
+    root.chmod(0o777)  # another local user could plant rules there
+    assert last_good_rules.find(settings) is None
+    root.chmod(0o700)
+    urgent = snapshot.path / "urgent.toml"
+    urgent.write_bytes(urgent.read_bytes().replace(b"\n", b"\n#", 3))
+    assert last_good_rules.find(settings) is None
+
+
+def test_configured_folder_is_used_and_check_accepts_it(tmp_path: Path) -> None:
+    from intake.check import run_checks
+
+    elsewhere = tmp_path / "kept"
+    settings = _settings(tmp_path, extra=f'last_good_rules_dir = "{elsewhere}"\n')
+    assert last_good_rules.snapshot_root(settings).parent == elsewhere
+    assert run_checks(settings.path) == []
+    inside = _settings(tmp_path, extra=f'last_good_rules_dir = "{settings.rules_dir}/kept"\n')
+    (problem,) = run_checks(inside.path)
+    assert "last_good_rules_dir" in problem and "inside the rules folder" in problem
+
+
+def test_postgres_without_the_key_keeps_the_snapshot_in_the_cache_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    monkeypatch.setenv("SOUDAN_INTAKE_CACHE_DIR", str(tmp_path / "cache"))
+    settings = replace(
+        _settings(tmp_path), database_url="postgresql+psycopg://intake@db.example.jp/intake"
+    )
+    assert last_good_rules.snapshot_root(settings).parent == (
+        tmp_path / "cache" / last_good_rules.ROOT_NAME
+    )
+
+
+def test_fallback_service_uses_the_saved_rules_pool_and_cached_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's children load the copy the worker runs with, and the learned tier comes
+    from its cache (keyed by the examples' bytes): nothing is retrained."""
+    from intake import learned
+    from intake.pipeline import Service, _attempt
+
+    settings = _settings(tmp_path, extra="prepare_processes = 1\n")
+    svc = Service.from_settings(settings, last_good=True)
+    assert svc.rules_fallback is None
+    svc.close()
+    break_topics(settings.rules_dir)
+
+    def no_training(*args: Any) -> Any:
+        raise AssertionError("the learned tier was retrained")
+
+    monkeypatch.setattr(learned, "_MEMO", {})
+    monkeypatch.setattr(learned, "train_in_child", no_training)
+    svc = Service.from_settings(settings, last_good=True)
+    try:
+        assert svc.rules_fallback is not None
+        assert svc.rules.learned is not None
+        snapshot = svc.rules_fallback.snapshot
+        assert svc.pool is not None and svc.pool.rules_dir == snapshot.path
+        raws = [p.read_bytes() for p in sorted((ROOT / "tests" / "mails").glob("*.eml"))][:8]
+        here: list[bytes] = []
+
+        def local(raw: bytes) -> Any:
+            here.append(raw)
+            return _attempt(svc, raw)
+
+        result = svc.pool.prepare(raws, local, steal=False)
+        assert here == [] and not svc.pool.disabled  # all done by the child, none refused
+        assert result == [_attempt(svc, raw) for raw in raws]
+    finally:
+        svc.close()
+
+    # Other commands (digest, staff commands) keep refusing broken rules.
+    from intake.errors import RulesError
+
+    with pytest.raises(RulesError):
+        Service.from_settings(settings)
+
+
+def test_older_copies_are_removed_once_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One copy per mailbox stays: a folder that is edited often does not fill the disk."""
+    monkeypatch.setattr(last_good_rules, "PRUNE_AFTER", -1.0)
+    settings = _settings(tmp_path)
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    old = last_good_rules.find(settings)
+    topics = settings.rules_dir / "topics.toml"
+    topics.write_bytes(topics.read_bytes() + b"\n# edited by staff\n")
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    new = last_good_rules.find(settings)
+    assert old is not None and new is not None and not old.path.exists()
+    root = last_good_rules.snapshot_root(settings)
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [last_good_rules.CURRENT, new.path.name]
+    )
