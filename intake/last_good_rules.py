@@ -321,12 +321,15 @@ def _prune(root: Path, keep: str) -> None:
                 shutil.rmtree(entry)
 
 
-def load(settings: Settings, last_good: bool) -> Loaded:
+def load(settings: Settings, last_good: bool, *, read_only: bool = False) -> Loaded:
     """Load the live rules and partners; with ``last_good``, save them when they load and
-    fall back to the saved copy when they do not (see the module docstring).
+    fall back to the saved copy when they do not (see the module docstring). With
+    ``read_only`` (staff commands such as ``show``, which the night alert tells the
+    on-call person to run): fall back to the copy too, but never save one (and the caller
+    queues no notice).
 
     Raises ``RulesError`` (the live folder's problems) when they do not load and there is
-    no usable copy, or ``last_good`` is False (every command but ``run`` and ``once``)."""
+    no usable copy, or neither ``last_good`` nor ``read_only`` is set."""
     from intake.partners import load_directory
     from intake.rules import load_rules
 
@@ -338,13 +341,20 @@ def load(settings: Settings, last_good: bool) -> Loaded:
         rules = load_rules(live)
         directory = load_directory(live / "partners.toml")
     except RulesError as exc:
-        if not last_good:
+        if not (last_good or read_only):
             raise
         snapshot = find(settings)
         if snapshot is None:
             raise
         problems = tuple(exc.problems) + _partner_problems(live, exc)
-        _log_fallback(problems, snapshot, settings)
+        if read_only:
+            log.warning(
+                "the rules have problems (service.py check lists them): this command uses "
+                "the last rules that loaded, saved at %s",
+                snapshot.saved_at.astimezone(settings.timezone).isoformat(timespec="seconds"),
+            )
+        else:
+            _log_fallback(problems, snapshot, settings)
         return Loaded(
             rules=load_rules(snapshot.path),
             directory=load_directory(snapshot.path / "partners.toml"),

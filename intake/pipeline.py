@@ -140,10 +140,14 @@ class Service:
     rules_fallback: Fallback | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, last_good: bool = False) -> Service:
+    def from_settings(
+        cls, settings: Settings, *, last_good: bool = False, read_only: bool = False
+    ) -> Service:
         """Build the service. ``last_good`` (``run``, ``once``): save the rules when they
         load, run with the last rules that loaded when they do not, and queue the staff
-        notice of that (``intake.last_good_rules``); otherwise broken rules raise."""
+        notice of that (``intake.last_good_rules``). ``read_only`` (staff commands): use
+        the last rules that loaded when the live ones are broken, save and tell nothing.
+        Otherwise broken rules raise."""
         from datetime import time
 
         from intake import last_good_rules
@@ -163,7 +167,7 @@ class Service:
         # The fingerprint is taken before the rules are read: a pool child refuses to work
         # with other rules than these (staff may edit rules/ meanwhile), and it loads them
         # from where the worker did (the last good copy when the live rules are broken).
-        loaded = last_good_rules.load(settings, last_good)
+        loaded = last_good_rules.load(settings, last_good, read_only=read_only)
         pooled = settings.prepare_processes > 0
         svc = cls(
             settings=settings,
@@ -185,7 +189,7 @@ class Service:
             ),
             rules_fallback=loaded.fallback,
         )
-        if loaded.fallback is not None:
+        if loaded.fallback is not None and last_good:
             try:
                 last_good_rules.notify(svc, loaded.fallback, datetime.now(calendar.tz))
             except Exception:

@@ -21,6 +21,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ MAIL_KIND_JA = {
     "escalation": "再通知",
     "escalation-retry": "再通知（再送）",
     "digest": "ダイジェスト",
+    "rules-fallback": "ルール誤りのお知らせ",
 }
 MAIL_STATUS_JA = {
     "queued": "送信待ち",
@@ -542,7 +544,17 @@ def _service(args: argparse.Namespace) -> Service:
 
     settings = load_settings(args.config)
     _require_database(settings.database_url)
-    svc = Service.from_settings(settings)
+    # The night alert tells the on-call person to run ``show``: a rules typo must not
+    # keep them from reading the case (the worker runs with the last good copy too).
+    svc = Service.from_settings(settings, read_only=True)
+    if svc.rules_fallback is not None:
+        saved = svc.rules_fallback.snapshot.saved_at.astimezone(settings.timezone)
+        print(
+            "注意: 相談ルールのファイルに誤りがあるため、前回正しく読み込めたルール"
+            f"（{saved:%m月%d日 %H:%M} 保存）で表示しています。"
+            "担当者は `python service.py check` で確認してください。",
+            file=sys.stderr,
+        )
     ensure_tables(svc.engine)
     return svc
 

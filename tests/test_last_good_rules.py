@@ -331,3 +331,41 @@ def test_older_copies_are_removed_once_replaced(
     assert sorted(p.name for p in root.iterdir()) == sorted(
         [last_good_rules.CURRENT, new.path.name]
     )
+
+
+@pytest.mark.integration
+def test_show_still_opens_a_case_at_night_with_a_typo_in_the_rules(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """The night alert tells the on-call person to run ``show CASE``; with a typo in the
+    rules it refused (rules problem) while the worker kept running on the saved copy.
+    It uses the copy too, says so in Japanese, and saves or sends nothing."""
+    rules = copy_rules(tmp_path)
+    config = write_config(
+        tmp_path, dovecot, smtp_server, extra=f'\n[service]\nrules_dir = "{rules}"\n'
+    )
+    dovecot.append(samples.consultation("resident.test@example.jp", "相談", "寂しいです"))
+    first = run_service("once", config=config, password=dovecot.password)
+    assert first.returncode == 0, first.stderr
+    break_topics(rules)
+    root = last_good_rules.snapshot_root(load_settings(config))
+    saved = sorted(p.name for p in root.iterdir())
+
+    shown = run_service("show", "C000001", config=config)
+    assert shown.returncode == 0, shown.stderr
+    assert "C000001" in shown.stdout
+    assert "前回正しく読み込めたルール" in shown.stderr
+    listed = run_service("cases", config=config)
+    assert listed.returncode == 0 and "C000001" in listed.stdout, listed.stderr
+    assert sorted(p.name for p in root.iterdir()) == saved  # nothing saved
+    assert not notices(settled(smtp_server, 1.0))  # nothing sent
+
+
+def test_show_with_broken_rules_and_no_saved_copy_still_refuses(tmp_path: Path) -> None:
+    rules = copy_rules(tmp_path)
+    break_topics(rules)
+    config = offline_config(tmp_path, extra=f'\n[service]\nrules_dir = "{rules}"\n')
+    (tmp_path / "intake.db").touch()  # the database exists; only the rules are broken
+    result = run_service("show", "C000001", config=config)
+    assert result.returncode != 0
+    assert "topics.toml" in result.stderr
