@@ -20,10 +20,11 @@ unreadable mark changes nothing either: the mark can only ever withhold a *secon
 acknowledgement. ``once --accept-existing`` ignores it (the operator's choice).
 
 Where: beside an SQLite database file (``<database>.mailbox-<hash>.read``), so every
-database has its own; for PostgreSQL, in ``$XDG_STATE_HOME/soudan-intake/read-marks``
-(default ``~/.local/state``), one file per database URL (password removed) and mailbox,
-as the same database restored on its server keeps its URL. An in-memory database has
-none.
+database has its own; for PostgreSQL, in ``$STATE_DIRECTORY/read-marks`` (set by
+systemd's ``StateDirectory=``, see the README's unit), else
+``$XDG_STATE_HOME/soudan-intake/read-marks`` (default ``~/.local/state``), one file per
+database URL (password removed) and mailbox, as the same database restored on its
+server keeps its URL. An in-memory database has none.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
+# Folders where a mark could not be written, warned about once (``save``).
+_unwritable: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ def mark_path(database_url: str, mailbox_key: str) -> Path | None:
         return path.with_name(f"{path.name}.mailbox-{name}.read")
     where = url.render_as_string(hide_password=True)
     both = hashlib.blake2b(f"{where}\n{mailbox_key}".encode(), digest_size=12).hexdigest()
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd) / "read-marks" / f"{both}.read"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "soudan-intake" / "read-marks" / f"{both}.read"
 
@@ -86,7 +92,8 @@ def save(path: Path | None, mailbox_key: str, mark: ReadMark) -> None:
     """Replace the mark at ``path`` with ``mark`` (temp file + rename, mode 0600).
 
     Never raises: a mark that cannot be written only means a later restore of an older
-    database is not noticed (as before marks existed); it is logged at WARNING."""
+    database is not noticed (as before marks existed); it is logged at WARNING, once per
+    process and folder (it is written after every batch)."""
     if path is None:
         return
     try:
@@ -108,4 +115,10 @@ def save(path: Path | None, mailbox_key: str, mark: ReadMark) -> None:
                 os.unlink(tmp)
             raise
     except OSError as exc:
-        log.warning("read mark not written", extra={"error": type(exc).__name__})
+        if path.parent not in _unwritable:
+            _unwritable.add(path.parent)
+            log.warning(
+                "read mark not written: a database restored from an older backup would "
+                "acknowledge again the mail read since the backup",
+                extra={"error": type(exc).__name__, "folder": str(path.parent)},
+            )

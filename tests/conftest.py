@@ -37,6 +37,7 @@ def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     and mailbox; tests that reuse a database name and the loopback mailbox's key would
     otherwise see each other's marks and withhold acknowledgements."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
 
 
 def running_under_ci() -> bool:

@@ -156,3 +156,28 @@ def test_an_unreadable_or_foreign_mark_is_ignored(tmp_path: Path) -> None:
     link.symlink_to(path)
     assert load(link, "other-box") is None
     assert mark_path("sqlite://", "box") is None  # in memory: nothing to restore
+
+
+def test_postgres_marks_live_in_systemds_state_directory_one_per_database_and_mailbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql+psycopg://intake@db.example.jp/kasaoka"
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    path = mark_path(url, "box")
+    assert path is not None and path.parent == tmp_path / "state" / "read-marks"
+    assert mark_path(url.replace("kasaoka", "ibara"), "box") != path
+    assert mark_path(url, "other-box") != path
+    monkeypatch.delenv("STATE_DIRECTORY")
+    fallback = mark_path(url, "box")
+    assert fallback is not None and fallback.is_relative_to(tmp_path)  # conftest's XDG_STATE_HOME
+
+
+def test_an_unwritable_mark_folder_is_warned_about_once_and_reading_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    caplog.set_level(logging.WARNING)
+    for uid in (1, 2, 3):
+        save(blocked / "x.read", "box", ReadMark(5, uid))  # never raises
+    assert len([r for r in caplog.records if "read mark not written" in r.getMessage()]) == 1
