@@ -59,6 +59,31 @@ class FolderState:
     idle: bool  # the server offers IDLE
 
 
+def _unread_input(client: IMAPClient) -> bool:
+    """Whether the server's words already wait in imaplib's buffer, unseen by a poll.
+
+    Why: Dovecot syncs the folder when IDLE starts and sends ``+ idling`` and
+    ``* N EXISTS`` back to back. imaplib's buffered reader takes both off the socket while
+    ``idle()`` consumes only the first line, and ``idle_check`` polls the socket, which
+    then has nothing: the EXISTS of a mail that landed between the NOOP and the IDLE sat
+    unseen until DONE, i.e. for the whole wait (proven: an urgent mail alerted after 30 s
+    instead of 0.6 s). One non-blocking peek: buffered bytes, or at most one read that
+    cannot wait (a TLS record already received but not yet decrypted counts too).
+    """
+    reader = getattr(client._imap, "file", None)
+    if reader is None or not hasattr(reader, "peek"):
+        return False
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(reader.peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False
+    finally:
+        sock.settimeout(timeout)
+
+
 def tls_context(cafile: Any = None) -> ssl.SSLContext:
     """Certificate and host name checks on, always; a CA file adds trust to the system's."""
     context = ssl.create_default_context()
@@ -290,9 +315,12 @@ class Mailbox:
         out the whole IDLE (measured: a mail appended just before IDLE was reported only at
         DONE). So: an EXISTS already received means news now; otherwise one NOOP (one round
         trip) makes the server announce what arrived since the last command; only then
-        IDLE. A mail arriving in the one round trip between the NOOP and IDLE still waits
-        for the end of the wait, which is why ``seconds`` (``[mailbox] idle_seconds``) is
-        half a minute, not the 25 minutes RFC 2177 allows.
+        IDLE. Dovecot reports a mail that lands between the NOOP and IDLE right after
+        ``+ idling``, in bytes imaplib may already have read off the socket
+        (``_unread_input``), so the wait also ends on those. ``seconds``
+        (``[mailbox] idle_seconds``) bounds how long a connection that died silently
+        (a NAT dropping it) goes unnoticed, and any server news this code does not
+        foresee.
         """
         client = self._client()
         if self._news_reported():
@@ -306,8 +334,8 @@ class Mailbox:
         try:
             while not responses:
                 left = deadline - time.monotonic()
-                if left <= 0 or (stop is not None and stop()):
-                    break
+                if left <= 0 or (stop is not None and stop()) or _unread_input(client):
+                    break  # news already read off the socket is answered by DONE below
                 responses = list(client.idle_check(timeout=min(STOP_CHECK_SECONDS, left)))
         finally:
             _text, done = client.idle_done()

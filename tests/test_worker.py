@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -241,3 +242,107 @@ def test_an_idle_worker_sends_no_imap_command_until_mail_arrives_or_it_stops(
         svc.close()
     assert not thread.is_alive()
     assert time.monotonic() - stop_asked < 10.0  # the stop flag is looked at every second
+
+
+@pytest.mark.parametrize("tls", ["none", "imaps"])
+def test_wait_ends_at_once_for_mail_dovecot_announced_with_its_idle_answer(
+    dovecot_factory: Callable[..., LocalDovecot], monkeypatch: pytest.MonkeyPatch, tls: str
+) -> None:
+    """A mail that lands between the NOOP and IDLE is announced by Dovecot right after
+    ``+ idling``; imaplib reads both off the socket, so a poll of the socket saw nothing
+    and the mail waited for the whole IDLE (30 s; review rv8 F1). Over TLS too."""
+    dovecot = dovecot_factory(tls=tls)
+    if tls == "none":
+        mailbox = _open_mailbox(dovecot, monkeypatch)
+    else:
+        monkeypatch.setenv("TEST_WAIT_PASSWORD", dovecot.password)
+        mailbox = Mailbox(
+            MailboxSettings(
+                host=dovecot.host,
+                port=dovecot.port,
+                security="tls",
+                username=dovecot.user,
+                password=Secret(env="TEST_WAIT_PASSWORD"),
+                cafile=dovecot.cafile,
+                timeout=30,
+            )
+        )
+        mailbox.open()
+    try:
+        assert mailbox.new_uids(0) == []
+        client = mailbox.client
+        assert client is not None
+        real_idle = client.idle
+
+        def idle_after_a_mail_came() -> Any:
+            dovecot.append(samples.demo_mails()[0])
+            time.sleep(0.3)  # delivered before the IDLE command reaches Dovecot
+            return real_idle()
+
+        monkeypatch.setattr(client, "idle", idle_after_a_mail_came)
+        news, waited = _timed_wait(mailbox, 30.0)
+        assert news
+        assert waited < 5.0, waited
+        assert mailbox.new_uids(0) == [1]
+    finally:
+        mailbox.close()
+
+
+def test_an_urgent_mail_landing_during_the_workers_noop_is_alerted_within_seconds(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """End to end (review rv8 F1): the mail is delivered just after the worker's pre-IDLE
+    NOOP is answered; the on-call alert must still go out within seconds, not after the
+    30-s IDLE."""
+    import threading
+
+    from imapclient import IMAPClient
+
+    from intake.config import load_settings
+    from intake.pipeline import Service
+    from intake.worker import Worker
+    from tests.helpers import ONCALL
+
+    armed = threading.Event()
+    delivered: list[float] = []
+    real_noop = IMAPClient.noop
+
+    def noop_then_delivery(self: IMAPClient) -> Any:
+        answer = real_noop(self)
+        if threading.current_thread().name == "mail-loop" and armed.is_set():
+            armed.clear()
+            delivered.append(time.monotonic())
+            dovecot.append(
+                samples.consultation(
+                    "u1@example.jp", "相談", "もう死にたいです。今夜終わりにします。"
+                )
+            )
+            time.sleep(0.3)
+        return answer
+
+    monkeypatch.setattr(IMAPClient, "noop", noop_then_delivery)
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    svc = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
+    worker = Worker(svc)
+    thread = threading.Thread(target=worker.run, name="mail-loop", daemon=True)
+    thread.start()
+    try:
+        time.sleep(3.0)  # the worker sits in its first IDLE
+        armed.set()  # delivered at its next NOOP; make that come now with a first mail
+        dovecot.append(samples.consultation("first@example.jp", "相談", "寂しいです"))
+        deadline = time.monotonic() + 60
+        alerted_after = None
+        while time.monotonic() < deadline:
+            if delivered and any(ONCALL in m.rcpt_tos for m in smtp_server.messages):
+                alerted_after = time.monotonic() - delivered[0]
+                break
+            time.sleep(0.1)
+        assert alerted_after is not None
+        assert alerted_after < 5.0, alerted_after
+    finally:
+        worker.stop()
+        thread.join(30)
+        svc.close()
