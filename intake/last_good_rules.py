@@ -382,17 +382,90 @@ def _partner_problems(live: Path, exc: RulesError) -> tuple[Problem, ...]:
     return ()
 
 
+@dataclass(frozen=True)
+class FileDifference:
+    """A rules file whose live version is not the one the service runs with.
+
+    Why: the fallback loads every file from the saved copy, not only the broken ones, so a
+    valid edit made since (a new urgent phrase) is not in force either; staff must see
+    which files that concerns, or they believe their change is live."""
+
+    name: str  # relative POSIX name inside the rules folder
+    change: str  # "changed", "added" (live only), "removed" (copy only), "same"
+    has_errors: bool  # the live file has problems (a "same" file is listed only then)
+
+
+def file_differences(
+    live: Path, saved: Path, problems: Sequence[Problem]
+) -> tuple[FileDifference, ...] | None:
+    """The files that differ between the live rules folder and the saved copy, and the
+    files with problems, sorted by name; None when either folder is missing or cannot be
+    read (a missing rules folder is a problem of its own, not every file "removed").
+
+    Compares exactly the files the fingerprint covers (``prepare_pool.rules_files``), so
+    a hidden file or an editor backup is never reported. Names only: the callers put this
+    in a log and a mail, never the files' content."""
+    if not (live.is_dir() and saved.is_dir()):
+        return None
+    try:
+        now = dict(rules_files(live))
+        then = dict(rules_files(saved))
+    except OSError:
+        return None
+    broken = {name for name in (_problem_file(p, live) for p in problems) if name}
+    listed = []
+    for name in sorted(now.keys() | then.keys() | broken):
+        if name not in then:
+            change = "added"
+        elif name not in now:
+            change = "removed"
+        else:
+            change = "changed" if now[name] != then[name] else "same"
+        if change != "same" or name in broken:
+            listed.append(FileDifference(name, change, name in broken))
+    return tuple(listed)
+
+
+def _problem_file(problem: Problem, live: Path) -> str | None:
+    """The problem's file relative to the live rules folder, or None when it is not a
+    file inside it (the folder itself, a path elsewhere)."""
+    for base in (live, live.resolve()):
+        try:
+            name = problem.path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+        return None if name in ("", ".") else name
+    return None
+
+
+def _differences_for_log(differences: tuple[FileDifference, ...] | None) -> str:
+    if differences is None:
+        return "unknown (a rules folder could not be read)"
+    if not differences:
+        return "none"
+    return ", ".join(
+        f"{d.name} ({d.change}{', has problems' if d.has_errors else ''})" for d in differences
+    )
+
+
 def _log_fallback(problems: Sequence[Problem], snapshot: Snapshot, settings: Settings) -> None:
+    """Log each problem and what the service now runs with, at ERROR.
+
+    Every file comes from the copy, so the log says that every change since it was saved
+    is unused (valid edits too) and names the files that differ from it; names only."""
     for problem in problems:
         log.error(
             "rules problem; the service runs with the last rules that loaded until it is "
-            "fixed (service.py check lists every problem)",
+            "fixed and the service restarted (service.py check lists every problem)",
             extra={"problem": str(problem)},
         )
+    differences = file_differences(settings.rules_dir, snapshot.path, problems)
     log.error(
-        "the rules have problems: running with the last rules that loaded, saved at %s",
+        "the rules have problems: running with the last rules that loaded, saved at %s: "
+        "ALL rules files as they were then; every change since, in files without problems "
+        "too, is unused until the problems are fixed and the service restarted",
         snapshot.saved_at.astimezone(settings.timezone).isoformat(timespec="seconds"),
-        extra={"folder": str(snapshot.path)},
+        extra={"folder": str(snapshot.path), "differing": _differences_for_log(differences)},
     )
 
 
@@ -452,10 +525,12 @@ def _unique(addresses: Sequence[str]) -> list[str]:
 
 
 def notice_message(svc: Service, fallback: Fallback, to: list[str], now: datetime) -> Any:
-    """The notice: which files and lines are wrong, since when the service runs with the
-    saved rules, and what to do. Built in code, not from a staff-editable template, so a
-    broken template cannot silence it; no mail content (the problems are about staff's
-    own files)."""
+    """The notice: which files and lines are wrong, that the service runs with ALL the
+    files as saved at a given time (so a valid edit since, such as a new urgent phrase, is
+    not in force either), which files differ from that copy, and what to do. Built in
+    code, not from a staff-editable template, so a broken template cannot silence it; no
+    mail content (the problems are about staff's own files; files are named, never
+    quoted). Short lines: on-call staff read it on a phone."""
     from intake.compose import _base_message
 
     tz = svc.calendar.tz
@@ -476,6 +551,7 @@ def notice_message(svc: Service, fallback: Fallback, to: list[str], now: datetim
     more = len(fallback.problems) - MAX_LISTED
     if more > 0:
         listed.append(f"・ほか {more} 件（python service.py check ですべて表示されます）")
+    differences = file_differences(live, fallback.snapshot.path, fallback.problems)
     subject = "【要対応】相談ルールのファイルに誤りがあります（前回のルールで稼働中）"
     message = _base_message(svc.sender, to, subject, now, "auto-generated", NOTICE_KIND)
     lines = [
@@ -487,13 +563,20 @@ def notice_message(svc: Service, fallback: Fallback, to: list[str], now: datetim
         "誤りのある箇所:",
         *listed,
         "",
-        f"サービスは止まっていません。{saved_ja} に保存した、最後に正しく読み込めたルールで、",
-        "受付・自動返信・緊急通知・振り分けを続けています。",
-        "誤りのあるファイルに加えた変更は、直すまで使われません。",
+        "サービスは止まっていません。",
+        "ただし、rules/ のすべてのファイルについて、",
+        f"{saved_ja} に保存した控え（最後に正しく読み込めたルール）で動いています。",
+        "受付・自動返信・緊急通知・振り分けは、その時点のルールで続けています。",
+        "",
+        f"{saved_ja} より後の変更は、誤りのないファイルの変更も含めて、すべて使われていません。",
+        "たとえば緊急の言葉を追加していても、その言葉ではまだ緊急通知が出ません。",
+        "",
+        *_differences_for_notice(differences, saved_ja),
         "",
         "対応のお願い:",
-        "サーバーで python service.py check を実行して誤りを確認し、ファイルを直してください。",
-        "check が通ったら sudo systemctl restart soudan-intake で再起動してください。",
+        "1. サーバーで python service.py check を実行して誤りを確認し、ファイルを直してください。",
+        "2. check が通ったら sudo systemctl restart soudan-intake で再起動してください。",
+        "再起動するまで、直したファイルもほかのファイルも、変更は使われません。",
         "",
         "このメールは自動送信です。相談の内容は含まれていません。",
         "同じ誤りについては、1日に1回だけお知らせします。",
@@ -501,3 +584,29 @@ def notice_message(svc: Service, fallback: Fallback, to: list[str], now: datetim
     ]
     message.set_content("\n".join(lines), charset="utf-8", cte="8bit")
     return message
+
+
+_CHANGE_JA = {
+    "changed": "変更あり → この変更は使われていません",
+    "added": "新しく追加 → このファイルは使われていません",
+    "removed": "削除済み → 保存時点の内容がまだ使われています",
+    "same": "変更なし",
+}
+
+
+def _differences_for_notice(
+    differences: tuple[FileDifference, ...] | None, saved_ja: str
+) -> list[str]:
+    """The notice's list of files that differ from the saved copy (names only)."""
+    if differences is None:
+        return ["保存時点と違うファイル: 調べられませんでした（フォルダーを読めません）。"]
+    if not differences:
+        return ["保存時点と違うファイルはありません。"]
+    lines = [f"{saved_ja} の時点と違うファイル:"]
+    for d in differences[:MAX_LISTED]:
+        errors = "【誤りあり】" if d.has_errors else ""
+        lines.append(f"・{d.name}{errors}: {_CHANGE_JA[d.change]}")
+    more = len(differences) - MAX_LISTED
+    if more > 0:
+        lines.append(f"・ほか {more} 件")
+    return lines

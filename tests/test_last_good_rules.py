@@ -369,3 +369,106 @@ def test_show_with_broken_rules_and_no_saved_copy_still_refuses(tmp_path: Path) 
     result = run_service("show", "C000001", config=config)
     assert result.returncode != 0
     assert "topics.toml" in result.stderr
+
+
+# --- The notice and the ERROR log tell the truth: ALL files come from the copy ----------
+# (helper h-notice; review finding F3)
+
+NEW_URGENT_RULE = (
+    '\n[[rule]]\nid = "urgent.local.library"\ncategory = "suicidal"\n'
+    'reportable = false\npatterns = ["図書館の屋上"]\n'
+)
+
+
+def _valid_urgent_edit_and_partners_typo(rules: Path) -> None:
+    """Staff add an urgent phrase (valid) and, in the same session, break partners.toml."""
+    urgent = rules / "urgent.toml"
+    urgent.write_text(urgent.read_text(encoding="utf-8") + NEW_URGENT_RULE, encoding="utf-8")
+    partners = rules / "partners.toml"
+    partners.write_text(partners.read_text(encoding="utf-8") + "\n[[partner]\n", encoding="utf-8")
+
+
+def test_notice_says_a_valid_urgent_edit_is_not_in_force_while_another_file_is_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service runs with the whole saved copy, so the new urgent phrase is not used;
+    the notice said only the broken files' changes were unused, and staff believed the
+    phrase was live. It now says every change is unused and names urgent.toml."""
+    from datetime import datetime
+
+    from intake.pipeline import Service
+    from intake.triage import classify_text
+
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", "x")
+    settings = _settings(tmp_path)
+    Service.from_settings(settings, last_good=True).close()  # saves the copy
+    _valid_urgent_edit_and_partners_typo(settings.rules_dir)
+    svc = Service.from_settings(settings, last_good=True)
+    try:
+        fallback = svc.rules_fallback
+        assert fallback is not None
+        assert {p.path.name for p in fallback.problems} == {"partners.toml"}
+        phrase = "明日、図書館の屋上に行きます。"
+        assert not classify_text("相談", phrase, svc.rules).urgent  # really not in force
+        now = datetime.now(svc.calendar.tz)
+        message = last_good_rules.notice_message(svc, fallback, [ONCALL], now)
+    finally:
+        svc.close()
+    body = str(message.get_content())
+    assert "誤りのあるファイルに加えた変更は、直すまで使われません。" not in body
+    assert "rules/ のすべてのファイル" in body
+    assert "誤りのないファイルの変更も含めて、すべて使われていません" in body
+    lines = body.splitlines()
+    assert "・urgent.toml: 変更あり → この変更は使われていません" in lines
+    assert "・partners.toml【誤りあり】: 変更あり → この変更は使われていません" in lines
+    assert not any(line.startswith(("・topics.toml", "・examples.jsonl")) for line in lines)
+    assert "図書館" not in body  # names files, never quotes them
+    assert "python service.py check" in body and "restart" in body
+
+
+def test_fallback_error_log_names_the_files_that_differ_from_the_copy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path)
+    assert last_good_rules.load(settings, True).fallback is None  # saves the copy
+    _valid_urgent_edit_and_partners_typo(settings.rules_dir)
+    with caplog.at_level("ERROR", logger=last_good_rules.__name__):
+        assert last_good_rules.load(settings, True).fallback is not None
+    (record,) = [r for r in caplog.records if "running with the last rules" in r.getMessage()]
+    assert record.levelname == "ERROR"
+    assert "ALL rules files" in record.getMessage()
+    assert "in files without problems too, is unused" in record.getMessage()
+    differing = str(getattr(record, "differing", ""))
+    assert "urgent.toml (changed)" in differing
+    assert "partners.toml (changed, has problems)" in differing
+    assert "topics.toml" not in differing
+    assert "図書館" not in caplog.text
+
+
+def test_file_differences_lists_changed_added_removed_and_broken_files_only(
+    tmp_path: Path,
+) -> None:
+    """Pure comparison: what the fingerprint covers, names only; hidden files and editor
+    backups are not rules and are never listed."""
+    from intake.errors import Problem
+
+    live, saved = tmp_path / "live", tmp_path / "saved"
+    for folder in (live, saved):
+        folder.mkdir()
+        (folder / "same.toml").write_text("a = 1\n", encoding="utf-8")
+        (folder / "broken_same.toml").write_text("b = 1\n", encoding="utf-8")
+        (folder / "edited.toml").write_text("c = 1\n", encoding="utf-8")
+    (live / "edited.toml").write_text("c = 2\n", encoding="utf-8")
+    (live / "new.toml").write_text("d = 1\n", encoding="utf-8")
+    (saved / "gone.toml").write_text("e = 1\n", encoding="utf-8")
+    (live / ".edited.toml.swp").write_bytes(b"x")
+    (live / "same.toml~").write_text("a = 0\n", encoding="utf-8")
+    problems = [Problem(live / "broken_same.toml", 1, "unknown topic"), Problem(live, None, "x")]
+    differences = last_good_rules.file_differences(live, saved, problems)
+    assert differences == (
+        last_good_rules.FileDifference("broken_same.toml", "same", True),
+        last_good_rules.FileDifference("edited.toml", "changed", False),
+        last_good_rules.FileDifference("gone.toml", "removed", False),
+        last_good_rules.FileDifference("new.toml", "added", False),
+    )
+    assert last_good_rules.file_differences(tmp_path / "missing", saved, problems) is None
