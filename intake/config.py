@@ -171,6 +171,12 @@ class Settings:
     # per mailbox (``intake.last_good_rules``); None: beside a SQLite database, else the
     # learned model's cache folder.
     last_good_rules_dir: Path | None = None
+    # [service] state_dir: the service's small state outside the database (read marks,
+    # ``intake.read_marks``; the last good rules under ``last-good-rules`` unless
+    # ``last_good_rules_dir``). None: beside a SQLite database; with PostgreSQL none is
+    # kept (``check`` warns): a default taken from the environment differed between the
+    # systemd unit and a shell (review rv8 F5).
+    state_dir: Path | None = None
 
 
 def auto_prepare_processes() -> int:
@@ -264,6 +270,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "rules_dir",
         "templates_dir",
         "last_good_rules_dir",
+        "state_dir",
     ),
     "retention": ("keep_days",),
     "report": ("salt_file",),
@@ -685,6 +692,7 @@ def settings_from_dict(
         ),
         prepare_processes=_prepare_processes(sv),
         last_good_rules_dir=_path(base, sv.get("last_good_rules_dir", str, None)),
+        state_dir=_path(base, sv.get("state_dir", str, None)),
     )
     _check_service(sv, settings)
     _unknown_keys(source, data)

@@ -126,6 +126,8 @@ def snapshot_root(settings: Settings) -> Path:
     """This mailbox's folder of saved copies (see the module docstring for why here)."""
     base = settings.last_good_rules_dir
     url = settings.database_url
+    if base is None and settings.state_dir is not None:
+        base = settings.state_dir / ROOT_NAME
     if base is None and url.startswith("sqlite:///") and ":memory:" not in url:
         base = Path(url.removeprefix("sqlite:///")).parent / ROOT_NAME
     if base is None:
@@ -154,14 +156,27 @@ def _private(folder: Path) -> bool:
     return not hasattr(os, "getuid") or st.st_uid == os.getuid()
 
 
-def find(settings: Settings) -> Snapshot | None:
+def _private_to_read(folder: Path) -> bool:
+    """Whether ``folder`` is a real directory that only its owner may write (any owner)."""
+    try:
+        st = folder.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def find(settings: Settings, read_only: bool = False) -> Snapshot | None:
     """The saved copy for this mailbox, or None (none saved, not private, another
-    mailbox's, damaged). Never raises for a bad copy: it is reported and ignored."""
+    mailbox's, damaged). Never raises for a bad copy: it is reported and ignored.
+
+    ``read_only`` (staff commands, which save nothing): a copy owned by another user (the
+    service's, read by root or with sudo) is used when nobody else may write it."""
     root = snapshot_root(settings)
     link = root / CURRENT
     if not link.is_symlink():
         return None
-    if not _private(root):
+    private = _private_to_read if read_only else _private
+    if not private(root):
         log.warning(
             "the last good rules folder is not private to this user; it is not used",
             extra={"folder": str(root)},
@@ -190,7 +205,7 @@ def find(settings: Settings) -> Snapshot | None:
             extra={"folder": str(folder)},
         )
         return None
-    if not _private(folder) or rules_fingerprint(folder) != fingerprint:
+    if not private(folder) or rules_fingerprint(folder) != fingerprint:
         log.warning(
             "the last good rules copy was changed or damaged since it was saved; not used",
             extra={"folder": str(folder)},
@@ -343,7 +358,7 @@ def load(settings: Settings, last_good: bool, *, read_only: bool = False) -> Loa
     except RulesError as exc:
         if not (last_good or read_only):
             raise
-        snapshot = find(settings)
+        snapshot = find(settings, read_only=read_only and not last_good)
         if snapshot is None:
             raise
         problems = tuple(exc.problems) + _partner_problems(live, exc)

@@ -130,6 +130,10 @@ class Service:
     # Set by ``process_new_mail`` while it writes a batch that a lost database had read
     # already (``intake.read_marks``): that batch's mail is not acknowledged again.
     no_ack_reason: str | None = None
+    # Set by ``process_new_mail`` for its whole read: the read mark's UID when the
+    # database is behind it; a placeholder for a mail at or below it (written while
+    # fetching, outside any batch) is not acknowledged again either.
+    read_before_uid: int | None = None
     # Per mailbox key: the read mark as this process last read or wrote it (one file read
     # per process, not per poll); see ``intake.read_marks``.
     read_marks: dict[str, ReadMark | None] = field(default_factory=dict)
@@ -223,8 +227,12 @@ class Service:
             self.pool.close()
 
     def deliver(self, now: datetime) -> SendReport:
-        """Deliver this mailbox's due outbox rows (alerts first)."""
-        return deliver_outbox(self.settings.smtp, self.engine, now, self.settings.mailbox.key)
+        """Deliver this mailbox's due outbox rows (alerts first); then move the read mark
+        over the mail whose acknowledgement is now settled (``note_read``)."""
+        report = deliver_outbox(self.settings.smtp, self.engine, now, self.settings.mailbox.key)
+        if report.sent or report.failed:
+            note_read(self)
+        return report
 
 
 @dataclass
@@ -1161,7 +1169,7 @@ def quarantine(
     log.error("message quarantined", extra={"message_row": msg.id, "stage": stage, "error": error})
     # Still acknowledge a person: a crash may delay an acknowledgement, never lose it.
     window = timedelta(hours=svc.settings.ack_window_hours)
-    no_ack = _no_ack_reason(svc, received)
+    no_ack = _no_ack_reason(svc, received, msg.uid)
     if no_ack is not None:
         case.ack_state = f"suppressed:{no_ack}"
     elif sender and _recent_ack(session, case.mailbox, sender, received, window):
@@ -2148,12 +2156,14 @@ READ_BY_LOST_DATABASE = "read-before"  # ack_state suppressed:<this> (intake.rea
 READ_MARK_EVENT = "database-behind-read-mark"  # detail: "<key> <uidvalidity> <cursor> <mark>"
 
 
-def _no_ack_reason(svc: Service, received: datetime) -> str | None:
+def _no_ack_reason(svc: Service, received: datetime, uid: int | None = None) -> str | None:
     """Why a mail received at ``received`` is not acknowledged at all, whoever sent it:
     the batch being written was read by a lost database (``Service.no_ack_reason``), or
     the mail is before the first read's cutoff (``Service.no_ack_before``); else None."""
     if svc.no_ack_reason is not None:
         return svc.no_ack_reason
+    if svc.read_before_uid is not None and uid is not None and uid <= svc.read_before_uid:
+        return READ_BY_LOST_DATABASE
     if svc.no_ack_before is not None and received < svc.no_ack_before:
         return OLD_AT_FIRST_READ
     return None
@@ -2165,7 +2175,7 @@ def _read_mark_above(svc: Service, uidvalidity: int, last_uid: int, now: datetim
     in this process, the operator is told at ERROR and an event is recorded."""
     key = svc.settings.mailbox.key
     if key not in svc.read_marks:
-        svc.read_marks[key] = load_read_mark(mark_path(svc.settings.database_url, key), key)
+        svc.read_marks[key] = load_read_mark(mark_path(svc.settings, key), key)
     mark = svc.read_marks[key]
     if mark is None or mark.uidvalidity != uidvalidity or mark.last_uid <= last_uid:
         return None
@@ -2189,15 +2199,59 @@ def _read_mark_above(svc: Service, uidvalidity: int, last_uid: int, now: datetim
     return mark.last_uid
 
 
-def _note_read(svc: Service, uidvalidity: int, high: int) -> None:
-    """Move the read mark up to ``high`` after a batch is committed (never down)."""
+def note_read(svc: Service) -> None:
+    """Move the read mark (``intake.read_marks``) up over the mail this database has read
+    and whose acknowledgement is settled: up to the cursor, but below the first mail whose
+    acknowledgement is still waiting in the outbox (queued or being sent).
+
+    Why not simply the cursor: the mark says "acknowledged already". Were the database lost
+    while acknowledgements wait (a relay down for hours) and restored from a backup, a
+    mark over them would keep those residents from ever being acknowledged (review rv8
+    F2). So it moves after each batch (over the mail that needs no acknowledgement) and
+    after each delivery run (``Service.deliver``, ``worker.deliver``). It never moves
+    down: a database behind it is what the mark is there to tell.
+
+    Cost: two primary-key or indexed reads (the cursor; the outbox's waiting
+    acknowledgements, found by status, joined to their first message), whatever the
+    mailbox's size. Never raises: a mark not moved only means a later restore of an
+    older backup may acknowledge again what the mark would have covered."""
+    try:
+        _move_read_mark(svc)
+    except Exception as exc:
+        log.warning("read mark not moved", extra={"error": type(exc).__name__})
+
+
+def _move_read_mark(svc: Service) -> None:
     key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as session:
+        cursor = session.get(Cursor, key)
+        if cursor is None or not cursor.uidvalidity or cursor.last_uid < 1:
+            return
+        uidvalidity, high = cursor.uidvalidity, cursor.last_uid
+        waiting = session.connection().execute(
+            core_select(func.min(_MESSAGES.c.uid))
+            .select_from(_OUTBOX.join(_MESSAGES, _MESSAGES.c.case_id == _OUTBOX.c.case_id))
+            .where(
+                _OUTBOX.c.status.in_(["queued", "sending"]),
+                _OUTBOX.c.kind == "ack",
+                _OUTBOX.c.mailbox == key,
+                _MESSAGES.c.mailbox == key,
+                _MESSAGES.c.uidvalidity == uidvalidity,
+            )
+        ).scalar()
+    if waiting is not None:
+        high = min(high, int(waiting) - 1)
+    if high < 1:
+        return
     mark = svc.read_marks.get(key)
+    if key not in svc.read_marks:
+        mark = load_read_mark(mark_path(svc.settings, key), key)
     if mark is not None and mark.uidvalidity == uidvalidity and mark.last_uid >= high:
+        svc.read_marks[key] = mark
         return
     mark = ReadMark(uidvalidity, high)
     svc.read_marks[key] = mark
-    save_read_mark(mark_path(svc.settings.database_url, key), key, mark)
+    save_read_mark(mark_path(svc.settings, key), key, mark)
 
 
 def _oldest_arrival(mailbox: Mailbox) -> tuple[bool, datetime | None]:
@@ -2329,6 +2383,7 @@ def process_new_mail(
     finally:
         svc.no_ack_before = None
         svc.no_ack_reason = None
+        svc.read_before_uid = None
 
 
 def _read_new_mail(
@@ -2390,6 +2445,7 @@ def _read_new_mail(
         if accept_existing or not uids
         else _read_mark_above(svc, state.uidvalidity, last_uid, now)
     )
+    svc.read_before_uid = mark  # for placeholders written while fetching (quarantine)
     if mark is not None:
         batches = [
             part
@@ -2446,7 +2502,7 @@ def _read_new_mail(
             )
             ingest_batch(svc, items, state.uidvalidity, high, now, report, ticket)
             svc.no_ack_reason = None
-            _note_read(svc, state.uidvalidity, high)
+            note_read(svc)
             # Only now, with the cases committed, may the mail leave the folder.
             report.moved += mailbox.move_done([uid for uid, _raw, _when in items])
             if after_batch is not None and index + 1 < len(batches):

@@ -19,12 +19,9 @@ mail; a crash between the commit and the mark's write) and changes nothing. A mi
 unreadable mark changes nothing either: the mark can only ever withhold a *second*
 acknowledgement. ``once --accept-existing`` ignores it (the operator's choice).
 
-Where: beside an SQLite database file (``<database>.mailbox-<hash>.read``), so every
-database has its own; for PostgreSQL, in ``$STATE_DIRECTORY/read-marks`` (set by
-systemd's ``StateDirectory=``, see the README's unit), else
-``$XDG_STATE_HOME/soudan-intake/read-marks`` (default ``~/.local/state``), one file per
-database URL (password removed) and mailbox, as the same database restored on its
-server keeps its URL. An in-memory database has none.
+Where: ``[service] state_dir`` when set, else beside an SQLite database file
+(``<database>.mailbox-<hash>.read``), so every database has its own; PostgreSQL needs
+``state_dir`` (``mark_path``). An in-memory database has none.
 """
 
 from __future__ import annotations
@@ -40,6 +37,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from intake.config import Settings
+
 log = logging.getLogger(__name__)
 # Folders where a mark could not be written, warned about once (``save``).
 _unwritable: set[Path] = set()
@@ -51,23 +50,27 @@ class ReadMark:
     last_uid: int
 
 
-def mark_path(database_url: str, mailbox_key: str) -> Path | None:
-    """The mark file of ``mailbox_key`` read with the database at ``database_url``."""
-    url = make_url(database_url)
+def mark_path(settings: Settings, mailbox_key: str) -> Path | None:
+    """The mark file of ``mailbox_key`` read with ``settings``' database; None: no mark.
+
+    ``[service] state_dir`` when set (one file per database URL, password removed, and
+    mailbox: the same database restored on its server keeps its URL); else beside an
+    SQLite database file. PostgreSQL without ``state_dir`` keeps no mark: a place taken
+    from the environment differed between the systemd unit and a shell, so a ``once``
+    run by hand after a restore would not have seen the worker's mark."""
+    url = make_url(settings.database_url)
     name = hashlib.blake2b(mailbox_key.encode("utf-8"), digest_size=8).hexdigest()
+    if settings.state_dir is not None:
+        where = url.render_as_string(hide_password=True)
+        both = hashlib.blake2b(f"{where}\n{mailbox_key}".encode(), digest_size=12).hexdigest()
+        return settings.state_dir / "read-marks" / f"{both}.read"
     if url.get_backend_name() == "sqlite":
         database = url.database
         if not database or database == ":memory:" or database.startswith("file::memory:"):
             return None
         path = Path(database).resolve()
         return path.with_name(f"{path.name}.mailbox-{name}.read")
-    where = url.render_as_string(hide_password=True)
-    both = hashlib.blake2b(f"{where}\n{mailbox_key}".encode(), digest_size=12).hexdigest()
-    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if systemd:
-        return Path(systemd) / "read-marks" / f"{both}.read"
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "soudan-intake" / "read-marks" / f"{both}.read"
+    return None
 
 
 def load(path: Path | None, mailbox_key: str) -> ReadMark | None:

@@ -157,7 +157,7 @@ SUPPRESSED_JA = {
     "rate-limited": "同じ送信者に返信済み",
     "quarantined": "メールを読み取れませんでした",
     "first-read-old": "導入・復旧時に受信箱にあった古いメール（返信済みかもしれません）",
-    "read-before": "復元前のデータベースで受付・返信済みのメール（自動返信は再送していません）",
+    "read-before": "復元前のデータベースで受付済みのメール（自動返信はその時に送信済み・再送なし）",
 }
 SUPPRESSED_PREFIX_JA = (
     ("auto-submitted:", "自動送信メール"),

@@ -29,17 +29,6 @@ from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_bin
 from intake.localservers import LocalDovecot, LocalSMTP
 
 
-@pytest.fixture(autouse=True)
-def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test its own ``$XDG_STATE_HOME`` (inherited by the workers it starts).
-
-    The PostgreSQL read marks (``intake.read_marks``) live there, keyed by database URL
-    and mailbox; tests that reuse a database name and the loopback mailbox's key would
-    otherwise see each other's marks and withhold acknowledgements."""
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
-    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-
-
 def running_under_ci() -> bool:
     """True when the ``CI`` environment variable says so (``CI=true`` in .ci/run)."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -472,3 +472,53 @@ def test_file_differences_lists_changed_added_removed_and_broken_files_only(
         last_good_rules.FileDifference("new.toml", "added", False),
     )
     assert last_good_rules.file_differences(tmp_path / "missing", saved, problems) is None
+
+
+# --- the copy's place comes from the config, not the environment (review rv8 F5) ------
+
+
+def test_with_postgresql_and_state_dir_show_from_a_shell_finds_the_workers_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unit sets SOUDAN_INTAKE_CACHE_DIR; the night alert tells on-call to run
+    ``show`` from a shell, where it is not set. With PostgreSQL the copy lived in the
+    cache folder, so ``show`` looked elsewhere and refused. ``[service] state_dir`` is one
+    place for both (the reviewer's scenario, with the setting the README now gives)."""
+    import re
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    rules = copy_rules(tmp_path)
+    state = tmp_path / "var-lib-soudan-intake"
+    config = offline_config(
+        tmp_path, extra=f'\n[service]\nrules_dir = "{rules}"\nstate_dir = "{state}"\n'
+    )
+    text = re.sub(
+        r'url = "sqlite:///[^"]*"',
+        'url = "postgresql://intake@127.0.0.1:1/soudan"',
+        config.read_text(encoding="utf-8"),
+    )
+    config.write_text(text, encoding="utf-8")
+    settings = load_settings(config)
+    unit_cache = tmp_path / "var-cache-soudan-intake"
+    unit_cache.mkdir(mode=0o755)
+    monkeypatch.setenv("SOUDAN_INTAKE_CACHE_DIR", str(unit_cache))  # as under systemd
+    last_good_rules.load(settings, True)  # the worker's start saves the copy
+    worker_root = last_good_rules.snapshot_root(settings)
+    assert worker_root.is_relative_to(state)
+    break_topics(rules)
+    assert last_good_rules.load(settings, True).fallback is not None  # the worker runs on
+    monkeypatch.delenv("SOUDAN_INTAKE_CACHE_DIR")  # on-call's shell
+    assert last_good_rules.snapshot_root(settings) == worker_root
+    loaded = last_good_rules.load(settings, False, read_only=True)
+    assert loaded.fallback is not None
+
+
+def test_a_staff_command_may_read_a_copy_owned_by_the_service_account(tmp_path: Path) -> None:
+    """Staff run ``show`` as root or with sudo, not as the service's account: reading a
+    copy nobody else may write is safe; the worker itself still uses only its own."""
+    folder = tmp_path / "copy"
+    folder.mkdir(mode=0o700)
+    assert last_good_rules._private_to_read(folder)
+    folder.chmod(0o770)
+    assert not last_good_rules._private_to_read(folder)  # the group could plant rules

@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -24,7 +26,7 @@ from intake.localservers import LocalDovecot, LocalSMTP
 from intake.pipeline import READ_BY_LOST_DATABASE, READ_MARK_EVENT, Service, process_new_mail
 from intake.read_marks import ReadMark, load, mark_path, save
 from intake.store import Case, Event, Outbox, session_scope
-from tests.helpers import write_config
+from tests.helpers import settled, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +39,15 @@ def config(
     yield write_config(tmp_path, dovecot, smtp_server)
 
 
-def _read(config: Path, accept_existing: bool = False) -> tuple[Service, int]:
+def _read(config: Path, accept_existing: bool = False, deliver: bool = True) -> tuple[Service, int]:
+    """One ``once``: read, then send what is due (unless ``deliver`` is False: the relay
+    is down)."""
     svc = Service.from_settings(load_settings(config))
+    now = datetime.now().astimezone()
     with Mailbox(svc.settings.mailbox) as mb:
-        report = process_new_mail(
-            svc, mb, datetime.now().astimezone(), accept_existing=accept_existing
-        )
+        report = process_new_mail(svc, mb, now, accept_existing=accept_existing)
+    if deliver:
+        svc.deliver(now)
     return svc, report.cases
 
 
@@ -134,7 +139,7 @@ def test_a_mark_behind_the_database_or_of_another_folder_changes_nothing(
 ) -> None:
     settings = load_settings(config)
     key = settings.mailbox.key
-    path = mark_path(settings.database_url, key)
+    path = mark_path(settings, key)
     assert path is not None
     save(path, key, ReadMark(uidvalidity=1, last_uid=50))  # another UIDVALIDITY
     dovecot.append(samples.consultation("first@example.jp", "相談", "寂しいです"))
@@ -155,21 +160,27 @@ def test_an_unreadable_or_foreign_mark_is_ignored(tmp_path: Path) -> None:
     link = tmp_path / "link.read"
     link.symlink_to(path)
     assert load(link, "other-box") is None
-    assert mark_path("sqlite://", "box") is None  # in memory: nothing to restore
+    memory = SimpleNamespace(database_url="sqlite://", state_dir=None)
+    assert mark_path(memory, "box") is None  # type: ignore[arg-type]  # nothing to restore
 
 
-def test_postgres_marks_live_in_systemds_state_directory_one_per_database_and_mailbox(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_postgres_marks_live_in_the_configured_state_dir_one_per_database_and_mailbox(
+    tmp_path: Path,
 ) -> None:
+    """One configured place, not the environment: the systemd unit and a shell running
+    ``once`` by hand must see the same mark (review rv8 F5). Without ``state_dir``,
+    PostgreSQL keeps none (``check`` warns)."""
     url = "postgresql+psycopg://intake@db.example.jp/kasaoka"
-    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
-    path = mark_path(url, "box")
+    settings = SimpleNamespace(database_url=url, state_dir=tmp_path / "state")
+    path = mark_path(settings, "box")  # type: ignore[arg-type]
     assert path is not None and path.parent == tmp_path / "state" / "read-marks"
-    assert mark_path(url.replace("kasaoka", "ibara"), "box") != path
-    assert mark_path(url, "other-box") != path
-    monkeypatch.delenv("STATE_DIRECTORY")
-    fallback = mark_path(url, "box")
-    assert fallback is not None and fallback.is_relative_to(tmp_path)  # conftest's XDG_STATE_HOME
+    other_db = SimpleNamespace(
+        database_url=url.replace("kasaoka", "ibara"), state_dir=tmp_path / "state"
+    )
+    assert mark_path(other_db, "box") != path  # type: ignore[arg-type]
+    assert mark_path(settings, "other-box") != path  # type: ignore[arg-type]
+    unset = SimpleNamespace(database_url=url, state_dir=None)
+    assert mark_path(unset, "box") is None  # type: ignore[arg-type]
 
 
 def test_an_unwritable_mark_folder_is_warned_about_once_and_reading_goes_on(
@@ -181,3 +192,65 @@ def test_an_unwritable_mark_folder_is_warned_about_once_and_reading_goes_on(
     for uid in (1, 2, 3):
         save(blocked / "x.read", "box", ReadMark(5, uid))  # never raises
     assert len([r for r in caplog.records if "read mark not written" in r.getMessage()]) == 1
+
+
+def test_an_acknowledgement_still_queued_when_the_database_is_lost_is_sent_after_restore(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, config: Path
+) -> None:
+    """The mark says "acknowledged already"; it must not pass a mail whose acknowledgement
+    was only queued (relay down) when the database was lost, or that resident is never
+    acknowledged (review rv8 F2, its test)."""
+    dovecot.append(samples.consultation("first@example.jp", "相談", "寂しいです"))
+    svc, _ = _read(config)
+    backup = tmp_path / "backup.db"
+    _backup(svc, backup)
+    dovecot.append(samples.consultation("second@example.jp", "相談", "寂しいです"))
+    later, _ = _read(config, deliver=False)  # the relay is down: second@'s ack waits
+    database = _database(svc)
+    svc.engine.dispose()
+    later.engine.dispose()
+    _restore(backup, database)
+    svc, cases = _read(config)
+    assert cases == 1
+    received = sorted(r for m in settled(smtp_server) for r in m.rcpt_tos)
+    assert received == ["first@example.jp", "second@example.jp"]
+    assert _acks_and_states(svc)[1]["second@example.jp"] == "sent"
+
+
+def test_a_placeholder_of_mail_a_lost_database_had_read_is_not_acknowledged_again(
+    tmp_path: Path, dovecot: LocalDovecot, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mail the server will not hand over becomes a placeholder while fetching, outside
+    any batch; when a lost database had read and acknowledged it, it must not be
+    acknowledged again either (review rv8 F4, its test)."""
+    from imapclient.exceptions import IMAPClientError
+
+    from intake import pipeline
+
+    dovecot.append(samples.consultation("first@example.jp", "相談", "寂しいです"))
+    svc, _ = _read(config)
+    backup = tmp_path / "backup.db"
+    _backup(svc, backup)
+    dovecot.append(samples.consultation("second@example.jp", "相談", "寂しいです"))
+    later, _ = _read(config)  # second@ read and acknowledged by the old database
+    database = _database(svc)
+    svc.engine.dispose()
+    later.engine.dispose()
+    _restore(backup, database)
+
+    real_fetch = Mailbox.fetch
+
+    def refuse_uid_2(self: Mailbox, uids: list[int]) -> Any:
+        if 2 in uids:
+            raise IMAPClientError("FETCH command error: NO [SERVERBUG] Internal error")
+        return real_fetch(self, uids)
+
+    monkeypatch.setattr(Mailbox, "fetch", refuse_uid_2)
+    svc = Service.from_settings(load_settings(config))
+    start = datetime.now().astimezone()
+    for i in range(pipeline.MAX_FETCH_FAILURES + 1):
+        with Mailbox(svc.settings.mailbox) as mb:
+            process_new_mail(svc, mb, start + pipeline.UNREADABLE_AFTER * i)
+    acks, states, _ = _acks_and_states(svc)
+    assert acks == ["first@example.jp"]
+    assert states["second@example.jp"] == f"suppressed:{READ_BY_LOST_DATABASE}"
