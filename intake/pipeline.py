@@ -2228,17 +2228,21 @@ def _move_read_mark(svc: Service) -> None:
         if cursor is None or not cursor.uidvalidity or cursor.last_uid < 1:
             return
         uidvalidity, high = cursor.uidvalidity, cursor.last_uid
-        waiting = session.connection().execute(
-            core_select(func.min(_MESSAGES.c.uid))
-            .select_from(_OUTBOX.join(_MESSAGES, _MESSAGES.c.case_id == _OUTBOX.c.case_id))
-            .where(
-                _OUTBOX.c.status.in_(["queued", "sending"]),
-                _OUTBOX.c.kind == "ack",
-                _OUTBOX.c.mailbox == key,
-                _MESSAGES.c.mailbox == key,
-                _MESSAGES.c.uidvalidity == uidvalidity,
+        waiting = (
+            session.connection()
+            .execute(
+                core_select(func.min(_MESSAGES.c.uid))
+                .select_from(_OUTBOX.join(_MESSAGES, _MESSAGES.c.case_id == _OUTBOX.c.case_id))
+                .where(
+                    _OUTBOX.c.status.in_(["queued", "sending"]),
+                    _OUTBOX.c.kind == "ack",
+                    _OUTBOX.c.mailbox == key,
+                    _MESSAGES.c.mailbox == key,
+                    _MESSAGES.c.uidvalidity == uidvalidity,
+                )
             )
-        ).scalar()
+            .scalar()
+        )
     if waiting is not None:
         high = min(high, int(waiting) - 1)
     if high < 1:
