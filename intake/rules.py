@@ -391,6 +391,10 @@ class TokenPatterns:
     starts: tuple[tuple[Pattern, Shape | None, int], ...] = ()
     # True when some of ``starts`` are longer patterns (they need the live test)
     longer: bool = False
+    # the numbers (``id``) of the longer patterns among ``starts``, and ``starts``
+    # without them: with none of them live in a mail, the token starts only these
+    longer_ids: frozenset[int] = frozenset()
+    single_starts: tuple[tuple[Pattern, Shape | None, int], ...] = ()
 
 
 # A longer pattern as classify's matcher walks it: the other words of its first segment
@@ -661,6 +665,13 @@ class RuleSet:
     _by_keys: dict[tuple[str, ...], TokenPatterns] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # (id of a token's ``TokenPatterns``, its live longer patterns) -> (that object, the
+    # patterns that may start at it in such a mail) (``live_starts``); bounded like
+    # ``_by_keys``. By id: the frozen dataclass hashes every pattern it holds.
+    _live_starts: dict[
+        tuple[int, frozenset[int]],
+        tuple[TokenPatterns, tuple[tuple[Pattern, Shape | None, int], ...]],
+    ] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def build_index(self) -> None:
         """Index every Japanese pattern: one-word patterns by their keys, longer ones by
@@ -681,6 +692,7 @@ class RuleSet:
         self.first_word = {}
         self.shapes = {}
         self._by_keys = {}
+        self._live_starts = {}
         numbers: dict[frozenset[str], int] = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
         for concept in self.concepts.values():
@@ -752,6 +764,26 @@ class RuleSet:
         cached = self._by_keys.get
         return [cached(info.keys) or self.token_patterns(info.keys) for info in infos]
 
+    def live_starts(
+        self, plan: TokenPatterns, live: frozenset[int]
+    ) -> tuple[tuple[Pattern, Shape | None, int], ...]:
+        """``plan.starts`` without the longer patterns not in ``live`` (``plan.longer_ids
+        & live``), in rule order: what classify tries at a token of a mail.
+
+        Why cached: a common word (居る, 子) may start hundreds of longer patterns, of
+        which a mail keeps a handful live, and the same few recur from mail to mail, so
+        filtering its ``starts`` entry by entry for every mail cost more than the walk.
+        """
+        key = (id(plan), live)
+        found = self._live_starts.get(key)
+        if found is not None and found[0] is plan:  # not another plan under a reused id
+            return found[1]
+        entries = tuple(entry for entry in plan.starts if entry[1] is None or entry[2] in live)
+        if len(self._live_starts) >= _PLAN_CACHE_LIMIT:
+            self._live_starts.clear()
+        self._live_starts[key] = (plan, entries)
+        return entries
+
     def token_patterns(self, keys: tuple[str, ...]) -> TokenPatterns:
         """What the index says about a token carrying ``keys`` (a ``TokenInfo.keys``).
 
@@ -789,6 +821,8 @@ class RuleSet:
                 frozenset(words),
                 tuple(starts),
                 bool(longer),
+                frozenset(longer),
+                tuple(entry for entry in starts if entry[1] is None),
             )
         if len(self._by_keys) >= _PLAN_CACHE_LIMIT:
             self._by_keys.clear()  # bounded: a new name or number is a new key tuple

@@ -328,9 +328,13 @@ def _candidates(a: Analysis, rules: RuleSet) -> dict[TokenInfo, Sequence[_StartE
     live = {0}
     live.update(id(p) for plan in plans for p, needs in plan.anchored if needs <= present)
     at: dict[TokenInfo, Sequence[_StartEntry]] = {}
+    live_starts = rules.live_starts
     for info, plan in zip(words, plans, strict=True):
         if plan.longer:
-            entries = [entry for entry in plan.starts if entry[2] in live]
+            # the live longer patterns of this word, one C-level intersection (a mail
+            # keeps a few dozen of the thousands live), then the cached filtered list
+            mine = plan.longer_ids & live
+            entries = live_starts(plan, mine) if mine else plan.single_starts
             if entries:
                 at[info] = entries
         elif plan.starts:

@@ -1,0 +1,37 @@
+"""The fast paths of classify give the answers of the plain computations they replace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from intake.rules import load_rules
+
+SHIPPED = Path(__file__).resolve().parent.parent / "rules"
+
+
+def test_live_starts_keeps_one_word_and_live_longer_patterns_in_rule_order() -> None:
+    rules = load_rules(SHIPPED)
+    # a common word: it starts one-word and many longer patterns
+    plan = max(
+        (rules.token_patterns((key,)) for key in list(rules.first_word)[:400]),
+        key=lambda plan: len(plan.starts),
+    )
+    assert plan.longer and plan.single_starts != plan.starts
+    longer = [number for _, shape, number in plan.starts if shape is not None]
+    for live in (frozenset(), frozenset(longer[:1]), frozenset(longer[::2]), frozenset(longer)):
+        expected = tuple(e for e in plan.starts if e[1] is None or e[2] in live)
+        assert rules.live_starts(plan, live) == expected
+        assert rules.live_starts(plan, live) == expected  # and again, from the cache
+    assert plan.single_starts == rules.live_starts(plan, frozenset())
+
+
+def test_live_starts_does_not_answer_for_another_plan_under_a_reused_id() -> None:
+    rules = load_rules(SHIPPED)
+    keys = [k for k in rules.first_word if rules.token_patterns((k,)).longer][:2]
+    first, second = (rules.token_patterns((k,)) for k in keys)
+    live = frozenset(n for _, shape, n in first.starts + second.starts if shape is not None)
+    # as if ``first`` had been freed and ``second`` had been given its id
+    rules._live_starts[(id(second), live)] = (first, rules.live_starts(first, live))
+    assert rules.live_starts(second, live) == tuple(
+        e for e in second.starts if e[1] is None or e[2] in live
+    )
