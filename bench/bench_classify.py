@@ -133,7 +133,7 @@ def stages(rounds: int = 3) -> dict[str, float]:
 
     def learned_tier(i: int) -> None:
         if learned is not None:
-            triage._learned_match(learned, "相談", texts[i][3:], texts[i])
+            triage._learned_match(learned, "相談", texts[i][3:], texts[i], analyses[i].normalised)
 
     parts: dict[str, Callable[[int], object]] = {
         "Analyser.analyse": lambda i: analyser.analyse(texts[i]),

@@ -1076,7 +1076,9 @@ def _foreign_negated(text: str, start: int, negation: re.Pattern[str]) -> bool:
     return negation.search(window) is not None
 
 
-def _learned_match(model: Any, subject: str, text: str, analysed: str) -> Match | None:
+def _learned_match(
+    model: Any, subject: str, text: str, analysed: str, normalised: str | None = None
+) -> Match | None:
     """The learned tier's verdict as evidence: the n-grams of the mail that weighed most."""
     from intake.learned import MIN_CHARS, SHORT_CHARS, SHORT_THRESHOLD, learned_urgent, text_chars
 
@@ -1085,7 +1087,8 @@ def _learned_match(model: Any, subject: str, text: str, analysed: str) -> Match 
         return None  # a few words are too little for n-gram statistics; rules decide those
     # short mail must pass a stricter bar (see intake.learned.SHORT_THRESHOLD)
     short = SHORT_THRESHOLD if chars < SHORT_CHARS else None
-    words = learned_urgent(model, subject, text, threshold=short)
+    # the analyser normalised ``analysed`` (subject, newline, text): what the model reads
+    words = learned_urgent(model, subject, text, threshold=short, normalised=normalised)
     if not words:
         return None
     start = max(analysed.find(words[0]), 0)
@@ -1163,7 +1166,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     if not urgent_reasons and rules.learned is not None:
         # The learned safety net (intake.learned) speaks last and can only add urgency:
         # every phrasing of a crisis that no rule foresaw yet, learned from the examples.
-        learned = _learned_match(rules.learned, subject, text, analysed)
+        learned = _learned_match(rules.learned, subject, text, analysed, a.normalised)
         if learned is not None:
             matches.append(learned)
             urgent_reasons = [learned]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from intake.rules import load_rules
+from intake.triage import classify_text, triage_report
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
@@ -35,3 +38,41 @@ def test_live_starts_does_not_answer_for_another_plan_under_a_reused_id() -> Non
     assert rules.live_starts(second, live) == tuple(
         e for e in second.starts if e[1] is None or e[2] in live
     )
+
+
+def test_learned_scores_the_same_from_the_analysers_normalised_text() -> None:
+    from intake.learned import learned_urgent, shown
+
+    model = load_rules(SHIPPED).learned
+    assert model is not None
+    for subject, text in [
+        ("相談", "もう消えたい。ｼﾆﾀｲって毎日思ってる〜〜〜"),
+        ("Re: 相談", "バイト先の店長が怖くて、誰にも言えません"),
+        ("", "ｱﾙﾊﾞｲﾄ😢 しにたいしにたい"),
+    ]:
+        normalised = shown(subject, text)
+        assert model.probability(subject, text, normalised=normalised) == model.probability(
+            subject, text
+        )
+        assert model.score(subject, text, normalised=normalised) == model.score(subject, text)
+        for threshold in (None, 0.0):
+            assert learned_urgent(
+                model, subject, text, threshold=threshold, normalised=normalised
+            ) == learned_urgent(model, subject, text, threshold=threshold)
+
+
+def test_classify_does_not_normalise_a_mail_again_for_the_learned_tier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from intake import learned
+
+    rules = load_rules(SHIPPED)
+    assert rules.learned is not None
+    text = "最近ずっと眠れなくて、朝になるのが怖いです。誰にも相談できません。" * 3
+    expected = triage_report(classify_text("相談", text, rules))
+
+    def normalised_again(subject: str, text: str) -> str:
+        raise AssertionError("the analyser already normalised this mail")
+
+    monkeypatch.setattr(learned, "shown", normalised_again)
+    assert triage_report(classify_text("相談", text, rules)) == expected
