@@ -639,6 +639,10 @@ class RuleSet:
     # True when some pattern has ``max_chars``: only then does classify measure the mail
     # and drop the hits of patterns meant for shorter mail
     has_max_chars: bool = False
+    # the ids of the indexed patterns with ``max_chars``, and the largest of those
+    # (``triage._for_length``: a mail longer than that keeps none of their hits)
+    few_words_ids: frozenset[int] = field(default_factory=frozenset, repr=False)
+    longest_max_chars: int = 0
     # key -> the one-word patterns whose word carries it (they match wherever a token
     # carries the key, with no further check)
     single: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
@@ -699,6 +703,9 @@ class RuleSet:
             every += list(concept.patterns)
         for ex in self.exclusions:
             every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
+        few = [p for p in every if p.max_chars is not None]
+        self.few_words_ids = frozenset(map(id, few))
+        self.longest_max_chars = max((p.max_chars or 0 for p in few), default=0)
         for pattern in every:
             if id(pattern) in self.order:
                 continue  # the same compiled pattern listed twice is tried once

@@ -33,6 +33,7 @@ on-call call that turns out not to be needed.
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
@@ -454,7 +455,13 @@ def _few_words_length(subject: str, text: str) -> int:
     return len(_REPEATED.sub(r"\1", letters))
 
 
-def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
+def _for_length(
+    hits: list[_Hit],
+    subject: str,
+    text: str,
+    few_words_ids: frozenset[int] | None = None,
+    longest_max_chars: float = math.inf,
+) -> list[_Hit]:
     """Keep the hits of patterns meant for short mail (``max_chars``) only where they fit.
 
     Why a length at all: a mail that is nothing but 死ぬ or 助けて is a cry for help, while
@@ -463,10 +470,20 @@ def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
     dropped where an urgent or exclusion pattern without a length already explains its
     words (死にたいとかではない is judged, negation and all, by the wish rule; 死ぬほど by
     the idiom), so a few-words rule only ever speaks for words nothing else has judged.
+    ``few_words_ids`` and ``longest_max_chars``: the ids of the patterns with
+    ``max_chars`` and their largest ``max_chars`` (``RuleSet.build_index``), when known.
     """
-    if all(h.pattern.max_chars is None for h in hits):
-        return hits  # most mail: no few-words word at all, nothing to measure
+    if few_words_ids is not None:
+        # one C-level pass over the hits' patterns instead of a generator over them
+        if few_words_ids.isdisjoint(map(id, map(_PATTERN, hits))):
+            return hits  # most mail: no few-words word at all, nothing to measure
+    elif all(h.pattern.max_chars is None for h in hits):
+        return hits
     chars = _few_words_length(subject, text)
+    if chars > longest_max_chars:
+        # longer than every few-words pattern allows (most mail that has such a word):
+        # the test below would drop all their hits and keep all others
+        return [h for h in hits if h.pattern.max_chars is None]
     covered: set[int] = set()
     for h in hits:
         if h.pattern.max_chars is None and h.pattern.kind in ("urgent", "exclusion"):
@@ -876,6 +893,7 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
 
 _BY_PLACE = attrgetter("start", "end", "rule")  # how evidence is listed
 _FIRST = attrgetter("first")
+_PATTERN = attrgetter("pattern")
 _WEIGHT = attrgetter("pattern.weight")
 _new_object = object.__new__
 
@@ -1109,7 +1127,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     a = get_analyser().analyse(analysed)
     hits = _find(a, rules)
     if rules.has_max_chars:
-        hits = _for_length(hits, subject, text)
+        hits = _for_length(hits, subject, text, rules.few_words_ids, rules.longest_max_chars)
     _discount(a, hits, rules)
     matches, topic_hits, signal_hits = _kept_evidence(a, hits)
     scripts = _Scripts.of(analysed)

@@ -76,3 +76,25 @@ def test_classify_does_not_normalise_a_mail_again_for_the_learned_tier(
 
     monkeypatch.setattr(learned, "shown", normalised_again)
     assert triage_report(classify_text("相談", text, rules)) == expected
+
+
+def test_length_filter_with_the_index_facts_keeps_what_the_plain_filter_keeps() -> None:
+    from intake.lemmas import get_analyser
+    from intake.triage import _find, _for_length
+
+    rules = load_rules(SHIPPED)
+    assert rules.few_words_ids and rules.longest_max_chars > 0
+    for subject, text in [
+        ("", "死ぬ"),
+        ("Re: 【笠岡市】受付", "たすけて！！！"),
+        ("", "死にたいとかではない"),
+        ("", "死ぬほど眠い"),
+        ("相談", "死ぬほど眠いけど課題を終わらせないといけない。" * 4),
+        ("相談", "バイトのシフトを減らされて家賃が払えません"),
+    ]:
+        hits = _find(get_analyser().analyse(subject + "\n" + text), rules)
+        plain = _for_length(hits, subject, text)
+        fast = _for_length(hits, subject, text, rules.few_words_ids, rules.longest_max_chars)
+        assert fast == plain
+        if len(text) > 3 * rules.longest_max_chars:
+            assert all(h.pattern.max_chars is None for h in fast)
