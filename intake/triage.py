@@ -535,15 +535,19 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             spans = by_rule.get(f"{ex.id}|idiom:patterns", [])
             if not spans:
                 continue
-            edges = [(s.first, s.last) for s in spans]
+            # the idioms' token indexes: a hit overlaps an idiom exactly when it shares
+            # one of them (spans are inclusive), one set lookup for a one-word hit
+            inside = {k for s in spans for k in range(s.first, s.last + 1)}
             for h in judged:
                 # the cheap overlap test first: most hits are nowhere near an idiom
                 first, last = h.first, h.last
-                for lo, hi in edges:
-                    if first <= hi and lo <= last:
-                        if applies(h):
-                            h.discounted = "idiom"
-                        break
+                if first == last:
+                    if first not in inside:
+                        continue
+                elif inside.isdisjoint(range(first, last + 1)):
+                    continue
+                if applies(h):
+                    h.discounted = "idiom"
         elif ex.discount == "reported":
             sents = {
                 a.sentences[s.first] + d
