@@ -398,10 +398,15 @@ class TokenPatterns:
 
 
 # A longer pattern as classify's matcher walks it: the other words of its first segment
-# (adjacent to the start token), the first segment's length, the later segments, how
-# many sentences after the first its words may reach, and its own gap (None: settings).
+# (adjacent to the start token), the first segment's length, the later segments (each
+# as (its word if it has one word, else None; its words)), how many sentences after the
+# first its words may reach, and its own gap (None: settings).
 Shape = tuple[
-    tuple[frozenset[str], ...], int, tuple[tuple[frozenset[str], ...], ...], int, int | None
+    tuple[frozenset[str], ...],
+    int,
+    tuple[tuple[frozenset[str] | None, tuple[frozenset[str], ...]], ...],
+    int,
+    int | None,
 ]
 
 _NO_PATTERNS = TokenPatterns((), (), frozenset())
@@ -725,7 +730,7 @@ class RuleSet:
             self.shapes[id(pattern)] = (
                 first[1:],
                 len(first),
-                tuple(later),
+                tuple((seg[0] if len(seg) == 1 else None, seg) for seg in later),
                 pattern.sentences - 1,
                 pattern.gap,
             )

@@ -356,6 +356,7 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
         return []
     gap = rules.settings.gap
     n = len(infos)
+    keys = list(map(_KEYS, infos))  # read once: the walks test them again and again
     hits: list[_Hit] = []
     add = hits.append
     for i, entries in enumerate(map(candidates.get, infos)):
@@ -377,7 +378,7 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
             k = i
             for word in rest:
                 k += 1
-                if word.isdisjoint(infos[k].keys):
+                if word.isdisjoint(keys[k]):
                     break
             else:
                 if not later:
@@ -387,27 +388,24 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
                 # may spread over consecutive sentences: 屋上にいる。全然怖くない。)
                 last_sentence = sentence + extra
                 pattern_gap = gap if own_gap is None else own_gap
-                ok = True
-                for segment in later:
-                    length = len(segment)
+                for one, segment in later:
                     limit = pos + pattern_gap
-                    start = pos
-                    found = False
-                    if length == 1:
+                    if one is not None:
                         # one word (most later segments): the first token in reach that
                         # carries it, without leaving the pattern's sentences
-                        word = segment[0]
-                        end = min(limit, n - 1)
+                        end = limit if limit < n else n - 1
+                        start = pos
                         while start <= end and sentences[start] <= last_sentence:
-                            if not word.isdisjoint(infos[start].keys):
-                                found = True
+                            if not one.isdisjoint(keys[start]):
                                 break
                             start += 1
-                        if not found:
-                            ok = False
-                            break
+                        else:
+                            break  # not in reach: no match here
                         pos = start + 1
                         continue
+                    length = len(segment)
+                    start = pos
+                    found = False
                     while start <= limit and start + length <= n:
                         if sentences[start + length - 1] > last_sentence:
                             break
@@ -415,17 +413,16 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
                             start += 1  # a segment's own words never straddle sentences
                             continue
                         for k in range(length):
-                            if segment[k].isdisjoint(infos[start + k].keys):
+                            if segment[k].isdisjoint(keys[start + k]):
                                 break
                         else:
                             found = True
                             break
                         start += 1
                     if not found:
-                        ok = False
                         break
                     pos = start + length
-                if ok:
+                else:
                     add(_Hit(pattern, i, pos - 1))
     return hits
 
@@ -898,6 +895,7 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
 _BY_PLACE = attrgetter("start", "end", "rule")  # how evidence is listed
 _FIRST = attrgetter("first")
 _PATTERN = attrgetter("pattern")
+_KEYS = attrgetter("keys")
 _WEIGHT = attrgetter("pattern.weight")
 _new_object = object.__new__
 
