@@ -638,6 +638,9 @@ class RuleSet:
     # concept id -> the combinations that name it (a mail with fewer than two concepts
     # present skips the combination step entirely)
     combos_by_concept: dict[str, list[Combination]] = field(default_factory=dict)
+    # first concept -> (place in ``combinations``, combination): classify tries only the
+    # combinations whose first concept the mail has, in ``combinations`` order
+    combos_by_first: dict[str, list[tuple[int, Combination]]] = field(default_factory=dict)
     # id(pattern) -> its place in build_index's order: the patterns that start at one
     # token are tried in this order, so evidence comes out the same on every run
     order: dict[int, int] = field(default_factory=dict, repr=False)
@@ -742,6 +745,9 @@ class RuleSet:
         }
         self.concepts_ja = [concept for concept in self.concepts.values() if concept.regexes_ja]
         self.combos_by_concept = {}
+        self.combos_by_first = {}
+        for index, combo in enumerate(self.combinations):
+            self.combos_by_first.setdefault(combo.concepts[0], []).append((index, combo))
         for combo in self.combinations:
             for name in combo.concepts:
                 self.combos_by_concept.setdefault(name, []).append(combo)

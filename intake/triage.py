@@ -39,7 +39,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -727,9 +727,13 @@ def _signal_matches(
         sentences = a.sentences[-1] + 1
         stretch = sentences >= _CHAT_MIN_SENTENCES and chars / sentences < _CHAT_SENTENCE_CHARS
     fired: list[tuple[Combination, list[_Sig]]] = []
-    for combo in rules.combinations:
-        # the first concept alone rules out most combinations with one dict lookup
-        if combo.concepts[0] in by and all(name in by for name in combo.concepts):
+    # the first concept alone rules out most combinations: only those whose first
+    # concept has words here are tried, in ``rules.combinations`` order
+    by_first = rules.combos_by_first
+    tried = [entry for name in by for entry in by_first.get(name, ())]
+    tried.sort(key=_PLACE)
+    for _, combo in tried:
+        if all(name in by for name in combo.concepts):
             # window = 1 means "in one sentence" even in a short mail: 薬 … まとめて … 飲む
             # spread over a carer's two sentences is a pill organiser, not an overdose
             chosen = _in_window(combo, by, whole and combo.window > 1, stretch)
@@ -896,6 +900,7 @@ _BY_PLACE = attrgetter("start", "end", "rule")  # how evidence is listed
 _FIRST = attrgetter("first")
 _PATTERN = attrgetter("pattern")
 _KEYS = attrgetter("keys")
+_PLACE = itemgetter(0)
 _WEIGHT = attrgetter("pattern.weight")
 _new_object = object.__new__
 

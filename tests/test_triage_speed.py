@@ -98,3 +98,12 @@ def test_length_filter_with_the_index_facts_keeps_what_the_plain_filter_keeps() 
         assert fast == plain
         if len(text) > 3 * rules.longest_max_chars:
             assert all(h.pattern.max_chars is None for h in fast)
+
+
+def test_combinations_by_first_concept_list_every_combination_once_in_rule_order() -> None:
+    rules = load_rules(SHIPPED)
+    listed = sorted(entry for entries in rules.combos_by_first.values() for entry in entries)
+    assert [combo for _, combo in listed] == rules.combinations
+    for first, entries in rules.combos_by_first.items():
+        assert all(combo.concepts[0] == first for _, combo in entries)
+        assert [index for index, _ in entries] == sorted(index for index, _ in entries)
