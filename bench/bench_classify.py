@@ -133,11 +133,14 @@ def stages(rounds: int = 3) -> dict[str, float]:
 
     def learned_tier(i: int) -> None:
         if learned is not None:
-            triage._learned_match(learned, "相談", texts[i][3:], texts[i])
+            triage._learned_match(learned, "相談", texts[i][3:], texts[i], analyses[i].normalised)
 
     parts: dict[str, Callable[[int], object]] = {
         "Analyser.analyse": lambda i: analyser.analyse(texts[i]),
         "find patterns": lambda i: triage._find(analyses[i], rules),
+        "few-words length filter": lambda i: triage._for_length(
+            found[i], "相談", texts[i][3:], rules.few_words_ids, rules.longest_max_chars
+        ),
         "discount (with a copy of the hits)": lambda i: triage._discount(
             analyses[i], fresh(i), rules
         ),

@@ -472,20 +472,28 @@ class UrgencyModel:
         values /= math.sqrt(float(values @ values))
         return float(values @ self._weight[indices]) + self.intercept, joined, indices, values
 
-    def probability(self, subject: str, text: str) -> float:
-        """The urgent probability alone (no explanation): what most mail needs."""
-        return _sigmoid(self._weigh(prepare(subject, text))[0])
+    def probability(self, subject: str, text: str, *, normalised: str | None = None) -> float:
+        """The urgent probability alone (no explanation): what most mail needs.
 
-    def score(self, subject: str, text: str) -> tuple[float, list[str]]:
+        ``normalised``: ``shown(subject, text)`` when the caller has it (classify's
+        analyser normalised the same string), so it is not made a second time.
+        """
+        if normalised is None:
+            normalised = shown(subject, text)
+        return _sigmoid(self._weigh(_fold(normalised))[0])
+
+    def score(
+        self, subject: str, text: str, *, normalised: str | None = None
+    ) -> tuple[float, list[str]]:
         """The urgent probability and the words of the mail that raised it most.
 
         The words are the strongest positively weighted n-grams present in the prepared
         text, merged where they overlap (しに + にたい -> しにたい), strongest first. They
         are substrings of ``shown(subject, text)`` (the mail after width and elongation
         folding; for most mail the mail itself), so ホーム is quoted as written although
-        the model read ほーむ.
+        the model read ほーむ. ``normalised``: as for ``probability``.
         """
-        original = shown(subject, text)
+        original = shown(subject, text) if normalised is None else normalised
         doc = _fold(original)
         z, joined, indices, values = self._weigh(doc)
         if len(doc) != len(original):
@@ -793,7 +801,12 @@ def text_chars(subject: str, text: str) -> int:
 
 
 def learned_urgent(
-    model: UrgencyModel, subject: str, text: str, *, threshold: float | None = None
+    model: UrgencyModel,
+    subject: str,
+    text: str,
+    *,
+    threshold: float | None = None,
+    normalised: str | None = None,
 ) -> list[str] | None:
     """The words that explain an urgent score, or None when the model has no case.
 
@@ -805,9 +818,9 @@ def learned_urgent(
     threshold (most mail) the explanation is never computed.
     """
     bar = model.threshold if threshold is None else max(threshold, model.threshold)
-    if model.probability(subject, text) < bar:
+    if model.probability(subject, text, normalised=normalised) < bar:
         return None
-    p, words = model.score(subject, text)
+    p, words = model.score(subject, text, normalised=normalised)
     if p < bar or not words:
         return None
     return words

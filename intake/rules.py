@@ -391,13 +391,22 @@ class TokenPatterns:
     starts: tuple[tuple[Pattern, Shape | None, int], ...] = ()
     # True when some of ``starts`` are longer patterns (they need the live test)
     longer: bool = False
+    # the numbers (``id``) of the longer patterns among ``starts``, and ``starts``
+    # without them: with none of them live in a mail, the token starts only these
+    longer_ids: frozenset[int] = frozenset()
+    single_starts: tuple[tuple[Pattern, Shape | None, int], ...] = ()
 
 
 # A longer pattern as classify's matcher walks it: the other words of its first segment
-# (adjacent to the start token), the first segment's length, the later segments, how
-# many sentences after the first its words may reach, and its own gap (None: settings).
+# (adjacent to the start token), the first segment's length, the later segments (each
+# as (its word if it has one word, else None; its words)), how many sentences after the
+# first its words may reach, and its own gap (None: settings).
 Shape = tuple[
-    tuple[frozenset[str], ...], int, tuple[tuple[frozenset[str], ...], ...], int, int | None
+    tuple[frozenset[str], ...],
+    int,
+    tuple[tuple[frozenset[str] | None, tuple[frozenset[str], ...]], ...],
+    int,
+    int | None,
 ]
 
 _NO_PATTERNS = TokenPatterns((), (), frozenset())
@@ -629,12 +638,19 @@ class RuleSet:
     # concept id -> the combinations that name it (a mail with fewer than two concepts
     # present skips the combination step entirely)
     combos_by_concept: dict[str, list[Combination]] = field(default_factory=dict)
+    # first concept -> (place in ``combinations``, combination): classify tries only the
+    # combinations whose first concept the mail has, in ``combinations`` order
+    combos_by_first: dict[str, list[tuple[int, Combination]]] = field(default_factory=dict)
     # id(pattern) -> its place in build_index's order: the patterns that start at one
     # token are tried in this order, so evidence comes out the same on every run
     order: dict[int, int] = field(default_factory=dict, repr=False)
     # True when some pattern has ``max_chars``: only then does classify measure the mail
     # and drop the hits of patterns meant for shorter mail
     has_max_chars: bool = False
+    # the ids of the indexed patterns with ``max_chars``, and the largest of those
+    # (``triage._for_length``: a mail longer than that keeps none of their hits)
+    few_words_ids: frozenset[int] = field(default_factory=frozenset, repr=False)
+    longest_max_chars: int = 0
     # key -> the one-word patterns whose word carries it (they match wherever a token
     # carries the key, with no further check)
     single: dict[str, list[Pattern]] = field(default_factory=dict, repr=False)
@@ -661,6 +677,13 @@ class RuleSet:
     _by_keys: dict[tuple[str, ...], TokenPatterns] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # (id of a token's ``TokenPatterns``, its live longer patterns) -> (that object, the
+    # patterns that may start at it in such a mail) (``live_starts``); bounded like
+    # ``_by_keys``. By id: the frozen dataclass hashes every pattern it holds.
+    _live_starts: dict[
+        tuple[int, frozenset[int]],
+        tuple[TokenPatterns, tuple[tuple[Pattern, Shape | None, int], ...]],
+    ] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def build_index(self) -> None:
         """Index every Japanese pattern: one-word patterns by their keys, longer ones by
@@ -681,12 +704,16 @@ class RuleSet:
         self.first_word = {}
         self.shapes = {}
         self._by_keys = {}
+        self._live_starts = {}
         numbers: dict[frozenset[str], int] = {}
         every = list(self.topic_patterns) + list(self.urgent_patterns)
         for concept in self.concepts.values():
             every += list(concept.patterns)
         for ex in self.exclusions:
             every += list(ex.patterns + ex.past + ex.resolved + ex.relapse)
+        few = [p for p in every if p.max_chars is not None]
+        self.few_words_ids = frozenset(map(id, few))
+        self.longest_max_chars = max((p.max_chars or 0 for p in few), default=0)
         for pattern in every:
             if id(pattern) in self.order:
                 continue  # the same compiled pattern listed twice is tried once
@@ -706,7 +733,7 @@ class RuleSet:
             self.shapes[id(pattern)] = (
                 first[1:],
                 len(first),
-                tuple(later),
+                tuple((seg[0] if len(seg) == 1 else None, seg) for seg in later),
                 pattern.sentences - 1,
                 pattern.gap,
             )
@@ -718,6 +745,9 @@ class RuleSet:
         }
         self.concepts_ja = [concept for concept in self.concepts.values() if concept.regexes_ja]
         self.combos_by_concept = {}
+        self.combos_by_first = {}
+        for index, combo in enumerate(self.combinations):
+            self.combos_by_first.setdefault(combo.concepts[0], []).append((index, combo))
         for combo in self.combinations:
             for name in combo.concepts:
                 self.combos_by_concept.setdefault(name, []).append(combo)
@@ -751,6 +781,26 @@ class RuleSet:
         """
         cached = self._by_keys.get
         return [cached(info.keys) or self.token_patterns(info.keys) for info in infos]
+
+    def live_starts(
+        self, plan: TokenPatterns, live: frozenset[int]
+    ) -> tuple[tuple[Pattern, Shape | None, int], ...]:
+        """``plan.starts`` without the longer patterns not in ``live`` (``plan.longer_ids
+        & live``), in rule order: what classify tries at a token of a mail.
+
+        Why cached: a common word (居る, 子) may start hundreds of longer patterns, of
+        which a mail keeps a handful live, and the same few recur from mail to mail, so
+        filtering its ``starts`` entry by entry for every mail cost more than the walk.
+        """
+        key = (id(plan), live)
+        found = self._live_starts.get(key)
+        if found is not None and found[0] is plan:  # not another plan under a reused id
+            return found[1]
+        entries = tuple(entry for entry in plan.starts if entry[1] is None or entry[2] in live)
+        if len(self._live_starts) >= _PLAN_CACHE_LIMIT:
+            self._live_starts.clear()
+        self._live_starts[key] = (plan, entries)
+        return entries
 
     def token_patterns(self, keys: tuple[str, ...]) -> TokenPatterns:
         """What the index says about a token carrying ``keys`` (a ``TokenInfo.keys``).
@@ -789,6 +839,8 @@ class RuleSet:
                 frozenset(words),
                 tuple(starts),
                 bool(longer),
+                frozenset(longer),
+                tuple(entry for entry in starts if entry[1] is None),
             )
         if len(self._by_keys) >= _PLAN_CACHE_LIMIT:
             self._by_keys.clear()  # bounded: a new name or number is a new key tuple

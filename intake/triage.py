@@ -33,12 +33,13 @@ on-call call that turns out not to be needed.
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -328,9 +329,13 @@ def _candidates(a: Analysis, rules: RuleSet) -> dict[TokenInfo, Sequence[_StartE
     live = {0}
     live.update(id(p) for plan in plans for p, needs in plan.anchored if needs <= present)
     at: dict[TokenInfo, Sequence[_StartEntry]] = {}
+    live_starts = rules.live_starts
     for info, plan in zip(words, plans, strict=True):
         if plan.longer:
-            entries = [entry for entry in plan.starts if entry[2] in live]
+            # the live longer patterns of this word, one C-level intersection (a mail
+            # keeps a few dozen of the thousands live), then the cached filtered list
+            mine = plan.longer_ids & live
+            entries = live_starts(plan, mine) if mine else plan.single_starts
             if entries:
                 at[info] = entries
         elif plan.starts:
@@ -351,6 +356,7 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
         return []
     gap = rules.settings.gap
     n = len(infos)
+    keys = list(map(_KEYS, infos))  # read once: the walks test them again and again
     hits: list[_Hit] = []
     add = hits.append
     for i, entries in enumerate(map(candidates.get, infos)):
@@ -372,7 +378,7 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
             k = i
             for word in rest:
                 k += 1
-                if word.isdisjoint(infos[k].keys):
+                if word.isdisjoint(keys[k]):
                     break
             else:
                 if not later:
@@ -382,27 +388,24 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
                 # may spread over consecutive sentences: 屋上にいる。全然怖くない。)
                 last_sentence = sentence + extra
                 pattern_gap = gap if own_gap is None else own_gap
-                ok = True
-                for segment in later:
-                    length = len(segment)
+                for one, segment in later:
                     limit = pos + pattern_gap
-                    start = pos
-                    found = False
-                    if length == 1:
+                    if one is not None:
                         # one word (most later segments): the first token in reach that
                         # carries it, without leaving the pattern's sentences
-                        word = segment[0]
-                        end = min(limit, n - 1)
+                        end = limit if limit < n else n - 1
+                        start = pos
                         while start <= end and sentences[start] <= last_sentence:
-                            if not word.isdisjoint(infos[start].keys):
-                                found = True
+                            if not one.isdisjoint(keys[start]):
                                 break
                             start += 1
-                        if not found:
-                            ok = False
-                            break
+                        else:
+                            break  # not in reach: no match here
                         pos = start + 1
                         continue
+                    length = len(segment)
+                    start = pos
+                    found = False
                     while start <= limit and start + length <= n:
                         if sentences[start + length - 1] > last_sentence:
                             break
@@ -410,17 +413,16 @@ def _find(a: Analysis, rules: RuleSet) -> list[_Hit]:
                             start += 1  # a segment's own words never straddle sentences
                             continue
                         for k in range(length):
-                            if segment[k].isdisjoint(infos[start + k].keys):
+                            if segment[k].isdisjoint(keys[start + k]):
                                 break
                         else:
                             found = True
                             break
                         start += 1
                     if not found:
-                        ok = False
                         break
                     pos = start + length
-                if ok:
+                else:
                     add(_Hit(pattern, i, pos - 1))
     return hits
 
@@ -450,7 +452,13 @@ def _few_words_length(subject: str, text: str) -> int:
     return len(_REPEATED.sub(r"\1", letters))
 
 
-def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
+def _for_length(
+    hits: list[_Hit],
+    subject: str,
+    text: str,
+    few_words_ids: frozenset[int] | None = None,
+    longest_max_chars: float = math.inf,
+) -> list[_Hit]:
     """Keep the hits of patterns meant for short mail (``max_chars``) only where they fit.
 
     Why a length at all: a mail that is nothing but 死ぬ or 助けて is a cry for help, while
@@ -459,10 +467,20 @@ def _for_length(hits: list[_Hit], subject: str, text: str) -> list[_Hit]:
     dropped where an urgent or exclusion pattern without a length already explains its
     words (死にたいとかではない is judged, negation and all, by the wish rule; 死ぬほど by
     the idiom), so a few-words rule only ever speaks for words nothing else has judged.
+    ``few_words_ids`` and ``longest_max_chars``: the ids of the patterns with
+    ``max_chars`` and their largest ``max_chars`` (``RuleSet.build_index``), when known.
     """
-    if all(h.pattern.max_chars is None for h in hits):
-        return hits  # most mail: no few-words word at all, nothing to measure
+    if few_words_ids is not None:
+        # one C-level pass over the hits' patterns instead of a generator over them
+        if few_words_ids.isdisjoint(map(id, map(_PATTERN, hits))):
+            return hits  # most mail: no few-words word at all, nothing to measure
+    elif all(h.pattern.max_chars is None for h in hits):
+        return hits
     chars = _few_words_length(subject, text)
+    if chars > longest_max_chars:
+        # longer than every few-words pattern allows (most mail that has such a word):
+        # the test below would drop all their hits and keep all others
+        return [h for h in hits if h.pattern.max_chars is None]
     covered: set[int] = set()
     for h in hits:
         if h.pattern.max_chars is None and h.pattern.kind in ("urgent", "exclusion"):
@@ -514,15 +532,19 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             spans = by_rule.get(f"{ex.id}|idiom:patterns", [])
             if not spans:
                 continue
-            edges = [(s.first, s.last) for s in spans]
+            # the idioms' token indexes: a hit overlaps an idiom exactly when it shares
+            # one of them (spans are inclusive), one set lookup for a one-word hit
+            inside = {k for s in spans for k in range(s.first, s.last + 1)}
             for h in judged:
                 # the cheap overlap test first: most hits are nowhere near an idiom
                 first, last = h.first, h.last
-                for lo, hi in edges:
-                    if first <= hi and lo <= last:
-                        if applies(h):
-                            h.discounted = "idiom"
-                        break
+                if first == last:
+                    if first not in inside:
+                        continue
+                elif inside.isdisjoint(range(first, last + 1)):
+                    continue
+                if applies(h):
+                    h.discounted = "idiom"
         elif ex.discount == "reported":
             sents = {
                 a.sentences[s.first] + d
@@ -705,9 +727,13 @@ def _signal_matches(
         sentences = a.sentences[-1] + 1
         stretch = sentences >= _CHAT_MIN_SENTENCES and chars / sentences < _CHAT_SENTENCE_CHARS
     fired: list[tuple[Combination, list[_Sig]]] = []
-    for combo in rules.combinations:
-        # the first concept alone rules out most combinations with one dict lookup
-        if combo.concepts[0] in by and all(name in by for name in combo.concepts):
+    # the first concept alone rules out most combinations: only those whose first
+    # concept has words here are tried, in ``rules.combinations`` order
+    by_first = rules.combos_by_first
+    tried = [entry for name in by for entry in by_first.get(name, ())]
+    tried.sort(key=_PLACE)
+    for _, combo in tried:
+        if all(name in by for name in combo.concepts):
             # window = 1 means "in one sentence" even in a short mail: 薬 … まとめて … 飲む
             # spread over a carer's two sentences is a pill organiser, not an overdose
             chosen = _in_window(combo, by, whole and combo.window > 1, stretch)
@@ -872,6 +898,9 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
 
 _BY_PLACE = attrgetter("start", "end", "rule")  # how evidence is listed
 _FIRST = attrgetter("first")
+_PATTERN = attrgetter("pattern")
+_KEYS = attrgetter("keys")
+_PLACE = itemgetter(0)
 _WEIGHT = attrgetter("pattern.weight")
 _new_object = object.__new__
 
@@ -1072,7 +1101,9 @@ def _foreign_negated(text: str, start: int, negation: re.Pattern[str]) -> bool:
     return negation.search(window) is not None
 
 
-def _learned_match(model: Any, subject: str, text: str, analysed: str) -> Match | None:
+def _learned_match(
+    model: Any, subject: str, text: str, analysed: str, normalised: str | None = None
+) -> Match | None:
     """The learned tier's verdict as evidence: the n-grams of the mail that weighed most."""
     from intake.learned import MIN_CHARS, SHORT_CHARS, SHORT_THRESHOLD, learned_urgent, text_chars
 
@@ -1081,7 +1112,8 @@ def _learned_match(model: Any, subject: str, text: str, analysed: str) -> Match 
         return None  # a few words are too little for n-gram statistics; rules decide those
     # short mail must pass a stricter bar (see intake.learned.SHORT_THRESHOLD)
     short = SHORT_THRESHOLD if chars < SHORT_CHARS else None
-    words = learned_urgent(model, subject, text, threshold=short)
+    # the analyser normalised ``analysed`` (subject, newline, text): what the model reads
+    words = learned_urgent(model, subject, text, threshold=short, normalised=normalised)
     if not words:
         return None
     start = max(analysed.find(words[0]), 0)
@@ -1102,7 +1134,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     a = get_analyser().analyse(analysed)
     hits = _find(a, rules)
     if rules.has_max_chars:
-        hits = _for_length(hits, subject, text)
+        hits = _for_length(hits, subject, text, rules.few_words_ids, rules.longest_max_chars)
     _discount(a, hits, rules)
     matches, topic_hits, signal_hits = _kept_evidence(a, hits)
     scripts = _Scripts.of(analysed)
@@ -1159,7 +1191,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     if not urgent_reasons and rules.learned is not None:
         # The learned safety net (intake.learned) speaks last and can only add urgency:
         # every phrasing of a crisis that no rule foresaw yet, learned from the examples.
-        learned = _learned_match(rules.learned, subject, text, analysed)
+        learned = _learned_match(rules.learned, subject, text, analysed, a.normalised)
         if learned is not None:
             matches.append(learned)
             urgent_reasons = [learned]
