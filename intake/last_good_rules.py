@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intake.errors import Problem, RulesError
+from intake.learned import private_folder
 from intake.prepare_pool import files_fingerprint, rules_files, rules_fingerprint
 
 if TYPE_CHECKING:
@@ -146,14 +147,9 @@ def inside_rules(settings: Settings) -> bool:
 
 
 def _private(folder: Path) -> bool:
-    """Whether ``folder`` is a real directory of this user that nobody else may write."""
-    try:
-        st = folder.lstat()
-    except OSError:
-        return False
-    if not stat.S_ISDIR(st.st_mode) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return False
-    return not hasattr(os, "getuid") or st.st_uid == os.getuid()
+    """Whether ``folder`` is a real directory of this user that nobody else may write
+    (the learned model's cache folder is held to the same test)."""
+    return private_folder(folder)
 
 
 def _private_to_read(folder: Path) -> bool:

@@ -630,7 +630,7 @@ def cache_dir() -> Path:
     return Path(xdg) / "soudan-intake" / "learned"
 
 
-def _private_folder(folder: Path) -> bool:
+def private_folder(folder: Path) -> bool:
     """Whether ``folder`` is a real directory of this user that nobody else may write."""
     try:
         st = folder.lstat()
@@ -692,7 +692,7 @@ def cache_path(key: str) -> Path:
 def _read_cache(key: str) -> UrgencyModel | None:
     """The cached model for ``key``; None when absent, unreadable, corrupt, stale, or in a
     folder that is not this user's alone (a file there is not trusted)."""
-    if not _private_folder(cache_dir()):
+    if not private_folder(cache_dir()):
         return None
     path = cache_path(key)
     try:
@@ -709,7 +709,7 @@ def _write_cache(key: str, model: UrgencyModel) -> None:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not _private_folder(folder):
+        if not private_folder(folder):
             return
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")
         try:
