@@ -134,6 +134,12 @@ class Case(SQLModel, table=True):
 class Outbox(SQLModel, table=True):
     """Every outgoing mail, written with the change that caused it, delivered later."""
 
+    __table_args__ = (
+        # The read mark's question "which acknowledgements still wait?" starts from the
+        # few waiting rows, not from every row the mailbox ever sent (migration 0005).
+        Index("ix_outbox_waiting", "status", "kind", "mailbox"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     mailbox: str = Field(default="", index=True)
     kind: str  # alert | ack | digest | escalation

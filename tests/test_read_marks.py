@@ -11,7 +11,7 @@ import logging
 import shutil
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -254,3 +254,57 @@ def test_a_placeholder_of_mail_a_lost_database_had_read_is_not_acknowledged_agai
     acks, states, _ = _acks_and_states(svc)
     assert acks == ["first@example.jp"]
     assert states["second@example.jp"] == f"suppressed:{READ_BY_LOST_DATABASE}"
+
+
+def test_an_acknowledgement_queued_by_a_later_read_below_the_mark_is_not_lost(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A placeholder that could not name its sender gets no acknowledgement, so the mark
+    passed its UID; when the real mail is read later its resident's acknowledgement is
+    queued for a UID the mark already covered. Were the database lost before it went
+    out, the resident was never acknowledged (review rv8b N5, its test)."""
+    from imapclient.exceptions import IMAPClientError
+
+    from intake import pipeline
+
+    dovecot.append(samples.consultation("first@example.jp", "相談", "寂しいです"))
+    svc, _ = _read(config)
+    backup = tmp_path / "backup.db"
+    _backup(svc, backup)
+    dovecot.append(samples.consultation("second@example.jp", "相談", "寂しいです"))
+    real_fetch, real_header = Mailbox.fetch, Mailbox.header
+
+    def refuse_uid_2(self: Mailbox, uids: list[int]) -> Any:
+        if 2 in uids:
+            raise IMAPClientError("FETCH command error: NO [SERVERBUG] Internal error")
+        return real_fetch(self, uids)
+
+    def no_header_for_uid_2(self: Mailbox, uid: int) -> bytes | None:
+        return None if uid == 2 else real_header(self, uid)
+
+    monkeypatch.setattr(Mailbox, "fetch", refuse_uid_2)
+    monkeypatch.setattr(Mailbox, "header", no_header_for_uid_2)
+    later = Service.from_settings(load_settings(config))
+    start = datetime.now().astimezone()
+    at = start
+    for i in range(pipeline.MAX_FETCH_FAILURES + 1):
+        at = start + pipeline.UNREADABLE_AFTER * i
+        with Mailbox(later.settings.mailbox) as mb:
+            process_new_mail(later, mb, at)
+    monkeypatch.setattr(Mailbox, "fetch", real_fetch)
+    monkeypatch.setattr(Mailbox, "header", real_header)
+    for k in range(1, 4):  # the server hands the mail over now: the sweep reads it later
+        with Mailbox(later.settings.mailbox) as mb:
+            process_new_mail(later, mb, at + timedelta(hours=k))
+    assert _acks_and_states(later)[1]["second@example.jp"] == "queued"  # the relay is down
+    database = _database(svc)
+    svc.engine.dispose()
+    later.engine.dispose()
+    _restore(backup, database)  # the disk fails before second@'s acknowledgement went out
+    _read(config)
+    received = sorted(r for m in settled(smtp_server) for r in m.rcpt_tos)
+    assert received == ["first@example.jp", "second@example.jp"]
