@@ -265,12 +265,17 @@ def _last_good_problems(settings: Settings, rules_dir: Path) -> list[str]:
 
     if settings.state_dir is None and not settings.database_url.startswith("sqlite"):
         # Not refused (the service runs without it), but said: see Settings.state_dir.
+        rules_too = (
+            " and its last good rules only in the cache folder of the account that runs it"
+            if settings.last_good_rules_dir is None
+            else ""
+        )
         log.warning(
             "%s: [service] state_dir is not set: with PostgreSQL the service then keeps no "
             "read marks (a database restored from an older backup would acknowledge "
-            "residents again) and its last good rules only in the cache folder of the "
-            "account that runs it; set state_dir (e.g. /var/lib/soudan-intake)",
+            "residents again)%s; set state_dir (e.g. /var/lib/soudan-intake)",
             settings.path or "<config>",
+            rules_too,
         )
     if not inside_rules(replace(settings, rules_dir=rules_dir)):
         return []

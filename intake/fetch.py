@@ -328,25 +328,68 @@ class Mailbox:
         client.noop()
         if self._news_reported():
             return True
+        deadline = time.monotonic() + min(seconds, IDLE_RENEW_SECONDS)
+        heed_buffer = True
+        while True:
+            responses, buffered = self._idle(client, deadline, stop, heed_buffer)
+            for response in responses:  # keep the count in step, in the order they came
+                if isinstance(response, tuple) and len(response) >= 2:
+                    if response[1] == b"EXISTS" and isinstance(response[0], int):
+                        self._exists = response[0]
+                    elif response[1] == b"EXPUNGE" and self._exists is not None:
+                        self._exists -= 1
+            # then the answers to DONE (the buffered ones among them); the poll that
+            # follows will look
+            news = self._news_reported()
+            if responses or news:
+                return True
+            if not buffered or time.monotonic() >= deadline or (stop is not None and stop()):
+                return False
+            # What was buffered was no news (a server that repeats an unchanged count
+            # when IDLE starts): IDLE again for the rest of the wait without heeding the
+            # buffer, or the worker would loop NOOP, IDLE, DONE and poll without pause
+            # (review rv8b N2). Real news then wakes the socket.
+            heed_buffer = False
+
+    def _idle(
+        self,
+        client: IMAPClient,
+        deadline: float,
+        stop: Callable[[], bool] | None,
+        heed_buffer: bool,
+    ) -> tuple[list[object], bool]:
+        """One IDLE until news, ``deadline`` or ``stop``: (its responses, whether it ended
+        on input imaplib had already buffered). The answers to DONE are left in imaplib's
+        record for ``_news_reported``.
+
+        A closed connection makes ``idle_check`` return nothing at once, every time (it
+        swallows the end of the stream); three such quick empty returns in a row end the
+        wait with ``OSError`` so the worker reconnects, instead of spinning a core until
+        the deadline (review rv8b N3)."""
         client.idle()
         responses: list[object] = []
-        deadline = time.monotonic() + min(seconds, IDLE_RENEW_SECONDS)
+        buffered = False
+        quick = 0
         try:
             while not responses:
                 left = deadline - time.monotonic()
-                if left <= 0 or (stop is not None and stop()) or _unread_input(client):
-                    break  # news already read off the socket is answered by DONE below
-                responses = list(client.idle_check(timeout=min(STOP_CHECK_SECONDS, left)))
+                if left <= 0 or (stop is not None and stop()):
+                    break
+                if heed_buffer and _unread_input(client):
+                    buffered = True  # answered by DONE below
+                    break
+                timeout = min(STOP_CHECK_SECONDS, left)
+                began = time.monotonic()
+                responses = list(client.idle_check(timeout=timeout))
+                if responses or time.monotonic() - began >= timeout / 2:
+                    quick = 0
+                    continue
+                quick += 1
+                if quick >= 3:
+                    raise OSError("the IMAP connection was closed during IDLE")
         finally:
-            _text, done = client.idle_done()
-        for response in responses:  # keep the count in step, in the order they came
-            if isinstance(response, tuple) and len(response) >= 2:
-                if response[1] == b"EXISTS" and isinstance(response[0], int):
-                    self._exists = response[0]
-                elif response[1] == b"EXPUNGE" and self._exists is not None:
-                    self._exists -= 1
-        self._news_reported()  # then the answers to DONE; the poll that follows will look
-        return bool(responses or done)
+            client.idle_done()
+        return responses, buffered
 
     def forget_news(self) -> None:
         """Drop what commands announced (keeping the count in step) without waiting: for

@@ -225,7 +225,14 @@ def test_an_idle_worker_sends_no_imap_command_until_mail_arrives_or_it_stops(
     try:
         dovecot.append(samples.consultation("idle1@example.jp", "相談", "寂しいです"))
         assert smtp_server.wait_for(1, timeout=30)[0].rcpt_tos == ["idle1@example.jp"]
-        time.sleep(1.5)  # the worker is back in IDLE
+        # the worker settles into IDLE (a poll or two after the mail, sooner or later
+        # on a loaded machine): two quiet seconds, at most 20 s
+        settle = time.monotonic() + 20
+        while time.monotonic() < settle:
+            seen = len(sent)
+            time.sleep(2.0)
+            if len(sent) == seen:
+                break
         before = len(sent)
         time.sleep(5.0)
         quiet = sent[before:]

@@ -1,0 +1,130 @@
+"""``Mailbox.wait`` against a scripted IMAP server on loopback: servers that behave in
+ways Dovecot does not (review rv8b N2, N3; the scripted server is the reviewer's).
+
+The real-server behaviour of ``wait`` (news during a command, news announced with
+``+ idling``, a worker in IDLE) is tested against Dovecot in tests/test_worker.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import threading
+import time
+
+import pytest
+from imapclient import IMAPClient
+
+from intake.fetch import Mailbox
+
+
+class ScriptedIMAP(threading.Thread):
+    """Answers LOGIN/EXAMINE/NOOP/IDLE/DONE for one client. ``on_idle``:
+    ``"unchanged-exists"`` sends ``+ idling`` and the unchanged ``* 3 EXISTS`` in one
+    write (a server that reports the count at every IDLE start); ``"close"`` sends
+    ``+ idling`` and then closes the connection without BYE (a proxy or a NAT reset)."""
+
+    def __init__(self, on_idle: str):
+        super().__init__(daemon=True)
+        self.on_idle = on_idle
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(30)
+        self.port = self.sock.getsockname()[1]
+        self.idles = 0
+
+    def run(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn, self.sock:
+            reader = conn.makefile("rb")
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+            tag = b"*"
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                parts = line.split()
+                if parts and parts[0].upper() == b"DONE":
+                    conn.sendall(tag + b" OK Idle completed.\r\n")
+                    continue
+                tag, command = parts[0], parts[1].upper()
+                if command == b"CAPABILITY":
+                    conn.sendall(b"* CAPABILITY IMAP4rev1 IDLE\r\n" + tag + b" OK done\r\n")
+                elif command == b"LOGIN":
+                    conn.sendall(tag + b" OK [CAPABILITY IMAP4rev1 IDLE] logged in\r\n")
+                elif command in (b"EXAMINE", b"SELECT"):
+                    conn.sendall(
+                        b"* 3 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 7] ok\r\n"
+                        b"* OK [UIDNEXT 4] ok\r\n" + tag + b" OK [READ-ONLY] done\r\n"
+                    )
+                elif command == b"IDLE":
+                    self.idles += 1
+                    if self.on_idle == "unchanged-exists":
+                        conn.sendall(b"+ idling\r\n* 3 EXISTS\r\n")
+                    else:
+                        conn.sendall(b"+ idling\r\n")
+                        time.sleep(0.2)
+                        conn.shutdown(socket.SHUT_RDWR)
+                        return
+                elif command == b"LOGOUT":
+                    conn.sendall(b"* BYE\r\n" + tag + b" OK bye\r\n")
+                    return
+                else:
+                    conn.sendall(tag + b" OK done\r\n")
+
+
+def _mailbox(port: int) -> Mailbox:
+    """A ``Mailbox`` on the scripted server (its settings are not needed for ``wait``)."""
+    mailbox = Mailbox.__new__(Mailbox)
+    Mailbox.__init__(mailbox, settings=None)  # type: ignore[arg-type]
+    client = IMAPClient("127.0.0.1", port=port, ssl=False, timeout=30)
+    client.login("u", "p")
+    client.select_folder("INBOX", readonly=True)
+    mailbox.client = client
+    mailbox._exists = 3
+    mailbox._news_reported()
+    return mailbox
+
+
+def _close(mailbox: Mailbox) -> None:
+    with contextlib.suppress(Exception):
+        assert mailbox.client is not None
+        mailbox.client.shutdown()
+
+
+def test_an_unchanged_count_sent_with_every_idle_answer_does_not_make_the_worker_spin() -> None:
+    """Ending the IDLE on any buffered byte made such a server loop the worker through
+    NOOP, IDLE and DONE without pause (30,721 IDLEs in 3 s, review rv8b N2)."""
+    server = ScriptedIMAP("unchanged-exists")
+    server.start()
+    mailbox = _mailbox(server.port)
+    started = time.monotonic()
+    results = []
+    try:
+        while time.monotonic() - started < 3:  # the worker's loop: wait, (poll), wait, ...
+            results.append(mailbox.wait(2.0))
+    finally:
+        _close(mailbox)
+    assert not any(results)  # no news
+    assert len(results) <= 2 and server.idles <= 4, (len(results), server.idles)
+
+
+def test_a_connection_closed_during_idle_is_noticed_at_once_without_spinning() -> None:
+    """``idle_check`` returns nothing at once on a closed connection; the wait spun a core
+    until its deadline (30 s by default) before anyone noticed (review rv8b N3)."""
+    server = ScriptedIMAP("close")
+    server.start()
+    mailbox = _mailbox(server.port)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    try:
+        with pytest.raises((OSError, Exception)):
+            mailbox.wait(6.0)
+    finally:
+        _close(mailbox)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert time.monotonic() - started < 2.0
+    assert cpu < 0.5, cpu
