@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 from intake.errors import Problem, RulesError
 from intake.learned import private_folder
 from intake.prepare_pool import files_fingerprint, rules_files, rules_fingerprint
+from intake.read_marks import owner_of_nearest
 
 if TYPE_CHECKING:
     from intake.config import Settings
@@ -223,6 +224,31 @@ def save(settings: Settings, fingerprint: str, now: datetime | None = None) -> b
         log.warning(
             "the last good rules folder is inside the rules folder; nothing is saved "
             "(set [service] last_good_rules_dir elsewhere)",
+            extra={"folder": str(root)},
+        )
+        return False
+    owner = owner_of_nearest(root)
+    me = os.getuid() if hasattr(os, "getuid") else None
+    if owner is not None and me is not None and owner != me:
+        # Another account's folder: a copy this process wrote there would be one the
+        # worker can neither use nor replace, and the next rules mistake would stop it
+        # (review rv8b N1: root's first ``once`` in the service's state_dir). Only the
+        # folder's owner saves; said at ERROR when copies exist that this account could
+        # not use if it is the worker.
+        (log.error if root.exists() else log.warning)(
+            "the last good rules folder belongs to another account (uid %s, this is uid "
+            "%s): nothing is saved. Run service commands as the service's account (e.g. "
+            "sudo -u intake ...); if this is the worker, give the folder to its account "
+            "(chown -R), or a rules mistake will stop the service",
+            owner,
+            me,
+            extra={"folder": str(root)},
+        )
+        return False
+    if root.exists() and not _private(root):
+        log.error(
+            "others may write the last good rules folder: it is neither used nor saved, "
+            "and a rules mistake will stop the service; chmod 700 it",
             extra={"folder": str(root)},
         )
         return False

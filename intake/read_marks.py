@@ -91,6 +91,18 @@ def load(path: Path | None, mailbox_key: str) -> ReadMark | None:
         return None
 
 
+def owner_of_nearest(path: Path) -> int | None:
+    """The owner (uid) of ``path`` or of its nearest existing ancestor; None if unknown."""
+    for candidate in (path, *path.parents):
+        try:
+            return candidate.lstat().st_uid
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
 def save(path: Path | None, mailbox_key: str, mark: ReadMark) -> None:
     """Replace the mark at ``path`` with ``mark`` (temp file + rename, mode 0600).
 
@@ -98,6 +110,12 @@ def save(path: Path | None, mailbox_key: str, mark: ReadMark) -> None:
     database is not noticed (as before marks existed); it is logged at WARNING, once per
     process and folder (it is written after every batch)."""
     if path is None:
+        return
+    owner = owner_of_nearest(path.parent)
+    if owner is not None and hasattr(os, "getuid") and owner != os.getuid():
+        # Another account's folder (root running ``once`` in the service's state_dir):
+        # a folder or file made here would be one the worker cannot write (review rv8b
+        # N1). Only the owner moves the mark; it stays behind, which is harmless.
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

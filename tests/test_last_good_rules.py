@@ -522,3 +522,55 @@ def test_a_staff_command_may_read_a_copy_owned_by_the_service_account(tmp_path: 
     assert last_good_rules._private_to_read(folder)
     folder.chmod(0o770)
     assert not last_good_rules._private_to_read(folder)  # the group could plant rules
+
+
+# --- only the folder's owner saves (review rv8b N1) ------------------------------------
+
+
+def test_a_command_run_by_another_account_saves_nothing_in_the_services_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Root's first ``once`` in the state folder systemd made for the service account left
+    a copy the worker could neither use nor replace; the next rules mistake stopped the
+    worker. Now only the folder's owner saves, and the read marks follow the same rule."""
+    import logging
+
+    from intake import read_marks
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a folder to another account")
+    settings = _settings(tmp_path)
+    service_account = 65534  # nobody: the account StateDirectory= made the folder for
+    folder = last_good_rules.snapshot_root(settings).parent
+    folder.mkdir(mode=0o700)
+    os.chown(folder, service_account, service_account)
+    caplog.set_level(logging.WARNING)
+    assert not last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    assert list(folder.iterdir()) == []  # nothing made for the service account to trip on
+    assert "belongs to another account" in caplog.text
+
+    marks = tmp_path / "state" / "read-marks"
+    marks.parent.mkdir()
+    os.chown(marks.parent, service_account, service_account)
+    read_marks.save(marks / "x.read", "box", read_marks.ReadMark(7, 9))
+    assert not marks.exists()
+
+
+def test_a_worker_finding_copies_of_another_account_says_so_at_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a folder to another account")
+    settings = _settings(tmp_path)
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    root = last_good_rules.snapshot_root(settings)
+    for path in (root, *root.rglob("*")):
+        os.chown(path, 65534, 65534, follow_symlinks=False)  # made by another account
+    caplog.set_level(logging.WARNING)
+    topics = settings.rules_dir / "topics.toml"
+    topics.write_bytes(topics.read_bytes() + b"\n# edited\n")
+    assert not last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    assert [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "chown" in caplog.text
