@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop IDLE after 30 minutes
 # How often a wait in IDLE looks at its stop flag: a local socket wait, no IMAP command.
 STOP_CHECK_SECONDS = 1.0
+# Empty answers in a row from ``idle_check`` well before its timeout that mean the server
+# closed the connection (see ``Mailbox._idle``).
+QUICK_EMPTY_LIMIT = 20
 # UIDs per RFC822.SIZE FETCH: a command line of a whole backlog's UIDs could pass the
 # server's line limit (Dovecot's imap_max_line_length is 64 kB).
 SIZES_PER_FETCH = 1000
@@ -363,9 +366,10 @@ class Mailbox:
         record for ``_news_reported``.
 
         A closed connection makes ``idle_check`` return nothing at once, every time (it
-        swallows the end of the stream); three such quick empty returns in a row end the
-        wait with ``OSError`` so the worker reconnects, instead of spinning a core until
-        the deadline (review rv8b N3)."""
+        swallows the end of the stream); ``QUICK_EMPTY_LIMIT`` such quick empty returns in a
+        row (microseconds apart on a closed connection; a TLS record split over a few
+        segments gives one or two) end the wait with ``OSError`` so the worker
+        reconnects, instead of spinning a core until the deadline (review rv8b N3)."""
         client.idle()
         responses: list[object] = []
         buffered = False
@@ -385,7 +389,7 @@ class Mailbox:
                     quick = 0
                     continue
                 quick += 1
-                if quick >= 3:
+                if quick >= QUICK_EMPTY_LIMIT:
                     raise OSError("the IMAP connection was closed during IDLE")
         finally:
             client.idle_done()
