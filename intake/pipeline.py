@@ -2250,10 +2250,11 @@ def _move_read_mark(svc: Service) -> None:
     if waiting is not None:
         high = min(high, int(waiting) - 1)
     read = cursor.last_uid
-    mark = svc.read_marks.get(key)
-    if key not in svc.read_marks:
-        mark = load_read_mark(mark_path(svc.settings, key), key)
-        svc.read_marks[key] = mark
+    # The file, not this process's copy: another worker on this machine may have moved
+    # it, and deciding on a stale copy could lower it below a database that is behind
+    # it (review rv8c).
+    mark = load_read_mark(mark_path(svc.settings, key), key)
+    svc.read_marks[key] = mark
     if mark is None or mark.uidvalidity != uidvalidity:
         if high < 1:
             return

@@ -92,10 +92,14 @@ def load(path: Path | None, mailbox_key: str) -> ReadMark | None:
 
 
 def owner_of_nearest(path: Path) -> int | None:
-    """The owner (uid) of ``path`` or of its nearest existing ancestor; None if unknown."""
+    """The owner (uid) of ``path`` or of its nearest existing ancestor; None if unknown.
+
+    Symbolic links are followed: the folder's owner counts, not the link's (systemd's
+    ``DynamicUser=`` state folders and an admin's link to a data disk are root's links
+    to the service's folders; review rv8c)."""
     for candidate in (path, *path.parents):
         try:
-            return candidate.lstat().st_uid
+            return candidate.stat().st_uid
         except FileNotFoundError:
             continue
         except OSError:
@@ -116,6 +120,13 @@ def save(path: Path | None, mailbox_key: str, mark: ReadMark) -> None:
         # Another account's folder (root running ``once`` in the service's state_dir):
         # a folder or file made here would be one the worker cannot write (review rv8b
         # N1). Only the owner moves the mark; it stays behind, which is harmless.
+        if path.parent not in _unwritable:
+            _unwritable.add(path.parent)
+            log.warning(
+                "read mark not written by this account: its folder belongs to another "
+                "one (run service commands as the service's account)",
+                extra={"folder": str(path.parent)},
+            )
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 from types import SimpleNamespace
@@ -574,3 +575,26 @@ def test_a_worker_finding_copies_of_another_account_says_so_at_error(
     assert not last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
     assert [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "chown" in caplog.text
+
+
+def test_a_state_folder_reached_through_a_link_owned_by_another_account_is_still_ours(
+    tmp_path: Path,
+) -> None:
+    """systemd's ``DynamicUser=`` state folders and an admin's link to a data disk are
+    links owned by root to the service's own folder; the owner check read the link's
+    owner and the worker refused to save anything (review rv8c)."""
+    from intake import read_marks
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a link to another account")
+    real = tmp_path / "disk" / "soudan-intake"
+    real.mkdir(parents=True, mode=0o700)  # this account's folder
+    link = tmp_path / "state"
+    link.symlink_to(real)
+    os.lchown(link, 65534, 65534)  # the link is another account's
+    settings = _settings(tmp_path)
+    settings = replace(settings, state_dir=link, last_good_rules_dir=None)
+    assert last_good_rules.save(settings, rules_fingerprint(settings.rules_dir))
+    mark = link / "read-marks" / "x.read"
+    read_marks.save(mark, "box", read_marks.ReadMark(7, 9))
+    assert read_marks.load(mark, "box") == read_marks.ReadMark(7, 9)

@@ -25,7 +25,7 @@ from intake.fetch import Mailbox
 from intake.localservers import LocalDovecot, LocalSMTP
 from intake.pipeline import READ_BY_LOST_DATABASE, READ_MARK_EVENT, Service, process_new_mail
 from intake.read_marks import ReadMark, load, mark_path, save
-from intake.store import Case, Event, Outbox, session_scope
+from intake.store import Case, Event, Outbox, StoredMessage, session_scope
 from tests.helpers import settled, write_config
 
 pytestmark = pytest.mark.integration
@@ -308,3 +308,55 @@ def test_an_acknowledgement_queued_by_a_later_read_below_the_mark_is_not_lost(
     _read(config)
     received = sorted(r for m in settled(smtp_server) for r in m.rcpt_tos)
     assert received == ["first@example.jp", "second@example.jp"]
+
+
+def test_a_second_worker_never_lowers_the_shared_mark_while_the_database_is_behind(
+    tmp_path: Path,
+) -> None:
+    """Two workers on one SQLite database share the mark file beside it. A worker whose
+    copy of the mark was older than the file took a restored database as "not behind"
+    and wrote a lower mark; a restart then acknowledged again what the lost database had
+    acknowledged (review rv8c; the reviewer's scenario, no mail servers needed)."""
+    from intake import pipeline
+    from intake.store import Cursor
+    from tests.test_last_good_rules import offline_config
+
+    config = offline_config(tmp_path)
+    reader = Service.from_settings(load_settings(config))  # the worker that reads mail
+    sender = Service.from_settings(load_settings(config))  # the other one (delivers)
+    key = reader.settings.mailbox.key
+    path = mark_path(reader.settings, key)
+
+    def cursor_at(last_uid: int) -> None:
+        with session_scope(reader.engine) as s:
+            row = s.get(Cursor, key) or Cursor(mailbox=key)
+            row.uidvalidity, row.last_uid = 7, last_uid
+            s.add(row)
+
+    cursor_at(300)
+    pipeline.note_read(sender)  # the sender's last look: 300
+    cursor_at(500)
+    pipeline.note_read(reader)  # read up to 500, every acknowledgement out
+    assert load(path, key) == ReadMark(7, 500)
+
+    cursor_at(100)  # restored from a backup in which UID 90's acknowledgement waited
+    with session_scope(reader.engine) as s:
+        case = Case(mailbox=key, sender="r@example.jp")
+        s.add(case)
+        s.flush()
+        s.add(StoredMessage(mailbox=key, uidvalidity=7, uid=90, sha256="x", case_id=case.id))
+        s.add(
+            Outbox(
+                mailbox=key,
+                kind="ack",
+                dedupe_key="ack:90",
+                case_id=case.id,
+                message_id="<m90@x>",
+                content=b"",
+                status="queued",
+            )
+        )
+    cursor_at(350)  # catching up
+    pipeline.note_read(reader)
+    pipeline.note_read(sender)  # after its delivery run, the relay still down
+    assert load(path, key) == ReadMark(7, 500)
