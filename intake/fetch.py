@@ -25,6 +25,7 @@ from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
+from imapclient.imapclient import _parse_untagged_response
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from intake.config import MailboxSettings
@@ -62,29 +63,38 @@ class FolderState:
     idle: bool  # the server offers IDLE
 
 
-def _unread_input(client: IMAPClient) -> bool:
-    """Whether the server's words already wait in imaplib's buffer, unseen by a poll.
+def _buffered_lines(client: IMAPClient) -> list[object]:
+    """The whole response lines imaplib already holds, unseen by a poll, parsed as
+    ``idle_check`` parses them; never waits.
 
     Why: Dovecot syncs the folder when IDLE starts and sends ``+ idling`` and
     ``* N EXISTS`` back to back. imaplib's buffered reader takes both off the socket while
     ``idle()`` consumes only the first line, and ``idle_check`` polls the socket, which
     then has nothing: the EXISTS of a mail that landed between the NOOP and the IDLE sat
     unseen until DONE, i.e. for the whole wait (proven: an urgent mail alerted after 30 s
-    instead of 0.6 s). One non-blocking peek: buffered bytes, or at most one read that
-    cannot wait (a TLS record already received but not yet decrypted counts too).
+    instead of 0.6 s). Only whole lines are taken (half a line stays for ``idle_check``,
+    which the rest of it wakes); a TLS record already received counts too. The same
+    imaplib and imapclient internals ``idle_check`` itself uses.
     """
     reader = getattr(client._imap, "file", None)
     if reader is None or not hasattr(reader, "peek"):
-        return False
+        return []
+    lines: list[object] = []
     sock = client.socket()
     timeout = sock.gettimeout()
     sock.setblocking(False)
     try:
-        return bool(reader.peek(1))
-    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        return False
+        while True:
+            try:
+                held = reader.peek(1)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            if b"\n" not in held:
+                break
+            lines.append(_parse_untagged_response(client._imap._get_line()))
     finally:
         sock.settimeout(timeout)
+    return lines
 
 
 def tls_context(cafile: Any = None) -> ssl.SSLContext:
@@ -320,7 +330,7 @@ class Mailbox:
         trip) makes the server announce what arrived since the last command; only then
         IDLE. Dovecot reports a mail that lands between the NOOP and IDLE right after
         ``+ idling``, in bytes imaplib may already have read off the socket
-        (``_unread_input``), so the wait also ends on those. ``seconds``
+        (``_buffered_lines``), so the wait also ends on those. ``seconds``
         (``[mailbox] idle_seconds``) bounds how long a connection that died silently
         (a NAT dropping it) goes unnoticed, and any server news this code does not
         foresee.
@@ -332,56 +342,58 @@ class Mailbox:
         if self._news_reported():
             return True
         deadline = time.monotonic() + min(seconds, IDLE_RENEW_SECONDS)
-        heed_buffer = True
-        while True:
-            responses, buffered = self._idle(client, deadline, stop, heed_buffer)
-            for response in responses:  # keep the count in step, in the order they came
-                if isinstance(response, tuple) and len(response) >= 2:
-                    if response[1] == b"EXISTS" and isinstance(response[0], int):
-                        self._exists = response[0]
-                    elif response[1] == b"EXPUNGE" and self._exists is not None:
-                        self._exists -= 1
-            # then the answers to DONE (the buffered ones among them); the poll that
-            # follows will look
-            news = self._news_reported()
-            if responses or news:
-                return True
-            if not buffered or time.monotonic() >= deadline or (stop is not None and stop()):
-                return False
-            # What was buffered was no news (a server that repeats an unchanged count
-            # when IDLE starts): IDLE again for the rest of the wait without heeding the
-            # buffer, or the worker would loop NOOP, IDLE, DONE and poll without pause
-            # (review rv8b N2). Real news then wakes the socket.
-            heed_buffer = False
+        responses, counted = self._idle(client, deadline, stop)
+        if not counted:
+            self._count(responses)
+        # then the answers to DONE; the poll that follows will look
+        news = self._news_reported()
+        return bool(responses) or news
+
+    def _count(self, responses: list[object]) -> bool:
+        """Keep the known message count in step with ``responses``, in the order they
+        came; True when they announce a count other than the one known (new mail)."""
+        news = False
+        for response in responses:
+            if isinstance(response, tuple) and len(response) >= 2:
+                if response[1] == b"EXISTS" and isinstance(response[0], int):
+                    news = news or response[0] != self._exists
+                    self._exists = response[0]
+                elif response[1] == b"EXPUNGE" and self._exists is not None:
+                    self._exists -= 1
+        return news
 
     def _idle(
-        self,
-        client: IMAPClient,
-        deadline: float,
-        stop: Callable[[], bool] | None,
-        heed_buffer: bool,
+        self, client: IMAPClient, deadline: float, stop: Callable[[], bool] | None
     ) -> tuple[list[object], bool]:
-        """One IDLE until news, ``deadline`` or ``stop``: (its responses, whether it ended
-        on input imaplib had already buffered). The answers to DONE are left in imaplib's
-        record for ``_news_reported``.
+        """One IDLE until news, ``deadline`` or ``stop``: (its responses, whether they are
+        counted already). The answers to DONE are left in imaplib's record for
+        ``_news_reported``.
+
+        Lines imaplib already holds (``_buffered_lines``) end the IDLE only when they are
+        news by the count rule; otherwise (a flag change, a server that repeats an
+        unchanged count at every IDLE start) the IDLE goes on, so the worker neither
+        loops without pause (review rv8b N2) nor stops seeing mail that arrives later in
+        the same IDLE (review rv8c).
 
         A closed connection makes ``idle_check`` return nothing at once, every time (it
-        swallows the end of the stream); ``QUICK_EMPTY_LIMIT`` such quick empty returns in a
-        row (microseconds apart on a closed connection; a TLS record split over a few
-        segments gives one or two) end the wait with ``OSError`` so the worker
+        swallows the end of the stream); ``QUICK_EMPTY_LIMIT`` such quick empty returns
+        in a row (microseconds apart on a closed connection; a TLS record split over a
+        few segments gives one or two) end the wait with ``OSError`` so the worker
         reconnects, instead of spinning a core until the deadline (review rv8b N3)."""
         client.idle()
         responses: list[object] = []
-        buffered = False
+        counted = False
         quick = 0
         try:
             while not responses:
                 left = deadline - time.monotonic()
                 if left <= 0 or (stop is not None and stop()):
                     break
-                if heed_buffer and _unread_input(client):
-                    buffered = True  # answered by DONE below
-                    break
+                held = _buffered_lines(client)
+                if held:
+                    if self._count(held):
+                        responses, counted = held, True
+                    continue
                 timeout = min(STOP_CHECK_SECONDS, left)
                 began = time.monotonic()
                 responses = list(client.idle_check(timeout=timeout))
@@ -393,7 +405,7 @@ class Mailbox:
                     raise OSError("the IMAP connection was closed during IDLE")
         finally:
             client.idle_done()
-        return responses, buffered
+        return responses, counted
 
     def forget_news(self) -> None:
         """Drop what commands announced (keeping the count in step) without waiting: for

@@ -353,3 +353,61 @@ def test_an_urgent_mail_landing_during_the_workers_noop_is_alerted_within_second
         worker.stop()
         thread.join(30)
         svc.close()
+
+
+@pytest.mark.parametrize("mail_lands", ["before-idle", "during-idle"])
+@pytest.mark.parametrize("staff_does", ["flag", "expunge"])
+def test_a_change_by_staffs_mail_client_does_not_hide_a_mail_that_follows(
+    dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch, staff_does: str, mail_lands: str
+) -> None:
+    """Staff's mail client flags or expunges a mail just before the worker's IDLE;
+    Dovecot announces it with ``+ idling``. That is no news, and the wait must not end
+    on it (the worker would loop) nor stop looking: a resident's mail that lands with it,
+    or later in the same IDLE, is seen within seconds (reviews rv8b N2, rv8c)."""
+    import threading
+
+    from imapclient import IMAPClient
+
+    dovecot.append(samples.demo_mails()[0])
+    dovecot.append(samples.demo_mails()[1])
+    mailbox = _open_mailbox(dovecot, monkeypatch)
+    staff = IMAPClient(dovecot.host, port=dovecot.port, ssl=False, timeout=30)
+    staff.login(dovecot.user, dovecot.password)
+    staff.select_folder("INBOX")
+    try:
+        assert mailbox.new_uids(0) == [1, 2]
+        client = mailbox.client
+        assert client is not None
+        real_idle = client.idle
+        idles: list[float] = []
+
+        def resident_writes() -> None:
+            dovecot.append(samples.consultation("u@example.jp", "相談", "もう死にたい"))
+
+        def idle() -> Any:
+            idles.append(time.monotonic())
+            if len(idles) > 1:
+                return real_idle()
+            if staff_does == "flag":
+                staff.add_flags([1], [b"\\Flagged"])
+            else:
+                staff.add_flags([1], [b"\\Deleted"])
+                staff.uid_expunge([1])
+            if mail_lands == "before-idle":
+                resident_writes()
+            else:
+                threading.Timer(1.5, resident_writes).start()
+            time.sleep(0.3)  # both reach Dovecot before the IDLE command does
+            return real_idle()
+
+        monkeypatch.setattr(client, "idle", idle)
+        news, waited = _timed_wait(mailbox, 20.0)
+        assert news
+        assert waited < 5.0, waited
+        # one IDLE: the change did not end it (a second IDLE left a window in which a
+        # mail announced with its "+ idling" went unseen for the whole wait)
+        assert len(idles) == 1
+        assert mailbox.new_uids(2) == [3]
+    finally:
+        staff.logout()
+        mailbox.close()
