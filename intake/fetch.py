@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop IDLE after 30 minutes
 # How often a wait in IDLE looks at its stop flag: a local socket wait, no IMAP command.
 STOP_CHECK_SECONDS = 1.0
+# imaplib's read buffer (``_widen_reader``): above TLS's largest record, 16 KB.
+READ_BUFFER = 64 * 1024
 # Empty answers in a row from ``idle_check`` well before its timeout that mean the server
 # closed the connection (see ``Mailbox._idle``).
 QUICK_EMPTY_LIMIT = 20
@@ -61,6 +63,35 @@ class FolderState:
     uidvalidity: int
     uidnext: int | None
     idle: bool  # the server offers IDLE
+
+
+def _widen_reader(client: IMAPClient) -> None:
+    """Give imaplib a read buffer larger than TLS's largest record (16 KB).
+
+    Why: imaplib reads through an 8 KB buffer. When the answer at IDLE start is one TLS
+    record over 8 KB (staff's mail client flagged a few hundred mails as a mail came
+    in), one read takes only part of it and the rest stays decrypted inside the TLS
+    layer, where neither a socket poll nor ``_buffered_lines`` sees it: the EXISTS in
+    that rest waited for the whole IDLE (review rv8d). With a buffer of ``READ_BUFFER``
+    one read drains a whole record. Called between commands (after LOGIN), when nothing
+    is left unread; the old reader is kept if it still holds bytes.
+    """
+    imap = client._imap
+    old, sock = getattr(imap, "file", None), getattr(imap, "sock", None)
+    if old is None or sock is None or not hasattr(old, "peek"):
+        return
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        held = old.peek(1)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        held = b""
+    finally:
+        sock.settimeout(timeout)
+    if held:
+        return
+    imap.file = sock.makefile("rb", buffering=READ_BUFFER)
+    old.close()  # the reader only; the socket stays open
 
 
 def _buffered_lines(client: IMAPClient) -> list[object]:
@@ -166,6 +197,7 @@ class Mailbox:
                     # A failed STARTTLS raises: never fall back to plain text.
                     client.starttls(tls_context(s.cafile))
             client.login(s.username, s.password.get() or "")
+            _widen_reader(client)
             caps = client.capabilities()
             if s.move_to and not client.folder_exists(s.move_to):
                 client.create_folder(s.move_to)

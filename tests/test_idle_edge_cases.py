@@ -16,6 +16,7 @@ import time
 import pytest
 from imapclient import IMAPClient
 
+from intake import fetch
 from intake.fetch import Mailbox
 
 
@@ -25,9 +26,11 @@ class ScriptedIMAP(threading.Thread):
     write (a server that reports the count at every IDLE start); ``"close"`` sends
     ``+ idling`` and then closes the connection without BYE (a proxy or a NAT reset)."""
 
-    def __init__(self, on_idle: str):
+    def __init__(self, on_idle: str, tls: object = None, flags: int = 0):
         super().__init__(daemon=True)
         self.on_idle = on_idle
+        self.tls = tls  # a trustme CA's server context, or None for plain text
+        self.flags = flags
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
@@ -37,6 +40,8 @@ class ScriptedIMAP(threading.Thread):
 
     def run(self) -> None:
         conn, _ = self.sock.accept()
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)  # type: ignore[attr-defined]
         with conn, self.sock:
             reader = conn.makefile("rb")
             conn.sendall(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
@@ -63,6 +68,9 @@ class ScriptedIMAP(threading.Thread):
                     self.idles += 1
                     if self.on_idle == "unchanged-exists":
                         conn.sendall(b"+ idling\r\n* 3 EXISTS\r\n")
+                    elif self.on_idle == "burst":
+                        flags = b"* 2 FETCH (FLAGS (\\Seen))\r\n" * self.flags
+                        conn.sendall(b"+ idling\r\n" + flags + b"* 4 EXISTS\r\n")
                     else:
                         conn.sendall(b"+ idling\r\n")
                         time.sleep(0.2)
@@ -75,12 +83,17 @@ class ScriptedIMAP(threading.Thread):
                     conn.sendall(tag + b" OK done\r\n")
 
 
-def _mailbox(port: int) -> Mailbox:
-    """A ``Mailbox`` on the scripted server (its settings are not needed for ``wait``)."""
+def _mailbox(port: int, tls: object = None) -> Mailbox:
+    """A ``Mailbox`` on the scripted server (its settings are not needed for ``wait``),
+    logged in as ``Mailbox.open`` does (``_widen_reader`` after LOGIN)."""
     mailbox = Mailbox.__new__(Mailbox)
     Mailbox.__init__(mailbox, settings=None)  # type: ignore[arg-type]
-    client = IMAPClient("127.0.0.1", port=port, ssl=False, timeout=30)
+    if tls is None:
+        client = IMAPClient("127.0.0.1", port=port, ssl=False, timeout=30)
+    else:
+        client = IMAPClient("127.0.0.1", port=port, ssl=True, ssl_context=tls, timeout=30)
     client.login("u", "p")
+    fetch._widen_reader(client)
     client.select_folder("INBOX", readonly=True)
     mailbox.client = client
     mailbox._exists = 3
@@ -128,3 +141,35 @@ def test_a_connection_closed_during_idle_is_noticed_at_once_without_spinning() -
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert time.monotonic() - started < 2.0
     assert cpu < 0.5, cpu
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("flags", [10, 350], ids=["small", "over-8k"])
+def test_a_new_count_at_the_end_of_a_long_idle_answer_is_seen_at_once(
+    tls: bool, flags: int
+) -> None:
+    """``+ idling``, hundreds of flag changes (staff's mail client) and the EXISTS of a
+    new mail, in one write: over TLS one record over 8 KB, of which imaplib's 8 KB buffer
+    took only part; the rest stayed decrypted inside TLS, unseen by a socket poll, and
+    the mail waited for the whole IDLE (review rv8d, its scripted server)."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    server_context = client_context = None
+    if tls:
+        ca = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_context)
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+    server = ScriptedIMAP("burst", tls=server_context, flags=flags)
+    server.start()
+    mailbox = _mailbox(server.port, client_context)
+    try:
+        started = time.monotonic()
+        news = mailbox.wait(8.0)
+        waited = time.monotonic() - started
+    finally:
+        _close(mailbox)
+    assert news
+    assert waited < 2.0, waited
