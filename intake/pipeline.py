@@ -226,10 +226,17 @@ class Service:
         if self.pool is not None:
             self.pool.close()
 
-    def deliver(self, now: datetime) -> SendReport:
-        """Deliver this mailbox's due outbox rows (alerts first); then move the read mark
-        over the mail whose acknowledgement is now settled (``note_read``)."""
-        report = deliver_outbox(self.settings.smtp, self.engine, now, self.settings.mailbox.key)
+    def deliver(self, now: datetime, should_stop: Callable[[], bool] | None = None) -> SendReport:
+        """Deliver this mailbox's due outbox rows (alerts first), ended early once
+        ``should_stop`` says so (the worker's stop flag); then move the read mark over the
+        mail whose acknowledgement is now settled (``note_read``)."""
+        report = deliver_outbox(
+            self.settings.smtp,
+            self.engine,
+            now,
+            self.settings.mailbox.key,
+            should_stop=should_stop,
+        )
         if report.sent or report.failed:
             note_read(self)
         return report

@@ -29,8 +29,8 @@ from intake.digest import coordinator, digest_times, queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox, _transient
 from intake.locks import mailbox_lock
-from intake.pipeline import RunReport, Service, note_read, process_new_mail
-from intake.send import SendReport, deliver_outbox
+from intake.pipeline import RunReport, Service, process_new_mail
+from intake.send import SendReport
 from intake.store import Outbox, session_scope, to_db
 
 log = logging.getLogger(__name__)
@@ -94,12 +94,7 @@ def deliver(svc: Service, now: datetime, should_stop: StopCheck = None) -> SendR
     landed inside a mail's transaction (an acknowledgement in doubt is never resent).
     With the stop flag the run ends before claiming its next row; the rest stays queued
     for the next start (review rvr, finding 2)."""
-    report = deliver_outbox(
-        svc.settings.smtp, svc.engine, now, svc.settings.mailbox.key, should_stop=should_stop
-    )
-    if report.sent or report.failed:
-        note_read(svc)  # the read mark may pass the mail whose acknowledgement went out
-    return report
+    return svc.deliver(now, should_stop)
 
 
 def digest_job(
