@@ -186,10 +186,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
+    """Send the partner digests now (staff's manual run of what ``run`` schedules).
+
+    A typo in the rules does not stop it: like ``run`` and ``once`` it routes with the
+    last rules that loaded (``intake.last_good_rules``), so staff who send a digest by
+    hand while the rules are being fixed still hand every case to its partner."""
     from intake.digest import queue_digests
     from intake.pipeline import Service
 
-    svc = Service.from_settings(_settings(args))
+    svc = Service.from_settings(_settings(args), last_good=True)
     now = datetime.now(svc.calendar.tz)
     queued = queue_digests(svc, now)
     sent = svc.deliver(now)

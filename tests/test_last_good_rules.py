@@ -598,3 +598,34 @@ def test_a_state_folder_reached_through_a_link_owned_by_another_account_is_still
     mark = link / "read-marks" / "x.read"
     read_marks.save(mark, "box", read_marks.ReadMark(7, 9))
     assert read_marks.load(mark, "box") == read_marks.ReadMark(7, 9)
+
+
+@pytest.mark.integration
+def test_digest_by_hand_with_a_typo_in_the_rules_still_reaches_the_partners(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
+) -> None:
+    """Staff sending the digests by hand while the rules are broken: the worker routes
+    with the saved copy, and so does ``digest`` (it refused with a rules problem)."""
+    rules = copy_rules(tmp_path)
+    config = write_config(
+        tmp_path, dovecot, smtp_server, extra=f'\n[service]\nrules_dir = "{rules}"\n'
+    )
+    dovecot.append(
+        samples.consultation(
+            "resident.test@example.jp", "相談", "家賃が払えなくて生活が苦しいです。"
+        )
+    )
+    first = run_service("once", config=config, password=dovecot.password)
+    assert first.returncode == 0, first.stderr
+    smtp_server.wait_for(1, timeout=20)
+    smtp_server.clear()
+    line = break_topics(rules)
+
+    result = run_service("digest", config=config, password=dovecot.password)
+    assert result.returncode == 0, result.stderr
+    assert f"topics.toml:{line}: " in result.stderr
+    assert "digest for" in result.stdout, result.stdout
+    mails = smtp_server.wait_for(2, timeout=20)
+    digests = [m for m in mails if m.message["X-Soudan-Intake"] == "digest"]
+    assert len(digests) == 1 and "受付番号:" in text_of(digests[0])
+    assert len(notices(mails)) == 1  # staff are told the rules are broken, as by once
