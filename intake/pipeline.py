@@ -68,6 +68,7 @@ from intake.prepare_pool import Failed, PreparePool, Ticket
 from intake.read_marks import ReadMark, mark_path
 from intake.read_marks import load as load_read_mark
 from intake.read_marks import save as save_read_mark
+from intake.read_marks import updating as read_mark_updating
 from intake.rules import RuleSet
 from intake.send import SendReport, deliver_outbox
 from intake.store import (
@@ -2257,24 +2258,28 @@ def _move_read_mark(svc: Service) -> None:
     if waiting is not None:
         high = min(high, int(waiting) - 1)
     read = cursor.last_uid
-    # The file, not this process's copy: another worker on this machine may have moved
-    # it, and deciding on a stale copy could lower it below a database that is behind
-    # it (review rv8c).
-    mark = load_read_mark(mark_path(svc.settings, key), key)
-    svc.read_marks[key] = mark
-    if mark is None or mark.uidvalidity != uidvalidity:
-        if high < 1:
+    path = mark_path(svc.settings, key)
+    # Read, decided and written under the mark's lock: another process on this database
+    # deciding at the same time could otherwise write an older decision last.
+    with read_mark_updating(path):
+        # The file, not this process's copy: another worker on this machine may have
+        # moved it, and deciding on a stale copy could lower it below a database that is
+        # behind it (review rv8c).
+        mark = load_read_mark(path, key)
+        svc.read_marks[key] = mark
+        if mark is None or mark.uidvalidity != uidvalidity:
+            if high < 1:
+                return
+        elif mark.last_uid == high or (mark.last_uid > high and read < mark.last_uid):
+            # Unchanged, or the database is behind the mark: never lower it then, that
+            # is what the mark is there to tell (``_read_mark_above``).
             return
-    elif mark.last_uid == high or (mark.last_uid > high and read < mark.last_uid):
-        # Unchanged, or the database is behind the mark: never lower it then, that is
-        # what the mark is there to tell (``_read_mark_above``).
-        return
-    # Up; or down when this database, not behind, queued an acknowledgement for mail the
-    # mark had passed (a placeholder that could not name its sender, read later: review
-    # rv8b N5).
-    mark = ReadMark(uidvalidity, max(high, 0))
-    svc.read_marks[key] = mark
-    save_read_mark(mark_path(svc.settings, key), key, mark)
+        # Up; or down when this database, not behind, queued an acknowledgement for mail
+        # the mark had passed (a placeholder that could not name its sender, read later:
+        # review rv8b N5).
+        mark = ReadMark(uidvalidity, max(high, 0))
+        svc.read_marks[key] = mark
+        save_read_mark(path, key, mark)
 
 
 def _oldest_arrival(mailbox: Mailbox) -> tuple[bool, datetime | None]:

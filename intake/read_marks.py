@@ -27,11 +27,13 @@ Where: ``[service] state_dir`` when set, else beside an SQLite database file
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,38 @@ def owner_of_nearest(path: Path) -> int | None:
         except OSError:
             return None
     return None
+
+
+@contextlib.contextmanager
+def updating(path: Path | None) -> Iterator[None]:
+    """Hold the mark's lock (``<mark>.lock``, flock) while it is read, decided and saved.
+
+    Why: two processes on one database (the worker and a ``once`` or ``digest`` by hand,
+    two workers on one machine) each read the mark, decide and write it; without a lock
+    the one that decided on the older value could write last, leaving the mark lower
+    than what was read, and a restore after that acknowledges again the mail in between.
+    The lock is held for two small file operations, never across a database query. No
+    lock is taken where this account may not write (``save`` writes nothing there
+    either) or when the lock file cannot be opened: the mark is then moved as before
+    rather than not at all; never raises for the lock."""
+    handle = None
+    if path is not None:
+        owner = owner_of_nearest(path.parent)
+        if owner is None or not hasattr(os, "getuid") or owner == os.getuid():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+                handle = os.fdopen(fd, "rb+", buffering=0)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                if handle is not None:
+                    handle.close()
+                handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the flock
 
 
 def save(path: Path | None, mailbox_key: str, mark: ReadMark) -> None:

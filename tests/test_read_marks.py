@@ -360,3 +360,34 @@ def test_a_second_worker_never_lowers_the_shared_mark_while_the_database_is_behi
     pipeline.note_read(reader)
     pipeline.note_read(sender)  # after its delivery run, the relay still down
     assert load(path, key) == ReadMark(7, 500)
+
+
+def test_the_mark_is_read_and_written_under_its_lock(tmp_path: Path) -> None:
+    """Two processes deciding at the same instant could leave the older decision, a
+    lower mark, written last; a process moving the mark waits for the one holding its
+    lock, and then decides on what that one wrote."""
+    import threading
+
+    from intake import pipeline, read_marks
+    from intake.store import Cursor
+    from tests.test_last_good_rules import offline_config
+
+    svc = Service.from_settings(load_settings(offline_config(tmp_path)))
+    key = svc.settings.mailbox.key
+    path = mark_path(svc.settings, key)
+    assert path is not None
+    with session_scope(svc.engine) as s:
+        s.add(Cursor(mailbox=key, uidvalidity=7, last_uid=40))
+
+    mover = threading.Thread(target=pipeline.note_read, args=(svc,), daemon=True)
+    with read_marks.updating(path):  # another process, in the middle of its update
+        save(path, key, ReadMark(7, 60))
+        mover.start()
+        mover.join(timeout=0.5)
+        assert mover.is_alive()  # waiting for the lock, nothing read or written yet
+        assert load(path, key) == ReadMark(7, 60)
+    mover.join(timeout=10)
+    assert not mover.is_alive()
+    # It decided on the file as the other left it: this database (40) is behind 60.
+    assert load(path, key) == ReadMark(7, 60)
+    assert oct(path.with_name(path.name + ".lock").stat().st_mode & 0o777) == "0o600"
