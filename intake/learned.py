@@ -99,6 +99,7 @@ SOURCE_FILES = (
     "triage_dev_extra11.jsonl",
     "triage_dev_extra12.jsonl",
     "triage_dev_extra13.jsonl",
+    "triage_dev_extra14.jsonl",
 )
 UNSEEN_FILES = (
     "triage_holdout4.jsonl",
