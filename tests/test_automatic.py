@@ -48,7 +48,6 @@ def test_person_mail_is_not_automatic():
         ("List-Unsubscribe: <mailto:leave@example.jp>\r\n", "list-unsubscribe"),
         ("List-Post: <mailto:ml@example.jp>\r\n", "list-post"),
         ("X-ML-Name: neko\r\n", "x-ml-name"),
-        ("X-Auto-Response-Suppress: All\r\n", "x-auto-response-suppress"),
         ("X-Autoreply: yes\r\n", "x-autoreply"),
         ("X-Autorespond: vacation\r\n", "x-autorespond"),
         ("Return-Path: <>\r\n", "null-sender"),
@@ -179,3 +178,27 @@ def test_a_resident_sharing_a_link_is_acknowledged() -> None:
         "相談", "このページを見て連絡しました https://www.city.kasaoka.okayama.jp/soudan/"
     )
     assert spam_reason(letter) is None
+
+
+@pytest.mark.parametrize("value", ["All", "DR, RN, NRN, OOF, AutoReply"])
+def test_school_outlook_mail_asking_not_to_be_auto_answered_is_a_person(value: str) -> None:
+    """X-Auto-Response-Suppress asks the recipient not to auto-reply; Exchange sets it on
+    people's mail (to or through a group), so it marked a pupil's mail as automatic and
+    the pupil got no acknowledgement (review rv9a F7)."""
+    letter = letter_with(f"X-Auto-Response-Suppress: {value}\r\n")
+    assert automatic_reason(letter) is None
+
+
+def test_outlook_out_of_office_reply_is_still_automatic() -> None:
+    letter = letter_with(
+        "X-Auto-Response-Suppress: All\r\nAuto-Submitted: auto-generated\r\n",
+        replace=("Subject: 相談です", "Subject: 自動応答: 相談です"),
+    )
+    assert automatic_reason(letter) == "auto-submitted:auto-generated"
+
+
+@pytest.mark.parametrize("sender", ["neko-owner@docomo.ne.jp", "owner-of-cats@example.jp"])
+def test_a_resident_address_with_owner_in_it_is_a_person(sender: str) -> None:
+    """Carrier addresses are chosen freely: "-owner" made a resident a list robot (rv9a)."""
+    letter = letter_with(replace=("学生 <student@example.jp>", f"<{sender}>"))
+    assert automatic_reason(letter) is None

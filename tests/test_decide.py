@@ -69,3 +69,32 @@ def test_undecodable_mail_needs_a_human(rules: RuleSet) -> None:
     )
     triage, block = decide(parse(raw), rules, OWN)
     assert triage.needs_human and block is None
+
+
+def test_automatic_mail_carrying_a_forwarded_crisis_is_still_urgent(rules: RuleSet) -> None:
+    """An Exchange rule forwarding a resident's mail as an attachment (a school's footer
+    outside it) is automatic: no acknowledgement, but the crisis it carries is still
+    checked (review rv9a F8; only a bounce's attachment is not)."""
+    raw = forwarding(
+        "このメールは自動転送されました。",
+        "今までありがとう。もう死ぬことにした。薬はもう用意してある。",
+        **{"X-MS-Exchange-Inbox-Rules-Loop": "teacher@school.example.jp"},
+    )
+    triage, block = decide(parse(raw), rules, OWN)
+    assert block == "exchange-generated"
+    assert triage.urgent
+    assert all(m.rule.startswith("forwarded:") for m in triage.urgent_reasons)
+
+
+@pytest.mark.parametrize("by_rule", [True, False], ids=["mailbox-rule", "by-hand"])
+def test_our_own_alert_forwarded_back_raises_no_new_alert(rules: RuleSet, by_rule: bool) -> None:
+    """The on-call alert lists the resident's crisis words as its reasons; forwarded back
+    as an attachment (by a mailbox rule: a loop; by hand, to ask about it) it raised
+    another alert."""
+    alert = (
+        "緊急の可能性がある相談を受け付けました。\n"
+        "理由: 「死にたい」「飛び降りる」\n受付番号: C000001\n"
+    )
+    headers = {"X-MS-Exchange-Inbox-Rules-Loop": "oncall@example.jp"} if by_rule else {}
+    triage, _block = decide(parse(forwarding("これは何ですか", alert, **headers)), rules, OWN)
+    assert not triage.urgent
