@@ -1,0 +1,74 @@
+"""Undo fixed-width wrapping: a mailer that breaks lines at a set width cuts words.
+
+Why: some mailers (desktop mailers popular in Japan, plain-text modes of webmail) wrap
+every line at a fixed number of columns with a hard line break before sending. Japanese
+has no spaces, so the break falls anywhere, inside a word too: 「…もう死に\\nたいです」.
+Triage reads a line at a time (a line break ends a phrase), so the crisis words were
+never seen whole. ``format=flowed`` marks such breaks and is undone by the parser; a
+hard wrap is not marked, so it is recognised by its shape.
+
+The shape, deliberately strict (joining lines a person broke on purpose would merge two
+sentences, and a negation in the second could then discount the first): of the lines
+that continue a paragraph without ending a sentence (。！？」…: such a line needs no
+joining, whoever broke it), at least three and most are "full", within a few columns of
+the widest line (the wrap width, 40-160 columns; full-width characters count two, and a
+wrapper leaves a column or two free rather than split a character or start a line with
+、。). Only the full lines are joined to the next one; a short line ends its paragraph
+as before. Quoted lines (``>``) are never joined. The lines are joined as sent (a space
+the wrapper left at a line's end stays); English, wrapped at spaces with a ragged edge,
+is mostly not recognised and needs no joining (no word is cut).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+MIN_WIDTH = 40  # columns: narrower "wrapping" is a person's short lines
+MAX_WIDTH = 160  # columns: a wider line was not wrapped by a mailer
+SLACK = 3  # columns a full line may fall short of the width (kinsoku, wide characters)
+MIN_FULL = 3  # full lines needed to call a text wrapped
+MIN_SHARE = 0.8  # share of the lines continuing a paragraph that must be full
+
+
+_SENTENCE_ENDS = ("。", "．", "！", "？", "!", "?", "」", "』", "）", ")", "♪", "…")
+
+
+def columns(line: str) -> int:
+    """Display width: East Asian wide and full-width characters count two columns."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+
+
+def _quoted(line: str) -> bool:
+    return line.lstrip(" \t\u3000").startswith((">", "＞"))
+
+
+def unwrap_fixed_width(text: str) -> str:
+    """``text`` with fixed-width wrapping undone, or ``text`` itself when not wrapped."""
+    if "\n" not in text:
+        return text
+    lines = text.split("\n")
+    widths = [columns(line.rstrip()) for line in lines]
+    width = max(widths)
+    if not MIN_WIDTH <= width <= MAX_WIDTH:
+        return text
+    # lines followed by another non-empty line (a paragraph goes on), and not ending a
+    # sentence (a line ending in 。 needs no joining, whoever broke it): the wrapped ones
+    continuing = [
+        i
+        for i in range(len(lines) - 1)
+        if lines[i].strip()
+        and lines[i + 1].strip()
+        and not _quoted(lines[i])
+        and not lines[i].rstrip().endswith(_SENTENCE_ENDS)
+    ]
+    full = [i for i in continuing if widths[i] >= width - SLACK and not _quoted(lines[i + 1])]
+    if len(full) < MIN_FULL or len(full) < MIN_SHARE * len(continuing):
+        return text
+    joined = set(full)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if i - 1 in joined:
+            out[-1] += line  # as sent: a space the wrapper kept at the line's end stays
+        else:
+            out.append(line)
+    return "\n".join(out)
