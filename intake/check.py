@@ -239,11 +239,17 @@ def _secret_file_problems(settings: Settings) -> list[str]:
     for name, secret in (("mailbox", settings.mailbox.password), ("smtp", settings.smtp.password)):
         if secret.file is not None:
             try:
-                secret.file.stat()
+                secret.file.read_bytes().decode("utf-8")
             except (FileNotFoundError, NotADirectoryError):
                 problems.append(
                     f"{where}: {name}.password_file: {secret.file} does not exist; create it "
                     f"(chmod 600) or fix the path (relative paths are relative to this file)"
+                )
+            except UnicodeDecodeError:
+                # the error itself holds the password: only say what to fix
+                problems.append(
+                    f"{where}: {name}.password_file: {secret.file} is not UTF-8 text; save "
+                    "the password as UTF-8"
                 )
             except OSError:
                 pass  # not ours to read: the service's account may

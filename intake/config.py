@@ -59,6 +59,12 @@ class Secret:
                 return self.file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(f"cannot read password_file {self.file}: {exc.strerror}") from exc
+            except UnicodeDecodeError:
+                # Not chained: the error holds the file's bytes, the password itself.
+                raise ConfigError(
+                    f"password_file {self.file} is not UTF-8 text; save the password as "
+                    "UTF-8 (a file of random bytes is not a password the servers accept)"
+                ) from None
         return None
 
     def __repr__(self) -> str:  # never show a secret, only where it comes from

@@ -196,7 +196,14 @@ class Mailbox:
                 if s.security == "starttls":
                     # A failed STARTTLS raises: never fall back to plain text.
                     client.starttls(tls_context(s.cafile))
-            client.login(s.username, s.password.get() or "")
+            password = s.password.get() or ""
+            if password.isascii() and s.username.isascii():
+                client.login(s.username, password)
+            else:
+                # LOGIN's quoted strings are ASCII (imaplib raised UnicodeEncodeError,
+                # whose repr held the password: review rv9b F1); AUTHENTICATE PLAIN
+                # carries UTF-8 (RFC 4616).
+                client.plain_login(s.username, password)
             _widen_reader(client)
             caps = client.capabilities()
             if s.move_to and not client.folder_exists(s.move_to):

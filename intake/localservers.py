@@ -278,7 +278,10 @@ class LocalDovecot:
             if self.tls == "starttls":
                 client.starttls(self.ssl_context())
         if login:
-            client.login(self.user, self.password)
+            if self.password.isascii():
+                client.login(self.user, self.password)
+            else:
+                client.plain_login(self.user, self.password)  # LOGIN is ASCII only
         return client
 
     # ----------------------------------------------------------------- mail helpers

@@ -29,14 +29,23 @@ class JsonFormatter(logging.Formatter):
 
 
 def _error(record: logging.LogRecord) -> str:
-    """The exception as its ``repr``, never a traceback or its ``str``.
+    """The exception as its ``repr``, never a traceback or its ``str`` (and for a
+    ``UnicodeError`` not even that: only where and why).
 
     Why: ``str()`` of a database error carries the statement's parameters (a mail's text,
     a resident's address: SQLAlchemy prints ``[parameters: (...)]``), and a traceback
     prints that string; ``repr`` names the class and the driver's message only.
     """
     assert record.exc_info is not None
-    return repr(record.exc_info[1])
+    exc = record.exc_info[1]
+    if isinstance(exc, UnicodeError):
+        # Its repr holds the whole string or bytes it failed on: a password read from a
+        # file that is not UTF-8, a mail's text (review rv9b F1). Where and why only.
+        encoding = getattr(exc, "encoding", "?")
+        start = getattr(exc, "start", "?")
+        reason = getattr(exc, "reason", "")
+        return f"{type(exc).__name__}(encoding={encoding!r}, position={start}, {reason!r})"
+    return repr(exc)
 
 
 class PlainFormatter(logging.Formatter):

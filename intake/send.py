@@ -95,6 +95,7 @@ from sqlmodel import Session, col, select
 
 from intake.compose import WIRE_POLICY
 from intake.config import SmtpSettings
+from intake.errors import ConfigError
 from intake.fetch import tls_context
 from intake.store import (
     Case,
@@ -718,10 +719,13 @@ def _session_refused(exc: BaseException) -> str | None:
 
 async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
     """A connected, authenticated client whose extensions (SMTPUTF8) are known."""
+    # Read first: a password that cannot be read (ConfigError) is the operator's to fix,
+    # and the run defers its mail instead of dying with it (review rv9b F1).
+    password = (settings.password.get() or "") if settings.username else ""
     smtp = _client(settings)
     await smtp.connect()
     if settings.username:
-        await smtp.login(settings.username, settings.password.get() or "")
+        await smtp.login(settings.username, password)
     if smtp.is_ehlo_or_helo_needed:  # the extensions (SMTPUTF8) are known after EHLO
         try:
             await smtp.ehlo()
@@ -781,6 +785,9 @@ def _put_off(scope: tuple[str, str, str, int], jobs: list[_Job], now: datetime) 
 
 
 def _log_unavailable(exc: BaseException) -> None:
+    if isinstance(exc, ConfigError):
+        log.error("smtp password unavailable: %s", exc)  # names the variable or file only
+        return
     code = getattr(exc, "code", None)
     if isinstance(code, int) and 500 <= code < 600:
         log.error("smtp refused our session", extra={"error": type(exc).__name__, "code": code})
@@ -819,7 +826,7 @@ async def _deliver(
 
     try:
         smtp = await _connect(settings)
-    except (aiosmtplib.SMTPException, OSError) as exc:
+    except (aiosmtplib.SMTPException, OSError, ConfigError) as exc:
         _log_unavailable(exc)
         # Rows taken over from a dead sender stay as they are: nothing was sent this run.
         defer([j for j in jobs if j.previous is None], f"connect: {type(exc).__name__}")
@@ -883,7 +890,7 @@ async def _deliver(
                 reconnects += 1
                 try:
                     smtp = await _connect(settings)
-                except (aiosmtplib.SMTPException, OSError) as exc:
+                except (aiosmtplib.SMTPException, OSError, ConfigError) as exc:
                     _log_unavailable(exc)
                     defer(
                         [job, *rest] if job.previous is None else rest,
