@@ -872,6 +872,11 @@ def parse(raw: bytes, *, max_size: int = 25 * 1024 * 1024) -> Letter:
     return letter
 
 
+# A forward's subject ("Fwd:", "FW:", "転送:", also after "Re:"): Outlook and some carrier
+# mailers forward under the same header block as they reply.
+_FORWARD_SUBJECT = re.compile(r"^\s*(?:(?:re|fwd?)\s*[:：]\s*)*(?:fwd?|転送)\s*[:：]", re.I)
+
+
 def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
     problems = letter.problems
     if not isinstance(raw, bytes | bytearray | memoryview):
@@ -956,10 +961,14 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         # Staff see the forwarded words with the rest of what is not the sender's own text.
         marker = "---------- 転送されたメッセージ ----------"
         letter.quoted = "\n\n".join(p for p in (letter.quoted, marker, letter.forwarded) if p)
-    if parts.forwarded:
-        # A mail forwarded inline (Gmail, iPhone) goes where an attached one goes, so
-        # ``pipeline.decide`` checks it for urgency too; its lines are already in ``quoted``.
-        letter.forwarded = "\n\n".join(p for p in (letter.forwarded, parts.forwarded) if p)
+    inline = parts.forwarded or (
+        parts.after_header if _FORWARD_SUBJECT.match(letter.subject) else ""
+    )
+    if inline:
+        # A mail forwarded inline (Gmail, iPhone; Outlook's "FW:" under a reply header) goes
+        # where an attached one goes, so ``pipeline.decide`` checks it for urgency too; its
+        # lines are already in ``quoted``.
+        letter.forwarded = "\n\n".join(p for p in (letter.forwarded, inline) if p)
     if "\ufffd" in body_text and not any(p.startswith("undecodable") for p in problems):
         problems.append("replacement-characters-in-body")
 

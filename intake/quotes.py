@@ -31,7 +31,9 @@ What counts as quoted:
   ``From:``/``差出人:`` block followed by ``Sent:``/``Date:``, and Outlook's ``_____``
   rule when such a block follows it;
 * after a forward header, the forwarded part is also returned in ``Parts.forwarded``
-  (one level of ``>`` removed, our own text left out);
+  (one level of ``>`` removed, our own text left out); the part after any other reply
+  header, prepared alike, in ``Parts.after_header`` (the parser treats it as forwarded
+  when the subject is a forward's: Outlook forwards under the same header as it replies);
 * a signature: the lines after an exact ``-- `` line (RFC 3676 s. 4.3), only when they
   look like a signature (a few short lines: names, numbers, addresses, no sentence);
   a bare ``--`` or a ``-- `` followed by sentences is a divider, and the lines stay new;
@@ -81,7 +83,9 @@ _OWN_TEXT_TRACES: tuple[str, ...] = (
     "担当の者がこのメールにお返事します。",
     "このメールに返信すると、続きとして担当の者に届きます。",
     "いま命や体に危険があるときは、すぐに電話してください。",
-    "前回のお知らせ以降に届いた相談",
+    "緊急と判断した理由:",  # the on-call alert
+    "電話番号（本文から）:",
+    "前回のお知らせ以降に届いた相談",  # the partner digest, which lists residents' words
 )
 
 # A quote mark, but not the start of an emoticon: ＞＜, >_<, ＞ω＜, >.< (a closing < or ＜
@@ -220,6 +224,10 @@ class Parts:
     quoted: str
     forwarded: str = ""
     kept_whole: bool = False
+    # What follows a reply header (Outlook block, "-----Original Message-----", an
+    # attribution) prepared as ``forwarded`` is: the parser uses it when the subject says
+    # the mail is a forward (Outlook's "FW:" has the same header block as its replies).
+    after_header: str = ""
 
 
 def split_quoted(text: str) -> tuple[str, str]:
@@ -303,8 +311,8 @@ def _quote_depth(line: str) -> tuple[int, str]:
 def _forwarded_text(lines: list[str]) -> str:
     """The forwarded part for the urgency check: one level of quote marks removed (iPhone
     quotes the forwarded mail with ">"), and our own text left out (from a marker line on,
-    as deep as that line is quoted), so our acknowledgement or alert forwarded back is not
-    read as a crisis."""
+    as deep as that line is quoted), so our acknowledgement, alert or digest (which lists
+    residents' crisis words) forwarded back is not read as a crisis."""
     depths = [_quote_depth(line) for line in lines]
     base = (
         1
@@ -319,7 +327,7 @@ def _forwarded_text(lines: list[str]) -> str:
             if depth >= skip_from or not line.strip():
                 continue
             skip_from = None
-        if any(marker in bare for marker in OWN_TEXT_MARKERS):
+        if _holds_own_text(bare):
             skip_from = depth
             continue
         kept.append(line if base == 0 else _strip_one_quote(line))
@@ -344,6 +352,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
     new: list[str] = []
     quoted: list[str] = []
     forwarded: list[str] = []
+    after_header: list[str] = []
     ahead = iter(candidates) if candidates is not None else None
     k = -1  # the next candidate line
     i = 0
@@ -397,6 +406,8 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             quoted.extend(lines[i:])
             if separator and _FORWARD.search(line):
                 forwarded.extend(lines[i + 1 :])
+            else:
+                after_header.extend(lines[i + 1 :])
             break
         new.append(line)
         i += 1
@@ -406,4 +417,9 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
         # Safety net (module docstring): nothing left to triage and none of it is ours.
         whole = "\n".join(lines).strip("\n").rstrip()
         return Parts(whole, "", "", kept_whole=True)
-    return Parts(new_text, quoted_text, _forwarded_text(forwarded) if forwarded else "")
+    return Parts(
+        new_text,
+        quoted_text,
+        _forwarded_text(forwarded) if forwarded else "",
+        after_header=_forwarded_text(after_header) if after_header else "",
+    )

@@ -265,6 +265,42 @@ def test_our_own_text_in_an_inline_forward_is_left_out_of_the_forwarded_part() -
     assert parts.forwarded == "From: 笠岡市 <sasaean@x.jp>"
 
 
+OUTLOOK_BODY = (
+    "友達からです。見てください。\n\n________________________________\n"
+    "差出人: ゆき <yuki@ezweb.ne.jp>\n送信日時: 2026年11月26日 1:12\n宛先: sora@outlook.jp\n"
+    f"件名: ごめんね\n\n{CRISIS}\n"
+)
+
+
+def test_an_outlook_forward_under_its_reply_header_is_checked_for_urgency(
+    rules: RuleSet,
+) -> None:
+    """Outlook forwards ("FW:") under the same header block as it replies: the subject
+    tells them apart, and the forwarded part is checked as an attached one is."""
+    letter = parse(mail(OUTLOOK_BODY, subject="FW: ごめんね"))
+    assert letter.text == "友達からです。見てください。"
+    assert CRISIS in letter.forwarded.splitlines()
+    assert urgent(letter, rules)
+
+
+def test_the_part_under_a_reply_header_is_not_forwarded_when_the_mail_is_a_reply() -> None:
+    letter = parse(mail(OUTLOOK_BODY, subject="RE: ごめんね"))
+    assert letter.text == "友達からです。見てください。"
+    assert letter.forwarded == ""
+
+
+def test_our_digest_forwarded_inline_is_left_out_of_the_forwarded_part() -> None:
+    """A partner forwarding our digest (which lists residents' crisis words) to the
+    mailbox must not raise an alert of its own from those words."""
+    body = (
+        "転送します\n\n---------- Forwarded message ---------\nFrom: 笠岡市 <x@y.jp>\n\n"
+        "NPOあかり ご担当者様\n\n前回のお知らせ以降に届いた相談 1 件をお知らせします。\n"
+        "受付番号: C000001\nもう死にたい\n"
+    )
+    letter = parse(mail(body, subject="Fwd: 相談ダイジェスト"))
+    assert letter.forwarded == "From: 笠岡市 <x@y.jp>\n\nNPOあかり ご担当者様"
+
+
 # --- F9: an emoticon is not a quote mark ------------------------------------------------
 
 
