@@ -290,6 +290,17 @@ def _signature_end(lines: list[str], i: int) -> int | None:
     return j
 
 
+def _continues_attribution(line: str, following: str) -> bool:
+    """Whether ``following`` is the second half of an attribution wrapped after ``line``:
+    it ends the attribution with a colon that ``line`` lacks, and is not quoted itself."""
+    return bool(
+        following.strip()
+        and not _ends_with_colon(line)
+        and _ends_with_colon(following)
+        and not _QUOTE_LINE.match(following)
+    )
+
+
 def _outlook_block_follows(lines: list[str], i: int) -> bool:
     """Whether an Outlook ``From:``/``差出人:`` + ``Sent:``/``送信日時:`` block starts on the
     first non-blank line after ``i`` (what makes a ``_____`` rule a reply separator)."""
@@ -395,13 +406,16 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             i += 1
             continue
         if is_quote_header(line, following):
-            after = next((x for x in lines[i + 1 :] if x.strip()), "")
             separator = _SEPARATOR.match(line.strip()) is not None
+            # A wrapped attribution ("On Thu, ... Taro" / "<t@x> wrote:", Gmail's "... 笠岡市 <"
+            # / "x@y>:") takes the next line with it.
+            span = 2 if _continues_attribution(line, following) and not separator else 1
+            after = next((x for x in lines[i + span :] if x.strip()), "")
             if _QUOTE_LINE.match(after) and not separator:
                 # An attribution over a ">" block: the writer may answer below it
                 # (bottom-posting), so only the marked lines are quoted.
-                quoted.append(line)
-                i += 1
+                quoted.extend(lines[i : i + span])
+                i += span
                 continue
             quoted.extend(lines[i:])
             if separator and _FORWARD.search(line):

@@ -91,6 +91,22 @@ def test_our_acknowledgement_quoted_without_any_mark_still_cuts_the_rest() -> No
     )
 
 
+@pytest.mark.parametrize(
+    "attribution",
+    [
+        f"2026年11月26日(木) 10:00 笠岡市 ささえ愛相談窓口 <\n{OWN_ADDR}>:",  # Gmail, wrapped
+        f"On Thu, Nov 26, 2026 at 10:00 AM 笠岡市\n<{OWN_ADDR}> wrote:",
+    ],
+)
+def test_an_answer_below_a_wrapped_attribution_and_our_quoted_acknowledgement_is_read(
+    attribution: str,
+) -> None:
+    body = f"{attribution}\n\n> {ACK_FIRST}\n> 受付番号: C000001\n\nもう限界です。消えたい。"
+    new, quoted = split_quoted(body)
+    assert new == "もう限界です。消えたい。"
+    assert quoted == f"{attribution}\n> {ACK_FIRST}\n> 受付番号: C000001"
+
+
 @pytest.mark.integration
 def test_a_reply_below_the_quoted_acknowledgement_alerts_on_call_end_to_end(
     tmp_path: Path,
