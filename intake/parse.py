@@ -52,7 +52,7 @@ from typing import Any
 
 from intake.charsets import decode_text
 from intake.letter import Attachment, Letter
-from intake.quotes import split_quoted
+from intake.quotes import split_body
 
 __all__ = [
     "HEADERS_ONLY_LIMIT",
@@ -872,6 +872,11 @@ def parse(raw: bytes, *, max_size: int = 25 * 1024 * 1024) -> Letter:
     return letter
 
 
+# A forward's subject ("Fwd:", "FW:", "転送:", also after "Re:"): Outlook and some carrier
+# mailers forward under the same header block as they reply.
+_FORWARD_SUBJECT = re.compile(r"^\s*(?:(?:re|fwd?)\s*[:：]\s*)*(?:fwd?|転送)\s*[:：]", re.I)
+
+
 def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
     problems = letter.problems
     if not isinstance(raw, bytes | bytearray | memoryview):
@@ -946,11 +951,24 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
     letter.html_only = html_only
     letter.attachments = walker.attachments
     letter.bounce = walker.report or _looks_like_ndr(letter)
-    letter.text, letter.quoted = split_quoted(body_text)
+    parts = split_body(body_text)
+    letter.text, letter.quoted = parts.new, parts.quoted
+    if parts.kept_whole:
+        # Nothing outside quotes and headers, and none of it ours: the whole body is read
+        # (recorded, since a split rule may have misfired or the mail is a bare forward).
+        problems.append("quote-split-kept-whole-body")
     if letter.forwarded:
         # Staff see the forwarded words with the rest of what is not the sender's own text.
         marker = "---------- 転送されたメッセージ ----------"
         letter.quoted = "\n\n".join(p for p in (letter.quoted, marker, letter.forwarded) if p)
+    inline = parts.forwarded or (
+        parts.after_header if _FORWARD_SUBJECT.match(letter.subject) else ""
+    )
+    if inline:
+        # A mail forwarded inline (Gmail, iPhone; Outlook's "FW:" under a reply header) goes
+        # where an attached one goes, so ``pipeline.decide`` checks it for urgency too; its
+        # lines are already in ``quoted``.
+        letter.forwarded = "\n\n".join(p for p in (letter.forwarded, inline) if p)
     if "\ufffd" in body_text and not any(p.startswith("undecodable") for p in problems):
         problems.append("replacement-characters-in-body")
 
