@@ -26,6 +26,9 @@ Decisions, made deliberately:
   (via EUC-JP's SS3); ISO-2022-JP-2's GB2312 and KS C 5601 sets are accepted too.
 * Shift_JIS and its aliases decode as CP932; EUC-JP tries ``euc_jp``, then
   ``euc_jis_2004``, then CP51932 (EUC with the NEC rows, decoded through CP932).
+* Valid UTF-8 under a legacy multi-byte label (Shift_JIS, EUC-JP, GBK, Big5, EUC-KR) is
+  read as UTF-8 when it reads as East Asian text or Latin words, even where the label
+  "fits" the bytes: short UTF-8 is often valid CP932 or GBK, and that reading is mojibake.
 * ``gb2312`` decodes as GBK (WHATWG), Latin-1 as windows-1252 (WHATWG).
 * When the declared charset fails strictly the bytes are sniffed: UTF-8, then
   EUC-JP, then CP932, then charset-normalizer; the first strict success wins.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -140,6 +144,87 @@ _ALIASES: dict[str, str] = {
 # Labels whose strict decode of valid multi-byte UTF-8 still "succeeds": for these a
 # body that is valid UTF-8 with non-ASCII sequences is far more likely UTF-8.
 _SINGLE_BYTE_PREFIXES = ("cp125", "iso8859", "latin", "mac", "koi8", "cp437", "cp850")
+
+# Legacy 8-bit multi-byte decoders (and the codec names ``_lookup`` can give for them).
+# Their strict decode of short UTF-8 often succeeds too: about half of short Japanese
+# UTF-8 strings are valid CP932 (死にたい -> 豁ｻ縺ｫ縺溘＞), because CP932 takes 0x80, 0xA0
+# and half-width kana bytes; GBK and CP949 are as lax.
+_LEGACY_MULTIBYTE = frozenset(
+    {
+        CP932,
+        EUCJP,
+        "gbk",
+        "gb18030",
+        "big5hkscs",
+        "big5",
+        "cp950",
+        "cp949",
+        "euc_kr",
+        "johab",
+        "euc_jis_2004",
+        "euc_jisx0213",
+        "shift_jis_2004",
+        "shift_jisx0213",
+    }
+)
+# What a UTF-8 reading under a legacy multi-byte label must look like to be taken. A
+# legacy text that happens to be valid UTF-8 reads as a mix: one CJK character among
+# Thaana, Arabic or unassigned ones (``煕}``, ``ފ撣``), or a lone Latin letter (half-width
+# kana ﾃｨ is UTF-8 ``è``).
+_EAST_ASIAN = re.compile(
+    "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\uf900-\ufaff"
+    "\uff01-\uffef\U00020000-\U0003ffff]"
+)
+_EMOJI = re.compile("[\U0001f000-\U0001faff]")
+# Latin-1 and Vietnamese letters: accented Latin as Portuguese, Spanish, Tagalog or
+# Vietnamese residents write it.
+_ACCENTED = (
+    "\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0102\u0103\u0110\u0111\u0128\u0129"
+    "\u0168\u0169\u01a0\u01a1\u01af\u01b0\u1ea0-\u1ef9"
+)
+_ACCENTED_LETTER = re.compile(f"[{_ACCENTED}]")
+_ACCENT_IN_WORD = re.compile(f"[A-Za-z][{_ACCENTED}]|[{_ACCENTED}][A-Za-z]")
+_ASCII_LETTER = re.compile("[A-Za-z]")
+
+
+def _script(ch: str) -> str:
+    """The script of a letter as the first word of its Unicode name (LATIN, THAI...)."""
+    return unicodedata.name(ch, "?").split(" ", 1)[0]
+
+
+def _plausible_utf8(text: str) -> bool:
+    """Whether a UTF-8 reading of bytes under a legacy multi-byte label is the real text.
+
+    East Asian text: at least two East Asian characters (an emoji counts twice), at least
+    half of the non-ASCII characters. Other text: all non-ASCII letters of one script,
+    three or more of them, or Latin words with accented letters. Never an unassigned code
+    point. Why: short random GBK, Big5 or CP932 strings are valid UTF-8 about once in a
+    thousand. Checked on every 1- to 30-character window of the triage examples in CP932,
+    EUC-JP and half-width katakana, and on random GBK, Big5, CP949 and CP932 strings:
+    these rules take at most a few in a hundred thousand, all short strings of rare
+    characters. The UTF-8 of every example under a mislabel is read as UTF-8 but one-kanji
+    subjects (海: too short to tell) and a few one- or two-word Vietnamese subjects.
+    """
+    high = [ch for ch in text if not ch.isascii()]
+    if any(unicodedata.category(ch) == "Cn" for ch in high):
+        return False
+    east = len(_EAST_ASIAN.findall(text)) + 2 * len(_EMOJI.findall(text))
+    if east:
+        return east >= 2 and east * 2 >= len(high)
+    letters = [ch for ch in high if unicodedata.category(ch)[0] in "LM"]
+    scripts = {_script(ch) for ch in letters}
+    if scripts == {"LATIN"}:
+        # Latin words: accented letters among at least as many plain ones, one of them
+        # inside a word unless the text is long (Portuguese "à noite"). A stray 'è' or
+        # 'ãW' from half-width kana or random legacy pairs is not.
+        accented = len(_ACCENTED_LETTER.findall(text))
+        plain = len(_ASCII_LETTER.findall(text))
+        return (
+            accented == len(letters)
+            and plain >= max(4, accented)
+            and (plain >= 16 or _ACCENT_IN_WORD.search(text) is not None)
+        )
+    return len(scripts) == 1 and len(letters) >= 3
 
 
 def normalise_label(label: str | None) -> str | None:
@@ -618,6 +703,15 @@ def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decod
             ) and _UTF8_MULTI.search(data):
                 utf = _strict(data, "utf-8")
                 if utf is not None:
+                    problems.append(f"charset-fallback:{shown}->utf-8-sniffed")
+                    return Decoded(utf, "utf-8", problems)
+            if decoder in _LEGACY_MULTIBYTE and _UTF8_MULTI.search(data):
+                # UTF-8 under a Shift_JIS, EUC-JP, GBK, Big5 or Korean label: a strict
+                # legacy decode that "fits" is still mojibake (死にたい -> 豁ｻ縺ｫ縺溘＞).
+                # Valid UTF-8 that reads as East Asian text or Latin words is practically
+                # never intended legacy text (``_plausible_utf8``).
+                utf = _strict(data, "utf-8")
+                if utf is not None and _plausible_utf8(utf):
                     problems.append(f"charset-fallback:{shown}->utf-8-sniffed")
                     return Decoded(utf, "utf-8", problems)
             if decoder != JIS and _HAS_JIS_ESCAPE.search(data):

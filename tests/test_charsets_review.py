@@ -10,8 +10,11 @@ EUC-JP kanji. All mails are synthetic. Pure decoding and parsing: no servers nee
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
+from intake.charsets import decode_text
 from intake.config import PROJECT_ROOT
 from intake.parse import parse
 from intake.pipeline import decide
@@ -111,3 +114,68 @@ def test_trailing_space_without_format_flowed_is_not_a_soft_break() -> None:
     """Guard: only a part that declares format=flowed is unwrapped."""
     raw = mail("一行目 \r\n二行目\r\n".encode(), "text/plain; charset=utf-8")
     assert parse(raw).body.startswith("一行目 \n二行目")
+
+
+# --- F6: UTF-8 under a legacy multi-byte label ------------------------------------------------
+
+MISLABELLED = [
+    ("死にたい", "Shift_JIS"),
+    ("消えたい", "Shift_JIS"),
+    ("助けて", "Windows-31J"),
+    ("リスカした", "shift_jis"),
+    ("しにたい", "Shift_JIS"),
+    ("死にたい", "GB2312"),
+    ("消えたい", "gb2312"),
+    ("もう限界😭", "Shift_JIS"),
+    ("Não quero mais viver.", "Shift_JIS"),
+]
+
+
+@pytest.mark.parametrize(("words", "label"), MISLABELLED)
+def test_utf8_under_a_legacy_multibyte_label_is_read_as_utf8(words: str, label: str) -> None:
+    decoded = decode_text(words.encode("utf-8"), label)
+    assert decoded.text == words
+    assert decoded.charset == "utf-8"
+    assert decoded.problems == [f"charset-fallback:{label.lower()}->utf-8-sniffed"]
+
+
+def test_utf8_body_labelled_shift_jis_alerts_and_records_the_fallback(rules: RuleSet) -> None:
+    raw = mail("もう死にたい\r\n".encode(), "text/plain; charset=Shift_JIS")
+    letter = parse(raw)
+    assert "もう死にたい" in letter.text
+    assert "charset-fallback:shift_jis->utf-8-sniffed" in letter.problems
+    triage, _block = decide(letter, rules, OWN)
+    assert triage.urgent
+
+
+def test_utf8_subject_in_a_shift_jis_encoded_word_is_read_as_utf8() -> None:
+    word = base64.b64encode("死にたい".encode()).decode()
+    raw = mail(b"...\r\n", "text/plain; charset=utf-8", f"=?Shift_JIS?B?{word}?=".encode())
+    letter = parse(raw)
+    assert letter.subject == "死にたい"
+    assert "subject:charset-fallback:shift_jis->utf-8-sniffed" in letter.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "codec", "label"),
+    [
+        ("ﾃｨ", "cp932", "Shift_JIS"),  # UTF-8 "è"
+        ("ﾄ吸", "cp932", "Shift_JIS"),  # UTF-8 "ċz"
+        ("盒，", "cp932", "Shift_JIS"),  # UTF-8 "ᴁC"
+        ("ﾃ､SN", "cp932", "Shift_JIS"),  # UTF-8 "äSN"
+        ("毛P", "gbk", "GB2312"),  # UTF-8 "ëP"
+        ("c疲", "gbk", "GB2312"),  # UTF-8 "cƣ"
+        ("冒sc", "gbk", "GBK"),  # UTF-8 "ðsc"
+        ("a체z", "cp949", "EUC-KR"),  # UTF-8 "aüz"
+    ],
+)
+def test_legacy_text_that_is_also_valid_utf8_keeps_its_label(
+    text: str, codec: str, label: str
+) -> None:
+    """Guard against taking any valid UTF-8: these real legacy strings are valid UTF-8 too
+    (a naive "valid UTF-8 wins" reads them as the stray Latin letters in the comments)."""
+    data = text.encode(codec)
+    data.decode("utf-8")  # the premise: the bytes are valid UTF-8
+    decoded = decode_text(data, label)
+    assert decoded.text == text
+    assert decoded.problems == []
