@@ -25,7 +25,8 @@ Decisions, made deliberately:
 * ``ESC ( I`` and SO/SI give half-width katakana; ``ESC $ ( D`` gives JIS X 0212
   (via EUC-JP's SS3); ISO-2022-JP-2's GB2312 and KS C 5601 sets are accepted too.
 * Shift_JIS and its aliases decode as CP932; EUC-JP tries ``euc_jp``, then
-  ``euc_jis_2004``, then CP51932 (EUC with the NEC rows, decoded through CP932).
+  ``euc_jis_2004``, then CP51932 (EUC with the NEC rows, decoded through CP932). Rows
+  0x79-0x7C are read as CP51932's NEC-selected IBM extensions (髙), not JIS X 0213.
 * Valid UTF-8 under a legacy multi-byte label (Shift_JIS, EUC-JP, GBK, Big5, EUC-KR) is
   read as UTF-8 when it reads as East Asian text or Latin words, even where the label
   "fits" the bytes: short UTF-8 is often valid CP932 or GBK, and that reading is mojibake.
@@ -603,11 +604,56 @@ def _decode_cp51932(data: bytes) -> tuple[str, bool]:
     return text, ok and "\ufffd" not in text
 
 
+# One EUC-JP character at a time: runs read by euc_jis_2004, the NEC-selected IBM rows
+# 0x79-0x7C (lead 0xF9-0xFC) alone, and a byte that starts no character.
+_EUC_RUNS = re.compile(
+    rb"((?:[\x00-\x7f]|\x8e[\xa1-\xfe]|\x8f[\xa1-\xfe][\xa1-\xfe]|[\xa1-\xf8\xfd\xfe][\xa1-\xfe])+)"
+    rb"|([\xf9-\xfc][\xa1-\xfe])|(.)",
+    re.S,
+)
+_IBM_ROW_LEAD = re.compile(rb"[\xf9-\xfc]")
+
+
+def _decode_eucjp_ibm_rows(data: bytes) -> str | None:
+    """EUC-JP read by euc_jis_2004, except rows 0x79-0x7C as CP51932 reads them; or None.
+
+    Why: Windows encoders (CP51932) write the NEC-selected IBM extensions there, among
+    them 髙 (0xFCE2, the 髙橋 of many residents), which euc_jis_2004 reads as JIS X 0213
+    level-3 kanji (郄). The same JIS code under ISO-2022-JP is read as 髙 (CP50221), and
+    hardly anyone sends JIS X 0213 mail. Every other character keeps its euc_jis_2004
+    reading.
+    """
+    out: list[str] = []
+    try:
+        for m in _EUC_RUNS.finditer(data):
+            run, ibm, bad = m.groups()
+            if bad is not None:
+                return None
+            if run is not None:
+                out.append(run.decode("euc_jis_2004"))
+                continue
+            try:
+                out.append(_jis_pair_to_sjis(ibm[0] & 0x7F, ibm[1] & 0x7F).decode(CP932))
+            except UnicodeDecodeError:  # a cell CP932 leaves empty: JIS X 0213 it is
+                out.append(ibm.decode("euc_jis_2004"))
+    except UnicodeDecodeError:
+        return None
+    return "".join(out)
+
+
 def _decode_eucjp(data: bytes) -> tuple[str, str, bool]:
-    """Try euc_jp, euc_jis_2004, then CP51932 strictly; return (text, codec, ok)."""
-    for codec in ("euc_jp", "euc_jis_2004"):
+    """Try euc_jp, euc_jis_2004 (IBM rows as CP51932), then CP51932; (text, codec, ok)."""
+    try:
+        return data.decode("euc_jp"), "euc_jp", True
+    except UnicodeDecodeError:
+        pass
+    if _IBM_ROW_LEAD.search(data):
+        text = _decode_eucjp_ibm_rows(data)
+        if text is not None:
+            return text, "euc_jis_2004+cp51932", True
+    else:
         try:
-            return data.decode(codec), codec, True
+            return data.decode("euc_jis_2004"), "euc_jis_2004", True
         except UnicodeDecodeError:
             pass
     text, ok = _decode_cp51932(data)

@@ -179,3 +179,19 @@ def test_legacy_text_that_is_also_valid_utf8_keeps_its_label(
     decoded = decode_text(data, label)
     assert decoded.text == text
     assert decoded.problems == []
+
+
+# --- F9: EUC-JP 髙 and half-width katakana ---------------------------------------------------
+
+
+def test_windows_euc_jp_takahashi_is_read_as_the_ibm_kanji() -> None:
+    """CP51932 writes 髙 (NEC-selected IBM row, JIS 0x7C62) as EUC 0xFC 0xE2."""
+    data = bytes((0x7C | 0x80, 0x62 | 0x80)) + "橋です。〜よろしく".encode("euc_jp")
+    decoded = decode_text(data, "EUC-JP")
+    assert decoded.text == "髙橋です。〜よろしく"
+    assert decoded.problems == []
+
+
+def test_euc_jp_takahashi_in_a_mail_body_is_read_as_written() -> None:
+    body = bytes((0xFC, 0xE2)) + "橋です。相談があります。\r\n".encode("euc_jp")
+    assert parse(mail(body, "text/plain; charset=EUC-JP")).text.startswith("髙橋です。")
