@@ -32,7 +32,9 @@ Decisions, made deliberately:
   "fits" the bytes: short UTF-8 is often valid CP932 or GBK, and that reading is mojibake.
 * ``gb2312`` decodes as GBK (WHATWG), Latin-1 as windows-1252 (WHATWG).
 * When the declared charset fails strictly the bytes are sniffed: UTF-8, then
-  EUC-JP, then CP932, then charset-normalizer; the first strict success wins.
+  EUC-JP, then CP932, then charset-normalizer; the first strict success wins. Sniffed
+  EUC-JP that is kanji only and every byte of which is a CP932 half-width katakana is
+  as likely Shift_JIS: it stays EUC-JP, and the doubt is recorded.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-__all__ = ["Decoded", "decode_iso2022jp", "decode_text", "normalise_label"]
+__all__ = ["AMBIGUOUS_KANA", "Decoded", "decode_iso2022jp", "decode_text", "normalise_label"]
 
 ESC = 0x1B
 SO = 0x0E
@@ -699,6 +701,28 @@ _HIGH = re.compile(rb"[\x80-\xff]")
 _UTF8_MULTI = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
+# Sniffed bytes that read as EUC-JP kanji and as Shift_JIS half-width kana alike.
+AMBIGUOUS_KANA = "charset-ambiguous:euc-jp-or-cp932"
+_NOT_KANA_BYTES = bytes(range(0x80)) + bytes(range(0xA1, 0xE0))
+_JAPANESE_SENTENCE = re.compile("[\u3000-\u30ff\uff01-\uff5e]")
+
+
+def _kana_or_kanji(data: bytes, euc_text: str) -> bool:
+    """Whether sniffed EUC-JP bytes are as likely Shift_JIS half-width katakana.
+
+    Every 8-bit byte 0xA1-0xDF is a half-width katakana in CP932, and two of them are an
+    EUC-JP kanji: ``ｼﾆﾀｲ ﾀｽｹﾃ`` is also ``柴晴 製甲``. An EUC-JP sentence has kana or
+    full-width punctuation; kanji alone (``学校``, ``自殺``) look exactly like half-width
+    katakana pairs, and nothing in the bytes tells them apart (both readings are common
+    words often enough), so the sniffed EUC-JP reading is kept and the doubt recorded.
+    """
+    return (
+        not data.translate(None, _NOT_KANA_BYTES)
+        and not data.isascii()
+        and _JAPANESE_SENTENCE.search(euc_text) is None
+    )
+
+
 def _sniff(data: bytes, *, guess: bool = True) -> tuple[str, str] | None:
     """Guess a charset for bytes whose label failed or is absent: (text, charset) or None.
 
@@ -731,7 +755,9 @@ def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decod
 
     Problems recorded (short machine strings):
     ``charset-unknown:<label>``, ``charset-fallback:<label>-><used>-sniffed``,
-    ``charset-missing:<used>-sniffed``, ``undecodable-bytes`` (replacement used).
+    ``charset-missing:<used>-sniffed``, ``undecodable-bytes`` (replacement used),
+    ``charset-ambiguous:euc-jp-or-cp932`` (sniffed EUC-JP kanji that are as well
+    Shift_JIS half-width katakana, ``_kana_or_kanji``).
     ``short=True`` (header fragments, parameters): no statistical guessing; bytes that
     are neither UTF-8, EUC-JP nor CP932 are read as windows-1252 (raw Latin-1 headers).
     """
@@ -800,6 +826,8 @@ def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decod
             problems.append(f"charset-fallback:{shown}->{used}-sniffed")
         else:
             problems.append(f"charset-missing:{used}-sniffed")
+        if used == EUCJP and _kana_or_kanji(data, text):
+            problems.append(AMBIGUOUS_KANA)
         return Decoded(text, used, problems)
 
     used = decoder or CP932

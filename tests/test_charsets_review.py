@@ -14,7 +14,7 @@ import base64
 
 import pytest
 
-from intake.charsets import decode_text
+from intake.charsets import AMBIGUOUS_KANA, decode_text
 from intake.config import PROJECT_ROOT
 from intake.parse import parse
 from intake.pipeline import decide
@@ -195,3 +195,22 @@ def test_windows_euc_jp_takahashi_is_read_as_the_ibm_kanji() -> None:
 def test_euc_jp_takahashi_in_a_mail_body_is_read_as_written() -> None:
     body = bytes((0xFC, 0xE2)) + "橋です。相談があります。\r\n".encode("euc_jp")
     assert parse(mail(body, "text/plain; charset=EUC-JP")).text.startswith("髙橋です。")
+
+
+def test_unlabelled_bytes_that_are_kanji_or_half_width_kana_record_the_doubt() -> None:
+    kana = decode_text("ｼﾆﾀｲ ﾀｽｹﾃ".encode("cp932"), None)
+    assert AMBIGUOUS_KANA in kana.problems
+    kanji = decode_text("自殺".encode("euc_jp"), None)
+    assert (kanji.text, AMBIGUOUS_KANA in kanji.problems) == ("自殺", True)
+
+
+def test_raw_8bit_subject_of_half_width_kana_records_the_doubt() -> None:
+    letter = parse(mail(b"...\r\n", "text/plain; charset=utf-8", "ﾀｽｹﾃ".encode("cp932")))
+    assert f"subject:{AMBIGUOUS_KANA}" in letter.problems
+
+
+def test_unlabelled_euc_jp_sentence_is_not_in_doubt() -> None:
+    """Guard: kana in the EUC-JP reading settle it (the doubt is for kanji alone)."""
+    decoded = decode_text("学校へ行きたくない".encode("euc_jp"), None)
+    assert decoded.text == "学校へ行きたくない"
+    assert AMBIGUOUS_KANA not in decoded.problems
