@@ -25,20 +25,27 @@ Decisions, made deliberately:
 * ``ESC ( I`` and SO/SI give half-width katakana; ``ESC $ ( D`` gives JIS X 0212
   (via EUC-JP's SS3); ISO-2022-JP-2's GB2312 and KS C 5601 sets are accepted too.
 * Shift_JIS and its aliases decode as CP932; EUC-JP tries ``euc_jp``, then
-  ``euc_jis_2004``, then CP51932 (EUC with the NEC rows, decoded through CP932).
+  ``euc_jis_2004``, then CP51932 (EUC with the NEC rows, decoded through CP932). Rows
+  0x79-0x7C are read as CP51932's NEC-selected IBM extensions (髙), not JIS X 0213.
+* Valid UTF-8 under a legacy multi-byte label (Shift_JIS, EUC-JP, GBK, Big5, EUC-KR) is
+  read as UTF-8 when it reads as East Asian text or Latin words, even where the label
+  "fits" the bytes: short UTF-8 is often valid CP932 or GBK, and that reading is mojibake.
 * ``gb2312`` decodes as GBK (WHATWG), Latin-1 as windows-1252 (WHATWG).
 * When the declared charset fails strictly the bytes are sniffed: UTF-8, then
-  EUC-JP, then CP932, then charset-normalizer; the first strict success wins.
+  EUC-JP, then CP932, then charset-normalizer; the first strict success wins. Sniffed
+  EUC-JP that is kanji only and every byte of which is a CP932 half-width katakana is
+  as likely Shift_JIS: it stays EUC-JP, and the doubt is recorded.
 """
 
 from __future__ import annotations
 
 import codecs
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-__all__ = ["Decoded", "decode_iso2022jp", "decode_text", "normalise_label"]
+__all__ = ["AMBIGUOUS_KANA", "Decoded", "decode_iso2022jp", "decode_text", "normalise_label"]
 
 ESC = 0x1B
 SO = 0x0E
@@ -140,6 +147,87 @@ _ALIASES: dict[str, str] = {
 # Labels whose strict decode of valid multi-byte UTF-8 still "succeeds": for these a
 # body that is valid UTF-8 with non-ASCII sequences is far more likely UTF-8.
 _SINGLE_BYTE_PREFIXES = ("cp125", "iso8859", "latin", "mac", "koi8", "cp437", "cp850")
+
+# Legacy 8-bit multi-byte decoders (and the codec names ``_lookup`` can give for them).
+# Their strict decode of short UTF-8 often succeeds too: about half of short Japanese
+# UTF-8 strings are valid CP932 (死にたい -> 豁ｻ縺ｫ縺溘＞), because CP932 takes 0x80, 0xA0
+# and half-width kana bytes; GBK and CP949 are as lax.
+_LEGACY_MULTIBYTE = frozenset(
+    {
+        CP932,
+        EUCJP,
+        "gbk",
+        "gb18030",
+        "big5hkscs",
+        "big5",
+        "cp950",
+        "cp949",
+        "euc_kr",
+        "johab",
+        "euc_jis_2004",
+        "euc_jisx0213",
+        "shift_jis_2004",
+        "shift_jisx0213",
+    }
+)
+# What a UTF-8 reading under a legacy multi-byte label must look like to be taken. A
+# legacy text that happens to be valid UTF-8 reads as a mix: one CJK character among
+# Thaana, Arabic or unassigned ones (``煕}``, ``ފ撣``), or a lone Latin letter (half-width
+# kana ﾃｨ is UTF-8 ``è``).
+_EAST_ASIAN = re.compile(
+    "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\uf900-\ufaff"
+    "\uff01-\uffef\U00020000-\U0003ffff]"
+)
+_EMOJI = re.compile("[\U0001f000-\U0001faff]")
+# Latin-1 and Vietnamese letters: accented Latin as Portuguese, Spanish, Tagalog or
+# Vietnamese residents write it.
+_ACCENTED = (
+    "\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0102\u0103\u0110\u0111\u0128\u0129"
+    "\u0168\u0169\u01a0\u01a1\u01af\u01b0\u1ea0-\u1ef9"
+)
+_ACCENTED_LETTER = re.compile(f"[{_ACCENTED}]")
+_ACCENT_IN_WORD = re.compile(f"[A-Za-z][{_ACCENTED}]|[{_ACCENTED}][A-Za-z]")
+_ASCII_LETTER = re.compile("[A-Za-z]")
+
+
+def _script(ch: str) -> str:
+    """The script of a letter as the first word of its Unicode name (LATIN, THAI...)."""
+    return unicodedata.name(ch, "?").split(" ", 1)[0]
+
+
+def _plausible_utf8(text: str) -> bool:
+    """Whether a UTF-8 reading of bytes under a legacy multi-byte label is the real text.
+
+    East Asian text: at least two East Asian characters (an emoji counts twice), at least
+    half of the non-ASCII characters. Other text: all non-ASCII letters of one script,
+    three or more of them, or Latin words with accented letters. Never an unassigned code
+    point. Why: short random GBK, Big5 or CP932 strings are valid UTF-8 about once in a
+    thousand. Checked on every 1- to 30-character window of the triage examples in CP932,
+    EUC-JP and half-width katakana, and on random GBK, Big5, CP949 and CP932 strings:
+    these rules take at most a few in a hundred thousand, all short strings of rare
+    characters. The UTF-8 of every example under a mislabel is read as UTF-8 but one-kanji
+    subjects (海: too short to tell) and a few one- or two-word Vietnamese subjects.
+    """
+    high = [ch for ch in text if not ch.isascii()]
+    if any(unicodedata.category(ch) == "Cn" for ch in high):
+        return False
+    east = len(_EAST_ASIAN.findall(text)) + 2 * len(_EMOJI.findall(text))
+    if east:
+        return east >= 2 and east * 2 >= len(high)
+    letters = [ch for ch in high if unicodedata.category(ch)[0] in "LM"]
+    scripts = {_script(ch) for ch in letters}
+    if scripts == {"LATIN"}:
+        # Latin words: accented letters among at least as many plain ones, one of them
+        # inside a word unless the text is long (Portuguese "à noite"). A stray 'è' or
+        # 'ãW' from half-width kana or random legacy pairs is not.
+        accented = len(_ACCENTED_LETTER.findall(text))
+        plain = len(_ASCII_LETTER.findall(text))
+        return (
+            accented == len(letters)
+            and plain >= max(4, accented)
+            and (plain >= 16 or _ACCENT_IN_WORD.search(text) is not None)
+        )
+    return len(scripts) == 1 and len(letters) >= 3
 
 
 def normalise_label(label: str | None) -> str | None:
@@ -518,11 +606,56 @@ def _decode_cp51932(data: bytes) -> tuple[str, bool]:
     return text, ok and "\ufffd" not in text
 
 
+# One EUC-JP character at a time: runs read by euc_jis_2004, the NEC-selected IBM rows
+# 0x79-0x7C (lead 0xF9-0xFC) alone, and a byte that starts no character.
+_EUC_RUNS = re.compile(
+    rb"((?:[\x00-\x7f]|\x8e[\xa1-\xfe]|\x8f[\xa1-\xfe][\xa1-\xfe]|[\xa1-\xf8\xfd\xfe][\xa1-\xfe])+)"
+    rb"|([\xf9-\xfc][\xa1-\xfe])|(.)",
+    re.S,
+)
+_IBM_ROW_LEAD = re.compile(rb"[\xf9-\xfc]")
+
+
+def _decode_eucjp_ibm_rows(data: bytes) -> str | None:
+    """EUC-JP read by euc_jis_2004, except rows 0x79-0x7C as CP51932 reads them; or None.
+
+    Why: Windows encoders (CP51932) write the NEC-selected IBM extensions there, among
+    them 髙 (0xFCE2, the 髙橋 of many residents), which euc_jis_2004 reads as JIS X 0213
+    level-3 kanji (郄). The same JIS code under ISO-2022-JP is read as 髙 (CP50221), and
+    hardly anyone sends JIS X 0213 mail. Every other character keeps its euc_jis_2004
+    reading.
+    """
+    out: list[str] = []
+    try:
+        for m in _EUC_RUNS.finditer(data):
+            run, ibm, bad = m.groups()
+            if bad is not None:
+                return None
+            if run is not None:
+                out.append(run.decode("euc_jis_2004"))
+                continue
+            try:
+                out.append(_jis_pair_to_sjis(ibm[0] & 0x7F, ibm[1] & 0x7F).decode(CP932))
+            except UnicodeDecodeError:  # a cell CP932 leaves empty: JIS X 0213 it is
+                out.append(ibm.decode("euc_jis_2004"))
+    except UnicodeDecodeError:
+        return None
+    return "".join(out)
+
+
 def _decode_eucjp(data: bytes) -> tuple[str, str, bool]:
-    """Try euc_jp, euc_jis_2004, then CP51932 strictly; return (text, codec, ok)."""
-    for codec in ("euc_jp", "euc_jis_2004"):
+    """Try euc_jp, euc_jis_2004 (IBM rows as CP51932), then CP51932; (text, codec, ok)."""
+    try:
+        return data.decode("euc_jp"), "euc_jp", True
+    except UnicodeDecodeError:
+        pass
+    if _IBM_ROW_LEAD.search(data):
+        text = _decode_eucjp_ibm_rows(data)
+        if text is not None:
+            return text, "euc_jis_2004+cp51932", True
+    else:
         try:
-            return data.decode(codec), codec, True
+            return data.decode("euc_jis_2004"), "euc_jis_2004", True
         except UnicodeDecodeError:
             pass
     text, ok = _decode_cp51932(data)
@@ -568,6 +701,28 @@ _HIGH = re.compile(rb"[\x80-\xff]")
 _UTF8_MULTI = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
+# Sniffed bytes that read as EUC-JP kanji and as Shift_JIS half-width kana alike.
+AMBIGUOUS_KANA = "charset-ambiguous:euc-jp-or-cp932"
+_NOT_KANA_BYTES = bytes(range(0x80)) + bytes(range(0xA1, 0xE0))
+_JAPANESE_SENTENCE = re.compile("[\u3000-\u30ff\uff01-\uff5e]")
+
+
+def _kana_or_kanji(data: bytes, euc_text: str) -> bool:
+    """Whether sniffed EUC-JP bytes are as likely Shift_JIS half-width katakana.
+
+    Every 8-bit byte 0xA1-0xDF is a half-width katakana in CP932, and two of them are an
+    EUC-JP kanji: ``ｼﾆﾀｲ ﾀｽｹﾃ`` is also ``柴晴 製甲``. An EUC-JP sentence has kana or
+    full-width punctuation; kanji alone (``学校``, ``自殺``) look exactly like half-width
+    katakana pairs, and nothing in the bytes tells them apart (both readings are common
+    words often enough), so the sniffed EUC-JP reading is kept and the doubt recorded.
+    """
+    return (
+        not data.translate(None, _NOT_KANA_BYTES)
+        and not data.isascii()
+        and _JAPANESE_SENTENCE.search(euc_text) is None
+    )
+
+
 def _sniff(data: bytes, *, guess: bool = True) -> tuple[str, str] | None:
     """Guess a charset for bytes whose label failed or is absent: (text, charset) or None.
 
@@ -600,7 +755,9 @@ def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decod
 
     Problems recorded (short machine strings):
     ``charset-unknown:<label>``, ``charset-fallback:<label>-><used>-sniffed``,
-    ``charset-missing:<used>-sniffed``, ``undecodable-bytes`` (replacement used).
+    ``charset-missing:<used>-sniffed``, ``undecodable-bytes`` (replacement used),
+    ``charset-ambiguous:euc-jp-or-cp932`` (sniffed EUC-JP kanji that are as well
+    Shift_JIS half-width katakana, ``_kana_or_kanji``).
     ``short=True`` (header fragments, parameters): no statistical guessing; bytes that
     are neither UTF-8, EUC-JP nor CP932 are read as windows-1252 (raw Latin-1 headers).
     """
@@ -618,6 +775,15 @@ def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decod
             ) and _UTF8_MULTI.search(data):
                 utf = _strict(data, "utf-8")
                 if utf is not None:
+                    problems.append(f"charset-fallback:{shown}->utf-8-sniffed")
+                    return Decoded(utf, "utf-8", problems)
+            if decoder in _LEGACY_MULTIBYTE and _UTF8_MULTI.search(data):
+                # UTF-8 under a Shift_JIS, EUC-JP, GBK, Big5 or Korean label: a strict
+                # legacy decode that "fits" is still mojibake (死にたい -> 豁ｻ縺ｫ縺溘＞).
+                # Valid UTF-8 that reads as East Asian text or Latin words is practically
+                # never intended legacy text (``_plausible_utf8``).
+                utf = _strict(data, "utf-8")
+                if utf is not None and _plausible_utf8(utf):
                     problems.append(f"charset-fallback:{shown}->utf-8-sniffed")
                     return Decoded(utf, "utf-8", problems)
             if decoder != JIS and _HAS_JIS_ESCAPE.search(data):
@@ -660,6 +826,8 @@ def decode_text(data: bytes, label: str | None, *, short: bool = False) -> Decod
             problems.append(f"charset-fallback:{shown}->{used}-sniffed")
         else:
             problems.append(f"charset-missing:{used}-sniffed")
+        if used == EUCJP and _kana_or_kanji(data, text):
+            problems.append(AMBIGUOUS_KANA)
         return Decoded(text, used, problems)
 
     used = decoder or CP932

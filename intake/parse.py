@@ -497,6 +497,51 @@ def _payload_bytes(part: Message, problems: list[str]) -> bytes:
     return data
 
 
+_FLOWED_QUOTE = re.compile(r"(?:> ?)*")
+
+
+def _unflow(text: str, delsp: bool) -> str:
+    """Undo RFC 3676 ``format=flowed`` soft line breaks in ``text`` ("\n" line ends).
+
+    Why: Apple Mail and Thunderbird wrap long Japanese lines as ``死に \nたい`` (a
+    trailing space marks the soft break, and with ``delsp=yes`` that space is not part of
+    the text). Left as is, a word cut in two is invisible to triage. A line ending in a
+    space is joined with the next line of the same quote depth; with ``delsp`` the space is
+    dropped. The space-stuffing space of an unquoted line is removed; a quoted line keeps
+    its ``>`` prefix as written (the quote split downstream reads it). The signature
+    separator ``-- `` is never joined, nor is a line followed by one of another depth.
+    """
+    if " \n" not in text and "\n " not in text and not text.startswith(" "):
+        return text  # no soft break and no stuffing: nothing to undo (most lines, fast)
+    out: list[str] = []
+    pending: str | None = None  # the paragraph being joined, with its first line's prefix
+    pending_depth = 0
+    for line in text.split("\n"):
+        prefix = _FLOWED_QUOTE.match(line)
+        quote = prefix.group() if prefix else ""
+        depth = quote.count(">")
+        content = line[len(quote) :]
+        if not depth and content.startswith(" "):
+            content = content[1:]  # space-stuffing (RFC 3676 4.4)
+        signature = content == "-- "
+        if pending is not None and depth == pending_depth and not signature:
+            pending += content
+        else:
+            if pending is not None:
+                out.append(pending)
+            pending = (quote if depth else "") + content
+            pending_depth = depth
+        if content.endswith(" ") and not signature:
+            if delsp:
+                pending = pending[:-1]
+            continue
+        out.append(pending)
+        pending = None
+    if pending is not None:
+        out.append(pending)
+    return "\n".join(out)
+
+
 @dataclass
 class _Segment:
     text: str
@@ -631,6 +676,8 @@ class _Walker:
         if ctype == "text/html":
             self.segments.append(_Segment(html_to_text(text), True))
         else:
+            if cparams.get("format", "").strip().lower() == "flowed":
+                text = _unflow(text, cparams.get("delsp", "").strip().lower() == "yes")
             self.segments.append(_Segment(text, False))
 
 
