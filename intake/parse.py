@@ -53,6 +53,7 @@ from typing import Any
 from intake.charsets import decode_text
 from intake.letter import Attachment, Letter
 from intake.quotes import split_body
+from intake.reflow import unwrap_fixed_width
 
 __all__ = [
     "HEADERS_ONLY_LIMIT",
@@ -678,6 +679,9 @@ class _Walker:
         else:
             if cparams.get("format", "").strip().lower() == "flowed":
                 text = _unflow(text, cparams.get("delsp", "").strip().lower() == "yes")
+            else:
+                # A mailer's fixed-width hard wrap, which may cut 死に|たい (intake.reflow)
+                text = unwrap_fixed_width(text)
             self.segments.append(_Segment(text, False))
 
 

@@ -65,7 +65,7 @@ from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner
 from intake.phones import find_phones
 from intake.prepare_pool import Failed, PreparePool, Ticket
-from intake.quotes import OWN_TEXT_MARKERS
+from intake.quotes import without_own_text
 from intake.read_marks import ReadMark, mark_path
 from intake.read_marks import load as load_read_mark
 from intake.read_marks import save as save_read_mark
@@ -316,15 +316,6 @@ def _is_own_mail(block: str | None) -> bool:
     return block is not None and (block == "own-address" or block.startswith("own-mail"))
 
 
-def _without_own_text(text: str) -> str:
-    """``text`` up to the first line of the service's own mail (``OWN_TEXT_MARKERS``)."""
-    lines = text.splitlines()
-    for n, line in enumerate(lines):
-        if any(marker in line for marker in OWN_TEXT_MARKERS):
-            return "\n".join(lines[:n])
-    return text
-
-
 def decide(
     letter: Letter, rules: RuleSet, own_address: str, staff: Collection[str] = frozenset()
 ) -> tuple[Triage, str | None]:
@@ -336,16 +327,16 @@ def decide(
         # Content heuristics only decide when nothing says "person": a resident describing
         # the scam mail that took their money, or the loan advert, is still answered.
         block = None
-    forwarded_text = _without_own_text(letter.forwarded) if letter.forwarded else ""
+    forwarded_text = without_own_text(letter.forwarded) if letter.forwarded else ""
     if forwarded_text.strip() and not letter.bounce and not _is_own_mail(block):
         # A resident forwarding a friend's mail is asking for that friend: crisis words in
         # the forwarded text need the same-day callback too (marked as forwarded). So is a
         # staff member forwarding a resident's mail to the mailbox, and so is automatic
         # mail carrying one (an Exchange rule forwarding as an attachment, a school's
         # footer outside it: review rv9a F8); its acknowledgement stays blocked. Our own
-        # acknowledgement, alert or escalation inside a forward is not read as crisis
-        # words (the alert lists the resident's words as its reasons: an alert forwarded
-        # back by a mailbox rule would otherwise raise another).
+        # acknowledgement, alert, escalation or digest inside a forward is not read as
+        # crisis words (the alert and the digest list residents' words: forwarded back by
+        # a mailbox rule they would otherwise raise another alert).
         forwarded = classify_text("", forwarded_text, rules)
         if forwarded.urgent:
             triage.urgent = True

@@ -59,7 +59,14 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["OWN_TEXT_MARKERS", "Parts", "is_quote_header", "split_body", "split_quoted"]
+__all__ = [
+    "OWN_TEXT_MARKERS",
+    "Parts",
+    "is_quote_header",
+    "split_body",
+    "split_quoted",
+    "without_own_text",
+]
 
 # The opening lines of our own mail that a reply may quote. Some phone mailers quote the
 # previous mail with no ">" and no header at all; these lines then mark where our text
@@ -349,6 +356,19 @@ def _strip_one_quote(line: str) -> str:
     """``line`` with its first quote mark (and one space after it) removed."""
     m = re.match(r"^[ \t\u3000]*[>＞][ \u3000]?", line)
     return line[m.end() :] if m else line
+
+
+def without_own_text(text: str) -> str:
+    """``text`` up to its first line of our own mail (a marker or a trace line).
+
+    For a forward attached to a mail (``pipeline.decide`` checks it for crisis words):
+    our acknowledgement, on-call alert or partner digest forwarded back lists residents'
+    crisis words, which must not raise an alert of their own."""
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if _holds_own_text(line):
+            return "\n".join(lines[:n])
+    return text
 
 
 def _holds_own_text(text: str) -> bool:

@@ -98,3 +98,32 @@ def test_our_own_alert_forwarded_back_raises_no_new_alert(rules: RuleSet, by_rul
     headers = {"X-MS-Exchange-Inbox-Rules-Loop": "oncall@example.jp"} if by_rule else {}
     triage, _block = decide(parse(forwarding("これは何ですか", alert, **headers)), rules, OWN)
     assert not triage.urgent
+
+
+def test_a_partner_digest_forwarded_back_raises_no_alert(rules: RuleSet) -> None:
+    """The digest quotes residents' words (消えたい); forwarded back as an attachment (a
+    partner asking about a case) it is our own text, not a new crisis."""
+    digest = (
+        "笠岡市ささえ愛ほっとライン ご担当者様\n\n"
+        "前回のお知らせ以降に届いた相談 1 件をお知らせします。\n"
+        "受付番号: C000003\n緊急: はい — 「消えたい」\n"
+        "最近ずっと眠れなくて、もう消えたいと思ってしまいます。\n"
+    )
+    triage, _block = decide(parse(forwarding("この件はどうなりましたか", digest)), rules, OWN)
+    assert not triage.urgent
+
+
+def test_a_hard_wrapped_crisis_is_read_whole(rules: RuleSet) -> None:
+    """A mailer's fixed-width wrap cut 死に|たい; the words reach triage whole again."""
+    from tests.test_reflow import PARAGRAPH, cutting_width, wrap
+
+    body = wrap(PARAGRAPH, cutting_width())
+    assert "死にたい" not in body
+    msg = EmailMessage()
+    msg["From"] = "resident@example.jp"
+    msg["Subject"] = "相談"
+    msg.set_content(body)
+    letter = parse(msg.as_bytes())
+    assert "死にたい" in letter.text
+    triage, _ = decide(letter, rules, OWN)
+    assert triage.urgent
