@@ -1219,12 +1219,16 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
 
 # Parse problems that mean part of the mail could not be read (see intake.parse);
 # parse-error: the parser stopped half-way, so the text triaged may be only the subject.
+# charset-ambiguous: unlabelled bytes that read as well in EUC-JP (kanji) as in Shift_JIS
+# (half-width kana, ｼﾆﾀｲ): the words triaged may not be the ones written (rv9a F9).
 NEEDS_HUMAN_PROBLEMS = (
     "undecodable",
     "oversized",
     "mime-too-deep",
     "mime-parser-error",
     "parse-error",
+    "charset-ambiguous",
+    "subject:charset-ambiguous",
 )
 
 

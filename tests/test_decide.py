@@ -127,3 +127,17 @@ def test_a_hard_wrapped_crisis_is_read_whole(rules: RuleSet) -> None:
     assert "死にたい" in letter.text
     triage, _ = decide(letter, rules, OWN)
     assert triage.urgent
+
+
+def test_bytes_that_read_as_two_different_texts_go_to_a_person(rules: RuleSet) -> None:
+    """Unlabelled ｼﾆﾀｲ in Shift_JIS reads as EUC-JP kanji too; the parser cannot tell,
+    so the mail is read by a person today whatever triage found (rv9a F9)."""
+    raw = (
+        b"From: resident@example.jp\r\nSubject: soudan\r\n\r\n"
+        + "ｼﾆﾀｲ ﾀｽｹﾃ".encode("cp932")
+        + b"\r\n"
+    )
+    letter = parse(raw)
+    assert any("charset-ambiguous" in p for p in letter.problems), letter.problems
+    triage, _ = decide(letter, rules, OWN)
+    assert triage.needs_human
