@@ -264,6 +264,30 @@ def _secret_file_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _warn_if_database_readable_by_others(settings: Settings) -> None:
+    """A SQLite file others may read holds every consultation (review rv9b F2).
+
+    New databases are made private (``store.open_database``); one made before that, or
+    copied with the wrong mode, is only warned about: a backup job may read it under
+    another account, which is the operator's call."""
+    url = settings.database_url
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///").partition("?")[0])
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning(
+            "%s: the database file can be read by other accounts (mode %o); it holds every "
+            "consultation: chmod 600 it (and its -wal and -shm files) and chmod 700 its "
+            "folder, or give the reading account a group of its own",
+            path,
+            mode & 0o777,
+        )
+
+
 def _last_good_problems(settings: Settings, rules_dir: Path) -> list[str]:
     """``[service] last_good_rules_dir`` (or its default) must not be inside the rules
     folder: the saved copies would become part of the rules (``intake.last_good_rules``)."""
@@ -315,6 +339,7 @@ def run_checks(config: str | Path | None, rules_dir: Path | None = None) -> list
             templates_dir = settings.templates_dir
             problems.extend(_secret_file_problems(settings))
             problems.extend(_last_good_problems(settings, rules_dir))
+            _warn_if_database_readable_by_others(settings)
     rules_dir = rules_dir or PROJECT_ROOT / "rules"
     problems.extend(str(p) for p in check_rules(rules_dir))
     directory: Directory | None = None

@@ -561,7 +561,8 @@ def _database_url(db: _Section, base: Path) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        password = make_url(url).password
+        parsed = make_url(url)
+        password = parsed.password
     except (ArgumentError, ValueError):
         db.fail(
             "url",
@@ -569,6 +570,8 @@ def _database_url(db: _Section, base: Path) -> str:
             '"postgresql+psycopg://intake@db.example.jp/intake"',
         )
         return url
+    if password is None and "password" in parsed.query:
+        password = "given"  # libpq takes ?password=... as well (review rv9b F5)
     if password is not None:
         # not the URL itself in the message: it would print the password
         db.fail(
@@ -578,7 +581,32 @@ def _database_url(db: _Section, base: Path) -> str:
             "PGPASSFILE or ~/.pgpass of the service user, or PGPASSWORD in the environment "
             "(e.g. the systemd EnvironmentFile)",
         )
+    elif parsed.get_backend_name() == "postgresql" and not _postgres_tls_checked(parsed):
+        # As for IMAP and SMTP: consultations never cross a network in clear, and the
+        # server's certificate is checked (libpq's default "prefer" falls back to plain
+        # text and checks nothing; review rv9b F4).
+        db.fail(
+            "url",
+            f"PostgreSQL on {parsed.host} without a checked TLS connection: add "
+            "?sslmode=verify-full to the URL (and sslrootcert=/path/to/ca.pem when the "
+            "server's certificate is not signed by a CA the system trusts); plain "
+            "connections are for the same machine only (localhost or a socket)",
+        )
     return url
+
+
+def _postgres_tls_checked(url: Any) -> bool:
+    """Whether a PostgreSQL URL reaches its server over TLS with the certificate and host
+    name checked, or stays on this machine (a Unix socket, a loopback address)."""
+    hosts = [url.host] if url.host else []
+    query_host = url.query.get("host")
+    if query_host:
+        hosts += [query_host] if isinstance(query_host, str) else list(query_host)
+    if all(h.startswith("/") or is_loopback(h) for h in hosts):
+        return True  # no host (the default socket), a socket folder or loopback
+    # In the URL, not PGSSLMODE: staff commands read the same config from a shell that
+    # lacks the service's environment, and must connect the same way.
+    return url.query.get("sslmode") == "verify-full"
 
 
 def settings_from_dict(

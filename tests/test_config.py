@@ -214,8 +214,54 @@ def test_a_postgresql_url_with_a_password_is_refused_without_printing_it(tmp_pat
     assert problem.startswith(f"{path}:{line_of(text, 'url =')}: database.url: holds a password")
     assert "PGPASSFILE" in problem and "PGPASSWORD" in problem
     assert "hunter2" not in problem
-    ok = GOOD + '\n[database]\nurl = "postgresql+psycopg://intake@db.example.jp/intake"\n'
-    assert load_settings(write(tmp_path, ok)).database_url.endswith("@db.example.jp/intake")
+    ok = (
+        GOOD + '\n[database]\nurl = "postgresql+psycopg://intake@db.example.jp/intake'
+        '?sslmode=verify-full"\n'
+    )
+    assert load_settings(write(tmp_path, ok)).database_url.endswith("/intake?sslmode=verify-full")
+
+
+def test_a_password_in_the_postgresql_url_query_is_refused_too(tmp_path: Path) -> None:
+    """libpq reads ?password= as well as user:password@ (review rv9b F5)."""
+    url = "postgresql+psycopg://intake@db.example.jp/intake?sslmode=verify-full&password=hunter2"
+    path = write(tmp_path, GOOD + f'\n[database]\nurl = "{url}"\n')
+    (problem,) = problems_of(path)
+    assert "database.url: holds a password" in problem and "hunter2" not in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://intake@db.example.jp/intake",
+        "postgresql+psycopg://intake@db.example.jp/intake?sslmode=prefer",
+        "postgresql+psycopg://intake@db.example.jp/intake?sslmode=require",
+        "postgresql+psycopg://intake@/intake?host=db.example.jp",
+    ],
+)
+def test_postgresql_on_another_machine_needs_a_checked_tls_connection(
+    tmp_path: Path, url: str
+) -> None:
+    """libpq's default falls back to plain text and checks no certificate: consultations
+    crossed the network in clear (review rv9b F4), where IMAP and SMTP refuse it."""
+    path = write(tmp_path, GOOD + f'\n[database]\nurl = "{url}"\n')
+    (problem,) = problems_of(path)
+    assert "database.url" in problem and "sslmode=verify-full" in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://intake@db.example.jp/intake?sslmode=verify-full",
+        "postgresql+psycopg://intake@127.0.0.1:5432/intake",
+        "postgresql+psycopg://intake@localhost/intake",
+        "postgresql+psycopg://intake@/intake",
+        "postgresql+psycopg://intake@/intake?host=/var/run/postgresql",
+    ],
+)
+def test_postgresql_on_this_machine_or_over_checked_tls_is_accepted(
+    tmp_path: Path, url: str
+) -> None:
+    assert load_settings(write(tmp_path, GOOD + f'\n[database]\nurl = "{url}"\n'))
 
 
 @pytest.mark.parametrize(
