@@ -29,15 +29,19 @@ class JsonFormatter(logging.Formatter):
 
 
 def _error(record: logging.LogRecord) -> str:
-    """The exception as its ``repr``, never a traceback or its ``str`` (and for a
-    ``UnicodeError`` not even that: only where and why).
+    assert record.exc_info is not None
+    return describe_error(record.exc_info[1])
+
+
+def describe_error(exc: BaseException | None) -> str:
+    """An exception for a log line: its ``repr``, never a traceback or its ``str``; for a
+    ``UnicodeError`` only where and why, for a database error the driver's first line.
 
     Why: ``str()`` of a database error carries the statement's parameters (a mail's text,
     a resident's address: SQLAlchemy prints ``[parameters: (...)]``), and a traceback
-    prints that string; ``repr`` names the class and the driver's message only.
+    prints that string; ``repr`` names the class and the driver's message, of which
+    PostgreSQL's DETAIL lines may quote a row.
     """
-    assert record.exc_info is not None
-    exc = record.exc_info[1]
     if isinstance(exc, UnicodeError):
         # Its repr holds the whole string or bytes it failed on: a password read from a
         # file that is not UTF-8, a mail's text (review rv9b F1). Where and why only.
@@ -45,6 +49,15 @@ def _error(record: logging.LogRecord) -> str:
         start = getattr(exc, "start", "?")
         reason = getattr(exc, "reason", "")
         return f"{type(exc).__name__}(encoding={encoding!r}, position={start}, {reason!r})"
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, Exception):
+        # A database error (SQLAlchemy's DBAPIError around the driver's): the driver's
+        # first line only. PostgreSQL adds DETAIL lines that quote the row ("Failing row
+        # contains (...)": a message's text; review rv9b), and no parameters are shown.
+        first = str(orig).strip().split("\n", 1)[0]
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        where = f", sqlstate={state}" if state else ""
+        return f"{type(exc).__name__}({type(orig).__name__}: {first!r}{where})"
     return repr(exc)
 
 

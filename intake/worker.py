@@ -29,6 +29,7 @@ from intake.digest import coordinator, digest_times, queue_digests
 from intake.errors import MailboxError
 from intake.fetch import Mailbox, _transient
 from intake.locks import mailbox_lock
+from intake.logs import describe_error
 from intake.pipeline import RunReport, Service, process_new_mail
 from intake.send import SendReport
 from intake.store import Outbox, session_scope, to_db
@@ -351,13 +352,14 @@ class Worker:
         """Log a database failure of the mail loop: at ERROR at once (mail is not read
         while it lasts), then at most every ``ERROR_EVERY``, WARNING in between.
 
-        Only the exception's ``repr``: its ``str`` carries the statement and, without
-        ``hide_parameters``, a mail's words or a resident's address."""
+        Only ``describe_error``: the exception's ``str`` carries the statement and, without
+        ``hide_parameters``, a mail's words or a resident's address; PostgreSQL's DETAIL
+        quotes the row."""
         now = time.monotonic()
         if self.db_failing_since is None:
             self.db_failing_since = now
         extra = {
-            "error": repr(exc),
+            "error": describe_error(exc),
             "delay": delay,
             "failing_seconds": round(now - self.db_failing_since),
         }

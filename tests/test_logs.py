@@ -37,3 +37,27 @@ def test_an_error_is_named_without_the_statement_parameters(formatter: logging.F
 
 def test_json_lines_stay_one_json_object() -> None:
     assert json.loads(JsonFormatter().format(_record_of_a_database_error()))["level"] == "ERROR"
+
+
+@pytest.mark.integration
+def test_a_postgresql_error_is_logged_without_the_row_its_detail_quotes(postgres) -> None:
+    """libpq's message adds "DETAIL: Failing row contains (...)": the whole row, a mail's
+    words among them; only the first line and the SQLSTATE are logged (review rv9b)."""
+    engine = sa.create_engine(postgres.new_database("logdetail"), hide_parameters=True)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table t (body text, status text not null)"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("insert into t values ('しにたい（本文）', null)"))
+    except sa.exc.IntegrityError:
+        record = logging.getLogger("intake.test").makeRecord(
+            "intake.test", logging.ERROR, __file__, 1, "store failed", (), sys.exc_info()
+        )
+    else:
+        raise AssertionError("the insert should have failed")
+    finally:
+        engine.dispose()
+    for formatter in (PlainFormatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert "NotNullViolation" in line and "23502" in line
+        assert "しにたい" not in line and "本文" not in line

@@ -366,7 +366,7 @@ def test_run_survives_a_locked_database_and_reads_the_mail_afterwards(
     assert [line["message"] for line in errors] == [
         "database failed while reading mail; no mail is read, retrying"
     ]
-    assert errors[0]["error"] == "OperationalError('(sqlite3.OperationalError) database is locked')"
+    assert errors[0]["error"] == "OperationalError(OperationalError: 'database is locked')"
     assert any(line["message"] == "database usable again" for line in lines)
 
 
