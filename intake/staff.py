@@ -621,23 +621,46 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note(args: argparse.Namespace) -> str | None:
+    """The staff note: ``--note TEXT``, or ``--note-file PATH`` (``-``: standard input).
+
+    Why a file: a note given on the command line is visible to every local account in
+    ``ps`` while the command runs and stays in the shell's history (review rv9b); notes
+    are about residents."""
+    path = getattr(args, "note_file", None)
+    if path is None:
+        return args.note  # type: ignore[no-any-return]
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            name = type(exc).__name__
+            raise StaffError(f"メモのファイル {path} を読めません（{name}）") from None
+    return text.strip() or None
+
+
 def cmd_close(args: argparse.Namespace) -> int:
     svc = _service(args)
-    close_case(svc, args.case, args.note, staff_actor(), _now(svc))
+    note = _note(args)
+    if not note:
+        raise StaffError("終了の理由を --note か --note-file で書いてください")
+    close_case(svc, args.case, note, staff_actor(), _now(svc))
     print(f"{args.case}: 終了にしました")
     return 0
 
 
 def cmd_reassign(args: argparse.Namespace) -> int:
     svc = _service(args)
-    event = reassign_case(svc, args.case, args.partner, args.note, staff_actor(), _now(svc))
+    event = reassign_case(svc, args.case, args.partner, _note(args), staff_actor(), _now(svc))
     print(f"{args.case}: 担当を変更しました ({event.detail})")
     return 0
 
 
 def cmd_callback(args: argparse.Namespace) -> int:
     svc = _service(args)
-    record_callback(svc, args.case, args.done, args.note, staff_actor(), _now(svc))
+    record_callback(svc, args.case, args.done, _note(args), staff_actor(), _now(svc))
     print(f"{args.case}: 折り返し連絡を記録しました" + ("（完了）" if args.done else ""))
     return 0
 
@@ -705,14 +728,24 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--since", type=_day, help="received on or after YYYY-MM-DD")
     p.add_argument("--until", type=_day, help="received on or before YYYY-MM-DD")
     command("show", "a case with its mails and history", cmd_show)
+    note_file_help = (
+        "read the note from this file (- for standard input): unlike --note, not visible "
+        "to other accounts in ps or kept in the shell history"
+    )
     p = command("close", "close a case", cmd_close)
-    p.add_argument("--note", required=True, help="why it is closed (kept until purge)")
+    notes = p.add_mutually_exclusive_group(required=True)
+    notes.add_argument("--note", help="why it is closed (kept until purge)")
+    notes.add_argument("--note-file", metavar="PATH", help=note_file_help)
     p = command("reassign", "give a case to another partner", cmd_reassign)
     p.add_argument("--partner", required=True, help="partner id from partners.toml")
-    p.add_argument("--note")
+    notes = p.add_mutually_exclusive_group()
+    notes.add_argument("--note")
+    notes.add_argument("--note-file", metavar="PATH", help=note_file_help)
     p = command("callback", "record a callback to the resident", cmd_callback)
     p.add_argument("--done", action="store_true", help="the resident was reached")
-    p.add_argument("--note")
+    notes = p.add_mutually_exclusive_group()
+    notes.add_argument("--note")
+    notes.add_argument("--note-file", metavar="PATH", help=note_file_help)
     command("escalate", "escalate unacknowledged urgent alerts now", cmd_escalate, case=False)
     p = command("report", "monthly figures as Markdown/HTML + PNG", cmd_report, case=False)
     p.add_argument("--month", required=True, type=_month, help="YYYY-MM (received, JST)")

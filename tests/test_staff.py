@@ -285,3 +285,30 @@ def test_staff_command_refuses_a_database_that_does_not_exist(tmp_path: Path) ->
     (tmp_path / "here.db").write_bytes(b"")
     _require_database(f"sqlite:///{(tmp_path / 'here.db').as_posix()}")
     _require_database("postgresql+psycopg://intake@db.example.jp/intake")
+
+
+def test_a_note_can_come_from_a_file_or_standard_input_never_the_command_line(
+    tmp_path: Path,
+    svc: Service,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A note on the command line is visible in ps to every local account and stays in
+    the shell history; notes are about residents (review rv9b)."""
+    import io
+
+    config = str(tmp_path / "intake.toml")
+    seed(svc, NOW)
+    note = tmp_path / "note.txt"
+    note.write_text("母親と電話で話せた。来週もう一度連絡する。\n", encoding="utf-8")
+    assert run(["callback", "C000001", "--note-file", str(note), "--config", config]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("本人と面談済み\n"))
+    assert run(["close", "C000001", "--note-file", "-", "--config", config]) == 0
+    capsys.readouterr()
+    assert run(["show", "C000001", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "母親と電話で話せた" in out and "本人と面談済み" in out
+    with pytest.raises(SystemExit):  # one or the other, and close needs one
+        parser().parse_args(["close", "C000001", "--note", "a", "--note-file", "-"])
+    with pytest.raises(SystemExit):
+        parser().parse_args(["close", "C000001"])
