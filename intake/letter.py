@@ -42,9 +42,10 @@ class Letter:
     quoted: str = ""
     body: str = ""
     html_only: bool = False  # the text came from an HTML part
-    # Text of forwarded messages (message/rfc822 parts) when the sender also wrote their own
-    # words: a resident forwarding a friend's worrying mail. Kept apart from ``quoted`` (which
-    # may hold our own acknowledgement) so the pipeline can check it for urgency on its own.
+    # Text of forwarded messages (message/rfc822 parts, and mail forwarded inline under a
+    # Gmail/iPhone/Outlook forward header) when the sender also wrote their own words: a
+    # resident forwarding a friend's worrying mail. Kept apart from ``quoted`` (which may
+    # hold our own acknowledgement) so the pipeline can check it for urgency on its own.
     forwarded: str = ""
     attachments: list[Attachment] = field(default_factory=list)
     # Header names lower-cased -> every decoded value, in order. Used by automatic-mail
