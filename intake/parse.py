@@ -52,7 +52,7 @@ from typing import Any
 
 from intake.charsets import decode_text
 from intake.letter import Attachment, Letter
-from intake.quotes import split_body
+from intake.quotes import split_body, without_own_text
 from intake.reflow import unwrap_fixed_width
 
 __all__ = [
@@ -969,6 +969,7 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
                 problems.append(tag)
 
     walker = _Walker(problems)
+    forwarded_shown = ""  # attached forwards as they are, for staff (``quoted``)
     if headers_only:
         body = getattr(msg, "_payload", None)
         text = _to_bytes(body if isinstance(body, str) else "")
@@ -991,13 +992,17 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
             problems.append("body-from-forwarded-message")
     elif walker.forwarded:
         texts: list[str] = []
+        shown: list[str] = []
         for fwd in walker.forwarded[:MAX_FORWARDED]:
             inner = _Walker(problems)
             inner.walk(fwd)
             fwd_text, _html = _body_from(inner)
             if fwd_text.strip():
-                texts.append(fwd_text.strip())
-        letter.forwarded = "\n\n".join(texts)
+                shown.append(fwd_text.strip())
+                # each forward on its own: our text in one must not hide the next
+                texts.append(without_own_text(fwd_text.strip()).strip())
+        letter.forwarded = "\n\n".join(t for t in texts if t)
+        forwarded_shown = "\n\n".join(shown)
     letter.body = body_text
     letter.html_only = html_only
     letter.attachments = walker.attachments
@@ -1008,10 +1013,10 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         # Nothing outside quotes and headers, and none of it ours: the whole body is read
         # (recorded, since a split rule may have misfired or the mail is a bare forward).
         problems.append("quote-split-kept-whole-body")
-    if letter.forwarded:
+    if forwarded_shown:
         # Staff see the forwarded words with the rest of what is not the sender's own text.
         marker = "---------- 転送されたメッセージ ----------"
-        letter.quoted = "\n\n".join(p for p in (letter.quoted, marker, letter.forwarded) if p)
+        letter.quoted = "\n\n".join(p for p in (letter.quoted, marker, forwarded_shown) if p)
     inline = parts.forwarded or (
         parts.after_header if _FORWARD_SUBJECT.match(letter.subject) else ""
     )

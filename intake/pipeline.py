@@ -65,7 +65,6 @@ from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner
 from intake.phones import find_phones
 from intake.prepare_pool import Failed, PreparePool, Ticket
-from intake.quotes import without_own_text
 from intake.read_marks import ReadMark, mark_path
 from intake.read_marks import load as load_read_mark
 from intake.read_marks import save as save_read_mark
@@ -327,7 +326,9 @@ def decide(
         # Content heuristics only decide when nothing says "person": a resident describing
         # the scam mail that took their money, or the loan advert, is still answered.
         block = None
-    forwarded_text = without_own_text(letter.forwarded) if letter.forwarded else ""
+    # Our own text is already left out of each forward by the parser (one at a time:
+    # ``quotes.without_own_text``; the inline one by ``quotes.split_body``).
+    forwarded_text = letter.forwarded
     if forwarded_text.strip() and not letter.bounce and not _is_own_mail(block):
         # A resident forwarding a friend's mail is asking for that friend: crisis words in
         # the forwarded text need the same-day callback too (marked as forwarded). So is a

@@ -359,16 +359,29 @@ def _strip_one_quote(line: str) -> str:
 
 
 def without_own_text(text: str) -> str:
-    """``text`` up to its first line of our own mail (a marker or a trace line).
+    """``text`` without the lines of our own mail: a line holding a marker or trace, and
+    every line after it quoted at least as deep (blank ones too), up to a line quoted
+    less deeply.
 
     For a forward attached to a mail (``pipeline.decide`` checks it for crisis words):
     our acknowledgement, on-call alert or partner digest forwarded back lists residents'
-    crisis words, which must not raise an alert of their own."""
-    lines = text.splitlines()
-    for n, line in enumerate(lines):
-        if _holds_own_text(line):
-            return "\n".join(lines[:n])
-    return text
+    crisis words, which must not raise an alert of their own; but a pupil's answer
+    written below our quoted acknowledgement in that forward is the pupil's (review rv9c
+    R2: cutting at the first line of ours lost it). Give it one forward at a time: our
+    text unquoted (depth 0) runs to the end of its text."""
+    kept: list[str] = []
+    skip_from: int | None = None  # quote depth of our own text being left out
+    for line in text.splitlines():
+        depth, bare = _quote_depth(line)
+        if skip_from is not None:
+            if depth >= skip_from or not line.strip():
+                continue
+            skip_from = None
+        if _holds_own_text(bare):
+            skip_from = depth
+            continue
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def _holds_own_text(text: str) -> bool:

@@ -141,3 +141,19 @@ def test_bytes_that_read_as_two_different_texts_go_to_a_person(rules: RuleSet) -
     assert any("charset-ambiguous" in p for p in letter.problems), letter.problems
     triage, _ = decide(letter, rules, OWN)
     assert triage.needs_human
+
+
+def test_a_pupils_answer_below_our_quoted_ack_forwarded_by_a_teacher_is_checked(
+    rules: RuleSet,
+) -> None:
+    """Cutting a forward at its first line of our text lost the pupil's words written
+    below our quoted acknowledgement (review rv9c R2); only our quoted lines go."""
+    from intake.quotes import OWN_TEXT_MARKERS
+
+    pupil = "今までありがとう。もう死ぬことにした。薬はもう用意してある。"
+    answer = f"> {OWN_TEXT_MARKERS[0]}\n> 受付番号: C000001\n\n{pupil}"
+    first = forwarding("生徒から届いたメールを転送します。", answer)
+    letter = parse(first)
+    assert pupil in letter.forwarded and OWN_TEXT_MARKERS[0] not in letter.forwarded
+    triage, _ = decide(letter, rules, OWN)
+    assert triage.urgent
