@@ -71,3 +71,32 @@ def test_long_sentences_one_a_line_are_not_taken_for_wrapping() -> None:
 def test_quoted_lines_are_never_joined() -> None:
     quoted = "\n".join("> " + line for line in wrap(PARAGRAPH, 70).split("\n"))
     assert unwrap_fixed_width(quoted) == quoted
+
+
+def test_a_wider_quoted_line_url_or_reply_header_does_not_hide_the_wrap() -> None:
+    """The wrap width was the widest line of the mail: one wider line stopped all joining
+    (review rv9c R6)."""
+    wrapped = wrap(PARAGRAPH, cutting_width())
+    for tail in (
+        "\n\n2026年11月26日(木) 10:00 笠岡市 ささえ愛相談窓口 <sasaean@city.kasaoka.okayama.jp>:\n"
+        "> 受付番号: C000001",
+        "\n\n> " + "前のメールで書いたことの続きです。" * 5,
+        "\n\nhttps://example.jp/" + "a" * 100,
+    ):
+        assert "死にたい" in unwrap_fixed_width(wrapped + tail)
+
+
+def test_a_short_mail_wrapped_over_three_lines_is_joined() -> None:
+    """Three wrapped lines (two full, one short) were never joined: three full lines were
+    needed (review rv9c R6)."""
+    start = PARAGRAPH.index("死にたい") - 35  # 死 ends the first 36-character line
+    short = PARAGRAPH[start : start + 80]
+    body = "\n".join(short[i : i + 36] for i in range(0, len(short), 36))
+    lines = body.split("\n")
+    assert len(lines) == 3 and lines[0].endswith("死") and not lines[1].endswith("。")
+    assert "死にたい" in unwrap_fixed_width(body)
+
+
+def test_two_lines_a_person_broke_are_not_joined_unless_a_third_shows_the_wrap() -> None:
+    text = "最近学校に行くのがつらくて毎日泣いています誰にも言えない\nどうしたらいいですか"
+    assert unwrap_fixed_width(text) == text
