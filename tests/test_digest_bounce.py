@@ -11,7 +11,12 @@ to the owner with whom to ask, to the general desk with the contact. All mail sy
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -20,15 +25,18 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlmodel import Session, col, select
 
 from intake import samples
 from intake.compose import MARKER_HEADER
 from intake.config import load_settings
 from intake.digest import queue_digests
 from intake.fetch import Mailbox
+from intake.localpostgres import LocalPostgres
 from intake.localservers import LocalDovecot, LocalSMTP
 from intake.pipeline import Service, process_new_mail
-from tests.helpers import write_config
+from intake.store import Case, DigestEntry, StoredMessage, open_database, session_scope, to_db
+from tests.helpers import offline_service, write_config
 
 JST = ZoneInfo("Asia/Tokyo")
 RESIDENT = "taro.misstyped@example.jp"
@@ -225,3 +233,114 @@ def test_the_coordinator_sees_the_notice_with_the_contact_not_the_bounce(run: Ru
     (entry,) = _entries(coordinator)
     assert f"送信者: {RESIDENT} / 電話: {PHONE}" in entry
     assert "この相談の担当は認定NPO法人ハーモニーネット未来です" in entry
+
+
+# ------------------------------------------------- the selection itself, on both databases
+
+MONDAY = datetime(2027, 3, 1, 9, 0, tzinfo=JST)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def offline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+    """A service that only queues (no mail servers), on SQLite or a private PostgreSQL."""
+    service = offline_service(tmp_path)
+    name = ""
+    if request.param == "postgresql":
+        server: LocalPostgres = request.getfixturevalue("postgres")
+        name = f"bn{os.getpid()}_{time.monotonic_ns()}"
+        service.engine.dispose()
+        service = dataclasses.replace(service, engine=open_database(server.new_database(name)))
+    yield service
+    service.engine.dispose()
+    if name:
+        server.drop_database(name)
+
+
+def _store(svc: Service, case_id: int | None, text: str, automatic: str | None = None) -> int:
+    """A processed message (a follow-up when ``case_id`` is given), as the pipeline stores
+    one; returns its case."""
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as s:
+        if case_id is None:
+            case = Case(mailbox=key, created_at=to_db(MONDAY), sender=RESIDENT, partner="harmony")
+            case.topic, case.topics = "bullying", json.dumps([["bullying", 3.0]])
+            case.phone = json.dumps([PHONE])
+            s.add(case)
+            s.flush()
+            assert case.id is not None
+            case_id = case.id
+        s.add(
+            StoredMessage(
+                mailbox=key,
+                sha256=uuid.uuid4().hex,
+                raw=b"x",
+                received_at=to_db(MONDAY),
+                status="processed",
+                case_id=case_id,
+                is_followup=automatic is not None or text.startswith("続き"),
+                automatic=automatic,
+                new_text=text,
+            )
+        )
+        return case_id
+
+
+def _fail_ack(svc: Service, case_id: int) -> None:
+    with session_scope(svc.engine) as s:
+        case = s.get(Case, case_id)
+        assert case is not None
+        case.ack_state = "ack_failed"
+
+
+def _listed(svc: Service) -> dict[str, list[str]]:
+    """{partner: texts of the messages recorded as listed}, in order."""
+    with Session(svc.engine) as s:
+        rows = s.exec(
+            select(DigestEntry.partner, StoredMessage.new_text)
+            .join(StoredMessage, col(DigestEntry.message_row) == col(StoredMessage.id))
+            .order_by(col(DigestEntry.id))
+        ).all()
+    out: dict[str, list[str]] = {}
+    for partner, text in rows:
+        out.setdefault(partner, []).append(text)
+    return out
+
+
+def test_automatic_follow_ups_are_left_out_and_a_person_s_are_kept(offline: Service) -> None:
+    """An out-of-office reply (any automatic reason) on a case whose acknowledgement
+    arrived is listed nowhere; follow-ups with no reason, a content heuristic's or a spam
+    filter's flag may be a person's words and are still listed."""
+    case = _store(offline, None, "相談です")
+    _store(offline, case, "不在です", "auto-submitted:auto-replied")
+    _store(offline, case, "不在です（件名）", "auto-reply-subject")
+    _store(offline, case, "メーリングリスト", "precedence:list")
+    _store(offline, case, "続き: 広告の話ですが https://example.jp", "content:advertising")
+    _store(offline, case, "続き: フィルタが迷惑と判定", "x-spam-flag:yes")
+    _store(offline, case, "続き: 先生に話しました")
+    assert queue_digests(offline, MONDAY) == {"harmony": 4}
+    assert _listed(offline)["harmony"] == [
+        "相談です",
+        "続き: 広告の話ですが https://example.jp",
+        "続き: フィルタが迷惑と判定",
+        "続き: 先生に話しました",
+    ]
+    assert queue_digests(offline, MONDAY.replace(hour=14)) == {}
+
+
+def test_a_bounce_is_one_notice_for_the_owner_and_the_desk(offline: Service) -> None:
+    case = _store(offline, None, "相談です")
+    other = _store(offline, None, "別の相談です")  # acknowledged: the desk hears nothing
+    assert queue_digests(offline, MONDAY) == {"harmony": 2}
+    _store(offline, case, "550 User unknown", "bounce")
+    _store(offline, other, "不在です", "auto-submitted:auto-replied")
+    _fail_ack(offline, case)
+    assert queue_digests(offline, MONDAY.replace(hour=14)) == {"harmony": 1, "city": 1}
+    listed = _listed(offline)
+    assert listed["city"] == ["550 User unknown"]  # recorded; shown as the notice only
+    # A second report of the same bounce tells nobody anything new: no digest at all.
+    _store(offline, case, "550 User unknown (2)", "auto-submitted:auto-replied")
+    assert queue_digests(offline, MONDAY.replace(day=2)) == {}
+    # The resident's words later reach the owner, not the desk (not its case).
+    _store(offline, case, "続き: ありがとうございました")
+    assert queue_digests(offline, MONDAY.replace(day=3)) == {"harmony": 2}
+    assert _listed(offline)["city"] == ["550 User unknown"]
