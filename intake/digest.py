@@ -20,7 +20,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, overload
 
-from sqlalchemy import JSON, ColumnElement, and_, cast, exists, func, literal, not_, or_, true
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    and_,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    true,
+)
 from sqlalchemy.orm import load_only
 from sqlmodel import Session, col, select
 
@@ -129,6 +141,22 @@ def _is_notice(msg: StoredMessage, case: Case) -> bool:
     return case.ack_state == ACK_FAILED and _is_automatic(msg)
 
 
+def _listed_as(partner: Partner, msg: StoredMessage, case: Case, desk: bool) -> str | None:
+    """How ``partner``'s digest lists ``msg``: "message" (the resident's words), "notice"
+    (the failed acknowledgement, without text) or None (not at all). ``desk``: the partner
+    is the ``contact_desk``, which hears of every other partner's failed acknowledgement
+    through the case's first message or its bounce, whichever it has not yet been told of
+    (the acknowledgement may fail at our relay, with no bounce, or after the first digest).
+    """
+    if _concerns(partner, case):
+        if _is_notice(msg, case):
+            return "notice"
+        return None if _is_automatic(msg) else "message"
+    if desk and case.ack_state == ACK_FAILED and (_is_automatic(msg) or not msg.is_followup):
+        return "notice"
+    return None
+
+
 def contact_desk(svc: Service) -> Partner | None:
     """The partner told of every case whose acknowledgement bounced, whoever owns it: the
     general desk, when its digest shows the resident's address and phone (``show_sender``).
@@ -185,7 +213,8 @@ def _unlisted(
 
     Automatic mail threaded onto a case (``_is_automatic``) is left out, except on a case
     whose acknowledgement bounced, where it is listed once as that notice (``_is_notice``).
-    ``notices`` (the ``contact_desk``): also those notices of every other partner's case.
+    ``notices`` (the ``contact_desk``): also the failed acknowledgements of every other
+    partner's case (``_listed_as``).
     """
     done = select(DigestEntry.message_row).where(DigestEntry.partner == partner.id)
     cases = select(Case.id).where(Case.mailbox == mailbox)
@@ -198,8 +227,10 @@ def _unlisted(
             mine = or_(mine, _secondary_topic_in(session, partner.also_notify))
         if notices:
             cases = cases.where(or_(mine, failed))
-            # The failed cases of other partners give the desk their bounce, nothing else.
-            shown = or_(and_(mine, not_(automatic)), and_(automatic, failed))
+            # A failed case of another partner gives the desk its first message and its
+            # bounces (``_listed_as``: one notice), never the resident's follow-ups.
+            opening = col(StoredMessage.is_followup).is_(false())
+            shown = or_(and_(mine, not_(automatic)), and_(failed, or_(automatic, opening)))
         else:
             cases = cases.where(mine)
     # Messages are found from their cases through ``ix_message_case_status`` (case, status,
@@ -567,18 +598,25 @@ def _without_case_numbers(text: str) -> str:
 
 
 def _entry(
-    partner: Partner, msg: StoredMessage, case: Case, directory: Directory | None = None
+    partner: Partner,
+    msg: StoredMessage,
+    case: Case,
+    directory: Directory | None = None,
+    notice: bool | None = None,
 ) -> dict[str, Any]:
     """What the digest templates show of one message. ``directory`` names the case's
-    owner and the general desk in the note on a failed acknowledgement (see below)."""
+    owner and the general desk in the note on a failed acknowledgement (see below);
+    ``notice``: list it as that notice (``_listed_as``; default: ``_is_notice``)."""
     surfaces = [str(r["surface"]) for r in json.loads(case.urgent_reasons)]
     if not partner.show_sender:
         # The words that raised the alert are the resident's own, like the text below.
         surfaces = [redact_contact(s) for s in surfaces]
     reasons = [f"「{s}」" for s in surfaces]
-    notice = _is_notice(msg, case)
+    if notice is None:
+        notice = _is_notice(msg, case)
     # The sender's own words only: the whole body may quote our mails (with the resident's
-    # address) or an earlier message. A notice has none: its mail is the bounce.
+    # address) or an earlier message. A notice has none: its mail is the bounce (or, for
+    # the desk, another partner's case, which it needs the contact of, not the words).
     text = (
         ""
         if notice
@@ -612,41 +650,45 @@ def _entry(
     }
 
 
-def _noticed_before(session: Session, partner: Partner, cases: set[int]) -> set[int]:
-    """Which of ``cases`` ``partner`` was already sent the failed-acknowledgement notice of
-    (a digest listed one of the case's automatic mails): a second bounce of the same
-    acknowledgement (a "delayed" report, then the failure) tells it nothing new."""
+Listed = tuple[StoredMessage, Case, bool]  # a message, its case, whether as the notice
+
+
+def _noticed_before(session: Session, partner: Partner, cases: dict[int, Case]) -> set[int]:
+    """Which of ``cases`` ``partner`` was already sent the failed-acknowledgement notice of:
+    a digest listed one of the case's automatic mails, or (the desk, for another partner's
+    case) any of its messages. A second bounce of the same acknowledgement (a "delayed"
+    report, then the failure) tells it nothing new."""
     query = (
-        select(DigestEntry.case_id)
+        select(DigestEntry.case_id, _automatic_sql())
         .join(StoredMessage, col(DigestEntry.message_row) == col(StoredMessage.id))
-        .where(
-            DigestEntry.partner == partner.id,
-            col(DigestEntry.case_id).in_(cases),
-            _automatic_sql(),
-        )
+        .where(DigestEntry.partner == partner.id, col(DigestEntry.case_id).in_(list(cases)))
     )
-    return set(session.exec(query).all())
+    return {
+        case_id
+        for case_id, automatic in session.exec(query).all()
+        if automatic or not _concerns(partner, cases[case_id])
+    }
 
 
 def _without_repeated_notices(
-    session: Session, partner: Partner, rows: list[tuple[StoredMessage, Case]]
-) -> list[tuple[StoredMessage, Case]]:
+    session: Session, partner: Partner, rows: list[Listed]
+) -> list[Listed]:
     """``rows`` without the notices that would repeat what the digest says anyway: a case
     listed with another message in the same digest (that entry carries the note), a second
     notice of one case, and a case noticed in an earlier digest. They are still recorded
     as listed with the digest, so no later digest repeats them either."""
-    notices = {c.id for m, c in rows if _is_notice(m, c)}
+    notices = {c.id: c for _m, c, notice in rows if notice and c.id is not None}
     if not notices:
         return rows
-    listed = {c.id for m, c in rows if not _is_notice(m, c)}
-    seen = listed | _noticed_before(session, partner, {i for i in notices if i is not None})
-    shown: list[tuple[StoredMessage, Case]] = []
-    for m, c in rows:
-        if _is_notice(m, c):
+    seen = {c.id for _m, c, notice in rows if not notice}
+    seen |= _noticed_before(session, partner, notices)
+    shown: list[Listed] = []
+    for m, c, notice in rows:
+        if notice:
             if c.id in seen:
                 continue
             seen.add(c.id)
-        shown.append((m, c))
+        shown.append((m, c, notice))
     return shown
 
 
@@ -700,16 +742,14 @@ def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[st
             rows = _unlisted(session, svc.settings.mailbox.key, partner, notices)
             # ``_unlisted`` already asks the database for exactly these; the check stays
             # as the definition (and for a dialect without JSON functions: all of them).
-            mine = [
-                (m, c)
-                for m, c in rows
-                if (_is_notice(m, c) and (notices or _concerns(partner, c)))
-                or (not _is_automatic(m) and _concerns(partner, c))
-            ]
-            shown = _without_repeated_notices(session, partner, mine)
+            listed = [(m, c, _listed_as(partner, m, c, notices)) for m, c in rows]
+            mine = [(m, c) for m, c, how in listed if how is not None]
+            shown = _without_repeated_notices(
+                session, partner, [(m, c, how == "notice") for m, c, how in listed if how]
+            )
             if not shown:
                 continue
-            entries = [_entry(partner, m, c, svc.directory) for m, c in shown]
+            entries = [_entry(partner, m, c, svc.directory, n) for m, c, n in shown]
             message = render_digest(
                 svc.env,
                 sender=svc.sender,

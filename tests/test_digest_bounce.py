@@ -224,6 +224,29 @@ def test_an_out_of_office_reply_to_the_acknowledgement_is_not_listed(run: Run) -
     assert run.digests() == {}
 
 
+def test_an_acknowledgement_refused_by_our_relay_reaches_the_desk_too(run: Run) -> None:
+    """No bounce comes back when the relay refuses the address itself (5xx at RCPT): the
+    case is ``ack_failed`` all the same, and the desk is told through its first message."""
+    run.smtp.reject_with = "550 5.1.1 Recipient address rejected: User unknown"
+    body = f"学校でいじめを受けていて、毎日つらいです。\n連絡は電話でお願いします {PHONE}\n"
+    run.mail(samples.consultation(RESIDENT, "相談です", body))
+    run.smtp.reject_with = None
+    with Session(run.svc.engine) as s:
+        assert s.exec(select(Case.ack_state)).one() == "ack_failed"
+    digests = run.digests()
+    (desk,) = _entries(digests[DESK])
+    assert "自動返信が届かなかったお知らせ" in desk
+    assert f"送信者: {RESIDENT} / 電話: {PHONE}" in desk
+    assert "学校でいじめ" not in desk
+    (harmony,) = _entries(digests[HARMONY])
+    assert "に依頼してください" in harmony and "学校でいじめを受けていて" in harmony
+    number = re.search(r"受付番号: (C\d+)", digests[DESK])
+    assert number is not None
+    later = f"Re: 相談（受付番号 {number.group(1)}）"
+    run.mail(samples.consultation(RESIDENT, later, "先生に話してみました。"))
+    assert set(run.digests()) == {HARMONY}
+
+
 @pytest.mark.parametrize("run", [f'[service]\ncoordinator = ["{COORDINATOR}"]\n'], indirect=True)
 def test_the_coordinator_sees_the_notice_with_the_contact_not_the_bounce(run: Run) -> None:
     ack = _consult(run)
@@ -334,13 +357,28 @@ def test_a_bounce_is_one_notice_for_the_owner_and_the_desk(offline: Service) -> 
     _store(offline, case, "550 User unknown", "bounce")
     _store(offline, other, "不在です", "auto-submitted:auto-replied")
     _fail_ack(offline, case)
-    assert queue_digests(offline, MONDAY.replace(hour=14)) == {"harmony": 1, "city": 1}
-    listed = _listed(offline)
-    assert listed["city"] == ["550 User unknown"]  # recorded; shown as the notice only
+    # The desk: the case's first message and its bounce, recorded, shown as one notice.
+    assert queue_digests(offline, MONDAY.replace(hour=14)) == {"harmony": 1, "city": 2}
+    assert _listed(offline)["city"] == ["相談です", "550 User unknown"]
     # A second report of the same bounce tells nobody anything new: no digest at all.
     _store(offline, case, "550 User unknown (2)", "auto-submitted:auto-replied")
     assert queue_digests(offline, MONDAY.replace(day=2)) == {}
     # The resident's words later reach the owner, not the desk (not its case).
     _store(offline, case, "続き: ありがとうございました")
     assert queue_digests(offline, MONDAY.replace(day=3)) == {"harmony": 2}
-    assert _listed(offline)["city"] == ["550 User unknown"]
+    assert _listed(offline)["city"] == ["相談です", "550 User unknown"]
+
+
+def test_the_desk_hears_of_a_failure_after_the_owner_s_digest_without_a_bounce(
+    offline: Service,
+) -> None:
+    """An acknowledgement that failed a day later (a relay refusing it for a day) with no
+    bounce: the owner's digest went out before, but the desk is still told, once."""
+    case = _store(offline, None, "相談です")
+    assert queue_digests(offline, MONDAY) == {"harmony": 1}
+    _fail_ack(offline, case)
+    assert queue_digests(offline, MONDAY.replace(hour=14)) == {"city": 1}
+    _store(offline, case, "続き: まだ困っています")
+    _store(offline, case, "550 User unknown", "bounce")  # a late bounce: nothing new
+    assert queue_digests(offline, MONDAY.replace(day=2)) == {"harmony": 2}
+    assert _listed(offline)["city"] == ["相談です"]
