@@ -20,13 +20,25 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, overload
 
-from sqlalchemy import JSON, ColumnElement, cast, exists, func, literal, or_, true
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    and_,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    true,
+)
 from sqlalchemy.orm import load_only
 from sqlmodel import Session, col, select
 
 from intake.compose import excerpt, render_digest
 from intake.locks import serialise
-from intake.partners import Partner
+from intake.partners import Directory, Partner
 from intake.phones import DASHES, find_phones
 from intake.pipeline import Service, queue_mail
 from intake.store import (
@@ -54,6 +66,107 @@ def _concerns(partner: Partner, case: Case) -> bool:
         return True
     secondary = {t for t, _s in json.loads(case.topics)[1:]}
     return bool(secondary.intersection(partner.also_notify))
+
+
+# --- Automatic mail threaded onto a case (bounces, out-of-office replies) ----------------
+#
+# A bounce of the acknowledgement, or the resident's mailbox answering it automatically,
+# is stored as a follow-up of the case (``intake.pipeline`` keeps every mail), but its
+# words are a mail server's, not the resident's: a digest must never list it as the
+# resident's 続報 (review rv9b F6). The reasons below are those ``intake.automatic
+# .automatic_reason`` gives (kept in step with it by hand). Not here, so still listed:
+# no reason, content heuristics ("content:"), a spam filter's flag, a staff address, no
+# sender: those may be a person's words, and hiding a resident's follow-up from its
+# partner is worse than showing a stray auto-reply.
+_AUTOMATIC_REASONS = (
+    "bounce",
+    "mdn",
+    "feedback-report",
+    "report",
+    "null-sender",
+    "list-robot-sender",
+    "noreply-sender",
+    "auto-reply-subject",
+    "exchange-generated",
+    "delivered-to:mailing-list",
+    "x-mailer:autoresponder",
+    "x-apple-action:vacation",
+    # list headers and auto-responder headers, named as the reason
+    "list-id",
+    "list-unsubscribe",
+    "list-post",
+    "list-help",
+    "mailing-list",
+    "x-mailman-version",
+    "x-ml-name",
+    "x-mlserver",
+    "x-ml-count",
+    "x-sequence",
+    "x-autoreply",
+    "x-autorespond",
+    "x-auto-reply",
+    "x-autoresponder",
+)
+_AUTOMATIC_PREFIXES = ("auto-submitted:", "daemon-sender:", "precedence:")
+# ``Case.ack_state`` once a bounce of its acknowledgement came back (``intake.pipeline``).
+ACK_FAILED = "ack_failed"
+
+
+def _is_automatic(msg: StoredMessage) -> bool:
+    """Whether ``msg`` is automatic mail threaded onto its case (not the resident's words).
+
+    The same test as ``_automatic_sql``, for a row already read."""
+    reason = msg.automatic or ""
+    return bool(msg.is_followup) and (
+        reason in _AUTOMATIC_REASONS or reason.startswith(_AUTOMATIC_PREFIXES)
+    )
+
+
+def _automatic_sql() -> ColumnElement[bool]:
+    """``_is_automatic`` in SQL (never NULL: a NULL would drop the row under NOT)."""
+    reason = func.coalesce(col(StoredMessage.automatic), "")
+    return and_(
+        col(StoredMessage.is_followup).is_(true()),
+        or_(
+            reason.in_(_AUTOMATIC_REASONS),
+            *(reason.startswith(p, autoescape=True) for p in _AUTOMATIC_PREFIXES),
+        ),
+    )
+
+
+def _is_notice(msg: StoredMessage, case: Case) -> bool:
+    """Whether ``msg`` stands in a digest for "the acknowledgement of this case failed":
+    automatic mail (the bounce) on a case whose acknowledgement bounced. Listed as that
+    notice, never with its text; other automatic mail is not listed at all."""
+    return case.ack_state == ACK_FAILED and _is_automatic(msg)
+
+
+def _listed_as(partner: Partner, msg: StoredMessage, case: Case, desk: bool) -> str | None:
+    """How ``partner``'s digest lists ``msg``: "message" (the resident's words), "notice"
+    (the failed acknowledgement, without text) or None (not at all). ``desk``: the partner
+    is the ``contact_desk``, which hears of every other partner's failed acknowledgement
+    through the case's first message or its bounce, whichever it has not yet been told of
+    (the acknowledgement may fail at our relay, with no bounce, or after the first digest).
+    """
+    if _concerns(partner, case):
+        if _is_notice(msg, case):
+            return "notice"
+        return None if _is_automatic(msg) else "message"
+    if desk and case.ack_state == ACK_FAILED and (_is_automatic(msg) or not msg.is_followup):
+        return "notice"
+    return None
+
+
+def contact_desk(svc: Service) -> Partner | None:
+    """The partner told of every case whose acknowledgement bounced, whoever owns it: the
+    general desk, when its digest shows the resident's address and phone (``show_sender``).
+
+    A partner without ``show_sender`` cannot phone a resident it cannot see; the city
+    desk can, and the coordinator (when configured) sees every case anyway. None when the
+    desk does not show senders: then only the coordinator sees the contact in a digest.
+    """
+    desk = svc.directory.general_desk
+    return desk if desk.show_sender else None
 
 
 def _secondary_topic_in(session: Session, topics: Sequence[str]) -> ColumnElement[bool]:
@@ -84,10 +197,12 @@ def _secondary_topic_in(session: Session, topics: Sequence[str]) -> ColumnElemen
 
 
 # The message columns ``_entry`` and ``queue_digests`` read.
-_ENTRY_COLUMNS = ("id", "received_at", "is_followup", "new_text")
+_ENTRY_COLUMNS = ("id", "received_at", "is_followup", "new_text", "automatic")
 
 
-def _unlisted(session: Session, mailbox: str, partner: Partner) -> list[tuple[StoredMessage, Case]]:
+def _unlisted(
+    session: Session, mailbox: str, partner: Partner, notices: bool = False
+) -> list[tuple[StoredMessage, Case]]:
     """The messages ``partner``'s digest still has to list, oldest first, with their cases.
 
     Filtered by partner in SQL (its own cases, or a secondary topic it is also told of),
@@ -95,14 +210,29 @@ def _unlisted(session: Session, mailbox: str, partner: Partner) -> list[tuple[St
     retained (a year's mail, read at every digest: review rvr finding 4); and only the
     columns ``_entry`` needs, never ``raw`` (a phone photo may be megabytes), which
     ``raiseload`` turns from a silent load into an error.
+
+    Automatic mail threaded onto a case (``_is_automatic``) is left out, except on a case
+    whose acknowledgement bounced, where it is listed once as that notice (``_is_notice``).
+    ``notices`` (the ``contact_desk``): also the failed acknowledgements of every other
+    partner's case (``_listed_as``).
     """
     done = select(DigestEntry.message_row).where(DigestEntry.partner == partner.id)
     cases = select(Case.id).where(Case.mailbox == mailbox)
+    failed = col(Case.ack_state) == ACK_FAILED
+    automatic = _automatic_sql()
+    shown = or_(not_(automatic), failed)
     if partner.id != COORDINATOR_ID:
         mine = col(Case.partner) == partner.id
         if partner.also_notify:
             mine = or_(mine, _secondary_topic_in(session, partner.also_notify))
-        cases = cases.where(mine)
+        if notices:
+            cases = cases.where(or_(mine, failed))
+            # A failed case of another partner gives the desk its first message and its
+            # bounces (``_listed_as``: one notice), never the resident's follow-ups.
+            opening = col(StoredMessage.is_followup).is_(false())
+            shown = or_(and_(mine, not_(automatic)), and_(failed, or_(automatic, opening)))
+        else:
+            cases = cases.where(mine)
     # Messages are found from their cases through ``ix_message_case_status`` (case, status,
     # and the row id), which also answers the status and "already listed" tests: SQLite
     # keeps a row's later columns behind its raw bytes, so reading a listed message's
@@ -117,6 +247,7 @@ def _unlisted(session: Session, mailbox: str, partner: Partner) -> list[tuple[St
             col(StoredMessage.case_id).in_(cases),
             col(StoredMessage.status).in_(["processed", "quarantined"]),
             col(StoredMessage.id).not_in(done),
+            shown,
         )
         .order_by(col(StoredMessage.id))
     )
@@ -466,32 +597,99 @@ def _without_case_numbers(text: str) -> str:
     return _CASE_NUMBER_IN_TEXT.sub("c", folded)
 
 
-def _entry(partner: Partner, msg: StoredMessage, case: Case) -> dict[str, Any]:
+def _entry(
+    partner: Partner,
+    msg: StoredMessage,
+    case: Case,
+    directory: Directory | None = None,
+    notice: bool | None = None,
+) -> dict[str, Any]:
+    """What the digest templates show of one message. ``directory`` names the case's
+    owner and the general desk in the note on a failed acknowledgement (see below);
+    ``notice``: list it as that notice (``_listed_as``; default: ``_is_notice``)."""
     surfaces = [str(r["surface"]) for r in json.loads(case.urgent_reasons)]
     if not partner.show_sender:
         # The words that raised the alert are the resident's own, like the text below.
         surfaces = [redact_contact(s) for s in surfaces]
     reasons = [f"「{s}」" for s in surfaces]
+    if notice is None:
+        notice = _is_notice(msg, case)
     # The sender's own words only: the whole body may quote our mails (with the resident's
-    # address) or an earlier message.
-    text = msg.new_text or (
-        "（本文を読み取れませんでした）" if case.needs_human else "（本文なし）"
+    # address) or an earlier message. A notice has none: its mail is the bounce (or, for
+    # the desk, another partner's case, which it needs the contact of, not the words).
+    text = (
+        ""
+        if notice
+        else msg.new_text
+        or ("（本文を読み取れませんでした）" if case.needs_human else "（本文なし）")
     )
+    # A failed acknowledgement asks for another way to reach the resident. A partner that
+    # sees the contact is told who owns the case (to report back to); one that does not is
+    # told whom to ask, with the case number: the general desk (``contact_desk``).
+    desk = directory.general_desk if directory is not None else None
+    owner = directory.get(case.partner) if directory is not None else None
     return {
         "number": case.number,
         "received": from_db(msg.received_at),
-        "followup": msg.is_followup,
+        "followup": msg.is_followup and not notice,
+        "notice": notice,
         "topic_ja": TOPIC_JA.get(case.topic, case.topic),
         "secondary": [TOPIC_JA.get(t, t) for t, _s in json.loads(case.topics)[1:]],
         "urgent": case.urgent,
         "reasons": reasons,
-        "ack_failed": case.ack_state == "ack_failed",
+        "ack_failed": case.ack_state == ACK_FAILED,
         "ack_in_doubt": case.ack_state == "ack_in_doubt",
         "needs_human": case.needs_human,
+        "show_sender": partner.show_sender,
         "sender": case.sender if partner.show_sender else "",
         "phones": json.loads(case.phone or "[]") if partner.show_sender else [],
-        "text": _shared_text(partner, text),
+        "owner": owner.name if owner is not None and owner.id != partner.id else "",
+        "desk_name": desk.name if desk is not None and desk.id != partner.id else "",
+        "desk_phone": desk.phone if desk is not None and desk.id != partner.id else "",
+        "text": _shared_text(partner, text) if text else "",
     }
+
+
+Listed = tuple[StoredMessage, Case, bool]  # a message, its case, whether as the notice
+
+
+def _noticed_before(session: Session, partner: Partner, cases: dict[int, Case]) -> set[int]:
+    """Which of ``cases`` ``partner`` was already sent the failed-acknowledgement notice of:
+    a digest listed one of the case's automatic mails, or (the desk, for another partner's
+    case) any of its messages. A second bounce of the same acknowledgement (a "delayed"
+    report, then the failure) tells it nothing new."""
+    query = (
+        select(DigestEntry.case_id, _automatic_sql())
+        .join(StoredMessage, col(DigestEntry.message_row) == col(StoredMessage.id))
+        .where(DigestEntry.partner == partner.id, col(DigestEntry.case_id).in_(list(cases)))
+    )
+    return {
+        case_id
+        for case_id, automatic in session.exec(query).all()
+        if automatic or not _concerns(partner, cases[case_id])
+    }
+
+
+def _without_repeated_notices(
+    session: Session, partner: Partner, rows: list[Listed]
+) -> list[Listed]:
+    """``rows`` without the notices that would repeat what the digest says anyway: a case
+    listed with another message in the same digest (that entry carries the note), a second
+    notice of one case, and a case noticed in an earlier digest. They are still recorded
+    as listed with the digest, so no later digest repeats them either."""
+    notices = {c.id: c for _m, c, notice in rows if notice and c.id is not None}
+    if not notices:
+        return rows
+    seen = {c.id for _m, c, notice in rows if not notice}
+    seen |= _noticed_before(session, partner, notices)
+    shown: list[Listed] = []
+    for m, c, notice in rows:
+        if notice:
+            if c.id in seen:
+                continue
+            seen.add(c.id)
+        shown.append((m, c, notice))
+    return shown
 
 
 COORDINATOR_ID = "coordinator"
@@ -534,18 +732,24 @@ def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[st
     """
     queued: dict[str, int] = {}
     overview = coordinator(svc)
+    desk = contact_desk(svc)
     for partner in [*svc.directory.partners, *([overview] if overview else [])]:
         if at is not None and at not in digest_times(svc, partner):
             continue
         with session_scope(svc.engine) as session:
             serialise(session, f"digest:{svc.settings.mailbox.key}")
-            rows = _unlisted(session, svc.settings.mailbox.key, partner)
+            notices = desk is not None and partner.id == desk.id
+            rows = _unlisted(session, svc.settings.mailbox.key, partner, notices)
             # ``_unlisted`` already asks the database for exactly these; the check stays
             # as the definition (and for a dialect without JSON functions: all of them).
-            mine = [(m, c) for m, c in rows if _concerns(partner, c)]
-            if not mine:
+            listed = [(m, c, _listed_as(partner, m, c, notices)) for m, c in rows]
+            mine = [(m, c) for m, c, how in listed if how is not None]
+            shown = _without_repeated_notices(
+                session, partner, [(m, c, how == "notice") for m, c, how in listed if how]
+            )
+            if not shown:
                 continue
-            entries = [_entry(partner, m, c) for m, c in mine]
+            entries = [_entry(partner, m, c, svc.directory, n) for m, c, n in shown]
             message = render_digest(
                 svc.env,
                 sender=svc.sender,

@@ -1,0 +1,384 @@
+"""What a partner's digest says when the acknowledgement bounced, over real Dovecot and SMTP.
+
+Review rv9b F6: a resident typed a wrong address on a phone and the acknowledgement
+bounced. The digest of the partner owning the case (harmony, ``show_sender = false``)
+listed the mail server's bounce as the resident's follow-up (「（続報）」 with the MTA's
+text), and told it to phone a resident whose number it is not shown; nobody who sees the
+number (the city desk, ``show_sender = true``) was told. Now automatic mail threaded onto
+a case is never listed as the resident's words; the bounce is listed once as a notice:
+to the owner with whom to ask, to the general desk with the contact. All mail synthetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlmodel import Session, col, select
+
+from intake import samples
+from intake.compose import MARKER_HEADER
+from intake.config import load_settings
+from intake.digest import queue_digests
+from intake.fetch import Mailbox
+from intake.localpostgres import LocalPostgres
+from intake.localservers import LocalDovecot, LocalSMTP
+from intake.pipeline import Service, process_new_mail
+from intake.store import Case, DigestEntry, StoredMessage, open_database, session_scope, to_db
+from tests.helpers import offline_service, write_config
+
+JST = ZoneInfo("Asia/Tokyo")
+RESIDENT = "taro.misstyped@example.jp"
+PHONE = "090-1234-5678"
+HARMONY = "harmony-digest@example.jp"
+DESK = "sasaean-desk@example.jp"
+COORDINATOR = "coord@example.jp"
+# The MTA's words in the bounce: never a resident's 続報 in any digest.
+MTA_WORDS = "User unknown in virtual mailbox table"
+
+
+def _dsn(resident: str, ack_id: str, status: str = "5.1.1", action: str = "failed") -> bytes:
+    """A Postfix-style bounce of our acknowledgement: a multipart/report that quotes the
+    resident's address and the acknowledgement's Message-ID in its headers part."""
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.jp>\r\n"
+        f"To: {samples.TO}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        f"Message-ID: {make_msgid(domain='mx.example.jp')}\r\n"
+        "Date: Fri, 27 Nov 2026 10:00:00 +0900\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n"
+        "--B\r\nContent-Type: text/plain\r\n\r\n"
+        f"<{resident}>: host mx.example.jp said: 550 {status} <{resident}>: "
+        f"Recipient address rejected: {MTA_WORDS}\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
+        f"Final-Recipient: rfc822; {resident}\r\nAction: {action}\r\nStatus: {status}\r\n"
+        "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {ack_id}\r\nTo: {resident}\r\nSubject: x\r\n\r\n--B--\r\n"
+    ).encode("ascii")
+
+
+class Run:
+    """The service over the test's Dovecot and SMTP server, one step at a time."""
+
+    def __init__(self, tmp_path: Path, dovecot: LocalDovecot, smtp: LocalSMTP, extra: str) -> None:
+        self.dovecot, self.smtp = dovecot, smtp
+        self.svc = Service.from_settings(
+            load_settings(write_config(tmp_path, dovecot, smtp, extra=extra))
+        )
+        self.now = datetime.now(JST)
+
+    def mail(self, raw: bytes) -> None:
+        """Deliver ``raw`` to the mailbox, process it and send what it queued."""
+        self.now += timedelta(minutes=10)
+        self.dovecot.append(raw)
+        with Mailbox(self.svc.settings.mailbox) as mb:
+            process_new_mail(self.svc, mb, self.now)
+        self.svc.deliver(self.now)
+
+    def digests(self) -> dict[str, str]:
+        """Queue and send every partner's digest; {recipient: plain text} of those sent."""
+        self.now += timedelta(hours=1)
+        self.smtp.clear()
+        queued = queue_digests(self.svc, self.now)
+        report = self.svc.deliver(self.now)
+        assert report.failed == 0
+        sent = self.smtp.wait_for(len(queued)) if queued else []
+        out: dict[str, str] = {}
+        for mail in sent:
+            assert (mail.message[MARKER_HEADER] or "") == "digest"
+            body = mail.message.get_body(preferencelist=("plain",))
+            html = mail.message.get_body(preferencelist=("html",))
+            assert isinstance(body, EmailMessage) and isinstance(html, EmailMessage)
+            for rcpt in mail.rcpt_tos:
+                out[rcpt] = body.get_content() + "\n<html>\n" + html.get_content()
+        return out
+
+    def acknowledgement_id(self) -> str:
+        (ack,) = [m for m in self.smtp.wait_for(1) if RESIDENT in m.rcpt_tos]
+        return str(ack.message["Message-ID"])
+
+
+@pytest.fixture
+def run(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Iterator[Run]:
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    extra = getattr(request, "param", "")
+    service = Run(tmp_path, dovecot, smtp_server, extra)
+    yield service
+    service.svc.engine.dispose()
+
+
+def _consult(run: Run) -> str:
+    """A bullying consultation (harmony's, ``show_sender = false``) with a phone number;
+    returns the acknowledgement's Message-ID as it reached the SMTP server."""
+    body = f"学校でいじめを受けていて、毎日つらいです。\n連絡は電話でお願いします {PHONE}\n"
+    run.mail(samples.consultation(RESIDENT, "相談です", body))
+    return run.acknowledgement_id()
+
+
+def _entries(digest: str) -> list[str]:
+    """The plain part's entries (between the rules)."""
+    plain = digest.split("\n<html>\n")[0]
+    return [part for part in plain.split("────────────────")[1:-1]]
+
+
+def test_a_bounce_is_never_listed_as_the_residents_follow_up(run: Run) -> None:
+    ack = _consult(run)
+    run.mail(_dsn(RESIDENT, ack))
+    digests = run.digests()
+    harmony = digests[HARMONY]
+    number = re.search(r"受付番号: (C\d+)", harmony)
+    assert number is not None
+    assert "続報" not in harmony
+    assert MTA_WORDS not in harmony and "550" not in harmony
+    assert MTA_WORDS not in digests[DESK] and "続報" not in digests[DESK]
+    # One entry for the consultation, with the note; the bounce's notice is folded into it.
+    (entry,) = _entries(harmony)
+    assert "学校でいじめを受けていて" in entry
+
+
+def test_a_partner_that_cannot_see_the_contact_is_told_whom_to_ask(run: Run) -> None:
+    ack = _consult(run)
+    run.mail(_dsn(RESIDENT, ack))
+    harmony = run.digests()[HARMONY]
+    number = re.search(r"受付番号: (C\d+)", harmony)
+    assert number is not None
+    for part in harmony.split("\n<html>\n"):
+        assert "自動返信が届きませんでした" in part
+        desk = "笠岡市ささえ愛ほっとライン（電話 0865-63-8515）"
+        assert f"受付番号 {number.group(1)} を伝えて{desk}に依頼" in part
+        assert "電話など別の方法で相談者に連絡" not in part  # it cannot
+    assert RESIDENT not in harmony and PHONE not in harmony  # still masked
+
+
+def test_the_general_desk_gets_the_contact_of_a_failed_acknowledgement_once(run: Run) -> None:
+    """The desk (``show_sender = true``) owns no bullying case, yet is told with the
+    address, the phone and the owner; not again for a second bounce or later follow-ups."""
+    ack = _consult(run)
+    run.mail(_dsn(RESIDENT, ack))
+    desk = run.digests()[DESK]
+    (entry,) = _entries(desk)
+    assert "自動返信が届かなかったお知らせ" in entry
+    assert f"送信者: {RESIDENT} / 電話: {PHONE}" in entry
+    assert "電話など別の方法で相談者に連絡してください" in entry
+    assert "この相談の担当は認定NPO法人ハーモニーネット未来です" in entry
+    assert "学校でいじめ" not in entry  # the notice, not the consultation (not the desk's)
+    assert MTA_WORDS not in desk
+    assert RESIDENT in desk.split("\n<html>\n")[1]  # the HTML part too
+
+    run.mail(_dsn(RESIDENT, ack))  # the same acknowledgement reported again
+    later = samples.consultation(RESIDENT, "Re: 相談", "先生に話してみました。", in_reply_to=ack)
+    run.mail(later)
+    again = run.digests()
+    assert DESK not in again
+    (followup,) = _entries(again[HARMONY])
+    assert "（続報）" in followup and "先生に話してみました" in followup
+    assert "自動返信が届かなかったお知らせ" not in again[HARMONY]
+
+
+def test_an_owner_whose_digest_went_out_before_the_bounce_gets_one_notice(run: Run) -> None:
+    ack = _consult(run)
+    first = run.digests()
+    assert set(first) == {HARMONY}
+    assert "自動返信が届きませんでした" not in first[HARMONY]
+    run.mail(_dsn(RESIDENT, ack))
+    second = run.digests()
+    (notice,) = _entries(second[HARMONY])
+    assert "自動返信が届かなかったお知らせ" in notice and "続報" not in notice
+    assert "に依頼してください" in notice
+    assert MTA_WORDS not in second[HARMONY] and RESIDENT not in second[HARMONY]
+    assert "学校でいじめ" not in notice  # listed before; the notice has no text
+    assert DESK in second
+    assert run.digests() == {}
+
+
+def test_an_out_of_office_reply_to_the_acknowledgement_is_not_listed(run: Run) -> None:
+    """The resident's mailbox answering our acknowledgement automatically is not the
+    resident writing again, and the acknowledgement did arrive: nothing to list."""
+    ack = _consult(run)
+    assert set(run.digests()) == {HARMONY}
+    vacation = samples.consultation(
+        RESIDENT,
+        "自動応答: 相談です",
+        "ただいま不在にしております。11月30日以降に返信いたします。",
+        in_reply_to=ack,
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+    run.mail(vacation)
+    assert run.digests() == {}
+
+
+def test_an_acknowledgement_refused_by_our_relay_reaches_the_desk_too(run: Run) -> None:
+    """No bounce comes back when the relay refuses the address itself (5xx at RCPT): the
+    case is ``ack_failed`` all the same, and the desk is told through its first message."""
+    run.smtp.reject_with = "550 5.1.1 Recipient address rejected: User unknown"
+    body = f"学校でいじめを受けていて、毎日つらいです。\n連絡は電話でお願いします {PHONE}\n"
+    run.mail(samples.consultation(RESIDENT, "相談です", body))
+    run.smtp.reject_with = None
+    with Session(run.svc.engine) as s:
+        assert s.exec(select(Case.ack_state)).one() == "ack_failed"
+    digests = run.digests()
+    (desk,) = _entries(digests[DESK])
+    assert "自動返信が届かなかったお知らせ" in desk
+    assert f"送信者: {RESIDENT} / 電話: {PHONE}" in desk
+    assert "学校でいじめ" not in desk
+    (harmony,) = _entries(digests[HARMONY])
+    assert "に依頼してください" in harmony and "学校でいじめを受けていて" in harmony
+    number = re.search(r"受付番号: (C\d+)", digests[DESK])
+    assert number is not None
+    later = f"Re: 相談（受付番号 {number.group(1)}）"
+    run.mail(samples.consultation(RESIDENT, later, "先生に話してみました。"))
+    assert set(run.digests()) == {HARMONY}
+
+
+@pytest.mark.parametrize("run", [f'[service]\ncoordinator = ["{COORDINATOR}"]\n'], indirect=True)
+def test_the_coordinator_sees_the_notice_with_the_contact_not_the_bounce(run: Run) -> None:
+    ack = _consult(run)
+    run.mail(_dsn(RESIDENT, ack))
+    coordinator = run.digests()[COORDINATOR]
+    assert MTA_WORDS not in coordinator and "続報" not in coordinator
+    (entry,) = _entries(coordinator)
+    assert f"送信者: {RESIDENT} / 電話: {PHONE}" in entry
+    assert "この相談の担当は認定NPO法人ハーモニーネット未来です" in entry
+
+
+# ------------------------------------------------- the selection itself, on both databases
+
+MONDAY = datetime(2027, 3, 1, 9, 0, tzinfo=JST)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def offline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+    """A service that only queues (no mail servers), on SQLite or a private PostgreSQL."""
+    service = offline_service(tmp_path)
+    name = ""
+    if request.param == "postgresql":
+        server: LocalPostgres = request.getfixturevalue("postgres")
+        name = f"bn{os.getpid()}_{time.monotonic_ns()}"
+        service.engine.dispose()
+        service = dataclasses.replace(service, engine=open_database(server.new_database(name)))
+    yield service
+    service.engine.dispose()
+    if name:
+        server.drop_database(name)
+
+
+def _store(svc: Service, case_id: int | None, text: str, automatic: str | None = None) -> int:
+    """A processed message (a follow-up when ``case_id`` is given), as the pipeline stores
+    one; returns its case."""
+    key = svc.settings.mailbox.key
+    with session_scope(svc.engine) as s:
+        if case_id is None:
+            case = Case(mailbox=key, created_at=to_db(MONDAY), sender=RESIDENT, partner="harmony")
+            case.topic, case.topics = "bullying", json.dumps([["bullying", 3.0]])
+            case.phone = json.dumps([PHONE])
+            s.add(case)
+            s.flush()
+            assert case.id is not None
+            case_id = case.id
+        s.add(
+            StoredMessage(
+                mailbox=key,
+                sha256=uuid.uuid4().hex,
+                raw=b"x",
+                received_at=to_db(MONDAY),
+                status="processed",
+                case_id=case_id,
+                is_followup=automatic is not None or text.startswith("続き"),
+                automatic=automatic,
+                new_text=text,
+            )
+        )
+        return case_id
+
+
+def _fail_ack(svc: Service, case_id: int) -> None:
+    with session_scope(svc.engine) as s:
+        case = s.get(Case, case_id)
+        assert case is not None
+        case.ack_state = "ack_failed"
+
+
+def _listed(svc: Service) -> dict[str, list[str]]:
+    """{partner: texts of the messages recorded as listed}, in order."""
+    with Session(svc.engine) as s:
+        rows = s.exec(
+            select(DigestEntry.partner, StoredMessage.new_text)
+            .join(StoredMessage, col(DigestEntry.message_row) == col(StoredMessage.id))
+            .order_by(col(DigestEntry.id))
+        ).all()
+    out: dict[str, list[str]] = {}
+    for partner, text in rows:
+        out.setdefault(partner, []).append(text)
+    return out
+
+
+def test_automatic_follow_ups_are_left_out_and_a_person_s_are_kept(offline: Service) -> None:
+    """An out-of-office reply (any automatic reason) on a case whose acknowledgement
+    arrived is listed nowhere; follow-ups with no reason, a content heuristic's or a spam
+    filter's flag may be a person's words and are still listed."""
+    case = _store(offline, None, "相談です")
+    _store(offline, case, "不在です", "auto-submitted:auto-replied")
+    _store(offline, case, "不在です（件名）", "auto-reply-subject")
+    _store(offline, case, "メーリングリスト", "precedence:list")
+    _store(offline, case, "続き: 広告の話ですが https://example.jp", "content:advertising")
+    _store(offline, case, "続き: フィルタが迷惑と判定", "x-spam-flag:yes")
+    _store(offline, case, "続き: 先生に話しました")
+    assert queue_digests(offline, MONDAY) == {"harmony": 4}
+    assert _listed(offline)["harmony"] == [
+        "相談です",
+        "続き: 広告の話ですが https://example.jp",
+        "続き: フィルタが迷惑と判定",
+        "続き: 先生に話しました",
+    ]
+    assert queue_digests(offline, MONDAY.replace(hour=14)) == {}
+
+
+def test_a_bounce_is_one_notice_for_the_owner_and_the_desk(offline: Service) -> None:
+    case = _store(offline, None, "相談です")
+    other = _store(offline, None, "別の相談です")  # acknowledged: the desk hears nothing
+    assert queue_digests(offline, MONDAY) == {"harmony": 2}
+    _store(offline, case, "550 User unknown", "bounce")
+    _store(offline, other, "不在です", "auto-submitted:auto-replied")
+    _fail_ack(offline, case)
+    # The desk: the case's first message and its bounce, recorded, shown as one notice.
+    assert queue_digests(offline, MONDAY.replace(hour=14)) == {"harmony": 1, "city": 2}
+    assert _listed(offline)["city"] == ["相談です", "550 User unknown"]
+    # A second report of the same bounce tells nobody anything new: no digest at all.
+    _store(offline, case, "550 User unknown (2)", "auto-submitted:auto-replied")
+    assert queue_digests(offline, MONDAY.replace(day=2)) == {}
+    # The resident's words later reach the owner, not the desk (not its case).
+    _store(offline, case, "続き: ありがとうございました")
+    assert queue_digests(offline, MONDAY.replace(day=3)) == {"harmony": 2}
+    assert _listed(offline)["city"] == ["相談です", "550 User unknown"]
+
+
+def test_the_desk_hears_of_a_failure_after_the_owner_s_digest_without_a_bounce(
+    offline: Service,
+) -> None:
+    """An acknowledgement that failed a day later (a relay refusing it for a day) with no
+    bounce: the owner's digest went out before, but the desk is still told, once."""
+    case = _store(offline, None, "相談です")
+    assert queue_digests(offline, MONDAY) == {"harmony": 1}
+    _fail_ack(offline, case)
+    assert queue_digests(offline, MONDAY.replace(hour=14)) == {"city": 1}
+    _store(offline, case, "続き: まだ困っています")
+    _store(offline, case, "550 User unknown", "bounce")  # a late bounce: nothing new
+    assert queue_digests(offline, MONDAY.replace(day=2)) == {"harmony": 2}
+    assert _listed(offline)["city"] == ["相談です"]
