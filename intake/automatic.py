@@ -68,6 +68,37 @@ _LIST_HEADERS = (
 _ROBOT_LOCAL = re.compile(r"(?:-request|-bounces?)(?:\+.*)?$")
 
 
+# Every reason ``automatic_reason`` gives, for those who read it back from the database
+# (``intake.digest``: a bounce or an auto-reply threaded onto a case is never listed as
+# the resident's 続報). ``tests/test_automatic.py`` holds the two in step.
+AUTOMATIC_REASONS = frozenset(
+    {
+        "bounce",
+        "mdn",
+        "feedback-report",
+        "report",
+        "null-sender",
+        "list-robot-sender",
+        "noreply-sender",
+        "auto-reply-subject",
+        "exchange-generated",
+        "delivered-to:mailing-list",
+        "x-mailer:autoresponder",
+        "x-apple-action:vacation",
+        *_LIST_HEADERS,
+        *_AUTORESPONDER_HEADERS,
+    }
+)
+AUTOMATIC_PREFIXES = ("auto-submitted:", "daemon-sender:", "precedence:")
+
+
+def is_automatic_reason(reason: str | None) -> bool:
+    """Whether ``reason`` (as stored) is one ``automatic_reason`` gives."""
+    return bool(reason) and (
+        reason in AUTOMATIC_REASONS or str(reason).startswith(AUTOMATIC_PREFIXES)
+    )
+
+
 def _first(letter: Letter, name: str) -> str:
     value = letter.header(name)
     return value.strip() if value else ""

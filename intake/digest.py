@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import load_only
 from sqlmodel import Session, col, select
 
+from intake.automatic import AUTOMATIC_PREFIXES, AUTOMATIC_REASONS, is_automatic_reason
 from intake.compose import excerpt, render_digest
 from intake.locks import serialise
 from intake.partners import Directory, Partner
@@ -73,41 +74,13 @@ def _concerns(partner: Partner, case: Case) -> bool:
 # A bounce of the acknowledgement, or the resident's mailbox answering it automatically,
 # is stored as a follow-up of the case (``intake.pipeline`` keeps every mail), but its
 # words are a mail server's, not the resident's: a digest must never list it as the
-# resident's 続報 (review rv9b F6). The reasons below are those ``intake.automatic
-# .automatic_reason`` gives (kept in step with it by hand). Not here, so still listed:
-# no reason, content heuristics ("content:"), a spam filter's flag, a staff address, no
-# sender: those may be a person's words, and hiding a resident's follow-up from its
-# partner is worse than showing a stray auto-reply.
-_AUTOMATIC_REASONS = (
-    "bounce",
-    "mdn",
-    "feedback-report",
-    "report",
-    "null-sender",
-    "list-robot-sender",
-    "noreply-sender",
-    "auto-reply-subject",
-    "exchange-generated",
-    "delivered-to:mailing-list",
-    "x-mailer:autoresponder",
-    "x-apple-action:vacation",
-    # list headers and auto-responder headers, named as the reason
-    "list-id",
-    "list-unsubscribe",
-    "list-post",
-    "list-help",
-    "mailing-list",
-    "x-mailman-version",
-    "x-ml-name",
-    "x-mlserver",
-    "x-ml-count",
-    "x-sequence",
-    "x-autoreply",
-    "x-autorespond",
-    "x-auto-reply",
-    "x-autoresponder",
-)
-_AUTOMATIC_PREFIXES = ("auto-submitted:", "daemon-sender:", "precedence:")
+# resident's 続報 (review rv9b F6). The reasons are those ``intake.automatic
+# .automatic_reason`` gives (``AUTOMATIC_REASONS``, kept in step with it by a test). Not
+# among them, so still listed: no reason, content heuristics ("content:"), a spam
+# filter's flag, a staff address, no sender: those may be a person's words, and hiding a
+# resident's follow-up from its partner is worse than showing a stray auto-reply.
+_AUTOMATIC_REASONS = tuple(sorted(AUTOMATIC_REASONS))
+_AUTOMATIC_PREFIXES = AUTOMATIC_PREFIXES
 # ``Case.ack_state`` once a bounce of its acknowledgement came back (``intake.pipeline``).
 ACK_FAILED = "ack_failed"
 
@@ -116,10 +89,7 @@ def _is_automatic(msg: StoredMessage) -> bool:
     """Whether ``msg`` is automatic mail threaded onto its case (not the resident's words).
 
     The same test as ``_automatic_sql``, for a row already read."""
-    reason = msg.automatic or ""
-    return bool(msg.is_followup) and (
-        reason in _AUTOMATIC_REASONS or reason.startswith(_AUTOMATIC_PREFIXES)
-    )
+    return bool(msg.is_followup) and is_automatic_reason(msg.automatic)
 
 
 def _automatic_sql() -> ColumnElement[bool]:

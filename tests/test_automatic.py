@@ -202,3 +202,25 @@ def test_a_resident_address_with_owner_in_it_is_a_person(sender: str) -> None:
     """Carrier addresses are chosen freely: "-owner" made a resident a list robot (rv9a)."""
     letter = letter_with(replace=("学生 <student@example.jp>", f"<{sender}>"))
     assert automatic_reason(letter) is None
+
+
+def test_every_reason_given_is_known_to_the_digest() -> None:
+    """The digest reads reasons back from the database to leave bounces and auto-replies
+    out of a resident's 続報 (``AUTOMATIC_REASONS``); a reason added here without it
+    would be listed as the resident's words."""
+    import re
+    from pathlib import Path
+
+    from intake import automatic
+
+    source = Path(automatic.__file__).read_text(encoding="utf-8")
+    body = source[source.index("def automatic_reason") : source.index("def spam_reason")]
+    given = set(re.findall(r'return "([^"{]+)"', body))
+    given |= {p + ":" for p in re.findall(r'return f"([a-z-]+):\{', body)}
+    assert given, "no reasons found: the test no longer reads automatic_reason"
+    for reason in given:
+        assert automatic.is_automatic_reason(reason) or automatic.is_automatic_reason(
+            reason + "x"
+        ), reason
+    for name in (*automatic._LIST_HEADERS, *automatic._AUTORESPONDER_HEADERS):
+        assert automatic.is_automatic_reason(name)
