@@ -984,6 +984,23 @@ def handle_message(
                 at=now,
             )
         return "staff"
+    if from_staff and case is None and triage.urgent and _quotes_our_mail(
+        session, svc.settings.mailbox.key, letter, triage, now
+    ):
+        # A partner's or on-call person's reply from a phone that dropped the thread and
+        # re-wrapped the quote without ">": the crisis words are our digest's or alert's
+        # (the resident's, already alerted), not the staff member's (review rv9c R3).
+        _keep_for_staff(svc, session, msg, letter, block, received, now)
+        record_event(
+            session,
+            STAFF_URGENT_WORDS_EVENT,
+            msg.case_id,
+            f"message {msg.id} from {letter.from_addr} has urgent words found word for "
+            "word in mail we sent to that address; kept for staff, not alerted again",
+            actor=letter.from_addr or "unknown",
+            at=now,
+        )
+        return "staff"
     if from_staff and case is None and not triage.urgent:
         _keep_for_staff(svc, session, msg, letter, block, received, now)
         return "staff"
@@ -1074,6 +1091,56 @@ def _same_mail(session: Session, msg: StoredMessage, letter: Letter) -> StoredMe
             col(StoredMessage.status).in_(["processed", "quarantined", "staff"]),
         )
     ).first()
+
+
+QUOTED_LINE_MIN = 8  # characters: a shorter line could be the staff member's own words
+QUOTE_LOOKBACK = timedelta(days=14)
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
+def _quotes_our_mail(
+    session: Session, mailbox: str, letter: Letter, triage: Triage, now: datetime
+) -> bool:
+    """Whether every line of a staff member's mail that holds urgent words is, word for
+    word, part of a digest, alert or escalation we sent to that address lately.
+
+    Why: a phone reply to a digest that drops In-Reply-To and re-wraps the quoted lines,
+    leaving ">" off the continuations, put the resident's crisis words into the partner's
+    own text: a second alert, and a new case "from" the partner carrying the resident's
+    words (review rv9c R3). A line the staff member wrote is not a verbatim piece of our
+    mail; lines shorter than ``QUOTED_LINE_MIN`` never count as quoted."""
+    import email
+    from email import policy
+
+    lines: list[str] = []
+    for reason in triage.urgent_reasons:
+        found = [line for line in letter.text.splitlines() if reason.surface in line]
+        if not found:
+            return False  # the words are in the subject or spread over lines: not a quote
+        lines += found
+    pieces = {_squeezed(line) for line in lines}
+    if any(len(piece) < QUOTED_LINE_MIN for piece in pieces):
+        return False
+    address = letter.from_addr.lower()
+    rows = session.exec(
+        select(Outbox).where(
+            Outbox.mailbox == mailbox,
+            col(Outbox.kind).in_(["digest", "alert", "escalation"]),
+            col(Outbox.created_at) >= to_db(now - QUOTE_LOOKBACK),
+        )
+    ).all()
+    sent: list[str] = []
+    for row in rows:
+        if address not in (row.recipients or "").lower() or not row.content:
+            continue
+        message = email.message_from_bytes(row.content, policy=policy.default)
+        body = message.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
+        if body is not None:
+            sent.append(_squeezed(body.get_content()))
+    return bool(sent) and all(any(piece in text for text in sent) for piece in pieces)
 
 
 def _keep_for_staff(
