@@ -1178,3 +1178,31 @@ def test_concepts_with_japanese_regexes_are_listed_in_rule_order(rules: RuleSet)
     listed = [c.id for c in rules.concepts_ja]
     assert listed == [c.id for c in rules.concepts.values() if c.regexes_ja]
     assert listed  # the shipped rules have some (e.g. a quantity of pills)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "消えたいレベルで恥ずかしい。発表で噛みまくった",  # embarrassment, not a wish
+        "期末テスト終わって楽になりたい、あと三日",  # an exam, not a life
+        "冬の夜回りでホームレス支援をしています。寝る場所のない人に渡す毛布を集めたい",
+        "中学の頃は死にたいと思ってた。今はあの頃の気持ちはもうない",  # resolved past
+        "前は毎晩リストカットしてた。今は全然してない",  # resolved past
+        "去年は死にたいって毎日思ってた。今は地元で普通に暮らしてる",  # resolved past
+    ],
+)
+def test_idioms_volunteering_and_a_stated_end_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "消えたいレベルでしんどい",  # the idiom is embarrassment only
+        "全部終わって楽になりたい",  # no exam: the wish stands
+        "今夜寝る場所がない。外は寒い",  # the writer's own night outside
+        "中学の頃は死にたいと思ってた。あの頃の気持ちはもうないと思ってたのに、最近また",
+    ],
+)
+def test_look_alikes_of_those_exclusions_stay_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
