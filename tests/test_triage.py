@@ -1206,3 +1206,40 @@ def test_idioms_volunteering_and_a_stated_end_are_not_urgent(rules: RuleSet, tex
 )
 def test_look_alikes_of_those_exclusions_stay_urgent(rules: RuleSet, text: str) -> None:
     assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("昨日の夜リスカした。止まらない", "urgent.self_harm.split"),  # リ|スカし|た
+        ("自分なんて要らない存在なんだって気づいた", "urgent.suicidal.soft"),
+        ("眠剤ぜんぶ飲んだ。まぶたが重くなってきた", "signals.overdose.ingest_symptom_quantity"),
+        (
+            "誰にも言えないけど、もう全部しんどい。ねえ、消えていい？",
+            "reading.suicidal.permission",
+        ),
+        ("徘徊のある認知症の祖母が夕方から帰ってこない", "urgent.acute_need.missing"),
+        ("窓の外に足を投げ出して座ってる", "urgent.suicidal.place"),
+        ("まどのそとにあしだしてる", "reading.suicidal.legs_out"),
+    ],
+)
+def test_fifth_round_situations_are_urgent(rules: RuleSet, text: str, rule: str) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "高校の頃リスカしてたけど、もう5年以上してない",  # the split form, resolved past
+        "要らない服をフリマに出したい",
+        "ハードディスクのデータ、消えてもいいやつ？",  # not the sentence's end
+        "認知症の祖母の介護認定の手続きを知りたい",
+        "窓を開けて外の空気を吸ってる",
+    ],
+)
+def test_benign_versions_of_fifth_round_situations_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
