@@ -1243,3 +1243,63 @@ def test_benign_versions_of_fifth_round_situations_are_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("もう嫌だ、あいつらの前で死んだるって本気で思う", "urgent.suicidal.wish"),
+        ("今夜死ぬってメッセージが後輩から来た", "urgent.suicidal.wish"),  # a third party
+        ("母がいなくなったら、私も後を追うと決めている", "urgent.suicidal.wish"),
+        ("いきるのめんどい。ぜんぶ", "urgent.suicidal.wish"),
+        ("卒業式の日を命日にするつもり", "urgent.suicidal.clinical"),
+        ("叔父の猟銃のカギのありかを知ってる", "urgent.suicidal.means"),
+        ("改札を出て踏切の前で立ち尽くしてた", "urgent.suicidal.place"),
+        ("ホームで点字ブロックの外側に立ってる", "urgent.suicidal.place"),
+        ("トンネルを抜ける電車に体が引っ張られる", "urgent.suicidal.place"),
+        ("明日、駅前の歩道橋から飛ぶつもりだ", "urgent.suicidal.place"),
+        ("教室の窓から落ちれば楽なのに", "urgent.suicidal.place"),
+        ("終わりにします。これ読んだら警察に伝えて", "urgent.farewell.goodbye"),
+        ("彼氏にのど元を絞められた", "urgent.violence.concrete"),
+        ("熱湯をかけられて腕が痛い", "urgent.violence.concrete"),
+        ("ライターで腕をあぶられた", "urgent.violence.concrete"),
+        ("父が酔って茶碗を投げつけてくる", "urgent.violence.concrete"),
+        ("店長に体で払えって言われた", "urgent.violence.concrete"),
+        ("夜中ずっと泣かれて、気づいたら壁の方に投げそうになってた", "urgent.violence.caregiver"),
+        ("水で済ませる日が三日続いてる。子どもの分しかない", "signals.deprivation.food_duration"),
+        ("he's gonna hurt me when he wakes up", "urgent.foreign.en.need"),
+        ("standing here in the dark. one step and it's done", "urgent.foreign.en"),
+        ("this is the last message i'll ever send. thank you", "urgent.foreign.en"),
+    ],
+)
+def test_situations_only_the_learned_tier_caught_have_a_rule(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死んだふりをする虫の動画を見た",
+        "先輩の後を追って同じ大学に行きたい",
+        "祖父の命日に墓参りに行く",
+        "猟銃の免許を取りたい",
+        "踏切の近くに住んでる",
+        "点字ブロックの上に自転車を置かないで",
+        "屋上から花火を見た",
+        "読んだら感想ください",
+        "カップ麺に熱湯を注いで三分待つ",
+        "皿を洗うのが面倒",
+        "体で覚えるタイプです",
+        "ボールを壁に投げて練習してる",
+        "昼は水で済ませてダイエット中",
+        "he'll break the record this year",
+    ],
+)
+def test_look_alikes_of_the_learned_tier_situations_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
