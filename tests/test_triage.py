@@ -1303,3 +1303,41 @@ def test_look_alikes_of_the_learned_tier_situations_are_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("取り立て屋が来てる。玄関を叩いてる", "signals.threat.violence"),
+        ("闇バイトから抜けたい。家族の住所も知られてる", "signals.threat.stalking"),
+        ("車に押し込まれた。金を返すまで帰さないって", "signals.threat.violence"),
+        ("夜道を運転していて、対向車に突っ込めば楽かなと思った", "urgent.suicidal.place"),
+        ("仕事をクビになったら、もう生きていく方法がない", "urgent.suicidal.soft"),
+        ("もう朝が来んでほしい", "urgent.suicidal.soft"),  # Okayama 来ん = 来ない
+        ("泣きやまない娘に、取り返しのつかないことをしてしまいそう", "urgent.violence.caregiver"),
+    ],
+)
+def test_debt_collectors_abduction_and_soft_wishes_are_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "借金取りが出てくるドラマを見た",
+        "闇バイトの手口についてのニュースを見た",
+        "押し入れに布団を押し込んだ",
+        "車で壁に突っ込んだらしいけど運転手は無事",
+        "この町で生きていく方法を一緒に考えたい",
+        "明日は来んでええよって店長に言われた",
+        "取り返しのつかないミスをしそうで怖い",
+    ],
+)
+def test_look_alikes_of_debt_collectors_and_soft_wishes_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
