@@ -1341,3 +1341,25 @@ def test_look_alikes_of_debt_collectors_and_soft_wishes_are_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "手首のリスカの跡、就活の面接で見られないか心配。もうやってない",
+        "腕の傷跡のこと。自分で切ってたけど、今は全然大丈夫",
+    ],
+)
+def test_a_scar_the_writer_says_is_over_is_resolved_past(rules: RuleSet, text: str) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "リストカットの跡がまた増えた。長袖で隠してる",  # new marks: not over
+        "リストカットの跡、もうやってないって親には言った。でも最近また切ってる",  # relapse
+    ],
+)
+def test_a_scar_with_new_marks_or_a_relapse_stays_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
