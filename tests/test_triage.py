@@ -1363,3 +1363,24 @@ def test_a_scar_the_writer_says_is_over_is_resolved_past(rules: RuleSet, text: s
 )
 def test_a_scar_with_new_marks_or_a_relapse_stays_urgent(rules: RuleSet, text: str) -> None:
     assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("水道が止まった。ガスも。真っ暗な部屋にいる", "urgent.acute_need.utilities_two"),
+        ("とうとう水道まで止められた", "urgent.acute_need.utilities"),
+    ],
+)
+def test_two_utilities_cut_or_the_water_last_is_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+def test_the_other_utility_named_as_a_tool_is_not_a_second_cut(rules: RuleSet) -> None:
+    # one utility cut, the other named only as an appliance the writer copes with
+    t = classify_text("相談", "ガスが止まったけど電気ケトルがあるし銭湯もある。来週払う", rules)
+    assert "urgent.acute_need.utilities_two" not in {m.rule for m in t.urgent_reasons}
