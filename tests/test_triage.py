@@ -1178,3 +1178,209 @@ def test_concepts_with_japanese_regexes_are_listed_in_rule_order(rules: RuleSet)
     listed = [c.id for c in rules.concepts_ja]
     assert listed == [c.id for c in rules.concepts.values() if c.regexes_ja]
     assert listed  # the shipped rules have some (e.g. a quantity of pills)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "消えたいレベルで恥ずかしい。発表で噛みまくった",  # embarrassment, not a wish
+        "期末テスト終わって楽になりたい、あと三日",  # an exam, not a life
+        "冬の夜回りでホームレス支援をしています。寝る場所のない人に渡す毛布を集めたい",
+        "中学の頃は死にたいと思ってた。今はあの頃の気持ちはもうない",  # resolved past
+        "前は毎晩リストカットしてた。今は全然してない",  # resolved past
+        "去年は死にたいって毎日思ってた。今は地元で普通に暮らしてる",  # resolved past
+    ],
+)
+def test_idioms_volunteering_and_a_stated_end_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "消えたいレベルでしんどい",  # the idiom is embarrassment only
+        "全部終わって楽になりたい",  # no exam: the wish stands
+        "今夜寝る場所がない。外は寒い",  # the writer's own night outside
+        "中学の頃は死にたいと思ってた。あの頃の気持ちはもうないと思ってたのに、最近また",
+    ],
+)
+def test_look_alikes_of_those_exclusions_stay_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("昨日の夜リスカした。止まらない", "urgent.self_harm.split"),  # リ|スカし|た
+        ("自分なんて要らない存在なんだって気づいた", "urgent.suicidal.soft"),
+        ("眠剤ぜんぶ飲んだ。まぶたが重くなってきた", "signals.overdose.ingest_symptom_quantity"),
+        (
+            "誰にも言えないけど、もう全部しんどい。ねえ、消えていい？",
+            "reading.suicidal.permission",
+        ),
+        ("徘徊のある認知症の祖母が夕方から帰ってこない", "urgent.acute_need.missing"),
+        ("窓の外に足を投げ出して座ってる", "urgent.suicidal.place"),
+        ("まどのそとにあしだしてる", "reading.suicidal.legs_out"),
+    ],
+)
+def test_fifth_round_situations_are_urgent(rules: RuleSet, text: str, rule: str) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "高校の頃リスカしてたけど、もう5年以上してない",  # the split form, resolved past
+        "要らない服をフリマに出したい",
+        "ハードディスクのデータ、消えてもいいやつ？",  # not the sentence's end
+        "認知症の祖母の介護認定の手続きを知りたい",
+        "窓を開けて外の空気を吸ってる",
+    ],
+)
+def test_benign_versions_of_fifth_round_situations_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("もう嫌だ、あいつらの前で死んだるって本気で思う", "urgent.suicidal.wish"),
+        ("今夜死ぬってメッセージが後輩から来た", "urgent.suicidal.wish"),  # a third party
+        ("母がいなくなったら、私も後を追うと決めている", "urgent.suicidal.wish"),
+        ("いきるのめんどい。ぜんぶ", "urgent.suicidal.wish"),
+        ("卒業式の日を命日にするつもり", "urgent.suicidal.clinical"),
+        ("叔父の猟銃のカギのありかを知ってる", "urgent.suicidal.means"),
+        ("改札を出て踏切の前で立ち尽くしてた", "urgent.suicidal.place"),
+        ("ホームで点字ブロックの外側に立ってる", "urgent.suicidal.place"),
+        ("トンネルを抜ける電車に体が引っ張られる", "urgent.suicidal.place"),
+        ("明日、駅前の歩道橋から飛ぶつもりだ", "urgent.suicidal.place"),
+        ("教室の窓から落ちれば楽なのに", "urgent.suicidal.place"),
+        ("終わりにします。これ読んだら警察に伝えて", "urgent.farewell.goodbye"),
+        ("彼氏にのど元を絞められた", "urgent.violence.concrete"),
+        ("熱湯をかけられて腕が痛い", "urgent.violence.concrete"),
+        ("ライターで腕をあぶられた", "urgent.violence.concrete"),
+        ("父が酔って茶碗を投げつけてくる", "urgent.violence.concrete"),
+        ("店長に体で払えって言われた", "urgent.violence.concrete"),
+        ("夜中ずっと泣かれて、気づいたら壁の方に投げそうになってた", "urgent.violence.caregiver"),
+        ("水で済ませる日が三日続いてる。子どもの分しかない", "signals.deprivation.food_duration"),
+        ("he's gonna hurt me when he wakes up", "urgent.foreign.en.need"),
+        ("standing here in the dark. one step and it's done", "urgent.foreign.en"),
+        ("this is the last message i'll ever send. thank you", "urgent.foreign.en"),
+    ],
+)
+def test_situations_only_the_learned_tier_caught_have_a_rule(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死んだふりをする虫の動画を見た",
+        "先輩の後を追って同じ大学に行きたい",
+        "祖父の命日に墓参りに行く",
+        "猟銃の免許を取りたい",
+        "踏切の近くに住んでる",
+        "点字ブロックの上に自転車を置かないで",
+        "屋上から花火を見た",
+        "読んだら感想ください",
+        "カップ麺に熱湯を注いで三分待つ",
+        "皿を洗うのが面倒",
+        "体で覚えるタイプです",
+        "ボールを壁に投げて練習してる",
+        "昼は水で済ませてダイエット中",
+        "he'll break the record this year",
+    ],
+)
+def test_look_alikes_of_the_learned_tier_situations_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("取り立て屋が来てる。玄関を叩いてる", "signals.threat.violence"),
+        ("闇バイトから抜けたい。家族の住所も知られてる", "signals.threat.stalking"),
+        ("車に押し込まれた。金を返すまで帰さないって", "signals.threat.violence"),
+        ("夜道を運転していて、対向車に突っ込めば楽かなと思った", "urgent.suicidal.place"),
+        ("仕事をクビになったら、もう生きていく方法がない", "urgent.suicidal.soft"),
+        ("もう朝が来んでほしい", "urgent.suicidal.soft"),  # Okayama 来ん = 来ない
+        ("泣きやまない娘に、取り返しのつかないことをしてしまいそう", "urgent.violence.caregiver"),
+    ],
+)
+def test_debt_collectors_abduction_and_soft_wishes_are_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "借金取りが出てくるドラマを見た",
+        "闇バイトの手口についてのニュースを見た",
+        "押し入れに布団を押し込んだ",
+        "車で壁に突っ込んだらしいけど運転手は無事",
+        "この町で生きていく方法を一緒に考えたい",
+        "明日は来んでええよって店長に言われた",
+        "取り返しのつかないミスをしそうで怖い",
+    ],
+)
+def test_look_alikes_of_debt_collectors_and_soft_wishes_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "手首のリスカの跡、就活の面接で見られないか心配。もうやってない",
+        "腕の傷跡のこと。自分で切ってたけど、今は全然大丈夫",
+    ],
+)
+def test_a_scar_the_writer_says_is_over_is_resolved_past(rules: RuleSet, text: str) -> None:
+    assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "リストカットの跡がまた増えた。長袖で隠してる",  # new marks: not over
+        "リストカットの跡、もうやってないって親には言った。でも最近また切ってる",  # relapse
+    ],
+)
+def test_a_scar_with_new_marks_or_a_relapse_stays_urgent(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("水道が止まった。ガスも。真っ暗な部屋にいる", "urgent.acute_need.utilities_two"),
+        ("とうとう水道まで止められた", "urgent.acute_need.utilities"),
+    ],
+)
+def test_two_utilities_cut_or_the_water_last_is_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    t = classify_text("相談", text, rules)
+    assert t.urgent
+    assert rule in {m.rule for m in t.urgent_reasons}
+
+
+def test_the_other_utility_named_as_a_tool_is_not_a_second_cut(rules: RuleSet) -> None:
+    # one utility cut, the other named only as an appliance the writer copes with
+    t = classify_text("相談", "ガスが止まったけど電気ケトルがあるし銭湯もある。来週払う", rules)
+    assert "urgent.acute_need.utilities_two" not in {m.rule for m in t.urgent_reasons}
