@@ -365,12 +365,20 @@ _SIG_NEVER = re.compile(
 )
 
 
+# A crisis word inside an organisation's or office's name ("健康推進課 自殺対策係",
+# "自殺防止センター", "暴力相談窓口"): a staff member's or partner's signature, whose
+# words read as the sender's would raise a false alert.
+_SIG_SERVICE_NAME = re.compile(
+    r"(?:自殺|自死|暴力|虐待|自傷|DV)(?:対策|防止|予防|相談|根絶|被害者支援)", re.I
+)
+
+
 def _looks_like_signature(line: str, shown: int) -> bool:
     """Whether the non-blank ``line``, the ``shown``-th of a signature block (from 0),
     looks like one: a name among the first lines, a phone, mail address, URL or postal
     address, a title or organisation, a mailer's tag or a rule; never a crisis word."""
     stripped = line.strip()
-    if _SIG_NEVER.search(stripped):
+    if _SIG_NEVER.search(_SIG_SERVICE_NAME.sub("", stripped)):
         return False
     if shown < _SIG_NAME_LINES and (
         _SIG_NAME_JA.match(stripped) or _SIG_NAME_LATIN.match(stripped)

@@ -256,6 +256,20 @@ def test_a_signature_of_name_contacts_title_and_mailer_tag_is_still_cut() -> Non
     assert quoted.endswith("iPhoneから送信")
 
 
+@pytest.mark.parametrize(
+    "signature",
+    ["笠岡市 健康推進課 自殺対策係\n0865-69-0000", "NPO法人 自殺防止センター\n山田 花子"],
+)
+def test_a_staff_signature_naming_a_crisis_service_is_still_cut(
+    rules: RuleSet, signature: str
+) -> None:
+    """Guard: only a crisis word that is no office's name ends a signature; a partner's
+    "確認しました。" over its signature raises no false alert."""
+    letter = parse(mail(f"確認しました。\n-- \n{signature}"))
+    assert letter.text == "確認しました。"
+    assert not decided(letter, rules).urgent
+
+
 def test_a_signature_ends_at_its_first_line_that_is_not_one() -> None:
     new, quoted = split_quoted("相談です\n-- \nソラ\nシニタイ\nタスケテ")
     assert new == "相談です\nシニタイ\nタスケテ"
