@@ -34,12 +34,22 @@ What counts as quoted:
   (one level of ``>`` removed, our own text left out); the part after any other reply
   header, prepared alike, in ``Parts.after_header`` (the parser treats it as forwarded
   when the subject is a forward's: Outlook forwards under the same header as it replies);
-* a signature: the lines after an exact ``-- `` line (RFC 3676 s. 4.3), only when they
-  look like a signature (a few short lines: names, numbers, addresses, no sentence);
-  a bare ``--`` or a ``-- `` followed by sentences is a divider, and the lines stay new;
-* everything from the first line of our own acknowledgement, alert or escalation
-  (``OWN_TEXT_MARKERS``) on a line without ``>``, for phones that quote without any
-  marker.
+* a signature: the lines after an exact ``-- `` line (RFC 3676 s. 4.3), up to the first
+  line that does not look like a signature line (a name among the first two lines, a
+  phone, mail address, URL or postal address, a title or organisation, a mailer's tag;
+  never a crisis word such as ``シニタイ``, ``自殺未遂``, ``I want to die``): from that
+  line on the words are the sender's. A bare ``--``, or a ``-- `` whose first line is
+  no signature line, is a divider, and the lines stay new;
+* everything from the first line of our own acknowledgement, alert, escalation or
+  partner digest (``OWN_TEXT_MARKERS``) on a line without ``>``, for phones that quote
+  without any marker, also when the phone re-wrapped that first line over up to four
+  lines; when that line starts with another quote mark (``| ``, ``｜``, ``》``, ``≫``),
+  only the block of lines with that mark (and later lines with it) is quoted, as a
+  ``>`` block is, and the sender may answer below it;
+* an unmarked line right below a ``>`` line, when the mail holds our own text and the
+  line is the rest of that quoted line of our acknowledgement that the mailer re-wrapped
+  without its ``>`` (checked against the acknowledgement's fixed text, so a resident's
+  answer between quoted lines stays new).
 
 A line that merely contains a colon ("理由は次の通りです:") does not cut anything:
 a header needs a date, an address or a "wrote" verb, or a ``>`` block right below.
@@ -81,6 +91,10 @@ OWN_TEXT_MARKERS: tuple[str, ...] = (
     "メールを受け取りました。送ってくださって、ありがとうございます。",
     "緊急の可能性がある相談を受け付けました。",
     "まだ誰も対応の確認をしていません。",
+    # The partner digest's opening (templates/partner/digest.txt.j2): it lists residents'
+    # crisis words, so our digest coming back (a redirect, an alias in digest_to) must not
+    # be read as new words and alert on-call again (review rv9c R1).
+    "前回のお知らせ以降に届いた相談",
 )
 
 # Other lines of our own mail, for the safety net only (never to cut): a reply quoting our
@@ -92,8 +106,55 @@ _OWN_TEXT_TRACES: tuple[str, ...] = (
     "いま命や体に危険があるときは、すぐに電話してください。",
     "緊急と判断した理由:",  # the on-call alert
     "電話番号（本文から）:",
-    "前回のお知らせ以降に届いた相談",  # the partner digest, which lists residents' words
 )
+
+# The acknowledgement's fixed text (templates/resident/ack.txt.j2 without its variables,
+# and compose.PHONE_SUBJECTS_JA, which fill its "こんなときに:" lines); a test keeps them in
+# step. Only for lines a mailer re-wrapped out of a ">" block of our acknowledgement: such
+# a line is ours only when it continues the quoted line above it *inside* this text
+# (review rv9c R4), so a resident's answer between quoted lines is never taken for ours.
+_ACK_FIXED_TEXT: tuple[str, ...] = (
+    "ごろまでに、担当の者がこのメールにお返事します。",
+    "受付時間（平日 ",
+    "）の外に届いたメールには、次の受付時間にお返事します。",
+    "受付番号: ",
+    "お電話でも相談できます。",
+    "  こんなときに: ",
+    "夜間や休日でも、",
+    "）には24時間つながります。",
+    "いま命や体に危険があるときは、すぐに電話してください。",
+    "このメールに返信すると、続きとして担当の者に届きます。",
+    "このメールは自動でお送りしています。",
+    "We received your email. Thank you for writing to us.",
+    "A staff member will reply to you (in Japanese or simple English).",
+    "If you are in danger now, call ",
+    " at any time (24 hours).",
+    "（日本語のご案内は、この下にあります。）",
+)
+# compose.PHONE_SUBJECTS_JA: a partner's "こんなときに:" line joins some of them with "、".
+_ACK_SUBJECTS: tuple[str, ...] = (
+    "眠れないほどの悩みや不安、ひとりぼっちでつらいこと",
+    "いじめや、友だち・家族・先生についての悩み",
+    "お金や生活の困りごと",
+    "子育てや家族の介護",
+    "ボランティアや地域の活動",
+    "そのほかの悩み",
+)
+_SUBJECT_ATOMS = frozenset(piece for subject in _ACK_SUBJECTS for piece in subject.split("、"))
+# The ack's template lines as patterns (a variable is any text): a re-wrapped line whose
+# join with the quoted line above is one of them, and which ends with the line's own
+# closing sentence, is ours too ("…笠岡市こども" / "センター（0120-…）には24時間つながります。").
+_ACK_LINE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(r"\s*" + r".+?".join(re.escape(part) for part in parts) + r"\s*"), parts[-1])
+    for parts in (
+        ("本日（", "）", "ごろまでに、担当の者がこのメールにお返事します。"),
+        ("", "の", "ごろまでに、担当の者がこのメールにお返事します。"),  # "1月12日(火)のお昼"
+        ("受付時間（平日 ", "）の外に届いたメールには、次の受付時間にお返事します。"),
+        ("夜間や休日でも、", "（", "）には24時間つながります。"),
+        ("You can call ", " at any time (24 hours)."),
+    )
+)
+_LINE_TAIL_MIN = 5  # a line's closing sentence must be this long to vouch for a variable
 
 # A quote mark, but not the start of an emoticon: ＞＜, >_<, ＞ω＜, >.< (a closing < or ＜
 # within three characters, none of them a quote mark or a space).
@@ -188,6 +249,8 @@ def is_quote_header(line: str, following: str = "") -> bool:
 # with a literal character and none is case-folded, so ``re`` scans for those characters
 # alone: ~4 us a mail against ~130 us for the per-line tests (``split_quoted`` ran on
 # every line of every mail). ``[^\S\n]`` keeps a match inside one line.
+_MARKER_HEAD = 4  # characters of a marker the pre-scan looks for (a wrapped marker's start)
+_MARKER_MAX_LINES = 4  # a marker re-wrapped over at most this many lines is still found
 _MAY_MATTER_FIXED = (
     r">|＞|:|：|,|--|_____|/[^\S\n]*\d|-[^\S\n]*\d|\.[^\S\n]*\d|年[^\S\n]*\d|書|メッセージ"
 )
@@ -198,7 +261,11 @@ def _may_matter(markers: tuple[str, ...]) -> re.Pattern[str]:
     """The pre-scan for the markers ``_split`` will test. Built from the markers in use
     rather than once at import, so a changed ``OWN_TEXT_MARKERS`` (a new acknowledgement
     wording) can never be skipped by the pre-scan and triaged as the resident's words."""
-    return re.compile("|".join([_MAY_MATTER_FIXED, *(re.escape(m) for m in markers)]))
+    # A marker's first characters, not the whole marker: a phone re-wraps our first line
+    # ("…送ってくださって" / "、ありがとうございます。", review rv9c R8).
+    return re.compile(
+        "|".join([_MAY_MATTER_FIXED, *(re.escape(m[:_MARKER_HEAD]) for m in markers)])
+    )
 
 
 def _lines_that_may_matter(text: str) -> list[int]:
@@ -270,6 +337,60 @@ def _is_signature_line(line: str) -> bool:
     return _HIRAGANA.search(_SENT_FROM.sub("", stripped)) is None
 
 
+# What a signature line looks like (review rv9c R9): whatever else follows a "-- " line
+# ends the signature and stays the sender's words ("-- " / "ソラ" / "シニタイ").
+_SIG_NAME_JA = re.compile(r"^[\u4e00-\u9fff\u3005\u30a0-\u30ff\uff66-\uff9f・ 　]{1,12}$")
+_SIG_NAME_LATIN = re.compile(r"^[A-Z][A-Za-z.'\-]*(?:[ \t]+[A-Z][A-Za-z.'\-]*){0,3}$")
+_SIG_NAME_LINES = 2  # a name (and its reading or romanisation) opens a signature
+_SIG_CONTACT = re.compile(
+    r"https?://|www\.|@"
+    r"|(?:\d[\d\-‐－ー()（）\s]*){8,}"  # a phone or fax number
+    r"|〒|丁目|番地|\d+\s*[-－‐]\s*\d+",  # a postal address
+    re.I,
+)
+_SIG_ORGANISATION = re.compile(
+    r"株式会社|有限会社|合同会社|[（(]株[)）]|法人|協会|センター|学校|大学|高校|中学|小学"
+    r"|事務所|役所|役場|病院|クリニック|[都道府県市区町村]立|部|課|係|室|組|教諭|教員|部長|課長"
+    r"|係長|主任|代表|担当|理事|会長|社長|\b(?:inc|ltd|llc|co|corp|dept|university|school"
+    r"|college|cent(?:er|re)|office|manager|director|engineer|teacher|student|officer)\b",
+    re.I,
+)
+_SIG_MAILER = re.compile(r"(?:から|より)送信|sent from|sent with|sent via|get outlook|^\W+$", re.I)
+# Never a name, a title or an organisation: crisis words written without hiragana.
+_SIG_NEVER = re.compile(
+    r"死|殺|遺書|自傷|虐|暴|殴|首|薬|助け|シニ|シヌ|シネ|コロ|タスケ|キエ|ツライ|クルシ|イタイ"
+    r"|シタイ|オワリ|オワラ|イキタク|ヤメタ|リスカ|オーバードーズ|ムリ|ODし|ＯＤ"
+    r"|\b(?:die|dead|death|kill|suicid\w*|help|hurt|cut|sos|end it|overdose|od)\b",
+    re.I,
+)
+
+
+# A crisis word inside an organisation's or office's name ("健康推進課 自殺対策係",
+# "自殺防止センター", "暴力相談窓口"): a staff member's or partner's signature, whose
+# words read as the sender's would raise a false alert.
+_SIG_SERVICE_NAME = re.compile(
+    r"(?:自殺|自死|暴力|虐待|自傷|DV)(?:対策|防止|予防|相談|根絶|被害者支援)", re.I
+)
+
+
+def _looks_like_signature(line: str, shown: int) -> bool:
+    """Whether the non-blank ``line``, the ``shown``-th of a signature block (from 0),
+    looks like one: a name among the first lines, a phone, mail address, URL or postal
+    address, a title or organisation, a mailer's tag or a rule; never a crisis word."""
+    stripped = line.strip()
+    if _SIG_NEVER.search(_SIG_SERVICE_NAME.sub("", stripped)):
+        return False
+    if shown < _SIG_NAME_LINES and (
+        _SIG_NAME_JA.match(stripped) or _SIG_NAME_LATIN.match(stripped)
+    ):
+        return True
+    return bool(
+        _SIG_CONTACT.search(stripped)
+        or _SIG_ORGANISATION.search(stripped)
+        or _SIG_MAILER.search(stripped)
+    )
+
+
 def _ends_signature(line: str, following: str) -> bool:
     """Whether a signature block ends before ``line``: a quote, a header or our own text
     starts there and is split by the main loop."""
@@ -282,14 +403,17 @@ def _ends_signature(line: str, following: str) -> bool:
 
 def _signature_end(lines: list[str], i: int) -> int | None:
     """For the ``-- `` line at ``i``: the index after its signature block, or None when
-    the lines after it are not a signature (then they are the sender's words)."""
+    the lines after it are not a signature (then they are the sender's words). The block
+    ends at its first line that does not look like a signature line: the sender's words
+    from there on are read (review rv9c R9)."""
     n = len(lines)
     j = i + 1
     shown = 0
     while j < n and not _ends_signature(lines[j], lines[j + 1] if j + 1 < n else ""):
-        if not _is_signature_line(lines[j]):
-            return None
-        if lines[j].strip():
+        line = lines[j]
+        if line.strip():
+            if not (_is_signature_line(line) and _looks_like_signature(line, shown)):
+                return None if shown == 0 else j
             shown += 1
             if shown > _SIGNATURE_MAX_LINES:
                 return None
@@ -389,6 +513,156 @@ def _holds_own_text(text: str) -> bool:
     return any(mark in text for mark in (*OWN_TEXT_MARKERS, *_OWN_TEXT_TRACES))
 
 
+# What may stand before our own first line on a quoted line besides ">": the bar and
+# guillemet quote marks some Japanese mailers and hand-quoting use (review rv9c R5).
+_OTHER_QUOTE_PREFIX = re.compile(r"^[ \t\u3000]*(?:[|｜》≫>＞][ \t\u3000]*)+$")
+
+
+def _marker_at(lines: list[str], i: int) -> tuple[int, int] | None:
+    """Where a marker starts on ``lines[i]`` and over how many lines it runs: ``(column,
+    1)`` for a marker on the line, ``(column, k)`` for one a phone re-wrapped over ``k``
+    unmarked lines (their join, newlines and the spaces around them removed, holds it and
+    it starts on ``lines[i]``), None when there is none."""
+    line = lines[i]
+    for marker in OWN_TEXT_MARKERS:
+        column = line.find(marker)
+        if column >= 0:
+            return column, 1
+    head = line.rstrip()
+    if not any(marker[:_MARKER_HEAD] in head for marker in OWN_TEXT_MARKERS):
+        return None  # (the pre-scan finds a wrapped marker by these characters, too)
+    if _QUOTE_LINE.match(line):
+        return None
+    joined = head
+    for k in range(1, min(_MARKER_MAX_LINES, len(lines) - i)):
+        piece = lines[i + k]
+        if not piece.strip() or _QUOTE_LINE.match(piece):
+            return None
+        joined += piece.strip()
+        for marker in OWN_TEXT_MARKERS:
+            column = joined.find(marker)
+            if 0 <= column < len(head) < column + len(marker):
+                return column, k + 1
+    return None
+
+
+def _continues_subjects(text: str, junction: bool) -> bool:
+    """Whether ``text`` (a quoted line's last two characters and the unmarked line below
+    it) is the re-wrapped rest of a "こんなときに:" line: phone subjects joined by "、".
+    Its pieces between two "、" are whole subjects, the last one a subject's start; the
+    first must hold the wrap point inside a subject (``junction``), or else the line must
+    hold a whole subject (a lone "いじめ" typed below a line wrapped at "、" is not ours)."""
+    first, *rest = text.split("、")
+    if not rest:
+        return False
+    if junction and not any(first in atom for atom in _SUBJECT_ATOMS):
+        return False
+    *middle, last = rest
+    if any(piece not in _SUBJECT_ATOMS for piece in middle):
+        return False
+    if last and not any(atom.startswith(last) for atom in _SUBJECT_ATOMS):
+        return False
+    return junction or bool(middle) or last in _SUBJECT_ATOMS
+
+
+def _continues_ours(logical: str, line: str) -> bool:
+    """Whether the unmarked ``line`` is the rest of the quoted line ``logical`` of our
+    acknowledgement, which a mailer re-wrapped without its ``>`` (review rv9c R4).
+
+    Only when the join is our fixed text: the join of the quoted line's last two
+    characters with ``line`` is inside one of its fixed sentences or phone subjects (the
+    subjects line is split at "、", each piece inside one); or ``line`` closes one of the
+    template's lines with variables (a partner's name or phone) and the join is that line.
+    A resident's answer between quoted lines is never our fixed text, so it stays."""
+    cont = line.strip()
+    head = logical.rstrip()
+    if not cont or not head or _QUOTE_LINE.match(line):
+        return False
+    junction = not head.endswith("、") and not cont.startswith("、")
+    if any(
+        head[-2:] + cont in fixed
+        for fixed in (*OWN_TEXT_MARKERS, *_OWN_TEXT_TRACES, *_ACK_FIXED_TEXT, *_ACK_SUBJECTS)
+    ):
+        return True
+    if _continues_subjects(head[-2:] + cont, junction):
+        return True
+    return _continues_line(head, cont)
+
+
+def _continues_line(head: str, cont: str) -> bool:
+    """Whether ``head + cont`` is one of the acknowledgement's lines with variables and
+    ``cont`` closes it with the line's fixed closing sentence."""
+    joined = head + cont
+    return any(
+        (cont.endswith(last) or (len(cont) >= _LINE_TAIL_MIN and last.endswith(cont)))
+        and pattern.fullmatch(joined) is not None
+        for pattern, last in _ACK_LINE_PATTERNS
+    )
+
+
+def _other_quote_of_ours(line: str) -> bool:
+    """Whether ``line`` is our own first line quoted with a bar or guillemet ("| ", "》")."""
+    for marker in OWN_TEXT_MARKERS:
+        column = line.find(marker)
+        if column > 0 and line[:column].strip() and _OTHER_QUOTE_PREFIX.match(line[:column]):
+            return True
+    return False
+
+
+def _quote_other_block(
+    lines: list[str], i: int, mark: str, new: list[str], quoted: list[str]
+) -> int:
+    """Quote the block of lines starting with ``mark`` around ``lines[i]`` (our text
+    quoted with a bar or guillemet): the consecutive such lines already read as new text
+    above it and the attribution over them, and those below it (across blank lines) up to
+    the first other line. Returns the index after the block, where scanning goes on."""
+    above: list[str] = []
+    while new and (not new[-1].strip() or new[-1].lstrip().startswith(mark)):
+        above.append(new.pop())
+    if new and _ends_with_colon(new[-1]) and not _QUOTE_LINE.match(new[-1]):
+        above.append(new.pop())
+    quoted.extend(reversed(above))
+    n = len(lines)
+    j = i
+    while j < n:
+        if lines[j].lstrip().startswith(mark):
+            j += 1
+            continue
+        k = j
+        while k < n and not lines[k].strip():
+            k += 1
+        if k == j or k >= n or not lines[k].lstrip().startswith(mark):
+            break
+        j = k
+    quoted.extend(lines[i:j])
+    return j
+
+
+def _closing_chain(logical: str, lines: list[str], i: int) -> int:
+    """How many unmarked lines from ``i`` (up to the next quoted or blank line) are the
+    re-wrapped rest of the quoted line ``logical`` of our acknowledgement, when it was cut
+    inside a variable (a partner's name or phone) into several lines: all or none of them,
+    and only when their join with ``logical`` is a template line that they close with its
+    own fixed sentence (review rv9c R4, narrow re-wraps)."""
+    n = len(lines)
+    j = i
+    while (
+        j < n and j - i < _MARKER_MAX_LINES and lines[j].strip() and not _QUOTE_LINE.match(lines[j])
+    ):
+        j += 1
+    if j == i:
+        return 0
+    if not _continues_line(logical.rstrip(), "".join(x.strip() for x in lines[i:j])):
+        return 0
+    return j - i
+
+
+def _joined_bare(lines: list[str]) -> str:
+    """``lines`` without quote marks and joined without newlines: our own lines found in
+    it even when a mailer re-wrapped every one of them out of its ``>`` block."""
+    return "".join(_quote_depth(line)[1].strip() for line in lines)
+
+
 def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
     """The split of ``lines``; only the ``candidates`` lines (None: every line) are tested,
     the others are new text without a test (see ``_may_matter``)."""
@@ -400,7 +674,34 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
     ahead = iter(candidates) if candidates is not None else None
     k = -1  # the next candidate line
     i = 0
+    other_marks: list[str] = []  # "|", "》"...: marks our own text was quoted with
+    # The ">" line just read (from the first continuation on: without its marks, with
+    # its re-wrapped rest); a line of ours only continues it when the mail holds our text.
+    logical: str | None = None
+    continuing = False
+    own_in_mail: bool | None = None  # our text anywhere, re-wrapped lines joined
     while i < n:
+        if logical is not None and (not lines[i].strip() or _QUOTE_LINE.match(lines[i])):
+            logical = None  # only an unmarked line right below a quoted one continues it
+        if logical is not None and own_in_mail is None:
+            # Once a mail, when needed: our text anywhere, quoted or re-wrapped.
+            own_in_mail = _holds_own_text(_joined_bare(lines))
+        if logical is not None and own_in_mail:
+            if not continuing:
+                logical = _quote_depth(logical)[1]
+                continuing = True
+            if _continues_ours(logical, lines[i]):
+                quoted.append(lines[i])
+                logical += lines[i].strip()
+                i += 1
+                continue
+            chain = _closing_chain(logical, lines, i)
+            if chain:
+                quoted.extend(lines[i : i + chain])
+                i += chain
+                continue
+        logical = None
+        continuing = False
         if ahead is not None:
             while k < i:
                 k = next(ahead, n)
@@ -410,6 +711,10 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
                 break
         line = lines[i]
         following = lines[i + 1] if i + 1 < n else ""
+        if other_marks and line.lstrip().startswith(tuple(other_marks)):
+            quoted.append(line)  # a later block quoted with the mark our text had
+            i += 1
+            continue
         if _QUOTE_LINE.match(line):
             # A quoted line, ours or not: only it is quoted, and the sender may answer
             # below or between quote blocks. The attribution line(s) right above a quote
@@ -419,10 +724,20 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             if new and _ends_with_colon(new[-1]) and not _QUOTE_LINE.match(new[-1]):
                 quoted.append(new.pop())
             quoted.append(line)
+            logical = line
             i += 1
             continue
-        if any(marker in line for marker in OWN_TEXT_MARKERS):
-            # Our own mail quoted without any mark: the rest is ours.
+        found = _marker_at(lines, i)
+        if found is not None:
+            prefix = line[: found[0]]
+            if prefix.strip() and _OTHER_QUOTE_PREFIX.match(prefix):
+                # Our text quoted with another mark ("| ", "》"): that block is quoted
+                # and the sender may answer below it, as under a ">" block.
+                i = _quote_other_block(lines, i, prefix.strip(), new, quoted)
+                other_marks.append(prefix.strip())
+                ahead = None  # every later line may carry that mark: test each
+                continue
+            # Our own mail quoted without any mark (also re-wrapped): the rest is ours.
             quoted.extend(lines[i:])
             break
         if line.rstrip("\r") == _SIGNATURE:
@@ -444,7 +759,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             # / "x@y>:") takes the next line with it.
             span = 2 if _continues_attribution(line, following) and not separator else 1
             after = next((x for x in lines[i + span :] if x.strip()), "")
-            if _QUOTE_LINE.match(after) and not separator:
+            if (_QUOTE_LINE.match(after) or _other_quote_of_ours(after)) and not separator:
                 # An attribution over a ">" block: the writer may answer below it
                 # (bottom-posting), so only the marked lines are quoted.
                 quoted.extend(lines[i : i + span])
