@@ -852,15 +852,17 @@ def _attempt(svc: _Preparing, raw: bytes) -> _Prepared | Failed:
         return Failed(stage.name, type(exc).__name__)
 
 
-def _opens_case(letter: Letter, staff: bool = False) -> bool:
+def _opens_case(letter: Letter, staff: bool = False, block: str | None = None) -> bool:
     """Whether ``_find_thread`` is certain to find nothing, so the letter opens a new case.
 
     Only such letters take the batch's bulk path; a reply, a bounce or a subject with a
     case number needs the database as the messages before it in the batch left it, and
-    mail from a staff address (``staff``) is staff traffic, which ``handle_message`` sorts.
+    mail from a staff address (``staff``) or our own mail come back (``block``) is staff
+    traffic, which ``handle_message`` sorts.
     """
     return not (
         staff
+        or _is_own_mail(block)
         or letter.in_reply_to
         or letter.references
         or letter.bounce
@@ -984,8 +986,11 @@ def handle_message(
                 at=now,
             )
         return "staff"
-    if from_staff and case is None and triage.urgent and _quotes_our_mail(
-        session, svc.settings.mailbox.key, letter, triage, now
+    if (
+        from_staff
+        and case is None
+        and triage.urgent
+        and _quotes_our_mail(session, svc.settings.mailbox.key, letter, triage, now)
     ):
         # A partner's or on-call person's reply from a phone that dropped the thread and
         # re-wrapped the quote without ">": the crisis words are our digest's or alert's
@@ -1001,7 +1006,10 @@ def handle_message(
             at=now,
         )
         return "staff"
-    if from_staff and case is None and not triage.urgent:
+    if (from_staff or _is_own_mail(block)) and case is None and not triage.urgent:
+        # Also our own mail come back (a digest redirected to the mailbox, an alias of it
+        # in digest_to, a loop): kept for staff, never a consultation of its own nor a
+        # line in the next digest (review rv9c R1).
         _keep_for_staff(svc, session, msg, letter, block, received, now)
         return "staff"
     if from_staff and case is not None and thread.unconfirmed and not triage.urgent:
@@ -1530,7 +1538,7 @@ def _process_batch(
                 failed = (outcome.stage, outcome.error)
             else:
                 prepared = outcome
-                if _opens_case(prepared.letter, prepared.staff):
+                if _opens_case(prepared.letter, prepared.staff, prepared.block):
                     run.append((row_id, prepared, from_db(row.received_at) or now))
                     continue
         _open_cases(svc, session, run, now, report)

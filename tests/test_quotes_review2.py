@@ -171,6 +171,14 @@ def test_our_own_digest_coming_back_raises_no_second_alert_end_to_end(
     svc.deliver(WEDNESDAY_10)
     mails = settled(smtp_server, 2.0)
     assert len([m for m in mails if ONCALL in m.rcpt_tos]) == 1
+    # ... and it is kept for staff, not a consultation of its own in the next digest
+    from sqlmodel import select
+
+    from intake.store import StoredMessage, session_scope
+
+    with session_scope(svc.engine) as s:
+        statuses = [m.status for m in s.exec(select(StoredMessage))]
+    assert sorted(statuses) == ["processed", "staff"], statuses
 
 
 # --- R5: our acknowledgement quoted with another mark, answered below -------------------
