@@ -455,24 +455,12 @@ def _forwarded_text(lines: list[str]) -> str:
     quotes the forwarded mail with ">"), and our own text left out (from a marker line on,
     as deep as that line is quoted), so our acknowledgement, alert or digest (which lists
     residents' crisis words) forwarded back is not read as a crisis."""
-    depths = [_quote_depth(line) for line in lines]
-    base = (
-        1
-        if any(line.strip() for line in lines)
-        and all(d > 0 for (d, _), line in zip(depths, lines, strict=True) if line.strip())
-        else 0
+    quoted = any(line.strip() for line in lines) and all(
+        _quote_depth(line)[0] > 0 for line in lines if line.strip()
     )
-    kept: list[str] = []
-    skip_from: int | None = None  # quote depth of our own text being left out
-    for (depth, bare), line in zip(depths, lines, strict=True):
-        if skip_from is not None:
-            if depth >= skip_from or not line.strip():
-                continue
-            skip_from = None
-        if _holds_own_text(bare):
-            skip_from = depth
-            continue
-        kept.append(line if base == 0 else _strip_one_quote(line))
+    kept = _without_own_lines(lines)
+    if quoted:
+        kept = [_strip_one_quote(line) for line in kept]
     return "\n".join(kept).strip("\n")
 
 
@@ -493,9 +481,14 @@ def without_own_text(text: str) -> str:
     written below our quoted acknowledgement in that forward is the pupil's (review rv9c
     R2: cutting at the first line of ours lost it). Give it one forward at a time: our
     text unquoted (depth 0) runs to the end of its text."""
+    return "\n".join(_without_own_lines(text.splitlines()))
+
+
+def _without_own_lines(lines: list[str]) -> list[str]:
+    """``without_own_text`` on lines (shared with ``_forwarded_text``)."""
     kept: list[str] = []
     skip_from: int | None = None  # quote depth of our own text being left out
-    for line in text.splitlines():
+    for line in lines:
         depth, bare = _quote_depth(line)
         if skip_from is not None:
             if depth >= skip_from or not line.strip():
@@ -505,7 +498,7 @@ def without_own_text(text: str) -> str:
             skip_from = depth
             continue
         kept.append(line)
-    return "\n".join(kept)
+    return kept
 
 
 def _holds_own_text(text: str) -> bool:
