@@ -348,4 +348,21 @@ def run_checks(config: str | Path | None, rules_dir: Path | None = None) -> list
     except RulesError as exc:
         problems.extend(str(p) for p in exc.problems)
     problems.extend(_template_problems(templates_dir, directory))
+    if path is not None and settings is not None and directory is not None:
+        _warn_if_nobody_sees_contacts(settings, directory)
     return problems
+
+
+def _warn_if_nobody_sees_contacts(settings: Settings, directory: Directory) -> None:
+    """When an acknowledgement fails, someone must phone the resident: the general desk
+    (with ``show_sender``) or the coordinator gets the address and phone. With neither,
+    partners are told to ask the desk, who cannot see them either (h-bounce)."""
+    if settings.coordinator or directory.general_desk.show_sender:
+        return
+    log.warning(
+        "%s: nobody is shown a resident's address or phone when an acknowledgement "
+        "fails: set show_sender = true for the general desk (%s) in partners.toml, or "
+        "[service] coordinator",
+        settings.path or "<config>",
+        directory.general_desk.id,
+    )

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from intake.config import PROJECT_ROOT
 
 CONFIG = """
@@ -226,3 +228,27 @@ def test_a_mailbox_without_a_password_source_fails_check(tmp_path: Path) -> None
     assert f"{config}: mailbox.password_env: missing: the IMAP server needs a password" in (
         result.stdout
     )
+
+
+def test_check_warns_when_nobody_may_see_a_residents_contact(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed acknowledgement needs someone who sees the address and phone: the general
+    desk with show_sender, or the coordinator."""
+    import logging
+    import shutil
+
+    from intake.check import run_checks
+    from intake.config import PROJECT_ROOT
+    from tests.test_last_good_rules import offline_config
+
+    rules = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "rules", rules)
+    partners = rules / "partners.toml"
+    text = partners.read_text(encoding="utf-8")
+    assert "show_sender = true" in text
+    partners.write_text(text.replace("show_sender = true", "show_sender = false"), "utf-8")
+    config = offline_config(tmp_path, extra=f'\n[service]\nrules_dir = "{rules}"\n')
+    with caplog.at_level(logging.WARNING):
+        run_checks(config, None)
+    assert any("nobody is shown a resident" in r.getMessage() for r in caplog.records)
