@@ -723,9 +723,6 @@ def _kana_or_kanji(data: bytes, euc_text: str) -> bool:
     )
 
 
-_HALF_WIDTH_KANA = re.compile("[\uff61-\uff9f]")
-
-
 def _sniff(data: bytes, *, guess: bool = True) -> tuple[str, str] | None:
     """Guess a charset for bytes whose label failed or is absent: (text, charset) or None.
 
@@ -736,19 +733,10 @@ def _sniff(data: bytes, *, guess: bool = True) -> tuple[str, str] | None:
         text, ok = decode_iso2022jp(data)
         if ok:
             return text, JIS
-    utf = _strict(data, "utf-8")
-    if utf is not None and (utf.isascii() or _plausible_utf8(utf)):
-        return utf, "utf-8"
-    # Valid UTF-8 that reads as no script (友達 in EUC-JP reads as 'ͧã': rv9c R11) gives
-    # way to a Japanese reading that fits; with none, it stands as before.
-    for decoder in (EUCJP, CP932):
+    for decoder in ("utf-8", EUCJP, CP932):
         strict = _strict(data, decoder)
-        if strict is not None and (
-            utf is None or (_plausible_utf8(strict) and not _HALF_WIDTH_KANA.search(strict))
-        ):
+        if strict is not None:
             return strict, decoder
-    if utf is not None:
-        return utf, "utf-8"
     if not guess:
         return None
     try:

@@ -214,15 +214,3 @@ def test_unlabelled_euc_jp_sentence_is_not_in_doubt() -> None:
     decoded = decode_text("学校へ行きたくない".encode("euc_jp"), None)
     assert decoded.text == "学校へ行きたくない"
     assert AMBIGUOUS_KANA not in decoded.problems
-
-
-@pytest.mark.parametrize("word", ["友達", "学校", "家族"])
-def test_unlabelled_short_euc_jp_is_not_read_as_utf8_garble(word: str) -> None:
-    """友達 in EUC-JP is valid UTF-8 too ('ͧã'): a UTF-8 reading that is no script gives
-    way to a Japanese reading that fits (review rv9c R11)."""
-    assert decode_text(word.encode("euc_jp"), None).text == word
-
-
-@pytest.mark.parametrize("word", ["海", "è", "友達", "助けて"])
-def test_unlabelled_short_utf8_is_still_read_as_utf8(word: str) -> None:
-    assert decode_text(word.encode("utf-8"), None).text == word
