@@ -32,6 +32,7 @@ import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from email.utils import getaddresses
 from functools import cached_property
 from json.encoder import encode_basestring as _json_str  # what ensure_ascii=False uses
 from operator import attrgetter
@@ -297,22 +298,38 @@ def acknowledgement_block(
         return "no-sender"
     if letter.from_addr.lower() == own_address.lower():
         return "own-address"
-    for value in letter.headers.get(LOOP_HEADER.lower(), []):
-        if own_address.lower() in value.lower():
-            return "own-mail-loop"
     if letter.header(MARKER_HEADER):
         return "own-mail-marker"
     reason = automatic_reason(letter) or spam_reason(letter)
+    looped = any(
+        _addresses_in(value) & {own_address.lower()}
+        for value in letter.headers.get(LOOP_HEADER.lower(), [])
+    )
+    if looped and reason is not None and not reason.startswith("content:"):
+        # An X-Loop naming us on automatic mail: our mail come back through an automatic
+        # system is not answered. A person's mail with one is: an alias that forwards the
+        # public address to the mailbox adds it to every resident's mail (``formail -A
+        # "X-Loop: ..."``; review rv9d F3); our own mail carries the marker header
+        # (above), and a sender gets one acknowledgement a day at most, bounding a loop.
+        return "own-mail-loop"
     if letter.from_addr.lower() in staff and (reason is None or reason.startswith("content:")):
         # Not a content heuristic: ``decide`` lifts those for urgent or on-topic words.
         return STAFF_BLOCK
     return reason
 
 
+def _addresses_in(value: str) -> set[str]:
+    """The mail addresses in a header value, lower-cased (whole addresses, not pieces)."""
+    return {addr.lower() for _name, addr in getaddresses([value]) if "@" in addr}
+
+
 def _is_own_mail(block: str | None) -> bool:
-    """Whether the block says the mail is the service's own (from our address, a loop,
-    our marker header)."""
-    return block is not None and (block == "own-address" or block.startswith("own-mail"))
+    """Whether the block says the mail is the service's own: from our address, or with
+    our marker header. Not an X-Loop naming us alone (``own-mail-loop``): an alias that
+    forwards the public address to the mailbox adds that to residents' mail too (review
+    rv9d F3); such mail is still not acknowledged (a loop guard), but it is a resident's
+    consultation, routed and listed."""
+    return block in ("own-address", "own-mail-marker")
 
 
 def decide(

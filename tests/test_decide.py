@@ -157,3 +157,22 @@ def test_a_pupils_answer_below_our_quoted_ack_forwarded_by_a_teacher_is_checked(
     assert pupil in letter.forwarded and OWN_TEXT_MARKERS[0] not in letter.forwarded
     triage, _ = decide(letter, rules, OWN)
     assert triage.urgent
+
+
+def test_an_x_loop_naming_us_stops_only_automatic_mail(rules: RuleSet) -> None:
+    """An alias forwarding the public address adds X-Loop to residents' mail: a person's
+    mail is answered; an auto-reply with it is our mail come back (review rv9d F3)."""
+    msg = EmailMessage()
+    msg["From"] = "resident@example.jp"
+    msg["Subject"] = "相談"
+    msg["X-Loop"] = OWN
+    msg.set_content("子どもが学校に行けなくなりました。")
+    _triage, block = decide(parse(msg.as_bytes()), rules, OWN)
+    assert block is None
+    msg["Auto-Submitted"] = "auto-replied"
+    _triage, block = decide(parse(msg.as_bytes()), rules, OWN)
+    assert block == "own-mail-loop"
+    del msg["X-Loop"]
+    msg["X-Loop"] = "not-" + OWN  # a longer address that contains ours is not ours
+    _triage, block = decide(parse(msg.as_bytes()), rules, OWN)
+    assert block == "auto-submitted:auto-replied"
