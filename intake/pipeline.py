@@ -1129,25 +1129,42 @@ def _squeezed(text: str) -> str:
 def _quotes_our_mail(
     session: Session, mailbox: str, letter: Letter, triage: Triage, now: datetime
 ) -> bool:
-    """Whether every line of a staff member's mail that holds urgent words is, word for
-    word, part of a digest, alert or escalation we sent to that address lately.
+    """Whether every line of a staff member's mail that holds urgent words is the rest of
+    a quoted line of a digest, alert or escalation we sent to that address lately.
 
     Why: a phone reply to a digest that drops In-Reply-To and re-wraps the quoted lines,
     leaving ">" off the continuations, put the resident's crisis words into the partner's
     own text: a second alert, and a new case "from" the partner carrying the resident's
-    words (review rv9c R3). A line the staff member wrote is not a verbatim piece of our
-    mail; lines shorter than ``QUOTED_LINE_MIN`` never count as quoted."""
+    words (review rv9c R3). Such a line follows a ">" line, and the two together are word
+    for word part of our mail. A line the staff member wrote is not: a crisis they report
+    in words that also stand in a digest (もう死にたいです。) is no continuation of the
+    quoted line above it (review rv9d F2)."""
     import email
     from email import policy
 
-    lines: list[str] = []
+    # The lines of the body as sent (the split moved the unmarked rest of a re-wrapped
+    # quoted line into ``text``, away from the ">" line it continues).
+    lines = letter.body.splitlines()
+    own = set(letter.text.splitlines())
+    pairs: set[str] = set()
     for reason in triage.urgent_reasons:
-        found = [line for line in letter.text.splitlines() if reason.surface in line]
+        found = [
+            i
+            for i, line in enumerate(lines)
+            if reason.surface in line and line in own and not _QUOTED_PREFIX.match(line)
+        ]
         if not found:
             return False  # the words are in the subject or spread over lines: not a quote
-        lines += found
-    pieces = {_squeezed(line) for line in lines}
-    if any(len(piece) < QUOTED_LINE_MIN for piece in pieces):
+        for i in found:
+            # back over the unmarked rest of a re-wrapped line to the ">" line it began on
+            j = i - 1
+            while j >= 0 and lines[j].strip() and not _QUOTED_PREFIX.match(lines[j]):
+                j -= 1
+            quoted = _QUOTED_PREFIX.match(lines[j]) if j >= 0 else None
+            if quoted is None:
+                return False  # not the unmarked rest of a quoted line
+            pairs.add(_squeezed(lines[j][quoted.end() :] + "".join(lines[j + 1 : i + 1])))
+    if any(len(pair) < QUOTED_LINE_MIN for pair in pairs):
         return False
     address = letter.from_addr.lower()
     rows = session.exec(
@@ -1159,13 +1176,20 @@ def _quotes_our_mail(
     ).all()
     sent: list[str] = []
     for row in rows:
-        if address not in (row.recipients or "").lower() or not row.content:
+        try:
+            recipients = {str(r).lower() for r in json.loads(row.recipients or "[]")}
+        except ValueError:
+            continue
+        if address not in recipients or not row.content:
             continue
         message = email.message_from_bytes(row.content, policy=policy.default)
         body = message.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
         if body is not None:
             sent.append(_squeezed(body.get_content()))
-    return bool(sent) and all(any(piece in text for text in sent) for piece in pieces)
+    return bool(sent) and all(any(pair in text for text in sent) for pair in pairs)
+
+
+_QUOTED_PREFIX = re.compile(r"^(?:[ \t\u3000]*[>＞])+[ \u3000]?")
 
 
 def _keep_for_staff(

@@ -116,3 +116,36 @@ def test_a_partner_writing_crisis_words_of_their_own_still_alerts(
     dovecot.append(samples.consultation(partner, "至急", own))
     _read(svc)
     assert len(_alerts(smtp_server)) == 2
+
+
+# A crisis a partner reports in words that also stand, word for word, in a digest sent to
+# them is no quote: it is not the rest of a quoted line (review rv9d F2).
+@pytest.mark.parametrize(
+    "own",
+    [
+        # a partner relays another pupil's words, on a line of their own
+        "別の生徒から先ほど電話があり、泣きながらこう言っていました。\nもう死にたいです。\n"
+        "折り返しをお願いします。",
+        # a partner copies a resident's new mail (sent to the partner directly) into a new
+        # mail; the resident repeats a sentence of the earlier mail
+        "相談者さんから私宛てに直接こんなメールが来ました。\n\n昨日から何も食べていません。\n"
+        "もう死にたいです。\n今から海に行きます。",
+    ],
+    ids=["relayed-other-pupil", "pasted-new-mail"],
+)
+def test_a_partners_new_crisis_report_in_words_a_digest_also_holds_still_alerts(
+    own: str,
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    smtp_server: LocalSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    svc = Service.from_settings(load_settings(write_config(tmp_path, dovecot, smtp_server)))
+    dovecot.append(samples.consultation(RESIDENT, "相談", WORDS))
+    _read(svc)
+    assert len(_alerts(smtp_server)) == 1
+    partner, _subject, _text = _digest_to_partner(svc, smtp_server)
+    dovecot.append(samples.consultation(partner, "至急", own))
+    _read(svc)
+    assert len(_alerts(smtp_server)) == 2
