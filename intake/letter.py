@@ -47,6 +47,9 @@ class Letter:
     # resident forwarding a friend's worrying mail. Kept apart from ``quoted`` (which may
     # hold our own acknowledgement) so the pipeline can check it for urgency on its own.
     forwarded: str = ""
+    # Lines the splitter cut as a signature after "-- " (also in ``quoted``): the sender
+    # wrote them, so the pipeline checks them for crisis words too.
+    signature: str = ""
     attachments: list[Attachment] = field(default_factory=list)
     # Header names lower-cased -> every decoded value, in order. Used by automatic-mail
     # detection (RFC 3834), spam verdicts and loop detection.

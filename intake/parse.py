@@ -1009,6 +1009,7 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
     letter.bounce = walker.report or _looks_like_ndr(letter)
     parts = split_body(body_text)
     letter.text, letter.quoted = parts.new, parts.quoted
+    letter.signature = parts.signature
     if parts.kept_whole:
         # Nothing outside quotes and headers, and none of it ours: the whole body is read
         # (recorded, since a split rule may have misfired or the mail is a bare forward).

@@ -345,6 +345,16 @@ def decide(
         block = None
     # Our own text is already left out of each forward by the parser (one at a time:
     # ``quotes.without_own_text``; the inline one by ``quotes.split_body``).
+    if not triage.urgent and letter.signature.strip() and block is None and not letter.bounce:
+        # The sender's own lines below "-- " that looked like a signature: ｼﾆﾀｲ or 練炭
+        # alone on a line does (review rv9d F1). Only for a resident's mail (no block):
+        # a staff member's signature may name a service (自殺対策係), and that is no crisis.
+        signed = classify_text("", letter.signature, rules)
+        if signed.urgent:
+            triage.urgent = True
+            triage.urgent_reasons = [
+                replace(m, rule=f"signature:{m.rule}") for m in signed.urgent_reasons
+            ]
     forwarded_text = letter.forwarded
     if forwarded_text.strip() and not letter.bounce and not _is_own_mail(block):
         # A resident forwarding a friend's mail is asking for that friend: crisis words in

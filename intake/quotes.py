@@ -302,6 +302,10 @@ class Parts:
     # attribution) prepared as ``forwarded`` is: the parser uses it when the subject says
     # the mail is a forward (Outlook's "FW:" has the same header block as its replies).
     after_header: str = ""
+    # The name-like lines cut as a signature after "-- " (also in ``quoted``; not the
+    # contacts, organisations or mailer tags): the sender's own, so ``pipeline.decide``
+    # checks them for crisis words (ｼﾆﾀｲ, 練炭準備完了 pass as names; review rv9d F1).
+    signature: str = ""
 
 
 def split_quoted(text: str) -> tuple[str, str]:
@@ -356,6 +360,22 @@ _SIG_ORGANISATION = re.compile(
     re.I,
 )
 _SIG_MAILER = re.compile(r"(?:から|より)送信|sent from|sent with|sent via|get outlook|^\W+$", re.I)
+
+
+def _name_like(line: str) -> bool:
+    """A signature line that passed as a name (not a contact, an organisation or a
+    mailer's tag): where crisis words without hiragana (ｼﾆﾀｲ, 練炭準備完了) pass too, so
+    ``Parts.signature`` keeps these for the urgency check."""
+    stripped = line.strip()
+    return bool(
+        stripped
+        and (_SIG_NAME_JA.match(stripped) or _SIG_NAME_LATIN.match(stripped))
+        and not _SIG_ORGANISATION.search(stripped)
+        and not _SIG_CONTACT.search(stripped)
+        and not _SIG_MAILER.search(stripped)
+    )
+
+
 # Never a name, a title or an organisation: crisis words written without hiragana.
 _SIG_NEVER = re.compile(
     r"死|殺|遺書|自傷|虐|暴|殴|首|薬|助け|シニ|シヌ|シネ|コロ|タスケ|キエ|ツライ|クルシ|イタイ"
@@ -664,6 +684,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
     quoted: list[str] = []
     forwarded: list[str] = []
     after_header: list[str] = []
+    signature: list[str] = []
     ahead = iter(candidates) if candidates is not None else None
     k = -1  # the next candidate line
     i = 0
@@ -737,6 +758,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             end = _signature_end(lines, i)
             if end is not None:
                 quoted.extend(lines[i:end])
+                signature.extend(x for x in lines[i + 1 : end] if _name_like(x))
                 i = end
                 continue
             new.append(line)
@@ -777,4 +799,5 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
         quoted_text,
         _forwarded_text(forwarded) if forwarded else "",
         after_header=_forwarded_text(after_header) if after_header else "",
+        signature="\n".join(signature).strip("\n"),
     )

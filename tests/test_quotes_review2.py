@@ -338,3 +338,27 @@ def test_the_acknowledgements_fixed_text_is_in_step_with_the_template() -> None:
     lines = rendered.splitlines()
     for pattern, _last in quotes._ACK_LINE_PATTERNS:
         assert any(pattern.fullmatch(line) for line in lines), pattern.pattern
+
+
+@pytest.mark.parametrize(
+    "words", ["ｼﾆﾀｲ", "リストカット", "練炭準備完了", "硫化水素", "No Reason To Live"]
+)
+def test_crisis_words_cut_as_a_signature_still_alert(words: str, rules: RuleSet) -> None:
+    """A line of crisis words without hiragana after "-- " and a name looks like a
+    signature line; the sender wrote it, so it is checked (review rv9d F1)."""
+    body = f"相談です\n-- \nソラ\n{words}\n"
+    triage, _ = decide(parse(mail(body)), rules, OWN_ADDR)
+    assert triage.urgent
+    assert all(m.rule.startswith("signature:") for m in triage.urgent_reasons)
+
+
+def test_a_staff_signature_naming_a_service_raises_no_alert(rules: RuleSet) -> None:
+    """Only a resident's signature is checked: staff sign with service names."""
+    from intake.pipeline import acknowledgement_block
+
+    body = "了解しました。\n-- \n笠岡市 自殺対策係\n山田\n"
+    letter = parse(mail(body))
+    staff = frozenset({letter.from_addr.lower()})
+    assert acknowledgement_block(letter, OWN_ADDR, staff) == "staff-address"
+    triage, _ = decide(letter, rules, OWN_ADDR, staff)
+    assert not triage.urgent
