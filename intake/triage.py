@@ -147,6 +147,9 @@ _SHIKA = "しか"  # 〜としか思えない is an emphatic positive: it cancel
 _SCOPE_LIMIT = 8
 
 
+_NOT_A_DENIAL = frozenset({"か", "振り"})  # lemmas after a negation that undo the denial
+
+
 def _negated(a: Analysis, last: int) -> bool:
     infos, sentences = a.infos, a.sentences
     sentence = sentences[last]
@@ -155,8 +158,10 @@ def _negated(a: Analysis, last: int) -> bool:
     n = len(infos)
     while i < n and i - last <= _SCOPE_LIMIT and sentences[i] == sentence:
         info = infos[i]
-        if info.negation and i + 1 < n and infos[i + 1].lemma == "か":
-            pass  # 〜ありませんか / 〜ないか: an offer or a question, not a denial
+        if info.negation and i + 1 < n and infos[i + 1].lemma in _NOT_A_DENIAL:
+            # 〜ありませんか / 〜ないか: an offer or a question; 〜ないふり: pretending
+            # (死にたくないふりをしている says the wish is there: review rv9d)
+            pass
         elif info.negation or info.lemma == _SHIKA:
             flips += 1
         elif info.lemma not in _NEGATION_FRAME:

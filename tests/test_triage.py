@@ -1384,3 +1384,16 @@ def test_the_other_utility_named_as_a_tool_is_not_a_second_cut(rules: RuleSet) -
     # one utility cut, the other named only as an appliance the writer copes with
     t = classify_text("相談", "ガスが止まったけど電気ケトルがあるし銭湯もある。来週払う", rules)
     assert "urgent.acute_need.utilities_two" not in {m.rule for m in t.urgent_reasons}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["死にたいなんて思ってないふりをしている", "みんなの前では死にたくないフリをしてる"],
+)
+def test_pretending_not_to_want_to_die_is_urgent(rules: RuleSet, text: str) -> None:
+    """〜ないふり is pretending: the wish is there, not denied (review rv9d)."""
+    assert urgent(rules, text)
+
+
+def test_a_plain_denial_still_discounts(rules: RuleSet) -> None:
+    assert not urgent(rules, "死にたくないです。ただ相談したいことがあります。")
