@@ -66,6 +66,7 @@ from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner
 from intake.phones import find_phones
 from intake.prepare_pool import Failed, PreparePool, Ticket
+from intake.quotes import quote_depth
 from intake.read_marks import ReadMark, mark_path
 from intake.read_marks import load as load_read_mark
 from intake.read_marks import save as save_read_mark
@@ -332,6 +333,18 @@ def _is_own_mail(block: str | None) -> bool:
     return block in ("own-address", "own-mail-marker")
 
 
+def _add_urgency(triage: Triage, text: str, rules: RuleSet, label: str) -> None:
+    """Make ``triage`` urgent when ``text`` (words of the sender that are not the new text:
+    a forward, a signature) is, with its reasons marked ``label:`` so staff see where."""
+    extra = classify_text("", text, rules)
+    if extra.urgent:
+        triage.urgent = True
+        triage.urgent_reasons = [
+            *triage.urgent_reasons,
+            *(replace(m, rule=f"{label}:{m.rule}") for m in extra.urgent_reasons),
+        ]
+
+
 def decide(
     letter: Letter, rules: RuleSet, own_address: str, staff: Collection[str] = frozenset()
 ) -> tuple[Triage, str | None]:
@@ -343,35 +356,20 @@ def decide(
         # Content heuristics only decide when nothing says "person": a resident describing
         # the scam mail that took their money, or the loan advert, is still answered.
         block = None
-    # Our own text is already left out of each forward by the parser (one at a time:
-    # ``quotes.without_own_text``; the inline one by ``quotes.split_body``).
     if not triage.urgent and letter.signature.strip() and block is None and not letter.bounce:
         # The sender's own lines below "-- " that looked like a signature: ｼﾆﾀｲ or 練炭
         # alone on a line does (review rv9d F1). Only for a resident's mail (no block):
         # a staff member's signature may name a service (自殺対策係), and that is no crisis.
-        signed = classify_text("", letter.signature, rules)
-        if signed.urgent:
-            triage.urgent = True
-            triage.urgent_reasons = [
-                replace(m, rule=f"signature:{m.rule}") for m in signed.urgent_reasons
-            ]
-    forwarded_text = letter.forwarded
-    if forwarded_text.strip() and not letter.bounce and not _is_own_mail(block):
+        _add_urgency(triage, letter.signature, rules, "signature")
+    if letter.forwarded.strip() and not letter.bounce and not _is_own_mail(block):
         # A resident forwarding a friend's mail is asking for that friend: crisis words in
         # the forwarded text need the same-day callback too (marked as forwarded). So is a
         # staff member forwarding a resident's mail to the mailbox, and so is automatic
         # mail carrying one (an Exchange rule forwarding as an attachment, a school's
         # footer outside it: review rv9a F8); its acknowledgement stays blocked. Our own
-        # acknowledgement, alert, escalation or digest inside a forward is not read as
-        # crisis words (the alert and the digest list residents' words: forwarded back by
-        # a mailbox rule they would otherwise raise another alert).
-        forwarded = classify_text("", forwarded_text, rules)
-        if forwarded.urgent:
-            triage.urgent = True
-            triage.urgent_reasons = [
-                *triage.urgent_reasons,
-                *(replace(m, rule=f"forwarded:{m.rule}") for m in forwarded.urgent_reasons),
-            ]
+        # acknowledgement, alert, escalation or digest is already left out of each forward
+        # by the parser (``quotes.without_own_text``; the inline one by ``split_body``).
+        _add_urgency(triage, letter.forwarded, rules, "forwarded")
     return triage, block
 
 
@@ -1161,19 +1159,19 @@ def _quotes_our_mail(
         found = [
             i
             for i, line in enumerate(lines)
-            if reason.surface in line and line in own and not _QUOTED_PREFIX.match(line)
+            if reason.surface in line and line in own and not quote_depth(line)[0]
         ]
         if not found:
             return False  # the words are in the subject or spread over lines: not a quote
         for i in found:
             # back over the unmarked rest of a re-wrapped line to the ">" line it began on
             j = i - 1
-            while j >= 0 and lines[j].strip() and not _QUOTED_PREFIX.match(lines[j]):
+            while j >= 0 and lines[j].strip() and not quote_depth(lines[j])[0]:
                 j -= 1
-            quoted = _QUOTED_PREFIX.match(lines[j]) if j >= 0 else None
-            if quoted is None:
+            depth, bare = quote_depth(lines[j]) if j >= 0 else (0, "")
+            if not depth:
                 return False  # not the unmarked rest of a quoted line
-            pairs.add(_squeezed(lines[j][quoted.end() :] + "".join(lines[j + 1 : i + 1])))
+            pairs.add(_squeezed(bare + "".join(lines[j + 1 : i + 1])))
     if any(len(pair) < QUOTED_LINE_MIN for pair in pairs):
         return False
     address = letter.from_addr.lower()
@@ -1197,9 +1195,6 @@ def _quotes_our_mail(
         if body is not None:
             sent.append(_squeezed(body.get_content()))
     return bool(sent) and all(any(pair in text for text in sent) for pair in pairs)
-
-
-_QUOTED_PREFIX = re.compile(r"^(?:[ \t\u3000]*[>＞])+[ \u3000]?")
 
 
 def _keep_for_staff(

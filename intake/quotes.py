@@ -73,6 +73,7 @@ __all__ = [
     "OWN_TEXT_MARKERS",
     "Parts",
     "is_quote_header",
+    "quote_depth",
     "split_body",
     "split_quoted",
     "without_own_text",
@@ -462,7 +463,7 @@ def _outlook_block_follows(lines: list[str], i: int) -> bool:
     return bool(j + 1 < n and _OUTLOOK_FROM.match(lines[j]) and _OUTLOOK_NEXT.match(lines[j + 1]))
 
 
-def _quote_depth(line: str) -> tuple[int, str]:
+def quote_depth(line: str) -> tuple[int, str]:
     """The number of leading quote marks of ``line`` and the line without them."""
     m = _QUOTE_MARKS.match(line)
     if m is None:
@@ -476,7 +477,7 @@ def _forwarded_text(lines: list[str]) -> str:
     as deep as that line is quoted), so our acknowledgement, alert or digest (which lists
     residents' crisis words) forwarded back is not read as a crisis."""
     quoted = any(line.strip() for line in lines) and all(
-        _quote_depth(line)[0] > 0 for line in lines if line.strip()
+        quote_depth(line)[0] > 0 for line in lines if line.strip()
     )
     kept = _without_own_lines(lines)
     if quoted:
@@ -509,7 +510,7 @@ def _without_own_lines(lines: list[str]) -> list[str]:
     kept: list[str] = []
     skip_from: int | None = None  # quote depth of our own text being left out
     for line in lines:
-        depth, bare = _quote_depth(line)
+        depth, bare = quote_depth(line)
         if skip_from is not None:
             if depth >= skip_from or not line.strip():
                 continue
@@ -673,7 +674,7 @@ def _closing_chain(logical: str, lines: list[str], i: int) -> int:
 def _joined_bare(lines: list[str]) -> str:
     """``lines`` without quote marks and joined without newlines: our own lines found in
     it even when a mailer re-wrapped every one of them out of its ``>`` block."""
-    return "".join(_quote_depth(line)[1].strip() for line in lines)
+    return "".join(quote_depth(line)[1].strip() for line in lines)
 
 
 def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
@@ -702,7 +703,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             own_in_mail = _holds_own_text(_joined_bare(lines))
         if logical is not None and own_in_mail:
             if not continuing:
-                logical = _quote_depth(logical)[1]
+                logical = quote_depth(logical)[1]
                 continuing = True
             if _continues_ours(logical, lines[i]):
                 quoted.append(lines[i])

@@ -23,6 +23,8 @@ joining (no word is cut).
 
 from __future__ import annotations
 
+from intake.quotes import quote_depth
+
 MIN_WIDTH = 40  # columns: narrower "wrapping" is a person's short lines
 MAX_WIDTH = 160  # columns: a wider line was not wrapped by a mailer
 SLACK = 3  # columns a full line may fall short of the width (kinsoku, wide characters)
@@ -45,7 +47,8 @@ def columns(line: str) -> int:
 
 
 def _quoted(line: str) -> bool:
-    return line.lstrip(" \t\u3000").startswith((">", "＞"))
+    """A quoted line, as the quote splitter sees one (an emoticon such as ＞＜ is not)."""
+    return quote_depth(line)[0] > 0
 
 
 def _wrap_width(widths: list[int], candidates: list[int]) -> int | None:
