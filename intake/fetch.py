@@ -381,38 +381,45 @@ class Mailbox:
         if self._news_reported():
             return True
         deadline = time.monotonic() + min(seconds, IDLE_RENEW_SECONDS)
-        responses, counted = self._idle(client, deadline, stop)
-        if not counted:
-            self._count(responses)
+        news = self._idle(client, deadline, stop)
         # then the answers to DONE; the poll that follows will look
-        news = self._news_reported()
-        return bool(responses) or news
+        return self._news_reported() or news
 
     def _count(self, responses: list[object]) -> bool:
         """Keep the known message count in step with ``responses``, in the order they
-        came; True when they announce a count other than the one known (new mail)."""
+        came; True when they may announce new mail: a count other than the one known, or
+        an answer this code does not know to be harmless (looking costs one poll).
+
+        Harmless: a flag change (FETCH), an EXPUNGE, an unchanged EXISTS or RECENT, and
+        Dovecot's keepalive ``* OK Still here``."""
         news = False
         for response in responses:
-            if isinstance(response, tuple) and len(response) >= 2:
-                if response[1] == b"EXISTS" and isinstance(response[0], int):
-                    news = news or response[0] != self._exists
-                    self._exists = response[0]
-                elif response[1] == b"EXPUNGE" and self._exists is not None:
+            if not isinstance(response, tuple) or len(response) < 2:
+                news = True
+            elif response[1] == b"EXISTS" and isinstance(response[0], int):
+                news = news or response[0] != self._exists
+                self._exists = response[0]
+            elif response[1] == b"EXPUNGE":
+                if self._exists is not None:
                     self._exists -= 1
+            elif response[1] in (b"FETCH", b"RECENT") or response[0] == b"OK":
+                continue
+            else:
+                news = True
         return news
 
-    def _idle(
-        self, client: IMAPClient, deadline: float, stop: Callable[[], bool] | None
-    ) -> tuple[list[object], bool]:
-        """One IDLE until news, ``deadline`` or ``stop``: (its responses, whether they are
-        counted already). The answers to DONE are left in imaplib's record for
-        ``_news_reported``.
+    def _idle(self, client: IMAPClient, deadline: float, stop: Callable[[], bool] | None) -> bool:
+        """One IDLE until news, ``deadline`` or ``stop``; True when it ended on news. The
+        answers to DONE are left in imaplib's record for ``_news_reported``.
 
-        Lines imaplib already holds (``_buffered_lines``) end the IDLE only when they are
-        news by the count rule; otherwise (a flag change, a server that repeats an
-        unchanged count at every IDLE start) the IDLE goes on, so the worker neither
-        loops without pause (review rv8b N2) nor stops seeing mail that arrives later in
-        the same IDLE (review rv8c).
+        Whatever the server announces, with ``+ idling`` (lines imaplib already holds,
+        ``_buffered_lines``) or later (``idle_check``), ends the IDLE only when it is news
+        by ``_count``; otherwise (a flag change or expunge by staff's mail client, a
+        server that repeats an unchanged count at every IDLE start) the IDLE goes on, so
+        the worker neither loops without pause (review rv8b N2) nor stops seeing mail that
+        arrives later in the same IDLE (review rv8c). A change announced in the middle of
+        the IDLE used to end it, and the poll that followed found nothing: the mail that
+        came a second later waited for the next NOOP.
 
         A closed connection makes ``idle_check`` return nothing at once, every time (it
         swallows the end of the stream); ``QUICK_EMPTY_LIMIT`` such quick empty returns
@@ -420,23 +427,26 @@ class Mailbox:
         few segments gives one or two) end the wait with ``OSError`` so the worker
         reconnects, instead of spinning a core until the deadline (review rv8b N3)."""
         client.idle()
-        responses: list[object] = []
-        counted = False
         quick = 0
         try:
-            while not responses:
+            while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or (stop is not None and stop()):
-                    break
+                    return False
                 held = _buffered_lines(client)
                 if held:
                     if self._count(held):
-                        responses, counted = held, True
+                        return True
                     continue
                 timeout = min(STOP_CHECK_SECONDS, left)
                 began = time.monotonic()
                 responses = list(client.idle_check(timeout=timeout))
-                if responses or time.monotonic() - began >= timeout / 2:
+                if responses:
+                    if self._count(responses):
+                        return True
+                    quick = 0
+                    continue
+                if time.monotonic() - began >= timeout / 2:
                     quick = 0
                     continue
                 quick += 1
@@ -444,7 +454,6 @@ class Mailbox:
                     raise OSError("the IMAP connection was closed during IDLE")
         finally:
             client.idle_done()
-        return responses, counted
 
     def forget_news(self) -> None:
         """Drop what commands announced (keeping the count in step) without waiting: for

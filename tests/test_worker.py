@@ -380,6 +380,7 @@ def test_a_change_by_staffs_mail_client_does_not_hide_a_mail_that_follows(
         assert client is not None
         real_idle = client.idle
         idles: list[float] = []
+        timers: list[threading.Timer] = []
 
         def resident_writes() -> None:
             dovecot.append(samples.consultation("u@example.jp", "相談", "もう死にたい"))
@@ -396,7 +397,8 @@ def test_a_change_by_staffs_mail_client_does_not_hide_a_mail_that_follows(
             if mail_lands == "before-idle":
                 resident_writes()
             else:
-                threading.Timer(1.5, resident_writes).start()
+                timers.append(threading.Timer(1.5, resident_writes))
+                timers[-1].start()
             time.sleep(0.3)  # both reach Dovecot before the IDLE command does
             return real_idle()
 
@@ -409,5 +411,57 @@ def test_a_change_by_staffs_mail_client_does_not_hide_a_mail_that_follows(
         assert len(idles) == 1
         assert mailbox.new_uids(2) == [3]
     finally:
+        for timer in timers:  # a late append must not outlive this test's Dovecot
+            timer.join(10)
+        staff.logout()
+        mailbox.close()
+
+
+@pytest.mark.parametrize("staff_does", ["flag", "expunge"])
+def test_a_change_announced_in_the_middle_of_idle_does_not_end_the_wait(
+    dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch, staff_does: str
+) -> None:
+    """Staff flag or expunge a mail while the worker is already in IDLE, so Dovecot
+    announces it as an untagged FETCH or EXPUNGE read by ``idle_check``, not with
+    ``+ idling``. It is no news: the wait goes on and ends when the resident's mail
+    lands. It used to end at the change, and the poll that followed found nothing (on a
+    loaded CI machine the change of the test above came this way, and failed it)."""
+    import threading
+
+    from imapclient import IMAPClient
+
+    dovecot.append(samples.demo_mails()[0])
+    dovecot.append(samples.demo_mails()[1])
+    mailbox = _open_mailbox(dovecot, monkeypatch)
+    staff = IMAPClient(dovecot.host, port=dovecot.port, ssl=False, timeout=30)
+    staff.login(dovecot.user, dovecot.password)
+    staff.select_folder("INBOX")
+    landed: list[float] = []
+
+    def staff_changes() -> None:
+        if staff_does == "flag":
+            staff.add_flags([1], [b"\\Flagged"])
+        else:
+            staff.add_flags([1], [b"\\Deleted"])
+            staff.uid_expunge([1])
+
+    def resident_writes() -> None:
+        dovecot.append(samples.consultation("u@example.jp", "相談", "もう死にたい"))
+        landed.append(time.monotonic())
+
+    timers = [threading.Timer(1.0, staff_changes), threading.Timer(3.0, resident_writes)]
+    try:
+        assert mailbox.new_uids(0) == [1, 2]
+        for timer in timers:
+            timer.start()
+        news, _waited = _timed_wait(mailbox, 20.0)
+        ended = time.monotonic()
+        assert news
+        assert landed, "the wait ended before the resident's mail landed"
+        assert ended - landed[0] < 5.0
+        assert mailbox.new_uids(2) == [3]
+    finally:
+        for timer in timers:
+            timer.join(10)
         staff.logout()
         mailbox.close()
