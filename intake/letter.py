@@ -50,6 +50,10 @@ class Letter:
     # Lines the splitter cut as a signature after "-- " (also in ``quoted``): the sender
     # wrote them, so the pipeline checks them for crisis words too.
     signature: str = ""
+    # Quoted words that are not our own mail (also in ``quoted``): ">" lines of a friend's
+    # mail passed on by replying to it or marked by the resident for emphasis, and the mail
+    # below a reply header. The pipeline checks them for crisis words in a resident's mail.
+    quoted_words: str = ""
     attachments: list[Attachment] = field(default_factory=list)
     # Header names lower-cased -> every decoded value, in order. Used by automatic-mail
     # detection (RFC 3834), spam verdicts and loop detection.

@@ -1021,6 +1021,10 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
     inline = parts.forwarded or (
         parts.after_header if _FORWARD_SUBJECT.match(letter.subject) else ""
     )
+    letter.quoted_words = parts.quoted_words
+    if parts.after_header and inline != parts.after_header:
+        # Below a reply header: the mail replied to (ours is already left out of it).
+        letter.quoted_words = "\n\n".join(p for p in (letter.quoted_words, parts.after_header) if p)
     if inline:
         # A mail forwarded inline (Gmail, iPhone; Outlook's "FW:" under a reply header) goes
         # where an attached one goes, so ``pipeline.decide`` checks it for urgency too; its

@@ -333,6 +333,66 @@ def _is_own_mail(block: str | None) -> bool:
     return block in ("own-address", "own-mail-marker")
 
 
+QUOTED_LABEL = "quoted"  # urgent reasons found in quoted words (``decide``)
+JOINED_LABEL = "lines-joined"  # urgent reasons found once short lines were joined
+SHORT_LINE = 4  # characters: a line this short may be a piece of a phrase
+_SENTENCE_END = tuple("。．.！!？?…」』）)♪")
+
+
+# Wording by which a quoted line is an organisation's advice pointing to help (a school's
+# or a help line's mail the resident replied to), not a person's crisis.
+_ADVICE = re.compile(
+    r"ご相談ください|相談できます|相談してください|電話してください|お電話ください|"
+    r"ご連絡ください|おかけください|ホットライン|相談窓口|相談ダイヤル|相談センター|"
+    r"支援センター|の方へ|[るいの]方は"
+)
+
+
+def without_advice(words: str) -> str:
+    """``words`` without the lines that give advice (``_ADVICE``).
+
+    Why: quoted words are read for a crisis because a resident may pass on a friend's
+    mail by replying to it; but a reply to a school's or help line's mail quotes its
+    advice (「死にたいほどつらいときは、いのちの電話にご相談ください」), which names the
+    very words the urgent rules look for. Only for quoted words: the resident's own
+    lines are read whole."""
+    if not _ADVICE.search(words):
+        return words
+    return "\n".join(line for line in words.split("\n") if not _ADVICE.search(line))
+
+
+def short_lines_joined(text: str) -> str:
+    """``text`` with the line breaks next to a short line (``SHORT_LINE`` characters or
+    fewer) removed when the line before does not end a sentence; "" when there is none.
+
+    Why: a resident on a phone may write one piece a line (もう / 死に / たい, 生きて /
+    いたくない); the rules take a line break for the end of a phrase and read none of
+    it. Only such breaks are joined, so the sentences of an ordinary mail keep their
+    bounds, and the second reading costs nothing for a mail without short lines."""
+    lines = text.split("\n")
+    if len(lines) < 2 or all(len(line.strip()) > SHORT_LINE for line in lines):
+        return ""
+    out = [lines[0].strip()]
+    joined = False
+    for line in lines[1:]:
+        here, before = line.strip(), out[-1]
+        if (
+            here
+            and before
+            and (len(here) <= SHORT_LINE or len(before) <= SHORT_LINE)
+            and not before.endswith(_SENTENCE_END)
+        ):
+            out[-1] = before + here
+            joined = True
+        else:
+            out.append(here)
+    return "\n".join(out) if joined else ""
+
+
+# A letter whose only crisis words quote a mail of its thread read before (``_quoted_before``).
+QUOTED_BEFORE_EVENT = "quoted-urgent-words-read-before"
+
+
 def _add_urgency(triage: Triage, text: str, rules: RuleSet, label: str) -> None:
     """Make ``triage`` urgent when ``text`` (words of the sender that are not the new text:
     a forward, a signature) is, with its reasons marked ``label:`` so staff see where."""
@@ -361,6 +421,20 @@ def decide(
         # alone on a line does (review rv9d F1). Only for a resident's mail (no block):
         # a staff member's signature may name a service (自殺対策係), and that is no crisis.
         _add_urgency(triage, letter.signature, rules, "signature")
+    if not triage.urgent and not letter.bounce and not _is_own_mail(block):
+        joined = short_lines_joined(letter.text)
+        if joined:
+            # もう / 死に / たい, one piece a line (a phone, a poem): the rules read a line
+            # break as the end of a phrase, so the words are read once more joined.
+            _add_urgency(triage, joined, rules, JOINED_LABEL)
+    if not triage.urgent and letter.quoted_words.strip() and block is None and not letter.bounce:
+        # Quoted words that are not our mail: a friend's mail a resident passes on by
+        # replying to it, lines marked with ＞ for emphasis (review rv9c R7, R10). Only in a
+        # resident's mail: staff quote residents, and automatic mail quotes what it answers.
+        # Words the same sender wrote before are not news (``_quoted_before``).
+        words = without_advice(letter.quoted_words)
+        if words.strip():
+            _add_urgency(triage, words, rules, QUOTED_LABEL)
     if letter.forwarded.strip() and not letter.bounce and not _is_own_mail(block):
         # A resident forwarding a friend's mail is asking for that friend: crisis words in
         # the forwarded text need the same-day callback too (marked as forwarded). So is a
@@ -947,6 +1021,14 @@ def handle_message(
         record_event(session, "duplicate", earlier.case_id, repeats, at=now)
         report.duplicates += 1
         return "duplicate"
+    repeated = _quoted_before(session, msg, letter, triage)
+    if repeated is not None:
+        # Its only crisis words are quoted from a mail of the thread that we have read
+        # already (a resident replying to their own earlier mail to add a line): they were
+        # triaged, and alerted, when that mail came. Not a second alert.
+        triage.urgent = False
+        triage.urgent_reasons = []
+        reasons = []
     # Mail from a staff address is staff traffic (``staff_addresses``); a bounce never is.
     from_staff = prepared.staff and not letter.bounce
     thread = _find_thread(
@@ -1088,6 +1170,15 @@ def handle_message(
         record_event(session, "follow-up", case.id, f"message {msg.id}", at=now)
         outcome = "followup"
     msg.case_id = case.id
+    if repeated is not None:
+        record_event(
+            session,
+            QUOTED_BEFORE_EVENT,
+            case.id,
+            f"message {msg.id} quotes urgent words of message {repeated.id}, read before; "
+            "not alerted again",
+            at=now,
+        )
 
     stage.name = "compose"
     if outcome == "case":
@@ -1100,6 +1191,48 @@ def handle_message(
         report.alerts += 1
     msg.status = "processed"
     return outcome
+
+
+def _quoted_before(
+    session: Session, msg: StoredMessage, letter: Letter, triage: Triage
+) -> StoredMessage | None:
+    """The earlier stored mail of this thread whose words hold every line that made this
+    letter urgent, when only its quoted words did (``QUOTED_LABEL``); else None.
+
+    Why: ``decide`` reads quoted words that are not ours for crisis words (a friend's mail
+    passed on by replying to it), but a resident replying to their own earlier mail quotes
+    words we read, and alerted on, when that mail came. The thread's Message-IDs (indexed)
+    find it; only mail we stored can vouch, so a friend's mail we never saw still alerts.
+    """
+    if not triage.urgent or not all(
+        m.rule.startswith(QUOTED_LABEL + ":") for m in triage.urgent_reasons
+    ):
+        return None
+    ids = [i for i in (letter.in_reply_to, *letter.references) if i]
+    if not ids:
+        return None
+    # classify_text("", words) analyses "\n" + words: offsets are one past the words'.
+    words = letter.quoted_words
+    lines: set[str] = set()
+    for m in triage.urgent_reasons:
+        start = max(0, min(m.start - 1, len(words)))
+        end = max(start, min(m.end - 1, len(words)))
+        first = words.rfind("\n", 0, start) + 1
+        last = words.find("\n", end)
+        lines.add("".join(words[first : last if last >= 0 else len(words)].split()))
+    earlier = session.exec(
+        select(StoredMessage).where(
+            StoredMessage.mailbox == msg.mailbox,
+            col(StoredMessage.message_id).in_(ids[-50:]),
+            StoredMessage.id != msg.id,
+            col(StoredMessage.case_id).is_not(None),
+        )
+    ).all()
+    for row in earlier:
+        text = "".join((row.new_text or "").split())
+        if all(line and line in text for line in lines):
+            return row
+    return None
 
 
 def _same_mail(session: Session, msg: StoredMessage, letter: Letter) -> StoredMessage | None:

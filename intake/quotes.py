@@ -307,6 +307,10 @@ class Parts:
     # contacts, organisations or mailer tags): the sender's own, so ``pipeline.decide``
     # checks them for crisis words (ｼﾆﾀｲ, 練炭準備完了 pass as names; review rv9d F1).
     signature: str = ""
+    # The ">"-marked lines that are not our own mail, marks removed (also in ``quoted``):
+    # a friend's mail passed on by replying to it, lines a resident marks with ＞ for
+    # emphasis. ``pipeline.decide`` checks them for crisis words (review rv9c R7, R10).
+    quoted_words: str = ""
 
 
 def split_quoted(text: str) -> tuple[str, str]:
@@ -527,6 +531,58 @@ def _holds_own_text(text: str) -> bool:
     return any(mark in text for mark in (*OWN_TEXT_MARKERS, *_OWN_TEXT_TRACES))
 
 
+# Lines of our mail by which a quoted block is known as ours even when the quote was cut
+# short above its marker line: the acknowledgement's longer fixed lines, and the fields
+# every acknowledgement, alert and digest entry starts a line with.
+_BLOCK_TRACES: tuple[str, ...] = (
+    *OWN_TEXT_MARKERS,
+    *_OWN_TEXT_TRACES,
+    *(text for text in _ACK_FIXED_TEXT if len(text) >= 10),
+)
+_BLOCK_TRACES_BARE = tuple(trace.replace(" ", "") for trace in _BLOCK_TRACES)
+_BLOCK_FIELDS: tuple[str, ...] = ("受付番号:", "受信日時: ", "緊急: はい")
+
+
+def _quoted_words(lines: list[str], marked: list[int], rests: set[int]) -> str:
+    """The words of the ``marked`` (">") lines that are not our own mail, marks removed.
+
+    Why: a resident may pass a friend's worrying mail on by replying to it (an attribution
+    over ">" lines), or mark their own lines with ＞ for emphasis; those words were never
+    read for a crisis (review rv9c R7, R10). A block of quoted lines is left out whole
+    when it holds a line of ours: the resident's reply quoting our acknowledgement, or the
+    whole thread under it, must not alert, nor a quote cut short above our marker line. A
+    block runs until a line the sender wrote; blank lines and the unmarked rests of our
+    re-wrapped lines (``rests``) stay inside it, and its lines are joined to look, so a
+    phone's narrow re-wrap does not hide our text."""
+    words: list[str] = []
+    block: list[str] = []
+    joined: list[str] = []
+    previous = -1
+    for j in marked:
+        between = range(previous + 1, j)
+        if block and any(lines[x].strip() and x not in rests for x in between):
+            words.extend(_not_ours(block, joined))
+            block, joined = [], []
+        joined.extend(lines[x] for x in between if x in rests)
+        previous = j
+        bare = quote_depth(lines[j])[1]
+        block.append(bare)
+        joined.append(bare)
+    words.extend(_not_ours(block, joined))
+    return "\n".join(words).strip("\n")
+
+
+def _not_ours(block: list[str], joined: list[str]) -> list[str]:
+    """``block`` (quoted lines without their marks), or nothing when it is our mail
+    (``joined``: its lines with our re-wrapped rests between them)."""
+    if any(line.strip().startswith(_BLOCK_FIELDS) for line in block):
+        return []
+    text = "".join(line.strip() for line in joined).replace(" ", "")
+    if any(trace in text for trace in _BLOCK_TRACES_BARE):
+        return []
+    return block
+
+
 # What may stand before our own first line on a quoted line besides ">": the bar and
 # guillemet quote marks some Japanese mailers and hand-quoting use (review rv9c R5).
 _OTHER_QUOTE_PREFIX = re.compile(r"^[ \t\u3000]*(?:[|｜》≫>＞][ \t\u3000]*)+$")
@@ -686,6 +742,8 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
     forwarded: list[str] = []
     after_header: list[str] = []
     signature: list[str] = []
+    marked: list[int] = []  # the ">" lines, for ``quoted_words``
+    ours_unmarked: list[int] = []  # re-wrapped rests of our quoted lines
     ahead = iter(candidates) if candidates is not None else None
     k = -1  # the next candidate line
     i = 0
@@ -707,12 +765,14 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
                 continuing = True
             if _continues_ours(logical, lines[i]):
                 quoted.append(lines[i])
+                ours_unmarked.append(i)
                 logical += lines[i].strip()
                 i += 1
                 continue
             chain = _closing_chain(logical, lines, i)
             if chain:
                 quoted.extend(lines[i : i + chain])
+                ours_unmarked.extend(range(i, i + chain))
                 i += chain
                 continue
         logical = None
@@ -739,6 +799,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             if new and _ends_with_colon(new[-1]) and not _QUOTE_LINE.match(new[-1]):
                 quoted.append(new.pop())
             quoted.append(line)
+            marked.append(i)
             logical = line
             i += 1
             continue
@@ -801,4 +862,5 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
         _forwarded_text(forwarded) if forwarded else "",
         after_header=_forwarded_text(after_header) if after_header else "",
         signature="\n".join(signature).strip("\n"),
+        quoted_words=_quoted_words(lines, marked, set(ours_unmarked)) if marked else "",
     )
