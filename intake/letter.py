@@ -59,6 +59,9 @@ class Letter:
     # detection (RFC 3834), spam verdicts and loop detection.
     headers: dict[str, list[str]] = field(default_factory=dict)
     bounce: bool = False  # multipart/report delivery-status or a recognised NDR
+    # A delivery-status report whose every recipient is only delayed (or delivered,
+    # relayed): the mail system is still trying, so the mail has not failed (yet).
+    delivery_delayed_only: bool = False
     problems: list[str] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:

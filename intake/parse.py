@@ -560,6 +560,7 @@ class _Walker:
         self.forwarded: list[Message] = []
         self.report_texts: list[str] = []  # text of DSN/MDN parts: a last-resort body
         self.report = False
+        self.actions: list[str] = []  # "Action:" fields of delivery-status parts, lower-cased
         self.parts = 0
         self.too_deep = False
         self.too_many = False
@@ -658,6 +659,7 @@ class _Walker:
         if ctype in _REPORT_PARTS:
             if ctype.endswith("delivery-status"):
                 self.report = True
+                self.actions.extend(a.lower() for a in _ACTION.findall(_report_text(part)))
             if not name:
                 self.report_texts.append(_report_text(part))
                 return
@@ -761,6 +763,10 @@ def _report_text(part: Message) -> str:
 
 
 MAX_FORWARDED = 5  # forwarded messages read for their text; more are only listed
+# A delivery-status recipient block's action (RFC 3464 s. 2.3.3).
+_ACTION = re.compile(r"(?im)^action:[ \t]*([a-z]+)")
+# Actions that say the mail is on its way or arrived: a report of only these is no failure.
+NOT_FAILED_ACTIONS = frozenset({"delayed", "delivered", "relayed", "expanded"})
 
 
 def _message_size(inner: Message) -> int:
@@ -1007,6 +1013,11 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
     letter.html_only = html_only
     letter.attachments = walker.attachments
     letter.bounce = walker.report or _looks_like_ndr(letter)
+    letter.delivery_delayed_only = (
+        walker.report
+        and bool(walker.actions)
+        and all(action in NOT_FAILED_ACTIONS for action in walker.actions)
+    )
     parts = split_body(body_text)
     letter.text, letter.quoted = parts.new, parts.quoted
     letter.signature = parts.signature

@@ -1131,10 +1131,16 @@ def handle_message(
         triage.urgent_reasons = []
         reasons = []
     if case is not None and letter.bounce and answered is not None and answered.kind == "ack":
-        case.ack_state = "ack_failed"
         msg.case_id = case.id
         msg.is_followup = True
         msg.status = "processed"
+        if letter.delivery_delayed_only:
+            # "Still trying" (RFC 3464 Action: delayed): no failure, and staff must not be
+            # told to phone a resident whose acknowledgement may yet arrive. A failure
+            # reported later still marks it.
+            record_event(session, "ack-delayed", case.id, f"message {msg.id}", at=now)
+            return "bounce"
+        case.ack_state = "ack_failed"
         record_event(session, "ack-bounced", case.id, f"message {msg.id}", at=now)
         return "bounce"
     if case is None:

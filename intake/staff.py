@@ -226,6 +226,7 @@ EVENT_JA = {
     "escalated": "再通知",
     "recipients-refused": "宛先が受け取り拒否",
     "ack-bounced": "受付返信が戻った",
+    "ack-delayed": "受付返信の配送が遅れている（再送中）",
     "digest": "ダイジェストに掲載",
     "staff-mail": "職員のメール",
     "staff-reply-urgent-words": "職員の返信に緊急の語",

@@ -34,8 +34,17 @@ from intake.digest import queue_digests
 from intake.fetch import Mailbox
 from intake.localpostgres import LocalPostgres
 from intake.localservers import LocalDovecot, LocalSMTP
+from intake.parse import parse
 from intake.pipeline import Service, process_new_mail
-from intake.store import Case, DigestEntry, StoredMessage, open_database, session_scope, to_db
+from intake.store import (
+    Case,
+    DigestEntry,
+    Event,
+    StoredMessage,
+    open_database,
+    session_scope,
+    to_db,
+)
 from tests.helpers import offline_service, write_config
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -382,3 +391,45 @@ def test_the_desk_hears_of_a_failure_after_the_owner_s_digest_without_a_bounce(
     _store(offline, case, "550 User unknown", "bounce")  # a late bounce: nothing new
     assert queue_digests(offline, MONDAY.replace(day=2)) == {"harmony": 2}
     assert _listed(offline)["city"] == ["相談です"]
+
+
+# -- "delivery delayed" is no failure ---------------------------------------------------
+# Left open in the ninth session (suspected, now proven): every delivery-status report was
+# a bounce, so a server's "still trying" notice (RFC 3464 ``Action: delayed``; a carrier's
+# server busy for an hour) marked the acknowledgement failed, and the digest told staff it
+# never arrived and to phone the resident.
+
+FAILED_NOTICE = "相談者への自動返信が届きませんでした"
+
+
+def _ack_state(run: Run) -> tuple[str, list[str]]:
+    with session_scope(run.svc.engine) as s:
+        (case,) = s.exec(select(Case)).all()
+        kinds = [e.kind for e in s.exec(select(Event).where(Event.case_id == case.id))]
+        return case.ack_state, kinds
+
+
+def test_a_delay_notice_is_read_as_a_delay_not_a_failure() -> None:
+    letter = parse(_dsn(RESIDENT, "<ack-1@example.jp>", status="4.4.1", action="delayed"))
+    assert letter.bounce  # still the mail system's, never a consultation
+    assert letter.delivery_delayed_only
+    failed = parse(_dsn(RESIDENT, "<ack-1@example.jp>"))
+    assert failed.bounce and not failed.delivery_delayed_only
+
+
+def test_a_delayed_acknowledgement_is_not_reported_as_failed(run: Run) -> None:
+    ack = _consult(run)
+    run.mail(_dsn(RESIDENT, ack, status="4.4.1", action="delayed"))
+    state, kinds = _ack_state(run)
+    assert state != "ack_failed"
+    assert "ack-delayed" in kinds
+    assert FAILED_NOTICE not in run.digests()[HARMONY]
+
+
+def test_a_failure_after_a_delay_is_still_reported(run: Run) -> None:
+    ack = _consult(run)
+    run.mail(_dsn(RESIDENT, ack, status="4.4.1", action="delayed"))
+    run.mail(_dsn(RESIDENT, ack, status="5.4.7", action="failed"))
+    state, _kinds = _ack_state(run)
+    assert state == "ack_failed"
+    assert FAILED_NOTICE in run.digests()[HARMONY]
