@@ -788,6 +788,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
         following = lines[i + 1] if i + 1 < n else ""
         if other_marks and line.lstrip().startswith(tuple(other_marks)):
             quoted.append(line)  # a later block quoted with the mark our text had
+            marked.append(i)  # read for a crisis unless it is ours (bullets: rv9d F7)
             i += 1
             continue
         if _QUOTE_LINE.match(line):

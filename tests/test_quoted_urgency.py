@@ -138,6 +138,20 @@ def test_our_acknowledgement_quoted_from_below_its_first_line_is_left_out() -> N
     assert parts.quoted_words == ""
 
 
+def test_lines_marked_like_our_quoted_acknowledgement_are_read(rules: RuleSet) -> None:
+    """A mailer quoted our acknowledgement with 》; the resident's own lines below, marked
+    alike, are quoted too (rv9d F7), but read for a crisis; the acknowledgement is not."""
+    ack = "\n".join("》" + line for line in ack_text("2026-11-25 10:00").splitlines())
+    body = (
+        "ありがとうございます。\n\n"
+        + ack
+        + "\n\n今の気持ちです。\n》もう死にたい\n》今夜終わりにする\n"
+    )
+    parts = split_body(body)
+    assert parts.quoted_words == "》もう死にたい\n》今夜終わりにする"
+    assert _quoted_reasons(_decide(rules, body))
+
+
 def test_a_schools_advice_quoted_back_is_no_crisis(rules: RuleSet) -> None:
     advice = (
         "保護者の皆さま、生徒の皆さんへ\n"
