@@ -335,62 +335,88 @@ def _is_own_mail(block: str | None) -> bool:
 
 QUOTED_LABEL = "quoted"  # urgent reasons found in quoted words (``decide``)
 JOINED_LABEL = "lines-joined"  # urgent reasons found once short lines were joined
-SHORT_LINE = 4  # characters: a line this short may be a piece of a phrase
+QUOTED_JOINED_LABEL = "quoted-lines-joined"  # the same in quoted words
+# A letter whose only crisis words quote a mail of its thread read before (``_quoted_before``).
+QUOTED_BEFORE_EVENT = "quoted-urgent-words-read-before"
+SHORT_LINE = 5  # characters: a line this short may be a piece of a phrase
 _SENTENCE_END = tuple("。．.！!？?…」』）)♪")
 
 
-# Wording by which a quoted line is an organisation's advice pointing to help (a school's
-# or a help line's mail the resident replied to), not a person's crisis.
+# Wording by which a quoted sentence is an organisation's advice pointing to help (a
+# school's or help line's mail the resident replied to), not a person's crisis: requests
+# to consult or call, "to those who ...", and directions to a service.
 _ADVICE = re.compile(
-    r"ご相談ください|相談できます|相談してください|電話してください|お電話ください|"
-    r"ご連絡ください|おかけください|ホットライン|相談窓口|相談ダイヤル|相談センター|"
-    r"支援センター|の方へ|[るいの]方は"
+    r"ご相談ください|相談できます|相談してください|ご相談を|電話してください|お電話ください|"
+    r"ご連絡ください|おかけください|ご利用ください|の方へ|[るたい]方へ|ホットライン[（(]|"
+    r"(?:センター|窓口|ダイヤル|ライン|電話)(?:へ|まで)(?:[。．.、\s）)]|$)"
 )
+_SENTENCES = re.compile(r"[^。．！？!?\n]*(?:[。．！？!?]+|\n|$)")
 
 
 def without_advice(words: str) -> str:
-    """``words`` without the lines that give advice (``_ADVICE``).
+    """``words`` without the sentences that give advice (``_ADVICE``).
 
     Why: quoted words are read for a crisis because a resident may pass on a friend's
     mail by replying to it; but a reply to a school's or help line's mail quotes its
-    advice (「死にたいほどつらいときは、いのちの電話にご相談ください」), which names the
-    very words the urgent rules look for. Only for quoted words: the resident's own
-    lines are read whole."""
+    advice (「死にたいほどつらいときは、いのちの電話にご相談ください。」), which names the
+    very words the urgent rules look for. Only the advising sentence goes: a friend's
+    「相談窓口とか意味ない。もう死にたい。」 keeps its second sentence (review rv10b F3).
+    Only for quoted words: the resident's own lines are read whole."""
     if not _ADVICE.search(words):
         return words
-    return "\n".join(line for line in words.split("\n") if not _ADVICE.search(line))
+    kept: list[str] = []
+    for piece in _SENTENCES.findall(words):
+        if _ADVICE.search(piece):
+            piece = "\n" if piece.endswith("\n") else ""  # the line break stays
+        kept.append(piece)
+    return "".join(kept)
+
+
+def quoted_text_read(letter: Letter) -> str:
+    """The quoted words ``decide`` reads for a crisis (``_quoted_before`` maps its offsets
+    into the same text)."""
+    return without_advice(letter.quoted_words)
 
 
 def short_lines_joined(text: str) -> str:
-    """``text`` with the line breaks next to a short line (``SHORT_LINE`` characters or
-    fewer) removed when the line before does not end a sentence; "" when there is none.
+    """``text`` with the line break between two short pieces (``SHORT_LINE`` characters
+    or fewer each; one blank line between them is skipped) removed when the
+    first does not end a sentence; "" when there is none.
 
     Why: a resident on a phone may write one piece a line (もう / 死に / たい, 生きて /
-    いたくない); the rules take a line break for the end of a phrase and read none of
-    it. Only such breaks are joined, so the sentences of an ordinary mail keep their
-    bounds, and the second reading costs nothing for a mail without short lines."""
+    いたくない, a poem with blank lines between); the rules take a line break for the end
+    of a phrase and read none of it. Only breaks between two short pieces are joined, so
+    the sentences of an ordinary mail keep their bounds and a list under a heading
+    (「やることリスト」 / 「カット」) stays apart (review rv10b F7); the pieces are
+    compared, not the joined line (F8), and joined once (F9: it was quadratic)."""
     lines = text.split("\n")
     if len(lines) < 2 or all(len(line.strip()) > SHORT_LINE for line in lines):
         return ""
-    out = [lines[0].strip()]
+    out: list[list[str]] = []  # output lines, each a list of pieces
+    previous = ""  # the last non-blank piece
+    blank = 0  # blank lines since it
     joined = False
-    for line in lines[1:]:
-        here, before = line.strip(), out[-1]
+    for line in lines:
+        here = line.strip()
+        if not here:
+            blank += 1
+            continue
         if (
-            here
-            and before
-            and (len(here) <= SHORT_LINE or len(before) <= SHORT_LINE)
-            and not before.endswith(_SENTENCE_END)
+            out
+            and blank <= 1
+            and len(here) <= SHORT_LINE
+            and len(previous) <= SHORT_LINE
+            and not previous.endswith(_SENTENCE_END)
         ):
-            out[-1] = before + here
+            out[-1].append(here)
             joined = True
         else:
-            out.append(here)
-    return "\n".join(out) if joined else ""
-
-
-# A letter whose only crisis words quote a mail of its thread read before (``_quoted_before``).
-QUOTED_BEFORE_EVENT = "quoted-urgent-words-read-before"
+            out.extend([[]] * min(blank, 1))
+            out.append([here])
+        previous, blank = here, 0
+    if not joined:
+        return ""
+    return "\n".join("".join(pieces) for pieces in out)
 
 
 def _add_urgency(triage: Triage, text: str, rules: RuleSet, label: str) -> None:
@@ -421,20 +447,26 @@ def decide(
         # alone on a line does (review rv9d F1). Only for a resident's mail (no block):
         # a staff member's signature may name a service (自殺対策係), and that is no crisis.
         _add_urgency(triage, letter.signature, rules, "signature")
-    if not triage.urgent and not letter.bounce and not _is_own_mail(block):
+    resident = block is None and not letter.bounce
+    if not triage.urgent and resident:
         joined = short_lines_joined(letter.text)
         if joined:
             # もう / 死に / たい, one piece a line (a phone, a poem): the rules read a line
-            # break as the end of a phrase, so the words are read once more joined.
+            # break as the end of a phrase, so the words are read once more joined. Only a
+            # resident's mail: a newsletter's list is no crisis (review rv10b F6).
             _add_urgency(triage, joined, rules, JOINED_LABEL)
-    if not triage.urgent and letter.quoted_words.strip() and block is None and not letter.bounce:
+    if not triage.urgent and resident and letter.quoted_words.strip():
         # Quoted words that are not our mail: a friend's mail a resident passes on by
-        # replying to it, lines marked with ＞ for emphasis (review rv9c R7, R10). Only in a
-        # resident's mail: staff quote residents, and automatic mail quotes what it answers.
-        # Words the same sender wrote before are not news (``_quoted_before``).
-        words = without_advice(letter.quoted_words)
+        # replying to it, lines marked with ＞ for emphasis (review rv9c R7, R10), also
+        # written one piece a line. Only in a resident's mail: staff quote residents, and
+        # automatic mail quotes what it answers. Words of the thread already alerted on
+        # are not news (``_quoted_before``).
+        words = quoted_text_read(letter)
         if words.strip():
             _add_urgency(triage, words, rules, QUOTED_LABEL)
+        joined = short_lines_joined(words) if not triage.urgent else ""
+        if joined:
+            _add_urgency(triage, joined, rules, QUOTED_JOINED_LABEL)
     if letter.forwarded.strip() and not letter.bounce and not _is_own_mail(block):
         # A resident forwarding a friend's mail is asking for that friend: crisis words in
         # the forwarded text need the same-day callback too (marked as forwarded). So is a
@@ -1202,14 +1234,19 @@ def handle_message(
 def _quoted_before(
     session: Session, msg: StoredMessage, letter: Letter, triage: Triage
 ) -> StoredMessage | None:
-    """The earlier stored mail of this thread whose words hold every line that made this
-    letter urgent, when only its quoted words did (``QUOTED_LABEL``); else None.
+    """The earlier mail of this thread, already alerted on, whose lines are the very lines
+    that made this letter urgent, when only its quoted words did (``QUOTED_LABEL``); else
+    None.
 
     Why: ``decide`` reads quoted words that are not ours for crisis words (a friend's mail
-    passed on by replying to it), but a resident replying to their own earlier mail quotes
-    words we read, and alerted on, when that mail came. The thread's Message-IDs (indexed)
-    find it; only mail we stored can vouch, so a friend's mail we never saw still alerts.
-    """
+    passed on by replying to it), but a resident replying to their own earlier mail to add
+    a line quotes words we read, and alerted on, when that mail came. Only a mail that
+    vouches fully spares the second alert (review rv10b F1, F5): found by the thread's
+    Message-IDs (indexed), from the same sender, its case urgent and not closed (urgent
+    words after a close alert again, as ``handle_message`` rules), and each crisis line
+    one of its lines word for word (quote marks and spaces aside; its subject counts, also
+    as an Outlook header line), not merely a piece of one: a second friend's 「もう死にた
+    い」 in a thread that spoke of a first friend's still alerts."""
     if not triage.urgent or not all(
         m.rule.startswith(QUOTED_LABEL + ":") for m in triage.urgent_reasons
     ):
@@ -1217,15 +1254,17 @@ def _quoted_before(
     ids = [i for i in (letter.in_reply_to, *letter.references) if i]
     if not ids:
         return None
-    # classify_text("", words) analyses "\n" + words: offsets are one past the words'.
-    words = letter.quoted_words
-    lines: set[str] = set()
+    # The very text decide classified; classify_text("", words) analyses "\n" + words,
+    # so offsets are one past the words'.
+    words = quoted_text_read(letter)
+    wanted: list[list[str]] = []
     for m in triage.urgent_reasons:
         start = max(0, min(m.start - 1, len(words)))
         end = max(start, min(m.end - 1, len(words)))
         first = words.rfind("\n", 0, start) + 1
         last = words.find("\n", end)
-        lines.add("".join(words[first : last if last >= 0 else len(words)].split()))
+        span = words[first : last if last >= 0 else len(words)]
+        wanted.append([_line_key(line) for line in span.split("\n")])
     earlier = session.exec(
         select(StoredMessage).where(
             StoredMessage.mailbox == msg.mailbox,
@@ -1234,11 +1273,36 @@ def _quoted_before(
             col(StoredMessage.case_id).is_not(None),
         )
     ).all()
+    sender = letter.from_addr.lower()
     for row in earlier:
-        text = "".join((row.new_text or "").split())
-        if all(line and line in text for line in lines):
+        if not sender or (row.from_addr or "").lower() != sender:
+            continue
+        case = session.get(Case, row.case_id)
+        if case is None or not case.urgent or case.status == "closed":
+            continue
+        subject = _line_key(row.subject or "")
+        keys = [_line_key(line) for line in (row.body or "").split("\n")]
+        keys += [subject, "件名:" + subject, "subject:" + subject]
+        if all(_holds_lines(keys, lines) for lines in wanted):
             return row
     return None
+
+
+_LINE_MARKS = re.compile(r"^[\s|｜》≫>＞]*")
+
+
+def _line_key(line: str) -> str:
+    """A line as ``_quoted_before`` compares it: without quote marks, spaces or case."""
+    return "".join(_LINE_MARKS.sub("", line).split()).lower()
+
+
+def _holds_lines(keys: list[str], lines: list[str]) -> bool:
+    """Whether ``lines`` (non-empty keys) stand in ``keys`` one after another."""
+    lines = [line for line in lines if line]
+    if not lines:
+        return False
+    width = len(lines)
+    return any(keys[k : k + width] == lines for k in range(len(keys) - width + 1))
 
 
 def _same_mail(session: Session, msg: StoredMessage, letter: Letter) -> StoredMessage | None:

@@ -66,6 +66,7 @@ the quoted residents' crisis words read as their own and raise false alerts.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -531,56 +532,108 @@ def _holds_own_text(text: str) -> bool:
     return any(mark in text for mark in (*OWN_TEXT_MARKERS, *_OWN_TEXT_TRACES))
 
 
-# Lines of our mail by which a quoted block is known as ours even when the quote was cut
-# short above its marker line: the acknowledgement's longer fixed lines, and the fields
-# every acknowledgement, alert and digest entry starts a line with.
-_BLOCK_TRACES: tuple[str, ...] = (
-    *OWN_TEXT_MARKERS,
-    *_OWN_TEXT_TRACES,
-    *(text for text in _ACK_FIXED_TEXT if len(text) >= 10),
+# How ``_quoted_words`` knows the quoted lines of our own mail. Our mail to staff (alert,
+# escalation, digest) lists residents' crisis words: from its first trace on, every later
+# quoted line is left out. Our acknowledgement is left out from its first trace to its
+# closing line (and the name under it): a friend's mail quoted above or below it is read.
+_STAFF_MAIL_TRACES: tuple[str, ...] = (
+    *(marker for marker in OWN_TEXT_MARKERS if marker != OWN_TEXT_MARKERS[0]),
+    "緊急と判断した理由:",
+    "電話番号（本文から）:",
+    "このメールに返信しても、相談者には届きません。",
+    "相談受付システムが自動で送っています。",
 )
-_BLOCK_TRACES_BARE = tuple(trace.replace(" ", "") for trace in _BLOCK_TRACES)
-_BLOCK_FIELDS: tuple[str, ...] = ("受付番号:", "受信日時: ", "緊急: はい")
+_ACK_TRACES: tuple[str, ...] = (
+    OWN_TEXT_MARKERS[0],
+    *(trace for trace in _OWN_TEXT_TRACES if trace not in _STAFF_MAIL_TRACES),
+    *(text for text in _ACK_FIXED_TEXT if len(text.strip()) >= 10),
+    *(subject for subject in _ACK_SUBJECTS if len(subject) >= 10),
+)
+_ACK_TAIL = "このメールは自動でお送りしています。"
+_STAFF_MAIL_FIELDS: tuple[str, ...] = ("受信日時:", "緊急:はい")
+_ACK_FIELDS: tuple[str, ...] = ("受付番号:",)
+_ANY_MARKS = re.compile(r"^[ \t\u3000|｜》≫>＞]*")
+_SPACES = re.compile(r"[ \t\u3000]+")
+_NAME_MAX = 30  # characters: the line under the acknowledgement's closing line is its sender
+_SENTENCE_ENDS = tuple("。．.！!？?…」』）)")
 
 
-def _quoted_words(lines: list[str], marked: list[int], rests: set[int]) -> str:
-    """The words of the ``marked`` (">") lines that are not our own mail, marks removed.
+def _squeezed(text: str) -> str:
+    """``text`` without spaces: how lines are compared with our mail's traces (a mailer's
+    re-wrap or quote may add or drop a space)."""
+    return _SPACES.sub("", text)
+
+
+def _own_kinds(lines: list[str]) -> list[str]:
+    """For each line, whether it holds a piece of our own mail: "staff" (alert,
+    escalation, digest), "tail" (the acknowledgement's closing line), "ack", or "".
+
+    The lines are joined without their marks and spaces and searched once for every
+    trace, so a trace a phone re-wrapped over several lines (with or without ">", the
+    rests maybe read as the sender's) marks each line it touches."""
+    bare = [_squeezed(_ANY_MARKS.sub("", line)) for line in lines]
+    starts: list[int] = []
+    at = 0
+    for piece in bare:
+        starts.append(at)
+        at += len(piece)
+    text = "".join(bare)
+    kinds = [""] * len(lines)
+    for kind, traces in (
+        ("ack", _ACK_TRACES),
+        ("tail", (_ACK_TAIL,)),
+        ("staff", _STAFF_MAIL_TRACES),
+    ):
+        for trace in traces:
+            needle = _squeezed(trace)
+            found = text.find(needle)
+            while found >= 0:
+                first = bisect_right(starts, found) - 1
+                last = bisect_right(starts, found + len(needle) - 1) - 1
+                for k in range(max(first, 0), last + 1):
+                    kinds[k] = kind
+                found = text.find(needle, found + len(needle))
+    for k, piece in enumerate(bare):
+        if piece.startswith(_STAFF_MAIL_FIELDS):
+            kinds[k] = "staff"
+        elif piece.startswith(_ACK_FIELDS) and not kinds[k]:
+            kinds[k] = "ack"
+    return kinds
+
+
+def _quoted_words(lines: list[str], marked: list[int]) -> str:
+    """The words of the ``marked`` (quoted) lines that are not our own mail, marks removed.
 
     Why: a resident may pass a friend's worrying mail on by replying to it (an attribution
     over ">" lines), or mark their own lines with ＞ for emphasis; those words were never
-    read for a crisis (review rv9c R7, R10). A block of quoted lines is left out whole
-    when it holds a line of ours: the resident's reply quoting our acknowledgement, or the
-    whole thread under it, must not alert, nor a quote cut short above our marker line. A
-    block runs until a line the sender wrote; blank lines and the unmarked rests of our
-    re-wrapped lines (``rests``) stay inside it, and its lines are joined to look, so a
-    phone's narrow re-wrap does not hide our text."""
+    read for a crisis (review rv9c R7, R10). Our own mail quoted back must not be read:
+    our alert, escalation or digest from its first line we know on, to the end (it lists
+    residents' crisis words: a partner's colleague writing between its lines, review
+    rv10b F6); our acknowledgement from its first line we know to its closing line and the
+    name under it, so a friend's mail quoted next to it is still read (rv10b F4)."""
+    kinds = _own_kinds(lines)
     words: list[str] = []
-    block: list[str] = []
-    joined: list[str] = []
-    previous = -1
+    in_ack = after_tail = False
     for j in marked:
-        between = range(previous + 1, j)
-        if block and any(lines[x].strip() and x not in rests for x in between):
-            words.extend(_not_ours(block, joined))
-            block, joined = [], []
-        joined.extend(lines[x] for x in between if x in rests)
-        previous = j
+        kind = kinds[j]
+        if kind == "staff":
+            break
+        if kind == "tail":
+            in_ack, after_tail = False, True
+            continue
+        if kind == "ack":
+            in_ack, after_tail = True, False
+            continue
+        if in_ack:
+            continue
         bare = quote_depth(lines[j])[1]
-        block.append(bare)
-        joined.append(bare)
-    words.extend(_not_ours(block, joined))
+        here = bare.strip()
+        if after_tail and here:
+            after_tail = False
+            if len(here) <= _NAME_MAX and not here.endswith(_SENTENCE_ENDS):
+                continue  # the acknowledgement's sender name under its closing line
+        words.append(bare)
     return "\n".join(words).strip("\n")
-
-
-def _not_ours(block: list[str], joined: list[str]) -> list[str]:
-    """``block`` (quoted lines without their marks), or nothing when it is our mail
-    (``joined``: its lines with our re-wrapped rests between them)."""
-    if any(line.strip().startswith(_BLOCK_FIELDS) for line in block):
-        return []
-    text = "".join(line.strip() for line in joined).replace(" ", "")
-    if any(trace in text for trace in _BLOCK_TRACES_BARE):
-        return []
-    return block
 
 
 # What may stand before our own first line on a quoted line besides ">": the bar and
@@ -743,7 +796,6 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
     after_header: list[str] = []
     signature: list[str] = []
     marked: list[int] = []  # the ">" lines, for ``quoted_words``
-    ours_unmarked: list[int] = []  # re-wrapped rests of our quoted lines
     ahead = iter(candidates) if candidates is not None else None
     k = -1  # the next candidate line
     i = 0
@@ -765,14 +817,12 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
                 continuing = True
             if _continues_ours(logical, lines[i]):
                 quoted.append(lines[i])
-                ours_unmarked.append(i)
                 logical += lines[i].strip()
                 i += 1
                 continue
             chain = _closing_chain(logical, lines, i)
             if chain:
                 quoted.extend(lines[i : i + chain])
-                ours_unmarked.extend(range(i, i + chain))
                 i += chain
                 continue
         logical = None
@@ -863,5 +913,5 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
         _forwarded_text(forwarded) if forwarded else "",
         after_header=_forwarded_text(after_header) if after_header else "",
         signature="\n".join(signature).strip("\n"),
-        quoted_words=_quoted_words(lines, marked, set(ours_unmarked)) if marked else "",
+        quoted_words=_quoted_words(lines, marked) if marked else "",
     )

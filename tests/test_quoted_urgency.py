@@ -186,10 +186,11 @@ def test_a_phrase_written_one_piece_a_line_is_read_joined(rules: RuleSet, text: 
     assert all(m.rule.startswith("lines-joined:") for m in triage.urgent_reasons)  # type: ignore[attr-defined]
 
 
-def test_only_breaks_next_to_a_short_line_and_not_after_a_sentence_are_joined() -> None:
+def test_only_breaks_between_short_pieces_and_not_after_a_sentence_are_joined() -> None:
     assert short_lines_joined("今日は学校に行きました。\n友達と話しました。") == ""
     assert short_lines_joined("はい。\n死に\nたい") == "はい。\n死にたい"
-    assert short_lines_joined("部活の先輩が\nこわい\nです") == "部活の先輩がこわいです"
+    assert short_lines_joined("部活の先輩が\nこわい\nです") == "部活の先輩が\nこわいです"
+    assert short_lines_joined("もう\n\nしに\n\nたい") == "もうしにたい"  # a poem's blank lines
 
 
 # -- the pipeline: one alert, not two --------------------------------------------------
