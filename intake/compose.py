@@ -11,6 +11,7 @@ auto-responders do not answer it and, if one does anyway, we recognise our own m
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from intake.businessdays import (
     parse_hhmm,
 )
 from intake.partners import Directory
+
+log = logging.getLogger(__name__)
 
 LOOP_HEADER = "X-Loop"
 MARKER_HEADER = "X-Soudan-Intake"
@@ -441,22 +444,112 @@ def render_alert(
     now: datetime,
     tz: Any,
     escalation: int = 0,
+    fallback: bool = False,
 ) -> EmailMessage:
     """The on-call alert: everything needed to call back, readable on a phone at night.
 
     Its subject ends with its confirmation code (``ack_code``), which the text asks the
     reader to keep when replying: a reply whose mailer drops the thread headers
-    acknowledges the alert only with it.
+    acknowledges the alert only with it. ``fallback`` (the pipeline and escalation; not
+    ``check``, which must see the error): a template that fails to render gives the
+    built-in text (``plain_alert_text``) instead of no alert.
     """
     prefix = "【至急・再通知】" if escalation else "【至急】"
     subject = f"{prefix}緊急の可能性がある相談 {case['number']}"
     msg = _base_message(sender, to, subject, now, "auto-generated", "alert")
     code = with_ack_code(msg, subject)
-    text = env.get_template(TEMPLATES["alert"][0]).render(
-        case=case, tz=tz, escalation=escalation, from_address=sender.address, code=code
-    )
+    try:
+        text = env.get_template(TEMPLATES["alert"][0]).render(
+            case=case, tz=tz, escalation=escalation, from_address=sender.address, code=code
+        )
+    except Exception as exc:
+        if not fallback:
+            raise
+        # Staff may edit the template; a mistake in a branch ``check`` did not take (the
+        # night deadline, a re-notice) must never stop an alert: that lost the alert, its
+        # quarantine alert and every escalation (review rv10a F1). The built-in text says
+        # what a person needs to act; the mistake is logged for the contractor.
+        log.error(
+            "alert template %s failed (%s%s); the alert goes out in the built-in text",
+            TEMPLATES["alert"][0],
+            type(exc).__name__,
+            _template_line(exc),
+        )
+        text = plain_alert_text(case, tz, escalation, code)
     msg.set_content(text, charset="utf-8", cte="8bit")
     return msg
+
+
+def _template_line(exc: BaseException) -> str:
+    """ ", line N" of the template line that raised, when the traceback names one."""
+    lineno = getattr(exc, "lineno", None)
+    if lineno is None:
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.endswith(".j2"):
+                lineno = tb.tb_lineno
+            tb = tb.tb_next
+    return f", line {lineno}" if lineno else ""
+
+
+def plain_alert_text(case: dict[str, Any], tz: Any, escalation: int, code: str) -> str:
+    """The alert in a built-in text, for when the staff-edited template fails to render.
+
+    Keeps the lines ``intake.quotes`` knows our alert by (its first line, the re-notice
+    line, 「緊急と判断した理由:」), so the on-call person's reply quoting it is no new
+    crisis, and the subject's case number and code, by which the reply acknowledges it."""
+
+    def get(key: str, default: Any = "") -> Any:
+        try:
+            value = case.get(key, default)
+        except Exception:
+            return default
+        return default if value is None else value
+
+    def when(value: Any) -> str:
+        try:
+            return str(value.astimezone(tz).strftime("%Y-%m-%d %H:%M"))
+        except Exception:
+            return "（不明）"
+
+    lines: list[str] = []
+    if escalation:
+        lines.append(f"※ これは再通知（{escalation}回目）です。まだ誰も対応の確認をしていません。")
+    lines += [
+        "緊急の可能性がある相談を受け付けました。",
+        "すぐに内容を確認し、相談者に連絡してください。",
+        "（通知文のテンプレートに誤りがあるため、簡易な形式でお送りしています。）",
+        "",
+        f"受付番号: {get('number', '（不明）')}",
+        f"受信日時: {when(get('received', None))}",
+        f"折り返し期限: できるだけ早く（期限 {when(get('callback_due', None))}）"
+        if get("callback_due", None)
+        else "折り返し期限: できるだけ早く",
+        f"担当: {get('partner_name', '（不明）')}",
+        f"送信者: {get('sender') or '（不明）'}",
+        "電話番号（本文から）: " + (", ".join(map(str, get("phones", []) or [])) or "（記載なし）"),
+        "",
+        "緊急と判断した理由:",
+    ]
+    reasons = get("reasons", []) or []
+    for reason in reasons:
+        try:
+            lines.append(f"・「{reason['surface']}」（規則 {reason['rule']}）")
+        except Exception:
+            lines.append("・（理由を表示できません）")
+    if not reasons:
+        lines.append("・（内容の確認が必要です）")
+    number = get("number", "")
+    lines += [
+        "",
+        f"原文はサーバーで python service.py show {number} を実行して確認してください。",
+        "",
+        "対応を始めたら、このメールに返信してください（本文は空で構いません）。",
+        f"件名の「{number}」と「確認コード {code}」は消さずに返信してください。",
+        f"または: python service.py ack {number}",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def render_digest(

@@ -719,6 +719,7 @@ def _queue_escalation(
             now=now,
             tz=svc.calendar.tz,
             escalation=number,
+            fallback=True,
         )
     # Thread it under the alert, so a phone shows one conversation and a reply to either
     # is recognised by the worker as the acknowledgement.

@@ -915,6 +915,7 @@ def _queue_alert(
         case=alert_context(svc, case, received, automatic, now),
         now=now,
         tz=svc.calendar.tz,
+        fallback=True,
     )
     queue_mail(
         session,
@@ -1959,6 +1960,7 @@ def _open_new_cases(
                 case=alert_context(svc, case, received, block, now),
                 now=now,
                 tz=svc.calendar.tz,
+                fallback=True,
             )
             outbox.append(
                 _outbox_row(
