@@ -148,12 +148,28 @@ _SCOPE_LIMIT = 8
 
 
 _NOT_A_DENIAL = frozenset({"か", "振り"})  # lemmas after a negation that undo the denial
+# Verbs of the frame that hold the wish as a thought (死にたいと思う); once one of them has
+# affirmed it, a later verb of telling takes the negation: 死にたいと思ってる事は言ってない
+# and 死にたいとか思ってても言えない say the wish is there and is kept secret.
+_THOUGHT_VERBS = frozenset({"思う", "考える", "感じる"})
+_TELL = "言う"
+
+
+def _cannot_tell(info: TokenInfo) -> bool:
+    """言え(ない) / いえ(ない): "cannot say", the potential of 言う (UniDic keeps 言う).
+
+    Why: 死にたいなんて言えない, 消えたいって言えない tell of a wish that cannot be
+    spoken, not a denial of it ("a hedge that implies there is something is urgent",
+    tests/data/README.md); 死にたいなんて言ってない (never said it) stays a denial.
+    """
+    return info.lemma == _TELL and info.surface.endswith(("え", "エ"))
 
 
 def _negated(a: Analysis, last: int) -> bool:
     infos, sentences = a.infos, a.sentences
     sentence = sentences[last]
     flips = 0
+    thought = False  # a verb of thought has affirmed the wish (see _THOUGHT_VERBS)
     i = last + 1
     n = len(infos)
     while i < n and i - last <= _SCOPE_LIMIT and sentences[i] == sentence:
@@ -164,8 +180,13 @@ def _negated(a: Analysis, last: int) -> bool:
             pass
         elif info.negation or info.lemma == _SHIKA:
             flips += 1
+        elif info.lemma == _TELL and (thought or _cannot_tell(info)) and not flips:
+            # the negation that follows is about telling, not about the wish
+            break
         elif info.lemma not in _NEGATION_FRAME:
             break
+        elif info.lemma in _THOUGHT_VERBS and not flips:
+            thought = True
         i += 1
     return flips % 2 == 1
 
@@ -779,11 +800,14 @@ def _signal_matches(
 # -- the reading tier -------------------------------------------------------------------
 # A negation right after a stem on the reading: しにたいとかじゃない, じさつしたいとはおもわない,
 # きえたくない (the stem stops before く). Particles and the verbs of the frame may come
-# between, as in the token-level scope; anything else ends it.
+# between, as in the token-level scope; anything else ends it. A bare ん negates only
+# after a verb's negative stem (おもわん, かんがえん): after a stem ending in い it is the
+# explanatory の of dialect and speech (しにたいんよ, しにたいんやわ).
 _READING_NEGATION = re.compile(
     r"(?:い|く)?(?:とか|なんて|なんか|って|と|わけ|とは|では|じゃ|は|も|まで|べつに|ぜんぜん"
     r"|おもったり|おもったこと|おもって|おもわ|おもえ|かんがえ|きもち|ことは|こと)*"
-    r"(?:ない|ねえ|ねぇ|ません|ありません|なかった|ず|ん(?!だ|で|じゃ|か))"
+    r"(?P<neg>ない|なく(?=て)|ねえ|ねぇ|ません|ありません|なかった|ず|(?<=[わえ])ん(?!だ|で|じゃ|か))"
+    r"(?!か|ふり)"  # 〜ないか: a question or an offer; 〜ないふり: pretending (as _negated)
 )
 # ... unless it is doubled: しにたいとおもわないひはない
 _READING_DOUBLE = re.compile(
@@ -791,9 +815,23 @@ _READING_DOUBLE = re.compile(
 )
 
 
-def _reading_negated(reading: str, end: int) -> bool:
+def _reading_negated(reading: str, end: int, owner: list[int], infos: list[TokenInfo]) -> bool:
+    """Is the reading-tier match ending at ``end`` negated, as ``_negated`` would judge it?
+
+    The negation must be words of the analyser's own: it ends where a word ends, and one
+    of its words is a negation. Why: the reading has no word boundaries, so the ない of
+    泣いてた (ないてた) and the ん of 感じる (とかんじる) read as negations and discounted a
+    present wish (4にたいって泣いてた) that the same words in kanji kept urgent.
+    """
     m = _READING_NEGATION.match(reading, end)
-    return m is not None and _READING_DOUBLE.match(reading, m.end()) is None
+    if m is None:
+        return False
+    stop = m.end()
+    if stop < len(owner) and owner[stop] == owner[stop - 1]:
+        return False  # the "negation" is the start of a longer word
+    if not any(infos[owner[k]].negation for k in range(m.start("neg"), stop)):
+        return False
+    return _READING_DOUBLE.match(reading, stop) is None
 
 
 _KANA_OF = attrgetter("kana")
@@ -895,7 +933,7 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
                 rule.line,
             )
             hit = _Hit(pattern, first, last)
-            if _reading_negated(reading, m.end()):
+            if _reading_negated(reading, m.end(), owner, a.infos):
                 hit.discounted = "negated"
             found.append(hit)
     return found
