@@ -50,6 +50,20 @@ VOLITIONAL = "(う)"  # suffix of the keys of a volitional verb form (死のう,
 
 _BOUNDARY, _SKIP, _SPECIAL_TOKEN = 1, 2, 3
 _POLITE = frozenset({"ます", "です"})
+# The sounds of particles and auxiliaries (and of dialect auxiliaries: とる for ている). A
+# pattern word written in kanji with one of these readings does not offer the reading as
+# a key: 刃 (は), 手 (て), 二 (に), 体 (たい) and 取る (とる) matched every は, て, に, たい
+# of a mail and the とる of 打っとる, so 刃 could not be a rule word. Other short readings
+# stay (血 for ちがでた, 跡 for あと), and a kana word still matches by its lemma (くび: 首).
+# fmt: off
+_FUNCTION_READINGS = frozenset("~" + r for r in [
+    "は", "が", "を", "に", "へ", "と", "で", "て", "も", "や", "か", "の", "ね", "よ", "な",
+    "わ", "ぞ", "ぜ", "さ", "し", "ば", "ら", "り", "る", "た", "だ", "ず", "ぬ", "ん", "う",
+    "から", "まで", "より", "けど", "だけ", "ほど", "など", "しか", "こそ", "さえ", "でも",
+    "って", "じゃ", "ちゃ", "ない", "たい", "なら", "のに", "ので", "ても", "とる", "てる",
+    "とく", "よう", "そう", "らしい", "れる", "せる",
+])
+# fmt: on
 _NEE = frozenset({"ねえ", "ねぇ", "ねー"})
 _SENTENCE_END = frozenset("。．.!?！？…‥")
 
@@ -922,8 +936,10 @@ class Analyser:
 
 def _pattern_token(info: TokenInfo) -> frozenset[str]:
     keys = set(info.keys)
-    if info.reading:
-        keys.add(info.reading)
+    if info.reading and (
+        info.reading not in _FUNCTION_READINGS or _KANA_ONLY.fullmatch(info.surface)
+    ):
+        keys.add(info.reading)  # not a kanji word read like a particle: _FUNCTION_READINGS
     if info.volitional:
         # A volitional pattern (死のう) must not match every form of the verb.
         keys = {k if k.endswith(VOLITIONAL) else k + VOLITIONAL for k in keys}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from intake.lemmas import get_analyser
 from intake.rules import RuleSet, load_rules
 from intake.triage import Triage, classify_text
 
@@ -94,3 +95,36 @@ def test_reading_and_lemma_tiers_judge_negation_alike(rules: RuleSet, frame: str
     kanji = triage(rules, frame.format("死にたい"))
     blurred = triage(rules, frame.format("4にたい"))
     assert kanji.urgent == blurred.urgent
+
+
+# -- short readings ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pattern", "particle"), [("刃", "は"), ("手", "て"), ("二", "に")])
+def test_a_kanji_word_with_a_short_reading_does_not_match_a_particle(
+    pattern: str, particle: str
+) -> None:
+    analyser = get_analyser()
+    word = analyser.pattern_keys(pattern)[0][0]
+    text = analyser.analyse(f"今日{particle}手首が痛い")
+    particles = [info for info in text.infos if info.surface == particle]
+    assert particles
+    assert all(word.isdisjoint(info.keys) for info in particles)
+
+
+@pytest.mark.parametrize(("pattern", "kana"), [("首", "くび"), ("死ぬ", "しぬ"), ("目", "め")])
+def test_a_kanji_pattern_word_still_matches_its_kana_spelling(pattern: str, kana: str) -> None:
+    analyser = get_analyser()
+    word = analyser.pattern_keys(pattern)[0][0]
+    assert any(not word.isdisjoint(info.keys) for info in analyser.analyse(kana).infos)
+
+
+@pytest.mark.parametrize("text", ["カミソリの刃を腕に当てた", "刃で手首を切った"])
+def test_a_blade_against_the_body_is_urgent(rules: RuleSet, text: str) -> None:
+    t = triage(rules, text)
+    assert "urgent.self_harm.instrument" in counted(t)
+
+
+@pytest.mark.parametrize("text", ["私は手首を怪我した", "今日は手首が痛いので体育を休んだ"])
+def test_the_particle_ha_before_a_body_part_is_no_blade(rules: RuleSet, text: str) -> None:
+    assert not triage(rules, text).urgent
