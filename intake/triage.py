@@ -871,6 +871,26 @@ def _reading_may_match(a: Analysis, rules: RuleSet, subject: str) -> bool:
     return rules.reading_any is not None and rules.reading_any.search(kana) is not None
 
 
+# Particles the analyser glues to the kana word after them: 今日はじさつしたい is read
+# 今日|はじ (端)|さつ|し|たい, so the stem じさつ starts inside the word はじ.
+_GLUED_PARTICLES = frozenset("はがもを")
+
+
+def _glued_particle(reading: str, owner: list[int], start: int) -> bool:
+    """Is all of the word before ``start`` (on the reading) one glued particle?
+
+    Why: a match must start where a word starts (私に対して is not しにたい), but when
+    MeCab has made one word of a particle and the first kana of a crisis word (はじ of
+    はじさつ), the match starting after the particle is the writer's word.
+    """
+    token = owner[start]
+    return (
+        start >= 1
+        and reading[start - 1] in _GLUED_PARTICLES
+        and (start == 1 or owner[start - 2] != token or reading[start - 2] == "。")
+    )
+
+
 def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -> list[_Hit]:
     """Crisis stems found on the kana reading where no phrase-tier hit covers the words.
 
@@ -916,9 +936,12 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
             first, last = owner[start], owner[end - 1]
             # inside a word (私に対して is not しにたい); the 。 put between sentences is
             # owned by the token after it, so a match right after it starts on a boundary
-            if (start and owner[start - 1] == first and reading[start - 1] != "。") or (
-                end < len(owner) and owner[end] == last
-            ):
+            if (
+                start
+                and owner[start - 1] == first
+                and reading[start - 1] != "。"
+                and not _glued_particle(reading, owner, start)
+            ) or (end < len(owner) and owner[end] == last):
                 continue
             if not covered.isdisjoint(range(first, last + 1)):
                 continue

@@ -128,3 +128,37 @@ def test_a_blade_against_the_body_is_urgent(rules: RuleSet, text: str) -> None:
 @pytest.mark.parametrize("text", ["私は手首を怪我した", "今日は手首が痛いので体育を休んだ"])
 def test_the_particle_ha_before_a_body_part_is_no_blade(rules: RuleSet, text: str) -> None:
     assert not triage(rules, text).urgent
+
+
+# -- youth slang and words the analyser splits --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "昨日odした",  # the analyser keeps the case of Latin letters
+        "Odしちゃった",
+        "オーバードースしそう",
+        "飛び降りしようかな",  # a noun 飛び降り here, not the verb 飛び降りる
+        "電車に飛び込みしたい",
+        "今日はじさつしたい",  # read 今日|はじ|さつ|し|たい
+        "今夜からネカフェで寝るしかない",
+        "お金が尽きて今夜は漫喫に泊まる",
+    ],
+)
+def test_slang_and_split_crisis_words_are_urgent(rules: RuleSet, text: str) -> None:
+    assert triage(rules, text).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "飛び込み営業をしたいです",
+        "プールで飛び込みの練習をした",
+        "私に対して怒ってる",
+        "試しに体験したい",
+        "ネカフェで漫画を読むのが好き",
+    ],
+)
+def test_look_alikes_of_the_slang_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not triage(rules, text).urgent
