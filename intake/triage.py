@@ -141,10 +141,27 @@ _NEGATION_FRAME = frozenset(
         "気持ち",
         "考え",
         "感じ",
+        # 一度も/一回も〜ない: the commonest way to say it never happened (死にたいなんて
+        # 一度も思ったことはない); が only after こと (_GA_AFTER), not お金がない
+        "一",
+        "度",
+        "回",
+        "一日",  # 〜思わない日が一日もない: the double negation of the 日 frame
     ]
 )
 _SHIKA = "しか"  # 〜としか思えない is an emphatic positive: it cancels one negation
 _SCOPE_LIMIT = 8
+# Past the limit, a scope that stands negated is still read on for a second negation
+# that cancels it (死にたいと思う時が無いとは言えない, 〜思わない日が一日もない): the
+# far reach can only keep a wish urgent, never deny one.
+_DOUBLE_REACH = 2 * _SCOPE_LIMIT
+# Words of 一度も / 一回も / 一日も that do not use up the scope: 死にたいなんて一度も思ったことは
+# ない is no farther from its negation than 死にたいなんて思ったことはない.
+_FREE_IN_SCOPE = frozenset({"一", "度", "回", "一日"})
+# 〜たことがない (死にたいと思ったことがない, 〜思わない日が一日もない): が is part of the
+# frame after こと, 日 and 時 only; after any other word it ends the scope, so a topic or
+# concept word (お金がない, 食べ物がない) is never negated by what is said about it.
+_GA_AFTER = frozenset({"事", "こと", "日", "時"})
 
 
 _NOT_A_DENIAL = frozenset({"か", "振り"})  # lemmas after a negation that undo the denial
@@ -172,8 +189,13 @@ def _negated(a: Analysis, last: int) -> bool:
     thought = False  # a verb of thought has affirmed the wish (see _THOUGHT_VERBS)
     i = last + 1
     n = len(infos)
-    while i < n and i - last <= _SCOPE_LIMIT and sentences[i] == sentence:
+    used = 0  # words of the scope used up (_FREE_IN_SCOPE words cost nothing)
+    while i < n and sentences[i] == sentence:
         info = infos[i]
+        if info.lemma not in _FREE_IN_SCOPE:
+            used += 1
+        if used > _SCOPE_LIMIT and (flips % 2 == 0 or used > _DOUBLE_REACH):
+            break
         if info.negation and i + 1 < n and infos[i + 1].lemma in _NOT_A_DENIAL:
             # 〜ありませんか / 〜ないか: an offer or a question; 〜ないふり: pretending
             # (死にたくないふりをしている says the wish is there: review rv9d)
@@ -183,7 +205,9 @@ def _negated(a: Analysis, last: int) -> bool:
         elif info.lemma == _TELL and (thought or _cannot_tell(info)) and not flips:
             # the negation that follows is about telling, not about the wish
             break
-        elif info.lemma not in _NEGATION_FRAME:
+        elif info.lemma not in _NEGATION_FRAME and not (
+            info.lemma == "が" and infos[i - 1].lemma in _GA_AFTER
+        ):
             break
         elif info.lemma in _THOUGHT_VERBS and not flips:
             thought = True

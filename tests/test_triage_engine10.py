@@ -162,3 +162,34 @@ def test_slang_and_split_crisis_words_are_urgent(rules: RuleSet, text: str) -> N
 )
 def test_look_alikes_of_the_slang_are_not_urgent(rules: RuleSet, text: str) -> None:
     assert not triage(rules, text).urgent
+
+
+# -- far negation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死にたいと思ったことがない",
+        "死にたいなんて一度も思ったことはない",
+        "死にたいと一回も思ったことない",
+    ],
+)
+def test_never_having_had_the_wish_is_a_denial(rules: RuleSet, text: str) -> None:
+    t = triage(rules, text)
+    assert not t.urgent
+    assert any(m.discounted == "negated" for m in t.matches if m.kind == "urgent")
+
+
+@pytest.mark.parametrize(
+    "text", ["死にたいと思わない日が一日もない", "死にたいと思う時が無いとは言えない"]
+)
+def test_a_second_negation_past_the_scope_still_cancels_the_first(
+    rules: RuleSet, text: str
+) -> None:
+    assert "urgent.suicidal.wish" in counted(triage(rules, text))
+
+
+@pytest.mark.parametrize("text", ["3日間食べ物がない", "もう3日お金がない、食べ物もない"])
+def test_what_is_said_about_a_concept_word_does_not_negate_it(rules: RuleSet, text: str) -> None:
+    assert triage(rules, text).urgent
