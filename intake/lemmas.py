@@ -153,6 +153,17 @@ _SHINE = re.compile(
 )
 
 
+# 4 written for し in 死 (4ぬ, 4にたい, 4んで, 4のう, 4ね): MeCab reads a number and
+# loose kana, so every rule written with 死ぬ - and its negation, idiom and resolved-past
+# judgements - missed the commonest blurred spelling, which only the reading tier saw,
+# judging none of them (今夜4ぬ, 4ぬことばかり考える). Read as 死 where nothing else fits:
+# not after a digit or a decimal point (14ぬ), and 4に only before たい/たく/たか/そう.
+_FOUR_SHI = re.compile(
+    r"(?<![0-9０-９.．])4"
+    r"(?=ぬ|に(?:たい|たく|たか|そう)|ん(?:で|だ|じゃ)|のう|ね(?:って|[!！?？。、…\s」]|$))"
+)
+
+
 def _as_shine(m: re.Match[str]) -> str:
     """死ね for each しね of a match (the same length, so offsets hold)."""
     return "死ね" * (len(m.group()) // 2)
@@ -791,6 +802,8 @@ class Analyser:
             line = self._hiraganise_runs(line)  # same length, so offsets still hold
             if "しね" in line:
                 line = _SHINE.sub(_as_shine, line)  # same length too
+            if "4" in line:
+                line = _FOUR_SHI.sub("死", line)  # one character for one
             line_infos = tokens_of(line)
             if "しぬ" in line:
                 line_infos = self._kana_death(line_infos)

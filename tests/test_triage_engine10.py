@@ -67,10 +67,11 @@ def test_saying_the_wish_is_not_there_is_still_a_denial(rules: RuleSet, text: st
 @pytest.mark.parametrize(
     "text",
     [
-        "中3の冬は毎晩4にたいって泣いてた。",  # ないてた: 泣く, not ない
-        "問診票の『4にたいと感じることがある』にチェックした。",  # とかんじる: 感じる, not ん
-        "仏壇の前で思う。正直もう4にたいんよ",  # explanatory ん of dialect
-        "ちゃうな、4にたいんやわ",
+        # しにだい: a typo only the reading tier reads (the lemma tier reads 4にたい now)
+        "中3の冬は毎晩しにだいって泣いてた。",  # ないてた: 泣く, not ない
+        "問診票の『しにだいと感じることがある』にチェックした。",  # とかんじる: 感じる, not ん
+        "仏壇の前で思う。正直もうしにだいんよ",  # explanatory ん of dialect
+        "ちゃうな、しにだいんやわ",
     ],
 )
 def test_reading_tier_takes_only_a_real_negation_word_as_denial(rules: RuleSet, text: str) -> None:
@@ -93,7 +94,7 @@ def test_reading_tier_takes_only_a_real_negation_word_as_denial(rules: RuleSet, 
 )
 def test_reading_and_lemma_tiers_judge_negation_alike(rules: RuleSet, frame: str) -> None:
     kanji = triage(rules, frame.format("死にたい"))
-    blurred = triage(rules, frame.format("4にたい"))
+    blurred = triage(rules, frame.format("しにだい"))
     assert kanji.urgent == blurred.urgent
 
 
@@ -193,3 +194,40 @@ def test_a_second_negation_past_the_scope_still_cancels_the_first(
 @pytest.mark.parametrize("text", ["3日間食べ物がない", "もう3日お金がない、食べ物もない"])
 def test_what_is_said_about_a_concept_word_does_not_negate_it(rules: RuleSet, text: str) -> None:
     assert triage(rules, text).urgent
+
+
+# -- 4 for し ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("今夜4ぬ", "urgent.suicidal.wish"),
+        ("4ぬことばかり考えてる", "urgent.suicidal.clinical"),
+        ("もう4んでしまいたい", "urgent.suicidal.contracted"),
+    ],
+)
+def test_four_for_shi_is_read_by_the_lemma_rules(rules: RuleSet, text: str, rule: str) -> None:
+    assert rule in counted(triage(rules, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("4にたいくらい恥ずかしい", "idiom"),
+        ("4にたいとかではないです", "negated"),
+        ("昔は4にたいと思ってたけど今は大丈夫です", "resolved-past"),
+    ],
+)
+def test_four_for_shi_is_judged_like_the_kanji(rules: RuleSet, text: str, why: str) -> None:
+    t = triage(rules, text)
+    assert not t.urgent
+    kanji = triage(rules, text.replace("4", "死"))
+    assert not kanji.urgent
+    assert any(m.discounted == why for m in t.matches if m.kind == "urgent")
+
+
+@pytest.mark.parametrize("text", ["4人で遊んだ", "4年生です", "14ぬいぐるみ", "4日に会おう"])
+def test_a_four_that_is_a_number_stays_a_number(text: str) -> None:
+    infos = get_analyser().analyse(text).infos
+    assert all(info.lemma != "死ぬ" for info in infos)
