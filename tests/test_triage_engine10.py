@@ -231,3 +231,25 @@ def test_four_for_shi_is_judged_like_the_kanji(rules: RuleSet, text: str, why: s
 def test_a_four_that_is_a_number_stays_a_number(text: str) -> None:
     infos = get_analyser().analyse(text).infos
     assert all(info.lemma != "死ぬ" for info in infos)
+
+
+# -- resolved past ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("word", ["死にたい", "しにだい", "死にたみ", "じさつしたい", "自殺したい"])
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ("昔は{}と思っていたけど今は大丈夫です。", False),
+        ("中学のときは毎日{}って思ってた。今は楽しくやってます。", False),
+        ("昔は{}と思ってたけど今は大丈夫。でも最近また{}。", True),
+        ("昔は{}って思ってた。今は大丈夫。でも今日は{}。", True),
+        ("去年{}と思ってた。今も{}。", True),
+    ],
+)
+def test_every_tier_judges_resolved_past_alike(
+    rules: RuleSet, word: str, frame: str, expected: bool
+) -> None:
+    """Past ideation said to be over is discounted whichever tier reads the word, and
+    a present wish after it is not (the reading tier reads しにだい, 死にたみ, じさつ)."""
+    assert triage(rules, frame.replace("{}", word)).urgent is expected
