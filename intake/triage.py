@@ -212,7 +212,26 @@ def _negated(a: Analysis, last: int) -> bool:
         elif info.lemma in _THOUGHT_VERBS and not flips:
             thought = True
         i += 1
-    return flips % 2 == 1
+    return flips % 2 == 1 and not _called_a_lie(infos, sentences, i, sentence)
+
+
+_LIE = "嘘"
+_LIE_REACH = 5  # words after the scope in which 嘘 takes back its denial
+
+
+def _called_a_lie(infos: list[TokenInfo], sentences: list[int], i: int, sentence: int) -> bool:
+    """Does the writer call the denial a lie right after it (〜ないと言えば嘘になる)?
+
+    Why: 死にたいと思ったことがないと言えば嘘になる and 〜ないなんて嘘 say the wish is
+    there; 嘘じゃない (it is no lie) leaves the denial standing.
+    """
+    end = min(len(infos), i + _LIE_REACH)
+    for j in range(i, end):
+        if sentences[j] != sentence:
+            return False
+        if infos[j].lemma == _LIE:
+            return not any(info.negation for info in infos[j + 1 : j + 4])
+    return False
 
 
 # -- language ---------------------------------------------------------------------------
@@ -839,6 +858,9 @@ _READING_DOUBLE = re.compile(
 )
 
 
+_READING_LIE_REACH = 10  # characters after a negation on the reading searched for うそ
+
+
 def _reading_negated(reading: str, end: int, owner: list[int], infos: list[TokenInfo]) -> bool:
     """Is the reading-tier match ending at ``end`` negated, as ``_negated`` would judge it?
 
@@ -855,6 +877,10 @@ def _reading_negated(reading: str, end: int, owner: list[int], infos: list[Token
         return False  # the "negation" is the start of a longer word
     if not any(infos[owner[k]].negation for k in range(m.start("neg"), stop)):
         return False
+    rest = reading[stop : stop + _READING_LIE_REACH].partition("。")[0]
+    lie = rest.find("うそ")
+    if lie >= 0 and not rest.startswith(("うそじゃ", "うそでは"), lie):
+        return False  # 〜ないといえばうそになる: as _called_a_lie
     return _READING_DOUBLE.match(reading, stop) is None
 
 

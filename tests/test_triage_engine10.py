@@ -196,6 +196,26 @@ def test_what_is_said_about_a_concept_word_does_not_negate_it(rules: RuleSet, te
     assert triage(rules, text).urgent
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死にたいと思ったことがないと言えば嘘になる",
+        "死にたいと思ったことはないと言えば嘘になる",
+        "消えたいと思ったことがないなんて嘘です",
+        "しにだいとかじゃないと言えば嘘になる",  # the reading tier alike
+    ],
+)
+def test_a_denial_the_writer_calls_a_lie_is_no_denial(rules: RuleSet, text: str) -> None:
+    assert triage(rules, text).urgent
+
+
+@pytest.mark.parametrize(
+    "text", ["死にたいと思ったことはない、嘘じゃない", "しにだいとかじゃない、嘘じゃない"]
+)
+def test_a_denial_said_to_be_no_lie_stands(rules: RuleSet, text: str) -> None:
+    assert not triage(rules, text).urgent
+
+
 # -- 4 for し ------------------------------------------------------------------------------
 
 
