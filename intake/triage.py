@@ -208,6 +208,8 @@ def _negated(a: Analysis, last: int) -> bool:
         elif info.lemma not in _NEGATION_FRAME and not (
             info.lemma == "が" and infos[i - 1].lemma in _GA_AFTER
         ):
+            if info.lemma in _PEOPLE and flips and i - 1 > last and infos[i - 1].negation:
+                flips -= 1  # 死にたいと思わない人: the negation describes other people
             break
         elif info.lemma in _THOUGHT_VERBS and not flips:
             thought = True
@@ -215,6 +217,9 @@ def _negated(a: Analysis, last: int) -> bool:
     return flips % 2 == 1 and not _called_a_lie(infos, sentences, i, sentence)
 
 
+# A negation right before one of these describes other people, not the writer:
+# 死にたいと思わない人がうらやましい, 〜思ったことがない人には分からない.
+_PEOPLE = frozenset({"人", "人間", "者", "人達"})
 _LIE = "嘘"
 _LIE_REACH = 5  # words after the scope in which 嘘 takes back its denial
 

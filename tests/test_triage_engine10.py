@@ -216,6 +216,18 @@ def test_a_denial_said_to_be_no_lie_stands(rules: RuleSet, text: str) -> None:
     assert not triage(rules, text).urgent
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死にたいと思わない人がうらやましい",
+        "死にたいと思ったことない人には分からない",
+        "死にたいと思ったことがない人なんていないでしょ",
+    ],
+)
+def test_a_negation_that_describes_other_people_is_no_denial(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.wish" in counted(triage(rules, text))
+
+
 # -- 4 for し ------------------------------------------------------------------------------
 
 
