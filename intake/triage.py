@@ -162,6 +162,10 @@ _FREE_IN_SCOPE = frozenset({"一", "度", "回", "一日"})
 # frame after こと, 日 and 時 only; after any other word it ends the scope, so a topic or
 # concept word (お金がない, 食べ物がない) is never negated by what is said about it.
 _GA_AFTER = frozenset({"事", "こと", "日", "時"})
+# The potential of a verb of thought is part of the frame (死にたいとしか考えられない: the
+# scope must reach the negation that しか cancels; 〜とは考えられない); after any other
+# verb it ends the scope (ありがとうと言われたことはない, いじめられてはいない).
+_POTENTIAL = frozenset({"れる", "られる"})
 
 
 _NOT_A_DENIAL = frozenset({"か", "振り"})  # lemmas after a negation that undo the denial
@@ -206,7 +210,8 @@ def _negated(a: Analysis, last: int) -> bool:
             # the negation that follows is about telling, not about the wish
             break
         elif info.lemma not in _NEGATION_FRAME and not (
-            info.lemma == "が" and infos[i - 1].lemma in _GA_AFTER
+            (info.lemma == "が" and infos[i - 1].lemma in _GA_AFTER)
+            or (info.lemma in _POTENTIAL and infos[i - 1].lemma in _THOUGHT_VERBS)
         ):
             if info.lemma in _PEOPLE and flips and i - 1 > last and infos[i - 1].negation:
                 flips -= 1  # 死にたいと思わない人: the negation describes other people

@@ -228,6 +228,21 @@ def test_a_negation_that_describes_other_people_is_no_denial(rules: RuleSet, tex
     assert "urgent.suicidal.wish" in counted(triage(rules, text))
 
 
+def test_nothing_but_dying_in_the_potential_is_no_denial(rules: RuleSet) -> None:
+    # しか cancels the negation of 考えられない only when the scope reaches it
+    assert "urgent.suicidal.wish" in counted(triage(rules, "死にたいとしか考えられない"))
+    assert not triage(rules, "死にたいとは考えられない").urgent
+
+
+@pytest.mark.parametrize("text", ["死にたくないけど生きたくもない", "正直、生きたくはない"])
+def test_not_wanting_to_live_with_a_particle_between_is_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.no_will_to_live" in counted(triage(rules, text))
+
+
+def test_wanting_to_live_without_money_is_not_the_same(rules: RuleSet) -> None:
+    assert not triage(rules, "生きたいけどお金がない").urgent
+
+
 # -- 4 for し ------------------------------------------------------------------------------
 
 
