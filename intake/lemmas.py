@@ -50,6 +50,20 @@ VOLITIONAL = "(う)"  # suffix of the keys of a volitional verb form (死のう,
 
 _BOUNDARY, _SKIP, _SPECIAL_TOKEN = 1, 2, 3
 _POLITE = frozenset({"ます", "です"})
+# The sounds of particles and auxiliaries (and of dialect auxiliaries: とる for ている). A
+# pattern word written in kanji with one of these readings does not offer the reading as
+# a key: 刃 (は), 手 (て), 二 (に), 体 (たい) and 取る (とる) matched every は, て, に, たい
+# of a mail and the とる of 打っとる, so 刃 could not be a rule word. Other short readings
+# stay (血 for ちがでた, 跡 for あと), and a kana word still matches by its lemma (くび: 首).
+# fmt: off
+_FUNCTION_READINGS = frozenset("~" + r for r in [
+    "は", "が", "を", "に", "へ", "と", "で", "て", "も", "や", "か", "の", "ね", "よ", "な",
+    "わ", "ぞ", "ぜ", "さ", "し", "ば", "ら", "り", "る", "た", "だ", "ず", "ぬ", "ん", "う",
+    "から", "まで", "より", "けど", "だけ", "ほど", "など", "しか", "こそ", "さえ", "でも",
+    "って", "じゃ", "ちゃ", "ない", "たい", "なら", "のに", "ので", "ても", "とる", "てる",
+    "とく", "よう", "そう", "らしい", "れる", "せる",
+])
+# fmt: on
 _NEE = frozenset({"ねえ", "ねぇ", "ねー"})
 _SENTENCE_END = frozenset("。．.!?！？…‥")
 
@@ -136,6 +150,17 @@ _KATAKANA_RUN = re.compile(r"[ァ-ヺ][ァ-ヺー]+")
 # and before って, と, よ, a quote, punctuation, a space or the end of the line.
 _SHINE = re.compile(
     r"(?:^|(?<=[\s「『\"'(（、。!?…・]))(?:しね)+(?=って|と|よ|[」』\"'!?。、…\s]|$)"
+)
+
+
+# 4 written for し in 死 (4ぬ, 4にたい, 4んで, 4のう, 4ね): MeCab reads a number and
+# loose kana, so every rule written with 死ぬ - and its negation, idiom and resolved-past
+# judgements - missed the commonest blurred spelling, which only the reading tier saw,
+# judging none of them (今夜4ぬ, 4ぬことばかり考える). Read as 死 where nothing else fits:
+# not after a digit or a decimal point (14ぬ), and 4に only before たい/たく/たか/そう.
+_FOUR_SHI = re.compile(
+    r"(?<![0-9０-９.．])4"
+    r"(?=ぬ|に(?:たい|たく|たか|そう)|ん(?:で|だ|じゃ)|のう|ね(?:って|[!！?？。、…\s」]|$))"
 )
 
 
@@ -777,6 +802,8 @@ class Analyser:
             line = self._hiraganise_runs(line)  # same length, so offsets still hold
             if "しね" in line:
                 line = _SHINE.sub(_as_shine, line)  # same length too
+            if "4" in line:
+                line = _FOUR_SHI.sub("死", line)  # one character for one
             line_infos = tokens_of(line)
             if "しぬ" in line:
                 line_infos = self._kana_death(line_infos)
@@ -922,8 +949,10 @@ class Analyser:
 
 def _pattern_token(info: TokenInfo) -> frozenset[str]:
     keys = set(info.keys)
-    if info.reading:
-        keys.add(info.reading)
+    if info.reading and (
+        info.reading not in _FUNCTION_READINGS or _KANA_ONLY.fullmatch(info.surface)
+    ):
+        keys.add(info.reading)  # not a kanji word read like a particle: _FUNCTION_READINGS
     if info.volitional:
         # A volitional pattern (死のう) must not match every form of the verb.
         keys = {k if k.endswith(VOLITIONAL) else k + VOLITIONAL for k in keys}

@@ -141,33 +141,107 @@ _NEGATION_FRAME = frozenset(
         "気持ち",
         "考え",
         "感じ",
+        # 一度も/一回も〜ない: the commonest way to say it never happened (死にたいなんて
+        # 一度も思ったことはない); が only after こと (_GA_AFTER), not お金がない
+        "一",
+        "度",
+        "回",
+        "一日",  # 〜思わない日が一日もない: the double negation of the 日 frame
     ]
 )
 _SHIKA = "しか"  # 〜としか思えない is an emphatic positive: it cancels one negation
 _SCOPE_LIMIT = 8
+# Past the limit, a scope that stands negated is still read on for a second negation
+# that cancels it (死にたいと思う時が無いとは言えない, 〜思わない日が一日もない): the
+# far reach can only keep a wish urgent, never deny one.
+_DOUBLE_REACH = 2 * _SCOPE_LIMIT
+# Words of 一度も / 一回も / 一日も that do not use up the scope: 死にたいなんて一度も思ったことは
+# ない is no farther from its negation than 死にたいなんて思ったことはない.
+_FREE_IN_SCOPE = frozenset({"一", "度", "回", "一日"})
+# 〜たことがない (死にたいと思ったことがない, 〜思わない日が一日もない): が is part of the
+# frame after こと, 日 and 時 only; after any other word it ends the scope, so a topic or
+# concept word (お金がない, 食べ物がない) is never negated by what is said about it.
+_GA_AFTER = frozenset({"事", "こと", "日", "時"})
+# The potential of a verb of thought is part of the frame (死にたいとしか考えられない: the
+# scope must reach the negation that しか cancels; 〜とは考えられない); after any other
+# verb it ends the scope (ありがとうと言われたことはない, いじめられてはいない).
+_POTENTIAL = frozenset({"れる", "られる"})
 
 
 _NOT_A_DENIAL = frozenset({"か", "振り"})  # lemmas after a negation that undo the denial
+# Verbs of the frame that hold the wish as a thought (死にたいと思う); once one of them has
+# affirmed it, a later verb of telling takes the negation: 死にたいと思ってる事は言ってない
+# and 死にたいとか思ってても言えない say the wish is there and is kept secret.
+_THOUGHT_VERBS = frozenset({"思う", "考える", "感じる"})
+_TELL = "言う"
+
+
+def _cannot_tell(info: TokenInfo) -> bool:
+    """言え(ない) / いえ(ない): "cannot say", the potential of 言う (UniDic keeps 言う).
+
+    Why: 死にたいなんて言えない, 消えたいって言えない tell of a wish that cannot be
+    spoken, not a denial of it ("a hedge that implies there is something is urgent",
+    tests/data/README.md); 死にたいなんて言ってない (never said it) stays a denial.
+    """
+    return info.lemma == _TELL and info.surface.endswith(("え", "エ"))
 
 
 def _negated(a: Analysis, last: int) -> bool:
     infos, sentences = a.infos, a.sentences
     sentence = sentences[last]
     flips = 0
+    thought = False  # a verb of thought has affirmed the wish (see _THOUGHT_VERBS)
     i = last + 1
     n = len(infos)
-    while i < n and i - last <= _SCOPE_LIMIT and sentences[i] == sentence:
+    used = 0  # words of the scope used up (_FREE_IN_SCOPE words cost nothing)
+    while i < n and sentences[i] == sentence:
         info = infos[i]
+        if info.lemma not in _FREE_IN_SCOPE:
+            used += 1
+        if used > _SCOPE_LIMIT and (flips % 2 == 0 or used > _DOUBLE_REACH):
+            break
         if info.negation and i + 1 < n and infos[i + 1].lemma in _NOT_A_DENIAL:
             # 〜ありませんか / 〜ないか: an offer or a question; 〜ないふり: pretending
             # (死にたくないふりをしている says the wish is there: review rv9d)
             pass
         elif info.negation or info.lemma == _SHIKA:
             flips += 1
-        elif info.lemma not in _NEGATION_FRAME:
+        elif info.lemma == _TELL and (thought or _cannot_tell(info)) and not flips:
+            # the negation that follows is about telling, not about the wish
             break
+        elif info.lemma not in _NEGATION_FRAME and not (
+            (info.lemma == "が" and infos[i - 1].lemma in _GA_AFTER)
+            or (info.lemma in _POTENTIAL and infos[i - 1].lemma in _THOUGHT_VERBS)
+        ):
+            if info.lemma in _PEOPLE and flips and i - 1 > last and infos[i - 1].negation:
+                flips -= 1  # 死にたいと思わない人: the negation describes other people
+            break
+        elif info.lemma in _THOUGHT_VERBS and not flips:
+            thought = True
         i += 1
-    return flips % 2 == 1
+    return flips % 2 == 1 and not _called_a_lie(infos, sentences, i, sentence)
+
+
+# A negation right before one of these describes other people, not the writer:
+# 死にたいと思わない人がうらやましい, 〜思ったことがない人には分からない.
+_PEOPLE = frozenset({"人", "人間", "者", "人達"})
+_LIE = "嘘"
+_LIE_REACH = 5  # words after the scope in which 嘘 takes back its denial
+
+
+def _called_a_lie(infos: list[TokenInfo], sentences: list[int], i: int, sentence: int) -> bool:
+    """Does the writer call the denial a lie right after it (〜ないと言えば嘘になる)?
+
+    Why: 死にたいと思ったことがないと言えば嘘になる and 〜ないなんて嘘 say the wish is
+    there; 嘘じゃない (it is no lie) leaves the denial standing.
+    """
+    end = min(len(infos), i + _LIE_REACH)
+    for j in range(i, end):
+        if sentences[j] != sentence:
+            return False
+        if infos[j].lemma == _LIE:
+            return not any(info.negation for info in infos[j + 1 : j + 4])
+    return False
 
 
 # -- language ---------------------------------------------------------------------------
@@ -779,11 +853,14 @@ def _signal_matches(
 # -- the reading tier -------------------------------------------------------------------
 # A negation right after a stem on the reading: しにたいとかじゃない, じさつしたいとはおもわない,
 # きえたくない (the stem stops before く). Particles and the verbs of the frame may come
-# between, as in the token-level scope; anything else ends it.
+# between, as in the token-level scope; anything else ends it. A bare ん negates only
+# after a verb's negative stem (おもわん, かんがえん): after a stem ending in い it is the
+# explanatory の of dialect and speech (しにたいんよ, しにたいんやわ).
 _READING_NEGATION = re.compile(
     r"(?:い|く)?(?:とか|なんて|なんか|って|と|わけ|とは|では|じゃ|は|も|まで|べつに|ぜんぜん"
     r"|おもったり|おもったこと|おもって|おもわ|おもえ|かんがえ|きもち|ことは|こと)*"
-    r"(?:ない|ねえ|ねぇ|ません|ありません|なかった|ず|ん(?!だ|で|じゃ|か))"
+    r"(?P<neg>ない|なく(?=て)|ねえ|ねぇ|ません|ありません|なかった|ず|(?<=[わえ])ん(?!だ|で|じゃ|か))"
+    r"(?!か|ふり)"  # 〜ないか: a question or an offer; 〜ないふり: pretending (as _negated)
 )
 # ... unless it is doubled: しにたいとおもわないひはない
 _READING_DOUBLE = re.compile(
@@ -791,9 +868,30 @@ _READING_DOUBLE = re.compile(
 )
 
 
-def _reading_negated(reading: str, end: int) -> bool:
+_READING_LIE_REACH = 10  # characters after a negation on the reading searched for うそ
+
+
+def _reading_negated(reading: str, end: int, owner: list[int], infos: list[TokenInfo]) -> bool:
+    """Is the reading-tier match ending at ``end`` negated, as ``_negated`` would judge it?
+
+    The negation must be words of the analyser's own: it ends where a word ends, and one
+    of its words is a negation. Why: the reading has no word boundaries, so the ない of
+    泣いてた (ないてた) and the ん of 感じる (とかんじる) read as negations and discounted a
+    present wish (4にたいって泣いてた) that the same words in kanji kept urgent.
+    """
     m = _READING_NEGATION.match(reading, end)
-    return m is not None and _READING_DOUBLE.match(reading, m.end()) is None
+    if m is None:
+        return False
+    stop = m.end()
+    if stop < len(owner) and owner[stop] == owner[stop - 1]:
+        return False  # the "negation" is the start of a longer word
+    if not any(infos[owner[k]].negation for k in range(m.start("neg"), stop)):
+        return False
+    rest = reading[stop : stop + _READING_LIE_REACH].partition("。")[0]
+    lie = rest.find("うそ")
+    if lie >= 0 and not rest.startswith(("うそじゃ", "うそでは"), lie):
+        return False  # 〜ないといえばうそになる: as _called_a_lie
+    return _READING_DOUBLE.match(reading, stop) is None
 
 
 _KANA_OF = attrgetter("kana")
@@ -831,6 +929,26 @@ def _reading_may_match(a: Analysis, rules: RuleSet, subject: str) -> bool:
     if _digit_in_kana(a.normalised):
         return True
     return rules.reading_any is not None and rules.reading_any.search(kana) is not None
+
+
+# Particles the analyser glues to the kana word after them: 今日はじさつしたい is read
+# 今日|はじ (端)|さつ|し|たい, so the stem じさつ starts inside the word はじ.
+_GLUED_PARTICLES = frozenset("はがもを")
+
+
+def _glued_particle(reading: str, owner: list[int], start: int) -> bool:
+    """Is all of the word before ``start`` (on the reading) one glued particle?
+
+    Why: a match must start where a word starts (私に対して is not しにたい), but when
+    MeCab has made one word of a particle and the first kana of a crisis word (はじ of
+    はじさつ), the match starting after the particle is the writer's word.
+    """
+    token = owner[start]
+    return (
+        start >= 1
+        and reading[start - 1] in _GLUED_PARTICLES
+        and (start == 1 or owner[start - 2] != token or reading[start - 2] == "。")
+    )
 
 
 def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -> list[_Hit]:
@@ -878,9 +996,12 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
             first, last = owner[start], owner[end - 1]
             # inside a word (私に対して is not しにたい); the 。 put between sentences is
             # owned by the token after it, so a match right after it starts on a boundary
-            if (start and owner[start - 1] == first and reading[start - 1] != "。") or (
-                end < len(owner) and owner[end] == last
-            ):
+            if (
+                start
+                and owner[start - 1] == first
+                and reading[start - 1] != "。"
+                and not _glued_particle(reading, owner, start)
+            ) or (end < len(owner) and owner[end] == last):
                 continue
             if not covered.isdisjoint(range(first, last + 1)):
                 continue
@@ -895,7 +1016,7 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
                 rule.line,
             )
             hit = _Hit(pattern, first, last)
-            if _reading_negated(reading, m.end()):
+            if _reading_negated(reading, m.end(), owner, a.infos):
                 hit.discounted = "negated"
             found.append(hit)
     return found
