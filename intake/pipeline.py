@@ -636,6 +636,17 @@ def _find_thread(
                 return _Thread(case, None)
             return _Thread(case, None, unconfirmed=_latest_alert(session, case) is not None)
         return _Thread(None, None)
+    if not letter.bounce:
+        # Another address keeping an alert's case number and confirmation code: the on-call
+        # box forwarded to a personal phone, whose reply comes from there (review rv10a
+        # F8). The code proves the writer read that alert, so it answers it as a staff
+        # address's would; without the code it is what any other mail is.
+        number, codes = _staff_subject(letter.subject)
+        case = session.get(Case, number) if number is not None and codes else None
+        if case is not None and case.mailbox == mailbox:
+            answered = _latest_alert(session, case, codes)
+            if answered is not None:
+                return _Thread(case, answered, by_code=True)
     m = CASE_NUMBER.search(letter.subject)
     if m:
         case = session.get(Case, int(m.group(1)))
@@ -999,6 +1010,7 @@ def _opens_case(letter: Letter, staff: bool = False, block: str | None = None) -
         or letter.references
         or letter.bounce
         or CASE_NUMBER.search(letter.subject)
+        or _staff_subject(letter.subject)[1]  # a case number and code, maybe full-width
     )
 
 
@@ -1083,7 +1095,7 @@ def handle_message(
             answered.kind in ("alert", "escalation")
             and not letter.bounce
             and block in (None, STAFF_BLOCK)
-            and letter.from_addr.lower() in staff
+            and (letter.from_addr.lower() in staff or thread.by_code)
         ):
             # The on-call person answered the alert: that acknowledges it. An out-of-office
             # reply (block set) does not: it must not stop the escalation.

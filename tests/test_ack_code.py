@@ -397,3 +397,45 @@ def test_the_failover_and_late_notices_quoted_without_markers_are_ours(
     body = str(text.get_content())  # type: ignore[attr-defined]
     new, quoted = split_quoted(_quoting(body))
     assert new == "対応します。" and "C000007" in quoted
+
+
+@pytest.mark.integration
+def test_a_reply_with_the_code_from_an_address_not_on_call_acknowledges_the_alert(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rv10a F8: the on-call box forwarded to a personal phone; the reply comes from
+    that phone's address with the case number and the code in the subject. The code proves
+    the writer read the alert: it acknowledges. It opened a new consultation, sent the
+    on-call person the resident's acknowledgement, and the escalation went on."""
+    svc = service(tmp_path, dovecot, smtp_server, monkeypatch)
+    base = datetime.now(JST)
+    alert = alerted_case(svc, dovecot, smtp_server, base)
+    phone = "taro.oncall@docomo.ne.jp"
+    title = "RE: " + full_width(subject(alert))  # a phone's full-width subject, too
+    dovecot.append(samples.consultation(phone, title, "対応します。"))
+    once(svc, base + timedelta(minutes=5))
+
+    [ack] = events(svc, ACK_EVENT)
+    assert (ack.case_id, ack.actor) == (1, phone)
+    assert [c.number for c in cases(svc)] == ["C000001"], "no new case"
+    assert settled(smtp_server, 0.5) == [], "no acknowledgement to the on-call person's phone"
+    assert escalate(svc, base + timedelta(minutes=31)) == 0
+
+
+@pytest.mark.integration
+def test_a_mail_from_another_address_naming_the_case_with_a_wrong_code_is_a_consultation(
+    tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the right code a stranger's mail naming a case acknowledges nothing."""
+    svc = service(tmp_path, dovecot, smtp_server, monkeypatch)
+    base = datetime.now(JST)
+    alert = alerted_case(svc, dovecot, smtp_server, base)
+    plain = subject(alert).rsplit(" 確認コード ", 1)[0]
+    real = _LABELLED.search(subject(alert))
+    wrong = "YYYYY" if real and real.group(1) == "ZZZZZ" else "ZZZZZ"
+    dovecot.append(
+        samples.consultation("x.stranger@example.jp", f"Re: {plain} 確認コード {wrong}", "対応済み")
+    )
+    once(svc, base + timedelta(minutes=5))
+    assert events(svc, ACK_EVENT) == []
+    assert escalate(svc, base + timedelta(minutes=31)) == 1
