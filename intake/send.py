@@ -97,6 +97,7 @@ from intake.compose import WIRE_POLICY
 from intake.config import SmtpSettings
 from intake.errors import ConfigError
 from intake.fetch import tls_context
+from intake.logs import describe_error
 from intake.store import (
     Case,
     DigestEntry,
@@ -784,15 +785,38 @@ def _put_off(scope: tuple[str, str, str, int], jobs: list[_Job], now: datetime) 
         _PUT_OFF[key] = (job.attempts, times, now + backoff(job.attempts + times, job.kind))
 
 
-def _log_unavailable(exc: BaseException) -> None:
+def _log_unavailable(
+    exc: BaseException, settings: SmtpSettings | None = None, urgent: bool = False
+) -> None:
+    """Log why the mail server could not be used, naming where and what to check.
+
+    Why: "smtp unavailable: SMTPConnectError" alone left the contractor guessing while
+    an urgent alert sat in the outbox (review rv10a F7). The server, port and security
+    are named (no secret), and the error's class and message (the OS's reason; no mail
+    text reaches a connection error). With an alert or escalation waiting it is an ERROR:
+    nobody is being alerted until the server is reached."""
     if isinstance(exc, ConfigError):
         log.error("smtp password unavailable: %s", exc)  # names the variable or file only
         return
     code = getattr(exc, "code", None)
+    where = f"{settings.host}:{settings.port} ({settings.security})" if settings else "?"
     if isinstance(code, int) and 500 <= code < 600:
-        log.error("smtp refused our session", extra={"error": type(exc).__name__, "code": code})
-    else:
-        log.warning("smtp unavailable: %s", type(exc).__name__, extra={"code": code})
+        log.error(
+            "smtp %s refused our session; check [smtp] username, password and from_address",
+            where,
+            extra={"error": type(exc).__name__, "code": code},
+        )
+        return
+    level = logging.ERROR if urgent else logging.WARNING
+    log.log(
+        level,
+        "smtp unavailable at %s: %s; check [smtp] host, port and security, and that the "
+        "mail server is running%s",
+        where,
+        describe_error(exc),
+        ": urgent alerts are waiting and reach nobody until it is" if urgent else "",
+        extra={"code": code},
+    )
 
 
 async def _deliver(
@@ -827,7 +851,7 @@ async def _deliver(
     try:
         smtp = await _connect(settings)
     except (aiosmtplib.SMTPException, OSError, ConfigError) as exc:
-        _log_unavailable(exc)
+        _log_unavailable(exc, settings, any(j.kind in URGENT_KINDS for j in jobs))
         # Rows taken over from a dead sender stay as they are: nothing was sent this run.
         defer([j for j in jobs if j.previous is None], f"connect: {type(exc).__name__}")
         return report
@@ -891,7 +915,9 @@ async def _deliver(
                 try:
                     smtp = await _connect(settings)
                 except (aiosmtplib.SMTPException, OSError, ConfigError) as exc:
-                    _log_unavailable(exc)
+                    _log_unavailable(
+                        exc, settings, any(j.kind in URGENT_KINDS for j in [job, *rest])
+                    )
                     defer(
                         [job, *rest] if job.previous is None else rest,
                         f"connect: {type(exc).__name__}",
