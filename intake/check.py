@@ -25,7 +25,15 @@ from jinja2 import TemplateError, TemplateSyntaxError
 
 from intake.businessdays import BusinessCalendar
 from intake.compose import Sender, render_ack, render_alert, render_digest, template_environment
-from intake.config import PROJECT_ROOT, ConfigProblems, Settings, config_path, load_settings
+from intake.config import (
+    ENV_NAME,
+    PROJECT_ROOT,
+    ConfigProblems,
+    Settings,
+    config_path,
+    env_name_shown,
+    load_settings,
+)
 from intake.errors import ConfigError, RulesError
 from intake.partners import Directory, Emergency, Partner, load_directory
 from intake.rules import check_rules
@@ -416,13 +424,14 @@ def _secret_file_problems(settings: Settings) -> list[str]:
                 )
             except OSError:
                 pass  # not ours to read: the service's account may
-        if secret.env and secret.env not in os.environ:
+        if secret.env and ENV_NAME.match(secret.env) and secret.env not in os.environ:
+            # an invalid name is refused by the loader; neither is ever printed as is
             log.warning(
                 "%s: %s.password_env: %s is not set in this environment; the service will "
                 "need it (e.g. in the systemd EnvironmentFile)",
                 where,
                 name,
-                secret.env,
+                env_name_shown(secret.env, f"{name}.password_env"),
             )
     return problems
 

@@ -38,20 +38,50 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# What the environment takes as a variable's name; anything else in ``password_env`` can
+# never be set, and is most likely the password itself, written where its name goes.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The names messages print: upper case as variables are conventionally named. A legal but
+# lower-case or mixed name (Kasaoka2026pw) may still be a password, so it is not printed.
+_CONVENTIONAL = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def env_name_shown(name: str, key: str = "password_env") -> str:
+    """``environment variable NAME`` for a conventional name, else a description of it.
+
+    Why: the most natural mistake after the loader refuses ``password = "..."`` is to put
+    the password where its variable's name goes, and every message naming the variable
+    then logged the password, at every start of the service (review rv10a F3).
+    """
+    if _CONVENTIONAL.match(name):
+        return f"environment variable {name}"
+    return (
+        f"the environment variable named in {key} (name not shown: it does not look like "
+        "a variable name, and may be the password itself)"
+    )
+
+
 @dataclass(frozen=True)
 class Secret:
     """Where a password lives. ``get()`` reads it at connection time, never logs it."""
 
     env: str | None = None
     file: Path | None = None
+    key: str = field(default="password_env", compare=False)  # e.g. "smtp.password_env"
+
+    @property
+    def env_shown(self) -> str:
+        """How messages name the variable: its name, or a description when the name does
+        not look like one (see ``env_name_shown``)."""
+        return env_name_shown(self.env or "", self.key)
 
     def get(self) -> str | None:
         if self.env:
-            value = os.environ.get(self.env)
+            value = os.environ.get(self.env) if ENV_NAME.match(self.env) else None
             if value is None:
                 raise ConfigError(
-                    f"environment variable {self.env} is not set; export it with the password "
-                    "(the config names it in password_env)"
+                    f"{self.key}: {self.env_shown} is not set; export it with the password "
+                    "(e.g. in the service's EnvironmentFile)"
                 )
             return value
         if self.file:
@@ -68,7 +98,8 @@ class Secret:
         return None
 
     def __repr__(self) -> str:  # never show a secret, only where it comes from
-        return f"Secret(env={self.env!r}, file={self.file!r})"
+        env = self.env if self.env is None or _CONVENTIONAL.match(self.env) else "<not shown>"
+        return f"Secret(env={env!r}, file={self.file!r})"
 
 
 @dataclass(frozen=True)
@@ -376,7 +407,8 @@ class _Section:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.fail(key, f"must be a {kind.__name__}, got {value!r}")
+            shown = "a value not shown" if _PASSWORD_LIKE.search(key) else repr(value)
+            self.fail(key, f"must be a {kind.__name__}, got {shown}")
             return _placeholder(kind) if default is ... else default
         return value
 
@@ -463,6 +495,16 @@ def _secret(sec: _Section, base: Path, *, required: bool = False) -> Secret:
             sec.name,
             sec.name,
         )
+    if env and not ENV_NAME.match(env):
+        # the value is not shown: it is most likely the password itself
+        sec.fail(
+            "password_env",
+            "is not the name of an environment variable (letters, digits and _, not "
+            "starting with a digit); the value is not shown, as it may be the password "
+            "itself: put the password in the service's EnvironmentFile as NAME=... and "
+            'write password_env = "NAME" (e.g. INTAKE_IMAP_PASSWORD); if it was the '
+            "password, change it, since it has been written in the config",
+        )
     if env and file:
         sec.fail("password_env", "give password_env or password_file, not both")
     path = (base / file) if file else None
@@ -478,7 +520,7 @@ def _secret(sec: _Section, base: Path, *, required: bool = False) -> Secret:
                 f"{path} can be read or written by other users (mode {stat.S_IMODE(mode):o}); "
                 f"run: chmod 600 {path}",
             )
-    return Secret(env=env, file=path)
+    return Secret(env=env, file=path, key=f"{sec.name}.password_env")
 
 
 def _security(sec: _Section, host: str) -> str:

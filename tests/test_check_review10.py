@@ -166,3 +166,80 @@ def test_check_fails_on_a_night_only_alert_mistake_and_names_the_sample(tmp_path
     assert f"{path}:" in result.stdout and "'due_tim'" in result.stdout
     assert f"(in a macro called from line {line})" in result.stdout
     assert "night" in result.stdout
+
+
+# --- F3: the password written where its variable's name goes is never printed ----------
+
+
+@pytest.mark.parametrize("password", ["Kasaoka#2026pw", "kasaoka 2026", "2026kasaoka"])
+def test_a_password_in_password_env_fails_check_without_being_printed(
+    tmp_path: Path, password: str
+) -> None:
+    config = setup(tmp_path)
+    text = config.read_text(encoding="utf-8").replace(
+        'password_env = "X"', f'password_env = "{password}"'
+    )
+    config.write_text(text, encoding="utf-8")
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("password_env"))
+    result = check(config)
+    assert result.returncode == 1, result.stdout
+    assert f"{config}:{line}: mailbox.password_env: is not the name of an environment" in (
+        result.stdout
+    )
+    assert password not in result.stdout + result.stderr
+
+
+def test_run_with_a_password_in_password_env_does_not_print_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = setup(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace('password_env = "X"', 'password_env = "Kasaoka#2026pw"'), "utf-8"
+    )
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "service.py"), "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+        env={k: v for k, v in os.environ.items() if k != "INTAKE_CONFIG"},
+    )
+    assert result.returncode != 0
+    assert "mailbox.password_env" in result.stdout + result.stderr
+    assert "Kasaoka#2026pw" not in result.stdout + result.stderr
+
+
+def test_a_legal_but_password_like_variable_name_that_is_not_set_is_not_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Kasaoka2026pw`` is a legal name, so not refused; but not set and not written as
+    variables are, it may be the password: neither check's warning nor the error at
+    connection time prints it, and ``repr`` does not either."""
+    import logging
+
+    from intake.check import run_checks
+    from intake.config import Secret
+    from intake.errors import ConfigError
+
+    config = setup(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('password_env = "X"', 'password_env = "Kasaoka2026pw"'), "utf-8")
+    monkeypatch.delenv("Kasaoka2026pw", raising=False)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("intake").addHandler(handler)
+    try:
+        assert run_checks(config) == []
+    finally:
+        logging.getLogger("intake").removeHandler(handler)
+    shown = [r.getMessage() for r in records if "password_env" in r.getMessage()]
+    assert shown and not any("Kasaoka2026pw" in m for m in shown), shown
+    secret = Secret(env="Kasaoka2026pw", key="smtp.password_env")
+    with pytest.raises(ConfigError) as raised:
+        secret.get()
+    assert "smtp.password_env" in str(raised.value)
+    assert "Kasaoka2026pw" not in str(raised.value) + repr(secret)
