@@ -422,13 +422,58 @@ class _Section:
         return tuple(value)
 
     def addresses(self, key: str) -> tuple[str, ...]:
-        """A list of mail addresses: each must have a name and a domain around one "@"."""
+        """A list of mail addresses, each one usable address (``address_problem``)."""
+        if isinstance(self.data.get(key), str) and re.search(r"[,;\s]", self.data[key].strip()):
+            self.fail(
+                key,
+                "one string holding several addresses: only the first would be mailed; write a "
+                'list with one address per string: ["a@example.jp", "b@example.jp"]',
+            )
+            # the addresses it holds, so no second problem says the list is empty
+            return tuple(a for a in re.split(r"[,;\s]+", self.data[key]) if a)
         values = self.strings(key)
         for value in values:
-            local, at, domain = value.strip().rpartition("@")
-            if not at or not local or not domain:
-                self.fail(key, f'{value!r} is not a mail address; write it as "name@domain"')
+            problem = address_problem(value)
+            if problem:
+                self.fail(key, f"{value!r} {problem}")
         return values
+
+
+# One usable address: what relays accept without SMTPUTF8 and what DNS can resolve.
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_DOMAIN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}$")
+
+
+def address_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as one mail address (None: nothing).
+
+    Why stricter than "has an @": a list entry holding two addresses ("a@x.jp, b@x.jp")
+    was accepted and only the first person got alerts; an address typed with an IME in
+    full-width letters, or a domain without a dot, is refused by the relay or DNS only
+    when the alert is sent, at night (review rv10a F2).
+    """
+    text = value.strip()
+    if re.search(r"[,;\s]", text):
+        return (
+            "holds a comma, semicolon or space: write each address as its own string, "
+            '["a@example.jp", "b@example.jp"]'
+        )
+    if not text.isascii():
+        return (
+            "has full-width or other non-ASCII characters (typed with the Japanese input "
+            "on?); retype it in half-width letters"
+        )
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        return 'is not a mail address; write it as "name@domain"'
+    if "@" in local or not _LOCAL_PART.match(local):
+        return 'is not one mail address; write it as "name@domain"'
+    if not _DOMAIN.match(domain):
+        return (
+            f"has no usable domain ({domain!r}): a domain has a dot and letters, digits and "
+            'hyphens only, e.g. "name@city.kasaoka.okayama.jp"'
+        )
+    return None
 
 
 def _unknown_keys(source: _Source, data: dict[str, Any]) -> None:
@@ -688,6 +733,8 @@ def settings_from_dict(
     ):
         if key in mb.data and value <= 0:
             mb.fail(key, f"must be greater than 0, got {value}")
+    if not 1 <= mailbox.port <= 65535 and "port" in mb.data:
+        mb.fail("port", f"must be a port number from 1 to 65535, got {mailbox.port}")
     if mailbox.idle_seconds > 25 * 60:
         # RFC 2177: a server may end an IDLE after 30 minutes without telling the client
         mb.fail("idle_seconds", f"must be at most 1500 (25 minutes), got {mailbox.idle_seconds}")
@@ -711,6 +758,8 @@ def settings_from_dict(
         cafile=_existing(sm, "cafile", _path(base, sm.get("cafile", str, None))),
         timeout=sm.get("timeout", float, 30.0),
     )
+    if not 1 <= smtp.port <= 65535 and "port" in sm.data:
+        sm.fail("port", f"must be a port number from 1 to 65535, got {smtp.port}")
     database_url = _database_url(_Section(source, "database", data.get("database", {})), base)
     oc = _Section(source, "oncall", data.get("oncall", {}))
     oncall = OncallSettings(
@@ -737,6 +786,22 @@ def settings_from_dict(
         )
     if smtp.from_address and ("@" not in smtp.from_address or smtp.from_address.startswith("@")):
         sm.fail("from_address", f"must be a mail address, got {smtp.from_address!r}")
+    own = {a.lower() for a in (smtp.from_address, mailbox.username) if "@" in a}
+    for key, values in (
+        ("to", oncall.to),
+        ("backup", oncall.backup),
+        ("off_hours", oncall.off_hours),
+    ):
+        for address in values:
+            if address.strip().lower() in own:
+                # the service reads that mailbox and keeps its own mail for staff, who read
+                # it in office hours: a night alert there reaches nobody awake
+                oc.fail(
+                    key,
+                    f"{address!r} is the service's own address (smtp.from_address or the "
+                    "mailbox it reads): alerts sent there reach nobody; give the on-call "
+                    "person's own address",
+                )
     sv = _Section(source, "service", data.get("service", {}))
     tzname = sv.get("timezone", str, "Asia/Tokyo")
     try:
