@@ -243,3 +243,280 @@ def test_a_legal_but_password_like_variable_name_that_is_not_set_is_not_printed(
         secret.get()
     assert "smtp.password_env" in str(raised.value)
     assert "Kasaoka2026pw" not in str(raised.value) + repr(secret)
+
+
+# --- F2: on-call, backup, coordinator and digest addresses are one usable address each ---
+
+GOOD = """
+[mailbox]
+host = "imap.example.jp"
+username = "sasaean"
+password_env = "IMAP_PW"
+
+[smtp]
+host = "smtp.example.jp"
+security = "starttls"
+from_address = "sasaean@city.kasaoka.okayama.jp"
+
+[oncall]
+to = ["oncall@example.jp"]
+backup = ["backup@example.jp"]
+"""
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    from intake.config import ConfigProblems, load_settings
+
+    path = tmp_path / "c.toml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_settings(path)
+    except ConfigProblems as exc:
+        return exc.problems
+    return []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(
+            'to = ["oncall@example.jp"]',
+            'to = "oncall@example.jp, night@example.jp"',
+            "oncall.to: one string holding several addresses",
+            id="comma-string",
+        ),
+        pytest.param(
+            'to = ["oncall@example.jp"]',
+            'to = ["oncall@example.jp night@example.jp"]',
+            "oncall.to: 'oncall@example.jp night@example.jp' holds a comma",
+            id="space-in-entry",
+        ),
+        pytest.param(
+            'to = ["oncall@example.jp"]',
+            'to = ["oncall@example.jp;"]',
+            "oncall.to: 'oncall@example.jp;' holds a comma, semicolon",
+            id="semicolon",
+        ),
+        pytest.param(
+            'to = ["oncall@example.jp"]',
+            'to = ["ｏｎｃａｌｌ@example.jp"]',
+            "oncall.to: 'ｏｎｃａｌｌ@example.jp' has full-width",
+            id="full-width",
+        ),
+        pytest.param(
+            'backup = ["backup@example.jp"]',
+            'backup = ["backup@example"]',
+            "oncall.backup: 'backup@example' has no usable domain",
+            id="no-dot",
+        ),
+        pytest.param(
+            'backup = ["backup@example.jp"]',
+            'backup = ["Sasaean@City.Kasaoka.Okayama.jp"]',
+            "oncall.backup: 'Sasaean@City.Kasaoka.Okayama.jp' is the service's own",
+            id="own-address",
+        ),
+        pytest.param(
+            'backup = ["backup@example.jp"]',
+            'backup = ["b@example.jp"]\n\n[service]\ncoordinator = ["c@example.jp,x@example.jp"]',
+            "service.coordinator: 'c@example.jp,x@example.jp' holds a comma",
+            id="coordinator",
+        ),
+    ],
+)
+def test_an_unusable_oncall_address_fails_with_file_line_and_fix(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    """Each of these was accepted and lost every alert to that person (rv10a F2)."""
+    text = GOOD.replace(old, new)
+    key = expected.split(": ")[0].split(".")[1]
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith(f"{key} ="))
+    problems = _problems(tmp_path, text)
+    assert any(f":{line}: {expected}" in p for p in problems), problems
+
+
+def test_good_addresses_still_pass(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'to = ["oncall@example.jp"]',
+        'to = ["taro.oncall+night@mail.city.kasaoka.okayama.jp", "o-n@docomo.ne.jp"]',
+    )
+    assert _problems(tmp_path, text) == []
+
+
+# --- F16: ports in range -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table_line", "port", "expected"),
+    [
+        ("username", 99999, "mailbox.port:"),
+        ("from_address", 70000, "smtp.port:"),
+        ("username", 0, "mailbox.port:"),
+    ],
+)
+def test_a_port_out_of_range_fails(
+    tmp_path: Path, table_line: str, port: int, expected: str
+) -> None:
+    text = GOOD.replace(f"{table_line} =", f"port = {port}\n{table_line} =", 1)
+    line = text.splitlines().index(f"port = {port}") + 1
+    problems = _problems(tmp_path, text)
+    assert any(f":{line}: {expected}" in p and "1 to 65535" in p for p in problems), problems
+
+
+# --- partners.toml: F4 booleans, F6 double owners, F10 unknown keys, F16 phones, F13 ---
+
+
+def _partners(tmp_path: Path, old: str, new: str) -> tuple[Path, str]:
+    rules = tmp_path / "rules"
+    if not rules.exists():
+        shutil.copytree(PROJECT_ROOT / "rules", rules)
+    path = rules / "partners.toml"
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    return path, text
+
+
+def _line(text: str, content: str, nth: int = 0) -> int:
+    return [i for i, t in enumerate(text.splitlines(), 1) if t.strip() == content][nth]
+
+
+def _partner_problems(path: Path) -> list[str]:
+    from intake.errors import RulesError
+
+    try:
+        load_directory(path)
+    except RulesError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+HARMONY = 'share = "excerpt"\nshow_sender = false\n\n[[partner]]\nid = "genki"'
+
+
+@pytest.mark.parametrize("value", ['"false"', '"no"', "0"])
+def test_show_sender_not_written_as_a_boolean_fails_at_its_line(tmp_path: Path, value: str) -> None:
+    """``show_sender = "false"`` was read as true: the NPO was shown residents' addresses."""
+    path, text = _partners(tmp_path, HARMONY, HARMONY.replace("false", value, 1))
+    problems = _partner_problems(path)
+    line = _line(text, f"show_sender = {value}")
+    assert (
+        f"{path}:{line}: partner 'harmony': show_sender must be true or false, without quotes"
+        in problems
+    ), problems
+
+
+def test_general_desk_written_as_a_string_fails_at_its_line(tmp_path: Path) -> None:
+    path, text = _partners(tmp_path, "\ngeneral_desk = true", '\ngeneral_desk = "true"')
+    problems = _partner_problems(path)
+    line = _line(text, 'general_desk = "true"')
+    assert problems == [
+        f"{path}:{line}: partner 'city': general_desk must be true or false, without quotes"
+    ]
+
+
+def test_a_topic_owned_by_two_partners_fails_naming_both(tmp_path: Path) -> None:
+    old = 'topics = ["poverty", "caregiving", "volunteer"]'
+    path, text = _partners(tmp_path, old, old.replace('"]', '", "bullying"]'))
+    first = _line(text, 'topics = ["bullying"]')
+    second = _line(text, 'topics = ["poverty", "caregiving", "volunteer", "bullying"]')
+    assert _partner_problems(path) == [
+        f"{path}:{second}: partner 'genki': topic 'bullying' is also owned by 'harmony' "
+        f"(line {first}); keep it in one partner's topics (use also_notify for a copy)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "hint"),
+    [
+        (
+            '# also_notify = ["isolation"]',
+            'also_notfy = ["isolation"]',
+            "also_notfy",
+            "also_notify",
+        ),
+        ('\ndays = "always"', '\nday = "always"', "day", "days"),
+        ('close = "17:00"', 'closes = "17:00"', "closes", "close"),
+        ('phone = "119"', 'phone = "119"\nphon = "119"', "phon", "phone"),
+    ],
+)
+def test_a_misspelt_partner_or_emergency_key_fails_with_the_nearest_name(
+    tmp_path: Path, old: str, new: str, key: str, hint: str
+) -> None:
+    path, text = _partners(tmp_path, old, new)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith(f"{key} ="))
+    problems = _partner_problems(path)
+    assert any(
+        p.startswith(f"{path}:{line}: ")
+        and f"unknown key {key!r}" in p
+        and f"did you mean {hint}?" in p
+        for p in problems
+    ), problems
+
+
+def test_a_misspelt_table_fails(tmp_path: Path) -> None:
+    path, text = _partners(tmp_path, "[[emergency]]", "[[emergencies]]")
+    line = _line(text, "[[emergencies]]")
+    assert any(
+        p.startswith(
+            f"{path}:{line}: unknown table or key 'emergencies'; did you mean [[emergency]]?"
+        )
+        for p in _partner_problems(path)
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('phone = "0865-63-0911"', 'phone = "0865-63-091"'),
+        ('phone = "0865-63-0911"', 'phone = "0865-63-0911-11"'),
+        ('phone = "0865-63-4955"', 'phone = "０８６５-６３-４９５５"'),
+        ('phone = "0865-63-4955"', 'phone = "0865(63)4955"'),
+        ('phone = "0865-63-8515"', 'phone = "1865-63-8515"'),
+        ('phone = "110"', 'phone = "11"'),
+        ('phone = "119"', 'phone = "1190"'),
+    ],
+)
+def test_a_phone_number_residents_could_not_dial_fails_at_its_line(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    path, text = _partners(tmp_path, old, new)
+    line = _line(text, new)
+    problems = _partner_problems(path)
+    assert any(p.startswith(f"{path}:{line}: ") and "phone" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "phone", ["0120-000-000", "0570-000-000", "090-1234-5678", "08656385150", "189", "#7119"]
+)
+def test_real_kinds_of_japanese_numbers_pass(tmp_path: Path, phone: str) -> None:
+    path, _ = _partners(tmp_path, 'phone = "0865-63-4955"', f'phone = "{phone}"')
+    assert _partner_problems(path) == []
+
+
+def test_a_problem_in_the_second_emergency_entry_points_at_it(tmp_path: Path) -> None:
+    path, text = _partners(tmp_path, 'phone = "119"', 'phone = ""')
+    line = _line(text, "[[emergency]]", 1)
+    assert f"{path}:{line}: each [[emergency]] needs name and phone" in _partner_problems(path)
+
+
+def test_a_digest_address_with_two_addresses_fails(tmp_path: Path) -> None:
+    old = 'digest_to = ["harmony-digest@example.jp"]'
+    path, text = _partners(tmp_path, old, 'digest_to = ["harmony-digest@example.jp, b@example.jp"]')
+    line = _line(text, 'digest_to = ["harmony-digest@example.jp, b@example.jp"]')
+    assert any(
+        p.startswith(f"{path}:{line}: partner 'harmony': digest_to") and "holds a comma" in p
+        for p in _partner_problems(path)
+    )
+
+
+def test_check_fails_on_show_sender_in_quotes(tmp_path: Path) -> None:
+    """End to end: the contractor's `check` exits 1 naming the line."""
+    config = setup(tmp_path)
+    _, text = _partners(tmp_path, HARMONY, HARMONY.replace("false", '"false"', 1))
+    result = check(config)
+    assert result.returncode == 1
+    line = _line(text, 'show_sender = "false"')
+    assert f"partners.toml:{line}: partner 'harmony': show_sender must be true or false" in (
+        result.stdout
+    )
