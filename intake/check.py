@@ -33,6 +33,7 @@ from intake.config import (
     config_path,
     env_name_shown,
     load_settings,
+    where_in,
 )
 from intake.errors import ConfigError, RulesError
 from intake.partners import Directory, Emergency, Partner, load_directory
@@ -403,12 +404,14 @@ def _secret_file_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
     where = str(settings.path) if settings.path else "<config>"
     if settings.mailbox.password.env is None and settings.mailbox.password.file is None:
+        where = where_in(settings.path, "mailbox", "password_env")  # the table's line
         problems.append(
             f"{where}: mailbox.password_env: missing: the IMAP server needs a password; add "
             'password_env = "NAME" (and export NAME) or password_file = "/path" under [mailbox]'
         )
     for name, secret in (("mailbox", settings.mailbox.password), ("smtp", settings.smtp.password)):
         if secret.file is not None:
+            where = where_in(settings.path, name, "password_file")
             try:
                 secret.file.read_bytes().decode("utf-8")
             except (FileNotFoundError, NotADirectoryError):
@@ -425,6 +428,7 @@ def _secret_file_problems(settings: Settings) -> list[str]:
             except OSError:
                 pass  # not ours to read: the service's account may
         if secret.env and ENV_NAME.match(secret.env) and secret.env not in os.environ:
+            where = where_in(settings.path, name, "password_env")
             # an invalid name is refused by the loader; neither is ever printed as is
             log.warning(
                 "%s: %s.password_env: %s is not set in this environment; the service will "
@@ -481,7 +485,9 @@ def _last_good_problems(settings: Settings, rules_dir: Path) -> list[str]:
         )
     if not inside_rules(replace(settings, rules_dir=rules_dir)):
         return []
-    where = f"{settings.path}: " if settings.path else ""
+    where = (
+        f"{where_in(settings.path, 'service', 'last_good_rules_dir')}: " if settings.path else ""
+    )
     return [
         f"{where}service.last_good_rules_dir: the last good rules would be saved inside the "
         f"rules folder {rules_dir}; choose a folder outside it"

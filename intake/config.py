@@ -342,6 +342,18 @@ def _key_lines(text: str) -> dict[tuple[str, str], int]:
     return lines
 
 
+def where_in(path: Path | None, table: str, key: str) -> str:
+    """``file:line`` of ``[table] key`` in the config at ``path`` (just the file when the
+    key is not written there), for problems found after loading (``check``)."""
+    if path is None:
+        return "<config>"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return str(path)
+    return _Source(path, text).where(table, key)
+
+
 class _Source:
     """The config file being read: its path, the line of each key, the problems so far."""
 

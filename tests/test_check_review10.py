@@ -520,3 +520,37 @@ def test_check_fails_on_show_sender_in_quotes(tmp_path: Path) -> None:
     assert f"partners.toml:{line}: partner 'harmony': show_sender must be true or false" in (
         result.stdout
     )
+
+
+# --- F13: every problem at the right line ----------------------------------------------
+
+
+def test_a_duplicate_partner_id_is_the_only_problem_named(tmp_path: Path) -> None:
+    """Its topics were reported as owned by nobody, sending staff to move topics."""
+    path, text = _partners(tmp_path, 'id = "genki"', 'id = "harmony"')
+    first, second = (i for i, t in enumerate(text.splitlines(), 1) if t == 'id = "harmony"')
+    assert _partner_problems(path) == [
+        f"{path}:{second}: duplicate partner id 'harmony'; the first is at line {first - 1}"
+    ]
+
+
+def test_a_missing_password_file_is_named_at_its_line(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    text = config.read_text(encoding="utf-8").replace(
+        'password_env = "X"', 'password_file = "secrets/imap"'
+    )
+    config.write_text(text, encoding="utf-8")
+    line = text.splitlines().index('password_file = "secrets/imap"') + 1
+    result = check(config)
+    assert f"{config}:{line}: mailbox.password_file: " in result.stdout, result.stdout
+
+
+def test_last_good_rules_inside_the_rules_folder_is_named_at_its_line(tmp_path: Path) -> None:
+    from intake.check import run_checks
+
+    config = setup(tmp_path)
+    text = config.read_text(encoding="utf-8") + 'last_good_rules_dir = "rules/kept"\n'
+    config.write_text(text, encoding="utf-8")
+    line = text.splitlines().index('last_good_rules_dir = "rules/kept"') + 1
+    (problem,) = run_checks(config)
+    assert problem.startswith(f"{config}:{line}: service.last_good_rules_dir:"), problem
