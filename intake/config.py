@@ -420,7 +420,11 @@ class _Section:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             shown = "a value not shown" if _PASSWORD_LIKE.search(key) else repr(value)
-            self.fail(key, f"must be a {kind.__name__}, got {shown}")
+            if kind is bool:
+                # "false" in quotes is a string, which Python would read as true
+                self.fail(key, f"must be true or false, without quotes, got {shown}")
+            else:
+                self.fail(key, f"must be a {kind.__name__}, got {shown}")
             return _placeholder(kind) if default is ... else default
         return value
 

@@ -554,3 +554,22 @@ def test_last_good_rules_inside_the_rules_folder_is_named_at_its_line(tmp_path: 
     line = text.splitlines().index('last_good_rules_dir = "rules/kept"') + 1
     (problem,) = run_checks(config)
     assert problem.startswith(f"{config}:{line}: service.last_good_rules_dir:"), problem
+
+
+def test_a_config_boolean_in_quotes_fails_with_the_fix(tmp_path: Path) -> None:
+    text = GOOD.replace('password_env = "IMAP_PW"', 'password_env = "IMAP_PW"\nidle = "false"')
+    line = text.splitlines().index('idle = "false"') + 1
+    problems = _problems(tmp_path, text)
+    assert any(
+        f":{line}: mailbox.idle: must be true or false, without quotes" in p for p in problems
+    ), problems
+
+
+def test_the_worker_can_ask_for_the_template_problems_at_start(tmp_path: Path) -> None:
+    """The public entry for start-up (run/once) reports what check reports."""
+    from intake.check import template_problems
+
+    templates, _ = _templates_with(tmp_path, ALERT, "（{{ escalation }}回目）", "（{{ n }}回目）")
+    directory = load_directory(PROJECT_ROOT / "rules" / "partners.toml")
+    (problem,) = template_problems(templates, directory)
+    assert problem.startswith(f"{templates / ALERT}:") and "re-notice 1" in problem
