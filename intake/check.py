@@ -10,17 +10,31 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import partial
+from itertools import product
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError, TemplateSyntaxError
 
 from intake.businessdays import BusinessCalendar
 from intake.compose import Sender, render_ack, render_alert, render_digest, template_environment
-from intake.config import PROJECT_ROOT, ConfigProblems, Settings, config_path, load_settings
+from intake.config import (
+    ENV_NAME,
+    PROJECT_ROOT,
+    ConfigProblems,
+    Settings,
+    config_path,
+    env_name_shown,
+    load_settings,
+    where_in,
+)
 from intake.errors import ConfigError, RulesError
 from intake.partners import Directory, Emergency, Partner, load_directory
 from intake.rules import check_rules
@@ -46,6 +60,17 @@ class _MarkedDirectory(Directory):
         return self.night
 
 
+def _sample_directory() -> Directory:
+    """A directory for checking templates when partners.toml itself does not load."""
+    return Directory(
+        (
+            Partner("sample", "見本の窓口", (), ("a@example.jp",), "x", "x"),
+            Partner("sample24", "見本の24時間窓口", (), ("a@example.jp",), "x", "x", "always"),
+        ),
+        (Emergency("見本の緊急番号", "x"),),
+    )
+
+
 def _marked(directory: Directory | None) -> _MarkedDirectory:
     """The loaded directory (or a sample one) with marker numbers and hours.
 
@@ -54,13 +79,7 @@ def _marked(directory: Directory | None) -> _MarkedDirectory:
     stale numbers the day partners.toml changes.
     """
     if directory is None or not directory.partners:
-        directory = Directory(
-            (
-                Partner("sample", "見本の窓口", (), ("a@example.jp",), "x", "x"),
-                Partner("sample24", "見本の24時間窓口", (), ("a@example.jp",), "x", "x", "always"),
-            ),
-            (Emergency("見本の緊急番号", "x"),),
-        )
+        directory = _sample_directory()
     partners = tuple(
         replace(p, phone=f"0000-TEST-{i:02d}", hours=f"TEST-HOURS-{i:02d}")
         for i, p in enumerate(directory.partners, 1)
@@ -135,90 +154,253 @@ def _ack_hotline_problems(templates_dir: Path, directory: Directory | None) -> l
     ]
 
 
-def _template_problems(templates_dir: Path, directory: Directory | None) -> list[str]:
-    env = template_environment(templates_dir)
-    tz = ZoneInfo("Asia/Tokyo")
-    now = datetime(2026, 11, 26, 10, 0, tzinfo=tz)
-    sender = Sender("sasaean@city.kasaoka.okayama.jp", "笠岡市")
-    problems: list[str] = []
-    reason = {"surface": "消えたい", "rule": "urgent.sample"}
-    renders = {
-        # in Japanese and for a mail in another language: the English block is rendered
-        # only then, so a typo in it would otherwise fail a resident's acknowledgement
-        "resident/ack.txt.j2": lambda: [
-            render_ack(
-                env,
-                sender=sender,
-                to="resident@example.jp",
-                case_number="C000001",
-                in_reply_to="<x@example.jp>",
-                references=[],
-                received=now,
-                calendar=BusinessCalendar(),
-                directory=directory or Directory((), ()),
-                now=now,
-                language=language,
-            )
-            for language in ("ja", "en")
-        ],
-        "oncall/urgent_alert.txt.j2": lambda: render_alert(
-            env,
-            sender=sender,
-            to=["oncall@example.jp"],
-            now=now,
-            tz=tz,
-            case={
+def _template_error(templates_dir: Path, name: str, exc: Exception) -> str:
+    """``file:line: what`` for a template that failed, the line taken from the traceback.
+
+    Why: an undefined variable is only found when a sample reaches it, and the message
+    alone ("'escalation_no' is undefined") does not say where; Jinja rewrites its
+    tracebacks so that the template's own frames carry its file and line.
+    """
+    if isinstance(exc, TemplateSyntaxError):
+        return f"{exc.filename or templates_dir / (exc.name or name)}:{exc.lineno}: {exc.message}"
+    root = str(templates_dir.resolve())
+    frames = [
+        (frame.filename, frame.lineno)
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if frame.filename.endswith(".j2") and str(Path(frame.filename).resolve()).startswith(root)
+    ]
+    if not frames:
+        return f"{templates_dir / name}: {type(exc).__name__}: {exc}"
+    file, line = frames[-1]
+    # a macro's line alone does not say which call passed the wrong value
+    callers = [str(n) for f, n in reversed(frames[:-1]) if f == file and n != line]
+    called = f" (in a macro called from line {', '.join(callers)})" if callers else ""
+    return f"{file}:{line}: {type(exc).__name__}: {exc}{called}"
+
+
+def _alert_samples(now: datetime) -> list[tuple[str, int, dict[str, Any]]]:
+    """Sample alert contexts that together take every branch of the alert template.
+
+    Every combination, not one sample: the branches a 10:00 sample skips (the night and
+    overdue deadlines, the re-notice line, "no phone", quarantined and automatic mail) are
+    exactly the ones rendered at night, when a failed render means no alert at all
+    (review rv10a F1). The keys are those of ``pipeline.alert_context``.
+    """
+    day = timedelta(days=1)
+    closing = now.replace(hour=16, minute=30)
+    timings: dict[str, dict[str, Any]] = {
+        "office hours, due today": {
+            "callback_due": closing, "office_hours": True, "due_today": True, "overdue": False,
+        },
+        "office hours, due another day": {
+            "callback_due": closing + day, "office_hours": True, "due_today": False,
+            "overdue": False,
+        },
+        "night": {
+            "callback_due": now.replace(hour=8, minute=30) + day, "office_hours": False,
+            "due_today": False, "overdue": False,
+        },
+        "overdue": {
+            "callback_due": closing - day, "office_hours": False, "due_today": False,
+            "overdue": True,
+        },
+        "no deadline": {"callback_due": None},
+    }  # fmt: skip
+    contacts: dict[str, dict[str, Any]] = {
+        "phone": {"sender": "resident@example.jp", "phones": ["090-0000-0000"]},
+        "no phone": {"sender": "resident@example.jp", "phones": []},
+        "no sender": {"sender": "", "phones": []},
+    }
+    kinds = {"": None, "quarantined": "quarantined", "automatic mail": "auto-replied"}
+    reasons = {"": [{"surface": "消えたい", "rule": "urgent.sample"}], "no reasons": []}
+    samples = []
+    for escalation, (timing, t), (contact, c), (kind, automatic), (why, r) in product(
+        (0, 1, 2), timings.items(), contacts.items(), kinds.items(), reasons.items()
+    ):
+        what = ", ".join(
+            x
+            for x in (f"re-notice {escalation}" if escalation else "", timing, contact, kind, why)
+            if x
+        )
+        case = {
+            "number": "C000001",
+            "received": now,
+            "partner_name": "笠岡市",
+            "reasons": r,
+            "automatic": automatic,
+            **c,
+            **t,
+        }
+        samples.append((what, escalation, case))
+    return samples
+
+
+def _digest_entries(now: datetime) -> list[dict[str, Any]]:
+    """Sample digest entries that together take every branch of the digest templates.
+
+    One entry per combination of what the digest words differently (urgent, follow-up,
+    notice, an acknowledgement that failed with and without ``show_sender``, an owner or
+    desk named or not, in doubt, needs a human, sender and phones, other topics); the keys
+    are those of ``digest._entry``. One digest carries them all, so this stays one render.
+    """
+    failed: dict[str, dict[str, Any]] = {
+        "": {"ack_failed": False},
+        "ack failed, sender shown, owner": {
+            "ack_failed": True, "show_sender": True, "owner": "見本",
+        },
+        "ack failed, sender shown": {"ack_failed": True, "show_sender": True, "owner": ""},
+        "ack failed, desk named": {
+            "ack_failed": True, "show_sender": False, "desk_name": "見本の窓口",
+            "desk_phone": "0865-00-0000",
+        },
+        "ack failed, no desk": {"ack_failed": True, "show_sender": False, "desk_name": ""},
+    }  # fmt: skip
+    contacts = {
+        "no sender": {"sender": "", "phones": []},
+        "sender": {"sender": "resident@example.jp", "phones": []},
+        "sender and phone": {"sender": "resident@example.jp", "phones": ["090-0000-0000"]},
+    }
+    entries = []
+    for urgent, kind, (_f, f), in_doubt, human, (_c, c), secondary in product(
+        (True, False), ("new", "followup", "notice"), failed.items(), (False, True),
+        (False, True), contacts.items(), ([], ["いじめ"]),
+    ):  # fmt: skip
+        entries.append(
+            {
                 "number": "C000001",
                 "received": now,
-                "callback_due": now,
-                "partner_name": "笠岡市",
-                "sender": "resident@example.jp",
-                "phones": ["090-0000-0000"],
-                "reasons": [reason],
-                "automatic": None,
-            },
-        ),
-        "partner/digest.txt.j2 and partner/digest.html.j2": lambda: render_digest(
-            env,
-            sender=sender,
-            now=now,
-            tz=tz,
-            partner=(
-                directory.partners[0]
-                if directory and directory.partners
-                else SimpleNamespace(name="sample", digest_to=("a@example.jp",))
-            ),
-            entries=[
-                {
-                    "number": "C000001",
-                    "received": now,
-                    "followup": False,
-                    "topic_ja": "その他",
-                    "secondary": [],
-                    "urgent": True,
-                    "reasons": ["「消えたい」"],
-                    "ack_failed": False,
-                    "ack_in_doubt": False,
-                    "needs_human": False,
-                    "sender": "",
-                    "phones": [],
-                    "text": "sample",
-                }
-            ],
-        ),
+                "followup": kind == "followup",
+                "notice": kind == "notice",
+                "topic_ja": "その他",
+                "secondary": secondary,
+                "urgent": urgent,
+                "reasons": ["「消えたい」"] if urgent else [],
+                "ack_in_doubt": in_doubt,
+                "needs_human": human,
+                "text": "sample",
+                **f,
+                **c,
+            }
+        )
+    return entries
+
+
+def _template_problems(templates_dir: Path, directory: Directory | None) -> list[str]:
+    """Every template rendered with samples that take each of its branches.
+
+    Templates are re-read when they change and have no last good copy, so a mistake in a
+    branch must be found here: the alert over every timing, contact, re-notice and
+    quarantine case; the digest over every entry kind; the acknowledgement in office
+    hours, at night, on a holiday and in English. One problem per file and line.
+    """
+    env = template_environment(templates_dir)
+    tz = ZoneInfo("Asia/Tokyo")
+    now = datetime(2026, 11, 26, 10, 0, tzinfo=tz)  # a Thursday, a business day
+    sender = Sender("sasaean@city.kasaoka.okayama.jp", "笠岡市")
+    problems: dict[str, str] = {}  # problem -> the sample that showed it
+    calendar = BusinessCalendar()
+    ack_times = {
+        "office hours": now,
+        "after the last digest": now.replace(hour=15, minute=30),
+        "night": now.replace(hour=22),
+        "holiday": datetime(2026, 11, 23, 10, 0, tzinfo=tz),  # 勤労感謝の日
+        "weekend": datetime(2026, 11, 28, 10, 0, tzinfo=tz),
     }
-    for name, render in renders.items():
+    directories = {"": directory if directory and directory.partners else _sample_directory()}
+    directories["no 24-hour line"] = replace(
+        directories[""],
+        partners=tuple(replace(p, days="weekdays") for p in directories[""].partners),
+    )
+    renders: list[tuple[str, str, Callable[[], object]]] = []
+    for (when, at), language, (which, d) in product(
+        ack_times.items(), ("ja", "en"), directories.items()
+    ):
+        renders.append(
+            (
+                ACK_TEMPLATE,
+                ", ".join(x for x in (when, "English" if language == "en" else "", which) if x),
+                partial(
+                    render_ack,
+                    env,
+                    sender=sender,
+                    to="resident@example.jp",
+                    case_number="C000001",
+                    in_reply_to="<x@example.jp>",
+                    references=[],
+                    received=at,
+                    calendar=calendar,
+                    directory=d,
+                    now=at,
+                    language=language,
+                ),
+            )
+        )
+    for what, escalation, case in _alert_samples(now):
+        renders.append(
+            (
+                "oncall/urgent_alert.txt.j2",
+                what or "office hours, phone",
+                partial(
+                    render_alert,
+                    env,
+                    sender=sender,
+                    to=["oncall@example.jp"],
+                    now=now,
+                    tz=tz,
+                    case=case,
+                    escalation=escalation,
+                ),
+            )
+        )
+    renders.append(
+        (
+            "partner/digest.txt.j2 and partner/digest.html.j2",
+            "every kind of entry",
+            partial(
+                render_digest,
+                env,
+                sender=sender,
+                now=now,
+                tz=tz,
+                partner=(
+                    directory.partners[0]
+                    if directory and directory.partners
+                    else SimpleNamespace(name="sample", digest_to=("a@example.jp",))
+                ),
+                entries=_digest_entries(now),
+            ),
+        )
+    )
+    broken: set[str] = set()  # a file that does not parse: reported once
+    for name, sample, render in renders:
+        if name in broken:
+            continue
         try:
             render()
-            if name == ACK_TEMPLATE:
-                problems.extend(_ack_hotline_problems(templates_dir, directory))
         except TemplateSyntaxError as exc:
-            problems.append(f"{templates_dir / (exc.name or name)}:{exc.lineno}: {exc.message}")
+            problems.setdefault(_template_error(templates_dir, name, exc), "")
+            broken.add(name)
         except TemplateError as exc:
-            problems.append(f"{templates_dir / name}: {type(exc).__name__}: {exc}")
+            problems.setdefault(_template_error(templates_dir, name, exc), sample)
         except OSError as exc:
-            problems.append(f"{templates_dir / name}: cannot read: {exc}")
-    return problems
+            problems.setdefault(f"{templates_dir / name}: cannot read: {exc}", "")
+            broken.add(name)
+    if ACK_TEMPLATE not in broken and not any(ACK_TEMPLATE in p for p in problems):
+        problems.update(dict.fromkeys(_ack_hotline_problems(templates_dir, directory), ""))
+    return [
+        f"{problem} (when rendered for: {sample})" if sample else problem
+        for problem, sample in problems.items()
+    ]
+
+
+def template_problems(templates_dir: Path, directory: Directory | None) -> list[str]:
+    """Every template problem ``check`` reports, for the worker to log at start-up.
+
+    Why public: templates are re-read when they change and have no last good copy, so a
+    worker that starts with a broken alert template finds out at the first urgent mail;
+    logging these at start (about 0.4 s) tells the operator before that (review rv10a F1).
+    """
+    return _template_problems(templates_dir, directory)
 
 
 def _secret_file_problems(settings: Settings) -> list[str]:
@@ -232,12 +414,14 @@ def _secret_file_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
     where = str(settings.path) if settings.path else "<config>"
     if settings.mailbox.password.env is None and settings.mailbox.password.file is None:
+        where = where_in(settings.path, "mailbox", "password_env")  # the table's line
         problems.append(
             f"{where}: mailbox.password_env: missing: the IMAP server needs a password; add "
             'password_env = "NAME" (and export NAME) or password_file = "/path" under [mailbox]'
         )
     for name, secret in (("mailbox", settings.mailbox.password), ("smtp", settings.smtp.password)):
         if secret.file is not None:
+            where = where_in(settings.path, name, "password_file")
             try:
                 secret.file.read_bytes().decode("utf-8")
             except (FileNotFoundError, NotADirectoryError):
@@ -253,13 +437,15 @@ def _secret_file_problems(settings: Settings) -> list[str]:
                 )
             except OSError:
                 pass  # not ours to read: the service's account may
-        if secret.env and secret.env not in os.environ:
+        if secret.env and ENV_NAME.match(secret.env) and secret.env not in os.environ:
+            where = where_in(settings.path, name, "password_env")
+            # an invalid name is refused by the loader; neither is ever printed as is
             log.warning(
                 "%s: %s.password_env: %s is not set in this environment; the service will "
                 "need it (e.g. in the systemd EnvironmentFile)",
                 where,
                 name,
-                secret.env,
+                env_name_shown(secret.env, f"{name}.password_env"),
             )
     return problems
 
@@ -309,7 +495,9 @@ def _last_good_problems(settings: Settings, rules_dir: Path) -> list[str]:
         )
     if not inside_rules(replace(settings, rules_dir=rules_dir)):
         return []
-    where = f"{settings.path}: " if settings.path else ""
+    where = (
+        f"{where_in(settings.path, 'service', 'last_good_rules_dir')}: " if settings.path else ""
+    )
     return [
         f"{where}service.last_good_rules_dir: the last good rules would be saved inside the "
         f"rules folder {rules_dir}; choose a folder outside it"

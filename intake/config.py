@@ -38,20 +38,50 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# What the environment takes as a variable's name; anything else in ``password_env`` can
+# never be set, and is most likely the password itself, written where its name goes.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The names messages print: upper case as variables are conventionally named. A legal but
+# lower-case or mixed name (Kasaoka2026pw) may still be a password, so it is not printed.
+_CONVENTIONAL = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def env_name_shown(name: str, key: str = "password_env") -> str:
+    """``environment variable NAME`` for a conventional name, else a description of it.
+
+    Why: the most natural mistake after the loader refuses ``password = "..."`` is to put
+    the password where its variable's name goes, and every message naming the variable
+    then logged the password, at every start of the service (review rv10a F3).
+    """
+    if _CONVENTIONAL.match(name):
+        return f"environment variable {name}"
+    return (
+        f"the environment variable named in {key} (name not shown: it does not look like "
+        "a variable name, and may be the password itself)"
+    )
+
+
 @dataclass(frozen=True)
 class Secret:
     """Where a password lives. ``get()`` reads it at connection time, never logs it."""
 
     env: str | None = None
     file: Path | None = None
+    key: str = field(default="password_env", compare=False)  # e.g. "smtp.password_env"
+
+    @property
+    def env_shown(self) -> str:
+        """How messages name the variable: its name, or a description when the name does
+        not look like one (see ``env_name_shown``)."""
+        return env_name_shown(self.env or "", self.key)
 
     def get(self) -> str | None:
         if self.env:
-            value = os.environ.get(self.env)
+            value = os.environ.get(self.env) if ENV_NAME.match(self.env) else None
             if value is None:
                 raise ConfigError(
-                    f"environment variable {self.env} is not set; export it with the password "
-                    "(the config names it in password_env)"
+                    f"{self.key}: {self.env_shown} is not set; export it with the password "
+                    "(e.g. in the service's EnvironmentFile)"
                 )
             return value
         if self.file:
@@ -68,7 +98,8 @@ class Secret:
         return None
 
     def __repr__(self) -> str:  # never show a secret, only where it comes from
-        return f"Secret(env={self.env!r}, file={self.file!r})"
+        env = self.env if self.env is None or _CONVENTIONAL.match(self.env) else "<not shown>"
+        return f"Secret(env={env!r}, file={self.file!r})"
 
 
 @dataclass(frozen=True)
@@ -311,6 +342,18 @@ def _key_lines(text: str) -> dict[tuple[str, str], int]:
     return lines
 
 
+def where_in(path: Path | None, table: str, key: str) -> str:
+    """``file:line`` of ``[table] key`` in the config at ``path`` (just the file when the
+    key is not written there), for problems found after loading (``check``)."""
+    if path is None:
+        return "<config>"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return str(path)
+    return _Source(path, text).where(table, key)
+
+
 class _Source:
     """The config file being read: its path, the line of each key, the problems so far."""
 
@@ -376,7 +419,12 @@ class _Section:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.fail(key, f"must be a {kind.__name__}, got {value!r}")
+            shown = "a value not shown" if _PASSWORD_LIKE.search(key) else repr(value)
+            if kind is bool:
+                # "false" in quotes is a string, which Python would read as true
+                self.fail(key, f"must be true or false, without quotes, got {shown}")
+            else:
+                self.fail(key, f"must be a {kind.__name__}, got {shown}")
             return _placeholder(kind) if default is ... else default
         return value
 
@@ -390,13 +438,58 @@ class _Section:
         return tuple(value)
 
     def addresses(self, key: str) -> tuple[str, ...]:
-        """A list of mail addresses: each must have a name and a domain around one "@"."""
+        """A list of mail addresses, each one usable address (``address_problem``)."""
+        if isinstance(self.data.get(key), str) and re.search(r"[,;\s]", self.data[key].strip()):
+            self.fail(
+                key,
+                "one string holding several addresses: only the first would be mailed; write a "
+                'list with one address per string: ["a@example.jp", "b@example.jp"]',
+            )
+            # the addresses it holds, so no second problem says the list is empty
+            return tuple(a for a in re.split(r"[,;\s]+", self.data[key]) if a)
         values = self.strings(key)
         for value in values:
-            local, at, domain = value.strip().rpartition("@")
-            if not at or not local or not domain:
-                self.fail(key, f'{value!r} is not a mail address; write it as "name@domain"')
+            problem = address_problem(value)
+            if problem:
+                self.fail(key, f"{value!r} {problem}")
         return values
+
+
+# One usable address: what relays accept without SMTPUTF8 and what DNS can resolve.
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_DOMAIN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}$")
+
+
+def address_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as one mail address (None: nothing).
+
+    Why stricter than "has an @": a list entry holding two addresses ("a@x.jp, b@x.jp")
+    was accepted and only the first person got alerts; an address typed with an IME in
+    full-width letters, or a domain without a dot, is refused by the relay or DNS only
+    when the alert is sent, at night (review rv10a F2).
+    """
+    text = value.strip()
+    if re.search(r"[,;\s]", text):
+        return (
+            "holds a comma, semicolon or space: write each address as its own string, "
+            '["a@example.jp", "b@example.jp"]'
+        )
+    if not text.isascii():
+        return (
+            "has full-width or other non-ASCII characters (typed with the Japanese input "
+            "on?); retype it in half-width letters"
+        )
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        return 'is not a mail address; write it as "name@domain"'
+    if "@" in local or not _LOCAL_PART.match(local):
+        return 'is not one mail address; write it as "name@domain"'
+    if not _DOMAIN.match(domain):
+        return (
+            f"has no usable domain ({domain!r}): a domain has a dot and letters, digits and "
+            'hyphens only, e.g. "name@city.kasaoka.okayama.jp"'
+        )
+    return None
 
 
 def _unknown_keys(source: _Source, data: dict[str, Any]) -> None:
@@ -463,6 +556,16 @@ def _secret(sec: _Section, base: Path, *, required: bool = False) -> Secret:
             sec.name,
             sec.name,
         )
+    if env and not ENV_NAME.match(env):
+        # the value is not shown: it is most likely the password itself
+        sec.fail(
+            "password_env",
+            "is not the name of an environment variable (letters, digits and _, not "
+            "starting with a digit); the value is not shown, as it may be the password "
+            "itself: put the password in the service's EnvironmentFile as NAME=... and "
+            'write password_env = "NAME" (e.g. INTAKE_IMAP_PASSWORD); if it was the '
+            "password, change it, since it has been written in the config",
+        )
     if env and file:
         sec.fail("password_env", "give password_env or password_file, not both")
     path = (base / file) if file else None
@@ -478,7 +581,7 @@ def _secret(sec: _Section, base: Path, *, required: bool = False) -> Secret:
                 f"{path} can be read or written by other users (mode {stat.S_IMODE(mode):o}); "
                 f"run: chmod 600 {path}",
             )
-    return Secret(env=env, file=path)
+    return Secret(env=env, file=path, key=f"{sec.name}.password_env")
 
 
 def _security(sec: _Section, host: str) -> str:
@@ -646,6 +749,8 @@ def settings_from_dict(
     ):
         if key in mb.data and value <= 0:
             mb.fail(key, f"must be greater than 0, got {value}")
+    if not 1 <= mailbox.port <= 65535 and "port" in mb.data:
+        mb.fail("port", f"must be a port number from 1 to 65535, got {mailbox.port}")
     if mailbox.idle_seconds > 25 * 60:
         # RFC 2177: a server may end an IDLE after 30 minutes without telling the client
         mb.fail("idle_seconds", f"must be at most 1500 (25 minutes), got {mailbox.idle_seconds}")
@@ -669,6 +774,8 @@ def settings_from_dict(
         cafile=_existing(sm, "cafile", _path(base, sm.get("cafile", str, None))),
         timeout=sm.get("timeout", float, 30.0),
     )
+    if not 1 <= smtp.port <= 65535 and "port" in sm.data:
+        sm.fail("port", f"must be a port number from 1 to 65535, got {smtp.port}")
     database_url = _database_url(_Section(source, "database", data.get("database", {})), base)
     oc = _Section(source, "oncall", data.get("oncall", {}))
     oncall = OncallSettings(
@@ -695,6 +802,22 @@ def settings_from_dict(
         )
     if smtp.from_address and ("@" not in smtp.from_address or smtp.from_address.startswith("@")):
         sm.fail("from_address", f"must be a mail address, got {smtp.from_address!r}")
+    own = {a.lower() for a in (smtp.from_address, mailbox.username) if "@" in a}
+    for key, values in (
+        ("to", oncall.to),
+        ("backup", oncall.backup),
+        ("off_hours", oncall.off_hours),
+    ):
+        for address in values:
+            if address.strip().lower() in own:
+                # the service reads that mailbox and keeps its own mail for staff, who read
+                # it in office hours: a night alert there reaches nobody awake
+                oc.fail(
+                    key,
+                    f"{address!r} is the service's own address (smtp.from_address or the "
+                    "mailbox it reads): alerts sent there reach nobody; give the on-call "
+                    "person's own address",
+                )
     sv = _Section(source, "service", data.get("service", {}))
     tzname = sv.get("timezone", str, "Asia/Tokyo")
     try:

@@ -225,7 +225,8 @@ def test_a_mailbox_without_a_password_source_fails_check(tmp_path: Path) -> None
     config.write_text(CONFIG.replace('password_env = "X"\n', ""), encoding="utf-8")
     result = check(config)
     assert result.returncode == 1
-    assert f"{config}: mailbox.password_env: missing: the IMAP server needs a password" in (
+    line = CONFIG.splitlines().index("[mailbox]") + 1  # the key is missing: its table
+    assert f"{config}:{line}: mailbox.password_env: missing: the IMAP server needs a" in (
         result.stdout
     )
 
