@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
+def _log_template_problems(svc: Any) -> None:
+    """Log each template problem ``check`` would report, at ERROR, and start anyway.
+
+    Why: templates are re-read when they change and have no last good copy; a worker
+    started with a broken alert template used to learn of it at the first urgent mail
+    (review rv10a F1). The alert itself still goes out in a built-in text
+    (``compose.render_alert``), so this warns without refusing to start."""
+    from intake.check import template_problems
+
+    for problem in template_problems(svc.settings.templates_dir, svc.directory):
+        log.error(
+            "template problem; alerts use a built-in text where the alert template fails "
+            "(run service.py check)",
+            extra={"problem": problem},
+        )
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     """Fetch everything new, process it, send what is due, exit.
 
@@ -54,6 +72,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     # last_good: broken rules with a saved copy run with that copy (logged at ERROR, staff
     # told by mail); without one they stop the command, as before.
     svc = Service.from_settings(settings, last_good=True)
+    _log_template_problems(svc)
     svc.settle()
     now = datetime.now(svc.calendar.tz)
     status = 0
@@ -165,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # logged at ERROR, staff told by mail; ``intake.last_good_rules``). Only without
         # one (a first installation) does it refuse to start, below.
         svc = Service.from_settings(_settings(args), last_good=True)
+        _log_template_problems(svc)
         svc.settle()
         run_worker(svc)
     except RulesError as exc:
