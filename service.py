@@ -15,10 +15,10 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from intake.config import PROJECT_ROOT, Settings, load_settings
 from intake.errors import IntakeError, RulesError
