@@ -561,6 +561,21 @@ def _unique(addresses: Sequence[str]) -> list[str]:
     return seen
 
 
+def _check_command(svc: Service) -> str:
+    """The ``check`` command as the worker itself would run it: its Python, its
+    ``service.py`` and its config. Why: a bare ``python service.py check`` in a shell
+    without INTAKE_CONFIG checks the project's rules/, not the service's, and says OK
+    (review rv10a F12)."""
+    import shlex
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "service.py"
+    command = [sys.executable, str(script), "check"]
+    if svc.settings.path:
+        command += ["--config", str(svc.settings.path)]
+    return shlex.join(command)
+
+
 def notice_message(svc: Service, fallback: Fallback, to: list[str], now: datetime) -> Any:
     """The notice: which files and lines are wrong, that the service runs with ALL the
     files as saved at a given time (so a valid edit since, such as a new urgent phrase, is
@@ -611,7 +626,9 @@ def notice_message(svc: Service, fallback: Fallback, to: list[str], now: datetim
         *_differences_for_notice(differences, saved_ja),
         "",
         "対応のお願い:",
-        "1. サーバーで python service.py check を実行して誤りを確認し、ファイルを直してください。",
+        "1. サーバーのインストール先で、サービスと同じ利用者として次を実行して誤りを確認し、"
+        "ファイルを直してください。",
+        f"   {_check_command(svc)}",
         "2. check が通ったら sudo systemctl restart soudan-intake で再起動してください。",
         "再起動するまで、直したファイルもほかのファイルも、変更は使われません。",
         "",

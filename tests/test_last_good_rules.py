@@ -110,7 +110,9 @@ def test_once_with_a_typo_in_the_rules_still_reads_alerts_and_tells_staff_once_a
     assert notice.rcpt_tos == [ONCALL]
     text = text_of(notice)
     assert f"topics.toml {line}行目" in text
-    assert "python service.py check" in text
+    # the exact command: the service's Python, its service.py, its config (rv10a F12)
+    assert f"service.py check --config {config}" in text
+    assert sys.executable in text
     assert "死にたい" not in text and "resident.test" not in text  # no mail content
 
     # A restart the same day (a restart loop under systemd) tells nobody again.
@@ -424,7 +426,7 @@ def test_notice_says_a_valid_urgent_edit_is_not_in_force_while_another_file_is_b
     assert "・partners.toml【誤りあり】: 変更あり → この変更は使われていません" in lines
     assert not any(line.startswith(("・topics.toml", "・examples.jsonl")) for line in lines)
     assert "図書館" not in body  # names files, never quotes them
-    assert "python service.py check" in body and "restart" in body
+    assert "service.py check --config" in body and "restart" in body
 
 
 def test_fallback_error_log_names_the_files_that_differ_from_the_copy(
