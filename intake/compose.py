@@ -546,7 +546,7 @@ def plain_alert_text(case: dict[str, Any], tz: Any, escalation: int, code: str) 
         "",
         "対応を始めたら、このメールに返信してください（本文は空で構いません）。",
         f"件名の「{number}」と「確認コード {code}」は消さずに返信してください。",
-        f"または: python service.py ack {number}",
+        f"または（サーバーで）: {get('ack_command') or f'python service.py ack {number}'}",
         "",
     ]
     return "\n".join(lines)

@@ -624,6 +624,8 @@ def _undelivered_notice(
     word 緊急 (nor in the subject): it is the alert's own wording, which the filter that
     refused the alert may be refusing.
     """
+    from intake.pipeline import service_command
+
     tz = svc.calendar.tz
     due = callback_due(received, svc.calendar)
     if state.alert_failed:
@@ -669,12 +671,13 @@ def _undelivered_notice(
         f"折り返し期限: {_deadline_ja(due, received, now, svc.calendar)}",
         "",
         "内容が原因で届かなかった可能性があるため、このメールには相談の内容を載せていません。",
-        f"サーバーで python service.py show {case.number} を実行して原文を確認してください。",
+        "サーバーで次を実行して原文を確認してください。",
+        f"  {service_command(svc, 'show', case.number)}",
         "",
         "対応を始めたら、このメールに返信してください（本文は空で構いません）。",
         f"件名の「{case.number}」と「確認コード {code}」は消さずに返信してください。",
         "この2つが件名にないと、対応済みにならず再通知が続きます。",
-        f"または: python service.py ack {case.number}",
+        f"または（サーバーで）: {service_command(svc, 'ack', case.number)}",
         "",
     ]
     message.set_content("\n".join(lines), charset="utf-8", cte="8bit")

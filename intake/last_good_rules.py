@@ -562,18 +562,12 @@ def _unique(addresses: Sequence[str]) -> list[str]:
 
 
 def _check_command(svc: Service) -> str:
-    """The ``check`` command as the worker itself would run it: its Python, its
-    ``service.py`` and its config. Why: a bare ``python service.py check`` in a shell
-    without INTAKE_CONFIG checks the project's rules/, not the service's, and says OK
-    (review rv10a F12)."""
-    import shlex
-    import sys
+    """The ``check`` command as the worker itself would run it (``service_command``): a
+    bare ``python service.py check`` in a shell without INTAKE_CONFIG checks the
+    project's rules/, not the service's, and says OK (review rv10a F12)."""
+    from intake.pipeline import service_command
 
-    script = Path(__file__).resolve().parent.parent / "service.py"
-    command = [sys.executable, str(script), "check"]
-    if svc.settings.path:
-        command += ["--config", str(svc.settings.path)]
-    return shlex.join(command)
+    return service_command(svc, "check")
 
 
 def notice_message(svc: Service, fallback: Fallback, to: list[str], now: datetime) -> Any:

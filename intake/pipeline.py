@@ -906,7 +906,23 @@ def alert_context(
         "phones": json.loads(case.phone or "[]"),
         "reasons": json.loads(case.urgent_reasons),  # dicts: Jinja reads r.surface as r["surface"]
         "automatic": automatic,
+        "ack_command": service_command(svc, "ack", case.number),
     }
+
+
+def service_command(svc: Service, *args: str) -> str:
+    """A ``service.py`` command as this worker would run it: its Python, its service.py,
+    its config. Why: the alert said ``python service.py ack C…``, which fails in a shell
+    at night (no virtualenv, no config; review rv10a F9)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "service.py"
+    command = [sys.executable, str(script), *args]
+    if svc.settings.path:
+        command += ["--config", str(svc.settings.path)]
+    return shlex.join(command)
 
 
 def _queue_alert(

@@ -164,7 +164,7 @@ def test_refused_alert_goes_to_backup_and_night_duty_at_once(
     assert "送信できませんでした" in body(failover) or "届きませんでした" in body(failover)
     # Review 2, finding 5: the failover names the case, not what the resident wrote.
     assert "090-1234-5678" not in body(failover)
-    assert "python service.py show C000001" in body(failover)
+    assert "service.py show C000001" in body(failover)
     [row] = outbox(svc, "escalation")
     assert row.status == "sent" and row.sent_at is not None
     assert row.sent_at - alert.claimed_at <= timedelta(minutes=1)  # type: ignore[operator]
@@ -315,7 +315,7 @@ def test_escalation_of_a_quarantined_mail_still_says_to_check_the_original(
     mails = smtp_server.wait_for(3)
     [alert] = [m for m in mails if subject(m).startswith("【至急】")]
     [escalation] = [m for m in mails if "再通知" in subject(m)]
-    hint = "python service.py show C000001"
+    hint = "service.py show C000001"
     assert hint in body(alert)
     assert hint in body(escalation)
 
@@ -471,7 +471,7 @@ def test_failover_of_an_alert_a_content_filter_refused_carries_no_resident_words
     assert sorted(first.rcpt_tos) == sorted([ONCALL, BACKUP])
     for mail in server.received:
         text = body(mail) + subject(mail)
-        assert "C000001" in text and "python service.py show C000001" in text
+        assert "C000001" in text and "service.py show C000001" in text
         for word in ("消えたい", "090-1234-5678", "resident@example.jp", "緊急"):
             assert word not in text, word
     assert "受信日時: 11月26日(木) 12:00" in body(first)  # when the mail came in
@@ -857,7 +857,7 @@ def test_alert_denied_as_relay_while_alone_is_failed_over_within_minutes(
 
     assert first is not None and first <= 4, first
     notice = next(m for m in server.received if BACKUP in m.rcpt_tos)
-    assert "C000001" in subject(notice) and "python service.py show C000001" in body(notice)
+    assert "C000001" in subject(notice) and "service.py show C000001" in body(notice)
     assert "まだ送信できていません" in body(notice)
     for word in ("消えたい", "090-1234-5678", "resident@example.jp"):
         assert word not in body(notice) + subject(notice), word

@@ -8,6 +8,7 @@ what they say.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -69,7 +70,7 @@ def test_night_alert_asks_for_contact_now_with_the_latest_deadline_in_brackets(
     # Still says which case and how to acknowledge it.
     assert "受付番号: C000001" in text
     assert f"件名の「C000001」と「確認コード {code_of(alert)}」は消さずに返信してください。" in text
-    assert "または: python service.py ack C000001" in text
+    assert "service.py ack C000001" in text
 
 
 def test_office_hours_alert_deadline_is_today_at_closing(svc: Service) -> None:
@@ -150,7 +151,7 @@ def test_unreadable_mail_alert_gives_the_reason_of_the_notice_and_the_server_com
     assert "管理画面" not in text
     assert "すぐに原文を確認し、緊急であれば相談者に連絡してください。" in text
     assert "折り返し期限: できるだけ早く（遅くとも 11月30日(月) 8時30分）" in text
-    assert "または: python service.py ack C000001" in text
+    assert "service.py ack C000001" in text
 
 
 def test_late_alert_failover_tells_the_backup_why_it_comes_to_them_with_the_date(
@@ -169,7 +170,8 @@ def test_late_alert_failover_tells_the_backup_why_it_comes_to_them_with_the_date
     assert "再通知（" not in text
     assert "当番への通知メール（11月25日(水) 10:00 作成）を、まだ送信できていません。" in text
     assert "受信日時: 11月25日(水) 10:00" in text and "折り返し期限: 本日 16時30分" in text
-    assert "サーバーで python service.py show C000001 を実行して原文を確認してください。" in text
+    assert "サーバーで次を実行して原文を確認してください。" in text
+    assert f"{sys.executable} " in text and "service.py show C000001 --config" in text
     assert f"「確認コード {code_of(notice)}」" in text
     for word in ("消えたい", "090-1234-5678", "resident@example.jp", "緊急"):
         assert word not in text
