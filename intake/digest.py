@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+import logging
 import re
 import string
 import unicodedata
@@ -52,6 +53,8 @@ from intake.store import (
     to_db,
 )
 
+log = logging.getLogger(__name__)
+
 TOPIC_JA = {
     "bullying": "いじめ",
     "poverty": "生活困窮",
@@ -62,8 +65,13 @@ TOPIC_JA = {
 }
 
 
-def _concerns(partner: Partner, case: Case) -> bool:
+def _concerns(partner: Partner, case: Case, known: frozenset[str] | None = None) -> bool:
+    """Whether ``partner``'s digest lists ``case``. ``known`` (the general desk's digest
+    only): the partner ids of partners.toml; a case owned by none of them (a partner
+    renamed or gone) is the desk's (review rv10a F5: it reached nobody)."""
     if partner.id == COORDINATOR_ID or case.partner == partner.id:
+        return True
+    if known is not None and case.partner not in known:
         return True
     secondary = {t for t, _s in json.loads(case.topics)[1:]}
     return bool(secondary.intersection(partner.also_notify))
@@ -111,14 +119,20 @@ def _is_notice(msg: StoredMessage, case: Case) -> bool:
     return case.ack_state == ACK_FAILED and _is_automatic(msg)
 
 
-def _listed_as(partner: Partner, msg: StoredMessage, case: Case, desk: bool) -> str | None:
+def _listed_as(
+    partner: Partner,
+    msg: StoredMessage,
+    case: Case,
+    desk: bool,
+    known: frozenset[str] | None = None,
+) -> str | None:
     """How ``partner``'s digest lists ``msg``: "message" (the resident's words), "notice"
     (the failed acknowledgement, without text) or None (not at all). ``desk``: the partner
     is the ``contact_desk``, which hears of every other partner's failed acknowledgement
     through the case's first message or its bounce, whichever it has not yet been told of
     (the acknowledgement may fail at our relay, with no bounce, or after the first digest).
     """
-    if _concerns(partner, case):
+    if _concerns(partner, case, known):
         if _is_notice(msg, case):
             return "notice"
         return None if _is_automatic(msg) else "message"
@@ -171,7 +185,11 @@ _ENTRY_COLUMNS = ("id", "received_at", "is_followup", "new_text", "automatic")
 
 
 def _unlisted(
-    session: Session, mailbox: str, partner: Partner, notices: bool = False
+    session: Session,
+    mailbox: str,
+    partner: Partner,
+    notices: bool = False,
+    known: frozenset[str] | None = None,
 ) -> list[tuple[StoredMessage, Case]]:
     """The messages ``partner``'s digest still has to list, oldest first, with their cases.
 
@@ -193,6 +211,8 @@ def _unlisted(
     shown = or_(not_(automatic), failed)
     if partner.id != COORDINATOR_ID:
         mine = col(Case.partner) == partner.id
+        if known is not None:  # the general desk: also cases of partners no longer listed
+            mine = or_(mine, col(Case.partner).not_in(sorted(known)))
         if partner.also_notify:
             mine = or_(mine, _secondary_topic_in(session, partner.also_notify))
         if notices:
@@ -694,6 +714,27 @@ def _shared_text(partner: Partner, text: str) -> str:
     return text if partner.share == "full" else excerpt(text)
 
 
+def _warn_of_stranded_cases(svc: Service, known: frozenset[str]) -> None:
+    """Log, once per digest run, how many open cases belong to a partner id that is not
+    in partners.toml (their new messages go to the general desk's digest)."""
+    with session_scope(svc.engine) as session:
+        stray = session.exec(
+            select(Case.partner)
+            .where(
+                Case.mailbox == svc.settings.mailbox.key,
+                col(Case.partner).not_in(sorted(known)),
+                Case.status != "closed",
+            )
+            .distinct()
+        ).all()
+    if stray:
+        log.warning(
+            "open cases belong to partner ids not in partners.toml; the general desk's "
+            "digest lists their new messages (reassign them with service.py reassign)",
+            extra={"partners": sorted(stray)},
+        )
+
+
 def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[str, int]:
     """Queue one digest per partner with new messages; returns {partner id: messages listed}.
 
@@ -703,16 +744,20 @@ def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[st
     queued: dict[str, int] = {}
     overview = coordinator(svc)
     desk = contact_desk(svc)
+    general = svc.directory.general_desk.id
+    known = frozenset(p.id for p in svc.directory.partners)
+    _warn_of_stranded_cases(svc, known)
     for partner in [*svc.directory.partners, *([overview] if overview else [])]:
         if at is not None and at not in digest_times(svc, partner):
             continue
         with session_scope(svc.engine) as session:
             serialise(session, f"digest:{svc.settings.mailbox.key}")
             notices = desk is not None and partner.id == desk.id
-            rows = _unlisted(session, svc.settings.mailbox.key, partner, notices)
+            strays = known if partner.id == general else None
+            rows = _unlisted(session, svc.settings.mailbox.key, partner, notices, strays)
             # ``_unlisted`` already asks the database for exactly these; the check stays
             # as the definition (and for a dialect without JSON functions: all of them).
-            listed = [(m, c, _listed_as(partner, m, c, notices)) for m, c in rows]
+            listed = [(m, c, _listed_as(partner, m, c, notices, strays)) for m, c in rows]
             mine = [(m, c) for m, c, how in listed if how is not None]
             shown = _without_repeated_notices(
                 session, partner, [(m, c, how == "notice") for m, c, how in listed if how]
