@@ -560,22 +560,82 @@ def render_digest(
     entries: list[dict[str, Any]],
     now: datetime,
     tz: Any,
+    fallback: bool = False,
 ) -> EmailMessage:
-    """A partner's digest: the new cases since its last digest, text and HTML parts."""
+    """A partner's digest: the new cases since its last digest, text and HTML parts.
+
+    ``fallback`` (the digest job; not ``check``): a template that fails to render gives
+    the built-in text (``plain_digest_text``), without the HTML part, instead of no digest
+    (review rv10a F1b: a typo in one branch stopped every partner's digest)."""
     when = now.astimezone(tz).strftime("%m/%d %H:%M")
     subject = f"【相談ダイジェスト】{partner.name} 新着 {len(entries)} 件 ({when})"
     msg = _base_message(sender, list(partner.digest_to), subject, now, "auto-generated", "digest")
     context = {"partner": partner, "entries": entries, "tz": tz, "now": now}
     txt_name, html_name = TEMPLATES["digest"]
-    text = env.get_template(txt_name).render(**context)
+    try:
+        text = env.get_template(txt_name).render(**context)
+        html = env.get_template(html_name).render(**context) if html_name else None
+    except Exception as exc:
+        if not fallback:
+            raise
+        log.error(
+            "digest template failed (%s%s); the digest goes out in the built-in text",
+            type(exc).__name__,
+            _template_line(exc),
+        )
+        text, html = plain_digest_text(partner, entries, now, tz), None
     msg.set_content(text, charset="utf-8", cte=_digest_text_cte(text))
-    if html_name:
+    if html is not None:
         # No ``cte``: the email package keeps 8bit only for lines of at most 78 bytes and
         # picks base64 (quoted-printable for mostly ASCII) otherwise, so no line is long.
-        msg.add_alternative(
-            env.get_template(html_name).render(**context), subtype="html", charset="utf-8"
-        )
+        msg.add_alternative(html, subtype="html", charset="utf-8")
     return msg
+
+
+def plain_digest_text(partner: Any, entries: list[dict[str, Any]], now: datetime, tz: Any) -> str:
+    """A digest in a built-in text, for when the staff-edited template fails to render.
+
+    Keeps the opening line ``intake.quotes`` knows our digest by, and only what each
+    entry already holds (the text is already masked for a partner without
+    ``show_sender``)."""
+
+    def when(value: Any) -> str:
+        try:
+            return str(value.astimezone(tz).strftime("%Y-%m-%d %H:%M"))
+        except Exception:
+            return ""
+
+    lines = [
+        f"{getattr(partner, 'name', '')} ご担当者様",
+        "",
+        f"前回のお知らせ以降に届いた相談 {len(entries)} 件をお知らせします。",
+        f"（{when(now)} 時点。通知文のテンプレートに誤りがあるため、簡易な形式でお送りしています）",
+        "",
+    ]
+    for e in entries:
+        lines += ["────────────────", f"受付番号: {e.get('number', '')}"]
+        if e.get("followup"):
+            lines[-1] += "（続報）"
+        lines += [f"受信日時: {when(e.get('received'))}", f"分類: {e.get('topic_ja', '')}"]
+        if e.get("urgent"):
+            lines.append("緊急: はい — " + "、".join(map(str, e.get("reasons") or [])))
+        if e.get("ack_failed"):
+            lines.append("注意: 相談者への自動返信が届きませんでした。")
+        if e.get("needs_human"):
+            lines.append("注意: 自動判定できませんでした。本日中に内容を確認してください。")
+        if e.get("sender"):
+            phones = ", ".join(map(str, e.get("phones") or []))
+            lines.append(f"送信者: {e['sender']}" + (f" / 電話: {phones}" if phones else ""))
+        if e.get("text") and not e.get("notice"):
+            lines += ["", str(e["text"])]
+        lines.append("")
+    lines += [
+        "────────────────",
+        "このメールは笠岡市の相談受付システムが自動で送っています。",
+        "このメールに返信しても、相談者には届きません。",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 # RFC 5322 2.1.1 / RFC 5321 4.5.3.1.6: at most 998 bytes on a line, CRLF not counted.

@@ -772,6 +772,7 @@ def queue_digests(svc: Service, now: datetime, at: str | None = None) -> dict[st
                 entries=entries,
                 now=now,
                 tz=svc.calendar.tz,
+                fallback=True,
             )
             row = queue_mail(
                 session,

@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlmodel import select
 
 from intake import samples
 from intake.compose import MARKER_HEADER
@@ -102,3 +103,40 @@ def test_check_still_reports_the_broken_alert_template(tmp_path: Path) -> None:
     problems = _template_problems(folder, directory)
     assert any("urgent_alert" in p for p in problems), problems
     assert _template_problems(ROOT / "templates", directory) == []
+
+
+def test_a_digest_template_that_fails_still_sends_every_partners_digest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rv10a F1b: a typo in the digest's sender line (shown only to partners with
+    show_sender) stopped every partner's digest, the others' too."""
+    from intake.digest import queue_digests
+    from intake.store import Outbox, session_scope
+    from tests.helpers import offline_service
+    from tests.test_digest_stranded import _case_of
+
+    folder = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", folder)
+    digest = folder / "partner" / "digest.txt.j2"
+    text = digest.read_text(encoding="utf-8")
+    digest.write_text(text.replace("送信者: {{ e.sender }}", "送信者: {{ e.sendr }}"))
+    assert "e.sendr" in digest.read_text(encoding="utf-8")
+    svc = offline_service(tmp_path, extra=f'\n[service]\ntemplates_dir = "{folder}"\n')
+    try:
+        _case_of(svc, "city", "誰とも話していません。")
+        _case_of(svc, "genki", "食べるものがありません。")
+        with caplog.at_level(logging.ERROR):
+            queued = queue_digests(svc, SATURDAY_NIGHT.replace(hour=14))
+        assert queued == {"city": 1, "genki": 1}
+        assert any("digest template failed" in r.getMessage() for r in caplog.records)
+        with session_scope(svc.engine) as s:
+            rows = {r.partner: r for r in s.exec(select(Outbox)) if r.kind == "digest"}
+        city = message_from_bytes(rows["city"].content, policy=policy.default)
+        body = city.get_body(preferencelist=("plain",))
+        assert body is not None
+        plain = str(body.get_content())  # type: ignore[attr-defined]
+        assert "前回のお知らせ以降に届いた相談 1 件" in plain and "誰とも話していません。" in plain
+        # quoted back, its entries are known as ours (the marker line is kept)
+        assert "誰とも話していません" not in split_body("確認しました。\n\n" + plain).new
+    finally:
+        svc.engine.dispose()
