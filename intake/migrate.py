@@ -48,6 +48,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
+from intake.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -161,6 +163,14 @@ def migrate(engine: Engine, *, replay: bool = False) -> str:
     return head
 
 
+def _known(revision: str) -> bool:
+    """Whether ``revision`` is one of ours (``intake/migrations/versions``)."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except Exception:
+        return False
+
+
 def _migrate_locked(engine: Engine, head: str, replay: bool) -> None:
     metadata = target_metadata()
     with engine.connect() as conn:
@@ -190,6 +200,15 @@ def _migrate_locked(engine: Engine, head: str, replay: bool) -> None:
                     stamped = head if not _diff(conn) else INITIAL_REVISION
                     command.stamp(cfg, stamped)
                     log.info("database made before migrations stamped at %s", stamped)
+                if stamped is not None and stamped != head and not _known(stamped):
+                    # Review rv10a F14: this surfaced as "Can't locate revision" from
+                    # alembic, an "unexpected error" that systemd restarted every 10 s.
+                    raise ConfigError(
+                        f"the database is at schema revision {stamped}, made by a newer "
+                        f"soudan-intake; this installation knows revisions up to {head}. "
+                        "Install the newer version (never downgrade a database), or restore "
+                        "a backup made by this version"
+                    )
                 if stamped != head:
                     command.upgrade(cfg, "head")
                     log.info("database migrated from %s to %s", stamped or "empty", head)

@@ -289,3 +289,22 @@ def test_command_line_migrates_and_checks(tmp_path: Path) -> None:
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_a_database_made_by_a_newer_version_says_so_instead_of_an_unexpected_error(
+    tmp_path: Path,
+) -> None:
+    """Review rv10a F14: software rolled back, or an older second worker on a shared
+    database, met "Can't locate revision '0099'" as an unexpected error (systemd restarted
+    it every 10 s). It is now a configuration error naming both revisions and what to do."""
+    from intake.errors import ConfigError
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    store.open_database(url).dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(ConfigError, match="0099, made by a newer soudan-intake") as info:
+        store.open_database(url)
+    assert "never downgrade" in str(info.value)
