@@ -64,6 +64,8 @@ def test_night_alert_asks_for_contact_now_with_the_latest_deadline_in_brackets(
     text = text_of(alert)
     assert text.splitlines()[0] == "緊急の可能性がある相談を受け付けました。"
     assert "すぐに内容を確認し、相談者に電話で連絡してください（電話番号は下記）。" in text
+    # what to do if life is in danger now (review rv10a F18)
+    assert "ためらわず110番・119番に通報してください。" in text
     assert "折り返し期限: できるだけ早く（遅くとも 11月30日(月) 8時30分）" in text
     assert "2026-11-30" not in text and "下記の折り返し期限までに" not in text
     assert "受信日時: 11月27日(金) 20:02" in text
