@@ -533,6 +533,8 @@ def run_checks(config: str | Path | None, rules_dir: Path | None = None) -> list
     directory: Directory | None = None
     try:
         directory = load_directory(rules_dir / "partners.toml")
+        # what the service runs with (logged at ERROR) but staff must fix
+        problems.extend(str(p) for p in directory.warnings)
     except RulesError as exc:
         problems.extend(str(p) for p in exc.problems)
     problems.extend(_template_problems(templates_dir, directory))

@@ -484,7 +484,7 @@ def address_problem(value: str) -> str | None:
         return 'is not a mail address; write it as "name@domain"'
     if "@" in local or not _LOCAL_PART.match(local):
         return 'is not one mail address; write it as "name@domain"'
-    if not _DOMAIN.match(domain):
+    if not _DOMAIN.match(domain) and domain.lower() != "localhost":
         return (
             f"has no usable domain ({domain!r}): a domain has a dot and letters, digits and "
             'hyphens only, e.g. "name@city.kasaoka.okayama.jp"'

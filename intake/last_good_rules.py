@@ -399,6 +399,14 @@ def load(settings: Settings, last_good: bool, *, read_only: bool = False) -> Loa
             fingerprint=snapshot.fingerprint,
             fallback=Fallback(problems, snapshot),
         )
+    for problem in directory.warnings:
+        # Loaded, read the safe way (``Directory.warnings``), but staff must fix it.
+        log.error(
+            "partners.toml problem; the service runs with it read the safe way (an unknown "
+            "key ignored, a quoted flag false, a topic's first owner); fix it and run "
+            "service.py check",
+            extra={"problem": str(problem)},
+        )
     if last_good:
         save(settings, fingerprint)
     return Loaded(rules, directory, live, fingerprint, None)

@@ -114,6 +114,11 @@ class Emergency:
 class Directory:
     partners: tuple[Partner, ...]
     emergency: tuple[Emergency, ...]
+    # Problems ``check`` reports that the service can run with, read the safe way (an
+    # unknown key ignored, a quoted flag false, the first owner of a topic): a
+    # partners.toml the previous version accepted must not stop the worker after an
+    # upgrade, reading no mail at all (review rv10c R1). ``run`` logs them at ERROR.
+    warnings: tuple[Problem, ...] = ()
 
     def get(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners if p.id == partner_id), None)
@@ -164,6 +169,7 @@ def load_directory(path: Path) -> Directory:
         line = getattr(exc, "lineno", None)
         raise RulesError([Problem(path, line, f"not valid TOML: {exc}")]) from exc
 
+    soft: list[Problem] = []  # see ``Directory.warnings``
     for table in data:
         if table not in TABLES:
             close = difflib.get_close_matches(table, TABLES, n=1)
@@ -174,7 +180,7 @@ def load_directory(path: Path) -> Directory:
                 )),
                 None,
             )  # fmt: skip
-            problems.append(
+            soft.append(
                 Problem(path, line, f"unknown table or key {table!r}; {hint}this file holds "
                 "[[partner]] and [[emergency]] entries")
             )  # fmt: skip
@@ -190,10 +196,13 @@ def load_directory(path: Path) -> Directory:
         def err(key: str, message: str, start: int = start) -> None:
             problems.append(Problem(path, _key_line(text, start, key), message))
 
+        def warn(key: str, message: str, start: int = start) -> None:
+            soft.append(Problem(path, _key_line(text, start, key), message))
+
         pid = entry.get("id")
         named = f"partner {pid!r}" if isinstance(pid, str) else "[[partner]]"
         for key, hint in _unknown(entry, PARTNER_KEYS):
-            err(
+            warn(
                 key,
                 f"{named}: unknown key {key!r}, so it would be ignored; {hint}the keys of "
                 f"[[partner]] are {', '.join(PARTNER_KEYS)}",
@@ -214,14 +223,14 @@ def load_directory(path: Path) -> Directory:
                 err(key, f'partner {pid!r}: {key} = "..." is required')
         phone = entry.get("phone")
         if isinstance(phone, str) and phone and phone_problem(phone):
-            err("phone", f"partner {pid!r}: phone {phone!r} {phone_problem(phone)}")
+            warn("phone", f"partner {pid!r}: phone {phone!r} {phone_problem(phone)}")
         flags = {}
         for key in ("general_desk", "show_sender"):
             value = entry.get(key, False)
             if not isinstance(value, bool):
                 # "false" in quotes is a string, and any non-empty string read as true:
                 # an NPO that must not see residents' addresses was shown them (rv10a F4)
-                err(key, f"partner {pid!r}: {key} must be true or false, without quotes")
+                warn(key, f"partner {pid!r}: {key} must be true or false, without quotes")
                 value = value == "true" if key == "general_desk" else False
             flags[key] = value
         topics = entry.get("topics", [])
@@ -237,7 +246,7 @@ def load_directory(path: Path) -> Directory:
             elif t in owners and owners[t][0] != pid:
                 # routing takes the first owner listed: the second would never get a case
                 first, line = owners[t]
-                err(
+                warn(
                     "topics",
                     f"partner {pid!r}: topic {t!r} is also owned by {first!r} (line {line}); "
                     "keep it in one partner's topics (use also_notify for a copy)",
@@ -259,7 +268,7 @@ def load_directory(path: Path) -> Directory:
         for address in digest_to:
             problem = address_problem(address)
             if problem:
-                err("digest_to", f"partner {pid!r}: digest_to {address!r} {problem}")
+                warn("digest_to", f"partner {pid!r}: digest_to {address!r} {problem}")
         days = entry.get("days", "weekdays")
         if days not in ("weekdays", "always"):
             err("days", f'partner {pid!r}: days must be "weekdays" or "always"')
@@ -318,7 +327,7 @@ def load_directory(path: Path) -> Directory:
     for index, entry in enumerate(data.get("emergency", [])):
         line = emergency_starts[index] if index < len(emergency_starts) else 1
         for key, hint in _unknown(entry, EMERGENCY_KEYS):
-            problems.append(
+            soft.append(
                 Problem(
                     path,
                     _key_line(text, line, key),
@@ -331,7 +340,7 @@ def load_directory(path: Path) -> Directory:
             continue
         phone = str(entry["phone"])
         if phone_problem(phone):
-            problems.append(
+            soft.append(
                 Problem(
                     path,
                     _key_line(text, line, "phone"),
@@ -342,8 +351,8 @@ def load_directory(path: Path) -> Directory:
     if not any(p.always_open for p in partners) and not emergency:
         problems.append(Problem(path, None, "no 24-hour line: acknowledgements must show one"))
     if problems:
-        raise RulesError(problems)
-    return Directory(partners=tuple(partners), emergency=tuple(emergency))
+        raise RulesError(problems + soft)
+    return Directory(partners=tuple(partners), emergency=tuple(emergency), warnings=tuple(soft))
 
 
 def assign_partner(triage: Triage, directory: Directory) -> Partner:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -382,13 +383,14 @@ def _line(text: str, content: str, nth: int = 0) -> int:
 
 
 def _partner_problems(path: Path) -> list[str]:
+    """What ``check`` reports of partners.toml: the problems that stop loading, and those
+    the service runs with, read the safe way (``Directory.warnings``)."""
     from intake.errors import RulesError
 
     try:
-        load_directory(path)
+        return [str(p) for p in load_directory(path).warnings]
     except RulesError as exc:
         return [str(p) for p in exc.problems]
-    return []
 
 
 HARMONY = 'share = "excerpt"\nshow_sender = false\n\n[[partner]]\nid = "genki"'
@@ -573,3 +575,45 @@ def test_the_worker_can_ask_for_the_template_problems_at_start(tmp_path: Path) -
     directory = load_directory(PROJECT_ROOT / "rules" / "partners.toml")
     (problem,) = template_problems(templates, directory)
     assert problem.startswith(f"{templates / ALERT}:") and "re-notice 1" in problem
+
+
+def test_a_partners_file_the_previous_version_accepted_still_loads_after_an_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Review rv10c R1: a note key (memo), a quoted flag, a topic listed twice or a phone
+    with a note made the new loader refuse partners.toml, and the last good copy (the same
+    file) too: the worker stopped, reading no mail. It now loads, read the safe way, and
+    ``check`` still names each problem."""
+    path, _text = _partners(tmp_path, HARMONY, HARMONY.replace("false", '"false"', 1))
+    text = path.read_text(encoding="utf-8")
+    text = text.replace('id = "genki"', 'id = "genki"\nmemo = "2025年度から参加"', 1)
+    path.write_text(text, encoding="utf-8")
+    directory = load_directory(path)
+    harmony = directory.get("harmony")
+    assert harmony is not None and harmony.show_sender is False  # the private reading
+    assert directory.get("genki") is not None
+    problems = [str(p) for p in directory.warnings]
+    assert any("memo" in p for p in problems) and any("show_sender" in p for p in problems)
+
+
+def test_the_worker_starts_with_such_a_file_and_logs_each_problem(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from intake.config import load_settings
+    from intake.pipeline import Service
+    from tests.helpers import write_config
+
+    path, _text = _partners(tmp_path, HARMONY, HARMONY.replace("false", '"false"', 1))
+    imap = SimpleNamespace(host="127.0.0.1", port=1, user="intake")
+    smtp = SimpleNamespace(host="127.0.0.1", port=1)
+    extra = f'\n[service]\nrules_dir = "{path.parent}"\n'
+    config = write_config(tmp_path, imap, smtp, extra=extra)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR):
+        svc = Service.from_settings(load_settings(config), last_good=True)
+    try:
+        assert svc.directory.get("harmony") is not None
+        assert any("partners.toml problem" in r.getMessage() for r in caplog.records)
+    finally:
+        svc.close()
