@@ -10,6 +10,11 @@ Every server is stopped at teardown, also when the test failed; a failed test's 
 shows the tail of each Dovecot log (as "Captured stdout teardown"). Tests that use them
 should carry ``@pytest.mark.integration``.
 
+``SOUDAN_INTAKE_CACHE_DIR`` is set for the whole run (to the cache the service would use
+anyway when unset) and the urgency model is trained into it once, before the first test:
+tests that start ``service.py`` in a subprocess then do not each train a model of their
+own (~15 s, a minute on a loaded CI machine) inside their "within N seconds" waits.
+
 When the ``dovecot`` binary is missing the Dovecot fixtures skip with the reason on a
 developer machine, but FAIL under CI (``CI`` set and not "0"/"false"): a CI run that
 silently skipped every IMAP test would look green while proving nothing.
@@ -17,6 +22,7 @@ silently skipped every IMAP test would look green while proving nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +48,26 @@ def require_dovecot() -> None:
     if running_under_ci():
         pytest.fail(f"dovecot binary not found under CI: {hint}", pytrace=False)
     pytest.skip(f"dovecot binary not found: {hint}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_model_cache() -> None:
+    """Train the urgency model once per run into the cache every process of the run uses.
+
+    Why: on a fresh machine (CI) the cache is empty, and the first ``service.py run`` of a
+    test trained the model before it read any mail: ~15 s on an idle machine, over 30 s
+    under load, which is longer than a worker test waits for its first acknowledgement
+    (seen failing under load). Subprocess tests that fall back to a cache folder of their
+    own (``tmp_path / "cache"`` when the variable is unset) trained again at every start.
+    A training problem is left for the tests that load rules to report.
+    """
+    from intake.config import PROJECT_ROOT
+    from intake.errors import RulesError
+    from intake.learned import CACHE_ENV, cache_dir, load_model
+
+    os.environ.setdefault(CACHE_ENV, str(cache_dir()))
+    with contextlib.suppress(RulesError):
+        load_model(PROJECT_ROOT / "rules")
 
 
 def _show_log(server: LocalDovecot) -> None:

@@ -139,7 +139,9 @@ def test_a_connection_closed_during_idle_is_noticed_at_once_without_spinning() -
         _close(mailbox)
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    assert time.monotonic() - started < 2.0
+    # Noticed well before the 6-s deadline the spinning wait ran to (4 s: the server's
+    # 0.2 s and a loaded machine's margin), and without burning a core meanwhile.
+    assert time.monotonic() - started < 4.0
     assert cpu < 0.5, cpu
 
 
@@ -172,4 +174,4 @@ def test_a_new_count_at_the_end_of_a_long_idle_answer_is_seen_at_once(
     finally:
         _close(mailbox)
     assert news
-    assert waited < 2.0, waited
+    assert waited < 4.0, waited  # not the 8-s IDLE the unseen EXISTS waited for

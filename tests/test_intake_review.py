@@ -364,16 +364,27 @@ def test_a_failure_after_a_good_login_backs_off_instead_of_reconnecting_every_se
 
     monkeypatch.setattr(worker_module, "process_new_mail", refused)
     caplog.set_level(logging.WARNING, logger="intake.worker")
+
+    def delays() -> list[Any]:
+        return [
+            getattr(r, "delay", None)
+            for r in list(caplog.records)
+            if "connection failed" in r.getMessage()
+        ]
+
     worker, thread = _run_worker(svc)
+    started = time.monotonic()
     try:
-        time.sleep(6)
+        # Three failures take 1 + 2 s of waiting plus three logins; a loaded machine may
+        # need longer than the 6 s this test used to sleep, so wait for them (at most 60 s).
+        assert _wait_for(lambda: len(delays()) >= 3, 60), delays()
+        took = time.monotonic() - started
     finally:
         worker.stop()
         thread.join(30)
-    delays = [
-        getattr(r, "delay", None) for r in caplog.records if "connection failed" in r.getMessage()
-    ]
-    assert delays[:3] == [1.0, 2.0, 4.0] and len(delays) <= 4, delays
+    # Reconnecting every second would have logged about ``took`` failures by now.
+    assert delays()[:3] == [1.0, 2.0, 4.0], delays()
+    assert len(delays()) <= 4, (delays(), took)
 
 
 def _refusing_fetch(monkeypatch: pytest.MonkeyPatch, answer: Any) -> dict[str, bool]:

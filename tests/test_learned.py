@@ -556,3 +556,14 @@ def test_recall_threshold_is_the_score_of_the_last_positive_needed() -> None:
     labels = np.array([1, 0, 1, 1, 0])
     assert recall_threshold(scores, labels, 0.66) == 0.8  # 2 of 3 positives
     assert recall_threshold(scores, labels, 1.0) == 0.7
+
+
+def test_the_test_run_has_the_model_cached_where_its_service_subprocesses_look() -> None:
+    """Worker tests start ``service.py`` in subprocesses and give it seconds to answer;
+    without a cached model each start trained one first (~15 s, over 30 s under CPU load,
+    which failed them). ``tests/conftest.py`` names one cache for the whole run in the
+    environment the subprocesses inherit and trains into it once, before the first test."""
+    folder = os.environ.get(CACHE_ENV)
+    assert folder, f"{CACHE_ENV} is not set for the test run's subprocesses"
+    key = learned.cache_key((RULES_DIR / EXAMPLES_FILE).read_bytes())
+    assert (Path(folder) / f"{key}{learned.CACHE_SUFFIX}").is_file()

@@ -184,8 +184,10 @@ def test_a_dead_or_hung_child_falls_back_in_process_and_loses_nothing(
 
 
 def _wait_for_gate(raws: list[bytes]) -> list[Any]:
-    """A child's chunk work that waits until the file its (only) message names exists."""
+    """A child's chunk work that waits until the file its (only) message names exists;
+    it first makes ``<gate>.started``, so the test knows the child has begun."""
     gate = Path(raws[0].decode())
+    gate.with_suffix(".started").touch()
     while not gate.exists():
         time.sleep(0.02)
     return [len(raw) for raw in raws]
@@ -200,6 +202,13 @@ def test_a_read_ahead_batch_gets_its_full_timeout_from_collect_not_from_submit(
     pool = PreparePool(settings, 1, work=_wait_for_gate, timeout=3.0)
     try:
         ticket = pool.submit([str(gate).encode()])
+        # The child's start (forkserver, rules loaded) is not part of the test: on a
+        # loaded machine it alone took longer than the 3.3 + 3 s, and the fallback ran.
+        started = gate.with_suffix(".started")
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert time.monotonic() < deadline, "the pool's child never started"
+            time.sleep(0.02)
         time.sleep(3.3)  # the batch before is being written
         gate.touch()  # the child can finish only after the collect started
         got = pool.collect(ticket, lambda raw: -1, steal=False)

@@ -100,8 +100,9 @@ def test_sigterm_ends_a_slow_delivery_run_between_two_mails_and_the_rest_go_at_t
             if worker.poll() is None:
                 worker.kill()
         # The mail in hand (3 s at most) and the shutdown, not the 27 s the other nine
-        # would take (the run used to send them all first: 28 s).
-        assert took < 10, f"worker took {took:.1f}s to stop"
+        # would take (the run used to send them all first: 28 s). 18 s: a loaded
+        # machine's margin for the shutdown, still well short of eight more mails (24 s).
+        assert took < 18, f"worker took {took:.1f}s to stop"
         first = _acks_per_resident(relay)
         assert len(first) < len(RESIDENTS), "the whole queue went out before stopping"
         assert all(n == 1 for n in first.values())

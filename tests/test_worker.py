@@ -105,7 +105,9 @@ def test_worker_picks_up_each_of_several_mails_within_seconds(
     for i in range(6):
         time.sleep(0.3 * i)  # land at different moments of the IDLE cycle
         dovecot.append(samples.consultation(f"quick{i}@example.jp", "相談", "寂しい"))
-        smtp_server.wait_for(2 + i, timeout=5)
+        # within seconds, not the 30-s IDLE a missed notification waits for (15 s: a
+        # loaded machine's margin for the triage and the SMTP round trip)
+        smtp_server.wait_for(2 + i, timeout=15)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
 
@@ -241,14 +243,17 @@ def test_an_idle_worker_sends_no_imap_command_until_mail_arrives_or_it_stops(
         started = time.monotonic()
         dovecot.append(samples.consultation("idle2@example.jp", "相談", "寂しいです"))
         assert smtp_server.wait_for(2, timeout=10)[1].rcpt_tos == ["idle2@example.jp"]
-        assert time.monotonic() - started < 5.0  # IDLE still reports the mail at once
+        # IDLE still reports the mail at once: not after the 30-s IDLE (15 s: a loaded
+        # machine's margin for the triage and the SMTP round trip)
+        assert time.monotonic() - started < 15.0
     finally:
         stop_asked = time.monotonic()
         worker.stop()
         thread.join(30)
         svc.close()
     assert not thread.is_alive()
-    assert time.monotonic() - stop_asked < 10.0  # the stop flag is looked at every second
+    # the stop flag is looked at every second, not only when the 30-s IDLE ends
+    assert time.monotonic() - stop_asked < 15.0
 
 
 @pytest.mark.parametrize("tls", ["none", "imaps"])
@@ -289,7 +294,7 @@ def test_wait_ends_at_once_for_mail_dovecot_announced_with_its_idle_answer(
         monkeypatch.setattr(client, "idle", idle_after_a_mail_came)
         news, waited = _timed_wait(mailbox, 30.0)
         assert news
-        assert waited < 5.0, waited
+        assert waited < 15.0, waited  # not the 30-s IDLE
         assert mailbox.new_uids(0) == [1]
     finally:
         mailbox.close()
@@ -348,7 +353,9 @@ def test_an_urgent_mail_landing_during_the_workers_noop_is_alerted_within_second
                 break
             time.sleep(0.1)
         assert alerted_after is not None
-        assert alerted_after < 5.0, alerted_after
+        # within seconds, not after the 30-s IDLE (15 s: a loaded machine's margin for
+        # the triage of two mails and the SMTP round trips)
+        assert alerted_after < 15.0, alerted_after
     finally:
         worker.stop()
         thread.join(30)
@@ -405,7 +412,7 @@ def test_a_change_by_staffs_mail_client_does_not_hide_a_mail_that_follows(
         monkeypatch.setattr(client, "idle", idle)
         news, waited = _timed_wait(mailbox, 20.0)
         assert news
-        assert waited < 5.0, waited
+        assert waited < 10.0, waited  # not the 20-s IDLE
         # one IDLE: the change did not end it (a second IDLE left a window in which a
         # mail announced with its "+ idling" went unseen for the whole wait)
         assert len(idles) == 1
@@ -446,8 +453,10 @@ def test_a_change_announced_in_the_middle_of_idle_does_not_end_the_wait(
             staff.uid_expunge([1])
 
     def resident_writes() -> None:
-        dovecot.append(samples.consultation("u@example.jp", "相談", "もう死にたい"))
+        # Noted before the APPEND: the wait may end on its EXISTS while this thread is
+        # still logging out of its APPEND connection.
         landed.append(time.monotonic())
+        dovecot.append(samples.consultation("u@example.jp", "相談", "もう死にたい"))
 
     timers = [threading.Timer(1.0, staff_changes), threading.Timer(3.0, resident_writes)]
     try:
@@ -458,7 +467,7 @@ def test_a_change_announced_in_the_middle_of_idle_does_not_end_the_wait(
         ended = time.monotonic()
         assert news
         assert landed, "the wait ended before the resident's mail landed"
-        assert ended - landed[0] < 5.0
+        assert ended - landed[0] < 10.0  # not the 20-s IDLE
         assert mailbox.new_uids(2) == [3]
     finally:
         for timer in timers:
