@@ -52,7 +52,7 @@ from typing import Any
 
 from intake.charsets import decode_text
 from intake.letter import Attachment, Letter
-from intake.quotes import split_body, without_own_text
+from intake.quotes import ATTRIBUTION_MARK, split_body, without_own_text
 from intake.reflow import unwrap_fixed_width
 
 __all__ = [
@@ -1034,8 +1034,11 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
     )
     letter.quoted_words = parts.quoted_words
     if parts.after_header and inline != parts.after_header:
-        # Below a reply header: the mail replied to (ours is already left out of it).
-        letter.quoted_words = "\n\n".join(p for p in (letter.quoted_words, parts.after_header) if p)
+        # Below a reply header: the mail replied to (ours is already left out of it),
+        # under its header as attribution, so a staff member's mail from our address is
+        # known (``pipeline.quoted_text_read``).
+        below = ATTRIBUTION_MARK + parts.reply_header + "\n" + parts.after_header
+        letter.quoted_words = "\n\n".join(p for p in (letter.quoted_words, below) if p)
     if inline:
         # A mail forwarded inline (Gmail, iPhone; Outlook's "FW:" under a reply header) goes
         # where an attached one goes, so ``pipeline.decide`` checks it for urgency too; its

@@ -66,7 +66,7 @@ from intake.parse import parse
 from intake.partners import Directory, Partner, assign_partner
 from intake.phones import find_phones
 from intake.prepare_pool import Failed, PreparePool, Ticket
-from intake.quotes import quote_depth
+from intake.quotes import ATTRIBUTION_MARK, quote_depth
 from intake.read_marks import ReadMark, mark_path
 from intake.read_marks import load as load_read_mark
 from intake.read_marks import save as save_read_mark
@@ -333,6 +333,15 @@ def _is_own_mail(block: str | None) -> bool:
     return block in ("own-address", "own-mail-marker")
 
 
+# A reply whose own words open like a phone's or mailer's automatic answer ("【自動返信】
+# ただいま運転中です。") sent without any automatic header: it acknowledges no alert,
+# since nobody read it (review rv10c R2: the on-call box forwarded to a phone).
+AUTO_REPLY_TEXT = re.compile(
+    r"\s*(?:[【\[［(（<＜]\s*(?:自動(?:返信|応答|送信)|auto(?:matic)?[ -]?(?:reply|response))"
+    r"\s*[】\]］)）>＞]|自動(?:返信|応答)(?:メール|メッセージ)?(?:です|でお送り)|"
+    r"this is an? auto(?:matic|mated)?[ -]?(?:reply|response|generated))",
+    re.I,
+)
 QUOTED_LABEL = "quoted"  # urgent reasons found in quoted words (``decide``)
 JOINED_LABEL = "lines-joined"  # urgent reasons found once short lines were joined
 QUOTED_JOINED_LABEL = "quoted-lines-joined"  # the same in quoted words
@@ -348,9 +357,10 @@ _SENTENCE_END = tuple("。．.！!？?…」』）)♪")
 _ADVICE = re.compile(
     r"ご相談ください|相談できます|相談してください|ご相談を|電話してください|お電話ください|"
     r"ご連絡ください|おかけください|ご利用ください|の方へ|[るたい]方へ|ホットライン[（(]|"
-    r"(?:センター|窓口|ダイヤル|ライン|電話)(?:へ|まで)(?:[。．.、\s）)]|$)"
+    r"(?:センター|窓口|ダイヤル|ライン|電話)(?:へ|まで)[ \t\u3000]*(?:[。．.）)]|$)"
 )
-_SENTENCES = re.compile(r"[^。．！？!?\n]*(?:[。．！？!?]+|\n|$)")
+# A sentence: up to 。！？ (also a full-width space, which phones put between sentences)
+_SENTENCES = re.compile(r"[^。．！？!?\n\u3000]*(?:[。．！？!?\u3000]+|\n|$)")
 
 
 def without_advice(words: str) -> str:
@@ -372,10 +382,22 @@ def without_advice(words: str) -> str:
     return "".join(kept)
 
 
-def quoted_text_read(letter: Letter) -> str:
+def quoted_text_read(letter: Letter, own_address: str) -> str:
     """The quoted words ``decide`` reads for a crisis (``_quoted_before`` maps its offsets
-    into the same text)."""
-    return without_advice(letter.quoted_words)
+    into the same text): without the blocks quoted from a mail of our own domain (staff
+    replying to a resident from the mailbox ask 「死にたいと思うことはありますか？」, and
+    the resident's 「いいえ」 below it alerted on-call: review rv10c R4), without the
+    attribution lines, and without advice."""
+    domain = "@" + own_address.rpartition("@")[2].lower()
+    kept: list[str] = []
+    ours = False
+    for line in letter.quoted_words.split("\n"):
+        if line.startswith(ATTRIBUTION_MARK):
+            ours = domain != "@" and domain in line.lower()
+            continue
+        if not ours:
+            kept.append(line)
+    return without_advice("\n".join(kept))
 
 
 def short_lines_joined(text: str) -> str:
@@ -461,7 +483,7 @@ def decide(
         # written one piece a line. Only in a resident's mail: staff quote residents, and
         # automatic mail quotes what it answers. Words of the thread already alerted on
         # are not news (``_quoted_before``).
-        words = quoted_text_read(letter)
+        words = quoted_text_read(letter, own_address)
         if words.strip():
             _add_urgency(triage, words, rules, QUOTED_LABEL)
         joined = short_lines_joined(words) if not triage.urgent else ""
@@ -1082,7 +1104,7 @@ def handle_message(
         record_event(session, "duplicate", earlier.case_id, repeats, at=now)
         report.duplicates += 1
         return "duplicate"
-    repeated = _quoted_before(session, msg, letter, triage)
+    repeated = _quoted_before(session, msg, letter, triage, svc.sender.address)
     if repeated is not None:
         # Its only crisis words are quoted from a mail of the thread that we have read
         # already (a resident replying to their own earlier mail to add a line): they were
@@ -1111,7 +1133,12 @@ def handle_message(
             answered.kind in ("alert", "escalation")
             and not letter.bounce
             and block in (None, STAFF_BLOCK)
-            and (letter.from_addr.lower() in staff or thread.by_code)
+            and (
+                letter.from_addr.lower() in staff
+                or thread.by_code
+                or ack_code(answered.message_id) in _staff_subject(letter.subject)[1]
+            )
+            and not AUTO_REPLY_TEXT.match(letter.text)
         ):
             # The on-call person answered the alert: that acknowledges it. An out-of-office
             # reply (block set) does not: it must not stop the escalation.
@@ -1261,7 +1288,7 @@ def handle_message(
 
 
 def _quoted_before(
-    session: Session, msg: StoredMessage, letter: Letter, triage: Triage
+    session: Session, msg: StoredMessage, letter: Letter, triage: Triage, own_address: str
 ) -> StoredMessage | None:
     """The earlier mail of this thread, already alerted on, whose lines are the very lines
     that made this letter urgent, when only its quoted words did (``QUOTED_LABEL``); else
@@ -1285,7 +1312,7 @@ def _quoted_before(
         return None
     # The very text decide classified; classify_text("", words) analyses "\n" + words,
     # so offsets are one past the words'.
-    words = quoted_text_read(letter)
+    words = quoted_text_read(letter, own_address)
     wanted: list[list[str]] = []
     for m in triage.urgent_reasons:
         start = max(0, min(m.start - 1, len(words)))

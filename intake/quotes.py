@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 __all__ = [
+    "ATTRIBUTION_MARK",
     "OWN_TEXT_MARKERS",
     "Parts",
     "is_quote_header",
@@ -312,6 +313,9 @@ class Parts:
     # a friend's mail passed on by replying to it, lines a resident marks with ＞ for
     # emphasis. ``pipeline.decide`` checks them for crisis words (review rv9c R7, R10).
     quoted_words: str = ""
+    # The reply header over ``after_header`` and the lines right below it (Outlook's
+    # From:/差出人: block): whose mail was replied to (``ATTRIBUTION_MARK``).
+    reply_header: str = ""
 
 
 def split_quoted(text: str) -> tuple[str, str]:
@@ -601,7 +605,16 @@ def _own_kinds(lines: list[str]) -> list[str]:
     return kinds
 
 
-def _quoted_words(lines: list[str], marked: list[int]) -> str:
+# Starts a line of ``Parts.quoted_words`` that holds a quote block's attribution ("2027年
+# 1月6日 11:00 笠岡市 <…>:"), so the pipeline can leave out what was quoted from our own
+# address (staff replying to a resident from the mailbox: review rv10c R4); not words.
+ATTRIBUTION_MARK = "\x1e"
+_HEADER_LINES = 4  # lines below a reply header that may name its sender (From:, 差出人:)
+
+
+def _quoted_words(
+    lines: list[str], marked: list[int], attributions: dict[int, str] | None = None
+) -> str:
     """The words of the ``marked`` (quoted) lines that are not our own mail, marks removed.
 
     Why: a resident may pass a friend's worrying mail on by replying to it (an attribution
@@ -615,6 +628,8 @@ def _quoted_words(lines: list[str], marked: list[int]) -> str:
     words: list[str] = []
     in_ack = after_tail = False
     for j in marked:
+        if attributions and j in attributions:
+            words.append(ATTRIBUTION_MARK + attributions[j].strip())
         kind = kinds[j]
         if kind == "staff":
             break
@@ -796,6 +811,9 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
     after_header: list[str] = []
     signature: list[str] = []
     marked: list[int] = []  # the ">" lines, for ``quoted_words``
+    attributions: dict[int, str] = {}  # first ">" line of a block -> its attribution line
+    reply_header = ""  # the reply header over ``after_header``, with its first lines
+    pending_attribution: str | None = None  # a reply header right above a ">" block
     ahead = iter(candidates) if candidates is not None else None
     k = -1  # the next candidate line
     i = 0
@@ -848,7 +866,12 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
             while new and not new[-1].strip():
                 new.pop()
             if new and _ends_with_colon(new[-1]) and not _QUOTE_LINE.match(new[-1]):
-                quoted.append(new.pop())
+                attribution = new.pop()
+                quoted.append(attribution)
+                attributions[i] = attribution
+            elif pending_attribution is not None:
+                attributions[i] = pending_attribution
+            pending_attribution = None
             quoted.append(line)
             marked.append(i)
             logical = line
@@ -891,6 +914,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
                 # An attribution over a ">" block: the writer may answer below it
                 # (bottom-posting), so only the marked lines are quoted.
                 quoted.extend(lines[i : i + span])
+                pending_attribution = " ".join(x.strip() for x in lines[i : i + span])
                 i += span
                 continue
             quoted.extend(lines[i:])
@@ -898,6 +922,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
                 forwarded.extend(lines[i + 1 :])
             else:
                 after_header.extend(lines[i + 1 :])
+                reply_header = " ".join(x.strip() for x in lines[i : i + 1 + _HEADER_LINES])
             break
         new.append(line)
         i += 1
@@ -912,6 +937,7 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
         quoted_text,
         _forwarded_text(forwarded) if forwarded else "",
         after_header=_forwarded_text(after_header) if after_header else "",
+        reply_header=reply_header,
         signature="\n".join(signature).strip("\n"),
-        quoted_words=_quoted_words(lines, marked) if marked else "",
+        quoted_words=_quoted_words(lines, marked, attributions) if marked else "",
     )
