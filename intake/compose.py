@@ -512,6 +512,7 @@ def plain_alert_text(case: dict[str, Any], tz: Any, escalation: int, code: str) 
         except Exception:
             return "（不明）"
 
+    quarantined = get("automatic") == "quarantined"
     lines: list[str] = []
     if escalation:
         lines.append(f"※ これは再通知（{escalation}回目）です。まだ誰も対応の確認をしていません。")
@@ -530,20 +531,25 @@ def plain_alert_text(case: dict[str, Any], tz: Any, escalation: int, code: str) 
         f"送信者: {get('sender') or '（不明）'}",
         "電話番号（本文から）: " + (", ".join(map(str, get("phones", []) or [])) or "（記載なし）"),
         "",
-        "緊急と判断した理由:",
+        "通知の理由:" if quarantined else "緊急と判断した理由:",
     ]
-    reasons = get("reasons", []) or []
+    if quarantined:
+        # review rv10c R6: the built-in text read like an ordinary urgent case
+        lines.append("・メールを自動で読み取れませんでした（緊急かどうか判断できません）")
+    reasons = [] if quarantined else (get("reasons", []) or [])
     for reason in reasons:
         try:
             lines.append(f"・「{reason['surface']}」（規則 {reason['rule']}）")
         except Exception:
             lines.append("・（理由を表示できません）")
-    if not reasons:
+    if not reasons and not quarantined:
         lines.append("・（内容の確認が必要です）")
     number = get("number", "")
+    show = get("show_command") or f"python service.py show {number}"
     lines += [
         "",
-        f"原文はサーバーで python service.py show {number} を実行して確認してください。",
+        "原文はサーバーで次を実行して確認してください。",
+        f"  {show}",
         "",
         "対応を始めたら、このメールに返信してください（本文は空で構いません）。",
         f"件名の「{number}」と「確認コード {code}」は消さずに返信してください。",

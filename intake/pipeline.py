@@ -929,6 +929,7 @@ def alert_context(
         "reasons": json.loads(case.urgent_reasons),  # dicts: Jinja reads r.surface as r["surface"]
         "automatic": automatic,
         "ack_command": service_command(svc, "ack", case.number),
+        "show_command": service_command(svc, "show", case.number),
     }
 
 

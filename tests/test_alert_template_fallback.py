@@ -140,3 +140,40 @@ def test_a_digest_template_that_fails_still_sends_every_partners_digest(
         assert "誰とも話していません" not in split_body("確認しました。\n\n" + plain).new
     finally:
         svc.engine.dispose()
+
+
+def test_a_quarantined_mails_alert_in_the_built_in_text_says_it_could_not_be_read(
+    tmp_path: Path,
+) -> None:
+    """Review rv10c R6: the built-in text read like an ordinary urgent case and gave the
+    bare 'python service.py show'."""
+    from intake.compose import Sender, render_alert, template_environment
+
+    env = template_environment(_broken_templates(tmp_path))
+    case = {
+        "number": "C000001",
+        "received": SATURDAY_NIGHT,
+        "callback_due": SATURDAY_NIGHT,
+        "partner_name": "総合窓口",
+        "sender": "x@example.jp",
+        "phones": [],
+        "reasons": [],
+        "automatic": "quarantined",
+        "ack_command": "/opt/x/python /opt/x/service.py ack C000001 --config /etc/x.toml",
+        "show_command": "/opt/x/python /opt/x/service.py show C000001 --config /etc/x.toml",
+    }
+    msg = render_alert(
+        env,
+        sender=Sender("sasaean@city.kasaoka.okayama.jp", "x"),
+        to=[ONCALL],
+        case=case,
+        now=SATURDAY_NIGHT,
+        tz=ZoneInfo("Asia/Tokyo"),
+        fallback=True,
+    )
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None
+    text = str(body.get_content())  # type: ignore[attr-defined]
+    assert "メールを自動で読み取れませんでした" in text and "緊急と判断した理由" not in text
+    assert "service.py show C000001 --config /etc/x.toml" in text
+    assert "python service.py show" not in text
