@@ -348,6 +348,18 @@ def load_directory(path: Path) -> Directory:
                 )
             )
         emergency.append(Emergency(name=str(entry["name"]), phone=phone))
+    unknown_tables = [t for t in data if t not in TABLES]
+    if not emergency and unknown_tables:
+        # A misspelt [[emergancy]] would leave residents' acknowledgements without 110/119:
+        # that stops the load (the last good copy is used), not only a warning (rv10d).
+        problems.append(
+            Problem(
+                path,
+                None,
+                f"no [[emergency]] entries, and unknown table(s) {', '.join(unknown_tables)}: "
+                "is one a misspelt [[emergency]]? Acknowledgements must show 110/119",
+            )
+        )
     if not any(p.always_open for p in partners) and not emergency:
         problems.append(Problem(path, None, "no 24-hour line: acknowledgements must show one"))
     if problems:

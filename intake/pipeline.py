@@ -336,10 +336,18 @@ def _is_own_mail(block: str | None) -> bool:
 # A reply whose own words open like a phone's or mailer's automatic answer ("【自動返信】
 # ただいま運転中です。") sent without any automatic header: it acknowledges no alert,
 # since nobody read it (review rv10c R2: the on-call box forwarded to a phone).
+_AUTO_WORDS = (
+    r"(?:自動(?:返信|応答|送信)(?:メール|メッセージ)?|auto(?:matic)?[ -]?(?:reply|response))"
+)
 AUTO_REPLY_TEXT = re.compile(
-    r"\s*(?:[【\[［(（<＜]\s*(?:自動(?:返信|応答|送信)|auto(?:matic)?[ -]?(?:reply|response))"
-    r"\s*[】\]］)）>＞]|自動(?:返信|応答)(?:メール|メッセージ)?(?:です|でお送り)|"
-    r"this is an? auto(?:matic|mated)?[ -]?(?:reply|response|generated))",
+    r"\s*(?:"
+    # in any brackets (【】≪≫■■※※《》〔〕), not the object of a sentence (【自動返信】の設定を…)
+    rf"[^\w\s]{{1,2}}\s*{_AUTO_WORDS}\s*[^\w\s]{{1,2}}"
+    r"(?!\s*(?:[のをがはにでとも]|設定|機能|解除|オフ|停止|off\b))"
+    rf"|{_AUTO_WORDS}\s*[:：]"  # 自動返信：, Auto Reply:
+    r"|(?:この|本)メールは自動(?:返信|応答|送信)"
+    r"|自動(?:返信|応答)(?:メール|メッセージ)?(?:です|でお送り)"
+    r"|this is an? auto(?:matic|mated)?[ -]?(?:reply|response|generated))",
     re.I,
 )
 QUOTED_LABEL = "quoted"  # urgent reasons found in quoted words (``decide``)
@@ -363,6 +371,14 @@ _ADVICE = re.compile(
 _SENTENCES = re.compile(r"[^。．！？!?\n\u3000]*(?:[。．！？!?\u3000]+|\n|$)")
 
 
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _addresses_in_text(text: str) -> set[str]:
+    """The mail addresses written in ``text``, lower-cased."""
+    return {m.lower() for m in _ADDRESS.findall(text)}
+
+
 def without_advice(words: str) -> str:
     """``words`` without the sentences that give advice (``_ADVICE``).
 
@@ -382,18 +398,20 @@ def without_advice(words: str) -> str:
     return "".join(kept)
 
 
-def quoted_text_read(letter: Letter, own_address: str) -> str:
+def quoted_text_read(letter: Letter, own_address: str, staff: Collection[str] = ()) -> str:
     """The quoted words ``decide`` reads for a crisis (``_quoted_before`` maps its offsets
     into the same text): without the blocks quoted from a mail of our own domain (staff
     replying to a resident from the mailbox ask 「死にたいと思うことはありますか？」, and
     the resident's 「いいえ」 below it alerted on-call: review rv10c R4), without the
     attribution lines, and without advice."""
-    domain = "@" + own_address.rpartition("@")[2].lower()
+    ours_addresses = {a.lower() for a in (own_address, *staff) if a}
     kept: list[str] = []
     ours = False
     for line in letter.quoted_words.split("\n"):
         if line.startswith(ATTRIBUTION_MARK):
-            ours = domain != "@" and domain in line.lower()
+            # each block by its own attribution: our mailbox's or a staff address (review
+            # rv10d: the whole city domain hid a friend's mail from any city address)
+            ours = bool(_addresses_in_text(line) & ours_addresses)
             continue
         if not ours:
             kept.append(line)
@@ -483,7 +501,7 @@ def decide(
         # written one piece a line. Only in a resident's mail: staff quote residents, and
         # automatic mail quotes what it answers. Words of the thread already alerted on
         # are not news (``_quoted_before``).
-        words = quoted_text_read(letter, own_address)
+        words = quoted_text_read(letter, own_address, staff)
         if words.strip():
             _add_urgency(triage, words, rules, QUOTED_LABEL)
         joined = short_lines_joined(words) if not triage.urgent else ""
@@ -1105,7 +1123,7 @@ def handle_message(
         record_event(session, "duplicate", earlier.case_id, repeats, at=now)
         report.duplicates += 1
         return "duplicate"
-    repeated = _quoted_before(session, msg, letter, triage, svc.sender.address)
+    repeated = _quoted_before(session, msg, letter, triage, svc.sender.address, svc.staff)
     if repeated is not None:
         # Its only crisis words are quoted from a mail of the thread that we have read
         # already (a resident replying to their own earlier mail to add a line): they were
@@ -1289,7 +1307,12 @@ def handle_message(
 
 
 def _quoted_before(
-    session: Session, msg: StoredMessage, letter: Letter, triage: Triage, own_address: str
+    session: Session,
+    msg: StoredMessage,
+    letter: Letter,
+    triage: Triage,
+    own_address: str,
+    staff: Collection[str] = (),
 ) -> StoredMessage | None:
     """The earlier mail of this thread, already alerted on, whose lines are the very lines
     that made this letter urgent, when only its quoted words did (``QUOTED_LABEL``); else
@@ -1313,7 +1336,7 @@ def _quoted_before(
         return None
     # The very text decide classified; classify_text("", words) analyses "\n" + words,
     # so offsets are one past the words'.
-    words = quoted_text_read(letter, own_address)
+    words = quoted_text_read(letter, own_address, staff)
     wanted: list[list[str]] = []
     for m in triage.urgent_reasons:
         start = max(0, min(m.start - 1, len(words)))

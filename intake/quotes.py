@@ -610,6 +610,7 @@ def _own_kinds(lines: list[str]) -> list[str]:
 # address (staff replying to a resident from the mailbox: review rv10c R4); not words.
 ATTRIBUTION_MARK = "\x1e"
 _HEADER_LINES = 4  # lines below a reply header that may name its sender (From:, 差出人:)
+_FROM_LINE = re.compile(r"^\s*(?:from|差出人|送信者|送信元)\s*[:：]", re.I)
 
 
 def _quoted_words(
@@ -627,9 +628,13 @@ def _quoted_words(
     kinds = _own_kinds(lines)
     words: list[str] = []
     in_ack = after_tail = False
+    previous = -1
     for j in marked:
         if attributions and j in attributions:
             words.append(ATTRIBUTION_MARK + attributions[j].strip())
+        elif previous >= 0 and any(lines[x].strip() for x in range(previous + 1, j)):
+            words.append(ATTRIBUTION_MARK)  # a new block, whose writer is not known
+        previous = j
         kind = kinds[j]
         if kind == "staff":
             break
@@ -922,7 +927,11 @@ def _split_parts(lines: list[str], candidates: list[int] | None) -> Parts:
                 forwarded.extend(lines[i + 1 :])
             else:
                 after_header.extend(lines[i + 1 :])
-                reply_header = " ".join(x.strip() for x in lines[i : i + 1 + _HEADER_LINES])
+                # the header line, and the From:/差出人: line of an Outlook block under it
+                sender_line = next(
+                    (x for x in lines[i + 1 : i + 1 + _HEADER_LINES] if _FROM_LINE.match(x)), ""
+                )
+                reply_header = f"{lines[i].strip()} {sender_line.strip()}".strip()
             break
         new.append(line)
         i += 1
