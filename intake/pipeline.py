@@ -400,10 +400,10 @@ def without_advice(words: str) -> str:
 
 def quoted_text_read(letter: Letter, own_address: str, staff: Collection[str] = ()) -> str:
     """The quoted words ``decide`` reads for a crisis (``_quoted_before`` maps its offsets
-    into the same text): without the blocks quoted from a mail of our own domain (staff
-    replying to a resident from the mailbox ask 「死にたいと思うことはありますか？」, and
-    the resident's 「いいえ」 below it alerted on-call: review rv10c R4), without the
-    attribution lines, and without advice."""
+    into the same text): without the blocks whose attribution names our mailbox or a staff
+    address (staff replying to a resident from the mailbox ask 「死にたいと思うことはあり
+    ますか？」, and the resident's 「いいえ」 below it alerted on-call: review rv10c R4),
+    without the attribution lines, and without advice."""
     ours_addresses = {a.lower() for a in (own_address, *staff) if a}
     kept: list[str] = []
     ours = False
