@@ -566,3 +566,22 @@ def test_plans_answer_as_token_patterns_does_for_each_word() -> None:
     plans = rules.plans(words)
     assert len(plans) == len(words)
     assert all(p is rules.token_patterns(w.keys) for p, w in zip(plans, words, strict=True))
+
+
+def test_a_file_that_does_not_load_gives_no_false_problems_in_another(tmp_path: Path) -> None:
+    """Review rv10a F11: one missing comma in urgent.toml also reported 11 "unknown
+    category" problems in the unchanged exclusions.toml, in check and in the staff notice;
+    a staff member 'fixing' those lines would delete idiom exclusions."""
+    import shutil
+
+    from intake.rules import check_rules
+
+    rules = tmp_path / "rules"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "rules", rules)
+    urgent = rules / "urgent.toml"
+    text = urgent.read_text(encoding="utf-8")
+    assert '"死にたい",' in text
+    urgent.write_text(text.replace('"死にたい",', '"死にたい"', 1), encoding="utf-8")
+    problems = [str(p) for p in check_rules(rules)]
+    assert any("urgent.toml" in p for p in problems)
+    assert not any("exclusions.toml" in p for p in problems), problems
