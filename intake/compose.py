@@ -59,11 +59,23 @@ def template_environment(templates_dir: Path) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["jst"] = lambda dt, tz=None: (
-        dt.astimezone(tz).strftime("%Y-%m-%d %H:%M") if dt else ""
-    )
+    env.filters["jst"] = lambda dt, tz=None: _local_time(dt, tz) if dt else ""
     env.filters["day_ja"] = format_day_ja
     return env
+
+
+def _local_time(dt: datetime, tz: Any) -> str:
+    """``dt`` as staff read it: the templates' ``jst`` filter and the built-in texts."""
+    return dt.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _local_time_or(value: Any, tz: Any, unknown: str) -> str:
+    """``_local_time``, or ``unknown`` when ``value`` is no datetime (built-in texts must
+    go out whatever the context they were given)."""
+    try:
+        return _local_time(value, tz)
+    except Exception:
+        return unknown
 
 
 @dataclass(frozen=True)
@@ -507,10 +519,7 @@ def plain_alert_text(case: dict[str, Any], tz: Any, escalation: int, code: str) 
         return default if value is None else value
 
     def when(value: Any) -> str:
-        try:
-            return str(value.astimezone(tz).strftime("%Y-%m-%d %H:%M"))
-        except Exception:
-            return "（不明）"
+        return _local_time_or(value, tz, "（不明）")
 
     quarantined = get("automatic") == "quarantined"
     lines: list[str] = []
@@ -607,10 +616,7 @@ def plain_digest_text(partner: Any, entries: list[dict[str, Any]], now: datetime
     ``show_sender``)."""
 
     def when(value: Any) -> str:
-        try:
-            return str(value.astimezone(tz).strftime("%Y-%m-%d %H:%M"))
-        except Exception:
-            return ""
+        return _local_time_or(value, tz, "")
 
     lines = [
         f"{getattr(partner, 'name', '')} ご担当者様",
