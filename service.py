@@ -125,6 +125,51 @@ def cmd_once(args: argparse.Namespace) -> int:
     print(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}")
     if escalations:
         print(f"escalations queued {escalations}")
+    return _undelivered_status(svc, now, status)
+
+
+# ``once``'s exit statuses (README and ``once --help`` say the same): 0 done (also when
+# only acknowledgements wait; said on stderr), 2 the mailbox or the escalation pass
+# failed (queued mail was still delivered), 3 an urgent alert or escalation is still
+# undelivered after the run. 2 wins over 3: both need the administrator, and a broken
+# mailbox may hide urgent mail that was never read at all.
+EXIT_URGENT_UNDELIVERED = 3
+
+
+def _undelivered_status(svc: Any, since: datetime, status: int) -> int:
+    """``status``, or 3 when urgent mail is still undelivered after this run; each on stderr.
+
+    Why: ``once`` runs from cron, which tells the administrator only about a run that
+    exits non-zero or prints something. An alert deferred because the relay was down
+    ended in exit 0 with the "sent 0, deferred N" line as the only trace. An
+    acknowledgement that waits leaves the exit at 0: it is retried for a day and then
+    flagged for staff to phone the resident (``ack_failed``), and a monitor that pages on
+    every relay hiccup is soon ignored; the stderr line still reaches cron's mail."""
+    from intake.send import waiting_after_run
+
+    try:
+        waiting = waiting_after_run(
+            svc.engine, svc.settings.mailbox.key, since, datetime.now(svc.calendar.tz)
+        )
+    except Exception as exc:
+        # The database may be what broke the run: say so rather than claim all is well.
+        print(f"error: could not check what is undelivered: {type(exc).__name__}", file=sys.stderr)
+        return status or 2
+    if waiting.urgent:
+        print(
+            f"URGENT: {waiting.urgent} urgent alert(s) or escalation(s) still undelivered "
+            "after this run; urgent alerts are waiting for the mail server (see the log); "
+            f"exit status {EXIT_URGENT_UNDELIVERED}",
+            file=sys.stderr,
+        )
+        status = status or EXIT_URGENT_UNDELIVERED
+    if waiting.acks:
+        print(
+            f"note: {waiting.acks} acknowledgement(s) to residents still waiting for the "
+            "mail server; the next run retries them (a day later their cases are flagged "
+            "for staff to phone)",
+            file=sys.stderr,
+        )
     return status
 
 
@@ -315,7 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML config (default: $INTAKE_CONFIG)")
         return p
 
-    p = with_config(sub.add_parser("once", help="fetch new mail, process it, send what is due"))
+    p = with_config(
+        sub.add_parser(
+            "once",
+            help="fetch new mail, process it, send what is due",
+            description="Fetch new mail, process it, send what is due, run one escalation "
+            "pass, exit. Exit status: 0 done (acknowledgements still waiting for the mail "
+            "server are only said on stderr); 2 the mailbox or the escalation pass failed "
+            "(mail already queued was still sent); 3 an urgent alert or escalation is "
+            "still undelivered after the run (waiting for the mail server, or refused "
+            "with nobody told of the case), said on stderr. 2 wins over 3.",
+        )
+    )
     p.add_argument(
         "--accept-existing",
         action="store_true",

@@ -1522,3 +1522,72 @@ def deliver_outbox(
         if stop():  # it waited for the lock while another thread's run was stopping
             return SendReport()
         return asyncio.run(_deliver(settings, engine, clock(), mailbox, clock, stop))
+
+
+@dataclass
+class Waiting:
+    """What a run leaves undelivered, for ``service.py once``'s exit status and stderr.
+
+    ``urgent``: alerts, escalations and their retries still queued (or held by a sender
+    that died), plus cases whose urgent mail was refused for good in this run while none
+    of its urgent mail reached the server in it: nobody was told of those cases.
+    ``acks``: acknowledgements to residents still queued.
+    """
+
+    urgent: int = 0
+    acks: int = 0
+
+
+def waiting_after_run(engine: Engine, mailbox: str, since: datetime, now: datetime) -> Waiting:
+    """What of ``mailbox``'s mail is still undelivered at ``now``, a run begun at ``since``.
+
+    Why: ``once`` runs from cron, which tells the administrator only about a run that
+    exits non-zero or prints something; an alert deferred because the relay is down used
+    to end in exit 0 and reach nobody. A row another live worker is sending right now is
+    on its way and does not count; one whose sender died does (``claim_is_dead``). A
+    refused alert that was failed over to someone in the same run counts as delivered:
+    a person has the case."""
+    start, at = to_db(since), to_db(now)
+    waiting = Waiting()
+    counted: set[int | None] = set()  # cases with an urgent row counted as waiting
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Outbox).where(
+                Outbox.mailbox == mailbox,
+                col(Outbox.status).in_(("queued", "sending")),
+                col(Outbox.kind).in_((*URGENT_KINDS, "ack")),
+            )
+        ).all()
+        for row in rows:
+            if row.status == "sending" and not claim_is_dead(row.claimed_by, row.claimed_at, at):
+                continue
+            if row.kind == "ack":
+                waiting.acks += 1
+            else:
+                waiting.urgent += 1
+                counted.add(row.case_id)
+        refused = session.exec(
+            select(Event.case_id)
+            .join(Case, col(Case.id) == col(Event.case_id))
+            .where(
+                Case.mailbox == mailbox,
+                col(Event.kind).in_([f"failed:{kind}" for kind in URGENT_KINDS]),
+                col(Event.at) >= start,
+            )
+            .distinct()
+        ).all()
+        for case_id in refused:
+            if case_id in counted:
+                continue  # its failover (or a retry) still waits: counted above
+            reached = session.exec(
+                select(func.count())
+                .select_from(Outbox)
+                .where(
+                    Outbox.case_id == case_id,
+                    col(Outbox.kind).in_(URGENT_KINDS),
+                    Outbox.status == "sent",
+                    col(Outbox.sent_at) >= start,
+                )
+            ).one()
+            waiting.urgent += 0 if reached else 1
+    return waiting
