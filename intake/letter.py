@@ -60,7 +60,9 @@ class Letter:
     headers: dict[str, list[str]] = field(default_factory=dict)
     bounce: bool = False  # multipart/report delivery-status or a recognised NDR
     # A delivery-status report whose every recipient is only delayed (or delivered,
-    # relayed): the mail system is still trying, so the mail has not failed (yet).
+    # relayed), or a plain-text "still trying" warning from the mail system (Exim,
+    # Postfix, sendmail wordings; ``parse._plain_delay_warning``): the mail system is
+    # still trying, so the mail has not failed (yet).
     delivery_delayed_only: bool = False
     problems: list[str] = field(default_factory=list)
 

@@ -106,6 +106,35 @@ _NDR_SUBJECT = re.compile(
     re.I,
 )
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mdaemon)@", re.I)
+# Plain-text "still trying" warnings, which have no multipart/report to read an
+# ``Action: delayed`` from: Exim's "Warning: message ... delayed 24 hours" / "has not yet
+# been delivered", Postfix's "Delayed Mail (still being retried)" / "THIS IS A WARNING
+# ONLY", sendmail's "Warning: could not send message for past 4 hours" / "THIS IS A
+# WARNING MESSAGE ONLY", and the like.
+_DELAY_SUBJECT = re.compile(
+    r"^\s*warning:\s*message\s+\S+\s+delayed\b|delayed\s+mail|still\s+being\s+retried|"
+    r"could\s+not\s+send\s+message\s+for\s+past|delivery\s+status\s+notification\s+\(delay\)|"
+    r"配(?:送|信)遅延|遅延(?:通知|のお知らせ)",
+    re.I,
+)
+_DELAY_BODY = re.compile(
+    r"has\s+not\s+yet\s+been\s+delivered|this\s+is\s+a\s+warning\s+(?:message\s+)?only|"
+    r"you\s+do\s+not\s+need\s+to\s+resend|will\s+be\s+retried\s+until|"
+    r"will\s+keep\s+trying|delivery\s+attempts\s+will\s+continue|"
+    r"still\s+undelivered\s+after",
+    re.I,
+)
+# Words of a failure for good: a notice with any of them is a bounce whatever else it
+# says (sendmail's final bounce repeats the delay lines of its transcript; Postfix's
+# delay says "could not be delivered for more than 4 hour(s)", its bounce "could not be
+# delivered to one or more recipients").
+_FAILED_FOR_GOOD = re.compile(
+    r"permanent(?:ly)?\s+(?:fatal\s+)?(?:error|failure|failed)|"
+    r"could\s+not\s+be\s+delivered\s+to\b|has\s+been\s+rejected|"
+    r"retry\s+(?:timeout|time)\s+(?:exceeded|not\s+reached)|\bgave\s+up\b|\bgiving\s+up\b|"
+    r"\b5\.\d{1,3}\.\d{1,3}\b|配信できませんでした|送信できませんでした",
+    re.I,
+)
 _STUB = re.compile(
     r"html|ＨＴＭＬ|view (this|it) in|web ?browser|ブラウザ|表示できない|デコメ|"
     r"this is a multi-?part message",
@@ -914,6 +943,27 @@ def _looks_like_ndr(letter: Letter) -> bool:
     return daemon and bool(_NDR_SUBJECT.search(letter.subject))
 
 
+def _plain_delay_warning(letter: Letter, body: str) -> bool:
+    """Whether a letter without a delivery-status report is the mail system's "still
+    trying" warning: from the mail system, a delay's words in its subject or body, and
+    no word of a failure for good (nor Exim's ``X-Failed-Recipients``).
+
+    Why: such a warning was read as a consultation (a new case in the digest, or a
+    follow-up of the resident's case whose English could even raise an alert), and a
+    bounce read from it would tell staff to phone a resident whose acknowledgement may
+    yet arrive. A DSN decides by its ``Action:`` fields instead (``NOT_FAILED_ACTIONS``).
+    """
+    if "x-failed-recipients" in letter.headers:
+        return False
+    sender = letter.from_addr.lower()
+    return_path = (letter.header("return-path") or "").replace(" ", "")
+    if not (sender == "" or _DAEMON.match(sender) or return_path == "<>"):
+        return False
+    if not (_DELAY_SUBJECT.search(letter.subject) or _DELAY_BODY.search(body)):
+        return False
+    return not (_FAILED_FOR_GOOD.search(letter.subject) or _FAILED_FOR_GOOD.search(body))
+
+
 def parse(raw: bytes, *, max_size: int = 25 * 1024 * 1024) -> Letter:
     """Decode one raw RFC 5322 message into a ``Letter``. Never raises.
 
@@ -1018,6 +1068,9 @@ def _parse_into(raw: bytes, letter: Letter, max_size: int) -> None:
         and bool(walker.actions)
         and all(action in NOT_FAILED_ACTIONS for action in walker.actions)
     )
+    if not walker.report and _plain_delay_warning(letter, body_text):
+        # The mail system's, like any bounce (never a consultation), but no failure.
+        letter.bounce = letter.delivery_delayed_only = True
     parts = split_body(body_text)
     letter.text, letter.quoted = parts.new, parts.quoted
     letter.signature = parts.signature

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -430,6 +431,171 @@ def test_a_failure_after_a_delay_is_still_reported(run: Run) -> None:
     ack = _consult(run)
     run.mail(_dsn(RESIDENT, ack, status="4.4.1", action="delayed"))
     run.mail(_dsn(RESIDENT, ack, status="5.4.7", action="failed"))
+    state, _kinds = _ack_state(run)
+    assert state == "ack_failed"
+    assert FAILED_NOTICE in run.digests()[HARMONY]
+
+
+# -- plain-text delay warnings are delays too ----------------------------------------------
+# A DSN with ``Action: delayed`` was read as a delay, but the plain-text warnings many
+# servers still send (older Exim, Postfix's notice as forwarded by a gateway, sendmail)
+# were not. Synthetic, modelled on each server's own wording.
+
+
+def _plain(sender: str, subject: str, body: str, headers: str = "") -> bytes:
+    """A single text/plain mail from the mail system (no multipart/report)."""
+    return (
+        f"Return-Path: <>\r\nFrom: {sender}\r\nTo: {samples.TO}\r\nSubject: {subject}\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        f"Message-ID: {make_msgid(domain='mx.example.jp')}\r\n"
+        f"Date: Fri, 27 Nov 2026 14:00:00 +0900\r\n{headers}"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        + body.replace("\n", "\r\n")
+    ).encode("ascii")
+
+
+def _returned_headers(resident: str, ack_id: str) -> str:
+    return f"Message-ID: {ack_id}\nFrom: {samples.TO}\nTo: {resident}\nSubject: x\n"
+
+
+def exim_delay(resident: str, ack_id: str) -> bytes:
+    return _plain(
+        "Mail Delivery System <Mailer-Daemon@mx.example.jp>",
+        "Warning: message 1tXyZa-000Abc-1q delayed 24 hours",
+        "This message was created automatically by mail delivery software.\n"
+        "A message that you sent has not yet been delivered to one or more of its\n"
+        "recipients after more than 24 hours on the queue on mx.example.jp.\n\n"
+        "The message identifier is:     1tXyZa-000Abc-1q\n"
+        "The subject of the message is: x\n"
+        "The date of the message is:    Thu, 26 Nov 2026 14:00:00 +0900\n\n"
+        "The address to which the message has not yet been delivered is:\n\n"
+        f"  {resident}\n"
+        "    Delay reason: SMTP error from remote mail server after RCPT TO:\n"
+        "    451 4.7.1 Greylisted, please try again later\n\n"
+        "No action is required on your part. Delivery attempts will continue for\n"
+        "some time, and this warning may be repeated at intervals if the message\n"
+        "remains undelivered. Eventually the mail delivery software will give up,\n"
+        "and when that happens, the message will be returned to you.\n",
+        headers=f"References: {ack_id}\r\n",
+    )
+
+
+def postfix_delay(resident: str, ack_id: str) -> bytes:
+    return _plain(
+        "MAILER-DAEMON@mx.example.jp (Mail Delivery System)",
+        "Delayed Mail (still being retried)",
+        "This is the mail system at host mx.example.jp.\n\n"
+        "####################################################################\n"
+        "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\n"
+        "####################################################################\n\n"
+        "Your message could not be delivered for more than 4 hour(s).\n"
+        "It will be retried until it is 5 day(s) old.\n\n"
+        "For further assistance, please send mail to postmaster.\n\n"
+        "                   The mail system\n\n"
+        f"<{resident}>: host mx.carrier.example[192.0.2.1] said: 451 4.3.0\n"
+        "    Temporary failure (in reply to RCPT TO command)\n\n"
+        + _returned_headers(resident, ack_id),
+    )
+
+
+def sendmail_delay(resident: str, ack_id: str) -> bytes:
+    return _plain(
+        "Mail Delivery Subsystem <MAILER-DAEMON@mx.example.jp>",
+        "Warning: could not send message for past 4 hours",
+        "    **********************************************\n"
+        "    **      THIS IS A WARNING MESSAGE ONLY      **\n"
+        "    **  YOU DO NOT NEED TO RESEND YOUR MESSAGE  **\n"
+        "    **********************************************\n\n"
+        "The original message was received at Fri, 27 Nov 2026 10:00:00 +0900\n"
+        "from localhost [127.0.0.1]\n\n"
+        "   ----- Transcript of session follows -----\n"
+        f"<{resident}>... Deferred: Connection timed out with mx.carrier.example.\n"
+        "Warning: message still undelivered after 4 hours\n"
+        "Will keep trying until message is 5 days old\n\n"
+        "   ----- Original message follows -----\n" + _returned_headers(resident, ack_id),
+    )
+
+
+def exim_bounce(resident: str, ack_id: str) -> bytes:
+    return _plain(
+        "Mail Delivery System <Mailer-Daemon@mx.example.jp>",
+        "Mail delivery failed: returning message to sender",
+        "This message was created automatically by mail delivery software.\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        f"  {resident}\n    retry timeout exceeded\n\n"
+        "------ This is a copy of the message, including all the headers. ------\n\n"
+        + _returned_headers(resident, ack_id),
+        headers=f"X-Failed-Recipients: {resident}\r\n",
+    )
+
+
+def postfix_bounce(resident: str, ack_id: str) -> bytes:
+    return _plain(
+        "MAILER-DAEMON@mx.example.jp (Mail Delivery System)",
+        "Undelivered Mail Returned to Sender",
+        "This is the mail system at host mx.example.jp.\n\n"
+        "I'm sorry to have to inform you that your message could not\n"
+        "be delivered to one or more recipients. It's attached below.\n\n"
+        f"<{resident}>: host mx.carrier.example[192.0.2.1] said: 550 5.1.1\n"
+        "    User unknown (in reply to RCPT TO command)\n\n" + _returned_headers(resident, ack_id),
+    )
+
+
+def sendmail_bounce(resident: str, ack_id: str) -> bytes:
+    """Gave up after days of delays: its transcript repeats the delay lines."""
+    return _plain(
+        "Mail Delivery Subsystem <MAILER-DAEMON@mx.example.jp>",
+        "Returned mail: see transcript for details",
+        "The original message was received at Fri, 27 Nov 2026 10:00:00 +0900\n"
+        "from localhost [127.0.0.1]\n\n"
+        "   ----- The following addresses had permanent fatal errors -----\n"
+        f"<{resident}>\n"
+        "    (reason: 550 5.1.1 User unknown)\n\n"
+        "   ----- Transcript of session follows -----\n"
+        "Warning: message still undelivered after 4 hours\n"
+        "Will keep trying until message is 5 days old\n"
+        f"... while talking to mx.carrier.example.:\n>>> RCPT To:<{resident}>\n"
+        "<<< 550 5.1.1 User unknown\n\n"
+        "   ----- Original message follows -----\n" + _returned_headers(resident, ack_id),
+    )
+
+
+PLAIN_DELAYS = [exim_delay, postfix_delay, sendmail_delay]
+PLAIN_BOUNCES = [exim_bounce, postfix_bounce, sendmail_bounce]
+
+
+@pytest.mark.parametrize("notice", PLAIN_DELAYS, ids=lambda f: f.__name__)
+def test_a_plain_text_delay_warning_is_read_as_a_delay(notice: Any) -> None:
+    letter = parse(notice(RESIDENT, "<ack-1@example.jp>"))
+    assert letter.bounce  # the mail system's, never a consultation
+    assert letter.delivery_delayed_only
+
+
+@pytest.mark.parametrize("bounce", PLAIN_BOUNCES, ids=lambda f: f.__name__)
+def test_a_plain_text_bounce_is_still_a_failure(bounce: Any) -> None:
+    letter = parse(bounce(RESIDENT, "<ack-1@example.jp>"))
+    assert letter.bounce and not letter.delivery_delayed_only
+
+
+@pytest.mark.parametrize("notice", PLAIN_DELAYS, ids=lambda f: f.__name__)
+def test_a_plain_text_delay_warning_does_not_report_the_acknowledgement_failed(
+    run: Run, notice: Any
+) -> None:
+    ack = _consult(run)
+    run.mail(notice(RESIDENT, ack))
+    state, kinds = _ack_state(run)
+    assert state != "ack_failed"
+    assert "ack-delayed" in kinds
+    digests = run.digests()
+    assert FAILED_NOTICE not in digests[HARMONY]
+    assert DESK not in digests  # nothing for the desk to phone about
+
+
+def test_a_plain_text_bounce_after_a_plain_delay_is_still_reported(run: Run) -> None:
+    ack = _consult(run)
+    run.mail(postfix_delay(RESIDENT, ack))
+    run.mail(postfix_bounce(RESIDENT, ack))
     state, _kinds = _ack_state(run)
     assert state == "ack_failed"
     assert FAILED_NOTICE in run.digests()[HARMONY]
