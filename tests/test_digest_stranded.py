@@ -72,3 +72,19 @@ def test_a_stranded_case_is_listed_once(offline: Service) -> None:
     assert _listed(offline).get("city") == ["バイトを切られて家賃が払えません。"]
     with session_scope(offline.engine) as s:
         assert s.exec(select(Case)).first() is not None
+
+
+@pytest.mark.parametrize("partner", ["", " "], ids=["empty", "blank"])
+def test_a_case_with_an_empty_partner_id_goes_to_the_general_desk(
+    offline: Service, caplog: pytest.LogCaptureFixture, partner: str
+) -> None:
+    """An empty partner id (a hand-edited row, a reassign script gone wrong) is no partner
+    in partners.toml either: the desk lists the case and the warning counts it.
+
+    A guard, not a fix (session 11 checked the suspicion): it passed before. NULL cannot
+    occur: ``case.partner`` is NOT NULL and the model stores its default for None."""
+    _case_of(offline, partner, "バイトを切られて家賃が払えません。")
+    with caplog.at_level(logging.WARNING):
+        queue_digests(offline, MONDAY.replace(hour=14))
+    assert _listed(offline).get("city") == ["バイトを切られて家賃が払えません。"]
+    assert any("not in partners.toml" in r.getMessage() for r in caplog.records)
