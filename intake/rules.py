@@ -902,18 +902,29 @@ class _Source:
         self.path = path
         self.lines = text.splitlines()
 
-    def line_of_id(self, rule_id: str) -> int | None:
+    def line_of_id(self, rule_id: str, table: str | None = None, n: int = 0) -> int | None:
+        """Line of ``id = "rule_id"``: the first one after the ``n``-th ``[[table]]``
+        header when given, else the file's first.
+
+        Why the table: a block copied with its id unchanged has the same id line as the
+        original, and the first one in the file is the original's. The copy's problems
+        (its duplicate id first of all) were reported at the original's line, the one
+        staff must not change (review F13)."""
         rx = re.compile(r"^\s*id\s*=\s*[\"']" + re.escape(rule_id) + r"[\"']")
-        for n, line in enumerate(self.lines, 1):
-            if rx.match(line):
-                return n
+        start = (self.table_line(table, n) if table else None) or 1
+        for number in range(start, len(self.lines) + 1):
+            if rx.match(self.lines[number - 1]):
+                return number
+        if start > 1:  # an id not written as a line of its own table: the first one
+            return self.line_of_id(rule_id)
         return None
 
     def table_line(self, name: str, n: int) -> int | None:
-        """Line of the ``n``-th ``[[name]]`` header (tables without an id)."""
+        """Line of the ``n``-th ``[[name]]`` header (a comment after it allowed)."""
+        header = re.compile(r"^\s*\[\[\s*" + re.escape(name) + r"\s*\]\]\s*(?:#.*)?$")
         seen = 0
         for number, line in enumerate(self.lines, 1):
-            if line.strip() == f"[[{name}]]":
+            if header.match(line):
                 seen += 1
                 if seen == n:
                     return number
@@ -983,11 +994,16 @@ class _Loader:
         if not isinstance(rule_id, str) or not rule_id:
             self.problem(src.path, None, f'{what} #{n}: needs id = "..."')
             return f"{src.path.stem}.{what}{n}", None
-        line = src.line_of_id(rule_id)
+        line = src.line_of_id(rule_id, what, n)
         where = f"{src.path}:{line}" if line else str(src.path)
         if rule_id in self.ids:
+            # Reported at this later block (the copy, whose id is to change), naming the
+            # first one; the wording up to "also at" is kept for those who grep for it.
             self.problem(
-                src.path, line, f"duplicate rule id {rule_id!r}: also at {self.ids[rule_id]}"
+                src.path,
+                line,
+                f"duplicate rule id {rule_id!r}: also at {self.ids[rule_id]} "
+                "(the first; give this one its own id)",
             )
         else:
             self.ids[rule_id] = where

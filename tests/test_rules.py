@@ -113,6 +113,39 @@ def test_duplicate_rule_id_names_both_places(tmp_path: Path) -> None:
     assert "urgent.toml:2" in text  # the first place is named
 
 
+def test_a_copied_rule_whose_id_was_not_changed_is_reported_at_the_copy(tmp_path: Path) -> None:
+    """Staff copy a block and forget its id: the copy's line is the one to change, and
+    the original's is named (review F13: both were reported at the original's line).
+    The copy's own pattern problems are at the copy's lines too."""
+    dup = (
+        URGENT_OK
+        + '\n[[rule]]  # copied from above\nid = "urgent.suicidal.wish"\ncategory = "suicidal"\n'
+        + 'patterns = ["消えたい", "死にたい"]\n'
+    )
+    write_rules(tmp_path, urgent=dup)
+    problems = check_rules(tmp_path)
+    (same_id,) = [p for p in problems if "duplicate rule id" in p.message]
+    assert same_id.path.name == "urgent.toml"
+    assert same_id.line == 7  # the copy's id line, not the original's (2)
+    assert "urgent.toml:2" in same_id.message  # the original is named
+    (same_words,) = [p for p in problems if "duplicate pattern" in p.message]
+    assert same_words.line == 9  # the copy's pattern line, not the original's (4)
+
+
+@pytest.mark.parametrize("name", ["topics", "exclusions"])
+def test_a_copied_rule_is_reported_at_the_copy_in_every_rules_file(
+    tmp_path: Path, name: str
+) -> None:
+    ok = {"topics": TOPICS_OK, "exclusions": EXCLUSIONS_OK}[name]
+    copy = ok.replace('"いじめ", "無視される"', '"仲間はずれ"').replace(
+        '"死ぬほど"', '"死ぬかと思った"'
+    )
+    write_rules(tmp_path, **{name: ok + "\n" + copy})
+    (problem,) = [p for p in check_rules(tmp_path) if "duplicate rule id" in p.message]
+    assert problem.line == len(ok.splitlines()) + 3
+    assert f"{name}.toml:2" in problem.message
+
+
 def test_duplicate_pattern_in_another_spelling_names_both_places(tmp_path: Path) -> None:
     # しにたい and 死にたい are the same words once analysed: the second can never add anything.
     dup = (
