@@ -695,7 +695,11 @@ def _queue_escalation(
     # Lazy import: pipeline imports half the service; escalate's pure part must not need it.
     from intake.pipeline import alert_context, queue_mail
 
-    number = state.escalations_total + 1
+    number = state.escalations_total + 1  # the row's key: every escalation of the case
+    # What its readers are told ("再通知（N回目）"): the reminders of this alert, this one
+    # included. A failover is none (it does not count toward ``escalate_max`` either):
+    # counting it, the first reminder after one said 2回目 and staff looked for a first.
+    reminder = state.escalations + 1
     to = _recipients(svc, state, now, failover)
     # The same facts as the alert: the received time (and so the callback due time) of the
     # mail that raised it, not of the case (a follow-up may come days later), and why it
@@ -711,7 +715,7 @@ def _queue_escalation(
         # must know nobody may have it. (A failed escalation-retry is a full mailbox or
         # the like at one reader: the notice would wrongly say the alert missed someone.)
         message = _undelivered_notice(
-            svc, case, state, to, number, received, now, failover=failover
+            svc, case, state, to, reminder, received, now, failover=failover
         )
     else:
         message = render_alert(
@@ -721,7 +725,7 @@ def _queue_escalation(
             case=alert_context(svc, case, received, automatic, now),
             now=now,
             tz=svc.calendar.tz,
-            escalation=number,
+            escalation=reminder,
             fallback=True,
         )
     # Thread it under the alert, so a phone shows one conversation and a reply to either

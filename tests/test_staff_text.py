@@ -179,6 +179,30 @@ def test_late_alert_failover_tells_the_backup_why_it_comes_to_them_with_the_date
         assert word not in text
 
 
+def _all_sent(svc: Service, at: datetime) -> None:
+    """What ``intake.send`` records once the server took every queued mail."""
+    with session_scope(svc.engine) as s:
+        for row in s.exec(select(Outbox).where(Outbox.status == "queued")).all():
+            row.status, row.sent_at = "sent", to_db(at)
+            s.add(row)
+
+
+def test_the_first_reminder_after_a_failover_says_re_notice_1(svc: Service) -> None:
+    """The failover is no reminder (it does not count toward ``escalate_max``), so the
+    first reminder after it is 再通知（1回目）, not（2回目）: staff read "2" and looked
+    for a first re-notice nobody had sent."""
+    urgent_case(svc, WEDNESDAY_10)  # never sent: late after 3 minutes
+    assert escalate(svc, WEDNESDAY_10 + timedelta(minutes=4)) == 1  # the failover
+    _all_sent(svc, WEDNESDAY_10 + timedelta(minutes=5))  # the relay is back
+    assert escalate(svc, WEDNESDAY_10 + timedelta(minutes=40)) == 1  # the first reminder
+    _failover, reminder = mails(svc, "escalation")
+    assert "再通知（1回目）" in text_of(reminder)
+    assert "再通知（2回目）" not in text_of(reminder)
+    _all_sent(svc, WEDNESDAY_10 + timedelta(minutes=41))
+    assert escalate(svc, WEDNESDAY_10 + timedelta(minutes=75)) == 1
+    assert "再通知（2回目）" in text_of(mails(svc, "escalation")[-1])
+
+
 @pytest.mark.parametrize("failover", [True, False])
 def test_refused_alert_notice_opens_with_failover_line_or_reminder_number(
     svc: Service, failover: bool
