@@ -121,3 +121,27 @@ def test_everyday_touching_attacks_and_photos_are_not_sexual_violence(
     rules: RuleSet, text: str
 ) -> None:
     assert not reasons(rules, text) & SEXUAL
+
+
+# -- finding 4: cutting with no body part named ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["切りたい。", "またきってしもた", "今日も切っちゃった", "夜中になると切りたくなるんよ"],
+)
+def test_a_few_words_about_cutting_are_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.short.self_harm" in reasons(rules, text)
+
+
+def test_the_urge_to_cut_in_a_longer_mail_is_urgent(rules: RuleSet) -> None:
+    text = "最近また切りたい衝動が強くて、夜も寝られん。道具はまだ机にしまってある。"
+    assert "urgent.self_harm" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["前髪切りたい", "もう親と縁切りたい", "電話切っちゃった", "爪また切った", "ケーキ切りたい"],
+)
+def test_cutting_hair_ties_or_a_call_is_not_self_harm(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text) & {"urgent.short.self_harm", "urgent.self_harm"}
