@@ -145,3 +145,20 @@ def test_the_urge_to_cut_in_a_longer_mail_is_urgent(rules: RuleSet) -> None:
 )
 def test_cutting_hair_ties_or_a_call_is_not_self_harm(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text) & {"urgent.short.self_harm", "urgent.self_harm"}
+
+
+# -- finding 7: short cries ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["ほんま限界", "耐えられない…", "もう耐えれんわ", "無理、無理"])
+def test_a_few_words_saying_the_writer_cannot_go_on_are_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.short.help" in reasons(rules, text)
+
+
+def test_a_drawn_out_tasukete_is_a_cry_not_a_wish_to_help(rules: RuleSet) -> None:
+    assert "reading.help.cry" in reasons(rules, "もうあかん。たすけてぇ")
+
+
+@pytest.mark.parametrize("text", ["眠たすぎて限界", "暑さに耐えられん", "課題多すぎて限界"])
+def test_everyday_limits_in_a_few_words_are_not_a_cry(rules: RuleSet, text: str) -> None:
+    assert "urgent.short.help" not in reasons(rules, text)
