@@ -162,3 +162,36 @@ def test_a_drawn_out_tasukete_is_a_cry_not_a_wish_to_help(rules: RuleSet) -> Non
 @pytest.mark.parametrize("text", ["眠たすぎて限界", "暑さに耐えられん", "課題多すぎて限界"])
 def test_everyday_limits_in_a_few_words_are_not_a_cry(rules: RuleSet, text: str) -> None:
     assert "urgent.short.help" not in reasons(rules, text)
+
+
+# -- finding 8: youth wording of the wish ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "もう永眠したいわ",
+        "人生からログアウトしたい",
+        "人生リタイアしたいです",
+        "生きるの、もう飽きた",
+        "生きるのがむり",
+        "自分は生きるのに向いてない気がする",
+    ],
+)
+def test_youth_words_for_wanting_to_stop_living_are_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.soft" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["まじで死にたすぎる", "きえたすぎて泣いとる"])
+def test_too_much_wanting_to_die_is_urgent(rules: RuleSet, text: str) -> None:
+    assert "reading.suicidal.wish" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ゲームのアカウントからログアウトしたい", "部活をリタイアしたい", "このアニメ飽きた"],
+)
+def test_logging_out_of_an_app_or_quitting_a_club_is_not_suicidal(
+    rules: RuleSet, text: str
+) -> None:
+    assert "urgent.suicidal.soft" not in reasons(rules, text)
