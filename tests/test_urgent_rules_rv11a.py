@@ -195,3 +195,38 @@ def test_logging_out_of_an_app_or_quitting_a_club_is_not_suicidal(
     rules: RuleSet, text: str
 ) -> None:
     assert "urgent.suicidal.soft" not in reasons(rules, text)
+
+
+# -- finding 9: acute need in youth words ---------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["家がないんよ", "いま家ない"])
+def test_no_home_as_all_the_mail_says_is_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.short.no_home" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["昨日から野宿しとる", "今夜も野宿", "家出して神待ちしとる", "誰か泊めてくれる人おらん？"],
+)
+def test_sleeping_rough_and_looking_for_a_bed_are_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.acute_need.housing" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "実家を出てから、自分の家がないような気持ちになることがあります。仕事は続いていて、"
+        "生活には困っていません。気持ちの整理の仕方を相談したいです",
+        "家のあてがない",
+    ],
+)
+def test_no_home_as_a_feeling_in_a_long_mail_is_not_the_few_words_rule(
+    rules: RuleSet, text: str
+) -> None:
+    assert "urgent.short.no_home" not in reasons(rules, text)
+
+
+def test_a_past_camping_night_outside_is_not_acute(rules: RuleSet) -> None:
+    text = "夏休みにキャンプで野宿したのが楽しかった"
+    assert "urgent.acute_need.housing" not in reasons(rules, text)
