@@ -230,3 +230,27 @@ def test_no_home_as_a_feeling_in_a_long_mail_is_not_the_few_words_rule(
 def test_a_past_camping_night_outside_is_not_acute(rules: RuleSet) -> None:
     text = "夏休みにキャンプで野宿したのが楽しかった"
     assert "urgent.acute_need.housing" not in reasons(rules, text)
+
+
+# -- finding 11: Okayama おらん (= いない) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "うちがおらんくなっても誰も気づかんと思う",
+        "おれがおらんようになったら家族も楽じゃろ",
+        "わたしなんかおらん方がええんよ",
+        "僕がいなくなっても誰も悲しまない",
+    ],
+)
+def test_the_writer_gone_and_nobody_minding_is_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.soft" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["先生がおらんようになったら授業が自習になる", "母がいなくても誰も困らないように作り置きした"],
+)
+def test_someone_else_being_away_is_not_the_writers_wish(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.soft" not in reasons(rules, text)
