@@ -254,3 +254,35 @@ def test_the_writer_gone_and_nobody_minding_is_urgent(rules: RuleSet, text: str)
 )
 def test_someone_else_being_away_is_not_the_writers_wish(rules: RuleSet, text: str) -> None:
     assert "urgent.suicidal.soft" not in reasons(rules, text)
+
+
+# -- finding 13: violence told at the edge --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "駅の階段で後ろから突き落とされた",
+        "別れた元カレが毎日ついてくる",
+        "知らん男に家までつけられた",
+        "父が怖くて家に帰れん",
+        "家に帰るのがこわい",
+    ],
+)
+def test_pushed_followed_or_afraid_to_go_home_is_violence(rules: RuleSet, text: str) -> None:
+    assert "urgent.violence.concrete" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["このままじゃあいつを刺してしまいそう", "何するかわからん自分がこわい"]
+)
+def test_about_to_harm_someone_is_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.violence.caregiver" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["子犬がどこでもついてくる", "夜の山は蚊に刺されそうで嫌", "お化け屋敷が怖くて入れなかった"],
+)
+def test_a_puppy_following_or_a_mosquito_is_not_violence(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text) & {"urgent.violence.concrete", "urgent.violence.caregiver"}
