@@ -286,3 +286,23 @@ def test_about_to_harm_someone_is_urgent(rules: RuleSet, text: str) -> None:
 )
 def test_a_puppy_following_or_a_mosquito_is_not_violence(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text) & {"urgent.violence.concrete", "urgent.violence.caregiver"}
+
+
+# -- finding 2 (a reading-tier workaround until the dialect fold lands in lemmas.py) ----
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "学校のこと考えよったら、だんだん死にとうなってきた。誰かに聞いてほしい",
+        "死にとうてしゃあない",
+        "毎晩しにとうなるんよ。親には言えん",
+    ],
+)
+def test_okayama_shinitou_is_the_wish_to_die(rules: RuleSet, text: str) -> None:
+    assert "reading.suicidal.wish" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["死にとうないけぇ大丈夫よ", "兄を探しにとうとう大阪まで行った"])
+def test_okayama_not_wanting_to_die_or_totou_is_not_the_wish(rules: RuleSet, text: str) -> None:
+    assert "reading.suicidal.wish" not in reasons(rules, text)
