@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from intake.localservers import LocalDovecot, LocalSMTP, free_port
+from intake.localservers import LocalDovecot, LocalSMTP, reserve_port, serve_smtp
 from intake.store import Case, StoredMessage, session_scope, to_db
 
 if TYPE_CHECKING:
@@ -124,15 +124,26 @@ def urgent_case(svc: Service, now: datetime) -> int:
 def serving(handler: Any, **options: Any) -> Iterator[SimpleNamespace]:
     """A real aiosmtpd server with ``handler`` on a free loopback port, stopped afterwards.
 
-    Yields ``host`` and ``port`` (what ``write_config`` reads). ``options`` go to the
-    Controller (e.g. ``enable_SMTPUTF8=False``, as many relays are).
+    Yields ``host`` and ``port`` (what ``write_config`` reads). ``options`` go to
+    ``serve_smtp`` (e.g. ``enable_SMTPUTF8=False``, as many relays are). The server
+    listens on a socket bound beforehand: a port merely found free could be taken by
+    another program before the server binds it.
     """
-    from aiosmtpd.controller import Controller
-
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
-    controller.start()
+    controller = serve_smtp(handler, reserve_port(), **options)
     try:
-        yield SimpleNamespace(host="127.0.0.1", port=port)
+        yield SimpleNamespace(host="127.0.0.1", port=controller.port)
     finally:
         controller.stop()
+
+
+@contextlib.contextmanager
+def relay_down() -> Iterator[SimpleNamespace]:
+    """A loopback ``host``/``port`` where connections are refused for the whole block.
+
+    The port is held (bound, not listening; see ``reserve_port``): a port merely found
+    free might meanwhile belong to another program's server, and the test would talk
+    to it instead of meeting a relay that is down.
+    """
+    with contextlib.closing(reserve_port()) as sock:
+        yield SimpleNamespace(host="127.0.0.1", port=sock.getsockname()[1])
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import errno
 import socket
 import ssl
 from collections.abc import Callable
@@ -303,6 +304,60 @@ def test_smtp_is_unreachable_while_stopped_and_back_on_the_same_port(
     assert smtp_server.port == port
     send(smtp_server, outgoing())
     assert len(smtp_server.wait_for(1, timeout=5)) == 1
+
+
+def take_port(port: int) -> socket.socket:
+    """Bind and listen on ``port`` as another program's server would (asyncio sets
+    ``SO_REUSEADDR``); the caller closes the socket."""
+    intruder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        intruder.bind(("127.0.0.1", port))
+        intruder.listen()
+    except OSError:
+        intruder.close()
+        raise
+    return intruder
+
+
+@pytest.mark.integration
+def test_no_other_program_can_take_the_smtp_port_between_creation_and_start() -> None:
+    """The port is known (and written into configs) before ``start()``. It used to be
+    merely free at construction: a busy machine could hand it to someone else first,
+    and ``start()`` then failed with EADDRINUSE."""
+    server = LocalSMTP()
+    try:
+        with pytest.raises(OSError) as info:
+            take_port(server.port).close()
+        assert info.value.errno == errno.EADDRINUSE
+        with pytest.raises(ConnectionRefusedError):  # reserved, yet down
+            socket.create_connection((server.host, server.port), timeout=10).close()
+        server.start()
+        send(server, outgoing())
+        assert len(server.wait_for(1, timeout=30)) == 1
+    finally:
+        server.close()
+
+
+@pytest.mark.integration
+def test_no_other_program_can_take_the_smtp_port_while_it_is_stopped(
+    smtp_server: LocalSMTP,
+) -> None:
+    send(smtp_server, outgoing())  # leaves the server's side of a connection in TIME_WAIT
+    smtp_server.stop()
+    with pytest.raises(OSError) as info:
+        take_port(smtp_server.port).close()
+    assert info.value.errno == errno.EADDRINUSE
+    smtp_server.start()
+    send(smtp_server, outgoing())
+    assert len(smtp_server.wait_for(2, timeout=30)) == 2
+
+
+@pytest.mark.integration
+def test_a_closed_smtp_server_gives_its_port_up() -> None:
+    server = LocalSMTP()
+    server.close()
+    take_port(server.port).close()
 
 
 @pytest.mark.integration

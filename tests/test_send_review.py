@@ -12,6 +12,7 @@ import email
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from sqlmodel import Session, select
 
 from intake import send
 from intake.config import load_settings
-from intake.localservers import LocalDovecot, LocalSMTP, free_port
+from intake.localservers import LocalDovecot, LocalSMTP, reserve_port, serve_smtp
 from intake.pipeline import Service, _queue_ack
 from intake.send import _defer, backoff, claim_is_dead, deliver_outbox
 from intake.store import Case, Event, Outbox, session_scope, to_db
@@ -204,11 +205,9 @@ def test_non_ascii_address_goes_out_with_smtputf8_when_the_server_offers_it(
     tmp_path: Path,
 ) -> None:
     handler = Faults()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)  # offers SMTPUTF8
-    controller.start()
+    controller = serve_smtp(handler, reserve_port())  # offers SMTPUTF8
     try:
-        svc = make_svc(tmp_path, port)
+        svc = make_svc(tmp_path, controller.port)
         case_id = ack_case(svc, "やまだ@example.jp", T0)
         assert deliver_outbox(svc.settings.smtp, svc.engine, T0).sent == 1
         assert [r for r, _ in handler.received] == [["やまだ@example.jp"]]
@@ -660,18 +659,14 @@ class RefuseDataCommand(AioSMTP):
         await super().smtp_DATA(arg)
 
 
-def serve(handler: Faults, port: int | None = None, cls: type | None = None) -> Controller:
-    """A real aiosmtpd server on loopback (without SMTPUTF8), with ``cls`` as its SMTP."""
+def serve(
+    handler: Faults, sock: socket.socket | None = None, cls: type | None = None
+) -> Controller:
+    """A real aiosmtpd server on loopback (without SMTPUTF8), with ``cls`` as its SMTP.
 
-    class Server(Controller):
-        def factory(self) -> AioSMTP:
-            return (cls or AioSMTP)(self.handler, **self.SMTP_kwargs)
-
-    controller = Server(
-        handler, hostname="127.0.0.1", port=port or free_port(), enable_SMTPUTF8=False
-    )
-    controller.start()
-    return controller
+    ``sock`` is a port held beforehand with ``reserve_port()`` (a relay that comes back
+    on the port the service was configured with); a fresh one otherwise."""
+    return serve_smtp(handler, sock or reserve_port(), smtp_class=cls, enable_SMTPUTF8=False)
 
 
 @pytest.fixture
@@ -826,18 +821,19 @@ def test_a_refused_data_command_is_reset_before_the_next_row(
         controller.stop()
 
 
-def test_give_up_counts_from_the_first_refusal_not_from_creation(tmp_path: Path) -> None:
+def test_give_up_counts_from_the_first_refusal_not_from_creation(
+    tmp_path: Path, held_port: socket.socket
+) -> None:
     """Finding 7: the relay is down for 25 hours (connection refused: that counts for
     nothing), then greylists the acknowledgement once. It is sent at its next try (was:
     failed for good on that first 451, the case ``ack_failed``)."""
-    port = free_port()
-    svc = make_svc(tmp_path, port)
+    svc = make_svc(tmp_path, held_port.getsockname()[1])  # refuses connections until served
     resident = ack_case(svc, "hanako@example.jp", T0)
     for hours in range(25):
         deliver_outbox(svc.settings.smtp, svc.engine, T0 + timedelta(hours=hours))
     handler = Faulty()
     handler.rcpt_reply["hanako@example.jp"] = "451 4.7.1 Greylisted, try again in 60 seconds"
-    controller = serve(handler, port=port)
+    controller = serve(handler, held_port)
     try:
         # a minute past its hourly retry: exactly +25 h can fall microseconds before it
         back = T0 + timedelta(hours=25, minutes=1)
