@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -147,3 +148,15 @@ def relay_down() -> Iterator[SimpleNamespace]:
     with contextlib.closing(reserve_port()) as sock:
         yield SimpleNamespace(host="127.0.0.1", port=sock.getsockname()[1])
 
+
+def spawn_logged(args: list[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``args`` with stdout discarded and stderr (the service's log) in file ``log``.
+
+    Why not ``stderr=PIPE``: a pipe holds 64 KB. A worker that logs more than that (a
+    traceback per reconnect on a loaded machine, DEBUG) before the test reads it blocks
+    in its next log write and stops working: the test then times out waiting for mail,
+    far from the cause. A file never fills; read it with ``log.read_text()``, also
+    while the process runs.
+    """
+    with log.open("wb") as err:  # the child keeps its own descriptor
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, **popen)

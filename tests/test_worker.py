@@ -21,7 +21,7 @@ from intake import samples
 from intake.config import MailboxSettings, Secret
 from intake.fetch import Mailbox
 from intake.localservers import LocalDovecot, LocalSMTP
-from tests.helpers import write_config
+from tests.helpers import spawn_logged, write_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,17 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_worker(
     tmp_path: Path,
 ) -> Iterator[Callable[[LocalDovecot, LocalSMTP], subprocess.Popen[bytes]]]:
+    """``service.py run`` in a subprocess; the n-th one's log (stderr) is tmp_path/worker<n>.log."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(imap: LocalDovecot, smtp: LocalSMTP) -> subprocess.Popen[bytes]:
         config = write_config(tmp_path, imap, smtp)
         env = {**os.environ, "TEST_IMAP_PASSWORD": imap.password}
-        proc = subprocess.Popen(
+        log = tmp_path / f"worker{len(procs)}.log"
+        proc = spawn_logged(
             [sys.executable, str(ROOT / "service.py"), "run", "--config", str(config)],
+            log,
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
         )
         procs.append(proc)
         return proc
@@ -51,11 +52,27 @@ def start_worker(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_logs_more_than_a_pipe_holds_does_not_block(tmp_path: Path) -> None:
+    """The workers here log to a file (``spawn_logged``). With ``stderr=PIPE`` read only
+    at the end, a child that writes more than the pipe's 64 KB first stops in that write:
+    a worker would stop fetching and the test time out on its missing mail."""
+    log = tmp_path / "chatty.log"
+    chatty = "import sys; sys.stderr.write('x' * 300_000); sys.stderr.flush()"
+    proc = spawn_logged([sys.executable, "-c", chatty], log)
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert log.stat().st_size == 300_000
 
 
 def test_worker_acknowledges_new_mail_survives_a_restart_and_stops_on_sigterm(
+    tmp_path: Path,
     dovecot: LocalDovecot,
     smtp_server: LocalSMTP,
     start_worker: Callable[..., subprocess.Popen[bytes]],
@@ -71,8 +88,7 @@ def test_worker_acknowledges_new_mail_survives_a_restart_and_stops_on_sigterm(
 
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
-    assert worker.stderr is not None
-    log = worker.stderr.read().decode("utf-8", "replace")
+    log = (tmp_path / "worker0.log").read_text("utf-8", "replace")
     assert "worker stopped" in log
     # Privacy: no subject or body in the INFO log.
     assert "寂しい" not in log and "お金" not in log
