@@ -920,10 +920,13 @@ class LocalSMTP:
         with self._lock:
             self._messages.clear()
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[ReceivedMail]:
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[ReceivedMail]:
         """Wait until at least ``count`` mails are recorded; returns them all.
 
-        Raises ``TimeoutError`` naming how many arrived, so a failing test says why.
+        Raises ``TimeoutError`` naming how many arrived, so a failing test says why. The
+        default is generous (was 5 s): it bounds a wait for mail that is on its way, which
+        a slow, loaded machine can take seconds to send, and costs a passing caller
+        nothing; pass a short ``timeout`` to assert that no more arrives.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
