@@ -109,7 +109,10 @@ def reserve_port(port: int = 0) -> socket.socket:
     A fresh port is bound without ``SO_REUSEADDR``, so no other program can bind it even
     with that option. Rebinding a given port falls back to ``SO_REUSEADDR`` only when the
     plain bind fails: our own server's closed connections (TIME_WAIT) hold it for a minute
-    after ``stop()``. Raises ``OSError`` (EADDRINUSE) when another program holds it.
+    after ``stop()``. Such a socket still keeps the port from ``bind(0)``, from outgoing
+    connections and from any bind without that option; only a program that binds this
+    very port number with ``SO_REUSEADDR`` could share it. Raises ``OSError``
+    (EADDRINUSE) when another program holds it.
     """
     for reuse in (False, True) if port else (False,):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -138,6 +141,10 @@ def serve_smtp(
     socket is closed and the error raised.
     """
     port: int = sock.getsockname()[1]
+    # Set before listening, so that accepted connections inherit it: their TIME_WAIT
+    # after the server closes them must not keep a restart from binding the port again
+    # (asyncio sets it on the sockets it binds itself; reserve_port leaves it off).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     options.setdefault("ready_timeout", 30.0)  # aiosmtpd's own 5 s is short under load
     controller = _socket_controller_class()(
         handler, sock=sock, smtp_class=smtp_class, hostname="127.0.0.1", port=port, **options

@@ -306,12 +306,14 @@ def test_smtp_is_unreachable_while_stopped_and_back_on_the_same_port(
     assert len(smtp_server.wait_for(1, timeout=5)) == 1
 
 
-def take_port(port: int) -> socket.socket:
+def take_port(port: int, *, reuse: bool = True) -> socket.socket:
     """Bind and listen on ``port`` as another program's server would (asyncio sets
-    ``SO_REUSEADDR``); the caller closes the socket."""
+    ``SO_REUSEADDR``; ``reuse=False`` binds as an outgoing connection does, without
+    it); the caller closes the socket."""
     intruder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         intruder.bind(("127.0.0.1", port))
         intruder.listen()
     except OSError:
@@ -343,14 +345,34 @@ def test_no_other_program_can_take_the_smtp_port_between_creation_and_start() ->
 def test_no_other_program_can_take_the_smtp_port_while_it_is_stopped(
     smtp_server: LocalSMTP,
 ) -> None:
-    send(smtp_server, outgoing())  # leaves the server's side of a connection in TIME_WAIT
+    """Without a mail before the stop, no connection of the server's own lingers in
+    TIME_WAIT on the port: the old code left it free for anyone."""
     smtp_server.stop()
     with pytest.raises(OSError) as info:
-        take_port(smtp_server.port).close()
+        take_port(smtp_server.port, reuse=False).close()
     assert info.value.errno == errno.EADDRINUSE
     smtp_server.start()
     send(smtp_server, outgoing())
-    assert len(smtp_server.wait_for(2, timeout=30)) == 2
+    assert len(smtp_server.wait_for(1, timeout=30)) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("starttls", [False, True], ids=["plain", "starttls"])
+def test_smtp_starts_again_on_its_port_after_mail_went_through_it(
+    smtp_factory: Callable[..., LocalSMTP], starttls: bool
+) -> None:
+    """The server closes a connection after QUIT, so its side waits in TIME_WAIT for a
+    minute; start() after stop() must still bind the port (it failed with EADDRINUSE
+    when the reserved socket was listened on without SO_REUSEADDR)."""
+    server = smtp_factory(starttls=starttls)
+    tls: dict[str, Any] = (
+        {"start_tls": True, "tls_context": server.ssl_context()} if starttls else {}
+    )
+    for round_ in range(1, 4):
+        send(server, outgoing(), **tls)
+        assert len(server.wait_for(round_, timeout=30)) == round_
+        server.stop()
+        server.start()
 
 
 @pytest.mark.integration
