@@ -256,6 +256,8 @@ class LocalDovecot:
         self._private: Path | None = None
         self._prepared = False
         self._internal_group_line = ""
+        # While stopped between start()s: the port, held for the restart (reserve_port).
+        self._held: socket.socket | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -298,6 +300,7 @@ class LocalDovecot:
                 self.port = free_port()
             self._write_config()
             try:
+                self._release_port()  # Dovecot binds it itself, a moment from now
                 self._launch(binary)
                 break
             except LocalDovecotError:
@@ -332,6 +335,15 @@ class LocalDovecot:
         # started in a new session). Wait for all of them, so restart() on the same port
         # and the removal of tmp folders do not race a lingering login process.
         _wait_for_group_exit(proc.pid, timeout)
+        # restart() and start() after stop() use the same port: hold it meanwhile, so no
+        # other program's connection or server takes it (connections are still refused).
+        with contextlib.suppress(OSError):
+            self._held = reserve_port(self.port)
+
+    def _release_port(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def restart(self) -> None:
         """Stop and start again on the same port, keeping every mail and UID."""
@@ -345,6 +357,7 @@ class LocalDovecot:
         user the mail normally stays under ``base``.
         """
         self.stop()
+        self._release_port()
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
             self._private = None

@@ -157,6 +157,30 @@ def test_stopped_dovecot_refuses_connections(dovecot: LocalDovecot) -> None:
 
 
 @pytest.mark.integration
+def test_no_other_program_can_take_a_stopped_dovecots_port_before_it_starts_again(
+    dovecot: LocalDovecot,
+) -> None:
+    """start() after stop() must use the same port (the service under test is configured
+    with it). It used to be free meanwhile: a busy machine could hand it to another
+    program's connection or server, and the start failed with EADDRINUSE. (No IMAP
+    session before the stop: Dovecot's side of one would linger in TIME_WAIT on the port
+    and keep the old code's port taken too.)"""
+    port = dovecot.port
+    dovecot.stop()
+    with pytest.raises(OSError) as info:
+        take_port(port, reuse=False).close()
+    assert info.value.errno == errno.EADDRINUSE
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((dovecot.host, port), timeout=10).close()
+    dovecot.start()
+    assert dovecot.port == port
+    dovecot.append(synthetic_mail())
+    assert dovecot.uids() == [1]
+    dovecot.cleanup()
+    take_port(port).close()  # given up for good
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("folder", ["INBOX", "Consultations"])
 def test_recreate_mailbox_keeps_mails_under_new_uidvalidity(
     dovecot: LocalDovecot, folder: str
