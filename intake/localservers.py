@@ -10,6 +10,8 @@ Contract:
       message it accepts, and can be told to reject (``reject_with``) or go away
       (``stop()``) so that delivery faults can be tested against a real socket.
     * ``free_port()`` picks an unused loopback TCP port; nothing here uses fixed ports.
+      ``reserve_port()`` holds one (bound, not listening: connections are refused and no
+      other program can take it) until ``serve_smtp()`` listens on it.
 
 Why real servers: the service's IMAP edge depends on behaviour a mock would have to
 guess (UIDVALIDITY changes, IDLE being absent, TLS verification, ``BODY.PEEK[]`` never
@@ -30,6 +32,7 @@ import atexit
 import contextlib
 import email
 import email.policy
+import functools
 import grp
 import os
 import pwd
@@ -83,13 +86,109 @@ class LocalDovecotError(RuntimeError):
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now.
 
-    The port is free when this returns, not necessarily a moment later; callers that
-    bind it themselves (``LocalDovecot``) retry with a new port when it was taken.
+    The port is free when this returns, not necessarily a moment later: any program's
+    next outgoing connection or ``bind(0)`` may take it. Callers that bind it themselves
+    (``LocalDovecot``, ``LocalPostgres``) retry with a new port when it was taken; a
+    caller that can hand a socket over should use ``reserve_port()`` instead.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def reserve_port(port: int = 0) -> socket.socket:
+    """Bind a TCP socket on 127.0.0.1 (a free port when ``port`` is 0) without listening.
+
+    Why: a port picked by ``free_port()`` and bound later can be taken in between (seen
+    under load: EADDRINUSE at server start). A bound socket keeps the port: the kernel
+    neither gives it to another ``bind`` nor to an outgoing connection, and since nothing
+    listens, a client's connection is refused, which is how a relay that is down looks.
+    ``serve_smtp()`` later listens on this very socket; close it to give the port up.
+
+    A fresh port is bound without ``SO_REUSEADDR``, so no other program can bind it even
+    with that option. Rebinding a given port falls back to ``SO_REUSEADDR`` only when the
+    plain bind fails: our own server's closed connections (TIME_WAIT) hold it for a minute
+    after ``stop()``. Such a socket still keeps the port from ``bind(0)``, from outgoing
+    connections and from any bind without that option; only a program that binds this
+    very port number with ``SO_REUSEADDR`` could share it. Raises ``OSError``
+    (EADDRINUSE) when another program holds it.
+    """
+    for reuse in (False, True) if port else (False,):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if reuse:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            if reuse or not port:
+                raise
+            continue
+        return sock
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def serve_smtp(
+    handler: Any, sock: socket.socket, *, smtp_class: type | None = None, **options: Any
+) -> Any:
+    """Start an aiosmtpd ``Controller`` that listens on ``sock`` (from ``reserve_port()``).
+
+    The controller owns the socket from here on: its ``stop()`` closes it. ``smtp_class``
+    replaces aiosmtpd's ``SMTP`` (tests that misbehave on purpose); ``options`` go to the
+    Controller (``tls_context``, ``enable_SMTPUTF8=False``, ...). Returns the started
+    controller; ``controller.port`` is the socket's port. When the start fails the
+    socket is closed and the error raised.
+    """
+    port: int = sock.getsockname()[1]
+    # Set before listening, so that accepted connections inherit it: their TIME_WAIT
+    # after the server closes them must not keep a restart from binding the port again
+    # (asyncio sets it on the sockets it binds itself; reserve_port leaves it off).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    options.setdefault("ready_timeout", 30.0)  # aiosmtpd's own 5 s is short under load
+    controller = _socket_controller_class()(
+        handler, sock=sock, smtp_class=smtp_class, hostname="127.0.0.1", port=port, **options
+    )
+    try:
+        controller.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            controller.stop(no_assert=True)
+        sock.close()
+        raise
+    return controller
+
+
+@functools.cache
+def _socket_controller_class() -> type:
+    """aiosmtpd's threaded ``Controller``, made to listen on a socket bound beforehand.
+
+    Built on first use: aiosmtpd is imported only where a local SMTP server is wanted
+    (tests, ``service.py demo``), not by the modules that import ``free_port``.
+    ``_create_server`` is the hook aiosmtpd's own subclasses (UNIX socket controller)
+    override to say where to listen.
+    """
+    from aiosmtpd.controller import Controller
+
+    class SocketController(Controller):  # type: ignore[misc]
+        def __init__(
+            self, handler: Any, *, sock: socket.socket, smtp_class: type | None, **kwargs: Any
+        ) -> None:
+            super().__init__(handler, **kwargs)
+            self._sock = sock
+            self._smtp_class = smtp_class
+
+        def factory(self) -> Any:
+            if self._smtp_class is None:
+                return super().factory()
+            return self._smtp_class(self.handler, **self.SMTP_kwargs)
+
+        def _create_server(self) -> Any:
+            return self.loop.create_server(
+                self._factory_invoker, sock=self._sock, ssl=self.ssl_context
+            )
+
+    return SocketController
 
 
 def dovecot_binary() -> str | None:
@@ -157,6 +256,8 @@ class LocalDovecot:
         self._private: Path | None = None
         self._prepared = False
         self._internal_group_line = ""
+        # While stopped between start()s: the port, held for the restart (reserve_port).
+        self._held: socket.socket | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -199,6 +300,7 @@ class LocalDovecot:
                 self.port = free_port()
             self._write_config()
             try:
+                self._release_port()  # Dovecot binds it itself, a moment from now
                 self._launch(binary)
                 break
             except LocalDovecotError:
@@ -233,6 +335,15 @@ class LocalDovecot:
         # started in a new session). Wait for all of them, so restart() on the same port
         # and the removal of tmp folders do not race a lingering login process.
         _wait_for_group_exit(proc.pid, timeout)
+        # restart() and start() after stop() use the same port: hold it meanwhile, so no
+        # other program's connection or server takes it (connections are still refused).
+        with contextlib.suppress(OSError):
+            self._held = reserve_port(self.port)
+
+    def _release_port(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def restart(self) -> None:
         """Stop and start again on the same port, keeping every mail and UID."""
@@ -246,6 +357,7 @@ class LocalDovecot:
         user the mail normally stays under ``base``.
         """
         self.stop()
+        self._release_port()
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
             self._private = None
@@ -723,6 +835,10 @@ class LocalSMTP:
     Fault switches: set ``reject_with = "451 try later"`` (or a 5xx) and every message
     is refused with that reply until it is set back to None; ``stop()`` makes the port
     refuse connections and ``start()`` brings the server back on the same port.
+    Without an explicit ``port`` the port is reserved at construction (``reserve_port``)
+    and held while stopped, so ``port`` can be configured before ``start()`` and no other
+    program can take it in between; only the moment inside ``stop()`` between closing the
+    listener and binding again is open.
     ``starttls=True`` offers STARTTLS with a throwaway ``trustme`` certificate
     (``cafile`` / ``ssl_context()`` for clients); ``require_starttls=True`` refuses mail
     before STARTTLS.
@@ -737,7 +853,13 @@ class LocalSMTP:
         cafile_dir: Path | None = None,
     ) -> None:
         self.host = "127.0.0.1"
-        self.port = port or free_port()
+        # Held (bound, not listening) whenever the server is not running; see reserve_port.
+        self._reserved: socket.socket | None = None
+        if port:
+            self.port = port
+        else:
+            self._reserved = reserve_port()
+            self.port = self._reserved.getsockname()[1]
         self.reject_with: str | None = None
         self.starttls = starttls or require_starttls
         self.require_starttls = require_starttls
@@ -763,6 +885,7 @@ class LocalSMTP:
     def close(self) -> None:
         """Stop for good and remove the temporary CA folder (if one was made)."""
         self.stop()
+        self._release()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -773,31 +896,38 @@ class LocalSMTP:
         return self._controller is not None
 
     def start(self) -> LocalSMTP:
-        """Start (or restart, on the same port) the server thread; returns self."""
+        """Start (or restart, on the same port) the server thread; returns self.
+
+        Raises ``OSError`` (EADDRINUSE) only when an explicit ``port`` is taken, or the
+        port was lost in the moment ``stop()`` left open.
+        """
         if self._controller is not None:
             return self
-        from aiosmtpd.controller import Controller  # imported late: only tests and demo need it
-
         kwargs: dict[str, Any] = {}
         if self.starttls:
             kwargs["tls_context"] = self._tls_context()
             kwargs["require_starttls"] = self.require_starttls
-        controller = Controller(
-            _RecordingHandler(self),
-            hostname=self.host,
-            port=self.port,
-            ready_timeout=10.0,
-            **kwargs,
-        )
-        controller.start()
-        self._controller = controller
+        sock, self._reserved = self._reserved or reserve_port(self.port), None
+        self._controller = serve_smtp(_RecordingHandler(self), sock, **kwargs)
         return self
 
     def stop(self) -> None:
-        """Stop the server; connections to the port are refused until ``start()``."""
+        """Stop the server; connections to the port are refused until ``start()``.
+
+        The port stays reserved for this server (see ``reserve_port``); when it cannot be
+        bound again right away, ``start()`` tries once more.
+        """
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
+            with contextlib.suppress(OSError):
+                self._reserved = reserve_port(self.port)
+
+    def _release(self) -> None:
+        """Give the reserved port up (``close()``)."""
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            reserved.close()
 
     @property
     def messages(self) -> list[ReceivedMail]:
@@ -810,10 +940,13 @@ class LocalSMTP:
         with self._lock:
             self._messages.clear()
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[ReceivedMail]:
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[ReceivedMail]:
         """Wait until at least ``count`` mails are recorded; returns them all.
 
-        Raises ``TimeoutError`` naming how many arrived, so a failing test says why.
+        Raises ``TimeoutError`` naming how many arrived, so a failing test says why. The
+        default is generous (was 5 s): it bounds a wait for mail that is on its way, which
+        a slow, loaded machine can take seconds to send, and costs a passing caller
+        nothing; pass a short ``timeout`` to assert that no more arrives.
         """
         deadline = time.monotonic() + timeout
         with self._lock:

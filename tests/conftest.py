@@ -5,6 +5,8 @@
                      ``(idle=False)``; every server it started is stopped at teardown.
 ``smtp_server``      a recording ``LocalSMTP`` (aiosmtpd) per test.
 ``smtp_factory``     start variants: ``smtp_factory(starttls=True)``.
+``held_port``        a loopback port held for the test (``reserve_port``): refused until
+                     ``serve_smtp(handler, held_port)`` listens on it (a relay coming back).
 
 Every server is stopped at teardown, also when the test failed; a failed test's report
 shows the tail of each Dovecot log (as "Captured stdout teardown"). Tests that use them
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ import pytest
 
 from intake import localservers
 from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_binary_dir
-from intake.localservers import LocalDovecot, LocalSMTP
+from intake.localservers import LocalDovecot, LocalSMTP, reserve_port
 
 
 def running_under_ci() -> bool:
@@ -135,6 +138,19 @@ def smtp_factory(tmp_path: Path) -> Iterator[Callable[..., LocalSMTP]]:
     finally:
         for server in started:
             server.close()
+
+
+@pytest.fixture
+def held_port() -> Iterator[socket.socket]:
+    """A bound, not listening socket on 127.0.0.1 (``.getsockname()[1]`` is the port).
+
+    Connections are refused and no other program can take the port until
+    ``serve_smtp(handler, held_port)`` listens on it; closed at teardown (closing again
+    after the server closed it is harmless). A port merely found free could belong to
+    someone else's server by the time the test's relay "comes back".
+    """
+    with contextlib.closing(reserve_port()) as sock:
+        yield sock
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -11,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from intake.localservers import LocalDovecot, LocalSMTP, free_port
+from intake.localservers import LocalDovecot, LocalSMTP, reserve_port, serve_smtp
 from intake.store import Case, StoredMessage, session_scope, to_db
 
 if TYPE_CHECKING:
@@ -124,15 +125,38 @@ def urgent_case(svc: Service, now: datetime) -> int:
 def serving(handler: Any, **options: Any) -> Iterator[SimpleNamespace]:
     """A real aiosmtpd server with ``handler`` on a free loopback port, stopped afterwards.
 
-    Yields ``host`` and ``port`` (what ``write_config`` reads). ``options`` go to the
-    Controller (e.g. ``enable_SMTPUTF8=False``, as many relays are).
+    Yields ``host`` and ``port`` (what ``write_config`` reads). ``options`` go to
+    ``serve_smtp`` (e.g. ``enable_SMTPUTF8=False``, as many relays are). The server
+    listens on a socket bound beforehand: a port merely found free could be taken by
+    another program before the server binds it.
     """
-    from aiosmtpd.controller import Controller
-
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
-    controller.start()
+    controller = serve_smtp(handler, reserve_port(), **options)
     try:
-        yield SimpleNamespace(host="127.0.0.1", port=port)
+        yield SimpleNamespace(host="127.0.0.1", port=controller.port)
     finally:
         controller.stop()
+
+
+@contextlib.contextmanager
+def relay_down() -> Iterator[SimpleNamespace]:
+    """A loopback ``host``/``port`` where connections are refused for the whole block.
+
+    The port is held (bound, not listening; see ``reserve_port``): a port merely found
+    free might meanwhile belong to another program's server, and the test would talk
+    to it instead of meeting a relay that is down.
+    """
+    with contextlib.closing(reserve_port()) as sock:
+        yield SimpleNamespace(host="127.0.0.1", port=sock.getsockname()[1])
+
+
+def spawn_logged(args: list[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``args`` with stdout discarded and stderr (the service's log) in file ``log``.
+
+    Why not ``stderr=PIPE``: a pipe holds 64 KB. A worker that logs more than that (a
+    traceback per reconnect on a loaded machine, DEBUG) before the test reads it blocks
+    in its next log write and stops working: the test then times out waiting for mail,
+    far from the cause. A file never fills; read it with ``log.read_text()``, also
+    while the process runs.
+    """
+    with log.open("wb") as err:  # the child keeps its own descriptor
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, **popen)

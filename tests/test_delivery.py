@@ -165,6 +165,9 @@ def _pool_running(root: int) -> bool:
     return False
 
 
+# Three worker starts with a prepare pool and 450 triaged mails: 105 s on this (slow,
+# loaded) machine against pytest-timeout's 120 s default, a hang guard, not a bound.
+@pytest.mark.timeout(360)
 def test_kill_9_during_large_batches_with_the_prepare_pool_loses_doubles_and_leaves_nothing(
     tmp_path: Path, dovecot: LocalDovecot, smtp_server: LocalSMTP
 ) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
+import socket
 import subprocess
 import sys
 import uuid
@@ -29,7 +30,7 @@ from sqlmodel import Session, select
 
 from intake.config import load_settings
 from intake.escalate import FAILOVER_SUBJECT, acknowledge_alert, escalate, escalation_due
-from intake.localservers import LocalSMTP, ReceivedMail, free_port
+from intake.localservers import LocalSMTP, ReceivedMail, serve_smtp
 from intake.pipeline import Service, quarantine
 from intake.send import deliver_outbox
 from intake.store import Event, Outbox, StoredMessage, session_scope, to_db
@@ -678,21 +679,18 @@ def test_two_workers_escalating_at_once_log_a_refused_alert_once(
 
 @pytest.mark.integration
 def test_refused_alert_is_failed_over_with_escalation_off_after_an_outage_of_over_a_day(
-    tmp_path: Path,
+    tmp_path: Path, held_port: socket.socket
 ) -> None:
     """The README promises a refused alert's failover "even with escalate_max = 0". After a
     27 h outage the alert was older than the recent window and ``done < cap`` is ``0 < 0``:
     the case was no longer looked at, and the backup never heard of it."""
-    from aiosmtpd.controller import Controller
-
     handler = _RefuseRcpt({ONCALL})
-    port = free_port()
+    port = held_port.getsockname()[1]  # refuses connections until served
     svc = make_svc(tmp_path, SimpleNamespace(host="127.0.0.1", port=port), "escalate_max = 0")
     urgent_case(svc, NOON)
     back = NOON + timedelta(hours=27)
     run_jobs(svc, NOON, back - timedelta(minutes=30), timedelta(minutes=30))  # SMTP down
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+    controller = serve_smtp(handler, held_port)
     try:
         run_jobs(svc, back, back + timedelta(minutes=10), timedelta(minutes=1))
     finally:
@@ -709,7 +707,7 @@ def test_refused_alert_is_failed_over_with_escalation_off_after_an_outage_of_ove
 
 @pytest.mark.integration
 def test_alert_refused_after_an_outage_is_failed_over_once_when_it_was_late(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, held_port: socket.socket
 ) -> None:
     """SMTP is down from noon to 12:40. Before review 5, escalation 1 was queued at 12:30
     quoting the resident, as the alert does; at 12:40 the relay's content filter refused
@@ -717,19 +715,16 @@ def test_alert_refused_after_an_outage_is_failed_over_once_when_it_was_late(
     the alert is late at 12:03: its content-free notice to the backup is queued then, no
     quoting escalation is queued behind it, it passes the filter at 12:40, and the alert's
     refusal is logged without a second notice (the backup already knows)."""
-    from aiosmtpd.controller import Controller
-
     server = _Filter()
     server.data_reply = "554 5.7.1 Message rejected as spam"
-    port = free_port()
+    port = held_port.getsockname()[1]  # refuses connections until served
     svc = make_svc(tmp_path, SimpleNamespace(host="127.0.0.1", port=port))
     caplog.set_level(logging.DEBUG)
     urgent_case(svc, NOON)
     run_jobs(svc, NOON, NOON + timedelta(minutes=39), timedelta(minutes=1))  # SMTP down
     [queued] = outbox(svc, "escalation")
     assert queued.status == "queued" and queued.created_at <= to_db(NOON + timedelta(minutes=4))
-    controller = Controller(server, hostname="127.0.0.1", port=port)
-    controller.start()
+    controller = serve_smtp(server, held_port)
     arrivals: list[datetime] = []
     try:
         t = NOON + timedelta(minutes=40)
@@ -945,25 +940,22 @@ def test_an_alert_delivered_to_some_with_a_retry_pending_gets_no_late_failover(
 
 @pytest.mark.integration
 def test_an_escalation_refused_before_the_alert_was_known_undelivered_does_not_spend_the_cap(
-    tmp_path: Path,
+    tmp_path: Path, held_port: socket.socket
 ) -> None:
     """escalate_max = 3, first escalation after 1 minute. SMTP is down from noon to 12:40:
     escalation 1 (quoting the resident, the alert not yet late) is queued at 12:01, the
     late alert's content-free notice at 12:03. At 12:40 the content filter refuses the
     alert and escalation 1; the notice gets through. Escalation 1 reached nobody: before,
     it counted toward the cap all the same and one reminder fewer reached anyone."""
-    from aiosmtpd.controller import Controller
-
     server = _Filter()
     server.data_reply = "554 5.7.1 Message rejected as spam"
-    port = free_port()
+    port = held_port.getsockname()[1]  # refuses connections until served
     smtp = SimpleNamespace(host="127.0.0.1", port=port)
     svc = make_svc(tmp_path, smtp, extra="escalate_after_minutes = 1\nescalate_max = 3")
     urgent_case(svc, NOON)
     run_jobs(svc, NOON, NOON + timedelta(minutes=39), timedelta(minutes=1))  # SMTP down
     assert [r.status for r in outbox(svc, "escalation")] == ["queued", "queued"]
-    controller = Controller(server, hostname="127.0.0.1", port=port)
-    controller.start()
+    controller = serve_smtp(server, held_port)
     try:
         run_jobs(svc, NOON + timedelta(minutes=40), NOON + timedelta(hours=3), timedelta(minutes=1))
     finally:

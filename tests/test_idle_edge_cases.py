@@ -134,15 +134,17 @@ def test_a_connection_closed_during_idle_is_noticed_at_once_without_spinning() -
     started = time.monotonic()
     try:
         with pytest.raises((OSError, Exception)):
-            mailbox.wait(6.0)
+            mailbox.wait(30.0)
     finally:
         _close(mailbox)
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # Noticed well before the 6-s deadline the spinning wait ran to (4 s: the server's
-    # 0.2 s and a loaded machine's margin), and without burning a core meanwhile.
-    assert time.monotonic() - started < 4.0
-    assert cpu < 0.5, cpu
+    # Noticed well before the 30-s deadline the spinning wait ran to (15 s: the server's
+    # 0.2 s and a slow, loaded machine's margin), and without burning a core meanwhile
+    # (spinning for 15 s costs several CPU seconds even on a busy machine; this process's
+    # other threads, such as the scripted server, count too).
+    assert time.monotonic() - started < 15.0
+    assert cpu < 2.0, cpu
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -169,9 +171,10 @@ def test_a_new_count_at_the_end_of_a_long_idle_answer_is_seen_at_once(
     mailbox = _mailbox(server.port, client_context)
     try:
         started = time.monotonic()
-        news = mailbox.wait(8.0)
+        news = mailbox.wait(30.0)
         waited = time.monotonic() - started
     finally:
         _close(mailbox)
     assert news
-    assert waited < 4.0, waited  # not the 8-s IDLE the unseen EXISTS waited for
+    # not the 30-s IDLE the unseen EXISTS waited for (15 s: a slow, loaded machine's margin)
+    assert waited < 15.0, waited

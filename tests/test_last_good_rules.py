@@ -23,7 +23,7 @@ from intake import last_good_rules, samples
 from intake.config import PROJECT_ROOT, Settings, load_settings
 from intake.localservers import LocalDovecot, LocalSMTP, ReceivedMail
 from intake.prepare_pool import rules_fingerprint
-from tests.helpers import ONCALL, settled, write_config
+from tests.helpers import ONCALL, settled, spawn_logged, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = '\n[[rule]\nid = "topic.broken"\n'  # a missing "]": not valid TOML
@@ -135,13 +135,12 @@ def test_run_with_a_typo_in_the_rules_keeps_alerting(
     )
     assert run_service("once", config=config, password=dovecot.password).returncode == 0
     line = break_topics(rules)
-    worker = subprocess.Popen(
+    log = tmp_path / "worker.log"
+    worker = spawn_logged(
         [sys.executable, str(ROOT / "service.py"), "run", "--config", str(config)],
+        log,
         cwd=ROOT,
         env={**os.environ, "TEST_IMAP_PASSWORD": dovecot.password},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         dovecot.append(
@@ -152,7 +151,13 @@ def test_run_with_a_typo_in_the_rules_keeps_alerting(
         mails = smtp_server.wait_for(3, timeout=60)
     finally:
         worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=60)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=10)
+            raise
+    stderr = log.read_text("utf-8", "replace")
     assert worker.returncode == 0, stderr
     assert [m.rcpt_tos for m in mails if m.message["X-Soudan-Intake"] == "alert"] == [[ONCALL]]
     assert len(notices(mails)) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import errno
 import socket
 import ssl
 from collections.abc import Callable
@@ -153,6 +154,30 @@ def test_stopped_dovecot_refuses_connections(dovecot: LocalDovecot) -> None:
     dovecot.stop()
     with pytest.raises(OSError):
         socket.create_connection((dovecot.host, dovecot.port), timeout=2).close()
+
+
+@pytest.mark.integration
+def test_no_other_program_can_take_a_stopped_dovecots_port_before_it_starts_again(
+    dovecot: LocalDovecot,
+) -> None:
+    """start() after stop() must use the same port (the service under test is configured
+    with it). It used to be free meanwhile: a busy machine could hand it to another
+    program's connection or server, and the start failed with EADDRINUSE. (No IMAP
+    session before the stop: Dovecot's side of one would linger in TIME_WAIT on the port
+    and keep the old code's port taken too.)"""
+    port = dovecot.port
+    dovecot.stop()
+    with pytest.raises(OSError) as info:
+        take_port(port, reuse=False).close()
+    assert info.value.errno == errno.EADDRINUSE
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((dovecot.host, port), timeout=10).close()
+    dovecot.start()
+    assert dovecot.port == port
+    dovecot.append(synthetic_mail())
+    assert dovecot.uids() == [1]
+    dovecot.cleanup()
+    take_port(port).close()  # given up for good
 
 
 @pytest.mark.integration
@@ -303,6 +328,82 @@ def test_smtp_is_unreachable_while_stopped_and_back_on_the_same_port(
     assert smtp_server.port == port
     send(smtp_server, outgoing())
     assert len(smtp_server.wait_for(1, timeout=5)) == 1
+
+
+def take_port(port: int, *, reuse: bool = True) -> socket.socket:
+    """Bind and listen on ``port`` as another program's server would (asyncio sets
+    ``SO_REUSEADDR``; ``reuse=False`` binds as an outgoing connection does, without
+    it); the caller closes the socket."""
+    intruder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if reuse:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        intruder.bind(("127.0.0.1", port))
+        intruder.listen()
+    except OSError:
+        intruder.close()
+        raise
+    return intruder
+
+
+@pytest.mark.integration
+def test_no_other_program_can_take_the_smtp_port_between_creation_and_start() -> None:
+    """The port is known (and written into configs) before ``start()``. It used to be
+    merely free at construction: a busy machine could hand it to someone else first,
+    and ``start()`` then failed with EADDRINUSE."""
+    server = LocalSMTP()
+    try:
+        with pytest.raises(OSError) as info:
+            take_port(server.port).close()
+        assert info.value.errno == errno.EADDRINUSE
+        with pytest.raises(ConnectionRefusedError):  # reserved, yet down
+            socket.create_connection((server.host, server.port), timeout=10).close()
+        server.start()
+        send(server, outgoing())
+        assert len(server.wait_for(1, timeout=30)) == 1
+    finally:
+        server.close()
+
+
+@pytest.mark.integration
+def test_no_other_program_can_take_the_smtp_port_while_it_is_stopped(
+    smtp_server: LocalSMTP,
+) -> None:
+    """Without a mail before the stop, no connection of the server's own lingers in
+    TIME_WAIT on the port: the old code left it free for anyone."""
+    smtp_server.stop()
+    with pytest.raises(OSError) as info:
+        take_port(smtp_server.port, reuse=False).close()
+    assert info.value.errno == errno.EADDRINUSE
+    smtp_server.start()
+    send(smtp_server, outgoing())
+    assert len(smtp_server.wait_for(1, timeout=30)) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("starttls", [False, True], ids=["plain", "starttls"])
+def test_smtp_starts_again_on_its_port_after_mail_went_through_it(
+    smtp_factory: Callable[..., LocalSMTP], starttls: bool
+) -> None:
+    """The server closes a connection after QUIT, so its side waits in TIME_WAIT for a
+    minute; start() after stop() must still bind the port (it failed with EADDRINUSE
+    when the reserved socket was listened on without SO_REUSEADDR)."""
+    server = smtp_factory(starttls=starttls)
+    tls: dict[str, Any] = (
+        {"start_tls": True, "tls_context": server.ssl_context()} if starttls else {}
+    )
+    for round_ in range(1, 4):
+        send(server, outgoing(), **tls)
+        assert len(server.wait_for(round_, timeout=30)) == round_
+        server.stop()
+        server.start()
+
+
+@pytest.mark.integration
+def test_a_closed_smtp_server_gives_its_port_up() -> None:
+    server = LocalSMTP()
+    server.close()
+    take_port(server.port).close()
 
 
 @pytest.mark.integration

@@ -18,17 +18,16 @@ import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlmodel import Session, select
 
 from intake.config import load_settings
-from intake.localservers import LocalSMTP, free_port
+from intake.localservers import LocalSMTP
 from intake.pipeline import Service, _queue_ack
 from intake.store import Case, Outbox, session_scope, to_db
-from tests.helpers import serving
+from tests.helpers import relay_down, serving
 from tests.test_escalate_review import NOON, _database, config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,9 +112,9 @@ def test_a_worker_that_cannot_use_the_relay_leaves_the_rows_it_never_claimed_to_
         _ack(b, resident, NOON)
     # Worker A's run, half a second after the rows fell due; same mailbox as B's.
     if failure == "connection refused":
-        closed = SimpleNamespace(host="127.0.0.1", port=free_port())
-        broken = _on(url, config(tmp_path / "a", closed))
-        _worker_a(broken, NOON + timedelta(milliseconds=500))
+        with relay_down() as closed:
+            broken = _on(url, config(tmp_path / "a", closed))
+            _worker_a(broken, NOON + timedelta(milliseconds=500))
     else:
         with serving(RefusesMailFrom(failure)) as relay:
             broken = _on(url, config(tmp_path / "a", relay))

@@ -8,6 +8,7 @@ outbox. Real Dovecot; the SMTP port is one nobody listens on. All mail synthetic
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,18 +19,29 @@ import pytest
 from intake import samples
 from intake.config import load_settings
 from intake.fetch import Mailbox
-from intake.localservers import LocalDovecot, free_port
+from intake.localservers import LocalDovecot
 from intake.pipeline import Service, process_new_mail
-from tests.helpers import write_config
+from tests.helpers import relay_down, write_config
 
 pytestmark = pytest.mark.integration
 
 NIGHT = datetime(2027, 1, 9, 2, 30, tzinfo=ZoneInfo("Asia/Tokyo"))
 
 
-def _service(tmp_path: Path, dovecot: LocalDovecot, monkeypatch: pytest.MonkeyPatch) -> Service:
+@pytest.fixture
+def nowhere() -> Iterator[SimpleNamespace]:
+    """A relay address that refuses connections for the whole test (see ``relay_down``)."""
+    with relay_down() as address:
+        yield address
+
+
+def _service(
+    tmp_path: Path,
+    dovecot: LocalDovecot,
+    monkeypatch: pytest.MonkeyPatch,
+    nowhere: SimpleNamespace,
+) -> Service:
     monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
-    nowhere = SimpleNamespace(host="127.0.0.1", port=free_port())
     return Service.from_settings(load_settings(write_config(tmp_path, dovecot, nowhere)))  # type: ignore[arg-type]
 
 
@@ -42,8 +54,9 @@ def test_an_unreachable_mail_server_with_an_alert_waiting_is_an_error_naming_it(
     dovecot: LocalDovecot,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    nowhere: SimpleNamespace,
 ) -> None:
-    svc = _service(tmp_path, dovecot, monkeypatch)
+    svc = _service(tmp_path, dovecot, monkeypatch, nowhere)
     try:
         dovecot.append(
             samples.consultation("u@example.jp", "相談", "もう死にたい。今夜終わりにします。")
@@ -68,8 +81,9 @@ def test_an_unreachable_mail_server_with_only_acknowledgements_waiting_is_a_warn
     dovecot: LocalDovecot,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    nowhere: SimpleNamespace,
 ) -> None:
-    svc = _service(tmp_path, dovecot, monkeypatch)
+    svc = _service(tmp_path, dovecot, monkeypatch, nowhere)
     try:
         dovecot.append(
             samples.consultation("u@example.jp", "相談", "部活の人間関係で悩んでいます。")
