@@ -164,6 +164,15 @@ _FOUR_SHI = re.compile(
 )
 
 
+# Okayama 死にとう (= 死にたく: 死にとうなる, 死にとうてたまらん, 死にとうない): MeCab reads
+# 死に + と + 唸る / 問う, so no 死にたい rule saw it in a longer mail (only the few-words
+# rule caught a short one). 消えとう and 生きとう are read right; only にとう is not.
+# Rewritten to たく (one character for one) before the verb-like kana that follow the
+# wish (not とうてい, 到底); 死にとうない becomes 死にたくない, which the negation scope
+# still reads as a denial.
+_SHINI_TOU = re.compile(r"(?<=[死しシ]に)とう(?=[なもねぇえ]|て(?!い)|$)")
+
+
 def _as_shine(m: re.Match[str]) -> str:
     """死ね for each しね of a match (the same length, so offsets hold)."""
     return "死ね" * (len(m.group()) // 2)
@@ -804,6 +813,8 @@ class Analyser:
                 line = _SHINE.sub(_as_shine, line)  # same length too
             if "4" in line:
                 line = _FOUR_SHI.sub("死", line)  # one character for one
+            if "にとう" in line:
+                line = _SHINI_TOU.sub("たく", line)  # same length
             line_infos = tokens_of(line)
             if "しぬ" in line:
                 line_infos = self._kana_death(line_infos)

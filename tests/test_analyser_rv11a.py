@@ -1,0 +1,59 @@
+"""Analyser gaps that lost urgent mails in review rv11a (eleventh session; all mails synthetic).
+
+The learned tier is switched off here, so each test shows what the rule tiers do on their
+own: a gap the safety net happens to cover for one wording would stay open for the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from intake.rules import RuleSet, load_rules
+from intake.triage import Triage, classify_text
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleSet:
+    """The shipped rules without the learned tier (see the module docstring)."""
+    loaded = load_rules(RULES_DIR)
+    loaded.learned = None
+    return loaded
+
+
+def triage(rules: RuleSet, text: str, subject: str = "相談") -> Triage:
+    return classify_text(subject, text, rules)
+
+
+# -- Okayama 死にとう (= 死にたく) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # in a longer mail, where the few-words rule does not apply
+        "部活でまた怒られた。家に帰っても居場所がないし、最近は死にとうなってくるんよ。どうしたらええ？",
+        "先生には言えん。死にとうてしかたない。",
+        "バイト先でも失敗ばっかり。しにとうなる日が増えた。",
+    ],
+)
+def test_okayama_shinitou_in_a_longer_mail_is_a_wish_to_die(rules: RuleSet, text: str) -> None:
+    t = triage(rules, text)
+    assert t.urgent
+    assert any(m.rule.startswith("urgent.suicidal") for m in t.urgent_reasons)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "前はつらかったけど、今は死にとうないし大丈夫です。",
+        "死にとうないけぇ、病院の予約の仕方を教えてほしい。",
+        "お菓子にとうもろこしを入れてみた。",
+        "それだけでは少しにとうてい足りん。",
+    ],
+)
+def test_okayama_shinitou_denied_or_look_alike_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not triage(rules, text).urgent
