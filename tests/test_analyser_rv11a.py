@@ -57,3 +57,35 @@ def test_okayama_shinitou_in_a_longer_mail_is_a_wish_to_die(rules: RuleSet, text
 )
 def test_okayama_shinitou_denied_or_look_alike_is_not_urgent(rules: RuleSet, text: str) -> None:
     assert not triage(rules, text).urgent
+
+
+# -- 〜ないと / 〜んと + a negative predicate: a condition, not a denial ----------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "最近は自分を傷つけんと眠れんのよ",
+        "リスカしないと学校に行けない",
+        "ODせんと寝られん",
+        "毎晩自分を傷つけないとダメになってる",
+    ],
+)
+def test_unless_harming_myself_i_cannot_cope_is_not_a_denial(rules: RuleSet, text: str) -> None:
+    t = triage(rules, text)
+    assert t.urgent
+    assert not any(m.discounted == "negated" for m in t.urgent_reasons)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "自分を傷つけないと約束した",
+        "もうリスカはしないと決めました",
+        "死にたくないと思うようになった",
+        "消えたいとは思わない。元気です",
+        "もう自傷はせんと親に言った",
+    ],
+)
+def test_a_promise_or_a_thought_after_nai_to_stays_a_denial(rules: RuleSet, text: str) -> None:
+    assert not triage(rules, text).urgent
