@@ -135,6 +135,43 @@ def _close_letter_spacing(line: str) -> tuple[str, list[int]] | None:
     return "".join(parts), index
 
 
+_JA_LETTER_AT = re.compile(rf"[{_JA_LETTER}]").match
+
+
+def _between_letters(line: str, start: int, end: int) -> bool:
+    """Is the space ``line[start:end]`` between two Japanese letters?
+
+    Why: a phone writer puts a half-width space between phrases (もう 無理, 睡眠薬 全部
+    のんだ, ロープ 買った) where a U+3000 space or none would join them (review rv11a,
+    finding 6). The space still ends a sentence for negation, exclusions and signal
+    windows; only phrase matching reads across it, as in わかちがき.
+    """
+    return start > 0 and bool(_JA_LETTER_AT(line, start - 1)) and bool(_JA_LETTER_AT(line, end))
+
+
+# Characters of an emoji sequence besides the pictographs (So): skin tones (Sk), the
+# variation selector (Mn) and the zero-width joiner (Cf).
+_EMOJI_PARTS = frozenset({"So", "Sk", "Mn", "Cf"})
+
+
+def _emoji_inside(line: str, start: int, end: int) -> bool:
+    """Is the boundary token ``line[start:end]`` emoji between two Japanese letters?
+
+    Why: an emoji ends a sentence in casual mail, and at a line's end it does; between
+    phrases (もう😭無理, 睡眠薬💊全部のんだ) it stands where a space would, so, as for a
+    space (_between_letters), phrase matching reads across it while negation does not.
+    A run of emoji (もう😭😭無理) is looked across as a whole.
+    """
+    category = unicodedata.category
+    if not line[start:end] or category(line[start]) != "So":
+        return False  # 。！？ and the like end a sentence and a phrase
+    while start > 0 and category(line[start - 1]) in _EMOJI_PARTS:
+        start -= 1
+    while end < len(line) and category(line[end]) in _EMOJI_PARTS:
+        end += 1
+    return start > 0 and bool(_JA_LETTER_AT(line, start - 1)) and bool(_JA_LETTER_AT(line, end))
+
+
 def _spaced_words(line: str) -> bool:
     """Is ``line`` written with a space between words (わかちがき)?"""
     spaces = len(_WORD_SPACE.findall(line))
@@ -829,6 +866,8 @@ class Analyser:
                     if kind:
                         if kind == _BOUNDARY:
                             sentence += 1
+                            if _emoji_inside(line, found - line_start, cursor - line_start):
+                                skips.append(len(infos))  # もう😭無理: not a phrase's end
                         elif kind == _SPECIAL_TOKEN:
                             self._special(info, infos, starts, ends, sentences, sentence, found)
                         continue
@@ -850,13 +889,17 @@ class Analyser:
                         sentence += (
                             1  # a space between words ends a "sentence" in unpunctuated mail
                         )
-                        if spaced:
-                            skips.append(len(infos))  # ... but not a phrase in わかちがき
+                        if spaced or _between_letters(line, cursor, found):
+                            # ... but not a phrase in わかちがき, nor between Japanese
+                            # letters (もう 無理, 睡眠薬 全部 のんだ: see _between_letters)
+                            skips.append(len(infos))
                 cursor = found + len(surface)
                 kind = info.kind
                 if kind:
                     if kind == _BOUNDARY:
                         sentence += 1
+                        if _emoji_inside(line, found, cursor):
+                            skips.append(len(infos))
                     elif kind == _SPECIAL_TOKEN:
                         at = found if index is None else index[found]
                         self._special(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from intake.lemmas import get_analyser
 from intake.rules import RuleSet, load_rules
 from intake.triage import Triage, classify_text
 
@@ -88,4 +89,41 @@ def test_unless_harming_myself_i_cannot_cope_is_not_a_denial(rules: RuleSet, tex
     ],
 )
 def test_a_promise_or_a_thought_after_nai_to_stays_a_denial(rules: RuleSet, text: str) -> None:
+    assert not triage(rules, text).urgent
+
+
+# -- a half-width space or an emoji between phrases ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "眠剤 ぜんぶ 飲んだ",
+        "ロープ 買ってきた",
+        "もう🥲むり",
+        "眠剤💊ぜんぶ飲んだ",
+        "ロープ🪢買ってきた",
+    ],
+)
+def test_a_space_or_emoji_between_phrases_does_not_split_them(rules: RuleSet, text: str) -> None:
+    assert triage(rules, text).urgent
+
+
+def test_the_words_around_a_space_stay_apart_for_negation() -> None:
+    """Phrase matching reads across the space; negation and exclusions do not."""
+    a = get_analyser().analyse("もう 無理")
+    assert a.sentences[0] != a.sentences[1]
+    assert a.phrases[0] == a.phrases[1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ロープ 買ってない",  # the space joins the phrase; the negation still denies it
+        "ABC 無理",  # not between Japanese letters
+        "今日は晴れ。😭 無理はしないでね",
+        "もう😭",
+    ],
+)
+def test_a_space_or_emoji_joins_nothing_else(rules: RuleSet, text: str) -> None:
     assert not triage(rules, text).urgent
