@@ -215,6 +215,18 @@ def _as_shine(m: re.Match[str]) -> str:
     return "死ね" * (len(m.group()) // 2)
 
 
+def _verb_after(infos: list[TokenInfo], k: int) -> bool:
+    """Does a verb or an adjective follow the word at ``k``?
+
+    Why: in the hiragana parse of a katakana run an interjection was taken for noise (a
+    loanword MeCab does not know, cut into kana), so イエオイダサレタ (いえ + 追い出す) and
+    オヤコロシタイ (おや + 殺す) stayed unread katakana (review rv11a, finding 10). An
+    interjection with a verb after it is a stray kana before a real sentence; alone, or
+    with only particles after it, it is still noise.
+    """
+    return any(t.pos.startswith(("動詞", "形容詞")) for t in infos[k + 1 :])
+
+
 _KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
 _KATA_TO_HIRA = str.maketrans({chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)})
 
@@ -691,7 +703,9 @@ class Analyser:
         if not trusted:
             hira = self._parse_alone(to_hiragana(run))
             content = any(t.pos.startswith(("動詞", "形容詞", "助動詞")) for t in hira)
-            noise = any(t.pos.startswith(("感動詞", "記号", "補助記号")) for t in hira)
+            noise = any(t.pos.startswith(("記号", "補助記号")) for t in hira) or any(
+                t.pos.startswith("感動詞") and not _verb_after(hira, k) for k, t in enumerate(hira)
+            )
             decided = content and not noise
         if len(self._kata_cache) >= TOKEN_CACHE_LIMIT:
             self._kata_cache.clear()  # bounded like the token caches (see analyse)

@@ -127,3 +127,17 @@ def test_the_words_around_a_space_stay_apart_for_negation() -> None:
 )
 def test_a_space_or_emoji_joins_nothing_else(rules: RuleSet, text: str) -> None:
     assert not triage(rules, text).urgent
+
+
+# -- a katakana run whose hiragana reading starts with an interjection ----------------------
+
+
+@pytest.mark.parametrize("text", ["ｵﾔｦｺﾛｽ", "オヤヲコロス"])
+def test_katakana_starting_like_an_interjection_is_read_as_kana(rules: RuleSet, text: str) -> None:
+    """おや + 殺す: the interjection is a stray reading, a verb follows it."""
+    assert triage(rules, text).urgent
+
+
+@pytest.mark.parametrize("text", ["ﾊｲﾜｶﾘﾏｼﾀ", "ｵｰｹｰ", "ｴｰﾄ、ｲｴﾛｰﾉﾍﾟﾝ"])
+def test_katakana_interjections_alone_are_no_crisis(rules: RuleSet, text: str) -> None:
+    assert not triage(rules, text).urgent
