@@ -135,6 +135,43 @@ def _close_letter_spacing(line: str) -> tuple[str, list[int]] | None:
     return "".join(parts), index
 
 
+_JA_LETTER_AT = re.compile(rf"[{_JA_LETTER}]").match
+
+
+def _between_letters(line: str, start: int, end: int) -> bool:
+    """Is the space ``line[start:end]`` between two Japanese letters?
+
+    Why: a phone writer puts a half-width space between phrases (もう 無理, 睡眠薬 全部
+    のんだ, ロープ 買った) where a U+3000 space or none would join them (review rv11a,
+    finding 6). The space still ends a sentence for negation, exclusions and signal
+    windows; only phrase matching reads across it, as in わかちがき.
+    """
+    return start > 0 and bool(_JA_LETTER_AT(line, start - 1)) and bool(_JA_LETTER_AT(line, end))
+
+
+# Characters of an emoji sequence besides the pictographs (So): skin tones (Sk), the
+# variation selector (Mn) and the zero-width joiner (Cf).
+_EMOJI_PARTS = frozenset({"So", "Sk", "Mn", "Cf"})
+
+
+def _emoji_inside(line: str, start: int, end: int) -> bool:
+    """Is the boundary token ``line[start:end]`` emoji between two Japanese letters?
+
+    Why: an emoji ends a sentence in casual mail, and at a line's end it does; between
+    phrases (もう😭無理, 睡眠薬💊全部のんだ) it stands where a space would, so, as for a
+    space (_between_letters), phrase matching reads across it while negation does not.
+    A run of emoji (もう😭😭無理) is looked across as a whole.
+    """
+    category = unicodedata.category
+    if not line[start:end] or category(line[start]) != "So":
+        return False  # 。！？ and the like end a sentence and a phrase
+    while start > 0 and category(line[start - 1]) in _EMOJI_PARTS:
+        start -= 1
+    while end < len(line) and category(line[end]) in _EMOJI_PARTS:
+        end += 1
+    return start > 0 and bool(_JA_LETTER_AT(line, start - 1)) and bool(_JA_LETTER_AT(line, end))
+
+
 def _spaced_words(line: str) -> bool:
     """Is ``line`` written with a space between words (わかちがき)?"""
     spaces = len(_WORD_SPACE.findall(line))
@@ -164,9 +201,30 @@ _FOUR_SHI = re.compile(
 )
 
 
+# Okayama 死にとう (= 死にたく: 死にとうなる, 死にとうてたまらん, 死にとうない): MeCab reads
+# 死に + と + 唸る / 問う, so no 死にたい rule saw it in a longer mail (only the few-words
+# rule caught a short one). 消えとう and 生きとう are read right; only にとう is not.
+# Rewritten to たく (one character for one) before the verb-like kana that follow the
+# wish (not とうてい, 到底); 死にとうない becomes 死にたくない, which the negation scope
+# still reads as a denial.
+_SHINI_TOU = re.compile(r"(?<=[死しシ]に)とう(?=[なもねぇえ]|て(?!い)|$)")
+
+
 def _as_shine(m: re.Match[str]) -> str:
     """死ね for each しね of a match (the same length, so offsets hold)."""
     return "死ね" * (len(m.group()) // 2)
+
+
+def _verb_after(infos: list[TokenInfo], k: int) -> bool:
+    """Does a verb or an adjective follow the word at ``k``?
+
+    Why: in the hiragana parse of a katakana run an interjection was taken for noise (a
+    loanword MeCab does not know, cut into kana), so イエオイダサレタ (いえ + 追い出す) and
+    オヤコロシタイ (おや + 殺す) stayed unread katakana (review rv11a, finding 10). An
+    interjection with a verb after it is a stray kana before a real sentence; alone, or
+    with only particles after it, it is still noise.
+    """
+    return any(t.pos.startswith(("動詞", "形容詞")) for t in infos[k + 1 :])
 
 
 _KANA_ONLY = re.compile(r"[ぁ-ゖァ-ヺー]+")
@@ -645,7 +703,9 @@ class Analyser:
         if not trusted:
             hira = self._parse_alone(to_hiragana(run))
             content = any(t.pos.startswith(("動詞", "形容詞", "助動詞")) for t in hira)
-            noise = any(t.pos.startswith(("感動詞", "記号", "補助記号")) for t in hira)
+            noise = any(t.pos.startswith(("記号", "補助記号")) for t in hira) or any(
+                t.pos.startswith("感動詞") and not _verb_after(hira, k) for k, t in enumerate(hira)
+            )
             decided = content and not noise
         if len(self._kata_cache) >= TOKEN_CACHE_LIMIT:
             self._kata_cache.clear()  # bounded like the token caches (see analyse)
@@ -804,6 +864,8 @@ class Analyser:
                 line = _SHINE.sub(_as_shine, line)  # same length too
             if "4" in line:
                 line = _FOUR_SHI.sub("死", line)  # one character for one
+            if "にとう" in line:
+                line = _SHINI_TOU.sub("たく", line)  # same length
             line_infos = tokens_of(line)
             if "しぬ" in line:
                 line_infos = self._kana_death(line_infos)
@@ -818,6 +880,8 @@ class Analyser:
                     if kind:
                         if kind == _BOUNDARY:
                             sentence += 1
+                            if _emoji_inside(line, found - line_start, cursor - line_start):
+                                skips.append(len(infos))  # もう😭無理: not a phrase's end
                         elif kind == _SPECIAL_TOKEN:
                             self._special(info, infos, starts, ends, sentences, sentence, found)
                         continue
@@ -839,13 +903,17 @@ class Analyser:
                         sentence += (
                             1  # a space between words ends a "sentence" in unpunctuated mail
                         )
-                        if spaced:
-                            skips.append(len(infos))  # ... but not a phrase in わかちがき
+                        if spaced or _between_letters(line, cursor, found):
+                            # ... but not a phrase in わかちがき, nor between Japanese
+                            # letters (もう 無理, 睡眠薬 全部 のんだ: see _between_letters)
+                            skips.append(len(infos))
                 cursor = found + len(surface)
                 kind = info.kind
                 if kind:
                     if kind == _BOUNDARY:
                         sentence += 1
+                        if _emoji_inside(line, found, cursor):
+                            skips.append(len(infos))
                     elif kind == _SPECIAL_TOKEN:
                         at = found if index is None else index[found]
                         self._special(

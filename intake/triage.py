@@ -200,9 +200,14 @@ def _negated(a: Analysis, last: int) -> bool:
             used += 1
         if used > _SCOPE_LIMIT and (flips % 2 == 0 or used > _DOUBLE_REACH):
             break
-        if info.negation and i + 1 < n and infos[i + 1].lemma in _NOT_A_DENIAL:
+        if (
+            info.negation
+            and i + 1 < n
+            and (infos[i + 1].lemma in _NOT_A_DENIAL or _unless(infos, sentences, i))
+        ):
             # 〜ありませんか / 〜ないか: an offer or a question; 〜ないふり: pretending
-            # (死にたくないふりをしている says the wish is there: review rv9d)
+            # (死にたくないふりをしている says the wish is there: review rv9d);
+            # 〜んと落ち着かん: a condition (see _unless)
             pass
         elif info.negation or info.lemma == _SHIKA:
             flips += 1
@@ -220,6 +225,39 @@ def _negated(a: Analysis, last: int) -> bool:
             thought = True
         i += 1
     return flips % 2 == 1 and not _called_a_lie(infos, sentences, i, sentence)
+
+
+# Predicates that, after 〜ないと / 〜んと, make it a condition like a negation does:
+# 切らないと無理 ("I can't go on unless I cut").
+_UNLESS_PREDICATES = frozenset({"無理", "駄目", "だめ", "ダメ"})
+_UNLESS_REACH = 4  # words after と searched for the predicate's negation
+
+
+def _unless(infos: list[TokenInfo], sentences: list[int], i: int) -> bool:
+    """Is the negation at ``i`` the "unless" of 〜ないと / 〜んと + a negative predicate?
+
+    Why: 自分を傷つけんと落ち着かん and リスカせんとやってられん say the writer cannot
+    cope without harming themself (review rv11a, finding 5), but と is in the negation
+    frame, so the first ん was read as a denial of the match. The predicate after と must
+    itself be negative or 無理/駄目 within a few words; a verb of thought or of telling
+    after と keeps the denial (死にたくないと思う, 死にたくないと言った), and so does any
+    other verb with no negation after it (自傷はしないと決めた, 死なないと誓った).
+    """
+    if infos[i + 1].lemma != "と":
+        return False
+    sentence = sentences[i]
+    first = i + 2
+    if first >= len(infos) or sentences[first] != sentence:
+        return False
+    lemma = infos[first].lemma
+    if lemma in _THOUGHT_VERBS or lemma == _TELL:
+        return False
+    for k in range(first, min(len(infos), first + _UNLESS_REACH)):
+        if sentences[k] != sentence:
+            return False
+        if infos[k].negation or infos[k].lemma in _UNLESS_PREDICATES:
+            return True
+    return False
 
 
 # A negation right before one of these describes other people, not the writer:
