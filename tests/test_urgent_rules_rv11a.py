@@ -288,7 +288,10 @@ def test_a_puppy_following_or_a_mosquito_is_not_violence(rules: RuleSet, text: s
     assert not reasons(rules, text) & {"urgent.violence.concrete", "urgent.violence.caregiver"}
 
 
-# -- finding 2 (a reading-tier workaround until the dialect fold lands in lemmas.py) ----
+# -- finding 2: the reading-tier pattern, and since the dialect rewrite in lemmas.py the
+# phrase tier too (it reads 死にたく); either is the wish to die ------------------------
+
+WISH = {"reading.suicidal.wish", "urgent.suicidal.wish"}
 
 
 @pytest.mark.parametrize(
@@ -300,9 +303,9 @@ def test_a_puppy_following_or_a_mosquito_is_not_violence(rules: RuleSet, text: s
     ],
 )
 def test_okayama_shinitou_is_the_wish_to_die(rules: RuleSet, text: str) -> None:
-    assert "reading.suicidal.wish" in reasons(rules, text)
+    assert reasons(rules, text) & WISH
 
 
 @pytest.mark.parametrize("text", ["死にとうないけぇ大丈夫よ", "兄を探しにとうとう大阪まで行った"])
 def test_okayama_not_wanting_to_die_or_totou_is_not_the_wish(rules: RuleSet, text: str) -> None:
-    assert "reading.suicidal.wish" not in reasons(rules, text)
+    assert not reasons(rules, text) & WISH
