@@ -231,6 +231,14 @@ def _negated(a: Analysis, last: int) -> bool:
 # 切らないと無理 ("I can't go on unless I cut").
 _UNLESS_PREDICATES = frozenset({"無理", "駄目", "だめ", "ダメ"})
 _UNLESS_REACH = 4  # words after と searched for the predicate's negation
+# 〜ないといけない / ならない / 駄目 / あかん: a duty ("must finish the homework"), not
+# "cannot cope without". The denial stands, as before the "unless" reading: with it, the
+# duty's own verb counted as a concept word (課題を終わらせないといけない became
+# "finality", and 87 of 100 generated ordinary mails alerted through a signal combination).
+# 駄目 is a duty only when it ends the phrase: 〜ないとダメになる (I fall apart) is the
+# "unless" reading.
+_OBLIGATION = frozenset({"行く", "成る", "あかん"})
+_NO_GOOD = frozenset({"駄目", "だめ", "ダメ"})
 
 
 def _unless(infos: list[TokenInfo], sentences: list[int], i: int) -> bool:
@@ -240,8 +248,9 @@ def _unless(infos: list[TokenInfo], sentences: list[int], i: int) -> bool:
     cope without harming themself (review rv11a, finding 5), but と is in the negation
     frame, so the first ん was read as a denial of the match. The predicate after と must
     itself be negative or 無理/駄目 within a few words; a verb of thought or of telling
-    after と keeps the denial (死にたくないと思う, 死にたくないと言った), and so does any
-    other verb with no negation after it (自傷はしないと決めた, 死なないと誓った).
+    after と keeps the denial (死にたくないと思う, 死にたくないと言った), as does a duty
+    (終わらせないといけない, ``_OBLIGATION``) and any other verb with no negation after it
+    (自傷はしないと決めた, 死なないと誓った).
     """
     if infos[i + 1].lemma != "と":
         return False
@@ -250,7 +259,9 @@ def _unless(infos: list[TokenInfo], sentences: list[int], i: int) -> bool:
     if first >= len(infos) or sentences[first] != sentence:
         return False
     lemma = infos[first].lemma
-    if lemma in _THOUGHT_VERBS or lemma == _TELL:
+    if lemma in _THOUGHT_VERBS or lemma == _TELL or lemma in _OBLIGATION:
+        return False
+    if lemma in _NO_GOOD and not (first + 1 < len(infos) and infos[first + 1].surface == "に"):
         return False
     for k in range(first, min(len(infos), first + _UNLESS_REACH)):
         if sentences[k] != sentence:

@@ -141,3 +141,24 @@ def test_katakana_starting_like_an_interjection_is_read_as_kana(rules: RuleSet, 
 @pytest.mark.parametrize("text", ["ﾊｲﾜｶﾘﾏｼﾀ", "ｵｰｹｰ", "ｴｰﾄ、ｲｴﾛｰﾉﾍﾟﾝ"])
 def test_katakana_interjections_alone_are_no_crisis(rules: RuleSet, text: str) -> None:
     assert not triage(rules, text).urgent
+
+
+# -- a duty (〜ないといけない) is not the "unless" of finding 5 ----------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死ぬほど眠いけど課題を終わらせないといけない。死ぬほど眠いけど課題を終わらせないと"
+        "いけない。今日は天気が良かったので少しだけ散歩に出かけました",
+        "レポートを終わらせないとならない。眠くて死ぬ。今日は晴れてよかった",
+        "課題を終わらせないとだめ。死ぬほど眠い。今日は天気が良かった。課題を終わらせないとだめ",
+    ],
+)
+def test_a_duty_to_finish_homework_does_not_count_as_finality(rules, text: str) -> None:
+    assert not classify_text("相談", text, rules).urgent
+
+
+@pytest.mark.parametrize("text", ["自分を傷つけんと落ち着かん", "リスカせんとやってられん"])
+def test_cannot_cope_without_harm_stays_urgent_next_to_the_duty_rule(rules, text: str) -> None:
+    assert classify_text("", text, rules).urgent
