@@ -111,6 +111,17 @@ def test_everyday_burns_needles_medicine_and_pain_are_not_self_harm(
     assert not reasons(rules, text)
 
 
+def test_a_burn_done_by_someone_else_is_violence_not_self_harm(rules: RuleSet) -> None:
+    found = reasons(rules, "姉にライターで腕をあぶられた")
+    assert "urgent.violence.concrete" in found
+    assert "urgent.self_harm.burn_hit" not in found
+
+
+@pytest.mark.parametrize("text", ["kusuri zenbu nonda", "すいみんやくぜんぶのんだ"])
+def test_all_the_pills_taken_in_kana_or_romaji_is_an_overdose(rules: RuleSet, text: str) -> None:
+    assert reasons(rules, text) & {"reading.self_harm.round2", "urgent.self_harm.overdose_told"}
+
+
 # -- group 2: suicidal -----------------------------------------------------------------
 
 
@@ -163,7 +174,9 @@ def test_near_misses_costumes_weather_and_diets_are_not_suicidal(rules: RuleSet,
 # -- group 3: acute need ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["よっかなんも食べとらん", "ふつかも食べてない"])
+@pytest.mark.parametrize(
+    "text", ["よっかなんも食べとらん", "ふつかも食べてない", "yokka nanimo tabetenai"]
+)
 def test_days_without_food_counted_in_kana_are_acute(rules: RuleSet, text: str) -> None:
     assert "reading.acute_need.hunger" in reasons(rules, text)
 
@@ -182,10 +195,17 @@ def test_a_parent_away_and_no_food_is_acute(rules: RuleSet, text: str) -> None:
     assert "reading.acute_need.parents_away" in reasons(rules, text)
 
 
+@pytest.mark.parametrize("text", ["親が4日帰ってこん", "ママが二日も帰ってこない"])
+def test_a_child_counting_the_days_a_parent_is_away_is_acute(rules: RuleSet, text: str) -> None:
+    assert "reading.acute_need.parents_away" in reasons(rules, text)
+
+
 @pytest.mark.parametrize(
     "text",
     [
         "父が出張で3日帰ってこない",
+        "親が3日帰ってこない、旅行らしい",
+        "出張で親が2日帰ってこない",
         "家のご飯ないけぇ、今日は友達とラーメン食べて帰るね",
         "水も飲んだけど声が出ない",
         "ダイエット中で朝から何も食べてない",
