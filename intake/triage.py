@@ -186,7 +186,13 @@ def _cannot_tell(info: TokenInfo) -> bool:
     return info.lemma == _TELL and info.surface.endswith(("え", "エ"))
 
 
-def _negated(a: Analysis, last: int) -> bool:
+def _negated(a: Analysis, last: int, duty_affirms: bool = True) -> bool:
+    """Is the match ending at token ``last`` denied by a negation after it?
+
+    ``duty_affirms``: whether 〜ないといけない (a duty) affirms the match, as it does a
+    crisis phrase (出ていかんといけん: must leave home). For a signal concept word it
+    does not (see ``_OBLIGATION``).
+    """
     infos, sentences = a.infos, a.sentences
     sentence = sentences[last]
     flips = 0
@@ -203,7 +209,7 @@ def _negated(a: Analysis, last: int) -> bool:
         if (
             info.negation
             and i + 1 < n
-            and (infos[i + 1].lemma in _NOT_A_DENIAL or _unless(infos, sentences, i))
+            and (infos[i + 1].lemma in _NOT_A_DENIAL or _unless(infos, sentences, i, duty_affirms))
         ):
             # 〜ありませんか / 〜ないか: an offer or a question; 〜ないふり: pretending
             # (死にたくないふりをしている says the wish is there: review rv9d);
@@ -231,17 +237,17 @@ def _negated(a: Analysis, last: int) -> bool:
 # 切らないと無理 ("I can't go on unless I cut").
 _UNLESS_PREDICATES = frozenset({"無理", "駄目", "だめ", "ダメ"})
 _UNLESS_REACH = 4  # words after と searched for the predicate's negation
-# 〜ないといけない / ならない / 駄目 / あかん: a duty ("must finish the homework"), not
-# "cannot cope without". The denial stands, as before the "unless" reading: with it, the
-# duty's own verb counted as a concept word (課題を終わらせないといけない became
-# "finality", and 87 of 100 generated ordinary mails alerted through a signal combination).
-# 駄目 is a duty only when it ends the phrase: 〜ないとダメになる (I fall apart) is the
-# "unless" reading.
+# 〜ないといけない / ならない / 駄目 / あかん: a duty. It affirms a crisis phrase
+# (出ていかんといけん: must leave home tomorrow) but not a signal concept word: there the
+# denial stands, as before the "unless" reading, because the duty's own verb counted as a
+# concept (課題を終わらせないといけない became "finality", and 87 of 100 generated
+# ordinary mails alerted through a signal combination). 駄目 is a duty only when it ends
+# the phrase: 〜ないとダメになる (I fall apart) is the "unless" reading.
 _OBLIGATION = frozenset({"行く", "成る", "あかん"})
 _NO_GOOD = frozenset({"駄目", "だめ", "ダメ"})
 
 
-def _unless(infos: list[TokenInfo], sentences: list[int], i: int) -> bool:
+def _unless(infos: list[TokenInfo], sentences: list[int], i: int, duty_affirms: bool) -> bool:
     """Is the negation at ``i`` the "unless" of 〜ないと / 〜んと + a negative predicate?
 
     Why: 自分を傷つけんと落ち着かん and リスカせんとやってられん say the writer cannot
@@ -249,8 +255,8 @@ def _unless(infos: list[TokenInfo], sentences: list[int], i: int) -> bool:
     frame, so the first ん was read as a denial of the match. The predicate after と must
     itself be negative or 無理/駄目 within a few words; a verb of thought or of telling
     after と keeps the denial (死にたくないと思う, 死にたくないと言った), as does a duty
-    (終わらせないといけない, ``_OBLIGATION``) and any other verb with no negation after it
-    (自傷はしないと決めた, 死なないと誓った).
+    for a concept word (``duty_affirms`` false, ``_OBLIGATION``) and any other verb with no
+    negation after it (自傷はしないと決めた, 死なないと誓った).
     """
     if infos[i + 1].lemma != "と":
         return False
@@ -259,9 +265,12 @@ def _unless(infos: list[TokenInfo], sentences: list[int], i: int) -> bool:
     if first >= len(infos) or sentences[first] != sentence:
         return False
     lemma = infos[first].lemma
-    if lemma in _THOUGHT_VERBS or lemma == _TELL or lemma in _OBLIGATION:
+    if lemma in _THOUGHT_VERBS or lemma == _TELL:
         return False
-    if lemma in _NO_GOOD and not (first + 1 < len(infos) and infos[first + 1].surface == "に"):
+    if not duty_affirms and (
+        lemma in _OBLIGATION
+        or (lemma in _NO_GOOD and not (first + 1 < len(infos) and infos[first + 1].surface == "に"))
+    ):
         return False
     for k in range(first, min(len(infos), first + _UNLESS_REACH)):
         if sentences[k] != sentence:
@@ -636,9 +645,12 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
         # reading-tier hits (no segments) were judged for negation on the reading
         if p.segments:
             last = h.last
-            known = negated.get(last)
+            # a duty affirms a crisis phrase or topic word, not a concept word (_OBLIGATION)
+            duty_affirms = p.kind != "signal"
+            key = last if duty_affirms else -1 - last
+            known = negated.get(key)
             if known is None:
-                known = negated[last] = _negated(a, last)
+                known = negated[key] = _negated(a, last, duty_affirms)
             if known:
                 h.discounted = "negated"
     excluded = {key.partition("|")[0] for key in by_rule}  # exclusions with words here

@@ -162,3 +162,8 @@ def test_a_duty_to_finish_homework_does_not_count_as_finality(rules, text: str) 
 @pytest.mark.parametrize("text", ["自分を傷つけんと落ち着かん", "リスカせんとやってられん"])
 def test_cannot_cope_without_harm_stays_urgent_next_to_the_duty_rule(rules, text: str) -> None:
     assert classify_text("", text, rules).urgent
+
+
+def test_a_duty_to_leave_home_tomorrow_is_acute_need(rules: RuleSet) -> None:
+    """出ていかんといけん (must leave): a duty affirms the crisis phrase it follows."""
+    assert classify_text("", "家賃が払えんけぇ明日には出ていかんといけん", rules).urgent
