@@ -132,7 +132,9 @@ _FAILED_FOR_GOOD = re.compile(
     r"permanent(?:ly)?\s+(?:fatal\s+)?(?:error|failure|failed)|"
     r"could\s+not\s+be\s+delivered\s+to\b|has\s+been\s+rejected|"
     r"retry\s+(?:timeout|time)\s+(?:exceeded|not\s+reached)|\bgave\s+up\b|\bgiving\s+up\b|"
-    r"\b5\.\d{1,3}\.\d{1,3}\b|配信できませんでした|送信できませんでした",
+    r"has\s+now\s+failed|will\s+not\s+be\s+retried|no\s+further\s+(?:delivery\s+)?attempts|"
+    r"(?<![\d.])5\.\d{1,3}\.\d{1,3}(?![\d.])|"
+    r"(?:配信|配送|送信|お届け(?:すること)?)(?:が|することが)?できませんでした|返送(?:いた)?します",
     re.I,
 )
 _STUB = re.compile(
@@ -957,7 +959,11 @@ def _plain_delay_warning(letter: Letter, body: str) -> bool:
         return False
     sender = letter.from_addr.lower()
     return_path = (letter.header("return-path") or "").replace(" ", "")
-    if not (sender == "" or _DAEMON.match(sender) or return_path == "<>"):
+    automatic = (letter.header("auto-submitted") or "").strip().lower()
+    # Positive evidence of the mail system, never the mere lack of a sender: a resident's
+    # mail with no address in From, or a phone's odd Return-Path, with 遅延のお知らせ in
+    # its subject was read as a delay, and a bounce's urgency is cleared (review rv11b F1).
+    if not (_DAEMON.match(sender) or (return_path == "<>" and automatic not in ("", "no"))):
         return False
     if not (_DELAY_SUBJECT.search(letter.subject) or _DELAY_BODY.search(body)):
         return False

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -599,3 +600,76 @@ def test_a_plain_text_bounce_after_a_plain_delay_is_still_reported(run: Run) -> 
     state, _kinds = _ack_state(run)
     assert state == "ack_failed"
     assert FAILED_NOTICE in run.digests()[HARMONY]
+
+
+# -- review rv11b: only the mail system's own warnings are delays ------------------------
+# F1: the lack of a sender address, or a Return-Path <> without Auto-Submitted, was taken
+# for the mail system, and one everyday word (遅延のお知らせ, "will keep trying") then made
+# a resident's crisis mail a "delay": a bounce, whose urgency is cleared.
+
+CRISIS = "もう死にたい。今日、薬を全部飲むつもりです。"
+
+
+def _person(head: str, subject: str, body: str) -> bytes:
+    return (
+        f"{head}To: {samples.TO}\r\nSubject: {Header(subject, 'utf-8').encode()}\r\n"
+        f"Message-ID: {make_msgid(domain='example.jp')}\r\n"
+        "Date: Fri, 27 Nov 2026 23:00:00 +0900\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body
+    ).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _person("From: =?utf-8?b?44Gf44KN44GG?=\r\n", "遅延のお知らせ", CRISIS),
+        _person("", "電車", "I will keep trying to reach someone. " + CRISIS),
+        _person("Return-Path: <>\r\nFrom: taro@docomo.ne.jp\r\n", "配送遅延のお知らせ", CRISIS),
+    ],
+    ids=["no-address-in-from", "no-from", "return-path-empty-without-auto-submitted"],
+)
+def test_a_person_s_mail_with_delay_words_is_a_consultation(raw: bytes) -> None:
+    letter = parse(raw)
+    assert not letter.bounce
+    assert not letter.delivery_delayed_only
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        (
+            "メール配送遅延のお知らせ",
+            "配送を試みましたが、配送できませんでした。メールを返送いたします。",
+        ),
+        (
+            "Delivery Status Notification (Delay)",
+            "Delivery to the following recipient has been delayed, and has now failed.",
+        ),
+    ],
+    ids=["ja-final", "en-has-now-failed"],
+)
+def test_a_final_failure_with_a_delay_subject_is_still_a_failure(subject: str, body: str) -> None:
+    """Never "only delayed", which tells nobody to phone (rv11b F5)."""
+    letter = parse(_plain_utf8("MAILER-DAEMON@mx.example.jp", subject, body))
+    assert not letter.delivery_delayed_only
+
+
+def _plain_utf8(sender: str, subject: str, body: str) -> bytes:
+    return (
+        f"Return-Path: <>\r\nFrom: {sender}\r\nTo: {samples.TO}\r\n"
+        f"Subject: {Header(subject, 'utf-8').encode()}\r\nAuto-Submitted: auto-replied\r\n"
+        f"Message-ID: {make_msgid(domain='mx.example.jp')}\r\n"
+        "Date: Fri, 27 Nov 2026 14:00:00 +0900\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        + body.replace("\n", "\r\n")
+    ).encode("utf-8")
+
+
+def test_an_address_in_a_delay_warning_is_not_taken_for_a_failure_code() -> None:
+    body = (
+        "This message was created automatically by mail delivery software.\n"
+        "A message that you sent has not yet been delivered to one or more of its\n"
+        "recipients after more than 24 hours on the queue on mx.example.jp [10.5.2.3].\n"
+    )
+    letter = parse(_plain("Mailer-Daemon@mx.example.jp", "Warning: message 1x delayed", body))
+    assert letter.bounce and letter.delivery_delayed_only
