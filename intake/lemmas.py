@@ -207,7 +207,9 @@ _FOUR_SHI = re.compile(
 # Rewritten to たく (one character for one) before the verb-like kana that follow the
 # wish (not とうてい, 到底); 死にとうない becomes 死にたくない, which the negation scope
 # still reads as a denial.
-_SHINI_TOU = re.compile(r"(?<=[死しシ]に)とう(?=[なもねぇえ]|て(?!い)|$)")
+# Not とうもろこし or 東南 (とうなんアジア) after the purpose form 〜しに (収穫しにとうもろこし
+# 畑へ: review rv11b F2).
+_SHINI_TOU = re.compile(r"(?<=[死しシ]に)とう(?!もろこし|なん[あア])(?=[なもねぇえ]|て(?!い)|$)")
 
 
 def _as_shine(m: re.Match[str]) -> str:

@@ -167,3 +167,13 @@ def test_cannot_cope_without_harm_stays_urgent_next_to_the_duty_rule(rules, text
 def test_a_duty_to_leave_home_tomorrow_is_acute_need(rules: RuleSet) -> None:
     """出ていかんといけん (must leave): a duty affirms the crisis phrase it follows."""
     assert classify_text("", "家賃が払えんけぇ明日には出ていかんといけん", rules).urgent
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["週末は収穫しにとうもろこし畑へ行きます", "勉強しにとうなんアジアに留学したい"],
+)
+def test_the_purpose_form_before_toumorokoshi_or_tounan_is_not_shinitou(
+    rules: RuleSet, text: str
+) -> None:
+    assert not classify_text("", text, rules).urgent
