@@ -213,3 +213,21 @@ def test_a_child_counting_the_days_a_parent_is_away_is_acute(rules: RuleSet, tex
 )
 def test_a_trip_a_meal_out_or_a_sore_throat_is_not_acute(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text) & ROUND2
+
+
+# -- review rv11b F6: ordinary mail the new rules flagged ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["今日も切った、前髪", "昨日切った、髪", "明日テストが来るのが怖い。来ないでほしい"],
+)
+def test_hair_named_after_the_verb_and_a_dreaded_test_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not classify_text("", text, rules).urgent
+
+
+@pytest.mark.parametrize("text", ["今日も切った", "明日が来るのが怖い。来んでほしい"])
+def test_cutting_alone_and_dreading_the_day_itself_stay_urgent(rules: RuleSet, text: str) -> None:
+    assert classify_text("", text, rules).urgent
