@@ -163,6 +163,12 @@ def _undelivered_status(svc: Any, since: datetime, status: int) -> int:
             file=sys.stderr,
         )
         status = status or EXIT_URGENT_UNDELIVERED
+    if waiting.partial:
+        print(
+            f"note: {waiting.partial} urgent alert(s) reached some recipients; the mail "
+            "server put off the others, and the next run retries them (see the log)",
+            file=sys.stderr,
+        )
     if waiting.acks:
         print(
             f"note: {waiting.acks} acknowledgement(s) to residents still waiting for the "

@@ -139,6 +139,40 @@ def test_once_exits_3_when_a_refused_alert_reached_nobody_in_the_run(
     assert ([BACKUP] in handler.accepted) == backup
 
 
+class _PutOffAt(_RefuseAt):
+    """451 (greylisting) for the given recipients at RCPT, 250 for the rest."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        if address in self.refused:
+            return "451 4.7.1 greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_once_exits_0_when_the_on_call_person_has_the_alert_and_a_second_address_waits(
+    tmp_path: Path, dovecot: LocalDovecot
+) -> None:
+    """A server that greylists one of two on-call addresses took the alert for the other:
+    a person has it, so no page to the administrator, but a note (review rv11b F4)."""
+    second = "second.oncall@example.jp"
+    handler = _PutOffAt({second})
+    dovecot.append(samples.consultation("mika.test@example.jp", "相談", "もう死にたいです"))
+    with serving(handler) as smtp:
+        config = write_config(tmp_path, dovecot, smtp)  # type: ignore[arg-type]
+        text = config.read_text(encoding="utf-8").replace(
+            f'to = ["{ONCALL}"]', f'to = ["{ONCALL}", "{second}"]'
+        )
+        config.write_text(text, encoding="utf-8")
+        done = run_once(config, dovecot.password)
+
+    assert [ONCALL] in handler.accepted
+    assert done.returncode == 0, done.stderr
+    assert "still undelivered" not in done.stderr
+    assert "reached some recipients" in done.stderr
+
+
 def test_once_help_documents_its_exit_statuses() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "service.py"), "once", "--help"],
