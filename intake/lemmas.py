@@ -169,7 +169,7 @@ def _emoji_inside(line: str, start: int, end: int) -> bool:
         start -= 1
     while end < len(line) and category(line[end]) in _EMOJI_PARTS:
         end += 1
-    return start > 0 and bool(_JA_LETTER_AT(line, start - 1)) and bool(_JA_LETTER_AT(line, end))
+    return _between_letters(line, start, end)
 
 
 def _spaced_words(line: str) -> bool:

@@ -96,17 +96,19 @@ def test_once_exits_0_when_every_mail_was_delivered(
 
 
 class _RefuseAt:
-    """aiosmtpd handler: 550 for the given recipients at RCPT, 250 for the rest."""
+    """aiosmtpd handler: ``reply`` (550 by default) for the given recipients at RCPT,
+    250 for the rest."""
 
-    def __init__(self, refused: set[str]) -> None:
+    def __init__(self, refused: set[str], reply: str = "550 5.1.1 user unknown") -> None:
         self.refused = refused
+        self.reply = reply
         self.accepted: list[list[str]] = []
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
     ) -> str:
         if address in self.refused:
-            return "550 5.1.1 user unknown"
+            return self.reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -139,25 +141,13 @@ def test_once_exits_3_when_a_refused_alert_reached_nobody_in_the_run(
     assert ([BACKUP] in handler.accepted) == backup
 
 
-class _PutOffAt(_RefuseAt):
-    """451 (greylisting) for the given recipients at RCPT, 250 for the rest."""
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
-    ) -> str:
-        if address in self.refused:
-            return "451 4.7.1 greylisted, try again later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-
 def test_once_exits_0_when_the_on_call_person_has_the_alert_and_a_second_address_waits(
     tmp_path: Path, dovecot: LocalDovecot
 ) -> None:
     """A server that greylists one of two on-call addresses took the alert for the other:
     a person has it, so no page to the administrator, but a note (review rv11b F4)."""
     second = "second.oncall@example.jp"
-    handler = _PutOffAt({second})
+    handler = _RefuseAt({second}, "451 4.7.1 greylisted, try again later")
     dovecot.append(samples.consultation("mika.test@example.jp", "相談", "もう死にたいです"))
     with serving(handler) as smtp:
         config = write_config(tmp_path, dovecot, smtp)  # type: ignore[arg-type]
