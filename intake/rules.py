@@ -505,32 +505,69 @@ def _first_chars(parsed: Any) -> set[str] | None:
     return None
 
 
-def _any_of(patterns: list[str], flags: int = 0) -> re.Pattern[str]:
-    """One regex that matches somewhere in a text exactly when one of ``patterns`` does.
+class AnyOf:
+    """Asks whether a text has a match of any of several regexes, in about one scan.
+
+    ``search`` answers exactly as ``any(re.search(p, text, flags) for p in patterns)``
+    would (returning one match or None; which pattern's match may differ).
 
     Why not a plain alternation: ``re`` tries every alternative at every position of a
     ~800-character reading (~50 us a mail). Alternatives that start with the same
     literal character are grouped under it, and a look-ahead on the characters any
-    alternative can start with passes over the other positions at once (~20 us). Which
-    alternative reports a match may differ; this regex is only asked whether there is
-    one (``test_any_of_finds_a_match_exactly_where_one_of_its_patterns_does``).
+    alternative can start with passes over the other positions at once (~20 us).
+
+    A pattern whose first character cannot be known (a look-behind, ``^``, a negated
+    class, an optional start) is kept out of that join and asked alone: joined, it took
+    the look-ahead away from every other pattern, and one such reading rule
+    (``reading.acute_need.parents_away``, a sentence-start look-behind) made the whole
+    pre-check 15 times slower, ~300 us a mail. Asked alone, it is skipped at once when a
+    string it requires (``needles``) is missing from the text. A pattern with a
+    backreference is asked alone too (joining renumbers groups).
+    """
+
+    __slots__ = ("alone", "joined")
+
+    def __init__(
+        self,
+        joined: re.Pattern[str] | None,
+        alone: list[tuple[tuple[tuple[str, ...], ...], re.Pattern[str]]],
+    ) -> None:
+        self.joined = joined
+        self.alone = alone
+
+    def search(self, text: str) -> re.Match[str] | None:
+        if self.joined is not None:
+            found = self.joined.search(text)
+            if found is not None:
+                return found
+        for groups, regex in self.alone:
+            if all(any(s in text for s in group) for group in groups):
+                found = regex.search(text)
+                if found is not None:
+                    return found
+        return None
+
+
+def _any_of(patterns: list[str], flags: int = 0) -> AnyOf:
+    """An ``AnyOf`` for ``patterns``, each compiled with ``flags``.
 
     ``flags`` must be the flags the patterns themselves are compiled with (the reading
     tier's are IGNORECASE). A pattern with a top-level ``|`` is never grouped by its first
-    character (``あい|あう`` is not ``あ`` + ``い|あう``), and a backreference anywhere makes
-    the answer "maybe" for every text (joining renumbers groups): the gate may only let
-    too much through, never too little.
+    character (``あい|あう`` is not ``あ`` + ``い|あう``).
     """
-    if any(_BACKREFERENCE.search(p) for p in patterns):
-        return re.compile("")  # matches every text: the tier always runs
     by_first: dict[str, list[str]] = {}
     others: list[str] = []
-    starts: set[str] | None = set()
+    starts: set[str] = set()
+    alone: list[tuple[tuple[tuple[str, ...], ...], re.Pattern[str]]] = []
     for pattern in patterns:
         parsed = _sre_parse(pattern)
-        first = _first_chars(parsed)
-        starts = None if first is None or starts is None else starts | first
-        op, av = parsed[0] if len(parsed) else (None, 0)
+        first = None if _BACKREFERENCE.search(pattern) else _first_chars(parsed)
+        if first is None:
+            regex = re.compile(pattern, flags)
+            alone.append((needles(regex), regex))
+            continue
+        starts |= first
+        op, av = parsed[0]
         if (
             op is _sre.LITERAL
             and not parsed.state.flags & re.IGNORECASE
@@ -545,10 +582,11 @@ def _any_of(patterns: list[str], flags: int = 0) -> re.Pattern[str]:
         re.escape(char) + "(?:" + "|".join(f"(?:{rest})" for rest in rests) + ")"
         for char, rests in by_first.items()
     ] + [f"(?:{pattern})" for pattern in others]
-    joined = "|".join(parts)
-    if starts:
-        joined = "(?=[" + "".join(map(re.escape, sorted(starts))) + "])(?:" + joined + ")"
-    return re.compile(joined, flags)
+    joined = None
+    if parts:
+        look = "(?=[" + "".join(map(re.escape, sorted(starts))) + "])"
+        joined = re.compile(look + "(?:" + "|".join(parts) + ")", flags)
+    return AnyOf(joined, alone)
 
 
 _BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
@@ -628,7 +666,7 @@ class RuleSet:
     reading: list[ReadingRule] = field(default_factory=list)
     # every text-scope reading pattern in one alternation: a mail whose reading has none
     # of them (the vast majority) skips the tier after one scan
-    reading_any: re.Pattern[str] | None = None
+    reading_any: AnyOf | None = None
     # the risk-signal tier (signals.toml); empty when the file is absent
     signal_settings: SignalSettings = field(default_factory=SignalSettings)
     concepts: dict[str, Concept] = field(default_factory=dict)
