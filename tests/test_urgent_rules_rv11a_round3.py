@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from intake.lemmas import analyse
 from intake.rules import RuleSet, load_rules
 from intake.triage import classify_text
 
@@ -30,6 +31,9 @@ ROUND3 = {
     "urgent.foreign.en.mixed",
     "reading.suicidal.round3",
     "reading.acute_need.hunger",
+    "urgent.self_harm.emoji",
+    "urgent.short.self_harm.emoji",
+    "urgent.suicidal.emoji",
 }
 
 
@@ -193,6 +197,52 @@ def test_romaji_no_will_to_live_and_not_waking_forever_are_suicidal(
     ],
 )
 def test_placeholders_retirement_plans_and_homework_are_not_suicidal(
+    rules: RuleSet, text: str
+) -> None:
+    assert not reasons(rules, text) & ROUND3
+
+
+# -- group 4: crisis emoji kept as words -------------------------------------------------
+
+
+def test_a_crisis_emoji_is_a_word_of_its_sentence_while_other_emoji_end_it() -> None:
+    a = analyse("手首🔪やった😢もう")
+    assert [i.surface for i in a.infos] == ["手首", "🔪", "やっ", "た", "もう"]
+    assert a.sentences[0] == a.sentences[1] == a.sentences[3] != a.sentences[4]
+
+
+def test_a_run_of_emoji_with_a_crisis_emoji_is_keyed_by_it() -> None:
+    (info,) = analyse("😭🩸").infos
+    assert "🩸" in info.keys
+
+
+@pytest.mark.parametrize("text", ["太もも🔪", "今日もやった🩸"])
+def test_a_knife_or_blood_emoji_on_a_limb_or_after_doing_it_is_self_harm(
+    rules: RuleSet, text: str
+) -> None:
+    assert "urgent.self_harm.emoji" in reasons(rules, text)
+
+
+def test_a_knife_emoji_as_all_the_mail_says_is_self_harm(rules: RuleSet) -> None:
+    assert "urgent.short.self_harm.emoji" in reasons(rules, "😢🔪")
+
+
+@pytest.mark.parametrize("text", ["🪢用意した", "💊まとめていった", "今夜🪦"])
+def test_a_rope_all_the_pills_or_a_gravestone_soon_is_suicidal(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.emoji" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "今日は家族で料理した🔪🍳楽しかった",
+        "お墓参り🪦行ってきました",
+        "宿題全部やった🎉",
+        "風邪薬💊飲んで寝ます",
+        "ひもの結び方🪢を習った",
+    ],
+)
+def test_cooking_graves_visited_and_medicine_taken_are_not_emoji_crises(
     rules: RuleSet, text: str
 ) -> None:
     assert not reasons(rules, text) & ROUND3
