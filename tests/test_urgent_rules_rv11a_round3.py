@@ -81,7 +81,7 @@ def test_pressure_to_bathe_together_or_being_followed_after_money_is_sexual_viol
 @pytest.mark.parametrize(
     "text",
     [
-        "鍵を開けてもらえん。外で待っとる",
+        "鍵を開けてもらえん。寒い",
         "弟が怪我しとるのに病院に連れていってもらえない",
     ],
 )
@@ -111,6 +111,8 @@ def test_a_cut_utility_as_all_the_mail_says_is_acute(rules: RuleSet) -> None:
         "お父さんが赤ちゃんを一緒にお風呂に入れてくれた",
         "おじさんにお年玉を渡された",
         "鍵を開けてもらえないか管理会社に聞いてみます",
+        "鍵を開けてもらえないので外で待ちます。会議室の予約の件です",
+        "歯医者逝ってきます",
         "昨日食べたのが最後のプリンだったかも",
         "熱があるけど病院は明日行きます",
         "停電で電気止まったけど一時間で戻りました。子ども会の件ですが、来月の予定表を送ります",
@@ -171,7 +173,7 @@ def test_a_broken_wish_a_journey_with_do_not_look_or_a_coffin_is_suicidal(
 
 
 def test_going_to_pass_away_as_all_the_mail_says_is_suicidal(rules: RuleSet) -> None:
-    assert "urgent.short.farewell" in reasons(rules, "じゃあ逝ってくる")
+    assert "urgent.short.farewell" in reasons(rules, "逝ってくるね")
 
 
 @pytest.mark.parametrize("text", ["im done. もう疲れた", "life is hell. おわりたい"])
