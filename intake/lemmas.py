@@ -65,6 +65,11 @@ _FUNCTION_READINGS = frozenset("~" + r for r in [
 ])
 # fmt: on
 _NEE = frozenset({"ねえ", "ねぇ", "ねー"})
+# Emoji that stand for a crisis word (刃物, 血, 薬, 縄, 墓): 腕🔪した, またやった🩸, 🪢買った,
+# 💊全部いった, 明日には🪦かも. Other emoji end a sentence and are no token (see _info);
+# these are kept as words, keyed by themselves, so a rule can name them (review rv11a,
+# round 3). ⚰ needs no entry: UniDic already reads it as a symbol word.
+_WORD_EMOJI = frozenset("🔪🩸💊🪢🪦")
 _SENTENCE_END = frozenset("。．.!?！？…‥")
 
 # Characters that need folding. Everything else is passed to MeCab untouched, so the
@@ -656,6 +661,11 @@ class Analyser:
         boundary = surface in _SENTENCE_END or (
             pos.startswith("補助記号") and not surface.isascii() and _is_symbolic(surface)
         )
+        word_emoji = boundary and not _WORD_EMOJI.isdisjoint(surface)
+        if word_emoji:
+            # a run (🔪😭) is one MeCab token: the crisis emoji in it are its keys as well
+            boundary = False
+            keys = (*keys, *sorted(_WORD_EMOJI.intersection(surface) - {surface}))
         cform = cols[6] if len(cols) > 6 else ""
         contracted = (
             pos.startswith("動詞")
@@ -667,6 +677,8 @@ class Analyser:
             keys = (*keys, *(k + VOLITIONAL for k in keys))
         if boundary:
             kind = _BOUNDARY
+        elif word_emoji:
+            kind = 0
         elif pos.startswith("補助記号") or lemma in _POLITE:
             # 、「」 are not words; ます/です only add politeness. Dropping both keeps
             # gaps for words and lets 食べてない match 食べてません.
