@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from intake.lemmas import Analysis, TokenInfo, get_analyser
-from intake.rules import Pattern
+from intake.rules import ASCII_LOOKALIKES, Pattern
 
 if TYPE_CHECKING:
     from intake.letter import Letter
@@ -767,8 +767,17 @@ def _signal_hits(
                         )
         return by
     boundaries = [m.end() for m in _FOREIGN_BOUNDARY.finditer(analysed)]
+    # a word every match contains is absent: skip the scan (rules.folded_needles); the
+    # lower-cased text stands for the text only without ASCII look-alikes (ı, ſ, ...)
+    lowered = None if any(c in analysed for c in ASCII_LOOKALIKES) else analysed.lower()
+    foreign_needles = rules.foreign_needles
     for concept in rules.concepts.values():
         for rx in concept.regexes:
+            plain, folded = foreign_needles.get(id(rx), ((), ()))
+            if not _has_needles(analysed, plain) or (
+                lowered is not None and not _has_needles(lowered, folded)
+            ):
+                continue
             for m in rx.finditer(analysed):
                 sentence = bisect_right(boundaries, m.start())
                 by.setdefault(concept.id, []).append(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -13,16 +15,18 @@ from hypothesis import strategies as st
 
 from intake.errors import RulesError
 from intake.rules import (
+    ASCII_LOOKALIKES,
     AnyOf,
     RuleSet,
     _any_of,
     _top_level_alternatives,
     check_rules,
     expand_alternatives,
+    folded_needles,
     load_rules,
     needles,
 )
-from intake.triage import classify_text
+from intake.triage import _has_needles, classify_text
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
@@ -525,6 +529,63 @@ def test_needles_never_skip_a_text_a_shipped_concept_regex_matches(text: str) ->
     for regex, groups in _shipped_needles():
         if regex.search(text):
             assert all(any(s in text for s in group) for group in groups), regex.pattern
+
+
+def test_ascii_lookalikes_are_every_other_character_re_takes_for_ascii_ignoring_case() -> None:
+    # what folded_needles rests on: outside these, a character that re matches to an
+    # ASCII one ignoring case is ASCII itself, and lower() maps every other character
+    # to one character that is not ASCII
+    others = "".join(chr(c) for c in range(0x80, 0x110000) if not 0xD800 <= c < 0xE000)
+    assert "".join(re.findall("[\x00-\x7f]", others, re.IGNORECASE)) == ASCII_LOOKALIKES
+    rest = others.translate(dict.fromkeys(map(ord, ASCII_LOOKALIKES)))
+    assert len(rest.lower()) == len(rest) and not re.search("[\x00-\x7f]", rest.lower())
+
+
+def test_folded_needles_name_the_lower_case_words_a_foreign_regex_cannot_match_without() -> None:
+    groups = folded_needles(re.compile(r"\b(?:hurt|attacked|grabbed)\s+me\b", re.IGNORECASE))
+    assert set(map(frozenset, groups)) == {frozenset({"hurt", "attacked", "grabbed"}), frozenset({"me"})}
+    # letters beyond ASCII leave their ASCII pieces
+    assert set(folded_needles(re.compile(r"\bMañana\b", re.IGNORECASE))) == {("ana",), ("ma",)}
+    assert needles(re.compile(r"\bmañana\b", re.IGNORECASE)) == ()  # why they are needed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="hurtmeHURTME ıİſKksSañÑợ.", max_size=14))
+def test_folded_needles_never_skip_a_text_a_shipped_foreign_regex_matches(text: str) -> None:
+    rules = _shipped_rules()
+    lowered = None if any(c in text for c in ASCII_LOOKALIKES) else text.lower()
+    for concept in rules.concepts.values():
+        for regex in concept.regexes:
+            if regex.search(text):
+                plain, folded = rules.foreign_needles[id(regex)]
+                assert _has_needles(text, plain), regex.pattern
+                assert lowered is None or _has_needles(lowered, folded), regex.pattern
+
+
+class _CountingRegex:
+    """A concept regex that counts its scans (re.Pattern cannot be patched)."""
+
+    def __init__(self, regex: re.Pattern[str]) -> None:
+        self.regex, self.pattern, self.flags, self.scans = regex, regex.pattern, regex.flags, 0
+
+    def finditer(self, text: str) -> Any:
+        self.scans += 1
+        return self.regex.finditer(text)
+
+
+def test_a_foreign_mail_without_a_concept_word_is_not_scanned_for_it() -> None:
+    # every concept regex used to scan every non-Japanese mail (~950 scans, ~4 ms a mail)
+    rules = load_rules(SHIPPED)
+    hurt = _CountingRegex(re.compile(r"\b(?:hurt|attacked)\s+me\b", re.IGNORECASE))
+    concept = next(iter(rules.concepts.values()))
+    rules.concepts[concept.id] = replace(concept, regexes=(cast(Any, hurt),))
+    rules.build_index()
+    classify_text("Question", "Where can I volunteer on weekends?", rules)
+    assert hurt.scans == 0
+    classify_text("Help", "He HURT me again and I cannot go home.", rules)
+    assert hurt.scans == 1
+    classify_text("Help", "He hurt mı again.", rules)  # a look-alike: scanned as before
+    assert hurt.scans == 2
 
 
 def test_any_of_finds_a_match_exactly_where_one_of_its_patterns_does() -> None:
