@@ -833,9 +833,10 @@ class RuleSet:
     # id(concept regex_ja) -> strings every match contains one of, per group
     # (``needles``): a text lacking any group cannot match, so its scan is skipped
     regex_needles: dict[int, tuple[tuple[str, ...], ...]] = field(default_factory=dict, repr=False)
-    # id(concept regex, foreign) -> (``needles``, ``folded_needles``): a non-Japanese mail
-    # scans a concept regex only when the text has the first and its lower-cased text
-    # the second (triage._signal_hits)
+    # id(concept regex, foreign, or a [[foreign]] pattern's regex) -> (``needles``,
+    # ``folded_needles``): a mail is scanned with a concept regex, or a [[foreign]] rule's
+    # joined regex, only when its text has the first and its lower-cased text the second
+    # for the regex or for one of the joined patterns (triage._foreign_may_match)
     foreign_needles: dict[int, tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]] = (
         field(default_factory=dict, repr=False)
     )
@@ -915,8 +916,9 @@ class RuleSet:
         }
         self.foreign_needles = {
             id(rx): (needles(rx), folded_needles(rx))
-            for concept in self.concepts.values()
-            for rx in concept.regexes
+            for regexes in [c.regexes for c in self.concepts.values()]
+            + [[fp.regex for fp in self.foreign]]
+            for rx in regexes
         }
         self.concepts_ja = [concept for concept in self.concepts.values() if concept.regexes_ja]
         self.combos_by_concept = {}

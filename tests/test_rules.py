@@ -26,7 +26,7 @@ from intake.rules import (
     load_rules,
     needles,
 )
-from intake.triage import _has_needles, classify_text
+from intake.triage import _foreign_may_match, _lowered, classify_text
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules"
 
@@ -543,23 +543,25 @@ def test_ascii_lookalikes_are_every_other_character_re_takes_for_ascii_ignoring_
 
 def test_folded_needles_name_the_lower_case_words_a_foreign_regex_cannot_match_without() -> None:
     groups = folded_needles(re.compile(r"\b(?:hurt|attacked|grabbed)\s+me\b", re.IGNORECASE))
-    assert set(map(frozenset, groups)) == {frozenset({"hurt", "attacked", "grabbed"}), frozenset({"me"})}
+    assert set(map(frozenset, groups)) == {
+        frozenset({"hurt", "attacked", "grabbed"}),
+        frozenset({"me"}),
+    }
     # letters beyond ASCII leave their ASCII pieces
     assert set(folded_needles(re.compile(r"\bMañana\b", re.IGNORECASE))) == {("ana",), ("ma",)}
     assert needles(re.compile(r"\bmañana\b", re.IGNORECASE)) == ()  # why they are needed
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="hurtmeHURTME ıİſKksSañÑợ.", max_size=14))
+@given(st.text(alphabet="hurtmeHURTME helpdiwanı İſKksSañÑợ.想死自杀救命", max_size=14))
 def test_folded_needles_never_skip_a_text_a_shipped_foreign_regex_matches(text: str) -> None:
     rules = _shipped_rules()
-    lowered = None if any(c in text for c in ASCII_LOOKALIKES) else text.lower()
-    for concept in rules.concepts.values():
-        for regex in concept.regexes:
-            if regex.search(text):
-                plain, folded = rules.foreign_needles[id(regex)]
-                assert _has_needles(text, plain), regex.pattern
-                assert lowered is None or _has_needles(lowered, folded), regex.pattern
+    lowered = _lowered(text)
+    regexes = [rx for concept in rules.concepts.values() for rx in concept.regexes]
+    for regex in regexes + [fp.regex for fp in rules.foreign]:
+        if regex.search(text):
+            needles = rules.foreign_needles[id(regex)]
+            assert _foreign_may_match(text, lowered, needles), regex.pattern
 
 
 class _CountingRegex:
@@ -586,6 +588,19 @@ def test_a_foreign_mail_without_a_concept_word_is_not_scanned_for_it() -> None:
     assert hurt.scans == 1
     classify_text("Help", "He hurt mı again.", rules)  # a look-alike: scanned as before
     assert hurt.scans == 2
+
+
+def test_a_mail_in_latin_letters_is_not_scanned_for_chinese_crisis_words() -> None:
+    # a Chinese rule ran over every mail that is not mostly kana (~140 us a mail)
+    rules = load_rules(SHIPPED)
+    place = next(i for i, e in enumerate(rules.foreign_joined) if e[0][0].rule.endswith(".zh"))
+    group, regex, script = rules.foreign_joined[place]
+    counting = _CountingRegex(regex)
+    rules.foreign_joined[place] = (group, cast(Any, counting), script)
+    assert not classify_text("Question", "Where can I volunteer on weekends?", rules).urgent
+    assert counting.scans == 0
+    assert classify_text("救命", "我想死", rules).urgent
+    assert counting.scans == 1
 
 
 def test_any_of_finds_a_match_exactly_where_one_of_its_patterns_does() -> None:
