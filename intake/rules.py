@@ -840,6 +840,12 @@ class RuleSet:
     foreign_needles: dict[int, tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]] = (
         field(default_factory=dict, repr=False)
     )
+    # every concept's foreign regexes in concept order, each with its concept id and its
+    # ``foreign_needles``: what triage._signal_hits walks for a non-Japanese mail (a flat
+    # list: ~950 dict lookups a mail cost as much as the needle tests)
+    foreign_scans: list[
+        tuple[str, re.Pattern[str], tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]
+    ] = field(default_factory=list, repr=False)
     # the concepts that have ``regexes_ja``, in ``concepts`` order (a few of dozens):
     # classify visits only these for its regular-expression scans
     concepts_ja: list[Concept] = field(default_factory=list, repr=False)
@@ -920,6 +926,11 @@ class RuleSet:
             + [[fp.regex for fp in self.foreign]]
             for rx in regexes
         }
+        self.foreign_scans = [
+            (concept.id, rx, *self.foreign_needles[id(rx)])
+            for concept in self.concepts.values()
+            for rx in concept.regexes
+        ]
         self.concepts_ja = [concept for concept in self.concepts.values() if concept.regexes_ja]
         self.combos_by_concept = {}
         self.combos_by_first = {}

@@ -564,6 +564,16 @@ def test_folded_needles_never_skip_a_text_a_shipped_foreign_regex_matches(text: 
             assert _foreign_may_match(text, lowered, needles), regex.pattern
 
 
+def test_foreign_scans_list_every_concept_regex_in_order_with_its_needles() -> None:
+    # the signal tier walks this flat list for a non-Japanese mail; its order is the
+    # order concept words are found in, which decides the evidence a combination quotes
+    rules = _shipped_rules()
+    walked = [(concept_id, rx) for concept_id, rx, _, _ in rules.foreign_scans]
+    assert walked == [(c.id, rx) for c in rules.concepts.values() for rx in c.regexes]
+    for _, rx, plain, folded in rules.foreign_scans:
+        assert (plain, folded) == rules.foreign_needles[id(rx)]
+
+
 class _CountingRegex:
     """A concept regex that counts its scans (re.Pattern cannot be patched)."""
 
