@@ -782,6 +782,11 @@ class RuleSet:
     foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], str]] = field(
         default_factory=list
     )
+    # id(a ``foreign_joined`` group) -> the ``foreign_needles`` of its patterns, in order:
+    # classify scans with the joined regex only when one of them may match
+    foreign_gates: dict[
+        int, tuple[tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]], ...]
+    ] = field(default_factory=dict, repr=False)
     # [[foreign_negation]] per script ("latin", "han", ...): negation words that, right
     # before a foreign match in its clause, discount it (no quiero morir, 不会自杀)
     foreign_negations: dict[str, re.Pattern[str]] = field(default_factory=dict)
@@ -960,6 +965,10 @@ class RuleSet:
             else:
                 for fp in group:
                     self.foreign_joined.append(([fp], fp.regex, script))
+        self.foreign_gates = {
+            id(group): tuple(self.foreign_needles[id(fp.regex)] for fp in group)
+            for group, _, _ in self.foreign_joined
+        }
 
     def plans(self, infos: Iterable[Any]) -> list[TokenPatterns]:
         """``token_patterns(info.keys)`` for each of ``infos`` (``TokenInfo``), in one pass.

@@ -781,27 +781,36 @@ def _signal_hits(
     return by
 
 
-_NO_NEEDLES: tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = ((), ())
-
-
 def _lowered(text: str) -> str | None:
     """``text.lower()`` for ``folded_needles``, or None when it has an ASCII look-alike
     (ı, ſ, ...): only the plain needles can then be trusted."""
     return None if any(c in text for c in ASCII_LOOKALIKES) else text.lower()
 
 
-def _foreign_may_match(
-    text: str,
-    lowered: str | None,
-    needles: tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]],
-) -> bool:
+_Needles = tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]
+
+
+def _foreign_may_match(text: str, lowered: str | None, needles: _Needles) -> bool:
     """Could a foreign regex with ``needles`` (``RuleSet.foreign_needles``) match ``text``?
 
     False only when a string every match contains is missing: from ``text`` (the plain
     needles), or from its lower-cased form ``lowered`` (``_lowered``; the folded needles).
     """
-    plain, folded = needles
-    return _has_needles(text, plain) and (lowered is None or _has_needles(lowered, folded))
+    return _some_may_match(text, lowered, (needles,))
+
+
+def _some_may_match(text: str, lowered: str | None, gates: tuple[_Needles, ...]) -> bool:
+    """``any(_foreign_may_match(text, lowered, n) for n in gates)``, without a call each.
+
+    Why: a [[foreign]] rule joins up to ~35 patterns, and a call per pattern cost about
+    as much as the scan it saves (RuleSet.foreign_gates).
+    """
+    for plain, folded in gates:
+        if (not plain or _has_needles(text, plain)) and (
+            not folded or lowered is None or _has_needles(lowered, folded)
+        ):
+            return True
+    return False
 
 
 def _has_needles(text: str, needles: tuple[tuple[str, ...], ...]) -> bool:
@@ -1377,7 +1386,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     mostly_kana = _mostly_kana(scripts, language)
     few_words = -1  # _few_words_length, measured only if a few-words foreign rule matches
     lowered: str | None = ""  # _lowered(analysed), once a group of the right script needs it
-    foreign_needles = rules.foreign_needles
+    foreign_gates = rules.foreign_gates
     for group, regex, script in rules.foreign_joined:
         if not (
             (script == "latin" and has_latin)
@@ -1391,10 +1400,8 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             continue
         if lowered == "":
             lowered = _lowered(analysed)
-        if not any(
-            _foreign_may_match(analysed, lowered, foreign_needles.get(id(fp.regex), _NO_NEEDLES))
-            for fp in group
-        ):
+        gates = foreign_gates.get(id(group))
+        if gates is not None and not _some_may_match(analysed, lowered, gates):
             # no pattern of the group can match (a word each needs is absent): the
             # joined scan would find nothing (~140 us for the Chinese rule on a mail
             # in Latin letters, which has no Han character a pattern starts with)

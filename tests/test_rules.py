@@ -574,6 +574,13 @@ def test_foreign_scans_list_every_concept_regex_in_order_with_its_needles() -> N
         assert (plain, folded) == rules.foreign_needles[id(rx)]
 
 
+def test_foreign_gates_hold_the_needles_of_each_joined_rules_patterns() -> None:
+    rules = _shipped_rules()
+    for group, _, _ in rules.foreign_joined:
+        needles_each = tuple(rules.foreign_needles[id(fp.regex)] for fp in group)
+        assert rules.foreign_gates[id(group)] == needles_each
+
+
 class _CountingRegex:
     """A concept regex that counts its scans (re.Pattern cannot be patched)."""
 
