@@ -51,7 +51,7 @@ from __future__ import annotations
 import importlib
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -516,6 +516,12 @@ class AnyOf:
     literal character are grouped under it, and a look-ahead on the characters any
     alternative can start with passes over the other positions at once (~20 us).
 
+    A pattern that starts with a group of alternatives or a character class
+    (``(?:てくび|うで)…``, ``[0-9]+か…``) is split into its first characters too
+    (``_literal_led``): joined whole, it was entered at every gated position, and the
+    15 reading rules of that shape cost three quarters of the scan (~100 of ~150 us on
+    a 2 KB mail) while the 57 literal-led ones cost the rest.
+
     A pattern whose first character cannot be known (a look-behind, ``^``, a negated
     class, an optional start) is kept out of that join and asked alone: joined, it took
     the look-ahead away from every other pattern, and one such reading rule
@@ -567,17 +573,15 @@ def _any_of(patterns: list[str], flags: int = 0) -> AnyOf:
             alone.append((needles(regex), regex))
             continue
         starts |= first
-        op, av = parsed[0]
-        if (
-            op is _sre.LITERAL
-            and not parsed.state.flags & re.IGNORECASE
-            and pattern[:1] == chr(av)
-            and pattern[1:2] not in ("?", "*", "+", "{")
-            and not _has_top_level_branch(pattern)
-        ):
-            by_first.setdefault(pattern[0], []).append(pattern[1:])
-        else:
+        led = None
+        if not parsed.state.flags & re.IGNORECASE and "(?P" not in pattern:
+            led = _literal_led(pattern)  # named groups cannot be repeated in the join
+        if led is None:
             others.append(pattern)
+            continue
+        for char, rest in led:
+            starts.add(char)
+            by_first.setdefault(char, []).append(rest)
     parts = [
         re.escape(char) + "(?:" + "|".join(f"(?:{rest})" for rest in rests) + ")"
         for char, rests in by_first.items()
@@ -590,10 +594,61 @@ def _any_of(patterns: list[str], flags: int = 0) -> AnyOf:
 
 
 _BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
+_QUANTIFIERS = ("?", "*", "+", "{")
+_NOT_LITERAL = frozenset("\\()[].^$|?*+{")
+_LED_LIMIT = 64  # first-character splits of one pattern beyond this are not worth it
 
 
-def _has_top_level_branch(pattern: str) -> bool:
-    """Whether ``pattern`` has a ``|`` outside every group and character class."""
+def _literal_led(pattern: str, depth: int = 0) -> list[tuple[str, str]] | None:
+    """``pattern`` as (first character, rest) pairs, or None when it cannot be split.
+
+    ``pattern`` matches at a position exactly when, for one pair, the text has the
+    character there and ``rest`` matches right after it. Three shapes are split: a plain
+    literal first character (``しの(?:う|っか)``: し + the rest); a leading character class,
+    once or with ``+`` (``[しじ]に…``: し + に…, じ + に…; ``[0-9]+か``: 0 + ``[0-9]*か``, ...);
+    and a leading group of alternatives, each followed by the rest of the pattern and
+    split again (``(?:てくび|うで)を``: ``てくびを`` and ``うでを``). Why: ``AnyOf`` groups
+    alternatives under their first character, and re skips such an alternative at a
+    position with one character comparison, while a group or a class with a repeat
+    is entered at every position. Anything else (a top-level ``|``, a quantified group,
+    an escape, a look-around) answers None and keeps the pattern whole.
+    """
+    if _has_top_level_branch(pattern) or depth > 3:
+        return None
+    head = pattern[:1]
+    if head and head not in _NOT_LITERAL and pattern[1:2] not in _QUANTIFIERS:
+        return [(head, pattern[1:])]
+    if head == "[":
+        end = _class_end(pattern)
+        chars = None if end < 0 else _first_chars(_sre_parse(pattern[: end + 1]))
+        if chars is None:
+            return None
+        after = pattern[end + 1 : end + 2]
+        if after == "+":  # one of the class, then any more of it
+            rest = pattern[: end + 1] + "*" + pattern[end + 2 :]
+        elif after in _QUANTIFIERS:
+            return None
+        else:
+            rest = pattern[end + 1 :]
+        led = [(char, rest) for char in sorted(chars)]
+    elif pattern.startswith("(?:"):
+        end = _group_end(pattern)
+        if end < 0 or pattern[end + 1 : end + 2] in _QUANTIFIERS:
+            return None
+        led = []
+        for alternative in _top_level_alternatives(pattern[3:end]):
+            split = _literal_led(alternative + pattern[end + 1 :], depth + 1)
+            if split is None:
+                return None
+            led += split
+    else:
+        return None
+    return led if len(led) <= _LED_LIMIT else None
+
+
+def _scan(pattern: str) -> Iterator[tuple[int, str, int]]:
+    """(index, character, group depth) of each character of ``pattern`` outside
+    character classes and escapes (what ``_has_top_level_branch`` reads)."""
     depth = 0
     in_class = False
     i = 0
@@ -611,14 +666,50 @@ def _has_top_level_branch(pattern: str) -> bool:
                 i += 1
             if pattern[i + 1 : i + 2] == "]":
                 i += 1  # a leading ] is a literal inside the class
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            return True
+        else:
+            if c == "(":
+                depth += 1
+            yield i, c, depth
+            if c == ")":
+                depth -= 1
         i += 1
-    return False
+
+
+def _class_end(pattern: str) -> int:
+    """Where the character class that ``pattern`` starts with ends (its ``]``), or -1."""
+    i = 1
+    if pattern[i : i + 1] == "^":
+        return -1  # negated: no known first characters
+    if pattern[i : i + 1] == "]":
+        i += 1
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+            continue
+        if pattern[i] == "]":
+            return i
+        i += 1
+    return -1
+
+
+def _group_end(pattern: str) -> int:
+    """Where the group that ``pattern`` starts with closes (its ``)``), or -1."""
+    for i, c, depth in _scan(pattern):
+        if c == ")" and depth == 1:
+            return i
+    return -1
+
+
+def _top_level_alternatives(pattern: str) -> list[str]:
+    """``pattern`` cut at each ``|`` outside every group and class."""
+    cuts = [i for i, c, depth in _scan(pattern) if c == "|" and depth == 0]
+    bounds = zip([-1, *cuts], [*cuts, len(pattern)], strict=True)
+    return [pattern[start + 1 : end] for start, end in bounds]
+
+
+def _has_top_level_branch(pattern: str) -> bool:
+    """Whether ``pattern`` has a ``|`` outside every group and character class."""
+    return any(c == "|" and depth == 0 for _, c, depth in _scan(pattern))
 
 
 def needles(regex: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
@@ -640,6 +731,41 @@ def needles(regex: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(sorted(group)) for group in groups[:3])
 
 
+# The characters other than ASCII that re, ignoring case, takes for an ASCII letter (İ ı ſ
+# and the Kelvin sign K): only in a text with none of them does a match of an ASCII word
+# ignoring case show as that word in ``text.lower()`` (tests/test_rules.py checks the
+# list against every code point).
+ASCII_LOOKALIKES = "\u0130\u0131\u017f\u212a"
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def folded_needles(regex: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
+    """Groups of lower-case ASCII strings that ``text.lower()`` must contain (one of each
+    group) for ``regex`` to match ``text``, if ``text`` has none of ``ASCII_LOOKALIKES``.
+
+    Why: the signal tier runs every concept's foreign regular expressions over a
+    non-Japanese mail, ~950 of them at ~4 us each (~4 ms a mail, ten times a Japanese
+    mail's rules), and ``needles`` finds nothing in most of them: they ignore case, and
+    it keeps only case-less strings. ASCII has no case but its own once the look-alikes
+    are ruled out, so lower-casing the text once lets ``str in`` skip the ~98 % of scans
+    that cannot match. A string with other letters (mañana, sợ) gives its ASCII pieces
+    (ma, ana; s): each must be there too.
+    """
+    try:
+        parsed = _sre_parse(regex.pattern, regex.flags)
+    except Exception:  # the parser is the compiler's own; this should not happen
+        return ()
+    groups: list[frozenset[str]] = []
+    for group in _required(parsed):
+        if len(group) == 1:
+            (string,) = group
+            groups += [frozenset([piece.lower()]) for piece in _NOT_ASCII.split(string) if piece]
+        elif len(group) <= _NEEDLE_CHOICES and all(s.isascii() for s in group):
+            groups.append(frozenset(s.lower() for s in group))
+    groups.sort(key=_needle_quality, reverse=True)
+    return tuple(tuple(sorted(group)) for group in groups[:3])
+
+
 @dataclass
 class RuleSet:
     """Everything ``classify`` needs, compiled once."""
@@ -656,6 +782,11 @@ class RuleSet:
     foreign_joined: list[tuple[list[ForeignPattern], re.Pattern[str], str]] = field(
         default_factory=list
     )
+    # id(a ``foreign_joined`` group) -> the ``foreign_needles`` of its patterns, in order:
+    # classify scans with the joined regex only when one of them may match
+    foreign_gates: dict[
+        int, tuple[tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]], ...]
+    ] = field(default_factory=dict, repr=False)
     # [[foreign_negation]] per script ("latin", "han", ...): negation words that, right
     # before a foreign match in its clause, discount it (no quiero morir, 不会自杀)
     foreign_negations: dict[str, re.Pattern[str]] = field(default_factory=dict)
@@ -707,6 +838,19 @@ class RuleSet:
     # id(concept regex_ja) -> strings every match contains one of, per group
     # (``needles``): a text lacking any group cannot match, so its scan is skipped
     regex_needles: dict[int, tuple[tuple[str, ...], ...]] = field(default_factory=dict, repr=False)
+    # id(concept regex, foreign, or a [[foreign]] pattern's regex) -> (``needles``,
+    # ``folded_needles``): a mail is scanned with a concept regex, or a [[foreign]] rule's
+    # joined regex, only when its text has the first and its lower-cased text the second
+    # for the regex or for one of the joined patterns (triage._foreign_may_match)
+    foreign_needles: dict[int, tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]] = (
+        field(default_factory=dict, repr=False)
+    )
+    # every concept's foreign regexes in concept order, each with its concept id and its
+    # ``foreign_needles``: what triage._signal_hits walks for a non-Japanese mail (a flat
+    # list: ~950 dict lookups a mail cost as much as the needle tests)
+    foreign_scans: list[
+        tuple[str, re.Pattern[str], tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]
+    ] = field(default_factory=list, repr=False)
     # the concepts that have ``regexes_ja``, in ``concepts`` order (a few of dozens):
     # classify visits only these for its regular-expression scans
     concepts_ja: list[Concept] = field(default_factory=list, repr=False)
@@ -781,6 +925,17 @@ class RuleSet:
         self.regex_needles = {
             id(rx): needles(rx) for concept in self.concepts.values() for rx in concept.regexes_ja
         }
+        self.foreign_needles = {
+            id(rx): (needles(rx), folded_needles(rx))
+            for regexes in [c.regexes for c in self.concepts.values()]
+            + [[fp.regex for fp in self.foreign]]
+            for rx in regexes
+        }
+        self.foreign_scans = [
+            (concept.id, rx, *self.foreign_needles[id(rx)])
+            for concept in self.concepts.values()
+            for rx in concept.regexes
+        ]
         self.concepts_ja = [concept for concept in self.concepts.values() if concept.regexes_ja]
         self.combos_by_concept = {}
         self.combos_by_first = {}
@@ -810,6 +965,10 @@ class RuleSet:
             else:
                 for fp in group:
                     self.foreign_joined.append(([fp], fp.regex, script))
+        self.foreign_gates = {
+            id(group): tuple(self.foreign_needles[id(fp.regex)] for fp in group)
+            for group, _, _ in self.foreign_joined
+        }
 
     def plans(self, infos: Iterable[Any]) -> list[TokenPatterns]:
         """``token_patterns(info.keys)`` for each of ``infos`` (``TokenInfo``), in one pass.
