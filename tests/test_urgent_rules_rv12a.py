@@ -55,3 +55,74 @@ def test_only_thinking_of_death_or_only_coping_by_harm_is_urgent(rules: RuleSet,
 )
 def test_a_denial_stays_a_denial_with_or_without_shika(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
+
+
+# -- group 2: taking one's life in formal words, nowhere to sleep, no money, Kansai へん ---
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ここ数日、自らの命を絶つことばかり考えております",
+        "もう命を絶ちたいです",
+        "命を断つしかないと思っています",
+        "命を絶つ方法を調べてしまいました",
+        "正直なところ、生きていくのも限界です",
+        "僕が死んでも誰も悲しまないと思います",
+        "今日中に本当に死んでしまいそうです",
+    ],
+)
+def test_formal_and_indirect_wishes_to_end_ones_life_are_suicidal(
+    rules: RuleSet, text: str
+) -> None:
+    assert {"urgent.suicidal.clinical", "urgent.suicidal.soft", "urgent.suicidal.wish"} & (
+        reasons(rules, text)
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "もう所持金も尽きてしまい、何も買えません",
+        "今夜泊まる場所がないです",
+        "泊まれる場所がなくてとても困っています",
+        "漫画喫茶に泊まるお金もなくなりました",
+        "先週から河川敷で野宿してます",
+        "今夜寝るとこあらへん",
+    ],
+)
+def test_money_gone_and_no_bed_tonight_are_acute_need(rules: RuleSet, text: str) -> None:
+    assert reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "薬を多めに飲んでしまって、いま頭がぼーっとする",
+        "ライターの火を手首に押し付けた",
+        "傷が深いから縫うことになりそう",
+    ],
+)
+def test_too_many_pills_a_flame_on_the_skin_and_a_cut_needing_stitches_are_self_harm(
+    rules: RuleSet, text: str
+) -> None:
+    assert reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "命を絶つつもりはありません。ご安心ください",
+        "ニュースで俳優が命を絶ったと聞いて驚いた",
+        "お腹がすいて死んでしまいそう、早くお昼にしたい",
+        "夏休みにキャンプで野宿してた話をしたい",
+        "旅行で泊まる場所がないので宿を予約したい",
+        "風邪薬を多めに飲んだら翌日には治った",
+        "花火の火を手に当てないよう子どもに注意した",
+        "そんなことあらへん、大丈夫やで",
+    ],
+)
+def test_news_hunger_jokes_camping_travel_and_cold_medicine_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not reasons(rules, text)
