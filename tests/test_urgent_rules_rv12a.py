@@ -126,3 +126,40 @@ def test_news_hunger_jokes_camping_travel_and_cold_medicine_are_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not reasons(rules, text)
+
+
+# -- group 3: sexual abuse told without a body part -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "義父が深夜に私の部屋に入ってくるのが怖い",
+        "部活のコーチに触られたことを誰にも言えない",
+        "いやだって言ったのにされました",
+        "同意していないのにされて、誰にも話せない",
+        "バイト先の先輩に体の関係を迫られています",
+    ],
+)
+def test_a_night_visitor_a_touch_by_a_named_person_or_sex_after_a_no_is_sexual_violence(
+    rules: RuleSet, text: str
+) -> None:
+    assert {"urgent.violence.sexual", "urgent.violence.sexual.unnamed"} & reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "父が夜に部屋に来て、志望校の話をした",
+        "兄が夜中に部屋に入ってきて充電器を持っていった",
+        "先生に肩を触られて、よく頑張ったと褒められた",
+        "いやだって言ったのに掃除当番にされた",
+        "同意していないのに勝手に契約を更新された",
+        "取引先に関係修復を求められた",
+    ],
+)
+def test_a_brother_borrowing_a_charger_praise_chores_and_contracts_are_not_sexual_violence(
+    rules: RuleSet, text: str
+) -> None:
+    # only the rules: the learned tier has its own view of a brother at midnight
+    assert not {"urgent.violence.sexual", "urgent.violence.sexual.unnamed"} & reasons(rules, text)
