@@ -163,3 +163,63 @@ def test_a_brother_borrowing_a_charger_praise_chores_and_contracts_are_not_sexua
 ) -> None:
     # only the rules: the learned tier has its own view of a brother at midnight
     assert not {"urgent.violence.sexual", "urgent.violence.sexual.unnamed"} & reasons(rules, text)
+
+
+# -- group 4: sexual violence and other crises in the residents' own languages ---------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("Someone raped me at the dormitory", "urgent.foreign.en.sexual"),
+        ("My supervisor forced me to have sex with him", "urgent.foreign.en.sexual"),
+        ("My stepfather sexually assaulted me when I was 14", "urgent.foreign.en.sexual"),
+        ("我上个月被性侵了，不敢告诉别人", "urgent.foreign.zh.sexual"),
+        ("Em bị quấy rối tình dục ở công ty", "urgent.foreign.vi.sexual"),
+        ("O dono da casa abusou de mim", "urgent.foreign.pt.sexual"),
+        ("Hinipuan ako ng amo ko kahapon", "urgent.foreign.tl.sexual"),
+        ("साहुले मलाई बलात्कार गर्‍यो", "urgent.foreign.ne.sexual"),
+    ],
+)
+def test_rape_assault_and_forced_sex_in_foreign_languages_are_violence(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("Não tenho lugar para dormir hoje", "urgent.foreign.pt"),
+        ("Eu estou me cortando todos os dias", "urgent.foreign.pt"),
+        ("我没有地方睡了", "urgent.foreign.zh"),
+        ("म अब मर्न चाहन्छु", "urgent.foreign.south_asia"),
+        ("aba marna chahanchu", "urgent.foreign.other"),
+        ("कृपया बचाउनुहोस्", "urgent.foreign.short.help.ne"),
+        ("Wala na akong matutulugan", "urgent.foreign.tl"),
+        ("Em không còn chỗ để ngủ", "urgent.foreign.vi"),
+    ],
+)
+def test_nowhere_to_sleep_cutting_wanting_to_die_and_help_in_foreign_languages(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I was never raped, I only want to ask about the visa renewal",
+        "Your kind reply really touched me, thank you",
+        "The company has a sexual harassment seminar on Monday",
+        "我没有被性侵，只是想咨询签证",
+        "Tôi không bị quấy rối, chỉ muốn hỏi về visa",
+        "Não fui abusada, só quero informações sobre o visto",
+        "Me cortei cozinhando ontem, mas já está bem",
+        "मलाई भिसाको फारम भर्न मद्दत गर्नुहोस्, म अर्को हप्ता आवेदन दिन चाहन्छु",
+    ],
+)
+def test_denials_thanks_seminars_kitchen_cuts_and_form_help_are_not_foreign_crises(
+    rules: RuleSet, text: str
+) -> None:
+    assert not reasons(rules, text)
