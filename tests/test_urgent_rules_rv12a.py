@@ -223,3 +223,22 @@ def test_denials_thanks_seminars_kitchen_cuts_and_form_help_are_not_foreign_cris
     rules: RuleSet, text: str
 ) -> None:
     assert not reasons(rules, text)
+
+
+# -- group 5: a prevention campaign is not a disclosure ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DV防止のセミナーの申し込み方法を教えてください",
+        "学校で児童虐待防止のパンフレットを配りたいので、資料を送ってほしいです",
+    ],
+)
+def test_a_prevention_seminar_or_leaflet_is_not_violence(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
+
+
+def test_abuse_told_next_to_a_prevention_poster_is_still_violence(rules: RuleSet) -> None:
+    text = "駅で虐待防止のポスターを見て連絡しました。義父に虐待されてて家に帰りたくない"
+    assert {"urgent.violence", "urgent.violence.concrete"} & reasons(rules, text)
