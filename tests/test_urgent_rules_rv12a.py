@@ -242,3 +242,39 @@ def test_a_prevention_seminar_or_leaflet_is_not_violence(rules: RuleSet, text: s
 def test_abuse_told_next_to_a_prevention_poster_is_still_violence(rules: RuleSet) -> None:
     text = "駅で虐待防止のポスターを見て連絡しました。義父に虐待されてて家に帰りたくない"
     assert {"urgent.violence", "urgent.violence.concrete"} & reasons(rules, text)
+
+
+# -- group 6: less common wording (finding 9) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "誰かと話したい。一人でおると何するかわからん",
+        "私の物は全部処分してもらって構いません",
+        "このまま車で崖に突っ込みたい",
+        "もうおらんようになりてぇわ",
+        "夫に床に叩きつけられた",
+        "罰だと言われて物置に閉じ込められる",
+    ],
+)
+def test_alone_and_unsafe_belongings_a_car_plan_okayama_wish_and_being_thrown_are_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "一人で何をすればいいかわからないので、手続きを教えてください",
+        "古い家具は全部処分して引っ越します",
+        "車で壁に突っ込んだらしいけど運転手は無事だった",
+        "台風で雨が窓に叩きつけられる音がした",
+        "エレベーターに閉じ込められたけどすぐ出られた",
+    ],
+)
+def test_paperwork_moving_a_safe_driver_rain_and_a_lift_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not reasons(rules, text)
