@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 # Lemmas that negate the predicate before them. UniDic gives ない for ない/ん/ねぇ-type
 # negation of verbs (払えん -> 払う + ない), 無い for the adjective (ではない), ず/ぬ for
-# ません and classical negation.
-NEGATION_LEMMAS = frozenset({"ない", "無い", "ず", "ぬ"})
+# ません and classical negation. へん is the Kansai negation (あらへん, 行かへん,
+# 帰られへん): UniDic tags it 助動詞 with its own lemma (review rv12a, finding 3).
+NEGATION_LEMMAS = frozenset({"ない", "無い", "ず", "ぬ", "へん"})
 
 NEG_KEY = "<neg>"
 VOLITIONAL = "(う)"  # suffix of the keys of a volitional verb form (死のう, 行こう)

@@ -149,7 +149,7 @@ _NEGATION_FRAME = frozenset(
         "一日",  # 〜思わない日が一日もない: the double negation of the 日 frame
     ]
 )
-_SHIKA = "しか"  # 〜としか思えない is an emphatic positive: it cancels one negation
+_SHIKA = "しか"  # 〜しか…ない is an emphatic positive: it cancels its own negation
 _SCOPE_LIMIT = 8
 # Past the limit, a scope that stands negated is still read on for a second negation
 # that cancels it (死にたいと思う時が無いとは言えない, 〜思わない日が一日もない): the
@@ -215,7 +215,17 @@ def _negated(a: Analysis, last: int, duty_affirms: bool = True) -> bool:
             # (死にたくないふりをしている says the wish is there: review rv9d);
             # 〜んと落ち着かん: a condition (see _unless)
             pass
-        elif info.negation or info.lemma == _SHIKA:
+        elif info.lemma == _SHIKA:
+            # X しか…ない = only X: the しか and its own ない cancel, so X stands as it is
+            # when しか comes. Not negated yet, X is affirmed (死ぬことしか考えられない,
+            # 自殺しか道がない, 死にたいとしか思えない); negated, the denial stands
+            # (死にたくないとしか言えない). Counted as one flip waiting for its ない, the
+            # lone しか turned the count whenever another word ended the scope before
+            # that ない (review rv12a, finding 1).
+            if not flips:
+                return False
+            break
+        elif info.negation:
             flips += 1
         elif info.lemma == _TELL and (thought or _cannot_tell(info)) and not flips:
             # the negation that follows is about telling, not about the wish
@@ -265,7 +275,9 @@ def _unless(infos: list[TokenInfo], sentences: list[int], i: int, duty_affirms: 
     if first >= len(infos) or sentences[first] != sentence:
         return False
     lemma = infos[first].lemma
-    if lemma in _THOUGHT_VERBS or lemma == _TELL:
+    if lemma in _THOUGHT_VERBS or lemma in (_TELL, _SHIKA):
+        # 〜ないとしか言えない / 思えない: the clause before と is what is said or
+        # thought, with the emphatic しか…ない, not a condition (review rv12a)
         return False
     if not duty_affirms and (
         lemma in _OBLIGATION
@@ -642,8 +654,10 @@ def _discount(a: Analysis, hits: list[_Hit], rules: RuleSet) -> None:
             by_rule.setdefault(f"{p.rule}|{p.label}", []).append(h)
             continue
         judged.append(h)
-        # reading-tier hits (no segments) were judged for negation on the reading
-        if p.segments:
+        # reading-tier hits (no segments) were judged for negation on the reading.
+        # A しか inside the match (死ぬ|こと|しか|考え) makes the negation after it the
+        # "only" of しか…ない, not a denial (review rv12a, finding 1).
+        if p.segments and not any(a.infos[k].lemma == _SHIKA for k in range(h.first + 1, h.last)):
             last = h.last
             # a duty affirms a crisis phrase or topic word, not a concept word (_OBLIGATION)
             duty_affirms = p.kind != "signal"
