@@ -176,14 +176,21 @@ def test_a_staff_members_quote_of_a_residents_crisis_is_not_read(rules: RuleSet)
     assert _quoted_reasons(_decide(rules, body))  # the same mail from a resident is read
 
 
+# Pieces no rule reads on the plain text: only the joined reading can flag them. (死に / たい
+# on two lines is now read on the plain text too, by urgent.suicidal.round3.two's 死 に たい.)
 @pytest.mark.parametrize(
     "text",
-    ["もう\n死に\nたい", "死に\nたい", "生きて\nいたくない", "リスト\nカット\nした"],
+    ["もう\nしに\nたい", "しに\nたい", "生きて\nいたくない", "リスト\nカット\nした"],
 )
 def test_a_phrase_written_one_piece_a_line_is_read_joined(rules: RuleSet, text: str) -> None:
     triage = _decide(rules, text, subject="相談")
     assert triage.urgent  # type: ignore[attr-defined]
     assert all(m.rule.startswith("lines-joined:") for m in triage.urgent_reasons)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("text", ["もう\n死に\nたい", "死に\nたい"])
+def test_a_wish_to_die_split_over_lines_is_urgent(rules: RuleSet, text: str) -> None:
+    assert _decide(rules, text, subject="相談").urgent  # type: ignore[attr-defined]
 
 
 def test_only_breaks_between_short_pieces_and_not_after_a_sentence_are_joined() -> None:
