@@ -42,9 +42,11 @@ logger = logging.getLogger(__name__)
 
 # Lemmas that negate the predicate before them. UniDic gives ない for ない/ん/ねぇ-type
 # negation of verbs (払えん -> 払う + ない), 無い for the adjective (ではない), ず/ぬ for
-# ません and classical negation. へん is the Kansai negation (あらへん, 行かへん,
-# 帰られへん): UniDic tags it 助動詞 with its own lemma (review rv12a, finding 3).
-NEGATION_LEMMAS = frozenset({"ない", "無い", "ず", "ぬ", "へん"})
+# ません and classical negation. Kansai へん (あらへん, 思わへん) is left out on purpose:
+# as a negation it made 死にたいって思わへん? (a question), 〜思わへんわけやない and
+# 〜へんかったら read as denials, which the scope rules only know for ない (review rv12b);
+# the one crisis it was added for, 泊まるとこあらへん, is a reading rule.
+NEGATION_LEMMAS = frozenset({"ない", "無い", "ず", "ぬ"})
 
 NEG_KEY = "<neg>"
 VOLITIONAL = "(う)"  # suffix of the keys of a volitional verb form (死のう, 行こう)
@@ -66,11 +68,6 @@ _FUNCTION_READINGS = frozenset("~" + r for r in [
 ])
 # fmt: on
 _NEE = frozenset({"ねえ", "ねぇ", "ねー"})
-# Emoji that stand for a crisis word (刃物, 血, 薬, 縄, 墓): 腕🔪した, またやった🩸, 🪢買った,
-# 💊全部いった, 明日には🪦かも. Other emoji end a sentence and are no token (see _info);
-# these are kept as words, keyed by themselves, so a rule can name them (review rv11a,
-# round 3). ⚰ needs no entry: UniDic already reads it as a symbol word.
-_WORD_EMOJI = frozenset("🔪🩸💊🪢🪦")
 _SENTENCE_END = frozenset("。．.!?！？…‥")
 
 # Characters that need folding. Everything else is passed to MeCab untouched, so the
@@ -662,11 +659,6 @@ class Analyser:
         boundary = surface in _SENTENCE_END or (
             pos.startswith("補助記号") and not surface.isascii() and _is_symbolic(surface)
         )
-        word_emoji = boundary and not _WORD_EMOJI.isdisjoint(surface)
-        if word_emoji:
-            # a run (🔪😭) is one MeCab token: the crisis emoji in it are its keys as well
-            boundary = False
-            keys = (*keys, *sorted(_WORD_EMOJI.intersection(surface) - {surface}))
         cform = cols[6] if len(cols) > 6 else ""
         contracted = (
             pos.startswith("動詞")
@@ -678,8 +670,6 @@ class Analyser:
             keys = (*keys, *(k + VOLITIONAL for k in keys))
         if boundary:
             kind = _BOUNDARY
-        elif word_emoji:
-            kind = 0
         elif pos.startswith("補助記号") or lemma in _POLITE:
             # 、「」 are not words; ます/です only add politeness. Dropping both keeps
             # gaps for words and lets 食べてない match 食べてません.

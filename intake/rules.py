@@ -348,8 +348,18 @@ def _load_foreign_negation(
     rules.foreign_negations[script] = re.compile(rf"(?:{words})[\W_]*$", re.IGNORECASE)
 
 
+# Emoji that stand for a crisis word (刃物, 血, 薬, 縄, 墓): 腕🔪した, またやった🩸, 🪢買った,
+# 💊全部いった, 明日には🪦かも. The analyser reads every emoji as a sentence end and no word
+# (a phrase runs on across one: 死に🔪たい is 死にたい), so rules that name these are
+# [[foreign]] regular expressions over the text, run only on a mail that has one of them.
+# Why not words of their own: as words they broke the phrases they stood inside and joined
+# a news word's sentence to the crisis after it (review rv12b, findings 1 and 2).
+CRISIS_EMOJI = "🔪🩸💊🪢🪦"
+
+
 def _script_of(patterns: list[str]) -> str:
-    """Which letters a foreign group's patterns need: "latin", "han", "hangul" or "other".
+    """Which letters a foreign group's patterns need: "emoji" (``CRISIS_EMOJI``), "latin",
+    "han", "hangul" or "other".
 
     Why: triage runs a group only on mail that has such letters, and Han patterns (Chinese)
     not on mostly-kana mail, where Japanese shares the characters. Thai, Devanagari,
@@ -357,6 +367,8 @@ def _script_of(patterns: list[str]) -> str:
     Japanese, so a foreign resident's hiragana mail with one such word is still scanned.
     """
     text = "".join(patterns)
+    if any(e in text for e in CRISIS_EMOJI):
+        return "emoji"
     if not _NON_LATIN.search(text):
         return "latin"
     if _HAN.search(text):

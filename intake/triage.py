@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from intake.lemmas import Analysis, TokenInfo, get_analyser
-from intake.rules import ASCII_LOOKALIKES, Pattern
+from intake.rules import ASCII_LOOKALIKES, CRISIS_EMOJI, Pattern
 
 if TYPE_CHECKING:
     from intake.letter import Letter
@@ -1407,6 +1407,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             or (script == "han" and not mostly_kana)
             or (script == "hangul" and scripts.hangul)
             or (script == "other" and scripts.other)
+            or (script == "emoji" and any(e in analysed for e in CRISIS_EMOJI))
         ):
             # A group needs letters of its script; Han patterns (Chinese) are not run
             # over text that is plainly Japanese, where the scan costs as much as the

@@ -205,18 +205,35 @@ def test_placeholders_retirement_plans_and_homework_are_not_suicidal(
     assert not reasons(rules, text) & ROUND3
 
 
-# -- group 4: crisis emoji kept as words -------------------------------------------------
+# -- group 4: crisis emoji named by regular expressions over the text --------------------
 
 
-def test_a_crisis_emoji_is_a_word_of_its_sentence_while_other_emoji_end_it() -> None:
+def test_every_emoji_still_ends_a_sentence_and_is_no_word() -> None:
+    # review rv12b: kept as words, the crisis emoji split the phrases around them
     a = analyse("手首🔪やった😢もう")
-    assert [i.surface for i in a.infos] == ["手首", "🔪", "やっ", "た", "もう"]
-    assert a.sentences[0] == a.sentences[1] == a.sentences[3] != a.sentences[4]
+    assert [i.surface for i in a.infos] == ["手首", "やっ", "た", "もう"]
+    assert a.sentences[0] != a.sentences[1] == a.sentences[2] != a.sentences[3]
 
 
-def test_a_run_of_emoji_with_a_crisis_emoji_is_keyed_by_it() -> None:
-    (info,) = analyse("😭🩸").infos
-    assert "🩸" in info.keys
+@pytest.mark.parametrize(
+    "text",
+    [
+        "仕事のことで相談です。死に🔪たい。",
+        "最近ずっとしんどいです。消え🩸たい。",
+        "相談です。死に💊たいって思ってしまった",
+        "相談です。リス🔪カした。",
+    ],
+)
+def test_a_crisis_emoji_inside_a_crisis_phrase_does_not_hide_it(rules: RuleSet, text: str) -> None:
+    assert reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["ニュースで見た🔪父に殴られた", "事件のニュース🩸私も父に殴られてる", "歌詞🔪死にたい"]
+)
+def test_a_crisis_emoji_after_a_news_word_ends_its_sentence(rules: RuleSet, text: str) -> None:
+    # the news word's "reported" discount stays in its own sentence (review rv12b)
+    assert reasons(rules, text)
 
 
 @pytest.mark.parametrize("text", ["太もも🔪", "今日もやった🩸"])
@@ -243,6 +260,14 @@ def test_a_rope_all_the_pills_or_a_gravestone_soon_is_suicidal(rules: RuleSet, t
         "宿題全部やった🎉",
         "風邪薬💊飲んで寝ます",
         "ひもの結び方🪢を習った",
+        # review rv12b: the first emoji rules flagged these
+        "包丁🔪",
+        "料理中に指切った🩸",
+        "足🩸擦りむいた",
+        "今日もやった🔪料理頑張った",
+        "今日は🪦参り",
+        "父が🪦に入る日が来た、納骨の手続き",
+        "ビタミン💊まとめて買った",
     ],
 )
 def test_cooking_graves_visited_and_medicine_taken_are_not_emoji_crises(
