@@ -218,13 +218,13 @@ def _negated(a: Analysis, last: int, duty_affirms: bool = True) -> bool:
         elif info.lemma == _SHIKA:
             # X しか…ない = only X: the しか and its own ない cancel, so X stands as it is
             # when しか comes. Not negated yet, X is affirmed (死ぬことしか考えられない,
-            # 自殺しか道がない, 死にたいとしか思えない); negated, the denial stands
-            # (死にたくないとしか言えない). Counted as one flip waiting for its ない, the
-            # lone しか turned the count whenever another word ended the scope before
-            # that ない (review rv12a, finding 1).
-            if not flips:
-                return False
-            break
+            # 自殺しか道がない, 死にたいとしか思えない). Counted as one flip waiting for
+            # its ない, the lone しか turned the count whenever another word ended the
+            # scope before that ない (review rv12a, finding 1). Negated already
+            # (死にたくないとしか言えない: "all I can say is I don't want to die"), it is
+            # a hedge, and a hedge that implies there is something is urgent, as it was
+            # before this rule (review rv12b): a denial is never read through しか.
+            return False
         elif info.negation:
             flips += 1
         elif info.lemma == _TELL and (thought or _cannot_tell(info)) and not flips:

@@ -35,6 +35,9 @@ def urgent(rules: RuleSet, text: str) -> bool:
         "死にたいと思わへんわけちゃう",
         "死にたいって思わへんようになりたい",
         "手首切らへんかったら落ち着かへん",
+        # a hedge through しか: "all I can say is I don't want to die" (urgent before, too)
+        "正直、死にたくないとしか言えない",
+        "死にたくないとしか言えません",
     ],
 )
 def test_kansai_hen_does_not_deny_a_wish_to_die_or_to_cut(rules: RuleSet, text: str) -> None:

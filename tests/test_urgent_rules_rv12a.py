@@ -48,16 +48,14 @@ def test_only_thinking_of_death_or_only_coping_by_harm_is_urgent(rules: RuleSet,
     "text",
     [
         "死にたいとは全然思わない",
-        "正直、死にたくないとしか言えない",
-        "今は死にたくないとしか思えないです",
         "死にたいなんて思ったことは一度もない",
     ],
 )
-def test_a_denial_stays_a_denial_with_or_without_shika(rules: RuleSet, text: str) -> None:
+def test_a_plain_denial_stays_a_denial(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
 
 
-# -- group 2: taking one's life in formal words, nowhere to sleep, no money, Kansai へん ---
+# -- group 2: taking one's life in formal words, nowhere to sleep, no money, Kansai あらへん
 
 
 @pytest.mark.parametrize(
