@@ -215,6 +215,10 @@ def _negated(a: Analysis, last: int, duty_affirms: bool = True) -> bool:
             # (死にたくないふりをしている says the wish is there: review rv9d);
             # 〜んと落ち着かん: a condition (see _unless)
             pass
+        elif info.negation and _asks(a, i):
+            # 死にたいって思わない? / 思うことないの?: a question to the reader, usually
+            # before the writer's own answer (私は毎日思う), not a denial (review rv12b)
+            pass
         elif info.lemma == _SHIKA:
             # X しか…ない = only X: the しか and its own ない cancel, so X stands as it is
             # when しか comes. Not negated yet, X is affirmed (死ぬことしか考えられない,
@@ -241,6 +245,23 @@ def _negated(a: Analysis, last: int, duty_affirms: bool = True) -> bool:
             thought = True
         i += 1
     return flips % 2 == 1 and not _called_a_lie(infos, sentences, i, sentence)
+
+
+_QUESTION_MARKS = ("?", "？")
+_QUESTION_PARTICLES = frozenset({"の", "ん"})
+
+
+def _asks(a: Analysis, i: int) -> bool:
+    """Does the negation at token ``i`` end a question: 思わない? or 思わないの? / 思わないん?
+
+    Only a question mark right after it (or after の / ん) counts: 思ってないよ? is a
+    reassurance with a denial in it, and stays one.
+    """
+    end = a.ends[i]
+    k = i + 1
+    if k < len(a.infos) and a.starts[k] == end and a.infos[k].lemma in _QUESTION_PARTICLES:
+        end = a.ends[k]
+    return a.normalised.startswith(_QUESTION_MARKS, end)
 
 
 # Predicates that, after 〜ないと / 〜んと, make it a condition like a negation does:

@@ -79,3 +79,25 @@ def test_a_disclosure_asking_how_to_stop_abuse_is_urgent(rules: RuleSet, text: s
 )
 def test_a_prevention_campaign_is_not_a_disclosure(rules: RuleSet, text: str) -> None:
     assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "死にたいって思わない?",
+        "死にたいって思わない？私は毎日思う",
+        "消えたいって思うことない？",
+        "死にたいと思わないの?",
+    ],
+)
+def test_a_question_about_wanting_to_die_is_not_a_denial(rules: RuleSet, text: str) -> None:
+    assert urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["死にたいなんて思ってないよ?", "死にたいとは思わない。", "死にたいとは思わない"]
+)
+def test_a_denial_with_or_without_a_reassuring_question_mark_stays_one(
+    rules: RuleSet, text: str
+) -> None:
+    assert not urgent(rules, text)
