@@ -48,9 +48,8 @@ ORDINARY = [
     ("スマホが床に叩きつけられて画面が割れました", "urgent.violence.concrete"),
     ("猫がベランダに閉じ込められていました", "urgent.violence.concrete"),
     ("犬が物置に閉じ込められていたのを近所の人が見つけた", "urgent.violence.concrete"),
-    # 6. a figure touched, a touch with praise, a baby
+    # 6. a figure touched, a baby
     ("大事なフィギュアを兄に触られた", "urgent.violence.sexual.unnamed"),
-    ("先生に触られて褒められた", "urgent.violence.sexual.unnamed"),
     ("赤ちゃんが知らない人に触られると泣きます", "urgent.violence.sexual.unnamed"),
     ("集めているカードを先輩に触られて嫌だった", "urgent.violence.sexual.unnamed"),
     # 7. an earthquake
@@ -125,6 +124,9 @@ URGENT = [
     ("先生に触られた", "urgent.violence.sexual.unnamed"),
     ("知らない男に触られた", "urgent.violence.sexual.unnamed"),
     ("体を兄に触られた", "urgent.violence.sexual"),
+    ("赤ちゃんの頃から父に触られてきた", "urgent.violence.sexual.unnamed"),
+    # praise is part of grooming: a touch with praise stays urgent (rv12b item 6 left alone)
+    ("先生に触られて、褒められたけど気持ち悪い", "urgent.violence.sexual.unnamed"),
     ("夜になると台所で皿が割れる音がして、こわくて眠れん", "urgent.violence.round3"),
     ("縫うくらい深く切ってしまった", "urgent.self_harm.wound"),
     ("今夜泊まる場所がないです", "urgent.acute_need"),
@@ -133,6 +135,12 @@ URGENT = [
     ("Wala akong matutulugan ngayong gabi", "urgent.foreign.tl"),
     ("我没有地方住了", "urgent.foreign.zh"),
     ("Tôi không còn chỗ để ở", "urgent.foreign.vi"),
+    # a hotel named as too dear is need, not travel
+    ("Tôi không có chỗ ở, khách sạn thì quá đắt", "urgent.foreign.vi"),
+    ("我没有地方住，酒店太贵了", "urgent.foreign.zh"),
+    ("Não tenho onde dormir, hotel é caro demais", "urgent.foreign.pt"),
+    ("Wala akong matutulugan, mahal ang hotel", "urgent.foreign.tl"),
+    ("旅行中に財布を盗まれて今夜泊まる場所がない", "urgent.acute_need"),
     ("弟が怪我しとるのに病院に連れていってもらえない", "urgent.acute_need.round3"),
     ("I'm done. もう終わりたい", "urgent.foreign.en.mixed"),
     ("I'm done. もう疲れた", "urgent.foreign.en.mixed"),
