@@ -101,3 +101,21 @@ def test_a_denial_with_or_without_a_reassuring_question_mark_stays_one(
     rules: RuleSet, text: str
 ) -> None:
     assert not urgent(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a wish after an everyday cause is still a wish; only 〜死んじゃいそう is hyperbole
+        "仕事が忙しすぎてこのまま死にたい",
+        "眠すぎて今夜死にたい",
+        "つらすぎてこのまま死んじゃいそう",
+        # a poster seen is no poster quoted: the wish is the writer's own
+        "ポスターを見て、命を絶ちたいと思った",
+        "啓発ポスターを見たけど、命を絶つことばかり考えてしまう",
+    ],
+)
+def test_the_new_hyperbole_and_poster_exclusions_leave_a_real_wish_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert urgent(rules, text)
