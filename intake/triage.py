@@ -1416,6 +1416,8 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
     matches, topic_hits, signal_hits = _kept_evidence(a, hits)
     scripts = _Scripts.of(analysed)
     has_latin = scripts.latin > 0
+    # the crisis emoji rules (rules.CRISIS_EMOJI): asked once, not once per emoji group
+    has_crisis_emoji = any(e in analysed for e in CRISIS_EMOJI)
     language = detect_language(analysed, scripts)
     matches += _signal_matches(a, signal_hits, analysed, language, rules)
     mostly_kana = _mostly_kana(scripts, language)
@@ -1428,7 +1430,7 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             or (script == "han" and not mostly_kana)
             or (script == "hangul" and scripts.hangul)
             or (script == "other" and scripts.other)
-            or (script == "emoji" and any(e in analysed for e in CRISIS_EMOJI))
+            or (script == "emoji" and has_crisis_emoji)
         ):
             # A group needs letters of its script; Han patterns (Chinese) are not run
             # over text that is plainly Japanese, where the scan costs as much as the
