@@ -7,6 +7,10 @@
 ``smtp_factory``     start variants: ``smtp_factory(starttls=True)``.
 ``held_port``        a loopback port held for the test (``reserve_port``): refused until
                      ``serve_smtp(handler, held_port)`` listens on it (a relay coming back).
+``rules``            the repository's ``rules/`` loaded once for the whole run; tests must not
+                     change it (a module that needs other rules defines its own ``rules``).
+``rules_without_learned``  the same rules without the learned tier, also loaded once: for
+                     tests that show what the rule tiers do on their own.
 
 Every server is stopped at teardown, also when the test failed; a failed test's report
 shows the tail of each Dovecot log (as "Captured stdout teardown"). Tests that use them
@@ -36,6 +40,7 @@ import pytest
 from intake import localservers
 from intake.localpostgres import LocalPostgres, LocalPostgresError, postgres_binary_dir
 from intake.localservers import LocalDovecot, LocalSMTP, reserve_port
+from intake.rules import RuleSet, load_rules
 
 
 def running_under_ci() -> bool:
@@ -71,6 +76,31 @@ def _warm_model_cache() -> None:
     os.environ.setdefault(CACHE_ENV, str(cache_dir()))
     with contextlib.suppress(RulesError):
         load_model(PROJECT_ROOT / "rules")
+
+
+@pytest.fixture(scope="session")
+def rules() -> RuleSet:
+    """The shipped rules, loaded once per run.
+
+    Why one load: ``load_rules`` compiles thousands of patterns and loads the urgency model
+    (~3 s, more on a loaded machine), and seventeen test modules each loaded the same rules
+    for themselves. Tests only read it; classify fills its bounded caches, as in the worker.
+    """
+    from intake.config import PROJECT_ROOT
+
+    return load_rules(PROJECT_ROOT / "rules")
+
+
+@pytest.fixture(scope="session")
+def rules_without_learned() -> RuleSet:
+    """The shipped rules with the learned tier switched off: a rule-tier gap must not be
+    hidden by the safety net, which may not know the next wording. A separate load, so
+    that switching the tier off never leaks into ``rules``."""
+    from intake.config import PROJECT_ROOT
+
+    loaded = load_rules(PROJECT_ROOT / "rules")
+    loaded.learned = None
+    return loaded
 
 
 def _show_log(server: LocalDovecot) -> None:

@@ -13,7 +13,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from intake.localservers import LocalDovecot, LocalSMTP, reserve_port, serve_smtp
+from intake.rules import RuleSet
 from intake.store import Case, StoredMessage, session_scope, to_db
+from intake.triage import classify_text
 
 if TYPE_CHECKING:
     from intake.pipeline import Service
@@ -160,3 +162,9 @@ def spawn_logged(args: list[str], log: Path, **popen: Any) -> subprocess.Popen[b
     """
     with log.open("wb") as err:  # the child keeps its own descriptor
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, **popen)
+
+
+def urgent_reasons(rules: RuleSet, text: str, subject: str = "") -> set[str]:
+    """The rule ids that made a mail urgent (empty when it is not urgent): what the rule
+    tests assert, so that a test names the rule it expects, not only "urgent"."""
+    return {m.rule for m in classify_text(subject, text, rules).urgent_reasons}

@@ -6,23 +6,17 @@ own: a gap the safety net happens to cover for one wording would stay open for t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from intake.lemmas import get_analyser
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from intake.triage import Triage, classify_text
-
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 
 
 @pytest.fixture(scope="module")
-def rules() -> RuleSet:
+def rules(rules_without_learned: RuleSet) -> RuleSet:
     """The shipped rules without the learned tier (see the module docstring)."""
-    loaded = load_rules(RULES_DIR)
-    loaded.learned = None
-    return loaded
+    return rules_without_learned
 
 
 def triage(rules: RuleSet, text: str, subject: str = "相談") -> Triage:

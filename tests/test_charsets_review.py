@@ -15,17 +15,11 @@ import base64
 import pytest
 
 from intake.charsets import AMBIGUOUS_KANA, decode_text
-from intake.config import PROJECT_ROOT
 from intake.parse import parse
 from intake.pipeline import decide
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 
 OWN = "sasaean@city.kasaoka.okayama.jp"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(PROJECT_ROOT / "rules")
 
 
 def mail(body: bytes, ctype: str, subject: bytes = b"=?UTF-8?B?55u46KuH?=") -> bytes:

@@ -6,17 +6,11 @@ from email.message import EmailMessage
 
 import pytest
 
-from intake.config import PROJECT_ROOT
 from intake.parse import parse
 from intake.pipeline import decide
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 
 OWN = "sasaean@city.kasaoka.okayama.jp"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(PROJECT_ROOT / "rules")
 
 
 def forwarding(own_words: str, friends_words: str, **headers: str) -> bytes:

@@ -9,18 +9,13 @@ import pytest
 
 from intake.errors import RulesError
 from intake.evaluate import evaluate, format_eval
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT / "tests" / "data" / "triage_dev.jsonl"
 # Extra mails written for the categories the first rules missed (issue 4: soft wishes,
 # heights, instruments, means, farewells, carers, deprivation, foreign, one-signal topics).
 EXTRA = ROOT / "tests" / "data" / "triage_dev_extra.jsonl"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(ROOT / "rules")
 
 
 @pytest.fixture(scope="module")

@@ -10,22 +10,12 @@ noticed. These are the same generators the benchmarks use, so the figure is held
 from __future__ import annotations
 
 import random
-from pathlib import Path
-
-import pytest
 
 from bench.bench_classify import make_mail as make_text
 from bench.common import make_mail as make_raw
 from intake.parse import parse
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from intake.triage import classify_text
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(ROOT / "rules")
 
 
 def test_generated_ordinary_consultations_of_2kb_raise_no_alert(rules: RuleSet) -> None:

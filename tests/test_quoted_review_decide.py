@@ -5,28 +5,20 @@ Each test proved a defect against 92c8d39; all mail synthetic.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from intake import samples
 from intake.parse import parse
 from intake.pipeline import decide, short_lines_joined
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from tests.test_ack_text import ack_text
 from tests.test_staff_quotes import rewrap
 
-ROOT = Path(__file__).resolve().parent.parent
 OWN = "sasaean@city.kasaoka.okayama.jp"
 RESIDENT = "hikari.test@example.jp"
 INTRO = "友達からこんなメールが来ました。どうしたらいいかわかりません。\n\n"
 ATTR = "2026年11月20日(金) 23:15 友達 <friend.test@example.jp>:\n"
 FRIEND = "もう死にたい。今夜、家にある薬を全部飲むつもり。"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(ROOT / "rules")
 
 
 def _reasons(rules: RuleSet, body: str, subject: str = "Re: 相談") -> list[str]:

@@ -33,21 +33,15 @@ from intake.pipeline import (
     short_lines_joined,
 )
 from intake.quotes import split_body
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from intake.store import Event, session_scope
 from tests.helpers import ONCALL, settled, write_config
 from tests.test_ack_text import ack_text
 from tests.test_staff_quotes import rewrap
 
-ROOT = Path(__file__).resolve().parent.parent
 OWN = "sasaean@city.kasaoka.okayama.jp"
 RESIDENT = "hikari.test@example.jp"
 FRIEND_WORDS = "もう死にたい。今夜、家にある薬を全部飲むつもり。\n今までありがとう。"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(ROOT / "rules")
 
 
 def _decide(rules: RuleSet, body: str, *, subject: str = "Re: 相談", staff: str = "") -> object:

@@ -25,19 +25,13 @@ from intake.localservers import LocalDovecot, LocalSMTP
 from intake.parse import parse
 from intake.pipeline import decide
 from intake.quotes import OWN_TEXT_MARKERS, split_quoted
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 
-ROOT = Path(__file__).resolve().parents[1]
 OWN_ADDR = "sasaean@city.kasaoka.okayama.jp"
 ACK_FIRST = OWN_TEXT_MARKERS[0]
 JST = ZoneInfo("Asia/Tokyo")
 WEDNESDAY_10 = datetime(2027, 1, 6, 10, 0, tzinfo=JST)
 CRISIS = "今までありがとう。もう死ぬことにした。薬はもう用意してある。"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(ROOT / "rules")
 
 
 def mail(

@@ -26,7 +26,7 @@ from intake.parse import parse
 from intake.pipeline import Triage, decide
 from intake.quotes import OWN_TEXT_MARKERS, split_quoted
 from intake.reflow import columns
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN_ADDR = "sasaean@city.kasaoka.okayama.jp"
@@ -35,11 +35,6 @@ ACK_FIRST = OWN_TEXT_MARKERS[0]
 JST = ZoneInfo("Asia/Tokyo")
 WEDNESDAY_10 = datetime(2027, 1, 6, 10, 0, tzinfo=JST)
 CRISIS = "もう死にたい。今夜やるつもりです。"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(ROOT / "rules")
 
 
 def mail(body: str, *, subject: str = "Re: 相談") -> bytes:

@@ -10,15 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intake.letter import Letter
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from intake.triage import classify, classify_text, detect_language, triage_report
-
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(RULES_DIR)
 
 
 def urgent(rules: RuleSet, text: str, subject: str = "相談") -> bool:

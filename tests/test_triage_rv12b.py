@@ -7,19 +7,10 @@ campaign's own word, so a disclosure that asks for help with DV or abuse is not 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from intake.triage import classify_text
-
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(RULES_DIR)
 
 
 def urgent(rules: RuleSet, text: str) -> bool:

@@ -6,25 +6,10 @@ hide a rule that stopped matching. Every mail is synthetic and written for these
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from intake.rules import RuleSet, load_rules
-from intake.triage import classify_text
-
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(RULES_DIR)
-
-
-def reasons(rules: RuleSet, text: str, subject: str = "") -> set[str]:
-    """The rule ids that made the mail urgent (empty when it is not urgent)."""
-    return {m.rule for m in classify_text(subject, text, rules).urgent_reasons}
-
+from intake.rules import RuleSet
+from tests.helpers import urgent_reasons as reasons
 
 SEXUAL = {
     "urgent.violence.sexual",

@@ -7,14 +7,11 @@ Every mail is synthetic and written for these tests.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from intake.rules import RuleSet, load_rules
+from intake.rules import RuleSet
 from intake.triage import classify_text
-
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+from tests.helpers import urgent_reasons as reasons
 
 ROUND2 = {
     "urgent.self_harm.burn_hit",
@@ -31,16 +28,6 @@ ROUND2 = {
     "reading.acute_need.hunger",
     "reading.acute_need.parents_away",
 }
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(RULES_DIR)
-
-
-def reasons(rules: RuleSet, text: str, subject: str = "") -> set[str]:
-    """The rule ids that made the mail urgent (empty when it is not urgent)."""
-    return {m.rule for m in classify_text(subject, text, rules).urgent_reasons}
 
 
 # -- group 1: self-harm, plain and Okayama ---------------------------------------------

@@ -7,15 +7,11 @@ Every mail is synthetic and written for these tests.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from intake.lemmas import analyse
-from intake.rules import RuleSet, load_rules
-from intake.triage import classify_text
-
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+from intake.rules import RuleSet
+from tests.helpers import urgent_reasons as reasons
 
 ROUND3 = {
     "urgent.violence.round3",
@@ -35,16 +31,6 @@ ROUND3 = {
     "urgent.short.self_harm.emoji",
     "urgent.suicidal.emoji",
 }
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    return load_rules(RULES_DIR)
-
-
-def reasons(rules: RuleSet, text: str, subject: str = "") -> set[str]:
-    """The rule ids that made the mail urgent (empty when it is not urgent)."""
-    return {m.rule for m in classify_text(subject, text, rules).urgent_reasons}
 
 
 # -- group 1: violence, neglect and acute need, plain and Okayama -------------------------
