@@ -1,0 +1,173 @@
+"""Urgent wording from session 13 (h-rules4): misses the probes rv12a and rv11a left open,
+and false alarms narrowed without losing the crisis they sit next to.
+
+Each group pairs mails that must be flagged (the probe's wording and wording written for
+these tests) with look-alikes that must stay quiet. Quiet cases are checked on the rules
+without the learned tier, so a test says what the rules do (the learned tier may still add
+urgency on its own, which is its job). Every mail is synthetic.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from intake.rules import RuleSet
+from tests.helpers import urgent_reasons as reasons
+
+# -- group 1: misses of the probe rv12a still open after session 12 -------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "叔父にいやなことをされた",
+        "叔父にいやなことされた。小さいころからずっと",
+        "継父に変なことをされて眠れない",
+        "親戚のおじさんにエッチなことをされた",
+    ],
+)
+def test_a_relative_doing_something_horrible_to_the_writer_is_sexual_violence(
+    rules: RuleSet, text: str
+) -> None:
+    assert "urgent.violence.sexual.unsaid" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["店員にいやなことを言われた", "兄にいやなことを言われた", "先生にいやなことを頼まれた"],
+)
+def test_horrible_words_or_an_unwelcome_request_are_not_sexual_violence(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "動画を撮られて、誰かに言ったらネットに流すって言われた",
+        "動画を撮られて、言うこと聞かないと流すって言われた",
+        "写真撮られて、別れたらネットにばらまくって脅されてる",
+    ],
+)
+def test_images_taken_and_a_threat_to_spread_them_is_sextortion(rules: RuleSet, text: str) -> None:
+    assert "urgent.violence.sexual.images_taken" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "体育祭の動画を流すって先生が言ってた",
+        "文化祭で写真を撮られた。あとでスライドで流すって言われた",
+    ],
+)
+def test_a_school_video_shown_at_an_event_is_no_threat(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["どうしたらいいかわからない、もう限界", "もう限界、助けて", "誰か助けて。もう無理"],
+)
+def test_a_short_mail_at_the_end_of_its_tether_is_a_cry_for_help(rules: RuleSet, text: str) -> None:
+    assert "urgent.short.help.lost" in reasons(rules, text)
+
+
+def test_homework_at_its_limit_is_not_a_cry_for_help(rules_without_learned: RuleSet) -> None:
+    assert not reasons(rules_without_learned, "宿題わからない、もう限界")
+
+
+@pytest.mark.parametrize("text", ["今夜決行する", "明日決行します", "もうすぐ決行。さようなら"])
+def test_carrying_it_out_tonight_with_no_event_named_is_suicidal(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.carried_out" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "明日の文化祭は雨天決行です",
+        "今夜のライブは予定通り決行します",
+        "明日の試合は決行されるのかな",
+    ],
+)
+def test_an_event_that_goes_ahead_is_not_a_plan(rules_without_learned: RuleSet, text: str) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "貯金全部親の口座に移した。あとは任せた",
+        "あとは任せた。貯金全部親の口座に移した",
+        "今までありがとう、あとはよろしく",
+    ],
+)
+def test_handing_everything_over_after_a_farewell_cue_is_a_goodbye(
+    rules: RuleSet, text: str
+) -> None:
+    assert "urgent.farewell.handover" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "資料は送りました。あとはよろしくお願いします",
+        "今日は私が休むので、あとは任せた",
+        "あとはよろしく。荷物は全部送ったので",
+        "口座に振り込みました。あとはよろしくお願いします",
+    ],
+)
+def test_a_work_or_moving_handover_is_not_a_goodbye(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "もう自分を保てそうにありません",
+        "お手数をおかけいたしますが、至急ご連絡いただけますと幸いです。"
+        "もう自分を保てそうにありません。",
+        "正気を保てない。誰か話を聞いて",
+    ],
+)
+def test_a_writer_who_cannot_hold_together_asks_for_help(rules: RuleSet, text: str) -> None:
+    assert "urgent.help.breaking" in reasons(rules, text)
+
+
+def test_keeping_oneself_together_as_advice_is_quiet(rules_without_learned: RuleSet) -> None:
+    assert not reasons(rules_without_learned, "自分を保つことが大事だと思う")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "家に居場所がなく今夜は帰ることができません",
+        "大変申し訳ございません。家に居場所がなく、今夜は帰ることができません。",
+        "家に居場所がない。今日は帰りたくない",
+    ],
+)
+def test_no_place_at_home_and_not_going_back_tonight_is_acute_need(
+    rules: RuleSet, text: str
+) -> None:
+    assert "urgent.acute_need.home_unsafe" in reasons(rules, text)
+
+
+def test_feeling_out_of_place_at_home_alone_is_not_a_night_outside(
+    rules_without_learned: RuleSet,
+) -> None:
+    assert not reasons(rules_without_learned, "家に居場所がないと感じることがある")
+
+
+@pytest.mark.parametrize("text", ["Tôi không còn chỗ nào để đi", "Tôi không có chỗ nào để đi"])
+def test_nowhere_left_to_go_in_vietnamese_is_urgent(rules: RuleSet, text: str) -> None:
+    assert "urgent.foreign.vi" in reasons(rules, text)
+
+
+def test_nowhere_to_go_on_a_holiday_in_vietnamese_is_quiet(
+    rules_without_learned: RuleSet,
+) -> None:
+    assert not reasons(rules_without_learned, "Tôi không có chỗ nào để đi du lịch")
