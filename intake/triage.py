@@ -1123,10 +1123,17 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
     # a mail of a few words) explains nothing for this tier: わしが死んだらおえん is read.
     narrow = rules.few_words_exclusions
     covered: set[int] = set()
+    # A phrase hit discounted by a negation explains its words only to a reading match
+    # that does not spell that negation itself: the phrase tier read kana もういきたくない
+    # as 逝きたい + ない (a denial), while the reading pattern もういきたくない means the
+    # negative wish (no will to live) and is the better judge of it (review rv11a).
+    negated: list[tuple[int, int]] = []
     for h in hits:
         kind = h.pattern.kind
         # concept words are too common to count as explained
-        if kind == "urgent" or (kind == "exclusion" and h.pattern.rule not in narrow):
+        if kind == "urgent" and h.discounted == "negated":
+            negated.append((h.first, h.last))
+        elif kind == "urgent" or (kind == "exclusion" and h.pattern.rule not in narrow):
             covered.update(range(h.first, h.last + 1))
     subject_tokens = 0
     if subject.strip():
@@ -1155,6 +1162,13 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
             ) or (end < len(owner) and owner[end] == last):
                 continue
             if not covered.isdisjoint(range(first, last + 1)):
+                continue
+            if any(
+                lo <= last
+                and first <= hi
+                and not any(a.infos[k].negation for k in range(hi + 1, last + 1))
+                for lo, hi in negated
+            ):
                 continue
             pattern = Pattern(
                 rule.rule,

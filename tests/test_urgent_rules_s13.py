@@ -171,3 +171,97 @@ def test_nowhere_to_go_on_a_holiday_in_vietnamese_is_quiet(
     rules_without_learned: RuleSet,
 ) -> None:
     assert not reasons(rules_without_learned, "Tôi không có chỗ nào để đi du lịch")
+
+
+# -- group 2: misses of the probe rv11a still open ------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["ﾓｳｲｷﾀｸﾅｲ", "もういきたくない", "もういきたくない。つかれた"])
+def test_no_will_to_live_in_kana_that_reads_as_going_is_suicidal(rules: RuleSet, text: str) -> None:
+    # the phrase tier reads kana いきたく as 逝きたい and its ない as a denial; the reading
+    # rule, which spells the ない itself, must still be heard
+    assert "reading.suicidal.round3" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["学校にいきたくない", "塾もういきたくない", "しにたくない", "きえたくない"]
+)
+def test_not_wanting_to_go_to_school_and_denials_in_kana_stay_quiet(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", ["ごはんない", "家にごはんない"])
+def test_no_food_as_all_the_mail_says_is_acute_need(rules: RuleSet, text: str) -> None:
+    assert "urgent.short.no_food" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["なんにもたべてない", "何も食べてない"])
+def test_nothing_eaten_as_all_the_mail_says_is_acute_need(rules: RuleSet, text: str) -> None:
+    assert "urgent.short.nothing_eaten" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["夜ごはんないから外食する", "何も食べてないのに太った", "ごはんおいしい"]
+)
+def test_dinner_plans_and_diets_are_not_hunger(rules_without_learned: RuleSet, text: str) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["ネカフェ難民なう。お金あと500円", "野宿なう", "公園で寝とる", "駅で寝とる。帰れん"]
+)
+def test_sleeping_rough_now_in_slang_or_okayama_is_acute_need(rules: RuleSet, text: str) -> None:
+    assert "urgent.acute_need.sleeping_out_now" in reasons(rules, text)
+
+
+def test_not_being_a_net_cafe_refugee_is_quiet(rules_without_learned: RuleSet) -> None:
+    assert not reasons(rules_without_learned, "ネカフェ難民じゃないけど節約中")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "おばあちゃんがおらんなった。認知症なんよ",
+        "母がいなくなった。朝から探してる",
+        "じいちゃんがおらんなって、夜になっても帰ってこん",
+    ],
+)
+def test_a_person_in_ones_care_gone_missing_is_acute_need(rules: RuleSet, text: str) -> None:
+    assert "urgent.acute_need.missing_person" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["祖母がいなくなって寂しい", "母がいなくなってから一年たちました"])
+def test_grief_for_someone_gone_is_not_a_missing_person(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert "urgent.acute_need.missing_person" not in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["生きるんがえれぇ。もうえらいわ", "生きとるんがえらい", "生きるのがえらい"]
+)
+def test_okayama_living_is_exhausting_is_suicidal(rules: RuleSet, text: str) -> None:
+    assert "urgent.suicidal.living_exhausting" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["生きてるだけでえらい", "毎日生きてるだけでえらいよ"])
+def test_praise_for_getting_through_the_day_is_quiet(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["oyaji ni naguraremashita", "kareshi kara mata nagurareta", "okaasan ni tatakareta"]
+)
+def test_being_hit_by_family_in_romaji_is_violence(rules: RuleSet, text: str) -> None:
+    assert "urgent.violence.romaji" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["yakyuu no booru ga atatta", "nagurareru yume wo mita"])
+def test_romaji_without_a_family_member_hitting_is_quiet(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert "urgent.violence.romaji" not in reasons(rules_without_learned, text)
