@@ -265,3 +265,54 @@ def test_romaji_without_a_family_member_hitting_is_quiet(
     rules_without_learned: RuleSet, text: str
 ) -> None:
     assert "urgent.violence.romaji" not in reasons(rules_without_learned, text)
+
+
+# -- group 3: false alarms narrowed, each with the crisis it sits next to ---------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["全財産が尽きるまで旅行したい", "所持金が尽きるまで推しに課金する"]
+)
+def test_spending_until_the_money_is_gone_by_choice_is_not_acute_need(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "所持金が尽きた",
+        "所持金が尽きるまであと3日しかない",
+        "全財産が尽きてしまいました。食べるものもありません",
+    ],
+)
+def test_money_gone_or_about_to_be_stays_acute_need(rules: RuleSet, text: str) -> None:
+    assert "urgent.acute_need.money" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["停電で電気止まった", "台風で電気止まった", "工事で水道止まる"])
+def test_a_supply_cut_by_a_storm_or_works_is_not_poverty(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+def test_the_electricity_cut_as_all_the_mail_says_stays_urgent(rules: RuleSet) -> None:
+    assert "urgent.short.utilities" in reasons(rules, "電気止まった")
+
+
+@pytest.mark.parametrize("text", ["工作でカッター握るの怖い", "図工でカッター握った"])
+def test_a_cutter_in_craft_work_is_a_tool(rules_without_learned: RuleSet, text: str) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("カッター握っとる", "urgent.short.self_harm.blade"),
+        ("カッター握ってる、もう切りたい", "urgent.self_harm.instrument"),
+    ],
+)
+def test_a_blade_in_hand_stays_self_harm(rules: RuleSet, text: str, rule: str) -> None:
+    assert rule in reasons(rules, text)
