@@ -49,7 +49,7 @@ from intake.rules import ASCII_LOOKALIKES, CRISIS_EMOJI, Pattern
 
 if TYPE_CHECKING:
     from intake.letter import Letter
-    from intake.rules import Combination, RuleSet, Shape
+    from intake.rules import Combination, ForeignExclusion, RuleSet, Shape
 
 TOPICS = ("bullying", "poverty", "caregiving", "isolation", "volunteer", "other")
 
@@ -1392,6 +1392,36 @@ def _foreign_negated(text: str, start: int, negation: re.Pattern[str]) -> bool:
     return negation.search(window) is not None
 
 
+# Where a sentence of foreign-language mail ends (a comma does not end one: "I read in the
+# news, a girl was raped" is one report).
+_SENTENCE_MARK = re.compile(r"[.!?;。！？；\n]")
+
+
+def _foreign_reported(
+    text: str, m: re.Match[str], rule: str, exclusions: Sequence[ForeignExclusion]
+) -> bool:
+    """Is a foreign match someone else's event told from the news or a film?
+
+    As exclusions.toml's "reported" discount does for Japanese (ニュースで見た): the match
+    must be a word a report can tell (``ForeignExclusion.words``: raped, 跳楼, tự tử, not a
+    first-person wish) and a cue (news, movie, 新闻) must be in the same sentence.
+    """
+    found = m.group()
+    sentence: str | None = None
+    for ex in exclusions:
+        if rule not in ex.applies_to or not any(w.search(found) for w in ex.words):
+            continue
+        if sentence is None:
+            start = m.start()
+            marks = list(_SENTENCE_MARK.finditer(text, 0, start))
+            begin = marks[-1].end() if marks else 0
+            after = _SENTENCE_MARK.search(text, m.end())
+            sentence = text[begin : after.start() if after else len(text)]
+        if any(c.search(sentence) for c in ex.cues):
+            return True
+    return False
+
+
 def _learned_match(
     model: Any, subject: str, text: str, analysed: str, normalised: str | None = None
 ) -> Match | None:
@@ -1470,6 +1500,10 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             discounted = None
             if negation is not None and _foreign_negated(analysed, m.start(), negation):
                 discounted = "negated"  # no quiero morir, not suicidal, 不会自杀
+            elif rules.foreign_exclusions and _foreign_reported(
+                analysed, m, fp.rule, rules.foreign_exclusions
+            ):
+                discounted = "reported"  # I read in the news that..., 新闻说
             matches.append(
                 Match(
                     fp.rule,

@@ -9,9 +9,12 @@ urgency on its own, which is its job). Every mail is synthetic.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
-from intake.rules import RuleSet
+from intake.rules import RuleSet, check_rules
 from tests.helpers import urgent_reasons as reasons
 
 # -- group 1: misses of the probe rv12a still open after session 12 -------------------------
@@ -316,3 +319,52 @@ def test_a_cutter_in_craft_work_is_a_tool(rules_without_learned: RuleSet, text: 
 )
 def test_a_blade_in_hand_stays_self_harm(rules: RuleSet, text: str, rule: str) -> None:
     assert rule in reasons(rules, text)
+
+
+# -- group 4: news and films told in another language are "reported", as in Japanese ---------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I read in the news that a girl was raped",
+        "I watched a movie about a boy's suicide",
+        "新闻说有个女孩跳楼了",
+        "新闻说她被强奸了",
+        "Tôi đọc tin tức về một người tự tử",
+    ],
+)
+def test_someone_elses_event_from_the_news_or_a_film_in_another_language_is_reported(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("I was raped last night", "urgent.foreign.en.sexual"),
+        ("I was raped. It was in the news", "urgent.foreign.en.sexual"),
+        ("I read in the news about a suicide and now I want to die too", "urgent.foreign.en"),
+        ("新闻说有个女孩跳楼了。我也想死", "urgent.foreign.zh"),
+        ("我被打了", "urgent.foreign.zh"),
+        ("Tôi bị đánh, tôi muốn báo công an", "urgent.foreign.vi"),
+    ],
+)
+def test_the_writers_own_crisis_beside_a_news_word_stays_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules, text)
+
+
+def test_a_foreign_exclusion_naming_an_unknown_rule_is_reported(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parent.parent / "rules"
+    shutil.copytree(shipped, tmp_path / "rules")
+    path = tmp_path / "rules" / "exclusions.toml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace('"urgent.foreign.vi.sexual"]', '"urgent.foreign.vi.sexaul"]', 1),
+        encoding="utf-8",
+    )
+    problems = check_rules(tmp_path / "rules")
+    assert any("urgent.foreign.vi.sexaul" in p.message and p.line for p in problems)
