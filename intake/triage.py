@@ -653,7 +653,15 @@ def _for_length(
         return [h for h in hits if h.pattern.max_chars is None]
     covered: set[int] = set()
     for h in hits:
-        if h.pattern.max_chars is None and h.pattern.kind in ("urgent", "exclusion"):
+        p = h.pattern
+        # the past / resolved / relapse words of the resolved-past rule judge nothing by
+        # themselves: 止められた is also its "managed to quit" (やめられた), which had
+        # silenced 電気止められた as all the mail says
+        if (
+            p.max_chars is None
+            and p.kind in ("urgent", "exclusion")
+            and not (p.label or "").startswith("resolved-past:")
+        ):
             covered.update(range(h.first, h.last + 1))
     return [
         h

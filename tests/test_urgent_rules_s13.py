@@ -368,3 +368,20 @@ def test_a_foreign_exclusion_naming_an_unknown_rule_is_reported(tmp_path: Path) 
     )
     problems = check_rules(tmp_path / "rules")
     assert any("urgent.foreign.vi.sexaul" in p.message and p.line for p in problems)
+
+
+# -- noticed on the way: a resolved-past word silenced a few-words rule ----------------------
+
+
+@pytest.mark.parametrize("text", ["電気止められた", "ガス止められました", "水道止められた"])
+def test_a_supply_cut_off_as_all_the_mail_says_is_acute_need(rules: RuleSet, text: str) -> None:
+    # 止められた is also the resolved-past rule's やめられた (managed to quit): a word that
+    # judges nothing alone must not take the words from the few-words rule
+    assert "urgent.short.utilities" in reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", ["タバコやめられた", "昔は死にたかったけど今は大丈夫"])
+def test_quitting_and_a_past_that_is_over_stay_quiet(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
