@@ -385,3 +385,23 @@ def test_quitting_and_a_past_that_is_over_stay_quiet(
     rules_without_learned: RuleSet, text: str
 ) -> None:
     assert not reasons(rules_without_learned, text)
+
+
+# -- noticed on the way: the probe's pet handed over for good ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["うちの猫のことよろしくね。もう世話できんけぇ", "犬のことよろしく。もう世話できないから"],
+)
+def test_a_pet_handed_over_with_no_more_care_is_a_goodbye(rules: RuleSet, text: str) -> None:
+    assert "urgent.farewell.goodbye" in reasons(rules, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["旅行の間、猫のことよろしくね", "猫のことよろしく。来週は世話できないから"]
+)
+def test_a_pet_minded_during_a_trip_is_not_a_goodbye(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
