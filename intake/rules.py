@@ -116,6 +116,24 @@ class Exclusion:
 
 
 @dataclass(frozen=True)
+class ForeignExclusion:
+    """A "reported" discount for [[foreign]] matches (``[[foreign]]`` in exclusions.toml).
+
+    Why its own kind: exclusions.toml patterns are Japanese phrases matched on lemmas, so
+    "I read in the news that a girl was raped" or 新闻说有个女孩跳楼了 was urgent while
+    ニュースで見た discounted the same event in Japanese. A foreign match is discounted
+    when it is one of ``words`` (what a report can tell: raped, 跳楼, tự tử; never a
+    first-person wish such as want to die) and a ``cues`` word (news, film, 新闻) is in
+    its sentence; only for the [[foreign]] rules named in ``applies_to``.
+    """
+
+    id: str
+    applies_to: frozenset[str]  # [[foreign]] rule ids
+    words: tuple[re.Pattern[str], ...]
+    cues: tuple[re.Pattern[str], ...]
+
+
+@dataclass(frozen=True)
 class ForeignPattern:
     rule: str
     category: str
@@ -788,6 +806,8 @@ class RuleSet:
     urgent_patterns: list[Pattern] = field(default_factory=list)
     reportable: frozenset[str] = frozenset()  # urgent categories news-talk may discount
     exclusions: list[Exclusion] = field(default_factory=list)
+    # "reported" discounts for foreign-language matches (news, film), per language
+    foreign_exclusions: list[ForeignExclusion] = field(default_factory=list)
     foreign: list[ForeignPattern] = field(default_factory=list)
     # foreign regexes joined per rule into one alternation (one scan of the text per rule)
     # ... with the script its patterns need (_script_of): "latin", "han", "hangul", "other"
@@ -1550,7 +1570,8 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
     loaded = loader.read("exclusions.toml")
     if loaded:
         data, src = loaded
-        loader.unknown_keys(src, data, {"rule"}, None)
+        loader.unknown_keys(src, data, {"rule", "foreign"}, None)
+        _load_foreign_exclusions(loader, src, rules, data.get("foreign", []))
         # applies_to names categories, topics or single urgent rules (urgent.farewell)
         known = (
             rules.categories
@@ -1630,6 +1651,46 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             )
     rules.build_index()
     return rules, loader.problems
+
+
+def _load_foreign_exclusions(loader: _Loader, src: _Source, rules: RuleSet, tables: Any) -> None:
+    """The ``[[foreign]]`` tables of exclusions.toml (``ForeignExclusion``): each names the
+    [[foreign]] rules it discounts, the words a report can tell and the cue words."""
+    if not isinstance(tables, list):
+        loader.problem(src.path, None, "[[foreign]] must be tables")
+        return
+    foreign_ids = {fp.rule for fp in rules.foreign}
+    for n, table in enumerate(tables, 1):
+        if not isinstance(table, dict):
+            loader.problem(src.path, None, f"[[foreign]] number {n} is not a table")
+            continue
+        rule_id, line = loader.rule_id(src, table, n, "foreign")
+        allowed = {"id", "discount", "applies_to", "words", "patterns", "note"}
+        loader.unknown_keys(src, table, allowed, line)
+        if table.get("discount") != "reported":
+            loader.problem(
+                src.path, line, f'{rule_id}: a [[foreign]] exclusion is discount = "reported"'
+            )
+            continue
+        applies = table.get("applies_to")
+        if (
+            not isinstance(applies, list)
+            or not applies
+            or not all(isinstance(a, str) for a in applies)
+        ):
+            loader.problem(src.path, line, f"{rule_id}: applies_to must name [[foreign]] rules")
+            continue
+        for name in applies:
+            if name not in foreign_ids and not loader.failed:
+                loader.problem(
+                    src.path, line, f"{rule_id}: applies_to names unknown [[foreign]] rule {name!r}"
+                )
+        words = _regexes(loader, src, rule_id, line, table.get("words"), "words")
+        cues = _regexes(loader, src, rule_id, line, table.get("patterns"), "patterns")
+        if not words or not cues:
+            loader.problem(src.path, line, f"{rule_id}: needs words = [...] and patterns = [...]")
+            continue
+        rules.foreign_exclusions.append(ForeignExclusion(rule_id, frozenset(applies), words, cues))
 
 
 def _regexes(

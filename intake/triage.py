@@ -49,7 +49,7 @@ from intake.rules import ASCII_LOOKALIKES, CRISIS_EMOJI, Pattern
 
 if TYPE_CHECKING:
     from intake.letter import Letter
-    from intake.rules import Combination, RuleSet, Shape
+    from intake.rules import Combination, ForeignExclusion, RuleSet, Shape
 
 TOPICS = ("bullying", "poverty", "caregiving", "isolation", "volunteer", "other")
 
@@ -653,7 +653,15 @@ def _for_length(
         return [h for h in hits if h.pattern.max_chars is None]
     covered: set[int] = set()
     for h in hits:
-        if h.pattern.max_chars is None and h.pattern.kind in ("urgent", "exclusion"):
+        p = h.pattern
+        # the past / resolved / relapse words of the resolved-past rule judge nothing by
+        # themselves: 止められた is also its "managed to quit" (やめられた), which had
+        # silenced 電気止められた as all the mail says
+        if (
+            p.max_chars is None
+            and p.kind in ("urgent", "exclusion")
+            and not (p.label or "").startswith("resolved-past:")
+        ):
             covered.update(range(h.first, h.last + 1))
     return [
         h
@@ -1123,10 +1131,17 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
     # a mail of a few words) explains nothing for this tier: わしが死んだらおえん is read.
     narrow = rules.few_words_exclusions
     covered: set[int] = set()
+    # A phrase hit discounted by a negation explains its words only to a reading match
+    # that does not spell that negation itself: the phrase tier read kana もういきたくない
+    # as 逝きたい + ない (a denial), while the reading pattern もういきたくない means the
+    # negative wish (no will to live) and is the better judge of it (review rv11a).
+    negated: list[tuple[int, int]] = []
     for h in hits:
         kind = h.pattern.kind
         # concept words are too common to count as explained
-        if kind == "urgent" or (kind == "exclusion" and h.pattern.rule not in narrow):
+        if kind == "urgent" and h.discounted == "negated":
+            negated.append((h.first, h.last))
+        elif kind == "urgent" or (kind == "exclusion" and h.pattern.rule not in narrow):
             covered.update(range(h.first, h.last + 1))
     subject_tokens = 0
     if subject.strip():
@@ -1155,6 +1170,13 @@ def _reading_hits(a: Analysis, hits: list[_Hit], rules: RuleSet, subject: str) -
             ) or (end < len(owner) and owner[end] == last):
                 continue
             if not covered.isdisjoint(range(first, last + 1)):
+                continue
+            if any(
+                lo <= last
+                and first <= hi
+                and not any(a.infos[k].negation for k in range(hi + 1, last + 1))
+                for lo, hi in negated
+            ):
                 continue
             pattern = Pattern(
                 rule.rule,
@@ -1378,6 +1400,36 @@ def _foreign_negated(text: str, start: int, negation: re.Pattern[str]) -> bool:
     return negation.search(window) is not None
 
 
+# Where a sentence of foreign-language mail ends (a comma does not end one: "I read in the
+# news, a girl was raped" is one report).
+_SENTENCE_MARK = re.compile(r"[.!?;。！？；\n]")
+
+
+def _foreign_reported(
+    text: str, m: re.Match[str], rule: str, exclusions: Sequence[ForeignExclusion]
+) -> bool:
+    """Is a foreign match someone else's event told from the news or a film?
+
+    As exclusions.toml's "reported" discount does for Japanese (ニュースで見た): the match
+    must be a word a report can tell (``ForeignExclusion.words``: raped, 跳楼, tự tử, not a
+    first-person wish) and a cue (news, movie, 新闻) must be in the same sentence.
+    """
+    found = m.group()
+    sentence: str | None = None
+    for ex in exclusions:
+        if rule not in ex.applies_to or not any(w.search(found) for w in ex.words):
+            continue
+        if sentence is None:
+            start = m.start()
+            marks = list(_SENTENCE_MARK.finditer(text, 0, start))
+            begin = marks[-1].end() if marks else 0
+            after = _SENTENCE_MARK.search(text, m.end())
+            sentence = text[begin : after.start() if after else len(text)]
+        if any(c.search(sentence) for c in ex.cues):
+            return True
+    return False
+
+
 def _learned_match(
     model: Any, subject: str, text: str, analysed: str, normalised: str | None = None
 ) -> Match | None:
@@ -1456,6 +1508,10 @@ def classify_text(subject: str, text: str, rules: RuleSet) -> Triage:
             discounted = None
             if negation is not None and _foreign_negated(analysed, m.start(), negation):
                 discounted = "negated"  # no quiero morir, not suicidal, 不会自杀
+            elif rules.foreign_exclusions and _foreign_reported(
+                analysed, m, fp.rule, rules.foreign_exclusions
+            ):
+                discounted = "reported"  # I read in the news that..., 新闻说
             matches.append(
                 Match(
                     fp.rule,
