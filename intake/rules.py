@@ -125,12 +125,19 @@ class ForeignExclusion:
     when it is one of ``words`` (what a report can tell: raped, 跳楼, tự tử; never a
     first-person wish such as want to die) and a ``cues`` word (news, film, 新闻) is in
     its sentence; only for the [[foreign]] rules named in ``applies_to``.
+
+    ``speaker`` (first-person words: I, me, my, 我, tôi) keeps the writer's own event
+    urgent: when one stands on the match's side of the cue (after it when the match
+    follows the cue, before it when the match comes first), nothing is discounted.
+    "After watching a movie about it I realised my uncle raped me" and 新闻说有个女孩被强奸了，
+    我也被强奸了 are disclosures, not reports.
     """
 
     id: str
     applies_to: frozenset[str]  # [[foreign]] rule ids
     words: tuple[re.Pattern[str], ...]
     cues: tuple[re.Pattern[str], ...]
+    speaker: tuple[re.Pattern[str], ...]
 
 
 @dataclass(frozen=True)
@@ -1665,7 +1672,7 @@ def _load_foreign_exclusions(loader: _Loader, src: _Source, rules: RuleSet, tabl
             loader.problem(src.path, None, f"[[foreign]] number {n} is not a table")
             continue
         rule_id, line = loader.rule_id(src, table, n, "foreign")
-        allowed = {"id", "discount", "applies_to", "words", "patterns", "note"}
+        allowed = {"id", "discount", "applies_to", "words", "patterns", "speaker", "note"}
         loader.unknown_keys(src, table, allowed, line)
         if table.get("discount") != "reported":
             loader.problem(
@@ -1687,10 +1694,19 @@ def _load_foreign_exclusions(loader: _Loader, src: _Source, rules: RuleSet, tabl
                 )
         words = _regexes(loader, src, rule_id, line, table.get("words"), "words")
         cues = _regexes(loader, src, rule_id, line, table.get("patterns"), "patterns")
-        if not words or not cues:
-            loader.problem(src.path, line, f"{rule_id}: needs words = [...] and patterns = [...]")
+        # required: without first-person words a cue would quiet the writer's own report
+        speaker = _regexes(loader, src, rule_id, line, table.get("speaker"), "speaker")
+        if not words or not cues or not speaker:
+            loader.problem(
+                src.path,
+                line,
+                f"{rule_id}: needs words = [...], patterns = [...] and speaker = [...] "
+                "(the language's first-person words, which keep the writer's own event urgent)",
+            )
             continue
-        rules.foreign_exclusions.append(ForeignExclusion(rule_id, frozenset(applies), words, cues))
+        rules.foreign_exclusions.append(
+            ForeignExclusion(rule_id, frozenset(applies), words, cues, speaker)
+        )
 
 
 def _regexes(

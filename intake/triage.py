@@ -1412,10 +1412,12 @@ def _foreign_reported(
 
     As exclusions.toml's "reported" discount does for Japanese (ニュースで見た): the match
     must be a word a report can tell (``ForeignExclusion.words``: raped, 跳楼, tự tử, not a
-    first-person wish) and a cue (news, movie, 新闻) must be in the same sentence.
+    first-person wish) and a cue (news, movie, 新闻) must be in the same sentence, with no
+    first-person word (``ForeignExclusion.speaker``) on the match's side of the cue.
     """
     found = m.group()
     sentence: str | None = None
+    at = 0  # where the match starts in ``sentence``
     for ex in exclusions:
         if rule not in ex.applies_to or not any(w.search(found) for w in ex.words):
             continue
@@ -1425,8 +1427,14 @@ def _foreign_reported(
             begin = marks[-1].end() if marks else 0
             after = _SENTENCE_MARK.search(text, m.end())
             sentence = text[begin : after.start() if after else len(text)]
-        if any(c.search(sentence) for c in ex.cues):
-            return True
+            at = start - begin
+        for cue_pattern in ex.cues:
+            for cue in cue_pattern.finditer(sentence):
+                # the match's side of the cue: a first-person word there makes it the
+                # writer's own event (…a movie about it I realised my uncle raped me)
+                side = sentence[cue.end() :] if cue.start() <= at else sentence[: cue.start()]
+                if not any(p.search(side) for p in ex.speaker):
+                    return True
     return False
 
 

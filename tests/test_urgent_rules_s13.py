@@ -357,6 +357,43 @@ def test_the_writers_own_crisis_beside_a_news_word_stays_urgent(
     assert rule in reasons(rules, text)
 
 
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        # the writer's own assault in the same sentence as a news or film cue (lead's review)
+        (
+            "After watching a movie about it I realised my uncle raped me",
+            "urgent.foreign.en.sexual",
+        ),
+        ("My stepfather raped me, it was in the news", "urgent.foreign.en.sexual"),
+        (
+            "I saw the news about a girl who was raped and then he raped me",
+            "urgent.foreign.en.sexual",
+        ),
+        ("新闻说有个女孩被强奸了，我也被强奸了", "urgent.foreign.zh.sexual"),
+        ("Tôi xem tin tức và nhận ra tôi cũng bị hiếp dâm", "urgent.foreign.vi.sexual"),
+    ],
+)
+def test_a_first_person_word_on_the_matchs_side_of_a_news_cue_keeps_it_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+def test_a_foreign_exclusion_without_first_person_words_fails_check(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parent.parent / "rules"
+    shutil.copytree(shipped, tmp_path / "rules")
+    path = tmp_path / "rules" / "exclusions.toml"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("speaker = ['我'"))
+    path.write_text("".join(lines[:at] + lines[at + 1 :]), encoding="utf-8")
+    problems = check_rules(tmp_path / "rules")
+    assert any(
+        "exclusion.reported.foreign_news.zh" in p.message and "speaker" in p.message and p.line
+        for p in problems
+    )
+
+
 def test_a_foreign_exclusion_naming_an_unknown_rule_is_reported(tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parent.parent / "rules"
     shutil.copytree(shipped, tmp_path / "rules")
