@@ -52,3 +52,49 @@ def test_sexual_exploitation_in_a_young_persons_words_is_urgent(
 @pytest.mark.parametrize("text", EXPLOITATION_QUIET)
 def test_talk_about_dating_apps_and_kisses_is_not_urgent(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
+
+
+# Technical interns and foreign residents: nowhere to sleep said as "no place", a passport
+# held by the employer, a pregnant worker told to go home, Nepali for being beaten.
+FOREIGN = [
+    ("Please, there is no place to sleep for me tonight", "urgent.foreign.rv13.latin"),
+    ("The company kept my passport and I cannot leave", "urgent.foreign.rv13.latin"),
+    ("Boss won't give back my passport", "urgent.foreign.rv13.latin"),
+    ("I'm pregnant, the kumiai told me I must go back to Vietnam", "urgent.foreign.rv13.latin"),
+    ("Em mang thai, giám đốc nói phải về nước ngay", "urgent.foreign.rv13.latin"),
+    ("Em bị giữ hộ chiếu", "urgent.foreign.rv13.latin"),
+    ("Ang amo ko kinuha ang passport ko", "urgent.foreign.rv13.latin"),
+    ("O patrão ficou com meu passaporte", "urgent.foreign.rv13.latin"),
+    ("我懷孕了，公司要求我回國", "urgent.foreign.rv13.zh"),
+    ("老板没收了我的护照", "urgent.foreign.rv13.zh"),
+    ("कम्पनीमा मलाई हाकिमले पिट्छ", "urgent.foreign.rv13.ne"),
+    ("बस्ने ठाउँ छैन", "urgent.foreign.rv13.ne"),
+    ("社長 わたしの パスポート かえして くれない", "urgent.acute_need.trainee"),
+    ("にんしんしたら 監理団体の人が 帰国って いった", "urgent.acute_need.trainee"),
+    ("にんしん しました。しゃちょう くにへ かえれって", "reading.acute_need.trainee"),
+]
+
+FOREIGN_QUIET = [
+    "Should I take my passport when I register my address?",
+    "We have no place to stay for our holiday in Okayama, which hotel is good?",
+    "I'm pregnant and I want to go back home to have the baby with my mother",
+    "Tôi đang mang thai, muốn hỏi về sổ tay mẹ con",
+    "Ngày mai tôi đi lấy hộ chiếu mới",
+    "Meu filho tirou o passaporte novo",
+    "我怀孕了，打算回国生孩子",
+    "パスポートの更新に必要なものを教えてください",
+    "妊娠したので会社の帰りに産婦人科へ行きます",
+    "子どもができたので会社に産休の相談をしました",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), FOREIGN)
+def test_a_trainees_plain_words_for_danger_are_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", FOREIGN_QUIET)
+def test_passport_pregnancy_and_travel_questions_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
