@@ -98,3 +98,40 @@ def test_a_trainees_plain_words_for_danger_are_urgent(
 @pytest.mark.parametrize("text", FOREIGN_QUIET)
 def test_passport_pregnancy_and_travel_questions_are_not_urgent(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
+
+
+# Control and stalking told as what was done; a foreign resident's active voice; an adult
+# met online whose words a phone's HTML mail split over two lines.
+CONTROL = [
+    ("旦那にケータイを折られて誰にも連絡できない", "urgent.violence.control"),
+    ("交際相手にスマホ取り上げられとる", "urgent.violence.control"),
+    ("バイト帰りに同じ人がつけてくる。家の周りにいた", "urgent.violence.control"),
+    ("ブロックしたら職場に押しかけるってメッセージが来た", "urgent.violence.threat.rv13"),
+    ("返信しないと家に来るって言われた", "urgent.violence.threat.rv13"),
+    ("ネットの人に住所教えると家に来るって、本当に来たらどうしよう", "urgent.violence.threat.rv13"),
+    ("りょうの ひと ぼくを ける。こわい", "urgent.violence.threat.rv13"),
+    ("ネットで知り合ったおじさんに\n泊まりにおいでって言われた", "urgent.violence.sexual.grooming"),
+]
+
+CONTROL_QUIET = [
+    "旦那の携帯が壊れたので修理に出しました",
+    "彼女が自分のスマホを落として割ってた",
+    "弟がついてくるから家の近くで待ってた",
+    "子どもがどこにでもついてくる時期です",
+    "会わないと家族が心配するので帰省します",
+    "私は太鼓をたたくのが趣味です",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), CONTROL)
+def test_control_stalking_and_plain_threats_are_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", CONTROL_QUIET)
+def test_a_broken_phone_or_a_little_brother_tagging_along_is_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not reasons(rules, text)
