@@ -135,3 +135,34 @@ def test_a_broken_phone_or_a_little_brother_tagging_along_is_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not reasons(rules, text)
+
+
+# Words the analyser splits unlike the rules: まとめ飲み (the noun 纏め), Okayama 首つろうか
+# (つろう read as 辛い), cutting in secret with nothing named.
+SPLIT = [
+    ("咳止めをまとめ飲みしちゃった", "urgent.self_harm.rv13"),
+    ("市販の頭痛薬まとめ飲みした", "urgent.self_harm.rv13"),
+    ("もうおえんけぇ首つろうって決めた", "reading.suicidal.rv13"),
+    ("家族にばれんように隠れて切っとる", "urgent.self_harm.rv13.secret"),
+]
+
+SPLIT_QUIET = [
+    "咳止めのまとめ記事を読んだ",
+    "新歓の一気飲みは禁止です",
+    "こっそり爪を切ってたら深爪した",
+    "バレーで首つったみたいに痛い",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), SPLIT)
+def test_overdose_hanging_and_secret_cutting_split_by_the_analyser_are_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", SPLIT_QUIET)
+def test_summaries_drinking_games_and_nail_cutting_are_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not reasons(rules, text)
