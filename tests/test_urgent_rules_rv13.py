@@ -166,3 +166,32 @@ def test_summaries_drinking_games_and_nail_cutting_are_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not reasons(rules, text)
+
+
+# A wish typed over and over without a break: MeCab reads しにたいしにたいしにたい as
+# し|に|たいし|に|たいし|に|たい, so no single しにたい starts and ends on a word boundary.
+REPEATED = [
+    ("しにたいしにたいしにたい", "reading.suicidal.rv13.repeated"),
+    ("部活やめたい。じにたいじにたいじにたい", "reading.suicidal.rv13.repeated"),
+    ("はよおらんようになりたいわ", "reading.suicidal.rv13.repeated"),
+    ("しんどすぎてもう生きとれん", "reading.suicidal.rv13.repeated"),
+]
+
+REPEATED_QUIET = [
+    "バイトせんと生きとれんけぇシフト増やしたい",
+    "担当がおらんようになったら代わりの人を教えてください",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), REPEATED)
+def test_a_wish_typed_over_and_over_or_in_okayama_words_is_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", REPEATED_QUIET)
+def test_needing_a_job_to_live_or_a_staff_member_away_is_not_urgent(
+    rules: RuleSet, text: str
+) -> None:
+    assert not reasons(rules, text)
