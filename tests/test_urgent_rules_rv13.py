@@ -195,3 +195,41 @@ def test_needing_a_job_to_live_or_a_staff_member_away_is_not_urgent(
     rules: RuleSet, text: str
 ) -> None:
     assert not reasons(rules, text)
+
+
+# Round two: a minor who says they sell sex, explicit photos named in slang, a stepfather
+# at night, held in a stranger's room, a runaway now.
+ROUND_TWO = [
+    ("高2です。お金なくて援交してしまってます", "urgent.violence.sexual.minor"),
+    ("JKリフレで働いてるけど客にキスされた", "urgent.violence.sexual.minor"),
+    ("元彼がエロい動画持ってて、流すって言ってくる", "urgent.violence.sexual.minor"),
+    ("ハメ撮りをばらまかれた", "urgent.violence.sexual.minor"),
+    ("母の彼氏が深夜に布団に入ってくる", "urgent.violence.sexual.minor.night"),
+    ("SNSの人の部屋にいる。帰してくれない", "urgent.violence.sexual.minor.night"),
+    ("オフパコしろって先輩に脅された", "urgent.violence.sexual.exploitation"),
+    ("家出中で今夜泊まるとこ探してる", "urgent.acute_need.runaway"),
+    ("くみあいの ひとが パスポートを とった", "reading.acute_need.trainee"),
+]
+
+ROUND_TWO_QUIET = [
+    "高校生のパパ活についての記事を授業で読んだ",
+    "義父が夜ご飯を作ってくれた",
+    "エロい漫画を親に見つかって気まずい",
+    "友達の部屋にいるけど話が長くて帰してくれない笑",
+    "家出の歌が好き",
+    # 取った is also "got one issued", 取りに行く a pick-up (the company must take it)
+    "パスポートとった！夏休みに韓国行く",
+    "会社の帰りにパスポートを取りに行きます",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), ROUND_TWO)
+def test_a_minor_selling_sex_or_held_in_a_room_is_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", ROUND_TWO_QUIET)
+def test_school_reading_dinner_and_a_long_chat_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
