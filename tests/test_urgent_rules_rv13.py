@@ -233,3 +233,35 @@ def test_a_minor_selling_sex_or_held_in_a_room_is_urgent(
 @pytest.mark.parametrize("text", ROUND_TWO_QUIET)
 def test_school_reading_dinner_and_a_long_chat_are_not_urgent(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
+
+
+# Beaten, with the one who hits between the words the older rules expect; a knife brought
+# out in anger; things smashed.
+BEATEN = [
+    ("Em bị quản lý đánh vì làm chậm", "urgent.foreign.rv13.vi.beaten"),
+    ("Tôi bị người yêu tát", "urgent.foreign.rv13.vi.beaten"),
+    ("昨天被组长踢了", "urgent.foreign.rv13.zh.beaten"),
+    ("彼氏が怒ると刃物を持ち出す", "urgent.violence.rv13.blade"),
+    ("母親が酔ったら包丁取り出してきて怖い", "urgent.violence.rv13.blade"),
+    ("言うこと聞かないと物を壊される", "urgent.violence.rv13"),
+]
+
+BEATEN_QUIET = [
+    "我被这首歌打动了",
+    "我被老板表扬了，很开心",
+    "Em bị sếp nhắc nhở vì đi muộn",
+    "野菜がよく切れるように包丁を出しておいた",
+    "大雨で物が壊されないように片付けた",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), BEATEN)
+def test_beaten_by_a_named_person_or_a_knife_brought_out_in_anger_is_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", BEATEN_QUIET)
+def test_being_moved_praised_or_cooking_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
