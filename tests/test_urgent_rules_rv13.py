@@ -265,3 +265,38 @@ def test_beaten_by_a_named_person_or_a_knife_brought_out_in_anger_is_urgent(
 @pytest.mark.parametrize("text", BEATEN_QUIET)
 def test_being_moved_praised_or_cooking_is_not_urgent(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
+
+
+# Round three: one plain word no rule named (監禁, stabbed by a person), waking in a hotel
+# after blacking out at a party, bathing forced by a father, shut out in the snow, cold by
+# the morning "I think", baby-talk ちにたい.
+ROUND_THREE = [
+    ("元カレの家に監禁されとる", "urgent.violence.rv13.round3"),
+    ("旦那に刺されて血が出てる", "urgent.violence.rv13.round3"),
+    ("合コンで記憶なくして、気づいたら知らない部屋にいた", "urgent.violence.rv13.round3.wide"),
+    ("義父に毎晩風呂に一緒に入らされる", "urgent.violence.rv13.round3.wide"),
+    ("罰として裸足で外に出された。寒い", "urgent.violence.rv13.round3.wide"),
+    ("たぶん朝には冷たくなってると思う", "urgent.suicidal.rv13.cold"),
+    ("ちにたいよお", "reading.suicidal.rv13.baby_talk"),
+]
+
+ROUND_THREE_QUIET = [
+    "ハチに刺されたところが腫れてる",
+    "監禁ものの映画を見た",
+    "明日の朝は冷え込むと思うので暖かくしてください",
+    "旅行で飲みすぎて記憶がない、起きたら旅館だった",
+    "猫を外に出したら寒そうにしてた",
+    "血に対しての恐怖がある",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), ROUND_THREE)
+def test_confinement_stabbing_and_a_night_shut_out_are_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", ROUND_THREE_QUIET)
+def test_insect_stings_films_and_a_cold_morning_are_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
