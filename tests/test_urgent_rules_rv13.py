@@ -300,3 +300,31 @@ def test_confinement_stabbing_and_a_night_shut_out_are_urgent(
 @pytest.mark.parametrize("text", ROUND_THREE_QUIET)
 def test_insect_stings_films_and_a_cold_morning_are_not_urgent(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
+
+
+# Ordinary look-alikes the probe found flagged: a pest killed, homework about suicide, a
+# lesson on what 神待ち means. Each exclusion is narrow: the crisis next to it stays urgent.
+LOOKALIKE_QUIET = [
+    "ベランダに出たハエを殺虫剤で殺した",
+    "宿題で自殺について調べてる",
+    "神待ちという言葉の意味をニュースで知った",
+]
+
+LOOKALIKE_STILL_URGENT = [
+    "ハエみたいに殺すぞって毎日言われる",
+    "宿題が多すぎて死にたい",
+    "家出して神待ちしてる",
+    "神待ちって言葉知ってる？今それしてる",
+]
+
+
+@pytest.mark.parametrize("text", LOOKALIKE_QUIET)
+def test_a_pest_homework_or_a_words_meaning_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
+
+
+@pytest.mark.parametrize("text", LOOKALIKE_STILL_URGENT)
+def test_the_crisis_next_to_those_look_alikes_stays_urgent(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert reasons(rules_without_learned, text)
