@@ -328,3 +328,37 @@ def test_the_crisis_next_to_those_look_alikes_stays_urgent(
     rules_without_learned: RuleSet, text: str
 ) -> None:
     assert reasons(rules_without_learned, text)
+
+
+# Round four: threats and strangling in the residents' languages worded unlike the older
+# lists, and Kansai/yankee words for a beating.
+ROUND_FOUR = [
+    ("this guy is blackmailing me with my pics", "urgent.foreign.rv13.latin.threat"),
+    ("send more or they will leak everything", "urgent.foreign.rv13.latin.threat"),
+    ("Meu padrasto me esganou ontem", "urgent.foreign.rv13.latin.threat"),
+    ("Ayoko na mamuhay pa", "urgent.foreign.rv13.latin.threat"),
+    ("Chồng em dọa chém em", "urgent.foreign.rv13.latin.threat"),
+    ("老公掐住我的脖子", "urgent.foreign.rv13.zh.threat"),
+    ("前男友威胁要杀了我", "urgent.foreign.rv13.zh.threat"),
+    ("クラスの男子にシメられる", "urgent.violence.rv13.kansai"),
+    ("兄貴の連れにいてこまされてる", "reading.violence.rv13.kansai"),
+]
+
+ROUND_FOUR_QUIET = [
+    "Ele me sufocou de tanto abraço haha",
+    "这个游戏的boss要杀我好多次",
+    "成人式で父にネクタイを締められた",
+    "I will never post my photos online, they are private",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), ROUND_FOUR)
+def test_threats_strangling_and_beatings_in_other_words_are_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", ROUND_FOUR_QUIET)
+def test_a_tight_hug_a_game_boss_or_a_tie_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
