@@ -362,3 +362,32 @@ def test_threats_strangling_and_beatings_in_other_words_are_urgent(
 @pytest.mark.parametrize("text", ROUND_FOUR_QUIET)
 def test_a_tight_hug_a_game_boss_or_a_tie_is_not_urgent(rules: RuleSet, text: str) -> None:
     assert not reasons(rules, text)
+
+
+# Round five: 消えたさ, a place to jump looked for with the noun 飛び降り, come and rescue me
+# now, fled from a partner or home with nothing.
+ROUND_FIVE = [
+    ("最近消えたさが強い", "reading.suicidal.rv13.round5"),
+    ("飛び降りのやり方ばっかり見てる", "reading.suicidal.rv13.round5"),
+    ("誰か今すぐ助けに来てください", "urgent.violence.rv13.fled"),
+    ("旦那から逃げてきました。お金がありません", "urgent.violence.rv13.fled"),
+]
+
+ROUND_FIVE_QUIET = [
+    "消えたさっきの写真、復元できますか",
+    "水泳の飛び込みの方法を教えてほしい",
+    "文化祭の準備で友達が助けに来てくれた",
+    "部活から逃げてきた笑",
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), ROUND_FIVE)
+def test_wanting_to_vanish_a_place_to_jump_or_a_flight_with_nothing_is_urgent(
+    rules_without_learned: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize("text", ROUND_FIVE_QUIET)
+def test_a_lost_photo_a_dive_or_a_friends_help_is_not_urgent(rules: RuleSet, text: str) -> None:
+    assert not reasons(rules, text)
