@@ -126,9 +126,9 @@ class ForeignExclusion:
     first-person wish such as want to die) and a ``cues`` word (news, film, 新闻) is in
     its sentence; only for the [[foreign]] rules named in ``applies_to``.
 
-    ``speaker`` (first-person words: I, me, my, 我, tôi) keeps the writer's own event
-    urgent: when one stands on the match's side of the cue (after it when the match
-    follows the cue, before it when the match comes first), nothing is discounted.
+    Only a cue before the match discounts it, and ``speaker`` (first-person words: I, me,
+    my, 我, tôi, and words of the writer's own wish: too, want, 也, 想) keeps the writer's
+    own event urgent: when one follows the cue, nothing is discounted.
     "After watching a movie about it I realised my uncle raped me" and 新闻说有个女孩被强奸了，
     我也被强奸了 are disclosures, not reports.
     """

@@ -1412,8 +1412,8 @@ def _foreign_reported(
 
     As exclusions.toml's "reported" discount does for Japanese (ニュースで見た): the match
     must be a word a report can tell (``ForeignExclusion.words``: raped, 跳楼, tự tử, not a
-    first-person wish) and a cue (news, movie, 新闻) must be in the same sentence, with no
-    first-person word (``ForeignExclusion.speaker``) on the match's side of the cue.
+    first-person wish) and a cue (news, movie, 新闻) must come before it in the same
+    sentence, with no first-person word (``ForeignExclusion.speaker``) after the cue.
     """
     found = m.group()
     sentence: str | None = None
@@ -1430,10 +1430,13 @@ def _foreign_reported(
             at = start - begin
         for cue_pattern in ex.cues:
             for cue in cue_pattern.finditer(sentence):
-                # the match's side of the cue: a first-person word there makes it the
-                # writer's own event (…a movie about it I realised my uncle raped me)
-                side = sentence[cue.end() :] if cue.start() <= at else sentence[: cue.start()]
-                if not any(p.search(side) for p in ex.speaker):
+                # only a cue before the match introduces a report: one after it (被强奸了，
+                # 看了新闻才敢说出来; raped me, it was in the news) follows the writer's own
+                # event; and a first-person word after the cue makes the event the writer's
+                # (…a movie about it I realised my uncle raped me)
+                if cue.start() > at:
+                    continue
+                if not any(p.search(sentence, cue.end()) for p in ex.speaker):
                     return True
     return False
 

@@ -442,3 +442,109 @@ def test_a_pet_minded_during_a_trip_is_not_a_goodbye(
     rules_without_learned: RuleSet, text: str
 ) -> None:
     assert not reasons(rules_without_learned, text)
+
+
+# -- the lead's differential review (rv13b): this session's exclusions and foreign rules ------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a cue after the match follows the writer's own event
+        "被强奸了，看了新闻才敢说出来。",
+        "Mk bị cưỡng hiếp, giống như trên báo.",
+        # the writer's own wish or event after the cue, without a pronoun
+        "被性侵的事上了新闻，现在每天都想自杀。",
+        "看了新闻，好想自杀。",
+        "看了新闻，才知道自己也被性侵了。",
+        "人家看了新闻也想自杀嘛。",
+        "Watched a movie about suicide, going to commit suicide tonight.",
+        "Saw the news about that school, was raped there too.",
+        "Đọc tin tức xong, muốn tự tử quá.",
+        "Đọc tin tức về vụ tự tử, tui cũng muốn tự tử.",
+        # 电影院 is a cinema, not a film
+        "我在电影院被强奸了。",
+    ],
+)
+def test_the_writers_own_event_or_wish_near_a_news_cue_is_not_a_report(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "新闻报道一名男子跳楼身亡。",
+        "我看了一个电影，里面的女孩自杀了。",
+        "Tôi xem phim về một cô gái bị cưỡng hiếp, rất buồn.",
+        "I watched a film about a boy's suicide and cried.",
+    ],
+)
+def test_a_report_read_or_watched_by_the_writer_stays_discounted(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["授業中にカッター握ってる", "技術の授業中カッター握っとる", "段ボールのカッター握ってる"],
+)
+def test_a_cutter_held_in_class_is_not_craft_work(rules: RuleSet, text: str) -> None:
+    assert reasons(rules, text)
+
+
+def test_spending_it_all_and_then_dying_stays_urgent(rules_without_learned: RuleSet) -> None:
+    assert reasons(rules_without_learned, "全財産が尽きるまで使う、そのあと死ぬ")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["運動会は明日決行", "試合は明日決行", "明日決行の花火大会楽しみ", "いよいよ明日決行、体育祭"],
+)
+def test_an_event_held_as_planned_is_no_plan_of_the_writers(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert "urgent.suicidal.carried_out" not in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "今夜決行。中止はしない",
+        "今夜決行する、雨でも",
+        "雨天決行。今夜決行する",
+        "試合は中止になった。今夜決行する",
+    ],
+)
+def test_carrying_it_out_tonight_beside_rain_or_a_cancelled_event_stays_urgent(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert "urgent.suicidal.carried_out" in reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "每天晚上被老公打呼噜吵醒。",
+        "被爸爸打游戏的声音吵醒了。",
+        "我被同事打小报告了",
+        "被老板打回来重写报告。",
+        "Tôi bị sếp đánh giá thấp.",
+        "Em bị người yêu đánh thức lúc nửa đêm.",
+    ],
+)
+def test_snoring_games_and_being_woken_are_not_beatings(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["被他打了一巴掌", "我被爸爸用皮带打了", "Tôi bị chồng đánh mỗi ngày"]
+)
+def test_a_beating_by_a_named_person_stays_violence(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert reasons(rules_without_learned, text)
