@@ -548,3 +548,49 @@ def test_a_beating_by_a_named_person_stays_violence(
     rules_without_learned: RuleSet, text: str
 ) -> None:
     assert reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "お正月は親戚のおじさんの家に行こうと思う",
+        "ネットで知り合った友達と大人になったら会おうねって約束した",
+        "パスポート取られたらどうしよう、旅行先で盗まれないか心配",
+        "会社にパスポートのコピーを取られた",
+        "Tôi có thai, công ty cho tôi về nước nghỉ sinh.",
+        "我怀孕了，公司让我回国休产假。",
+        "雪の中外に出されて雪合戦した",
+        "脱出ゲームで監禁された設定だった",
+        "誰か助けに来て、引っ越しの荷物多すぎ笑",
+        "ゲームのボス強すぎ、誰か助けに来て",
+        "मद्दत चाहियो भने भन्नुहोस्",
+        "Please pay the invoice by Friday or they will send a reminder.",
+    ],
+)
+def test_family_visits_travel_worries_leave_and_games_are_not_crises(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SNSで知り合った大人に会いに来いって言われてる",
+        "裏垢で知り合ったおじさんにホテル行こうって言われてる",
+        "知らない男に家に来いって言われた",
+        "親戚のおじさんにホテル行こうって誘われた",
+        "会社にパスポートを取られた",
+        "Tôi có thai, công ty bắt tôi về nước.",
+        "我怀孕了，公司让我回国。",
+        "雪の中外に出された",
+        "監禁されてる",
+        "誰か今すぐ助けに来て",
+        "मद्दत चाहियो",
+        "He has my nudes and said send money or he will post them",
+    ],
+)
+def test_the_crises_beside_those_look_alikes_stay_urgent(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert reasons(rules_without_learned, text)
