@@ -1195,9 +1195,20 @@ class _Loader:
         self.ids: dict[str, str] = {}  # rule id -> "path:line"
         self.seen: dict[tuple[str, Segments], Pattern] = {}
         self.failed: set[str] = set()  # files that could not be read or parsed
+        # one object for each distinct word (its frozenset of keys) and segment: the
+        # a|b expansions of ~20,000 patterns repeat the same words (れる|られる, 言う) in
+        # tens of thousands of equal copies, ~15 MB of the worker's memory (issue 7's
+        # 300 MB target). Equal values, so matching is unchanged.
+        self.shared: dict[Any, Any] = {}
 
     def problem(self, path: Path, line: int | None, message: str) -> None:
         self.problems.append(Problem(path, line, message))
+
+    def _share(self, seg: Any) -> tuple[frozenset[str], ...]:
+        """``seg`` as a tuple, its words and itself the one shared copy (``shared``)."""
+        shared = self.shared
+        words = tuple(shared.setdefault(word, word) for word in seg)
+        return shared.setdefault(words, words)  # type: ignore[no-any-return]
 
     def read(self, name: str) -> tuple[dict[str, Any], _Source] | None:
         path = self.directory / name
@@ -1307,7 +1318,8 @@ class _Loader:
             kept = 0
             for expanded in expansions:
                 variants = [
-                    tuple(tuple(seg) for seg in v) for v in self.analyser.pattern_variants(expanded)
+                    tuple(self._share(seg) for seg in v)
+                    for v in self.analyser.pattern_variants(expanded)
                 ]
                 segments = variants[0]
                 if not segments:
