@@ -1634,6 +1634,17 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             if not isinstance(reach, int) or isinstance(reach, bool) or not 0 <= reach <= 2:
                 loader.problem(src.path, line, f"{rule_id}: reach must be 0, 1 or 2 (sentences)")
                 reach = 0
+            if "reach" in table and discount != "reported":
+                # Only a "reported" discount reaches across sentences; an idiom discounts
+                # the words it overlaps. Accepted silently, reach = 1 on an idiom made staff
+                # believe an event named beside 決行 discounted it (it did not; rv13b).
+                loader.problem(
+                    src.path,
+                    line,
+                    f'{rule_id}: reach works only with discount = "reported" (an {discount} '
+                    "exclusion discounts the words its patterns overlap); delete reach, or make "
+                    'it discount = "reported" to discount its sentence',
+                )
             lists: dict[str, tuple[Pattern, ...]] = {}
             roles = (
                 ("past", "resolved", "relapse") if discount == "resolved-past" else ("patterns",)

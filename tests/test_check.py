@@ -253,3 +253,23 @@ def test_check_warns_when_nobody_may_see_a_residents_contact(
     with caplog.at_level(logging.WARNING):
         run_checks(config, None)
     assert any("nobody is shown a resident" in r.getMessage() for r in caplog.records)
+
+
+def test_reach_on_an_idiom_exclusion_fails_check_with_its_line(tmp_path: Path) -> None:
+    # reach was accepted and ignored on an idiom exclusion: staff believed an event word
+    # beside 決行 discounted it (review rv13b)
+    config = setup(tmp_path)
+    exclusions = tmp_path / "rules" / "exclusions.toml"
+    text = exclusions.read_text(encoding="utf-8")
+    block = '[[rule]]\nid = "exclusion.idiom.grown_up_later"\ndiscount = "idiom"\n'
+    assert block in text
+    exclusions.write_text(text.replace(block, block + "reach = 1\n", 1), encoding="utf-8")
+    line = next(
+        n
+        for n, row in enumerate(exclusions.read_text(encoding="utf-8").splitlines(), 1)
+        if row == 'id = "exclusion.idiom.grown_up_later"'
+    )
+    result = check(config)
+    assert result.returncode == 1
+    assert f"exclusions.toml:{line}" in result.stdout
+    assert 'reach works only with discount = "reported"' in result.stdout
