@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_quoted_urgency import _decide, _passed_on, _quoted_reasons, rules  # noqa: F401
+from tests.test_quoted_urgency import _decide, _passed_on, _quoted_reasons
 
 
 @pytest.mark.parametrize(
@@ -14,6 +14,6 @@ from tests.test_quoted_urgency import _decide, _passed_on, _quoted_reasons, rule
         "窓口まで 行ったけど門前払い もう死にたい",
     ],
 )
-def test_a_friends_line_without_punctuation_naming_a_help_line_is_read(rules, friend) -> None:  # noqa: F811
+def test_a_friends_line_without_punctuation_naming_a_help_line_is_read(rules, friend) -> None:
     triage = _decide(rules, _passed_on(friend))
     assert _quoted_reasons(triage), "the friend's crisis was cut out as 'advice'"
