@@ -64,3 +64,49 @@ def test_wording_the_reviews_found_missing_is_urgent(rules: RuleSet, text: str, 
 )
 def test_look_alikes_of_the_misses_stay_quiet(rules_without_learned: RuleSet, text: str) -> None:
     assert not reasons(rules_without_learned, text)
+
+
+# -- false alarms, each beside the crisis that must stay urgent ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # grief for a grandmother who has died, not a person gone missing
+        "おばあちゃんがいなくなって寂しい、認知症だったから",
+        "祖母がいなくなって淋しい。認知症だったし",
+        # a time, not a cause: cooking before mother gets angry
+        "母が怒る前に包丁出して料理した",
+        # えらい as praise
+        "生きるのがえらいってばあちゃんに褒められた",
+        # drumming
+        "うち叩くの好き、太鼓部だから",
+        # beaten at a game (Nepali)
+        "भाइले मलाई खेलमा पिट्यो हाहा",
+    ],
+)
+def test_grief_cooking_praise_drumming_and_games_are_quiet(
+    rules_without_learned: RuleSet, text: str
+) -> None:
+    assert not reasons(rules_without_learned, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("おばあちゃんがおらんなった。認知症なんよ", "urgent.acute_need.missing_person"),
+        ("母がいなくなった。朝から探してる", "urgent.acute_need.missing_person"),
+        ("酔うと包丁出してくる", "urgent.violence.rv13.blade"),
+        ("キレたらナイフ取り出した", "urgent.violence.rv13.blade"),
+        ("母親が酔ったら包丁取り出してきて怖い", "urgent.violence.rv13.blade"),
+        ("怒って包丁を出してきた", "urgent.violence.rv13.blade.near"),
+        ("生きるのがえらい", "urgent.suicidal.living_exhausting"),
+        ("母がうち叩く", "urgent.violence.threat.rv13"),
+        ("बुबाले मलाई पिट्यो", "urgent.foreign.rv13.ne"),
+        ("कम्पनीमा मलाई हाकिमले पिट्छ", "urgent.foreign.rv13.ne"),
+    ],
+)
+def test_the_crisis_beside_each_false_alarm_stays_urgent(
+    rules: RuleSet, text: str, rule: str
+) -> None:
+    assert rule in reasons(rules, text)
