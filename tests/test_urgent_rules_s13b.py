@@ -27,6 +27,7 @@ from tests.helpers import urgent_reasons as reasons
         ("おじさんにホテルに連れて行かれた", "urgent.violence.sexual.hotel"),
         ("お父さんが一緒にお風呂に入ろうとしてくる", "urgent.violence.sexual.bath"),
         ("兄が一緒にお風呂に入ろうとしてくる", "urgent.violence.sexual.bath"),
+        ("義父がお風呂一緒に入ろうとする", "urgent.violence.sexual.bath"),
         ("おじさんが一緒にお風呂入ろうとしてくる", "urgent.violence.sexual.bath"),
         ("駅にいるけど帰れない。今夜どうしよう", "urgent.acute_need.stranded"),
         ("駅にいるけど帰れない。お金ない", "urgent.acute_need.stranded"),
@@ -60,6 +61,13 @@ def test_wording_the_reviews_found_missing_is_urgent(rules: RuleSet, text: str, 
         "写真全部消した。もういいや、新しく撮る",
         # a haircut
         "髪切ってた",
+        "髪を切るのがまた始まった",
+        # the father's own bath
+        "お父さんがお風呂に入ろうとしたら電話が鳴った",
+        # a holiday ending
+        "夏休み終わるから明日が来てほしくない",
+        # praise for a child
+        "お兄ちゃんはもう3歳、えらいね",
     ],
 )
 def test_look_alikes_of_the_misses_stay_quiet(rules_without_learned: RuleSet, text: str) -> None:
