@@ -32,6 +32,7 @@ from tests.helpers import urgent_reasons as reasons
         ("駅にいるけど帰れない。今夜どうしよう", "urgent.acute_need.stranded"),
         ("駅にいるけど帰れない。お金ない", "urgent.acute_need.stranded"),
         ("駅にいるけど帰れない。財布もない", "urgent.acute_need.stranded"),
+        ("駅にいるけど帰れない。行くところもない", "urgent.acute_need.stranded"),
         ("電車賃もない、帰れない", "urgent.acute_need.stranded"),
         ("スマホの中身全部消した。もういいや", "urgent.farewell.wiped"),
         ("連絡先全部消した。もういい", "urgent.farewell.wiped"),
@@ -57,6 +58,7 @@ def test_wording_the_reviews_found_missing_is_urgent(rules: RuleSet, text: str, 
         "弟が一緒にお風呂入ろうって",
         # a stopped train, with no money or night named
         "駅にいるけど電車止まってて帰れない",
+        "終電逃して駅にいるけど帰れない、ホテルに泊まる",
         # photos replaced
         "写真全部消した。もういいや、新しく撮る",
         # a haircut
