@@ -1196,7 +1196,7 @@ class _Loader:
         self.seen: dict[tuple[str, Segments], Pattern] = {}
         self.failed: set[str] = set()  # files that could not be read or parsed
         # one object for each distinct word (its frozenset of keys) and segment: the
-        # a|b expansions of ~20,000 patterns repeat the same words (れる|られる, 言う) in
+        # a|b expansions of ~17,000 patterns repeat the same words (れる|られる, 言う) in
         # tens of thousands of equal copies, ~15 MB of the worker's memory (issue 7's
         # 300 MB target). Equal values, so matching is unchanged.
         self.shared: dict[Any, Any] = {}
