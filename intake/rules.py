@@ -1634,17 +1634,20 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             if not isinstance(reach, int) or isinstance(reach, bool) or not 0 <= reach <= 2:
                 loader.problem(src.path, line, f"{rule_id}: reach must be 0, 1 or 2 (sentences)")
                 reach = 0
-            if "reach" in table and discount != "reported":
-                # Only a "reported" discount reaches across sentences; an idiom discounts
-                # the words it overlaps. Accepted silently, reach = 1 on an idiom made staff
-                # believe an event named beside 決行 discounted it (it did not; rv13b).
-                loader.problem(
-                    src.path,
-                    line,
-                    f'{rule_id}: reach works only with discount = "reported" (an {discount} '
-                    "exclusion discounts the words its patterns overlap); delete reach, or make "
-                    'it discount = "reported" to discount its sentence',
-                )
+            for key in sorted(set(table) & set(_EXCLUSION_KEYS)):
+                # A key of another discount kind was accepted and ignored: reach = 1 on an
+                # idiom made staff believe an event named beside 決行 discounted it (it did
+                # not: an idiom discounts only the words it overlaps; review rv13b).
+                owners = _EXCLUSION_KEYS[key]
+                if discount not in owners:
+                    wanted = " or ".join(f'discount = "{o}"' for o in owners)
+                    loader.problem(
+                        src.path,
+                        line,
+                        f"{rule_id}: {key} works only with {wanted}, not with "
+                        f'discount = "{discount}", which ignores it; delete {key} or change '
+                        "the discount",
+                    )
             lists: dict[str, tuple[Pattern, ...]] = {}
             roles = (
                 ("past", "resolved", "relapse") if discount == "resolved-past" else ("patterns",)
@@ -1681,6 +1684,16 @@ def _load(directory: Path) -> tuple[RuleSet, list[Problem]]:
             )
     rules.build_index()
     return rules, loader.problems
+
+
+# exclusions.toml [[rule]] keys that only some discount kinds read (the others ignored them)
+_EXCLUSION_KEYS: dict[str, tuple[str, ...]] = {
+    "reach": ("reported",),
+    "patterns": ("idiom", "reported"),
+    "past": ("resolved-past",),
+    "resolved": ("resolved-past",),
+    "relapse": ("resolved-past",),
+}
 
 
 def _load_foreign_exclusions(loader: _Loader, src: _Source, rules: RuleSet, tables: Any) -> None:

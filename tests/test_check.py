@@ -273,3 +273,16 @@ def test_reach_on_an_idiom_exclusion_fails_check_with_its_line(tmp_path: Path) -
     assert result.returncode == 1
     assert f"exclusions.toml:{line}" in result.stdout
     assert 'reach works only with discount = "reported"' in result.stdout
+
+
+def test_past_words_on_an_idiom_exclusion_fail_check(tmp_path: Path) -> None:
+    # the resolved-past roles are read only by a resolved-past exclusion
+    config = setup(tmp_path)
+    exclusions = tmp_path / "rules" / "exclusions.toml"
+    text = exclusions.read_text(encoding="utf-8")
+    block = '[[rule]]\nid = "exclusion.idiom.grown_up_later"\ndiscount = "idiom"\n'
+    assert block in text
+    exclusions.write_text(text.replace(block, block + 'past = ["以前"]\n', 1), encoding="utf-8")
+    result = check(config)
+    assert result.returncode == 1
+    assert 'past works only with discount = "resolved-past"' in result.stdout
